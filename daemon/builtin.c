@@ -1,0 +1,131 @@
+/* The builtin module: small functions that are always loaded, for trying
+ * the pool out, for tests and for benchmarks. */
+#include <errno.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "registry.h"
+
+static const char *type_name(msgpack_object_type t)
+{
+	switch (t) {
+	case MSGPACK_OBJECT_NIL: return "nil";
+	case MSGPACK_OBJECT_BOOLEAN: return "bool";
+	case MSGPACK_OBJECT_POSITIVE_INTEGER: return "int";
+	case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "int";
+	case MSGPACK_OBJECT_FLOAT32: return "float32";
+	case MSGPACK_OBJECT_FLOAT64: return "float64";
+	case MSGPACK_OBJECT_STR: return "str";
+	case MSGPACK_OBJECT_BIN: return "bin";
+	case MSGPACK_OBJECT_ARRAY: return "array";
+	case MSGPACK_OBJECT_MAP: return "map";
+	case MSGPACK_OBJECT_EXT: return "ext";
+	}
+	return "unknown";
+}
+
+static int type_error(const char *fn, const msgpack_object *arg,
+		      struct mpool_task_error *err)
+{
+	err->code = MPOOL_E_TYPE;
+	snprintf(err->message, sizeof(err->message), "%s: expected an integer, got %s", fn,
+		 type_name(arg->type));
+	return -1;
+}
+
+static int echo(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
+{
+	(void)err;
+	return msgpack_pack_object(out, *arg) == 0 ? 0
+	       : mpool_task_fail(err, MPOOL_E_INTERNAL, "builtin.echo: out of memory");
+}
+
+static int square(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
+{
+	if (arg->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+		uint64_t v = arg->via.u64, r;
+
+		if (__builtin_mul_overflow(v, v, &r))
+			return mpool_task_fail(err, MPOOL_E_TASK, "builtin.square: result does not fit in 64 bits");
+		return msgpack_pack_uint64(out, r);
+	}
+	if (arg->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+		int64_t v = arg->via.i64;
+		uint64_t m = (uint64_t)(-(v + 1)) + 1, r;   /* |v| without overflow */
+
+		if (__builtin_mul_overflow(m, m, &r))
+			return mpool_task_fail(err, MPOOL_E_TASK, "builtin.square: result does not fit in 64 bits");
+		return msgpack_pack_uint64(out, r);
+	}
+	return type_error("builtin.square", arg, err);
+}
+
+/* Reads a millisecond argument: a non-negative integer below an hour. */
+static int read_ms(const char *fn, const msgpack_object *arg, uint64_t *ms,
+		   struct mpool_task_error *err)
+{
+	if (arg->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+		return type_error(fn, arg, err);
+	if (arg->via.u64 > 3600 * 1000) {
+		err->code = MPOOL_E_TASK;
+		snprintf(err->message, sizeof(err->message), "%s: at most 3600000 ms", fn);
+		return -1;
+	}
+	*ms = arg->via.u64;
+	return 0;
+}
+
+static int do_sleep(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
+{
+	struct timespec ts;
+	uint64_t ms = 0;
+
+	if (read_ms("builtin.sleep", arg, &ms, err) < 0)
+		return -1;
+	ts.tv_sec = (time_t)(ms / 1000);
+	ts.tv_nsec = (long)(ms % 1000) * 1000000;
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+	return msgpack_pack_uint64(out, ms);
+}
+
+static int spin(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
+{
+	struct timespec start, now;
+	uint64_t ms = 0, ns;
+
+	if (read_ms("builtin.spin", arg, &ms, err) < 0)
+		return -1;
+	ns = ms * 1000000;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	do {
+		for (volatile int i = 0; i < 1000; i++)
+			;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while ((uint64_t)(now.tv_sec - start.tv_sec) * 1000000000u +
+		 (uint64_t)(now.tv_nsec - start.tv_nsec) < ns);
+	return msgpack_pack_uint64(out, ms);
+}
+
+static int pid(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
+{
+	(void)arg;
+	(void)err;
+	return msgpack_pack_int64(out, getpid());
+}
+
+static const struct mpool_function builtin_functions[] = {
+	{ "echo", echo },
+	{ "square", square },
+	{ "sleep", do_sleep },
+	{ "spin", spin },
+	{ "pid", pid },
+	{ NULL, NULL },
+};
+
+const struct mpool_module builtin_module = {
+	.abi = MPOOL_MODULE_ABI,
+	.name = "builtin",
+	.functions = builtin_functions,
+};

@@ -1,0 +1,230 @@
+#include "chan.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "mem.h"
+
+#define LOW_WATER (64 * 1024)
+
+struct chan {
+	int fd;
+	struct event *rev, *wev;
+	struct evbuffer *out;
+	struct mp_frame in;
+	const struct chan_ops *ops;
+	void *ctx;
+	bool paused, closed, dead;
+	unsigned busy;       /* callbacks running: defer the free */
+};
+
+static void chan_read_cb(evutil_socket_t fd, short what, void *arg);
+static void chan_write_cb(evutil_socket_t fd, short what, void *arg);
+
+struct chan *chan_new(struct event_base *base, int fd, const struct mp_frame_limits *lim,
+		      const struct chan_ops *ops, void *ctx)
+{
+	struct chan *ch = xcalloc(1, sizeof(*ch));
+	int fl = fcntl(fd, F_GETFL);
+
+	if (fl >= 0)
+		(void)fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	ch->fd = fd;
+	ch->ops = ops;
+	ch->ctx = ctx;
+	mp_frame_init(&ch->in, lim);
+	ch->out = evbuffer_new();
+	ch->rev = event_new(base, fd, EV_READ | EV_PERSIST, chan_read_cb, ch);
+	ch->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, chan_write_cb, ch);
+	if (!ch->out || !ch->rev || !ch->wev) {
+		fprintf(stderr, "mpoold: out of memory creating a channel\n");
+		abort();
+	}
+	event_add(ch->rev, NULL);
+	return ch;
+}
+
+static void chan_destroy(struct chan *ch)
+{
+	event_free(ch->rev);
+	event_free(ch->wev);
+	evbuffer_free(ch->out);
+	mp_frame_free(&ch->in);
+	close(ch->fd);
+	free(ch);
+}
+
+void chan_free(struct chan *ch)
+{
+	if (!ch)
+		return;
+	if (ch->busy) {
+		ch->dead = true;
+		event_del(ch->rev);
+		event_del(ch->wev);
+		return;
+	}
+	chan_destroy(ch);
+}
+
+int chan_fd(const struct chan *ch)
+{
+	return ch->fd;
+}
+
+struct evbuffer *chan_out(struct chan *ch)
+{
+	return ch->out;
+}
+
+static int evb_write(void *data, const char *buf, size_t len)
+{
+	return evbuffer_add(data, buf, len);
+}
+
+void chan_packer(struct chan *ch, msgpack_packer *pk)
+{
+	msgpack_packer_init(pk, ch->out, evb_write);
+}
+
+size_t chan_out_len(const struct chan *ch)
+{
+	return evbuffer_get_length(ch->out);
+}
+
+void chan_flush(struct chan *ch)
+{
+	if (ch->closed || ch->dead || evbuffer_get_length(ch->out) == 0)
+		return;
+	if (!event_pending(ch->wev, EV_WRITE, NULL))
+		event_add(ch->wev, NULL);
+}
+
+/* Reports peer loss once.  The owner usually frees the chan from closed(). */
+static void chan_close(struct chan *ch, int err)
+{
+	if (ch->closed)
+		return;
+	ch->closed = true;
+	event_del(ch->rev);
+	event_del(ch->wev);
+	ch->ops->closed(ch->ctx, err);
+}
+
+/* Delivers every whole frame held.  Returns a framing error, or 0. */
+static int chan_deliver(struct chan *ch, bool even_paused)
+{
+	const uint8_t *frame;
+	size_t len;
+	int r;
+
+	while (!ch->dead && !ch->closed && (even_paused || !ch->paused)) {
+		r = mp_frame_next(&ch->in, &frame, &len);
+		if (r <= 0)
+			return r;
+		ch->ops->frame(ch->ctx, frame, len);
+	}
+	return 0;
+}
+
+static void chan_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct chan *ch = arg;
+	ssize_t n = 1;      /* paused: nothing read, nothing lost */
+	int r;
+
+	(void)fd;
+	(void)what;
+	ch->busy++;
+	if (!ch->paused) {
+		n = mp_frame_read(&ch->in, ch->fd);
+		if (n == -EAGAIN || n == -EINTR)
+			n = 1;
+	}
+	r = chan_deliver(ch, false);
+	if (r < 0)
+		chan_close(ch, r);
+	else if (n <= 0 && !ch->dead)
+		chan_close(ch, n == -ENOMEM ? -ENOMEM : (int)n);
+	ch->busy--;
+	if (ch->dead && !ch->busy)
+		chan_destroy(ch);
+}
+
+void chan_drain_input(struct chan *ch)
+{
+	ssize_t n;
+
+	if (ch->closed || ch->dead)
+		return;
+	ch->busy++;
+	do {
+		n = mp_frame_read(&ch->in, ch->fd);
+		if (chan_deliver(ch, true) < 0)
+			break;
+	} while (n > 0 && !ch->dead && !ch->closed);
+	ch->busy--;
+	if (ch->dead && !ch->busy)
+		chan_destroy(ch);
+}
+
+static void chan_write_some(struct chan *ch)
+{
+	size_t before = evbuffer_get_length(ch->out);
+	int n = evbuffer_write(ch->out, ch->fd);
+
+	if (n < 0 && errno != EAGAIN && errno != EINTR) {
+		chan_close(ch, -errno);
+		return;
+	}
+	if (evbuffer_get_length(ch->out) == 0)
+		event_del(ch->wev);
+	if (before > LOW_WATER && evbuffer_get_length(ch->out) <= LOW_WATER) {
+		ch->ops->drained(ch->ctx);
+	} else if (before > 0 && evbuffer_get_length(ch->out) == 0) {
+		ch->ops->drained(ch->ctx);
+	}
+}
+
+static void chan_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct chan *ch = arg;
+
+	(void)fd;
+	(void)what;
+	ch->busy++;
+	chan_write_some(ch);
+	ch->busy--;
+	if (ch->dead && !ch->busy)
+		chan_destroy(ch);
+}
+
+void chan_write_now(struct chan *ch)
+{
+	/* Even after closed(): a client dropped for breaking the framing can
+	 * still be told why. */
+	if (ch->dead)
+		return;
+	ch->busy++;
+	chan_write_some(ch);
+	ch->busy--;
+	if (ch->dead && !ch->busy)
+		chan_destroy(ch);
+}
+
+void chan_pause(struct chan *ch, bool pause)
+{
+	if (ch->paused == pause || ch->closed || ch->dead)
+		return;
+	ch->paused = pause;
+	if (pause) {
+		event_del(ch->rev);
+	} else {
+		event_add(ch->rev, NULL);
+		/* Frames may already be held: deliver them without waiting for
+		 * the peer to send more. */
+		event_active(ch->rev, EV_READ, 0);
+	}
+}

@@ -1,0 +1,56 @@
+/* chan: one framed MessagePack stream on a non-blocking descriptor, driven
+ * by the master's libevent loop.  Client connections and worker channels are
+ * both chans: the same framing, limits and back-pressure serve both.
+ *
+ * Output is batched: writers append to chan_out() and call chan_flush(),
+ * which only arms the write event, so everything produced in one loop turn
+ * leaves in one writev.  Peer loss is reported in exactly one place, the
+ * closed() callback. */
+#ifndef CHAN_H
+#define CHAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <event2/event.h>
+#include <event2/buffer.h>
+#include <msgpack.h>
+
+#include "mp_frame.h"
+
+struct chan;
+
+struct chan_ops {
+	/* A whole frame arrived; frame is valid during the call only. */
+	void (*frame)(void *ctx, const uint8_t *frame, size_t len);
+	/* The peer is gone (err 0: end of stream; -errno: I/O error;
+	 * -EBADMSG/-ELOOP/-EMSGSIZE: it broke the framing).  Called once; the
+	 * chan reads and writes no more, the owner should free it. */
+	void (*closed)(void *ctx, int err);
+	/* Unsent output fell to the low-water mark (possibly zero). */
+	void (*drained)(void *ctx);
+};
+
+/* Takes ownership of fd (made non-blocking here). */
+struct chan *chan_new(struct event_base *base, int fd, const struct mp_frame_limits *lim,
+		      const struct chan_ops *ops, void *ctx);
+/* Closes the descriptor and frees; safe from inside a callback of the same
+ * chan (the free is then deferred until the callback returns).  NULL ok. */
+void chan_free(struct chan *ch);
+
+int chan_fd(const struct chan *ch);
+struct evbuffer *chan_out(struct chan *ch);
+/* A packer that appends to the chan's output. */
+void chan_packer(struct chan *ch, msgpack_packer *pk);
+void chan_flush(struct chan *ch);
+size_t chan_out_len(const struct chan *ch);
+/* Stops (or resumes) reading and delivering frames. */
+void chan_pause(struct chan *ch, bool pause);
+/* Reads everything the peer has sent so far and delivers its frames now,
+ * even when paused: used when a worker's exit is noticed before its last
+ * bytes were read.  The closed() callback is not called from here. */
+void chan_drain_input(struct chan *ch);
+/* Writes what it can now, without waiting (shutdown path). */
+void chan_write_now(struct chan *ch);
+
+#endif

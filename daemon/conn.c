@@ -1,0 +1,526 @@
+#include "conn.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "tailq.h"
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "chan.h"
+#include "config.h"
+#include "disp.h"
+#include "log.h"
+#include "master.h"
+#include "mem.h"
+#include "mp_rpc.h"
+#include "registry.h"
+#include "status.h"
+
+struct conn {
+	struct chan *ch;
+	uint64_t id;
+	pid_t pid;
+	uid_t uid;
+	struct job **jobs;         /* open apply/map requests */
+	unsigned n_jobs, cap_jobs;
+	TAILQ_ENTRY(conn) link;
+};
+
+static TAILQ_HEAD(, conn) conns = TAILQ_HEAD_INITIALIZER(conns);
+static unsigned n_conns;
+static uint64_t next_conn_id = 1;
+static struct event *accept_ev, *accept_retry;
+
+static void conn_free(struct conn *c);
+
+static void conn_packer(struct conn *c, msgpack_packer *pk)
+{
+	chan_packer(c->ch, pk);
+}
+
+/* Function names come from clients: keep what we log and echo printable. */
+static void printable(char *dst, size_t size, const char *s, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len && i + 1 < size; i++)
+		dst[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+	dst[i] = '\0';
+}
+
+static void reply_error(struct conn *c, uint64_t msgid, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static void reply_error(struct conn *c, uint64_t msgid, int code, const char *fmt, ...)
+{
+	char msg[512];
+	msgpack_packer pk;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	conn_packer(c, &pk);
+	mp_pack_response_head(&pk, msgid);
+	mp_pack_error(&pk, code, msg, -1);
+	msgpack_pack_nil(&pk);
+	chan_flush(c->ch);
+}
+
+/* Answers a client we are about to drop, then drops it.  The reason is
+ * small; a best-effort write now is all it gets. */
+static void conn_abort(struct conn *c, int code, const char *why)
+{
+	msgpack_packer pk;
+
+	log_info("client %llu (pid %d uid %u): closing: %s", (unsigned long long)c->id,
+		 (int)c->pid, (unsigned)c->uid, why);
+	conn_packer(c, &pk);
+	mp_pack_notify_head(&pk, "error");
+	msgpack_pack_array(&pk, 1);
+	mp_pack_error(&pk, code, why, -1);
+	chan_write_now(c->ch);
+	conn_free(c);
+}
+
+static struct job *conn_find_job(struct conn *c, uint64_t msgid)
+{
+	for (unsigned i = 0; i < c->n_jobs; i++)
+		if (disp_job_msgid(c->jobs[i]) == msgid)
+			return c->jobs[i];
+	return NULL;
+}
+
+void conn_job_ended(struct conn *c, struct job *job)
+{
+	for (unsigned i = 0; i < c->n_jobs; i++) {
+		if (c->jobs[i] == job) {
+			c->jobs[i] = c->jobs[--c->n_jobs];
+			return;
+		}
+	}
+}
+
+static int read_params(struct mp_cur *p, const struct mp_msg *m, uint32_t min, uint32_t max,
+		       uint32_t *ret_n)
+{
+	uint32_t n;
+
+	mp_cur_init(p, m->body, m->body_len);
+	if (mp_read_array(p, &n) < 0 || n < min || n > max)
+		return -EBADMSG;
+	*ret_n = n;
+	return 0;
+}
+
+/* Reads the map options into spec.  On error writes a reason into why. */
+static int read_map_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t n_why)
+{
+	uint32_t n;
+
+	if (mp_read_map(p, &n) < 0) {
+		snprintf(why, n_why, "options must be a map");
+		return -1;
+	}
+	while (n--) {
+		const char *k;
+		uint32_t kl;
+
+		if (mp_read_str(p, &k, &kl) < 0) {
+			snprintf(why, n_why, "option names must be strings");
+			return -1;
+		}
+		if (spec->is_map && mp_str_eq(k, kl, "chunksize")) {
+			uint64_t v;
+
+			if (mp_read_u64(p, &v) < 0 || v < 1 || v > UINT32_MAX) {
+				snprintf(why, n_why, "chunksize must be an integer from 1 to %u",
+					 UINT32_MAX);
+				return -1;
+			}
+			spec->chunksize = (uint32_t)v;
+		} else if (spec->is_map && mp_str_eq(k, kl, "ordered")) {
+			if (mp_read_bool(p, &spec->ordered) < 0) {
+				snprintf(why, n_why, "ordered must be true or false");
+				return -1;
+			}
+		} else {
+			char name[64];
+
+			printable(name, sizeof(name), k, kl);
+			snprintf(why, n_why, "unknown %s option '%s'",
+				 spec->is_map ? "map" : "apply", name);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void handle_job(struct conn *c, const uint8_t *frame, size_t len,
+		       const struct mp_msg *m, bool is_map)
+{
+	struct job_spec spec = { .is_map = is_map, .ordered = true, .msgid = m->msgid };
+	const char *what = is_map ? "map" : "apply";
+	struct mp_cur p;
+	uint32_t n;
+	char why[256], name[96];
+	struct job *job;
+
+	if (read_params(&p, m, 2, 3, &n) < 0 || mp_read_str(&p, &spec.fn, &spec.fn_len) < 0) {
+		reply_error(c, m->msgid, MPOOL_E_BADREQ,
+			    "%s params must be [function, %s] or [function, %s, options]",
+			    what, is_map ? "items" : "argument", is_map ? "items" : "argument");
+		return;
+	}
+	if (is_map) {
+		uint32_t count;
+
+		if (mp_read_array(&p, &count) < 0) {
+			reply_error(c, m->msgid, MPOOL_E_BADREQ, "map items must be an array");
+			return;
+		}
+		spec.n_items = count;
+		if (mp_skip_n(&p, count, &spec.items, &spec.items_len) < 0) {
+			reply_error(c, m->msgid, MPOOL_E_BADREQ, "map items are truncated");
+			return;
+		}
+	} else {
+		spec.n_items = 1;
+		mp_skip(&p, &spec.items, &spec.items_len);
+	}
+	if (n == 3 && read_map_opts(&p, &spec, why, sizeof(why)) < 0) {
+		reply_error(c, m->msgid, MPOOL_E_BADREQ, "%s: %s", what, why);
+		return;
+	}
+	printable(name, sizeof(name), spec.fn, spec.fn_len);
+	if (master_state() != MASTER_RUNNING) {
+		reply_error(c, m->msgid, MPOOL_E_SHUTDOWN, "mpoold is shutting down; no new work");
+		return;
+	}
+	if (!reg_lookup(spec.fn, spec.fn_len)) {
+		reply_error(c, m->msgid, MPOOL_E_NOFUNC, "no function named '%s'", name);
+		return;
+	}
+	if (spec.n_items > cfg.max_items) {
+		reply_error(c, m->msgid, MPOOL_E_LIMIT, "map of %llu items exceeds the limit of %llu",
+			    (unsigned long long)spec.n_items, (unsigned long long)cfg.max_items);
+		return;
+	}
+	if (conn_find_job(c, m->msgid)) {
+		reply_error(c, m->msgid, MPOOL_E_BADREQ, "msgid %llu is already in use",
+			    (unsigned long long)m->msgid);
+		return;
+	}
+	if (c->n_jobs >= cfg.max_jobs_per_conn) {
+		reply_error(c, m->msgid, MPOOL_E_LIMIT, "more than %u open requests on one connection",
+			    cfg.max_jobs_per_conn);
+		return;
+	}
+	if (c->n_jobs == c->cap_jobs) {
+		c->cap_jobs = c->cap_jobs ? 2 * c->cap_jobs : 8;
+		c->jobs = xrealloc(c->jobs, c->cap_jobs * sizeof(*c->jobs));
+	}
+	/* NULL: answered at once (an empty map), nothing to track. */
+	job = disp_submit(c, frame, len, &spec);
+	if (job)
+		c->jobs[c->n_jobs++] = job;
+}
+
+static void handle_simple(struct conn *c, const struct mp_msg *m, const char *method)
+{
+	struct mp_cur p;
+	uint32_t n;
+	msgpack_packer pk;
+
+	if (read_params(&p, m, 0, 0, &n) < 0) {
+		reply_error(c, m->msgid, MPOOL_E_BADREQ, "%s takes no params ([])", method);
+		return;
+	}
+	conn_packer(c, &pk);
+	mp_pack_response_head(&pk, m->msgid);
+	msgpack_pack_nil(&pk);
+	if (strcmp(method, "ping") == 0) {
+		mp_pack_cstr(&pk, "pong");
+	} else if (strcmp(method, "status") == 0) {
+		status_pack(&pk);
+	} else {
+		msgpack_pack_true(&pk);
+		chan_flush(c->ch);
+		log_warn("terminate requested by client %llu (pid %d uid %u)",
+			 (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+		master_terminate("terminated by request");
+		return;
+	}
+	chan_flush(c->ch);
+}
+
+static void conn_frame(void *ctx, const uint8_t *frame, size_t len)
+{
+	static const char *simple[] = { "ping", "status", "terminate" };
+	struct conn *c = ctx;
+	struct mp_msg m;
+	uint64_t msgid;
+	int msgid_ok;
+	char name[64];
+
+	if (mp_msg_parse(frame, len, &m, &msgid_ok, &msgid) < 0) {
+		if (msgid_ok)
+			reply_error(c, msgid, MPOOL_E_BADREQ,
+				    "a request is [0, msgid, method, params] with a string method and an array of params");
+		else
+			conn_abort(c, MPOOL_E_BADREQ, "not a MessagePack-RPC request");
+		return;
+	}
+	if (m.type != MP_REQUEST) {
+		conn_abort(c, MPOOL_E_BADREQ, "clients may send only requests");
+		return;
+	}
+	if (mp_str_eq(m.method, m.method_len, "apply") || mp_str_eq(m.method, m.method_len, "map")) {
+		handle_job(c, frame, len, &m, m.method_len == 3);
+	} else {
+		for (unsigned i = 0; i < sizeof(simple) / sizeof(simple[0]); i++) {
+			if (mp_str_eq(m.method, m.method_len, simple[i])) {
+				handle_simple(c, &m, simple[i]);
+				goto sent;
+			}
+		}
+		printable(name, sizeof(name), m.method, m.method_len);
+		reply_error(c, m.msgid, MPOOL_E_NOMETHOD, "no method named '%s'", name);
+	}
+sent:
+	/* A client that sends faster than it reads stops being read. */
+	if (conn_backlogged(c))
+		chan_pause(c->ch, true);
+}
+
+static void conn_closed(void *ctx, int err)
+{
+	struct conn *c = ctx;
+
+	if (err == -EBADMSG || err == -ELOOP || err == -EMSGSIZE) {
+		const char *why = err == -EBADMSG ? "the stream is not MessagePack"
+				  : err == -ELOOP ? "message nested too deep"
+				  : "message larger than the frame limit";
+		conn_abort(c, err == -EBADMSG ? MPOOL_E_BADREQ : MPOOL_E_LIMIT, why);
+		return;
+	}
+	if (c->n_jobs)
+		log_info("client %llu (pid %d) left with %u open request(s)",
+			 (unsigned long long)c->id, (int)c->pid, c->n_jobs);
+	conn_free(c);
+}
+
+static void conn_drained(void *ctx)
+{
+	struct conn *c = ctx;
+
+	chan_pause(c->ch, false);
+	disp_schedule();
+	master_progress();
+}
+
+static const struct chan_ops conn_ops = {
+	.frame = conn_frame,
+	.closed = conn_closed,
+	.drained = conn_drained,
+};
+
+static void conn_free(struct conn *c)
+{
+	/* Detaching may free jobs; walk a snapshot from the end. */
+	while (c->n_jobs > 0)
+		disp_detach(c->jobs[--c->n_jobs]);
+	free(c->jobs);
+	chan_free(c->ch);
+	TAILQ_REMOVE(&conns, c, link);
+	n_conns--;
+	free(c);
+	master_progress();
+}
+
+bool conn_backlogged(const struct conn *c)
+{
+	return chan_out_len(c->ch) > cfg.out_high_water;
+}
+
+void conn_send_chunk(struct conn *c, uint64_t msgid, uint64_t first,
+		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen)
+{
+	msgpack_packer pk;
+	struct evbuffer *out = chan_out(c->ch);
+
+	conn_packer(c, &pk);
+	mp_pack_notify_head(&pk, "result");
+	msgpack_pack_array(&pk, 4);
+	msgpack_pack_uint64(&pk, msgid);
+	msgpack_pack_uint64(&pk, first);
+	evbuffer_add(out, results, rlen);
+	evbuffer_add(out, errors, elen);
+	chan_flush(c->ch);
+}
+
+void conn_map_done(struct conn *c, uint64_t msgid, uint64_t items, uint64_t failed)
+{
+	msgpack_packer pk;
+
+	conn_packer(c, &pk);
+	mp_pack_response_head(&pk, msgid);
+	msgpack_pack_nil(&pk);
+	msgpack_pack_map(&pk, 2);
+	mp_pack_cstr(&pk, "items");
+	msgpack_pack_uint64(&pk, items);
+	mp_pack_cstr(&pk, "failed");
+	msgpack_pack_uint64(&pk, failed);
+	chan_flush(c->ch);
+}
+
+void conn_apply_done(struct conn *c, uint64_t msgid, const uint8_t *results, size_t rlen,
+		     const uint8_t *errors, size_t elen, uint32_t n_errors)
+{
+	struct mp_cur cur;
+	uint32_t n;
+
+	if (n_errors > 0) {
+		int code;
+		const char *msg;
+		uint32_t msg_len;
+		int64_t index;
+
+		mp_cur_init(&cur, errors, elen);
+		if (mp_read_array(&cur, &n) < 0 ||
+		    mp_read_error(&cur, &code, &msg, &msg_len, &index) < 0) {
+			reply_error(c, msgid, MPOOL_E_INTERNAL, "unreadable error from the worker");
+			return;
+		}
+		reply_error(c, msgid, code, "%.*s", (int)msg_len, msg);
+		return;
+	}
+	mp_cur_init(&cur, results, rlen);
+	if (mp_read_array(&cur, &n) < 0 || n != 1) {
+		reply_error(c, msgid, MPOOL_E_INTERNAL, "unreadable result from the worker");
+		return;
+	}
+	msgpack_packer pk;
+	conn_packer(c, &pk);
+	mp_pack_response_head(&pk, msgid);
+	msgpack_pack_nil(&pk);
+	evbuffer_add(chan_out(c->ch), cur.p, (size_t)(cur.end - cur.p));
+	chan_flush(c->ch);
+}
+
+void conn_job_failed(struct conn *c, uint64_t msgid, int code, const char *msg)
+{
+	reply_error(c, msgid, code, "%s", msg);
+}
+
+static void accept_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct mp_frame_limits lim = { .max_frame = cfg.max_frame, .max_depth = cfg.max_depth };
+	struct event_base *base = arg;
+
+	(void)what;
+	/* Bounded, so a connect storm cannot starve the clients already in. */
+	for (int i = 0; i < 64; i++) {
+		struct ucred cred = { 0 };
+		socklen_t cl = sizeof(cred);
+		struct conn *c;
+		int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (cfd < 0) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				/* Out of descriptors: retrying at once would spin.
+				 * Pause accepting; clients already in keep working. */
+				struct timeval tv = { 0, 100 * 1000 };
+
+				log_warn("accept: %s; pausing new connections for 100 ms", strerror(errno));
+				event_del(accept_ev);
+				evtimer_add(accept_retry, &tv);
+			}
+			return;
+		}
+		if (n_conns >= cfg.max_clients) {
+			static const uint8_t full[] = { 0x93, 0x02, 0xa5, 'e', 'r', 'r', 'o', 'r', 0x91,
+				0x82, 0xa4, 'c', 'o', 'd', 'e', 0x09, 0xa7, 'm', 'e', 's', 's', 'a', 'g', 'e',
+				0xb3, 't', 'o', 'o', ' ', 'm', 'a', 'n', 'y', ' ', 'c', 'l', 'i', 'e', 'n',
+				't', 's', ' ', 'n', 'o', 'w' };
+
+			log_warn("refusing a client: %u clients connected (--max-clients)", n_conns);
+			if (send(cfd, full, sizeof(full), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+				log_debug("could not tell the refused client why");
+			close(cfd);
+			continue;
+		}
+		c = xcalloc(1, sizeof(*c));
+		c->id = next_conn_id++;
+		if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+			c->pid = cred.pid;
+			c->uid = cred.uid;
+		}
+		c->ch = chan_new(base, cfd, &lim, &conn_ops, c);
+		TAILQ_INSERT_TAIL(&conns, c, link);
+		n_conns++;
+		log_debug("client %llu connected (pid %d uid %u)", (unsigned long long)c->id,
+			  (int)c->pid, (unsigned)c->uid);
+	}
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (master_state() == MASTER_RUNNING)
+		event_add(accept_ev, NULL);
+}
+
+int conn_listen(struct event_base *base, int listen_fd)
+{
+	accept_ev = event_new(base, listen_fd, EV_READ | EV_PERSIST, accept_cb, base);
+	accept_retry = evtimer_new(base, accept_retry_cb, NULL);
+	if (!accept_ev || !accept_retry)
+		return -ENOMEM;
+	return event_add(accept_ev, NULL) < 0 ? -EIO : 0;
+}
+
+void conn_stop_listening(void)
+{
+	if (accept_ev) {
+		event_free(accept_ev);
+		accept_ev = NULL;
+	}
+	if (accept_retry) {
+		event_free(accept_retry);
+		accept_retry = NULL;
+	}
+}
+
+unsigned conn_count(void)
+{
+	return n_conns;
+}
+
+bool conn_all_flushed(void)
+{
+	struct conn *c;
+
+	TAILQ_FOREACH(c, &conns, link)
+		if (chan_out_len(c->ch) > 0)
+			return false;
+	return true;
+}
+
+void conn_write_all_now(void)
+{
+	struct conn *c, *tmp;
+
+	TAILQ_FOREACH_SAFE(c, &conns, link, tmp)
+		chan_write_now(c->ch);
+}
+
+void conn_close_all(void)
+{
+	while (!TAILQ_EMPTY(&conns))
+		conn_free(TAILQ_FIRST(&conns));
+}

@@ -1,0 +1,38 @@
+/* conn: client connections.  Accepts them, reads requests, validates every
+ * param before anything is queued, and writes responses and streamed
+ * results.  A client that breaks the framing loses its own connection and
+ * nothing else. */
+#ifndef CONN_H
+#define CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <event2/event.h>
+
+struct conn;
+struct job;
+
+/* Starts accepting on a listening socket (owned by the caller). */
+int conn_listen(struct event_base *base, int listen_fd);
+/* Stops accepting (drain and terminate). */
+void conn_stop_listening(void);
+
+/* For the dispatcher. */
+bool conn_backlogged(const struct conn *c);
+void conn_send_chunk(struct conn *c, uint64_t msgid, uint64_t first,
+		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen);
+void conn_map_done(struct conn *c, uint64_t msgid, uint64_t items, uint64_t failed);
+void conn_apply_done(struct conn *c, uint64_t msgid, const uint8_t *results, size_t rlen,
+		     const uint8_t *errors, size_t elen, uint32_t n_errors);
+void conn_job_failed(struct conn *c, uint64_t msgid, int code, const char *msg);
+/* The job is answered: forget it. */
+void conn_job_ended(struct conn *c, struct job *job);
+
+/* For shutdown. */
+unsigned conn_count(void);
+bool conn_all_flushed(void);
+void conn_write_all_now(void);
+void conn_close_all(void);
+
+#endif

@@ -1,0 +1,348 @@
+#include "disp.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include "tailq.h"
+
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "master.h"
+#include "mem.h"
+#include "mp_rpc.h"
+#include "pool.h"
+
+/* A finished chunk of an ordered map, waiting for the chunks before it. */
+struct held {
+	uint64_t first;
+	uint32_t count;
+	uint8_t *bytes;            /* results array then errors array */
+	size_t results_len, errors_len;
+	struct held *next;
+};
+
+struct job {
+	uint64_t id;
+	struct conn *conn;         /* NULL once the client left */
+	uint64_t msgid;
+	bool is_map, ordered, queued;
+	uint8_t *frame;            /* owned copy of the request */
+	const char *fn;
+	uint32_t fn_len;
+	struct mp_cur items;       /* items not yet handed out */
+	uint64_t n_items;
+	uint64_t next_index;       /* first item not yet handed out */
+	uint64_t emitted;          /* items whose results reached the client */
+	uint64_t failed;
+	uint32_t chunksize;
+	uint32_t inflight;         /* chunks running on workers */
+	struct held *held;         /* sorted by first */
+	TAILQ_ENTRY(job) runq;     /* jobs with items to hand out */
+	TAILQ_ENTRY(job) all;
+};
+
+static TAILQ_HEAD(, job) runq = TAILQ_HEAD_INITIALIZER(runq);
+static TAILQ_HEAD(, job) all_jobs = TAILQ_HEAD_INITIALIZER(all_jobs);
+static unsigned n_active;
+static uint64_t next_id = 1, jobs_done, tasks_failed;
+
+uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers)
+{
+	uint64_t div = 4ull * (workers ? workers : 1);
+	uint64_t c = (n_items + div - 1) / div;
+
+	if (c < 1)
+		c = 1;
+	return c > DISP_CHUNK_MAX ? DISP_CHUNK_MAX : (uint32_t)c;
+}
+
+uint32_t disp_chunk_take(uint32_t chunksize, uint64_t items_left, uint64_t quota_left)
+{
+	uint64_t n = chunksize;
+
+	if (n > items_left)
+		n = items_left;
+	if (n > quota_left)
+		n = quota_left;
+	return (uint32_t)n;
+}
+
+uint64_t disp_job_id(const struct job *job)
+{
+	return job ? job->id : 0;
+}
+
+uint64_t disp_job_msgid(const struct job *job)
+{
+	return job->msgid;
+}
+
+unsigned disp_active(void)
+{
+	return n_active;
+}
+
+uint64_t disp_jobs_done(void)
+{
+	return jobs_done;
+}
+
+uint64_t disp_tasks_failed(void)
+{
+	return tasks_failed;
+}
+
+uint64_t disp_chunks_queued(void)
+{
+	uint64_t n = 0;
+	struct job *j;
+
+	TAILQ_FOREACH(j, &runq, runq)
+		n += (j->n_items - j->next_index + j->chunksize - 1) / j->chunksize;
+	return n;
+}
+
+static void job_free(struct job *job)
+{
+	struct held *h, *next;
+
+	for (h = job->held; h; h = next) {
+		next = h->next;
+		free(h->bytes);
+		free(h);
+	}
+	if (job->queued)
+		TAILQ_REMOVE(&runq, job, runq);
+	TAILQ_REMOVE(&all_jobs, job, all);
+	free(job->frame);
+	free(job);
+	n_active--;
+	master_progress();
+}
+
+/* The job is answered (or its client is gone) and nothing runs for it. */
+static void job_finish(struct job *job)
+{
+	if (job->conn)
+		conn_job_ended(job->conn, job);
+	job->conn = NULL;
+	jobs_done++;
+	job_free(job);
+}
+
+static void job_unqueue(struct job *job)
+{
+	if (job->queued) {
+		TAILQ_REMOVE(&runq, job, runq);
+		job->queued = false;
+	}
+}
+
+struct job *disp_submit(struct conn *conn, const uint8_t *frame, size_t frame_len,
+			const struct job_spec *spec)
+{
+	struct job *job = xcalloc(1, sizeof(*job));
+
+	job->id = next_id++;
+	job->conn = conn;
+	job->msgid = spec->msgid;
+	job->is_map = spec->is_map;
+	job->ordered = spec->ordered;
+	job->frame = xmemdup(frame, frame_len);
+	job->fn = (const char *)job->frame + (spec->fn - (const char *)frame);
+	job->fn_len = spec->fn_len;
+	mp_cur_init(&job->items, job->frame + (spec->items - frame), spec->items_len);
+	job->n_items = spec->n_items;
+	job->chunksize = spec->chunksize ? spec->chunksize
+			 : disp_auto_chunksize(spec->n_items, cfg.workers);
+	TAILQ_INSERT_TAIL(&all_jobs, job, all);
+	n_active++;
+	if (job->n_items == 0) {
+		conn_map_done(conn, job->msgid, 0, 0);
+		job_finish(job);
+		return NULL;
+	}
+	TAILQ_INSERT_TAIL(&runq, job, runq);
+	job->queued = true;
+	disp_schedule();
+	return job;
+}
+
+void disp_detach(struct job *job)
+{
+	job->conn = NULL;
+	job_unqueue(job);
+	if (job->inflight == 0)
+		job_free(job);
+}
+
+void disp_fail_all(int code, const char *msg)
+{
+	struct job *job, *tmp;
+
+	TAILQ_FOREACH_SAFE(job, &all_jobs, all, tmp) {
+		job_unqueue(job);
+		if (job->conn) {
+			conn_job_failed(job->conn, job->msgid, code, msg);
+			conn_job_ended(job->conn, job);
+			job->conn = NULL;
+		}
+		/* In-flight chunks still point here; their workers are being
+		 * killed and will report back into a detached job. */
+		if (job->inflight == 0)
+			job_free(job);
+	}
+}
+
+/* An ordered job may run ahead of what its client has received by this
+ * many items, so one slow chunk cannot make the master hold unbounded
+ * results. */
+static bool job_window_open(const struct job *job)
+{
+	uint64_t window = (uint64_t)job->chunksize * (2ull * cfg.workers + 2);
+
+	return !job->ordered || job->next_index - job->emitted < window;
+}
+
+static bool job_runnable(const struct job *job)
+{
+	return job_window_open(job) && (!job->conn || !conn_backlogged(job->conn));
+}
+
+void disp_schedule(void)
+{
+	struct worker *w;
+
+	while ((w = pool_idle())) {
+		struct job *job;
+		struct chunk ck;
+		const uint8_t *items;
+		size_t len;
+		uint32_t n;
+
+		TAILQ_FOREACH(job, &runq, runq)
+			if (job_runnable(job))
+				break;
+		if (!job)
+			return;
+		n = disp_chunk_take(job->chunksize, job->n_items - job->next_index,
+				    pool_quota_left(w));
+		if (n == 0)
+			return;      /* a worker at its quota is never idle */
+		if (mp_skip_n(&job->items, n, &items, &len) < 0) {
+			/* The frame was measured on arrival; this cannot be. */
+			log_err("job %llu: items do not match their count", (unsigned long long)job->id);
+			abort();
+		}
+		ck.job = job;
+		ck.first = job->next_index;
+		ck.count = n;
+		job->next_index += n;
+		job->inflight++;
+		/* Round robin: the job goes to the back of the line. */
+		TAILQ_REMOVE(&runq, job, runq);
+		job->queued = false;
+		if (job->next_index < job->n_items) {
+			TAILQ_INSERT_TAIL(&runq, job, runq);
+			job->queued = true;
+		}
+		pool_run(w, &ck, job->fn, job->fn_len, items, len);
+	}
+}
+
+static void job_emit(struct job *job, uint64_t first, uint32_t count,
+		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen)
+{
+	if (job->conn)
+		conn_send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen);
+	job->emitted += count;
+}
+
+static void job_maybe_done(struct job *job)
+{
+	if (job->emitted < job->n_items)
+		return;
+	if (job->conn)
+		conn_map_done(job->conn, job->msgid, job->n_items, job->failed);
+	job_finish(job);
+}
+
+static void chunk_result(struct chunk *ck, const uint8_t *results, size_t rlen,
+			 const uint8_t *errors, size_t elen, uint32_t n_errors)
+{
+	struct job *job = ck->job;
+
+	job->inflight--;
+	job->failed += n_errors;
+	tasks_failed += n_errors;
+	if (!job->conn) {
+		if (job->inflight == 0)
+			job_free(job);
+		return;
+	}
+	if (!job->is_map) {
+		conn_apply_done(job->conn, job->msgid, results, rlen, errors, elen, n_errors);
+		job_finish(job);
+		return;
+	}
+	if (!job->ordered || ck->first == job->emitted) {
+		job_emit(job, ck->first, ck->count, results, rlen, errors, elen);
+		while (job->held && job->held->first == job->emitted) {
+			struct held *h = job->held;
+
+			job->held = h->next;
+			job_emit(job, h->first, h->count, h->bytes, h->results_len,
+				 h->bytes + h->results_len, h->errors_len);
+			free(h->bytes);
+			free(h);
+		}
+	} else {
+		struct held *h = xcalloc(1, sizeof(*h)), **pp = &job->held;
+
+		h->first = ck->first;
+		h->count = ck->count;
+		h->bytes = xmalloc(rlen + elen);
+		memcpy(h->bytes, results, rlen);
+		memcpy(h->bytes + rlen, errors, elen);
+		h->results_len = rlen;
+		h->errors_len = elen;
+		while (*pp && (*pp)->first < h->first)
+			pp = &(*pp)->next;
+		h->next = *pp;
+		*pp = h;
+	}
+	job_maybe_done(job);
+}
+
+void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res)
+{
+	chunk_result(ck, res->results, res->results_len, res->errors, res->errors_len,
+		     res->n_errors);
+	disp_schedule();
+}
+
+void disp_chunk_failed(struct chunk *ck, int code, const char *msg)
+{
+	msgpack_sbuffer r, e;
+	msgpack_packer rpk, epk;
+
+	msgpack_sbuffer_init(&r);
+	msgpack_sbuffer_init(&e);
+	msgpack_packer_init(&rpk, &r, msgpack_sbuffer_write);
+	msgpack_packer_init(&epk, &e, msgpack_sbuffer_write);
+	msgpack_pack_array(&rpk, ck->count);
+	msgpack_pack_array(&epk, ck->count);
+	for (uint32_t i = 0; i < ck->count; i++) {
+		msgpack_pack_nil(&rpk);
+		mp_pack_error(&epk, code, msg, (int64_t)(ck->first + i));
+	}
+	if (!r.data || !e.data) {
+		log_err("out of memory failing a chunk");
+		abort();
+	}
+	chunk_result(ck, (uint8_t *)r.data, r.size, (uint8_t *)e.data, e.size, ck->count);
+	msgpack_sbuffer_destroy(&r);
+	msgpack_sbuffer_destroy(&e);
+	disp_schedule();
+}

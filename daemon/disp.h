@@ -1,0 +1,72 @@
+/* disp: the dispatcher.  A job is one client request (an apply is a job of
+ * one item); it is cut into chunks as workers fall idle, round-robin across
+ * jobs, and its results stream back to its client as chunks finish.
+ *
+ * Items and results are never decoded here: a job keeps its request frame
+ * and walks its items as raw MessagePack slices, and results are forwarded
+ * byte for byte. */
+#ifndef DISP_H
+#define DISP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <msgpack.h>
+
+#include "wmsg.h"
+
+struct conn;
+struct job;
+
+/* A chunk in flight, held by the worker running it. */
+struct chunk {
+	struct job *job;
+	uint64_t first;
+	uint32_t count;
+};
+
+struct job_spec {
+	bool is_map;
+	bool ordered;
+	uint64_t msgid;
+	uint32_t chunksize;          /* 0: the default rule */
+	const char *fn;              /* within frame */
+	uint32_t fn_len;
+	const uint8_t *items;        /* n_items raw elements, within frame */
+	size_t items_len;
+	uint64_t n_items;
+};
+
+/* Python's rule, ceil(n / (4 * workers)), capped at DISP_CHUNK_MAX and at
+ * least 1. */
+#define DISP_CHUNK_MAX 4096
+uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers);
+/* How many items the next chunk takes: the chunksize, bounded by the items
+ * left and by the worker's remaining task quota (UINT64_MAX: none). */
+uint32_t disp_chunk_take(uint32_t chunksize, uint64_t items_left, uint64_t quota_left);
+
+/* Creates a job from spec; frame (frame_len bytes, which spec points into)
+ * is copied.  The job answers conn when done. */
+struct job *disp_submit(struct conn *conn, const uint8_t *frame, size_t frame_len,
+			const struct job_spec *spec);
+/* The client is gone: drop what is queued, discard what is in flight. */
+void disp_detach(struct job *job);
+/* Fails every job with an error response (terminate). */
+void disp_fail_all(int code, const char *msg);
+
+/* Hands chunks to idle workers while there are both. */
+void disp_schedule(void);
+
+/* A worker finished a chunk (res holds its raw results and errors). */
+void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res);
+/* A chunk was lost (worker death): each of its items fails with code/msg. */
+void disp_chunk_failed(struct chunk *ck, int code, const char *msg);
+
+uint64_t disp_job_id(const struct job *job);
+uint64_t disp_job_msgid(const struct job *job);
+unsigned disp_active(void);          /* jobs not yet answered or freed */
+uint64_t disp_chunks_queued(void);
+uint64_t disp_jobs_done(void);
+uint64_t disp_tasks_failed(void);
+
+#endif

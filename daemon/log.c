@@ -1,0 +1,65 @@
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static int max_level = LOG_INFO;
+static int journal;
+
+/* JOURNAL_STREAM is "device:inode" of the stream journald gave us; it only
+ * counts if stderr is still that stream (not redirected since). */
+static int stderr_is_journal(void)
+{
+	const char *e = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+
+	if (!e || sscanf(e, "%llu:%llu", &dev, &ino) != 2)
+		return 0;
+	if (fstat(STDERR_FILENO, &st) < 0)
+		return 0;
+	return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+void log_init(int level)
+{
+	max_level = level;
+	journal = stderr_is_journal();
+}
+
+void log_msg(int prio, const char *fmt, ...)
+{
+	static const char *names[] = { "emerg", "alert", "crit", "error",
+				       "warning", "notice", "info", "debug" };
+	char line[1024];
+	va_list ap;
+	int n;
+
+	if (prio > max_level)
+		return;
+	if (journal) {
+		n = snprintf(line, sizeof(line), "<%d>", prio);
+	} else {
+		struct timespec ts;
+		struct tm tm;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		localtime_r(&ts.tv_sec, &tm);
+		n = (int)strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+		n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ld mpoold[%d] %s: ",
+			      ts.tv_nsec / 1000000, (int)getpid(), names[prio & 7]);
+	}
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	n = (int)strlen(line);
+	line[n++] = '\n';
+	/* One write per line, so lines from master and workers never interleave. */
+	if (write(STDERR_FILENO, line, (size_t)n) < 0)
+		return;     /* nowhere left to report it */
+}

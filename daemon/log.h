@@ -1,0 +1,17 @@
+/* Logging to stderr.  Under journald (JOURNAL_STREAM names our stderr) each
+ * line starts with its sd-daemon priority prefix ("<3>") so the journal
+ * keeps the level; elsewhere lines carry a timestamp and the level's name. */
+#ifndef LOG_H
+#define LOG_H
+
+#include <syslog.h>
+
+void log_init(int level);
+void log_msg(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define log_err(...)   log_msg(LOG_ERR, __VA_ARGS__)
+#define log_warn(...)  log_msg(LOG_WARNING, __VA_ARGS__)
+#define log_info(...)  log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)
+
+#endif

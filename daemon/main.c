@@ -1,0 +1,194 @@
+/* mpoold: a preforking process-pool daemon.  main() reads the options,
+ * registers the task modules (before any fork, so workers share them) and
+ * hands over to the master loop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "master.h"
+#include "mp_path.h"
+#include "mp_scan.h"
+#include "registry.h"
+
+struct config cfg = {
+	.max_tasks_per_child = 0,
+	.max_frame = 64u << 20,
+	.max_depth = MP_DEPTH_MAX,
+	.max_items = 1u << 24,
+	.max_jobs_per_conn = 1024,
+	.max_clients = 1024,
+	.out_high_water = 4u << 20,
+	.drain_timeout_ms = 30000,
+	.log_level = LOG_INFO,
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: mpoold [OPTION]...\n"
+		"Serve a pool of worker processes on a Unix socket (see mpoold --help).\n\n"
+		"  -s, --socket PATH            socket to listen on (default: $MPOOL_SOCKET,\n"
+		"                               /run/mpool/mpoold.sock for root, else\n"
+		"                               $XDG_RUNTIME_DIR/mpool/mpoold.sock)\n"
+		"  -w, --workers N              worker processes (default: online CPUs)\n"
+		"  -m, --max-tasks-per-child N  recycle a worker after N tasks (0: never; default 0)\n"
+		"      --max-frame BYTES        largest message accepted (default 67108864)\n"
+		"      --max-items N            most items in one map (default 16777216)\n"
+		"      --max-jobs N             most open requests per connection (default 1024)\n"
+		"      --max-clients N          most client connections (default 1024)\n"
+		"      --drain-timeout MS       SIGTERM drain deadline before terminating (default 30000)\n"
+		"      --log-level LEVEL        error, warning, info or debug (default info)\n"
+		"  -h, --help                   this text\n"
+		"  -V, --version                the version\n");
+}
+
+static int parse_u64(const char *opt, const char *s, uint64_t min, uint64_t max, uint64_t *ret)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-' || v < min || v > max) {
+		fprintf(stderr, "mpoold: --%s: expected an integer from %llu to %llu, got '%s'\n",
+			opt, (unsigned long long)min, (unsigned long long)max, s);
+		return -1;
+	}
+	*ret = v;
+	return 0;
+}
+
+static int parse_level(const char *s)
+{
+	static const struct { const char *name; int level; } levels[] = {
+		{ "error", LOG_ERR }, { "warning", LOG_WARNING }, { "info", LOG_INFO },
+		{ "debug", LOG_DEBUG },
+	};
+	for (size_t i = 0; i < sizeof(levels) / sizeof(levels[0]); i++)
+		if (strcmp(s, levels[i].name) == 0)
+			return levels[i].level;
+	return -1;
+}
+
+/* Descriptors 0-2 must exist, or a socket could land on them and be written
+ * to as if it were stderr. */
+static void ensure_std_fds(void)
+{
+	for (int fd = 0; fd < 3; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
+			exit(1);
+}
+
+int main(int argc, char **argv)
+{
+	enum { O_FRAME = 256, O_ITEMS, O_JOBS, O_CLIENTS, O_DRAIN, O_LOG };
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "workers", required_argument, NULL, 'w' },
+		{ "max-tasks-per-child", required_argument, NULL, 'm' },
+		{ "max-frame", required_argument, NULL, O_FRAME },
+		{ "max-items", required_argument, NULL, O_ITEMS },
+		{ "max-jobs", required_argument, NULL, O_JOBS },
+		{ "max-clients", required_argument, NULL, O_CLIENTS },
+		{ "drain-timeout", required_argument, NULL, O_DRAIN },
+		{ "log-level", required_argument, NULL, O_LOG },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *socket_path = NULL;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	uint64_t v;
+	int c, r;
+
+	ensure_std_fds();
+	cfg.workers = cpus > 0 ? (unsigned)cpus : 1;
+	while ((c = getopt_long(argc, argv, "s:w:m:hV", opts, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			socket_path = optarg;
+			break;
+		case 'w':
+			if (parse_u64("workers", optarg, 1, 1024, &v) < 0)
+				return 2;
+			cfg.workers = (unsigned)v;
+			break;
+		case 'm':
+			if (parse_u64("max-tasks-per-child", optarg, 0, UINT64_MAX, &v) < 0)
+				return 2;
+			cfg.max_tasks_per_child = v;
+			break;
+		case O_FRAME:
+			if (parse_u64("max-frame", optarg, 1024, 1ull << 30, &v) < 0)
+				return 2;
+			cfg.max_frame = v;
+			break;
+		case O_ITEMS:
+			if (parse_u64("max-items", optarg, 1, UINT32_MAX, &v) < 0)
+				return 2;
+			cfg.max_items = v;
+			break;
+		case O_JOBS:
+			if (parse_u64("max-jobs", optarg, 1, 1u << 20, &v) < 0)
+				return 2;
+			cfg.max_jobs_per_conn = (unsigned)v;
+			break;
+		case O_CLIENTS:
+			if (parse_u64("max-clients", optarg, 1, 1u << 20, &v) < 0)
+				return 2;
+			cfg.max_clients = (unsigned)v;
+			break;
+		case O_DRAIN:
+			if (parse_u64("drain-timeout", optarg, 0, 24u * 3600 * 1000, &v) < 0)
+				return 2;
+			cfg.drain_timeout_ms = (unsigned)v;
+			break;
+		case O_LOG:
+			cfg.log_level = parse_level(optarg);
+			if (cfg.log_level < 0) {
+				fprintf(stderr, "mpoold: --log-level: expected error, warning, info or debug\n");
+				return 2;
+			}
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("mpoold %s (protocol %d)\n", MPOOL_VERSION, 1);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "mpoold: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	log_init(cfg.log_level);
+	if (socket_path) {
+		if (strlen(socket_path) >= sizeof(cfg.socket_path)) {
+			log_err("socket path too long (at most %zu bytes): %s",
+				sizeof(cfg.socket_path) - 1, socket_path);
+			return 1;
+		}
+		snprintf(cfg.socket_path, sizeof(cfg.socket_path), "%s", socket_path);
+	} else if (mp_default_socket_path(cfg.socket_path, sizeof(cfg.socket_path)) < 0) {
+		log_err("the default socket path is too long; pass --socket");
+		return 1;
+	}
+	r = reg_add(&builtin_module);
+	if (r < 0) {
+		log_err("cannot register the builtin module: %s", strerror(-r));
+		return 1;
+	}
+	return master_run();
+}

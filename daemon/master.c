@@ -1,0 +1,213 @@
+#include "master.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mpool/error.h>
+#include "config.h"
+#include "conn.h"
+#include "disp.h"
+#include "listen.h"
+#include "log.h"
+#include "notify.h"
+#include "pool.h"
+
+static struct event_base *base;
+static enum master_state state = MASTER_RUNNING;
+static uint64_t start_ms;
+static int listen_fd = -1;
+static bool pool_stopped, timed_out;
+static struct event *ev_term, *ev_int, *ev_chld, *ev_hup, *deadline;
+
+uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+struct event_base *master_base(void)
+{
+	return base;
+}
+
+enum master_state master_state(void)
+{
+	return state;
+}
+
+const char *master_state_name(void)
+{
+	static const char *names[] = { "running", "draining", "terminating" };
+	return names[state];
+}
+
+uint64_t master_uptime_ms(void)
+{
+	return now_ms() - start_ms;
+}
+
+static void stop_listening(void)
+{
+	conn_stop_listening();
+	listen_close(listen_fd, cfg.socket_path);
+	listen_fd = -1;
+}
+
+static void arm_deadline(unsigned ms)
+{
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+
+	evtimer_add(deadline, &tv);
+}
+
+void master_progress(void)
+{
+	if (state == MASTER_RUNNING)
+		return;
+	if (state == MASTER_DRAINING && disp_active() == 0 && !pool_stopped) {
+		pool_stopped = true;
+		pool_stop();
+	}
+	if (disp_active() == 0 && pool_live() == 0 && conn_all_flushed())
+		event_base_loopbreak(base);
+}
+
+static void begin_drain(const char *why)
+{
+	if (state != MASTER_RUNNING)
+		return;
+	state = MASTER_DRAINING;
+	notify_stopping();
+	log_info("%s: draining %u job(s), then exiting", why, disp_active());
+	stop_listening();
+	arm_deadline(cfg.drain_timeout_ms);
+	master_progress();
+}
+
+void master_terminate(const char *why)
+{
+	if (state == MASTER_TERMINATING)
+		return;
+	if (state == MASTER_RUNNING)
+		notify_stopping();
+	state = MASTER_TERMINATING;
+	log_warn("terminating: %s", why);
+	stop_listening();
+	pool_kill_all();
+	disp_fail_all(MPOOL_E_TERMINATED, why);
+	/* Clients that do not read their last error must not hold us. */
+	evtimer_del(deadline);
+	arm_deadline(2000);
+	master_progress();
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (state == MASTER_DRAINING) {
+		log_warn("drain did not finish within %u ms", cfg.drain_timeout_ms);
+		timed_out = true;
+		master_terminate("the drain timed out");
+	} else {
+		log_warn("shutdown deadline reached; exiting with %u client(s) unflushed",
+			 conn_count());
+		event_base_loopbreak(base);
+	}
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	(void)arg;
+	switch (sig) {
+	case SIGCHLD:
+		pool_reap();
+		master_progress();
+		break;
+	case SIGTERM:
+	case SIGINT:
+		if (state == MASTER_DRAINING)
+			master_terminate("second stop signal during the drain");
+		else
+			begin_drain(sig == SIGTERM ? "SIGTERM" : "SIGINT");
+		break;
+	case SIGHUP:
+		log_info("SIGHUP: reload is not supported yet; ignored");
+		break;
+	}
+}
+
+/* Workers die with their master (PR_SET_PDEATHSIG), but a clean exit also
+ * waits for them so none is left behind. */
+static void reap_all(void)
+{
+	pool_kill_all();
+	while (pool_live() > 0) {
+		int status;
+		pid_t pid = waitpid(-1, &status, 0);
+
+		if (pid < 0 && errno != EINTR)
+			break;
+		pool_reap();
+	}
+}
+
+int master_run(void)
+{
+	int r;
+
+	start_ms = now_ms();
+	signal(SIGPIPE, SIG_IGN);
+	base = event_base_new();
+	if (!base) {
+		log_err("cannot create the event loop");
+		return 1;
+	}
+	r = listen_open(cfg.socket_path, &listen_fd);
+	if (r < 0)
+		return 1;
+	ev_term = evsignal_new(base, SIGTERM, signal_cb, NULL);
+	ev_int = evsignal_new(base, SIGINT, signal_cb, NULL);
+	ev_chld = evsignal_new(base, SIGCHLD, signal_cb, NULL);
+	ev_hup = evsignal_new(base, SIGHUP, signal_cb, NULL);
+	deadline = evtimer_new(base, deadline_cb, NULL);
+	if (!ev_term || !ev_int || !ev_chld || !ev_hup || !deadline ||
+	    evsignal_add(ev_term, NULL) < 0 || evsignal_add(ev_int, NULL) < 0 ||
+	    evsignal_add(ev_chld, NULL) < 0 || evsignal_add(ev_hup, NULL) < 0) {
+		log_err("cannot set up signal handling");
+		return 1;
+	}
+	/* Modules are registered (main) before this fork: workers share them. */
+	if (pool_init(base) < 0 || conn_listen(base, listen_fd) < 0) {
+		reap_all();
+		stop_listening();
+		return 1;
+	}
+	log_info("mpoold %s serving %s with %u worker(s), max %llu task(s) per child",
+		 MPOOL_VERSION, cfg.socket_path, cfg.workers,
+		 (unsigned long long)cfg.max_tasks_per_child);
+
+	event_base_dispatch(base);
+
+	conn_write_all_now();
+	conn_close_all();
+	stop_listening();
+	reap_all();
+	pool_free();
+	event_free(ev_term);
+	event_free(ev_int);
+	event_free(ev_chld);
+	event_free(ev_hup);
+	event_free(deadline);
+	event_base_free(base);
+	log_info("exited (%s)", timed_out ? "drain timed out" : "clean");
+	return timed_out ? 1 : 0;
+}

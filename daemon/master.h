@@ -1,0 +1,25 @@
+/* master: the one-thread event loop of mpoold, its signals and its
+ * lifecycle: running -> draining (SIGTERM/SIGINT) or terminating
+ * (terminate request) -> exit. */
+#ifndef MASTER_H
+#define MASTER_H
+
+#include <stdint.h>
+#include <event2/event.h>
+
+enum master_state { MASTER_RUNNING, MASTER_DRAINING, MASTER_TERMINATING };
+
+int master_run(void);
+
+struct event_base *master_base(void);
+enum master_state master_state(void);
+const char *master_state_name(void);
+uint64_t master_uptime_ms(void);
+uint64_t now_ms(void);       /* monotonic */
+
+/* Stop at once: kill workers, fail all work, exit. */
+void master_terminate(const char *why);
+/* Something that shutdown waits for has ended (a job, a worker, a client). */
+void master_progress(void);
+
+#endif

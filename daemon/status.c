@@ -1,0 +1,43 @@
+#include "status.h"
+
+#include <unistd.h>
+
+#include "config.h"
+#include "conn.h"
+#include "disp.h"
+#include "master.h"
+#include "mp_rpc.h"
+#include "pool.h"
+
+static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
+{
+	mp_pack_cstr(pk, k);
+	msgpack_pack_uint64(pk, v);
+}
+
+void status_pack(msgpack_packer *pk)
+{
+	msgpack_pack_map(pk, 7);
+	mp_pack_cstr(pk, "version");
+	mp_pack_cstr(pk, MPOOL_VERSION);
+	kv_u64(pk, "protocol", MP_PROTO_VERSION);
+	kv_u64(pk, "pid", (uint64_t)getpid());
+	mp_pack_cstr(pk, "state");
+	mp_pack_cstr(pk, master_state_name());
+	kv_u64(pk, "uptime_ms", master_uptime_ms());
+	mp_pack_cstr(pk, "workers");
+	pool_pack_workers(pk);
+	mp_pack_cstr(pk, "totals");
+	msgpack_pack_map(pk, 11);
+	kv_u64(pk, "workers", cfg.workers);
+	kv_u64(pk, "max_tasks_per_child", cfg.max_tasks_per_child);
+	kv_u64(pk, "tasks_done", pool_tasks_done());
+	kv_u64(pk, "tasks_failed", disp_tasks_failed());
+	kv_u64(pk, "workers_started", pool_started());
+	kv_u64(pk, "workers_recycled", pool_recycled());
+	kv_u64(pk, "workers_died", pool_died());
+	kv_u64(pk, "jobs_active", disp_active());
+	kv_u64(pk, "jobs_done", disp_jobs_done());
+	kv_u64(pk, "chunks_queued", disp_chunks_queued());
+	kv_u64(pk, "clients", conn_count());
+}

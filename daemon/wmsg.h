@@ -1,0 +1,56 @@
+/* wmsg: the messages between the master and its workers, packed and read in
+ * one place.  They ride the same MessagePack-RPC framing as clients:
+ *
+ *   master -> worker  [0, seq, "run", [function, first, items]]
+ *   worker -> master  [1, seq, nil, [results, errors]]
+ *   worker -> master  [2, "ready", [pid]]        once, after module init
+ *
+ * results has one element per item (nil where it failed); errors holds an
+ * error object (with "index" = first + i) per failed item.  Both arrays are
+ * forwarded to the client byte for byte.  Bump MP_PROTO_VERSION's sibling
+ * below when a shape changes. */
+#ifndef WMSG_H
+#define WMSG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <msgpack.h>
+
+#define WMSG_VERSION 1
+
+/* Worker exit statuses the master understands. */
+enum {
+	WORKER_EXIT_OK = 0,       /* quota reached, or the master closed the channel */
+	WORKER_EXIT_INIT = 3,     /* a module's init failed */
+	WORKER_EXIT_PROTO = 4,    /* the master sent something unreadable: a bug */
+};
+
+struct wmsg_run {
+	uint64_t seq;
+	const char *fn;
+	uint32_t fn_len;
+	uint64_t first;
+	uint32_t count;
+	const uint8_t *items;     /* count raw elements back to back */
+	size_t items_len;
+};
+
+struct wmsg_result {
+	uint64_t seq;
+	const uint8_t *results;   /* the whole results array, header included */
+	size_t results_len;
+	uint32_t n_results;
+	const uint8_t *errors;    /* the whole errors array, header included */
+	size_t errors_len;
+	uint32_t n_errors;
+};
+
+int wmsg_pack_run(msgpack_packer *pk, const struct wmsg_run *run);
+int wmsg_parse_run(const uint8_t *frame, size_t len, struct wmsg_run *ret);
+
+/* A worker frame: a result (returns 1) or the ready notice (returns 2, with
+ * *ret_pid).  -EBADMSG for anything else. */
+int wmsg_parse_from_worker(const uint8_t *frame, size_t len, struct wmsg_result *ret,
+			   int64_t *ret_pid);
+
+#endif

@@ -1,0 +1,222 @@
+#include "worker.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "mp_frame.h"
+#include "mp_rpc.h"
+#include "registry.h"
+#include "wmsg.h"
+
+#define WORKER_FD 3
+
+/* Leaves the master's world behind: its signal handlers (libevent's), its
+ * mask, its descriptors (listening socket, clients, other workers' pairs,
+ * the epoll instance) and its systemd environment. */
+static void worker_detach(int fd, pid_t master)
+{
+	sigset_t all;
+
+	/* Die with the master, even when it is SIGKILLed.  The getppid()
+	 * check closes the race with a master that died before prctl. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != master)
+		_exit(WORKER_EXIT_OK);
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL);
+	sigemptyset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+
+	if (fd != WORKER_FD) {
+		if (dup2(fd, WORKER_FD) < 0)
+			_exit(WORKER_EXIT_PROTO);
+		close(fd);
+	}
+	close_range(WORKER_FD + 1, ~0U, 0);
+
+	unsetenv("NOTIFY_SOCKET");
+	unsetenv("WATCHDOG_USEC");
+	unsetenv("WATCHDOG_PID");
+	unsetenv("LISTEN_FDS");
+	unsetenv("LISTEN_PID");
+	unsetenv("LISTEN_FDNAMES");
+}
+
+static void write_all(const struct iovec *iov, int n)
+{
+	struct iovec v[4];
+	struct msghdr mh = { 0 };
+
+	memcpy(v, iov, sizeof(v[0]) * (size_t)n);
+	mh.msg_iov = v;
+	mh.msg_iovlen = (size_t)n;
+	while (mh.msg_iovlen > 0) {
+		ssize_t w = sendmsg(WORKER_FD, &mh, MSG_NOSIGNAL);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			_exit(WORKER_EXIT_OK);      /* the master is gone */
+		}
+		while (mh.msg_iovlen > 0 && (size_t)w >= mh.msg_iov->iov_len) {
+			w -= (ssize_t)mh.msg_iov->iov_len;
+			mh.msg_iov++;
+			mh.msg_iovlen--;
+		}
+		if (mh.msg_iovlen > 0) {
+			mh.msg_iov->iov_base = (char *)mh.msg_iov->iov_base + w;
+			mh.msg_iov->iov_len -= (size_t)w;
+		}
+	}
+}
+
+static void send_ready(void)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	struct iovec iov;
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	if (mp_pack_notify_head(&pk, "ready") < 0 || msgpack_pack_array(&pk, 1) < 0 ||
+	    msgpack_pack_int64(&pk, getpid()) < 0)
+		_exit(WORKER_EXIT_PROTO);
+	iov.iov_base = sb.data;
+	iov.iov_len = sb.size;
+	write_all(&iov, 1);
+	msgpack_sbuffer_destroy(&sb);
+}
+
+/* Buffers reused across chunks, so a worker allocates only while its
+ * results grow past anything seen before. */
+struct run_bufs {
+	msgpack_sbuffer head, results, errors, tail;
+	msgpack_zone zone;
+};
+
+static void pack_item_error(msgpack_packer *pk, uint64_t index,
+			    const struct mpool_task_error *err, const char *fallback)
+{
+	const char *msg = err->message[0] ? err->message : fallback;
+
+	if (mp_pack_error(pk, err->code ? err->code : MPOOL_E_TASK, msg, (int64_t)index) < 0)
+		_exit(WORKER_EXIT_PROTO);
+}
+
+/* Runs one chunk and sends its result.  Returns the number of tasks run. */
+static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
+{
+	msgpack_packer rpk, epk, hpk;
+	mpool_task_fn fn = reg_lookup(run->fn, run->fn_len);
+	uint32_t n_err = 0;
+	size_t off = 0;
+	struct iovec iov[4];
+
+	b->head.size = b->results.size = b->errors.size = b->tail.size = 0;
+	msgpack_packer_init(&rpk, &b->results, msgpack_sbuffer_write);
+	msgpack_packer_init(&epk, &b->errors, msgpack_sbuffer_write);
+	msgpack_pack_array(&rpk, run->count);
+
+	for (uint32_t i = 0; i < run->count; i++) {
+		struct mpool_task_error err = { .code = MPOOL_E_TASK };
+		msgpack_object arg;
+		size_t before = b->results.size, len;
+		uint64_t index = run->first + i;
+		int rc;
+
+		msgpack_zone_clear(&b->zone);
+		if (msgpack_unpack((const char *)run->items, run->items_len, &off,
+				   &b->zone, &arg) < 0)
+			_exit(WORKER_EXIT_PROTO);
+		if (!fn) {
+			/* The master checked the name; a miss here is a bug. */
+			_exit(WORKER_EXIT_PROTO);
+		}
+		rc = fn(&arg, &rpk, &err);
+		if (rc == 0 && (mp_scan_one((const uint8_t *)b->results.data + before,
+					    b->results.size - before, MP_DEPTH_MAX, &len) != 1 ||
+				len != b->results.size - before)) {
+			rc = -1;
+			err.code = MPOOL_E_RESULT;
+			snprintf(err.message, sizeof(err.message),
+				 "%.*s did not produce exactly one result",
+				 (int)run->fn_len, run->fn);
+		}
+		if (rc != 0) {
+			b->results.size = before;
+			msgpack_pack_nil(&rpk);
+			pack_item_error(&epk, index, &err, "task failed without a message");
+			n_err++;
+		}
+	}
+	msgpack_packer_init(&hpk, &b->head, msgpack_sbuffer_write);
+	if (mp_pack_response_head(&hpk, run->seq) < 0 || msgpack_pack_nil(&hpk) < 0 ||
+	    msgpack_pack_array(&hpk, 2) < 0)
+		_exit(WORKER_EXIT_PROTO);
+	msgpack_packer_init(&hpk, &b->tail, msgpack_sbuffer_write);
+	msgpack_pack_array(&hpk, n_err);
+	iov[0] = (struct iovec){ b->head.data, b->head.size };
+	iov[1] = (struct iovec){ b->results.data, b->results.size };
+	iov[2] = (struct iovec){ b->tail.data, b->tail.size };
+	iov[3] = (struct iovec){ b->errors.data, b->errors.size };
+	write_all(iov, 4);
+	return run->count;
+}
+
+void worker_main(int fd, pid_t master, uint64_t quota)
+{
+	struct mp_frame_limits lim = { .max_frame = cfg.max_frame, .max_depth = MP_DEPTH_MAX };
+	struct mpool_task_error err = { 0 };
+	struct run_bufs b;
+	struct mp_frame in;
+	const char *failed;
+	uint64_t done = 0;
+
+	worker_detach(fd, master);
+	if (reg_init_all(&err, &failed) < 0) {
+		log_err("worker %d: module %s: init failed: %s", (int)getpid(), failed,
+			err.message[0] ? err.message : "no reason given");
+		_exit(WORKER_EXIT_INIT);
+	}
+	memset(&b, 0, sizeof(b));
+	if (!msgpack_zone_init(&b.zone, 4096))
+		_exit(WORKER_EXIT_PROTO);
+	mp_frame_init(&in, &lim);
+	send_ready();
+
+	for (;;) {
+		const uint8_t *frame;
+		size_t len;
+		struct wmsg_run run;
+		ssize_t n;
+		int r;
+
+		while ((r = mp_frame_next(&in, &frame, &len)) == 1) {
+			if (wmsg_parse_run(frame, len, &run) < 0)
+				_exit(WORKER_EXIT_PROTO);
+			done += run_chunk(&b, &run);
+			if (quota && done >= quota) {
+				reg_fini_all();
+				_exit(WORKER_EXIT_OK);
+			}
+		}
+		if (r < 0)
+			_exit(WORKER_EXIT_PROTO);
+		n = mp_frame_read(&in, WORKER_FD);
+		if (n == -EINTR)
+			continue;
+		if (n <= 0) {
+			/* The master closed our channel: a drain, or it died. */
+			reg_fini_all();
+			_exit(WORKER_EXIT_OK);
+		}
+	}
+}

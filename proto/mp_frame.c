@@ -1,0 +1,110 @@
+#include "mp_frame.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define READ_CHUNK (64 * 1024)
+
+void mp_frame_init(struct mp_frame *f, const struct mp_frame_limits *lim)
+{
+	memset(f, 0, sizeof(*f));
+	f->lim = *lim;
+	mp_scan_init(&f->scan, lim->max_depth);
+}
+
+void mp_frame_free(struct mp_frame *f)
+{
+	free(f->data);
+	f->data = NULL;
+	f->start = f->len = f->cap = 0;
+}
+
+uint8_t *mp_frame_space(struct mp_frame *f, size_t want, size_t *ret_room)
+{
+	/* Slide the unconsumed tail to the front before growing: frames are
+	 * handed out by pointer, so this only happens when new bytes are
+	 * wanted, which the contract says invalidates them. */
+	if (f->start == f->len && f->cap > 4 * READ_CHUNK) {
+		/* Idle after a large frame: give the memory back. */
+		free(f->data);
+		f->data = NULL;
+		f->cap = 0;
+		f->start = f->len = 0;
+	}
+	if (f->start > 0) {
+		memmove(f->data, f->data + f->start, f->len - f->start);
+		f->len -= f->start;
+		f->start = 0;
+	}
+	if (f->cap - f->len < want) {
+		size_t cap = f->cap ? f->cap : READ_CHUNK;
+		uint8_t *d;
+
+		while (cap - f->len < want)
+			cap *= 2;
+		d = realloc(f->data, cap);
+		if (!d)
+			return NULL;
+		f->data = d;
+		f->cap = cap;
+	}
+	*ret_room = f->cap - f->len;
+	return f->data + f->len;
+}
+
+void mp_frame_commit(struct mp_frame *f, size_t n)
+{
+	f->len += n;
+}
+
+int mp_frame_push(struct mp_frame *f, const void *buf, size_t n)
+{
+	size_t room;
+	uint8_t *p = mp_frame_space(f, n, &room);
+
+	if (!p)
+		return -ENOMEM;
+	memcpy(p, buf, n);
+	mp_frame_commit(f, n);
+	return 0;
+}
+
+int mp_frame_next(struct mp_frame *f, const uint8_t **ret_frame, size_t *ret_len)
+{
+	size_t avail = f->len - f->start;
+	int r;
+
+	if (avail == 0)
+		return 0;
+	r = mp_scan_feed(&f->scan, f->data + f->start, avail);
+	if (r < 0)
+		return r;
+	if (r == 0) {
+		/* Held bytes past the limit can never become a valid frame. */
+		return avail > f->lim.max_frame ? -EMSGSIZE : 0;
+	}
+	if (f->scan.off > f->lim.max_frame)
+		return -EMSGSIZE;
+	*ret_frame = f->data + f->start;
+	*ret_len = f->scan.off;
+	f->start += f->scan.off;
+	mp_scan_init(&f->scan, f->lim.max_depth);
+	return 1;
+}
+
+ssize_t mp_frame_read(struct mp_frame *f, int fd)
+{
+	size_t room;
+	uint8_t *p = mp_frame_space(f, READ_CHUNK, &room);
+	ssize_t n;
+
+	if (!p)
+		return -ENOMEM;
+	n = read(fd, p, room);
+	if (n < 0)
+		return -errno;
+	mp_frame_commit(f, (size_t)n);
+	return n;
+}
