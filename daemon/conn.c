@@ -188,7 +188,10 @@ static void handle_job(struct conn *c, const uint8_t *frame, size_t len,
 		}
 	} else {
 		spec.n_items = 1;
-		mp_skip(&p, &spec.items, &spec.items_len);
+		if (mp_skip(&p, &spec.items, &spec.items_len) < 0) {
+			reply_error(c, m->msgid, MPOOL_E_BADREQ, "apply argument is truncated");
+			return;
+		}
 	}
 	if (n == 3 && read_map_opts(&p, &spec, why, sizeof(why)) < 0) {
 		reply_error(c, m->msgid, MPOOL_E_BADREQ, "%s: %s", what, why);

@@ -27,6 +27,7 @@ struct job {
 	struct conn *conn;         /* NULL once the client left */
 	uint64_t msgid;
 	bool is_map, ordered, queued;
+	bool auto_chunk;           /* chunksize chosen by the daemon */
 	uint8_t *frame;            /* owned copy of the request */
 	const char *fn;
 	uint32_t fn_len;
@@ -154,6 +155,7 @@ struct job *disp_submit(struct conn *conn, const uint8_t *frame, size_t frame_le
 	job->fn_len = spec->fn_len;
 	mp_cur_init(&job->items, job->frame + (spec->items - frame), spec->items_len);
 	job->n_items = spec->n_items;
+	job->auto_chunk = spec->chunksize == 0;
 	job->chunksize = spec->chunksize ? spec->chunksize
 			 : disp_auto_chunksize(spec->n_items, cfg.workers);
 	TAILQ_INSERT_TAIL(&all_jobs, job, all);
@@ -210,6 +212,32 @@ static bool job_runnable(const struct job *job)
 	return job_window_open(job) && (!job->conn || !conn_backlogged(job->conn));
 }
 
+/* Slices the next n items off the job.  A chunk of the default size also
+ * stops once its items pass DISP_CHUNK_BYTES (keeping at least one), so
+ * large items do not make chunks whose results outgrow the frame limit; a
+ * chunksize the client chose is honoured as it is. */
+static uint32_t take_items(struct job *job, uint32_t n, const uint8_t **ret_items,
+			   size_t *ret_len)
+{
+	const uint8_t *start = job->items.p;
+	uint32_t taken = 0;
+
+	while (taken < n) {
+		if (mp_skip(&job->items, NULL, NULL) < 0) {
+			/* The frame was measured on arrival; this cannot be. */
+			log_err("job %llu: items do not match their count",
+				(unsigned long long)job->id);
+			abort();
+		}
+		taken++;
+		if (job->auto_chunk && (size_t)(job->items.p - start) >= DISP_CHUNK_BYTES)
+			break;
+	}
+	*ret_items = start;
+	*ret_len = (size_t)(job->items.p - start);
+	return taken;
+}
+
 void disp_schedule(void)
 {
 	struct worker *w;
@@ -230,11 +258,7 @@ void disp_schedule(void)
 				    pool_quota_left(w));
 		if (n == 0)
 			return;      /* a worker at its quota is never idle */
-		if (mp_skip_n(&job->items, n, &items, &len) < 0) {
-			/* The frame was measured on arrival; this cannot be. */
-			log_err("job %llu: items do not match their count", (unsigned long long)job->id);
-			abort();
-		}
+		n = take_items(job, n, &items, &len);
 		ck.job = job;
 		ck.first = job->next_index;
 		ck.count = n;

@@ -40,6 +40,8 @@ struct job_spec {
 /* Python's rule, ceil(n / (4 * workers)), capped at DISP_CHUNK_MAX and at
  * least 1. */
 #define DISP_CHUNK_MAX 4096
+/* Default-sized chunks also stop at this many bytes of items. */
+#define DISP_CHUNK_BYTES (1u << 20)
 uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers);
 /* How many items the next chunk takes: the chunksize, bounded by the items
  * left and by the worker's remaining task quota (UINT64_MAX: none). */

@@ -292,6 +292,7 @@ static void worker_gone(struct worker *w, int status)
 {
 	char how[96], msg[256];
 	bool clean = WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_OK;
+	bool terminating = master_state() == MASTER_TERMINATING;
 	pid_t pid = w->pid;
 	enum wstate st;
 
@@ -311,17 +312,20 @@ static void worker_gone(struct worker *w, int status)
 		struct chunk ck = w->chunk;
 
 		snprintf(msg, sizeof(msg), "worker %d %s", (int)pid, w->cause[0] ? w->cause : how);
-		log_warn("%s while running job %llu (items %llu..%llu)", msg,
-			 (unsigned long long)disp_job_id(ck.job), (unsigned long long)ck.first,
-			 (unsigned long long)(ck.first + ck.count - 1));
+		if (!terminating) {
+			n_died++;
+			log_warn("%s while running job %llu (items %llu..%llu)", msg,
+				 (unsigned long long)disp_job_id(ck.job),
+				 (unsigned long long)ck.first,
+				 (unsigned long long)(ck.first + ck.count - 1));
+		}
 		w->chunk.job = NULL;
-		n_died++;
 		disp_chunk_failed(&ck, MPOOL_E_WORKER, msg);
 	} else if (clean && st == W_EXITING && pool_quota_left(w) == 0) {
 		n_recycled++;
 		log_debug("worker %d recycled after %llu tasks", (int)pid,
 			  (unsigned long long)w->tasks_done);
-	} else if (!(clean && master_state() != MASTER_RUNNING)) {
+	} else if (!terminating && !(clean && master_state() == MASTER_DRAINING)) {
 		n_died++;
 		if (st == W_STARTING)
 			w->early_deaths++;
@@ -367,8 +371,10 @@ void pool_kill_all(void)
 {
 	for (unsigned i = 0; i < n_slots; i++) {
 		evtimer_del(slots[i].respawn);
-		if (slots[i].pid)
+		if (slots[i].pid) {
+			slots[i].dying = true;
 			kill(slots[i].pid, SIGKILL);
+		}
 	}
 }
 
