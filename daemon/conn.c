@@ -167,6 +167,7 @@ static void handle_job(struct conn *c, const uint8_t *frame, size_t len,
 	uint32_t n;
 	char why[256], name[96];
 	struct job *job;
+	size_t alen;
 
 	if (read_params(&p, m, 2, 3, &n) < 0 || mp_read_str(&p, &spec.fn, &spec.fn_len) < 0) {
 		reply_error(c, m->msgid, MPOOL_E_BADREQ,
@@ -190,6 +191,12 @@ static void handle_job(struct conn *c, const uint8_t *frame, size_t len,
 		spec.n_items = 1;
 		if (mp_skip(&p, &spec.items, &spec.items_len) < 0) {
 			reply_error(c, m->msgid, MPOOL_E_BADREQ, "apply argument is truncated");
+			return;
+		}
+		/* It travels to the worker one level deeper, as a chunk's item. */
+		if (mp_scan_one(spec.items, spec.items_len, MP_ITEM_DEPTH_MAX, &alen) != 1) {
+			reply_error(c, m->msgid, MPOOL_E_LIMIT,
+				    "apply argument nested deeper than %d levels", MP_ITEM_DEPTH_MAX);
 			return;
 		}
 	}

@@ -142,13 +142,13 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 		}
 		rc = fn(&arg, &rpk, &err);
 		if (rc == 0 && (mp_scan_one((const uint8_t *)b->results.data + before,
-					    b->results.size - before, MP_DEPTH_MAX, &len) != 1 ||
+					    b->results.size - before, MP_ITEM_DEPTH_MAX, &len) != 1 ||
 				len != b->results.size - before)) {
 			rc = -1;
 			err.code = MPOOL_E_RESULT;
 			snprintf(err.message, sizeof(err.message),
-				 "%.*s did not produce exactly one result",
-				 (int)run->fn_len, run->fn);
+				 "%.*s did not produce exactly one result of at most %d levels",
+				 (int)run->fn_len, run->fn, MP_ITEM_DEPTH_MAX);
 		}
 		if (rc != 0) {
 			b->results.size = before;

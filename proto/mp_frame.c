@@ -38,7 +38,7 @@ uint8_t *mp_frame_space(struct mp_frame *f, size_t want, size_t *ret_room)
 		f->len -= f->start;
 		f->start = 0;
 	}
-	if (f->cap - f->len < want) {
+	if (f->cap - f->len < want || !f->data) {
 		size_t cap = f->cap ? f->cap : READ_CHUNK;
 		uint8_t *d;
 

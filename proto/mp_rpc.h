@@ -15,6 +15,10 @@
 
 #define MP_PROTO_VERSION 1
 
+/* An item, argument or result sits three containers deep in its message
+ * (envelope, params, items or results array), so it may nest this much. */
+#define MP_ITEM_DEPTH_MAX (MP_DEPTH_MAX - 3)
+
 enum mp_msg_type { MP_REQUEST = 0, MP_RESPONSE = 1, MP_NOTIFY = 2 };
 
 /* A parsed envelope; every pointer aims into the frame it came from. */

@@ -85,6 +85,11 @@ static int head(const uint8_t *p, size_t avail, size_t *hdr, uint64_t *payload,
 	return 1;
 }
 
+static inline bool is_container(uint8_t b)
+{
+	return (b & 0xe0) == 0x80 || (b >= 0xdc && b <= 0xdf);   /* fixmap, fixarray, 16/32 */
+}
+
 void mp_scan_init(struct mp_scan *s, uint32_t max_depth)
 {
 	memset(s, 0, sizeof(*s));
@@ -113,13 +118,14 @@ int mp_scan_feed(struct mp_scan *s, const uint8_t *buf, size_t len)
 			return r;
 		if (payload > len - s->off - hdr)
 			return 0;
+		/* Every container counts against the depth, empty or not:
+		 * msgpack-c refuses the 33rd level before it reads the count. */
+		if (is_container(buf[s->off]) && s->depth >= s->max_depth + 1)
+			return -ELOOP;
 		s->left[s->depth - 1]--;
 		s->off += hdr + payload;
-		if (children > 0) {
-			if (s->depth >= s->max_depth + 1)
-				return -ELOOP;
+		if (children > 0)
 			s->left[s->depth++] = children;
-		}
 	}
 	return 1;
 }
