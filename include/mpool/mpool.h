@@ -15,7 +15,10 @@
  *   libmpool installs no signal handlers and never raises SIGPIPE.
  * - Calls block until the daemon answers; the daemon answers every request,
  *   with an error if the work cannot be done.  A connection that saw
- *   -MPOOL_E_SYS, -MPOOL_E_PROTO or -MPOOL_E_CLOSED is unusable: close it. */
+ *   -MPOOL_E_SYS, -MPOOL_E_PROTO or -MPOOL_E_CLOSED is unusable: close it.
+ *   So is one the daemon dropped with an "error" notification (a frame past
+ *   its limits, for instance); that call returns the daemon's code (such as
+ *   -MPOOL_E_LIMIT) and every later call on it -MPOOL_E_CLOSED. */
 #ifndef MPOOL_MPOOL_H
 #define MPOOL_MPOOL_H
 

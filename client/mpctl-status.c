@@ -1,0 +1,114 @@
+/* mpctl-status: the readable form of mpoold's status map
+ * (proto/PROTOCOL.md, "status"). */
+#include "mpctl.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+static const msgpack_object *get(const msgpack_object *map, const char *key)
+{
+	size_t len = strlen(key);
+
+	if (!map || map->type != MSGPACK_OBJECT_MAP)
+		return NULL;
+	for (uint32_t i = 0; i < map->via.map.size; i++) {
+		const msgpack_object *k = &map->via.map.ptr[i].key;
+
+		if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == len &&
+		    memcmp(k->via.str.ptr, key, len) == 0)
+			return &map->via.map.ptr[i].val;
+	}
+	return NULL;
+}
+
+static bool get_u64(const msgpack_object *map, const char *key, uint64_t *ret)
+{
+	const msgpack_object *v = get(map, key);
+
+	if (!v || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+		return false;
+	*ret = v->via.u64;
+	return true;
+}
+
+/* An integer as text, "?" when absent. */
+static const char *num(char *buf, size_t size, const msgpack_object *map, const char *key)
+{
+	uint64_t v;
+
+	if (!get_u64(map, key, &v))
+		return "?";
+	snprintf(buf, size, "%llu", (unsigned long long)v);
+	return buf;
+}
+
+/* A string as text, "?" when absent; stops at an embedded NUL. */
+static const char *str(char *buf, size_t size, const msgpack_object *map, const char *key)
+{
+	const msgpack_object *v = get(map, key);
+
+	if (!v || v->type != MSGPACK_OBJECT_STR)
+		return "?";
+	snprintf(buf, size, "%.*s", (int)v->via.str.size, v->via.str.ptr);
+	return buf;
+}
+
+/* Milliseconds as "4.2s", "3m07s", "2h03m07s" or "5d02h03m". */
+static const char *duration(char *buf, size_t size, const msgpack_object *map, const char *key)
+{
+	unsigned long long ms, s, m, h;
+	uint64_t v;
+
+	if (!get_u64(map, key, &v))
+		return "?";
+	ms = v;
+	s = ms / 1000;
+	m = s / 60;
+	h = m / 60;
+	if (s < 60)
+		snprintf(buf, size, "%llu.%llus", s, ms % 1000 / 100);
+	else if (m < 60)
+		snprintf(buf, size, "%llum%02llus", m, s % 60);
+	else if (h < 24)
+		snprintf(buf, size, "%lluh%02llum%02llus", h, m % 60, s % 60);
+	else
+		snprintf(buf, size, "%llud%02lluh%02llum", h / 24, h % 24, m % 60);
+	return buf;
+}
+
+void ctl_print_status(FILE *out, const msgpack_object *st)
+{
+	const msgpack_object *totals = get(st, "totals");
+	const msgpack_object *workers = get(st, "workers");
+	char b[7][32];
+	uint64_t quota;
+
+	fprintf(out, "mpoold %s, pid %s, %s, up %s; pool %s workers, max-tasks-per-child %s\n",
+		str(b[0], sizeof(b[0]), st, "version"), num(b[1], sizeof(b[1]), st, "pid"),
+		str(b[2], sizeof(b[2]), st, "state"), duration(b[3], sizeof(b[3]), st, "uptime_ms"),
+		num(b[4], sizeof(b[4]), totals, "workers"),
+		get_u64(totals, "max_tasks_per_child", &quota) && quota == 0 ? "unlimited" :
+		num(b[5], sizeof(b[5]), totals, "max_tasks_per_child"));
+	fprintf(out, "tasks %s done, %s failed; workers %s started, %s recycled, %s died; "
+		"jobs %s active; clients %s\n",
+		num(b[0], sizeof(b[0]), totals, "tasks_done"),
+		num(b[1], sizeof(b[1]), totals, "tasks_failed"),
+		num(b[2], sizeof(b[2]), totals, "workers_started"),
+		num(b[3], sizeof(b[3]), totals, "workers_recycled"),
+		num(b[4], sizeof(b[4]), totals, "workers_died"),
+		num(b[5], sizeof(b[5]), totals, "jobs_active"),
+		num(b[6], sizeof(b[6]), totals, "clients"));
+	if (!workers || workers->type != MSGPACK_OBJECT_ARRAY)
+		return;
+	fprintf(out, "\n%8s  %-9s %8s %8s %10s\n", "PID", "STATE", "TASKS", "JOB", "AGE");
+	for (uint32_t i = 0; i < workers->via.array.size; i++) {
+		const msgpack_object *w = &workers->via.array.ptr[i];
+		const msgpack_object *job = get(w, "job");
+
+		fprintf(out, "%8s  %-9s %8s %8s %10s\n", num(b[0], sizeof(b[0]), w, "pid"),
+			str(b[1], sizeof(b[1]), w, "state"), num(b[2], sizeof(b[2]), w, "tasks_done"),
+			job && job->type == MSGPACK_OBJECT_NIL ? "-" : num(b[3], sizeof(b[3]), w, "job"),
+			duration(b[4], sizeof(b[4]), w, "age_ms"));
+	}
+}

@@ -1,0 +1,515 @@
+/* mpctl: the command line for mpoold.  Each command reads and checks all of
+ * its input before it connects, so a mistake sends nothing; results go to
+ * stdout as one compact JSON value per line, everything else to stderr. */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+
+#include <mpool/mpool.h>
+
+#include "json.h"
+#include "mp_path.h"
+#include "mpctl.h"
+
+#define JSON_IN_FLAGS (JSON_DECODE_ANY | JSON_ALLOW_NUL)
+
+static const char usage_text[] =
+	"Usage: mpctl [-s PATH] COMMAND [ARGS]\n"
+	"Talk to mpoold, the mpool process-pool daemon.\n"
+	"\n"
+	"Commands:\n"
+	"  status [--json]        show the pool and its workers\n"
+	"  ping                   check that mpoold answers\n"
+	"  apply FN JSON          run FN (MODULE.FUNCTION) on one argument\n"
+	"  map [--chunksize N] [--unordered] FN [JSON...]\n"
+	"                         run FN on every argument; with none, on one JSON\n"
+	"                         value per line of stdin (blank lines skipped)\n"
+	"  terminate              kill the workers and stop mpoold at once\n"
+	"\n"
+	"Options:\n"
+	"  -s, --socket PATH      mpoold's socket (default: $MPOOL_SOCKET, else\n"
+	"                         /run/mpool/mpoold.sock for root, else\n"
+	"                         $XDG_RUNTIME_DIR/mpool/mpoold.sock, else\n"
+	"                         /tmp/mpool-UID/mpoold.sock)\n"
+	"  -h, --help             show this help\n"
+	"\n"
+	"Results print as one compact JSON value per line; map prints them in item\n"
+	"order (with --unordered, as they finish) and reports failed items on stderr.\n"
+	"\n"
+	"Exit status: 0 success, 1 the request or some items failed, 2 usage\n"
+	"error, 3 cannot connect or connection lost.\n";
+
+__attribute__((format(printf, 1, 2)))
+static int usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("mpctl: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputs("\nTry 'mpctl --help'.\n", stderr);
+	return CTL_EXIT_USAGE;
+}
+
+/* getopt_long with mpctl's own messages; argv[0] is the command's name.
+ * Returns the option, -1 at the end, or '?' after printing the error. */
+static int next_opt(int argc, char **argv, const char *shortopts, const struct option *longopts)
+{
+	int c = getopt_long(argc, argv, shortopts, longopts, NULL);
+
+	if (c == ':') {
+		usage_error("option '%s' needs a value", argv[optind - 1]);
+		return '?';
+	}
+	if (c == '?') {
+		if (optopt)
+			usage_error("unknown option '-%c'", optopt);
+		else
+			usage_error("unknown option '%s'", argv[optind - 1]);
+	}
+	return c;
+}
+
+/* Starts option parsing of a command's argv anew. */
+static void opts_reset(void)
+{
+	optind = 0;
+	opterr = 0;
+}
+
+static int exit_code(int r)
+{
+	switch (-r) {
+	case MPOOL_E_SYS:
+	case MPOOL_E_PROTO:
+	case MPOOL_E_CLOSED:
+		return CTL_EXIT_CONN;
+	case MPOOL_E_INVAL:
+		return CTL_EXIT_USAGE;
+	default:
+		return CTL_EXIT_FAILED;
+	}
+}
+
+static int report(mpool *p, const char *what, int r)
+{
+	fprintf(stderr, "mpctl: %s: %s: %s\n", what, mpool_strerror(r), mpool_errmsg(p));
+	return exit_code(r);
+}
+
+static mpool *connect_or_say(const char *path)
+{
+	char def[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	mpool *p;
+	int r, e;
+
+	r = mpool_connect(path, &p);
+	if (r == 0)
+		return p;
+	e = errno;
+	if (!path)
+		path = mp_default_socket_path(def, sizeof(def)) == 0 ? def : "mpoold";
+	if (r == -MPOOL_E_SYS)
+		fprintf(stderr, "mpctl: cannot connect to %s: %s\n", path, strerror(e));
+	else if (r == -MPOOL_E_INVAL)
+		fprintf(stderr, "mpctl: cannot connect to %s: not a usable socket path\n", path);
+	else
+		fprintf(stderr, "mpctl: cannot connect to %s: %s\n", path, mpool_strerror(r));
+	return NULL;
+}
+
+/* Flushes stdout and says so when the output could not be written. */
+static int finish(int code)
+{
+	if (fflush(stdout) == EOF || ferror(stdout)) {
+		fprintf(stderr, "mpctl: cannot write output: %s\n", strerror(errno));
+		if (code == CTL_EXIT_OK)
+			code = CTL_EXIT_FAILED;
+	}
+	return code;
+}
+
+/* Parses the options of a command that has none but -h, leaving optind at
+ * its first argument.  -1 to go on, else the exit code. */
+static int help_only(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	int c;
+
+	opts_reset();
+	while ((c = next_opt(argc, argv, "+:h", longopts)) != -1) {
+		if (c != 'h')
+			return CTL_EXIT_USAGE;
+		fputs(usage_text, stdout);
+		return finish(CTL_EXIT_OK);
+	}
+	return -1;
+}
+
+/* help_only, for a command that takes no arguments at all. */
+static int no_args(int argc, char **argv)
+{
+	int r = help_only(argc, argv);
+
+	if (r >= 0)
+		return r;
+	if (optind < argc)
+		return usage_error("unexpected argument '%s'", argv[optind]);
+	return -1;
+}
+
+static int cmd_ping(const char *sock, int argc, char **argv)
+{
+	mpool *p;
+	int r;
+
+	r = no_args(argc, argv);
+	if (r >= 0)
+		return r;
+	p = connect_or_say(sock);
+	if (!p)
+		return CTL_EXIT_CONN;
+	r = mpool_ping(p);
+	if (r < 0)
+		r = report(p, "ping", r);
+	else
+		puts("pong");
+	mpool_close(p);
+	return finish(r);
+}
+
+static int cmd_terminate(const char *sock, int argc, char **argv)
+{
+	mpool *p;
+	int r;
+
+	r = no_args(argc, argv);
+	if (r >= 0)
+		return r;
+	p = connect_or_say(sock);
+	if (!p)
+		return CTL_EXIT_CONN;
+	r = mpool_terminate(p);
+	if (r < 0)
+		r = report(p, "terminate", r);
+	mpool_close(p);
+	return r;
+}
+
+static int cmd_status(const char *sock, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	bool json = false;
+	mpool_value *v;
+	mpool *p;
+	int c, r;
+
+	opts_reset();
+	while ((c = next_opt(argc, argv, "+:h", longopts)) != -1) {
+		if (c == 'j') {
+			json = true;
+		} else if (c == 'h') {
+			fputs(usage_text, stdout);
+			return finish(CTL_EXIT_OK);
+		} else {
+			return CTL_EXIT_USAGE;
+		}
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument '%s'", argv[optind]);
+	p = connect_or_say(sock);
+	if (!p)
+		return CTL_EXIT_CONN;
+	r = mpool_status(p, &v);
+	if (r < 0) {
+		r = report(p, "status", r);
+	} else {
+		if (!json)
+			ctl_print_status(stdout, mpool_value_get(v));
+		else if (mjson_print(stdout, mpool_value_get(v)) < 0)
+			r = CTL_EXIT_FAILED;
+		mpool_value_free(v);
+	}
+	mpool_close(p);
+	return finish(r);
+}
+
+/* Parses one JSON text and appends it to pk.  0, CTL_EXIT_USAGE after
+ * saying what is wrong (where names the place), or CTL_EXIT_FAILED when out
+ * of memory. */
+static int pack_json(msgpack_packer *pk, const char *text, size_t len, const char *where)
+{
+	json_error_t err;
+	json_t *v = json_loadb(text, len, JSON_IN_FLAGS, &err);
+	int r;
+
+	if (!v) {
+		fprintf(stderr, "mpctl: %s: invalid JSON: %s\n", where, err.text);
+		return CTL_EXIT_USAGE;
+	}
+	r = mjson_pack(v, pk);
+	json_decref(v);
+	if (r < 0) {
+		fprintf(stderr, "mpctl: out of memory\n");
+		return CTL_EXIT_FAILED;
+	}
+	return 0;
+}
+
+static int cmd_apply(const char *sock, int argc, char **argv)
+{
+	msgpack_sbuffer buf;
+	msgpack_packer pk;
+	mpool_value *v;
+	mpool *p;
+	int r;
+
+	r = help_only(argc, argv);
+	if (r >= 0)
+		return r;
+	if (argc - optind != 2)
+		return usage_error("apply takes a function and one JSON argument");
+	msgpack_sbuffer_init(&buf);
+	msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+	r = pack_json(&pk, argv[optind + 1], strlen(argv[optind + 1]), "argument");
+	if (r) {
+		msgpack_sbuffer_destroy(&buf);
+		return r;
+	}
+	p = connect_or_say(sock);
+	if (!p) {
+		msgpack_sbuffer_destroy(&buf);
+		return CTL_EXIT_CONN;
+	}
+	r = mpool_apply(p, argv[optind], buf.data, buf.size, &v);
+	msgpack_sbuffer_destroy(&buf);
+	if (r < 0) {
+		r = report(p, "apply", r);
+	} else {
+		if (mjson_print(stdout, mpool_value_get(v)) < 0)
+			r = CTL_EXIT_FAILED;
+		mpool_value_free(v);
+	}
+	mpool_close(p);
+	return finish(r);
+}
+
+/* Packs one JSON value per line of stdin, skipping blank lines. */
+static int read_stdin_items(msgpack_packer *pk, uint64_t *ret_n)
+{
+	char *line = NULL, where[48];
+	unsigned long long lineno = 0;
+	size_t cap = 0;
+	uint64_t n = 0;
+	ssize_t len;
+	int r = 0;
+
+	for (;;) {
+		errno = 0;
+		len = getline(&line, &cap, stdin);
+		if (len < 0)
+			break;
+		lineno++;
+		if (strspn(line, " \t\r\n\f\v") == (size_t)len)
+			continue;
+		snprintf(where, sizeof(where), "line %llu", lineno);
+		r = pack_json(pk, line, (size_t)len, where);
+		if (r)
+			break;
+		n++;
+	}
+	if (r == 0 && (ferror(stdin) || errno == ENOMEM)) {
+		fprintf(stderr, "mpctl: cannot read stdin: %s\n", strerror(errno));
+		r = CTL_EXIT_FAILED;
+	}
+	free(line);
+	*ret_n = n;
+	return r;
+}
+
+struct map_out {
+	bool failed;    /* some item failed */
+	bool broken;    /* a result could not be printed */
+};
+
+static const struct mpool_item_error *find_error(const struct mpool_item_error *errs,
+						 size_t n_errs, uint64_t index)
+{
+	for (size_t i = 0; i < n_errs; i++)
+		if (errs[i].index == index)
+			return &errs[i];
+	return NULL;
+}
+
+/* Prints a chunk as it arrives: results on stdout, failed items on stderr. */
+static void on_chunk(void *userdata, uint64_t first, const msgpack_object *results,
+		     const struct mpool_item_error *errs, size_t n_errs)
+{
+	struct map_out *out = userdata;
+	uint32_t n = results->via.array.size;
+	const struct mpool_item_error **by_item = NULL;
+
+	/* Errors may come in any order: index them by item once, so a chunk
+	 * of many failures costs no quadratic search (falls back to one when
+	 * there is no memory for the index). */
+	if (n_errs > 1)
+		by_item = calloc(n, sizeof(*by_item));
+	for (size_t i = 0; by_item && i < n_errs; i++)
+		by_item[errs[i].index - first] = &errs[i];
+	for (uint32_t i = 0; i < n; i++) {
+		const struct mpool_item_error *e = NULL;
+
+		if (n_errs > 0)
+			e = by_item ? by_item[i] : find_error(errs, n_errs, first + i);
+		if (e) {
+			fprintf(stderr, "mpctl: item %llu: %s: %s\n", (unsigned long long)e->index,
+				mpool_strerror(e->code), e->message);
+			out->failed = true;
+		} else if (mjson_print(stdout, &results->via.array.ptr[i]) < 0) {
+			out->broken = true;
+		}
+	}
+	free(by_item);
+	fflush(stdout);
+}
+
+static int cmd_map(const char *sock, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "chunksize", required_argument, NULL, 'c' },
+		{ "unordered", no_argument, NULL, 'u' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct mpool_map_opts opts = { 0 };
+	struct map_out out = { false, false };
+	msgpack_sbuffer buf;
+	msgpack_packer pk;
+	uint64_t n = 0;
+	const char *fn;
+	mpool *p;
+	int c, r = 0;
+
+	opts_reset();
+	while ((c = next_opt(argc, argv, "+:h", longopts)) != -1) {
+		char *end;
+		unsigned long long v;
+
+		switch (c) {
+		case 'c':
+			errno = 0;
+			v = strtoull(optarg, &end, 10);
+			if (errno || end == optarg || *end || optarg[0] == '-' || v == 0 ||
+			    v > UINT32_MAX)
+				return usage_error("--chunksize needs a whole number from 1, not '%s'",
+						   optarg);
+			opts.chunksize = (uint32_t)v;
+			break;
+		case 'u':
+			opts.unordered = 1;
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return finish(CTL_EXIT_OK);
+		default:
+			return CTL_EXIT_USAGE;
+		}
+	}
+	if (optind >= argc)
+		return usage_error("map needs a function");
+	fn = argv[optind++];
+
+	/* The protocol takes a map's items in one request, so all of the
+	 * input is read before anything is sent. */
+	msgpack_sbuffer_init(&buf);
+	msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+	if (optind == argc) {
+		r = read_stdin_items(&pk, &n);
+	} else {
+		for (; optind < argc && r == 0; optind++, n++) {
+			char where[32];
+
+			snprintf(where, sizeof(where), "argument %llu", (unsigned long long)n + 1);
+			r = pack_json(&pk, argv[optind], strlen(argv[optind]), where);
+		}
+	}
+	if (r) {
+		msgpack_sbuffer_destroy(&buf);
+		return r;
+	}
+	p = connect_or_say(sock);
+	if (!p) {
+		msgpack_sbuffer_destroy(&buf);
+		return CTL_EXIT_CONN;
+	}
+	r = mpool_map(p, fn, buf.data, buf.size, n, &opts, on_chunk, &out, NULL);
+	msgpack_sbuffer_destroy(&buf);
+	if (r < 0)
+		r = report(p, "map", r);
+	else if (out.failed || out.broken)
+		r = CTL_EXIT_FAILED;
+	if (out.broken)
+		fprintf(stderr, "mpctl: some results could not be printed\n");
+	mpool_close(p);
+	return finish(r);
+}
+
+static const struct {
+	const char *name;
+	int (*run)(const char *sock, int argc, char **argv);
+} commands[] = {
+	{ "status", cmd_status },
+	{ "ping", cmd_ping },
+	{ "apply", cmd_apply },
+	{ "map", cmd_map },
+	{ "terminate", cmd_terminate },
+};
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	static char outbuf[1 << 16];
+	const char *sock = NULL;
+	int c;
+
+	/* Results are written in bulk and flushed per map chunk. */
+	setvbuf(stdout, outbuf, _IOFBF, sizeof(outbuf));
+	opterr = 0;
+	while ((c = next_opt(argc, argv, "+:s:h", longopts)) != -1) {
+		switch (c) {
+		case 's':
+			sock = optarg;
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return finish(CTL_EXIT_OK);
+		default:
+			return CTL_EXIT_USAGE;
+		}
+	}
+	if (optind >= argc)
+		return usage_error("no command given");
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(argv[optind], commands[i].name) == 0)
+			return commands[i].run(sock, argc - optind, argv + optind);
+	return usage_error("unknown command '%s'", argv[optind]);
+}

@@ -1,0 +1,140 @@
+/* value: MessagePack crossing the API: checks on what the caller sends, and
+ * the one place that runs msgpack-c's decoder on what the daemon sent. */
+#include "libmpool-private.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One zone owns everything the object points to: the copied bytes, and the
+ * zones msgpack_unpack_next() made, through finalizers. */
+struct mpool_value {
+	msgpack_zone *zone;
+	msgpack_object obj;
+};
+
+mpool_value *mpc_value_new(void)
+{
+	mpool_value *v = calloc(1, sizeof(*v));
+
+	if (!v)
+		return NULL;
+	v->zone = msgpack_zone_new(MSGPACK_ZONE_CHUNK_SIZE);
+	if (!v->zone) {
+		free(v);
+		return NULL;
+	}
+	v->obj.type = MSGPACK_OBJECT_NIL;
+	return v;
+}
+
+void mpool_value_free(mpool_value *v)
+{
+	if (!v)
+		return;
+	msgpack_zone_free(v->zone);
+	free(v);
+}
+
+const msgpack_object *mpool_value_get(const mpool_value *v)
+{
+	return v ? &v->obj : NULL;
+}
+
+msgpack_zone *mpc_value_zone(mpool_value *v)
+{
+	return v->zone;
+}
+
+void mpc_value_set(mpool_value *v, const msgpack_object *obj)
+{
+	v->obj = *obj;
+}
+
+static void zone_free(void *zone)
+{
+	msgpack_zone_free(zone);
+}
+
+int mpc_decode(mpool *p, msgpack_zone *zone, const uint8_t *bytes, size_t len,
+	       msgpack_object *ret)
+{
+	msgpack_unpacked up;
+	size_t off = 0;
+	char *copy;
+	int r;
+
+	copy = msgpack_zone_malloc(zone, len ? len : 1);
+	if (!copy)
+		return mpc_err(p, MPOOL_E_NOMEM, "out of memory decoding a result");
+	memcpy(copy, bytes, len);
+	msgpack_unpacked_init(&up);
+	r = msgpack_unpack_next(&up, copy, len, &off);
+	if (r == MSGPACK_UNPACK_NOMEM_ERROR) {
+		msgpack_unpacked_destroy(&up);
+		return mpc_err(p, MPOOL_E_NOMEM, "out of memory decoding a result");
+	}
+	if (r != MSGPACK_UNPACK_SUCCESS || off != len) {
+		/* mp_frame already checked structure and depth: this is a
+		 * decoder limit the scanner does not know of. */
+		msgpack_unpacked_destroy(&up);
+		return mpc_err(p, MPOOL_E_PROTO, "mpoold sent a value msgpack-c cannot decode");
+	}
+	/* The decoder makes its zone only when the value needs one. */
+	if (up.zone) {
+		if (!msgpack_zone_push_finalizer(zone, zone_free, up.zone)) {
+			msgpack_unpacked_destroy(&up);
+			return mpc_err(p, MPOOL_E_NOMEM, "out of memory decoding a result");
+		}
+		msgpack_unpacked_release_zone(&up);
+	}
+	*ret = up.data;
+	return 0;
+}
+
+int mpc_value_decode(mpool *p, const uint8_t *bytes, size_t len, mpool_value **ret)
+{
+	mpool_value *v = mpc_value_new();
+	int r;
+
+	if (!v)
+		return mpc_err(p, MPOOL_E_NOMEM, "out of memory decoding a result");
+	r = mpc_decode(p, v->zone, bytes, len, &v->obj);
+	if (r < 0) {
+		mpool_value_free(v);
+		return r;
+	}
+	*ret = v;
+	return 0;
+}
+
+int mpc_check_values(mpool *p, const char *what, const void *bytes, size_t len, uint64_t n)
+{
+	const uint8_t *b = bytes;
+	size_t off = 0, one;
+	uint64_t i;
+	int r;
+
+	if (!b && len > 0)
+		return mpc_err(p, MPOOL_E_INVAL, "%s: NULL buffer of %zu bytes", what, len);
+	for (i = 0; i < n; i++) {
+		r = mp_scan_one(b + off, len - off, MP_ITEM_DEPTH_MAX, &one);
+		if (r == 1) {
+			off += one;
+			continue;
+		}
+		if (r == -ELOOP)
+			return mpc_err(p, MPOOL_E_INVAL, "%s: value %llu nests deeper than %d levels",
+				       what, (unsigned long long)i, MP_ITEM_DEPTH_MAX);
+		if (r == 0)
+			return mpc_err(p, MPOOL_E_INVAL, "%s: %llu bytes hold %llu whole values, not %llu",
+				       what, (unsigned long long)len, (unsigned long long)i,
+				       (unsigned long long)n);
+		return mpc_err(p, MPOOL_E_INVAL, "%s: value %llu is not MessagePack", what,
+			       (unsigned long long)i);
+	}
+	if (off != len)
+		return mpc_err(p, MPOOL_E_INVAL, "%s: %zu bytes left after %llu values", what,
+			       len - off, (unsigned long long)n);
+	return 0;
+}
