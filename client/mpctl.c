@@ -14,7 +14,7 @@
 
 #include <mpool/mpool.h>
 
-#include "json.h"
+#include "mp_json.h"
 #include "mp_path.h"
 #include "mpctl.h"
 

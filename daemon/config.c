@@ -16,4 +16,6 @@ struct config cfg = {
 	.out_high_water = 4u << 20,
 	.drain_timeout_ms = 30000,
 	.log_level = LOG_INFO,
+	.max_retries = 3,
+	.recovery_timeout_ms = 60000,
 };

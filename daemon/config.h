@@ -6,6 +6,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define CONFIG_MAX_MODULES 32
+
+/* A task module to load, with the initargs its init receives. */
+struct module_spec {
+	char *path;                     /* as given; opened with dlopen */
+	char *initargs_json;            /* NULL: nil */
+};
+
 struct config {
 	char socket_path[108];          /* sun_path size */
 	unsigned workers;
@@ -18,6 +26,16 @@ struct config {
 	size_t out_high_water;          /* stop feeding a client's jobs past this */
 	unsigned drain_timeout_ms;
 	int log_level;
+
+	/* Task modules and worker lifecycle. */
+	struct module_spec modules[CONFIG_MAX_MODULES];
+	unsigned n_modules;
+	uint64_t max_tasks_jitter;      /* a worker's quota is drawn from [max - jitter, max] */
+	unsigned task_timeout_ms;       /* 0: none; a request may set its own */
+	unsigned max_rss_mib;           /* recycle a worker past this RSS; 0: never */
+	unsigned max_lifetime_s;        /* recycle a worker this old; 0: never */
+	unsigned max_retries;           /* cap on a request's "retries" */
+	unsigned recovery_timeout_ms;   /* queued work fails if no worker is ready this long */
 };
 
 extern struct config cfg;

@@ -33,6 +33,15 @@ static void usage(FILE *f)
 		"      --max-clients N          most client connections (default 1024)\n"
 		"      --drain-timeout MS       SIGTERM drain deadline before terminating (default 30000)\n"
 		"      --log-level LEVEL        error, warning, info or debug (default info)\n"
+		"      --module PATH            load a task module (repeatable)\n"
+		"      --initargs JSON          the preceding module's initargs (default nil)\n"
+		"      --task-timeout MS        kill a chunk's worker past this per item (0: none)\n"
+		"      --max-tasks-jitter N     draw each worker's quota from [max - N, max]\n"
+		"      --max-rss-per-child MIB  recycle a worker whose RSS passes this (0: never)\n"
+		"      --max-worker-lifetime S  recycle a worker this old (0: never)\n"
+		"      --max-retries N          cap on a request's retries (default 3)\n"
+		"      --recovery-timeout MS    fail queued work after this long without a\n"
+		"                               ready worker (default 60000)\n"
 		"  -h, --help                   this text\n"
 		"  -V, --version                the version\n");
 }
@@ -76,7 +85,8 @@ static void ensure_std_fds(void)
 
 int main(int argc, char **argv)
 {
-	enum { O_FRAME = 256, O_ITEMS, O_JOBS, O_CLIENTS, O_DRAIN, O_LOG };
+	enum { O_FRAME = 256, O_ITEMS, O_JOBS, O_CLIENTS, O_DRAIN, O_LOG, O_MODULE, O_INITARGS,
+	       O_TIMEOUT, O_RSS, O_LIFETIME, O_JITTER, O_RETRIES, O_RECOVERY };
 	static const struct option opts[] = {
 		{ "socket", required_argument, NULL, 's' },
 		{ "workers", required_argument, NULL, 'w' },
@@ -87,6 +97,14 @@ int main(int argc, char **argv)
 		{ "max-clients", required_argument, NULL, O_CLIENTS },
 		{ "drain-timeout", required_argument, NULL, O_DRAIN },
 		{ "log-level", required_argument, NULL, O_LOG },
+		{ "module", required_argument, NULL, O_MODULE },
+		{ "initargs", required_argument, NULL, O_INITARGS },
+		{ "task-timeout", required_argument, NULL, O_TIMEOUT },
+		{ "max-rss-per-child", required_argument, NULL, O_RSS },
+		{ "max-worker-lifetime", required_argument, NULL, O_LIFETIME },
+		{ "max-tasks-jitter", required_argument, NULL, O_JITTER },
+		{ "max-retries", required_argument, NULL, O_RETRIES },
+		{ "recovery-timeout", required_argument, NULL, O_RECOVERY },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
@@ -144,6 +162,50 @@ int main(int argc, char **argv)
 				fprintf(stderr, "mpoold: --log-level: expected error, warning, info or debug\n");
 				return 2;
 			}
+			break;
+		case O_MODULE:
+			if (cfg.n_modules == CONFIG_MAX_MODULES) {
+				fprintf(stderr, "mpoold: --module: at most %d modules\n", CONFIG_MAX_MODULES);
+				return 2;
+			}
+			cfg.modules[cfg.n_modules++].path = optarg;
+			break;
+		case O_INITARGS:
+			if (cfg.n_modules == 0 || cfg.modules[cfg.n_modules - 1].initargs_json) {
+				fprintf(stderr, "mpoold: --initargs must follow the --module it belongs to\n");
+				return 2;
+			}
+			cfg.modules[cfg.n_modules - 1].initargs_json = optarg;
+			break;
+		case O_TIMEOUT:
+			if (parse_u64("task-timeout", optarg, 0, 24u * 3600 * 1000, &v) < 0)
+				return 2;
+			cfg.task_timeout_ms = (unsigned)v;
+			break;
+		case O_RSS:
+			if (parse_u64("max-rss-per-child", optarg, 0, 1u << 20, &v) < 0)
+				return 2;
+			cfg.max_rss_mib = (unsigned)v;
+			break;
+		case O_LIFETIME:
+			if (parse_u64("max-worker-lifetime", optarg, 0, 365u * 24 * 3600, &v) < 0)
+				return 2;
+			cfg.max_lifetime_s = (unsigned)v;
+			break;
+		case O_JITTER:
+			if (parse_u64("max-tasks-jitter", optarg, 0, UINT64_MAX, &v) < 0)
+				return 2;
+			cfg.max_tasks_jitter = v;
+			break;
+		case O_RETRIES:
+			if (parse_u64("max-retries", optarg, 0, 100, &v) < 0)
+				return 2;
+			cfg.max_retries = (unsigned)v;
+			break;
+		case O_RECOVERY:
+			if (parse_u64("recovery-timeout", optarg, 0, 24u * 3600 * 1000, &v) < 0)
+				return 2;
+			cfg.recovery_timeout_ms = (unsigned)v;
 			break;
 		case 'h':
 			usage(stdout);

@@ -107,6 +107,21 @@ void master_terminate(const char *why)
 	master_progress();
 }
 
+void master_reload(const char *why)
+{
+	if (state != MASTER_RUNNING)
+		return;
+	log_info("%s: replacing every worker after its current chunk", why);
+	notify_reloading();
+	pool_reload();
+}
+
+void master_reload_done(void)
+{
+	log_info("reload complete: every worker is new");
+	notify_ready();
+}
+
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -140,7 +155,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 			begin_drain(sig == SIGTERM ? "SIGTERM" : "SIGINT");
 		break;
 	case SIGHUP:
-		log_info("SIGHUP: reload is not supported yet; ignored");
+		master_reload("SIGHUP");
 		break;
 	}
 }

@@ -19,6 +19,11 @@ uint64_t now_ms(void);       /* monotonic */
 
 /* Stop at once: kill workers, fail all work, exit. */
 void master_terminate(const char *why);
+/* Replace every worker after its current chunk, reopening modules
+ * (SIGHUP, the reload method).  master_reload_done() is called by the pool
+ * when the last old worker has been replaced. */
+void master_reload(const char *why);
+void master_reload_done(void);
 /* Something that shutdown waits for has ended (a job, a worker, a client). */
 void master_progress(void);
 

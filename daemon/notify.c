@@ -2,11 +2,24 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <time.h>
 #include <systemd/sd-daemon.h>
 
 void notify_ready(void)
 {
 	sd_notify(0, "READY=1");
+}
+
+void notify_reloading(void)
+{
+	struct timespec ts;
+	char msg[64];
+
+	/* systemd wants the monotonic time with RELOADING=1 (Type=notify-reload). */
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+		 (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+	sd_notify(0, msg);
 }
 
 void notify_stopping(void)

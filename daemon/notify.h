@@ -4,6 +4,7 @@
 #define NOTIFY_H
 
 void notify_ready(void);
+void notify_reloading(void);
 void notify_stopping(void);
 void notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

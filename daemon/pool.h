@@ -24,6 +24,8 @@ uint64_t pool_quota_left(const struct worker *w);
 void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len,
 	      const uint8_t *items, size_t items_len);
 
+/* Replace every worker once it has finished its current chunk. */
+void pool_reload(void);
 /* SIGCHLD: reap every exited child and apply policy. */
 void pool_reap(void);
 /* Drain end: close every worker's channel so it leaves cleanly. */

@@ -1,12 +1,12 @@
-/* json: mpctl's conversions between JSON (jansson) and MessagePack.
+/* mp_json: conversions between JSON (jansson) and MessagePack.
  *
  * JSON to MessagePack: integers stay integers, reals become float64,
  * strings str, objects maps.  MessagePack to JSON has no exact image for
  * everything: bin becomes a base64 string, ext becomes null, an integer
  * above INT64_MAX a real, a non-finite float null, invalid UTF-8 U+FFFD,
  * and a map key that is not a string its compact JSON text. */
-#ifndef MPCTL_JSON_H
-#define MPCTL_JSON_H
+#ifndef MP_JSON_H
+#define MP_JSON_H
 
 #include <jansson.h>
 #include <msgpack.h>

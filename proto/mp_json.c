@@ -1,5 +1,5 @@
 /* json: see json.h. */
-#include "json.h"
+#include "mp_json.h"
 
 #include <math.h>
 #include <stdbool.h>
