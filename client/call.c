@@ -40,6 +40,13 @@ int mpool_ping(mpool *p)
 int mpool_apply(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		mpool_value **ret_result)
 {
+	return mpool_apply_with(p, fn, arg, arg_len, NULL, ret_result);
+}
+
+int mpool_apply_with(mpool *p, const char *fn, const void *arg, size_t arg_len,
+		     const struct mpool_apply_opts *opts, mpool_value **ret_result)
+{
+	struct mpc_opts o = { 0 };
 	struct mpc_req rq;
 	struct mp_msg m;
 	mpool_value *v;
@@ -56,11 +63,17 @@ int mpool_apply(mpool *p, const char *fn, const void *arg, size_t arg_len,
 	if (r < 0)
 		return r;
 
-	r = mpc_req_start(p, &rq, "apply", 2);
+	if (opts) {
+		o.timeout_ms = opts->timeout_ms;
+		o.retries = opts->retries;
+	}
+	r = mpc_req_start(p, &rq, "apply", mpc_opts_count(&o) ? 3 : 2);
 	if (r == 0 && mp_pack_cstr(&rq.pk, fn) < 0)
 		r = mpc_err(p, MPOOL_E_NOMEM, "out of memory packing a request");
 	if (r == 0)
 		r = mpc_req_raw(p, &rq, arg, arg_len);
+	if (r == 0 && mpc_opts_count(&o) && mpc_opts_pack(&rq.pk, &o) < 0)
+		r = mpc_err(p, MPOOL_E_NOMEM, "out of memory packing a request");
 	if (r == 0)
 		r = mpc_req_call(p, &rq, NULL, NULL, &m);
 	mpc_req_done(&rq);
@@ -101,7 +114,8 @@ int mpool_status(mpool *p, mpool_value **ret_status)
 	return 0;
 }
 
-int mpool_terminate(mpool *p)
+/* The control methods: no params, result true. */
+static int control(mpool *p, const char *method)
 {
 	struct mp_msg m;
 	int r;
@@ -110,6 +124,21 @@ int mpool_terminate(mpool *p)
 		return -MPOOL_E_INVAL;
 	r = mpc_usable(p);
 	if (r == 0)
-		r = call_noargs(p, "terminate", &m);
+		r = call_noargs(p, method, &m);
 	return r;
+}
+
+int mpool_terminate(mpool *p)
+{
+	return control(p, "terminate");
+}
+
+int mpool_drain(mpool *p)
+{
+	return control(p, "drain");
+}
+
+int mpool_reload(mpool *p)
+{
+	return control(p, "reload");
 }

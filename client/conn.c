@@ -307,3 +307,25 @@ int mpc_req_call(mpool *p, struct mpc_req *rq, mpc_note_fn on_note, void *userda
 	*ret_resp = m;
 	return 0;
 }
+
+uint32_t mpc_opts_count(const struct mpc_opts *o)
+{
+	return (o->chunksize != 0) + (o->unordered != 0) + (o->timeout_ms != 0) +
+	       (o->retries != 0);
+}
+
+/* Only what differs from the daemon's defaults goes on the wire. */
+int mpc_opts_pack(msgpack_packer *pk, const struct mpc_opts *o)
+{
+	int r = msgpack_pack_map(pk, mpc_opts_count(o));
+
+	if (o->chunksize)
+		r |= mp_pack_cstr(pk, "chunksize") | msgpack_pack_uint32(pk, o->chunksize);
+	if (o->unordered)
+		r |= mp_pack_cstr(pk, "ordered") | msgpack_pack_false(pk);
+	if (o->timeout_ms)
+		r |= mp_pack_cstr(pk, "timeout_ms") | msgpack_pack_uint32(pk, o->timeout_ms);
+	if (o->retries)
+		r |= mp_pack_cstr(pk, "retries") | msgpack_pack_uint32(pk, o->retries);
+	return r ? -1 : 0;
+}

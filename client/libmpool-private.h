@@ -94,4 +94,15 @@ int mpc_value_decode(mpool *p, const uint8_t *bytes, size_t len, mpool_value **r
  * within MP_ITEM_DEPTH_MAX.  0 or -MPOOL_E_INVAL (errmsg says which). */
 int mpc_check_values(mpool *p, const char *what, const void *bytes, size_t len, uint64_t n);
 
+/* Request options, for apply and map alike (apply leaves the map ones 0). */
+struct mpc_opts {
+	uint32_t chunksize;
+	int unordered;
+	uint32_t timeout_ms;
+	uint32_t retries;
+};
+uint32_t mpc_opts_count(const struct mpc_opts *o);
+/* Packs the options map.  0, or -1 when out of memory. */
+int mpc_opts_pack(msgpack_packer *pk, const struct mpc_opts *o);
+
 #endif

@@ -198,11 +198,17 @@ bad:
 static int pack_request(mpool *p, struct mpc_req *rq, const char *fn, const void *items,
 			size_t items_len, uint64_t n_items, const struct mpool_map_opts *opts)
 {
-	uint32_t n_opts = 0;
+	struct mpc_opts o = { 0 };
+	uint32_t n_opts;
 	int r;
 
-	if (opts)
-		n_opts = (opts->chunksize != 0) + (opts->unordered != 0);
+	if (opts) {
+		o.chunksize = opts->chunksize;
+		o.unordered = opts->unordered;
+		o.timeout_ms = opts->timeout_ms;
+		o.retries = opts->retries;
+	}
+	n_opts = mpc_opts_count(&o);
 	r = mpc_req_start(p, rq, "map", n_opts ? 3 : 2);
 	if (r < 0)
 		return r;
@@ -214,13 +220,7 @@ static int pack_request(mpool *p, struct mpc_req *rq, const char *fn, const void
 		return r;
 	if (n_opts == 0)
 		return 0;
-	if (msgpack_pack_map(&rq->pk, n_opts) < 0)
-		goto nomem;
-	if (opts->chunksize &&
-	    (mp_pack_cstr(&rq->pk, "chunksize") < 0 || msgpack_pack_uint32(&rq->pk, opts->chunksize) < 0))
-		goto nomem;
-	if (opts->unordered &&
-	    (mp_pack_cstr(&rq->pk, "ordered") < 0 || msgpack_pack_false(&rq->pk) < 0))
+	if (mpc_opts_pack(&rq->pk, &o) < 0)
 		goto nomem;
 	return 0;
 nomem:

@@ -27,11 +27,18 @@ static const char usage_text[] =
 	"Commands:\n"
 	"  status [--json]        show the pool and its workers\n"
 	"  ping                   check that mpoold answers\n"
-	"  apply FN JSON          run FN (MODULE.FUNCTION) on one argument\n"
-	"  map [--chunksize N] [--unordered] FN [JSON...]\n"
+	"  apply [--timeout MS] [--retries N] FN JSON\n"
+	"                         run FN (MODULE.FUNCTION) on one argument\n"
+	"  map [--chunksize N] [--unordered] [--timeout MS] [--retries N] FN [JSON...]\n"
 	"                         run FN on every argument; with none, on one JSON\n"
 	"                         value per line of stdin (blank lines skipped)\n"
 	"  terminate              kill the workers and stop mpoold at once\n"
+	"  drain                  finish open work, take no new work, then exit\n"
+	"  reload                 reopen modules, replace every worker gracefully\n"
+	"\n"
+	"--timeout: per-item deadline; a worker past it is killed (timeout error).\n"
+	"--retries: rerun items lost to a worker's death or a timeout elsewhere,\n"
+	"           up to N times (only for tasks that are safe to run twice).\n"
 	"\n"
 	"Options:\n"
 	"  -s, --socket PATH      mpoold's socket (default: $MPOOL_SOCKET, else\n"
@@ -189,7 +196,8 @@ static int cmd_ping(const char *sock, int argc, char **argv)
 	return finish(r);
 }
 
-static int cmd_terminate(const char *sock, int argc, char **argv)
+static int control(const char *sock, int argc, char **argv, const char *what,
+		   int (*call)(mpool *))
 {
 	mpool *p;
 	int r;
@@ -200,11 +208,42 @@ static int cmd_terminate(const char *sock, int argc, char **argv)
 	p = connect_or_say(sock);
 	if (!p)
 		return CTL_EXIT_CONN;
-	r = mpool_terminate(p);
+	r = call(p);
 	if (r < 0)
-		r = report(p, "terminate", r);
+		r = report(p, what, r);
 	mpool_close(p);
 	return r;
+}
+
+static int cmd_terminate(const char *sock, int argc, char **argv)
+{
+	return control(sock, argc, argv, "terminate", mpool_terminate);
+}
+
+static int cmd_drain(const char *sock, int argc, char **argv)
+{
+	return control(sock, argc, argv, "drain", mpool_drain);
+}
+
+static int cmd_reload(const char *sock, int argc, char **argv)
+{
+	return control(sock, argc, argv, "reload", mpool_reload);
+}
+
+/* --timeout MS and --retries N, shared by apply and map. */
+static int parse_u32_opt(const char *name, const char *arg, uint32_t max, uint32_t *ret)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(arg, &end, 10);
+	if (errno || end == arg || *end || arg[0] == '-' || v > max) {
+		usage_error("--%s needs a whole number from 0 to %u, not '%s'", name, max, arg);
+		return -1;
+	}
+	*ret = (uint32_t)v;
+	return 0;
 }
 
 static int cmd_status(const char *sock, int argc, char **argv)
@@ -273,15 +312,37 @@ static int pack_json(msgpack_packer *pk, const char *text, size_t len, const cha
 
 static int cmd_apply(const char *sock, int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{ "timeout", required_argument, NULL, 't' },
+		{ "retries", required_argument, NULL, 'r' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct mpool_apply_opts opts = { 0 };
 	msgpack_sbuffer buf;
 	msgpack_packer pk;
 	mpool_value *v;
 	mpool *p;
-	int r;
+	int c, r;
 
-	r = help_only(argc, argv);
-	if (r >= 0)
-		return r;
+	opts_reset();
+	while ((c = next_opt(argc, argv, "+:h", longopts)) != -1) {
+		switch (c) {
+		case 't':
+			if (parse_u32_opt("timeout", optarg, 86400000, &opts.timeout_ms) < 0)
+				return CTL_EXIT_USAGE;
+			break;
+		case 'r':
+			if (parse_u32_opt("retries", optarg, 100, &opts.retries) < 0)
+				return CTL_EXIT_USAGE;
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return finish(CTL_EXIT_OK);
+		default:
+			return CTL_EXIT_USAGE;
+		}
+	}
 	if (argc - optind != 2)
 		return usage_error("apply takes a function and one JSON argument");
 	msgpack_sbuffer_init(&buf);
@@ -296,7 +357,7 @@ static int cmd_apply(const char *sock, int argc, char **argv)
 		msgpack_sbuffer_destroy(&buf);
 		return CTL_EXIT_CONN;
 	}
-	r = mpool_apply(p, argv[optind], buf.data, buf.size, &v);
+	r = mpool_apply_with(p, argv[optind], buf.data, buf.size, &opts, &v);
 	msgpack_sbuffer_destroy(&buf);
 	if (r < 0) {
 		r = report(p, "apply", r);
@@ -393,6 +454,8 @@ static int cmd_map(const char *sock, int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "chunksize", required_argument, NULL, 'c' },
 		{ "unordered", no_argument, NULL, 'u' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ "retries", required_argument, NULL, 'r' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -422,6 +485,14 @@ static int cmd_map(const char *sock, int argc, char **argv)
 			break;
 		case 'u':
 			opts.unordered = 1;
+			break;
+		case 't':
+			if (parse_u32_opt("timeout", optarg, 86400000, &opts.timeout_ms) < 0)
+				return CTL_EXIT_USAGE;
+			break;
+		case 'r':
+			if (parse_u32_opt("retries", optarg, 100, &opts.retries) < 0)
+				return CTL_EXIT_USAGE;
 			break;
 		case 'h':
 			fputs(usage_text, stdout);
@@ -478,6 +549,8 @@ static const struct {
 	{ "apply", cmd_apply },
 	{ "map", cmd_map },
 	{ "terminate", cmd_terminate },
+	{ "drain", cmd_drain },
+	{ "reload", cmd_reload },
 };
 
 int main(int argc, char **argv)

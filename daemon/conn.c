@@ -115,8 +115,8 @@ static int read_params(struct mp_cur *p, const struct mp_msg *m, uint32_t min, u
 	return 0;
 }
 
-/* Reads the map options into spec.  On error writes a reason into why. */
-static int read_map_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t n_why)
+/* Reads the apply or map options into spec.  On error writes a reason into why. */
+static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t n_why)
 {
 	uint32_t n;
 
@@ -146,6 +146,23 @@ static int read_map_opts(struct mp_cur *p, struct job_spec *spec, char *why, siz
 				snprintf(why, n_why, "ordered must be true or false");
 				return -1;
 			}
+		} else if (mp_str_eq(k, kl, "timeout_ms")) {
+			uint64_t v;
+
+			if (mp_read_u64(p, &v) < 0 || v > 24u * 3600 * 1000) {
+				snprintf(why, n_why, "timeout_ms must be an integer from 0 to 86400000");
+				return -1;
+			}
+			spec->timeout_ms = (uint32_t)v;
+		} else if (mp_str_eq(k, kl, "retries")) {
+			uint64_t v;
+
+			if (mp_read_u64(p, &v) < 0 || v > cfg.max_retries) {
+				snprintf(why, n_why, "retries must be an integer from 0 to %u (--max-retries)",
+					 cfg.max_retries);
+				return -1;
+			}
+			spec->retries = (uint32_t)v;
 		} else {
 			char name[64];
 
@@ -200,7 +217,7 @@ static void handle_job(struct conn *c, const uint8_t *frame, size_t len,
 			return;
 		}
 	}
-	if (n == 3 && read_map_opts(&p, &spec, why, sizeof(why)) < 0) {
+	if (n == 3 && read_opts(&p, &spec, why, sizeof(why)) < 0) {
 		reply_error(c, m->msgid, MPOOL_E_BADREQ, "%s: %s", what, why);
 		return;
 	}
@@ -238,6 +255,7 @@ static void handle_job(struct conn *c, const uint8_t *frame, size_t len,
 		c->jobs[c->n_jobs++] = job;
 }
 
+/* Methods without params: answered at once. */
 static void handle_simple(struct conn *c, const struct mp_msg *m, const char *method)
 {
 	struct mp_cur p;
@@ -255,6 +273,18 @@ static void handle_simple(struct conn *c, const struct mp_msg *m, const char *me
 		mp_pack_cstr(&pk, "pong");
 	} else if (strcmp(method, "status") == 0) {
 		status_pack(&pk);
+	} else if (strcmp(method, "reload") == 0 || strcmp(method, "drain") == 0) {
+		bool reload = method[0] == 'r';
+
+		msgpack_pack_true(&pk);
+		chan_flush(c->ch);
+		log_info("%s requested by client %llu (pid %d uid %u)", method,
+			 (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+		if (reload)
+			master_reload("reload request");
+		else
+			master_drain("drain request");
+		return;
 	} else {
 		msgpack_pack_true(&pk);
 		chan_flush(c->ch);
@@ -268,7 +298,7 @@ static void handle_simple(struct conn *c, const struct mp_msg *m, const char *me
 
 static void conn_frame(void *ctx, const uint8_t *frame, size_t len)
 {
-	static const char *simple[] = { "ping", "status", "terminate" };
+	static const char *simple[] = { "ping", "status", "terminate", "reload", "drain" };
 	struct conn *c = ctx;
 	struct mp_msg m;
 	uint64_t msgid;
@@ -425,6 +455,21 @@ void conn_job_failed(struct conn *c, uint64_t msgid, int code, const char *msg)
 	reply_error(c, msgid, code, "%s", msg);
 }
 
+/* Tells a client we will not serve why, in one best-effort write. */
+static void refuse(int fd, int code, const char *why)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	if (mp_pack_notify_head(&pk, "error") == 0 && msgpack_pack_array(&pk, 1) == 0 &&
+	    mp_pack_error(&pk, code, why, -1) == 0 &&
+	    send(fd, sb.data, sb.size, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		log_debug("could not tell a refused client why: %s", strerror(errno));
+	msgpack_sbuffer_destroy(&sb);
+}
+
 static void accept_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct mp_frame_limits lim = { .max_frame = cfg.max_frame, .max_depth = cfg.max_depth };
@@ -451,14 +496,8 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
 			return;
 		}
 		if (n_conns >= cfg.max_clients) {
-			static const uint8_t full[] = { 0x93, 0x02, 0xa5, 'e', 'r', 'r', 'o', 'r', 0x91,
-				0x82, 0xa4, 'c', 'o', 'd', 'e', 0x09, 0xa7, 'm', 'e', 's', 's', 'a', 'g', 'e',
-				0xb3, 't', 'o', 'o', ' ', 'm', 'a', 'n', 'y', ' ', 'c', 'l', 'i', 'e', 'n',
-				't', 's', ' ', 'n', 'o', 'w' };
-
 			log_warn("refusing a client: %u clients connected (--max-clients)", n_conns);
-			if (send(cfd, full, sizeof(full), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-				log_debug("could not tell the refused client why");
+			refuse(cfd, MPOOL_E_LIMIT, "too many clients connected (--max-clients)");
 			close(cfd);
 			continue;
 		}

@@ -22,6 +22,16 @@ struct held {
 	struct held *next;
 };
 
+/* The unanswered items of a lost chunk, waiting to run again. */
+struct retry {
+	uint64_t first;
+	uint32_t count;
+	uint32_t attempt;
+	const uint8_t *items;
+	size_t items_len;
+	struct retry *next;
+};
+
 struct job {
 	uint64_t id;
 	struct conn *conn;         /* NULL once the client left */
@@ -37,7 +47,11 @@ struct job {
 	uint64_t emitted;          /* items whose results reached the client */
 	uint64_t failed;
 	uint32_t chunksize;
+	uint32_t timeout_ms;       /* per item; 0: none */
+	uint32_t retries;          /* reruns allowed per lost chunk */
 	uint32_t inflight;         /* chunks running on workers */
+	struct retry *retry_head;  /* lost chunks waiting for a rerun */
+	struct retry **retry_tail;
 	struct held *held;         /* sorted by first */
 	TAILQ_ENTRY(job) runq;     /* jobs with items to hand out */
 	TAILQ_ENTRY(job) all;
@@ -79,6 +93,30 @@ uint64_t disp_job_msgid(const struct job *job)
 	return job->msgid;
 }
 
+uint32_t disp_job_timeout(const struct job *job)
+{
+	return job->timeout_ms;
+}
+
+static bool job_has_work(const struct job *job)
+{
+	return job->retry_head || job->next_index < job->n_items;
+}
+
+bool disp_has_queued(void)
+{
+	return !TAILQ_EMPTY(&runq);
+}
+
+/* Puts a job with work at the back of the run queue. */
+static void job_requeue(struct job *job)
+{
+	if (!job->queued && job->conn && job_has_work(job)) {
+		TAILQ_INSERT_TAIL(&runq, job, runq);
+		job->queued = true;
+	}
+}
+
 unsigned disp_active(void)
 {
 	return n_active;
@@ -112,6 +150,12 @@ static void job_free(struct job *job)
 		next = h->next;
 		free(h->bytes);
 		free(h);
+	}
+	while (job->retry_head) {
+		struct retry *r = job->retry_head;
+
+		job->retry_head = r->next;
+		free(r);
 	}
 	if (job->queued)
 		TAILQ_REMOVE(&runq, job, runq);
@@ -155,6 +199,9 @@ struct job *disp_submit(struct conn *conn, const uint8_t *frame, size_t frame_le
 	job->fn_len = spec->fn_len;
 	mp_cur_init(&job->items, job->frame + (spec->items - frame), spec->items_len);
 	job->n_items = spec->n_items;
+	job->timeout_ms = spec->timeout_ms;
+	job->retries = spec->retries;
+	job->retry_tail = &job->retry_head;
 	job->auto_chunk = spec->chunksize == 0;
 	job->chunksize = spec->chunksize ? spec->chunksize
 			 : disp_auto_chunksize(spec->n_items, cfg.workers);
@@ -179,22 +226,34 @@ void disp_detach(struct job *job)
 		job_free(job);
 }
 
+/* Answers a job with an error and lets it go; chunks still running for it
+ * report back into the detached job, which frees itself at the last one. */
+static void job_fail(struct job *job, int code, const char *msg)
+{
+	job_unqueue(job);
+	if (job->conn) {
+		conn_job_failed(job->conn, job->msgid, code, msg);
+		conn_job_ended(job->conn, job);
+		job->conn = NULL;
+	}
+	if (job->inflight == 0)
+		job_free(job);
+}
+
 void disp_fail_all(int code, const char *msg)
 {
 	struct job *job, *tmp;
 
-	TAILQ_FOREACH_SAFE(job, &all_jobs, all, tmp) {
-		job_unqueue(job);
-		if (job->conn) {
-			conn_job_failed(job->conn, job->msgid, code, msg);
-			conn_job_ended(job->conn, job);
-			job->conn = NULL;
-		}
-		/* In-flight chunks still point here; their workers are being
-		 * killed and will report back into a detached job. */
-		if (job->inflight == 0)
-			job_free(job);
-	}
+	TAILQ_FOREACH_SAFE(job, &all_jobs, all, tmp)
+		job_fail(job, code, msg);
+}
+
+void disp_fail_queued(int code, const char *msg)
+{
+	struct job *job, *tmp;
+
+	TAILQ_FOREACH_SAFE(job, &runq, runq, tmp)
+		job_fail(job, code, msg);
 }
 
 /* An ordered job may run ahead of what its client has received by this
@@ -209,7 +268,25 @@ static bool job_window_open(const struct job *job)
 
 static bool job_runnable(const struct job *job)
 {
-	return job_window_open(job) && (!job->conn || !conn_backlogged(job->conn));
+	if (job->conn && conn_backlogged(job->conn))
+		return false;
+	return job->retry_head || (job->next_index < job->n_items && job_window_open(job));
+}
+
+/* Slices n whole items off a raw item run. */
+static void slice_items(const uint8_t **items, size_t *len, uint32_t n,
+			const uint8_t **ret_start, size_t *ret_len)
+{
+	struct mp_cur c;
+
+	mp_cur_init(&c, *items, *len);
+	if (mp_skip_n(&c, n, ret_start, ret_len) < 0) {
+		/* Every frame was measured on arrival; this cannot be. */
+		log_err("items do not match their count");
+		abort();
+	}
+	*items = c.p;
+	*len = (size_t)(c.end - c.p);
 }
 
 /* Slices the next n items off the job.  A chunk of the default size also
@@ -224,7 +301,6 @@ static uint32_t take_items(struct job *job, uint32_t n, const uint8_t **ret_item
 
 	while (taken < n) {
 		if (mp_skip(&job->items, NULL, NULL) < 0) {
-			/* The frame was measured on arrival; this cannot be. */
 			log_err("job %llu: items do not match their count",
 				(unsigned long long)job->id);
 			abort();
@@ -238,6 +314,42 @@ static uint32_t take_items(struct job *job, uint32_t n, const uint8_t **ret_item
 	return taken;
 }
 
+/* Carves the job's next chunk for a worker with quota tasks left: a lost
+ * chunk's items first, then fresh ones.  Returns false when it cannot. */
+static bool job_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
+{
+	struct retry *r = job->retry_head;
+	uint32_t n;
+
+	ck->job = job;
+	if (r) {
+		n = r->count < quota ? r->count : (uint32_t)quota;
+		if (n == 0)
+			return false;
+		ck->first = r->first;
+		ck->count = n;
+		ck->attempt = r->attempt;
+		slice_items(&r->items, &r->items_len, n, &ck->items, &ck->items_len);
+		r->first += n;
+		r->count -= n;
+		if (r->count == 0) {
+			job->retry_head = r->next;
+			if (!job->retry_head)
+				job->retry_tail = &job->retry_head;
+			free(r);
+		}
+		return true;
+	}
+	n = disp_chunk_take(job->chunksize, job->n_items - job->next_index, quota);
+	if (n == 0)
+		return false;
+	ck->first = job->next_index;
+	ck->count = take_items(job, n, &ck->items, &ck->items_len);
+	ck->attempt = 0;
+	job->next_index += ck->count;
+	return true;
+}
+
 void disp_schedule(void)
 {
 	struct worker *w;
@@ -245,73 +357,47 @@ void disp_schedule(void)
 	while ((w = pool_idle())) {
 		struct job *job;
 		struct chunk ck;
-		const uint8_t *items;
-		size_t len;
-		uint32_t n;
 
 		TAILQ_FOREACH(job, &runq, runq)
 			if (job_runnable(job))
 				break;
 		if (!job)
 			return;
-		n = disp_chunk_take(job->chunksize, job->n_items - job->next_index,
-				    pool_quota_left(w));
-		if (n == 0)
+		if (!job_next_chunk(job, pool_quota_left(w), &ck))
 			return;      /* a worker at its quota is never idle */
-		n = take_items(job, n, &items, &len);
-		ck.job = job;
-		ck.first = job->next_index;
-		ck.count = n;
-		job->next_index += n;
 		job->inflight++;
 		/* Round robin: the job goes to the back of the line. */
-		TAILQ_REMOVE(&runq, job, runq);
-		job->queued = false;
-		if (job->next_index < job->n_items) {
-			TAILQ_INSERT_TAIL(&runq, job, runq);
-			job->queued = true;
-		}
-		pool_run(w, &ck, job->fn, job->fn_len, items, len);
+		job_unqueue(job);
+		job_requeue(job);
+		pool_run(w, &ck, job->fn, job->fn_len);
 	}
 }
 
 static void job_emit(struct job *job, uint64_t first, uint32_t count,
 		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen)
 {
-	if (job->conn)
+	if (count > 0)
 		conn_send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen);
 	job->emitted += count;
 }
 
-static void job_maybe_done(struct job *job)
+/* Delivers results for items first..first+count-1 of a map: now, or once
+ * the items before them are out (ordered). */
+static void job_piece(struct job *job, uint64_t first, uint32_t count,
+		      const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
+		      uint32_t n_errors)
 {
-	if (job->emitted < job->n_items)
-		return;
-	if (job->conn)
-		conn_map_done(job->conn, job->msgid, job->n_items, job->failed);
-	job_finish(job);
-}
-
-static void chunk_result(struct chunk *ck, const uint8_t *results, size_t rlen,
-			 const uint8_t *errors, size_t elen, uint32_t n_errors)
-{
-	struct job *job = ck->job;
-
-	job->inflight--;
 	job->failed += n_errors;
 	tasks_failed += n_errors;
-	if (!job->conn) {
-		if (job->inflight == 0)
-			job_free(job);
+	if (!job->conn || count == 0)
 		return;
-	}
 	if (!job->is_map) {
 		conn_apply_done(job->conn, job->msgid, results, rlen, errors, elen, n_errors);
-		job_finish(job);
+		job->emitted += count;
 		return;
 	}
-	if (!job->ordered || ck->first == job->emitted) {
-		job_emit(job, ck->first, ck->count, results, rlen, errors, elen);
+	if (!job->ordered || first == job->emitted) {
+		job_emit(job, first, count, results, rlen, errors, elen);
 		while (job->held && job->held->first == job->emitted) {
 			struct held *h = job->held;
 
@@ -324,8 +410,8 @@ static void chunk_result(struct chunk *ck, const uint8_t *results, size_t rlen,
 	} else {
 		struct held *h = xcalloc(1, sizeof(*h)), **pp = &job->held;
 
-		h->first = ck->first;
-		h->count = ck->count;
+		h->first = first;
+		h->count = count;
 		h->bytes = xmalloc(rlen + elen);
 		memcpy(h->bytes, results, rlen);
 		memcpy(h->bytes + rlen, errors, elen);
@@ -336,17 +422,51 @@ static void chunk_result(struct chunk *ck, const uint8_t *results, size_t rlen,
 		h->next = *pp;
 		*pp = h;
 	}
-	job_maybe_done(job);
+}
+
+/* A chunk of the job stopped running (done, failed or requeued). */
+static void job_chunk_ended(struct job *job)
+{
+	job->inflight--;
+	if (!job->conn) {
+		if (job->inflight == 0)
+			job_free(job);
+		return;
+	}
+	if (job->emitted < job->n_items)
+		return;
+	if (job->is_map)
+		conn_map_done(job->conn, job->msgid, job->n_items, job->failed);
+	job_finish(job);
+}
+
+static void chunk_advance(struct chunk *ck, uint32_t n)
+{
+	const uint8_t *start;
+	size_t len;
+
+	slice_items(&ck->items, &ck->items_len, n, &start, &len);
+	ck->first += n;
+	ck->count -= n;
+}
+
+void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res)
+{
+	job_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
+		  res->errors, res->errors_len, res->n_errors);
+	chunk_advance(ck, res->n_results);
 }
 
 void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res)
 {
-	chunk_result(ck, res->results, res->results_len, res->errors, res->errors_len,
-		     res->n_errors);
+	job_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
+		  res->errors, res->errors_len, res->n_errors);
+	job_chunk_ended(ck->job);
 	disp_schedule();
 }
 
-void disp_chunk_failed(struct chunk *ck, int code, const char *msg)
+/* Fails every unanswered item of a chunk with the same error. */
+static void chunk_fail(struct chunk *ck, int code, const char *msg)
 {
 	msgpack_sbuffer r, e;
 	msgpack_packer rpk, epk;
@@ -365,8 +485,34 @@ void disp_chunk_failed(struct chunk *ck, int code, const char *msg)
 		log_err("out of memory failing a chunk");
 		abort();
 	}
-	chunk_result(ck, (uint8_t *)r.data, r.size, (uint8_t *)e.data, e.size, ck->count);
+	job_piece(ck->job, ck->first, ck->count, (uint8_t *)r.data, r.size,
+		  (uint8_t *)e.data, e.size, ck->count);
 	msgpack_sbuffer_destroy(&r);
 	msgpack_sbuffer_destroy(&e);
+}
+
+void disp_chunk_lost(struct chunk *ck, int code, const char *msg)
+{
+	struct job *job = ck->job;
+
+	if (ck->count > 0 && job->conn && ck->attempt < job->retries) {
+		struct retry *r = xcalloc(1, sizeof(*r));
+
+		r->first = ck->first;
+		r->count = ck->count;
+		r->attempt = ck->attempt + 1;
+		r->items = ck->items;
+		r->items_len = ck->items_len;
+		*job->retry_tail = r;
+		job->retry_tail = &r->next;
+		log_info("job %llu: rerunning items %llu..%llu (retry %u of %u): %s",
+			 (unsigned long long)job->id, (unsigned long long)ck->first,
+			 (unsigned long long)(ck->first + ck->count - 1), r->attempt,
+			 job->retries, msg);
+		job_requeue(job);
+	} else if (ck->count > 0) {
+		chunk_fail(ck, code, msg);
+	}
+	job_chunk_ended(job);
 	disp_schedule();
 }

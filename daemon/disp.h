@@ -18,11 +18,16 @@
 struct conn;
 struct job;
 
-/* A chunk in flight, held by the worker running it. */
+/* A chunk in flight, held by the worker running it.  Parts the worker
+ * reports move first and items forward, so the chunk always describes the
+ * items still unanswered. */
 struct chunk {
 	struct job *job;
 	uint64_t first;
 	uint32_t count;
+	uint32_t attempt;            /* 0, then 1.. for retries */
+	const uint8_t *items;        /* the unanswered items, raw */
+	size_t items_len;
 };
 
 struct job_spec {
@@ -30,6 +35,8 @@ struct job_spec {
 	bool ordered;
 	uint64_t msgid;
 	uint32_t chunksize;          /* 0: the default rule */
+	uint32_t timeout_ms;         /* per item; 0: none */
+	uint32_t retries;            /* reruns of a lost chunk */
 	const char *fn;              /* within frame */
 	uint32_t fn_len;
 	const uint8_t *items;        /* n_items raw elements, within frame */
@@ -59,10 +66,20 @@ void disp_fail_all(int code, const char *msg);
 /* Hands chunks to idle workers while there are both. */
 void disp_schedule(void);
 
-/* A worker finished a chunk (res holds its raw results and errors). */
+/* A worker reported the first res->n_results items of its chunk; ck moves
+ * past them.  The chunk is still running. */
+void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res);
+/* A worker finished its chunk (res holds the rest of its results). */
 void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res);
-/* A chunk was lost (worker death): each of its items fails with code/msg. */
-void disp_chunk_failed(struct chunk *ck, int code, const char *msg);
+/* The chunk's worker died or timed out: its unanswered items are rerun
+ * elsewhere if the request allows retries, else each fails with code/msg. */
+void disp_chunk_lost(struct chunk *ck, int code, const char *msg);
+/* Per-item timeout of the job (0: none). */
+uint32_t disp_job_timeout(const struct job *job);
+/* No worker can run anything: fail every job that has work waiting. */
+void disp_fail_queued(int code, const char *msg);
+/* True when some job has items waiting for a worker. */
+bool disp_has_queued(void);
 
 uint64_t disp_job_id(const struct job *job);
 uint64_t disp_job_msgid(const struct job *job);

@@ -15,7 +15,7 @@
 #include "master.h"
 #include "mp_path.h"
 #include "mp_scan.h"
-#include "registry.h"
+#include "modload.h"
 
 static void usage(FILE *f)
 {
@@ -235,10 +235,10 @@ int main(int argc, char **argv)
 		log_err("the default socket path is too long; pass --socket");
 		return 1;
 	}
-	r = reg_add(&builtin_module);
-	if (r < 0) {
-		log_err("cannot register the builtin module: %s", strerror(-r));
+	/* Modules load here, before master_run() forks: workers share them. */
+	if (modload_all() < 0)
 		return 1;
-	}
-	return master_run();
+	r = master_run();
+	modload_close_all();
+	return r;
 }

@@ -78,7 +78,7 @@ void master_progress(void)
 		event_base_loopbreak(base);
 }
 
-static void begin_drain(const char *why)
+void master_drain(const char *why)
 {
 	if (state != MASTER_RUNNING)
 		return;
@@ -152,7 +152,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 		if (state == MASTER_DRAINING)
 			master_terminate("second stop signal during the drain");
 		else
-			begin_drain(sig == SIGTERM ? "SIGTERM" : "SIGINT");
+			master_drain(sig == SIGTERM ? "SIGTERM" : "SIGINT");
 		break;
 	case SIGHUP:
 		master_reload("SIGHUP");

@@ -17,6 +17,8 @@ const char *master_state_name(void);
 uint64_t master_uptime_ms(void);
 uint64_t now_ms(void);       /* monotonic */
 
+/* Stop taking work, finish what is open, exit (close() + join()). */
+void master_drain(const char *why);
 /* Stop at once: kill workers, fail all work, exit. */
 void master_terminate(const char *why);
 /* Replace every worker after its current chunk, reopening modules

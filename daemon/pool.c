@@ -1,26 +1,33 @@
 #include "pool.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "chan.h"
 #include <mpool/error.h>
-#include "mp_rpc.h"
+#include "chan.h"
 #include "config.h"
 #include "log.h"
 #include "master.h"
 #include "mem.h"
+#include "modload.h"
+#include "mp_rpc.h"
 #include "notify.h"
 #include "wmsg.h"
 #include "worker.h"
 
 enum wstate { W_EMPTY, W_STARTING, W_IDLE, W_BUSY, W_EXITING };
-static const char *wstate_names[] = { "empty", "starting", "idle", "busy", "exiting" };
+static const char *const wstate_names[] = { "empty", "starting", "idle", "busy", "exiting" };
+
+/* Why a worker was asked to leave.  Policy is data: reaping reads it. */
+enum retire { R_NONE, R_TASKS, R_RSS, R_LIFETIME, R_RELOAD, R_DRAIN, R_COUNT };
+static const char *const retire_names[] = { "none", "tasks", "rss", "lifetime", "reload", "drain" };
 
 struct worker {
 	unsigned slot;
@@ -28,20 +35,32 @@ struct worker {
 	enum wstate state;
 	struct chan *ch;
 	uint64_t tasks_done;
+	uint64_t quota;            /* tasks before it leaves; 0: unlimited */
 	uint64_t seq;
 	struct chunk chunk;        /* the chunk in flight, when busy */
 	uint64_t started_ms;
-	unsigned early_deaths;     /* consecutive deaths before becoming ready */
-	bool dying;                /* reaped: take its last results, give no work */
-	char cause[128];           /* why the master gave up on it, if it did */
+	unsigned gen;              /* pool generation it was forked in */
+	unsigned early_deaths;     /* consecutive failures before becoming ready */
+	enum retire retire;        /* asked to leave, and why */
+	bool reaped;               /* gone: take its last words, give it no work */
+	int fail_code;             /* with cause: the master gave up on it */
+	char cause[160];
+	uint32_t timeout_ms;       /* per item, for the chunk in flight */
 	struct event *respawn;
+	struct event *deadline;
 };
 
 static struct worker *slots;
 static unsigned n_slots;
 static struct event_base *base;
-static bool all_ready_once;
-static uint64_t total_tasks, n_started, n_recycled, n_died;
+static struct event *tick;
+static unsigned gen;
+static bool reload_pending, announced_ready;
+static uint64_t no_ready_since;
+static uint64_t total_tasks, n_started, n_died, n_timed_out;
+static uint64_t n_recycled[R_COUNT];
+static char last_failure[256];
+static uint64_t rng_state;
 
 static void worker_frame(void *ctx, const uint8_t *frame, size_t len);
 static void worker_closed(void *ctx, int err);
@@ -56,11 +75,44 @@ static const struct chan_ops worker_ops = {
 	.drained = worker_drained,
 };
 
+static uint64_t rng_next(void)
+{
+	/* xorshift64: only spreads recycles out, needs no quality. */
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+/* Each worker's quota is drawn from [max - jitter, max], so workers started
+ * together do not all recycle together; never above max. */
+static uint64_t draw_quota(void)
+{
+	uint64_t max = cfg.max_tasks_per_child, j = cfg.max_tasks_jitter;
+
+	if (!max)
+		return 0;
+	if (j >= max)
+		j = max - 1;
+	return j ? max - rng_next() % (j + 1) : max;
+}
+
+static void set_failure(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void set_failure(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(last_failure, sizeof(last_failure), fmt, ap);
+	va_end(ap);
+}
+
 /* Forks one worker into an empty slot.  The child goes straight to
  * worker_main() and never comes back here. */
 static int spawn(struct worker *w)
 {
 	struct mp_frame_limits lim = { .max_frame = cfg.max_frame, .max_depth = MP_DEPTH_MAX };
+	uint64_t quota = draw_quota();
 	pid_t master = getpid(), pid;
 	int sv[2];
 
@@ -75,13 +127,17 @@ static int spawn(struct worker *w)
 	}
 	if (pid == 0) {
 		close(sv[0]);
-		worker_main(sv[1], master, cfg.max_tasks_per_child);
+		worker_main(sv[1], master, quota);
 	}
 	close(sv[1]);
 	w->pid = pid;
 	w->state = W_STARTING;
 	w->tasks_done = 0;
-	w->dying = false;
+	w->quota = quota;
+	w->gen = gen;
+	w->retire = R_NONE;
+	w->reaped = false;
+	w->fail_code = 0;
 	w->cause[0] = '\0';
 	w->started_ms = now_ms();
 	w->ch = chan_new(base, sv[0], &lim, &worker_ops, w);
@@ -95,6 +151,8 @@ static bool want_workers(void)
 	       (master_state() == MASTER_DRAINING && disp_active() > 0);
 }
 
+static void schedule_respawn(struct worker *w);
+
 static void respawn_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct worker *w = arg;
@@ -106,44 +164,192 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	r = spawn(w);
 	if (r < 0) {
-		struct timeval tv = { 1, 0 };
-
-		log_err("cannot start worker in slot %u: %s; retrying in 1 s", w->slot, strerror(-r));
-		evtimer_add(w->respawn, &tv);
+		w->early_deaths++;
+		set_failure("cannot start a worker: fork: %s", strerror(-r));
+		log_err("slot %u: %s", w->slot, last_failure);
+		schedule_respawn(w);
 	}
 }
 
-/* Respawn at once after a normal exit; after deaths before readiness, wait
- * 50 ms doubling to 10 s so a broken module cannot cause a fork storm. */
+/* Respawn at once after a normal exit; after failures before readiness,
+ * wait 50 ms doubling to 10 s, so a broken module or a fork limit cannot
+ * cause a fork storm. */
 static void schedule_respawn(struct worker *w)
 {
 	struct timeval tv = { 0, 0 };
 
 	if (w->early_deaths > 0) {
-		uint64_t ms = 50ull << (w->early_deaths > 8 ? 8 : w->early_deaths - 1);
+		unsigned shift = w->early_deaths > 9 ? 9 : w->early_deaths - 1;
+		uint64_t ms = 50ull << shift;
 
 		if (ms > 10000)
 			ms = 10000;
 		tv.tv_sec = (time_t)(ms / 1000);
 		tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-		log_warn("worker slot %u died %u time(s) before ready; next start in %llu ms",
-			 w->slot, w->early_deaths, (unsigned long long)ms);
+		log_warn("slot %u: %u failed start(s) in a row; next try in %llu ms", w->slot,
+			 w->early_deaths, (unsigned long long)ms);
 	}
 	evtimer_add(w->respawn, &tv);
 }
 
+static unsigned ready_workers(void)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < n_slots; i++)
+		n += slots[i].state == W_IDLE || slots[i].state == W_BUSY;
+	return n;
+}
+
+static void check_reload_done(void)
+{
+	if (!reload_pending)
+		return;
+	for (unsigned i = 0; i < n_slots; i++) {
+		const struct worker *w = &slots[i];
+		if (w->gen != gen || (w->state != W_IDLE && w->state != W_BUSY))
+			return;
+	}
+	reload_pending = false;
+	master_reload_done();
+}
+
+/* Asks a worker to leave: closing its channel makes it run its modules'
+ * fini and exit 0. */
+static void retire(struct worker *w, enum retire why)
+{
+	w->retire = why;
+	w->state = W_EXITING;
+	evtimer_del(w->deadline);
+	chan_free(w->ch);
+	w->ch = NULL;
+	log_debug("worker %d: retiring (%s) after %llu tasks", (int)w->pid, retire_names[why],
+		  (unsigned long long)w->tasks_done);
+}
+
+/* Gives up on a worker: kill it now; its chunk fails with code and the
+ * cause once it is reaped. */
+static void worker_fault(struct worker *w, int code, const char *cause)
+{
+	if (!w->cause[0]) {
+		snprintf(w->cause, sizeof(w->cause), "%s", cause);
+		w->fail_code = code;
+	}
+	log_debug("worker %d %s; killing it", (int)w->pid, cause);
+	kill(w->pid, SIGKILL);
+	evtimer_del(w->deadline);
+	chan_free(w->ch);
+	w->ch = NULL;
+	if (w->state != W_BUSY)
+		w->state = W_EXITING;
+}
+
+static void arm_deadline(struct worker *w)
+{
+	/* A worker reports finished items at least every WMSG_PART_MS, so the
+	 * item it is on started at most that long after its last report:
+	 * waiting timeout + WMSG_PART_MS never kills a task early. */
+	uint64_t ms = (uint64_t)w->timeout_ms + WMSG_PART_MS;
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+
+	if (w->timeout_ms)
+		evtimer_add(w->deadline, &tv);
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+	char cause[160];
+
+	(void)fd;
+	(void)what;
+	if (w->state != W_BUSY)
+		return;
+	snprintf(cause, sizeof(cause), "timed out: item %llu of job %llu ran past its %u ms deadline",
+		 (unsigned long long)w->chunk.first,
+		 (unsigned long long)disp_job_id(w->chunk.job), w->timeout_ms);
+	worker_fault(w, MPOOL_E_TIMEOUT, cause);
+}
+
+/* RSS in KiB from /proc; 0 when unknown. */
+static uint64_t rss_kib(pid_t pid)
+{
+	char path[64];
+	unsigned long long size, resident;
+	FILE *f;
+	int n;
+
+	snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	n = fscanf(f, "%llu %llu", &size, &resident);
+	fclose(f);
+	return n == 2 ? resident * (uint64_t)sysconf(_SC_PAGESIZE) / 1024 : 0;
+}
+
+static bool too_old(const struct worker *w, uint64_t now)
+{
+	return cfg.max_lifetime_s && now - w->started_ms >= (uint64_t)cfg.max_lifetime_s * 1000;
+}
+
+/* After a chunk: which recycling rule, if any, says this worker goes. */
+static enum retire retire_reason(const struct worker *w)
+{
+	if (w->quota && w->tasks_done >= w->quota)
+		return R_TASKS;
+	if (w->gen != gen)
+		return R_RELOAD;
+	if (cfg.max_rss_mib && rss_kib(w->pid) > (uint64_t)cfg.max_rss_mib * 1024)
+		return R_RSS;
+	if (too_old(w, now_ms()))
+		return R_LIFETIME;
+	return R_NONE;
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	uint64_t now = now_ms();
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	for (unsigned i = 0; i < n_slots; i++)
+		if (slots[i].state == W_IDLE && too_old(&slots[i], now))
+			retire(&slots[i], R_LIFETIME);
+	/* Queued work waits for workers, but not forever. */
+	if (ready_workers() > 0 || !disp_has_queued()) {
+		no_ready_since = now;
+	} else if (now - no_ready_since >= cfg.recovery_timeout_ms) {
+		char msg[400];
+
+		snprintf(msg, sizeof(msg), "no worker could be started for %u ms; last failure: %s",
+			 cfg.recovery_timeout_ms, last_failure[0] ? last_failure : "none recorded");
+		log_err("failing queued work: %s", msg);
+		disp_fail_queued(MPOOL_E_UNAVAILABLE, msg);
+		no_ready_since = now;
+	}
+}
+
 int pool_init(struct event_base *b)
 {
+	struct timeval second = { 0, 250 * 1000 };
+
 	base = b;
+	rng_state = (uint64_t)now_ms() * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
 	n_slots = cfg.workers;
 	slots = xcalloc(n_slots, sizeof(*slots));
+	no_ready_since = now_ms();
+	tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
+	if (!tick || event_add(tick, &second) < 0)
+		return -ENOMEM;
 	for (unsigned i = 0; i < n_slots; i++) {
 		struct worker *w = &slots[i];
 		int r;
 
 		w->slot = i;
 		w->respawn = evtimer_new(base, respawn_cb, w);
-		if (!w->respawn)
+		w->deadline = evtimer_new(base, deadline_cb, w);
+		if (!w->respawn || !w->deadline)
 			return -ENOMEM;
 		r = spawn(w);
 		if (r < 0) {
@@ -159,7 +365,11 @@ void pool_free(void)
 	for (unsigned i = 0; i < n_slots; i++) {
 		chan_free(slots[i].ch);
 		event_free(slots[i].respawn);
+		event_free(slots[i].deadline);
 	}
+	if (tick)
+		event_free(tick);
+	tick = NULL;
 	free(slots);
 	slots = NULL;
 	n_slots = 0;
@@ -175,18 +385,16 @@ struct worker *pool_idle(void)
 
 uint64_t pool_quota_left(const struct worker *w)
 {
-	if (!cfg.max_tasks_per_child)
+	if (!w->quota)
 		return UINT64_MAX;
-	return w->tasks_done >= cfg.max_tasks_per_child ? 0
-	       : cfg.max_tasks_per_child - w->tasks_done;
+	return w->tasks_done >= w->quota ? 0 : w->quota - w->tasks_done;
 }
 
-void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len,
-	      const uint8_t *items, size_t items_len)
+void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len)
 {
 	struct wmsg_run run = {
 		.seq = ++w->seq, .fn = fn, .fn_len = fn_len, .first = ck->first,
-		.count = ck->count, .items = items, .items_len = items_len,
+		.count = ck->count, .items = ck->items, .items_len = ck->items_len,
 	};
 	msgpack_packer pk;
 
@@ -198,36 +406,79 @@ void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t
 	chan_flush(w->ch);
 	w->chunk = *ck;
 	w->state = W_BUSY;
+	w->timeout_ms = disp_job_timeout(ck->job) ? disp_job_timeout(ck->job) : cfg.task_timeout_ms;
+	arm_deadline(w);
 }
 
-/* Gives up on a worker that broke its contract: kill it; its chunk fails
- * with the cause once it is reaped. */
-static void worker_fault(struct worker *w, const char *cause)
+static bool valid_result(const struct worker *w, const struct wmsg_result *res, bool part)
 {
-	if (!w->cause[0])
-		snprintf(w->cause, sizeof(w->cause), "%s", cause);
-	log_err("worker %d %s; killing it", (int)w->pid, cause);
-	kill(w->pid, SIGKILL);
-	chan_free(w->ch);
-	w->ch = NULL;
-	if (w->state != W_BUSY)
-		w->state = W_EXITING;
+	return w->state == W_BUSY && res->seq == w->seq &&
+	       res->n_errors <= res->n_results &&
+	       (part ? res->n_results > 0 && res->n_results < w->chunk.count
+		     : res->n_results == w->chunk.count);
+}
+
+static void worker_part(struct worker *w, const struct wmsg_result *res)
+{
+	if (!valid_result(w, res, true)) {
+		worker_fault(w, MPOOL_E_INTERNAL, "sent a part for no chunk it was running");
+		return;
+	}
+	w->tasks_done += res->n_results;
+	total_tasks += res->n_results;
+	arm_deadline(w);
+	disp_chunk_part(&w->chunk, res);
 }
 
 static void worker_result(struct worker *w, const struct wmsg_result *res)
 {
 	struct chunk ck = w->chunk;
+	enum retire why;
 
-	if (w->state != W_BUSY || res->seq != w->seq || res->n_results != ck.count ||
-	    res->n_errors > ck.count) {
-		worker_fault(w, "sent a result for no chunk it was running");
+	if (!valid_result(w, res, false)) {
+		worker_fault(w, MPOOL_E_INTERNAL, "sent a result for no chunk it was running");
 		return;
 	}
-	w->tasks_done += ck.count;
-	total_tasks += ck.count;
+	evtimer_del(w->deadline);
+	w->tasks_done += res->n_results;
+	total_tasks += res->n_results;
 	w->chunk.job = NULL;
-	w->state = (w->dying || pool_quota_left(w) == 0) ? W_EXITING : W_IDLE;
+	w->state = W_IDLE;
+	why = retire_reason(w);
+	if (why == R_TASKS) {
+		/* It leaves by itself after this result. */
+		w->retire = R_TASKS;
+		w->state = W_EXITING;
+	} else if (w->reaped) {
+		w->state = W_EXITING;
+	} else if (why != R_NONE) {
+		retire(w, why);
+	}
 	disp_chunk_done(&ck, res);
+}
+
+static void worker_ready(struct worker *w, int64_t pid)
+{
+	if (w->state != W_STARTING || pid != w->pid) {
+		worker_fault(w, MPOOL_E_INTERNAL, "sent a ready notice out of turn");
+		return;
+	}
+	w->state = W_IDLE;
+	w->early_deaths = 0;
+	if (w->reaped) {
+		w->state = W_EXITING;
+		return;
+	}
+	if (w->gen != gen) {
+		retire(w, R_RELOAD);
+		return;
+	}
+	if (!announced_ready && ready_workers() == n_slots) {
+		announced_ready = true;
+		notify_ready();
+	}
+	check_reload_done();
+	disp_schedule();
 }
 
 static void worker_frame(void *ctx, const uint8_t *frame, size_t len)
@@ -235,25 +486,19 @@ static void worker_frame(void *ctx, const uint8_t *frame, size_t len)
 	struct worker *w = ctx;
 	struct wmsg_result res;
 	int64_t pid;
-	int r = wmsg_parse_from_worker(frame, len, &res, &pid);
 
-	if (r == 1) {
+	switch (wmsg_parse_from_worker(frame, len, &res, &pid)) {
+	case WMSG_RESULT:
 		worker_result(w, &res);
-	} else if (r == 2 && w->state == W_STARTING && pid == w->pid) {
-		w->state = w->dying ? W_EXITING : W_IDLE;
-		w->early_deaths = 0;
-		if (!all_ready_once && !pool_busy() && pool_idle()) {
-			bool all = true;
-			for (unsigned i = 0; i < n_slots; i++)
-				all = all && slots[i].state == W_IDLE;
-			if (all) {
-				all_ready_once = true;
-				notify_ready();
-			}
-		}
-		disp_schedule();
-	} else {
-		worker_fault(w, "sent a malformed message");
+		break;
+	case WMSG_PART:
+		worker_part(w, &res);
+		break;
+	case WMSG_READY:
+		worker_ready(w, pid);
+		break;
+	default:
+		worker_fault(w, MPOOL_E_INTERNAL, "sent a malformed message");
 	}
 }
 
@@ -263,34 +508,36 @@ static void worker_closed(void *ctx, int err)
 
 	chan_free(w->ch);
 	w->ch = NULL;
-	if (w->dying)
+	if (w->retire != R_NONE)
 		return;
-	if (err < 0) {
-		worker_fault(w, err == -EMSGSIZE ? "sent a result larger than --max-frame"
-					      : "broke its channel");
-		return;
-	}
-	/* End of stream: a worker leaving at its quota closes after its last
-	 * result.  Anyone else closing while we expect more is gone for good. */
-	if (w->state == W_BUSY || w->state == W_STARTING || w->state == W_IDLE)
-		worker_fault(w, "closed its channel");
+	if (err == -EMSGSIZE)
+		worker_fault(w, MPOOL_E_LIMIT, "sent a result larger than --max-frame");
+	else if (err < 0)
+		worker_fault(w, MPOOL_E_INTERNAL, "broke its channel");
+	else
+		worker_fault(w, MPOOL_E_WORKER, "closed its channel");
 }
 
 static void describe_exit(int status, char *buf, size_t n)
 {
-	if (WIFSIGNALED(status))
-		snprintf(buf, n, "killed by SIG%s%s", sigabbrev_np(WTERMSIG(status))
-			 ? sigabbrev_np(WTERMSIG(status)) : "?",
-			 WCOREDUMP(status) ? " (core dumped)" : "");
-	else if (WEXITSTATUS(status) == WORKER_EXIT_INIT)
-		snprintf(buf, n, "exited with status %d (module init failed)", WEXITSTATUS(status));
-	else
+	if (WIFSIGNALED(status)) {
+		const char *name = sigabbrev_np(WTERMSIG(status));
+
+		if (name)
+			snprintf(buf, n, "killed by SIG%s%s", name,
+				 WCOREDUMP(status) ? " (core dumped)" : "");
+		else
+			snprintf(buf, n, "killed by signal %d", WTERMSIG(status));
+	} else if (WEXITSTATUS(status) == WORKER_EXIT_INIT) {
+		snprintf(buf, n, "exited with status %d (a module's init failed)", WEXITSTATUS(status));
+	} else {
 		snprintf(buf, n, "exited with status %d", WEXITSTATUS(status));
+	}
 }
 
 static void worker_gone(struct worker *w, int status)
 {
-	char how[96], msg[256];
+	char how[96], msg[300];
 	bool clean = WIFEXITED(status) && WEXITSTATUS(status) == WORKER_EXIT_OK;
 	bool terminating = master_state() == MASTER_TERMINATING;
 	pid_t pid = w->pid;
@@ -298,41 +545,46 @@ static void worker_gone(struct worker *w, int status)
 
 	/* It may have written results and exited before we read them: take
 	 * them first, so nothing it finished is reported lost. */
-	w->dying = true;
+	w->reaped = true;
 	if (w->ch)
 		chan_drain_input(w->ch);
 	chan_free(w->ch);
 	w->ch = NULL;
+	evtimer_del(w->deadline);
 	st = w->state;
 	w->pid = 0;
 	w->state = W_EMPTY;
 
 	describe_exit(status, how, sizeof(how));
+	snprintf(msg, sizeof(msg), "worker %d %s", (int)pid, w->cause[0] ? w->cause : how);
 	if (st == W_BUSY) {
 		struct chunk ck = w->chunk;
+		int code = w->fail_code ? w->fail_code : MPOOL_E_WORKER;
 
-		snprintf(msg, sizeof(msg), "worker %d %s", (int)pid, w->cause[0] ? w->cause : how);
+		w->chunk.job = NULL;
 		if (!terminating) {
-			n_died++;
+			if (code == MPOOL_E_TIMEOUT)
+				n_timed_out++;
+			else
+				n_died++;
+			set_failure("%s", msg);
 			log_warn("%s while running job %llu (items %llu..%llu)", msg,
-				 (unsigned long long)disp_job_id(ck.job),
-				 (unsigned long long)ck.first,
+				 (unsigned long long)disp_job_id(ck.job), (unsigned long long)ck.first,
 				 (unsigned long long)(ck.first + ck.count - 1));
 		}
-		w->chunk.job = NULL;
-		disp_chunk_failed(&ck, MPOOL_E_WORKER, msg);
-	} else if (clean && st == W_EXITING && pool_quota_left(w) == 0) {
-		n_recycled++;
-		log_debug("worker %d recycled after %llu tasks", (int)pid,
-			  (unsigned long long)w->tasks_done);
+		disp_chunk_lost(&ck, code, msg);
+	} else if (clean && w->retire != R_NONE) {
+		n_recycled[w->retire]++;
 	} else if (!terminating && !(clean && master_state() == MASTER_DRAINING)) {
 		n_died++;
 		if (st == W_STARTING)
 			w->early_deaths++;
-		log_warn("worker %d %s", (int)pid, w->cause[0] ? w->cause : how);
+		set_failure("%s", msg);
+		log_warn("%s", msg);
 	}
 	if (want_workers())
 		schedule_respawn(w);
+	check_reload_done();
 	master_progress();
 }
 
@@ -352,28 +604,46 @@ void pool_reap(void)
 	disp_schedule();
 }
 
+void pool_reload(void)
+{
+	if (modload_reload() < 0) {
+		set_failure("reload: a module failed to load again (see the log)");
+		log_err("%s; functions of that module are unavailable until the next reload",
+			last_failure);
+	}
+	gen++;
+	reload_pending = true;
+	for (unsigned i = 0; i < n_slots; i++) {
+		struct worker *w = &slots[i];
+
+		/* Busy workers finish their chunk first (worker_result). */
+		if (w->pid && (w->state == W_IDLE || w->state == W_STARTING))
+			retire(w, R_RELOAD);
+	}
+	check_reload_done();
+}
+
 void pool_stop(void)
 {
 	for (unsigned i = 0; i < n_slots; i++) {
 		struct worker *w = &slots[i];
 
 		evtimer_del(w->respawn);
-		if (w->ch && w->state != W_BUSY) {
-			w->dying = true;
-			w->state = W_EXITING;
-			chan_free(w->ch);
-			w->ch = NULL;
-		}
+		if (w->ch && w->state != W_BUSY)
+			retire(w, R_DRAIN);
 	}
 }
 
 void pool_kill_all(void)
 {
 	for (unsigned i = 0; i < n_slots; i++) {
-		evtimer_del(slots[i].respawn);
-		if (slots[i].pid) {
-			slots[i].dying = true;
-			kill(slots[i].pid, SIGKILL);
+		struct worker *w = &slots[i];
+
+		evtimer_del(w->respawn);
+		if (w->pid) {
+			if (w->retire == R_NONE)
+				w->retire = R_DRAIN;
+			kill(w->pid, SIGKILL);
 		}
 	}
 }
@@ -386,11 +656,6 @@ unsigned pool_live(void)
 	return n;
 }
 
-bool pool_all_ready(void)
-{
-	return all_ready_once;
-}
-
 unsigned pool_busy(void)
 {
 	unsigned n = 0;
@@ -399,26 +664,38 @@ unsigned pool_busy(void)
 	return n;
 }
 
+const char *pool_health(void)
+{
+	for (unsigned i = 0; i < n_slots; i++)
+		if (slots[i].early_deaths > 0)
+			return "degraded";
+	return "ok";
+}
+
+const char *pool_last_failure(void)
+{
+	return last_failure[0] ? last_failure : NULL;
+}
+
 void pool_pack_workers(msgpack_packer *pk)
 {
-	unsigned n = 0;
 	uint64_t now = now_ms();
 
-	for (unsigned i = 0; i < n_slots; i++)
-		n += slots[i].pid != 0;
-	msgpack_pack_array(pk, n);
+	msgpack_pack_array(pk, pool_live());
 	for (unsigned i = 0; i < n_slots; i++) {
 		const struct worker *w = &slots[i];
 
 		if (!w->pid)
 			continue;
-		msgpack_pack_map(pk, 5);
+		msgpack_pack_map(pk, 7);
 		mp_pack_cstr(pk, "pid");
 		msgpack_pack_int64(pk, w->pid);
 		mp_pack_cstr(pk, "state");
 		mp_pack_cstr(pk, wstate_names[w->state]);
 		mp_pack_cstr(pk, "tasks_done");
 		msgpack_pack_uint64(pk, w->tasks_done);
+		mp_pack_cstr(pk, "quota");
+		msgpack_pack_uint64(pk, w->quota);
 		mp_pack_cstr(pk, "job");
 		if (w->state == W_BUSY && w->chunk.job)
 			msgpack_pack_uint64(pk, disp_job_id(w->chunk.job));
@@ -426,10 +703,39 @@ void pool_pack_workers(msgpack_packer *pk)
 			msgpack_pack_nil(pk);
 		mp_pack_cstr(pk, "age_ms");
 		msgpack_pack_uint64(pk, now - w->started_ms);
+		mp_pack_cstr(pk, "rss_kib");
+		msgpack_pack_uint64(pk, rss_kib(w->pid));
 	}
 }
 
-uint64_t pool_tasks_done(void) { return total_tasks; }
-uint64_t pool_started(void) { return n_started; }
-uint64_t pool_recycled(void) { return n_recycled; }
-uint64_t pool_died(void) { return n_died; }
+void pool_pack_totals(msgpack_packer *pk)
+{
+	uint64_t recycled = 0;
+
+	for (int r = R_TASKS; r < R_COUNT; r++)
+		if (r != R_DRAIN)
+			recycled += n_recycled[r];
+	mp_pack_cstr(pk, "tasks_done");
+	msgpack_pack_uint64(pk, total_tasks);
+	mp_pack_cstr(pk, "tasks_timed_out");
+	msgpack_pack_uint64(pk, n_timed_out);
+	mp_pack_cstr(pk, "workers_started");
+	msgpack_pack_uint64(pk, n_started);
+	mp_pack_cstr(pk, "workers_recycled");
+	msgpack_pack_uint64(pk, recycled);
+	mp_pack_cstr(pk, "workers_died");
+	msgpack_pack_uint64(pk, n_died);
+	mp_pack_cstr(pk, "recycled_by");
+	msgpack_pack_map(pk, 4);
+	for (int r = R_TASKS; r <= R_RELOAD; r++) {
+		mp_pack_cstr(pk, retire_names[r]);
+		msgpack_pack_uint64(pk, n_recycled[r]);
+	}
+	mp_pack_cstr(pk, "health");
+	mp_pack_cstr(pk, pool_health());
+	mp_pack_cstr(pk, "last_failure");
+	if (last_failure[0])
+		mp_pack_cstr(pk, last_failure);
+	else
+		msgpack_pack_nil(pk);
+}

@@ -1,6 +1,7 @@
 /* pool: the worker process table.  Fork happens here and only here; so do
- * reaping, respawn with backoff, and the per-worker task count that drives
- * recycling.  Slots are fixed (--workers); a slot's process comes and goes. */
+ * reaping, respawn with backoff, per-worker task counts, deadlines and every
+ * recycling rule (tasks, RSS, lifetime, reload).  Slots are fixed
+ * (--workers); a slot's process comes and goes. */
 #ifndef POOL_H
 #define POOL_H
 
@@ -20,11 +21,11 @@ void pool_free(void);
 struct worker *pool_idle(void);
 /* Tasks this worker may still run before it must be recycled. */
 uint64_t pool_quota_left(const struct worker *w);
-/* Sends a chunk to an idle worker; it becomes busy until the chunk ends. */
-void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len,
-	      const uint8_t *items, size_t items_len);
+/* Sends a chunk to an idle worker; it is busy until the chunk ends. */
+void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len);
 
-/* Replace every worker once it has finished its current chunk. */
+/* Reopens the modules and replaces every worker once it has finished its
+ * current chunk; calls master_reload_done() when the last one is new. */
 void pool_reload(void);
 /* SIGCHLD: reap every exited child and apply policy. */
 void pool_reap(void);
@@ -34,14 +35,14 @@ void pool_stop(void);
 void pool_kill_all(void);
 /* Processes started and not reaped yet. */
 unsigned pool_live(void);
-/* True once every slot has had a worker ready (for READY=1). */
-bool pool_all_ready(void);
 unsigned pool_busy(void);
 
+/* status: the workers array, and the pool's own keys of "totals". */
 void pool_pack_workers(msgpack_packer *pk);
-uint64_t pool_tasks_done(void);
-uint64_t pool_started(void);
-uint64_t pool_recycled(void);
-uint64_t pool_died(void);
+#define POOL_TOTALS_KEYS 8
+void pool_pack_totals(msgpack_packer *pk);
+/* "ok", or "degraded" while workers fail to start; and the last failure. */
+const char *pool_health(void);
+const char *pool_last_failure(void);
 
 #endif

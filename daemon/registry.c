@@ -1,26 +1,61 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "mem.h"
 
 #define MAX_MODULES 64
 
-static const struct mpool_module *modules[MAX_MODULES];
-static unsigned n_modules;
+struct entry {
+	const struct mpool_module *m;
+	void *initargs;            /* owned; NULL: nil */
+	size_t initargs_len;
+};
 
-int reg_add(const struct mpool_module *m)
+static struct entry entries[MAX_MODULES];
+static unsigned n_entries;
+
+static int valid_name(const char *s)
+{
+	if (!s || !*s)
+		return 0;
+	for (; *s; s++)
+		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		      (*s >= '0' && *s <= '9') || *s == '_' || *s == '-'))
+			return 0;
+	return 1;
+}
+
+int reg_add(const struct mpool_module *m, const void *initargs, size_t initargs_len)
 {
 	if (m->abi != MPOOL_MODULE_ABI)
 		return -EPROTO;
-	if (!m->name || !*m->name || strchr(m->name, '.') || !m->functions)
+	if (!valid_name(m->name) || !m->functions)
 		return -EINVAL;
-	for (unsigned i = 0; i < n_modules; i++)
-		if (strcmp(modules[i]->name, m->name) == 0)
+	for (const struct mpool_function *f = m->functions; f->name; f++)
+		if (!valid_name(f->name) || !f->fn)
+			return -EINVAL;
+	for (unsigned i = 0; i < n_entries; i++)
+		if (strcmp(entries[i].m->name, m->name) == 0)
 			return -EEXIST;
-	if (n_modules == MAX_MODULES)
+	if (n_entries == MAX_MODULES)
 		return -ENOSPC;
-	modules[n_modules++] = m;
+	entries[n_entries].m = m;
+	entries[n_entries].initargs = initargs ? xmemdup(initargs, initargs_len) : NULL;
+	entries[n_entries].initargs_len = initargs_len;
+	n_entries++;
 	return 0;
+}
+
+void reg_clear(void)
+{
+	for (unsigned i = 0; i < n_entries; i++)
+		free(entries[i].initargs);
+	memset(entries, 0, sizeof(entries));
+	n_entries = 0;
 }
 
 mpool_task_fn reg_lookup(const char *name, size_t len)
@@ -31,8 +66,8 @@ mpool_task_fn reg_lookup(const char *name, size_t len)
 	if (!dot)
 		return NULL;
 	mlen = (size_t)(dot - name);
-	for (unsigned i = 0; i < n_modules; i++) {
-		const struct mpool_module *m = modules[i];
+	for (unsigned i = 0; i < n_entries; i++) {
+		const struct mpool_module *m = entries[i].m;
 
 		if (strlen(m->name) != mlen || memcmp(m->name, name, mlen) != 0)
 			continue;
@@ -47,15 +82,31 @@ mpool_task_fn reg_lookup(const char *name, size_t len)
 
 int reg_init_all(struct mpool_task_error *err, const char **ret_module)
 {
-	msgpack_object nil = { .type = MSGPACK_OBJECT_NIL };
+	for (unsigned i = 0; i < n_entries; i++) {
+		const struct entry *e = &entries[i];
+		msgpack_object args = { .type = MSGPACK_OBJECT_NIL };
+		msgpack_zone zone;
+		size_t off = 0;
+		int r;
 
-	for (unsigned i = 0; i < n_modules; i++) {
-		if (!modules[i]->init)
+		if (!e->m->init)
 			continue;
+		if (!msgpack_zone_init(&zone, 1024)) {
+			*ret_module = e->m->name;
+			return mpool_task_fail(err, MPOOL_E_INTERNAL, "out of memory");
+		}
+		if (e->initargs &&
+		    msgpack_unpack(e->initargs, e->initargs_len, &off, &zone, &args) < 0) {
+			msgpack_zone_destroy(&zone);
+			*ret_module = e->m->name;
+			return mpool_task_fail(err, MPOOL_E_INTERNAL, "unreadable initargs");
+		}
 		err->code = MPOOL_E_TASK;
 		err->message[0] = '\0';
-		if (modules[i]->init(&nil, err) != 0) {
-			*ret_module = modules[i]->name;
+		r = e->m->init(&args, err);
+		msgpack_zone_destroy(&zone);
+		if (r != 0) {
+			*ret_module = e->m->name;
 			return -1;
 		}
 	}
@@ -64,7 +115,16 @@ int reg_init_all(struct mpool_task_error *err, const char **ret_module)
 
 void reg_fini_all(void)
 {
-	for (unsigned i = n_modules; i-- > 0;)
-		if (modules[i]->fini)
-			modules[i]->fini();
+	for (unsigned i = n_entries; i-- > 0;)
+		if (entries[i].m->fini)
+			entries[i].m->fini();
+}
+
+void reg_names(char *buf, size_t size)
+{
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (unsigned i = 0; i < n_entries && n < size; i++)
+		n += (size_t)snprintf(buf + n, size - n, "%s%s", i ? ", " : "", entries[i].m->name);
 }

@@ -28,16 +28,13 @@ void status_pack(msgpack_packer *pk)
 	mp_pack_cstr(pk, "workers");
 	pool_pack_workers(pk);
 	mp_pack_cstr(pk, "totals");
-	msgpack_pack_map(pk, 11);
+	msgpack_pack_map(pk, 7 + POOL_TOTALS_KEYS);
 	kv_u64(pk, "workers", cfg.workers);
 	kv_u64(pk, "max_tasks_per_child", cfg.max_tasks_per_child);
-	kv_u64(pk, "tasks_done", pool_tasks_done());
 	kv_u64(pk, "tasks_failed", disp_tasks_failed());
-	kv_u64(pk, "workers_started", pool_started());
-	kv_u64(pk, "workers_recycled", pool_recycled());
-	kv_u64(pk, "workers_died", pool_died());
 	kv_u64(pk, "jobs_active", disp_active());
 	kv_u64(pk, "jobs_done", disp_jobs_done());
 	kv_u64(pk, "chunks_queued", disp_chunks_queued());
 	kv_u64(pk, "clients", conn_count());
+	pool_pack_totals(pk);
 }

@@ -50,7 +50,7 @@ int wmsg_parse_from_worker(const uint8_t *frame, size_t len, struct wmsg_result 
 	struct wmsg_result res;
 	uint64_t msgid;
 	uint32_t n;
-	int ok;
+	int ok, kind;
 
 	if (mp_msg_parse(frame, len, &m, &ok, &msgid) < 0)
 		return -EBADMSG;
@@ -58,21 +58,28 @@ int wmsg_parse_from_worker(const uint8_t *frame, size_t len, struct wmsg_result 
 	if (m.type == MP_NOTIFY && mp_str_eq(m.method, m.method_len, "ready")) {
 		if (mp_read_array(&c, &n) < 0 || n != 1 || mp_read_i64(&c, ret_pid) < 0)
 			return -EBADMSG;
-		return 2;
+		return WMSG_READY;
 	}
-	if (m.type != MP_RESPONSE || m.error_len != 1 || m.error[0] != 0xc0)
-		return -EBADMSG;
-	res.seq = m.msgid;
-	if (mp_read_array(&c, &n) < 0 || n != 2)
-		return -EBADMSG;
+	if (m.type == MP_NOTIFY && mp_str_eq(m.method, m.method_len, "part")) {
+		if (mp_read_array(&c, &n) < 0 || n != 3 || mp_read_u64(&c, &res.seq) < 0)
+			return -EBADMSG;
+		kind = WMSG_PART;
+	} else {
+		if (m.type != MP_RESPONSE || m.error_len != 1 || m.error[0] != 0xc0)
+			return -EBADMSG;
+		res.seq = m.msgid;
+		if (mp_read_array(&c, &n) < 0 || n != 2)
+			return -EBADMSG;
+		kind = WMSG_RESULT;
+	}
 	arr = c;
 	if (mp_read_array(&arr, &res.n_results) < 0 ||
 	    mp_skip(&c, &res.results, &res.results_len) < 0)
 		return -EBADMSG;
 	arr = c;
 	if (mp_read_array(&arr, &res.n_errors) < 0 ||
-	    mp_skip(&c, &res.errors, &res.errors_len) < 0)
+	    mp_skip(&c, &res.errors, &res.errors_len) < 0 || !mp_cur_done(&c))
 		return -EBADMSG;
 	*ret = res;
-	return 1;
+	return kind;
 }

@@ -2,12 +2,14 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -96,11 +98,21 @@ static void send_ready(void)
 }
 
 /* Buffers reused across chunks, so a worker allocates only while its
- * results grow past anything seen before. */
+ * results grow past anything seen before.  results and errors hold the
+ * elements of the piece not yet sent; their array headers are packed when
+ * the piece goes out. */
 struct run_bufs {
 	msgpack_sbuffer head, results, errors, tail;
 	msgpack_zone zone;
 };
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 static void pack_item_error(msgpack_packer *pk, uint64_t index,
 			    const struct mpool_task_error *err, const char *fallback)
@@ -111,35 +123,67 @@ static void pack_item_error(msgpack_packer *pk, uint64_t index,
 		_exit(WORKER_EXIT_PROTO);
 }
 
-/* Runs one chunk and sends its result.  Returns the number of tasks run. */
+/* Sends the piece held in b: a "part" notification, or the final response
+ * that ends the chunk. */
+static void send_piece(struct run_bufs *b, uint64_t seq, bool final, uint32_t n_items,
+		       uint32_t n_err)
+{
+	msgpack_packer hpk, tpk;
+	struct iovec iov[4];
+	int r;
+
+	b->head.size = b->tail.size = 0;
+	msgpack_packer_init(&hpk, &b->head, msgpack_sbuffer_write);
+	if (final) {
+		r = mp_pack_response_head(&hpk, seq);
+		r |= msgpack_pack_nil(&hpk);
+		r |= msgpack_pack_array(&hpk, 2);
+	} else {
+		r = mp_pack_notify_head(&hpk, "part");
+		r |= msgpack_pack_array(&hpk, 3);
+		r |= msgpack_pack_uint64(&hpk, seq);
+	}
+	r |= msgpack_pack_array(&hpk, n_items);
+	msgpack_packer_init(&tpk, &b->tail, msgpack_sbuffer_write);
+	r |= msgpack_pack_array(&tpk, n_err);
+	if (r)
+		_exit(WORKER_EXIT_PROTO);
+	iov[0] = (struct iovec){ b->head.data, b->head.size };
+	iov[1] = (struct iovec){ b->results.data, b->results.size };
+	iov[2] = (struct iovec){ b->tail.data, b->tail.size };
+	iov[3] = (struct iovec){ b->errors.data, b->errors.size };
+	write_all(iov, 4);
+	b->results.size = b->errors.size = 0;
+}
+
+/* Runs one chunk, streaming its results in pieces.  Returns the number of
+ * tasks run. */
 static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 {
-	msgpack_packer rpk, epk, hpk;
+	msgpack_packer rpk, epk;
 	mpool_task_fn fn = reg_lookup(run->fn, run->fn_len);
-	uint32_t n_err = 0;
+	uint32_t piece = 0, n_err = 0;
+	uint64_t last_sent = mono_ms();
 	size_t off = 0;
-	struct iovec iov[4];
 
-	b->head.size = b->results.size = b->errors.size = b->tail.size = 0;
+	/* The master checked the name; a miss here is a bug. */
+	if (!fn)
+		_exit(WORKER_EXIT_PROTO);
+	b->results.size = b->errors.size = 0;
 	msgpack_packer_init(&rpk, &b->results, msgpack_sbuffer_write);
 	msgpack_packer_init(&epk, &b->errors, msgpack_sbuffer_write);
-	msgpack_pack_array(&rpk, run->count);
 
 	for (uint32_t i = 0; i < run->count; i++) {
 		struct mpool_task_error err = { .code = MPOOL_E_TASK };
 		msgpack_object arg;
 		size_t before = b->results.size, len;
-		uint64_t index = run->first + i;
+		uint64_t index = run->first + i, now;
 		int rc;
 
 		msgpack_zone_clear(&b->zone);
 		if (msgpack_unpack((const char *)run->items, run->items_len, &off,
 				   &b->zone, &arg) < 0)
 			_exit(WORKER_EXIT_PROTO);
-		if (!fn) {
-			/* The master checked the name; a miss here is a bug. */
-			_exit(WORKER_EXIT_PROTO);
-		}
 		rc = fn(&arg, &rpk, &err);
 		if (rc == 0 && (mp_scan_one((const uint8_t *)b->results.data + before,
 					    b->results.size - before, MP_ITEM_DEPTH_MAX, &len) != 1 ||
@@ -156,18 +200,15 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 			pack_item_error(&epk, index, &err, "task failed without a message");
 			n_err++;
 		}
+		piece++;
+		now = mono_ms();
+		if (i + 1 < run->count && now - last_sent >= WMSG_PART_MS) {
+			send_piece(b, run->seq, false, piece, n_err);
+			piece = n_err = 0;
+			last_sent = now;
+		}
 	}
-	msgpack_packer_init(&hpk, &b->head, msgpack_sbuffer_write);
-	if (mp_pack_response_head(&hpk, run->seq) < 0 || msgpack_pack_nil(&hpk) < 0 ||
-	    msgpack_pack_array(&hpk, 2) < 0)
-		_exit(WORKER_EXIT_PROTO);
-	msgpack_packer_init(&hpk, &b->tail, msgpack_sbuffer_write);
-	msgpack_pack_array(&hpk, n_err);
-	iov[0] = (struct iovec){ b->head.data, b->head.size };
-	iov[1] = (struct iovec){ b->results.data, b->results.size };
-	iov[2] = (struct iovec){ b->tail.data, b->tail.size };
-	iov[3] = (struct iovec){ b->errors.data, b->errors.size };
-	write_all(iov, 4);
+	send_piece(b, run->seq, true, piece, n_err);
 	return run->count;
 }
 

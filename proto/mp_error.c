@@ -18,6 +18,7 @@ const char *mpool_strerror(int code)
 	case MPOOL_E_TIMEOUT: return "timeout";
 	case MPOOL_E_INTERNAL: return "internal";
 	case MPOOL_E_RESULT: return "bad_result";
+	case MPOOL_E_UNAVAILABLE: return "unavailable";
 	case MPOOL_E_SYS: return "system";
 	case MPOOL_E_PROTO: return "protocol";
 	case MPOOL_E_CLOSED: return "closed";

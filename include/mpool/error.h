@@ -23,6 +23,7 @@ enum mpool_error {
 	MPOOL_E_TIMEOUT = 10,    /* the item ran past its deadline */
 	MPOOL_E_INTERNAL = 11,   /* the daemon failed (out of memory, bug) */
 	MPOOL_E_RESULT = 12,     /* the task produced an invalid result */
+	MPOOL_E_UNAVAILABLE = 13,/* no worker could be started in time */
 	/* Local to libmpool: never on the wire. */
 	MPOOL_E_SYS = 100,       /* a system call failed; errno tells */
 	MPOOL_E_PROTO = 101,     /* the daemon sent something unreadable */

@@ -1,8 +1,17 @@
 /* The task-module ABI: what a shared object exports so mpoold's workers can
  * run its functions.  Clients call a function as "MODULE.FUNCTION".
  *
+ * Lifecycle: mpoold loads every module in the master, before it forks, so
+ * the code and any data the module sets up at load time are shared
+ * copy-on-write.  In each worker, init runs once before the first task and
+ * fini when the worker leaves cleanly (recycled, reloaded, drained; not
+ * when it is killed).  A worker runs one task at a time: functions need not
+ * be thread-safe, and static state persists from task to task within one
+ * worker, like a Python Pool initializer's globals.
+ *
  * Memory rules: the argument object and everything it points to belong to
- * the worker and live only for the duration of the call.  The function
+ * the worker and live only for the duration of the call (so do initargs,
+ * during init: copy what you keep).  The function
  * writes exactly one result object through the packer, or reports failure;
  * on failure whatever it packed is discarded.  A function must not keep the
  * packer or the argument after it returns.
@@ -38,6 +47,13 @@ struct mpool_function {
 	const char *name;
 	mpool_task_fn fn;
 };
+
+/* A module exports its descriptor under this name:
+ *
+ *     MPOOL_MODULE_EXPORT const struct mpool_module mpool_module = { ... };
+ */
+#define MPOOL_MODULE_SYMBOL "mpool_module"
+#define MPOOL_MODULE_EXPORT __attribute__((visibility("default")))
 
 struct mpool_module {
 	uint32_t abi;                 /* MPOOL_MODULE_ABI */

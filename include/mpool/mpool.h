@@ -57,9 +57,22 @@ int mpool_ping(mpool *p);
 int mpool_apply(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		mpool_value **ret_result);
 
+struct mpool_apply_opts {
+	uint32_t timeout_ms;  /* 0: the daemon's --task-timeout */
+	uint32_t retries;     /* see mpool_map_opts */
+};
+
+/* mpool_apply with options (opts may be NULL). */
+int mpool_apply_with(mpool *p, const char *fn, const void *arg, size_t arg_len,
+		     const struct mpool_apply_opts *opts, mpool_value **ret_result);
+
 struct mpool_map_opts {
 	uint32_t chunksize;   /* items per chunk; 0: the daemon's default */
 	int unordered;        /* non-zero: chunks arrive as they finish */
+	uint32_t timeout_ms;  /* per item; 0: the daemon's --task-timeout */
+	uint32_t retries;     /* rerun a chunk lost to a worker's death or a
+			       * timeout up to this many times (idempotent
+			       * tasks only); at most the daemon's --max-retries */
 };
 
 struct mpool_item_error {
@@ -106,6 +119,15 @@ int mpool_status(mpool *p, mpool_value **ret_status);
 /* Stops the pool now: workers are killed, pending work fails with
  * MPOOL_E_TERMINATED and mpoold exits.  Returns once the daemon accepted. */
 int mpool_terminate(mpool *p);
+
+/* Like Python's close() + join(), for the whole daemon: mpoold takes no new
+ * work (new requests fail with MPOOL_E_SHUTDOWN), finishes what is open,
+ * then exits.  Returns once the daemon accepted. */
+int mpool_drain(mpool *p);
+
+/* Reopens the task modules and replaces every worker after its current
+ * chunk; no task fails or is lost.  Returns once the daemon accepted. */
+int mpool_reload(mpool *p);
 
 #ifdef __cplusplus
 }
