@@ -90,25 +90,37 @@ void ctl_print_status(FILE *out, const msgpack_object *st)
 		num(b[4], sizeof(b[4]), totals, "workers"),
 		get_u64(totals, "max_tasks_per_child", &quota) && quota == 0 ? "unlimited" :
 		num(b[5], sizeof(b[5]), totals, "max_tasks_per_child"));
-	fprintf(out, "tasks %s done, %s failed; workers %s started, %s recycled, %s died; "
-		"jobs %s active; clients %s\n",
+	const msgpack_object *by = get(totals, "recycled_by");
+	char failure[300];
+
+	fprintf(out, "tasks %s done, %s failed, %s timed out; jobs %s active; clients %s\n",
 		num(b[0], sizeof(b[0]), totals, "tasks_done"),
 		num(b[1], sizeof(b[1]), totals, "tasks_failed"),
-		num(b[2], sizeof(b[2]), totals, "workers_started"),
-		num(b[3], sizeof(b[3]), totals, "workers_recycled"),
-		num(b[4], sizeof(b[4]), totals, "workers_died"),
-		num(b[5], sizeof(b[5]), totals, "jobs_active"),
-		num(b[6], sizeof(b[6]), totals, "clients"));
+		num(b[2], sizeof(b[2]), totals, "tasks_timed_out"),
+		num(b[3], sizeof(b[3]), totals, "jobs_active"),
+		num(b[4], sizeof(b[4]), totals, "clients"));
+	fprintf(out, "workers %s started, %s died, %s recycled (tasks %s, rss %s, lifetime %s, "
+		"reload %s)\n",
+		num(b[0], sizeof(b[0]), totals, "workers_started"),
+		num(b[1], sizeof(b[1]), totals, "workers_died"),
+		num(b[2], sizeof(b[2]), totals, "workers_recycled"),
+		num(b[3], sizeof(b[3]), by, "tasks"), num(b[4], sizeof(b[4]), by, "rss"),
+		num(b[5], sizeof(b[5]), by, "lifetime"), num(b[6], sizeof(b[6]), by, "reload"));
+	fprintf(out, "health %s", str(b[0], sizeof(b[0]), totals, "health"));
+	if (get(totals, "last_failure") && get(totals, "last_failure")->type == MSGPACK_OBJECT_STR)
+		fprintf(out, "; last failure: %s", str(failure, sizeof(failure), totals, "last_failure"));
+	fputc('\n', out);
 	if (!workers || workers->type != MSGPACK_OBJECT_ARRAY)
 		return;
-	fprintf(out, "\n%8s  %-9s %8s %8s %10s\n", "PID", "STATE", "TASKS", "JOB", "AGE");
+	fprintf(out, "\n%8s  %-9s %8s %8s %10s %10s\n", "PID", "STATE", "TASKS", "JOB", "AGE",
+		"RSS(KiB)");
 	for (uint32_t i = 0; i < workers->via.array.size; i++) {
 		const msgpack_object *w = &workers->via.array.ptr[i];
 		const msgpack_object *job = get(w, "job");
 
-		fprintf(out, "%8s  %-9s %8s %8s %10s\n", num(b[0], sizeof(b[0]), w, "pid"),
+		fprintf(out, "%8s  %-9s %8s %8s %10s %10s\n", num(b[0], sizeof(b[0]), w, "pid"),
 			str(b[1], sizeof(b[1]), w, "state"), num(b[2], sizeof(b[2]), w, "tasks_done"),
 			job && job->type == MSGPACK_OBJECT_NIL ? "-" : num(b[3], sizeof(b[3]), w, "job"),
-			duration(b[4], sizeof(b[4]), w, "age_ms"));
+			duration(b[4], sizeof(b[4]), w, "age_ms"), num(b[5], sizeof(b[5]), w, "rss_kib"));
 	}
 }
