@@ -142,3 +142,37 @@ int mpool_reload(mpool *p)
 {
 	return control(p, "reload");
 }
+
+/* The control methods that name one job or worker: params [id]. */
+static int control_id(mpool *p, const char *method, uint64_t id)
+{
+	struct mpc_req rq;
+	struct mp_msg m;
+	int r;
+
+	if (!p)
+		return -MPOOL_E_INVAL;
+	r = mpc_usable(p);
+	if (r < 0)
+		return r;
+	r = mpc_req_start(p, &rq, method, 1);
+	if (r == 0 && msgpack_pack_uint64(&rq.pk, id) < 0)
+		r = mpc_err(p, MPOOL_E_NOMEM, "out of memory packing a request");
+	if (r == 0)
+		r = mpc_req_call(p, &rq, NULL, NULL, &m);
+	mpc_req_done(&rq);
+	return r;
+}
+
+int mpool_cancel(mpool *p, uint64_t job_id)
+{
+	return control_id(p, "cancel", job_id);
+}
+
+int mpool_kill_worker(mpool *p, pid_t pid)
+{
+	if (pid <= 0)
+		return p ? mpc_err(p, MPOOL_E_INVAL, "kill_worker: pid must be positive")
+			 : -MPOOL_E_INVAL;
+	return control_id(p, "kill_worker", (uint64_t)pid);
+}

@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <string.h>
 
-static const msgpack_object *get(const msgpack_object *map, const char *key)
+const msgpack_object *ctl_get(const msgpack_object *map, const char *key)
 {
 	size_t len = strlen(key);
 
@@ -24,7 +24,7 @@ static const msgpack_object *get(const msgpack_object *map, const char *key)
 
 static bool get_u64(const msgpack_object *map, const char *key, uint64_t *ret)
 {
-	const msgpack_object *v = get(map, key);
+	const msgpack_object *v = ctl_get(map, key);
 
 	if (!v || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
 		return false;
@@ -46,7 +46,7 @@ static const char *num(char *buf, size_t size, const msgpack_object *map, const 
 /* A string as text, "?" when absent; stops at an embedded NUL. */
 static const char *str(char *buf, size_t size, const msgpack_object *map, const char *key)
 {
-	const msgpack_object *v = get(map, key);
+	const msgpack_object *v = ctl_get(map, key);
 
 	if (!v || v->type != MSGPACK_OBJECT_STR)
 		return "?";
@@ -77,11 +77,12 @@ static const char *duration(char *buf, size_t size, const msgpack_object *map, c
 	return buf;
 }
 
-void ctl_print_status(FILE *out, const msgpack_object *st)
+static void print_summary(FILE *out, const msgpack_object *st)
 {
-	const msgpack_object *totals = get(st, "totals");
-	const msgpack_object *workers = get(st, "workers");
-	char b[7][32];
+	const msgpack_object *totals = ctl_get(st, "totals");
+	const msgpack_object *by = ctl_get(totals, "recycled_by");
+	const msgpack_object *failure = ctl_get(totals, "last_failure");
+	char b[7][32], text[300];
 	uint64_t quota;
 
 	fprintf(out, "mpoold %s, pid %s, %s, up %s; pool %s workers, max-tasks-per-child %s\n",
@@ -90,15 +91,15 @@ void ctl_print_status(FILE *out, const msgpack_object *st)
 		num(b[4], sizeof(b[4]), totals, "workers"),
 		get_u64(totals, "max_tasks_per_child", &quota) && quota == 0 ? "unlimited" :
 		num(b[5], sizeof(b[5]), totals, "max_tasks_per_child"));
-	const msgpack_object *by = get(totals, "recycled_by");
-	char failure[300];
-
-	fprintf(out, "tasks %s done, %s failed, %s timed out; jobs %s active; clients %s\n",
+	fprintf(out, "tasks %s done, %s failed, %s timed out; jobs %s active, %s done, "
+		"%s chunks queued; clients %s\n",
 		num(b[0], sizeof(b[0]), totals, "tasks_done"),
 		num(b[1], sizeof(b[1]), totals, "tasks_failed"),
 		num(b[2], sizeof(b[2]), totals, "tasks_timed_out"),
 		num(b[3], sizeof(b[3]), totals, "jobs_active"),
-		num(b[4], sizeof(b[4]), totals, "clients"));
+		num(b[4], sizeof(b[4]), totals, "jobs_done"),
+		num(b[5], sizeof(b[5]), totals, "chunks_queued"),
+		num(b[6], sizeof(b[6]), totals, "clients"));
 	fprintf(out, "workers %s started, %s died, %s recycled (tasks %s, rss %s, lifetime %s, "
 		"reload %s)\n",
 		num(b[0], sizeof(b[0]), totals, "workers_started"),
@@ -107,20 +108,74 @@ void ctl_print_status(FILE *out, const msgpack_object *st)
 		num(b[3], sizeof(b[3]), by, "tasks"), num(b[4], sizeof(b[4]), by, "rss"),
 		num(b[5], sizeof(b[5]), by, "lifetime"), num(b[6], sizeof(b[6]), by, "reload"));
 	fprintf(out, "health %s", str(b[0], sizeof(b[0]), totals, "health"));
-	if (get(totals, "last_failure") && get(totals, "last_failure")->type == MSGPACK_OBJECT_STR)
-		fprintf(out, "; last failure: %s", str(failure, sizeof(failure), totals, "last_failure"));
+	if (failure && failure->type == MSGPACK_OBJECT_STR)
+		fprintf(out, "; last failure: %s", str(text, sizeof(text), totals, "last_failure"));
 	fputc('\n', out);
+}
+
+static void print_workers(FILE *out, const msgpack_object *workers)
+{
+	char b[6][32];
+
 	if (!workers || workers->type != MSGPACK_OBJECT_ARRAY)
 		return;
-	fprintf(out, "\n%8s  %-9s %8s %8s %10s %10s\n", "PID", "STATE", "TASKS", "JOB", "AGE",
+	fprintf(out, "%8s  %-9s %8s %8s %10s %10s\n", "PID", "STATE", "TASKS", "JOB", "AGE",
 		"RSS(KiB)");
 	for (uint32_t i = 0; i < workers->via.array.size; i++) {
 		const msgpack_object *w = &workers->via.array.ptr[i];
-		const msgpack_object *job = get(w, "job");
+		const msgpack_object *job = ctl_get(w, "job");
 
 		fprintf(out, "%8s  %-9s %8s %8s %10s %10s\n", num(b[0], sizeof(b[0]), w, "pid"),
 			str(b[1], sizeof(b[1]), w, "state"), num(b[2], sizeof(b[2]), w, "tasks_done"),
 			job && job->type == MSGPACK_OBJECT_NIL ? "-" : num(b[3], sizeof(b[3]), w, "job"),
 			duration(b[4], sizeof(b[4]), w, "age_ms"), num(b[5], sizeof(b[5]), w, "rss_kib"));
+	}
+}
+
+static void print_jobs(FILE *out, const msgpack_object *jobs)
+{
+	char b[9][64];
+
+	if (!jobs || jobs->type != MSGPACK_OBJECT_ARRAY)
+		return;
+	fprintf(out, "%8s  %-5s %-24s %8s %6s %10s %8s %10s\n", "JOB", "KIND", "FUNCTION",
+		"PID", "UID", "DONE", "FAILED", "AGE");
+	for (uint32_t i = 0; i < jobs->via.array.size; i++) {
+		const msgpack_object *j = &jobs->via.array.ptr[i];
+		char done[132];
+
+		snprintf(done, sizeof(done), "%s/%s", num(b[5], sizeof(b[5]), j, "done"),
+			 num(b[6], sizeof(b[6]), j, "items"));
+		fprintf(out, "%8s  %-5s %-24s %8s %6s %10s %8s %10s\n",
+			num(b[0], sizeof(b[0]), j, "id"), str(b[1], sizeof(b[1]), j, "method"),
+			str(b[2], sizeof(b[2]), j, "function"), num(b[3], sizeof(b[3]), j, "client_pid"),
+			num(b[4], sizeof(b[4]), j, "client_uid"), done,
+			num(b[7], sizeof(b[7]), j, "failed"), duration(b[8], sizeof(b[8]), j, "age_ms"));
+	}
+}
+
+void ctl_print_status(FILE *out, const msgpack_object *st, int show)
+{
+	bool sep = false;
+
+	if (show & CTL_SHOW_SUMMARY) {
+		print_summary(out, st);
+		sep = true;
+	}
+	if (show & CTL_SHOW_WORKERS) {
+		if (sep)
+			fputc('\n', out);
+		print_workers(out, ctl_get(st, "workers"));
+		sep = true;
+	}
+	if (show & CTL_SHOW_JOBS) {
+		const msgpack_object *jobs = ctl_get(st, "jobs");
+
+		if (show == CTL_SHOW_JOBS || (jobs && jobs->type == MSGPACK_OBJECT_ARRAY &&
+					      jobs->via.array.size > 0)) {
+			if (sep)
+				fputc('\n', out);
+			print_jobs(out, jobs);
+		}
 	}
 }

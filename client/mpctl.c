@@ -3,6 +3,8 @@
  * stdout as one compact JSON value per line, everything else to stderr. */
 #include <errno.h>
 #include <getopt.h>
+#include <time.h>
+#include <unistd.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -25,14 +27,21 @@ static const char usage_text[] =
 	"Talk to mpoold, the mpool process-pool daemon.\n"
 	"\n"
 	"Commands:\n"
-	"  status [--json]        show the pool and its workers\n"
+	"  status [--json] [--watch [--interval MS] [--count N]]\n"
+	"                         show the pool, its workers and its jobs\n"
+	"  top                    status --watch: redraw every second\n"
+	"  workers [--json]       the workers: pid, state, tasks, job, age, RSS\n"
+	"  jobs [--json]          the open jobs: id, function, client, progress\n"
 	"  ping                   check that mpoold answers\n"
 	"  apply [--timeout MS] [--retries N] FN JSON\n"
 	"                         run FN (MODULE.FUNCTION) on one argument\n"
 	"  map [--chunksize N] [--unordered] [--timeout MS] [--retries N] FN [JSON...]\n"
 	"                         run FN on every argument; with none, on one JSON\n"
 	"                         value per line of stdin (blank lines skipped)\n"
-	"  terminate              kill the workers and stop mpoold at once\n"
+	"  terminate [--job ID | --worker PID]\n"
+	"                         kill the workers and stop mpoold at once; or\n"
+	"                         cancel one job (its client gets an error); or\n"
+	"                         kill one worker (it is replaced)\n"
 	"  drain                  finish open work, take no new work, then exit\n"
 	"  reload                 reopen modules, replace every worker gracefully\n"
 	"\n"
@@ -50,8 +59,11 @@ static const char usage_text[] =
 	"Results print as one compact JSON value per line; map prints them in item\n"
 	"order (with --unordered, as they finish) and reports failed items on stderr.\n"
 	"\n"
-	"Exit status: 0 success, 1 the request or some items failed, 2 usage\n"
-	"error, 3 cannot connect or connection lost.\n";
+	"terminate, drain, reload and terminate --worker need root, mpoold's user\n"
+	"or its admin group; a job's owner may cancel it.\n"
+	"\n"
+	"Exit status: 0 success, 1 the request or some items failed (or was\n"
+	"refused), 2 usage error, 3 cannot connect or connection lost.\n";
 
 __attribute__((format(printf, 1, 2)))
 static int usage_error(const char *fmt, ...)
@@ -215,22 +227,7 @@ static int control(const char *sock, int argc, char **argv, const char *what,
 	return r;
 }
 
-static int cmd_terminate(const char *sock, int argc, char **argv)
-{
-	return control(sock, argc, argv, "terminate", mpool_terminate);
-}
-
-static int cmd_drain(const char *sock, int argc, char **argv)
-{
-	return control(sock, argc, argv, "drain", mpool_drain);
-}
-
-static int cmd_reload(const char *sock, int argc, char **argv)
-{
-	return control(sock, argc, argv, "reload", mpool_reload);
-}
-
-/* --timeout MS and --retries N, shared by apply and map. */
+/* A whole number option from 0 to max (--timeout, --retries, --job ...). */
 static int parse_u32_opt(const char *name, const char *arg, uint32_t max, uint32_t *ret)
 {
 	char *end;
@@ -246,26 +243,112 @@ static int parse_u32_opt(const char *name, const char *arg, uint32_t max, uint32
 	return 0;
 }
 
-static int cmd_status(const char *sock, int argc, char **argv)
+/* terminate: the whole pool, or one job (--job ID), or one worker
+ * (--worker PID). */
+static int cmd_terminate(const char *sock, int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{ "json", no_argument, NULL, 'j' },
+		{ "job", required_argument, NULL, 'j' },
+		{ "worker", required_argument, NULL, 'w' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
-	bool json = false;
-	mpool_value *v;
+	uint32_t job = 0, worker = 0;
+	bool has_job = false, has_worker = false;
 	mpool *p;
 	int c, r;
 
 	opts_reset();
 	while ((c = next_opt(argc, argv, "+:h", longopts)) != -1) {
-		if (c == 'j') {
-			json = true;
-		} else if (c == 'h') {
+		switch (c) {
+		case 'j':
+			if (parse_u32_opt("job", optarg, UINT32_MAX, &job) < 0)
+				return CTL_EXIT_USAGE;
+			has_job = true;
+			break;
+		case 'w':
+			if (parse_u32_opt("worker", optarg, INT32_MAX, &worker) < 0)
+				return CTL_EXIT_USAGE;
+			has_worker = true;
+			break;
+		case 'h':
 			fputs(usage_text, stdout);
 			return finish(CTL_EXIT_OK);
-		} else {
+		default:
+			return CTL_EXIT_USAGE;
+		}
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument '%s'", argv[optind]);
+	if (has_job && has_worker)
+		return usage_error("--job and --worker exclude each other");
+	p = connect_or_say(sock);
+	if (!p)
+		return CTL_EXIT_CONN;
+	if (has_job)
+		r = mpool_cancel(p, job);
+	else if (has_worker)
+		r = mpool_kill_worker(p, (pid_t)worker);
+	else
+		r = mpool_terminate(p);
+	if (r < 0)
+		r = report(p, "terminate", r);
+	mpool_close(p);
+	return r;
+}
+
+static int cmd_drain(const char *sock, int argc, char **argv)
+{
+	return control(sock, argc, argv, "drain", mpool_drain);
+}
+
+static int cmd_reload(const char *sock, int argc, char **argv)
+{
+	return control(sock, argc, argv, "reload", mpool_reload);
+}
+
+
+/* status, workers, jobs and top: one status call, shown whole or in part,
+ * once or every interval (--watch) until interrupted. */
+static int show_status(const char *sock, int argc, char **argv, int show, const char *key,
+		       bool watch)
+{
+	static const struct option longopts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "watch", no_argument, NULL, 'w' },
+		{ "interval", required_argument, NULL, 'i' },
+		{ "count", required_argument, NULL, 'n' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	bool json = false;
+	uint32_t interval_ms = 1000, count = 0;
+	mpool_value *v;
+	mpool *p;
+	int c, r = 0;
+
+	opts_reset();
+	while ((c = next_opt(argc, argv, "+:h", longopts)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 'w':
+			watch = true;
+			break;
+		case 'i':
+			if (parse_u32_opt("interval", optarg, 3600000, &interval_ms) < 0 ||
+			    interval_ms == 0)
+				return usage_error("--interval needs milliseconds from 1");
+			break;
+		case 'n':
+			if (parse_u32_opt("count", optarg, UINT32_MAX, &count) < 0)
+				return CTL_EXIT_USAGE;
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return finish(CTL_EXIT_OK);
+		default:
 			return CTL_EXIT_USAGE;
 		}
 	}
@@ -274,18 +357,52 @@ static int cmd_status(const char *sock, int argc, char **argv)
 	p = connect_or_say(sock);
 	if (!p)
 		return CTL_EXIT_CONN;
-	r = mpool_status(p, &v);
-	if (r < 0) {
-		r = report(p, "status", r);
-	} else {
+	for (uint32_t round = 0; !watch || count == 0 || round < count; round++) {
+		struct timespec ts = { interval_ms / 1000, (long)(interval_ms % 1000) * 1000000 };
+
+		if (round > 0)
+			nanosleep(&ts, NULL);
+		r = mpool_status(p, &v);
+		if (r < 0) {
+			r = report(p, "status", r);
+			break;
+		}
+		if (watch && !json && isatty(STDOUT_FILENO))
+			fputs("\033[H\033[2J", stdout);     /* redraw in place, like top */
 		if (!json)
-			ctl_print_status(stdout, mpool_value_get(v));
-		else if (mjson_print(stdout, mpool_value_get(v)) < 0)
+			ctl_print_status(stdout, mpool_value_get(v), show);
+		else if (mjson_print(stdout, key ? ctl_get(mpool_value_get(v), key)
+					  : mpool_value_get(v)) < 0)
 			r = CTL_EXIT_FAILED;
+		if (watch && !json)
+			fputc('\n', stdout);
+		fflush(stdout);
 		mpool_value_free(v);
+		if (!watch || r)
+			break;
 	}
 	mpool_close(p);
 	return finish(r);
+}
+
+static int cmd_status(const char *sock, int argc, char **argv)
+{
+	return show_status(sock, argc, argv, CTL_SHOW_ALL, NULL, false);
+}
+
+static int cmd_top(const char *sock, int argc, char **argv)
+{
+	return show_status(sock, argc, argv, CTL_SHOW_ALL, NULL, true);
+}
+
+static int cmd_workers(const char *sock, int argc, char **argv)
+{
+	return show_status(sock, argc, argv, CTL_SHOW_WORKERS, "workers", false);
+}
+
+static int cmd_jobs(const char *sock, int argc, char **argv)
+{
+	return show_status(sock, argc, argv, CTL_SHOW_JOBS, "jobs", false);
 }
 
 /* Parses one JSON text and appends it to pk.  0, CTL_EXIT_USAGE after
@@ -545,6 +662,9 @@ static const struct {
 	int (*run)(const char *sock, int argc, char **argv);
 } commands[] = {
 	{ "status", cmd_status },
+	{ "top", cmd_top },
+	{ "workers", cmd_workers },
+	{ "jobs", cmd_jobs },
 	{ "ping", cmd_ping },
 	{ "apply", cmd_apply },
 	{ "map", cmd_map },

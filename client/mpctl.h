@@ -13,8 +13,19 @@ enum {
 	CTL_EXIT_CONN = 3      /* cannot connect, or the connection was lost */
 };
 
-/* Prints the status map as a header and one row per worker.  Keys that are
- * missing or of another type print as "?", so a newer daemon still shows. */
-void ctl_print_status(FILE *out, const msgpack_object *status);
+/* What a status view shows. */
+enum {
+	CTL_SHOW_SUMMARY = 1,
+	CTL_SHOW_WORKERS = 2,
+	CTL_SHOW_JOBS = 4,
+	CTL_SHOW_ALL = 7
+};
+
+/* Prints the parts of the status map that show selects: a summary, a table
+ * of workers, a table of jobs.  Keys that are missing or of another type
+ * print as "?", so a newer daemon still shows. */
+void ctl_print_status(FILE *out, const msgpack_object *status, int show);
+/* The value under key in a map, or NULL. */
+const msgpack_object *ctl_get(const msgpack_object *map, const char *key);
 
 #endif

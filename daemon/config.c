@@ -1,12 +1,16 @@
 #include "config.h"
 
+#include <stdlib.h>
 #include <syslog.h>
 
 #include "mp_scan.h"
 
-/* Defaults; main() overrides them from the command line.  PROTOCOL.md and
- * mpoold --help document each one. */
+/* Defaults; the config file and then the command line override them.
+ * mpoold --help, mpoold.conf(5) and the sample config show each one (a
+ * test checks that the sample agrees with these). */
 struct config cfg = {
+	.socket_mode = 0660,
+	.socket_gid = -1,
 	.max_tasks_per_child = 0,
 	.max_frame = 64u << 20,
 	.max_depth = MP_DEPTH_MAX,
@@ -18,4 +22,28 @@ struct config cfg = {
 	.log_level = LOG_INFO,
 	.max_retries = 3,
 	.recovery_timeout_ms = 60000,
+	.admin_gid = (gid_t)-1,
 };
+
+struct module_spec *config_module_add(void)
+{
+	struct module_spec *m;
+
+	if (cfg.n_modules == CONFIG_MAX_MODULES)
+		return NULL;
+	m = &cfg.modules[cfg.n_modules++];
+	m->path = NULL;
+	m->initargs_json = NULL;
+	return m;
+}
+
+void config_modules_clear(void)
+{
+	for (unsigned i = 0; i < cfg.n_modules; i++) {
+		free(cfg.modules[i].path);
+		free(cfg.modules[i].initargs_json);
+		cfg.modules[i].path = NULL;
+		cfg.modules[i].initargs_json = NULL;
+	}
+	cfg.n_modules = 0;
+}

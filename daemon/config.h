@@ -1,22 +1,28 @@
-/* mpoold's settings: one global, filled from the command line at start and
- * read-only afterwards.  Every limit a client can push against is here. */
+/* mpoold's settings: one global, filled at start from the built-in defaults,
+ * then the config file, then the command line (options.c declares each
+ * setting once for all three), and read-only afterwards.  Every limit a
+ * client can push against is here. */
 #ifndef CONFIG_H
 #define CONFIG_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define CONFIG_MAX_MODULES 32
 
-/* A task module to load, with the initargs its init receives. */
+/* A task module to load, with the initargs its init receives.  Both
+ * strings are owned by cfg (config_modules_clear() frees them). */
 struct module_spec {
 	char *path;                     /* as given; opened with dlopen */
 	char *initargs_json;            /* NULL: nil */
 };
 
 struct config {
-	char socket_path[108];          /* sun_path size */
-	unsigned workers;
+	char socket_path[108];          /* sun_path size; "" until main() applies the default rule */
+	unsigned socket_mode;           /* permissions of a socket mpoold binds itself */
+	long socket_gid;                /* its group; -1: the daemon's own */
+	unsigned workers;               /* 0 until main() applies the default (online CPUs) */
 	uint64_t max_tasks_per_child;   /* 0: unlimited */
 	size_t max_frame;
 	uint32_t max_depth;
@@ -36,8 +42,18 @@ struct config {
 	unsigned max_lifetime_s;        /* recycle a worker this old; 0: never */
 	unsigned max_retries;           /* cap on a request's "retries" */
 	unsigned recovery_timeout_ms;   /* queued work fails if no worker is ready this long */
+
+	/* Who may run admin operations besides root and mpoold's own uid. */
+	gid_t admin_gid;                /* (gid_t)-1: nobody else */
 };
 
 extern struct config cfg;
+
+/* A new, empty module entry at the end of cfg.modules, or NULL when
+ * CONFIG_MAX_MODULES are listed already. */
+struct module_spec *config_module_add(void);
+/* Forgets every module entry (the command line's --module replaces the
+ * file's [module] sections; exit). */
+void config_modules_clear(void);
 
 #endif

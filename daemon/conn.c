@@ -8,6 +8,8 @@
 #include "tailq.h"
 #include <sys/socket.h>
 #include <unistd.h>
+#include <grp.h>
+#include <pwd.h>
 
 #include "chan.h"
 #include "config.h"
@@ -16,6 +18,7 @@
 #include "master.h"
 #include "mem.h"
 #include "mp_rpc.h"
+#include "pool.h"
 #include "registry.h"
 #include "status.h"
 
@@ -24,6 +27,7 @@ struct conn {
 	uint64_t id;
 	pid_t pid;
 	uid_t uid;
+	gid_t gid;
 	struct job **jobs;         /* open apply/map requests */
 	unsigned n_jobs, cap_jobs;
 	TAILQ_ENTRY(conn) link;
@@ -255,50 +259,179 @@ static void handle_job(struct conn *c, const uint8_t *frame, size_t len,
 		c->jobs[c->n_jobs++] = job;
 }
 
-/* Methods without params: answered at once. */
-static void handle_simple(struct conn *c, const struct mp_msg *m, const char *method)
+static bool in_group(uid_t uid, gid_t primary, gid_t want)
 {
-	struct mp_cur p;
-	uint32_t n;
+	struct passwd pw, *res = NULL;
+	char buf[4096];
+	gid_t groups[256];
+	int n = 256;
+
+	if (primary == want)
+		return true;
+	if (getpwuid_r(uid, &pw, buf, sizeof(buf), &res) != 0 || !res)
+		return false;
+	if (getgrouplist(pw.pw_name, pw.pw_gid, groups, &n) < 0)
+		return false;
+	for (int i = 0; i < n; i++)
+		if (groups[i] == want)
+			return true;
+	return false;
+}
+
+/* Admin operations are for root, mpoold's own user, and --admin-group. */
+static bool conn_is_admin(const struct conn *c)
+{
+	return c->uid == 0 || c->uid == geteuid() ||
+	       (cfg.admin_gid != (gid_t)-1 && in_group(c->uid, c->gid, cfg.admin_gid));
+}
+
+static void deny(struct conn *c, uint64_t msgid, const char *method)
+{
+	log_warn("refused %s from client %llu (pid %d uid %u): not an admin", method,
+		 (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+	reply_error(c, msgid, MPOOL_E_PERM,
+		    "%s needs root, mpoold's user (uid %u)%s; you are uid %u", method,
+		    (unsigned)geteuid(), cfg.admin_gid != (gid_t)-1 ? " or its admin group" : "",
+		    (unsigned)c->uid);
+}
+
+static void reply_true(struct conn *c, uint64_t msgid)
+{
 	msgpack_packer pk;
 
-	if (read_params(&p, m, 0, 0, &n) < 0) {
-		reply_error(c, m->msgid, MPOOL_E_BADREQ, "%s takes no params ([])", method);
-		return;
-	}
+	conn_packer(c, &pk);
+	mp_pack_response_head(&pk, msgid);
+	msgpack_pack_nil(&pk);
+	msgpack_pack_true(&pk);
+	chan_flush(c->ch);
+}
+
+static void m_ping(struct conn *c, const struct mp_msg *m, uint64_t arg)
+{
+	msgpack_packer pk;
+
+	(void)arg;
 	conn_packer(c, &pk);
 	mp_pack_response_head(&pk, m->msgid);
 	msgpack_pack_nil(&pk);
-	if (strcmp(method, "ping") == 0) {
-		mp_pack_cstr(&pk, "pong");
-	} else if (strcmp(method, "status") == 0) {
-		status_pack(&pk);
-	} else if (strcmp(method, "reload") == 0 || strcmp(method, "drain") == 0) {
-		bool reload = method[0] == 'r';
+	mp_pack_cstr(&pk, "pong");
+	chan_flush(c->ch);
+}
 
-		msgpack_pack_true(&pk);
-		chan_flush(c->ch);
-		log_info("%s requested by client %llu (pid %d uid %u)", method,
-			 (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
-		if (reload)
-			master_reload("reload request");
-		else
-			master_drain("drain request");
-		return;
-	} else {
-		msgpack_pack_true(&pk);
-		chan_flush(c->ch);
-		log_warn("terminate requested by client %llu (pid %d uid %u)",
-			 (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
-		master_terminate("terminated by request");
+static void m_status(struct conn *c, const struct mp_msg *m, uint64_t arg)
+{
+	msgpack_packer pk;
+
+	(void)arg;
+	conn_packer(c, &pk);
+	mp_pack_response_head(&pk, m->msgid);
+	msgpack_pack_nil(&pk);
+	status_pack(&pk);
+	chan_flush(c->ch);
+}
+
+static void m_terminate(struct conn *c, const struct mp_msg *m, uint64_t arg)
+{
+	(void)arg;
+	reply_true(c, m->msgid);
+	log_warn("terminate requested by client %llu (pid %d uid %u)",
+		 (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+	master_terminate("terminated by request");
+}
+
+static void m_drain(struct conn *c, const struct mp_msg *m, uint64_t arg)
+{
+	(void)arg;
+	reply_true(c, m->msgid);
+	log_info("drain requested by client %llu (pid %d uid %u)",
+		 (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+	master_drain("drain request");
+}
+
+static void m_reload(struct conn *c, const struct mp_msg *m, uint64_t arg)
+{
+	(void)arg;
+	reply_true(c, m->msgid);
+	log_info("reload requested by client %llu (pid %d uid %u)",
+		 (unsigned long long)c->id, (int)c->pid, (unsigned)c->uid);
+	master_reload("reload request");
+}
+
+/* cancel [job_id]: the job's own client (same uid) or an admin. */
+static void m_cancel(struct conn *c, const struct mp_msg *m, uint64_t id)
+{
+	struct job *job = disp_find(id);
+	char msg[160];
+
+	if (!job) {
+		reply_error(c, m->msgid, MPOOL_E_NOTFOUND, "no open job %llu", (unsigned long long)id);
 		return;
 	}
-	chan_flush(c->ch);
+	if (conn_uid(disp_job_conn(job)) != c->uid && !conn_is_admin(c)) {
+		reply_error(c, m->msgid, MPOOL_E_PERM,
+			    "job %llu belongs to uid %u; only its owner or an admin may cancel it",
+			    (unsigned long long)id, (unsigned)conn_uid(disp_job_conn(job)));
+		return;
+	}
+	snprintf(msg, sizeof(msg), "job %llu cancelled by uid %u (pid %d)",
+		 (unsigned long long)id, (unsigned)c->uid, (int)c->pid);
+	log_info("%s", msg);
+	disp_cancel(job, MPOOL_E_CANCELLED, msg);
+	reply_true(c, m->msgid);
+}
+
+static void m_kill_worker(struct conn *c, const struct mp_msg *m, uint64_t pid)
+{
+	char why[128];
+
+	snprintf(why, sizeof(why), "killed on request of uid %u (pid %d)", (unsigned)c->uid,
+		 (int)c->pid);
+	if (pid > INT32_MAX || pool_kill_worker((pid_t)pid, why) < 0) {
+		reply_error(c, m->msgid, MPOOL_E_NOTFOUND, "no worker with pid %llu",
+			    (unsigned long long)pid);
+		return;
+	}
+	reply_true(c, m->msgid);
+}
+
+/* The methods besides apply and map.  Policy is data: who may call each,
+ * and whether it takes one integer param. */
+static const struct method {
+	const char *name;
+	void (*run)(struct conn *c, const struct mp_msg *m, uint64_t arg);
+	bool admin;
+	bool takes_id;
+} methods[] = {
+	{ "ping", m_ping, false, false },
+	{ "status", m_status, false, false },
+	{ "cancel", m_cancel, false, true },
+	{ "terminate", m_terminate, true, false },
+	{ "drain", m_drain, true, false },
+	{ "reload", m_reload, true, false },
+	{ "kill_worker", m_kill_worker, true, true },
+};
+
+static void handle_method(struct conn *c, const struct mp_msg *m, const struct method *me)
+{
+	struct mp_cur p;
+	uint32_t n;
+	uint64_t arg = 0;
+
+	if (read_params(&p, m, me->takes_id, me->takes_id, &n) < 0 ||
+	    (me->takes_id && mp_read_u64(&p, &arg) < 0)) {
+		reply_error(c, m->msgid, MPOOL_E_BADREQ, "%s params must be %s", me->name,
+			    me->takes_id ? "[id] with an integer id" : "[]");
+		return;
+	}
+	if (me->admin && !conn_is_admin(c)) {
+		deny(c, m->msgid, me->name);
+		return;
+	}
+	me->run(c, m, arg);
 }
 
 static void conn_frame(void *ctx, const uint8_t *frame, size_t len)
 {
-	static const char *simple[] = { "ping", "status", "terminate", "reload", "drain" };
 	struct conn *c = ctx;
 	struct mp_msg m;
 	uint64_t msgid;
@@ -320,16 +453,18 @@ static void conn_frame(void *ctx, const uint8_t *frame, size_t len)
 	if (mp_str_eq(m.method, m.method_len, "apply") || mp_str_eq(m.method, m.method_len, "map")) {
 		handle_job(c, frame, len, &m, m.method_len == 3);
 	} else {
-		for (unsigned i = 0; i < sizeof(simple) / sizeof(simple[0]); i++) {
-			if (mp_str_eq(m.method, m.method_len, simple[i])) {
-				handle_simple(c, &m, simple[i]);
-				goto sent;
-			}
+		const struct method *me = NULL;
+
+		for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+			if (mp_str_eq(m.method, m.method_len, methods[i].name))
+				me = &methods[i];
+		if (me) {
+			handle_method(c, &m, me);
+		} else {
+			printable(name, sizeof(name), m.method, m.method_len);
+			reply_error(c, m.msgid, MPOOL_E_NOMETHOD, "no method named '%s'", name);
 		}
-		printable(name, sizeof(name), m.method, m.method_len);
-		reply_error(c, m.msgid, MPOOL_E_NOMETHOD, "no method named '%s'", name);
 	}
-sent:
 	/* A client that sends faster than it reads stops being read. */
 	if (conn_backlogged(c))
 		chan_pause(c->ch, true);
@@ -378,6 +513,16 @@ static void conn_free(struct conn *c)
 	n_conns--;
 	free(c);
 	master_progress();
+}
+
+pid_t conn_pid(const struct conn *c)
+{
+	return c->pid;
+}
+
+uid_t conn_uid(const struct conn *c)
+{
+	return c->uid;
 }
 
 bool conn_backlogged(const struct conn *c)
@@ -506,6 +651,7 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
 		if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
 			c->pid = cred.pid;
 			c->uid = cred.uid;
+			c->gid = cred.gid;
 		}
 		c->ch = chan_new(base, cfd, &lim, &conn_ops, c);
 		TAILQ_INSERT_TAIL(&conns, c, link);

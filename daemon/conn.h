@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <event2/event.h>
 
 struct conn;
@@ -28,6 +29,9 @@ void conn_apply_done(struct conn *c, uint64_t msgid, const uint8_t *results, siz
 void conn_job_failed(struct conn *c, uint64_t msgid, int code, const char *msg);
 /* The job is answered: forget it. */
 void conn_job_ended(struct conn *c, struct job *job);
+
+pid_t conn_pid(const struct conn *c);
+uid_t conn_uid(const struct conn *c);
 
 /* For shutdown. */
 unsigned conn_count(void);

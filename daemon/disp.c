@@ -50,6 +50,7 @@ struct job {
 	uint32_t timeout_ms;       /* per item; 0: none */
 	uint32_t retries;          /* reruns allowed per lost chunk */
 	uint32_t inflight;         /* chunks running on workers */
+	uint64_t created_ms;
 	struct retry *retry_head;  /* lost chunks waiting for a rerun */
 	struct retry **retry_tail;
 	struct held *held;         /* sorted by first */
@@ -91,6 +92,57 @@ uint64_t disp_job_id(const struct job *job)
 uint64_t disp_job_msgid(const struct job *job)
 {
 	return job->msgid;
+}
+
+struct job *disp_find(uint64_t id)
+{
+	struct job *job;
+
+	TAILQ_FOREACH(job, &all_jobs, all)
+		if (job->id == id && job->conn)
+			return job;
+	return NULL;
+}
+
+struct conn *disp_job_conn(const struct job *job)
+{
+	return job->conn;
+}
+
+void disp_pack_jobs(msgpack_packer *pk)
+{
+	uint64_t now = now_ms();
+	uint32_t n = 0;
+	struct job *job;
+
+	TAILQ_FOREACH(job, &all_jobs, all)
+		n += job->conn != NULL;
+	msgpack_pack_array(pk, n);
+	TAILQ_FOREACH(job, &all_jobs, all) {
+		if (!job->conn)
+			continue;
+		msgpack_pack_map(pk, 10);
+		mp_pack_cstr(pk, "id");
+		msgpack_pack_uint64(pk, job->id);
+		mp_pack_cstr(pk, "method");
+		mp_pack_cstr(pk, job->is_map ? "map" : "apply");
+		mp_pack_cstr(pk, "function");
+		msgpack_pack_str_with_body(pk, job->fn, job->fn_len);
+		mp_pack_cstr(pk, "client_pid");
+		msgpack_pack_int64(pk, conn_pid(job->conn));
+		mp_pack_cstr(pk, "client_uid");
+		msgpack_pack_uint64(pk, conn_uid(job->conn));
+		mp_pack_cstr(pk, "items");
+		msgpack_pack_uint64(pk, job->n_items);
+		mp_pack_cstr(pk, "done");
+		msgpack_pack_uint64(pk, job->emitted);
+		mp_pack_cstr(pk, "failed");
+		msgpack_pack_uint64(pk, job->failed);
+		mp_pack_cstr(pk, "running_chunks");
+		msgpack_pack_uint64(pk, job->inflight);
+		mp_pack_cstr(pk, "age_ms");
+		msgpack_pack_uint64(pk, now - job->created_ms);
+	}
 }
 
 uint32_t disp_job_timeout(const struct job *job)
@@ -202,6 +254,7 @@ struct job *disp_submit(struct conn *conn, const uint8_t *frame, size_t frame_le
 	job->timeout_ms = spec->timeout_ms;
 	job->retries = spec->retries;
 	job->retry_tail = &job->retry_head;
+	job->created_ms = now_ms();
 	job->auto_chunk = spec->chunksize == 0;
 	job->chunksize = spec->chunksize ? spec->chunksize
 			 : disp_auto_chunksize(spec->n_items, cfg.workers);
@@ -238,6 +291,12 @@ static void job_fail(struct job *job, int code, const char *msg)
 	}
 	if (job->inflight == 0)
 		job_free(job);
+}
+
+void disp_cancel(struct job *job, int code, const char *msg)
+{
+	job_fail(job, code, msg);
+	disp_schedule();
 }
 
 void disp_fail_all(int code, const char *msg)

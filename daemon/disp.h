@@ -82,6 +82,14 @@ void disp_fail_queued(int code, const char *msg);
 bool disp_has_queued(void);
 
 uint64_t disp_job_id(const struct job *job);
+/* The open job with this id, or NULL. */
+struct job *disp_find(uint64_t id);
+struct conn *disp_job_conn(const struct job *job);
+/* Fails the job with code/msg now (cancel); work still running for it is
+ * discarded when it ends. */
+void disp_cancel(struct job *job, int code, const char *msg);
+/* status: the open jobs. */
+void disp_pack_jobs(msgpack_packer *pk);
 uint64_t disp_job_msgid(const struct job *job);
 unsigned disp_active(void);          /* jobs not yet answered or freed */
 uint64_t disp_chunks_queued(void);

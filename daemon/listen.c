@@ -2,7 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -10,10 +10,28 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "log.h"
+#include "notify.h"
 
-/* The inode we bound, so we only ever unlink our own socket. */
+/* The inode we bound, so we only ever unlink our own socket; 0 when the
+ * socket came from systemd, which owns its file. */
 static ino_t bound_ino;
+static char name[sizeof(((struct sockaddr_un *)0)->sun_path) + 1];
+
+const char *listen_name(void)
+{
+	return name;
+}
+
+/* The socket's directory: searchable by those the socket's mode lets in,
+ * private otherwise (root's, like /run/mpool, is 0755 as before). */
+static mode_t dir_mode(void)
+{
+	if (geteuid() == 0)
+		return 0755;
+	return 0700 | ((cfg.socket_mode & 0060) ? 0010 : 0) | ((cfg.socket_mode & 0006) ? 0001 : 0);
+}
 
 static int make_dirs(const char *path)
 {
@@ -29,52 +47,128 @@ static int make_dirs(const char *path)
 		if (*p != '/')
 			continue;
 		*p = '\0';
-		if (mkdir(dir, 0755) < 0 && errno != EEXIST)
-			return -errno;
+		if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+			int e = errno;
+
+			log_err("cannot create directory %s for the socket: %s", dir, strerror(e));
+			return -e;
+		}
 		*p = '/';
 	}
-	/* The last level holds only our socket; private unless root made it. */
-	if (mkdir(dir, geteuid() == 0 ? 0755 : 0700) < 0 && errno != EEXIST)
-		return -errno;
+	if (mkdir(dir, dir_mode()) < 0 && errno != EEXIST) {
+		int e = errno;
+
+		log_err("cannot create directory %s for the socket: %s", dir, strerror(e));
+		return -e;
+	}
 	return 0;
 }
 
-/* A socket file is stale when connecting to it is refused. */
+static const char *file_kind(mode_t m)
+{
+	return S_ISREG(m) ? "a regular file" : S_ISLNK(m) ? "a symbolic link"
+	       : S_ISDIR(m) ? "a directory" : "not a socket";
+}
+
+/* A socket file is stale when connecting to it is refused.  The probe does
+ * not block: a live daemon with a full backlog answers EAGAIN. */
 static int check_existing(const char *path, const struct sockaddr_un *sa)
 {
 	struct stat st;
-	int fd, r;
+	int fd, r, e;
 
-	if (lstat(path, &st) < 0)
-		return errno == ENOENT ? 0 : -errno;
+	if (lstat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		e = errno;
+		log_err("cannot look at %s: %s", path, strerror(e));
+		return -e;
+	}
 	if (!S_ISSOCK(st.st_mode)) {
-		log_err("%s exists and is not a socket; refusing to replace it", path);
+		log_err("%s exists and is %s; refusing to replace it", path, file_kind(st.st_mode));
 		return -EEXIST;
 	}
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
 	r = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
+	e = errno;
 	close(fd);
-	if (r == 0) {
-		log_err("another mpoold is already serving %s", path);
+	if (r == 0 || e == EAGAIN || e == EINPROGRESS) {
+		log_err("another mpoold is already serving %s; not starting a second one", path);
 		return -EADDRINUSE;
 	}
-	if (errno != ECONNREFUSED) {
-		log_err("cannot check existing socket %s: %s", path, strerror(errno));
-		return -errno;
+	if (e != ECONNREFUSED) {
+		log_err("cannot tell whether %s is still in use (%s); remove it if it is stale",
+			path, strerror(e));
+		return -e;
 	}
-	if (unlink(path) < 0)
-		return -errno;
+	if (unlink(path) < 0) {
+		e = errno;
+		log_err("cannot remove stale socket %s: %s", path, strerror(e));
+		return -e;
+	}
 	log_info("removed stale socket %s", path);
+	return 0;
+}
+
+/* The socket gets its mode at bind time (through the umask, so it never
+ * exists with wider permissions), and its group before listen(), so no
+ * client can connect before both are right. */
+static int bind_socket(int fd, const char *path, const struct sockaddr_un *sa)
+{
+	mode_t old = umask(0777 & ~(mode_t)cfg.socket_mode);
+	int r = bind(fd, (const struct sockaddr *)sa, sizeof(*sa)), e = errno;
+
+	umask(old);
+	if (r < 0) {
+		if (e == EACCES || e == EROFS)
+			log_err("cannot create socket %s: %s (its directory must be writable by "
+				"uid %u)", path, strerror(e), (unsigned)geteuid());
+		else
+			log_err("cannot create socket %s: %s", path, strerror(e));
+		return -e;
+	}
+	if (cfg.socket_gid >= 0 && lchown(path, (uid_t)-1, (gid_t)cfg.socket_gid) < 0) {
+		e = errno;
+		log_err("cannot give socket %s to group %ld: %s", path, cfg.socket_gid, strerror(e));
+		unlink(path);
+		return -e;
+	}
+	return 0;
+}
+
+static int adopt_passed(int fd, int *ret_fd)
+{
+	struct sockaddr_un sa;
+	socklen_t len = sizeof(sa);
+
+	memset(&sa, 0, sizeof(sa));
+	if (getsockname(fd, (struct sockaddr *)&sa, &len) == 0 && len > sizeof(sa_family_t)) {
+		if (sa.sun_path[0])
+			snprintf(name, sizeof(name), "%.*s", (int)sizeof(sa.sun_path), sa.sun_path);
+		else
+			snprintf(name, sizeof(name), "@%.*s", (int)(len - sizeof(sa_family_t) - 1),
+				 sa.sun_path + 1);
+	} else {
+		snprintf(name, sizeof(name), "(a socket passed by systemd)");
+	}
+	bound_ino = 0;
+	log_info("socket activation: serving %s", name);
+	*ret_fd = fd;
 	return 0;
 }
 
 int listen_open(const char *path, int *ret_fd)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct stat st;
 	int fd, r;
 
+	fd = notify_take_listen_fd();
+	if (fd >= 0)
+		return adopt_passed(fd, ret_fd);
+	snprintf(name, sizeof(name), "%s", path);
 	if (strlen(path) >= sizeof(sa.sun_path)) {
 		log_err("socket path too long (%zu bytes, at most %zu): %s", strlen(path),
 			sizeof(sa.sun_path) - 1, path);
@@ -82,26 +176,29 @@ int listen_open(const char *path, int *ret_fd)
 	}
 	memcpy(sa.sun_path, path, strlen(path) + 1);
 	r = make_dirs(path);
-	if (r < 0) {
-		log_err("cannot create the directory of %s: %s", path, strerror(-r));
+	if (r < 0)
 		return r;
-	}
 	r = check_existing(path, &sa);
 	if (r < 0)
 		return r;
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-	if (fd < 0)
-		return -errno;
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 512) < 0) {
+	if (fd < 0) {
 		r = -errno;
-		log_err("cannot listen on %s: %s", path, strerror(-r));
+		log_err("cannot create a socket: %s", strerror(-r));
+		return r;
+	}
+	r = bind_socket(fd, path, &sa);
+	if (r < 0) {
 		close(fd);
 		return r;
 	}
-	{
-		struct stat st;
-		if (lstat(path, &st) == 0)
-			bound_ino = st.st_ino;
+	if (lstat(path, &st) == 0)
+		bound_ino = st.st_ino;
+	if (listen(fd, 512) < 0) {
+		r = -errno;
+		log_err("cannot listen on %s: %s", path, strerror(-r));
+		listen_close(fd, path);
+		return r;
 	}
 	*ret_fd = fd;
 	return 0;
@@ -114,6 +211,7 @@ void listen_close(int fd, const char *path)
 	if (fd < 0)
 		return;
 	close(fd);
-	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == bound_ino)
+	if (bound_ino && lstat(path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == bound_ino)
 		unlink(path);
+	bound_ino = 0;
 }

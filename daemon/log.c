@@ -32,6 +32,36 @@ void log_init(int level)
 	journal = stderr_is_journal();
 }
 
+static void write_line(char *line, size_t size)
+{
+	size_t n = strlen(line);
+
+	/* A message (a module's init error, say) may hold a newline; the
+	 * journal would take what follows it for a new line without a
+	 * priority. */
+	for (char *p = line; (p = strchr(p, '\n')) != NULL; p++)
+		*p = ' ';
+	if (n == size - 1)
+		n--;
+	line[n++] = '\n';
+	/* One write per line, so lines from master and workers never interleave. */
+	if (write(STDERR_FILENO, line, n) < 0)
+		return;     /* nowhere left to report it */
+}
+
+void log_startup_err(const char *fmt, ...)
+{
+	char line[1024];
+	va_list ap;
+	int n;
+
+	n = snprintf(line, sizeof(line), "%smpoold: ", journal ? "<3>" : "");
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+	va_end(ap);
+	write_line(line, sizeof(line));
+}
+
 void log_msg(int prio, const char *fmt, ...)
 {
 	static const char *names[] = { "emerg", "alert", "crit", "error",
@@ -55,11 +85,7 @@ void log_msg(int prio, const char *fmt, ...)
 			      ts.tv_nsec / 1000000, (int)getpid(), names[prio & 7]);
 	}
 	va_start(ap, fmt);
-	vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
 	va_end(ap);
-	n = (int)strlen(line);
-	line[n++] = '\n';
-	/* One write per line, so lines from master and workers never interleave. */
-	if (write(STDERR_FILENO, line, (size_t)n) < 0)
-		return;     /* nowhere left to report it */
+	write_line(line, sizeof(line));
 }

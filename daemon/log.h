@@ -6,8 +6,13 @@
 
 #include <syslog.h>
 
+/* Sets the level and looks at stderr again (call it once early for the
+ * startup errors, and again once the level is known). */
 void log_init(int level);
 void log_msg(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* An error before the daemon runs (options, config file): "mpoold: ..." on
+ * a terminal, with the error priority under journald; never filtered. */
+void log_startup_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #define log_err(...)   log_msg(LOG_ERR, __VA_ARGS__)
 #define log_warn(...)  log_msg(LOG_WARNING, __VA_ARGS__)

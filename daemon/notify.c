@@ -1,13 +1,99 @@
 #include "notify.h"
 
-#include <stdarg.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 #include <systemd/sd-daemon.h>
+
+#include "log.h"
+
+static bool enabled;
+static uint64_t watchdog_usec;
+static int listen_fd = -1;
+
+static int take_passed_socket(void)
+{
+	int n = sd_listen_fds(1), fl;
+
+	if (n < 0) {
+		log_err("cannot use the sockets systemd passed (LISTEN_FDS): %s", strerror(-n));
+		return n;
+	}
+	if (n == 0)
+		return 0;
+	if (n > 1) {
+		log_err("systemd passed %d sockets; mpoold serves exactly one "
+			"(one ListenStream= in mpoold.socket)", n);
+		for (int i = 0; i < n; i++)
+			close(SD_LISTEN_FDS_START + i);
+		return -EINVAL;
+	}
+	if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) <= 0) {
+		log_err("the socket systemd passed is not a listening Unix stream socket "
+			"(mpoold.socket needs ListenStream=/path)");
+		close(SD_LISTEN_FDS_START);
+		return -EINVAL;
+	}
+	fl = fcntl(SD_LISTEN_FDS_START, F_GETFL);
+	if (fl < 0 || fcntl(SD_LISTEN_FDS_START, F_SETFL, fl | O_NONBLOCK) < 0 ||
+	    fcntl(SD_LISTEN_FDS_START, F_SETFD, FD_CLOEXEC) < 0) {
+		int e = errno;
+
+		log_err("cannot set up the socket systemd passed: %s", strerror(e));
+		close(SD_LISTEN_FDS_START);
+		return -e;
+	}
+	listen_fd = SD_LISTEN_FDS_START;
+	return 0;
+}
+
+int notify_init(void)
+{
+	const char *s = getenv("NOTIFY_SOCKET");
+
+	enabled = s && *s;
+	if (sd_watchdog_enabled(1, &watchdog_usec) <= 0)
+		watchdog_usec = 0;
+	return take_passed_socket();
+}
+
+bool notify_enabled(void)
+{
+	return enabled;
+}
+
+int notify_take_listen_fd(void)
+{
+	int fd = listen_fd;
+
+	listen_fd = -1;
+	return fd;
+}
+
+uint64_t notify_watchdog_usec(void)
+{
+	return enabled ? watchdog_usec : 0;
+}
+
+static void send_msg(const char *msg)
+{
+	int r;
+
+	if (!enabled)
+		return;
+	r = sd_notify(0, msg);
+	if (r < 0)
+		log_debug("sd_notify: %s", strerror(-r));
+}
 
 void notify_ready(void)
 {
-	sd_notify(0, "READY=1");
+	send_msg("READY=1");
 }
 
 void notify_reloading(void)
@@ -15,26 +101,31 @@ void notify_reloading(void)
 	struct timespec ts;
 	char msg[64];
 
+	if (!enabled)
+		return;
 	/* systemd wants the monotonic time with RELOADING=1 (Type=notify-reload). */
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
 		 (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
-	sd_notify(0, msg);
+	send_msg(msg);
 }
 
 void notify_stopping(void)
 {
-	sd_notify(0, "STOPPING=1");
+	send_msg("STOPPING=1");
 }
 
-void notify_status(const char *fmt, ...)
+void notify_watchdog(void)
 {
-	char buf[256], line[300];
-	va_list ap;
+	send_msg("WATCHDOG=1");
+}
 
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	snprintf(line, sizeof(line), "STATUS=%s", buf);
-	sd_notify(0, line);
+void notify_status(const char *text)
+{
+	char line[300];
+
+	if (!enabled)
+		return;
+	snprintf(line, sizeof(line), "STATUS=%s", text);
+	send_msg(line);
 }

@@ -1,11 +1,35 @@
-/* notify: the master's messages to systemd (sd_notify).  The only file that
- * includes sd-daemon.h.  Without NOTIFY_SOCKET every call is a no-op. */
+/* notify: mpoold's systemd glue, and the only file that includes
+ * sd-daemon.h: messages to the service manager (sd_notify), the watchdog
+ * interval, and the listening socket systemd passes (socket activation).
+ * Only the master calls these.  Without NOTIFY_SOCKET every notify_* message
+ * returns at once. */
 #ifndef NOTIFY_H
 #define NOTIFY_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
+/* Reads what systemd passed, once, before any fork.  WATCHDOG_* and LISTEN_*
+ * leave the environment here, so no child ever sees them; NOTIFY_SOCKET
+ * stays for sd_notify() and each worker drops it first thing.  0, or -errno
+ * after logging why a passed socket cannot be served. */
+int notify_init(void);
+
+/* True when NOTIFY_SOCKET is set: someone listens to the messages below. */
+bool notify_enabled(void);
+/* The listening socket systemd passed (non-blocking, close-on-exec), or -1.
+ * The caller owns it from then on. */
+int notify_take_listen_fd(void);
+/* The interval systemd expects WATCHDOG=1 within, in microseconds; 0 when
+ * it expects none. */
+uint64_t notify_watchdog_usec(void);
+
 void notify_ready(void);
+/* RELOADING=1 with MONOTONIC_USEC; READY=1 ends the reload. */
 void notify_reloading(void);
 void notify_stopping(void);
-void notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void notify_watchdog(void);
+/* STATUS=text (one line). */
+void notify_status(const char *text);
 
 #endif

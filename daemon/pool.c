@@ -634,6 +634,19 @@ void pool_stop(void)
 	}
 }
 
+int pool_kill_worker(pid_t pid, const char *why)
+{
+	for (unsigned i = 0; i < n_slots; i++) {
+		struct worker *w = &slots[i];
+
+		if (w->pid == pid && pid > 0 && w->state != W_EXITING) {
+			worker_fault(w, MPOOL_E_WORKER, why);
+			return 0;
+		}
+	}
+	return -ESRCH;
+}
+
 void pool_kill_all(void)
 {
 	for (unsigned i = 0; i < n_slots; i++) {

@@ -31,6 +31,9 @@ void pool_reload(void);
 void pool_reap(void);
 /* Drain end: close every worker's channel so it leaves cleanly. */
 void pool_stop(void);
+/* An administrator's kill: the worker's chunk fails (or is retried) as
+ * after any death.  0, or -ESRCH when no worker has that pid. */
+int pool_kill_worker(pid_t pid, const char *why);
 /* Terminate: SIGKILL every worker now. */
 void pool_kill_all(void);
 /* Processes started and not reaped yet. */

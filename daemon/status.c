@@ -17,7 +17,7 @@ static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 
 void status_pack(msgpack_packer *pk)
 {
-	msgpack_pack_map(pk, 7);
+	msgpack_pack_map(pk, 8);
 	mp_pack_cstr(pk, "version");
 	mp_pack_cstr(pk, MPOOL_VERSION);
 	kv_u64(pk, "protocol", MP_PROTO_VERSION);
@@ -27,6 +27,8 @@ void status_pack(msgpack_packer *pk)
 	kv_u64(pk, "uptime_ms", master_uptime_ms());
 	mp_pack_cstr(pk, "workers");
 	pool_pack_workers(pk);
+	mp_pack_cstr(pk, "jobs");
+	disp_pack_jobs(pk);
 	mp_pack_cstr(pk, "totals");
 	msgpack_pack_map(pk, 7 + POOL_TOTALS_KEYS);
 	kv_u64(pk, "workers", cfg.workers);

@@ -19,6 +19,9 @@ const char *mpool_strerror(int code)
 	case MPOOL_E_INTERNAL: return "internal";
 	case MPOOL_E_RESULT: return "bad_result";
 	case MPOOL_E_UNAVAILABLE: return "unavailable";
+	case MPOOL_E_CANCELLED: return "cancelled";
+	case MPOOL_E_PERM: return "permission";
+	case MPOOL_E_NOTFOUND: return "not_found";
 	case MPOOL_E_SYS: return "system";
 	case MPOOL_E_PROTO: return "protocol";
 	case MPOOL_E_CLOSED: return "closed";

@@ -24,6 +24,9 @@ enum mpool_error {
 	MPOOL_E_INTERNAL = 11,   /* the daemon failed (out of memory, bug) */
 	MPOOL_E_RESULT = 12,     /* the task produced an invalid result */
 	MPOOL_E_UNAVAILABLE = 13,/* no worker could be started in time */
+	MPOOL_E_CANCELLED = 14,  /* the job was cancelled (its owner or an admin) */
+	MPOOL_E_PERM = 15,       /* the caller may not do this */
+	MPOOL_E_NOTFOUND = 16,   /* no such job or worker */
 	/* Local to libmpool: never on the wire. */
 	MPOOL_E_SYS = 100,       /* a system call failed; errno tells */
 	MPOOL_E_PROTO = 101,     /* the daemon sent something unreadable */

@@ -24,6 +24,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <msgpack.h>
 #include <mpool/error.h>
 
@@ -116,7 +117,11 @@ int mpool_map_collect(mpool *p, const char *fn, const void *items,
 /* The daemon's status map (see PROTOCOL.md "status"). */
 int mpool_status(mpool *p, mpool_value **ret_status);
 
-/* Stops the pool now: workers are killed, pending work fails with
+/* Admin operations (terminate, drain, reload, kill_worker) are allowed to
+ * root, mpoold's own user and its admin group; anyone else gets
+ * -MPOOL_E_PERM with a message saying who may.
+ *
+ * Stops the pool now: workers are killed, pending work fails with
  * MPOOL_E_TERMINATED and mpoold exits.  Returns once the daemon accepted. */
 int mpool_terminate(mpool *p);
 
@@ -128,6 +133,16 @@ int mpool_drain(mpool *p);
 /* Reopens the task modules and replaces every worker after its current
  * chunk; no task fails or is lost.  Returns once the daemon accepted. */
 int mpool_reload(mpool *p);
+
+/* Cancels an open job by its id (status "jobs"): its client gets
+ * MPOOL_E_CANCELLED.  Allowed to the job's owner (same uid) and to admins;
+ * others get -MPOOL_E_PERM; an unknown id -MPOOL_E_NOTFOUND. */
+int mpool_cancel(mpool *p, uint64_t job_id);
+
+/* Kills one worker now (admins only): its unfinished items fail with
+ * MPOOL_E_WORKER or are retried as the request allows; a replacement
+ * starts.  -MPOOL_E_NOTFOUND when no worker has that pid. */
+int mpool_kill_worker(mpool *p, pid_t pid);
 
 #ifdef __cplusplus
 }
