@@ -65,8 +65,14 @@ static int square(const msgpack_object *arg, msgpack_packer *out, struct mpool_t
 static int read_ms(const char *fn, const msgpack_object *arg, uint64_t *ms,
 		   struct mpool_task_error *err)
 {
-	if (arg->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-		return type_error(fn, arg, err);
+	if (arg->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+		err->code = MPOOL_E_TYPE;
+		snprintf(err->message, sizeof(err->message),
+			 "%s: expected milliseconds (an integer from 0), got %s%s", fn,
+			 arg->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? "a negative " : "",
+			 type_name(arg->type));
+		return -1;
+	}
 	if (arg->via.u64 > 3600 * 1000) {
 		err->code = MPOOL_E_TASK;
 		snprintf(err->message, sizeof(err->message), "%s: at most 3600000 ms", fn);

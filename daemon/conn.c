@@ -423,6 +423,11 @@ static void handle_method(struct conn *c, const struct mp_msg *m, const struct m
 			    me->takes_id ? "[id] with an integer id" : "[]");
 		return;
 	}
+	if (conn_find_job(c, m->msgid)) {
+		reply_error(c, m->msgid, MPOOL_E_BADREQ, "msgid %llu is already in use",
+			    (unsigned long long)m->msgid);
+		return;
+	}
 	if (me->admin && !conn_is_admin(c)) {
 		deny(c, m->msgid, me->name);
 		return;
