@@ -34,6 +34,19 @@ struct conn {
 };
 
 static TAILQ_HEAD(, conn) conns = TAILQ_HEAD_INITIALIZER(conns);
+static uint64_t limit_hits[LIM_COUNT];
+static const char *const limit_names[LIM_COUNT] = {
+	"frame", "depth", "items", "jobs", "clients", "queued_chunks", "backlog",
+};
+
+void conn_pack_limits(msgpack_packer *pk)
+{
+	msgpack_pack_map(pk, LIM_COUNT);
+	for (int i = 0; i < LIM_COUNT; i++) {
+		mp_pack_cstr(pk, limit_names[i]);
+		msgpack_pack_uint64(pk, limit_hits[i]);
+	}
+}
 static unsigned n_conns;
 static uint64_t next_conn_id = 1;
 static struct event *accept_ev, *accept_retry;
@@ -145,6 +158,11 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 				return -1;
 			}
 			spec->chunksize = (uint32_t)v;
+		} else if (spec->is_map && mp_str_eq(k, kl, "stream")) {
+			if (mp_read_bool(p, &spec->stream) < 0) {
+				snprintf(why, n_why, "stream must be true or false");
+				return -1;
+			}
 		} else if (spec->is_map && mp_str_eq(k, kl, "ordered")) {
 			if (mp_read_bool(p, &spec->ordered) < 0) {
 				snprintf(why, n_why, "ordered must be true or false");
@@ -179,8 +197,7 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 	return 0;
 }
 
-static void handle_job(struct conn *c, const uint8_t *frame, size_t len,
-		       const struct mp_msg *m, bool is_map)
+static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 {
 	struct job_spec spec = { .is_map = is_map, .ordered = true, .msgid = m->msgid };
 	const char *what = is_map ? "map" : "apply";
@@ -216,6 +233,7 @@ static void handle_job(struct conn *c, const uint8_t *frame, size_t len,
 		}
 		/* It travels to the worker one level deeper, as a chunk's item. */
 		if (mp_scan_one(spec.items, spec.items_len, MP_ITEM_DEPTH_MAX, &alen) != 1) {
+			limit_hits[LIM_DEPTH]++;
 			reply_error(c, m->msgid, MPOOL_E_LIMIT,
 				    "apply argument nested deeper than %d levels", MP_ITEM_DEPTH_MAX);
 			return;
@@ -234,7 +252,8 @@ static void handle_job(struct conn *c, const uint8_t *frame, size_t len,
 		reply_error(c, m->msgid, MPOOL_E_NOFUNC, "no function named '%s'", name);
 		return;
 	}
-	if (spec.n_items > cfg.max_items) {
+	if (spec.n_items > (spec.stream ? cfg.stream_window : cfg.max_items)) {
+		limit_hits[LIM_ITEMS]++;
 		reply_error(c, m->msgid, MPOOL_E_LIMIT, "map of %llu items exceeds the limit of %llu",
 			    (unsigned long long)spec.n_items, (unsigned long long)cfg.max_items);
 		return;
@@ -245,16 +264,32 @@ static void handle_job(struct conn *c, const uint8_t *frame, size_t len,
 		return;
 	}
 	if (c->n_jobs >= cfg.max_jobs_per_conn) {
+		limit_hits[LIM_JOBS]++;
 		reply_error(c, m->msgid, MPOOL_E_LIMIT, "more than %u open requests on one connection",
 			    cfg.max_jobs_per_conn);
 		return;
+	}
+	{
+		uint32_t cs = spec.chunksize ? spec.chunksize
+			      : disp_auto_chunksize(spec.n_items, cfg.workers);
+		uint64_t add = (spec.n_items + cs - 1) / cs, queued = disp_chunks_queued();
+
+		if (queued + add > cfg.max_queued_chunks) {
+			limit_hits[LIM_QUEUED]++;
+			reply_error(c, m->msgid, MPOOL_E_LIMIT,
+				    "%llu chunks are queued; %llu more would pass the limit of %llu "
+				    "(--max-queued-chunks; a larger chunksize makes fewer)",
+				    (unsigned long long)queued, (unsigned long long)add,
+				    (unsigned long long)cfg.max_queued_chunks);
+			return;
+		}
 	}
 	if (c->n_jobs == c->cap_jobs) {
 		c->cap_jobs = c->cap_jobs ? 2 * c->cap_jobs : 8;
 		c->jobs = xrealloc(c->jobs, c->cap_jobs * sizeof(*c->jobs));
 	}
 	/* NULL: answered at once (an empty map), nothing to track. */
-	job = disp_submit(c, frame, len, &spec);
+	job = disp_submit(c, &spec);
 	if (job)
 		c->jobs[c->n_jobs++] = job;
 }
@@ -394,6 +429,47 @@ static void m_kill_worker(struct conn *c, const struct mp_msg *m, uint64_t pid)
 	reply_true(c, m->msgid);
 }
 
+/* cancel_request [msgid] or [msgid, {"kill": bool}]: a client cancels its
+ * own open request; with kill, chunks already running are killed too
+ * instead of finishing. */
+static void m_cancel_request(struct conn *c, const struct mp_msg *m)
+{
+	struct mp_cur p;
+	uint32_t n, nopt;
+	uint64_t msgid;
+	bool kill = false;
+	struct job *job;
+
+	mp_cur_init(&p, m->body, m->body_len);
+	if (mp_read_array(&p, &n) < 0 || n < 1 || n > 2 || mp_read_u64(&p, &msgid) < 0) {
+		reply_error(c, m->msgid, MPOOL_E_BADREQ,
+			    "cancel_request params must be [msgid] or [msgid, {\"kill\": bool}]");
+		return;
+	}
+	if (n == 2) {
+		const char *k;
+		uint32_t kl;
+
+		if (mp_read_map(&p, &nopt) < 0 || nopt > 1 ||
+		    (nopt == 1 && (mp_read_str(&p, &k, &kl) < 0 || !mp_str_eq(k, kl, "kill") ||
+				   mp_read_bool(&p, &kill) < 0))) {
+			reply_error(c, m->msgid, MPOOL_E_BADREQ,
+				    "cancel_request options: only {\"kill\": bool}");
+			return;
+		}
+	}
+	job = conn_find_job(c, msgid);
+	if (!job || msgid == m->msgid) {
+		reply_error(c, m->msgid, MPOOL_E_NOTFOUND, "no open request with msgid %llu",
+			    (unsigned long long)msgid);
+		return;
+	}
+	if (kill)
+		disp_kill_running(job);
+	disp_cancel(job, MPOOL_E_CANCELLED, "cancelled by its client");
+	reply_true(c, m->msgid);
+}
+
 /* The methods besides apply and map.  Policy is data: who may call each,
  * and whether it takes one integer param. */
 static const struct method {
@@ -435,6 +511,35 @@ static void handle_method(struct conn *c, const struct mp_msg *m, const struct m
 	me->run(c, m, arg);
 }
 
+/* [2, "feed", [msgid, items, end]]: the next items of a streamed map.  A
+ * feed for a msgid that is no open stream is dropped: the map may have just
+ * failed or been cancelled while the client was still sending. */
+static void handle_feed(struct conn *c, const struct mp_msg *m)
+{
+	struct mp_cur p;
+	const uint8_t *items;
+	size_t items_len;
+	uint64_t msgid;
+	uint32_t n, count;
+	bool end;
+	struct job *job;
+
+	mp_cur_init(&p, m->body, m->body_len);
+	if (mp_read_array(&p, &n) < 0 || n != 3 || mp_read_u64(&p, &msgid) < 0 ||
+	    mp_read_array(&p, &count) < 0 || mp_skip_n(&p, count, &items, &items_len) < 0 ||
+	    mp_read_bool(&p, &end) < 0) {
+		conn_abort(c, MPOOL_E_BADREQ, "a feed is [2, \"feed\", [msgid, items, end]]");
+		return;
+	}
+	job = conn_find_job(c, msgid);
+	if (!job || !disp_job_streaming(job)) {
+		log_debug("client %llu: feed for msgid %llu, which is no open stream; dropped",
+			  (unsigned long long)c->id, (unsigned long long)msgid);
+		return;
+	}
+	disp_feed(job, items, items_len, count, end);
+}
+
 static void conn_frame(void *ctx, const uint8_t *frame, size_t len)
 {
 	struct conn *c = ctx;
@@ -451,12 +556,22 @@ static void conn_frame(void *ctx, const uint8_t *frame, size_t len)
 			conn_abort(c, MPOOL_E_BADREQ, "not a MessagePack-RPC request");
 		return;
 	}
+	if (m.type == MP_NOTIFY && mp_str_eq(m.method, m.method_len, "feed")) {
+		handle_feed(c, &m);
+		return;
+	}
 	if (m.type != MP_REQUEST) {
-		conn_abort(c, MPOOL_E_BADREQ, "clients may send only requests");
+		conn_abort(c, MPOOL_E_BADREQ, "clients may send only requests and feed notifications");
 		return;
 	}
 	if (mp_str_eq(m.method, m.method_len, "apply") || mp_str_eq(m.method, m.method_len, "map")) {
-		handle_job(c, frame, len, &m, m.method_len == 3);
+		handle_job(c, &m, m.method_len == 3);
+	} else if (mp_str_eq(m.method, m.method_len, "cancel_request")) {
+		if (conn_find_job(c, m.msgid))
+			reply_error(c, m.msgid, MPOOL_E_BADREQ, "msgid %llu is already in use",
+				    (unsigned long long)m.msgid);
+		else
+			m_cancel_request(c, &m);
 	} else {
 		const struct method *me = NULL;
 
@@ -471,8 +586,10 @@ static void conn_frame(void *ctx, const uint8_t *frame, size_t len)
 		}
 	}
 	/* A client that sends faster than it reads stops being read. */
-	if (conn_backlogged(c))
+	if (conn_backlogged(c)) {
+		limit_hits[LIM_BACKLOG]++;
 		chan_pause(c->ch, true);
+	}
 }
 
 static void conn_closed(void *ctx, int err)
@@ -483,6 +600,10 @@ static void conn_closed(void *ctx, int err)
 		const char *why = err == -EBADMSG ? "the stream is not MessagePack"
 				  : err == -ELOOP ? "message nested too deep"
 				  : "message larger than the frame limit";
+		if (err == -ELOOP)
+			limit_hits[LIM_DEPTH]++;
+		else if (err == -EMSGSIZE)
+			limit_hits[LIM_FRAME]++;
 		conn_abort(c, err == -EBADMSG ? MPOOL_E_BADREQ : MPOOL_E_LIMIT, why);
 		return;
 	}
@@ -548,6 +669,18 @@ void conn_send_chunk(struct conn *c, uint64_t msgid, uint64_t first,
 	msgpack_pack_uint64(&pk, first);
 	evbuffer_add(out, results, rlen);
 	evbuffer_add(out, errors, elen);
+	chan_flush(c->ch);
+}
+
+void conn_send_credit(struct conn *c, uint64_t msgid, uint64_t n)
+{
+	msgpack_packer pk;
+
+	conn_packer(c, &pk);
+	mp_pack_notify_head(&pk, "credit");
+	msgpack_pack_array(&pk, 2);
+	msgpack_pack_uint64(&pk, msgid);
+	msgpack_pack_uint64(&pk, n);
 	chan_flush(c->ch);
 }
 
@@ -646,6 +779,7 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
 			return;
 		}
 		if (n_conns >= cfg.max_clients) {
+			limit_hits[LIM_CLIENTS]++;
 			log_warn("refusing a client: %u clients connected (--max-clients)", n_conns);
 			refuse(cfd, MPOOL_E_LIMIT, "too many clients connected (--max-clients)");
 			close(cfd);

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <event2/event.h>
+#include <msgpack.h>
 
 struct conn;
 struct job;
@@ -23,12 +24,18 @@ void conn_stop_listening(void);
 bool conn_backlogged(const struct conn *c);
 void conn_send_chunk(struct conn *c, uint64_t msgid, uint64_t first,
 		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen);
+void conn_send_credit(struct conn *c, uint64_t msgid, uint64_t n);
 void conn_map_done(struct conn *c, uint64_t msgid, uint64_t items, uint64_t failed);
 void conn_apply_done(struct conn *c, uint64_t msgid, const uint8_t *results, size_t rlen,
 		     const uint8_t *errors, size_t elen, uint32_t n_errors);
 void conn_job_failed(struct conn *c, uint64_t msgid, int code, const char *msg);
 /* The job is answered: forget it. */
 void conn_job_ended(struct conn *c, struct job *job);
+
+/* Limits hit so far, by name, for status. */
+enum conn_limit { LIM_FRAME, LIM_DEPTH, LIM_ITEMS, LIM_JOBS, LIM_CLIENTS, LIM_QUEUED,
+		  LIM_BACKLOG, LIM_COUNT };
+void conn_pack_limits(msgpack_packer *pk);
 
 pid_t conn_pid(const struct conn *c);
 uid_t conn_uid(const struct conn *c);

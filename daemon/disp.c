@@ -5,6 +5,7 @@
 #include <string.h>
 #include "tailq.h"
 
+#include <mpool/error.h>
 #include "config.h"
 #include "conn.h"
 #include "log.h"
@@ -27,9 +28,23 @@ struct retry {
 	uint64_t first;
 	uint32_t count;
 	uint32_t attempt;
+	struct seg *seg;
 	const uint8_t *items;
 	size_t items_len;
 	struct retry *next;
+};
+
+/* A run of a job's items as they arrived: the request's own items, then one
+ * segment per "feed" of a streamed map.  It lives while items of it are
+ * queued, running or waiting for a retry (refs), so a streamed map holds
+ * only the input its workers have not finished. */
+struct seg {
+	uint8_t *frame;            /* owned copy of the items' bytes */
+	size_t bytes;
+	struct mp_cur items;       /* items not yet handed out */
+	uint64_t left;             /* how many */
+	unsigned refs;             /* chunks, retries, +1 while items are left */
+	struct seg *next;
 };
 
 struct job {
@@ -38,11 +53,14 @@ struct job {
 	uint64_t msgid;
 	bool is_map, ordered, queued;
 	bool auto_chunk;           /* chunksize chosen by the daemon */
-	uint8_t *frame;            /* owned copy of the request */
-	const char *fn;
+	char *fn;                  /* owned */
 	uint32_t fn_len;
-	struct mp_cur items;       /* items not yet handed out */
-	uint64_t n_items;
+	struct seg *segs;          /* oldest first */
+	struct seg *cur;           /* the first segment with items left */
+	size_t seg_bytes;          /* input held */
+	bool streaming;            /* a streamed map whose input has not ended */
+	uint64_t granted;          /* streamed: items the client may send, in all */
+	uint64_t n_items;          /* items received so far */
 	uint64_t next_index;       /* first item not yet handed out */
 	uint64_t emitted;          /* items whose results reached the client */
 	uint64_t failed;
@@ -194,6 +212,46 @@ uint64_t disp_chunks_queued(void)
 	return n;
 }
 
+static void job_grant(struct job *job);
+static void job_maybe_done(struct job *job);
+static void job_requeue(struct job *job);
+static void job_fail(struct job *job, int code, const char *msg);
+
+static struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
+			   uint64_t count)
+{
+	struct seg *sg = xcalloc(1, sizeof(*sg)), **pp = &job->segs;
+
+	sg->frame = xmemdup(items, items_len);
+	sg->bytes = items_len;
+	mp_cur_init(&sg->items, sg->frame, items_len);
+	sg->left = count;
+	sg->refs = count > 0;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = sg;
+	job->seg_bytes += items_len;
+	if (!job->cur && count > 0)
+		job->cur = sg;
+	return sg;
+}
+
+static void seg_unref(struct job *job, struct seg *sg)
+{
+	struct seg **pp;
+
+	if (--sg->refs > 0)
+		return;
+	for (pp = &job->segs; *pp != sg; pp = &(*pp)->next)
+		;
+	*pp = sg->next;
+	if (job->cur == sg)
+		job->cur = sg->next;
+	job->seg_bytes -= sg->bytes;
+	free(sg->frame);
+	free(sg);
+}
+
 static void job_free(struct job *job)
 {
 	struct held *h, *next;
@@ -212,7 +270,14 @@ static void job_free(struct job *job)
 	if (job->queued)
 		TAILQ_REMOVE(&runq, job, runq);
 	TAILQ_REMOVE(&all_jobs, job, all);
-	free(job->frame);
+	while (job->segs) {
+		struct seg *sg = job->segs;
+
+		job->segs = sg->next;
+		free(sg->frame);
+		free(sg);
+	}
+	free(job->fn);
 	free(job);
 	n_active--;
 	master_progress();
@@ -236,8 +301,7 @@ static void job_unqueue(struct job *job)
 	}
 }
 
-struct job *disp_submit(struct conn *conn, const uint8_t *frame, size_t frame_len,
-			const struct job_spec *spec)
+struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 {
 	struct job *job = xcalloc(1, sizeof(*job));
 
@@ -246,29 +310,66 @@ struct job *disp_submit(struct conn *conn, const uint8_t *frame, size_t frame_le
 	job->msgid = spec->msgid;
 	job->is_map = spec->is_map;
 	job->ordered = spec->ordered;
-	job->frame = xmemdup(frame, frame_len);
-	job->fn = (const char *)job->frame + (spec->fn - (const char *)frame);
+	job->fn = xstrndup(spec->fn, spec->fn_len);
 	job->fn_len = spec->fn_len;
-	mp_cur_init(&job->items, job->frame + (spec->items - frame), spec->items_len);
+	job->streaming = spec->stream;
 	job->n_items = spec->n_items;
+	/* A job keeps only its items' bytes, not the envelope around them. */
+	seg_new(job, spec->items, spec->items_len, spec->n_items);
 	job->timeout_ms = spec->timeout_ms;
 	job->retries = spec->retries;
 	job->retry_tail = &job->retry_head;
 	job->created_ms = now_ms();
 	job->auto_chunk = spec->chunksize == 0;
 	job->chunksize = spec->chunksize ? spec->chunksize
-			 : disp_auto_chunksize(spec->n_items, cfg.workers);
+			 : disp_auto_chunksize(spec->stream ? cfg.stream_window : spec->n_items,
+					       cfg.workers);
 	TAILQ_INSERT_TAIL(&all_jobs, job, all);
 	n_active++;
-	if (job->n_items == 0) {
+	if (job->n_items == 0 && !job->streaming) {
 		conn_map_done(conn, job->msgid, 0, 0);
 		job_finish(job);
 		return NULL;
 	}
-	TAILQ_INSERT_TAIL(&runq, job, runq);
-	job->queued = true;
+	if (job->streaming) {
+		job->granted = job->n_items;
+		job_grant(job);
+	}
+	job_requeue(job);
 	disp_schedule();
 	return job;
+}
+
+bool disp_job_streaming(const struct job *job)
+{
+	return job->streaming;
+}
+
+int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t n_items,
+	      bool end)
+{
+	char msg[160];
+
+	if (n_items > job->granted - job->n_items) {
+		snprintf(msg, sizeof(msg), "fed %llu items with credit for %llu",
+			 (unsigned long long)n_items,
+			 (unsigned long long)(job->granted - job->n_items));
+		job_fail(job, MPOOL_E_BADREQ, msg);
+		return -EPROTO;
+	}
+	if (n_items > 0) {
+		struct seg *sg = seg_new(job, items, items_len, n_items);
+
+		if (!job->cur)
+			job->cur = sg;
+		job->n_items += n_items;
+	}
+	if (end)
+		job->streaming = false;
+	job_requeue(job);
+	job_maybe_done(job);
+	disp_schedule();
+	return 0;
 }
 
 void disp_detach(struct job *job)
@@ -291,6 +392,11 @@ static void job_fail(struct job *job, int code, const char *msg)
 	}
 	if (job->inflight == 0)
 		job_free(job);
+}
+
+void disp_kill_running(struct job *job)
+{
+	pool_kill_job(job);
 }
 
 void disp_cancel(struct job *job, int code, const char *msg)
@@ -352,24 +458,34 @@ static void slice_items(const uint8_t **items, size_t *len, uint32_t n,
  * stops once its items pass DISP_CHUNK_BYTES (keeping at least one), so
  * large items do not make chunks whose results outgrow the frame limit; a
  * chunksize the client chose is honoured as it is. */
-static uint32_t take_items(struct job *job, uint32_t n, const uint8_t **ret_items,
-			   size_t *ret_len)
+static uint32_t take_items(struct job *job, uint32_t n, struct chunk *ck)
 {
-	const uint8_t *start = job->items.p;
+	struct seg *sg = job->cur;
+	const uint8_t *start = sg->items.p;
 	uint32_t taken = 0;
 
+	/* A chunk never spans segments: it points into one. */
+	if (n > sg->left)
+		n = (uint32_t)sg->left;
 	while (taken < n) {
-		if (mp_skip(&job->items, NULL, NULL) < 0) {
+		if (mp_skip(&sg->items, NULL, NULL) < 0) {
 			log_err("job %llu: items do not match their count",
 				(unsigned long long)job->id);
 			abort();
 		}
 		taken++;
-		if (job->auto_chunk && (size_t)(job->items.p - start) >= DISP_CHUNK_BYTES)
+		if (job->auto_chunk && (size_t)(sg->items.p - start) >= DISP_CHUNK_BYTES)
 			break;
 	}
-	*ret_items = start;
-	*ret_len = (size_t)(job->items.p - start);
+	ck->items = start;
+	ck->items_len = (size_t)(sg->items.p - start);
+	ck->seg = sg;
+	sg->refs++;
+	sg->left -= taken;
+	if (sg->left == 0) {
+		job->cur = sg->next;
+		seg_unref(job, sg);      /* its cursor's reference */
+	}
 	return taken;
 }
 
@@ -388,6 +504,8 @@ static bool job_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
 		ck->first = r->first;
 		ck->count = n;
 		ck->attempt = r->attempt;
+		ck->seg = r->seg;
+		r->seg->refs++;
 		slice_items(&r->items, &r->items_len, n, &ck->items, &ck->items_len);
 		r->first += n;
 		r->count -= n;
@@ -395,15 +513,24 @@ static bool job_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
 			job->retry_head = r->next;
 			if (!job->retry_head)
 				job->retry_tail = &job->retry_head;
+			seg_unref(job, r->seg);
 			free(r);
 		}
 		return true;
 	}
 	n = disp_chunk_take(job->chunksize, job->n_items - job->next_index, quota);
-	if (n == 0)
+	/* A stream's items trickle in: spread what is here over the pool
+	 * rather than hand it all to one worker. */
+	if (job->streaming || job->granted) {
+		uint64_t spread = (job->n_items - job->next_index + cfg.workers - 1) / cfg.workers;
+
+		if (spread >= 1 && spread < n)
+			n = (uint32_t)spread;
+	}
+	if (n == 0 || !job->cur)
 		return false;
 	ck->first = job->next_index;
-	ck->count = take_items(job, n, &ck->items, &ck->items_len);
+	ck->count = take_items(job, n, ck);
 	ck->attempt = 0;
 	job->next_index += ck->count;
 	return true;
@@ -430,6 +557,27 @@ void disp_schedule(void)
 		job_requeue(job);
 		pool_run(w, &ck, job->fn, job->fn_len);
 	}
+}
+
+/* Credit-based flow control of a streamed map: the client may have at most
+ * --stream-window items sent and unanswered, so the master holds a bounded
+ * input whatever the map's length.  Grants go out in batches of at least a
+ * quarter window, and not while the held input passes its byte bound. */
+static void job_grant(struct job *job)
+{
+	uint64_t window = cfg.stream_window, outstanding, left, room;
+
+	if (!job->streaming || !job->conn)
+		return;
+	outstanding = job->n_items - job->emitted;
+	left = job->granted - job->n_items;
+	if (outstanding + left >= window || job->seg_bytes >= cfg.stream_window_bytes)
+		return;
+	room = window - outstanding - left;
+	if (room < window / 4 && left > 0)
+		return;
+	job->granted += room;
+	conn_send_credit(job->conn, job->msgid, room);
 }
 
 static void job_emit(struct job *job, uint64_t first, uint32_t count,
@@ -484,6 +632,16 @@ static void job_piece(struct job *job, uint64_t first, uint32_t count,
 }
 
 /* A chunk of the job stopped running (done, failed or requeued). */
+/* Answers a job whose every item has been answered and whose input ended. */
+static void job_maybe_done(struct job *job)
+{
+	if (!job->conn || job->streaming || job->emitted < job->n_items)
+		return;
+	if (job->is_map)
+		conn_map_done(job->conn, job->msgid, job->n_items, job->failed);
+	job_finish(job);
+}
+
 static void job_chunk_ended(struct job *job)
 {
 	job->inflight--;
@@ -492,11 +650,8 @@ static void job_chunk_ended(struct job *job)
 			job_free(job);
 		return;
 	}
-	if (job->emitted < job->n_items)
-		return;
-	if (job->is_map)
-		conn_map_done(job->conn, job->msgid, job->n_items, job->failed);
-	job_finish(job);
+	job_grant(job);
+	job_maybe_done(job);
 }
 
 static void chunk_advance(struct chunk *ck, uint32_t n)
@@ -520,6 +675,7 @@ void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res)
 {
 	job_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
 		  res->errors, res->errors_len, res->n_errors);
+	seg_unref(ck->job, ck->seg);
 	job_chunk_ended(ck->job);
 	disp_schedule();
 }
@@ -560,6 +716,7 @@ void disp_chunk_lost(struct chunk *ck, int code, const char *msg)
 		r->first = ck->first;
 		r->count = ck->count;
 		r->attempt = ck->attempt + 1;
+		r->seg = ck->seg;          /* the chunk's reference moves here */
 		r->items = ck->items;
 		r->items_len = ck->items_len;
 		*job->retry_tail = r;
@@ -569,8 +726,10 @@ void disp_chunk_lost(struct chunk *ck, int code, const char *msg)
 			 (unsigned long long)(ck->first + ck->count - 1), r->attempt,
 			 job->retries, msg);
 		job_requeue(job);
-	} else if (ck->count > 0) {
-		chunk_fail(ck, code, msg);
+	} else {
+		if (ck->count > 0)
+			chunk_fail(ck, code, msg);
+		seg_unref(job, ck->seg);
 	}
 	job_chunk_ended(job);
 	disp_schedule();

@@ -17,6 +17,7 @@
 
 struct conn;
 struct job;
+struct seg;
 
 /* A chunk in flight, held by the worker running it.  Parts the worker
  * reports move first and items forward, so the chunk always describes the
@@ -26,6 +27,7 @@ struct chunk {
 	uint64_t first;
 	uint32_t count;
 	uint32_t attempt;            /* 0, then 1.. for retries */
+	struct seg *seg;             /* the input segment its items live in */
 	const uint8_t *items;        /* the unanswered items, raw */
 	size_t items_len;
 };
@@ -37,6 +39,7 @@ struct job_spec {
 	uint32_t chunksize;          /* 0: the default rule */
 	uint32_t timeout_ms;         /* per item; 0: none */
 	uint32_t retries;            /* reruns of a lost chunk */
+	bool stream;                 /* more items follow in "feed" messages */
 	const char *fn;              /* within frame */
 	uint32_t fn_len;
 	const uint8_t *items;        /* n_items raw elements, within frame */
@@ -54,10 +57,16 @@ uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers);
  * left and by the worker's remaining task quota (UINT64_MAX: none). */
 uint32_t disp_chunk_take(uint32_t chunksize, uint64_t items_left, uint64_t quota_left);
 
-/* Creates a job from spec; frame (frame_len bytes, which spec points into)
- * is copied.  The job answers conn when done. */
-struct job *disp_submit(struct conn *conn, const uint8_t *frame, size_t frame_len,
-			const struct job_spec *spec);
+/* Creates a job from spec (its items are copied).  The job answers conn
+ * when done; NULL when it was answered at once (an empty map). */
+struct job *disp_submit(struct conn *conn, const struct job_spec *spec);
+/* A streamed map's next n_items items (copied).  0, or -EPROTO after the
+ * job was failed for exceeding its credit. */
+int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t n_items,
+	      bool end);
+bool disp_job_streaming(const struct job *job);
+/* Workers running chunks of this job are killed (cancel with kill). */
+void disp_kill_running(struct job *job);
 /* The client is gone: drop what is queued, discard what is in flight. */
 void disp_detach(struct job *job);
 /* Fails every job with an error response (terminate). */

@@ -647,6 +647,16 @@ int pool_kill_worker(pid_t pid, const char *why)
 	return -ESRCH;
 }
 
+void pool_kill_job(const struct job *job)
+{
+	for (unsigned i = 0; i < n_slots; i++) {
+		struct worker *w = &slots[i];
+
+		if (w->state == W_BUSY && w->chunk.job == job)
+			worker_fault(w, MPOOL_E_CANCELLED, "killed: its job was cancelled");
+	}
+}
+
 void pool_kill_all(void)
 {
 	for (unsigned i = 0; i < n_slots; i++) {

@@ -34,6 +34,8 @@ void pool_stop(void);
 /* An administrator's kill: the worker's chunk fails (or is retried) as
  * after any death.  0, or -ESRCH when no worker has that pid. */
 int pool_kill_worker(pid_t pid, const char *why);
+/* Kills the workers running chunks of this job (cancel with kill). */
+void pool_kill_job(const struct job *job);
 /* Terminate: SIGKILL every worker now. */
 void pool_kill_all(void);
 /* Processes started and not reaped yet. */

@@ -30,7 +30,7 @@ void status_pack(msgpack_packer *pk)
 	mp_pack_cstr(pk, "jobs");
 	disp_pack_jobs(pk);
 	mp_pack_cstr(pk, "totals");
-	msgpack_pack_map(pk, 7 + POOL_TOTALS_KEYS);
+	msgpack_pack_map(pk, 8 + POOL_TOTALS_KEYS);
 	kv_u64(pk, "workers", cfg.workers);
 	kv_u64(pk, "max_tasks_per_child", cfg.max_tasks_per_child);
 	kv_u64(pk, "tasks_failed", disp_tasks_failed());
@@ -38,5 +38,7 @@ void status_pack(msgpack_packer *pk)
 	kv_u64(pk, "jobs_done", disp_jobs_done());
 	kv_u64(pk, "chunks_queued", disp_chunks_queued());
 	kv_u64(pk, "clients", conn_count());
+	mp_pack_cstr(pk, "limits_hit");
+	conn_pack_limits(pk);
 	pool_pack_totals(pk);
 }
