@@ -10,7 +10,7 @@
  * test checks that the sample agrees with these). */
 struct config cfg = {
 	.socket_mode = 0660,
-	.socket_gid = -1,
+	.socket_gid = (gid_t)-1,
 	.max_tasks_per_child = 0,
 	.max_frame = 64u << 20,
 	.max_depth = MP_DEPTH_MAX,
@@ -23,6 +23,9 @@ struct config cfg = {
 	.max_retries = 3,
 	.recovery_timeout_ms = 60000,
 	.admin_gid = (gid_t)-1,
+	.max_queued_chunks = 1u << 20,
+	.stream_window = 65536,
+	.stream_window_bytes = 16u << 20,
 };
 
 struct module_spec *config_module_add(void)

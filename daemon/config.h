@@ -21,7 +21,7 @@ struct module_spec {
 struct config {
 	char socket_path[108];          /* sun_path size; "" until main() applies the default rule */
 	unsigned socket_mode;           /* permissions of a socket mpoold binds itself */
-	long socket_gid;                /* its group; -1: the daemon's own */
+	gid_t socket_gid;               /* its group; (gid_t)-1: the daemon's own */
 	unsigned workers;               /* 0 until main() applies the default (online CPUs) */
 	uint64_t max_tasks_per_child;   /* 0: unlimited */
 	size_t max_frame;
@@ -45,6 +45,9 @@ struct config {
 
 	/* Who may run admin operations besides root and mpoold's own uid. */
 	gid_t admin_gid;                /* (gid_t)-1: nobody else */
+	uint64_t max_queued_chunks;     /* chunks waiting across all jobs */
+	uint64_t stream_window;         /* streamed map: items sent and unanswered */
+	size_t stream_window_bytes;     /* streamed map: input bytes held */
 };
 
 extern struct config cfg;
