@@ -34,11 +34,15 @@ static int type_error(const char *fn, const msgpack_object *arg,
 	return -1;
 }
 
+/* Packing fails only when the worker is out of memory. */
+static int packed(int r, struct mpool_task_error *err)
+{
+	return r == 0 ? 0 : mpool_task_fail(err, MPOOL_E_INTERNAL, "out of memory packing a result");
+}
+
 static int echo(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
 {
-	(void)err;
-	return msgpack_pack_object(out, *arg) == 0 ? 0
-	       : mpool_task_fail(err, MPOOL_E_INTERNAL, "builtin.echo: out of memory");
+	return packed(msgpack_pack_object(out, *arg), err);
 }
 
 static int square(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
@@ -48,7 +52,7 @@ static int square(const msgpack_object *arg, msgpack_packer *out, struct mpool_t
 
 		if (__builtin_mul_overflow(v, v, &r))
 			return mpool_task_fail(err, MPOOL_E_TASK, "builtin.square: result does not fit in 64 bits");
-		return msgpack_pack_uint64(out, r);
+		return packed(msgpack_pack_uint64(out, r), err);
 	}
 	if (arg->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
 		int64_t v = arg->via.i64;
@@ -56,7 +60,7 @@ static int square(const msgpack_object *arg, msgpack_packer *out, struct mpool_t
 
 		if (__builtin_mul_overflow(m, m, &r))
 			return mpool_task_fail(err, MPOOL_E_TASK, "builtin.square: result does not fit in 64 bits");
-		return msgpack_pack_uint64(out, r);
+		return packed(msgpack_pack_uint64(out, r), err);
 	}
 	return type_error("builtin.square", arg, err);
 }
@@ -93,7 +97,7 @@ static int do_sleep(const msgpack_object *arg, msgpack_packer *out, struct mpool
 	ts.tv_nsec = (long)(ms % 1000) * 1000000;
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 		;
-	return msgpack_pack_uint64(out, ms);
+	return packed(msgpack_pack_uint64(out, ms), err);
 }
 
 static int spin(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
@@ -111,14 +115,13 @@ static int spin(const msgpack_object *arg, msgpack_packer *out, struct mpool_tas
 		clock_gettime(CLOCK_MONOTONIC, &now);
 	} while ((uint64_t)(now.tv_sec - start.tv_sec) * 1000000000u +
 		 (uint64_t)(now.tv_nsec - start.tv_nsec) < ns);
-	return msgpack_pack_uint64(out, ms);
+	return packed(msgpack_pack_uint64(out, ms), err);
 }
 
 static int pid(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
 {
 	(void)arg;
-	(void)err;
-	return msgpack_pack_int64(out, getpid());
+	return packed(msgpack_pack_int64(out, getpid()), err);
 }
 
 static const struct mpool_function builtin_functions[] = {

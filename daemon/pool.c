@@ -43,6 +43,7 @@ struct worker {
 	unsigned early_deaths;     /* consecutive failures before becoming ready */
 	enum retire retire;        /* asked to leave, and why */
 	bool reaped;               /* gone: take its last words, give it no work */
+	bool eof;                  /* its channel closed; waiting to reap it */
 	int fail_code;             /* with cause: the master gave up on it */
 	char cause[160];
 	uint32_t timeout_ms;       /* per item, for the chunk in flight */
@@ -137,6 +138,7 @@ static int spawn(struct worker *w)
 	w->gen = gen;
 	w->retire = R_NONE;
 	w->reaped = false;
+	w->eof = false;
 	w->fail_code = 0;
 	w->cause[0] = '\0';
 	w->started_ms = now_ms();
@@ -245,6 +247,8 @@ static void worker_fault(struct worker *w, int code, const char *cause)
 
 static void arm_deadline(struct worker *w)
 {
+	if (w->eof)
+		return;
 	/* A worker reports finished items at least every WMSG_PART_MS, so the
 	 * item it is on started at most that long after its last report:
 	 * waiting timeout + WMSG_PART_MS never kills a task early. */
@@ -262,6 +266,10 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	if (w->eof) {
+		worker_fault(w, MPOOL_E_WORKER, "closed its channel but did not exit");
+		return;
+	}
 	if (w->state != W_BUSY)
 		return;
 	snprintf(cause, sizeof(cause), "timed out: item %llu of job %llu ran past its %u ms deadline",
@@ -510,15 +518,26 @@ static void worker_closed(void *ctx, int err)
 	w->ch = NULL;
 	if (w->retire != R_NONE)
 		return;
-	if (err == -EMSGSIZE)
+	if (err == -EMSGSIZE) {
 		worker_fault(w, MPOOL_E_LIMIT, "sent a result larger than --max-frame");
-	else if (err < 0)
+	} else if (err < 0) {
 		worker_fault(w, MPOOL_E_INTERNAL, "broke its channel");
-	else
-		worker_fault(w, MPOOL_E_WORKER, "closed its channel");
+	} else {
+		/* End of stream almost always means it died: its exit status,
+		 * reaped in a moment, names the cause (a signal, an init that
+		 * failed).  Only one that lingers is killed, and blamed. */
+		struct timeval grace = { 1, 0 };
+
+		w->eof = true;
+		evtimer_del(w->deadline);
+		evtimer_add(w->deadline, &grace);
+	}
 }
 
-static void describe_exit(int status, char *buf, size_t n)
+/* A worker's end in words.  Exit status WORKER_EXIT_INIT means a failed
+ * module init only for a worker that never became ready: a task may call
+ * exit() with any status. */
+static void describe_exit(int status, bool starting, char *buf, size_t n)
 {
 	if (WIFSIGNALED(status)) {
 		const char *name = sigabbrev_np(WTERMSIG(status));
@@ -528,7 +547,7 @@ static void describe_exit(int status, char *buf, size_t n)
 				 WCOREDUMP(status) ? " (core dumped)" : "");
 		else
 			snprintf(buf, n, "killed by signal %d", WTERMSIG(status));
-	} else if (WEXITSTATUS(status) == WORKER_EXIT_INIT) {
+	} else if (starting && WEXITSTATUS(status) == WORKER_EXIT_INIT) {
 		snprintf(buf, n, "exited with status %d (a module's init failed)", WEXITSTATUS(status));
 	} else {
 		snprintf(buf, n, "exited with status %d", WEXITSTATUS(status));
@@ -555,7 +574,7 @@ static void worker_gone(struct worker *w, int status)
 	w->pid = 0;
 	w->state = W_EMPTY;
 
-	describe_exit(status, how, sizeof(how));
+	describe_exit(status, st == W_STARTING, how, sizeof(how));
 	snprintf(msg, sizeof(msg), "worker %d %s", (int)pid, w->cause[0] ? w->cause : how);
 	if (st == W_BUSY) {
 		struct chunk ck = w->chunk;

@@ -9,8 +9,19 @@
 
 #define MAX_MODULES 64
 
+/* Names are copied: the master reads them on every request, and must not
+ * touch a module's pages, which a careless `cp` over the file can change
+ * under it.  Workers are what runs module code. */
+struct fn_entry {
+	char *name;
+	mpool_task_fn fn;
+};
+
 struct entry {
 	const struct mpool_module *m;
+	char *name;
+	struct fn_entry *fns;
+	unsigned n_fns;
 	void *initargs;            /* owned; NULL: nil */
 	size_t initargs_len;
 };
@@ -39,11 +50,20 @@ int reg_add(const struct mpool_module *m, const void *initargs, size_t initargs_
 		if (!valid_name(f->name) || !f->fn)
 			return -EINVAL;
 	for (unsigned i = 0; i < n_entries; i++)
-		if (strcmp(entries[i].m->name, m->name) == 0)
+		if (strcmp(entries[i].name, m->name) == 0)
 			return -EEXIST;
 	if (n_entries == MAX_MODULES)
 		return -ENOSPC;
 	entries[n_entries].m = m;
+	entries[n_entries].name = xstrndup(m->name, strlen(m->name));
+	for (const struct mpool_function *f = m->functions; f->name; f++)
+		entries[n_entries].n_fns++;
+	entries[n_entries].fns = xcalloc(entries[n_entries].n_fns, sizeof(struct fn_entry));
+	for (unsigned i = 0; i < entries[n_entries].n_fns; i++) {
+		entries[n_entries].fns[i].name = xstrndup(m->functions[i].name,
+							   strlen(m->functions[i].name));
+		entries[n_entries].fns[i].fn = m->functions[i].fn;
+	}
 	entries[n_entries].initargs = initargs ? xmemdup(initargs, initargs_len) : NULL;
 	entries[n_entries].initargs_len = initargs_len;
 	n_entries++;
@@ -52,8 +72,13 @@ int reg_add(const struct mpool_module *m, const void *initargs, size_t initargs_
 
 void reg_clear(void)
 {
-	for (unsigned i = 0; i < n_entries; i++)
+	for (unsigned i = 0; i < n_entries; i++) {
 		free(entries[i].initargs);
+		free(entries[i].name);
+		for (unsigned j = 0; j < entries[i].n_fns; j++)
+			free(entries[i].fns[j].name);
+		free(entries[i].fns);
+	}
 	memset(entries, 0, sizeof(entries));
 	n_entries = 0;
 }
@@ -67,14 +92,14 @@ mpool_task_fn reg_lookup(const char *name, size_t len)
 		return NULL;
 	mlen = (size_t)(dot - name);
 	for (unsigned i = 0; i < n_entries; i++) {
-		const struct mpool_module *m = entries[i].m;
+		const struct entry *e = &entries[i];
 
-		if (strlen(m->name) != mlen || memcmp(m->name, name, mlen) != 0)
+		if (strlen(e->name) != mlen || memcmp(e->name, name, mlen) != 0)
 			continue;
-		for (const struct mpool_function *f = m->functions; f->name; f++)
-			if (strlen(f->name) == len - mlen - 1 &&
-			    memcmp(f->name, dot + 1, len - mlen - 1) == 0)
-				return f->fn;
+		for (unsigned j = 0; j < e->n_fns; j++)
+			if (strlen(e->fns[j].name) == len - mlen - 1 &&
+			    memcmp(e->fns[j].name, dot + 1, len - mlen - 1) == 0)
+				return e->fns[j].fn;
 		return NULL;
 	}
 	return NULL;
@@ -126,5 +151,5 @@ void reg_names(char *buf, size_t size)
 
 	buf[0] = '\0';
 	for (unsigned i = 0; i < n_entries && n < size; i++)
-		n += (size_t)snprintf(buf + n, size - n, "%s%s", i ? ", " : "", entries[i].m->name);
+		n += (size_t)snprintf(buf + n, size - n, "%s%s", i ? ", " : "", entries[i].name);
 }
