@@ -26,6 +26,8 @@ struct config cfg = {
 	.max_queued_chunks = 1u << 20,
 	.stream_window = 65536,
 	.stream_window_bytes = 16u << 20,
+	.max_processes = 16,
+	.process_grace_ms = 3000,
 };
 
 struct module_spec *config_module_add(void)

@@ -48,6 +48,8 @@ struct config {
 	uint64_t max_queued_chunks;     /* chunks waiting across all jobs */
 	uint64_t stream_window;         /* streamed map: items sent and unanswered */
 	size_t stream_window_bytes;     /* streamed map: input bytes held */
+	unsigned max_processes;         /* supervised processes running at once */
+	unsigned process_grace_ms;      /* SIGTERM to SIGKILL for a process */
 };
 
 extern struct config cfg;

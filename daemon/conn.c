@@ -19,6 +19,7 @@
 #include "mem.h"
 #include "mp_rpc.h"
 #include "pool.h"
+#include "proc.h"
 #include "registry.h"
 #include "status.h"
 
@@ -30,6 +31,8 @@ struct conn {
 	gid_t gid;
 	struct job **jobs;         /* open apply/map requests */
 	unsigned n_jobs, cap_jobs;
+	uint64_t *held;            /* msgids of other open requests (joins) */
+	unsigned n_held, cap_held;
 	TAILQ_ENTRY(conn) link;
 };
 
@@ -100,6 +103,45 @@ static void conn_abort(struct conn *c, int code, const char *why)
 	mp_pack_error(&pk, code, why, -1);
 	chan_write_now(c->ch);
 	conn_free(c);
+}
+
+static bool msgid_held(const struct conn *c, uint64_t msgid)
+{
+	for (unsigned i = 0; i < c->n_held; i++)
+		if (c->held[i] == msgid)
+			return true;
+	return false;
+}
+
+void conn_hold_msgid(struct conn *c, uint64_t msgid)
+{
+	if (c->n_held == c->cap_held) {
+		c->cap_held = c->cap_held ? 2 * c->cap_held : 4;
+		c->held = xrealloc(c->held, c->cap_held * sizeof(*c->held));
+	}
+	c->held[c->n_held++] = msgid;
+}
+
+void conn_forget_msgid(struct conn *c, uint64_t msgid)
+{
+	for (unsigned i = 0; i < c->n_held; i++) {
+		if (c->held[i] == msgid) {
+			c->held[i] = c->held[--c->n_held];
+			return;
+		}
+	}
+}
+
+void conn_reply(struct conn *c, uint64_t msgid, void (*pack)(msgpack_packer *pk, const void *arg),
+		const void *arg)
+{
+	msgpack_packer pk;
+
+	conn_packer(c, &pk);
+	mp_pack_response_head(&pk, msgid);
+	msgpack_pack_nil(&pk);
+	pack(&pk, arg);
+	chan_flush(c->ch);
 }
 
 static struct job *conn_find_job(struct conn *c, uint64_t msgid)
@@ -258,12 +300,12 @@ static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 			    (unsigned long long)spec.n_items, (unsigned long long)cfg.max_items);
 		return;
 	}
-	if (conn_find_job(c, m->msgid)) {
+	if (conn_find_job(c, m->msgid) || msgid_held(c, m->msgid)) {
 		reply_error(c, m->msgid, MPOOL_E_BADREQ, "msgid %llu is already in use",
 			    (unsigned long long)m->msgid);
 		return;
 	}
-	if (c->n_jobs >= cfg.max_jobs_per_conn) {
+	if (c->n_jobs + c->n_held >= cfg.max_jobs_per_conn) {
 		limit_hits[LIM_JOBS]++;
 		reply_error(c, m->msgid, MPOOL_E_LIMIT, "more than %u open requests on one connection",
 			    cfg.max_jobs_per_conn);
@@ -470,6 +512,183 @@ static void m_cancel_request(struct conn *c, const struct mp_msg *m)
 	reply_true(c, m->msgid);
 }
 
+/* The owner of a process, or an admin; else answers permission denied. */
+static struct proc *own_process(struct conn *c, uint64_t msgid, uint64_t id)
+{
+	struct proc *p = proc_find(id);
+
+	if (!p) {
+		reply_error(c, msgid, MPOOL_E_NOTFOUND, "no process %llu", (unsigned long long)id);
+		return NULL;
+	}
+	if (proc_owner(p) != c->uid && !conn_is_admin(c)) {
+		reply_error(c, msgid, MPOOL_E_PERM,
+			    "process %llu belongs to uid %u; only its owner or an admin may use it",
+			    (unsigned long long)id, (unsigned)proc_owner(p));
+		return NULL;
+	}
+	return p;
+}
+
+static void pack_spawned(msgpack_packer *pk, const void *arg)
+{
+	const struct proc *p = arg;
+
+	msgpack_pack_map(pk, 2);
+	mp_pack_cstr(pk, "id");
+	msgpack_pack_uint64(pk, proc_id(p));
+	mp_pack_cstr(pk, "pid");
+	msgpack_pack_int64(pk, proc_pid(p));
+}
+
+/* spawn [function, argument] or [function, argument, {"daemon": bool,
+ * "name": str}] */
+static void m_spawn(struct conn *c, const struct mp_msg *m)
+{
+	struct proc_spec spec = { 0 };
+	struct mp_cur p;
+	struct proc *pr;
+	uint32_t n, nopt;
+	size_t alen;
+	char name[96];
+	int r;
+
+	if (read_params(&p, m, 2, 3, &n) < 0 || mp_read_str(&p, &spec.fn, &spec.fn_len) < 0 ||
+	    mp_skip(&p, &spec.arg, &spec.arg_len) < 0) {
+		reply_error(c, m->msgid, MPOOL_E_BADREQ,
+			    "spawn params must be [function, argument] or [function, argument, options]");
+		return;
+	}
+	if (n == 3) {
+		if (mp_read_map(&p, &nopt) < 0)
+			goto badopt;
+		while (nopt--) {
+			const char *k;
+			uint32_t kl;
+
+			if (mp_read_str(&p, &k, &kl) < 0)
+				goto badopt;
+			if (mp_str_eq(k, kl, "daemon")) {
+				if (mp_read_bool(&p, &spec.daemon) < 0)
+					goto badopt;
+			} else if (mp_str_eq(k, kl, "name")) {
+				if (mp_read_str(&p, &spec.name, &spec.name_len) < 0 ||
+				    spec.name_len == 0 || spec.name_len > 64)
+					goto badopt;
+				for (uint32_t i = 0; i < spec.name_len; i++)
+					if (spec.name[i] < 0x20 || spec.name[i] == 0x7f)
+						goto badopt;
+			} else {
+				goto badopt;
+			}
+		}
+	}
+	printable(name, sizeof(name), spec.fn, spec.fn_len);
+	if (master_state() != MASTER_RUNNING) {
+		reply_error(c, m->msgid, MPOOL_E_SHUTDOWN, "mpoold is shutting down; no new work");
+		return;
+	}
+	if (!reg_lookup(spec.fn, spec.fn_len)) {
+		reply_error(c, m->msgid, MPOOL_E_NOFUNC, "no function named '%s'", name);
+		return;
+	}
+	if (mp_scan_one(spec.arg, spec.arg_len, MP_ITEM_DEPTH_MAX, &alen) != 1) {
+		reply_error(c, m->msgid, MPOOL_E_LIMIT, "spawn argument nested deeper than %d levels",
+			    MP_ITEM_DEPTH_MAX);
+		return;
+	}
+	r = proc_spawn(c, c->uid, &spec, &pr);
+	if (r == -EAGAIN) {
+		reply_error(c, m->msgid, MPOOL_E_LIMIT, "%u processes are running (--max-processes)",
+			    cfg.max_processes);
+		return;
+	}
+	if (r < 0) {
+		reply_error(c, m->msgid, MPOOL_E_INTERNAL, "cannot start a process: %s", strerror(-r));
+		return;
+	}
+	conn_reply(c, m->msgid, pack_spawned, pr);
+	return;
+badopt:
+	reply_error(c, m->msgid, MPOOL_E_BADREQ,
+		    "spawn options: {\"daemon\": bool, \"name\": 1 to 64 printable characters}");
+}
+
+/* join [id] or [id, {"timeout_ms": n}]: answered when the process ends or
+ * the timeout passes; the process keeps running after a timeout. */
+static void m_join(struct conn *c, const struct mp_msg *m)
+{
+	struct mp_cur p;
+	uint32_t n, nopt;
+	uint64_t id, timeout = 0;
+	struct proc *pr;
+
+	if (read_params(&p, m, 1, 2, &n) < 0 || mp_read_u64(&p, &id) < 0)
+		goto bad;
+	if (n == 2) {
+		const char *k;
+		uint32_t kl;
+
+		if (mp_read_map(&p, &nopt) < 0 || nopt > 1 ||
+		    (nopt == 1 && (mp_read_str(&p, &k, &kl) < 0 || !mp_str_eq(k, kl, "timeout_ms") ||
+				   mp_read_u64(&p, &timeout) < 0 || timeout > 24u * 3600 * 1000)))
+			goto bad;
+	}
+	pr = own_process(c, m->msgid, id);
+	if (pr)
+		proc_join(pr, c, m->msgid, (uint32_t)timeout);
+	return;
+bad:
+	reply_error(c, m->msgid, MPOOL_E_BADREQ,
+		    "join params must be [id] or [id, {\"timeout_ms\": 0 to 86400000}]");
+}
+
+static void pack_bool(msgpack_packer *pk, const void *arg)
+{
+	if (*(const bool *)arg)
+		msgpack_pack_true(pk);
+	else
+		msgpack_pack_false(pk);
+}
+
+static void pack_processes(msgpack_packer *pk, const void *arg)
+{
+	(void)arg;
+	proc_pack_all(pk);
+}
+
+/* is_alive, terminate_process, kill_process: [id]; processes: []. */
+static void m_process_simple(struct conn *c, const struct mp_msg *m, const char *method)
+{
+	struct mp_cur p;
+	uint32_t n;
+	uint64_t id;
+	struct proc *pr;
+	bool alive;
+
+	if (strcmp(method, "processes") == 0) {
+		if (read_params(&p, m, 0, 0, &n) < 0)
+			reply_error(c, m->msgid, MPOOL_E_BADREQ, "processes takes no params ([])");
+		else
+			conn_reply(c, m->msgid, pack_processes, NULL);
+		return;
+	}
+	if (read_params(&p, m, 1, 1, &n) < 0 || mp_read_u64(&p, &id) < 0) {
+		reply_error(c, m->msgid, MPOOL_E_BADREQ, "%s params must be [id]", method);
+		return;
+	}
+	pr = own_process(c, m->msgid, id);
+	if (!pr)
+		return;
+	if (strcmp(method, "is_alive") == 0) {
+		alive = proc_alive(pr);
+		conn_reply(c, m->msgid, pack_bool, &alive);
+		return;
+	}
+	proc_stop(pr, strcmp(method, "kill_process") == 0);
+	reply_true(c, m->msgid);
+}
+
 /* The methods besides apply and map.  Policy is data: who may call each,
  * and whether it takes one integer param. */
 static const struct method {
@@ -499,7 +718,7 @@ static void handle_method(struct conn *c, const struct mp_msg *m, const struct m
 			    me->takes_id ? "[id] with an integer id" : "[]");
 		return;
 	}
-	if (conn_find_job(c, m->msgid)) {
+	if (conn_find_job(c, m->msgid) || msgid_held(c, m->msgid)) {
 		reply_error(c, m->msgid, MPOOL_E_BADREQ, "msgid %llu is already in use",
 			    (unsigned long long)m->msgid);
 		return;
@@ -566,12 +785,23 @@ static void conn_frame(void *ctx, const uint8_t *frame, size_t len)
 	}
 	if (mp_str_eq(m.method, m.method_len, "apply") || mp_str_eq(m.method, m.method_len, "map")) {
 		handle_job(c, &m, m.method_len == 3);
+	} else if (conn_find_job(c, m.msgid) || msgid_held(c, m.msgid)) {
+		reply_error(c, m.msgid, MPOOL_E_BADREQ, "msgid %llu is already in use",
+			    (unsigned long long)m.msgid);
 	} else if (mp_str_eq(m.method, m.method_len, "cancel_request")) {
-		if (conn_find_job(c, m.msgid))
-			reply_error(c, m.msgid, MPOOL_E_BADREQ, "msgid %llu is already in use",
-				    (unsigned long long)m.msgid);
-		else
-			m_cancel_request(c, &m);
+		m_cancel_request(c, &m);
+	} else if (mp_str_eq(m.method, m.method_len, "spawn")) {
+		m_spawn(c, &m);
+	} else if (mp_str_eq(m.method, m.method_len, "join")) {
+		m_join(c, &m);
+	} else if (mp_str_eq(m.method, m.method_len, "is_alive") ||
+		   mp_str_eq(m.method, m.method_len, "terminate_process") ||
+		   mp_str_eq(m.method, m.method_len, "kill_process") ||
+		   mp_str_eq(m.method, m.method_len, "processes")) {
+		char method[32];
+
+		printable(method, sizeof(method), m.method, m.method_len);
+		m_process_simple(c, &m, method);
 	} else {
 		const struct method *me = NULL;
 
@@ -630,6 +860,8 @@ static const struct chan_ops conn_ops = {
 
 static void conn_free(struct conn *c)
 {
+	proc_conn_gone(c);
+	free(c->held);
 	/* Detaching may free jobs; walk a snapshot from the end. */
 	while (c->n_jobs > 0)
 		disp_detach(c->jobs[--c->n_jobs]);

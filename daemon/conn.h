@@ -25,6 +25,13 @@ bool conn_backlogged(const struct conn *c);
 void conn_send_chunk(struct conn *c, uint64_t msgid, uint64_t first,
 		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen);
 void conn_send_credit(struct conn *c, uint64_t msgid, uint64_t n);
+/* A response whose result pack() writes. */
+void conn_reply(struct conn *c, uint64_t msgid, void (*pack)(msgpack_packer *pk, const void *arg),
+		const void *arg);
+/* A msgid answered later by someone other than a job (a join): it counts
+ * as in use until forgotten. */
+void conn_hold_msgid(struct conn *c, uint64_t msgid);
+void conn_forget_msgid(struct conn *c, uint64_t msgid);
 void conn_map_done(struct conn *c, uint64_t msgid, uint64_t items, uint64_t failed);
 void conn_apply_done(struct conn *c, uint64_t msgid, const uint8_t *results, size_t rlen,
 		     const uint8_t *errors, size_t elen, uint32_t n_errors);

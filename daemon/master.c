@@ -15,6 +15,11 @@
 #include "log.h"
 #include "notify.h"
 #include "pool.h"
+#include "proc.h"
+#include "summary.h"
+
+/* STATUS= goes out at most this often (systemctl status is for people). */
+#define STATUS_INTERVAL_MS 250
 
 static struct event_base *base;
 static enum master_state state = MASTER_RUNNING;
@@ -22,6 +27,11 @@ static uint64_t start_ms;
 static int listen_fd = -1;
 static bool pool_stopped, timed_out;
 static struct event *ev_term, *ev_int, *ev_chld, *ev_hup, *deadline;
+/* systemd: both exist only under a service manager that listens. */
+static struct event *ev_watchdog, *ev_status;
+static bool status_armed, reloading;
+static uint64_t status_eval_ms;
+static char status_sent[256];
 
 uint64_t now_ms(void)
 {
@@ -66,15 +76,87 @@ static void arm_deadline(unsigned ms)
 	evtimer_add(deadline, &tv);
 }
 
+void master_status_changed(void)
+{
+	struct timeval tv = { 0, 0 };
+	uint64_t now, due;
+
+	if (!ev_status || status_armed)
+		return;
+	now = now_ms();
+	due = status_eval_ms + STATUS_INTERVAL_MS;
+	if (due > now) {
+		tv.tv_sec = (time_t)((due - now) / 1000);
+		tv.tv_usec = (suseconds_t)((due - now) % 1000) * 1000;
+	}
+	status_armed = true;
+	evtimer_add(ev_status, &tv);
+}
+
+static void status_cb(evutil_socket_t fd, short what, void *arg)
+{
+	char line[sizeof(status_sent)];
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	status_armed = false;
+	status_eval_ms = now_ms();
+	summary_line(line, sizeof(line), reloading && state == MASTER_RUNNING ? "reloading" : NULL);
+	if (strcmp(line, status_sent) != 0) {
+		memcpy(status_sent, line, sizeof(line));
+		notify_status(line);
+	}
+}
+
+/* From the loop, so a master stuck anywhere stops the pings and systemd
+ * restarts it (WatchdogSec=).  The tick also refreshes STATUS=, in case a
+ * change reached no master_status_changed() call. */
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	notify_watchdog();
+	master_status_changed();
+}
+
+static int notify_setup(void)
+{
+	uint64_t usec = notify_watchdog_usec();
+
+	if (!notify_enabled())
+		return 0;
+	ev_status = evtimer_new(base, status_cb, NULL);
+	if (!ev_status)
+		return -ENOMEM;
+	if (usec) {
+		/* Half the interval, as sd_watchdog_enabled(3) advises. */
+		struct timeval tv = { (time_t)(usec / 2 / 1000000),
+				      (suseconds_t)(usec / 2 % 1000000) };
+
+		ev_watchdog = event_new(base, -1, EV_PERSIST, watchdog_cb, NULL);
+		if (!ev_watchdog || event_add(ev_watchdog, &tv) < 0)
+			return -ENOMEM;
+		notify_watchdog();
+	}
+	master_status_changed();
+	return 0;
+}
+
 void master_progress(void)
 {
+	master_status_changed();
 	if (state == MASTER_RUNNING)
 		return;
+	/* A drain waits for open jobs and for processes that belong to a
+	 * client; daemon processes are stopped with everything else. */
 	if (state == MASTER_DRAINING && disp_active() == 0 && !pool_stopped) {
 		pool_stopped = true;
 		pool_stop();
 	}
-	if (disp_active() == 0 && pool_live() == 0 && conn_all_flushed())
+	if (disp_active() == 0 && pool_live() == 0 && proc_running(state == MASTER_DRAINING) == 0 &&
+	    conn_all_flushed())
 		event_base_loopbreak(base);
 }
 
@@ -84,6 +166,7 @@ void master_drain(const char *why)
 		return;
 	state = MASTER_DRAINING;
 	notify_stopping();
+	master_status_changed();
 	log_info("%s: draining %u job(s), then exiting", why, disp_active());
 	stop_listening();
 	arm_deadline(cfg.drain_timeout_ms);
@@ -97,9 +180,11 @@ void master_terminate(const char *why)
 	if (state == MASTER_RUNNING)
 		notify_stopping();
 	state = MASTER_TERMINATING;
+	master_status_changed();
 	log_warn("terminating: %s", why);
 	stop_listening();
 	pool_kill_all();
+	proc_kill_all();
 	disp_fail_all(MPOOL_E_TERMINATED, why);
 	/* Clients that do not read their last error must not hold us. */
 	evtimer_del(deadline);
@@ -112,14 +197,18 @@ void master_reload(const char *why)
 	if (state != MASTER_RUNNING)
 		return;
 	log_info("%s: replacing every worker after its current chunk", why);
+	reloading = true;
 	notify_reloading();
+	master_status_changed();
 	pool_reload();
 }
 
 void master_reload_done(void)
 {
 	log_info("reload complete: every worker is new");
+	reloading = false;
 	notify_ready();
+	master_status_changed();
 }
 
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -165,11 +254,12 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 static void reap_all(void)
 {
 	pool_kill_all();
-	while (pool_live() > 0) {
-		int status;
-		pid_t pid = waitpid(-1, &status, 0);
+	proc_kill_all();
+	while (pool_live() > 0 || proc_running(false) > 0) {
+		siginfo_t info;
 
-		if (pid < 0 && errno != EINTR)
+		/* Wait without reaping: pool_reap() reaps and applies policy. */
+		if (waitid(P_ALL, 0, &info, WEXITED | WNOWAIT) < 0 && errno != EINTR)
 			break;
 		pool_reap();
 	}
@@ -200,14 +290,19 @@ int master_run(void)
 		log_err("cannot set up signal handling");
 		return 1;
 	}
+	if (notify_setup() < 0) {
+		log_err("cannot set up the watchdog and status timers");
+		return 1;
+	}
 	/* Modules are registered (main) before this fork: workers share them. */
+	proc_init(base);
 	if (pool_init(base) < 0 || conn_listen(base, listen_fd) < 0) {
 		reap_all();
 		stop_listening();
 		return 1;
 	}
 	log_info("mpoold %s serving %s with %u worker(s), max %llu task(s) per child",
-		 MPOOL_VERSION, cfg.socket_path, cfg.workers,
+		 MPOOL_VERSION, listen_name(), cfg.workers,
 		 (unsigned long long)cfg.max_tasks_per_child);
 
 	event_base_dispatch(base);
@@ -217,11 +312,16 @@ int master_run(void)
 	stop_listening();
 	reap_all();
 	pool_free();
+	proc_free();
 	event_free(ev_term);
 	event_free(ev_int);
 	event_free(ev_chld);
 	event_free(ev_hup);
 	event_free(deadline);
+	if (ev_watchdog)
+		event_free(ev_watchdog);
+	if (ev_status)
+		event_free(ev_status);
 	event_base_free(base);
 	log_info("exited (%s)", timed_out ? "drain timed out" : "clean");
 	return timed_out ? 1 : 0;

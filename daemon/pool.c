@@ -13,6 +13,8 @@
 #include <mpool/error.h>
 #include "chan.h"
 #include "config.h"
+#include "fork.h"
+#include "proc.h"
 #include "log.h"
 #include "master.h"
 #include "mem.h"
@@ -114,23 +116,12 @@ static int spawn(struct worker *w)
 {
 	struct mp_frame_limits lim = { .max_frame = cfg.max_frame, .max_depth = MP_DEPTH_MAX };
 	uint64_t quota = draw_quota();
-	pid_t master = getpid(), pid;
-	int sv[2];
+	pid_t pid;
+	int fd, r;
 
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-		return -errno;
-	pid = fork();
-	if (pid < 0) {
-		int e = errno;
-		close(sv[0]);
-		close(sv[1]);
-		return -e;
-	}
-	if (pid == 0) {
-		close(sv[0]);
-		worker_main(sv[1], master, quota);
-	}
-	close(sv[1]);
+	r = fork_child(worker_entry, &quota, &pid, &fd);
+	if (r < 0)
+		return r;
 	w->pid = pid;
 	w->state = W_STARTING;
 	w->tasks_done = 0;
@@ -142,7 +133,7 @@ static int spawn(struct worker *w)
 	w->fail_code = 0;
 	w->cause[0] = '\0';
 	w->started_ms = now_ms();
-	w->ch = chan_new(base, sv[0], &lim, &worker_ops, w);
+	w->ch = chan_new(base, fd, &lim, &worker_ops, w);
 	n_started++;
 	return 0;
 }
@@ -613,12 +604,16 @@ void pool_reap(void)
 	pid_t pid;
 
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-		for (unsigned i = 0; i < n_slots; i++) {
+		unsigned i;
+
+		for (i = 0; i < n_slots; i++) {
 			if (slots[i].pid == pid) {
 				worker_gone(&slots[i], status);
 				break;
 			}
 		}
+		if (i == n_slots)
+			proc_reaped(pid, status);
 	}
 	disp_schedule();
 }

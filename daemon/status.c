@@ -8,6 +8,7 @@
 #include "master.h"
 #include "mp_rpc.h"
 #include "pool.h"
+#include "proc.h"
 
 static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 {
@@ -17,7 +18,7 @@ static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 
 void status_pack(msgpack_packer *pk)
 {
-	msgpack_pack_map(pk, 8);
+	msgpack_pack_map(pk, 9);
 	mp_pack_cstr(pk, "version");
 	mp_pack_cstr(pk, MPOOL_VERSION);
 	kv_u64(pk, "protocol", MP_PROTO_VERSION);
@@ -29,6 +30,8 @@ void status_pack(msgpack_packer *pk)
 	pool_pack_workers(pk);
 	mp_pack_cstr(pk, "jobs");
 	disp_pack_jobs(pk);
+	mp_pack_cstr(pk, "processes");
+	proc_pack_all(pk);
 	mp_pack_cstr(pk, "totals");
 	msgpack_pack_map(pk, 8 + POOL_TOTALS_KEYS);
 	kv_u64(pk, "workers", cfg.workers);

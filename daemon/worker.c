@@ -261,3 +261,68 @@ void worker_main(int fd, pid_t master, uint64_t quota)
 		}
 	}
 }
+
+void worker_entry(int fd, pid_t master, const void *arg)
+{
+	worker_main(fd, master, *(const uint64_t *)arg);
+}
+
+void worker_once_entry(int fd, pid_t master, const void *arg)
+{
+	const struct worker_once *once = arg;
+	struct mpool_task_error err = { .code = MPOOL_E_TASK };
+	msgpack_sbuffer head, body;
+	msgpack_packer hpk, bpk;
+	msgpack_zone zone;
+	msgpack_object obj;
+	mpool_task_fn fn;
+	const char *failed;
+	struct iovec iov[2];
+	size_t off = 0, len;
+	int rc;
+
+	worker_detach(fd, master);
+	fn = reg_lookup(once->fn, strlen(once->fn));
+	if (!fn || !msgpack_zone_init(&zone, 4096))
+		_exit(WORKER_EXIT_PROTO);
+	msgpack_sbuffer_init(&head);
+	msgpack_sbuffer_init(&body);
+	msgpack_packer_init(&hpk, &head, msgpack_sbuffer_write);
+	msgpack_packer_init(&bpk, &body, msgpack_sbuffer_write);
+	if (reg_init_all(&err, &failed) < 0) {
+		char reason[MPOOL_TASK_MSG_MAX];
+
+		snprintf(reason, sizeof(reason), "%s", err.message[0] ? err.message : "no reason given");
+		rc = -1;
+		err.code = MPOOL_E_TASK;
+		snprintf(err.message, sizeof(err.message), "module %.40s: init failed: %.180s",
+			 failed, reason);
+	} else if (msgpack_unpack((const char *)once->arg, once->arg_len, &off, &zone, &obj) < 0) {
+		_exit(WORKER_EXIT_PROTO);
+	} else {
+		rc = fn(&obj, &bpk, &err);
+		if (rc == 0 && (mp_scan_one((const uint8_t *)body.data, body.size, MP_ITEM_DEPTH_MAX,
+					    &len) != 1 || len != body.size)) {
+			rc = -1;
+			err.code = MPOOL_E_RESULT;
+			snprintf(err.message, sizeof(err.message),
+				 "%s did not produce exactly one result", once->fn);
+		}
+	}
+	/* [1, 0, error, result]: the same envelope as any response. */
+	if (mp_pack_response_head(&hpk, 0) < 0)
+		_exit(WORKER_EXIT_PROTO);
+	if (rc == 0) {
+		msgpack_pack_nil(&hpk);
+	} else {
+		body.size = 0;
+		mp_pack_error(&hpk, err.code ? err.code : MPOOL_E_TASK,
+			      err.message[0] ? err.message : "task failed without a message", -1);
+		msgpack_pack_nil(&bpk);
+	}
+	iov[0] = (struct iovec){ head.data, head.size };
+	iov[1] = (struct iovec){ body.data, body.size };
+	write_all(iov, 2);
+	reg_fini_all();
+	_exit(rc == 0 ? 0 : 1);
+}

@@ -12,5 +12,17 @@
  * unlimited). */
 __attribute__((noreturn))
 void worker_main(int fd, pid_t master, uint64_t quota);
+/* fork_child() entry of a pool worker: arg points to its quota. */
+void worker_entry(int fd, pid_t master, const void *arg);
+
+/* A supervised one-off process: runs fn(arg) once and reports
+ * [1, 0, error, result] on fd, then exits 0 (success) or 1 (the function
+ * failed), unless the function exits or dies first. */
+struct worker_once {
+	const char *fn;           /* NUL-terminated "MODULE.FUNCTION" */
+	const uint8_t *arg;       /* one MessagePack value */
+	size_t arg_len;
+};
+void worker_once_entry(int fd, pid_t master, const void *arg);
 
 #endif

@@ -1,0 +1,428 @@
+#include "proc.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <mpool/error.h>
+#include "chan.h"
+#include "config.h"
+#include "conn.h"
+#include "fork.h"
+#include "log.h"
+#include "master.h"
+#include "mem.h"
+#include "mp_rpc.h"
+#include "tailq.h"
+#include "worker.h"
+
+/* A join waiting for its process to end. */
+struct join {
+	struct conn *conn;
+	uint64_t msgid;
+	struct event *timer;
+	struct proc *p;
+	struct join *next;
+};
+
+struct proc {
+	uint64_t id;
+	pid_t pid;                 /* 0 once reaped */
+	char *name;
+	char *fn;
+	uid_t owner;
+	struct conn *conn;         /* the client it dies with; NULL for daemons */
+	bool daemon;
+	bool exited;
+	int exitcode;              /* Python's: status, or -signal */
+	uint8_t *error;            /* raw error object, when it failed */
+	size_t error_len;
+	uint8_t *result;           /* raw result, when it returned one */
+	size_t result_len;
+	uint64_t started_ms, ended_ms;
+	struct chan *ch;
+	struct event *grace;       /* SIGKILL after SIGTERM */
+	struct join *joins;
+	TAILQ_ENTRY(proc) link;
+};
+
+static TAILQ_HEAD(, proc) procs = TAILQ_HEAD_INITIALIZER(procs);
+static struct event_base *base;
+static uint64_t next_id = 1;
+
+static void proc_frame(void *ctx, const uint8_t *frame, size_t len);
+static void proc_closed(void *ctx, int err);
+static void proc_drained(void *ctx)
+{
+	(void)ctx;
+}
+
+static const struct chan_ops proc_ops = {
+	.frame = proc_frame,
+	.closed = proc_closed,
+	.drained = proc_drained,
+};
+
+void proc_init(struct event_base *b)
+{
+	base = b;
+}
+
+static void join_free(struct join *j)
+{
+	event_free(j->timer);
+	free(j);
+}
+
+static void proc_destroy(struct proc *p)
+{
+	while (p->joins) {
+		struct join *j = p->joins;
+
+		p->joins = j->next;
+		join_free(j);
+	}
+	TAILQ_REMOVE(&procs, p, link);
+	chan_free(p->ch);
+	if (p->grace)
+		event_free(p->grace);
+	free(p->name);
+	free(p->fn);
+	free(p->error);
+	free(p->result);
+	free(p);
+}
+
+void proc_free(void)
+{
+	while (!TAILQ_EMPTY(&procs))
+		proc_destroy(TAILQ_FIRST(&procs));
+}
+
+uint64_t proc_id(const struct proc *p) { return p->id; }
+pid_t proc_pid(const struct proc *p) { return p->pid; }
+uid_t proc_owner(const struct proc *p) { return p->owner; }
+bool proc_alive(const struct proc *p) { return !p->exited; }
+
+struct proc *proc_find(uint64_t id)
+{
+	struct proc *p;
+
+	TAILQ_FOREACH(p, &procs, link)
+		if (p->id == id)
+			return p;
+	return NULL;
+}
+
+unsigned proc_running(bool nondaemon_only)
+{
+	unsigned n = 0;
+	struct proc *p;
+
+	TAILQ_FOREACH(p, &procs, link)
+		n += !p->exited && (!nondaemon_only || !p->daemon);
+	return n;
+}
+
+/* Finished daemon processes are kept for a later join, but not without
+ * bound: the oldest go first past --max-processes records. */
+static void forget_old(void)
+{
+	unsigned finished = 0;
+	struct proc *p, *tmp;
+
+	TAILQ_FOREACH(p, &procs, link)
+		finished += p->exited;
+	TAILQ_FOREACH_SAFE(p, &procs, link, tmp) {
+		if (finished <= cfg.max_processes)
+			break;
+		if (p->exited && !p->joins) {
+			proc_destroy(p);
+			finished--;
+		}
+	}
+}
+
+int proc_spawn(struct conn *conn, uid_t owner, const struct proc_spec *spec, struct proc **ret)
+{
+	struct mp_frame_limits lim = { .max_frame = cfg.max_frame, .max_depth = MP_DEPTH_MAX };
+	struct worker_once once;
+	struct proc *p;
+	int fd, r;
+
+	if (proc_running(false) >= cfg.max_processes)
+		return -EAGAIN;
+	p = xcalloc(1, sizeof(*p));
+	p->fn = xstrndup(spec->fn, spec->fn_len);
+	p->name = spec->name ? xstrndup(spec->name, spec->name_len) : NULL;
+	once.fn = p->fn;
+	once.arg = spec->arg;
+	once.arg_len = spec->arg_len;
+	r = fork_child(worker_once_entry, &once, &p->pid, &fd);
+	if (r < 0) {
+		free(p->fn);
+		free(p->name);
+		free(p);
+		return r;
+	}
+	p->id = next_id++;
+	if (!p->name) {
+		char n[32];
+
+		snprintf(n, sizeof(n), "Process-%llu", (unsigned long long)p->id);
+		p->name = xstrndup(n, strlen(n));
+	}
+	p->owner = owner;
+	p->daemon = spec->daemon;
+	p->conn = spec->daemon ? NULL : conn;
+	p->started_ms = now_ms();
+	p->ch = chan_new(base, fd, &lim, &proc_ops, p);
+	TAILQ_INSERT_TAIL(&procs, p, link);
+	log_info("process %llu (%s, pid %d) started: %s for uid %u%s", (unsigned long long)p->id,
+		 p->name, (int)p->pid, p->fn, (unsigned)owner, p->daemon ? ", daemon" : "");
+	*ret = p;
+	return 0;
+}
+
+static void proc_frame(void *ctx, const uint8_t *frame, size_t len)
+{
+	struct proc *p = ctx;
+	struct mp_msg m;
+	uint64_t msgid;
+	int ok;
+
+	if (p->result || p->error || mp_msg_parse(frame, len, &m, &ok, &msgid) < 0 ||
+	    m.type != MP_RESPONSE) {
+		log_err("process %llu (pid %d) sent a malformed message; killing it",
+			(unsigned long long)p->id, (int)p->pid);
+		if (p->pid)
+			kill(p->pid, SIGKILL);
+		return;
+	}
+	if (!(m.error_len == 1 && m.error[0] == 0xc0)) {
+		p->error = xmemdup(m.error, m.error_len);
+		p->error_len = m.error_len;
+	} else {
+		p->result = xmemdup(m.body, m.body_len);
+		p->result_len = m.body_len;
+	}
+}
+
+static void proc_closed(void *ctx, int err)
+{
+	struct proc *p = ctx;
+
+	(void)err;
+	chan_free(p->ch);
+	p->ch = NULL;
+}
+
+void proc_pack(msgpack_packer *pk, const struct proc *p)
+{
+	uint64_t now = now_ms();
+
+	msgpack_pack_map(pk, 11);
+	mp_pack_cstr(pk, "id");
+	msgpack_pack_uint64(pk, p->id);
+	mp_pack_cstr(pk, "name");
+	mp_pack_cstr(pk, p->name);
+	mp_pack_cstr(pk, "function");
+	mp_pack_cstr(pk, p->fn);
+	mp_pack_cstr(pk, "pid");
+	msgpack_pack_int64(pk, p->pid ? p->pid : 0);
+	mp_pack_cstr(pk, "owner_uid");
+	msgpack_pack_uint64(pk, p->owner);
+	mp_pack_cstr(pk, "daemon");
+	if (p->daemon)
+		msgpack_pack_true(pk);
+	else
+		msgpack_pack_false(pk);
+	mp_pack_cstr(pk, "state");
+	mp_pack_cstr(pk, p->exited ? "exited" : "running");
+	mp_pack_cstr(pk, "age_ms");
+	msgpack_pack_uint64(pk, (p->exited ? p->ended_ms : now) - p->started_ms);
+	mp_pack_cstr(pk, "exitcode");
+	if (p->exited)
+		msgpack_pack_int(pk, p->exitcode);
+	else
+		msgpack_pack_nil(pk);
+	mp_pack_cstr(pk, "result");
+	if (p->result)
+		pk->callback(pk->data, (const char *)p->result, p->result_len);
+	else
+		msgpack_pack_nil(pk);
+	mp_pack_cstr(pk, "error");
+	if (p->error)
+		pk->callback(pk->data, (const char *)p->error, p->error_len);
+	else
+		msgpack_pack_nil(pk);
+}
+
+void proc_pack_all(msgpack_packer *pk)
+{
+	unsigned n = 0;
+	struct proc *p;
+
+	TAILQ_FOREACH(p, &procs, link)
+		n++;
+	msgpack_pack_array(pk, n);
+	TAILQ_FOREACH(p, &procs, link)
+		proc_pack(pk, p);
+}
+
+static void pack_proc_cb(msgpack_packer *pk, const void *arg)
+{
+	proc_pack(pk, arg);
+}
+
+static void join_answer(struct join *j)
+{
+	struct join **pp;
+
+	for (pp = &j->p->joins; *pp != j; pp = &(*pp)->next)
+		;
+	*pp = j->next;
+	conn_reply(j->conn, j->msgid, pack_proc_cb, j->p);
+	conn_forget_msgid(j->conn, j->msgid);
+	join_free(j);
+}
+
+static void join_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	join_answer(arg);
+}
+
+void proc_join(struct proc *p, struct conn *conn, uint64_t msgid, uint32_t timeout_ms)
+{
+	struct join *j;
+
+	if (p->exited) {
+		conn_reply(conn, msgid, pack_proc_cb, p);
+		return;
+	}
+	j = xcalloc(1, sizeof(*j));
+	j->conn = conn;
+	j->msgid = msgid;
+	j->p = p;
+	j->timer = evtimer_new(base, join_timeout_cb, j);
+	if (!j->timer) {
+		log_err("out of memory arming a join");
+		abort();
+	}
+	if (timeout_ms) {
+		struct timeval tv = { (time_t)(timeout_ms / 1000),
+				      (suseconds_t)(timeout_ms % 1000) * 1000 };
+
+		evtimer_add(j->timer, &tv);
+	}
+	j->next = p->joins;
+	p->joins = j;
+	conn_hold_msgid(conn, msgid);
+}
+
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proc *p = arg;
+
+	(void)fd;
+	(void)what;
+	if (!p->exited && p->pid) {
+		log_warn("process %llu (pid %d) outlived SIGTERM by %u ms; killing it",
+			 (unsigned long long)p->id, (int)p->pid, cfg.process_grace_ms);
+		kill(p->pid, SIGKILL);
+	}
+}
+
+void proc_stop(struct proc *p, bool hard)
+{
+	if (p->exited || !p->pid)
+		return;
+	if (hard) {
+		kill(p->pid, SIGKILL);
+		return;
+	}
+	kill(p->pid, SIGTERM);
+	if (!p->grace)
+		p->grace = evtimer_new(base, grace_cb, p);
+	if (p->grace) {
+		struct timeval tv = { (time_t)(cfg.process_grace_ms / 1000),
+				      (suseconds_t)(cfg.process_grace_ms % 1000) * 1000 };
+
+		evtimer_add(p->grace, &tv);
+	}
+}
+
+void proc_reaped(pid_t pid, int status)
+{
+	struct proc *p;
+
+	TAILQ_FOREACH(p, &procs, link)
+		if (p->pid == pid && !p->exited)
+			break;
+	if (!p)
+		return;
+	/* Its result may still be in the pipe: read it before it is lost. */
+	if (p->ch)
+		chan_drain_input(p->ch);
+	chan_free(p->ch);
+	p->ch = NULL;
+	if (p->grace)
+		evtimer_del(p->grace);
+	p->exited = true;
+	p->ended_ms = now_ms();
+	p->exitcode = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+	log_info("process %llu (%s, pid %d) exited with exitcode %d", (unsigned long long)p->id,
+		 p->name, (int)pid, p->exitcode);
+	while (p->joins)
+		join_answer(p->joins);
+	if (!p->daemon && !p->conn) {
+		proc_destroy(p);        /* its client is gone: nobody will ask */
+	} else {
+		forget_old();
+	}
+	master_progress();
+}
+
+void proc_conn_gone(struct conn *conn)
+{
+	struct proc *p, *tmp;
+
+	TAILQ_FOREACH_SAFE(p, &procs, link, tmp) {
+		struct join **pp = &p->joins;
+
+		while (*pp) {
+			struct join *j = *pp;
+
+			if (j->conn == conn) {
+				*pp = j->next;
+				join_free(j);
+			} else {
+				pp = &j->next;
+			}
+		}
+		if (p->conn != conn)
+			continue;
+		p->conn = NULL;
+		if (p->exited) {
+			proc_destroy(p);
+		} else {
+			log_info("process %llu (pid %d): its client left; terminating it",
+				 (unsigned long long)p->id, (int)p->pid);
+			proc_stop(p, false);
+		}
+	}
+}
+
+void proc_kill_all(void)
+{
+	struct proc *p;
+
+	TAILQ_FOREACH(p, &procs, link)
+		if (!p->exited && p->pid)
+			kill(p->pid, SIGKILL);
+}

@@ -1,0 +1,60 @@
+/* proc: supervised one-off processes, Python's multiprocessing.Process
+ * served by mpoold.  Each runs one MODULE.FUNCTION(arg) in a process of its
+ * own, forked from the master's prefork image (modules already loaded),
+ * outside the pool's worker count.  Clients start, join, poll, terminate
+ * and kill them by id. */
+#ifndef PROC_H
+#define PROC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <event2/event.h>
+#include <msgpack.h>
+
+struct conn;
+struct proc;
+
+void proc_init(struct event_base *base);
+void proc_free(void);
+
+struct proc_spec {
+	const char *fn;           /* not NUL-terminated */
+	uint32_t fn_len;
+	const uint8_t *arg;
+	size_t arg_len;
+	const char *name;         /* not NUL-terminated; may be NULL */
+	uint32_t name_len;
+	bool daemon;              /* outlives its client; result kept for a later join */
+};
+
+/* Starts a process for conn's client.  0 with *ret, or -EAGAIN past
+ * --max-processes, or -errno when fork failed. */
+int proc_spawn(struct conn *conn, uid_t owner, const struct proc_spec *spec, struct proc **ret);
+struct proc *proc_find(uint64_t id);
+uint64_t proc_id(const struct proc *p);
+pid_t proc_pid(const struct proc *p);
+uid_t proc_owner(const struct proc *p);
+bool proc_alive(const struct proc *p);
+/* Answers msgid on conn with the process's state once it has exited, or
+ * when timeout_ms passes (0: no timeout), whichever comes first. */
+void proc_join(struct proc *p, struct conn *conn, uint64_t msgid, uint32_t timeout_ms);
+/* SIGTERM, then SIGKILL after --process-grace (kill: SIGKILL now). */
+void proc_stop(struct proc *p, bool kill);
+
+/* A child that is no pool worker exited. */
+void proc_reaped(pid_t pid, int status);
+/* The client is gone: its joins are dropped and its non-daemon processes
+ * terminated and forgotten. */
+void proc_conn_gone(struct conn *conn);
+/* Processes still running; only those that die with their client when
+ * nondaemon_only. */
+unsigned proc_running(bool nondaemon_only);
+void proc_kill_all(void);
+
+/* The info map of one process, and the array of all (status, ps). */
+void proc_pack(msgpack_packer *pk, const struct proc *p);
+void proc_pack_all(msgpack_packer *pk);
+
+#endif
