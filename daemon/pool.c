@@ -343,19 +343,17 @@ int pool_init(struct event_base *b)
 		return -ENOMEM;
 	for (unsigned i = 0; i < n_slots; i++) {
 		struct worker *w = &slots[i];
-		int r;
 
 		w->slot = i;
 		w->respawn = evtimer_new(base, respawn_cb, w);
 		w->deadline = evtimer_new(base, deadline_cb, w);
 		if (!w->respawn || !w->deadline)
 			return -ENOMEM;
-		r = spawn(w);
-		if (r < 0) {
-			log_err("cannot start worker %u: %s", i, strerror(-r));
-			return r;
-		}
 	}
+	/* A fork that fails at start is a failure storm like any other:
+	 * mpoold starts degraded and retries with backoff. */
+	for (unsigned i = 0; i < n_slots; i++)
+		respawn_cb(-1, 0, &slots[i]);
 	return 0;
 }
 
@@ -363,8 +361,10 @@ void pool_free(void)
 {
 	for (unsigned i = 0; i < n_slots; i++) {
 		chan_free(slots[i].ch);
-		event_free(slots[i].respawn);
-		event_free(slots[i].deadline);
+		if (slots[i].respawn)
+			event_free(slots[i].respawn);
+		if (slots[i].deadline)
+			event_free(slots[i].deadline);
 	}
 	if (tick)
 		event_free(tick);
@@ -676,7 +676,8 @@ void pool_kill_all(void)
 	for (unsigned i = 0; i < n_slots; i++) {
 		struct worker *w = &slots[i];
 
-		evtimer_del(w->respawn);
+		if (w->respawn)
+			evtimer_del(w->respawn);
 		if (w->pid) {
 			if (w->retire == R_NONE)
 				w->retire = R_DRAIN;
