@@ -129,10 +129,11 @@ static int bind_socket(int fd, const char *path, const struct sockaddr_un *sa)
 			log_err("cannot create socket %s: %s", path, strerror(e));
 		return -e;
 	}
-	if (cfg.socket_gid >= 0 && lchown(path, (uid_t)-1, (gid_t)cfg.socket_gid) < 0) {
+	if (cfg.socket_gid != (gid_t)-1 && lchown(sa->sun_path, (uid_t)-1, cfg.socket_gid) < 0) {
 		e = errno;
-		log_err("cannot give socket %s to group %ld: %s", path, cfg.socket_gid, strerror(e));
-		unlink(path);
+		log_err("cannot give socket %s to group %u: %s", sa->sun_path,
+			(unsigned)cfg.socket_gid, strerror(e));
+		unlink(sa->sun_path);
 		return -e;
 	}
 	return 0;

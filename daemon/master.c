@@ -131,9 +131,10 @@ static int notify_setup(void)
 	if (!ev_status)
 		return -ENOMEM;
 	if (usec) {
-		/* Half the interval, as sd_watchdog_enabled(3) advises. */
-		struct timeval tv = { (time_t)(usec / 2 / 1000000),
-				      (suseconds_t)(usec / 2 % 1000000) };
+		/* Half the interval, as sd_watchdog_enabled(3) advises; not below
+		 * 1 ms, so a tiny WATCHDOG_USEC cannot turn the loop into a spin. */
+		uint64_t half = usec / 2 < 1000 ? 1000 : usec / 2;
+		struct timeval tv = { (time_t)(half / 1000000), (suseconds_t)(half % 1000000) };
 
 		ev_watchdog = event_new(base, -1, EV_PERSIST, watchdog_cb, NULL);
 		if (!ev_watchdog || event_add(ev_watchdog, &tv) < 0)

@@ -28,5 +28,10 @@ void master_reload(const char *why);
 void master_reload_done(void);
 /* Something that shutdown waits for has ended (a job, a worker, a client). */
 void master_progress(void);
+/* Something the STATUS= line shows has changed (workers busy or idle, jobs,
+ * queued chunks, tasks done).  Cheap enough to call on every change: it only
+ * arms a timer, and the line goes to systemd at most every 250 ms, only when
+ * its text changed, and only under systemd (NOTIFY_SOCKET). */
+void master_status_changed(void);
 
 #endif

@@ -32,6 +32,9 @@ const struct opt opt_table[] = {
 	  "permission" },
 	{ "socket-group", 0, OPT_GROUP, OPT_GLOBAL, NULL, "GROUP", FIELD(socket_gid), 0, 0,
 	  "the daemon's own group", "group of the socket mpoold creates (a name or a gid)" },
+	{ "admin-group", 0, OPT_GROUP, OPT_GLOBAL, NULL, "GROUP", FIELD(admin_gid), 0, 0,
+	  "none", "members may terminate, drain, reload, kill workers and cancel any job, "
+	  "like root and mpoold's own user" },
 	{ "workers", 'w', OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(workers), 1, 1024,
 	  "the number of online CPUs", "worker processes" },
 	{ "max-tasks-per-child", 'm', OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_tasks_per_child),
@@ -57,6 +60,16 @@ const struct opt opt_table[] = {
 	  NULL, "most open requests per connection" },
 	{ "max-clients", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_clients), 1, 1u << 20,
 	  NULL, "most client connections" },
+	{ "max-queued-chunks", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_queued_chunks),
+	  1, UINT32_MAX, NULL, "most chunks waiting for a worker, across all jobs" },
+	{ "stream-window", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(stream_window), 1, UINT32_MAX,
+	  NULL, "a streamed map has at most N items sent and not yet answered" },
+	{ "stream-window-bytes", 0, OPT_UINT, OPT_GLOBAL, NULL, "BYTES", FIELD(stream_window_bytes),
+	  1024, 1u << 30, NULL, "a streamed map holds at most BYTES of input" },
+	{ "max-processes", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_processes), 1, 4096,
+	  NULL, "most supervised processes (spawn) running at once" },
+	{ "process-grace", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(process_grace_ms), 0, DAY_MS,
+	  NULL, "terminate_process sends SIGTERM, then SIGKILL after MS" },
 	{ "drain-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(drain_timeout_ms),
 	  0, DAY_MS, NULL, "on SIGTERM, finish open work for at most MS, then terminate; "
 	  "keep it below the unit's TimeoutStopSec" },
@@ -118,6 +131,11 @@ static void put_uint(const struct opt *o, uint64_t v)
 {
 	uint32_t v32 = (uint32_t)v;
 
+	/* A table entry whose field is neither 32 nor 64 bits, or whose max
+	 * does not fit its field, is a bug. */
+	if ((o->size != sizeof(v32) && o->size != sizeof(v)) ||
+	    (o->size == sizeof(v32) && o->max > UINT32_MAX))
+		abort();
 	if (o->size == sizeof(v32))
 		memcpy(field(o), &v32, sizeof(v32));
 	else
@@ -144,19 +162,19 @@ static int set_group(const struct opt *o, const char *s, char *why, size_t n)
 {
 	struct group gr, *res = NULL;
 	char buf[4096];
-	uint64_t gid;
-	long v;
+	uint64_t id;
+	gid_t gid;
 
-	if (parse_uint(s, 10, 0, INT32_MAX, &gid) == 0) {
-		v = (long)gid;
+	if (parse_uint(s, 10, 0, INT32_MAX, &id) == 0) {
+		gid = (gid_t)id;
 	} else {
 		if (getgrnam_r(s, &gr, buf, sizeof(buf), &res) != 0 || !res) {
 			snprintf(why, n, "no group named '%s'", s);
 			return -1;
 		}
-		v = (long)res->gr_gid;
+		gid = res->gr_gid;
 	}
-	memcpy(field(o), &v, sizeof(v));
+	memcpy(field(o), &gid, sizeof(gid));
 	return 0;
 }
 
@@ -170,7 +188,11 @@ static int set_initargs(const char *s, char *why, size_t n)
 	 * converts it again when it loads the module. */
 	v = json_loads(s, JSON_DECODE_ANY, &jerr);
 	if (!v) {
-		snprintf(why, n, "not JSON: %s (column %d)", jerr.text, jerr.column);
+		if (m->path)
+			snprintf(why, n, "not JSON: %s (column %d), for module %s", jerr.text,
+				 jerr.column, m->path);
+		else
+			snprintf(why, n, "not JSON: %s (column %d)", jerr.text, jerr.column);
 		return -1;
 	}
 	json_decref(v);
@@ -250,7 +272,9 @@ int opt_set(const struct opt *o, const char *s, char *why, size_t n)
  * none of its own (the default in words applies). */
 static const char *value_text(const struct opt *o, char *buf, size_t n)
 {
-	long gid;
+	struct group gr, *res = NULL;
+	char grbuf[4096];
+	gid_t gid;
 	int level;
 
 	switch (o->type) {
@@ -270,9 +294,13 @@ static const char *value_text(const struct opt *o, char *buf, size_t n)
 		return *(const char *)field(o) ? (const char *)field(o) : NULL;
 	case OPT_GROUP:
 		memcpy(&gid, field(o), sizeof(gid));
-		if (gid < 0)
+		if (gid == (gid_t)-1)
 			return NULL;
-		snprintf(buf, n, "%ld", gid);
+		if (getgrgid_r(gid, &gr, grbuf, sizeof(grbuf), &res) == 0 && res) {
+			snprintf(buf, n, "%s", res->gr_name);
+			return buf;
+		}
+		snprintf(buf, n, "%u", (unsigned)gid);
 		return buf;
 	default:
 		return NULL;
@@ -314,14 +342,17 @@ void opt_usage(FILE *f)
 		"from the command line, which wins.\n\n");
 	for (size_t i = 0; i < opt_count; i++) {
 		const struct opt *o = &opt_table[i];
-		char head[64], text[512], buf[32];
+		char head[64], text[512], buf[64];
 		const char *def = o->dflt ? o->dflt : value_text(o, buf, sizeof(buf));
 		int len;
 
 		len = snprintf(head, sizeof(head), "  %c%c%s--%s%s%s", o->short_name ? '-' : ' ',
 			       o->short_name ? o->short_name : ' ', o->short_name ? ", " : "  ",
 			       o->name, o->metavar ? " " : "", o->metavar ? o->metavar : "");
-		if (def && o->type != OPT_ACTION)
+		if (def && o->type != OPT_ACTION && o->help[strlen(o->help) - 1] == ')')
+			snprintf(text, sizeof(text), "%.*s; default: %s)",
+				 (int)strlen(o->help) - 1, o->help, def);
+		else if (def && o->type != OPT_ACTION)
 			snprintf(text, sizeof(text), "%s (default: %s)", o->help, def);
 		else
 			snprintf(text, sizeof(text), "%s", o->help);
@@ -351,7 +382,7 @@ void opt_print_config(FILE *f)
 	fprintf(f, "# mpoold %s: the settings in effect (mpoold --print-config)\n", MPOOL_VERSION);
 	for (size_t i = 0; i < opt_count; i++) {
 		const struct opt *o = &opt_table[i];
-		char buf[32];
+		char buf[64];
 		const char *v;
 
 		if (o->scope != OPT_GLOBAL)

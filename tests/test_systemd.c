@@ -1,0 +1,1287 @@
+/* test_systemd: mpoold as a systemd service, without systemd as PID 1.
+ *
+ * - config: mpoold.conf errors name the file and the line; the command line
+ *   wins over the file; the sample config documents every key with its
+ *   default (compared with mpoold --print-config).
+ * - notify: a test that owns a NOTIFY_SOCKET datagram socket sees READY=1,
+ *   STATUS=, WATCHDOG=1 (with WATCHDOG_USEC), RELOADING=1 + MONOTONIC_USEC
+ *   and READY=1 around a SIGHUP, and STOPPING=1, in that order, each from
+ *   the master's pid (SCM_CREDENTIALS), STATUS= rate-limited.
+ * - activation: mpoold under systemd-socket-activate serves a map and leaves
+ *   the socket file alone; a passed socket of the wrong kind is refused.
+ * - listen: a socket mpoold binds itself: stale file replaced, live daemon
+ *   refused, regular files and symlinks never removed, long paths and
+ *   unwritable directories reported clearly, mode and group applied.
+ * - units: systemd-analyze verify accepts the units (and finds the man pages
+ *   they name); systemd-analyze security --offline rates mpoold.service at
+ *   1.5 or lower; the stop timeout leaves room for mpoold's drain; the
+ *   sysusers.d and tmpfiles.d entries apply to an empty root.
+ *
+ * Every daemon runs in its own process group, dies with the test process
+ * (PR_SET_PDEATHSIG; its workers die with it) and is killed in teardown.
+ * Every wait has a deadline.  Tools the tests need (systemd-analyze,
+ * systemd-socket-activate, from .ci/install-deps) fail the test when
+ * missing: a skipped check would pass silently.
+ *
+ * Environment (tests/meson.build): MPOOLD, the daemon; MPOOL_UNIT_DIR, the
+ * configured units; MPOOL_SYSTEMD_SRC, systemd/ in the sources;
+ * MPOOL_SAMPLE_CONF, the sample config there; MPOOL_MAN_DIR, the built man
+ * pages. */
+#include <check.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+#include <mpool/mpool.h>
+
+#define WAIT_MS 20000          /* deadline of any wait */
+#define MAX_PROCS 8
+
+static char dir[64];           /* this test's temporary directory */
+static pid_t procs[MAX_PROCS]; /* process groups to kill in teardown */
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void tick(void)
+{
+	struct timespec ts = { 0, 10 * 1000000 };
+
+	nanosleep(&ts, NULL);
+}
+
+static const char *env_or_fail(const char *name)
+{
+	const char *v = getenv(name);
+
+	ck_assert_msg(v && *v, "%s is not set (tests/meson.build sets it)", name);
+	return v;
+}
+
+/* dir/name; the same name always gives the same pointer, valid for the
+ * whole test. */
+static char *path_in(const char *name)
+{
+	static struct { char name[32]; char path[128]; } paths[32];
+
+	for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+		if (paths[i].name[0] && strcmp(paths[i].name, name) == 0 &&
+		    strncmp(paths[i].path, dir, strlen(dir)) == 0)
+			return paths[i].path;
+		if (!paths[i].name[0]) {
+			snprintf(paths[i].name, sizeof(paths[i].name), "%s", name);
+			snprintf(paths[i].path, sizeof(paths[i].path), "%s/%s", dir, name);
+			return paths[i].path;
+		}
+	}
+	ck_abort_msg("too many paths");
+	return NULL;
+}
+
+static char *slurp(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	char *buf;
+	long n;
+
+	if (!f)
+		return strdup("");
+	fseek(f, 0, SEEK_END);
+	n = ftell(f);
+	fseek(f, 0, SEEK_SET);
+	buf = calloc(1, (size_t)n + 1);
+	ck_assert(buf);
+	if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n)
+		buf[0] = '\0';
+	fclose(f);
+	return buf;
+}
+
+static void write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "we");
+
+	ck_assert_msg(f, "cannot write %s: %s", path, strerror(errno));
+	fputs(text, f);
+	fclose(f);
+}
+
+/* The tool's path, or the test fails: CI installs it (.ci/install-deps).
+ * Valid for the next three calls too. */
+static const char *tool(const char *name, const char *package)
+{
+	static char bufs[4][512];
+	static unsigned next;
+	char path[2048], *save = NULL, *buf = bufs[next++ % 4];
+
+	snprintf(path, sizeof(path), "%s:/usr/bin:/bin:/usr/sbin:/sbin",
+		 getenv("PATH") ? getenv("PATH") : "");
+	for (char *d = strtok_r(path, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+		snprintf(buf, sizeof(bufs[0]), "%s/%s", d, name);
+		if (access(buf, X_OK) == 0)
+			return buf;
+	}
+	ck_abort_msg("%s not found: .ci/install-deps installs it (Debian package %s)", name,
+		     package);
+	return NULL;
+}
+
+static const char *describe(int status, char *buf, size_t n)
+{
+	if (WIFEXITED(status))
+		snprintf(buf, n, "exited with status %d", WEXITSTATUS(status));
+	else if (WIFSIGNALED(status))
+		snprintf(buf, n, "killed by SIG%s", sigabbrev_np(WTERMSIG(status)) ?
+			 sigabbrev_np(WTERMSIG(status)) : "?");
+	else
+		snprintf(buf, n, "wait status %#x", status);
+	return buf;
+}
+
+/* ---- processes ------------------------------------------------------------- */
+
+struct spawn_opts {
+	const char *const *env;     /* extra NAME=value */
+	const char *out;            /* stdout and stderr go here; NULL: /dev/null */
+	uid_t uid;                  /* run as this user (0: unchanged) */
+};
+
+/* Forks argv in its own process group, dying with us.  Variables systemd
+ * might have given the test runner itself never reach the child. */
+static pid_t spawn(char *const argv[], const struct spawn_opts *o)
+{
+	pid_t pid = fork();
+
+	ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		int fd = open(o->out ? o->out : "/dev/null",
+			      O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+
+		setpgid(0, 0);
+		if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+			_exit(126);
+		for (const char *const *v = (const char *const[]){ "NOTIFY_SOCKET",
+		     "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
+		     "LISTEN_FDNAMES", "JOURNAL_STREAM", "MPOOL_SOCKET", NULL }; *v; v++)
+			unsetenv(*v);
+		for (const char *const *e = o->env; e && *e; e++)
+			putenv((char *)*e);
+		if (o->uid && (setgid(o->uid) < 0 || setgroups(0, NULL) < 0 || setuid(o->uid) < 0))
+			_exit(126);
+		/* After setuid, which clears it. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+			_exit(126);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	setpgid(pid, pid);
+	for (int i = 0; i < MAX_PROCS; i++) {
+		if (!procs[i]) {
+			procs[i] = pid;
+			break;
+		}
+	}
+	return pid;
+}
+
+static void forget(pid_t pid)
+{
+	for (int i = 0; i < MAX_PROCS; i++)
+		if (procs[i] == pid)
+			procs[i] = 0;
+}
+
+/* Waits for pid; fails the test after timeout_ms (teardown kills it). */
+static int wait_exit(pid_t pid, int timeout_ms, const char *what)
+{
+	int64_t end = now_ms() + timeout_ms;
+	int status;
+
+	for (;;) {
+		pid_t r = waitpid(pid, &status, WNOHANG);
+
+		if (r == pid) {
+			forget(pid);
+			/* Its workers die with it; kill the group anyway. */
+			kill(-pid, SIGKILL);
+			return status;
+		}
+		ck_assert_msg(r == 0, "waitpid: %s", strerror(errno));
+		ck_assert_msg(now_ms() < end, "%s did not exit within %d ms", what, timeout_ms);
+		tick();
+	}
+}
+
+/* Runs argv to its end; its output (stdout and stderr) in *ret_out. */
+static int run(char *const argv[], const char *const *env, char **ret_out)
+{
+	struct spawn_opts o = { .env = env, .out = path_in("run.out") };
+	int status;
+
+	unlink(o.out);
+	status = wait_exit(spawn(argv, &o), WAIT_MS, argv[0]);
+	*ret_out = slurp(o.out);
+	return status;
+}
+
+/* Each test case's temporary directories live under one per TCase, made
+ * and removed by the runner process (unchecked fixture): a failed check
+ * ends the test process with _exit(), which skips the checked teardown. */
+static char base[48];
+
+static void base_setup(void)
+{
+	snprintf(base, sizeof(base), "/tmp/mpsd-XXXXXX");
+	if (!mkdtemp(base)) {
+		fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
+		abort();
+	}
+}
+
+static void setup(void)
+{
+	snprintf(dir, sizeof(dir), "%s/t-XXXXXX", base);
+	ck_assert_msg(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	memset(procs, 0, sizeof(procs));
+}
+
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	remove(p);
+	return 0;
+}
+
+static void teardown(void)
+{
+	for (int i = 0; i < MAX_PROCS; i++) {
+		if (procs[i]) {
+			kill(-procs[i], SIGKILL);
+			waitpid(procs[i], NULL, 0);
+			procs[i] = 0;
+		}
+	}
+	if (dir[0])
+		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	dir[0] = '\0';
+}
+
+static void base_teardown(void)
+{
+	nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- the daemon ------------------------------------------------------------ */
+
+static const char *mpoold(void)
+{
+	return env_or_fail("MPOOLD");
+}
+
+static int connect_to(const char *sock)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), r;
+
+	ck_assert(fd >= 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	close(fd);
+	return r;
+}
+
+/* Waits until pid answers a ping on sock (or fails, with its log). */
+static void wait_serving(pid_t pid, const char *sock, const char *log)
+{
+	int64_t end = now_ms() + WAIT_MS;
+
+	for (;;) {
+		mpool *c;
+		int status;
+
+		if (waitpid(pid, &status, WNOHANG) == pid) {
+			char how[64], *text = slurp(log);
+
+			forget(pid);
+			ck_abort_msg("mpoold %s before serving; its log:\n%s",
+				     describe(status, how, sizeof(how)), text);
+		}
+		if (mpool_connect(sock, &c) == 0) {
+			int r = mpool_ping(c);
+
+			mpool_close(c);
+			if (r == 0)
+				return;
+		}
+		ck_assert_msg(now_ms() < end, "mpoold did not serve %s within %d ms", sock, WAIT_MS);
+		tick();
+	}
+}
+
+/* Squares 0..n-1 through sock and checks every result. */
+static void map_squares(const char *sock, unsigned n)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	mpool_value *v = NULL;
+	const msgpack_object *o;
+	mpool *c;
+	int r;
+
+	r = mpool_connect(sock, &c);
+	ck_assert_msg(r == 0, "connect %s: %s", sock, mpool_strerror(-r));
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	for (unsigned i = 0; i < n; i++)
+		msgpack_pack_unsigned_int(&pk, i);
+	r = mpool_map_collect(c, "builtin.square", sb.data, sb.size, n, NULL, &v);
+	ck_assert_msg(r == 0, "map: %s: %s", mpool_strerror(-r), mpool_errmsg(c));
+	o = mpool_value_get(v);
+	ck_assert(o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == n);
+	for (unsigned i = 0; i < n; i++)
+		if (o->via.array.ptr[i].via.u64 != (uint64_t)i * i)
+			ck_abort_msg("item %u: %llu", i,
+				     (unsigned long long)o->via.array.ptr[i].via.u64);
+	mpool_value_free(v);
+	msgpack_sbuffer_destroy(&sb);
+	mpool_close(c);
+}
+
+/* Sends sig to pid and expects a clean exit. */
+static void stop_ok(pid_t pid, int sig, const char *log)
+{
+	char how[64];
+	int status;
+
+	kill(pid, sig);
+	status = wait_exit(pid, WAIT_MS, "mpoold");
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		char *text = slurp(log);
+
+		ck_abort_msg("mpoold %s; its log:\n%s", describe(status, how, sizeof(how)), text);
+	}
+}
+
+/* ---- config ------------------------------------------------------------------ */
+
+struct bad_conf {
+	const char *text;
+	int line;
+	const char *reason;
+};
+
+START_TEST(config_errors_name_file_and_line)
+{
+	static const struct bad_conf cases[] = {
+		{ "workers = 2\nmax-jobs = 3\nworkerz = 4\n", 3, "unknown key 'workerz'" },
+		{ "# c\n\nworkers = lots\n", 3, "workers: expected an integer from 1 to 1024, got 'lots'" },
+		{ "max-frame = 1\n", 1, "max-frame: expected an integer from 1024" },
+		{ "log-level = loud\n", 1, "log-level: expected error, warning, info or debug" },
+		{ "socket-mode = 0999\n", 1, "socket-mode: expected octal" },
+		{ "socket-group = no-such-group-mpool\n", 1, "no group named" },
+		{ "drain-timeout = -5\n", 1, "drain-timeout: expected an integer" },
+		{ "workers = 2\nworkers = 3\n", 2, "'workers' given twice (first on line 1)" },
+		{ "workers 4\n", 1, "expected 'key = value'" },
+		{ "[modules]\npath = /x.so\n", 1, "unknown section [modules]" },
+		{ "[module]\npath = /x.so\nworkers = 2\n", 3, "unknown key 'workers' in [module]" },
+		{ "[module]\npath = /x.so\n\n[module]\ninitargs = 1\n", 4, "[module] without a path" },
+		{ "[module]\npath = /x.so\ninitargs = {\"a\": }\n", 3, "initargs: not JSON" },
+		{ "[module]\npath = /a.so\npath = /b.so\n", 3, "'path' given twice" },
+		{ "socket = /tmp/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+		  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock\n", 1, "path too long" },
+		{ "max-items = 1\n; a comment line that goes on and on and on and on and on and on "
+		  "and on and on and on and on and on and on and on and on and on and on and on and "
+		  "on and on and on and on and on and on and on and on and on\n", 2,
+		  "line longer than 199 bytes" },
+	};
+	const char *conf = path_in("mpoold.conf");
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char *argv[] = { (char *)mpoold(), "--config", (char *)conf, "--print-config", NULL };
+		char want[512], how[64], *out;
+		int status;
+
+		write_file(conf, cases[i].text);
+		status = run(argv, NULL, &out);
+		snprintf(want, sizeof(want), "mpoold: %s:%d: ", conf, cases[i].line);
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 2 || !strstr(out, want) ||
+		    !strstr(out, cases[i].reason))
+			ck_abort_msg("case %zu (%s): mpoold %s, said:\n%s\nwanted '%s' and '%s'", i,
+				     cases[i].text, describe(status, how, sizeof(how)), out, want,
+				     cases[i].reason);
+		free(out);
+	}
+}
+END_TEST
+
+START_TEST(config_missing_file)
+{
+	char *argv[] = { (char *)mpoold(), "--config", path_in("nope.conf"), "--print-config", NULL };
+	char *out;
+	int status = run(argv, NULL, &out);
+
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 2, "%s", out);
+	ck_assert_msg(strstr(out, "nope.conf: No such file"), "%s", out);
+	free(out);
+}
+END_TEST
+
+START_TEST(config_command_line_wins)
+{
+	const char *conf = path_in("mpoold.conf");
+	char *argv[] = { (char *)mpoold(), "--config", (char *)conf, "-w", "5", "--max-jobs", "9",
+			 "--module", "/from/cli.so", "--print-config", NULL };
+	char *out;
+	int status;
+
+	write_file(conf, "workers = 3\nmax-clients = 7\nmax-jobs = 8\n"
+		   "[module]\npath = /from/file.so\ninitargs = [1, 2]\n");
+	status = run(argv, NULL, &out);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", out);
+	ck_assert_msg(strstr(out, "\nworkers = 5\n"), "%s", out);
+	ck_assert_msg(strstr(out, "\nmax-jobs = 9\n"), "%s", out);
+	ck_assert_msg(strstr(out, "\nmax-clients = 7\n"), "%s", out);
+	ck_assert_msg(strstr(out, "path = /from/cli.so\n") && !strstr(out, "/from/file.so"),
+		      "command-line modules replace the file's:\n%s", out);
+	free(out);
+}
+END_TEST
+
+/* The sample config shows every key, commented out, with the default
+ * --print-config reports (a default in words, "(...)", for those that
+ * depend on the machine).  And --help names every key. */
+START_TEST(config_sample_documents_every_key)
+{
+	char *argv[] = { (char *)mpoold(), "--config", "/dev/null", "--print-config", NULL };
+	char *help_argv[] = { (char *)mpoold(), "--help", NULL };
+	char *sample = slurp(env_or_fail("MPOOL_SAMPLE_CONF")), *out, *help, *save = NULL;
+	unsigned keys = 0;
+	int status;
+
+	ck_assert_msg(sample[0], "cannot read %s", getenv("MPOOL_SAMPLE_CONF"));
+	status = run(argv, NULL, &out);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", out);
+	status = run(help_argv, NULL, &help);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", help);
+	for (char *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char key[64], want[256], opt[80];
+		const char *eq = strstr(line, " = "), *k = line[0] == '#' ? line + 1 : line;
+
+		if (!eq || line[0] == '[' || (line[0] == '#' && line[1] == ' '))
+			continue;
+		snprintf(key, sizeof(key), "%.*s", (int)(eq - k), k);
+		if (strcmp(key, "socket") == 0 || strcmp(key, "workers") == 0 ||
+		    line[0] == '#')
+			snprintf(want, sizeof(want), "\n#%s = (", key);   /* machine-dependent */
+		else
+			snprintf(want, sizeof(want), "\n#%s\n", line);
+		ck_assert_msg(strstr(sample, want), "the sample config lacks '%s'", want + 1);
+		snprintf(opt, sizeof(opt), "--%s ", key);
+		ck_assert_msg(strstr(help, opt), "mpoold --help lacks %s", opt);
+		keys++;
+	}
+	ck_assert_msg(keys >= 23, "only %u keys in:\n%s", keys, out);
+	free(sample);
+	free(out);
+	free(help);
+}
+END_TEST
+
+/* ---- notify -------------------------------------------------------------- */
+
+struct note {
+	char text[300];          /* one line: "READY=1", "STATUS=..." */
+	pid_t pid;               /* sender */
+	int64_t at_ms;
+};
+
+struct notes {
+	int fd;
+	struct note list[4096];
+	unsigned n;
+};
+
+static void notes_open(struct notes *ns, const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int on = 1;
+
+	ns->n = 0;
+	ns->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	ck_assert(ns->fd >= 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	ck_assert_msg(bind(ns->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0, "bind %s: %s", path,
+		      strerror(errno));
+	ck_assert(setsockopt(ns->fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof(on)) == 0);
+}
+
+/* Reads datagrams for at most timeout_ms (0: those queued now), splitting
+ * each into its lines; returns early once a line starting with until
+ * arrives (NULL: never).  Read often: mpoold blocks in sd_notify() while
+ * the receiver's queue is full, as it would with a stuck systemd. */
+static bool notes_read(struct notes *ns, const char *until, int timeout_ms)
+{
+	int64_t end = now_ms() + timeout_ms;
+
+	for (;;) {
+		struct pollfd pfd = { ns->fd, POLLIN, 0 };
+		int64_t left = end - now_ms() > 0 ? end - now_ms() : 0;
+		char buf[4096], cbuf[CMSG_SPACE(sizeof(struct ucred))];
+		struct iovec iov = { buf, sizeof(buf) - 1 };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+				     .msg_controllen = sizeof(cbuf) };
+		struct cmsghdr *cm;
+		pid_t pid = 0;
+		bool hit = false;
+		ssize_t n;
+
+		if (poll(&pfd, 1, (int)left) <= 0) {
+			if (now_ms() >= end)
+				return false;
+			continue;
+		}
+		n = recvmsg(ns->fd, &mh, MSG_DONTWAIT);
+		if (n < 0)
+			continue;
+		buf[n] = '\0';
+		for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_CREDENTIALS) {
+				struct ucred uc;
+
+				memcpy(&uc, CMSG_DATA(cm), sizeof(uc));
+				pid = uc.pid;
+			}
+		}
+		for (char *save = NULL, *l = strtok_r(buf, "\n", &save); l;
+		     l = strtok_r(NULL, "\n", &save)) {
+			struct note *nt;
+
+			ck_assert_msg(ns->n < sizeof(ns->list) / sizeof(ns->list[0]),
+				      "too many notifications");
+			nt = &ns->list[ns->n++];
+			snprintf(nt->text, sizeof(nt->text), "%s", l);
+			nt->pid = pid;
+			nt->at_ms = now_ms();
+			if (until && strncmp(l, until, strlen(until)) == 0)
+				hit = true;
+		}
+		if (hit)
+			return true;
+	}
+}
+
+/* Index of the first note at or after from starting with prefix, or -1. */
+static int notes_find(const struct notes *ns, unsigned from, const char *prefix)
+{
+	for (unsigned i = from; i < ns->n; i++)
+		if (strncmp(ns->list[i].text, prefix, strlen(prefix)) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* Index of the first note at or after from starting with prefix and
+ * holding text, or -1. */
+static int notes_find_with(const struct notes *ns, unsigned from, const char *prefix,
+			   const char *text)
+{
+	for (unsigned i = from; i < ns->n; i++)
+		if (strncmp(ns->list[i].text, prefix, strlen(prefix)) == 0 &&
+		    strstr(ns->list[i].text, text))
+			return (int)i;
+	return -1;
+}
+
+static unsigned notes_count(const struct notes *ns, unsigned from, const char *prefix)
+{
+	unsigned k = 0;
+
+	for (unsigned i = from; i < ns->n; i++)
+		k += strncmp(ns->list[i].text, prefix, strlen(prefix)) == 0;
+	return k;
+}
+
+static char *notes_dump(const struct notes *ns)
+{
+	static char buf[8192];
+	size_t len = 0;
+
+	buf[0] = '\0';
+	for (unsigned i = 0; i < ns->n && len < sizeof(buf) - 400; i++)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "  [%u] pid %d: %s\n", i,
+					(int)ns->list[i].pid, ns->list[i].text);
+	return buf;
+}
+
+static pid_t start_notified(struct notes *ns, const char *watchdog_usec, const char *sock,
+			    const char *log)
+{
+	static char env_notify[128], env_wd[64];
+	const char *env[3] = { env_notify, NULL, NULL };
+	char *argv[] = { (char *)mpoold(), "--config", "/dev/null", "-w", "2", "-s",
+			 (char *)sock, "--log-level", "debug", NULL };
+	struct spawn_opts o = { .env = env, .out = log };
+
+	notes_open(ns, path_in("notify.sock"));
+	snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", path_in("notify.sock"));
+	if (watchdog_usec) {
+		snprintf(env_wd, sizeof(env_wd), "WATCHDOG_USEC=%s", watchdog_usec);
+		env[1] = env_wd;
+	}
+	return spawn(argv, &o);
+}
+
+START_TEST(notify_sequence)
+{
+	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	struct notes *ns = calloc(1, sizeof(*ns));
+	struct timespec ts;
+	int ready, reloading, ready2, stopping, st;
+	unsigned long long mono;
+	const char *m;
+	pid_t pid;
+
+	ck_assert(ns);
+	/* WATCHDOG=1 every 100 ms. */
+	pid = start_notified(ns, "200000", sock, log);
+	ck_assert_msg(notes_read(ns, "READY=1", WAIT_MS), "no READY=1:\n%s", notes_dump(ns));
+	ready = notes_find(ns, 0, "READY=1");
+	wait_serving(pid, sock, log);
+	/* Some work, then its count in STATUS=. */
+	map_squares(sock, 100);
+	for (int64_t end = now_ms() + WAIT_MS; now_ms() < end;) {
+		if (notes_find_with(ns, (unsigned)ready, "STATUS=", "; 100 tasks done") >= 0 &&
+		    notes_count(ns, (unsigned)ready, "WATCHDOG=1") >= 2)
+			break;
+		notes_read(ns, "STATUS=", 1000);
+	}
+	st = notes_find_with(ns, (unsigned)ready, "STATUS=", "; 100 tasks done");
+	ck_assert_msg(st >= 0 && notes_count(ns, (unsigned)ready, "WATCHDOG=1") >= 2,
+		      "wanted STATUS= ending in 100 tasks done and WATCHDOG=1 pings:\n%s",
+		      notes_dump(ns));
+	m = ns->list[st].text;
+	ck_assert_msg(strstr(m, "workers") && strstr(m, "busy") && strstr(m, "idle") &&
+		      strstr(m, "jobs") && strstr(m, "chunks queued") && strstr(m, "tasks done"),
+		      "STATUS= lacks a field: %s", m);
+
+	/* Reload: RELOADING=1 with the monotonic clock, then READY=1. */
+	kill(pid, SIGHUP);
+	ck_assert_msg(notes_read(ns, "RELOADING=1", WAIT_MS), "no RELOADING=1:\n%s",
+		      notes_dump(ns));
+	reloading = notes_find(ns, (unsigned)ready + 1, "RELOADING=1");
+	ck_assert_msg(reloading >= 0 && (unsigned)reloading + 1 < ns->n &&
+		      sscanf(ns->list[reloading + 1].text, "MONOTONIC_USEC=%llu", &mono) == 1,
+		      "RELOADING=1 without MONOTONIC_USEC:\n%s", notes_dump(ns));
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ck_assert_msg(mono <= (unsigned long long)ts.tv_sec * 1000000 + (unsigned long long)ts.tv_nsec / 1000 &&
+		      mono + 20000000ull > (unsigned long long)ts.tv_sec * 1000000,
+		      "MONOTONIC_USEC=%llu is not CLOCK_MONOTONIC", mono);
+	if (notes_find(ns, (unsigned)reloading, "READY=1") < 0)
+		ck_assert_msg(notes_read(ns, "READY=1", WAIT_MS), "no READY=1 after the reload:\n%s",
+			      notes_dump(ns));
+	ready2 = notes_find(ns, (unsigned)reloading, "READY=1");
+
+	/* Stop: STOPPING=1, then a clean exit. */
+	kill(pid, SIGTERM);
+	ck_assert_msg(notes_read(ns, "STOPPING=1", WAIT_MS), "no STOPPING=1:\n%s", notes_dump(ns));
+	stopping = notes_find(ns, (unsigned)ready2, "STOPPING=1");
+	ck_assert_msg(ready < reloading && reloading < ready2 && ready2 < stopping,
+		      "wrong order:\n%s", notes_dump(ns));
+	ck_assert_msg(notes_count(ns, 0, "READY=1") == 2 && notes_count(ns, 0, "STOPPING=1") == 1,
+		      "READY=1 twice and STOPPING=1 once:\n%s", notes_dump(ns));
+	stop_ok(pid, 0, log);
+
+	/* Only the master talks to systemd. */
+	for (unsigned i = 0; i < ns->n; i++)
+		ck_assert_msg(ns->list[i].pid == pid, "note %u came from pid %d, not the master %d:\n%s",
+			      i, (int)ns->list[i].pid, (int)pid, notes_dump(ns));
+	free(ns);
+}
+END_TEST
+
+START_TEST(notify_no_watchdog_unless_asked)
+{
+	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	struct notes *ns = calloc(1, sizeof(*ns));
+	pid_t pid;
+
+	ck_assert(ns);
+	pid = start_notified(ns, NULL, sock, log);
+	ck_assert_msg(notes_read(ns, "READY=1", WAIT_MS), "no READY=1:\n%s", notes_dump(ns));
+	wait_serving(pid, sock, log);
+	map_squares(sock, 10);
+	kill(pid, SIGTERM);
+	ck_assert_msg(notes_read(ns, "STOPPING=1", WAIT_MS), "no STOPPING=1:\n%s", notes_dump(ns));
+	stop_ok(pid, 0, log);
+	notes_read(ns, NULL, 100);
+	ck_assert_msg(notes_count(ns, 0, "WATCHDOG=1") == 0, "WATCHDOG=1 without WATCHDOG_USEC:\n%s",
+		      notes_dump(ns));
+	free(ns);
+}
+END_TEST
+
+/* Work for a while and count STATUS= lines: at most one per 250 ms. */
+START_TEST(notify_status_rate_limited)
+{
+	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	struct notes *ns = calloc(1, sizeof(*ns));
+	int64_t start, elapsed;
+	unsigned first, n_status;
+	pid_t pid;
+	mpool *c;
+
+	ck_assert(ns);
+	pid = start_notified(ns, "100000", sock, log);
+	ck_assert_msg(notes_read(ns, "READY=1", WAIT_MS), "no READY=1:\n%s", notes_dump(ns));
+	wait_serving(pid, sock, log);
+	notes_read(ns, NULL, 300);
+	first = ns->n;
+	ck_assert(mpool_connect(sock, &c) == 0);
+	start = now_ms();
+	while (now_ms() - start < 1500) {
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		mpool_value *v = NULL;
+
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		msgpack_pack_int(&pk, 3);
+		if (mpool_apply(c, "builtin.square", sb.data, sb.size, &v) != 0)
+			ck_abort_msg("apply: %s", mpool_errmsg(c));
+		mpool_value_free(v);
+		msgpack_sbuffer_destroy(&sb);
+		notes_read(ns, NULL, 0);
+	}
+	elapsed = now_ms() - start;
+	mpool_close(c);
+	notes_read(ns, NULL, 600);
+	n_status = notes_count(ns, first, "STATUS=");
+	/* Every 250 ms at most, plus one at each end of the window. */
+	ck_assert_msg(n_status >= 2 && n_status <= (unsigned)((elapsed + 600) / 250) + 2,
+		      "%u STATUS= lines in %lld ms:\n%s", n_status, (long long)elapsed + 600,
+		      notes_dump(ns));
+	stop_ok(pid, SIGTERM, log);
+	free(ns);
+}
+END_TEST
+
+/* ---- socket activation ------------------------------------------------------- */
+
+static const char *pass_env(const char *name, char *buf, size_t n)
+{
+	const char *v = getenv(name);
+
+	if (!v)
+		return NULL;
+	snprintf(buf, n, "%s=%s", name, v);
+	return buf;
+}
+
+START_TEST(activation_serves_a_map)
+{
+	const char *ssa = tool("systemd-socket-activate", "systemd");
+	const char *sock = path_in("act.sock"), *log = path_in("mpoold.log");
+	char asan[512], ubsan[512], *argv[16], *text;
+	struct spawn_opts o = { .out = log };
+	struct stat st;
+	int k = 0;
+	pid_t pid;
+
+	argv[k++] = (char *)ssa;
+	argv[k++] = "-l";
+	argv[k++] = (char *)sock;
+	/* systemd-socket-activate passes on only what -E names. */
+	if (pass_env("ASAN_OPTIONS", asan, sizeof(asan))) {
+		argv[k++] = "-E";
+		argv[k++] = asan;
+	}
+	if (pass_env("UBSAN_OPTIONS", ubsan, sizeof(ubsan))) {
+		argv[k++] = "-E";
+		argv[k++] = ubsan;
+	}
+	argv[k++] = (char *)mpoold();
+	argv[k++] = "--config";
+	argv[k++] = "/dev/null";
+	argv[k++] = "-w";
+	argv[k++] = "2";
+	argv[k++] = "-s";
+	argv[k++] = path_in("not-this.sock");   /* ignored: the passed socket wins */
+	argv[k] = NULL;
+	pid = spawn(argv, &o);
+	/* It listens at once and starts mpoold on the first connection. */
+	for (int64_t end = now_ms() + WAIT_MS; stat(sock, &st) < 0;) {
+		ck_assert_msg(now_ms() < end, "systemd-socket-activate did not create %s", sock);
+		tick();
+	}
+	map_squares(sock, 1000);
+	text = slurp(log);
+	ck_assert_msg(strstr(text, "socket activation: serving ") && strstr(text, sock),
+		      "log:\n%s", text);
+	free(text);
+	ck_assert_msg(stat(path_in("not-this.sock"), &st) < 0, "mpoold bound its own socket too");
+	stop_ok(pid, SIGTERM, log);
+	/* systemd owns the file of a passed socket: mpoold leaves it. */
+	ck_assert_msg(lstat(sock, &st) == 0 && S_ISSOCK(st.st_mode),
+		      "mpoold removed the socket systemd passed");
+}
+END_TEST
+
+START_TEST(activation_refuses_a_datagram_socket)
+{
+	const char *ssa = tool("systemd-socket-activate", "systemd");
+	const char *sock = path_in("dgram.sock"), *log = path_in("mpoold.log");
+	char *argv[] = { (char *)ssa, "--datagram", "-l", (char *)sock, (char *)mpoold(),
+			 "--config", "/dev/null", "-w", "1", NULL };
+	struct spawn_opts o = { .out = log };
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char how[64], *text;
+	struct stat st;
+	int fd, status;
+	pid_t pid;
+
+	pid = spawn(argv, &o);
+	for (int64_t end = now_ms() + WAIT_MS; stat(sock, &st) < 0;) {
+		ck_assert_msg(now_ms() < end, "systemd-socket-activate did not create %s", sock);
+		tick();
+	}
+	/* A datagram starts the service. */
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	ck_assert(fd >= 0);
+	ck_assert(sendto(fd, "x", 1, 0, (struct sockaddr *)&sa, sizeof(sa)) == 1);
+	close(fd);
+	status = wait_exit(pid, WAIT_MS, "mpoold");
+	text = slurp(log);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "mpoold %s:\n%s",
+		      describe(status, how, sizeof(how)), text);
+	ck_assert_msg(strstr(text, "not a listening Unix stream socket"), "log:\n%s", text);
+	free(text);
+}
+END_TEST
+
+/* ---- a socket mpoold binds itself ---------------------------------------------- */
+
+static pid_t start_plain(const char *sock, const char *log, const char *const *extra)
+{
+	char *argv[24];
+	struct spawn_opts o = { .out = log };
+	int k = 0;
+
+	argv[k++] = (char *)mpoold();
+	argv[k++] = "--config";
+	argv[k++] = "/dev/null";
+	argv[k++] = "-w";
+	argv[k++] = "1";
+	argv[k++] = "-s";
+	argv[k++] = (char *)sock;
+	for (; extra && *extra && k < 23; extra++)
+		argv[k++] = (char *)*extra;
+	argv[k] = NULL;
+	return spawn(argv, &o);
+}
+
+/* Runs an mpoold on sock that must fail with status want and say why; as
+ * user uid (0: ourselves) from the copy mpoold-copy, which that user can
+ * reach. */
+static void expect_refusal(const char *sock, int want, const char *why, uid_t uid)
+{
+	struct spawn_opts o = { .out = path_in("refused.log"), .uid = uid };
+	char *argv[] = { uid ? path_in("mpoold-copy") : (char *)mpoold(), "--config", "/dev/null",
+			 "-w", "1", "-s", (char *)sock, NULL };
+	char how[64], *text;
+	int status;
+
+	unlink(o.out);
+	status = wait_exit(spawn(argv, &o), WAIT_MS, "the refused mpoold");
+	text = slurp(o.out);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == want && strstr(text, why),
+		      "mpoold %s, wanted status %d and '%s':\n%s", describe(status, how, sizeof(how)),
+		      want, why, text);
+	free(text);
+}
+
+START_TEST(listen_replaces_stale_socket)
+{
+	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char *text;
+	int fd;
+	pid_t pid;
+
+	/* A socket file nobody listens on: what a SIGKILLed daemon leaves. */
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	close(fd);
+	ck_assert(connect_to(sock) < 0 && errno == ECONNREFUSED);
+	pid = start_plain(sock, log, NULL);
+	wait_serving(pid, sock, log);
+	text = slurp(log);
+	ck_assert_msg(strstr(text, "removed stale socket"), "log:\n%s", text);
+	free(text);
+	stop_ok(pid, SIGTERM, log);
+	/* Its own socket it removes on exit. */
+	ck_assert_msg(access(sock, F_OK) < 0, "mpoold left its socket behind");
+}
+END_TEST
+
+START_TEST(listen_refuses_second_daemon)
+{
+	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	pid_t pid = start_plain(sock, log, NULL);
+
+	wait_serving(pid, sock, log);
+	expect_refusal(sock, 1, "another mpoold is already serving", 0);
+	/* The first one is untouched and still serves. */
+	map_squares(sock, 10);
+	stop_ok(pid, SIGTERM, log);
+}
+END_TEST
+
+START_TEST(listen_never_removes_files_or_symlinks)
+{
+	const char *file = path_in("file"), *link = path_in("link");
+	struct stat st;
+
+	write_file(file, "precious\n");
+	ck_assert(symlink(file, link) == 0);
+	expect_refusal(file, 1, "exists and is a regular file; refusing", 0);
+	expect_refusal(link, 1, "exists and is a symbolic link; refusing", 0);
+	ck_assert(lstat(link, &st) == 0 && S_ISLNK(st.st_mode));
+	ck_assert(lstat(file, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 9);
+}
+END_TEST
+
+START_TEST(listen_long_path_and_unwritable_dir)
+{
+	char longp[200], *copy_argv[] = { "/bin/cp", (char *)mpoold(), path_in("mpoold-copy"), NULL };
+	const char *ro = path_in("ro");
+	uid_t uid = 0;
+	char *out;
+
+	memset(longp, 'a', sizeof(longp));
+	memcpy(longp, "/tmp/", 5);
+	longp[sizeof(longp) - 1] = '\0';
+	expect_refusal(longp, 2, "--socket: path too long (199 bytes, a socket path holds at most 107)",
+		       0);
+
+	/* A directory we may not write.  Root may write anywhere, so as root
+	 * the daemon runs as nobody, from a copy nobody can reach. */
+	ck_assert(mkdir(ro, 0755) == 0);
+	if (geteuid() == 0) {
+		ck_assert(chmod(base, 0755) == 0 && chmod(dir, 0755) == 0);
+		ck_assert(WIFEXITED(run(copy_argv, NULL, &out)));
+		free(out);
+		uid = 65534;
+	} else {
+		ck_assert(chmod(ro, 0555) == 0);
+	}
+	expect_refusal(path_in("ro/s.sock"), 1, "Permission denied (its directory must be writable",
+		       uid);
+	expect_refusal(path_in("ro/sub/s.sock"), 1, "cannot create directory", uid);
+}
+END_TEST
+
+START_TEST(listen_mode_and_group)
+{
+	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	gid_t gid = geteuid() == 0 ? 4242 : getgid();
+	char gids[16];
+	const char *extra[] = { "--socket-mode", "0640", "--socket-group", gids, NULL };
+	struct stat st;
+	pid_t pid;
+
+	snprintf(gids, sizeof(gids), "%u", (unsigned)gid);
+	pid = start_plain(sock, log, extra);
+	wait_serving(pid, sock, log);
+	ck_assert(lstat(sock, &st) == 0);
+	ck_assert_msg((st.st_mode & 07777) == 0640, "mode %o", (unsigned)(st.st_mode & 07777));
+	ck_assert_msg(st.st_gid == gid, "group %u, wanted %u", (unsigned)st.st_gid, (unsigned)gid);
+	stop_ok(pid, SIGTERM, log);
+}
+END_TEST
+
+/* ---- the units ------------------------------------------------------------------ */
+
+/* Copies the configured units into dir with ExecStart= naming the built
+ * mpoold (systemd-analyze wants the binary to exist). */
+static void copy_units(void)
+{
+	const char *units = env_or_fail("MPOOL_UNIT_DIR");
+	const char *names[] = { "mpoold.service", "mpoold.socket" };
+	char src[512];
+
+	for (int i = 0; i < 2; i++) {
+		char *text, *line, *save = NULL;
+		FILE *f;
+
+		snprintf(src, sizeof(src), "%s/%s", units, names[i]);
+		text = slurp(src);
+		ck_assert_msg(text[0], "cannot read %s", src);
+		f = fopen(path_in(names[i]), "we");
+		ck_assert(f);
+		for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+			if (strncmp(line, "ExecStart=", 10) == 0)
+				fprintf(f, "ExecStart=%s\n", mpoold());
+			else
+				fprintf(f, "%s\n", line);
+		}
+		fclose(f);
+		free(text);
+	}
+}
+
+/* A man tree with the built pages, for the Documentation= check. */
+static const char *man_tree(void)
+{
+	const char *built = env_or_fail("MPOOL_MAN_DIR");
+	const char *pages[] = { "mpoold.8", "mpoold.conf.5", "mpctl.1", "libmpool.3" };
+	char sub[256], src[512], dst[512];
+
+	for (int i = 0; i < 4; i++) {
+		const char *sec = strrchr(pages[i], '.') + 1;
+
+		snprintf(sub, sizeof(sub), "%s/man/man%s", dir, sec);
+		mkdir(path_in("man"), 0755);
+		mkdir(sub, 0755);
+		snprintf(src, sizeof(src), "%s/%s", built, pages[i]);
+		snprintf(dst, sizeof(dst), "%s/%s", sub, pages[i]);
+		ck_assert_msg(access(src, R_OK) == 0, "man page %s was not built (scdoc)", src);
+		ck_assert(symlink(src, dst) == 0);
+	}
+	return path_in("man");
+}
+
+START_TEST(units_verify)
+{
+	const char *sa = tool("systemd-analyze", "systemd");
+	static char manpath[300];
+	const char *env[] = { manpath, NULL };
+	char *argv[] = { (char *)sa, "verify", path_in("mpoold.service"), path_in("mpoold.socket"),
+			 NULL };
+	char how[64], *out;
+	int status;
+
+	copy_units();
+	snprintf(manpath, sizeof(manpath), "MANPATH=%s", man_tree());
+	status = run(argv, env, &out);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0 && !out[0],
+		      "systemd-analyze verify %s:\n%s", describe(status, how, sizeof(how)), out);
+	free(out);
+}
+END_TEST
+
+START_TEST(units_exposure)
+{
+	const char *sa = tool("systemd-analyze", "systemd");
+	char *argv[] = { (char *)sa, "security", "--offline=true", "--threshold=15",
+			 path_in("mpoold.service"), NULL };
+	char how[64], *out, *p;
+	double exposure;
+	int status;
+
+	copy_units();
+	status = run(argv, NULL, &out);
+	p = strstr(out, "Overall exposure level for mpoold.service: ");
+	ck_assert_msg(p && sscanf(p + strlen("Overall exposure level for mpoold.service: "), "%lf",
+				  &exposure) == 1, "no exposure level in:\n%s", out);
+	ck_assert_msg(exposure <= 1.5 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		      "exposure %.1f (%s), wanted 1.5 or lower:\n%s", exposure,
+		      describe(status, how, sizeof(how)), out);
+	free(out);
+}
+END_TEST
+
+/* The sysusers.d and tmpfiles.d entries, applied to an empty root: user and
+ * group mpool, and /run/mpool. */
+START_TEST(units_sysusers_and_tmpfiles)
+{
+	const char *src = env_or_fail("MPOOL_SYSTEMD_SRC");
+	const char *root = path_in("root");
+	char from[512], to[512], *out, *text, how[64];
+	char *sysusers[] = { (char *)tool("systemd-sysusers", "systemd"), NULL, NULL };
+	char *tmpfiles[] = { (char *)tool("systemd-tmpfiles", "systemd"), NULL, "--create", NULL };
+	char rootarg[300];
+	struct stat st;
+	int status;
+
+	snprintf(rootarg, sizeof(rootarg), "--root=%s", root);
+	sysusers[1] = rootarg;
+	tmpfiles[1] = rootarg;
+	for (const char *const *d = (const char *const[]){ "", "/etc", "/usr", "/usr/lib",
+	     "/usr/lib/sysusers.d", "/usr/lib/tmpfiles.d", NULL }; *d; d++) {
+		snprintf(to, sizeof(to), "%s%s", root, *d);
+		ck_assert(mkdir(to, 0755) == 0);
+	}
+	snprintf(from, sizeof(from), "%s/mpool.sysusers", src);
+	snprintf(to, sizeof(to), "%s/usr/lib/sysusers.d/mpool.conf", root);
+	text = slurp(from);
+	ck_assert_msg(text[0], "cannot read %s", from);
+	write_file(to, text);
+	free(text);
+	snprintf(from, sizeof(from), "%s/mpool.tmpfiles", src);
+	snprintf(to, sizeof(to), "%s/usr/lib/tmpfiles.d/mpool.conf", root);
+	text = slurp(from);
+	ck_assert_msg(text[0], "cannot read %s", from);
+	write_file(to, text);
+	free(text);
+
+	status = run(sysusers, NULL, &out);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "systemd-sysusers %s:\n%s",
+		      describe(status, how, sizeof(how)), out);
+	free(out);
+	snprintf(to, sizeof(to), "%s/etc/passwd", root);
+	text = slurp(to);
+	ck_assert_msg(strncmp(text, "mpool:", 6) == 0 && strstr(text, "nologin"), "passwd: %s", text);
+	free(text);
+	snprintf(to, sizeof(to), "%s/etc/group", root);
+	text = slurp(to);
+	ck_assert_msg(strncmp(text, "mpool:", 6) == 0, "group: %s", text);
+	free(text);
+
+	status = run(tmpfiles, NULL, &out);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "systemd-tmpfiles %s:\n%s",
+		      describe(status, how, sizeof(how)), out);
+	free(out);
+	snprintf(to, sizeof(to), "%s/run/mpool", root);
+	ck_assert_msg(stat(to, &st) == 0 && S_ISDIR(st.st_mode) && (st.st_mode & 07777) == 0755,
+		      "no /run/mpool 0755 under %s", root);
+}
+END_TEST
+
+static long unit_seconds(const char *text, const char *key)
+{
+	const char *p = strstr(text, key);
+	long v;
+
+	ck_assert_msg(p && sscanf(p + strlen(key), "%ld", &v) == 1, "no %s in the unit", key);
+	return v;
+}
+
+/* Lifecycle settings the issue fixes, and a stop timeout that leaves room
+ * for mpoold's own drain deadline plus its 2 s terminate grace, so systemd
+ * never SIGKILLs the master. */
+START_TEST(units_lifecycle)
+{
+	char src[512], *service, *socket, *argv[] = { (char *)mpoold(), "--config", "/dev/null",
+						       "--print-config", NULL }, *out, *p;
+	unsigned long drain_ms;
+	int status;
+
+	snprintf(src, sizeof(src), "%s/mpoold.service", env_or_fail("MPOOL_UNIT_DIR"));
+	service = slurp(src);
+	snprintf(src, sizeof(src), "%s/mpoold.socket", env_or_fail("MPOOL_UNIT_DIR"));
+	socket = slurp(src);
+	for (const char *const *k = (const char *const[]){ "\nType=notify\n",
+	     "\nNotifyAccess=main\n", "\nKillMode=mixed\n", "\nRestart=on-failure\n",
+	     "\nExecReload=/bin/kill -HUP $MAINPID\n", "\nWatchdogSec=", "\nUser=mpool\n",
+	     "\nRequires=mpoold.socket\n", NULL }; *k; k++)
+		ck_assert_msg(strstr(service, *k), "mpoold.service lacks %s", *k + 1);
+	for (const char *const *k = (const char *const[]){
+	     "\nListenStream=/run/mpool/mpoold.sock\n", "\nSocketMode=0660\n",
+	     "\nSocketGroup=mpool\n", NULL }; *k; k++)
+		ck_assert_msg(strstr(socket, *k), "mpoold.socket lacks %s", *k + 1);
+	status = run(argv, NULL, &out);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	p = strstr(out, "\ndrain-timeout = ");
+	ck_assert(p && sscanf(p, "\ndrain-timeout = %lu", &drain_ms) == 1);
+	ck_assert_msg(unit_seconds(service, "\nTimeoutStopSec=") * 1000 >= (long)drain_ms + 2000 + 5000,
+		      "TimeoutStopSec must exceed drain-timeout (%lu ms) + 2 s + a 5 s margin",
+		      drain_ms);
+	free(out);
+	free(service);
+	free(socket);
+}
+END_TEST
+
+static Suite *systemd_suite(void)
+{
+	Suite *s = suite_create("systemd");
+	TCase *tc;
+
+	tc = tcase_create("config");
+	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, config_errors_name_file_and_line);
+	tcase_add_test(tc, config_missing_file);
+	tcase_add_test(tc, config_command_line_wins);
+	tcase_add_test(tc, config_sample_documents_every_key);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("notify");
+	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, notify_sequence);
+	tcase_add_test(tc, notify_no_watchdog_unless_asked);
+	tcase_add_test(tc, notify_status_rate_limited);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("activation");
+	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, activation_serves_a_map);
+	tcase_add_test(tc, activation_refuses_a_datagram_socket);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("listen");
+	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, listen_replaces_stale_socket);
+	tcase_add_test(tc, listen_refuses_second_daemon);
+	tcase_add_test(tc, listen_never_removes_files_or_symlinks);
+	tcase_add_test(tc, listen_long_path_and_unwritable_dir);
+	tcase_add_test(tc, listen_mode_and_group);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("units");
+	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, units_verify);
+	tcase_add_test(tc, units_exposure);
+	tcase_add_test(tc, units_lifecycle);
+	tcase_add_test(tc, units_sysusers_and_tmpfiles);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(systemd_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
