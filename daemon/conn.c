@@ -1011,8 +1011,13 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
 			return;
 		}
 		if (n_conns >= cfg.max_clients) {
+			struct ucred who = { 0 };
+			socklen_t wl = sizeof(who);
+
+			(void)getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &who, &wl);
 			limit_hits[LIM_CLIENTS]++;
-			log_warn("refusing a client: %u clients connected (--max-clients)", n_conns);
+			log_warn("refusing client pid %d uid %u: %u clients connected (--max-clients)",
+				 (int)who.pid, (unsigned)who.uid, n_conns);
 			refuse(cfd, MPOOL_E_LIMIT, "too many clients connected (--max-clients)");
 			close(cfd);
 			continue;

@@ -540,6 +540,7 @@ void disp_schedule(void)
 {
 	struct worker *w;
 
+	master_status_changed();
 	while ((w = pool_idle())) {
 		struct job *job;
 		struct chunk ck;

@@ -585,6 +585,9 @@ static void worker_gone(struct worker *w, int status)
 		disp_chunk_lost(&ck, code, msg);
 	} else if (clean && w->retire != R_NONE) {
 		n_recycled[w->retire]++;
+		if (w->retire != R_DRAIN)
+			log_info("worker %d recycled (%s) after %llu tasks", (int)pid,
+				 retire_names[w->retire], (unsigned long long)w->tasks_done);
 	} else if (!terminating && !(clean && master_state() == MASTER_DRAINING)) {
 		n_died++;
 		if (st == W_STARTING)

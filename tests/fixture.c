@@ -381,6 +381,9 @@ void fx_start(struct fx *fx, const char *const *extra)
 	cur = fx;
 
 	argv[argc++] = bin;
+	/* An installed /etc/mpool/mpoold.conf must not change what a test sees. */
+	argv[argc++] = "--config";
+	argv[argc++] = "/dev/null";
 	argv[argc++] = "--socket";
 	argv[argc++] = fx->sock;
 	for (int i = 0; extra && extra[i]; i++) {
