@@ -372,39 +372,39 @@ static void deny(struct conn *c, uint64_t msgid, const char *method)
 		    (unsigned)c->uid);
 }
 
+static void pack_true(msgpack_packer *pk, const void *arg)
+{
+	(void)arg;
+	msgpack_pack_true(pk);
+}
+
 static void reply_true(struct conn *c, uint64_t msgid)
 {
-	msgpack_packer pk;
+	conn_reply(c, msgid, pack_true, NULL);
+}
 
-	conn_packer(c, &pk);
-	mp_pack_response_head(&pk, msgid);
-	msgpack_pack_nil(&pk);
-	msgpack_pack_true(&pk);
-	chan_flush(c->ch);
+static void pack_pong(msgpack_packer *pk, const void *arg)
+{
+	(void)arg;
+	mp_pack_cstr(pk, "pong");
+}
+
+static void pack_status(msgpack_packer *pk, const void *arg)
+{
+	(void)arg;
+	status_pack(pk);
 }
 
 static void m_ping(struct conn *c, const struct mp_msg *m, uint64_t arg)
 {
-	msgpack_packer pk;
-
 	(void)arg;
-	conn_packer(c, &pk);
-	mp_pack_response_head(&pk, m->msgid);
-	msgpack_pack_nil(&pk);
-	mp_pack_cstr(&pk, "pong");
-	chan_flush(c->ch);
+	conn_reply(c, m->msgid, pack_pong, NULL);
 }
 
 static void m_status(struct conn *c, const struct mp_msg *m, uint64_t arg)
 {
-	msgpack_packer pk;
-
 	(void)arg;
-	conn_packer(c, &pk);
-	mp_pack_response_head(&pk, m->msgid);
-	msgpack_pack_nil(&pk);
-	status_pack(&pk);
-	chan_flush(c->ch);
+	conn_reply(c, m->msgid, pack_status, NULL);
 }
 
 static void m_terminate(struct conn *c, const struct mp_msg *m, uint64_t arg)
