@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 int mp_default_socket_path(char *buf, size_t size)
@@ -19,4 +20,20 @@ int mp_default_socket_path(char *buf, size_t size)
 	else
 		n = snprintf(buf, size, "/tmp/mpool-%u/mpoold.sock", (unsigned)geteuid());
 	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
+}
+
+int mp_client_socket_path(char *buf, size_t size)
+{
+	static const char system_path[] = "/run/mpool/mpoold.sock";
+	const char *env = getenv("MPOOL_SOCKET");
+	int r = mp_default_socket_path(buf, size);
+
+	if (r < 0 || (env && *env) || geteuid() == 0)
+		return r;
+	if (access(buf, F_OK) < 0 && access(system_path, F_OK) == 0) {
+		if (size < sizeof(system_path))
+			return -ENAMETOOLONG;
+		memcpy(buf, system_path, sizeof(system_path));
+	}
+	return 0;
 }

@@ -9,4 +9,9 @@
 /* Writes the path into buf.  0, or -ENAMETOOLONG when it does not fit. */
 int mp_default_socket_path(char *buf, size_t size);
 
+/* The same rule for clients, with one fallback: a user who is not root and
+ * set no $MPOOL_SOCKET, whose own socket does not exist, reaches the system
+ * service at /run/mpool/mpoold.sock when that exists. */
+int mp_client_socket_path(char *buf, size_t size);
+
 #endif
