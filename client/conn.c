@@ -1,14 +1,20 @@
-/* conn: libmpool's connection: connect, send whole requests, cut the reply
- * stream into messages, and remember the last failure. */
+/* conn: libmpool's connection.  It owns the socket, the queue of bytes to
+ * send, the framer that cuts the reply stream into messages, and the table
+ * that routes each message to its call by msgid.  Everything that reads
+ * goes through mpc_step(); everything that waits through mpc_wait(); a lost
+ * stream goes through mpc_conn_fail(), which fails every open call once. */
 #include "libmpool-private.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mp_path.h"
@@ -21,7 +27,7 @@ int mpool_connect(const char *path, mpool **ret)
 		.max_depth = MP_DEPTH_MAX,
 	};
 	mpool *p;
-	int fd, e;
+	int fd = -1, e;
 
 	if (!ret)
 		return -MPOOL_E_INVAL;
@@ -45,8 +51,12 @@ int mpool_connect(const char *path, mpool **ret)
 		if (errno != EINTR)
 			goto fail;
 	}
+	/* Every wait is a poll(): the socket itself never blocks. */
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+		goto fail;
 	p->fd = fd;
 	p->next_msgid = 1;
+	p->watch_events = -1;
 	mp_frame_init(&p->frame, &lim);
 	*ret = p;
 	return 0;
@@ -59,11 +69,31 @@ fail:
 	return -MPOOL_E_SYS;
 }
 
+static void fail_all(mpool *p, int code, const char *msg, bool callbacks);
+
 void mpool_close(mpool *p)
 {
+	struct mpool_async *a, *next;
+
 	if (!p)
 		return;
+	/* A cancel_request still queued is worth a try; nothing waits. */
+	mpc_flush(p);
 	close(p->fd);
+	p->fd = -1;
+	p->dead = true;
+	p->dead_code = MPOOL_E_CLOSED;
+	fail_all(p, MPOOL_E_CLOSED, "the connection was closed before the answer came", false);
+	/* What is left is held by handles: they outlive p. */
+	for (a = p->calls; a; a = next) {
+		next = a->next;
+		mpc_feed_stop(a);
+		a->map.full = false;
+		a->p = NULL;
+		a->prev = a->next = NULL;
+	}
+	free(p->table.slot);
+	free(p->out.data);
 	mp_frame_free(&p->frame);
 	free(p);
 }
@@ -81,8 +111,6 @@ int mpc_err(mpool *p, int code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(p->errmsg, sizeof(p->errmsg), fmt, ap);
 	va_end(ap);
-	if (code == MPOOL_E_SYS || code == MPOOL_E_PROTO || code == MPOOL_E_CLOSED)
-		p->dead = true;
 	errno = e;
 	return -code;
 }
@@ -92,240 +120,674 @@ int mpc_usable(mpool *p)
 	static const char lost[] = "connection unusable after an earlier failure: ";
 	char why[MPC_ERRMSG_MAX];
 
-	if (p->in_callback)
-		return mpc_err(p, MPOOL_E_INVAL, "a map callback cannot use its own connection");
 	if (!p->dead)
 		return 0;
 	/* Keep the first cause in the message, once. */
 	if (strncmp(p->errmsg, lost, sizeof(lost) - 1) == 0)
 		return -MPOOL_E_CLOSED;
 	memcpy(why, p->errmsg, sizeof(why));
+	why[sizeof(why) - 1] = '\0';
 	return mpc_err(p, MPOOL_E_CLOSED, "%s%s", lost, why);
 }
 
-int mpc_req_start(mpool *p, struct mpc_req *rq, const char *method, uint32_t n_params)
+int mpc_can_block(mpool *p)
 {
-	msgpack_sbuffer_init(&rq->buf);
-	msgpack_packer_init(&rq->pk, &rq->buf, msgpack_sbuffer_write);
-	rq->msgid = p->next_msgid++;
-	if (mp_pack_request_head(&rq->pk, rq->msgid, method) < 0 ||
-	    msgpack_pack_array(&rq->pk, n_params) < 0)
-		return mpc_err(p, MPOOL_E_NOMEM, "out of memory packing a request");
+	if (p->depth == 0)
+		return 0;
+	return mpc_err(p, MPOOL_E_INVAL,
+		       "a libmpool callback cannot wait on or read its own connection");
+}
+
+/* ---- the msgid table --------------------------------------------------- */
+
+static size_t home(uint64_t msgid, size_t cap)
+{
+	/* msgids are sequential; an odd multiplier keeps them spread. */
+	return (size_t)(msgid * 0x9e3779b97f4a7c15ull) & (cap - 1);
+}
+
+static struct mpool_async *table_find(const struct mpc_table *t, uint64_t msgid)
+{
+	if (t->cap == 0)
+		return NULL;
+	for (size_t i = home(msgid, t->cap);; i = (i + 1) & (t->cap - 1)) {
+		struct mpool_async *a = t->slot[i];
+
+		if (!a || a->msgid == msgid)
+			return a;
+	}
+}
+
+static void table_insert(struct mpc_table *t, struct mpool_async *a)
+{
+	size_t i = home(a->msgid, t->cap);
+
+	while (t->slot[i])
+		i = (i + 1) & (t->cap - 1);
+	t->slot[i] = a;
+	t->n++;
+}
+
+static int table_put(struct mpc_table *t, struct mpool_async *a)
+{
+	if ((t->n + 1) * 2 > t->cap) {
+		struct mpc_table nt = { .cap = t->cap ? t->cap * 2 : 64 };
+
+		nt.slot = calloc(nt.cap, sizeof(*nt.slot));
+		if (!nt.slot)
+			return -1;
+		for (size_t i = 0; i < t->cap; i++)
+			if (t->slot[i])
+				table_insert(&nt, t->slot[i]);
+		free(t->slot);
+		*t = nt;
+	}
+	table_insert(t, a);
 	return 0;
 }
 
-int mpc_req_raw(mpool *p, struct mpc_req *rq, const void *bytes, size_t len)
+/* True when h lies in the cyclic range (i, j]. */
+static bool cyclic_between(size_t i, size_t h, size_t j)
 {
-	if (len > 0 && msgpack_sbuffer_write(&rq->buf, bytes, len) < 0)
-		return mpc_err(p, MPOOL_E_NOMEM, "out of memory packing a request");
+	return i <= j ? (i < h && h <= j) : (h > i || h <= j);
+}
+
+/* Removes a, then shifts the entries after it back so that every entry
+ * stays reachable from its home slot (no tombstones). */
+static void table_del(struct mpc_table *t, struct mpool_async *a)
+{
+	size_t mask = t->cap - 1, i = home(a->msgid, t->cap), j;
+
+	while (t->slot[i] != a)
+		i = (i + 1) & mask;
+	t->slot[i] = NULL;
+	t->n--;
+	for (j = (i + 1) & mask; t->slot[j]; j = (j + 1) & mask) {
+		if (cyclic_between(i, home(t->slot[j]->msgid, t->cap), j))
+			continue;
+		t->slot[i] = t->slot[j];
+		t->slot[j] = NULL;
+		i = j;
+	}
+}
+
+/* ---- calls ----------------------------------------------------------- */
+
+struct mpool_async *mpc_call_new(mpool *p, enum mpc_kind kind, size_t size)
+{
+	struct mpool_async *a = calloc(1, size);
+
+	if (!a)
+		return NULL;
+	a->p = p;
+	a->kind = kind;
+	a->msgid = p->next_msgid++;
+	a->owned = true;
+	a->is_iter = size == sizeof(struct mpool_iter);
+	a->next = p->calls;
+	if (p->calls)
+		p->calls->prev = a;
+	p->calls = a;
+	return a;
+}
+
+int mpc_call_open(struct mpool_async *a)
+{
+	if (table_put(&a->p->table, a) < 0)
+		return -MPOOL_E_NOMEM;
+	a->open = true;
 	return 0;
 }
 
-void mpc_req_done(struct mpc_req *rq)
+static void call_free(struct mpool_async *a)
 {
-	msgpack_sbuffer_destroy(&rq->buf);
-	msgpack_sbuffer_init(&rq->buf);
+	mpool *p = a->p;
+
+	if (a->kind == MPC_MAP)
+		mpc_map_free(a);
+	if (p) {
+		if (a->prev)
+			a->prev->next = a->next;
+		else
+			p->calls = a->next;
+		if (a->next)
+			a->next->prev = a->prev;
+	}
+	mpool_value_free(a->value);
+	free(a->errmsg);
+	free(a);
 }
 
-/* Describes a framing failure of the reply stream. */
-static int frame_err(mpool *p, int r)
+void mpc_call_maybe_free(struct mpool_async *a)
+{
+	if (!a->open && !a->owned && a->busy == 0)
+		call_free(a);
+}
+
+void mpc_call_release(struct mpool_async *a)
+{
+	a->owned = false;
+	mpc_call_maybe_free(a);
+}
+
+const msgpack_object *mpc_call_result(const struct mpool_async *a)
+{
+	return a->value ? mpool_value_get(a->value) : NULL;
+}
+
+void mpc_call_complete(struct mpool_async *a, int err, const char *msg)
+{
+	if (a->done)
+		return;
+	a->done = true;
+	a->err = err;
+	if (err < 0)
+		a->errmsg = strdup(msg && *msg ? msg : mpool_strerror(err));
+	if (a->kind == MPC_MAP)
+		mpc_feed_stop(a);
+	if (!a->p)
+		return;
+	if (err == 0 && a->cb)
+		MPC_CALLBACK(a, a->cb(a->ud, mpc_call_result(a)));
+	else if (err < 0 && a->ecb)
+		MPC_CALLBACK(a, a->ecb(a->ud, -err, a->errmsg ? a->errmsg : "out of memory"));
+}
+
+void mpc_call_fail(struct mpool_async *a, int code, const char *fmt, ...)
+{
+	char msg[MPC_ERRMSG_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	mpc_call_complete(a, -code, msg);
+}
+
+/* Fails every open call with code (callbacks: run theirs) and empties the
+ * table.  Calls stay marked open while they wait on the local list, so a
+ * callback that frees one cannot free it under this loop. */
+static void fail_all(mpool *p, int code, const char *msg, bool callbacks)
+{
+	struct mpool_async *list = NULL, *a;
+
+	for (size_t i = 0; i < p->table.cap; i++) {
+		a = p->table.slot[i];
+		if (!a)
+			continue;
+		a->fail_next = list;
+		list = a;
+		p->table.slot[i] = NULL;
+	}
+	p->table.n = 0;
+	while ((a = list)) {
+		list = a->fail_next;
+		a->open = false;
+		if (!callbacks)
+			a->cb = NULL, a->ecb = NULL;
+		mpc_call_complete(a, -code, msg);
+		mpc_call_maybe_free(a);
+	}
+}
+
+void mpc_conn_fail(mpool *p, int code, const char *fmt, ...)
+{
+	char msg[MPC_ERRMSG_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (p->dead)
+		return;
+	p->dead = true;
+	p->dead_code = code;
+	p->out.start = p->out.len = 0;
+	snprintf(p->errmsg, sizeof(p->errmsg), "%s", msg);
+	fail_all(p, code, msg, true);
+	/* Callbacks may have written errmsg: the cause wins. */
+	snprintf(p->errmsg, sizeof(p->errmsg), "%s", msg);
+}
+
+/* ---- output ---------------------------------------------------------- */
+
+static int out_reserve(struct mpc_out *o, size_t n)
+{
+	size_t cap;
+	uint8_t *d;
+
+	if (o->cap - o->len >= n)
+		return 0;
+	if (o->start > 0) {
+		memmove(o->data, o->data + o->start, o->len - o->start);
+		o->len -= o->start;
+		o->start = 0;
+		if (o->cap - o->len >= n)
+			return 0;
+	}
+	cap = o->cap ? o->cap : 4096;
+	while (cap - o->len < n) {
+		if (cap > SIZE_MAX / 2)
+			return -1;
+		cap *= 2;
+	}
+	d = realloc(o->data, cap);
+	if (!d)
+		return -1;
+	o->data = d;
+	o->cap = cap;
+	return 0;
+}
+
+int mpc_out_write(mpool *p, const void *buf, size_t len)
+{
+	if (len == 0)
+		return 0;
+	if (out_reserve(&p->out, len) < 0)
+		return -1;
+	memcpy(p->out.data + p->out.len, buf, len);
+	p->out.len += len;
+	return 0;
+}
+
+static int out_pack_write(void *data, const char *buf, size_t len)
+{
+	return mpc_out_write(data, buf, len);
+}
+
+void mpc_packer(mpool *p, msgpack_packer *pk)
+{
+	msgpack_packer_init(pk, p, out_pack_write);
+}
+
+/* Marks are lengths, not offsets: out_reserve may slide the data. */
+size_t mpc_out_mark(const mpool *p)
+{
+	return p->out.len - p->out.start;
+}
+
+void mpc_out_rollback(mpool *p, size_t mark)
+{
+	p->out.len = p->out.start + mark;
+}
+
+size_t mpc_out_pending(const mpool *p)
+{
+	return p->out.len - p->out.start;
+}
+
+void mpc_flush(mpool *p)
+{
+	struct mpc_out *o = &p->out;
+
+	if (p->dead || p->wclosed || p->fail_code)
+		return;
+	while (o->start < o->len) {
+		ssize_t n = send(p->fd, o->data + o->start, o->len - o->start,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n >= 0) {
+			o->start += (size_t)n;
+			continue;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN || errno == EWOULDBLOCK)
+			return;
+		if (errno == EPIPE || errno == ECONNRESET) {
+			/* The daemon may have said why in an "error"
+			 * notification: the next step reads it. */
+			p->wclosed = true;
+		} else {
+			p->fail_code = MPOOL_E_SYS;
+			snprintf(p->fail_msg, sizeof(p->fail_msg), "cannot send to mpoold: %s",
+				 strerror(errno));
+		}
+		o->start = o->len = 0;
+		return;
+	}
+	o->start = o->len = 0;
+	if (o->cap > MPC_OUT_KEEP) {
+		/* Give back what a large request took. */
+		free(o->data);
+		o->data = NULL;
+		o->cap = 0;
+	}
+}
+
+int mpc_pack_head(mpool *p, uint64_t msgid, const char *method, uint32_t n_params)
+{
+	msgpack_packer pk;
+
+	mpc_packer(p, &pk);
+	if (mp_pack_request_head(&pk, msgid, method) < 0 || msgpack_pack_array(&pk, n_params) < 0)
+		return -1;
+	return 0;
+}
+
+/* ---- input and routing ------------------------------------------------- */
+
+/* The msgid a result or credit notification starts with. */
+static int note_msgid(const struct mp_msg *m, uint64_t *ret)
+{
+	struct mp_cur c;
+	uint32_t n;
+
+	mp_cur_init(&c, m->body, m->body_len);
+	if (mp_read_array(&c, &n) < 0 || n < 1 || mp_read_u64(&c, ret) < 0)
+		return -1;
+	return 0;
+}
+
+static void route_response(mpool *p, const struct mp_msg *m)
+{
+	struct mpool_async *a = table_find(&p->table, m->msgid);
+
+	if (!a) {
+		mpc_conn_fail(p, MPOOL_E_PROTO, "mpoold answered msgid %llu, which is not open",
+			      (unsigned long long)m->msgid);
+		return;
+	}
+	table_del(&p->table, a);
+	a->open = false;
+	a->busy++;
+	if (a->kind == MPC_MAP)
+		mpc_map_response(p, a, m);
+	else
+		mpc_simple_response(p, a, m);
+	a->busy--;
+	mpc_call_maybe_free(a);
+}
+
+static void route_note(mpool *p, const struct mp_msg *m)
+{
+	bool result = mp_str_eq(m->method, m->method_len, "result");
+	bool credit = mp_str_eq(m->method, m->method_len, "credit");
+	struct mpool_async *a;
+	uint64_t msgid;
+
+	if (mp_str_eq(m->method, m->method_len, "error")) {
+		struct mp_cur c;
+		const char *msg;
+		uint32_t n, msg_len;
+		int64_t index;
+		int code;
+
+		mp_cur_init(&c, m->body, m->body_len);
+		if (mp_read_array(&c, &n) < 0 || n < 1 ||
+		    mp_read_error(&c, &code, &msg, &msg_len, &index) < 0 || code <= 0) {
+			mpc_conn_fail(p, MPOOL_E_PROTO, "mpoold sent a malformed error notification");
+			return;
+		}
+		mpc_conn_fail(p, code, "mpoold closed the connection: %.*s", (int)msg_len, msg);
+		return;
+	}
+	/* Notifications a later protocol may add are none of ours. */
+	if (!result && !credit)
+		return;
+	if (note_msgid(m, &msgid) < 0) {
+		mpc_conn_fail(p, MPOOL_E_PROTO, "mpoold sent a malformed %s notification",
+			      result ? "result" : "credit");
+		return;
+	}
+	a = table_find(&p->table, msgid);
+	if (!a || a->kind != MPC_MAP || (credit && !a->map.stream)) {
+		mpc_conn_fail(p, MPOOL_E_PROTO, "mpoold sent a %s notification for msgid %llu, %s",
+			      result ? "result" : "credit", (unsigned long long)msgid,
+			      !a ? "which is not open" : "which is no streamed map");
+		return;
+	}
+	a->busy++;
+	if (result)
+		mpc_map_result(p, a, m);
+	else
+		mpc_feed_credit(p, a, m);
+	a->busy--;
+	mpc_call_maybe_free(a);
+}
+
+static void route(mpool *p, const uint8_t *frame, size_t len)
+{
+	struct mp_msg m;
+	uint64_t id;
+	int id_ok;
+
+	if (mp_msg_parse(frame, len, &m, &id_ok, &id) < 0) {
+		mpc_conn_fail(p, MPOOL_E_PROTO, "mpoold sent a message that is not MessagePack-RPC");
+		return;
+	}
+	if (m.type == MP_REQUEST)
+		mpc_conn_fail(p, MPOOL_E_PROTO, "mpoold sent a request");
+	else if (m.type == MP_RESPONSE)
+		route_response(p, &m);
+	else
+		route_note(p, &m);
+}
+
+static void frame_fail(mpool *p, int r)
 {
 	switch (r) {
 	case -EMSGSIZE:
-		return mpc_err(p, MPOOL_E_PROTO, "mpoold sent a message larger than %zu bytes",
-			       MPC_MAX_FRAME);
+		mpc_conn_fail(p, MPOOL_E_PROTO, "mpoold sent a message larger than %zu bytes",
+			      MPC_MAX_FRAME);
+		break;
 	case -ELOOP:
-		return mpc_err(p, MPOOL_E_PROTO, "mpoold sent a message nested deeper than %d levels",
-			       MP_DEPTH_MAX);
+		mpc_conn_fail(p, MPOOL_E_PROTO, "mpoold sent a message nested deeper than %d levels",
+			      MP_DEPTH_MAX);
+		break;
 	default:
-		return mpc_err(p, MPOOL_E_PROTO, "mpoold sent bytes that are not MessagePack");
+		mpc_conn_fail(p, MPOOL_E_PROTO, "mpoold sent bytes that are not MessagePack");
 	}
 }
 
-/* Reads the envelope of a frame.  The daemon's "error" notification ends
- * the connection: its code and message become the call's failure. */
-static int parse_msg(mpool *p, const uint8_t *frame, size_t len, struct mp_msg *ret)
+bool mpc_ready(const struct mpool_async *a)
 {
-	struct mp_msg m;
-	struct mp_cur c;
-	const char *msg;
-	uint32_t n, msg_len;
-	int64_t index;
-	uint64_t id;
-	int id_ok, code;
-
-	if (mp_msg_parse(frame, len, &m, &id_ok, &id) < 0)
-		return mpc_err(p, MPOOL_E_PROTO, "mpoold sent a message that is not MessagePack-RPC");
-	if (m.type == MP_REQUEST)
-		return mpc_err(p, MPOOL_E_PROTO, "mpoold sent a request");
-	if (m.type == MP_NOTIFY && mp_str_eq(m.method, m.method_len, "error")) {
-		mp_cur_init(&c, m.body, m.body_len);
-		if (mp_read_array(&c, &n) < 0 || n < 1 ||
-		    mp_read_error(&c, &code, &msg, &msg_len, &index) < 0 || code <= 0)
-			return mpc_err(p, MPOOL_E_PROTO, "mpoold sent a malformed error notification");
-		p->dead = true;
-		return mpc_err(p, code, "mpoold closed the connection: %.*s", (int)msg_len, msg);
-	}
-	*ret = m;
-	return 0;
+	return a->done || (a->is_iter && mpc_iter_has(a));
 }
 
-/* After a failed send: the daemon may have said why it hung up (a request
- * past its frame or depth limit) in an "error" notification still waiting
- * in the socket.  Returns that failure, or 0 when there is none to read. */
-static int salvage_error(mpool *p)
+/* Whether routing may go on: not while an iterator is full, unless a wait
+ * needs an answer that may come after its results. */
+static bool may_route(const mpool *p, const struct mpool_async *until)
 {
+	return p->n_full == 0 || (until && !mpc_ready(until));
+}
+
+/* Routes the frames held and reads more, until EAGAIN, the budget, or
+ * may_route() says stop.  1 when bytes were read, 0 when not, -1 when the
+ * connection failed. */
+static int read_some(mpool *p, struct mpool_async *until, size_t budget, size_t *got,
+		     bool drain)
+{
+	bool any = false;
+
 	for (;;) {
 		const uint8_t *frame;
-		struct mp_msg m;
-		size_t room, len;
-		uint8_t *space;
+		size_t len;
 		ssize_t n;
 		int r;
 
-		while ((r = mp_frame_next(&p->frame, &frame, &len)) == 1) {
-			/* Only the daemon's own account is worth returning. */
-			r = parse_msg(p, frame, len, &m);
-			if (r < 0 && r != -MPOOL_E_PROTO)
-				return r;
-		}
-		if (r < 0)
-			return 0;
-		space = mp_frame_space(&p->frame, 4096, &room);
-		if (!space)
-			return 0;
-		n = recv(p->fd, space, room, MSG_DONTWAIT);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return 0;
-		mp_frame_commit(&p->frame, (size_t)n);
-	}
-}
-
-static int send_all(mpool *p, const char *buf, size_t len)
-{
-	while (len > 0) {
-		ssize_t n = send(p->fd, buf, len, MSG_NOSIGNAL);
-		int e, r;
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			e = errno;
-			if (e == EPIPE || e == ECONNRESET) {
-				r = salvage_error(p);
-				if (r < 0)
-					return r;
-				return mpc_err(p, MPOOL_E_CLOSED,
-					       "mpoold closed the connection while a request was sent");
+		while (drain || may_route(p, until)) {
+			r = mp_frame_next(&p->frame, &frame, &len);
+			if (r == 0)
+				break;
+			if (r < 0) {
+				frame_fail(p, r);
+				return -1;
 			}
-			errno = e;
-			return mpc_err(p, MPOOL_E_SYS, "cannot send to mpoold: %s", strerror(e));
+			route(p, frame, len);
+			if (p->dead)
+				return -1;
 		}
-		buf += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* Next message from the daemon, blocking until one is complete. */
-static int recv_msg(mpool *p, struct mp_msg *ret)
-{
-	const uint8_t *frame;
-	size_t len;
-	ssize_t n;
-	int r;
-
-	while ((r = mp_frame_next(&p->frame, &frame, &len)) == 0) {
+		if (!drain && (!may_route(p, until) || *got >= budget))
+			return any;
 		n = mp_frame_read(&p->frame, p->fd);
-		if (n > 0 || n == -EINTR)
+		if (n > 0) {
+			*got += (size_t)n;
+			any = true;
 			continue;
-		if (n == -ENOMEM) {
-			/* The reply cannot be read, so the stream is lost. */
-			p->dead = true;
-			return mpc_err(p, MPOOL_E_NOMEM, "out of memory reading from mpoold");
 		}
-		if (n == 0 || n == -ECONNRESET)
-			return mpc_err(p, MPOOL_E_CLOSED, "mpoold closed the connection%s",
-				       mp_frame_pending(&p->frame) ? " in the middle of a message" : "");
-		errno = (int)-n;
-		return mpc_err(p, MPOOL_E_SYS, "cannot read from mpoold: %s", strerror(errno));
+		if (n == -EINTR)
+			continue;
+		if (n == -EAGAIN || n == -EWOULDBLOCK)
+			return any;
+		if (drain)
+			return -1;    /* the caller says why */
+		if (n == -ENOMEM)
+			mpc_conn_fail(p, MPOOL_E_NOMEM, "out of memory reading from mpoold");
+		else if (n == 0 || n == -ECONNRESET)
+			mpc_conn_fail(p, MPOOL_E_CLOSED, "mpoold closed the connection%s",
+				      mp_frame_pending(&p->frame) ? " in the middle of a message" : "");
+		else
+			mpc_conn_fail(p, MPOOL_E_SYS, "cannot read from mpoold: %s",
+				      strerror((int)-n));
+		return -1;
 	}
-	if (r < 0)
-		return frame_err(p, r);
-	return parse_msg(p, frame, len, ret);
 }
 
-/* The failure a response reports, or 0 when its error is nil. */
-static int resp_error(mpool *p, const struct mp_msg *m)
+/* A send failed earlier: route what the daemon still sent (it may explain
+ * itself in an "error" notification), then fail the connection. */
+static void apply_broken(mpool *p)
 {
-	struct mp_cur c;
-	const char *msg;
-	uint32_t msg_len;
-	int64_t index;
-	int code;
+	size_t got = 0;
 
-	mp_cur_init(&c, m->error, m->error_len);
-	if (mp_read_nil(&c) == 0)
-		return 0;
-	if (mp_read_error(&c, &code, &msg, &msg_len, &index) < 0 || code <= 0)
-		return mpc_err(p, MPOOL_E_PROTO, "mpoold sent a malformed error object");
-	return mpc_err(p, code, "%.*s", (int)msg_len, msg);
+	if (p->wclosed) {
+		read_some(p, NULL, SIZE_MAX, &got, true);
+		if (!p->dead)
+			mpc_conn_fail(p, MPOOL_E_CLOSED,
+				      "mpoold closed the connection while a request was sent");
+	} else {
+		mpc_conn_fail(p, p->fail_code, "%s", p->fail_msg);
+	}
 }
 
-int mpc_req_call(mpool *p, struct mpc_req *rq, mpc_note_fn on_note, void *userdata,
-		 struct mp_msg *ret_resp)
+int mpc_step(mpool *p, struct mpool_async *until, size_t budget)
 {
-	struct mp_msg m;
+	size_t got = 0;
 	int r;
 
-	r = send_all(p, rq->buf.data, rq->buf.size);
-	/* Requests can be large: do not hold the copy while results stream. */
-	mpc_req_done(rq);
-	if (r < 0)
-		return r;
-	for (;;) {
-		r = recv_msg(p, &m);
-		if (r < 0)
-			return r;
-		if (m.type == MP_RESPONSE)
+	while (!p->dead) {
+		mpc_flush(p);
+		while (mpc_feed_pump(p))
+			mpc_flush(p);
+		if (p->wclosed || p->fail_code) {
+			apply_broken(p);
 			break;
-		if (!on_note)
-			return mpc_err(p, MPOOL_E_PROTO, "mpoold sent an unexpected \"%.*s\" notification",
-				       (int)m.method_len, m.method);
-		r = on_note(p, userdata, &m);
-		if (r < 0)
-			return r;
+		}
+		r = read_some(p, until, budget, &got, false);
+		/* New credit may let a producer go on. */
+		if (r <= 0 || got >= budget)
+			break;
 	}
-	if (m.msgid != rq->msgid)
-		return mpc_err(p, MPOOL_E_PROTO, "mpoold answered msgid %llu while %llu was open",
-			       (unsigned long long)m.msgid, (unsigned long long)rq->msgid);
-	r = resp_error(p, &m);
+	if (!p->dead) {
+		mpc_flush(p);
+		if (p->wclosed || p->fail_code)
+			apply_broken(p);
+	}
+	mpc_watch_update(p);
+	return p->dead ? -p->dead_code : 0;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int mpc_wait(struct mpool_async *a, int timeout_ms)
+{
+	mpool *p = a->p;
+	int64_t deadline = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
+
+	for (;;) {
+		struct pollfd pfd;
+		int left = -1;
+
+		if (mpc_ready(a) || !p || p->dead)
+			return 1;
+		if (p->depth > 0)
+			return 0;     /* a callback may only look */
+		mpc_step(p, a, MPC_PROCESS_BUDGET);
+		if (mpc_ready(a) || p->dead)
+			return 1;
+		if (timeout_ms == 0)
+			return 0;
+		if (timeout_ms > 0) {
+			int64_t rest = deadline - now_ms();
+
+			if (rest <= 0)
+				return 0;
+			left = rest > INT32_MAX ? INT32_MAX : (int)rest;
+		}
+		pfd.fd = p->fd;
+		pfd.events = POLLIN;
+		if (mpc_out_pending(p) > 0)
+			pfd.events |= POLLOUT;
+		pfd.revents = 0;
+		if (poll(&pfd, 1, left) < 0 && errno != EINTR) {
+			mpc_conn_fail(p, MPOOL_E_SYS, "cannot poll the connection to mpoold: %s",
+				      strerror(errno));
+			return 1;
+		}
+	}
+}
+
+/* ---- the event-loop interface ------------------------------------------ */
+
+int mpool_fd(const mpool *p)
+{
+	return p ? p->fd : -1;
+}
+
+int mpool_events(const mpool *p)
+{
+	int ev = 0;
+
+	if (!p || p->dead)
+		return 0;
+	if (p->wclosed || p->fail_code)
+		return MPOOL_EV_READ | MPOOL_EV_WRITE;   /* process() must run soon */
+	if (mpc_out_pending(p) > 0)
+		ev |= MPOOL_EV_WRITE;
+	if (p->n_full == 0)
+		ev |= MPOOL_EV_READ;
+	return ev;
+}
+
+void mpc_watch_update(mpool *p)
+{
+	int ev;
+
+	if (!p->watch)
+		return;
+	ev = mpool_events(p);
+	if (ev == p->watch_events)
+		return;
+	p->watch_events = ev;
+	p->watch(p->watch_ud, ev);
+}
+
+void mpool_set_watch(mpool *p, mpool_watch_cb cb, void *userdata)
+{
+	if (!p)
+		return;
+	p->watch = cb;
+	p->watch_ud = userdata;
+	p->watch_events = -1;
+	mpc_watch_update(p);
+}
+
+int mpool_process(mpool *p)
+{
+	int r;
+
+	if (!p)
+		return -MPOOL_E_INVAL;
+	if (p->depth > 0)
+		return mpc_err(p, MPOOL_E_INVAL, "mpool_process cannot run inside a libmpool callback");
+	r = mpc_usable(p);
 	if (r < 0)
 		return r;
-	*ret_resp = m;
-	return 0;
-}
-
-uint32_t mpc_opts_count(const struct mpc_opts *o)
-{
-	return (o->chunksize != 0) + (o->unordered != 0) + (o->timeout_ms != 0) +
-	       (o->retries != 0);
-}
-
-/* Only what differs from the daemon's defaults goes on the wire. */
-int mpc_opts_pack(msgpack_packer *pk, const struct mpc_opts *o)
-{
-	int r = msgpack_pack_map(pk, mpc_opts_count(o));
-
-	if (o->chunksize)
-		r |= mp_pack_cstr(pk, "chunksize") | msgpack_pack_uint32(pk, o->chunksize);
-	if (o->unordered)
-		r |= mp_pack_cstr(pk, "ordered") | msgpack_pack_false(pk);
-	if (o->timeout_ms)
-		r |= mp_pack_cstr(pk, "timeout_ms") | msgpack_pack_uint32(pk, o->timeout_ms);
-	if (o->retries)
-		r |= mp_pack_cstr(pk, "retries") | msgpack_pack_uint32(pk, o->retries);
-	return r ? -1 : 0;
+	return mpc_step(p, NULL, MPC_PROCESS_BUDGET);
 }

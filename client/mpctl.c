@@ -1,6 +1,8 @@
 /* mpctl: the command line for mpoold.  Each command reads and checks all of
- * its input before it connects, so a mistake sends nothing; results go to
- * stdout as one compact JSON value per line, everything else to stderr. */
+ * its arguments before it connects, so a mistake sends nothing; only map
+ * over stdin streams its input, reading lines as mpoold grants credit, so a
+ * bad line stops the map where it is.  Results go to stdout as one compact
+ * JSON value per line, everything else to stderr. */
 #include <errno.h>
 #include <getopt.h>
 #include <time.h>
@@ -35,9 +37,10 @@ static const char usage_text[] =
 	"  ping                   check that mpoold answers\n"
 	"  apply [--timeout MS] [--retries N] FN JSON\n"
 	"                         run FN (MODULE.FUNCTION) on one argument\n"
-	"  map [--chunksize N] [--unordered] [--timeout MS] [--retries N] FN [JSON...]\n"
-	"                         run FN on every argument; with none, on one JSON\n"
-	"                         value per line of stdin (blank lines skipped)\n"
+	"  map [--chunksize N] [--unordered] [--star] [--timeout MS] [--retries N]\n"
+	"      FN [JSON...]       run FN on every argument; with none, on one JSON\n"
+	"                         value per line of stdin (blank lines skipped),\n"
+	"                         read as the map goes: memory stays bounded\n"
 	"  terminate [--job ID | --worker PID]\n"
 	"                         kill the workers and stop mpoold at once; or\n"
 	"                         cancel one job (its client gets an error); or\n"
@@ -48,6 +51,9 @@ static const char usage_text[] =
 	"--timeout: per-item deadline; a worker past it is killed (timeout error).\n"
 	"--retries: rerun items lost to a worker's death or a timeout elsewhere,\n"
 	"           up to N times (only for tasks that are safe to run twice).\n"
+	"--star:    each value is an array of arguments (Pool.starmap); anything\n"
+	"           else is refused, with its line or argument number.\n"
+	"--unordered: print results as they finish (Pool.imap_unordered).\n"
 	"\n"
 	"Options:\n"
 	"  -s, --socket PATH      mpoold's socket (default: $MPOOL_SOCKET, else\n"
@@ -405,10 +411,11 @@ static int cmd_jobs(const char *sock, int argc, char **argv)
 	return show_status(sock, argc, argv, CTL_SHOW_JOBS, "jobs", false);
 }
 
-/* Parses one JSON text and appends it to pk.  0, CTL_EXIT_USAGE after
- * saying what is wrong (where names the place), or CTL_EXIT_FAILED when out
- * of memory. */
-static int pack_json(msgpack_packer *pk, const char *text, size_t len, const char *where)
+/* Parses one JSON text and appends it to pk; with star it must be an
+ * array (of arguments).  0, CTL_EXIT_USAGE after saying what is wrong
+ * (where names the place), or CTL_EXIT_FAILED when out of memory. */
+static int pack_json_item(msgpack_packer *pk, const char *text, size_t len, const char *where,
+			  bool star)
 {
 	json_error_t err;
 	json_t *v = json_loadb(text, len, JSON_IN_FLAGS, &err);
@@ -418,6 +425,11 @@ static int pack_json(msgpack_packer *pk, const char *text, size_t len, const cha
 		fprintf(stderr, "mpctl: %s: invalid JSON: %s\n", where, err.text);
 		return CTL_EXIT_USAGE;
 	}
+	if (star && !json_is_array(v)) {
+		fprintf(stderr, "mpctl: %s: --star needs an array of arguments\n", where);
+		json_decref(v);
+		return CTL_EXIT_USAGE;
+	}
 	r = mjson_pack(v, pk);
 	json_decref(v);
 	if (r < 0) {
@@ -425,6 +437,11 @@ static int pack_json(msgpack_packer *pk, const char *text, size_t len, const cha
 		return CTL_EXIT_FAILED;
 	}
 	return 0;
+}
+
+static int pack_json(msgpack_packer *pk, const char *text, size_t len, const char *where)
+{
+	return pack_json_item(pk, text, len, where, false);
 }
 
 static int cmd_apply(const char *sock, int argc, char **argv)
@@ -487,83 +504,78 @@ static int cmd_apply(const char *sock, int argc, char **argv)
 	return finish(r);
 }
 
-/* Packs one JSON value per line of stdin, skipping blank lines. */
-static int read_stdin_items(msgpack_packer *pk, uint64_t *ret_n)
+/* The producer of a streamed map over stdin: one JSON value per line,
+ * blank lines skipped, read only as mpoold grants credit. */
+struct line_src {
+	bool star;
+	unsigned long long lineno;
+	char *line;
+	size_t cap;
+	int fail;       /* the exit code, once the input stopped the map */
+};
+
+static int produce_line(void *userdata, msgpack_packer *pk)
 {
-	char *line = NULL, where[48];
-	unsigned long long lineno = 0;
-	size_t cap = 0;
-	uint64_t n = 0;
+	struct line_src *src = userdata;
+	char where[48];
 	ssize_t len;
-	int r = 0;
+	int r;
 
 	for (;;) {
 		errno = 0;
-		len = getline(&line, &cap, stdin);
-		if (len < 0)
+		len = getline(&src->line, &src->cap, stdin);
+		if (len < 0) {
+			if (!ferror(stdin) && errno != ENOMEM)
+				return 0;
+			fprintf(stderr, "mpctl: cannot read stdin: %s\n", strerror(errno));
+			src->fail = CTL_EXIT_FAILED;
+			return -MPOOL_E_SYS;
+		}
+		src->lineno++;
+		if (strspn(src->line, " \t\r\n\f\v") < (size_t)len)
 			break;
-		lineno++;
-		if (strspn(line, " \t\r\n\f\v") == (size_t)len)
-			continue;
-		snprintf(where, sizeof(where), "line %llu", lineno);
-		r = pack_json(pk, line, (size_t)len, where);
-		if (r)
-			break;
-		n++;
 	}
-	if (r == 0 && (ferror(stdin) || errno == ENOMEM)) {
-		fprintf(stderr, "mpctl: cannot read stdin: %s\n", strerror(errno));
-		r = CTL_EXIT_FAILED;
+	snprintf(where, sizeof(where), "line %llu", src->lineno);
+	r = pack_json_item(pk, src->line, (size_t)len, where, src->star);
+	if (r) {
+		src->fail = r;
+		return r == CTL_EXIT_USAGE ? -MPOOL_E_INVAL : -MPOOL_E_NOMEM;
 	}
-	free(line);
-	*ret_n = n;
-	return r;
+	return 1;
 }
 
-struct map_out {
-	bool failed;    /* some item failed */
-	bool broken;    /* a result could not be printed */
-};
-
-static const struct mpool_item_error *find_error(const struct mpool_item_error *errs,
-						 size_t n_errs, uint64_t index)
+/* Prints results as the iterator yields them: results on stdout, failed
+ * items on stderr.  stdout is flushed whenever the next result is not
+ * there yet, so output streams without a write per line. */
+static int print_results(mpool *p, mpool_iter *it, const struct line_src *src)
 {
-	for (size_t i = 0; i < n_errs; i++)
-		if (errs[i].index == index)
-			return &errs[i];
-	return NULL;
-}
+	struct mpool_item item;
+	bool failed = false, broken = false;
+	int r;
 
-/* Prints a chunk as it arrives: results on stdout, failed items on stderr. */
-static void on_chunk(void *userdata, uint64_t first, const msgpack_object *results,
-		     const struct mpool_item_error *errs, size_t n_errs)
-{
-	struct map_out *out = userdata;
-	uint32_t n = results->via.array.size;
-	const struct mpool_item_error **by_item = NULL;
-
-	/* Errors may come in any order: index them by item once, so a chunk
-	 * of many failures costs no quadratic search (falls back to one when
-	 * there is no memory for the index). */
-	if (n_errs > 1)
-		by_item = calloc(n, sizeof(*by_item));
-	for (size_t i = 0; by_item && i < n_errs; i++)
-		by_item[errs[i].index - first] = &errs[i];
-	for (uint32_t i = 0; i < n; i++) {
-		const struct mpool_item_error *e = NULL;
-
-		if (n_errs > 0)
-			e = by_item ? by_item[i] : find_error(errs, n_errs, first + i);
-		if (e) {
-			fprintf(stderr, "mpctl: item %llu: %s: %s\n", (unsigned long long)e->index,
-				mpool_strerror(e->code), e->message);
-			out->failed = true;
-		} else if (mjson_print(stdout, &results->via.array.ptr[i]) < 0) {
-			out->broken = true;
+	for (;;) {
+		r = mpool_iter_next(it, 0, &item);
+		if (r == -MPOOL_E_TIMEOUT) {
+			fflush(stdout);
+			r = mpool_iter_next(it, -1, &item);
+		}
+		if (r != 1)
+			break;
+		if (item.code) {
+			fprintf(stderr, "mpctl: item %llu: %s: %s\n", (unsigned long long)item.index,
+				mpool_strerror(item.code), item.message);
+			failed = true;
+		} else if (mjson_print(stdout, item.result) < 0) {
+			broken = true;
 		}
 	}
-	free(by_item);
-	fflush(stdout);
+	if (broken)
+		fprintf(stderr, "mpctl: some results could not be printed\n");
+	if (src && src->fail)
+		return src->fail;    /* the input stopped the map; it said why */
+	if (r < 0)
+		return report(p, "map", r);
+	return failed || broken ? CTL_EXIT_FAILED : CTL_EXIT_OK;
 }
 
 static int cmd_map(const char *sock, int argc, char **argv)
@@ -571,15 +583,17 @@ static int cmd_map(const char *sock, int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "chunksize", required_argument, NULL, 'c' },
 		{ "unordered", no_argument, NULL, 'u' },
+		{ "star", no_argument, NULL, 'S' },
 		{ "timeout", required_argument, NULL, 't' },
 		{ "retries", required_argument, NULL, 'r' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct mpool_map_opts opts = { 0 };
-	struct map_out out = { false, false };
+	struct line_src src = { 0 };
 	msgpack_sbuffer buf;
 	msgpack_packer pk;
+	mpool_iter *it = NULL;
 	uint64_t n = 0;
 	const char *fn;
 	mpool *p;
@@ -603,6 +617,9 @@ static int cmd_map(const char *sock, int argc, char **argv)
 		case 'u':
 			opts.unordered = 1;
 			break;
+		case 'S':
+			src.star = true;
+			break;
 		case 't':
 			if (parse_u32_opt("timeout", optarg, 86400000, &opts.timeout_ms) < 0)
 				return CTL_EXIT_USAGE;
@@ -622,19 +639,14 @@ static int cmd_map(const char *sock, int argc, char **argv)
 		return usage_error("map needs a function");
 	fn = argv[optind++];
 
-	/* The protocol takes a map's items in one request, so all of the
-	 * input is read before anything is sent. */
+	/* Arguments are all checked before anything is sent. */
 	msgpack_sbuffer_init(&buf);
 	msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
-	if (optind == argc) {
-		r = read_stdin_items(&pk, &n);
-	} else {
-		for (; optind < argc && r == 0; optind++, n++) {
-			char where[32];
+	for (; optind < argc && r == 0; optind++, n++) {
+		char where[32];
 
-			snprintf(where, sizeof(where), "argument %llu", (unsigned long long)n + 1);
-			r = pack_json(&pk, argv[optind], strlen(argv[optind]), where);
-		}
+		snprintf(where, sizeof(where), "argument %llu", (unsigned long long)n + 1);
+		r = pack_json_item(&pk, argv[optind], strlen(argv[optind]), where, src.star);
 	}
 	if (r) {
 		msgpack_sbuffer_destroy(&buf);
@@ -645,14 +657,18 @@ static int cmd_map(const char *sock, int argc, char **argv)
 		msgpack_sbuffer_destroy(&buf);
 		return CTL_EXIT_CONN;
 	}
-	r = mpool_map(p, fn, buf.data, buf.size, n, &opts, on_chunk, &out, NULL);
+	/* stdin streams: lines are read as mpoold asks for items. */
+	if (n == 0)
+		r = mpool_imap_stream(p, fn, produce_line, &src, &opts, &it);
+	else
+		r = mpool_imap(p, fn, buf.data, buf.size, n, &opts, &it);
 	msgpack_sbuffer_destroy(&buf);
 	if (r < 0)
 		r = report(p, "map", r);
-	else if (out.failed || out.broken)
-		r = CTL_EXIT_FAILED;
-	if (out.broken)
-		fprintf(stderr, "mpctl: some results could not be printed\n");
+	else
+		r = print_results(p, it, n == 0 ? &src : NULL);
+	mpool_iter_free(it);
+	free(src.line);
 	mpool_close(p);
 	return finish(r);
 }

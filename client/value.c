@@ -56,8 +56,7 @@ static void zone_free(void *zone)
 	msgpack_zone_free(zone);
 }
 
-int mpc_decode(mpool *p, msgpack_zone *zone, const uint8_t *bytes, size_t len,
-	       msgpack_object *ret)
+int mpc_decode(msgpack_zone *zone, const uint8_t *bytes, size_t len, msgpack_object *ret)
 {
 	msgpack_unpacked up;
 	size_t off = 0;
@@ -66,25 +65,25 @@ int mpc_decode(mpool *p, msgpack_zone *zone, const uint8_t *bytes, size_t len,
 
 	copy = msgpack_zone_malloc(zone, len ? len : 1);
 	if (!copy)
-		return mpc_err(p, MPOOL_E_NOMEM, "out of memory decoding a result");
+		return -MPOOL_E_NOMEM;
 	memcpy(copy, bytes, len);
 	msgpack_unpacked_init(&up);
 	r = msgpack_unpack_next(&up, copy, len, &off);
 	if (r == MSGPACK_UNPACK_NOMEM_ERROR) {
 		msgpack_unpacked_destroy(&up);
-		return mpc_err(p, MPOOL_E_NOMEM, "out of memory decoding a result");
+		return -MPOOL_E_NOMEM;
 	}
 	if (r != MSGPACK_UNPACK_SUCCESS || off != len) {
 		/* mp_frame already checked structure and depth: this is a
 		 * decoder limit the scanner does not know of. */
 		msgpack_unpacked_destroy(&up);
-		return mpc_err(p, MPOOL_E_PROTO, "mpoold sent a value msgpack-c cannot decode");
+		return -MPOOL_E_PROTO;
 	}
 	/* The decoder makes its zone only when the value needs one. */
 	if (up.zone) {
 		if (!msgpack_zone_push_finalizer(zone, zone_free, up.zone)) {
 			msgpack_unpacked_destroy(&up);
-			return mpc_err(p, MPOOL_E_NOMEM, "out of memory decoding a result");
+			return -MPOOL_E_NOMEM;
 		}
 		msgpack_unpacked_release_zone(&up);
 	}
@@ -92,14 +91,14 @@ int mpc_decode(mpool *p, msgpack_zone *zone, const uint8_t *bytes, size_t len,
 	return 0;
 }
 
-int mpc_value_decode(mpool *p, const uint8_t *bytes, size_t len, mpool_value **ret)
+int mpc_value_decode(const uint8_t *bytes, size_t len, mpool_value **ret)
 {
 	mpool_value *v = mpc_value_new();
 	int r;
 
 	if (!v)
-		return mpc_err(p, MPOOL_E_NOMEM, "out of memory decoding a result");
-	r = mpc_decode(p, v->zone, bytes, len, &v->obj);
+		return -MPOOL_E_NOMEM;
+	r = mpc_decode(v->zone, bytes, len, &v->obj);
 	if (r < 0) {
 		mpool_value_free(v);
 		return r;
@@ -108,7 +107,14 @@ int mpc_value_decode(mpool *p, const uint8_t *bytes, size_t len, mpool_value **r
 	return 0;
 }
 
-int mpc_check_values(mpool *p, const char *what, const void *bytes, size_t len, uint64_t n)
+/* An array's first byte: fixarray, array16, array32. */
+static bool is_array(uint8_t b)
+{
+	return (b & 0xf0) == 0x90 || b == 0xdc || b == 0xdd;
+}
+
+int mpc_check_values(mpool *p, const char *what, const void *bytes, size_t len, uint64_t n,
+		     bool star)
 {
 	const uint8_t *b = bytes;
 	size_t off = 0, one;
@@ -120,6 +126,9 @@ int mpc_check_values(mpool *p, const char *what, const void *bytes, size_t len, 
 	for (i = 0; i < n; i++) {
 		r = mp_scan_one(b + off, len - off, MP_ITEM_DEPTH_MAX, &one);
 		if (r == 1) {
+			if (star && !is_array(b[off]))
+				return mpc_err(p, MPOOL_E_INVAL, "%s: value %llu is not an array of arguments",
+					       what, (unsigned long long)i);
 			off += one;
 			continue;
 		}

@@ -7,18 +7,84 @@
  *   -MPOOL_E_SYS errno is preserved too.
  * - Out-parameters (ret_*) are written only on success.
  * - Objects returned through ret_* belong to the caller and are released with
- *   the matching _free(); every _free() accepts NULL.
+ *   the matching _free(); every _free() accepts NULL.  Pointers returned as
+ *   const (results, messages) are borrowed: the comment says how long they
+ *   stay valid.
  * - Values cross the API as MessagePack: arguments and items are encoded
  *   bytes (pack them with msgpack-c's msgpack_packer); results come back as
- *   msgpack_object trees owned by an mpool_value.
- * - A connection is not thread-safe: use one per thread, or lock around it.
- *   libmpool installs no signal handlers and never raises SIGPIPE.
- * - Calls block until the daemon answers; the daemon answers every request,
- *   with an error if the work cannot be done.  A connection that saw
- *   -MPOOL_E_SYS, -MPOOL_E_PROTO or -MPOOL_E_CLOSED is unusable: close it.
- *   So is one the daemon dropped with an "error" notification (a frame past
- *   its limits, for instance); that call returns the daemon's code (such as
- *   -MPOOL_E_LIMIT) and every later call on it -MPOOL_E_CLOSED. */
+ *   msgpack_object trees owned by an mpool_value or by a handle.
+ * - Timeouts are in milliseconds: a negative timeout waits as long as it
+ *   takes, 0 does not wait at all.
+ *
+ * Threads, signals, global state
+ * - A connection and everything made from it (handles, iterators, values)
+ *   belong to one thread at a time: use one connection per thread, or lock
+ *   around every call that names the connection or one of its handles.
+ *   Different connections share nothing: libmpool has no global state.
+ * - libmpool installs no signal handlers, never raises SIGPIPE (it sends
+ *   with MSG_NOSIGNAL) and starts no threads.  A signal that interrupts a
+ *   wait does not end it; the wait goes on until its timeout.
+ *
+ * Many requests on one connection
+ * - Any number of requests can be in flight on one connection: the async
+ *   calls (mpool_apply_async, mpool_map_async, mpool_imap, ...) send a
+ *   request and return a handle at once; messages from mpoold are routed to
+ *   their handle by msgid as they are read.
+ * - libmpool reads the connection only inside its own calls: the blocking
+ *   calls, the waits (mpool_async_wait/get, mpool_iter_next) and
+ *   mpool_process().  Callbacks (result, error, chunk, producer) run only
+ *   there, on the caller's thread, and never from another thread or a
+ *   signal handler.  A blocking call or a wait runs the callbacks of every
+ *   request of its connection whose answers it reads on the way.
+ * - Inside a callback the program may submit new requests (sent without
+ *   waiting, like any), cancel and free handles (its own included: the free
+ *   takes effect when the callback returns), and look at handles (ready,
+ *   successful, get and next with timeout 0, which then do no I/O).  Anything that
+ *   would block or read (the blocking calls, waits with a timeout other
+ *   than 0, mpool_process) fails with -MPOOL_E_INVAL there; mpool_close()
+ *   must never be called from a callback.
+ * - Event loops: poll mpool_fd() for mpool_events(), call mpool_process()
+ *   when it is ready, or let mpool_set_watch() say when the events change.
+ *   <mpool/mpool-event.h> does this for libevent.
+ *
+ * Failures of the connection
+ * - A connection that saw -MPOOL_E_SYS, -MPOOL_E_PROTO or -MPOOL_E_CLOSED
+ *   is unusable: close it.  So is one the daemon dropped with an "error"
+ *   notification (a frame past its limits, for instance); the call that
+ *   found out returns the daemon's code (such as -MPOOL_E_LIMIT) and every
+ *   later call on it -MPOOL_E_CLOSED.  Every request still open then fails
+ *   with the same code (its error callback runs).
+ * - Handles may outlive their connection: mpool_close() makes every open
+ *   handle ready with -MPOOL_E_CLOSED (without running its callbacks), and a
+ *   handle keeps what it already received until it is freed.
+ *
+ * Memory bounds (a slow consumer or a huge map never makes libmpool
+ * buffer without limit)
+ * - An iterator (mpool_imap*) holds at most MPOOL_ITER_MAX_ITEMS results
+ *   or MPOOL_ITER_MAX_BYTES bytes of encoded results the program has not
+ *   taken yet, plus one notification (one chunk) past either bound, plus
+ *   the message being read (one read of 64 KiB, or one frame).  While
+ *   it is full, mpool_process() stops reading the connection and a stream
+ *   stops calling its producer; mpoold's flow control then stops running
+ *   the map (it holds at most 4 MiB of unread output per connection).
+ *   Exception: a wait for another request of the same connection reads on,
+ *   because its answer may come after the iterator's results, and then
+ *   buffers those results past the bound until it has its answer.  Keep a
+ *   connection per consumer to avoid that.
+ * - A streamed map (mpool_map_stream, mpool_imap_stream) calls its producer
+ *   only for items mpoold granted credit for (at most its --stream-window,
+ *   65 536 by default, sent and unanswered), packs at most
+ *   MPOOL_FEED_MAX_ITEMS items or MPOOL_FEED_MAX_BYTES bytes into one
+ *   "feed" message (plus the item that crosses the byte bound), and packs
+ *   no new feed while MPOOL_FEED_MAX_BYTES of output wait to be sent.
+ * - mpool_map, mpool_map_collect and the async maps send their items in
+ *   one request: libmpool copies them once into its output buffer.  Use the
+ *   streamed maps for input too large to hold.
+ *
+ * Out of memory: every allocation is checked; the call fails with
+ * -MPOOL_E_NOMEM.  When it strikes while a map's results stream in, the
+ * rest of them are read and dropped, and the map fails with -MPOOL_E_NOMEM
+ * at its end. */
 #ifndef MPOOL_MPOOL_H
 #define MPOOL_MPOOL_H
 
@@ -40,6 +106,10 @@ typedef struct mpool_value mpool_value;
  * else /tmp/mpool-UID/mpoold.sock).  On failure *ret is untouched and the
  * reason can only be read from the return code (there is no connection). */
 int mpool_connect(const char *path, mpool **ret);
+/* Sends what it can of the output still queued without waiting, closes the
+ * socket and frees p.  Open handles become ready with -MPOOL_E_CLOSED; no
+ * callback runs.  Handles stay valid until their own _free().  Never call
+ * it from a callback. */
 void mpool_close(mpool *p);
 
 /* The last failure on p, as a sentence; "" when there was none. */
@@ -48,6 +118,10 @@ const char *mpool_errmsg(const mpool *p);
 /* The decoded value; valid until mpool_value_free(). */
 const msgpack_object *mpool_value_get(const mpool_value *v);
 void mpool_value_free(mpool_value *v);
+
+/* ==== Blocking calls ======================================================
+ * Each sends one request and returns with its answer.  The daemon answers
+ * every request, with an error if the work cannot be done. */
 
 /* Round trip to the daemon. */
 int mpool_ping(mpool *p);
@@ -114,6 +188,38 @@ int mpool_map_collect(mpool *p, const char *fn, const void *items,
 		      size_t items_len, uint64_t n_items,
 		      const struct mpool_map_opts *opts, mpool_value **ret_results);
 
+/* Python's Pool.starmap: mpool_map_collect where every item is an array of
+ * arguments, and the task receives that array as its argument.  An item
+ * that is not an array fails the call with -MPOOL_E_INVAL before anything
+ * is sent. */
+int mpool_starmap(mpool *p, const char *fn, const void *items, size_t items_len,
+		  uint64_t n_items, const struct mpool_map_opts *opts,
+		  mpool_value **ret_results);
+
+/* Produces a streamed map's items one at a time: packs exactly one
+ * MessagePack value (nested at most 29 levels) with pk and returns 1, or
+ * packs nothing and returns 0 at the end of the input, or returns a
+ * negative enum mpool_error code (-MPOOL_E_INVAL, -MPOOL_E_SYS, ...) to
+ * stop: like Pool.imap over an iterable that raises, the items produced
+ * before are still mapped and delivered, then the map fails with that
+ * code.  Anything else (two values, none with 1, a value too deep) stops
+ * the input the same way with -MPOOL_E_INVAL.  It runs inside libmpool
+ * calls of the connection (see "Many requests on one connection"), only as
+ * mpoold grants credit, and is never called again once it returned 0 or a
+ * failure, or its map ended, failed or was cancelled. */
+typedef int (*mpool_producer)(void *userdata, msgpack_packer *pk);
+
+/* mpool_map over items that produce() makes as the map goes (Python's
+ * Pool.imap over a generator, without reading it all up front): the items
+ * travel in parts under mpoold's credit-based flow control, so neither side
+ * holds more than a window of them (see "Memory bounds").  The map's
+ * chunksize defaults to one computed by mpoold from its stream window.
+ * Returns 0 when the map ran to the end (the summary counts the items
+ * produced), or the failure: the map's, or the producer's own code. */
+int mpool_map_stream(mpool *p, const char *fn, mpool_producer produce, void *produce_ud,
+		     const struct mpool_map_opts *opts, mpool_chunk_cb cb, void *userdata,
+		     struct mpool_map_summary *ret_summary);
+
 /* The daemon's status map (see PROTOCOL.md "status"). */
 int mpool_status(mpool *p, mpool_value **ret_status);
 
@@ -136,13 +242,197 @@ int mpool_reload(mpool *p);
 
 /* Cancels an open job by its id (status "jobs"): its client gets
  * MPOOL_E_CANCELLED.  Allowed to the job's owner (same uid) and to admins;
- * others get -MPOOL_E_PERM; an unknown id -MPOOL_E_NOTFOUND. */
+ * others get -MPOOL_E_PERM; an unknown id -MPOOL_E_NOTFOUND.  To cancel a
+ * request of your own connection, use mpool_async_cancel(). */
 int mpool_cancel(mpool *p, uint64_t job_id);
 
 /* Kills one worker now (admins only): its unfinished items fail with
  * MPOOL_E_WORKER or are retried as the request allows; a replacement
  * starts.  -MPOOL_E_NOTFOUND when no worker has that pid. */
 int mpool_kill_worker(mpool *p, pid_t pid);
+
+/* ==== Async calls: Python's apply_async / map_async / AsyncResult =========
+ * An async call queues its request, sends what it can without waiting and
+ * returns a handle at once.  The handle owns the result until
+ * mpool_async_free(). */
+
+typedef struct mpool_async mpool_async;
+
+/* Called once when a request succeeds, with its result: an apply's result,
+ * or a map's array of every result in item order.  Valid during the call;
+ * it stays available through mpool_async_get() until the handle is freed. */
+typedef void (*mpool_result_cb)(void *userdata, const msgpack_object *result);
+/* Called once when a request fails, with the code mpool_async_get() returns
+ * (positive here: MPOOL_E_TASK, MPOOL_E_ITEMS, MPOOL_E_CANCELLED, ...) and
+ * its message (valid during the call). */
+typedef void (*mpool_error_cb)(void *userdata, int code, const char *message);
+
+/* Sends an apply (as mpool_apply_with; opts may be NULL) and returns its
+ * handle.  callback and error_callback may be NULL; exactly one of them
+ * runs, once, when the answer is read (see "Many requests on one
+ * connection"), or when the handle is cancelled.  Fails only when the
+ * request cannot be queued: bad arguments, an unusable connection, out of
+ * memory. */
+int mpool_apply_async(mpool *p, const char *fn, const void *arg, size_t arg_len,
+		      const struct mpool_apply_opts *opts, mpool_result_cb callback,
+		      mpool_error_cb error_callback, void *userdata, mpool_async **ret);
+
+/* Sends a map (items as for mpool_map) and returns its handle.  Its result
+ * is the array of every result in item order; like Pool.map_async, a
+ * failed item fails it with MPOOL_E_ITEMS (the message names the first
+ * failed item).  Results are collected as they arrive: for a map too large
+ * to hold, use mpool_imap or mpool_map_stream. */
+int mpool_map_async(mpool *p, const char *fn, const void *items, size_t items_len,
+		    uint64_t n_items, const struct mpool_map_opts *opts,
+		    mpool_result_cb callback, mpool_error_cb error_callback, void *userdata,
+		    mpool_async **ret);
+
+/* mpool_map_async where every item is an array of arguments (as for
+ * mpool_starmap). */
+int mpool_starmap_async(mpool *p, const char *fn, const void *items, size_t items_len,
+			uint64_t n_items, const struct mpool_map_opts *opts,
+			mpool_result_cb callback, mpool_error_cb error_callback,
+			void *userdata, mpool_async **ret);
+
+/* 1 when the outcome is known (the answer arrived, the request failed or
+ * was cancelled), else 0.  Does no I/O: mpool_async_wait(a, 0) also reads
+ * what has arrived. */
+int mpool_async_ready(const mpool_async *a);
+
+/* Once ready: 1 when the request succeeded, 0 when it failed.  Before:
+ * -MPOOL_E_INVAL (like Python's successful(), which raises). */
+int mpool_async_successful(const mpool_async *a);
+
+/* Waits until a is ready or timeout_ms passed (negative: no limit),
+ * processing the connection meanwhile.  1 when ready, 0 when the time ran
+ * out: the request goes on (cancel it with mpool_async_cancel to stop it).
+ * -MPOOL_E_INVAL from a callback with a timeout other than 0. */
+int mpool_async_wait(mpool_async *a, int timeout_ms);
+
+/* Waits like mpool_async_wait, then returns 0 with *ret_result pointing to
+ * the result (owned by a, valid until mpool_async_free(a); get may be
+ * called again), or the request's failure (its code; the message is in
+ * mpool_async_errmsg(a) and in mpool_errmsg() of the connection).  When the
+ * time runs out first, returns -MPOOL_E_TIMEOUT and the request goes on;
+ * mpool_async_ready(a) is then 0, which tells this apart from a task that
+ * failed with MPOOL_E_TIMEOUT itself. */
+int mpool_async_get(mpool_async *a, int timeout_ms, const msgpack_object **ret_result);
+
+/* Cancels a request that is not ready yet: it becomes ready at once with
+ * -MPOOL_E_CANCELLED (its error callback runs before this returns) and a
+ * "cancel_request" goes to mpoold: the daemon drops the job's queued
+ * chunks, and its running chunks finish (results dropped) or, with kill
+ * non-zero, have their workers killed and replaced.  Returns 1 when it
+ * cancelled, 0 when a was ready already (nothing changes). */
+int mpool_async_cancel(mpool_async *a, int kill);
+
+/* The failure of a ready, failed request as a sentence; "" otherwise.
+ * Valid until mpool_async_free(a). */
+const char *mpool_async_errmsg(const mpool_async *a);
+
+/* Frees a handle and its result.  A request still open goes on: its
+ * callbacks still run when its answer comes, so their userdata must live
+ * until then (cancel first to stop it). */
+void mpool_async_free(mpool_async *a);
+
+/* ==== Iterators: Python's imap / imap_unordered ===========================
+ * An iterator yields a map's results one by one as chunks stream in,
+ * never waiting for the whole map, and holds a bounded number of them (see
+ * "Memory bounds"). */
+
+typedef struct mpool_iter mpool_iter;
+
+/* At most this many results, and this many bytes of them, wait in an
+ * iterator for the program (plus one chunk past either bound). */
+#define MPOOL_ITER_MAX_ITEMS 65536u
+#define MPOOL_ITER_MAX_BYTES (4u << 20)
+/* A streamed map sends its items in feeds of at most this many items and
+ * bytes, and packs no new feed while this many bytes of output wait. */
+#define MPOOL_FEED_MAX_ITEMS 4096u
+#define MPOOL_FEED_MAX_BYTES (256u << 10)
+
+/* One result taken from an iterator.  result and message are owned by the
+ * iterator and valid until the next mpool_iter_next() or mpool_iter_free()
+ * on it. */
+struct mpool_item {
+	uint64_t index;                 /* the item's position in the map */
+	const msgpack_object *result;   /* NULL when the item failed */
+	int code;                       /* 0, or the item's enum mpool_error code */
+	const char *message;            /* the item's error message; "" when none */
+};
+
+/* Python's Pool.imap: sends a map (items as for mpool_map) and returns an
+ * iterator over its results in item order (in completion order when
+ * opts->unordered is set). */
+int mpool_imap(mpool *p, const char *fn, const void *items, size_t items_len,
+	       uint64_t n_items, const struct mpool_map_opts *opts, mpool_iter **ret);
+
+/* Python's Pool.imap_unordered: mpool_imap with results in the order they
+ * finish. */
+int mpool_imap_unordered(mpool *p, const char *fn, const void *items, size_t items_len,
+			 uint64_t n_items, const struct mpool_map_opts *opts,
+			 mpool_iter **ret);
+
+/* mpool_imap over items that produce() makes as the map goes (see
+ * mpool_producer, mpool_map_stream): input and output both stay bounded
+ * however long the map. */
+int mpool_imap_stream(mpool *p, const char *fn, mpool_producer produce, void *produce_ud,
+		      const struct mpool_map_opts *opts, mpool_iter **ret);
+
+/* Takes the next result, waiting up to timeout_ms for one.  Returns 1 with
+ * *ret filled in: a result, or an item that failed (ret->code and
+ * ret->message say why; like Pool.imap, the iteration goes on after it).
+ * Returns 0 once every result was taken and the map ended (again on every
+ * later call), -MPOOL_E_TIMEOUT when none came in time (the map goes on),
+ * or the map's failure as a whole (-MPOOL_E_CANCELLED,
+ * -MPOOL_E_TERMINATED, -MPOOL_E_CLOSED, the producer's code...), which
+ * comes after the results that arrived before it, and again on every later
+ * call. */
+int mpool_iter_next(mpool_iter *it, int timeout_ms, struct mpool_item *ret);
+
+/* Once mpool_iter_next() returned 0: the map's items and failed items.
+ * -MPOOL_E_INVAL before. */
+int mpool_iter_summary(const mpool_iter *it, struct mpool_map_summary *ret);
+
+/* Cancels the map as mpool_async_cancel() does: results not yet taken are
+ * dropped and mpool_iter_next() returns -MPOOL_E_CANCELLED.  1 when it
+ * cancelled, 0 when the map had ended already (its results stay). */
+int mpool_iter_cancel(mpool_iter *it, int kill);
+
+/* Frees the iterator.  A map that has not ended is cancelled first (without
+ * kill), so a producer is never called after this. */
+void mpool_iter_free(mpool_iter *it);
+
+/* ==== Driving a connection from an event loop ============================== */
+
+#define MPOOL_EV_READ 1
+#define MPOOL_EV_WRITE 2
+
+/* The connection's socket, to poll; -1 for NULL.  Do not read, write or
+ * close it yourself. */
+int mpool_fd(const mpool *p);
+
+/* What the connection waits for now: MPOOL_EV_READ and/or MPOOL_EV_WRITE
+ * (output is queued), or 0 when it is closed or unusable.  READ is off
+ * while an iterator is full (see "Memory bounds").  The answer changes
+ * after libmpool calls; ask again after each, or use mpool_set_watch(). */
+int mpool_events(const mpool *p);
+
+/* Does without waiting what the connection can do now: sends queued
+ * output, reads and routes what arrived (up to about 1 MiB per call, so
+ * one busy connection does not starve the rest of the loop), runs the
+ * callbacks that follow, and packs and sends the feeds of streamed maps
+ * that credit allows.  0, or the failure that made the connection unusable
+ * (after every open request failed with it). */
+int mpool_process(mpool *p);
+
+/* Called with the new mpool_events() value whenever it changes, from
+ * inside the libmpool call that changed it (any call of the connection,
+ * callbacks included), and once from mpool_set_watch() itself with the
+ * current value.  cb NULL: no calls.  It may call mpool_fd() and
+ * mpool_events(), nothing else of libmpool. */
+typedef void (*mpool_watch_cb)(void *userdata, int events);
+void mpool_set_watch(mpool *p, mpool_watch_cb cb, void *userdata);
 
 #ifdef __cplusplus
 }
