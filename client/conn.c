@@ -35,7 +35,7 @@ int mpool_connect(const char *path, mpool **ret)
 		if (!*path || strlen(path) >= sizeof(sa.sun_path))
 			return -MPOOL_E_INVAL;
 		memcpy(sa.sun_path, path, strlen(path) + 1);
-	} else if (mp_default_socket_path(sa.sun_path, sizeof(sa.sun_path)) < 0) {
+	} else if (mp_client_socket_path(sa.sun_path, sizeof(sa.sun_path)) < 0) {
 		return -MPOOL_E_INVAL;
 	}
 

@@ -141,7 +141,7 @@ static mpool *connect_or_say(const char *path)
 		return p;
 	e = errno;
 	if (!path)
-		path = mp_default_socket_path(def, sizeof(def)) == 0 ? def : "mpoold";
+		path = mp_client_socket_path(def, sizeof(def)) == 0 ? def : "mpoold";
 	if (r == -MPOOL_E_SYS)
 		fprintf(stderr, "mpctl: cannot connect to %s: %s\n", path, strerror(e));
 	else if (r == -MPOOL_E_INVAL)
