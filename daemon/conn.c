@@ -576,7 +576,8 @@ static void m_spawn(struct conn *c, const struct mp_msg *m)
 				    spec.name_len == 0 || spec.name_len > 64)
 					goto badopt;
 				for (uint32_t i = 0; i < spec.name_len; i++)
-					if (spec.name[i] < 0x20 || spec.name[i] == 0x7f)
+					if ((unsigned char)spec.name[i] < 0x20 ||
+					    spec.name[i] == 0x7f)
 						goto badopt;
 			} else {
 				goto badopt;

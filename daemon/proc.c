@@ -220,11 +220,11 @@ static void proc_closed(void *ctx, int err)
 	p->ch = NULL;
 }
 
-void proc_pack(msgpack_packer *pk, const struct proc *p)
+void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome)
 {
 	uint64_t now = now_ms();
 
-	msgpack_pack_map(pk, 11);
+	msgpack_pack_map(pk, outcome ? 11 : 9);
 	mp_pack_cstr(pk, "id");
 	msgpack_pack_uint64(pk, p->id);
 	mp_pack_cstr(pk, "name");
@@ -249,6 +249,8 @@ void proc_pack(msgpack_packer *pk, const struct proc *p)
 		msgpack_pack_int(pk, p->exitcode);
 	else
 		msgpack_pack_nil(pk);
+	if (!outcome)
+		return;
 	mp_pack_cstr(pk, "result");
 	if (p->result)
 		pk->callback(pk->data, (const char *)p->result, p->result_len);
@@ -270,12 +272,12 @@ void proc_pack_all(msgpack_packer *pk)
 		n++;
 	msgpack_pack_array(pk, n);
 	TAILQ_FOREACH(p, &procs, link)
-		proc_pack(pk, p);
+		proc_pack(pk, p, false);
 }
 
 static void pack_proc_cb(msgpack_packer *pk, const void *arg)
 {
-	proc_pack(pk, arg);
+	proc_pack(pk, arg, true);
 }
 
 static void join_answer(struct join *j)

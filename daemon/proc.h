@@ -53,8 +53,10 @@ void proc_conn_gone(struct conn *conn);
 unsigned proc_running(bool nondaemon_only);
 void proc_kill_all(void);
 
-/* The info map of one process, and the array of all (status, ps). */
-void proc_pack(msgpack_packer *pk, const struct proc *p);
+/* The info map of one process (with its result and error when outcome:
+ * only join shows those, to the owner or an admin), and the array of all
+ * without outcomes (status, processes: anyone may list). */
+void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome);
 void proc_pack_all(msgpack_packer *pk);
 
 #endif
