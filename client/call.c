@@ -50,10 +50,7 @@ void mpc_simple_response(mpool *p, struct mpool_async *a, const struct mp_msg *m
 	mpc_call_complete(a, 0, NULL);
 }
 
-/* Waits for a blocking call's answer and lets the call go: 0 with the
- * value moved to *ret_value (when asked for), or the failure, with its
- * message in p->errmsg. */
-static int finish(mpool *p, struct mpool_async *a, mpool_value **ret_value)
+int mpc_finish(mpool *p, struct mpool_async *a, mpool_value **ret_value)
 {
 	int r;
 
@@ -117,7 +114,7 @@ static int call_simple(mpool *p, const char *method, const uint64_t *id,
 	a = simple_start(p, method, id, &r);
 	if (!a)
 		return r;
-	return finish(p, a, ret_value);
+	return mpc_finish(p, a, ret_value);
 }
 
 int mpool_ping(mpool *p)
@@ -261,7 +258,7 @@ int mpool_apply_with(mpool *p, const char *fn, const void *arg, size_t arg_len,
 	a = mpc_apply_start(p, fn, arg, arg_len, opts, &r);
 	if (!a)
 		return r;
-	return finish(p, a, ret_result);
+	return mpc_finish(p, a, ret_result);
 }
 
 /* ---- request options ------------------------------------------------------ */

@@ -84,6 +84,7 @@ void mpool_close(mpool *p)
 	p->dead = true;
 	p->dead_code = MPOOL_E_CLOSED;
 	fail_all(p, MPOOL_E_CLOSED, "the connection was closed before the answer came", false);
+	mpc_procs_detach(p);
 	/* What is left is held by handles: they outlive p. */
 	for (a = p->calls; a; a = next) {
 		next = a->next;

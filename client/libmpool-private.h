@@ -9,6 +9,8 @@
  *   iter.c   imap iterators: a bounded buffer of chunks
  *   feed.c   streamed input: producer, credit, feeds
  *   value.c  MessagePack values crossing the API
+ *   process.c supervised processes: spawn, attach, join, is_alive,
+ *            terminate, kill; the handle's view of a process map
  *
  * Every request is a struct mpool_async (a "call"), blocking or not: a
  * blocking call is an async one plus a wait.  A call lives while it is open
@@ -71,6 +73,7 @@ struct mpool {
 	struct mpc_out out;
 	struct mpc_table table;
 	struct mpool_async *calls;   /* every live call, open or held */
+	struct mpool_process *procs; /* process handles made on p */
 	unsigned n_streams;     /* calls whose producer may still be called */
 	unsigned n_full;        /* iterators at their bound */
 	mpool_watch_cb watch;
@@ -281,6 +284,11 @@ void mpc_simple_response(mpool *p, struct mpool_async *a, const struct mp_msg *m
  * the message in msg (msg_size bytes).  -MPOOL_E_PROTO for a malformed one. */
 int mpc_resp_error(const struct mp_msg *m, char *msg, size_t msg_size);
 
+/* Waits for a blocking call's answer and lets the call go: 0 with the
+ * value moved to *ret_value (when asked for), or the failure, with its
+ * message in p->errmsg. */
+int mpc_finish(mpool *p, struct mpool_async *a, mpool_value **ret_value);
+
 /* Starts an apply: checks the argument, queues the request, opens the
  * call.  The call (owned) or NULL with the failure in *ret_err. */
 struct mpool_async *mpc_apply_start(mpool *p, const char *fn, const void *arg, size_t arg_len,
@@ -338,6 +346,12 @@ void mpc_feed_credit(mpool *p, struct mpool_async *a, const struct mp_msg *m);
 bool mpc_feed_pump(mpool *p);
 /* The producer is not to be called again. */
 void mpc_feed_stop(struct mpool_async *a);
+
+/* ---- process.c ------------------------------------------------------ */
+
+/* The connection is closing: its process handles keep what they know and
+ * no longer ask mpoold. */
+void mpc_procs_detach(mpool *p);
 
 /* ---- value.c --------------------------------------------------------- */
 

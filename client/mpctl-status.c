@@ -32,6 +32,24 @@ static bool get_u64(const msgpack_object *map, const char *key, uint64_t *ret)
 	return true;
 }
 
+/* A signed integer as text, "-" when nil, "?" when absent. */
+static const char *snum(char *buf, size_t size, const msgpack_object *map, const char *key)
+{
+	const msgpack_object *v = ctl_get(map, key);
+
+	if (v && v->type == MSGPACK_OBJECT_NIL)
+		return "-";
+	if (v && v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+		snprintf(buf, size, "%lld", (long long)v->via.i64);
+		return buf;
+	}
+	if (v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+		snprintf(buf, size, "%llu", (unsigned long long)v->via.u64);
+		return buf;
+	}
+	return "?";
+}
+
 /* An integer as text, "?" when absent. */
 static const char *num(char *buf, size_t size, const msgpack_object *map, const char *key)
 {
@@ -154,6 +172,26 @@ static void print_jobs(FILE *out, const msgpack_object *jobs)
 	}
 }
 
+void ctl_print_processes(FILE *out, const msgpack_object *procs)
+{
+	char b[8][80];
+
+	if (!procs || procs->type != MSGPACK_OBJECT_ARRAY)
+		return;
+	fprintf(out, "%6s  %-16s %8s %6s %-8s %10s %8s  %s\n", "ID", "NAME", "PID", "OWNER",
+		"STATE", "AGE", "EXITCODE", "FUNCTION");
+	for (uint32_t i = 0; i < procs->via.array.size; i++) {
+		const msgpack_object *pr = &procs->via.array.ptr[i];
+
+		fprintf(out, "%6s  %-16s %8s %6s %-8s %10s %8s  %s\n",
+			num(b[0], sizeof(b[0]), pr, "id"), str(b[1], sizeof(b[1]), pr, "name"),
+			num(b[2], sizeof(b[2]), pr, "pid"), num(b[3], sizeof(b[3]), pr, "owner_uid"),
+			str(b[4], sizeof(b[4]), pr, "state"), duration(b[5], sizeof(b[5]), pr, "age_ms"),
+			snum(b[6], sizeof(b[6]), pr, "exitcode"),
+			str(b[7], sizeof(b[7]), pr, "function"));
+	}
+}
+
 void ctl_print_status(FILE *out, const msgpack_object *st, int show)
 {
 	bool sep = false;
@@ -176,6 +214,17 @@ void ctl_print_status(FILE *out, const msgpack_object *st, int show)
 			if (sep)
 				fputc('\n', out);
 			print_jobs(out, jobs);
+			sep = true;
+		}
+	}
+	if (show & CTL_SHOW_PROCS) {
+		const msgpack_object *procs = ctl_get(st, "processes");
+
+		if (show == CTL_SHOW_PROCS || (procs && procs->type == MSGPACK_OBJECT_ARRAY &&
+					       procs->via.array.size > 0)) {
+			if (sep)
+				fputc('\n', out);
+			ctl_print_processes(out, procs);
 		}
 	}
 }

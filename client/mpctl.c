@@ -30,7 +30,8 @@ static const char usage_text[] =
 	"\n"
 	"Commands:\n"
 	"  status [--json] [--watch [--interval MS] [--count N]]\n"
-	"                         show the pool, its workers and its jobs\n"
+	"                         show the pool, its workers, its jobs and its\n"
+	"                         supervised processes\n"
 	"  top                    status --watch: redraw every second\n"
 	"  workers [--json]       the workers: pid, state, tasks, job, age, RSS\n"
 	"  jobs [--json]          the open jobs: id, function, client, progress\n"
@@ -41,10 +42,23 @@ static const char usage_text[] =
 	"      FN [JSON...]       run FN on every argument; with none, on one JSON\n"
 	"                         value per line of stdin (blank lines skipped),\n"
 	"                         read as the map goes: memory stays bounded\n"
-	"  terminate [--job ID | --worker PID]\n"
+	"  spawn [--daemon] [--name NAME] FN JSON\n"
+	"                         run FN on one argument in a supervised process\n"
+	"                         of its own (Python's Process); prints\n"
+	"                         {\"id\":ID,\"pid\":PID}.  With --daemon it\n"
+	"                         outlives mpctl and mpctl returns at once;\n"
+	"                         without, it belongs to mpctl, which stays, then\n"
+	"                         reports like join (interrupting mpctl ends it)\n"
+	"  ps [--json]            the supervised processes: id, name, pid, owner\n"
+	"                         uid, state, age, exitcode, function\n"
+	"  join [--timeout MS] ID wait for process ID to exit (at most MS); print\n"
+	"                         its result, or its failure on stderr\n"
+	"  terminate [--job ID | --worker PID | --process ID [--kill]]\n"
 	"                         kill the workers and stop mpoold at once; or\n"
 	"                         cancel one job (its client gets an error); or\n"
-	"                         kill one worker (it is replaced)\n"
+	"                         kill one worker (it is replaced); or terminate\n"
+	"                         one process (SIGTERM, SIGKILL after mpoold's\n"
+	"                         --process-grace; --kill: SIGKILL now)\n"
 	"  drain                  finish open work, take no new work, then exit\n"
 	"  reload                 reopen modules, replace every worker gracefully\n"
 	"\n"
@@ -66,10 +80,14 @@ static const char usage_text[] =
 	"order (with --unordered, as they finish) and reports failed items on stderr.\n"
 	"\n"
 	"terminate, drain, reload and terminate --worker need root, mpoold's user\n"
-	"or its admin group; a job's owner may cancel it.\n"
+	"or its admin group; a job's owner may cancel it, a process's owner may\n"
+	"join and terminate it.\n"
 	"\n"
 	"Exit status: 0 success, 1 the request or some items failed (or was\n"
-	"refused), 2 usage error, 3 cannot connect or connection lost.\n";
+	"refused), 2 usage error, 3 cannot connect or connection lost.\n"
+	"join (and spawn without --daemon): 0 the process exited 0, 1 it exited\n"
+	"otherwise (\"exitcode N\" on stderr: a status, or minus a signal) or the\n"
+	"join failed, 4 the timeout passed and the process still runs.\n";
 
 __attribute__((format(printf, 1, 2)))
 static int usage_error(const char *fmt, ...)
@@ -249,24 +267,72 @@ static int parse_u32_opt(const char *name, const char *arg, uint32_t max, uint32
 	return 0;
 }
 
+/* A process id: a whole number from 1. */
+static int parse_id(const char *name, const char *arg, uint64_t *ret)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(arg, &end, 10);
+	if (errno || end == arg || *end || arg[0] == '-' || v == 0) {
+		usage_error("%s needs a process id (a whole number from 1), not '%s'", name, arg);
+		return -1;
+	}
+	*ret = v;
+	return 0;
+}
+
+/* terminate --process ID [--kill]: SIGTERM (then SIGKILL after mpoold's
+ * grace) or SIGKILL; returns once mpoold has sent it. */
+static int stop_process(const char *sock, uint64_t id, bool hard)
+{
+	struct mpool_process *proc = NULL;
+	mpool *p;
+	int r;
+
+	p = connect_or_say(sock);
+	if (!p)
+		return CTL_EXIT_CONN;
+	r = mpool_process_attach(p, id, &proc);
+	if (r == 0)
+		r = hard ? mpool_process_kill(proc) : mpool_process_terminate(proc);
+	if (r < 0)
+		r = report(p, "terminate", r);
+	mpool_process_free(proc);
+	mpool_close(p);
+	return r;
+}
+
 /* terminate: the whole pool, or one job (--job ID), or one worker
- * (--worker PID). */
+ * (--worker PID), or one process (--process ID). */
 static int cmd_terminate(const char *sock, int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "job", required_argument, NULL, 'j' },
 		{ "worker", required_argument, NULL, 'w' },
+		{ "process", required_argument, NULL, 'p' },
+		{ "kill", no_argument, NULL, 'k' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
 	uint32_t job = 0, worker = 0;
-	bool has_job = false, has_worker = false;
+	uint64_t process = 0;
+	bool has_job = false, has_worker = false, has_process = false, hard = false;
 	mpool *p;
 	int c, r;
 
 	opts_reset();
 	while ((c = next_opt(argc, argv, "+:h", longopts)) != -1) {
 		switch (c) {
+		case 'p':
+			if (parse_id("process", optarg, &process) < 0)
+				return CTL_EXIT_USAGE;
+			has_process = true;
+			break;
+		case 'k':
+			hard = true;
+			break;
 		case 'j':
 			if (parse_u32_opt("job", optarg, UINT32_MAX, &job) < 0)
 				return CTL_EXIT_USAGE;
@@ -286,8 +352,12 @@ static int cmd_terminate(const char *sock, int argc, char **argv)
 	}
 	if (optind < argc)
 		return usage_error("unexpected argument '%s'", argv[optind]);
-	if (has_job && has_worker)
-		return usage_error("--job and --worker exclude each other");
+	if (has_job + has_worker + has_process > 1)
+		return usage_error("--job, --worker and --process exclude each other");
+	if (hard && !has_process)
+		return usage_error("--kill goes with --process");
+	if (has_process)
+		return stop_process(sock, process, hard);
 	p = connect_or_say(sock);
 	if (!p)
 		return CTL_EXIT_CONN;
@@ -673,6 +743,209 @@ static int cmd_map(const char *sock, int argc, char **argv)
 	return finish(r);
 }
 
+/* ---- supervised processes ------------------------------------------------ */
+
+/* Says how a process ended, the way join's exit status does: its result
+ * on stdout, or its failure and exit code on stderr.  0 when it exited 0,
+ * else 1. */
+static int report_exit(mpool *p, struct mpool_process *proc)
+{
+	const msgpack_object *res;
+	int code = 0, r;
+
+	if (mpool_process_exitcode(proc, &code) < 0) {
+		fprintf(stderr, "mpctl: process %llu: its exit code is unknown\n",
+			(unsigned long long)mpool_process_id(proc));
+		return CTL_EXIT_FAILED;
+	}
+	r = mpool_process_result(proc, &res);
+	if (r == 0 && mjson_print(stdout, res) < 0)
+		return CTL_EXIT_FAILED;
+	if (r < 0)
+		fprintf(stderr, "mpctl: process %llu: %s: %s\n",
+			(unsigned long long)mpool_process_id(proc), mpool_strerror(r), mpool_errmsg(p));
+	if (code == 0)
+		return CTL_EXIT_OK;
+	fprintf(stderr, "mpctl: process %llu: exitcode %d\n",
+		(unsigned long long)mpool_process_id(proc), code);
+	return CTL_EXIT_FAILED;
+}
+
+/* Waits for proc (timeout_ms negative: no limit) and reports it. */
+static int join_and_report(mpool *p, struct mpool_process *proc, int timeout_ms)
+{
+	int r = mpool_process_join(proc, timeout_ms);
+
+	if (r < 0)
+		return report(p, "join", r);
+	if (r == 0) {
+		fprintf(stderr, "mpctl: process %llu (pid %d) is still running after %d ms\n",
+			(unsigned long long)mpool_process_id(proc), (int)mpool_process_pid(proc),
+			timeout_ms);
+		return CTL_EXIT_RUNNING;
+	}
+	return report_exit(p, proc);
+}
+
+static int cmd_spawn(const char *sock, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "daemon", no_argument, NULL, 'd' },
+		{ "name", required_argument, NULL, 'n' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct mpool_spawn_opts opts = { 0 };
+	struct mpool_process *proc;
+	msgpack_sbuffer buf;
+	msgpack_packer pk;
+	mpool *p;
+	int c, r;
+
+	opts_reset();
+	while ((c = next_opt(argc, argv, "+:h", longopts)) != -1) {
+		switch (c) {
+		case 'd':
+			opts.daemon = 1;
+			break;
+		case 'n':
+			opts.name = optarg;
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return finish(CTL_EXIT_OK);
+		default:
+			return CTL_EXIT_USAGE;
+		}
+	}
+	if (argc - optind != 2)
+		return usage_error("spawn takes a function and one JSON argument");
+	msgpack_sbuffer_init(&buf);
+	msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+	r = pack_json(&pk, argv[optind + 1], strlen(argv[optind + 1]), "argument");
+	if (r) {
+		msgpack_sbuffer_destroy(&buf);
+		return r;
+	}
+	p = connect_or_say(sock);
+	if (!p) {
+		msgpack_sbuffer_destroy(&buf);
+		return CTL_EXIT_CONN;
+	}
+	r = mpool_spawn(p, argv[optind], buf.data, buf.size, &opts, &proc);
+	msgpack_sbuffer_destroy(&buf);
+	if (r < 0) {
+		r = report(p, "spawn", r);
+		mpool_close(p);
+		return finish(r);
+	}
+	printf("{\"id\":%llu,\"pid\":%d}\n", (unsigned long long)mpool_process_id(proc),
+	       (int)mpool_process_pid(proc));
+	/* A process that is no daemon ends with this connection: stay with
+	 * it, like Python's parent joining its non-daemonic children. */
+	r = CTL_EXIT_OK;
+	if (!opts.daemon) {
+		fflush(stdout);
+		r = join_and_report(p, proc, -1);
+	}
+	mpool_process_free(proc);
+	mpool_close(p);
+	return finish(r);
+}
+
+static int cmd_ps(const char *sock, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	bool json = false;
+	mpool_value *v;
+	mpool *p;
+	int c, r;
+
+	opts_reset();
+	while ((c = next_opt(argc, argv, "+:h", longopts)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return finish(CTL_EXIT_OK);
+		default:
+			return CTL_EXIT_USAGE;
+		}
+	}
+	if (optind < argc)
+		return usage_error("unexpected argument '%s'", argv[optind]);
+	p = connect_or_say(sock);
+	if (!p)
+		return CTL_EXIT_CONN;
+	r = mpool_processes(p, &v);
+	if (r < 0) {
+		r = report(p, "ps", r);
+	} else {
+		if (json) {
+			if (mjson_print(stdout, mpool_value_get(v)) < 0)
+				r = CTL_EXIT_FAILED;
+		} else {
+			ctl_print_processes(stdout, mpool_value_get(v));
+		}
+		mpool_value_free(v);
+	}
+	mpool_close(p);
+	return finish(r);
+}
+
+static int cmd_join(const char *sock, int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "timeout", required_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct mpool_process *proc;
+	uint32_t timeout = 0;
+	bool has_timeout = false;
+	uint64_t id;
+	mpool *p;
+	int c, r;
+
+	opts_reset();
+	while ((c = next_opt(argc, argv, "+:h", longopts)) != -1) {
+		switch (c) {
+		case 't':
+			if (parse_u32_opt("timeout", optarg, INT32_MAX, &timeout) < 0)
+				return CTL_EXIT_USAGE;
+			has_timeout = true;
+			break;
+		case 'h':
+			fputs(usage_text, stdout);
+			return finish(CTL_EXIT_OK);
+		default:
+			return CTL_EXIT_USAGE;
+		}
+	}
+	if (argc - optind != 1)
+		return usage_error("join takes one process id");
+	if (parse_id("join", argv[optind], &id) < 0)
+		return CTL_EXIT_USAGE;
+	p = connect_or_say(sock);
+	if (!p)
+		return CTL_EXIT_CONN;
+	r = mpool_process_attach(p, id, &proc);
+	if (r < 0) {
+		r = report(p, "join", r);
+	} else {
+		r = join_and_report(p, proc, has_timeout ? (int)timeout : -1);
+		mpool_process_free(proc);
+	}
+	mpool_close(p);
+	return finish(r);
+}
+
 static const struct {
 	const char *name;
 	int (*run)(const char *sock, int argc, char **argv);
@@ -684,6 +957,9 @@ static const struct {
 	{ "ping", cmd_ping },
 	{ "apply", cmd_apply },
 	{ "map", cmd_map },
+	{ "spawn", cmd_spawn },
+	{ "ps", cmd_ps },
+	{ "join", cmd_join },
 	{ "terminate", cmd_terminate },
 	{ "drain", cmd_drain },
 	{ "reload", cmd_reload },

@@ -10,7 +10,8 @@ enum {
 	CTL_EXIT_OK = 0,
 	CTL_EXIT_FAILED = 1,   /* the request or some items failed; local failures */
 	CTL_EXIT_USAGE = 2,    /* bad command line or input */
-	CTL_EXIT_CONN = 3      /* cannot connect, or the connection was lost */
+	CTL_EXIT_CONN = 3,     /* cannot connect, or the connection was lost */
+	CTL_EXIT_RUNNING = 4   /* join: the timeout passed, the process runs on */
 };
 
 /* What a status view shows. */
@@ -18,13 +19,17 @@ enum {
 	CTL_SHOW_SUMMARY = 1,
 	CTL_SHOW_WORKERS = 2,
 	CTL_SHOW_JOBS = 4,
-	CTL_SHOW_ALL = 7
+	CTL_SHOW_PROCS = 8,
+	CTL_SHOW_ALL = 15
 };
 
 /* Prints the parts of the status map that show selects: a summary, a table
- * of workers, a table of jobs.  Keys that are missing or of another type
+ * of workers, a table of jobs, a table of supervised processes (the last
+ * two only when there are any, unless show selects them alone).  Keys that are missing or of another type
  * print as "?", so a newer daemon still shows. */
 void ctl_print_status(FILE *out, const msgpack_object *status, int show);
+/* The table of mpctl ps: one line per process map of procs (an array). */
+void ctl_print_processes(FILE *out, const msgpack_object *procs);
 /* The value under key in a map, or NULL. */
 const msgpack_object *ctl_get(const msgpack_object *map, const char *key);
 

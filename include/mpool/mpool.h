@@ -403,6 +403,121 @@ int mpool_iter_cancel(mpool_iter *it, int kill);
  * kill), so a producer is never called after this. */
 void mpool_iter_free(mpool_iter *it);
 
+/* ==== Supervised processes: Python's multiprocessing.Process ===============
+ * mpoold runs one function call in a process of its own, forked from its
+ * prefork image (the task modules already loaded), outside the pool's worker
+ * count, and supervises it: the client joins it, polls it, terminates or
+ * kills it (proto/PROTOCOL.md, "Supervised processes").
+ *
+ * - A process started without opts->daemon belongs to the connection that
+ *   spawned it: mpoold terminates it when that connection closes (SIGTERM,
+ *   SIGKILL after mpoold's --process-grace).  With daemon set it outlives
+ *   the connection, and its outcome is kept for a later join by the same
+ *   user from any connection (mpool_process_attach): the most recent
+ *   --max-processes finished ones.
+ * - The process's owner (same uid) and mpoold's admins may join, poll,
+ *   terminate and kill it; others get -MPOOL_E_PERM.  At most
+ *   --max-processes (16 by default) run at once; past it mpool_spawn fails
+ *   with -MPOOL_E_LIMIT.
+ * - A drain waits for non-daemon processes (within --drain-timeout);
+ *   terminate kills every process; reload leaves them running.
+ *
+ * The handle is a plain struct tag with no typedef: the name
+ * mpool_process is taken by the event-loop function.  A handle lives on the
+ * connection it was made on (its calls read that connection, like any
+ * blocking call) and keeps the last state it heard of: id, pid, name, and
+ * once the process has exited, its exit code and outcome.  Freeing a handle
+ * does not stop the process.  After mpool_close() of its connection a handle
+ * still answers from what it knows; calls that would ask mpoold return
+ * -MPOOL_E_CLOSED. */
+
+struct mpool_process;
+
+struct mpool_spawn_opts {
+	int daemon;           /* non-zero: outlives the connection (see above) */
+	const char *name;     /* NULL: "Process-ID"; else 1 to 64 bytes, no
+			       * control characters */
+};
+
+/* Starts fn ("MODULE.FUNCTION") on one argument (arg_len bytes, exactly one
+ * MessagePack value) in a supervised process, like Process(target=fn,
+ * args=...).start().  opts may be NULL.  Returns once mpoold has forked it,
+ * with its handle.  Errors: -MPOOL_E_NOFUNC, -MPOOL_E_LIMIT
+ * (--max-processes running), -MPOOL_E_SHUTDOWN (draining), -MPOOL_E_INTERNAL
+ * (fork failed), -MPOOL_E_INVAL (bad argument or name). */
+int mpool_spawn(mpool *p, const char *fn, const void *arg, size_t arg_len,
+		const struct mpool_spawn_opts *opts, struct mpool_process **ret);
+
+/* A handle to the existing process id (mpool_process_id(), the "id" of
+ * mpool_processes() or mpctl ps), on p: for instance a daemon process
+ * started by an earlier connection.  The handle starts with the process's
+ * current state.  -MPOOL_E_NOTFOUND for an unknown id (or a finished one
+ * mpoold no longer keeps), -MPOOL_E_PERM for another user's process.
+ * Attaching takes nothing over: a non-daemon process still dies with the
+ * connection that spawned it. */
+int mpool_process_attach(mpool *p, uint64_t id, struct mpool_process **ret);
+
+/* Python's join(timeout): waits until the process exits or timeout_ms
+ * passes (negative: no limit; 0: asks without waiting for an exit).  The
+ * wait is mpoold's: it answers when the process ends or the timeout passes.
+ * 1 when it has exited (its exit code and outcome are then known; at once,
+ * without I/O, once the handle knows it), 0 when it is still running.
+ * Other requests of the connection progress meanwhile, as in every wait. */
+int mpool_process_join(struct mpool_process *proc, int timeout_ms);
+
+/* Python's is_alive(): asks mpoold.  1 running, 0 exited (the handle then
+ * knows the exit code and outcome, as after a join), or a failure.  0 at
+ * once, without I/O, once the handle knows the process exited. */
+int mpool_process_is_alive(struct mpool_process *proc);
+
+/* Python's terminate(): SIGTERM now, SIGKILL if it has not exited after
+ * mpoold's --process-grace (3000 ms by default).  Returns once mpoold has
+ * sent the signal, not when the process is gone: join for that.  0, also
+ * for a process the handle knows to have exited (nothing is sent then). */
+int mpool_process_terminate(struct mpool_process *proc);
+
+/* Python's kill(): SIGKILL now; otherwise as mpool_process_terminate. */
+int mpool_process_kill(struct mpool_process *proc);
+
+/* Python's exitcode, as last heard by the handle (no I/O: join or is_alive
+ * first): 0 when the function returned, 1 when it reported a failure, the
+ * status it passed to exit(), or minus the signal that killed it (-9 after
+ * a kill, -15 after a terminate that took).  -MPOOL_E_INVAL while it runs
+ * (or is not known to have exited). */
+int mpool_process_exitcode(const struct mpool_process *proc, int *ret_code);
+
+/* Once exited (no I/O): 0 with *ret_result, the function's result (owned
+ * by proc, valid until mpool_process_free(proc): the outcome of an exited
+ * process never changes), or the failure: the function's own code
+ * (-MPOOL_E_TASK, -MPOOL_E_TYPE, ...), -MPOOL_E_WORKER when the process died
+ * without reporting one (killed by a signal, or exit() before returning; the
+ * message says which, e.g. "process 3 (pid 4242) killed by SIGSEGV"), and
+ * -MPOOL_E_INVAL while it runs.  The message is in
+ * mpool_process_errmsg(proc) and, while the connection is open, in
+ * mpool_errmsg(). */
+int mpool_process_result(const struct mpool_process *proc, const msgpack_object **ret_result);
+
+/* The failure of an exited process as a sentence; "" when it returned a
+ * result or is still running.  Valid until mpool_process_free(proc). */
+const char *mpool_process_errmsg(const struct mpool_process *proc);
+
+/* The process's pid (it stays the pid it had once the process exited; 0
+ * for NULL), mpoold's id for it (0 for NULL) and its name ("" for NULL;
+ * valid until mpool_process_free(proc)). */
+pid_t mpool_process_pid(const struct mpool_process *proc);
+uint64_t mpool_process_id(const struct mpool_process *proc);
+const char *mpool_process_name(const struct mpool_process *proc);
+
+/* Frees the handle (NULL is fine).  The process goes on: it ends with its
+ * function, with the connection that spawned it (non-daemon), or when
+ * terminated. */
+void mpool_process_free(struct mpool_process *proc);
+
+/* Every process mpoold knows of, running or kept after exit, of every
+ * user: an array of process maps (PROTOCOL.md: id, name, function, pid,
+ * owner_uid, daemon, state, age_ms, exitcode, result, error). */
+int mpool_processes(mpool *p, mpool_value **ret_list);
+
 /* ==== Driving a connection from an event loop ============================== */
 
 #define MPOOL_EV_READ 1
