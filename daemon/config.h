@@ -54,6 +54,11 @@ struct config {
 
 extern struct config cfg;
 
+/* Messages between the master and its workers or processes wrap a client's
+ * items or a task's results in a slightly larger envelope than the client's
+ * own request had: their limit is the frame limit plus this. */
+#define CONFIG_WORKER_FRAME_SLACK 4096
+
 /* A new, empty module entry at the end of cfg.modules, or NULL when
  * CONFIG_MAX_MODULES are listed already. */
 struct module_spec *config_module_add(void);

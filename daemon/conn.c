@@ -296,8 +296,11 @@ static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 	}
 	if (spec.n_items > (spec.stream ? cfg.stream_window : cfg.max_items)) {
 		limit_hits[LIM_ITEMS]++;
-		reply_error(c, m->msgid, MPOOL_E_LIMIT, "map of %llu items exceeds the limit of %llu",
-			    (unsigned long long)spec.n_items, (unsigned long long)cfg.max_items);
+		reply_error(c, m->msgid, MPOOL_E_LIMIT, "%s of %llu items exceeds the limit of %llu (%s)",
+			    spec.stream ? "a stream's first part" : "map",
+			    (unsigned long long)spec.n_items,
+			    (unsigned long long)(spec.stream ? cfg.stream_window : cfg.max_items),
+			    spec.stream ? "--stream-window" : "--max-items");
 		return;
 	}
 	if (conn_find_job(c, m->msgid) || msgid_held(c, m->msgid)) {
@@ -312,8 +315,7 @@ static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 		return;
 	}
 	{
-		uint32_t cs = spec.chunksize ? spec.chunksize
-			      : disp_auto_chunksize(spec.n_items, cfg.workers);
+		uint32_t cs = disp_spec_chunksize(&spec);
 		uint64_t add = (spec.n_items + cs - 1) / cs, queued = disp_chunks_queued();
 
 		if (queued + add > cfg.max_queued_chunks) {
@@ -594,6 +596,7 @@ static void m_spawn(struct conn *c, const struct mp_msg *m)
 		return;
 	}
 	if (mp_scan_one(spec.arg, spec.arg_len, MP_ITEM_DEPTH_MAX, &alen) != 1) {
+		limit_hits[LIM_DEPTH]++;
 		reply_error(c, m->msgid, MPOOL_E_LIMIT, "spawn argument nested deeper than %d levels",
 			    MP_ITEM_DEPTH_MAX);
 		return;
@@ -634,6 +637,12 @@ static void m_join(struct conn *c, const struct mp_msg *m)
 		    (nopt == 1 && (mp_read_str(&p, &k, &kl) < 0 || !mp_str_eq(k, kl, "timeout_ms") ||
 				   mp_read_u64(&p, &timeout) < 0 || timeout > 24u * 3600 * 1000)))
 			goto bad;
+	}
+	if (c->n_jobs + c->n_held >= cfg.max_jobs_per_conn) {
+		limit_hits[LIM_JOBS]++;
+		reply_error(c, m->msgid, MPOOL_E_LIMIT, "more than %u open requests on one connection",
+			    cfg.max_jobs_per_conn);
+		return;
 	}
 	pr = own_process(c, m->msgid, id);
 	if (pr)
@@ -757,7 +766,8 @@ static void handle_feed(struct conn *c, const struct mp_msg *m)
 			  (unsigned long long)c->id, (unsigned long long)msgid);
 		return;
 	}
-	disp_feed(job, items, items_len, count, end);
+	if (disp_feed(job, items, items_len, count, end) == -ENOSPC)
+		limit_hits[LIM_QUEUED]++;
 }
 
 static void conn_frame(void *ctx, const uint8_t *frame, size_t len)

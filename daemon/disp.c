@@ -102,6 +102,14 @@ uint32_t disp_chunk_take(uint32_t chunksize, uint64_t items_left, uint64_t quota
 	return (uint32_t)n;
 }
 
+uint32_t disp_spec_chunksize(const struct job_spec *spec)
+{
+	if (spec->chunksize)
+		return spec->chunksize;
+	/* A stream's length is unknown: size chunks for a window's worth. */
+	return disp_auto_chunksize(spec->stream ? cfg.stream_window : spec->n_items, cfg.workers);
+}
+
 uint64_t disp_job_id(const struct job *job)
 {
 	return job ? job->id : 0;
@@ -321,9 +329,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	job->retry_tail = &job->retry_head;
 	job->created_ms = now_ms();
 	job->auto_chunk = spec->chunksize == 0;
-	job->chunksize = spec->chunksize ? spec->chunksize
-			 : disp_auto_chunksize(spec->stream ? cfg.stream_window : spec->n_items,
-					       cfg.workers);
+	job->chunksize = disp_spec_chunksize(spec);
 	TAILQ_INSERT_TAIL(&all_jobs, job, all);
 	n_active++;
 	if (job->n_items == 0 && !job->streaming) {
@@ -356,6 +362,18 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 			 (unsigned long long)(job->granted - job->n_items));
 		job_fail(job, MPOOL_E_BADREQ, msg);
 		return -EPROTO;
+	}
+	if (n_items > 0) {
+		uint64_t add = (n_items + job->chunksize - 1) / job->chunksize;
+		uint64_t queued = disp_chunks_queued();
+
+		if (queued + add > cfg.max_queued_chunks) {
+			snprintf(msg, sizeof(msg), "%llu chunks are queued; this feed would pass the "
+				 "limit of %llu (--max-queued-chunks)", (unsigned long long)queued,
+				 (unsigned long long)cfg.max_queued_chunks);
+			job_fail(job, MPOOL_E_LIMIT, msg);
+			return -ENOSPC;
+		}
 	}
 	if (n_items > 0) {
 		struct seg *sg = seg_new(job, items, items_len, n_items);

@@ -56,12 +56,14 @@ uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers);
 /* How many items the next chunk takes: the chunksize, bounded by the items
  * left and by the worker's remaining task quota (UINT64_MAX: none). */
 uint32_t disp_chunk_take(uint32_t chunksize, uint64_t items_left, uint64_t quota_left);
+/* The chunksize a job made from spec will use. */
+uint32_t disp_spec_chunksize(const struct job_spec *spec);
 
 /* Creates a job from spec (its items are copied).  The job answers conn
  * when done; NULL when it was answered at once (an empty map). */
 struct job *disp_submit(struct conn *conn, const struct job_spec *spec);
-/* A streamed map's next n_items items (copied).  0, or -EPROTO after the
- * job was failed for exceeding its credit. */
+/* A streamed map's next n_items items (copied).  0, or after failing the
+ * job: -EPROTO (past its credit), -ENOSPC (past --max-queued-chunks). */
 int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t n_items,
 	      bool end);
 bool disp_job_streaming(const struct job *job);

@@ -114,7 +114,10 @@ static void set_failure(const char *fmt, ...)
  * worker_main() and never comes back here. */
 static int spawn(struct worker *w)
 {
-	struct mp_frame_limits lim = { .max_frame = cfg.max_frame, .max_depth = MP_DEPTH_MAX };
+	struct mp_frame_limits lim = {
+		.max_frame = cfg.max_frame + CONFIG_WORKER_FRAME_SLACK,
+		.max_depth = MP_DEPTH_MAX,
+	};
 	uint64_t quota = draw_quota();
 	pid_t pid;
 	int fd, r;

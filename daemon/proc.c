@@ -148,7 +148,10 @@ static void forget_old(void)
 
 int proc_spawn(struct conn *conn, uid_t owner, const struct proc_spec *spec, struct proc **ret)
 {
-	struct mp_frame_limits lim = { .max_frame = cfg.max_frame, .max_depth = MP_DEPTH_MAX };
+	struct mp_frame_limits lim = {
+		.max_frame = cfg.max_frame + CONFIG_WORKER_FRAME_SLACK,
+		.max_depth = MP_DEPTH_MAX,
+	};
 	struct worker_once once;
 	struct proc *p;
 	int fd, r;

@@ -214,7 +214,10 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 
 void worker_main(int fd, pid_t master, uint64_t quota)
 {
-	struct mp_frame_limits lim = { .max_frame = cfg.max_frame, .max_depth = MP_DEPTH_MAX };
+	struct mp_frame_limits lim = {
+		.max_frame = cfg.max_frame + CONFIG_WORKER_FRAME_SLACK,
+		.max_depth = MP_DEPTH_MAX,
+	};
 	struct mpool_task_error err = { 0 };
 	struct run_bufs b;
 	struct mp_frame in;
