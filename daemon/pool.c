@@ -243,10 +243,11 @@ static void arm_deadline(struct worker *w)
 {
 	if (w->eof)
 		return;
-	/* A worker reports finished items at least every WMSG_PART_MS, so the
-	 * item it is on started at most that long after its last report:
-	 * waiting timeout + WMSG_PART_MS never kills a task early. */
-	uint64_t ms = (uint64_t)w->timeout_ms + WMSG_PART_MS;
+	/* A worker reports finished items at least every WMSG_PART_MS (by its
+	 * coarse clock), so the item it is on started at most that long after
+	 * its last report: waiting timeout + WMSG_PART_MS + the clock's slack
+	 * never kills a task early. */
+	uint64_t ms = (uint64_t)w->timeout_ms + WMSG_PART_MS + WMSG_PART_SLACK_MS;
 	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
 
 	if (w->timeout_ms)

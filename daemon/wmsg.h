@@ -22,6 +22,8 @@
 
 #define WMSG_VERSION 1
 #define WMSG_PART_MS 20
+/* Workers time parts with a coarse clock: the master allows this much more. */
+#define WMSG_PART_SLACK_MS 10
 
 /* Worker exit statuses the master understands. */
 enum {

@@ -90,9 +90,11 @@ static inline bool is_container(uint8_t b)
 	return (b & 0xe0) == 0x80 || (b >= 0xdc && b <= 0xdf);   /* fixmap, fixarray, 16/32 */
 }
 
+/* Called once per frame on every stream: only what mp_scan_feed reads
+ * before writing is set (left[i] is written when depth reaches i + 1). */
 void mp_scan_init(struct mp_scan *s, uint32_t max_depth)
 {
-	memset(s, 0, sizeof(*s));
+	s->off = 0;
 	s->max_depth = max_depth > MP_DEPTH_MAX ? MP_DEPTH_MAX : max_depth;
 	s->left[0] = 1;
 	s->depth = 1;
