@@ -514,6 +514,32 @@ static int pack_json(msgpack_packer *pk, const char *text, size_t len, const cha
 	return pack_json_item(pk, text, len, where, false);
 }
 
+/* The "FN JSON" that apply and spawn take after their options: packs the
+ * JSON into *buf and connects.  -1 with both done, or an exit code after
+ * saying what went wrong (nothing is left to free then). */
+static int fn_and_arg(const char *sock, int argc, char **argv, const char *what,
+		      msgpack_sbuffer *buf, mpool **ret)
+{
+	msgpack_packer pk;
+	int r;
+
+	if (argc - optind != 2)
+		return usage_error("%s takes a function and one JSON argument", what);
+	msgpack_sbuffer_init(buf);
+	msgpack_packer_init(&pk, buf, msgpack_sbuffer_write);
+	r = pack_json(&pk, argv[optind + 1], strlen(argv[optind + 1]), "argument");
+	if (r) {
+		msgpack_sbuffer_destroy(buf);
+		return r;
+	}
+	*ret = connect_or_say(sock);
+	if (!*ret) {
+		msgpack_sbuffer_destroy(buf);
+		return CTL_EXIT_CONN;
+	}
+	return -1;
+}
+
 static int cmd_apply(const char *sock, int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -524,7 +550,6 @@ static int cmd_apply(const char *sock, int argc, char **argv)
 	};
 	struct mpool_apply_opts opts = { 0 };
 	msgpack_sbuffer buf;
-	msgpack_packer pk;
 	mpool_value *v;
 	mpool *p;
 	int c, r;
@@ -547,20 +572,9 @@ static int cmd_apply(const char *sock, int argc, char **argv)
 			return CTL_EXIT_USAGE;
 		}
 	}
-	if (argc - optind != 2)
-		return usage_error("apply takes a function and one JSON argument");
-	msgpack_sbuffer_init(&buf);
-	msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
-	r = pack_json(&pk, argv[optind + 1], strlen(argv[optind + 1]), "argument");
-	if (r) {
-		msgpack_sbuffer_destroy(&buf);
+	r = fn_and_arg(sock, argc, argv, "apply", &buf, &p);
+	if (r >= 0)
 		return r;
-	}
-	p = connect_or_say(sock);
-	if (!p) {
-		msgpack_sbuffer_destroy(&buf);
-		return CTL_EXIT_CONN;
-	}
 	r = mpool_apply_with(p, argv[optind], buf.data, buf.size, &opts, &v);
 	msgpack_sbuffer_destroy(&buf);
 	if (r < 0) {
@@ -798,7 +812,6 @@ static int cmd_spawn(const char *sock, int argc, char **argv)
 	struct mpool_spawn_opts opts = { 0 };
 	struct mpool_process *proc;
 	msgpack_sbuffer buf;
-	msgpack_packer pk;
 	mpool *p;
 	int c, r;
 
@@ -818,20 +831,9 @@ static int cmd_spawn(const char *sock, int argc, char **argv)
 			return CTL_EXIT_USAGE;
 		}
 	}
-	if (argc - optind != 2)
-		return usage_error("spawn takes a function and one JSON argument");
-	msgpack_sbuffer_init(&buf);
-	msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
-	r = pack_json(&pk, argv[optind + 1], strlen(argv[optind + 1]), "argument");
-	if (r) {
-		msgpack_sbuffer_destroy(&buf);
+	r = fn_and_arg(sock, argc, argv, "spawn", &buf, &p);
+	if (r >= 0)
 		return r;
-	}
-	p = connect_or_say(sock);
-	if (!p) {
-		msgpack_sbuffer_destroy(&buf);
-		return CTL_EXIT_CONN;
-	}
 	r = mpool_spawn(p, argv[optind], buf.data, buf.size, &opts, &proc);
 	msgpack_sbuffer_destroy(&buf);
 	if (r < 0) {
