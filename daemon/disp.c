@@ -68,6 +68,7 @@ struct job {
 	uint32_t timeout_ms;       /* per item; 0: none */
 	uint32_t retries;          /* reruns allowed per lost chunk */
 	uint32_t inflight;         /* chunks running on workers */
+	uint64_t qchunks;          /* its share of queued_chunks */
 	uint64_t created_ms;
 	struct retry *retry_head;  /* lost chunks waiting for a rerun */
 	struct retry **retry_tail;
@@ -79,6 +80,18 @@ struct job {
 static TAILQ_HEAD(, job) runq = TAILQ_HEAD_INITIALIZER(runq);
 static TAILQ_HEAD(, job) all_jobs = TAILQ_HEAD_INITIALIZER(all_jobs);
 static unsigned n_active;
+/* Chunks waiting in the run queue, kept up to date as jobs change: the
+ * limit check runs on every request and must not walk the queue. */
+static uint64_t queued_chunks;
+
+static void job_account(struct job *job)
+{
+	uint64_t c = job->queued && job->n_items > job->next_index
+		     ? (job->n_items - job->next_index + job->chunksize - 1) / job->chunksize : 0;
+
+	queued_chunks += c - job->qchunks;
+	job->qchunks = c;
+}
 static uint64_t next_id = 1, jobs_done, tasks_failed;
 
 uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers)
@@ -192,6 +205,7 @@ static void job_requeue(struct job *job)
 	if (!job->queued && job->conn && job_has_work(job)) {
 		TAILQ_INSERT_TAIL(&runq, job, runq);
 		job->queued = true;
+		job_account(job);
 	}
 }
 
@@ -212,12 +226,7 @@ uint64_t disp_tasks_failed(void)
 
 uint64_t disp_chunks_queued(void)
 {
-	uint64_t n = 0;
-	struct job *j;
-
-	TAILQ_FOREACH(j, &runq, runq)
-		n += (j->n_items - j->next_index + j->chunksize - 1) / j->chunksize;
-	return n;
+	return queued_chunks;
 }
 
 static void job_grant(struct job *job);
@@ -275,8 +284,11 @@ static void job_free(struct job *job)
 		job->retry_head = r->next;
 		free(r);
 	}
-	if (job->queued)
+	if (job->queued) {
 		TAILQ_REMOVE(&runq, job, runq);
+		job->queued = false;
+		job_account(job);
+	}
 	TAILQ_REMOVE(&all_jobs, job, all);
 	while (job->segs) {
 		struct seg *sg = job->segs;
@@ -306,6 +318,7 @@ static void job_unqueue(struct job *job)
 	if (job->queued) {
 		TAILQ_REMOVE(&runq, job, runq);
 		job->queued = false;
+		job_account(job);
 	}
 }
 
@@ -381,6 +394,7 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 		if (!job->cur)
 			job->cur = sg;
 		job->n_items += n_items;
+		job_account(job);
 	}
 	if (end)
 		job->streaming = false;
@@ -551,6 +565,7 @@ static bool job_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
 	ck->count = take_items(job, n, ck);
 	ck->attempt = 0;
 	job->next_index += ck->count;
+	job_account(job);
 	return true;
 }
 
