@@ -233,6 +233,11 @@ static void job_grant(struct job *job);
 static void job_maybe_done(struct job *job);
 static void job_requeue(struct job *job);
 static void job_fail(struct job *job, int code, const char *msg);
+static void job_piece(struct job *job, uint64_t first, uint32_t count,
+		      const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
+		      uint32_t n_errors);
+static void job_chunk_ended(struct job *job);
+static void chunk_fail(struct chunk *ck, int code, const char *msg);
 
 static struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
 			   uint64_t count)
@@ -569,6 +574,183 @@ static bool job_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
 	return true;
 }
 
+/* Batches.  A pipelining client can have many one-item applies queued; run
+ * one by one, each costs a worker wake-up and two master wake-ups.  Applies
+ * of the same function and options waiting behind one that is dispatched
+ * ride in its chunk instead, up to a fair share per idle worker, so a batch
+ * never starves a worker that could run some of them. */
+#define BATCH_MAX 256
+
+struct batch {
+	uint32_t n, done;          /* members, and how many are answered */
+	struct job **jobs;         /* member i: the job of item i */
+	struct seg **segs;         /* the segment each member's item lives in */
+	const uint8_t **item;      /* each member's item, in its segment */
+	size_t *item_len;
+	uint8_t *items;            /* the members' items back to back (owned) */
+};
+
+static bool batchable(const struct job *a, const struct job *b)
+{
+	return !b->is_map && b->retries == 0 && !b->retry_head &&
+	       b->next_index < b->n_items && b->timeout_ms == a->timeout_ms &&
+	       b->fn_len == a->fn_len && memcmp(b->fn, a->fn, a->fn_len) == 0 &&
+	       b->conn && !conn_backlogged(b->conn);
+}
+
+static void batch_free(struct batch *b)
+{
+	free(b->jobs);
+	free(b->segs);
+	free(b->item);
+	free(b->item_len);
+	free(b->items);
+	free(b);
+}
+
+/* ck holds the one item of apply `first`, about to go to a worker with
+ * quota tasks left: gathers batchable applies into it. */
+static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
+{
+	size_t total = 0;
+	uint32_t waiting = 0, scanned = 0, limit, n = 1;
+	unsigned idle = pool_idle_count();
+	struct job *j, *next;
+	struct batch *b;
+
+	if (first->is_map || first->retries || quota < 2)
+		return;
+	TAILQ_FOREACH(j, &runq, runq) {
+		if (++scanned > 4 * BATCH_MAX)
+			break;
+		waiting += j != first && batchable(first, j);
+	}
+	limit = (waiting + idle) / (idle ? idle : 1);     /* ceil((waiting + 1) / idle) */
+	if (limit > BATCH_MAX)
+		limit = BATCH_MAX;
+	if (limit > quota)
+		limit = (uint32_t)quota;
+	if (waiting == 0 || limit < 2)
+		return;
+	b = xcalloc(1, sizeof(*b));
+	b->jobs = xmalloc(limit * sizeof(*b->jobs));
+	b->segs = xmalloc(limit * sizeof(*b->segs));
+	b->item = xmalloc(limit * sizeof(*b->item));
+	b->item_len = xmalloc(limit * sizeof(*b->item_len));
+	b->jobs[0] = first;
+	b->segs[0] = ck->seg;
+	b->item[0] = ck->items;
+	b->item_len[0] = ck->items_len;
+	for (j = TAILQ_FIRST(&runq); j && n < limit; j = next) {
+		struct chunk one;
+
+		next = TAILQ_NEXT(j, runq);
+		if (j == first || !batchable(first, j) || !job_next_chunk(j, 1, &one))
+			continue;
+		j->inflight++;
+		job_unqueue(j);
+		b->jobs[n] = j;
+		b->segs[n] = one.seg;
+		b->item[n] = one.items;
+		b->item_len[n] = one.items_len;
+		n++;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		total += b->item_len[i];
+	b->items = xmalloc(total);
+	total = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		memcpy(b->items + total, b->item[i], b->item_len[i]);
+		total += b->item_len[i];
+	}
+	b->n = n;
+	ck->batch = b;
+	ck->items = b->items;
+	ck->items_len = total;
+	ck->first = 0;
+	ck->count = n;
+}
+
+/* Answers the batch members a piece of results covers.  The worker counted
+ * the batch's items from 0, so an error's index is its member's place. */
+static void batch_piece(struct batch *b, const struct wmsg_result *res)
+{
+	static const uint8_t none[1] = { 0x90 };
+	struct mp_cur rc, ec;
+	uint32_t n;
+
+	mp_cur_init(&rc, res->results, res->results_len);
+	mp_cur_init(&ec, res->errors, res->errors_len);
+	if (mp_read_array(&rc, &n) < 0 || mp_read_array(&ec, &n) < 0)
+		abort();             /* wmsg_parse_from_worker checked both */
+	for (uint32_t i = 0; i < res->n_results; i++) {
+		uint32_t k = b->done + i;
+		struct job *job = b->jobs[k];
+		const uint8_t *r, *e = NULL;
+		size_t rl, el = 0;
+		uint8_t *rb, *eb = NULL;
+		struct mp_cur peek = ec;
+		int code;
+		const char *msg;
+		uint32_t ml;
+		int64_t index;
+
+		if (mp_skip(&rc, &r, &rl) < 0)
+			abort();
+		if (!mp_cur_done(&ec) && mp_read_error(&peek, &code, &msg, &ml, &index) == 0 &&
+		    index == (int64_t)k)
+			mp_skip(&ec, &e, &el);
+		/* One-element arrays, the shape job_piece takes. */
+		rb = xmalloc(rl + 1);
+		rb[0] = 0x91;
+		memcpy(rb + 1, r, rl);
+		if (e) {
+			eb = xmalloc(el + 1);
+			eb[0] = 0x91;
+			memcpy(eb + 1, e, el);
+		}
+		job_piece(job, 0, 1, rb, rl + 1, e ? eb : none, e ? el + 1 : 1, e ? 1 : 0);
+		free(rb);
+		free(eb);
+		seg_unref(job, b->segs[k]);
+		job_chunk_ended(job);
+	}
+	b->done += res->n_results;
+}
+
+/* The batch's worker is gone.  A batch's worker reports every member as it
+ * finishes (wmsg "each"), so the first unanswered member is the one it was
+ * running: that one fails (batched applies ask for no retries).  The members
+ * after it never started, and may belong to other clients: they go back to
+ * the queue untouched, so one task's crash costs nobody else their work. */
+static void batch_lost(struct batch *b, int code, const char *msg)
+{
+	for (uint32_t k = b->done; k < b->n; k++) {
+		struct job *job = b->jobs[k];
+
+		if (k > b->done && job->conn) {
+			struct retry *r = xcalloc(1, sizeof(*r));
+
+			r->first = 0;
+			r->count = 1;
+			r->seg = b->segs[k];       /* the member's reference moves here */
+			r->items = b->item[k];
+			r->items_len = b->item_len[k];
+			*job->retry_tail = r;
+			job->retry_tail = &r->next;
+			job->inflight--;
+			job_requeue(job);
+			continue;
+		}
+		struct chunk one = { .job = job, .first = 0, .count = 1 };
+
+		chunk_fail(&one, code, msg);
+		seg_unref(job, b->segs[k]);
+		job_chunk_ended(job);
+	}
+	batch_free(b);
+}
+
 void disp_schedule(void)
 {
 	struct worker *w;
@@ -583,12 +765,14 @@ void disp_schedule(void)
 				break;
 		if (!job)
 			return;
+		ck.batch = NULL;
 		if (!job_next_chunk(job, pool_quota_left(w), &ck))
 			return;      /* a worker at its quota is never idle */
 		job->inflight++;
 		/* Round robin: the job goes to the back of the line. */
 		job_unqueue(job);
 		job_requeue(job);
+		batch_gather(job, &ck, pool_quota_left(w));
 		pool_run(w, &ck, job->fn, job->fn_len);
 	}
 }
@@ -700,6 +884,14 @@ static void chunk_advance(struct chunk *ck, uint32_t n)
 
 void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res)
 {
+	if (ck->batch) {
+		batch_piece(ck->batch, res);
+		chunk_advance(ck, res->n_results);
+		/* Answered members may be freed already: the chunk names the
+		 * member it is running now (a part never covers the last). */
+		ck->job = ck->batch->jobs[ck->batch->done];
+		return;
+	}
 	job_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
 		  res->errors, res->errors_len, res->n_errors);
 	chunk_advance(ck, res->n_results);
@@ -707,6 +899,12 @@ void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res)
 
 void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res)
 {
+	if (ck->batch) {
+		batch_piece(ck->batch, res);
+		batch_free(ck->batch);
+		disp_schedule();
+		return;
+	}
 	job_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
 		  res->errors, res->errors_len, res->n_errors);
 	seg_unref(ck->job, ck->seg);
@@ -744,6 +942,11 @@ void disp_chunk_lost(struct chunk *ck, int code, const char *msg)
 {
 	struct job *job = ck->job;
 
+	if (ck->batch) {
+		batch_lost(ck->batch, code, msg);
+		disp_schedule();
+		return;
+	}
 	if (ck->count > 0 && job->conn && ck->attempt < job->retries) {
 		struct retry *r = xcalloc(1, sizeof(*r));
 

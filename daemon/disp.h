@@ -18,6 +18,7 @@
 struct conn;
 struct job;
 struct seg;
+struct batch;
 
 /* A chunk in flight, held by the worker running it.  Parts the worker
  * reports move first and items forward, so the chunk always describes the
@@ -30,6 +31,9 @@ struct chunk {
 	struct seg *seg;             /* the input segment its items live in */
 	const uint8_t *items;        /* the unanswered items, raw */
 	size_t items_len;
+	/* Non-NULL: single-item applies of one function and options run as
+	 * one chunk (job is the first of them); first counts from 0. */
+	struct batch *batch;
 };
 
 struct job_spec {

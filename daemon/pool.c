@@ -386,6 +386,14 @@ struct worker *pool_idle(void)
 	return NULL;
 }
 
+unsigned pool_idle_count(void)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < n_slots; i++)
+		n += slots[i].state == W_IDLE;
+	return n;
+}
+
 uint64_t pool_quota_left(const struct worker *w)
 {
 	if (!w->quota)
@@ -397,6 +405,7 @@ void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t
 {
 	struct wmsg_run run = {
 		.seq = ++w->seq, .fn = fn, .fn_len = fn_len, .first = ck->first,
+		.each = ck->batch != NULL,
 		.count = ck->count, .items = ck->items, .items_len = ck->items_len,
 	};
 	msgpack_packer pk;

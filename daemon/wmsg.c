@@ -8,9 +8,10 @@ int wmsg_pack_run(msgpack_packer *pk, const struct wmsg_run *run)
 {
 	int r = mp_pack_request_head(pk, run->seq, "run");
 
-	r |= msgpack_pack_array(pk, 3);
+	r |= msgpack_pack_array(pk, 4);
 	r |= msgpack_pack_str_with_body(pk, run->fn, run->fn_len);
 	r |= msgpack_pack_uint64(pk, run->first);
+	r |= run->each ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
 	r |= msgpack_pack_array(pk, run->count);
 	/* The items go out as the client sent them: no decode, no re-encode. */
 	r |= pk->callback(pk->data, (const char *)run->items, run->items_len);
@@ -31,9 +32,10 @@ int wmsg_parse_run(const uint8_t *frame, size_t len, struct wmsg_run *ret)
 		return -EBADMSG;
 	run.seq = m.msgid;
 	mp_cur_init(&c, m.body, m.body_len);
-	if (mp_read_array(&c, &n) < 0 || n != 3 ||
+	if (mp_read_array(&c, &n) < 0 || n != 4 ||
 	    mp_read_str(&c, &run.fn, &run.fn_len) < 0 ||
 	    mp_read_u64(&c, &run.first) < 0 ||
+	    mp_read_bool(&c, &run.each) < 0 ||
 	    mp_read_array(&c, &run.count) < 0)
 		return -EBADMSG;
 	run.items = c.p;

@@ -1,7 +1,7 @@
 /* wmsg: the messages between the master and its workers, packed and read in
  * one place.  They ride the same MessagePack-RPC framing as clients:
  *
- *   master -> worker  [0, seq, "run", [function, first, items]]
+ *   master -> worker  [0, seq, "run", [function, first, each, items]]
  *   worker -> master  [2, "part", [seq, results, errors]]   zero or more
  *   worker -> master  [1, seq, nil, [results, errors]]      the rest, last
  *   worker -> master  [2, "ready", [pid]]        once, after module init
@@ -11,16 +11,19 @@
  * forwarded to the client byte for byte.  A worker sends a "part" for the
  * items it finished whenever WMSG_PART_MS passed since its last message, so
  * long chunks stream, a death loses only unreported items, and the master
- * can tell a slow chunk from a hung task.  Bump WMSG_VERSION when a shape
+ * can tell a slow chunk from a hung task.  With each true (a batch of
+ * independent applies) it reports every item at once, so the master knows
+ * exactly which item a death interrupted.  Bump WMSG_VERSION when a shape
  * changes. */
 #ifndef WMSG_H
 #define WMSG_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <msgpack.h>
 
-#define WMSG_VERSION 1
+#define WMSG_VERSION 2
 #define WMSG_PART_MS 20
 /* Workers time parts with a coarse clock: the master allows this much more. */
 #define WMSG_PART_SLACK_MS 10
@@ -37,6 +40,7 @@ struct wmsg_run {
 	const char *fn;
 	uint32_t fn_len;
 	uint64_t first;
+	bool each;                /* report every item as it finishes */
 	uint32_t count;
 	const uint8_t *items;     /* count raw elements back to back */
 	size_t items_len;

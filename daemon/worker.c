@@ -205,7 +205,7 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 		}
 		piece++;
 		now = mono_ms();
-		if (i + 1 < run->count && now - last_sent >= WMSG_PART_MS) {
+		if (i + 1 < run->count && (run->each || now - last_sent >= WMSG_PART_MS)) {
 			send_piece(b, run->seq, false, piece, n_err);
 			piece = n_err = 0;
 			last_sent = now;

@@ -456,6 +456,70 @@ START_TEST(apply_worker_deaths_are_named)
 }
 END_TEST
 
+/* ==== 2b. pipelined applies ride in batches; a crash in one costs no other ==== */
+
+/* Packs testmod.mixed's argument: an integer (sleep ms) or a string. */
+static void pack_mixed(msgpack_sbuffer *sb, int64_t ms, const char *s)
+{
+	msgpack_packer pk;
+
+	sb->size = 0;
+	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+	if (s)
+		msgpack_pack_str_with_body(&pk, s, strlen(s));
+	else
+		msgpack_pack_int64(&pk, ms);
+}
+
+START_TEST(batched_applies_survive_a_crash_among_them)
+{
+	enum { N = 60, CRASH = 23 };
+	const char *args[] = { "--module", testmod(), NULL };
+	mpool_async *busy[2], *a[N];
+	msgpack_sbuffer sb;
+	struct fx fx;
+	int failed = 0;
+
+	fx_start(&fx, args);
+	msgpack_sbuffer_init(&sb);
+	/* Both workers busy, so the next applies queue up and are batched. */
+	for (int i = 0; i < 2; i++) {
+		pack_mixed(&sb, 300, NULL);
+		REQUIRE(mpool_apply_async(fx.c, "testmod.mixed", sb.data, sb.size, NULL, NULL, NULL,
+					  NULL, &busy[i]) == 0);
+	}
+	for (int i = 0; i < N; i++) {
+		pack_mixed(&sb, 2, i == CRASH ? "crash" : NULL);
+		REQUIREF(mpool_apply_async(fx.c, "testmod.mixed", sb.data, sb.size, NULL, NULL, NULL,
+					   NULL, &a[i]) == 0, "apply_async %d: %s", i, mpool_errmsg(fx.c));
+	}
+	for (int i = 0; i < N; i++) {
+		const msgpack_object *o;
+		int r = mpool_async_get(a[i], 20000, &o);
+
+		if (i == CRASH) {
+			REQUIREF(r == -MPOOL_E_WORKER && strstr(mpool_async_errmsg(a[i]), "SIGSEGV"),
+				 "the crashing apply: %d (%s)", r, mpool_async_errmsg(a[i]));
+			failed++;
+		} else {
+			REQUIREF(r == 0 && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 == 2,
+				 "apply %d beside the crash: %d (%s)", i, r,
+				 r < 0 ? mpool_async_errmsg(a[i]) : "wrong result");
+		}
+		mpool_async_free(a[i]);
+	}
+	for (int i = 0; i < 2; i++) {
+		const msgpack_object *o;
+
+		REQUIRE(mpool_async_get(busy[i], 20000, &o) == 0);
+		mpool_async_free(busy[i]);
+	}
+	REQUIRE(failed == 1);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
 /* ==== 3. an item that always crashes: retried up to the cap, then failed ===== */
 
 START_TEST(crashing_item_exhausts_its_retries)
@@ -1264,6 +1328,7 @@ static Suite *lifecycle_suite(void)
 	tcase_add_loop_test(tc, sigkill_mid_chunk_keeps_reported_items, 0, 2);   /* retries 0, 1 */
 	tcase_add_loop_test(tc, sigkill_during_sleep_map, 0, 2);                 /* retries 0, 1 */
 	tcase_add_test(tc, apply_worker_deaths_are_named);
+	tcase_add_test(tc, batched_applies_survive_a_crash_among_them);
 	tcase_add_test(tc, crashing_item_exhausts_its_retries);
 	suite_add_tcase(s, tc);
 
