@@ -143,33 +143,13 @@ const char *ffx_env(const char *name)
 
 /* ---- the extended status ----------------------------------------------- */
 
-static bool get_u64(const msgpack_object *map, const char *key, uint64_t *ret)
-{
-	const msgpack_object *o = fx_obj_get(map, key);
-
-	if (!o || o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-		return false;
-	*ret = o->via.u64;
-	return true;
-}
-
-static bool get_str(const msgpack_object *map, const char *key, char *buf, size_t size)
-{
-	const msgpack_object *o = fx_obj_get(map, key);
-
-	if (!o || o->type != MSGPACK_OBJECT_STR)
-		return false;
-	snprintf(buf, size, "%.*s", (int)o->via.str.size, o->via.str.ptr);
-	return true;
-}
-
 /* NULL on success, else the key that is missing or mistyped. */
 static const char *parse_status(const msgpack_object *o, struct ffx_status *st)
 {
 	const msgpack_object *w, *t, *by, *lf;
 
 	memset(st, 0, sizeof(*st));
-	if (!get_str(o, "state", st->state, sizeof(st->state)))
+	if (!fx_get_str(o, "state", st->state, sizeof(st->state)))
 		return "state";
 	w = fx_obj_get(o, "workers");
 	if (!w || w->type != MSGPACK_OBJECT_ARRAY || w->via.array.size > FX_MAX_WORKERS)
@@ -180,23 +160,23 @@ static const char *parse_status(const msgpack_object *o, struct ffx_status *st)
 		struct ffx_worker *fw = &st->workers[i];
 		uint64_t pid;
 
-		if (!get_u64(m, "pid", &pid))
+		if (!fx_get_u64(m, "pid", &pid))
 			return "workers[].pid";
 		fw->pid = (pid_t)pid;
-		if (!get_str(m, "state", fw->state, sizeof(fw->state)))
+		if (!fx_get_str(m, "state", fw->state, sizeof(fw->state)))
 			return "workers[].state";
-		if (!get_u64(m, "tasks_done", &fw->tasks_done))
+		if (!fx_get_u64(m, "tasks_done", &fw->tasks_done))
 			return "workers[].tasks_done";
-		if (!get_u64(m, "quota", &fw->quota))
+		if (!fx_get_u64(m, "quota", &fw->quota))
 			return "workers[].quota";
-		if (!get_u64(m, "rss_kib", &fw->rss_kib))
+		if (!fx_get_u64(m, "rss_kib", &fw->rss_kib))
 			return "workers[].rss_kib";
 	}
 	t = fx_obj_get(o, "totals");
 	if (!t || t->type != MSGPACK_OBJECT_MAP)
 		return "totals";
-#define U(k) if (!get_u64(t, #k, &st->k)) return "totals." #k
-	if (!get_u64(t, "workers", &st->pool_size))
+#define U(k) if (!fx_get_u64(t, #k, &st->k)) return "totals." #k
+	if (!fx_get_u64(t, "workers", &st->pool_size))
 		return "totals.workers";
 	U(tasks_done);
 	U(tasks_failed);
@@ -210,15 +190,15 @@ static const char *parse_status(const msgpack_object *o, struct ffx_status *st)
 	by = fx_obj_get(t, "recycled_by");
 	if (!by || by->type != MSGPACK_OBJECT_MAP)
 		return "totals.recycled_by";
-	if (!get_u64(by, "tasks", &st->by_tasks))
+	if (!fx_get_u64(by, "tasks", &st->by_tasks))
 		return "totals.recycled_by.tasks";
-	if (!get_u64(by, "rss", &st->by_rss))
+	if (!fx_get_u64(by, "rss", &st->by_rss))
 		return "totals.recycled_by.rss";
-	if (!get_u64(by, "lifetime", &st->by_lifetime))
+	if (!fx_get_u64(by, "lifetime", &st->by_lifetime))
 		return "totals.recycled_by.lifetime";
-	if (!get_u64(by, "reload", &st->by_reload))
+	if (!fx_get_u64(by, "reload", &st->by_reload))
 		return "totals.recycled_by.reload";
-	if (!get_str(t, "health", st->health, sizeof(st->health)))
+	if (!fx_get_str(t, "health", st->health, sizeof(st->health)))
 		return "totals.health";
 	lf = fx_obj_get(t, "last_failure");
 	if (!lf)

@@ -530,7 +530,7 @@ int64_t fx_obj_i64(const msgpack_object *o)
 	return o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (int64_t)o->via.u64 : o->via.i64;
 }
 
-static bool get_u64(const msgpack_object *map, const char *key, uint64_t *ret)
+bool fx_get_u64(const msgpack_object *map, const char *key, uint64_t *ret)
 {
 	const msgpack_object *o = fx_obj_get(map, key);
 
@@ -540,7 +540,7 @@ static bool get_u64(const msgpack_object *map, const char *key, uint64_t *ret)
 	return true;
 }
 
-static bool get_str(const msgpack_object *map, const char *key, char *buf, size_t size)
+bool fx_get_str(const msgpack_object *map, const char *key, char *buf, size_t size)
 {
 	const msgpack_object *o = fx_obj_get(map, key);
 
@@ -558,12 +558,12 @@ bool fx_status_parse(const msgpack_object *o, struct fx_status *st)
 	memset(st, 0, sizeof(*st));
 	if (!o || o->type != MSGPACK_OBJECT_MAP)
 		return false;
-	if (!get_str(o, "version", st->version, sizeof(st->version)) ||
-	    !get_str(o, "state", st->state, sizeof(st->state)) ||
-	    !get_u64(o, "protocol", &v))
+	if (!fx_get_str(o, "version", st->version, sizeof(st->version)) ||
+	    !fx_get_str(o, "state", st->state, sizeof(st->state)) ||
+	    !fx_get_u64(o, "protocol", &v))
 		return false;
 	st->protocol = (int64_t)v;
-	if (!get_u64(o, "pid", &v))
+	if (!fx_get_u64(o, "pid", &v))
 		return false;
 	st->pid = (pid_t)v;
 	w = fx_obj_get(o, "workers");
@@ -574,11 +574,11 @@ bool fx_status_parse(const msgpack_object *o, struct fx_status *st)
 		const msgpack_object *m = &w->via.array.ptr[i], *job;
 		struct fx_worker *fw = &st->workers[i];
 
-		if (!get_u64(m, "pid", &v))
+		if (!fx_get_u64(m, "pid", &v))
 			return false;
 		fw->pid = (pid_t)v;
-		if (!get_str(m, "state", fw->state, sizeof(fw->state)) ||
-		    !get_u64(m, "tasks_done", &fw->tasks_done))
+		if (!fx_get_str(m, "state", fw->state, sizeof(fw->state)) ||
+		    !fx_get_u64(m, "tasks_done", &fw->tasks_done))
 			return false;
 		job = fx_obj_get(m, "job");
 		if (!job)
@@ -591,17 +591,17 @@ bool fx_status_parse(const msgpack_object *o, struct fx_status *st)
 			return false;
 	}
 	t = fx_obj_get(o, "totals");
-	return t && get_u64(t, "workers", &st->totals.workers) &&
-	       get_u64(t, "max_tasks_per_child", &st->totals.max_tasks_per_child) &&
-	       get_u64(t, "tasks_done", &st->totals.tasks_done) &&
-	       get_u64(t, "tasks_failed", &st->totals.tasks_failed) &&
-	       get_u64(t, "workers_started", &st->totals.workers_started) &&
-	       get_u64(t, "workers_recycled", &st->totals.workers_recycled) &&
-	       get_u64(t, "workers_died", &st->totals.workers_died) &&
-	       get_u64(t, "jobs_active", &st->totals.jobs_active) &&
-	       get_u64(t, "jobs_done", &st->totals.jobs_done) &&
-	       get_u64(t, "chunks_queued", &st->totals.chunks_queued) &&
-	       get_u64(t, "clients", &st->totals.clients);
+	return t && fx_get_u64(t, "workers", &st->totals.workers) &&
+	       fx_get_u64(t, "max_tasks_per_child", &st->totals.max_tasks_per_child) &&
+	       fx_get_u64(t, "tasks_done", &st->totals.tasks_done) &&
+	       fx_get_u64(t, "tasks_failed", &st->totals.tasks_failed) &&
+	       fx_get_u64(t, "workers_started", &st->totals.workers_started) &&
+	       fx_get_u64(t, "workers_recycled", &st->totals.workers_recycled) &&
+	       fx_get_u64(t, "workers_died", &st->totals.workers_died) &&
+	       fx_get_u64(t, "jobs_active", &st->totals.jobs_active) &&
+	       fx_get_u64(t, "jobs_done", &st->totals.jobs_done) &&
+	       fx_get_u64(t, "chunks_queued", &st->totals.chunks_queued) &&
+	       fx_get_u64(t, "clients", &st->totals.clients);
 }
 
 static void record_seen(struct fx *fx, pid_t pid)

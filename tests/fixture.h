@@ -175,6 +175,10 @@ uint64_t fx_obj_u64(const msgpack_object *o);
 int64_t fx_obj_i64(const msgpack_object *o);
 /* o[key] of a map, or NULL. */
 const msgpack_object *fx_obj_get(const msgpack_object *map, const char *key);
+/* A map's unsigned integer or string under key; false when absent or of
+ * another type (*ret or buf untouched then). */
+bool fx_get_u64(const msgpack_object *map, const char *key, uint64_t *ret);
+bool fx_get_str(const msgpack_object *map, const char *key, char *buf, size_t size);
 bool fx_obj_str_eq(const msgpack_object *o, const char *s);
 
 /* ---- raw sockets ------------------------------------------------------------ */
