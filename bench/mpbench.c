@@ -409,6 +409,10 @@ static double one_pipeline(mpool *p, const struct args *a)
 		struct pollfd pfd = { .fd = mpool_fd(p) };
 		int r;
 
+		/* The burst leaves in one write (mpool_cork), as a program
+		 * submitting many applies at once would send it. */
+		if ((r = mpool_cork(p)) < 0)
+			fail(p, "cork", r);
 		while (sent < a->n && sent - pipe_st.done < a->window) {
 			mpool_async *h;
 
@@ -422,6 +426,8 @@ static double one_pipeline(mpool *p, const struct args *a)
 			mpool_async_free(h);
 			sent++;
 		}
+		if ((r = mpool_uncork(p)) < 0)
+			fail(p, "uncork", r);
 		pfd.events = (short)((mpool_events(p) & MPOOL_EV_READ ? POLLIN : 0) |
 				     (mpool_events(p) & MPOOL_EV_WRITE ? POLLOUT : 0));
 		if (poll(&pfd, 1, -1) < 0 && errno != EINTR)

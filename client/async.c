@@ -175,7 +175,7 @@ int mpc_send_cancel(struct mpool_async *a, bool kill)
 		return -MPOOL_E_NOMEM;
 	}
 	mpc_call_release(c);       /* open: it lives until mpoold answers */
-	mpc_flush(p);
+	mpc_send_soon(p);
 	return 0;
 }
 

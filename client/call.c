@@ -93,7 +93,7 @@ static struct mpool_async *simple_start(mpool *p, const char *method, const uint
 		*ret_err = mpc_err(p, MPOOL_E_NOMEM, "out of memory packing a request");
 		return NULL;
 	}
-	mpc_flush(p);
+	mpc_send_soon(p);
 	return a;
 }
 
@@ -232,7 +232,7 @@ struct mpool_async *mpc_apply_start(mpool *p, const char *fn, const void *arg, s
 		*ret_err = mpc_err(p, MPOOL_E_NOMEM, "out of memory packing a request");
 		return NULL;
 	}
-	mpc_flush(p);
+	mpc_send_soon(p);
 	return a;
 }
 

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -456,6 +457,35 @@ void mpc_flush(mpool *p)
 	}
 }
 
+void mpc_send_soon(mpool *p)
+{
+	if ((p->cork > 0 || p->depth > 0 || p->reading) && mpc_out_pending(p) < MPC_CORK_MAX)
+		return;
+	mpc_flush(p);
+}
+
+int mpool_cork(mpool *p)
+{
+	if (!p)
+		return -MPOOL_E_INVAL;
+	if (p->cork == UINT_MAX)
+		return mpc_err(p, MPOOL_E_INVAL, "mpool_cork nested too deep");
+	p->cork++;
+	return 0;
+}
+
+int mpool_uncork(mpool *p)
+{
+	if (!p)
+		return -MPOOL_E_INVAL;
+	if (p->cork == 0)
+		return mpc_err(p, MPOOL_E_INVAL, "mpool_uncork without mpool_cork");
+	p->cork--;
+	mpc_send_soon(p);
+	mpc_watch_update(p);
+	return 0;
+}
+
 int mpc_pack_head(mpool *p, uint64_t msgid, const char *method, uint32_t n_params)
 {
 	msgpack_packer pk;
@@ -666,6 +696,9 @@ int mpc_step(mpool *p, struct mpool_async *until, size_t budget)
 	size_t got = 0;
 	int r;
 
+	/* What callbacks queue while this step reads leaves with the last
+	 * flush below, in one write. */
+	p->reading = true;
 	while (!p->dead) {
 		mpc_flush(p);
 		while (mpc_feed_pump(p))
@@ -679,6 +712,7 @@ int mpc_step(mpool *p, struct mpool_async *until, size_t budget)
 		if (r <= 0 || got >= budget)
 			break;
 	}
+	p->reading = false;
 	if (!p->dead) {
 		mpc_flush(p);
 		if (p->wclosed || p->fail_code)

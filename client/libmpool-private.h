@@ -48,6 +48,12 @@
 #define MPC_PROCESS_BUDGET ((size_t)1 << 20)
 /* An idle output buffer larger than this is given back. */
 #define MPC_OUT_KEEP ((size_t)1 << 20)
+/* Held-back requests (mpool_cork(), callbacks) leave at once past this
+ * many queued bytes: a burst costs one write per 64 KiB, and a corked
+ * program never makes libmpool buffer without bound. */
+#define MPC_CORK_MAX ((size_t)64 << 10)
+/* Bytes one read asks for. */
+#define MPC_READ_CHUNK ((size_t)64 << 10)
 
 /* Bytes queued for the daemon: data[start..len). */
 struct mpc_out {
@@ -68,6 +74,8 @@ struct mpool {
 	bool wclosed;           /* a send found the daemon gone: drain, then fail */
 	int fail_code;          /* a failure to apply at the next step (0: none) */
 	unsigned depth;         /* callbacks running */
+	unsigned cork;          /* mpool_cork() calls not yet undone */
+	bool reading;           /* in mpc_step: it sends what callbacks queue */
 	uint64_t next_msgid;
 	struct mp_frame frame;
 	struct mpc_out out;
@@ -224,14 +232,16 @@ void mpc_call_fail(struct mpool_async *a, int code, const char *fmt, ...)
 /* The object get() hands out (NULL when none). */
 const msgpack_object *mpc_call_result(const struct mpool_async *a);
 
-/* Runs a user callback of a: counts it as running. */
+/* Runs a user callback of a: counts it as running.  Requests the callback
+ * made leave when the outermost callback returns (mpc_send_soon). */
 #define MPC_CALLBACK(a, call) do { \
 	mpool *cb_p_ = (a)->p; \
 	cb_p_->depth++; \
 	(a)->busy++; \
 	call; \
 	(a)->busy--; \
-	cb_p_->depth--; \
+	if (--cb_p_->depth == 0) \
+		mpc_send_soon(cb_p_); \
 } while (0)
 
 /* A packer appending to p's output queue. */
@@ -245,6 +255,11 @@ size_t mpc_out_pending(const mpool *p);
 /* Sends what the socket takes now.  A lost connection is remembered for
  * the next step (no callback runs here). */
 void mpc_flush(mpool *p);
+/* A request was queued: sends it now, or holds it back while the program
+ * has corked p, a callback runs or mpc_step reads, until MPC_CORK_MAX bytes
+ * wait.  Whatever ends the hold (mpool_uncork, the outermost callback's
+ * return, mpc_step's end) sends what was held, in one write. */
+void mpc_send_soon(mpool *p);
 
 /* Starts a request in the output queue: [0, msgid, method, [n_params...]].
  * 0 or -1 when out of memory. */

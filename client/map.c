@@ -452,7 +452,7 @@ struct mpool_async *mpc_map_start(mpool *p, const char *fn, const void *items,
 		mpc_out_rollback(p, mark);
 		goto nomem_call;
 	}
-	mpc_flush(p);
+	mpc_send_soon(p);
 	return a;
 nomem_call:
 	mpc_call_release(a);

@@ -118,7 +118,7 @@ static int request(mpool *p, const char *method, const uint64_t *id, int64_t tim
 		mpc_call_release(a);
 		return mpc_err(p, MPOOL_E_NOMEM, "out of memory packing a request");
 	}
-	mpc_flush(p);
+	mpc_send_soon(p);
 	return mpc_finish(p, a, ret);
 }
 
@@ -366,7 +366,7 @@ int mpool_spawn(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		mpc_call_release(a);
 		return mpc_err(p, MPOOL_E_NOMEM, "out of memory packing a request");
 	}
-	mpc_flush(p);
+	mpc_send_soon(p);
 	r = mpc_finish(p, a, &v);
 	if (r < 0)
 		return r;

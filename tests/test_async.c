@@ -1328,6 +1328,234 @@ START_TEST(stream_10m_bounded)
 }
 END_TEST
 
+/* ---- 8. batching: mpool_cork and requests made in callbacks --------------------- */
+
+/* Drives c with poll + mpool_process until *done reaches n. */
+static void process_until(mpool *c, const int *done, int n)
+{
+	int64_t end = fx_now_ms() + FX_WAIT_MS;
+
+	while (*done < n) {
+		int ev = mpool_events(c);
+		struct pollfd pfd = {
+			mpool_fd(c),
+			(short)((ev & MPOOL_EV_READ ? POLLIN : 0) | (ev & MPOOL_EV_WRITE ? POLLOUT : 0)),
+			0
+		};
+
+		REQUIREF(fx_now_ms() < end, "%d of %d answers", *done, n);
+		if (poll(&pfd, 1, 100) < 0)
+			REQUIRE(errno == EINTR);
+		ok(c, mpool_process(c), "process");
+	}
+}
+
+static void count_done(void *ud, const msgpack_object *res)
+{
+	(void)res;
+	(*(int *)ud)++;
+}
+
+START_TEST(cork_holds_until_uncork)
+{
+	enum { N = 300 };
+	static struct counts cnt[N];
+	static mpool_async *h[N];
+	struct fx_status st;
+	uint64_t done_before;
+	msgpack_sbuffer sb;
+	struct fx fx;
+	mpool *c;
+	int done;
+
+	fx_start(&fx, NULL);
+	c = fx_connect(&fx);
+	REQUIRE(mpool_uncork(c) == -MPOOL_E_INVAL);
+	REQUIRE(strstr(mpool_errmsg(c), "without mpool_cork") != NULL);
+	REQUIRE(mpool_cork(NULL) == -MPOOL_E_INVAL && mpool_uncork(NULL) == -MPOOL_E_INVAL);
+	fx_status(&fx, &st);
+	done_before = st.totals.tasks_done;
+
+	ok(c, mpool_cork(c), "cork");
+	ok(c, mpool_cork(c), "cork again");
+	for (int i = 0; i < N; i++) {
+		fx_arg_int(&sb, i);
+		ok(c, mpool_apply_async(c, "builtin.square", sb.data, sb.size, NULL, count_ok,
+					count_err, &cnt[i], &h[i]), "apply_async");
+		msgpack_sbuffer_destroy(&sb);
+		REQUIRE(mpool_events(c) & MPOOL_EV_WRITE);
+	}
+	/* Nothing left the process: mpoold has run none of them (its status
+	 * comes over another connection, after all 300 were made). */
+	fx_status(&fx, &st);
+	REQUIREF(st.totals.tasks_done == done_before, "%llu tasks done while corked",
+		 (unsigned long long)(st.totals.tasks_done - done_before));
+	ok(c, mpool_uncork(c), "inner uncork");
+	REQUIRE(mpool_events(c) & MPOOL_EV_WRITE);      /* one cork is left */
+	ok(c, mpool_uncork(c), "outer uncork");
+	/* About 10 KiB: the socket takes them in the one write. */
+	REQUIRE(mpool_events(c) == MPOOL_EV_READ);
+
+	for (int64_t end = fx_now_ms() + FX_WAIT_MS;;) {
+		struct pollfd pfd = { mpool_fd(c), POLLIN, 0 };
+
+		done = 0;
+		for (int i = 0; i < N; i++)
+			done += cnt[i].ok + cnt[i].err;
+		if (done == N)
+			break;
+		REQUIREF(fx_now_ms() < end, "%d of %d answers", done, N);
+		if (poll(&pfd, 1, 100) < 0)
+			REQUIRE(errno == EINTR);
+		ok(c, mpool_process(c), "process");
+	}
+	for (int i = 0; i < N; i++) {
+		REQUIREF(cnt[i].ok == 1 && cnt[i].last_u64 == (uint64_t)i * i, "request %d: %d/%d",
+			 i, cnt[i].ok, cnt[i].err);
+		mpool_async_free(h[i]);
+	}
+	mpool_close(c);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* A wait never hangs on a request held back by a cork: it sends first. */
+START_TEST(cork_wait_sends_first)
+{
+	const msgpack_object *res;
+	mpool_value *v;
+	msgpack_sbuffer sb;
+	mpool_async *h;
+	struct fx fx;
+	mpool *c;
+
+	fx_start(&fx, NULL);
+	c = fx_connect(&fx);
+	ok(c, mpool_cork(c), "cork");
+	fx_arg_int(&sb, 7);
+	ok(c, mpool_apply_async(c, "builtin.square", sb.data, sb.size, NULL, NULL, NULL, NULL,
+				&h), "apply_async");
+	REQUIRE(mpool_events(c) & MPOOL_EV_WRITE);
+	ok(c, mpool_async_get(h, FX_WAIT_MS, &res), "get while corked");
+	REQUIRE(fx_obj_u64(res) == 49);
+	mpool_async_free(h);
+	/* A blocking call while corked, too. */
+	ok(c, mpool_apply(c, "builtin.square", sb.data, sb.size, &v), "apply while corked");
+	REQUIRE(fx_obj_u64(mpool_value_get(v)) == 49);
+	mpool_value_free(v);
+	msgpack_sbuffer_destroy(&sb);
+	ok(c, mpool_uncork(c), "uncork");
+	REQUIRE(mpool_events(c) == MPOOL_EV_READ);
+	mpool_close(c);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* A cork holds at most 64 KiB: past it, what is held leaves at once. */
+START_TEST(cork_bound)
+{
+	enum { N = 200, SZ = 1024 };
+	static uint8_t blob[SZ];
+	int held_at_least = 0, done = 0;
+	bool flushed = false;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	struct fx fx;
+	mpool *c;
+
+	fx_start(&fx, NULL);
+	c = fx_connect(&fx);
+	fx_sbuf_init(&sb, &pk);
+	msgpack_pack_bin(&pk, SZ);
+	msgpack_pack_bin_body(&pk, blob, SZ);
+	ok(c, mpool_cork(c), "cork");
+	for (int i = 0; i < N; i++) {
+		mpool_async *h;
+
+		ok(c, mpool_apply_async(c, "builtin.echo", sb.data, sb.size, NULL, count_done,
+					NULL, &done, &h), "apply_async");
+		mpool_async_free(h);
+		if (!(mpool_events(c) & MPOOL_EV_WRITE))
+			flushed = true;
+		else if (!flushed)
+			held_at_least = i + 1;
+	}
+	/* 60 requests of ~1 KiB are under the bound: all held. */
+	REQUIREF(held_at_least >= 60 && flushed, "held %d, flushed %d", held_at_least, flushed);
+	ok(c, mpool_uncork(c), "uncork");
+	msgpack_sbuffer_destroy(&sb);
+	process_until(c, &done, N);
+	REQUIRE(done == N);
+	mpool_close(c);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* Requests a callback makes leave when the call that ran it returns: the
+ * callback sees them held, the caller of mpool_process sees them sent. */
+struct burst {
+	mpool *c;
+	int started, done, held_in_cb, sent_after;
+};
+
+static void burst_next(void *ud, const msgpack_object *res)
+{
+	struct burst *ch = ud;
+	msgpack_sbuffer sb;
+
+	(void)res;
+	ch->done++;
+	if (ch->started >= 400)
+		return;
+	/* Two new requests per answer, up to 400 in all. */
+	for (int k = 0; k < 2 && ch->started < 400; k++) {
+		mpool_async *h;
+
+		fx_arg_int(&sb, ch->started);
+		REQUIRE(mpool_apply_async(ch->c, "builtin.square", sb.data, sb.size, NULL,
+					  burst_next, NULL, ch, &h) == 0);
+		msgpack_sbuffer_destroy(&sb);
+		mpool_async_free(h);
+		ch->started++;
+	}
+	if (mpool_events(ch->c) & MPOOL_EV_WRITE)
+		ch->held_in_cb++;
+}
+
+START_TEST(callback_requests_leave_together)
+{
+	struct burst ch = { 0 };
+	int64_t end = fx_now_ms() + FX_WAIT_MS;
+	msgpack_sbuffer sb;
+	mpool_async *h;
+	struct fx fx;
+
+	fx_start(&fx, NULL);
+	ch.c = fx_connect(&fx);
+	fx_arg_int(&sb, 1);
+	ok(ch.c, mpool_apply_async(ch.c, "builtin.square", sb.data, sb.size, NULL, burst_next,
+				   NULL, &ch, &h), "apply_async");
+	msgpack_sbuffer_destroy(&sb);
+	mpool_async_free(h);
+	ch.started = 1;
+	while (ch.done < 400) {
+		struct pollfd pfd = { mpool_fd(ch.c), POLLIN, 0 };
+
+		REQUIREF(fx_now_ms() < end, "%d of 400 answers", ch.done);
+		/* Nothing waits to be sent between calls: a callback's
+		 * requests left before mpool_process returned. */
+		REQUIRE(!(mpool_events(ch.c) & MPOOL_EV_WRITE));
+		if (poll(&pfd, 1, 100) < 0)
+			REQUIRE(errno == EINTR);
+		ok(ch.c, mpool_process(ch.c), "process");
+	}
+	REQUIRE(ch.started == 400 && ch.done == 400);
+	REQUIREF(ch.held_in_cb > 0, "no callback saw its requests held");
+	mpool_close(ch.c);
+	fx_stop(&fx);
+}
+END_TEST
+
 static Suite *async_suite(void)
 {
 	Suite *s = suite_create("async");
@@ -1349,6 +1577,10 @@ static Suite *async_suite(void)
 	tcase_add_test(tc, iterator_bound_stops_reading);
 	tcase_add_test(tc, poll_loop);
 	tcase_add_test(tc, libevent_helper);
+	tcase_add_test(tc, cork_holds_until_uncork);
+	tcase_add_test(tc, cork_wait_sends_first);
+	tcase_add_test(tc, cork_bound);
+	tcase_add_test(tc, callback_requests_leave_together);
 	tcase_add_test(tc, handles_outlive_connection);
 	tcase_add_test(tc, daemon_gone_fails_handles);
 	tcase_add_test(tc, stream_10m_bounded);

@@ -28,16 +28,26 @@
  * Many requests on one connection
  * - Any number of requests can be in flight on one connection: the async
  *   calls (mpool_apply_async, mpool_map_async, mpool_imap, ...) send a
- *   request and return a handle at once; messages from mpoold are routed to
- *   their handle by msgid as they are read.
+ *   request (see "When a request leaves" below) and return a handle at
+ *   once; messages from mpoold are routed to their handle by msgid as
+ *   they are read.
  * - libmpool reads the connection only inside its own calls: the blocking
  *   calls, the waits (mpool_async_wait/get, mpool_iter_next) and
  *   mpool_process().  Callbacks (result, error, chunk, producer) run only
  *   there, on the caller's thread, and never from another thread or a
  *   signal handler.  A blocking call or a wait runs the callbacks of every
  *   request of its connection whose answers it reads on the way.
- * - Inside a callback the program may submit new requests (sent without
- *   waiting, like any), cancel and free handles (its own included: the free
+ * - When a request leaves: at once, in the call that makes it, with two
+ *   exceptions that batch many requests into one write (one system call
+ *   and one wake-up of mpoold instead of one each).  Requests made while
+ *   the program has corked the connection (mpool_cork) leave when it
+ *   uncorks; requests made inside callbacks leave when the libmpool call
+ *   that ran the callbacks returns.  Either way they leave at once when
+ *   64 KiB are held back, and every call that reads (the blocking calls,
+ *   the waits, mpool_process) first sends everything held; mpool_events()
+ *   asks for WRITE while anything is held.
+ * - Inside a callback the program may submit new requests (they leave
+ *   when the callbacks are done, see above), cancel and free handles (its own included: the free
  *   takes effect when the callback returns), and look at handles (ready,
  *   successful, get and next with timeout 0, which then do no I/O).  Anything that
  *   would block or read (the blocking calls, waits with a timeout other
@@ -517,6 +527,24 @@ void mpool_process_free(struct mpool_process *proc);
  * user: an array of process maps (PROTOCOL.md: id, name, function, pid,
  * owner_uid, daemon, state, age_ms, exitcode, result, error). */
 int mpool_processes(mpool *p, mpool_value **ret_list);
+
+/* ==== Batching requests ===================================================== */
+
+/* Holds back the requests made on p from now until the matching
+ * mpool_uncork(), so that a burst of them (mpool_apply_async in a loop,
+ * say) leaves in one write, as TCP_CORK does for a socket: many small
+ * requests then cost mpoold one read and one wake-up in all.  Calls nest:
+ * the requests leave at the last uncork.  The hold is never longer than
+ * it must be: past 64 KiB held, and whenever a libmpool call reads (a
+ * blocking call, a wait, mpool_process), everything held is sent first,
+ * so a wait for a corked request never hangs.  0, or -MPOOL_E_INVAL for
+ * a NULL p. */
+int mpool_cork(mpool *p);
+/* Undoes one mpool_cork(); the last one sends what was held (inside a
+ * callback: when the callbacks are done).  A failure to send shows at the
+ * next call that reads, as for any request.  0, or -MPOOL_E_INVAL when p
+ * is not corked. */
+int mpool_uncork(mpool *p);
 
 /* ==== Driving a connection from an event loop ============================== */
 
