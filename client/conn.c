@@ -623,13 +623,30 @@ static bool may_route(const mpool *p, const struct mpool_async *until)
 	return p->n_full == 0 || (until && !mpc_ready(until));
 }
 
+/* One read into the framer: bytes read, 0 at the end of the stream, or
+ * -errno; *ret_room is what the read asked for. */
+static ssize_t read_once(mpool *p, size_t *ret_room)
+{
+	uint8_t *buf = mp_frame_space(&p->frame, MPC_READ_CHUNK, ret_room);
+	ssize_t n;
+
+	if (!buf)
+		return -ENOMEM;
+	n = read(p->fd, buf, *ret_room);
+	if (n < 0)
+		return -errno;
+	mp_frame_commit(&p->frame, (size_t)n);
+	return n;
+}
+
 /* Routes the frames held and reads more, until EAGAIN, the budget, or
  * may_route() says stop.  1 when bytes were read, 0 when not, -1 when the
  * connection failed. */
 static int read_some(mpool *p, struct mpool_async *until, size_t budget, size_t *got,
 		     bool drain)
 {
-	bool any = false;
+	bool any = false, emptied = false;
+	size_t room = 0;
 
 	for (;;) {
 		const uint8_t *frame;
@@ -649,12 +666,16 @@ static int read_some(mpool *p, struct mpool_async *until, size_t budget, size_t 
 			if (p->dead)
 				return -1;
 		}
-		if (!drain && (!may_route(p, until) || *got >= budget))
+		if (!drain && (!may_route(p, until) || *got >= budget || emptied))
 			return any;
-		n = mp_frame_read(&p->frame, p->fd);
+		n = read_once(p, &room);
 		if (n > 0) {
 			*got += (size_t)n;
 			any = true;
+			/* A short read took all the socket held: another
+			 * read would only say EAGAIN, a system call per
+			 * message for nothing. */
+			emptied = (size_t)n < room;
 			continue;
 		}
 		if (n == -EINTR)
@@ -709,7 +730,7 @@ int mpc_step(mpool *p, struct mpool_async *until, size_t budget)
 		}
 		r = read_some(p, until, budget, &got, false);
 		/* New credit may let a producer go on. */
-		if (r <= 0 || got >= budget)
+		if (r <= 0 || got >= budget || p->n_streams == 0)
 			break;
 	}
 	p->reading = false;
@@ -734,6 +755,7 @@ int mpc_wait(struct mpool_async *a, int timeout_ms)
 {
 	mpool *p = a->p;
 	int64_t deadline = timeout_ms > 0 ? now_ms() + timeout_ms : 0;
+	bool first = true;
 
 	for (;;) {
 		struct pollfd pfd;
@@ -743,11 +765,24 @@ int mpc_wait(struct mpool_async *a, int timeout_ms)
 			return 1;
 		if (p->depth > 0)
 			return 0;     /* a callback may only look */
-		mpc_step(p, a, MPC_PROCESS_BUDGET);
-		if (mpc_ready(a) || p->dead)
-			return 1;
-		if (timeout_ms == 0)
-			return 0;
+		if (first && timeout_ms != 0 && p->n_streams == 0 &&
+		    mp_frame_pending(&p->frame) == 0 && !p->wclosed && !p->fail_code) {
+			/* A wait that polls anyway starts by only sending: a
+			 * read before the poll would, for a request just sent,
+			 * find nothing and cost a system call.  A producer to
+			 * call, frames held or a failed send need a step. */
+			first = false;
+			mpc_flush(p);
+			if (p->wclosed || p->fail_code)
+				continue;
+		} else {
+			first = false;
+			mpc_step(p, a, MPC_PROCESS_BUDGET);
+			if (mpc_ready(a) || p->dead)
+				return 1;
+			if (timeout_ms == 0)
+				return 0;
+		}
 		if (timeout_ms > 0) {
 			int64_t rest = deadline - now_ms();
 
