@@ -376,6 +376,13 @@ void mpc_procs_detach(mpool *p);
  * or -MPOOL_E_PROTO for bytes that do not decode. */
 int mpc_decode(msgpack_zone *zone, const uint8_t *bytes, size_t len, msgpack_object *ret);
 
+/* Decodes the MessagePack array of n values in bytes[0..len) into
+ * out[0..n): scalars without msgpack-c's decoder, anything else with it,
+ * into zone (with the bytes it points into copied there).  0,
+ * -MPOOL_E_NOMEM, or -MPOOL_E_PROTO when bytes are not such an array. */
+int mpc_decode_items(msgpack_zone *zone, const uint8_t *bytes, size_t len, uint32_t n,
+		     msgpack_object *out);
+
 /* A value with an empty zone and a nil object; NULL when out of memory. */
 mpool_value *mpc_value_new(void);
 msgpack_zone *mpc_value_zone(mpool_value *v);

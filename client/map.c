@@ -166,7 +166,6 @@ static void sink_collect(struct mpool_async *a, uint64_t first, const uint8_t *r
 			 size_t errors_len, uint32_t n_errs)
 {
 	struct mpc_map *m = &a->map;
-	msgpack_object obj;
 	struct mp_cur c;
 	int r;
 
@@ -195,16 +194,9 @@ static void sink_collect(struct mpool_async *a, uint64_t first, const uint8_t *r
 	/* Like Pool.map, a failed item fails the call: stop keeping results. */
 	if (m->item_failed)
 		return;
-	r = mpc_decode(mpc_value_zone(a->value), results, results_len, &obj);
-	if (r < 0) {
+	r = mpc_decode_items(mpc_value_zone(a->value), results, results_len, n, m->items + first);
+	if (r < 0)
 		sink_fail(a, r);
-		return;
-	}
-	if (obj.type != MSGPACK_OBJECT_ARRAY || obj.via.array.size != n) {
-		sink_fail(a, -MPOOL_E_PROTO);
-		return;
-	}
-	memcpy(m->items + first, obj.via.array.ptr, n * sizeof(msgpack_object));
 }
 
 /* [2, "result", [msgid, first, results, errors]] */

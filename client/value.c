@@ -91,6 +91,135 @@ int mpc_decode(msgpack_zone *zone, const uint8_t *bytes, size_t len, msgpack_obj
 	return 0;
 }
 
+static uint64_t be(const uint8_t *b, unsigned n)
+{
+	uint64_t v = 0;
+
+	for (unsigned i = 0; i < n; i++)
+		v = v << 8 | b[i];
+	return v;
+}
+
+/* A signed value as msgpack-c reports it: non-negative ones are
+ * POSITIVE_INTEGER whatever their encoding. */
+static void set_int(msgpack_object *o, int64_t v)
+{
+	if (v >= 0) {
+		o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+		o->via.u64 = (uint64_t)v;
+	} else {
+		o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+		o->via.i64 = v;
+	}
+}
+
+/* Decodes a scalar of fixed size (an integer, a float, nil, a boolean)
+ * from b[0..len) into *o exactly as msgpack-c would.  Its size, or 0 when
+ * b starts with anything else (msgpack-c's business). */
+static size_t decode_scalar(const uint8_t *b, size_t len, msgpack_object *o)
+{
+	static const uint8_t width[] = {   /* 0xca .. 0xd3 */
+		4, 8, 1, 2, 4, 8, 1, 2, 4, 8
+	};
+	uint8_t h = b[0];
+	uint64_t v;
+	unsigned w;
+
+	if (h <= 0x7f) {
+		o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+		o->via.u64 = h;
+		return 1;
+	}
+	if (h >= 0xe0) {
+		o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+		o->via.i64 = (int8_t)h;
+		return 1;
+	}
+	if (h == 0xc0 || h == 0xc2 || h == 0xc3) {
+		o->type = h == 0xc0 ? MSGPACK_OBJECT_NIL : MSGPACK_OBJECT_BOOLEAN;
+		o->via.boolean = h == 0xc3;
+		return 1;
+	}
+	if (h < 0xca || h > 0xd3)
+		return 0;
+	w = width[h - 0xca];
+	if (len < 1 + (size_t)w)
+		return 0;
+	v = be(b + 1, w);
+	switch (h) {
+	case 0xca: {
+		uint32_t u = (uint32_t)v;
+		float f;
+
+		memcpy(&f, &u, sizeof(f));
+		o->type = MSGPACK_OBJECT_FLOAT32;
+		o->via.f64 = f;
+		break;
+	}
+	case 0xcb:
+		o->type = MSGPACK_OBJECT_FLOAT64;
+		memcpy(&o->via.f64, &v, sizeof(v));
+		break;
+	case 0xcc: case 0xcd: case 0xce: case 0xcf:
+		o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+		o->via.u64 = v;
+		break;
+	case 0xd0:
+		set_int(o, (int8_t)v);
+		break;
+	case 0xd1:
+		set_int(o, (int16_t)v);
+		break;
+	case 0xd2:
+		set_int(o, (int32_t)v);
+		break;
+	default:
+		set_int(o, (int64_t)v);
+		break;
+	}
+	return 1 + w;
+}
+
+int mpc_decode_items(msgpack_zone *zone, const uint8_t *bytes, size_t len, uint32_t n,
+		     msgpack_object *out)
+{
+	const uint8_t *copy = NULL;
+	struct mp_cur c;
+	uint32_t count;
+	size_t off;
+
+	mp_cur_init(&c, bytes, len);
+	if (mp_read_array(&c, &count) < 0 || count != n)
+		return -MPOOL_E_PROTO;
+	off = (size_t)(c.p - bytes);
+	for (uint32_t i = 0; i < n; i++) {
+		size_t one = off < len ? decode_scalar(bytes + off, len - off, &out[i]) : 0;
+		msgpack_unpack_return r;
+
+		if (one > 0) {
+			off += one;
+			continue;
+		}
+		/* A string, a blob, a container: msgpack-c decodes it into
+		 * zone, pointing into the bytes, so they move to zone first
+		 * (once per array, and only for such items). */
+		if (!copy) {
+			uint8_t *cp = msgpack_zone_malloc(zone, len);
+
+			if (!cp)
+				return -MPOOL_E_NOMEM;
+			memcpy(cp, bytes, len);
+			copy = cp;
+		}
+		r = msgpack_unpack((const char *)copy, len, &off, zone, &out[i]);
+		if (r == MSGPACK_UNPACK_NOMEM_ERROR)
+			return -MPOOL_E_NOMEM;
+		if (r != MSGPACK_UNPACK_SUCCESS && r != MSGPACK_UNPACK_EXTRA_BYTES)
+			return -MPOOL_E_PROTO;
+	}
+	return off == len ? 0 : -MPOOL_E_PROTO;
+}
+
 int mpc_value_decode(const uint8_t *bytes, size_t len, mpool_value **ret)
 {
 	mpool_value *v = mpc_value_new();

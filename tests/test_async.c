@@ -1556,6 +1556,75 @@ START_TEST(callback_requests_leave_together)
 }
 END_TEST
 
+/* ---- 9. results decoded as msgpack-c would ------------------------------------ */
+
+/* Every kind of value makes the round trip through builtin.echo and
+ * mpool_map_collect and comes back as the object msgpack-c makes of it
+ * (libmpool decodes scalars itself; test_value checks every encoding). */
+START_TEST(collect_decodes_every_kind)
+{
+	static const int64_t ints[] = {
+		0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295ll, 4294967296ll,
+		INT64_MAX, -1, -32, -33, -128, -129, -32768, -32769, -2147483648ll,
+		-2147483649ll, INT64_MIN
+	};
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_zone *zone;
+	const msgpack_object *res;
+	mpool_value *v;
+	struct fx fx;
+	uint32_t n = 0;
+	size_t off = 0;
+	mpool *c;
+
+	fx_sbuf_init(&sb, &pk);
+	for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++, n++)
+		msgpack_pack_int64(&pk, ints[i]);
+	msgpack_pack_uint64(&pk, UINT64_MAX), n++;
+	/* Signed encodings of non-negative values, as other packers write them. */
+	msgpack_pack_fix_int8(&pk, 5), n++;
+	msgpack_pack_fix_int8(&pk, 0), n++;
+	msgpack_pack_fix_int64(&pk, 0), n++;
+	msgpack_pack_fix_int16(&pk, 300), n++;
+	msgpack_pack_fix_int32(&pk, -7), n++;
+	msgpack_pack_fix_int64(&pk, 1ll << 40), n++;
+	msgpack_pack_fix_uint8(&pk, 3), n++;
+	msgpack_pack_float(&pk, 1.5f), n++;
+	msgpack_pack_double(&pk, -2.25), n++;
+	msgpack_pack_nil(&pk), n++;
+	msgpack_pack_true(&pk), n++;
+	msgpack_pack_false(&pk), n++;
+	fx_pack_str(&pk, "a string"), n++;
+	msgpack_pack_bin(&pk, 3), msgpack_pack_bin_body(&pk, "\0\1\2", 3), n++;
+	msgpack_pack_array(&pk, 2), msgpack_pack_int(&pk, 1), fx_pack_str(&pk, "x"), n++;
+	msgpack_pack_map(&pk, 1), fx_pack_str(&pk, "k"), msgpack_pack_double(&pk, 0.5), n++;
+	msgpack_pack_ext(&pk, 2, 7), msgpack_pack_ext_body(&pk, "ab", 2), n++;
+	msgpack_pack_int(&pk, 42), n++;     /* a scalar after the others */
+
+	fx_start(&fx, NULL);
+	c = fx_connect(&fx);
+	ok(c, mpool_map_collect(c, "builtin.echo", sb.data, sb.size, n, NULL, &v), "map_collect");
+	res = mpool_value_get(v);
+	REQUIRE(res->type == MSGPACK_OBJECT_ARRAY && res->via.array.size == n);
+	zone = msgpack_zone_new(4096);
+	for (uint32_t i = 0; i < n; i++) {
+		msgpack_object want;
+
+		REQUIRE(msgpack_unpack(sb.data, sb.size, &off, zone, &want) >= 0);
+		REQUIREF(res->via.array.ptr[i].type == want.type &&
+			 msgpack_object_equal(res->via.array.ptr[i], want),
+			 "item %u: type %d, want %d", i, res->via.array.ptr[i].type, want.type);
+	}
+	REQUIRE(off == sb.size);
+	msgpack_zone_free(zone);
+	mpool_value_free(v);
+	msgpack_sbuffer_destroy(&sb);
+	mpool_close(c);
+	fx_stop(&fx);
+}
+END_TEST
+
 static Suite *async_suite(void)
 {
 	Suite *s = suite_create("async");
@@ -1581,6 +1650,7 @@ static Suite *async_suite(void)
 	tcase_add_test(tc, cork_wait_sends_first);
 	tcase_add_test(tc, cork_bound);
 	tcase_add_test(tc, callback_requests_leave_together);
+	tcase_add_test(tc, collect_decodes_every_kind);
 	tcase_add_test(tc, handles_outlive_connection);
 	tcase_add_test(tc, daemon_gone_fails_handles);
 	tcase_add_test(tc, stream_10m_bounded);

@@ -1,0 +1,137 @@
+/* test_value: libmpool's decoding of results (client/value.c), unit by
+ * unit: every MessagePack encoding of a scalar decodes to the object
+ * msgpack-c makes of the same bytes, strings and containers too, and
+ * malformed arrays are refused.  Linked with libmpool's objects, so it
+ * reaches the internal mpc_decode_items. */
+#include <check.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "libmpool-private.h"
+
+/* Packs one of every kind, in every encoding msgpack-c's packer offers,
+ * and returns how many. */
+static uint32_t pack_every_kind(msgpack_packer *pk)
+{
+	static const int64_t ints[] = {
+		0, 1, 127, 128, 255, 256, 65535, 65536, 4294967295ll, 4294967296ll,
+		INT64_MAX, -1, -32, -33, -128, -129, -32768, -32769, -2147483648ll,
+		-2147483649ll, INT64_MIN
+	};
+	uint32_t n = 0;
+
+	for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++, n++)
+		msgpack_pack_int64(pk, ints[i]);
+	msgpack_pack_uint64(pk, UINT64_MAX), n++;
+	/* Signed and wide encodings of small values, as other packers may
+	 * write them: msgpack-c calls a non-negative one POSITIVE_INTEGER. */
+	msgpack_pack_fix_int8(pk, 0), n++;
+	msgpack_pack_fix_int8(pk, 5), n++;
+	msgpack_pack_fix_int8(pk, -5), n++;
+	msgpack_pack_fix_int16(pk, 300), n++;
+	msgpack_pack_fix_int16(pk, -300), n++;
+	msgpack_pack_fix_int32(pk, 0), n++;
+	msgpack_pack_fix_int32(pk, -7), n++;
+	msgpack_pack_fix_int64(pk, 0), n++;
+	msgpack_pack_fix_int64(pk, 1ll << 40), n++;
+	msgpack_pack_fix_uint8(pk, 3), n++;
+	msgpack_pack_fix_uint16(pk, 3), n++;
+	msgpack_pack_fix_uint32(pk, 3), n++;
+	msgpack_pack_fix_uint64(pk, 3), n++;
+	msgpack_pack_float(pk, 1.5f), n++;
+	msgpack_pack_double(pk, -2.25), n++;
+	msgpack_pack_nil(pk), n++;
+	msgpack_pack_true(pk), n++;
+	msgpack_pack_false(pk), n++;
+	msgpack_pack_str_with_body(pk, "a string", 8), n++;
+	msgpack_pack_bin_with_body(pk, "\0\1\2", 3), n++;
+	msgpack_pack_array(pk, 2), msgpack_pack_int(pk, 1), msgpack_pack_str_with_body(pk, "x", 1), n++;
+	msgpack_pack_map(pk, 1), msgpack_pack_str_with_body(pk, "k", 1), msgpack_pack_double(pk, 0.5), n++;
+	msgpack_pack_ext_with_body(pk, "ab", 2, 7), n++;
+	msgpack_pack_int(pk, 42), n++;    /* a scalar after the others */
+	return n;
+}
+
+START_TEST(every_kind_as_msgpack_c)
+{
+	msgpack_sbuffer items, arr;
+	msgpack_packer pk;
+	msgpack_zone *zone = msgpack_zone_new(4096), *ref = msgpack_zone_new(4096);
+	msgpack_object *out;
+	uint32_t n;
+	size_t off = 0;
+
+	msgpack_sbuffer_init(&items);
+	msgpack_packer_init(&pk, &items, msgpack_sbuffer_write);
+	n = pack_every_kind(&pk);
+	msgpack_sbuffer_init(&arr);
+	msgpack_packer_init(&pk, &arr, msgpack_sbuffer_write);
+	msgpack_pack_array(&pk, n);
+	msgpack_sbuffer_write(&arr, items.data, items.size);
+
+	out = calloc(n, sizeof(*out));
+	ck_assert_int_eq(mpc_decode_items(zone, (const uint8_t *)arr.data, arr.size, n, out), 0);
+	/* The objects must not point into the caller's bytes: they go away. */
+	memset(arr.data, 0xc1, arr.size);
+	for (uint32_t i = 0; i < n; i++) {
+		msgpack_object want;
+
+		ck_assert_int_ge(msgpack_unpack(items.data, items.size, &off, ref, &want), 0);
+		ck_assert_msg(out[i].type == want.type && msgpack_object_equal(out[i], want),
+			      "item %u: type %d, msgpack-c says %d", i, out[i].type, want.type);
+	}
+	ck_assert_uint_eq(off, items.size);
+	free(out);
+	msgpack_zone_free(zone);
+	msgpack_zone_free(ref);
+	msgpack_sbuffer_destroy(&items);
+	msgpack_sbuffer_destroy(&arr);
+}
+END_TEST
+
+START_TEST(malformed_arrays_refused)
+{
+	/* [1, 2] with a count of 3 expected; a uint32 cut short; a byte
+	 * left over; not an array at all. */
+	static const uint8_t two[] = { 0x92, 0x01, 0x02 };
+	static const uint8_t cut[] = { 0x91, 0xce, 0x00, 0x01 };
+	static const uint8_t extra[] = { 0x91, 0x01, 0x02 };
+	static const uint8_t cut_str[] = { 0x91, 0xa5, 'a', 'b' };
+	static const uint8_t scalar[] = { 0x01 };
+	msgpack_zone *zone = msgpack_zone_new(4096);
+	msgpack_object out[3];
+
+	ck_assert_int_eq(mpc_decode_items(zone, two, sizeof(two), 3, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, two, sizeof(two), 2, out), 0);
+	ck_assert_uint_eq(out[1].via.u64, 2);
+	ck_assert_int_eq(mpc_decode_items(zone, cut, sizeof(cut), 1, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, extra, sizeof(extra), 1, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, cut_str, sizeof(cut_str), 1, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, scalar, sizeof(scalar), 1, out), -MPOOL_E_PROTO);
+	msgpack_zone_free(zone);
+}
+END_TEST
+
+static Suite *value_suite(void)
+{
+	Suite *s = suite_create("value");
+	TCase *tc = tcase_create("decode");
+
+	tcase_add_test(tc, every_kind_as_msgpack_c);
+	tcase_add_test(tc, malformed_arrays_refused);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(value_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
