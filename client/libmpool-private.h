@@ -383,6 +383,11 @@ int mpc_decode(msgpack_zone *zone, const uint8_t *bytes, size_t len, msgpack_obj
 int mpc_decode_items(msgpack_zone *zone, const uint8_t *bytes, size_t len, uint32_t n,
 		     msgpack_object *out);
 
+/* Room for n objects owned by zone; NULL when out of memory.  From
+ * MPC_HUGE_MIN bytes on, a mapping of its own that asks for huge pages. */
+#define MPC_HUGE_MIN ((size_t)4 << 20)
+msgpack_object *mpc_zone_objects(msgpack_zone *zone, size_t n);
+
 /* A value with an empty zone and a nil object; NULL when out of memory. */
 mpool_value *mpc_value_new(void);
 msgpack_zone *mpc_value_zone(mpool_value *v);

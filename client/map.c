@@ -420,8 +420,8 @@ struct mpool_async *mpc_map_start(mpool *p, const char *fn, const void *items,
 		if (!a->value)
 			goto nomem_call;
 		if (n_items > 0) {
-			a->map.items = msgpack_zone_malloc(mpc_value_zone(a->value),
-							   (size_t)n_items * sizeof(msgpack_object));
+			a->map.items = n_items > SIZE_MAX / sizeof(msgpack_object) ? NULL :
+				       mpc_zone_objects(mpc_value_zone(a->value), (size_t)n_items);
 			if (!a->map.items) {
 				mpc_call_release(a);
 				*ret_err = mpc_err(p, MPOOL_E_NOMEM, "out of memory for %llu results",

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* One zone owns everything the object points to: the copied bytes, and the
  * zones msgpack_unpack_next() made, through finalizers. */
@@ -49,6 +50,48 @@ msgpack_zone *mpc_value_zone(mpool_value *v)
 void mpc_value_set(mpool_value *v, const msgpack_object *obj)
 {
 	v->obj = *obj;
+}
+
+/* An mmap'ed block a zone owns. */
+struct zone_map {
+	void *addr;
+	size_t len;
+};
+
+static void zone_unmap(void *arg)
+{
+	struct zone_map *m = arg;
+
+	munmap(m->addr, m->len);
+}
+
+msgpack_object *mpc_zone_objects(msgpack_zone *zone, size_t n)
+{
+	struct zone_map *m;
+	size_t len;
+
+	if (n > SIZE_MAX / sizeof(msgpack_object))
+		return NULL;
+	len = n * sizeof(msgpack_object);
+	if (len < MPC_HUGE_MIN)
+		return msgpack_zone_malloc(zone, len ? len : 1);
+	/* A big map's results: filled once, front to back, right after
+	 * this.  In 4 KiB pages that is a page fault every 170 results;
+	 * transparent huge pages (where the system allows them on request)
+	 * make it one per 87 000. */
+	m = msgpack_zone_malloc(zone, sizeof(*m));
+	if (!m)
+		return NULL;
+	m->len = len;
+	m->addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m->addr == MAP_FAILED)
+		return NULL;
+	(void)madvise(m->addr, len, MADV_HUGEPAGE);   /* a hint: fine if refused */
+	if (!msgpack_zone_push_finalizer(zone, zone_unmap, m)) {
+		munmap(m->addr, len);
+		return NULL;
+	}
+	return m->addr;
 }
 
 static void zone_free(void *zone)

@@ -5,9 +5,11 @@
  * reaches the internal mpc_decode_items. */
 #include <check.h>
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "libmpool-private.h"
 
@@ -114,6 +116,30 @@ START_TEST(malformed_arrays_refused)
 }
 END_TEST
 
+/* A big results array has a mapping of its own, gone with its zone. */
+START_TEST(big_arrays_mapped_and_unmapped)
+{
+	size_t n = 2 * MPC_HUGE_MIN / sizeof(msgpack_object);
+	msgpack_zone *zone = msgpack_zone_new(4096);
+	msgpack_object *small = mpc_zone_objects(zone, 10);
+	msgpack_object *big = mpc_zone_objects(zone, n);
+	void *page;
+
+	ck_assert_ptr_nonnull(small);
+	ck_assert_ptr_nonnull(big);
+	for (size_t i = 0; i < n; i++)
+		big[i].via.u64 = i;
+	ck_assert_uint_eq(big[n - 1].via.u64, n - 1);
+	page = (void *)((uintptr_t)big & ~(uintptr_t)4095);
+	ck_assert_int_eq(msync(page, 4096, MS_ASYNC), 0);
+	ck_assert_ptr_null(mpc_zone_objects(zone, SIZE_MAX / 2));
+	msgpack_zone_free(zone);
+	/* msync fails with ENOMEM on memory that is not mapped. */
+	ck_assert_int_eq(msync(page, 4096, MS_ASYNC), -1);
+	ck_assert_int_eq(errno, ENOMEM);
+}
+END_TEST
+
 static Suite *value_suite(void)
 {
 	Suite *s = suite_create("value");
@@ -121,6 +147,7 @@ static Suite *value_suite(void)
 
 	tcase_add_test(tc, every_kind_as_msgpack_c);
 	tcase_add_test(tc, malformed_arrays_refused);
+	tcase_add_test(tc, big_arrays_mapped_and_unmapped);
 	suite_add_tcase(s, tc);
 	return s;
 }
