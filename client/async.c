@@ -47,7 +47,7 @@ static int map_async(mpool *p, const char *fn, const void *items, size_t items_l
 	r = mpc_usable(p);
 	if (r < 0)
 		return r;
-	a = mpc_map_start(p, fn, items, items_len, n_items, opts, star, false, SINK_COLLECT,
+	a = mpc_map_start(p, fn, items, items_len, n_items, opts, star, INPUT_COPY, SINK_COLLECT,
 			  sizeof(*a), &r);
 	if (!a)
 		return r;

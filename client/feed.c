@@ -20,8 +20,23 @@ void mpc_feed_start(struct mpool_async *a, mpool_producer produce, void *produce
 	a->p->n_streams++;
 }
 
+void mpc_feed_start_items(struct mpool_async *a, const uint8_t *items, size_t len,
+			  uint64_t n, uint8_t *own)
+{
+	a->map.src = items;
+	a->map.src_len = len;
+	a->map.src_items = n;
+	a->map.src_own = own;
+	mpc_feed_start(a, NULL, NULL);
+}
+
 void mpc_feed_stop(struct mpool_async *a)
 {
+	free(a->map.src_own);
+	a->map.src_own = NULL;
+	a->map.src = NULL;
+	a->map.src_len = 0;
+	a->map.src_items = 0;
 	if (!a->map.feeding)
 		return;
 	a->map.feeding = false;
@@ -122,6 +137,59 @@ static void input_failed(struct mpool_async *a, int code, const char *msg)
 	}
 }
 
+uint64_t mpc_feed_cut(const uint8_t *items, size_t len, uint64_t max, size_t max_bytes,
+		      size_t *ret_len)
+{
+	struct mp_cur c;
+	uint64_t n = 0;
+
+	mp_cur_init(&c, items, len);
+	while (n < max && (size_t)(c.p - items) < max_bytes && !mp_cur_done(&c)) {
+		/* Checked when the map started: the skip cannot fail. */
+		if (mp_skip_n(&c, 1, NULL, NULL) < 0)
+			break;
+		n++;
+	}
+	*ret_len = (size_t)(c.p - items);
+	return n;
+}
+
+/* The next part of a map sent from a buffer: the items credit and the
+ * bounds allow, raw (they were checked when the map started), end with
+ * the last of them.  true when a feed was queued. */
+static bool feed_items(mpool *p, struct mpool_async *a)
+{
+	struct mpc_map *m = &a->map;
+	uint64_t credit = m->granted - m->n_items, n;
+	size_t len, mark = mpc_out_mark(p);
+	msgpack_packer pk;
+	bool end;
+	int r;
+
+	n = mpc_feed_cut(m->src, m->src_len, credit < MPOOL_FEED_MAX_ITEMS ? credit :
+			 MPOOL_FEED_MAX_ITEMS, MPOOL_FEED_MAX_BYTES, &len);
+	end = n == m->src_items;
+	mpc_packer(p, &pk);
+	r = mp_pack_notify_head(&pk, "feed") | msgpack_pack_array(&pk, 3) |
+	    msgpack_pack_uint64(&pk, a->msgid) | msgpack_pack_array(&pk, (size_t)n) |
+	    mpc_out_write(p, m->src, len) |
+	    (end ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
+	if (r) {
+		mpc_out_rollback(p, mark);
+		mpc_cancel(a, false, MPOOL_E_NOMEM, "out of memory sending the items of a map");
+		return false;
+	}
+	m->src += len;
+	m->src_len -= len;
+	m->src_items -= n;
+	m->n_items += n;
+	if (end) {
+		m->ended = true;
+		mpc_feed_stop(a);
+	}
+	return true;
+}
+
 /* Packs one feed of a into the queue: as many items as credit and the
  * bounds allow, and end when the producer says so.  true when a feed was
  * queued. */
@@ -220,7 +288,7 @@ bool mpc_feed_pump(mpool *p)
 		if (!a)
 			break;
 		/* A feed that is not queued ended its stream. */
-		if (feed_one(p, a))
+		if (a->map.src ? feed_items(p, a) : feed_one(p, a))
 			queued = true;
 	}
 	return queued;

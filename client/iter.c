@@ -232,8 +232,9 @@ static int start(mpool *p, const char *fn, const void *items, size_t items_len,
 		o = *opts;
 	if (unordered)
 		o.unordered = 1;
-	a = mpc_map_start(p, fn, items, items_len, n_items, &o, false, produce != NULL,
-			  SINK_ITER, sizeof(struct mpool_iter), &r);
+	a = mpc_map_start(p, fn, items, items_len, n_items, &o, false,
+			  produce ? INPUT_PRODUCER : INPUT_COPY, SINK_ITER, sizeof(struct mpool_iter),
+			  &r);
 	if (!a)
 		return r;
 	if (produce)

@@ -98,6 +98,20 @@ enum mpc_kind {
 	MPC_INTERNAL    /* cancel_request: the answer is dropped */
 };
 
+/* Where a map's items come from. */
+enum mpc_input {
+	INPUT_COPY,     /* a buffer of items that may go away when the call returns */
+	INPUT_BORROW,   /* a buffer of items that outlives the map (blocking calls) */
+	INPUT_PRODUCER  /* a producer: a streamed map */
+};
+
+/* A map of at least this many items, or bytes of items, is sent as a
+ * stream of parts (PROTOCOL.md "Streamed input") rather than in one
+ * request: mpoold starts on the first part while the rest is on its way,
+ * and neither side holds the whole map in one buffer. */
+#define MPC_SLICE_MIN_ITEMS 65536u
+#define MPC_SLICE_MIN_BYTES ((size_t)4 << 20)
+
 /* Where a map's results go. */
 enum mpc_sink {
 	SINK_NONE,      /* dropped (detached or cancelled) */
@@ -158,9 +172,13 @@ struct mpc_map {
 	const struct mpool_item_error **cur_by_item;
 	uint32_t cur_pos;
 
-	/* streamed input */
+	/* streamed input: a producer, or a buffer sent in parts */
 	mpool_producer produce;
 	void *produce_ud;
+	const uint8_t *src;     /* the items still to send, src[0..src_len) */
+	size_t src_len;
+	uint64_t src_items;
+	uint8_t *src_own;       /* the copy src points into (INPUT_COPY) */
 	bool feeding;           /* counted in p->n_streams */
 	uint64_t granted;       /* credit received in all */
 	bool ended;             /* the feed with end true is queued */
@@ -323,12 +341,15 @@ void mpc_cancel(struct mpool_async *a, bool kill, int code, const char *msg);
 /* ---- map.c ----------------------------------------------------------- */
 
 /* Starts a map call: checks the items, queues the request, opens the call.
- * For a stream, items is NULL and n_items 0.  Returns the call (owned) or
- * NULL with the failure in *ret_err (p->errmsg set). */
+ * For INPUT_PRODUCER, items is NULL and n_items 0 (the caller then starts
+ * the feed); a big buffer of items (MPC_SLICE_MIN_*) goes as a stream of
+ * parts.  Returns the call (owned) or NULL with the failure in *ret_err
+ * (p->errmsg set). */
 struct mpool_async *mpc_map_start(mpool *p, const char *fn, const void *items,
 				  size_t items_len, uint64_t n_items,
-				  const struct mpool_map_opts *opts, bool star, bool stream,
-				  enum mpc_sink sink, size_t size, int *ret_err);
+				  const struct mpool_map_opts *opts, bool star,
+				  enum mpc_input input, enum mpc_sink sink, size_t size,
+				  int *ret_err);
 /* Routes a "result" notification to its map. */
 void mpc_map_result(mpool *p, struct mpool_async *a, const struct mp_msg *m);
 /* Completes a map from its response. */
@@ -354,6 +375,15 @@ bool mpc_iter_has(const struct mpool_async *a);
 
 /* Makes a a stream: produce is asked for items as credit comes. */
 void mpc_feed_start(struct mpool_async *a, mpool_producer produce, void *produce_ud);
+/* Makes a a stream of the n checked items in items[0..len), sent as credit
+ * comes; own: items is a copy a now owns (freed when the feed stops). */
+void mpc_feed_start_items(struct mpool_async *a, const uint8_t *items, size_t len,
+			  uint64_t n, uint8_t *own);
+/* Of the checked items in items[0..len), how many to send in one part:
+ * up to max items, stopping after the item that crosses max_bytes.  The
+ * count, with their length in *ret_len. */
+uint64_t mpc_feed_cut(const uint8_t *items, size_t len, uint64_t max, size_t max_bytes,
+		      size_t *ret_len);
 /* Routes a "credit" notification. */
 void mpc_feed_credit(mpool *p, struct mpool_async *a, const struct mp_msg *m);
 /* Packs the feeds that credit, the output queue and the iterators allow.

@@ -382,10 +382,15 @@ void mpc_map_free(struct mpool_async *a)
 
 struct mpool_async *mpc_map_start(mpool *p, const char *fn, const void *items,
 				  size_t items_len, uint64_t n_items,
-				  const struct mpool_map_opts *opts, bool star, bool stream,
-				  enum mpc_sink sink, size_t size, int *ret_err)
+				  const struct mpool_map_opts *opts, bool star,
+				  enum mpc_input input, enum mpc_sink sink, size_t size,
+				  int *ret_err)
 {
-	struct mpc_opts o = { .stream = stream };
+	struct mpc_opts o = { .stream = input == INPUT_PRODUCER };
+	bool slice;
+	uint64_t first_n = n_items;
+	size_t first_len = items_len;
+	uint8_t *own = NULL;
 	struct mpool_async *a;
 	msgpack_packer pk;
 	size_t mark;
@@ -408,13 +413,37 @@ struct mpool_async *mpc_map_start(mpool *p, const char *fn, const void *items,
 		return NULL;
 	}
 	mpc_opts_from_map(&o, opts);
+	/* A chunksize the caller chose is honoured exactly, which only a map
+	 * in one request can promise (mpoold spreads a stream's parts). */
+	slice = input != INPUT_PRODUCER && o.chunksize == 0 &&
+		(n_items >= MPC_SLICE_MIN_ITEMS || items_len >= MPC_SLICE_MIN_BYTES);
+	o.stream = o.stream || slice;
+	if (slice) {
+		/* The request carries the first part; mpoold starts on it
+		 * while credit brings the rest. */
+		first_n = mpc_feed_cut(items, items_len, MPOOL_FEED_MAX_ITEMS, MPOOL_FEED_MAX_BYTES,
+				       &first_len);
+		if (input == INPUT_COPY) {
+			own = malloc(items_len - first_len);
+			if (!own)
+				goto nomem;
+			memcpy(own, (const uint8_t *)items + first_len, items_len - first_len);
+		}
+	}
 	a = mpc_call_new(p, MPC_MAP, size);
-	if (!a)
+	if (!a) {
+		free(own);
 		goto nomem;
+	}
 	a->map.ordered = !o.unordered;
-	a->map.stream = stream;
-	a->map.n_items = n_items;
+	a->map.stream = o.stream;
+	a->map.n_items = first_n;
+	/* The first part needs no credit: count it as granted, as mpoold does. */
+	a->map.granted = slice ? first_n : 0;
 	a->map.sink = sink;
+	if (slice)
+		mpc_feed_start_items(a, own ? own : (const uint8_t *)items + first_len,
+				     items_len - first_len, n_items - first_n, own);
 	if (sink == SINK_COLLECT) {
 		a->value = mpc_value_new();
 		if (!a->value)
@@ -433,9 +462,9 @@ struct mpool_async *mpc_map_start(mpool *p, const char *fn, const void *items,
 	mark = mpc_out_mark(p);
 	mpc_packer(p, &pk);
 	r = mpc_pack_head(p, a->msgid, "map", mpc_opts_count(&o) ? 3 : 2);
-	r |= mp_pack_cstr(&pk, fn) | msgpack_pack_array(&pk, (size_t)n_items);
+	r |= mp_pack_cstr(&pk, fn) | msgpack_pack_array(&pk, (size_t)first_n);
 	/* The items are already MessagePack: copy them, do not re-encode. */
-	r |= mpc_out_write(p, items, items_len);
+	r |= mpc_out_write(p, items, first_len);
 	if (mpc_opts_count(&o))
 		r |= mpc_opts_pack(&pk, &o);
 	if (r == 0 && mpc_call_open(a) < 0)
@@ -500,7 +529,7 @@ int mpool_map(mpool *p, const char *fn, const void *items, size_t items_len,
 
 	if (r < 0)
 		return r;
-	a = mpc_map_start(p, fn, items, items_len, n_items, opts, false, false, SINK_CHUNK,
+	a = mpc_map_start(p, fn, items, items_len, n_items, opts, false, INPUT_BORROW, SINK_CHUNK,
 			  sizeof(*a), &r);
 	if (!a)
 		return r;
@@ -518,7 +547,7 @@ static int collect(mpool *p, const char *fn, const void *items, size_t items_len
 
 	if (r < 0)
 		return r;
-	a = mpc_map_start(p, fn, items, items_len, n_items, opts, star, false, SINK_COLLECT,
+	a = mpc_map_start(p, fn, items, items_len, n_items, opts, star, INPUT_BORROW, SINK_COLLECT,
 			  sizeof(*a), &r);
 	if (!a)
 		return r;
@@ -550,7 +579,8 @@ int mpool_map_stream(mpool *p, const char *fn, mpool_producer produce, void *pro
 		return r;
 	if (!produce)
 		return mpc_err(p, MPOOL_E_INVAL, "map_stream: no producer");
-	a = mpc_map_start(p, fn, NULL, 0, 0, opts, false, true, SINK_CHUNK, sizeof(*a), &r);
+	a = mpc_map_start(p, fn, NULL, 0, 0, opts, false, INPUT_PRODUCER, SINK_CHUNK, sizeof(*a),
+			  &r);
 	if (!a)
 		return r;
 	a->map.chunk_cb = cb;

@@ -1625,6 +1625,172 @@ START_TEST(collect_decodes_every_kind)
 }
 END_TEST
 
+/* ---- 10. big maps go in parts ------------------------------------------------ */
+
+/* A map of at least 65 536 items (or 4 MiB) with the default chunksize
+ * goes as a stream of parts: so it runs against a daemon whose --max-frame
+ * is far below the size of its items (one request would be refused). */
+static const char *const small_frames[] = { "--max-frame", "262144", NULL };
+
+struct part_run {
+	uint64_t seen, largest;
+};
+
+static void part_chunk(void *ud, uint64_t first, const msgpack_object *res,
+		       const struct mpool_item_error *errs, size_t n_errs)
+{
+	struct part_run *run = ud;
+
+	(void)errs;
+	REQUIRE(n_errs == 0 && res->type == MSGPACK_OBJECT_ARRAY);
+	for (uint32_t i = 0; i < res->via.array.size; i++)
+		REQUIREF(fx_obj_u64(&res->via.array.ptr[i]) == (first + i) * (first + i),
+			 "item %llu", (unsigned long long)(first + i));
+	run->seen += res->via.array.size;
+	if (res->via.array.size > run->largest)
+		run->largest = res->via.array.size;
+}
+
+START_TEST(big_map_goes_in_parts)
+{
+	enum { N = 300000 };     /* about 1.4 MB of items */
+	struct mpool_map_opts unordered = { .unordered = 1 };
+	struct mpool_map_opts chosen = { .chunksize = 5000 };
+	struct mpool_map_summary sum;
+	struct part_run run = { 0 };
+	const msgpack_object *o;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	mpool_value *v;
+	struct fx fx;
+	mpool *c;
+	int r;
+
+	fx_start(&fx, small_frames);
+	c = fx_connect(&fx);
+	/* Ordered, every item once, through the chunk callback. */
+	REQUIRE(fx_map_squares(c, N, 0, NULL, 0) > 0);
+	/* Collected. */
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, N);
+	ok(c, mpool_map_collect(c, "builtin.square", sb.data, sb.size, N, NULL, &v), "map_collect");
+	o = mpool_value_get(v);
+	REQUIRE(o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == N);
+	for (uint32_t i = 0; i < N; i++)
+		REQUIREF(fx_obj_u64(&o->via.array.ptr[i]) == (uint64_t)i * i, "item %u", i);
+	mpool_value_free(v);
+	/* Unordered: still every item once, no chunk above the default cap. */
+	ok(c, mpool_map(c, "builtin.square", sb.data, sb.size, N, &unordered, part_chunk, &run, &sum),
+	   "unordered map");
+	REQUIREF(run.seen == N && sum.items == N && sum.failed == 0, "%llu results",
+		 (unsigned long long)run.seen);
+	REQUIREF(run.largest <= 4096, "a chunk of %llu items", (unsigned long long)run.largest);
+	/* A chunksize the caller chose is honoured exactly, so that map goes
+	 * in one request, and this daemon refuses a request that large. */
+	r = mpool_map(c, "builtin.square", sb.data, sb.size, N, &chosen, part_chunk, &run, &sum);
+	REQUIREF(r == -MPOOL_E_LIMIT, "a 1.4 MB request against --max-frame 262144: %d (%s)", r,
+		 mpool_errmsg(c));
+	msgpack_sbuffer_destroy(&sb);
+	mpool_close(c);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* An async big map keeps its own copy of the items: the caller's buffer
+ * may go the moment the call returns.  The same for imap and starmap. */
+START_TEST(big_async_map_owns_its_items)
+{
+	enum { N = 200000 };
+	const msgpack_object *res;
+	struct mpool_item item;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	mpool_async *h, *star;
+	mpool_iter *it;
+	uint64_t next = 0;
+	struct fx fx;
+	mpool *c;
+
+	fx_start(&fx, small_frames);
+	c = fx_connect(&fx);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, N);
+	ok(c, mpool_map_async(c, "builtin.square", sb.data, sb.size, N, NULL, NULL, NULL, NULL, &h),
+	   "map_async");
+	ok(c, mpool_imap(c, "builtin.square", sb.data, sb.size, N, NULL, &it), "imap");
+	memset(sb.data, 0xc1, sb.size);      /* never valid MessagePack */
+	msgpack_sbuffer_destroy(&sb);
+	/* Argument arrays, echoed back. */
+	fx_sbuf_init(&sb, &pk);
+	for (uint32_t i = 0; i < N; i++)
+		msgpack_pack_array(&pk, 1), msgpack_pack_uint32(&pk, i);
+	ok(c, mpool_starmap_async(c, "builtin.echo", sb.data, sb.size, N, NULL, NULL, NULL, NULL,
+				  &star), "starmap_async");
+	memset(sb.data, 0xc1, sb.size);
+	msgpack_sbuffer_destroy(&sb);
+
+	while (mpool_iter_next(it, FX_WAIT_MS, &item) == 1) {
+		REQUIREF(item.index == next && item.code == 0 &&
+			 fx_obj_u64(item.result) == next * next, "imap item %llu",
+			 (unsigned long long)next);
+		next++;
+	}
+	REQUIREF(next == N, "imap gave %llu of %d", (unsigned long long)next, N);
+	mpool_iter_free(it);
+	ok(c, mpool_async_get(h, FX_WAIT_MS, &res), "get");
+	REQUIRE(res->type == MSGPACK_OBJECT_ARRAY && res->via.array.size == N);
+	for (uint32_t i = 0; i < N; i++)
+		REQUIREF(fx_obj_u64(&res->via.array.ptr[i]) == (uint64_t)i * i, "map item %u", i);
+	mpool_async_free(h);
+	ok(c, mpool_async_get(star, FX_WAIT_MS, &res), "starmap get");
+	REQUIRE(res->type == MSGPACK_OBJECT_ARRAY && res->via.array.size == N);
+	for (uint32_t i = 0; i < N; i++) {
+		const msgpack_object *a = &res->via.array.ptr[i];
+
+		REQUIREF(a->type == MSGPACK_OBJECT_ARRAY && a->via.array.size == 1 &&
+			 fx_obj_u64(&a->via.array.ptr[0]) == i, "starmap item %u", i);
+	}
+	mpool_async_free(star);
+	mpool_close(c);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* Cancelling a big map while its parts are still going: it fails at
+ * once, the rest of its items are never sent, the connection goes on. */
+START_TEST(big_map_cancelled_midway)
+{
+	enum { N = 2000000 };
+	const msgpack_object *res;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	mpool_value *v;
+	mpool_async *h;
+	struct fx fx;
+	mpool *c;
+
+	fx_start(&fx, NULL);
+	c = fx_connect(&fx);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, N);
+	ok(c, mpool_map_async(c, "builtin.square", sb.data, sb.size, N, NULL, NULL, NULL, NULL, &h),
+	   "map_async");
+	msgpack_sbuffer_destroy(&sb);
+	REQUIRE(mpool_async_wait(h, 50) == 0);      /* under way, not done */
+	REQUIRE(mpool_async_cancel(h, 0) == 1);
+	REQUIRE(mpool_async_get(h, 0, &res) == -MPOOL_E_CANCELLED);
+	mpool_async_free(h);
+	fx_arg_int(&sb, 9);
+	ok(c, mpool_apply(c, "builtin.square", sb.data, sb.size, &v), "apply after the cancel");
+	REQUIRE(fx_obj_u64(mpool_value_get(v)) == 81);
+	mpool_value_free(v);
+	msgpack_sbuffer_destroy(&sb);
+	wait_no_jobs(&fx, FX_WAIT_MS);
+	mpool_close(c);
+	fx_stop(&fx);
+}
+END_TEST
+
 static Suite *async_suite(void)
 {
 	Suite *s = suite_create("async");
@@ -1651,6 +1817,9 @@ static Suite *async_suite(void)
 	tcase_add_test(tc, cork_bound);
 	tcase_add_test(tc, callback_requests_leave_together);
 	tcase_add_test(tc, collect_decodes_every_kind);
+	tcase_add_test(tc, big_map_goes_in_parts);
+	tcase_add_test(tc, big_async_map_owns_its_items);
+	tcase_add_test(tc, big_map_cancelled_midway);
 	tcase_add_test(tc, handles_outlive_connection);
 	tcase_add_test(tc, daemon_gone_fails_handles);
 	tcase_add_test(tc, stream_10m_bounded);

@@ -87,9 +87,18 @@
  *   MPOOL_FEED_MAX_ITEMS items or MPOOL_FEED_MAX_BYTES bytes into one
  *   "feed" message (plus the item that crosses the byte bound), and packs
  *   no new feed while MPOOL_FEED_MAX_BYTES of output wait to be sent.
- * - mpool_map, mpool_map_collect and the async maps send their items in
- *   one request: libmpool copies them once into its output buffer.  Use the
- *   streamed maps for input too large to hold.
+ * - mpool_map, mpool_map_collect, mpool_imap and the async maps send
+ *   their items in one request, copied once into the output buffer; except
+ *   a map of at least 65 536 items or 4 MiB of items with the default
+ *   chunksize, which goes as a stream of parts (PROTOCOL.md "Streamed
+ *   input"): mpoold starts on the first part while the rest follows under
+ *   its flow control, so neither side holds the whole map in one message
+ *   and --max-frame does not bound it.  Its chunks then follow the parts as
+ *   a stream's do (at most the default cap of 4 096 items each).  The
+ *   blocking calls send the parts from the caller's buffer; the async ones
+ *   and mpool_imap from a copy they keep until the last part is sent.  A
+ *   chunksize the caller chose is honoured exactly: that map always goes in
+ *   one request.  Use the streamed maps for input too large to hold.
  *
  * Out of memory: every allocation is checked; the call fails with
  * -MPOOL_E_NOMEM.  When it strikes while a map's results stream in, the
