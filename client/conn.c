@@ -733,6 +733,12 @@ int mpc_step(mpool *p, struct mpool_async *until, size_t budget)
 		if (r <= 0 || got >= budget || p->n_streams == 0)
 			break;
 	}
+	/* Credit read in the last round (the budget may have ended the loop
+	 * right after it) is used now: mpoold may have nothing more to say
+	 * until the feeds come, and a wait would then wait for ever. */
+	if (!p->dead && !p->wclosed && !p->fail_code)
+		while (mpc_feed_pump(p))
+			mpc_flush(p);
 	p->reading = false;
 	if (!p->dead) {
 		mpc_flush(p);

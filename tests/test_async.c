@@ -1791,6 +1791,66 @@ START_TEST(big_map_cancelled_midway)
 }
 END_TEST
 
+/* A stream whose consumer is slower than the pool, with a window's
+ * results (16 384 x 300 B) above both libmpool's 1 MiB read budget and
+ * mpoold's 4 MiB bound on unread output: credit then comes late, as the
+ * last thing mpoold says until the next feed, and must be used by the step
+ * that reads it even when the budget ends that step. */
+struct blobs {
+	uint32_t next, n, seen;
+};
+
+static int blob_produce(void *ud, msgpack_packer *pk)
+{
+	static uint8_t blob[300];
+	struct blobs *b = ud;
+
+	if (b->next == b->n)
+		return 0;
+	memcpy(blob, &b->next, sizeof(b->next));
+	b->next++;
+	msgpack_pack_bin(pk, sizeof(blob));
+	msgpack_pack_bin_body(pk, blob, sizeof(blob));
+	return 1;
+}
+
+static void blob_chunk(void *ud, uint64_t first, const msgpack_object *res,
+		       const struct mpool_item_error *errs, size_t n_errs)
+{
+	struct blobs *b = ud;
+	struct timespec slow = { 0, 300000 };
+
+	(void)errs;
+	REQUIRE(n_errs == 0);
+	for (uint32_t i = 0; i < res->via.array.size; i++) {
+		uint32_t idx;
+
+		REQUIRE(res->via.array.ptr[i].via.bin.size == 300);
+		memcpy(&idx, res->via.array.ptr[i].via.bin.ptr, sizeof(idx));
+		REQUIREF(idx == first + i, "item %llu", (unsigned long long)(first + i));
+	}
+	b->seen += res->via.array.size;
+	nanosleep(&slow, NULL);
+}
+
+START_TEST(stream_credit_at_budget_end)
+{
+	static const char *const args[] = { "--stream-window", "16384", NULL };
+	struct blobs b = { 0, 200000, 0 };
+	struct mpool_map_summary sum;
+	struct fx fx;
+	mpool *c;
+
+	fx_start(&fx, args);
+	c = fx_connect(&fx);
+	ok(c, mpool_map_stream(c, "builtin.echo", blob_produce, &b, NULL, blob_chunk, &b, &sum),
+	   "map_stream");
+	REQUIRE(b.seen == b.n && sum.items == b.n);
+	mpool_close(c);
+	fx_stop(&fx);
+}
+END_TEST
+
 static Suite *async_suite(void)
 {
 	Suite *s = suite_create("async");
@@ -1820,6 +1880,7 @@ static Suite *async_suite(void)
 	tcase_add_test(tc, big_map_goes_in_parts);
 	tcase_add_test(tc, big_async_map_owns_its_items);
 	tcase_add_test(tc, big_map_cancelled_midway);
+	tcase_add_test(tc, stream_credit_at_budget_end);
 	tcase_add_test(tc, handles_outlive_connection);
 	tcase_add_test(tc, daemon_gone_fails_handles);
 	tcase_add_test(tc, stream_10m_bounded);
