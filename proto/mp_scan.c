@@ -85,6 +85,25 @@ static int head(const uint8_t *p, size_t avail, size_t *hdr, uint64_t *payload,
 	return 1;
 }
 
+/* Total size (header and payload) of the elements whose first byte alone
+ * fixes it: fixints, nil, booleans, fixstr, fixed-width ints and floats,
+ * fixext; 0 for containers, variable-length types and 0xc1.  Most items
+ * are such scalars, so the walkers take them from here before head(). */
+#define R16(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
+static const uint8_t scalar_size[256] = {
+	R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), /* 0x00-0x7f */
+	R16(0), R16(0),                                                  /* fixmap, fixarray */
+	1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,           /* fixstr 0-15 */
+	17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,  /* fixstr 16-31 */
+	[0xc0] = 1, [0xc2] = 1, [0xc3] = 1,                              /* nil, false, true */
+	[0xca] = 5, [0xcb] = 9,                                          /* float32/64 */
+	[0xcc] = 2, [0xcd] = 3, [0xce] = 5, [0xcf] = 9,                  /* uint8-64 */
+	[0xd0] = 2, [0xd1] = 3, [0xd2] = 5, [0xd3] = 9,                  /* int8-64 */
+	[0xd4] = 3, [0xd5] = 4, [0xd6] = 6, [0xd7] = 10, [0xd8] = 18,    /* fixext */
+	[0xe0] = R16(1), R16(1),                                         /* negative fixint */
+};
+#undef R16
+
 static inline bool is_container(uint8_t b)
 {
 	return (b & 0xe0) == 0x80 || (b >= 0xdc && b <= 0xdf);   /* fixmap, fixarray, 16/32 */
@@ -115,6 +134,22 @@ int mp_scan_feed(struct mp_scan *s, const uint8_t *buf, size_t len)
 		}
 		if (s->off >= len)
 			return 0;
+		/* Fast path: a run of fixed-size scalars at this level. */
+		{
+			uint64_t *left = &s->left[s->depth - 1];
+			size_t off = s->off, sz;
+
+			while (*left > 0 && off < len &&
+			       (sz = scalar_size[buf[off]]) != 0 && sz <= len - off) {
+				off += sz;
+				--*left;
+			}
+			s->off = off;
+			if (*left == 0)
+				continue;
+			if (off >= len)
+				return 0;
+		}
 		r = head(buf + s->off, len - s->off, &hdr, &payload, &children);
 		if (r <= 0)
 			return r;
@@ -339,9 +374,14 @@ int mp_skip_n(struct mp_cur *c, uint64_t n, const uint8_t **ret_start, size_t *r
 
 	/* A flat counter suffices: containers add their children to what is due. */
 	while (due > 0) {
-		size_t hdr, avail = (size_t)(c->end - p);
+		size_t hdr, avail = (size_t)(c->end - p), sz;
 		uint64_t payload, children;
 
+		if (avail > 0 && (sz = scalar_size[*p]) != 0 && sz <= avail) {
+			p += sz;
+			due--;
+			continue;
+		}
 		if (head(p, avail, &hdr, &payload, &children) != 1 ||
 		    payload > avail - hdr)
 			return -EBADMSG;
