@@ -1510,13 +1510,27 @@ START_TEST(rpc_parse_bad)
 
 	memset(&sentinel, 0xa5, sizeof(sentinel));
 	m = sentinel;
-	r = mp_msg_parse((const uint8_t *)b->b, b->n, &m, &ok, &id);
+	/* Raw bytes, not a framed element: the checked variant. */
+	r = mp_msg_parse_checked((const uint8_t *)b->b, b->n, &m, &ok, &id);
 	ck_assert_msg(r == -EBADMSG, "%s: r=%d", b->what, r);
 	ck_assert_msg(ok == b->msgid_ok, "%s: msgid_ok=%d, expected %d", b->what, ok, b->msgid_ok);
 	if (b->msgid_ok)
 		ck_assert_msg(id == b->msgid, "%s: msgid=%llu", b->what, (unsigned long long)id);
 	ck_assert_msg(memcmp(&m, &sentinel, sizeof(m)) == 0, "%s: *ret written on failure",
 		      b->what);
+	/* What the framer would hand out as one element is refused by the
+	 * unchecked parser too. */
+	{
+		size_t got;
+
+		if (mp_scan_one((const uint8_t *)b->b, b->n, MP_DEPTH_MAX, &got) == 1 &&
+		    got == b->n) {
+			r = mp_msg_parse((const uint8_t *)b->b, b->n, &m, &ok, &id);
+			ck_assert_msg(r == -EBADMSG, "%s (framed): r=%d", b->what, r);
+			ck_assert_msg(memcmp(&m, &sentinel, sizeof(m)) == 0,
+				      "%s (framed): *ret written on failure", b->what);
+		}
+	}
 }
 END_TEST
 
