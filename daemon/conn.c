@@ -263,7 +263,7 @@ static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 			return;
 		}
 		spec.n_items = count;
-		if (mp_skip_n(&p, count, &spec.items, &spec.items_len) < 0) {
+		if (disp_walk_items(&p, count, &spec.items, &spec.items_len, &spec.marks) < 0) {
 			reply_error(c, m->msgid, MPOOL_E_BADREQ, "map items are truncated");
 			return;
 		}
@@ -747,6 +747,7 @@ static void handle_feed(struct conn *c, const struct mp_msg *m)
 {
 	struct mp_cur p;
 	const uint8_t *items;
+	const size_t *marks;
 	size_t items_len;
 	uint64_t msgid;
 	uint32_t n, count;
@@ -755,7 +756,8 @@ static void handle_feed(struct conn *c, const struct mp_msg *m)
 
 	mp_cur_init(&p, m->body, m->body_len);
 	if (mp_read_array(&p, &n) < 0 || n != 3 || mp_read_u64(&p, &msgid) < 0 ||
-	    mp_read_array(&p, &count) < 0 || mp_skip_n(&p, count, &items, &items_len) < 0 ||
+	    mp_read_array(&p, &count) < 0 ||
+	    disp_walk_items(&p, count, &items, &items_len, &marks) < 0 ||
 	    mp_read_bool(&p, &end) < 0) {
 		conn_abort(c, MPOOL_E_BADREQ, "a feed is [2, \"feed\", [msgid, items, end]]");
 		return;
@@ -766,7 +768,7 @@ static void handle_feed(struct conn *c, const struct mp_msg *m)
 			  (unsigned long long)c->id, (unsigned long long)msgid);
 		return;
 	}
-	if (disp_feed(job, items, items_len, count, end) == -ENOSPC)
+	if (disp_feed(job, items, items_len, count, marks, end) == -ENOSPC)
 		limit_hits[LIM_QUEUED]++;
 }
 

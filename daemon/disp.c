@@ -43,6 +43,8 @@ struct seg {
 	size_t bytes;
 	struct mp_cur items;       /* items not yet handed out */
 	uint64_t left;             /* how many */
+	uint64_t count;            /* items in the segment */
+	size_t *marks;             /* count / DISP_MARK_EVERY item ends (owned) */
 	unsigned refs;             /* chunks, retries, +1 while items are left */
 	struct seg *next;
 };
@@ -239,15 +241,49 @@ static void job_piece(struct job *job, uint64_t first, uint32_t count,
 static void job_chunk_ended(struct job *job);
 static void chunk_fail(struct chunk *ck, int code, const char *msg);
 
+/* Walks are noted here and copied into the segment made from them, so
+ * the buffer serves every request (the master is single-threaded). */
+static size_t *walk_marks;
+static size_t walk_marks_cap;
+
+int disp_walk_items(struct mp_cur *c, uint64_t n, const uint8_t **ret_items,
+		    size_t *ret_len, const size_t **ret_marks)
+{
+	uint64_t nm = n / DISP_MARK_EVERY;
+
+	/* Every item takes a byte at least: a count past what is left is a
+	 * lie, refused before it sizes anything. */
+	if (n > (uint64_t)(c->end - c->p))
+		return -EBADMSG;
+	if (nm > walk_marks_cap) {
+		free(walk_marks);
+		walk_marks = xmalloc(nm * sizeof(*walk_marks));
+		walk_marks_cap = nm;
+	}
+	if (mp_skip_n_marked(c, n, DISP_MARK_EVERY, walk_marks, ret_items, ret_len) < 0)
+		return -EBADMSG;
+	*ret_marks = walk_marks;
+	return 0;
+}
+
 static struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
-			   uint64_t count)
+			   uint64_t count, const size_t *marks)
 {
 	struct seg *sg = xcalloc(1, sizeof(*sg)), **pp = &job->segs;
+	uint64_t nm = count / DISP_MARK_EVERY;
 
 	sg->frame = xmemdup(items, items_len);
 	sg->bytes = items_len;
 	mp_cur_init(&sg->items, sg->frame, items_len);
 	sg->left = count;
+	sg->count = count;
+	if (nm > 0) {
+		if (!marks) {
+			log_err("%llu items without their marks", (unsigned long long)count);
+			abort();
+		}
+		sg->marks = xmemdup(marks, nm * sizeof(*marks));
+	}
 	sg->refs = count > 0;
 	while (*pp)
 		pp = &(*pp)->next;
@@ -270,6 +306,7 @@ static void seg_unref(struct job *job, struct seg *sg)
 	if (job->cur == sg)
 		job->cur = sg->next;
 	job->seg_bytes -= sg->bytes;
+	free(sg->marks);
 	free(sg->frame);
 	free(sg);
 }
@@ -299,6 +336,7 @@ static void job_free(struct job *job)
 		struct seg *sg = job->segs;
 
 		job->segs = sg->next;
+		free(sg->marks);
 		free(sg->frame);
 		free(sg);
 	}
@@ -341,7 +379,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	job->streaming = spec->stream;
 	job->n_items = spec->n_items;
 	/* A job keeps only its items' bytes, not the envelope around them. */
-	seg_new(job, spec->items, spec->items_len, spec->n_items);
+	seg_new(job, spec->items, spec->items_len, spec->n_items, spec->marks);
 	job->timeout_ms = spec->timeout_ms;
 	job->retries = spec->retries;
 	job->retry_tail = &job->retry_head;
@@ -370,7 +408,7 @@ bool disp_job_streaming(const struct job *job)
 }
 
 int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t n_items,
-	      bool end)
+	      const size_t *marks, bool end)
 {
 	char msg[160];
 
@@ -394,7 +432,7 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 		}
 	}
 	if (n_items > 0) {
-		struct seg *sg = seg_new(job, items, items_len, n_items);
+		struct seg *sg = seg_new(job, items, items_len, n_items, marks);
 
 		if (!job->cur)
 			job->cur = sg;
@@ -494,26 +532,40 @@ static void slice_items(const uint8_t **items, size_t *len, uint32_t n,
 /* Slices the next n items off the job.  A chunk of the default size also
  * stops once its items pass DISP_CHUNK_BYTES (keeping at least one), so
  * large items do not make chunks whose results outgrow the frame limit; a
- * chunksize the client chose is honoured as it is. */
+ * chunksize the client chose is honoured as it is.  The items were walked
+ * on arrival: hop over the marks noted then, and walk at most the last
+ * DISP_MARK_EVERY - 1 items (or those around the byte limit) one by one. */
 static uint32_t take_items(struct job *job, uint32_t n, struct chunk *ck)
 {
 	struct seg *sg = job->cur;
 	const uint8_t *start = sg->items.p;
-	uint32_t taken = 0;
+	uint64_t from = sg->count - sg->left, at = from, target;
+	uint32_t taken;
 
 	/* A chunk never spans segments: it points into one. */
 	if (n > sg->left)
 		n = (uint32_t)sg->left;
-	while (taken < n) {
+	target = from + n;
+	for (uint64_t k = at / DISP_MARK_EVERY + 1; k * DISP_MARK_EVERY <= target; k++) {
+		const uint8_t *q = sg->frame + sg->marks[k - 1];
+
+		/* Past the byte limit: the cut lies before this mark. */
+		if (job->auto_chunk && (size_t)(q - start) >= DISP_CHUNK_BYTES)
+			break;
+		sg->items.p = q;
+		at = k * DISP_MARK_EVERY;
+	}
+	while (at < target) {
 		if (mp_skip(&sg->items, NULL, NULL) < 0) {
 			log_err("job %llu: items do not match their count",
 				(unsigned long long)job->id);
 			abort();
 		}
-		taken++;
+		at++;
 		if (job->auto_chunk && (size_t)(sg->items.p - start) >= DISP_CHUNK_BYTES)
 			break;
 	}
+	taken = (uint32_t)(at - from);
 	ck->items = start;
 	ck->items_len = (size_t)(sg->items.p - start);
 	ck->seg = sg;

@@ -398,6 +398,53 @@ int mp_skip_n(struct mp_cur *c, uint64_t n, const uint8_t **ret_start, size_t *r
 	return 0;
 }
 
+/* One whole element at p; NULL when it does not fit before end. */
+static inline const uint8_t *skip_one(const uint8_t *p, const uint8_t *end)
+{
+	uint64_t due = 1;
+
+	while (due > 0) {
+		size_t hdr, avail = (size_t)(end - p), sz;
+		uint64_t payload, children;
+
+		if (avail > 0 && (sz = scalar_size[*p]) != 0 && sz <= avail) {
+			p += sz;
+			due--;
+			continue;
+		}
+		if (head(p, avail, &hdr, &payload, &children) != 1 || payload > avail - hdr)
+			return NULL;
+		p += hdr + payload;
+		due = due - 1 + children;
+		if (due < children)
+			return NULL;
+	}
+	return p;
+}
+
+int mp_skip_n_marked(struct mp_cur *c, uint64_t n, uint32_t every, size_t *marks,
+		     const uint8_t **ret_start, size_t *ret_len)
+{
+	const uint8_t *p = c->p;
+	uint32_t k = every;
+
+	for (uint64_t i = 0; i < n; i++) {
+		p = skip_one(p, c->end);
+		if (!p)
+			return -EBADMSG;
+		if (--k == 0) {
+			*marks++ = (size_t)(p - c->p);
+			k = every;
+		}
+	}
+	if (ret_start)
+		*ret_start = c->p;
+	if (ret_len)
+		*ret_len = (size_t)(p - c->p);
+	c->p = p;
+	return 0;
+}
+
 bool mp_str_eq(const char *str, uint32_t len, const char *lit)
 {
 	size_t l = strlen(lit);

@@ -1247,6 +1247,24 @@ START_TEST(cur_skip_slices)
 	mp_cur_init(&c, pk_data(&p) + off[2], off[3] - off[2] - 1);
 	ck_assert_int_eq(mp_skip(&c, &st, &sl), -EBADMSG);
 	ck_assert_ptr_eq(c.p, pk_data(&p) + off[2]);
+
+	/* The marked walk: the same slice, and the end of every every-th
+	 * element, for every spacing. */
+	for (uint32_t every = 1; every <= k; every++) {
+		size_t marks[64];
+
+		ck_assert_uint_le(k, 64);
+		mp_cur_init(&c, pk_data(&p), p.sb.size);
+		ck_assert_int_eq(mp_skip_n_marked(&c, k - 1, every, marks, &st, &sl), 0);
+		ck_assert_ptr_eq(st, pk_data(&p));
+		ck_assert_uint_eq(sl, off[k - 1]);
+		ck_assert(mp_cur_done(&c));
+		for (size_t m = 0; m < (k - 1) / every; m++)
+			ck_assert_uint_eq(marks[m], off[(m + 1) * every]);
+		mp_cur_init(&c, pk_data(&p), p.sb.size);
+		ck_assert_int_eq(mp_skip_n_marked(&c, k, every, marks, &st, &sl), -EBADMSG);
+		ck_assert_ptr_eq(c.p, pk_data(&p));
+	}
 	pk_free(&p);
 
 	/* 0xc1 and a lying array32 header. */
