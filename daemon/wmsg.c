@@ -74,14 +74,17 @@ int wmsg_parse_from_worker(const uint8_t *frame, size_t len, struct wmsg_result 
 			return -EBADMSG;
 		kind = WMSG_RESULT;
 	}
-	arr = c;
-	if (mp_read_array(&arr, &res.n_results) < 0 ||
-	    mp_skip(&c, &res.results, &res.results_len) < 0)
-		return -EBADMSG;
+	/* errors comes first and is short (usually empty); results, last in
+	 * a frame mp_frame measured, runs to its end and is not walked. */
 	arr = c;
 	if (mp_read_array(&arr, &res.n_errors) < 0 ||
-	    mp_skip(&c, &res.errors, &res.errors_len) < 0 || !mp_cur_done(&c))
+	    mp_skip(&c, &res.errors, &res.errors_len) < 0)
 		return -EBADMSG;
+	arr = c;
+	if (mp_read_array(&arr, &res.n_results) < 0)
+		return -EBADMSG;
+	res.results = c.p;
+	res.results_len = (size_t)(c.end - c.p);
 	*ret = res;
 	return kind;
 }

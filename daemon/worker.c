@@ -146,15 +146,16 @@ static void send_piece(struct run_bufs *b, uint64_t seq, bool final, uint32_t n_
 		r |= msgpack_pack_array(&hpk, 3);
 		r |= msgpack_pack_uint64(&hpk, seq);
 	}
-	r |= msgpack_pack_array(&hpk, n_items);
+	/* errors before results (wmsg.h says why). */
+	r |= msgpack_pack_array(&hpk, n_err);
 	msgpack_packer_init(&tpk, &b->tail, msgpack_sbuffer_write);
-	r |= msgpack_pack_array(&tpk, n_err);
+	r |= msgpack_pack_array(&tpk, n_items);
 	if (r)
 		_exit(WORKER_EXIT_PROTO);
 	iov[0] = (struct iovec){ b->head.data, b->head.size };
-	iov[1] = (struct iovec){ b->results.data, b->results.size };
+	iov[1] = (struct iovec){ b->errors.data, b->errors.size };
 	iov[2] = (struct iovec){ b->tail.data, b->tail.size };
-	iov[3] = (struct iovec){ b->errors.data, b->errors.size };
+	iov[3] = (struct iovec){ b->results.data, b->results.size };
 	write_all(iov, 4);
 	b->results.size = b->errors.size = 0;
 }
