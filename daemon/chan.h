@@ -3,8 +3,9 @@
  * both chans: the same framing, limits and back-pressure serve both.
  *
  * Output is batched: writers append to chan_out() and call chan_flush(),
- * which only arms the write event, so everything produced in one loop turn
- * leaves in one writev.  Peer loss is reported in exactly one place, the
+ * which writes once the callback under way has returned (the same loop
+ * turn), so everything it produced leaves in one writev; the write event is
+ * armed only while the socket is full.  Peer loss is reported in exactly one place, the
  * closed() callback. */
 #ifndef CHAN_H
 #define CHAN_H
