@@ -94,6 +94,11 @@ void chan_packer(struct chan *ch, msgpack_packer *pk)
 	msgpack_packer_init(pk, ch->out, evb_write);
 }
 
+uint8_t *chan_take_frame(struct chan *ch, size_t keep)
+{
+	return mp_frame_take(&ch->in, keep);
+}
+
 size_t chan_out_len(const struct chan *ch)
 {
 	return evbuffer_get_length(ch->out);

@@ -45,6 +45,10 @@ struct evbuffer *chan_out(struct chan *ch);
 void chan_packer(struct chan *ch, msgpack_packer *pk);
 void chan_flush(struct chan *ch);
 size_t chan_out_len(const struct chan *ch);
+/* From the frame() callback only: hands over the read buffer holding the
+ * frame being delivered (see mp_frame_take), or NULL when the caller should
+ * copy the keep bytes it wants instead. */
+uint8_t *chan_take_frame(struct chan *ch, size_t keep);
 /* Stops (or resumes) reading and delivering frames. */
 void chan_pause(struct chan *ch, bool pause);
 /* Reads everything the peer has sent so far and delivers its frames now,

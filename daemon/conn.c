@@ -332,6 +332,10 @@ static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 		c->cap_jobs = c->cap_jobs ? 2 * c->cap_jobs : 8;
 		c->jobs = xrealloc(c->jobs, c->cap_jobs * sizeof(*c->jobs));
 	}
+	/* Large items: the job keeps the read buffer they arrived in rather
+	 * than a copy (the frame stays where it is; nothing reads it after). */
+	if (spec.items_len >= DISP_ADOPT_MIN)
+		spec.buf = chan_take_frame(c->ch, spec.items_len);
 	/* NULL: answered at once (an empty map), nothing to track. */
 	job = disp_submit(c, &spec);
 	if (job)

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <event2/buffer.h>
 #include "tailq.h"
 
 #include <mpool/error.h>
@@ -38,8 +39,19 @@ struct retry {
  * segment per "feed" of a streamed map.  It lives while items of it are
  * queued, running or waiting for a retry (refs), so a streamed map holds
  * only the input its workers have not finished. */
+/* The memory a segment's items live in.  Worker channels send chunks of
+ * it by reference, and a channel may still hold such bytes after the job
+ * is gone (a worker killed before it read its chunk), so it is counted on
+ * its own: the segment holds one reference, each chunk queued on a channel
+ * another. */
+struct seg_mem {
+	unsigned refs;
+	void *buf;                 /* owned: a copy, or the adopted read buffer */
+};
+
 struct seg {
-	uint8_t *frame;            /* owned copy of the items' bytes */
+	const uint8_t *frame;      /* the items' bytes, in mem */
+	struct seg_mem *mem;
 	size_t bytes;
 	struct mp_cur items;       /* items not yet handed out */
 	uint64_t left;             /* how many */
@@ -266,13 +278,37 @@ int disp_walk_items(struct mp_cur *c, uint64_t n, const uint8_t **ret_items,
 	return 0;
 }
 
+static void seg_mem_unref(struct seg_mem *m)
+{
+	if (--m->refs > 0)
+		return;
+	free(m->buf);
+	free(m);
+}
+
+static void seg_mem_cleanup(const void *data, size_t len, void *arg)
+{
+	(void)data;
+	(void)len;
+	seg_mem_unref(arg);
+}
+
+/* buf: the read buffer holding items, adopted; NULL to copy them. */
 static struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
-			   uint64_t count, const size_t *marks)
+			   uint64_t count, const size_t *marks, uint8_t *buf)
 {
 	struct seg *sg = xcalloc(1, sizeof(*sg)), **pp = &job->segs;
 	uint64_t nm = count / DISP_MARK_EVERY;
 
-	sg->frame = xmemdup(items, items_len);
+	sg->mem = xcalloc(1, sizeof(*sg->mem));
+	sg->mem->refs = 1;
+	if (buf) {
+		sg->mem->buf = buf;
+		sg->frame = items;
+	} else {
+		sg->mem->buf = xmemdup(items, items_len);
+		sg->frame = sg->mem->buf;
+	}
 	sg->bytes = items_len;
 	mp_cur_init(&sg->items, sg->frame, items_len);
 	sg->left = count;
@@ -307,7 +343,7 @@ static void seg_unref(struct job *job, struct seg *sg)
 		job->cur = sg->next;
 	job->seg_bytes -= sg->bytes;
 	free(sg->marks);
-	free(sg->frame);
+	seg_mem_unref(sg->mem);
 	free(sg);
 }
 
@@ -337,7 +373,7 @@ static void job_free(struct job *job)
 
 		job->segs = sg->next;
 		free(sg->marks);
-		free(sg->frame);
+		seg_mem_unref(sg->mem);
 		free(sg);
 	}
 	free(job->fn);
@@ -379,7 +415,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	job->streaming = spec->stream;
 	job->n_items = spec->n_items;
 	/* A job keeps only its items' bytes, not the envelope around them. */
-	seg_new(job, spec->items, spec->items_len, spec->n_items, spec->marks);
+	seg_new(job, spec->items, spec->items_len, spec->n_items, spec->marks, spec->buf);
 	job->timeout_ms = spec->timeout_ms;
 	job->retries = spec->retries;
 	job->retry_tail = &job->retry_head;
@@ -432,7 +468,7 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 		}
 	}
 	if (n_items > 0) {
-		struct seg *sg = seg_new(job, items, items_len, n_items, marks);
+		struct seg *sg = seg_new(job, items, items_len, n_items, marks, NULL);
 
 		if (!job->cur)
 			job->cur = sg;
@@ -576,6 +612,19 @@ static uint32_t take_items(struct job *job, uint32_t n, struct chunk *ck)
 		seg_unref(job, sg);      /* its cursor's reference */
 	}
 	return taken;
+}
+
+int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out)
+{
+	/* A batch's items are its own small copy; small chunks cost less to
+	 * copy than a reference costs to set up. */
+	if (ck->batch || ck->items_len < DISP_REF_MIN)
+		return evbuffer_add(out, ck->items, ck->items_len) < 0 ? -ENOMEM : 0;
+	if (evbuffer_add_reference(out, ck->items, ck->items_len, seg_mem_cleanup,
+				   ck->seg->mem) < 0)
+		return -ENOMEM;
+	ck->seg->mem->refs++;
+	return 0;
 }
 
 /* Carves the job's next chunk for a worker with quota tasks left: a lost

@@ -51,7 +51,15 @@ struct job_spec {
 	size_t items_len;
 	uint64_t n_items;
 	const size_t *marks;         /* from disp_walk_items over the items */
+	uint8_t *buf;                /* non-NULL: the read buffer holding items,
+				      * given to the job (chan_take_frame) */
 };
+
+/* Items of a request at least this large are adopted with their read
+ * buffer rather than copied; chunks at least this large go to a worker by
+ * reference rather than copied into its channel. */
+#define DISP_ADOPT_MIN (64u * 1024)
+#define DISP_REF_MIN 4096u
 
 /* A request's items are walked once, on arrival: the walk notes where every
  * DISP_MARK_EVERY-th item ends, and chunks are cut at those marks plus a
@@ -75,7 +83,7 @@ uint32_t disp_chunk_take(uint32_t chunksize, uint64_t items_left, uint64_t quota
 /* The chunksize a job made from spec will use. */
 uint32_t disp_spec_chunksize(const struct job_spec *spec);
 
-/* Creates a job from spec (its items are copied).  The job answers conn
+/* Creates a job from spec (its items are copied, or spec->buf adopted).  The job answers conn
  * when done; NULL when it was answered at once (an empty map). */
 struct job *disp_submit(struct conn *conn, const struct job_spec *spec);
 /* A streamed map's next n_items items (copied), with the marks of their
@@ -97,6 +105,11 @@ void disp_schedule(void);
 /* A worker reported the first res->n_results items of its chunk; ck moves
  * past them.  The chunk is still running. */
 void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res);
+/* Appends the chunk's items to a worker channel's output: by reference
+ * when large (the bytes live until out has sent or dropped them, even past
+ * the job's end), else copied.  0 or -ENOMEM. */
+struct evbuffer;
+int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out);
 /* A worker finished its chunk (res holds the rest of its results). */
 void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res);
 /* The chunk's worker died or timed out: its unanswered items are rerun

@@ -58,6 +58,9 @@ struct wmsg_result {
 };
 
 int wmsg_pack_run(msgpack_packer *pk, const struct wmsg_run *run);
+/* All of a run but the item bytes, which the caller appends (count of
+ * them, items_len bytes) however it likes. */
+int wmsg_pack_run_head(msgpack_packer *pk, const struct wmsg_run *run);
 int wmsg_parse_run(const uint8_t *frame, size_t len, struct wmsg_run *ret);
 
 /* A worker frame (from mp_frame: one whole element): a final result

@@ -71,6 +71,26 @@ int mp_frame_push(struct mp_frame *f, const void *buf, size_t n)
 	return 0;
 }
 
+uint8_t *mp_frame_take(struct mp_frame *f, size_t keep)
+{
+	size_t rest = f->len - f->start, cap = READ_CHUNK;
+	uint8_t *old = f->data, *d;
+
+	if (!old || f->cap / 2 > keep)
+		return NULL;
+	while (cap < rest)
+		cap *= 2;
+	d = malloc(cap);
+	if (!d)
+		return NULL;
+	memcpy(d, old + f->start, rest);
+	f->data = d;
+	f->cap = cap;
+	f->len = rest;
+	f->start = 0;
+	return old;
+}
+
 int mp_frame_next(struct mp_frame *f, const uint8_t **ret_frame, size_t *ret_len)
 {
 	size_t avail = f->len - f->start;

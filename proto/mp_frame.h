@@ -48,6 +48,15 @@ int mp_frame_push(struct mp_frame *f, const void *buf, size_t n);
  * an error the stream is lost: the owner must drop it. */
 int mp_frame_next(struct mp_frame *f, const uint8_t **ret_frame, size_t *ret_len);
 
+/* Hands over the buffer that holds the frame mp_frame_next just returned,
+ * so a caller keeping a large frame need not copy it: the frame's pointer
+ * stays valid, and free() of the returned pointer releases it.  Bytes held
+ * after the frame move to a fresh buffer.  Returns NULL (nothing changes)
+ * when the buffer is more than twice keep bytes (the part the caller
+ * keeps), so an adopted buffer is mostly useful bytes, or when out of
+ * memory; the caller then copies. */
+uint8_t *mp_frame_take(struct mp_frame *f, size_t keep);
+
 /* Bytes held that belong to no frame handed out yet. */
 static inline size_t mp_frame_pending(const struct mp_frame *f)
 {

@@ -823,6 +823,51 @@ START_TEST(frame_huge_declared_count_emsgsize)
 }
 END_TEST
 
+/* A large frame's buffer is handed over; the frame stays readable there,
+ * and the bytes after it (a second frame, cut) carry on in the framer. */
+START_TEST(frame_take_hands_over_the_buffer)
+{
+	struct mp_frame_limits lim = { 64 * MiB, MP_DEPTH_MAX };
+	const size_t big = 300 * 1024;
+	uint8_t *src = malloc(big + 16), *owned;
+	const uint8_t *fr;
+	size_t fl;
+	struct mp_frame f;
+
+	ck_assert_ptr_nonnull(src);
+	/* bin32 of big - 5 bytes, then [1, 2] cut after its first byte. */
+	src[0] = 0xc6;
+	src[1] = (uint8_t)((big - 5) >> 24);
+	src[2] = (uint8_t)((big - 5) >> 16);
+	src[3] = (uint8_t)((big - 5) >> 8);
+	src[4] = (uint8_t)(big - 5);
+	for (size_t i = 5; i < big; i++)
+		src[i] = (uint8_t)(i * 31);
+	src[big] = 0x92;
+	src[big + 1] = 0x01;
+	mp_frame_init(&f, &lim);
+	ck_assert_int_eq(mp_frame_push(&f, src, big + 2), 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 1);
+	ck_assert_uint_eq(fl, big);
+	/* Refused while the buffer is mostly not what the caller keeps. */
+	ck_assert_ptr_null(mp_frame_take(&f, 100));
+	owned = mp_frame_take(&f, fl);
+	ck_assert_ptr_nonnull(owned);
+	ck_assert(fr >= owned && memcmp(fr, src, big) == 0);
+	/* The framer goes on with the rest. */
+	ck_assert_uint_eq(mp_frame_pending(&f), 2);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 0);
+	ck_assert_int_eq(mp_frame_push(&f, "\x02", 1), 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 1);
+	ck_assert_uint_eq(fl, 3);
+	ck_assert(memcmp(fr, "\x92\x01\x02", 3) == 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 0);
+	free(owned);
+	mp_frame_free(&f);
+	free(src);
+}
+END_TEST
+
 /* ---- mp_scan_feed resumability ------------------------------------------ */
 
 static void check_resumable(const uint8_t *buf, size_t n, uint32_t max_depth,
@@ -2747,6 +2792,7 @@ static Suite *proto_suite(void)
 	tcase_add_test(tc, frame_size_limit);
 	tcase_add_test(tc, frame_errors_after_good_frames);
 	tcase_add_test(tc, frame_huge_declared_count_emsgsize);
+	tcase_add_test(tc, frame_take_hands_over_the_buffer);
 	tcase_add_test(tc, frame_output_unpacks_with_msgpack);
 	tcase_add_test(tc, frame_read_socketpair);
 	tcase_add_test(tc, frame_read_pipe_writer);
