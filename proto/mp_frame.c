@@ -26,8 +26,11 @@ uint8_t *mp_frame_space(struct mp_frame *f, size_t want, size_t *ret_room)
 	/* Slide the unconsumed tail to the front before growing: frames are
 	 * handed out by pointer, so this only happens when new bytes are
 	 * wanted, which the contract says invalidates them. */
-	if (f->start == f->len && f->cap > 4 * READ_CHUNK) {
-		/* Idle after a large frame: give the memory back. */
+	if (f->start == f->len && f->cap > 4 * READ_CHUNK && f->last_len < f->cap / 4) {
+		/* Idle, and the buffer is far larger than what the stream
+		 * carries now: give the memory back.  A stream of large frames
+		 * (a worker's results) keeps its buffer, or every frame would
+		 * grow it again from READ_CHUNK, copying itself at each step. */
 		free(f->data);
 		f->data = NULL;
 		f->cap = 0;
@@ -109,6 +112,7 @@ int mp_frame_next(struct mp_frame *f, const uint8_t **ret_frame, size_t *ret_len
 		return -EMSGSIZE;
 	*ret_frame = f->data + f->start;
 	*ret_len = f->scan.off;
+	f->last_len = f->scan.off;
 	f->start += f->scan.off;
 	mp_scan_init(&f->scan, f->lim.max_depth);
 	return 1;

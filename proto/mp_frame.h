@@ -25,6 +25,7 @@ struct mp_frame {
 	size_t start;         /* first byte not yet handed out */
 	size_t len;           /* bytes held */
 	size_t cap;
+	size_t last_len;      /* the last frame handed out */
 	struct mp_scan scan;  /* progress on the frame at start */
 	struct mp_frame_limits lim;
 };
