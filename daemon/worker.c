@@ -15,6 +15,7 @@
 #include "config.h"
 #include "log.h"
 #include "mp_frame.h"
+#include "mp_obj.h"
 #include "mp_rpc.h"
 #include "registry.h"
 #include "wmsg.h"
@@ -184,10 +185,16 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 		uint64_t index = run->first + i, now;
 		int rc;
 
-		msgpack_zone_clear(&b->zone);
-		if (msgpack_unpack((const char *)run->items, run->items_len, &off,
-				   &b->zone, &arg) < 0)
-			_exit(WORKER_EXIT_PROTO);
+		/* Scalars without the unpacker and its zone: most items are. */
+		len = mp_obj_scalar(run->items + off, run->items_len - off, &arg);
+		if (len > 0) {
+			off += len;
+		} else {
+			msgpack_zone_clear(&b->zone);
+			if (msgpack_unpack((const char *)run->items, run->items_len, &off,
+					   &b->zone, &arg) < 0)
+				_exit(WORKER_EXIT_PROTO);
+		}
 		rc = fn(&arg, &rpk, &err);
 		if (rc == 0 && (mp_scan_one((const uint8_t *)b->results.data + before,
 					    b->results.size - before, MP_ITEM_DEPTH_MAX, &len) != 1 ||

@@ -25,6 +25,7 @@
 #include <mpool/error.h>
 
 #include "mp_frame.h"
+#include "mp_obj.h"
 #include "mp_path.h"
 #include "mp_rpc.h"
 #include "mp_scan.h"
@@ -865,6 +866,99 @@ START_TEST(frame_take_hands_over_the_buffer)
 	free(owned);
 	mp_frame_free(&f);
 	free(src);
+}
+END_TEST
+
+/* mp_obj_scalar gives what msgpack_unpack gives, for every first byte
+ * followed by many payloads, whole and cut. */
+static void obj_same(const uint8_t *buf, size_t n)
+{
+	msgpack_object fast;
+	msgpack_object slow;
+	msgpack_zone zone;
+	size_t got = mp_obj_scalar(buf, n, &fast), off = 0, whole;
+	msgpack_unpack_return ur;
+
+	/* msgpack_unpack only on measured input (a random count would make
+	 * it allocate that many objects); what is not whole is declined. */
+	if (mp_scan_one(buf, n, MP_DEPTH_MAX, &whole) != 1) {
+		ck_assert_msg(got == 0, "byte %02x, %zu bytes: decoded a cut element", buf[0], n);
+		return;
+	}
+	msgpack_zone_init(&zone, 256);
+	ur = msgpack_unpack((const char *)buf, n, &off, &zone, &slow);
+	if (got > 0) {
+		ck_assert_msg(ur == MSGPACK_UNPACK_SUCCESS || ur == MSGPACK_UNPACK_EXTRA_BYTES,
+			      "byte %02x, %zu bytes: msgpack_unpack says %d", buf[0], n, (int)ur);
+		ck_assert_uint_eq(got, off);
+		ck_assert_int_eq(fast.type, slow.type);
+		if (fast.type == MSGPACK_OBJECT_FLOAT32 || fast.type == MSGPACK_OBJECT_FLOAT64)
+			ck_assert(memcmp(&fast.via.f64, &slow.via.f64, sizeof(double)) == 0);
+		else
+			ck_assert_msg(msgpack_object_equal(fast, slow), "byte %02x: values differ",
+				      buf[0]);
+		if (fast.type == MSGPACK_OBJECT_STR && fast.via.str.size > 0)
+			ck_assert_ptr_eq(fast.via.str.ptr, slow.via.str.ptr);
+		if (fast.type == MSGPACK_OBJECT_BIN && fast.via.bin.size > 0)
+			ck_assert_ptr_eq(fast.via.bin.ptr, slow.via.bin.ptr);
+	} else if (ur == MSGPACK_UNPACK_SUCCESS || ur == MSGPACK_UNPACK_EXTRA_BYTES) {
+		/* Declined: only for what it does not claim to decode. */
+		ck_assert_msg(slow.type == MSGPACK_OBJECT_ARRAY || slow.type == MSGPACK_OBJECT_MAP ||
+			      slow.type == MSGPACK_OBJECT_EXT,
+			      "byte %02x, %zu bytes: declined a whole scalar", buf[0], n);
+	}
+	msgpack_zone_destroy(&zone);
+}
+
+START_TEST(obj_scalar_matches_msgpack_unpack)
+{
+	uint8_t buf[300];
+	uint32_t seed = 12345;
+
+	for (unsigned b = 0; b < 256; b++) {
+		for (int rep = 0; rep < 200; rep++) {
+			size_t n = 1 + (size_t)(rep % 40);
+
+			buf[0] = (uint8_t)b;
+			for (size_t i = 1; i < sizeof(buf); i++) {
+				seed = seed * 1103515245u + 12345u;
+				buf[i] = (uint8_t)(seed >> 16);
+			}
+			/* Lengths of str8/bin8 that fit; sign bytes of both kinds. */
+			if (rep & 1)
+				buf[1] = (uint8_t)(rep % 30);
+			if (rep % 3 == 0)
+				n = sizeof(buf);
+			obj_same(buf, n);
+		}
+	}
+	/* Edges of each integer width, through msgpack-c's own packer. */
+	{
+		static const int64_t iv[] = { 0, 1, -1, -32, -33, 127, 128, -128, -129, 255, 256,
+					      32767, 32768, -32768, -32769, 65535, 65536,
+					      INT32_MAX, (int64_t)INT32_MAX + 1, INT32_MIN,
+					      (int64_t)INT32_MIN - 1, INT64_MAX, INT64_MIN };
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		for (size_t i = 0; i < sizeof(iv) / sizeof(iv[0]); i++) {
+			sb.size = 0;
+			msgpack_pack_int64(&pk, iv[i]);
+			obj_same((const uint8_t *)sb.data, sb.size);
+			sb.size = 0;
+			msgpack_pack_uint64(&pk, (uint64_t)iv[i]);
+			obj_same((const uint8_t *)sb.data, sb.size);
+		}
+		sb.size = 0;
+		msgpack_pack_float(&pk, 1.5f);
+		obj_same((const uint8_t *)sb.data, sb.size);
+		sb.size = 0;
+		msgpack_pack_double(&pk, -2.25);
+		obj_same((const uint8_t *)sb.data, sb.size);
+		msgpack_sbuffer_destroy(&sb);
+	}
 }
 END_TEST
 
@@ -2793,6 +2887,7 @@ static Suite *proto_suite(void)
 	tcase_add_test(tc, frame_errors_after_good_frames);
 	tcase_add_test(tc, frame_huge_declared_count_emsgsize);
 	tcase_add_test(tc, frame_take_hands_over_the_buffer);
+	tcase_add_test(tc, obj_scalar_matches_msgpack_unpack);
 	tcase_add_test(tc, frame_output_unpacks_with_msgpack);
 	tcase_add_test(tc, frame_read_socketpair);
 	tcase_add_test(tc, frame_read_pipe_writer);
