@@ -136,16 +136,19 @@ int mp_scan_feed(struct mp_scan *s, const uint8_t *buf, size_t len)
 			return 0;
 		/* Fast path: a run of fixed-size scalars at this level. */
 		{
-			uint64_t *left = &s->left[s->depth - 1];
+			/* Locals: buf may alias anything, so the compiler would
+			 * reload fields of s after every read of it. */
+			uint64_t left = s->left[s->depth - 1];
 			size_t off = s->off, sz;
 
-			while (*left > 0 && off < len &&
+			while (left > 0 && off < len &&
 			       (sz = scalar_size[buf[off]]) != 0 && sz <= len - off) {
 				off += sz;
-				--*left;
+				left--;
 			}
 			s->off = off;
-			if (*left == 0)
+			s->left[s->depth - 1] = left;
+			if (left == 0)
 				continue;
 			if (off >= len)
 				return 0;
@@ -425,12 +428,16 @@ static inline const uint8_t *skip_one(const uint8_t *p, const uint8_t *end)
 int mp_skip_n_marked(struct mp_cur *c, uint64_t n, uint32_t every, size_t *marks,
 		     const uint8_t **ret_start, size_t *ret_len)
 {
-	const uint8_t *p = c->p;
+	const uint8_t *p = c->p, *end = c->end;
 	uint32_t k = every;
 
 	for (uint64_t i = 0; i < n; i++) {
-		p = skip_one(p, c->end);
-		if (!p)
+		size_t sz;
+
+		/* Most items are scalars: no call, no counter of what is due. */
+		if (p < end && (sz = scalar_size[*p]) != 0 && sz <= (size_t)(end - p))
+			p += sz;
+		else if (!(p = skip_one(p, end)))
 			return -EBADMSG;
 		if (--k == 0) {
 			*marks++ = (size_t)(p - c->p);
