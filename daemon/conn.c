@@ -905,8 +905,16 @@ bool conn_backlogged(const struct conn *c)
 	return chan_out_len(c->ch) > cfg.out_high_water;
 }
 
+static void free_sent(const void *data, size_t len, void *arg)
+{
+	(void)data;
+	(void)len;
+	free(arg);
+}
+
 void conn_send_chunk(struct conn *c, uint64_t msgid, uint64_t first,
-		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen)
+		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
+		     uint8_t *owned)
 {
 	msgpack_packer pk;
 	struct evbuffer *out = chan_out(c->ch);
@@ -916,8 +924,14 @@ void conn_send_chunk(struct conn *c, uint64_t msgid, uint64_t first,
 	msgpack_pack_array(&pk, 4);
 	msgpack_pack_uint64(&pk, msgid);
 	msgpack_pack_uint64(&pk, first);
-	evbuffer_add(out, results, rlen);
+	/* The reference frees owned once the bytes are sent: after a write,
+	 * never before the errors (in owned too) are copied below. */
+	if (owned && evbuffer_add_reference(out, results, rlen, free_sent, owned) == 0)
+		owned = NULL;
+	else
+		evbuffer_add(out, results, rlen);
 	evbuffer_add(out, errors, elen);
+	free(owned);         /* NULL unless the reference failed */
 	chan_flush(c->ch);
 }
 

@@ -7,6 +7,7 @@
 #include "tailq.h"
 
 #include <mpool/error.h>
+#include "chan.h"
 #include "config.h"
 #include "conn.h"
 #include "log.h"
@@ -19,7 +20,9 @@
 struct held {
 	uint64_t first;
 	uint32_t count;
-	uint8_t *bytes;            /* results array then errors array */
+	uint8_t *bytes;            /* a copy: results array then errors array */
+	uint8_t *owned;            /* or the worker's frame buffer they lie in */
+	const uint8_t *results, *errors;
 	size_t results_len, errors_len;
 	struct held *next;
 };
@@ -354,6 +357,7 @@ static void job_free(struct job *job)
 	for (h = job->held; h; h = next) {
 		next = h->next;
 		free(h->bytes);
+		free(h->owned);
 		free(h);
 	}
 	while (job->retry_head) {
@@ -899,12 +903,24 @@ static void job_grant(struct job *job)
 	conn_send_credit(job->conn, job->msgid, room);
 }
 
+/* owned: see conn_send_chunk; taken in any case. */
 static void job_emit(struct job *job, uint64_t first, uint32_t count,
-		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen)
+		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
+		     uint8_t *owned)
 {
 	if (count > 0)
-		conn_send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen);
+		conn_send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen, owned);
+	else
+		free(owned);
 	job->emitted += count;
+}
+
+/* Large results still in the frame a worker's channel is delivering: the
+ * job takes that buffer and the client's output refers to it, rather than
+ * copying every byte (NULL: copy). */
+static uint8_t *take_results(const uint8_t *results, size_t rlen)
+{
+	return rlen >= DISP_ADOPT_MIN ? chan_take_delivered(results, rlen) : NULL;
 }
 
 /* Delivers results for items first..first+count-1 of a map: now, or once
@@ -923,13 +939,14 @@ static void job_piece(struct job *job, uint64_t first, uint32_t count,
 		return;
 	}
 	if (!job->ordered || first == job->emitted) {
-		job_emit(job, first, count, results, rlen, errors, elen);
+		job_emit(job, first, count, results, rlen, errors, elen,
+			 take_results(results, rlen));
 		while (job->held && job->held->first == job->emitted) {
 			struct held *h = job->held;
 
 			job->held = h->next;
-			job_emit(job, h->first, h->count, h->bytes, h->results_len,
-				 h->bytes + h->results_len, h->errors_len);
+			job_emit(job, h->first, h->count, h->results, h->results_len,
+				 h->errors, h->errors_len, h->owned);
 			free(h->bytes);
 			free(h);
 		}
@@ -938,9 +955,17 @@ static void job_piece(struct job *job, uint64_t first, uint32_t count,
 
 		h->first = first;
 		h->count = count;
-		h->bytes = xmalloc(rlen + elen);
-		memcpy(h->bytes, results, rlen);
-		memcpy(h->bytes + rlen, errors, elen);
+		h->owned = take_results(results, rlen);
+		if (h->owned) {
+			h->results = results;
+			h->errors = errors;
+		} else {
+			h->bytes = xmalloc(rlen + elen);
+			memcpy(h->bytes, results, rlen);
+			memcpy(h->bytes + rlen, errors, elen);
+			h->results = h->bytes;
+			h->errors = h->bytes + rlen;
+		}
 		h->results_len = rlen;
 		h->errors_len = elen;
 		while (*pp && (*pp)->first < h->first)

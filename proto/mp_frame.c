@@ -83,6 +83,10 @@ uint8_t *mp_frame_take(struct mp_frame *f, size_t keep)
 		return NULL;
 	while (cap < rest)
 		cap *= 2;
+	/* A stream of frames this large (see mp_frame_space) gets a buffer
+	 * as large, or the next frame would grow one again, copying it. */
+	if (f->last_len >= f->cap / 4 && cap < f->cap)
+		cap = f->cap;
 	d = malloc(cap);
 	if (!d)
 		return NULL;
