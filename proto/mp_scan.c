@@ -104,6 +104,24 @@ static const uint8_t scalar_size[256] = {
 };
 #undef R16
 
+/* Total size of a str or bin at p (avail >= 1 bytes) whose length field is
+ * within avail; 0 for anything else (ext, containers, 0xc1, a cut length
+ * field), which head() then decides.  Tried only where scalar_size says 0,
+ * so runs of ints do not pay for it. */
+static inline uint64_t raw_len(const uint8_t *p, size_t avail)
+{
+	switch (p[0]) {
+	case 0xc4: case 0xd9:
+		return avail >= 2 ? 2 + (uint64_t)p[1] : 0;
+	case 0xc5: case 0xda:
+		return avail >= 3 ? 3 + be(p + 1, 2) : 0;
+	case 0xc6: case 0xdb:
+		return avail >= 5 ? 5 + be(p + 1, 4) : 0;
+	default:
+		return 0;
+	}
+}
+
 static inline bool is_container(uint8_t b)
 {
 	return (b & 0xe0) == 0x80 || (b >= 0xdc && b <= 0xdf);   /* fixmap, fixarray, 16/32 */
@@ -138,7 +156,7 @@ int mp_scan_feed(struct mp_scan *s, const uint8_t *buf, size_t len)
 		{
 			/* Locals: buf may alias anything, so the compiler would
 			 * reload fields of s after every read of it. */
-			uint64_t left = s->left[s->depth - 1];
+			uint64_t left = s->left[s->depth - 1], rl;
 			size_t off = s->off, sz;
 
 			while (left > 0 && off < len &&
@@ -152,6 +170,15 @@ int mp_scan_feed(struct mp_scan *s, const uint8_t *buf, size_t len)
 				continue;
 			if (off >= len)
 				return 0;
+			/* A str or bin: no need for the full decode either. */
+			rl = raw_len(buf + off, len - off);
+			if (rl > 0) {
+				if (rl > len - off)
+					return 0;
+				s->off += (size_t)rl;
+				s->left[s->depth - 1]--;
+				continue;
+			}
 		}
 		r = head(buf + s->off, len - s->off, &hdr, &payload, &children);
 		if (r <= 0)
@@ -378,10 +405,15 @@ int mp_skip_n(struct mp_cur *c, uint64_t n, const uint8_t **ret_start, size_t *r
 	/* A flat counter suffices: containers add their children to what is due. */
 	while (due > 0) {
 		size_t hdr, avail = (size_t)(c->end - p), sz;
-		uint64_t payload, children;
+		uint64_t payload, children, raw;
 
 		if (avail > 0 && (sz = scalar_size[*p]) != 0 && sz <= avail) {
 			p += sz;
+			due--;
+			continue;
+		}
+		if (avail > 0 && (raw = raw_len(p, avail)) != 0 && raw <= avail) {
+			p += raw;
 			due--;
 			continue;
 		}
@@ -408,10 +440,15 @@ static inline const uint8_t *skip_one(const uint8_t *p, const uint8_t *end)
 
 	while (due > 0) {
 		size_t hdr, avail = (size_t)(end - p), sz;
-		uint64_t payload, children;
+		uint64_t payload, children, raw;
 
 		if (avail > 0 && (sz = scalar_size[*p]) != 0 && sz <= avail) {
 			p += sz;
+			due--;
+			continue;
+		}
+		if (avail > 0 && (raw = raw_len(p, avail)) != 0 && raw <= avail) {
+			p += raw;
 			due--;
 			continue;
 		}
