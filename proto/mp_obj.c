@@ -65,13 +65,31 @@ size_t mp_obj_scalar(const uint8_t *p, size_t len, msgpack_object *o)
 		o->type = MSGPACK_OBJECT_BOOLEAN;
 		o->via.boolean = b == 0xc3;
 		return 1;
-	case 0xcc: case 0xcd: case 0xce: case 0xcf:
-		n = 1u << (b - 0xcc);
-		if (len < 1 + n)
+	/* One case per width, so each load is unrolled. */
+	case 0xcc:
+		if (len < 2)
 			return 0;
 		o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-		o->via.u64 = be(p + 1, n);
-		return 1 + n;
+		o->via.u64 = p[1];
+		return 2;
+	case 0xcd:
+		if (len < 3)
+			return 0;
+		o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+		o->via.u64 = be(p + 1, 2);
+		return 3;
+	case 0xce:
+		if (len < 5)
+			return 0;
+		o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+		o->via.u64 = be(p + 1, 4);
+		return 5;
+	case 0xcf:
+		if (len < 9)
+			return 0;
+		o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+		o->via.u64 = be(p + 1, 8);
+		return 9;
 	case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
 		unsigned shift;
 		int64_t v;

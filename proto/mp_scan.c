@@ -202,6 +202,11 @@ int mp_scan_one(const uint8_t *buf, size_t len, uint32_t max_depth, size_t *ret_
 	struct mp_scan s;
 	int r;
 
+	/* A lone scalar (a worker checks every result it packs): no walk. */
+	if (len > 0 && scalar_size[buf[0]] != 0 && scalar_size[buf[0]] <= len) {
+		*ret_len = scalar_size[buf[0]];
+		return 1;
+	}
 	mp_scan_init(&s, max_depth);
 	r = mp_scan_feed(&s, buf, len);
 	if (r == 1)
