@@ -12,6 +12,7 @@
 struct chan {
 	int fd;
 	struct event *rev, *wev;
+	struct event *fev;   /* flush: activated by chan_flush, never polled */
 	struct evbuffer *out;
 	struct mp_frame in;
 	const struct chan_ops *ops;
@@ -20,8 +21,16 @@ struct chan {
 	unsigned busy;       /* callbacks running: defer the free */
 };
 
+/* The frame being delivered, for chan_take_delivered: code deep in a
+ * frame() callback (the dispatcher forwarding a worker's results to a
+ * client) can adopt the bytes without knowing whose they are. */
+static struct chan *deliv_ch;
+static const uint8_t *deliv_frame;
+static size_t deliv_len;
+
 static void chan_read_cb(evutil_socket_t fd, short what, void *arg);
 static void chan_write_cb(evutil_socket_t fd, short what, void *arg);
+static void chan_flush_cb(evutil_socket_t fd, short what, void *arg);
 
 struct chan *chan_new(struct event_base *base, int fd, const struct mp_frame_limits *lim,
 		      const struct chan_ops *ops, void *ctx)
@@ -38,7 +47,8 @@ struct chan *chan_new(struct event_base *base, int fd, const struct mp_frame_lim
 	ch->out = evbuffer_new();
 	ch->rev = event_new(base, fd, EV_READ | EV_PERSIST, chan_read_cb, ch);
 	ch->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, chan_write_cb, ch);
-	if (!ch->out || !ch->rev || !ch->wev) {
+	ch->fev = event_new(base, -1, 0, chan_flush_cb, ch);
+	if (!ch->out || !ch->rev || !ch->wev || !ch->fev) {
 		fprintf(stderr, "mpoold: out of memory creating a channel\n");
 		abort();
 	}
@@ -50,6 +60,7 @@ static void chan_destroy(struct chan *ch)
 {
 	event_free(ch->rev);
 	event_free(ch->wev);
+	event_free(ch->fev);
 	evbuffer_free(ch->out);
 	mp_frame_free(&ch->in);
 	close(ch->fd);
@@ -64,6 +75,7 @@ void chan_free(struct chan *ch)
 		ch->dead = true;
 		event_del(ch->rev);
 		event_del(ch->wev);
+		event_del(ch->fev);
 		return;
 	}
 	chan_destroy(ch);
@@ -89,17 +101,42 @@ void chan_packer(struct chan *ch, msgpack_packer *pk)
 	msgpack_packer_init(pk, ch->out, evb_write);
 }
 
+uint8_t *chan_take_frame(struct chan *ch, size_t keep)
+{
+	uint8_t *buf = mp_frame_take(&ch->in, keep);
+
+	if (buf && ch == deliv_ch)
+		deliv_frame = NULL;      /* taken: not twice */
+	return buf;
+}
+
+uint8_t *chan_take_delivered(const void *p, size_t keep)
+{
+	const uint8_t *b = p;
+
+	if (!deliv_ch || !deliv_frame || b < deliv_frame || keep > deliv_len ||
+	    (size_t)(b - deliv_frame) > deliv_len - keep)
+		return NULL;
+	return chan_take_frame(deliv_ch, keep);
+}
+
 size_t chan_out_len(const struct chan *ch)
 {
 	return evbuffer_get_length(ch->out);
 }
 
+/* Polling for writability before every write cost an epoll_ctl to arm
+ * EV_WRITE, an epoll_wait to learn the obvious and an epoll_ctl to disarm
+ * it, per message.  Instead the flush event is made active: libevent runs
+ * it after the callback under way, in the same loop turn, so what that
+ * callback produced still leaves in one writev, and no caller is re-entered
+ * by a failed write.  EV_WRITE is armed only when the socket is full. */
 void chan_flush(struct chan *ch)
 {
 	if (ch->closed || ch->dead || evbuffer_get_length(ch->out) == 0)
 		return;
-	if (!event_pending(ch->wev, EV_WRITE, NULL))
-		event_add(ch->wev, NULL);
+	if (!event_pending(ch->wev, EV_WRITE, NULL) && !event_pending(ch->fev, EV_TIMEOUT, NULL))
+		event_active(ch->fev, EV_TIMEOUT, 0);
 }
 
 /* Reports peer loss once.  The owner usually frees the chan from closed(). */
@@ -110,6 +147,7 @@ static void chan_close(struct chan *ch, int err)
 	ch->closed = true;
 	event_del(ch->rev);
 	event_del(ch->wev);
+	event_del(ch->fev);
 	ch->ops->closed(ch->ctx, err);
 }
 
@@ -121,10 +159,20 @@ static int chan_deliver(struct chan *ch, bool even_paused)
 	int r;
 
 	while (!ch->dead && !ch->closed && (even_paused || !ch->paused)) {
+		struct chan *pch = deliv_ch;
+		const uint8_t *pframe = deliv_frame;
+		size_t plen = deliv_len;
+
 		r = mp_frame_next(&ch->in, &frame, &len);
 		if (r <= 0)
 			return r;
+		deliv_ch = ch;
+		deliv_frame = frame;
+		deliv_len = len;
 		ch->ops->frame(ch->ctx, frame, len);
+		deliv_ch = pch;
+		deliv_frame = pframe;
+		deliv_len = plen;
 	}
 	return 0;
 }
@@ -181,6 +229,8 @@ static void chan_write_some(struct chan *ch)
 	}
 	if (evbuffer_get_length(ch->out) == 0)
 		event_del(ch->wev);
+	else if (!ch->closed && !ch->dead && !event_pending(ch->wev, EV_WRITE, NULL))
+		event_add(ch->wev, NULL);     /* full: wait until it drains */
 	if (before > LOW_WATER && evbuffer_get_length(ch->out) <= LOW_WATER) {
 		ch->ops->drained(ch->ctx);
 	} else if (before > 0 && evbuffer_get_length(ch->out) == 0) {
@@ -194,6 +244,21 @@ static void chan_write_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	ch->busy++;
+	chan_write_some(ch);
+	ch->busy--;
+	if (ch->dead && !ch->busy)
+		chan_destroy(ch);
+}
+
+static void chan_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct chan *ch = arg;
+
+	(void)fd;
+	(void)what;
+	if (ch->closed || ch->dead)
+		return;
 	ch->busy++;
 	chan_write_some(ch);
 	ch->busy--;

@@ -3,8 +3,9 @@
  * both chans: the same framing, limits and back-pressure serve both.
  *
  * Output is batched: writers append to chan_out() and call chan_flush(),
- * which only arms the write event, so everything produced in one loop turn
- * leaves in one writev.  Peer loss is reported in exactly one place, the
+ * which writes once the callback under way has returned (the same loop
+ * turn), so everything it produced leaves in one writev; the write event is
+ * armed only while the socket is full.  Peer loss is reported in exactly one place, the
  * closed() callback. */
 #ifndef CHAN_H
 #define CHAN_H
@@ -44,6 +45,15 @@ struct evbuffer *chan_out(struct chan *ch);
 void chan_packer(struct chan *ch, msgpack_packer *pk);
 void chan_flush(struct chan *ch);
 size_t chan_out_len(const struct chan *ch);
+/* From the frame() callback only: hands over the read buffer holding the
+ * frame being delivered (see mp_frame_take), or NULL when the caller should
+ * copy the keep bytes it wants instead. */
+uint8_t *chan_take_frame(struct chan *ch, size_t keep);
+/* The same from code that does not know the chan: when the keep bytes at p
+ * lie in the frame some chan is delivering right now (its frame() callback
+ * is running further up the stack) and it was not taken yet, hands over
+ * its buffer; else NULL. */
+uint8_t *chan_take_delivered(const void *p, size_t keep);
 /* Stops (or resumes) reading and delivering frames. */
 void chan_pause(struct chan *ch, bool pause);
 /* Reads everything the peer has sent so far and delivers its frames now,

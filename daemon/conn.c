@@ -263,7 +263,7 @@ static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 			return;
 		}
 		spec.n_items = count;
-		if (mp_skip_n(&p, count, &spec.items, &spec.items_len) < 0) {
+		if (disp_walk_items(&p, count, &spec.items, &spec.items_len, &spec.marks) < 0) {
 			reply_error(c, m->msgid, MPOOL_E_BADREQ, "map items are truncated");
 			return;
 		}
@@ -332,6 +332,10 @@ static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 		c->cap_jobs = c->cap_jobs ? 2 * c->cap_jobs : 8;
 		c->jobs = xrealloc(c->jobs, c->cap_jobs * sizeof(*c->jobs));
 	}
+	/* Large items: the job keeps the read buffer they arrived in rather
+	 * than a copy (the frame stays where it is; nothing reads it after). */
+	if (spec.items_len >= DISP_ADOPT_MIN)
+		spec.buf = chan_take_frame(c->ch, spec.items_len);
 	/* NULL: answered at once (an empty map), nothing to track. */
 	job = disp_submit(c, &spec);
 	if (job)
@@ -747,6 +751,7 @@ static void handle_feed(struct conn *c, const struct mp_msg *m)
 {
 	struct mp_cur p;
 	const uint8_t *items;
+	const size_t *marks;
 	size_t items_len;
 	uint64_t msgid;
 	uint32_t n, count;
@@ -755,7 +760,8 @@ static void handle_feed(struct conn *c, const struct mp_msg *m)
 
 	mp_cur_init(&p, m->body, m->body_len);
 	if (mp_read_array(&p, &n) < 0 || n != 3 || mp_read_u64(&p, &msgid) < 0 ||
-	    mp_read_array(&p, &count) < 0 || mp_skip_n(&p, count, &items, &items_len) < 0 ||
+	    mp_read_array(&p, &count) < 0 ||
+	    disp_walk_items(&p, count, &items, &items_len, &marks) < 0 ||
 	    mp_read_bool(&p, &end) < 0) {
 		conn_abort(c, MPOOL_E_BADREQ, "a feed is [2, \"feed\", [msgid, items, end]]");
 		return;
@@ -766,7 +772,7 @@ static void handle_feed(struct conn *c, const struct mp_msg *m)
 			  (unsigned long long)c->id, (unsigned long long)msgid);
 		return;
 	}
-	if (disp_feed(job, items, items_len, count, end) == -ENOSPC)
+	if (disp_feed(job, items, items_len, count, marks, end) == -ENOSPC)
 		limit_hits[LIM_QUEUED]++;
 }
 
@@ -899,8 +905,16 @@ bool conn_backlogged(const struct conn *c)
 	return chan_out_len(c->ch) > cfg.out_high_water;
 }
 
+static void free_sent(const void *data, size_t len, void *arg)
+{
+	(void)data;
+	(void)len;
+	free(arg);
+}
+
 void conn_send_chunk(struct conn *c, uint64_t msgid, uint64_t first,
-		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen)
+		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
+		     uint8_t *owned)
 {
 	msgpack_packer pk;
 	struct evbuffer *out = chan_out(c->ch);
@@ -910,8 +924,14 @@ void conn_send_chunk(struct conn *c, uint64_t msgid, uint64_t first,
 	msgpack_pack_array(&pk, 4);
 	msgpack_pack_uint64(&pk, msgid);
 	msgpack_pack_uint64(&pk, first);
-	evbuffer_add(out, results, rlen);
+	/* The reference frees owned once the bytes are sent: after a write,
+	 * never before the errors (in owned too) are copied below. */
+	if (owned && evbuffer_add_reference(out, results, rlen, free_sent, owned) == 0)
+		owned = NULL;
+	else
+		evbuffer_add(out, results, rlen);
 	evbuffer_add(out, errors, elen);
+	free(owned);         /* NULL unless the reference failed */
 	chan_flush(c->ch);
 }
 

@@ -22,8 +22,11 @@ void conn_stop_listening(void);
 
 /* For the dispatcher. */
 bool conn_backlogged(const struct conn *c);
+/* owned: NULL, or the buffer results lie in, which the connection takes
+ * (free()d once the bytes are sent or dropped): they go out by reference. */
 void conn_send_chunk(struct conn *c, uint64_t msgid, uint64_t first,
-		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen);
+		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
+		     uint8_t *owned);
 void conn_send_credit(struct conn *c, uint64_t msgid, uint64_t n);
 /* A response whose result pack() writes. */
 void conn_reply(struct conn *c, uint64_t msgid, void (*pack)(msgpack_packer *pk, const void *arg),

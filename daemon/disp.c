@@ -3,9 +3,11 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <event2/buffer.h>
 #include "tailq.h"
 
 #include <mpool/error.h>
+#include "chan.h"
 #include "config.h"
 #include "conn.h"
 #include "log.h"
@@ -18,7 +20,9 @@
 struct held {
 	uint64_t first;
 	uint32_t count;
-	uint8_t *bytes;            /* results array then errors array */
+	uint8_t *bytes;            /* a copy: results array then errors array */
+	uint8_t *owned;            /* or the worker's frame buffer they lie in */
+	const uint8_t *results, *errors;
 	size_t results_len, errors_len;
 	struct held *next;
 };
@@ -38,11 +42,24 @@ struct retry {
  * segment per "feed" of a streamed map.  It lives while items of it are
  * queued, running or waiting for a retry (refs), so a streamed map holds
  * only the input its workers have not finished. */
+/* The memory a segment's items live in.  Worker channels send chunks of
+ * it by reference, and a channel may still hold such bytes after the job
+ * is gone (a worker killed before it read its chunk), so it is counted on
+ * its own: the segment holds one reference, each chunk queued on a channel
+ * another. */
+struct seg_mem {
+	unsigned refs;
+	void *buf;                 /* owned: a copy, or the adopted read buffer */
+};
+
 struct seg {
-	uint8_t *frame;            /* owned copy of the items' bytes */
+	const uint8_t *frame;      /* the items' bytes, in mem */
+	struct seg_mem *mem;
 	size_t bytes;
 	struct mp_cur items;       /* items not yet handed out */
 	uint64_t left;             /* how many */
+	uint64_t count;            /* items in the segment */
+	size_t *marks;             /* count / DISP_MARK_EVERY item ends (owned) */
 	unsigned refs;             /* chunks, retries, +1 while items are left */
 	struct seg *next;
 };
@@ -239,15 +256,73 @@ static void job_piece(struct job *job, uint64_t first, uint32_t count,
 static void job_chunk_ended(struct job *job);
 static void chunk_fail(struct chunk *ck, int code, const char *msg);
 
+/* Walks are noted here and copied into the segment made from them, so
+ * the buffer serves every request (the master is single-threaded). */
+static size_t *walk_marks;
+static size_t walk_marks_cap;
+
+int disp_walk_items(struct mp_cur *c, uint64_t n, const uint8_t **ret_items,
+		    size_t *ret_len, const size_t **ret_marks)
+{
+	uint64_t nm = n / DISP_MARK_EVERY;
+
+	/* Every item takes a byte at least: a count past what is left is a
+	 * lie, refused before it sizes anything. */
+	if (n > (uint64_t)(c->end - c->p))
+		return -EBADMSG;
+	if (nm > walk_marks_cap) {
+		free(walk_marks);
+		walk_marks = xmalloc(nm * sizeof(*walk_marks));
+		walk_marks_cap = nm;
+	}
+	if (mp_skip_n_marked(c, n, DISP_MARK_EVERY, walk_marks, ret_items, ret_len) < 0)
+		return -EBADMSG;
+	*ret_marks = walk_marks;
+	return 0;
+}
+
+static void seg_mem_unref(struct seg_mem *m)
+{
+	if (--m->refs > 0)
+		return;
+	free(m->buf);
+	free(m);
+}
+
+static void seg_mem_cleanup(const void *data, size_t len, void *arg)
+{
+	(void)data;
+	(void)len;
+	seg_mem_unref(arg);
+}
+
+/* buf: the read buffer holding items, adopted; NULL to copy them. */
 static struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
-			   uint64_t count)
+			   uint64_t count, const size_t *marks, uint8_t *buf)
 {
 	struct seg *sg = xcalloc(1, sizeof(*sg)), **pp = &job->segs;
+	uint64_t nm = count / DISP_MARK_EVERY;
 
-	sg->frame = xmemdup(items, items_len);
+	sg->mem = xcalloc(1, sizeof(*sg->mem));
+	sg->mem->refs = 1;
+	if (buf) {
+		sg->mem->buf = buf;
+		sg->frame = items;
+	} else {
+		sg->mem->buf = xmemdup(items, items_len);
+		sg->frame = sg->mem->buf;
+	}
 	sg->bytes = items_len;
 	mp_cur_init(&sg->items, sg->frame, items_len);
 	sg->left = count;
+	sg->count = count;
+	if (nm > 0) {
+		if (!marks) {
+			log_err("%llu items without their marks", (unsigned long long)count);
+			abort();
+		}
+		sg->marks = xmemdup(marks, nm * sizeof(*marks));
+	}
 	sg->refs = count > 0;
 	while (*pp)
 		pp = &(*pp)->next;
@@ -270,7 +345,8 @@ static void seg_unref(struct job *job, struct seg *sg)
 	if (job->cur == sg)
 		job->cur = sg->next;
 	job->seg_bytes -= sg->bytes;
-	free(sg->frame);
+	free(sg->marks);
+	seg_mem_unref(sg->mem);
 	free(sg);
 }
 
@@ -281,6 +357,7 @@ static void job_free(struct job *job)
 	for (h = job->held; h; h = next) {
 		next = h->next;
 		free(h->bytes);
+		free(h->owned);
 		free(h);
 	}
 	while (job->retry_head) {
@@ -299,7 +376,8 @@ static void job_free(struct job *job)
 		struct seg *sg = job->segs;
 
 		job->segs = sg->next;
-		free(sg->frame);
+		free(sg->marks);
+		seg_mem_unref(sg->mem);
 		free(sg);
 	}
 	free(job->fn);
@@ -341,7 +419,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	job->streaming = spec->stream;
 	job->n_items = spec->n_items;
 	/* A job keeps only its items' bytes, not the envelope around them. */
-	seg_new(job, spec->items, spec->items_len, spec->n_items);
+	seg_new(job, spec->items, spec->items_len, spec->n_items, spec->marks, spec->buf);
 	job->timeout_ms = spec->timeout_ms;
 	job->retries = spec->retries;
 	job->retry_tail = &job->retry_head;
@@ -370,7 +448,7 @@ bool disp_job_streaming(const struct job *job)
 }
 
 int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t n_items,
-	      bool end)
+	      const size_t *marks, bool end)
 {
 	char msg[160];
 
@@ -394,7 +472,7 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 		}
 	}
 	if (n_items > 0) {
-		struct seg *sg = seg_new(job, items, items_len, n_items);
+		struct seg *sg = seg_new(job, items, items_len, n_items, marks, NULL);
 
 		if (!job->cur)
 			job->cur = sg;
@@ -494,26 +572,40 @@ static void slice_items(const uint8_t **items, size_t *len, uint32_t n,
 /* Slices the next n items off the job.  A chunk of the default size also
  * stops once its items pass DISP_CHUNK_BYTES (keeping at least one), so
  * large items do not make chunks whose results outgrow the frame limit; a
- * chunksize the client chose is honoured as it is. */
+ * chunksize the client chose is honoured as it is.  The items were walked
+ * on arrival: hop over the marks noted then, and walk at most the last
+ * DISP_MARK_EVERY - 1 items (or those around the byte limit) one by one. */
 static uint32_t take_items(struct job *job, uint32_t n, struct chunk *ck)
 {
 	struct seg *sg = job->cur;
 	const uint8_t *start = sg->items.p;
-	uint32_t taken = 0;
+	uint64_t from = sg->count - sg->left, at = from, target;
+	uint32_t taken;
 
 	/* A chunk never spans segments: it points into one. */
 	if (n > sg->left)
 		n = (uint32_t)sg->left;
-	while (taken < n) {
+	target = from + n;
+	for (uint64_t k = at / DISP_MARK_EVERY + 1; k * DISP_MARK_EVERY <= target; k++) {
+		const uint8_t *q = sg->frame + sg->marks[k - 1];
+
+		/* Past the byte limit: the cut lies before this mark. */
+		if (job->auto_chunk && (size_t)(q - start) >= DISP_CHUNK_BYTES)
+			break;
+		sg->items.p = q;
+		at = k * DISP_MARK_EVERY;
+	}
+	while (at < target) {
 		if (mp_skip(&sg->items, NULL, NULL) < 0) {
 			log_err("job %llu: items do not match their count",
 				(unsigned long long)job->id);
 			abort();
 		}
-		taken++;
+		at++;
 		if (job->auto_chunk && (size_t)(sg->items.p - start) >= DISP_CHUNK_BYTES)
 			break;
 	}
+	taken = (uint32_t)(at - from);
 	ck->items = start;
 	ck->items_len = (size_t)(sg->items.p - start);
 	ck->seg = sg;
@@ -524,6 +616,19 @@ static uint32_t take_items(struct job *job, uint32_t n, struct chunk *ck)
 		seg_unref(job, sg);      /* its cursor's reference */
 	}
 	return taken;
+}
+
+int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out)
+{
+	/* A batch's items are its own small copy; small chunks cost less to
+	 * copy than a reference costs to set up. */
+	if (ck->batch || ck->items_len < DISP_REF_MIN)
+		return evbuffer_add(out, ck->items, ck->items_len) < 0 ? -ENOMEM : 0;
+	if (evbuffer_add_reference(out, ck->items, ck->items_len, seg_mem_cleanup,
+				   ck->seg->mem) < 0)
+		return -ENOMEM;
+	ck->seg->mem->refs++;
+	return 0;
 }
 
 /* Carves the job's next chunk for a worker with quota tasks left: a lost
@@ -798,12 +903,24 @@ static void job_grant(struct job *job)
 	conn_send_credit(job->conn, job->msgid, room);
 }
 
+/* owned: see conn_send_chunk; taken in any case. */
 static void job_emit(struct job *job, uint64_t first, uint32_t count,
-		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen)
+		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
+		     uint8_t *owned)
 {
 	if (count > 0)
-		conn_send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen);
+		conn_send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen, owned);
+	else
+		free(owned);
 	job->emitted += count;
+}
+
+/* Large results still in the frame a worker's channel is delivering: the
+ * job takes that buffer and the client's output refers to it, rather than
+ * copying every byte (NULL: copy). */
+static uint8_t *take_results(const uint8_t *results, size_t rlen)
+{
+	return rlen >= DISP_ADOPT_MIN ? chan_take_delivered(results, rlen) : NULL;
 }
 
 /* Delivers results for items first..first+count-1 of a map: now, or once
@@ -822,13 +939,14 @@ static void job_piece(struct job *job, uint64_t first, uint32_t count,
 		return;
 	}
 	if (!job->ordered || first == job->emitted) {
-		job_emit(job, first, count, results, rlen, errors, elen);
+		job_emit(job, first, count, results, rlen, errors, elen,
+			 take_results(results, rlen));
 		while (job->held && job->held->first == job->emitted) {
 			struct held *h = job->held;
 
 			job->held = h->next;
-			job_emit(job, h->first, h->count, h->bytes, h->results_len,
-				 h->bytes + h->results_len, h->errors_len);
+			job_emit(job, h->first, h->count, h->results, h->results_len,
+				 h->errors, h->errors_len, h->owned);
 			free(h->bytes);
 			free(h);
 		}
@@ -837,9 +955,17 @@ static void job_piece(struct job *job, uint64_t first, uint32_t count,
 
 		h->first = first;
 		h->count = count;
-		h->bytes = xmalloc(rlen + elen);
-		memcpy(h->bytes, results, rlen);
-		memcpy(h->bytes + rlen, errors, elen);
+		h->owned = take_results(results, rlen);
+		if (h->owned) {
+			h->results = results;
+			h->errors = errors;
+		} else {
+			h->bytes = xmalloc(rlen + elen);
+			memcpy(h->bytes, results, rlen);
+			memcpy(h->bytes + rlen, errors, elen);
+			h->results = h->bytes;
+			h->errors = h->bytes + rlen;
+		}
 		h->results_len = rlen;
 		h->errors_len = elen;
 		while (*pp && (*pp)->first < h->first)

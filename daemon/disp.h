@@ -19,6 +19,7 @@ struct conn;
 struct job;
 struct seg;
 struct batch;
+struct mp_cur;
 
 /* A chunk in flight, held by the worker running it.  Parts the worker
  * reports move first and items forward, so the chunk always describes the
@@ -49,7 +50,26 @@ struct job_spec {
 	const uint8_t *items;        /* n_items raw elements, within frame */
 	size_t items_len;
 	uint64_t n_items;
+	const size_t *marks;         /* from disp_walk_items over the items */
+	uint8_t *buf;                /* non-NULL: the read buffer holding items,
+				      * given to the job (chan_take_frame) */
 };
+
+/* Items of a request at least this large are adopted with their read
+ * buffer rather than copied; chunks at least this large go to a worker by
+ * reference rather than copied into its channel. */
+#define DISP_ADOPT_MIN (64u * 1024)
+#define DISP_REF_MIN 4096u
+
+/* A request's items are walked once, on arrival: the walk notes where every
+ * DISP_MARK_EVERY-th item ends, and chunks are cut at those marks plus a
+ * short walk, never by walking every item again. */
+#define DISP_MARK_EVERY 64
+/* Skips n items at c like mp_skip_n, noting their marks in a buffer that
+ * the next call reuses: pass *ret_marks to disp_submit or disp_feed before
+ * walking anything else.  0, or -EBADMSG when the items are not there. */
+int disp_walk_items(struct mp_cur *c, uint64_t n, const uint8_t **ret_items,
+		    size_t *ret_len, const size_t **ret_marks);
 
 /* Python's rule, ceil(n / (4 * workers)), capped at DISP_CHUNK_MAX and at
  * least 1. */
@@ -63,13 +83,14 @@ uint32_t disp_chunk_take(uint32_t chunksize, uint64_t items_left, uint64_t quota
 /* The chunksize a job made from spec will use. */
 uint32_t disp_spec_chunksize(const struct job_spec *spec);
 
-/* Creates a job from spec (its items are copied).  The job answers conn
+/* Creates a job from spec (its items are copied, or spec->buf adopted).  The job answers conn
  * when done; NULL when it was answered at once (an empty map). */
 struct job *disp_submit(struct conn *conn, const struct job_spec *spec);
-/* A streamed map's next n_items items (copied).  0, or after failing the
- * job: -EPROTO (past its credit), -ENOSPC (past --max-queued-chunks). */
+/* A streamed map's next n_items items (copied), with the marks of their
+ * walk.  0, or after failing the job: -EPROTO (past its credit), -ENOSPC
+ * (past --max-queued-chunks). */
 int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t n_items,
-	      bool end);
+	      const size_t *marks, bool end);
 bool disp_job_streaming(const struct job *job);
 /* Workers running chunks of this job are killed (cancel with kill). */
 void disp_kill_running(struct job *job);
@@ -84,6 +105,11 @@ void disp_schedule(void);
 /* A worker reported the first res->n_results items of its chunk; ck moves
  * past them.  The chunk is still running. */
 void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res);
+/* Appends the chunk's items to a worker channel's output: by reference
+ * when large (the bytes live until out has sent or dropped them, even past
+ * the job's end), else copied.  0 or -ENOMEM. */
+struct evbuffer;
+int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out);
 /* A worker finished its chunk (res holds the rest of its results). */
 void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res);
 /* The chunk's worker died or timed out: its unanswered items are rerun

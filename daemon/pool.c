@@ -411,7 +411,7 @@ void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t
 	msgpack_packer pk;
 
 	chan_packer(w->ch, &pk);
-	if (wmsg_pack_run(&pk, &run) < 0) {
+	if (wmsg_pack_run_head(&pk, &run) < 0 || disp_chunk_add_items(ck, chan_out(w->ch)) < 0) {
 		log_err("out of memory sending a chunk to worker %d", (int)w->pid);
 		abort();
 	}

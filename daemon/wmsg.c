@@ -4,7 +4,7 @@
 
 #include "mp_rpc.h"
 
-int wmsg_pack_run(msgpack_packer *pk, const struct wmsg_run *run)
+int wmsg_pack_run_head(msgpack_packer *pk, const struct wmsg_run *run)
 {
 	int r = mp_pack_request_head(pk, run->seq, "run");
 
@@ -13,9 +13,16 @@ int wmsg_pack_run(msgpack_packer *pk, const struct wmsg_run *run)
 	r |= msgpack_pack_uint64(pk, run->first);
 	r |= run->each ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
 	r |= msgpack_pack_array(pk, run->count);
-	/* The items go out as the client sent them: no decode, no re-encode. */
-	r |= pk->callback(pk->data, (const char *)run->items, run->items_len);
 	return r ? -ENOMEM : 0;
+}
+
+int wmsg_pack_run(msgpack_packer *pk, const struct wmsg_run *run)
+{
+	/* The items go out as the client sent them: no decode, no re-encode. */
+	if (wmsg_pack_run_head(pk, run) < 0 ||
+	    pk->callback(pk->data, (const char *)run->items, run->items_len) < 0)
+		return -ENOMEM;
+	return 0;
 }
 
 int wmsg_parse_run(const uint8_t *frame, size_t len, struct wmsg_run *ret)
@@ -74,14 +81,17 @@ int wmsg_parse_from_worker(const uint8_t *frame, size_t len, struct wmsg_result 
 			return -EBADMSG;
 		kind = WMSG_RESULT;
 	}
-	arr = c;
-	if (mp_read_array(&arr, &res.n_results) < 0 ||
-	    mp_skip(&c, &res.results, &res.results_len) < 0)
-		return -EBADMSG;
+	/* errors comes first and is short (usually empty); results, last in
+	 * a frame mp_frame measured, runs to its end and is not walked. */
 	arr = c;
 	if (mp_read_array(&arr, &res.n_errors) < 0 ||
-	    mp_skip(&c, &res.errors, &res.errors_len) < 0 || !mp_cur_done(&c))
+	    mp_skip(&c, &res.errors, &res.errors_len) < 0)
 		return -EBADMSG;
+	arr = c;
+	if (mp_read_array(&arr, &res.n_results) < 0)
+		return -EBADMSG;
+	res.results = c.p;
+	res.results_len = (size_t)(c.end - c.p);
 	*ret = res;
 	return kind;
 }

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "log.h"
 #include "mp_frame.h"
+#include "mp_obj.h"
 #include "mp_rpc.h"
 #include "registry.h"
 #include "wmsg.h"
@@ -146,15 +147,16 @@ static void send_piece(struct run_bufs *b, uint64_t seq, bool final, uint32_t n_
 		r |= msgpack_pack_array(&hpk, 3);
 		r |= msgpack_pack_uint64(&hpk, seq);
 	}
-	r |= msgpack_pack_array(&hpk, n_items);
+	/* errors before results (wmsg.h says why). */
+	r |= msgpack_pack_array(&hpk, n_err);
 	msgpack_packer_init(&tpk, &b->tail, msgpack_sbuffer_write);
-	r |= msgpack_pack_array(&tpk, n_err);
+	r |= msgpack_pack_array(&tpk, n_items);
 	if (r)
 		_exit(WORKER_EXIT_PROTO);
 	iov[0] = (struct iovec){ b->head.data, b->head.size };
-	iov[1] = (struct iovec){ b->results.data, b->results.size };
+	iov[1] = (struct iovec){ b->errors.data, b->errors.size };
 	iov[2] = (struct iovec){ b->tail.data, b->tail.size };
-	iov[3] = (struct iovec){ b->errors.data, b->errors.size };
+	iov[3] = (struct iovec){ b->results.data, b->results.size };
 	write_all(iov, 4);
 	b->results.size = b->errors.size = 0;
 }
@@ -183,10 +185,16 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 		uint64_t index = run->first + i, now;
 		int rc;
 
-		msgpack_zone_clear(&b->zone);
-		if (msgpack_unpack((const char *)run->items, run->items_len, &off,
-				   &b->zone, &arg) < 0)
-			_exit(WORKER_EXIT_PROTO);
+		/* Scalars without the unpacker and its zone: most items are. */
+		len = mp_obj_scalar(run->items + off, run->items_len - off, &arg);
+		if (len > 0) {
+			off += len;
+		} else {
+			msgpack_zone_clear(&b->zone);
+			if (msgpack_unpack((const char *)run->items, run->items_len, &off,
+					   &b->zone, &arg) < 0)
+				_exit(WORKER_EXIT_PROTO);
+		}
 		rc = fn(&arg, &rpk, &err);
 		if (rc == 0 && (mp_scan_one((const uint8_t *)b->results.data + before,
 					    b->results.size - before, MP_ITEM_DEPTH_MAX, &len) != 1 ||

@@ -26,8 +26,11 @@ uint8_t *mp_frame_space(struct mp_frame *f, size_t want, size_t *ret_room)
 	/* Slide the unconsumed tail to the front before growing: frames are
 	 * handed out by pointer, so this only happens when new bytes are
 	 * wanted, which the contract says invalidates them. */
-	if (f->start == f->len && f->cap > 4 * READ_CHUNK) {
-		/* Idle after a large frame: give the memory back. */
+	if (f->start == f->len && f->cap > 4 * READ_CHUNK && f->last_len < f->cap / 4) {
+		/* Idle, and the buffer is far larger than what the stream
+		 * carries now: give the memory back.  A stream of large frames
+		 * (a worker's results) keeps its buffer, or every frame would
+		 * grow it again from READ_CHUNK, copying itself at each step. */
 		free(f->data);
 		f->data = NULL;
 		f->cap = 0;
@@ -71,6 +74,30 @@ int mp_frame_push(struct mp_frame *f, const void *buf, size_t n)
 	return 0;
 }
 
+uint8_t *mp_frame_take(struct mp_frame *f, size_t keep)
+{
+	size_t rest = f->len - f->start, cap = READ_CHUNK;
+	uint8_t *old = f->data, *d;
+
+	if (!old || f->cap / 2 > keep)
+		return NULL;
+	while (cap < rest)
+		cap *= 2;
+	/* A stream of frames this large (see mp_frame_space) gets a buffer
+	 * as large, or the next frame would grow one again, copying it. */
+	if (f->last_len >= f->cap / 4 && cap < f->cap)
+		cap = f->cap;
+	d = malloc(cap);
+	if (!d)
+		return NULL;
+	memcpy(d, old + f->start, rest);
+	f->data = d;
+	f->cap = cap;
+	f->len = rest;
+	f->start = 0;
+	return old;
+}
+
 int mp_frame_next(struct mp_frame *f, const uint8_t **ret_frame, size_t *ret_len)
 {
 	size_t avail = f->len - f->start;
@@ -89,6 +116,7 @@ int mp_frame_next(struct mp_frame *f, const uint8_t **ret_frame, size_t *ret_len
 		return -EMSGSIZE;
 	*ret_frame = f->data + f->start;
 	*ret_len = f->scan.off;
+	f->last_len = f->scan.off;
 	f->start += f->scan.off;
 	mp_scan_init(&f->scan, f->lim.max_depth);
 	return 1;

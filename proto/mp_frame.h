@@ -25,6 +25,7 @@ struct mp_frame {
 	size_t start;         /* first byte not yet handed out */
 	size_t len;           /* bytes held */
 	size_t cap;
+	size_t last_len;      /* the last frame handed out */
 	struct mp_scan scan;  /* progress on the frame at start */
 	struct mp_frame_limits lim;
 };
@@ -47,6 +48,15 @@ int mp_frame_push(struct mp_frame *f, const void *buf, size_t n);
  * nesting past the limit, -EMSGSIZE for a frame past the size limit.  After
  * an error the stream is lost: the owner must drop it. */
 int mp_frame_next(struct mp_frame *f, const uint8_t **ret_frame, size_t *ret_len);
+
+/* Hands over the buffer that holds the frame mp_frame_next just returned,
+ * so a caller keeping a large frame need not copy it: the frame's pointer
+ * stays valid, and free() of the returned pointer releases it.  Bytes held
+ * after the frame move to a fresh buffer.  Returns NULL (nothing changes)
+ * when the buffer is more than twice keep bytes (the part the caller
+ * keeps), so an adopted buffer is mostly useful bytes, or when out of
+ * memory; the caller then copies. */
+uint8_t *mp_frame_take(struct mp_frame *f, size_t keep);
 
 /* Bytes held that belong to no frame handed out yet. */
 static inline size_t mp_frame_pending(const struct mp_frame *f)

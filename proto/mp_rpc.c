@@ -39,9 +39,28 @@ int mp_msg_parse(const uint8_t *frame, size_t len, struct mp_msg *ret,
 	default:
 		return -EBADMSG;
 	}
-	if (mp_skip(&c, &m.body, &m.body_len) < 0 || !mp_cur_done(&c))
+	/* The frame is one whole element (mp_frame measured it), so the body
+	 * is the rest of it: walking it again would be one more pass over
+	 * every item of a map. */
+	if (mp_cur_done(&c))
 		return -EBADMSG;
+	m.body = c.p;
+	m.body_len = (size_t)(c.end - c.p);
 	m.type = (enum mp_msg_type)type;
+	*ret = m;
+	return 0;
+}
+
+int mp_msg_parse_checked(const uint8_t *buf, size_t len, struct mp_msg *ret,
+			 int *ret_msgid_ok, uint64_t *ret_msgid)
+{
+	struct mp_msg m;
+	size_t body_len;
+
+	if (mp_msg_parse(buf, len, &m, ret_msgid_ok, ret_msgid) < 0 ||
+	    mp_scan_one(m.body, m.body_len, MP_DEPTH_MAX, &body_len) != 1 ||
+	    body_len != m.body_len)
+		return -EBADMSG;
 	*ret = m;
 	return 0;
 }

@@ -33,12 +33,18 @@ struct mp_msg {
 	size_t body_len;
 };
 
-/* Reads the envelope of a scanned frame.  The frame must be exactly one
- * message.  0, or -EBADMSG when it is no MessagePack-RPC message; in that
- * case *ret_msgid_ok tells whether a msgid could still be read (so the
- * sender can be answered) and *ret_msgid holds it. */
+/* Reads the envelope of a frame handed out by mp_frame_next (or otherwise
+ * known to be exactly one complete element within the depth limit): the
+ * body is taken as the rest of the frame, unwalked.  0, or -EBADMSG when it
+ * is no MessagePack-RPC message; in that case *ret_msgid_ok tells whether a
+ * msgid could still be read (so the sender can be answered) and *ret_msgid
+ * holds it.  *ret is written only on success. */
 int mp_msg_parse(const uint8_t *frame, size_t len, struct mp_msg *ret,
 		 int *ret_msgid_ok, uint64_t *ret_msgid);
+/* The same for bytes that did not come through mp_frame: also checks that
+ * the body is exactly one element and nothing follows it. */
+int mp_msg_parse_checked(const uint8_t *buf, size_t len, struct mp_msg *ret,
+			 int *ret_msgid_ok, uint64_t *ret_msgid);
 
 /* Envelope heads: the caller packs the remaining element(s). */
 int mp_pack_request_head(msgpack_packer *pk, uint64_t msgid, const char *method);

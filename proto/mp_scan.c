@@ -85,6 +85,43 @@ static int head(const uint8_t *p, size_t avail, size_t *hdr, uint64_t *payload,
 	return 1;
 }
 
+/* Total size (header and payload) of the elements whose first byte alone
+ * fixes it: fixints, nil, booleans, fixstr, fixed-width ints and floats,
+ * fixext; 0 for containers, variable-length types and 0xc1.  Most items
+ * are such scalars, so the walkers take them from here before head(). */
+#define R16(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
+static const uint8_t scalar_size[256] = {
+	R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), /* 0x00-0x7f */
+	R16(0), R16(0),                                                  /* fixmap, fixarray */
+	1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,           /* fixstr 0-15 */
+	17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,  /* fixstr 16-31 */
+	[0xc0] = 1, [0xc2] = 1, [0xc3] = 1,                              /* nil, false, true */
+	[0xca] = 5, [0xcb] = 9,                                          /* float32/64 */
+	[0xcc] = 2, [0xcd] = 3, [0xce] = 5, [0xcf] = 9,                  /* uint8-64 */
+	[0xd0] = 2, [0xd1] = 3, [0xd2] = 5, [0xd3] = 9,                  /* int8-64 */
+	[0xd4] = 3, [0xd5] = 4, [0xd6] = 6, [0xd7] = 10, [0xd8] = 18,    /* fixext */
+	[0xe0] = R16(1), R16(1),                                         /* negative fixint */
+};
+#undef R16
+
+/* Total size of a str or bin at p (avail >= 1 bytes) whose length field is
+ * within avail; 0 for anything else (ext, containers, 0xc1, a cut length
+ * field), which head() then decides.  Tried only where scalar_size says 0,
+ * so runs of ints do not pay for it. */
+static inline uint64_t raw_len(const uint8_t *p, size_t avail)
+{
+	switch (p[0]) {
+	case 0xc4: case 0xd9:
+		return avail >= 2 ? 2 + (uint64_t)p[1] : 0;
+	case 0xc5: case 0xda:
+		return avail >= 3 ? 3 + be(p + 1, 2) : 0;
+	case 0xc6: case 0xdb:
+		return avail >= 5 ? 5 + be(p + 1, 4) : 0;
+	default:
+		return 0;
+	}
+}
+
 static inline bool is_container(uint8_t b)
 {
 	return (b & 0xe0) == 0x80 || (b >= 0xdc && b <= 0xdf);   /* fixmap, fixarray, 16/32 */
@@ -115,6 +152,34 @@ int mp_scan_feed(struct mp_scan *s, const uint8_t *buf, size_t len)
 		}
 		if (s->off >= len)
 			return 0;
+		/* Fast path: a run of fixed-size scalars at this level. */
+		{
+			/* Locals: buf may alias anything, so the compiler would
+			 * reload fields of s after every read of it. */
+			uint64_t left = s->left[s->depth - 1], rl;
+			size_t off = s->off, sz;
+
+			while (left > 0 && off < len &&
+			       (sz = scalar_size[buf[off]]) != 0 && sz <= len - off) {
+				off += sz;
+				left--;
+			}
+			s->off = off;
+			s->left[s->depth - 1] = left;
+			if (left == 0)
+				continue;
+			if (off >= len)
+				return 0;
+			/* A str or bin: no need for the full decode either. */
+			rl = raw_len(buf + off, len - off);
+			if (rl > 0) {
+				if (rl > len - off)
+					return 0;
+				s->off += (size_t)rl;
+				s->left[s->depth - 1]--;
+				continue;
+			}
+		}
 		r = head(buf + s->off, len - s->off, &hdr, &payload, &children);
 		if (r <= 0)
 			return r;
@@ -137,6 +202,11 @@ int mp_scan_one(const uint8_t *buf, size_t len, uint32_t max_depth, size_t *ret_
 	struct mp_scan s;
 	int r;
 
+	/* A lone scalar (a worker checks every result it packs): no walk. */
+	if (len > 0 && scalar_size[buf[0]] != 0 && scalar_size[buf[0]] <= len) {
+		*ret_len = scalar_size[buf[0]];
+		return 1;
+	}
 	mp_scan_init(&s, max_depth);
 	r = mp_scan_feed(&s, buf, len);
 	if (r == 1)
@@ -339,9 +409,19 @@ int mp_skip_n(struct mp_cur *c, uint64_t n, const uint8_t **ret_start, size_t *r
 
 	/* A flat counter suffices: containers add their children to what is due. */
 	while (due > 0) {
-		size_t hdr, avail = (size_t)(c->end - p);
-		uint64_t payload, children;
+		size_t hdr, avail = (size_t)(c->end - p), sz;
+		uint64_t payload, children, raw;
 
+		if (avail > 0 && (sz = scalar_size[*p]) != 0 && sz <= avail) {
+			p += sz;
+			due--;
+			continue;
+		}
+		if (avail > 0 && (raw = raw_len(p, avail)) != 0 && raw <= avail) {
+			p += raw;
+			due--;
+			continue;
+		}
 		if (head(p, avail, &hdr, &payload, &children) != 1 ||
 		    payload > avail - hdr)
 			return -EBADMSG;
@@ -349,6 +429,62 @@ int mp_skip_n(struct mp_cur *c, uint64_t n, const uint8_t **ret_start, size_t *r
 		due = due - 1 + children;
 		if (due < children)      /* overflow: a lie no valid frame can tell */
 			return -EBADMSG;
+	}
+	if (ret_start)
+		*ret_start = c->p;
+	if (ret_len)
+		*ret_len = (size_t)(p - c->p);
+	c->p = p;
+	return 0;
+}
+
+/* One whole element at p; NULL when it does not fit before end. */
+static inline const uint8_t *skip_one(const uint8_t *p, const uint8_t *end)
+{
+	uint64_t due = 1;
+
+	while (due > 0) {
+		size_t hdr, avail = (size_t)(end - p), sz;
+		uint64_t payload, children, raw;
+
+		if (avail > 0 && (sz = scalar_size[*p]) != 0 && sz <= avail) {
+			p += sz;
+			due--;
+			continue;
+		}
+		if (avail > 0 && (raw = raw_len(p, avail)) != 0 && raw <= avail) {
+			p += raw;
+			due--;
+			continue;
+		}
+		if (head(p, avail, &hdr, &payload, &children) != 1 || payload > avail - hdr)
+			return NULL;
+		p += hdr + payload;
+		due = due - 1 + children;
+		if (due < children)
+			return NULL;
+	}
+	return p;
+}
+
+int mp_skip_n_marked(struct mp_cur *c, uint64_t n, uint32_t every, size_t *marks,
+		     const uint8_t **ret_start, size_t *ret_len)
+{
+	const uint8_t *p = c->p, *end = c->end;
+	uint32_t k = every;
+
+	for (uint64_t i = 0; i < n; i++) {
+		size_t sz;
+
+		/* Most items are scalars: no call, no counter of what is due. */
+		if (p < end && (sz = scalar_size[*p]) != 0 && sz <= (size_t)(end - p))
+			p += sz;
+		else if (!(p = skip_one(p, end)))
+			return -EBADMSG;
+		if (--k == 0) {
+			*marks++ = (size_t)(p - c->p);
+			k = every;
+		}
 	}
 	if (ret_start)
 		*ret_start = c->p;

@@ -83,6 +83,14 @@ static inline int mp_skip(struct mp_cur *c, const uint8_t **ret_start, size_t *r
 	return mp_skip_n(c, 1, ret_start, ret_len);
 }
 
+/* mp_skip_n that also notes where every every-th element ends: marks[k]
+ * receives the offset from the cursor of the end of element (k + 1) * every,
+ * for the n / every marks (marks must hold that many; every >= 1).  Lets a
+ * caller that walks a run once find element boundaries later without
+ * walking it again.  On failure the marks are garbage. */
+int mp_skip_n_marked(struct mp_cur *c, uint64_t n, uint32_t every, size_t *marks,
+		     const uint8_t **ret_start, size_t *ret_len);
+
 /* True when str (len bytes) equals the NUL-terminated lit. */
 bool mp_str_eq(const char *str, uint32_t len, const char *lit);
 

@@ -320,6 +320,68 @@ START_TEST(map_collect_10k)
 }
 END_TEST
 
+/* Items of mixed kinds and sizes, some past the chunk byte limit together,
+ * come back in order however the dispatcher cuts them (it hops over the
+ * marks of the walk on arrival and walks around the limit). */
+START_TEST(map_mixed_items_round_trip)
+{
+	static const uint32_t sizes[] = { 0, 1, 31, 32, 300, 70000, 200000, 20000 };
+	static const uint32_t chunksizes[] = { 0, 1, 63, 64, 65, 200 };
+	const uint64_t n = 1200;
+	struct fx fx;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	char *buf = malloc(200100);
+
+	REQUIRE(buf);
+	for (size_t i = 0; i < 200100; i++)
+		buf[i] = (char)(i * 13 + (i >> 9));
+	fx_start(&fx, NULL);
+	fx_sbuf_init(&sb, &pk);
+	for (uint64_t i = 0; i < n; i++) {
+		uint32_t sz = sizes[(i * 7 + i / 5) % 8];
+
+		if (i % 3 == 0) {
+			msgpack_pack_int64(&pk, (int64_t)i - 600);
+		} else if (i % 3 == 1) {
+			msgpack_pack_bin(&pk, sz);
+			msgpack_pack_bin_body(&pk, buf + i % 17, sz);
+		} else {
+			msgpack_pack_array(&pk, 2);
+			msgpack_pack_str_with_body(&pk, buf, i % 40);
+			msgpack_pack_double(&pk, (double)i / 4);
+		}
+	}
+	for (size_t c = 0; c < sizeof(chunksizes) / sizeof(chunksizes[0]); c++) {
+		struct mpool_map_opts o = { .chunksize = chunksizes[c] };
+		mpool_value *v = NULL;
+		const msgpack_object *arr;
+		msgpack_unpacked up;
+		size_t off = 0;
+		int r;
+
+		r = mpool_map_collect(fx.c, "builtin.echo", sb.data, sb.size, n, &o, &v);
+		REQUIREF(r == 0, "chunksize %u: %s: %s", chunksizes[c], mpool_strerror(-r),
+			 mpool_errmsg(fx.c));
+		arr = mpool_value_get(v);
+		REQUIRE(arr->type == MSGPACK_OBJECT_ARRAY && arr->via.array.size == n);
+		msgpack_unpacked_init(&up);
+		for (uint64_t i = 0; i < n; i++) {
+			REQUIRE(msgpack_unpack_next(&up, sb.data, sb.size, &off) ==
+				MSGPACK_UNPACK_SUCCESS);
+			REQUIREF(msgpack_object_equal(up.data, arr->via.array.ptr[i]),
+				 "chunksize %u: item %llu came back changed", chunksizes[c],
+				 (unsigned long long)i);
+		}
+		msgpack_unpacked_destroy(&up);
+		mpool_value_free(v);
+	}
+	msgpack_sbuffer_destroy(&sb);
+	free(buf);
+	fx_stop(&fx);
+}
+END_TEST
+
 START_TEST(map_chunksize_honoured)
 {
 	struct mpool_map_opts o = { .chunksize = 7 };
@@ -1885,6 +1947,7 @@ static Suite *daemon_suite(void)
 	tcase_add_test(tc, map_100k_unordered);
 	tcase_add_test(tc, map_collect_10k);
 	tcase_add_test(tc, map_chunksize_honoured);
+	tcase_add_test(tc, map_mixed_items_round_trip);
 	tcase_add_test(tc, map_empty);
 	tcase_add_test(tc, map_item_errors);
 	tcase_add_test(tc, map_unknown_function);

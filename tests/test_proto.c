@@ -25,6 +25,7 @@
 #include <mpool/error.h>
 
 #include "mp_frame.h"
+#include "mp_obj.h"
 #include "mp_path.h"
 #include "mp_rpc.h"
 #include "mp_scan.h"
@@ -823,6 +824,144 @@ START_TEST(frame_huge_declared_count_emsgsize)
 }
 END_TEST
 
+/* A large frame's buffer is handed over; the frame stays readable there,
+ * and the bytes after it (a second frame, cut) carry on in the framer. */
+START_TEST(frame_take_hands_over_the_buffer)
+{
+	struct mp_frame_limits lim = { 64 * MiB, MP_DEPTH_MAX };
+	const size_t big = 300 * 1024;
+	uint8_t *src = malloc(big + 16), *owned;
+	const uint8_t *fr;
+	size_t fl;
+	struct mp_frame f;
+
+	ck_assert_ptr_nonnull(src);
+	/* bin32 of big - 5 bytes, then [1, 2] cut after its first byte. */
+	src[0] = 0xc6;
+	src[1] = (uint8_t)((big - 5) >> 24);
+	src[2] = (uint8_t)((big - 5) >> 16);
+	src[3] = (uint8_t)((big - 5) >> 8);
+	src[4] = (uint8_t)(big - 5);
+	for (size_t i = 5; i < big; i++)
+		src[i] = (uint8_t)(i * 31);
+	src[big] = 0x92;
+	src[big + 1] = 0x01;
+	mp_frame_init(&f, &lim);
+	ck_assert_int_eq(mp_frame_push(&f, src, big + 2), 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 1);
+	ck_assert_uint_eq(fl, big);
+	/* Refused while the buffer is mostly not what the caller keeps. */
+	ck_assert_ptr_null(mp_frame_take(&f, 100));
+	owned = mp_frame_take(&f, fl);
+	ck_assert_ptr_nonnull(owned);
+	ck_assert(fr >= owned && memcmp(fr, src, big) == 0);
+	/* The framer goes on with the rest. */
+	ck_assert_uint_eq(mp_frame_pending(&f), 2);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 0);
+	ck_assert_int_eq(mp_frame_push(&f, "\x02", 1), 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 1);
+	ck_assert_uint_eq(fl, 3);
+	ck_assert(memcmp(fr, "\x92\x01\x02", 3) == 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 0);
+	free(owned);
+	mp_frame_free(&f);
+	free(src);
+}
+END_TEST
+
+/* mp_obj_scalar gives what msgpack_unpack gives, for every first byte
+ * followed by many payloads, whole and cut. */
+static void obj_same(const uint8_t *buf, size_t n)
+{
+	msgpack_object fast;
+	msgpack_object slow;
+	msgpack_zone zone;
+	size_t got = mp_obj_scalar(buf, n, &fast), off = 0, whole;
+	msgpack_unpack_return ur;
+
+	/* msgpack_unpack only on measured input (a random count would make
+	 * it allocate that many objects); what is not whole is declined. */
+	if (mp_scan_one(buf, n, MP_DEPTH_MAX, &whole) != 1) {
+		ck_assert_msg(got == 0, "byte %02x, %zu bytes: decoded a cut element", buf[0], n);
+		return;
+	}
+	msgpack_zone_init(&zone, 256);
+	ur = msgpack_unpack((const char *)buf, n, &off, &zone, &slow);
+	if (got > 0) {
+		ck_assert_msg(ur == MSGPACK_UNPACK_SUCCESS || ur == MSGPACK_UNPACK_EXTRA_BYTES,
+			      "byte %02x, %zu bytes: msgpack_unpack says %d", buf[0], n, (int)ur);
+		ck_assert_uint_eq(got, off);
+		ck_assert_int_eq(fast.type, slow.type);
+		if (fast.type == MSGPACK_OBJECT_FLOAT32 || fast.type == MSGPACK_OBJECT_FLOAT64)
+			ck_assert(memcmp(&fast.via.f64, &slow.via.f64, sizeof(double)) == 0);
+		else
+			ck_assert_msg(msgpack_object_equal(fast, slow), "byte %02x: values differ",
+				      buf[0]);
+		if (fast.type == MSGPACK_OBJECT_STR && fast.via.str.size > 0)
+			ck_assert_ptr_eq(fast.via.str.ptr, slow.via.str.ptr);
+		if (fast.type == MSGPACK_OBJECT_BIN && fast.via.bin.size > 0)
+			ck_assert_ptr_eq(fast.via.bin.ptr, slow.via.bin.ptr);
+	} else if (ur == MSGPACK_UNPACK_SUCCESS || ur == MSGPACK_UNPACK_EXTRA_BYTES) {
+		/* Declined: only for what it does not claim to decode. */
+		ck_assert_msg(slow.type == MSGPACK_OBJECT_ARRAY || slow.type == MSGPACK_OBJECT_MAP ||
+			      slow.type == MSGPACK_OBJECT_EXT,
+			      "byte %02x, %zu bytes: declined a whole scalar", buf[0], n);
+	}
+	msgpack_zone_destroy(&zone);
+}
+
+START_TEST(obj_scalar_matches_msgpack_unpack)
+{
+	uint8_t buf[300];
+	uint32_t seed = 12345;
+
+	for (unsigned b = 0; b < 256; b++) {
+		for (int rep = 0; rep < 200; rep++) {
+			size_t n = 1 + (size_t)(rep % 40);
+
+			buf[0] = (uint8_t)b;
+			for (size_t i = 1; i < sizeof(buf); i++) {
+				seed = seed * 1103515245u + 12345u;
+				buf[i] = (uint8_t)(seed >> 16);
+			}
+			/* Lengths of str8/bin8 that fit; sign bytes of both kinds. */
+			if (rep & 1)
+				buf[1] = (uint8_t)(rep % 30);
+			if (rep % 3 == 0)
+				n = sizeof(buf);
+			obj_same(buf, n);
+		}
+	}
+	/* Edges of each integer width, through msgpack-c's own packer. */
+	{
+		static const int64_t iv[] = { 0, 1, -1, -32, -33, 127, 128, -128, -129, 255, 256,
+					      32767, 32768, -32768, -32769, 65535, 65536,
+					      INT32_MAX, (int64_t)INT32_MAX + 1, INT32_MIN,
+					      (int64_t)INT32_MIN - 1, INT64_MAX, INT64_MIN };
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		for (size_t i = 0; i < sizeof(iv) / sizeof(iv[0]); i++) {
+			sb.size = 0;
+			msgpack_pack_int64(&pk, iv[i]);
+			obj_same((const uint8_t *)sb.data, sb.size);
+			sb.size = 0;
+			msgpack_pack_uint64(&pk, (uint64_t)iv[i]);
+			obj_same((const uint8_t *)sb.data, sb.size);
+		}
+		sb.size = 0;
+		msgpack_pack_float(&pk, 1.5f);
+		obj_same((const uint8_t *)sb.data, sb.size);
+		sb.size = 0;
+		msgpack_pack_double(&pk, -2.25);
+		obj_same((const uint8_t *)sb.data, sb.size);
+		msgpack_sbuffer_destroy(&sb);
+	}
+}
+END_TEST
+
 /* ---- mp_scan_feed resumability ------------------------------------------ */
 
 static void check_resumable(const uint8_t *buf, size_t n, uint32_t max_depth,
@@ -1247,6 +1386,24 @@ START_TEST(cur_skip_slices)
 	mp_cur_init(&c, pk_data(&p) + off[2], off[3] - off[2] - 1);
 	ck_assert_int_eq(mp_skip(&c, &st, &sl), -EBADMSG);
 	ck_assert_ptr_eq(c.p, pk_data(&p) + off[2]);
+
+	/* The marked walk: the same slice, and the end of every every-th
+	 * element, for every spacing. */
+	for (uint32_t every = 1; every <= k; every++) {
+		size_t marks[64];
+
+		ck_assert_uint_le(k, 64);
+		mp_cur_init(&c, pk_data(&p), p.sb.size);
+		ck_assert_int_eq(mp_skip_n_marked(&c, k - 1, every, marks, &st, &sl), 0);
+		ck_assert_ptr_eq(st, pk_data(&p));
+		ck_assert_uint_eq(sl, off[k - 1]);
+		ck_assert(mp_cur_done(&c));
+		for (size_t m = 0; m < (k - 1) / every; m++)
+			ck_assert_uint_eq(marks[m], off[(m + 1) * every]);
+		mp_cur_init(&c, pk_data(&p), p.sb.size);
+		ck_assert_int_eq(mp_skip_n_marked(&c, k, every, marks, &st, &sl), -EBADMSG);
+		ck_assert_ptr_eq(c.p, pk_data(&p));
+	}
 	pk_free(&p);
 
 	/* 0xc1 and a lying array32 header. */
@@ -1510,13 +1667,27 @@ START_TEST(rpc_parse_bad)
 
 	memset(&sentinel, 0xa5, sizeof(sentinel));
 	m = sentinel;
-	r = mp_msg_parse((const uint8_t *)b->b, b->n, &m, &ok, &id);
+	/* Raw bytes, not a framed element: the checked variant. */
+	r = mp_msg_parse_checked((const uint8_t *)b->b, b->n, &m, &ok, &id);
 	ck_assert_msg(r == -EBADMSG, "%s: r=%d", b->what, r);
 	ck_assert_msg(ok == b->msgid_ok, "%s: msgid_ok=%d, expected %d", b->what, ok, b->msgid_ok);
 	if (b->msgid_ok)
 		ck_assert_msg(id == b->msgid, "%s: msgid=%llu", b->what, (unsigned long long)id);
 	ck_assert_msg(memcmp(&m, &sentinel, sizeof(m)) == 0, "%s: *ret written on failure",
 		      b->what);
+	/* What the framer would hand out as one element is refused by the
+	 * unchecked parser too. */
+	{
+		size_t got;
+
+		if (mp_scan_one((const uint8_t *)b->b, b->n, MP_DEPTH_MAX, &got) == 1 &&
+		    got == b->n) {
+			r = mp_msg_parse((const uint8_t *)b->b, b->n, &m, &ok, &id);
+			ck_assert_msg(r == -EBADMSG, "%s (framed): r=%d", b->what, r);
+			ck_assert_msg(memcmp(&m, &sentinel, sizeof(m)) == 0,
+				      "%s (framed): *ret written on failure", b->what);
+		}
+	}
 }
 END_TEST
 
@@ -2715,6 +2886,8 @@ static Suite *proto_suite(void)
 	tcase_add_test(tc, frame_size_limit);
 	tcase_add_test(tc, frame_errors_after_good_frames);
 	tcase_add_test(tc, frame_huge_declared_count_emsgsize);
+	tcase_add_test(tc, frame_take_hands_over_the_buffer);
+	tcase_add_test(tc, obj_scalar_matches_msgpack_unpack);
 	tcase_add_test(tc, frame_output_unpacks_with_msgpack);
 	tcase_add_test(tc, frame_read_socketpair);
 	tcase_add_test(tc, frame_read_pipe_writer);
