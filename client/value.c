@@ -1,6 +1,7 @@
 /* value: MessagePack crossing the API: checks on what the caller sends, and
  * the one place that runs msgpack-c's decoder on what the daemon sent. */
 #include "libmpool-private.h"
+#include "mp_obj.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -134,95 +135,6 @@ int mpc_decode(msgpack_zone *zone, const uint8_t *bytes, size_t len, msgpack_obj
 	return 0;
 }
 
-static uint64_t be(const uint8_t *b, unsigned n)
-{
-	uint64_t v = 0;
-
-	for (unsigned i = 0; i < n; i++)
-		v = v << 8 | b[i];
-	return v;
-}
-
-/* A signed value as msgpack-c reports it: non-negative ones are
- * POSITIVE_INTEGER whatever their encoding. */
-static void set_int(msgpack_object *o, int64_t v)
-{
-	if (v >= 0) {
-		o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-		o->via.u64 = (uint64_t)v;
-	} else {
-		o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
-		o->via.i64 = v;
-	}
-}
-
-/* Decodes a scalar of fixed size (an integer, a float, nil, a boolean)
- * from b[0..len) into *o exactly as msgpack-c would.  Its size, or 0 when
- * b starts with anything else (msgpack-c's business). */
-static size_t decode_scalar(const uint8_t *b, size_t len, msgpack_object *o)
-{
-	static const uint8_t width[] = {   /* 0xca .. 0xd3 */
-		4, 8, 1, 2, 4, 8, 1, 2, 4, 8
-	};
-	uint8_t h = b[0];
-	uint64_t v;
-	unsigned w;
-
-	if (h <= 0x7f) {
-		o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-		o->via.u64 = h;
-		return 1;
-	}
-	if (h >= 0xe0) {
-		o->type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
-		o->via.i64 = (int8_t)h;
-		return 1;
-	}
-	if (h == 0xc0 || h == 0xc2 || h == 0xc3) {
-		o->type = h == 0xc0 ? MSGPACK_OBJECT_NIL : MSGPACK_OBJECT_BOOLEAN;
-		o->via.boolean = h == 0xc3;
-		return 1;
-	}
-	if (h < 0xca || h > 0xd3)
-		return 0;
-	w = width[h - 0xca];
-	if (len < 1 + (size_t)w)
-		return 0;
-	v = be(b + 1, w);
-	switch (h) {
-	case 0xca: {
-		uint32_t u = (uint32_t)v;
-		float f;
-
-		memcpy(&f, &u, sizeof(f));
-		o->type = MSGPACK_OBJECT_FLOAT32;
-		o->via.f64 = f;
-		break;
-	}
-	case 0xcb:
-		o->type = MSGPACK_OBJECT_FLOAT64;
-		memcpy(&o->via.f64, &v, sizeof(v));
-		break;
-	case 0xcc: case 0xcd: case 0xce: case 0xcf:
-		o->type = MSGPACK_OBJECT_POSITIVE_INTEGER;
-		o->via.u64 = v;
-		break;
-	case 0xd0:
-		set_int(o, (int8_t)v);
-		break;
-	case 0xd1:
-		set_int(o, (int16_t)v);
-		break;
-	case 0xd2:
-		set_int(o, (int32_t)v);
-		break;
-	default:
-		set_int(o, (int64_t)v);
-		break;
-	}
-	return 1 + w;
-}
-
 int mpc_decode_items(msgpack_zone *zone, const uint8_t *bytes, size_t len, uint32_t n,
 		     msgpack_object *out)
 {
@@ -236,23 +148,28 @@ int mpc_decode_items(msgpack_zone *zone, const uint8_t *bytes, size_t len, uint3
 		return -MPOOL_E_PROTO;
 	off = (size_t)(c.p - bytes);
 	for (uint32_t i = 0; i < n; i++) {
-		size_t one = off < len ? decode_scalar(bytes + off, len - off, &out[i]) : 0;
+		size_t one = off < len ? mp_obj_scalar(bytes + off, len - off, &out[i]) : 0;
 		msgpack_unpack_return r;
 
-		if (one > 0) {
-			off += one;
-			continue;
-		}
-		/* A string, a blob, a container: msgpack-c decodes it into
-		 * zone, pointing into the bytes, so they move to zone first
-		 * (once per array, and only for such items). */
-		if (!copy) {
+		/* Objects point into what they were decoded from, and bytes
+		 * is the read buffer: anything that points (a string, a blob,
+		 * a container) needs the bytes in zone first, copied once per
+		 * array and only when such an item comes. */
+		if (!copy && (one == 0 || out[i].type == MSGPACK_OBJECT_STR ||
+			      out[i].type == MSGPACK_OBJECT_BIN)) {
 			uint8_t *cp = msgpack_zone_malloc(zone, len);
 
 			if (!cp)
 				return -MPOOL_E_NOMEM;
 			memcpy(cp, bytes, len);
 			copy = cp;
+		}
+		if (one > 0) {
+			if (out[i].type == MSGPACK_OBJECT_STR || out[i].type == MSGPACK_OBJECT_BIN)
+				out[i].via.str.ptr = (const char *)copy +
+						     ((const uint8_t *)out[i].via.str.ptr - bytes);
+			off += one;
+			continue;
 		}
 		r = msgpack_unpack((const char *)copy, len, &off, zone, &out[i]);
 		if (r == MSGPACK_UNPACK_NOMEM_ERROR)
