@@ -1035,6 +1035,80 @@ START_TEST(recycle_by_tasks_with_jitter)
 }
 END_TEST
 
+struct overlap {
+	struct fx *fx;
+	mpool *b;
+	unsigned max_live, max_taking;   /* seen in status */
+};
+
+/* Processes the pool has (exiting ones included), and those that take work. */
+static void sample_overlap(struct ffx_map *m, uint64_t first, uint32_t count)
+{
+	struct overlap *o = m->ud;
+	struct ffx_status st;
+	unsigned taking;
+
+	(void)first;
+	(void)count;
+	ffx_status(o->fx, o->b, &st);
+	taking = st.n_workers - ffx_count_state(&st, "exiting");
+	if (st.n_workers > o->max_live)
+		o->max_live = st.n_workers;
+	if (taking > o->max_taking)
+		o->max_taking = taking;
+}
+
+/* Every task on a fresh worker: a slot forks its successor while the old
+ * worker is still leaving, yet the pool never has more than --workers
+ * processes that take work nor more than twice that in all, and every
+ * count comes out exact. */
+START_TEST(recycle_every_task_overlaps_within_bound)
+{
+	const char *args[] = { "--max-tasks-per-child", "1", NULL };
+	static struct overlap o;
+	static pid_t pids[300];
+	struct fx fx;
+	struct ffx_map m = { 0 };
+	struct mpool_map_summary sum;
+	struct ffx_status st;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	int r;
+
+	fx_start(&fx, args);
+	memset(&o, 0, sizeof(o));
+	o.fx = &fx;
+	o.b = fx_connect(&fx);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, 300);
+	m.on_piece = sample_overlap;
+	m.ud = &o;
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 300, &(struct mpool_map_opts){ .chunksize = 1 },
+			&m, &sum);
+	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
+		 (unsigned long long)sum.failed);
+	for (unsigned i = 0; i < 300; i++) {
+		pids[i] = (pid_t)m.items[i].i;
+		for (unsigned k = 0; k < i; k++)
+			REQUIREF(pids[k] != pids[i], "items %u and %u both ran in worker %d", k, i,
+				 (int)pids[i]);
+	}
+	REQUIREF(o.max_taking <= 2 && o.max_live <= 4,
+		 "%u processes taking work, %u in all, with --workers 2", o.max_taking, o.max_live);
+	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the map", &st);
+	REQUIREF(st.tasks_done == 300 && st.workers_recycled == 300 && st.by_tasks == 300 &&
+		 st.workers_started == 302 && st.workers_died == 0,
+		 "tasks_done %llu, recycled %llu (by tasks %llu), started %llu, died %llu",
+		 (unsigned long long)st.tasks_done, (unsigned long long)st.workers_recycled,
+		 (unsigned long long)st.by_tasks, (unsigned long long)st.workers_started,
+		 (unsigned long long)st.workers_died);
+	ffx_map_free(&m);
+	msgpack_sbuffer_destroy(&sb);
+	mpool_close(o.b);
+	fx_stop(&fx);
+}
+END_TEST
+
 static bool rss_recycled(const struct ffx_status *st, void *arg)
 {
 	const struct gone *g = arg;
@@ -1350,6 +1424,7 @@ static Suite *lifecycle_suite(void)
 	tc = tcase_create("recycling");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, recycle_by_tasks_with_jitter);
+	tcase_add_test(tc, recycle_every_task_overlaps_within_bound);
 	tcase_add_test(tc, recycle_by_rss);
 	tcase_add_test(tc, recycle_by_lifetime);
 	suite_add_tcase(s, tc);
