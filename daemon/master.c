@@ -17,6 +17,7 @@
 #include "pool.h"
 #include "proc.h"
 #include "summary.h"
+#include "zygote.h"
 
 /* STATUS= goes out at most this often (systemctl status is for people). */
 #define STATUS_INTERVAL_MS 250
@@ -257,6 +258,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
  * waits for them so none is left behind. */
 static void reap_all(void)
 {
+	zygote_stop();
 	pool_kill_all();
 	proc_kill_all();
 	while (pool_live() > 0 || proc_running(false) > 0) {
@@ -295,7 +297,8 @@ int master_run(void)
 		log_err("cannot set up the watchdog and status timers");
 		return 1;
 	}
-	/* Modules are registered (main) before this fork: workers share them. */
+	/* Modules are registered (main) before the fork server starts and
+	 * before any fork. */
 	proc_init(base);
 	if (pool_init(base) < 0 || conn_listen(base, listen_fd) < 0) {
 		reap_all();

@@ -23,6 +23,7 @@
 #include "notify.h"
 #include "wmsg.h"
 #include "worker.h"
+#include "zygote.h"
 
 enum wstate { W_EMPTY, W_STARTING, W_IDLE, W_BUSY, W_EXITING };
 static const char *const wstate_names[] = { "empty", "starting", "idle", "busy", "exiting" };
@@ -124,7 +125,8 @@ static void set_failure(const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Forks one worker into an empty slot.  The child goes straight to
+/* Forks one worker into an empty slot, through the fork server (zygote.h)
+ * or, when there is none, from the master.  The child goes straight to
  * worker_main() and never comes back here. */
 static int spawn(struct worker *w, unsigned slot)
 {
@@ -136,7 +138,9 @@ static int spawn(struct worker *w, unsigned slot)
 	pid_t pid;
 	int fd, r;
 
-	r = fork_child(worker_entry, &quota, &pid, &fd);
+	r = zygote_fork(quota, &pid, &fd);
+	if (r == -ENOTCONN)
+		r = fork_child(worker_entry, &quota, &pid, &fd);
 	if (r < 0)
 		return r;
 	w->slot = slot;
@@ -414,6 +418,8 @@ int pool_init(struct event_base *b)
 		if (!procs[i].deadline)
 			return -ENOMEM;
 	}
+	/* Without it, workers fork from the master. */
+	zygote_start();
 	/* A fork that fails at start is a failure storm like any other:
 	 * mpoold starts degraded and retries with backoff. */
 	for (unsigned i = 0; i < n_slots; i++)
@@ -689,6 +695,8 @@ void pool_reap(void)
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 		unsigned i;
 
+		if (zygote_reaped(pid, status))
+			continue;
 		for (i = 0; i < n_procs; i++) {
 			if (procs[i].pid == pid) {
 				worker_gone(&procs[i], status);
@@ -708,6 +716,9 @@ void pool_reload(void)
 		log_err("%s; functions of that module are unavailable until the next reload",
 			last_failure);
 	}
+	/* A new fork server opens the files anew too. */
+	zygote_stop();
+	zygote_start();
 	gen++;
 	reload_pending = true;
 	for (unsigned i = 0; i < n_procs; i++) {

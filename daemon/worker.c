@@ -14,7 +14,6 @@
 
 #include "config.h"
 #include "log.h"
-#include "master.h"
 #include "mp_frame.h"
 #include "mp_rpc.h"
 #include "registry.h"
@@ -22,29 +21,16 @@
 
 #define WORKER_FD 3
 
-static const int fault_signals[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS };
-
-/* Leaves the master's world behind: its signal handlers (libevent's), its
- * mask, its descriptors (listening socket, clients, other workers' pairs,
- * the epoll instance) and its systemd environment. */
+/* Leaves the master's world behind: its descriptors (listening socket,
+ * clients, other workers' pairs, the epoll instance) and its systemd
+ * environment.  Signals were reset by whoever forked us (fork.c, or the
+ * fork server, which has no handlers). */
 static void worker_detach(int fd, pid_t master)
 {
-	sigset_t all;
-
 	/* Die with the master, even when it is SIGKILLed.  The getppid()
 	 * check closes the race with a master that died before prctl. */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != master)
 		_exit(WORKER_EXIT_OK);
-	/* Only the dispositions the master changed, not all 64: the rest are
-	 * still the defaults it was started with.  The fault signals too, in
-	 * case a runtime (a sanitizer) hooked them, so a crash in a task is
-	 * reported as the signal it was. */
-	for (const int *sig = master_signals; *sig; sig++)
-		signal(*sig, SIG_DFL);
-	for (size_t i = 0; i < sizeof(fault_signals) / sizeof(fault_signals[0]); i++)
-		signal(fault_signals[i], SIG_DFL);
-	sigemptyset(&all);
-	sigprocmask(SIG_SETMASK, &all, NULL);
 
 	if (fd != WORKER_FD) {
 		if (dup2(fd, WORKER_FD) < 0)
