@@ -105,7 +105,7 @@ void zygote_stop(void)
 int zygote_start(void)
 {
 	char path[PATH_MAX], level[16], frame[32];
-	char *argv[4 + 2 * CONFIG_MAX_MODULES];
+	char *argv[5 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION;
 	struct zygote_rep rep;
 	unsigned n = 0;
 	int sv[2], fd, r;
@@ -124,6 +124,7 @@ int zygote_start(void)
 	snprintf(level, sizeof(level), "%d", cfg.log_level);
 	snprintf(frame, sizeof(frame), "%zu", cfg.max_frame);
 	argv[n++] = path;
+	argv[n++] = version;
 	argv[n++] = level;
 	argv[n++] = frame;
 	for (unsigned i = 0; i < cfg.n_modules; i++) {

@@ -1,6 +1,6 @@
 /* mpool-zygote: mpoold's fork server (zygote.h says why it exists).
  *
- *     mpool-zygote LOG_LEVEL MAX_FRAME [MODULE_PATH INITARGS_JSON|-]...
+ *     mpool-zygote VERSION LOG_LEVEL MAX_FRAME [MODULE_PATH INITARGS_JSON|-]...
  *
  * started by the master with its end of a SOCK_SEQPACKET pair on
  * descriptor 3.  It loads the modules as the master did, says so, then per
@@ -108,13 +108,19 @@ int main(int argc, char **argv)
 		_exit(0);
 	/* A socket systemd passed the master is not CLOEXEC: not ours. */
 	close_range(ZYGOTE_FD + 1, ~0U, 0);
-	if (argc < 3 || (argc - 3) % 2 != 0 || (argc - 3) / 2 > CONFIG_MAX_MODULES) {
+	if (argc < 4 || (argc - 4) % 2 != 0 || (argc - 4) / 2 > CONFIG_MAX_MODULES) {
 		log_startup_err("mpool-zygote is started by mpoold, not by hand");
-		return 2;
+		_exit(2);
 	}
-	cfg.log_level = atoi(argv[1]);
-	cfg.max_frame = strtoull(argv[2], NULL, 10);
-	for (int i = 3; i + 1 < argc; i += 2) {
+	/* The wire between us is private: an mpoold of another version (a
+	 * stale install) falls back to forking its workers itself. */
+	if (strcmp(argv[1], MPOOL_VERSION) != 0) {
+		log_startup_err("mpool-zygote %s cannot serve mpoold %s", MPOOL_VERSION, argv[1]);
+		_exit(2);
+	}
+	cfg.log_level = atoi(argv[2]);
+	cfg.max_frame = strtoull(argv[3], NULL, 10);
+	for (int i = 4; i + 1 < argc; i += 2) {
 		struct module_spec *m = config_module_add();
 
 		m->path = strdup(argv[i]);
