@@ -1399,6 +1399,7 @@ START_TEST(reload_reopens_a_rebuilt_module)
 	struct ffx_status st;
 	struct not_these nt;
 	int64_t ver;
+	pid_t zygote;
 	int r;
 
 	ffx_tempdir(dir, sizeof(dir));
@@ -1415,9 +1416,15 @@ START_TEST(reload_reopens_a_rebuilt_module)
 	ffx_build_testmod(path, 2);   /* a new file renamed over the old path */
 	ffx_status(&fx, NULL, &st);
 	not_these_init(&nt, &st, 2, true);
+	zygote = zygote_of(fx.pid);
+	FREQUIRE(&fx, zygote > 0, "mpoold %d has no fork server", (int)fx.pid);
 	r = mpool_reload(fx.c);
 	REQUIREF(r == 0, "mpool_reload: %s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	ffx_wait(&fx, all_new, &nt, WAIT_MS, "every worker replaced by the reload", &st);
+	/* The new workers come from a new fork server, which opened the file
+	 * anew. */
+	REQUIREF(zygote_of(fx.pid) > 0 && zygote_of(fx.pid) != zygote,
+		 "fork server %d before the reload, %d after", (int)zygote, (int)zygote_of(fx.pid));
 	for (int k = 0; k < 4; k++) {   /* whichever worker answers */
 		ver = version_of(&fx);
 		REQUIREF(ver == 2, "testmod.version is %lld after rebuilding with 2 and reloading",
