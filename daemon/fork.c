@@ -1,28 +1,64 @@
 #include "fork.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "master.h"
+
+static const int fault_signals[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS };
+
+/* In the child, with every signal blocked since before the fork: only the
+ * dispositions the master changed go back to their defaults, not all 64
+ * (the rest are still the ones mpoold was started with), and the fault
+ * signals too, in case a runtime (a sanitizer) hooked them, so a crash in
+ * a task is reported as the signal it was.  Then nothing stays blocked. */
+static void reset_signals(void)
+{
+	sigset_t none;
+
+	for (const int *sig = master_signals; *sig; sig++)
+		signal(*sig, SIG_DFL);
+	for (size_t i = 0; i < sizeof(fault_signals) / sizeof(fault_signals[0]); i++)
+		signal(fault_signals[i], SIG_DFL);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* fork() with every signal blocked.  Until the child has dropped the
+ * master's signal handlers, a signal sent to it would run libevent's
+ * handler there, which writes into the signal pipe it shares with the
+ * master: the master would act on a SIGTERM meant for the child.  Blocked
+ * across the fork, signals wait until the child has reset its handlers. */
+static pid_t fork_blocked(void)
+{
+	sigset_t all, old;
+	pid_t pid;
+	int e;
+
+	sigfillset(&all);
+	sigprocmask(SIG_SETMASK, &all, &old);
+	pid = fork();
+	if (pid == 0) {
+		reset_signals();
+		return 0;
+	}
+	e = errno;
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	errno = e;
+	return pid;
+}
+
 int fork_child(fork_entry entry, const void *arg, pid_t *ret_pid, int *ret_fd)
 {
 	pid_t master = getpid(), pid;
-	sigset_t all, old;
 	int sv[2];
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
 		return -errno;
-	/* Until the child has dropped the master's signal handlers, a signal
-	 * sent to it would run libevent's handler there, which writes into the
-	 * signal pipe it shares with the master: the master would act on a
-	 * SIGTERM meant for the child.  Blocked across the fork, signals wait
-	 * until the child has reset its handlers and unblocks them. */
-	sigfillset(&all);
-	sigprocmask(SIG_SETMASK, &all, &old);
-	pid = fork();
-	if (pid != 0)
-		sigprocmask(SIG_SETMASK, &old, NULL);
+	pid = fork_blocked();
 	if (pid < 0) {
 		int e = errno;
 
@@ -38,5 +74,22 @@ int fork_child(fork_entry entry, const void *arg, pid_t *ret_pid, int *ret_fd)
 	close(sv[1]);
 	*ret_pid = pid;
 	*ret_fd = sv[0];
+	return 0;
+}
+
+int fork_exec(const char *path, char *const argv[], int fd, pid_t *ret_pid)
+{
+	pid_t pid = fork_blocked();
+
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		/* fd is CLOEXEC in the master; dup2 makes a copy that is not,
+		 * unless it is that descriptor already. */
+		if (fd == FORK_EXEC_FD ? fcntl(fd, F_SETFD, 0) == 0 : dup2(fd, FORK_EXEC_FD) >= 0)
+			execv(path, argv);
+		_exit(127);
+	}
+	*ret_pid = pid;
 	return 0;
 }

@@ -1,7 +1,8 @@
 /* mpoold: a preforking process-pool daemon.  main() gathers the settings
  * (built-in defaults, then the config file, then the command line), takes
- * what systemd passed, loads the task modules (before any fork, so workers
- * share them) and hands over to the master loop.
+ * what systemd passed, loads the task modules (before any fork: a bad one
+ * stops mpoold here; the fork server loads them again for the workers) and
+ * hands over to the master loop.
  *
  * Exit status: 0 clean, 1 a failure at run time (or a drain that timed
  * out), 2 a usage or config file error (the unit does not restart on 2:
@@ -202,7 +203,10 @@ int main(int argc, char **argv)
 	}
 	log_init(cfg.log_level);
 	r = 1;
-	/* Modules load here, before master_run() forks: workers share them. */
+	/* Modules load here, before master_run() starts anything: the master
+	 * checks function names against them, and a bad module stops mpoold
+	 * now, naming the file.  The fork server (zygote.h) loads the same
+	 * files again for the workers it forks. */
 	if (notify_init() == 0) {
 		if (modload_all() == 0)
 			r = master_run();

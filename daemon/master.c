@@ -17,6 +17,7 @@
 #include "pool.h"
 #include "proc.h"
 #include "summary.h"
+#include "zygote.h"
 
 /* STATUS= goes out at most this often (systemctl status is for people). */
 #define STATUS_INTERVAL_MS 250
@@ -26,7 +27,10 @@ static enum master_state state = MASTER_RUNNING;
 static uint64_t start_ms;
 static int listen_fd = -1;
 static bool pool_stopped, timed_out;
-static struct event *ev_term, *ev_int, *ev_chld, *ev_hup, *deadline;
+/* Each of these but SIGPIPE (ignored) reaches signal_cb as an event. */
+const int master_signals[] = { SIGTERM, SIGINT, SIGCHLD, SIGHUP, SIGPIPE, 0 };
+#define N_EVSIGNALS 4
+static struct event *ev_sig[N_EVSIGNALS], *deadline;
 /* systemd: both exist only under a service manager that listens. */
 static struct event *ev_watchdog, *ev_status;
 static bool status_armed, reloading;
@@ -254,6 +258,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
  * waits for them so none is left behind. */
 static void reap_all(void)
 {
+	zygote_stop();
 	pool_kill_all();
 	proc_kill_all();
 	while (pool_live() > 0 || proc_running(false) > 0) {
@@ -280,22 +285,20 @@ int master_run(void)
 	r = listen_open(cfg.socket_path, &listen_fd);
 	if (r < 0)
 		return 1;
-	ev_term = evsignal_new(base, SIGTERM, signal_cb, NULL);
-	ev_int = evsignal_new(base, SIGINT, signal_cb, NULL);
-	ev_chld = evsignal_new(base, SIGCHLD, signal_cb, NULL);
-	ev_hup = evsignal_new(base, SIGHUP, signal_cb, NULL);
 	deadline = evtimer_new(base, deadline_cb, NULL);
-	if (!ev_term || !ev_int || !ev_chld || !ev_hup || !deadline ||
-	    evsignal_add(ev_term, NULL) < 0 || evsignal_add(ev_int, NULL) < 0 ||
-	    evsignal_add(ev_chld, NULL) < 0 || evsignal_add(ev_hup, NULL) < 0) {
-		log_err("cannot set up signal handling");
-		return 1;
+	for (int i = 0; i < N_EVSIGNALS; i++) {
+		ev_sig[i] = evsignal_new(base, master_signals[i], signal_cb, NULL);
+		if (!deadline || !ev_sig[i] || evsignal_add(ev_sig[i], NULL) < 0) {
+			log_err("cannot set up signal handling");
+			return 1;
+		}
 	}
 	if (notify_setup() < 0) {
 		log_err("cannot set up the watchdog and status timers");
 		return 1;
 	}
-	/* Modules are registered (main) before this fork: workers share them. */
+	/* Modules are registered (main) before the fork server starts and
+	 * before any fork. */
 	proc_init(base);
 	if (pool_init(base) < 0 || conn_listen(base, listen_fd) < 0) {
 		reap_all();
@@ -314,10 +317,8 @@ int master_run(void)
 	reap_all();
 	pool_free();
 	proc_free();
-	event_free(ev_term);
-	event_free(ev_int);
-	event_free(ev_chld);
-	event_free(ev_hup);
+	for (int i = 0; i < N_EVSIGNALS; i++)
+		event_free(ev_sig[i]);
 	event_free(deadline);
 	if (ev_watchdog)
 		event_free(ev_watchdog);

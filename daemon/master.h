@@ -11,6 +11,11 @@ enum master_state { MASTER_RUNNING, MASTER_DRAINING, MASTER_TERMINATING };
 
 int master_run(void);
 
+/* Every signal whose disposition master_run() changes (libevent handlers,
+ * SIGPIPE ignored), 0-terminated: a worker resets exactly these, so it
+ * never runs the master's handlers. */
+extern const int master_signals[];
+
 struct event_base *master_base(void);
 enum master_state master_state(void);
 const char *master_state_name(void);

@@ -23,6 +23,7 @@
 #include "notify.h"
 #include "wmsg.h"
 #include "worker.h"
+#include "zygote.h"
 
 enum wstate { W_EMPTY, W_STARTING, W_IDLE, W_BUSY, W_EXITING };
 static const char *const wstate_names[] = { "empty", "starting", "idle", "busy", "exiting" };
@@ -31,9 +32,13 @@ static const char *const wstate_names[] = { "empty", "starting", "idle", "busy",
 enum retire { R_NONE, R_TASKS, R_RSS, R_LIFETIME, R_RELOAD, R_DRAIN, R_COUNT };
 static const char *const retire_names[] = { "none", "tasks", "rss", "lifetime", "reload", "drain" };
 
+/* A process.  A slot's current worker takes work; once it is retiring
+ * (past its quota, or asked to leave) the slot forks its successor at once
+ * and the old process finishes leaving in an entry of its own, so exit,
+ * reap and the next fork overlap. */
 struct worker {
 	unsigned slot;
-	pid_t pid;                 /* 0 when the slot has no process */
+	pid_t pid;                 /* 0 when the entry is free */
 	enum wstate state;
 	struct chan *ch;
 	uint64_t tasks_done;
@@ -42,19 +47,29 @@ struct worker {
 	struct chunk chunk;        /* the chunk in flight, when busy */
 	uint64_t started_ms;
 	unsigned gen;              /* pool generation it was forked in */
-	unsigned early_deaths;     /* consecutive failures before becoming ready */
 	enum retire retire;        /* asked to leave, and why */
 	bool reaped;               /* gone: take its last words, give it no work */
 	bool eof;                  /* its channel closed; waiting to reap it */
 	int fail_code;             /* with cause: the master gave up on it */
 	char cause[160];
 	uint32_t timeout_ms;       /* per item, for the chunk in flight */
-	struct event *respawn;
 	struct event *deadline;
 };
 
-static struct worker *slots;
+struct slot {
+	struct worker *cur;        /* the process that takes its work, or NULL */
+	unsigned early_deaths;     /* consecutive failures before becoming ready */
+	struct event *respawn;
+};
+
+/* --workers slots, and twice as many process entries: at most one retiring
+ * process per slot on average waits to be reaped.  A slot that finds no
+ * free entry waits for a reap before it forks, so a master that does not
+ * get to reap cannot pile up processes. */
+static struct slot *slots;
 static unsigned n_slots;
+static struct worker *procs;
+static unsigned n_procs;
 static struct event_base *base;
 static struct event *tick;
 static unsigned gen;
@@ -110,9 +125,10 @@ static void set_failure(const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Forks one worker into an empty slot.  The child goes straight to
+/* Forks one worker into an empty slot, through the fork server (zygote.h)
+ * or, when there is none, from the master.  The child goes straight to
  * worker_main() and never comes back here. */
-static int spawn(struct worker *w)
+static int spawn(struct worker *w, unsigned slot)
 {
 	struct mp_frame_limits lim = {
 		.max_frame = cfg.max_frame + CONFIG_WORKER_FRAME_SLACK,
@@ -122,9 +138,12 @@ static int spawn(struct worker *w)
 	pid_t pid;
 	int fd, r;
 
-	r = fork_child(worker_entry, &quota, &pid, &fd);
+	r = zygote_fork(quota, &pid, &fd);
+	if (r == -ENOTCONN)
+		r = fork_child(worker_entry, &quota, &pid, &fd);
 	if (r < 0)
 		return r;
+	w->slot = slot;
 	w->pid = pid;
 	w->state = W_STARTING;
 	w->tasks_done = 0;
@@ -137,6 +156,7 @@ static int spawn(struct worker *w)
 	w->cause[0] = '\0';
 	w->started_ms = now_ms();
 	w->ch = chan_new(base, fd, &lim, &worker_ops, w);
+	slots[slot].cur = w;
 	n_started++;
 	return 0;
 }
@@ -147,64 +167,104 @@ static bool want_workers(void)
 	       (master_state() == MASTER_DRAINING && disp_active() > 0);
 }
 
-static void schedule_respawn(struct worker *w);
+static void schedule_respawn(struct slot *s);
+
+static struct worker *free_entry(void)
+{
+	for (unsigned i = 0; i < n_procs; i++)
+		if (!procs[i].pid)
+			return &procs[i];
+	return NULL;
+}
 
 static void respawn_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct worker *w = arg;
+	struct slot *s = arg;
+	struct worker *w;
 	int r;
 
 	(void)fd;
 	(void)what;
-	if (w->pid || !want_workers())
+	if (s->cur || !want_workers())
 		return;
-	r = spawn(w);
+	/* None free: every entry holds a live or unreaped process; the next
+	 * reap calls us again (respawn_waiting). */
+	w = free_entry();
+	if (!w)
+		return;
+	r = spawn(w, (unsigned)(s - slots));
 	if (r < 0) {
-		w->early_deaths++;
+		s->early_deaths++;
 		set_failure("cannot start a worker: fork: %s", strerror(-r));
-		log_err("slot %u: %s", w->slot, last_failure);
-		schedule_respawn(w);
+		log_err("slot %u: %s", (unsigned)(s - slots), last_failure);
+		schedule_respawn(s);
 	}
 }
 
 /* Respawn at once after a normal exit; after failures before readiness,
  * wait 50 ms doubling to 10 s, so a broken module or a fork limit cannot
  * cause a fork storm. */
-static void schedule_respawn(struct worker *w)
+static void schedule_respawn(struct slot *s)
 {
 	struct timeval tv = { 0, 0 };
 
-	if (w->early_deaths > 0) {
-		unsigned shift = w->early_deaths > 9 ? 9 : w->early_deaths - 1;
+	if (s->early_deaths > 0) {
+		unsigned shift = s->early_deaths > 9 ? 9 : s->early_deaths - 1;
 		uint64_t ms = 50ull << shift;
 
 		if (ms > 10000)
 			ms = 10000;
 		tv.tv_sec = (time_t)(ms / 1000);
 		tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-		log_warn("slot %u: %u failed start(s) in a row; next try in %llu ms", w->slot,
-			 w->early_deaths, (unsigned long long)ms);
+		log_warn("slot %u: %u failed start(s) in a row; next try in %llu ms",
+			 (unsigned)(s - slots), s->early_deaths, (unsigned long long)ms);
 	}
-	evtimer_add(w->respawn, &tv);
+	evtimer_add(s->respawn, &tv);
+}
+
+/* Every slot without a process, and no try pending, tries again: after a
+ * reap frees an entry, or when a worker starts retiring. */
+static void respawn_waiting(void)
+{
+	if (!want_workers())
+		return;
+	for (unsigned i = 0; i < n_slots; i++)
+		if (!slots[i].cur && !evtimer_pending(slots[i].respawn, NULL))
+			schedule_respawn(&slots[i]);
+}
+
+/* The worker takes no more work (it is leaving or has left): its slot
+ * forks a successor now, without waiting for the exit to be reaped. */
+static void leave_slot(struct worker *w)
+{
+	if (slots[w->slot].cur != w)
+		return;
+	slots[w->slot].cur = NULL;
+	respawn_waiting();
 }
 
 static unsigned ready_workers(void)
 {
 	unsigned n = 0;
-	for (unsigned i = 0; i < n_slots; i++)
-		n += slots[i].state == W_IDLE || slots[i].state == W_BUSY;
+	for (unsigned i = 0; i < n_procs; i++)
+		n += procs[i].state == W_IDLE || procs[i].state == W_BUSY;
 	return n;
 }
 
+/* Done when every slot has a new worker ready and no old one is left,
+ * retiring or not. */
 static void check_reload_done(void)
 {
 	if (!reload_pending)
 		return;
 	for (unsigned i = 0; i < n_slots; i++) {
-		const struct worker *w = &slots[i];
-		if (w->gen != gen || (w->state != W_IDLE && w->state != W_BUSY))
+		const struct worker *w = slots[i].cur;
+		if (!w || (w->state != W_IDLE && w->state != W_BUSY))
 			return;
 	}
+	for (unsigned i = 0; i < n_procs; i++)
+		if (procs[i].pid && procs[i].gen != gen)
+			return;
 	reload_pending = false;
 	master_reload_done();
 }
@@ -218,6 +278,7 @@ static void retire(struct worker *w, enum retire why)
 	evtimer_del(w->deadline);
 	chan_free(w->ch);
 	w->ch = NULL;
+	leave_slot(w);
 	log_debug("worker %d: retiring (%s) after %llu tasks", (int)w->pid, retire_names[why],
 		  (unsigned long long)w->tasks_done);
 }
@@ -316,9 +377,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	for (unsigned i = 0; i < n_slots; i++)
-		if (slots[i].state == W_IDLE && too_old(&slots[i], now))
-			retire(&slots[i], R_LIFETIME);
+	for (unsigned i = 0; i < n_procs; i++)
+		if (procs[i].state == W_IDLE && too_old(&procs[i], now))
+			retire(&procs[i], R_LIFETIME);
 	/* Queued work waits for workers, but not forever. */
 	if (ready_workers() > 0 || !disp_has_queued()) {
 		no_ready_since = now;
@@ -340,20 +401,25 @@ int pool_init(struct event_base *b)
 	base = b;
 	rng_state = (uint64_t)now_ms() * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
 	n_slots = cfg.workers;
+	n_procs = 2 * n_slots;
 	slots = xcalloc(n_slots, sizeof(*slots));
+	procs = xcalloc(n_procs, sizeof(*procs));
 	no_ready_since = now_ms();
 	tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
 	if (!tick || event_add(tick, &second) < 0)
 		return -ENOMEM;
 	for (unsigned i = 0; i < n_slots; i++) {
-		struct worker *w = &slots[i];
-
-		w->slot = i;
-		w->respawn = evtimer_new(base, respawn_cb, w);
-		w->deadline = evtimer_new(base, deadline_cb, w);
-		if (!w->respawn || !w->deadline)
+		slots[i].respawn = evtimer_new(base, respawn_cb, &slots[i]);
+		if (!slots[i].respawn)
 			return -ENOMEM;
 	}
+	for (unsigned i = 0; i < n_procs; i++) {
+		procs[i].deadline = evtimer_new(base, deadline_cb, &procs[i]);
+		if (!procs[i].deadline)
+			return -ENOMEM;
+	}
+	/* Without it, workers fork from the master. */
+	zygote_start();
 	/* A fork that fails at start is a failure storm like any other:
 	 * mpoold starts degraded and retries with backoff. */
 	for (unsigned i = 0; i < n_slots; i++)
@@ -363,34 +429,37 @@ int pool_init(struct event_base *b)
 
 void pool_free(void)
 {
-	for (unsigned i = 0; i < n_slots; i++) {
-		chan_free(slots[i].ch);
+	for (unsigned i = 0; i < n_slots; i++)
 		if (slots[i].respawn)
 			event_free(slots[i].respawn);
-		if (slots[i].deadline)
-			event_free(slots[i].deadline);
+	for (unsigned i = 0; i < n_procs; i++) {
+		chan_free(procs[i].ch);
+		if (procs[i].deadline)
+			event_free(procs[i].deadline);
 	}
 	if (tick)
 		event_free(tick);
 	tick = NULL;
 	free(slots);
+	free(procs);
 	slots = NULL;
-	n_slots = 0;
+	procs = NULL;
+	n_slots = n_procs = 0;
 }
 
 struct worker *pool_idle(void)
 {
-	for (unsigned i = 0; i < n_slots; i++)
-		if (slots[i].state == W_IDLE)
-			return &slots[i];
+	for (unsigned i = 0; i < n_procs; i++)
+		if (procs[i].state == W_IDLE)
+			return &procs[i];
 	return NULL;
 }
 
 unsigned pool_idle_count(void)
 {
 	unsigned n = 0;
-	for (unsigned i = 0; i < n_slots; i++)
-		n += slots[i].state == W_IDLE;
+	for (unsigned i = 0; i < n_procs; i++)
+		n += procs[i].state == W_IDLE;
 	return n;
 }
 
@@ -458,9 +527,11 @@ static void worker_result(struct worker *w, const struct wmsg_result *res)
 	w->state = W_IDLE;
 	why = retire_reason(w);
 	if (why == R_TASKS) {
-		/* It leaves by itself after this result. */
+		/* It leaves by itself after this result; its successor need not
+		 * wait for that. */
 		w->retire = R_TASKS;
 		w->state = W_EXITING;
+		leave_slot(w);
 	} else if (w->reaped) {
 		w->state = W_EXITING;
 	} else if (why != R_NONE) {
@@ -476,7 +547,7 @@ static void worker_ready(struct worker *w, int64_t pid)
 		return;
 	}
 	w->state = W_IDLE;
-	w->early_deaths = 0;
+	slots[w->slot].early_deaths = 0;
 	if (w->reaped) {
 		w->state = W_EXITING;
 		return;
@@ -604,12 +675,14 @@ static void worker_gone(struct worker *w, int status)
 	} else if (!terminating && !(clean && master_state() == MASTER_DRAINING)) {
 		n_died++;
 		if (st == W_STARTING)
-			w->early_deaths++;
+			slots[w->slot].early_deaths++;
 		set_failure("%s", msg);
 		log_warn("%s", msg);
 	}
-	if (want_workers())
-		schedule_respawn(w);
+	if (slots[w->slot].cur == w)
+		slots[w->slot].cur = NULL;
+	/* Its entry is free: a slot that found none can fork now. */
+	respawn_waiting();
 	check_reload_done();
 	master_progress();
 }
@@ -622,13 +695,15 @@ void pool_reap(void)
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 		unsigned i;
 
-		for (i = 0; i < n_slots; i++) {
-			if (slots[i].pid == pid) {
-				worker_gone(&slots[i], status);
+		if (zygote_reaped(pid, status))
+			continue;
+		for (i = 0; i < n_procs; i++) {
+			if (procs[i].pid == pid) {
+				worker_gone(&procs[i], status);
 				break;
 			}
 		}
-		if (i == n_slots)
+		if (i == n_procs)
 			proc_reaped(pid, status);
 	}
 	disp_schedule();
@@ -641,10 +716,13 @@ void pool_reload(void)
 		log_err("%s; functions of that module are unavailable until the next reload",
 			last_failure);
 	}
+	/* A new fork server opens the files anew too. */
+	zygote_stop();
+	zygote_start();
 	gen++;
 	reload_pending = true;
-	for (unsigned i = 0; i < n_slots; i++) {
-		struct worker *w = &slots[i];
+	for (unsigned i = 0; i < n_procs; i++) {
+		struct worker *w = &procs[i];
 
 		/* Busy workers finish their chunk first (worker_result). */
 		if (w->pid && (w->state == W_IDLE || w->state == W_STARTING))
@@ -655,10 +733,11 @@ void pool_reload(void)
 
 void pool_stop(void)
 {
-	for (unsigned i = 0; i < n_slots; i++) {
-		struct worker *w = &slots[i];
+	for (unsigned i = 0; i < n_slots; i++)
+		evtimer_del(slots[i].respawn);
+	for (unsigned i = 0; i < n_procs; i++) {
+		struct worker *w = &procs[i];
 
-		evtimer_del(w->respawn);
 		if (w->ch && w->state != W_BUSY)
 			retire(w, R_DRAIN);
 	}
@@ -666,8 +745,8 @@ void pool_stop(void)
 
 int pool_kill_worker(pid_t pid, const char *why)
 {
-	for (unsigned i = 0; i < n_slots; i++) {
-		struct worker *w = &slots[i];
+	for (unsigned i = 0; i < n_procs; i++) {
+		struct worker *w = &procs[i];
 
 		if (w->pid == pid && pid > 0 && w->state != W_EXITING) {
 			worker_fault(w, MPOOL_E_WORKER, why);
@@ -679,8 +758,8 @@ int pool_kill_worker(pid_t pid, const char *why)
 
 void pool_kill_job(const struct job *job)
 {
-	for (unsigned i = 0; i < n_slots; i++) {
-		struct worker *w = &slots[i];
+	for (unsigned i = 0; i < n_procs; i++) {
+		struct worker *w = &procs[i];
 
 		if (w->state == W_BUSY && w->chunk.job == job)
 			worker_fault(w, MPOOL_E_CANCELLED, "killed: its job was cancelled");
@@ -689,11 +768,12 @@ void pool_kill_job(const struct job *job)
 
 void pool_kill_all(void)
 {
-	for (unsigned i = 0; i < n_slots; i++) {
-		struct worker *w = &slots[i];
+	for (unsigned i = 0; i < n_slots; i++)
+		if (slots[i].respawn)
+			evtimer_del(slots[i].respawn);
+	for (unsigned i = 0; i < n_procs; i++) {
+		struct worker *w = &procs[i];
 
-		if (w->respawn)
-			evtimer_del(w->respawn);
 		if (w->pid) {
 			if (w->retire == R_NONE)
 				w->retire = R_DRAIN;
@@ -705,16 +785,16 @@ void pool_kill_all(void)
 unsigned pool_live(void)
 {
 	unsigned n = 0;
-	for (unsigned i = 0; i < n_slots; i++)
-		n += slots[i].pid != 0;
+	for (unsigned i = 0; i < n_procs; i++)
+		n += procs[i].pid != 0;
 	return n;
 }
 
 unsigned pool_busy(void)
 {
 	unsigned n = 0;
-	for (unsigned i = 0; i < n_slots; i++)
-		n += slots[i].state == W_BUSY;
+	for (unsigned i = 0; i < n_procs; i++)
+		n += procs[i].state == W_BUSY;
 	return n;
 }
 
@@ -736,8 +816,8 @@ void pool_pack_workers(msgpack_packer *pk)
 	uint64_t now = now_ms();
 
 	msgpack_pack_array(pk, pool_live());
-	for (unsigned i = 0; i < n_slots; i++) {
-		const struct worker *w = &slots[i];
+	for (unsigned i = 0; i < n_procs; i++) {
+		const struct worker *w = &procs[i];
 
 		if (!w->pid)
 			continue;

@@ -1,7 +1,10 @@
-/* pool: the worker process table.  Fork happens here and only here; so do
+/* pool: the worker process table.  Workers are started here and only here
+ * (forked by the fork server, zygote.h, or by fork.c); so do
  * reaping, respawn with backoff, per-worker task counts, deadlines and every
  * recycling rule (tasks, RSS, lifetime, reload).  Slots are fixed
- * (--workers); a slot's process comes and goes. */
+ * (--workers); a slot's process comes and goes, and a retiring process is
+ * succeeded at once, before its exit is reaped (at most --workers of them
+ * wait to be reaped). */
 #ifndef POOL_H
 #define POOL_H
 

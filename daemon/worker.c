@@ -22,21 +22,16 @@
 
 #define WORKER_FD 3
 
-/* Leaves the master's world behind: its signal handlers (libevent's), its
- * mask, its descriptors (listening socket, clients, other workers' pairs,
- * the epoll instance) and its systemd environment. */
+/* Leaves the master's world behind: its descriptors (listening socket,
+ * clients, other workers' pairs, the epoll instance) and its systemd
+ * environment.  Signals were reset by whoever forked us (fork.c, or the
+ * fork server, which has no handlers). */
 static void worker_detach(int fd, pid_t master)
 {
-	sigset_t all;
-
 	/* Die with the master, even when it is SIGKILLed.  The getppid()
 	 * check closes the race with a master that died before prctl. */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != master)
 		_exit(WORKER_EXIT_OK);
-	for (int sig = 1; sig < NSIG; sig++)
-		signal(sig, SIG_DFL);
-	sigemptyset(&all);
-	sigprocmask(SIG_SETMASK, &all, NULL);
 
 	if (fd != WORKER_FD) {
 		if (dup2(fd, WORKER_FD) < 0)

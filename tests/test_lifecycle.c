@@ -16,7 +16,9 @@
  * Loops over items use REQUIRE (fixture.h), not ck_assert. */
 #include <check.h>
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,6 +118,36 @@ static pid_t the_idle_worker(const struct ffx_status *st)
 		if (strcmp(st->workers[i].state, "idle") == 0)
 			return st->workers[i].pid;
 	return 0;
+}
+
+/* mpoold's fork server (daemon/zygote.h): its child named mpool-zygote, or
+ * 0 when it has none. */
+static pid_t zygote_of(pid_t daemon)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	pid_t found = 0;
+
+	REQUIRE(d != NULL);
+	while (!found && (e = readdir(d)) != NULL) {
+		char path[300], line[512], *close_paren;
+		int ppid;
+		FILE *f;
+
+		if (e->d_name[0] < '1' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		if (fgets(line, sizeof(line), f) && (close_paren = strrchr(line, ')')) != NULL &&
+		    strstr(line, "(mpool-zygote)") && sscanf(close_paren + 2, "%*c %d", &ppid) == 1 &&
+		    ppid == daemon)
+			found = (pid_t)atoi(e->d_name);
+		fclose(f);
+	}
+	closedir(d);
+	return found;
 }
 
 /* ---- forked clients --------------------------------------------------------- */
@@ -844,7 +876,8 @@ START_TEST(fork_failure_at_start)
 	int64_t end;
 	int r;
 
-	how.nproc = ffx_settle_uid_tasks(65534) + 2;
+	/* mpoold, its fork server and one worker. */
+	how.nproc = ffx_settle_uid_tasks(65534) + 3;
 	ffx_start(&fx, args, &how);
 	ffx_wait(&fx, degraded_with, &d, WAIT_MS, "health degraded, last_failure naming fork", &st);
 	before = ffx_log_count(&fx, "fork");
@@ -882,18 +915,22 @@ START_TEST(fork_failure_on_respawn_recovers)
 	char desc[1024];
 	mpool_value *v = NULL;
 	unsigned base = ffx_settle_uid_tasks(65534), before, after;
-	pid_t holder, victim;
+	pid_t holder, victim, zygote;
 	int64_t end;
 	int r;
 
 	ffx_start(&fx, NULL, &how);
 	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "two workers up", &st);
 	holder = ffx_spawn_nobody_placeholder();
-	/* The daemon, its two workers and the placeholder. */
-	for (end = fx_now_ms() + WAIT_MS; ffx_count_uid_tasks(65534) < base + 4; fx_tick())
+	/* The daemon, its fork server, its two workers and the placeholder. */
+	for (end = fx_now_ms() + WAIT_MS; ffx_count_uid_tasks(65534) < base + 5; fx_tick())
 		FREQUIRE(&fx, fx_now_ms() < end, "nobody runs %u tasks, expected %u",
-			 ffx_count_uid_tasks(65534), base + 4);
-	ffx_set_nproc_of_nobody(fx.pid, base + 3);
+			 ffx_count_uid_tasks(65534), base + 5);
+	/* The fork server forks the workers: its limit is the one that bites. */
+	zygote = zygote_of(fx.pid);
+	FREQUIRE(&fx, zygote > 0, "mpoold %d has no fork server", (int)fx.pid);
+	ffx_set_nproc_of_nobody(fx.pid, base + 4);
+	ffx_set_nproc_of_nobody(zygote, base + 4);
 	victim = st.workers[0].pid;
 	FREQUIRE(&fx, kill(victim, SIGKILL) == 0, "kill %d: %s", (int)victim, strerror(errno));
 	ffx_wait(&fx, degraded_with, &d, WAIT_MS, "degraded, last_failure naming fork", &st);
@@ -918,6 +955,133 @@ START_TEST(fork_failure_on_respawn_recovers)
 	FREQUIRE(&fx, strcmp(st.health, "ok") == 0, "health after recovery: %s",
 		 ffx_describe(&st, desc, sizeof(desc)));
 	fx_stop(&fx);
+}
+END_TEST
+
+struct new_zygote {
+	pid_t daemon, old;
+};
+
+static bool zygote_replaced(const struct ffx_status *st, void *arg)
+{
+	const struct new_zygote *z = arg;
+	pid_t now = zygote_of(z->daemon);
+
+	return now > 0 && now != z->old && ffx_pool_idle(st, 2);
+}
+
+/* The fork server dies (between forks, and again while workers recycle):
+ * no task fails, no worker start counts as a failure for long, and a new
+ * fork server takes over; workers stay the master's children. */
+START_TEST(fork_server_killed_pool_recovers)
+{
+	const char *args[] = { "--max-tasks-per-child", "1", NULL };
+	struct new_zygote z;
+	struct fx fx;
+	struct ffx_map m = { 0 };
+	struct mpool_map_summary sum;
+	struct ffx_status st;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	int r;
+
+	fx_start(&fx, args);
+	z.daemon = fx.pid;
+	z.old = zygote_of(fx.pid);
+	FREQUIRE(&fx, z.old > 0, "mpoold %d has no fork server", (int)fx.pid);
+	FREQUIRE(&fx, kill(z.old, SIGKILL) == 0, "kill %d: %s", (int)z.old, strerror(errno));
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, 100);
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 100, &(struct mpool_map_opts){ .chunksize = 1 },
+			&m, &sum);
+	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
+		 (unsigned long long)sum.failed);
+	ffx_wait(&fx, zygote_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
+	/* Its workers are the master's children. */
+	for (unsigned i = 0; i < st.n_workers; i++) {
+		char path[64], line[512], *close_paren;
+		int ppid = 0;
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/proc/%d/stat", (int)st.workers[i].pid);
+		f = fopen(path, "re");
+		REQUIRE(f != NULL);
+		REQUIRE(fgets(line, sizeof(line), f) != NULL);
+		fclose(f);
+		close_paren = strrchr(line, ')');
+		REQUIRE(close_paren && sscanf(close_paren + 2, "%*c %d", &ppid) == 1);
+		REQUIREF(ppid == fx.pid, "worker %d has parent %d, not mpoold %d",
+			 (int)st.workers[i].pid, ppid, (int)fx.pid);
+	}
+	/* Killed in the middle of recycling. */
+	z.old = zygote_of(fx.pid);
+	FREQUIRE(&fx, z.old > 0 && kill(z.old, SIGKILL) == 0, "kill the fork server %d", (int)z.old);
+	ffx_map_free(&m);
+	memset(&m, 0, sizeof(m));
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 100, &(struct mpool_map_opts){ .chunksize = 1 },
+			&m, &sum);
+	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
+		 (unsigned long long)sum.failed);
+	ffx_wait(&fx, zygote_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
+	REQUIREF(st.tasks_done == 200 && st.workers_recycled == 200 && st.workers_died == 0 &&
+		 strcmp(st.health, "ok") == 0,
+		 "tasks_done %llu, recycled %llu, died %llu, health %s",
+		 (unsigned long long)st.tasks_done, (unsigned long long)st.workers_recycled,
+		 (unsigned long long)st.workers_died, st.health);
+	ffx_map_free(&m);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* An mpoold with no mpool-zygote beside it (and none installed) forks its
+ * workers itself, says so once, and serves as before. */
+START_TEST(no_fork_server_workers_fork_from_the_master)
+{
+	const char *args[] = { "--max-tasks-per-child", "1", NULL };
+	static char dir[] = "/tmp/mpool-nozygote.XXXXXX", copy[64];
+	struct fx fx;
+	struct ffx_map m = { 0 };
+	struct mpool_map_summary sum;
+	struct ffx_status st;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	char buf[65536];
+	ssize_t n;
+	int in, out, r;
+
+	REQUIRE(mkdtemp(dir) != NULL);
+	snprintf(copy, sizeof(copy), "%s/mpoold", dir);
+	in = open(ffx_env("MPOOLD"), O_RDONLY | O_CLOEXEC);
+	out = open(copy, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
+	REQUIRE(in >= 0 && out >= 0);
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		REQUIRE(write(out, buf, (size_t)n) == n);
+	REQUIRE(n == 0);
+	close(in);
+	close(out);
+	setenv("MPOOLD", copy, 1);
+	fx_start(&fx, args);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, 50);
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 50, &(struct mpool_map_opts){ .chunksize = 1 },
+			&m, &sum);
+	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
+		 (unsigned long long)sum.failed);
+	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the map", &st);
+	REQUIREF(st.tasks_done == 50 && st.workers_recycled == 50 && st.workers_died == 0,
+		 "tasks_done %llu, recycled %llu, died %llu", (unsigned long long)st.tasks_done,
+		 (unsigned long long)st.workers_recycled, (unsigned long long)st.workers_died);
+	/* Unless a fork server is installed where mpoold looks last. */
+	if (zygote_of(fx.pid) == 0)
+		REQUIREF(ffx_log_count(&fx, "workers fork from the master") == 1,
+			 "%u log lines say the workers fork from the master",
+			 ffx_log_count(&fx, "workers fork from the master"));
+	ffx_map_free(&m);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+	unlink(copy);
+	rmdir(dir);
 }
 END_TEST
 
@@ -1031,6 +1195,80 @@ START_TEST(recycle_by_tasks_with_jitter)
 	ffx_map_free(&m);
 	msgpack_sbuffer_destroy(&sb);
 	mpool_close(q.b);
+	fx_stop(&fx);
+}
+END_TEST
+
+struct overlap {
+	struct fx *fx;
+	mpool *b;
+	unsigned max_live, max_taking;   /* seen in status */
+};
+
+/* Processes the pool has (exiting ones included), and those that take work. */
+static void sample_overlap(struct ffx_map *m, uint64_t first, uint32_t count)
+{
+	struct overlap *o = m->ud;
+	struct ffx_status st;
+	unsigned taking;
+
+	(void)first;
+	(void)count;
+	ffx_status(o->fx, o->b, &st);
+	taking = st.n_workers - ffx_count_state(&st, "exiting");
+	if (st.n_workers > o->max_live)
+		o->max_live = st.n_workers;
+	if (taking > o->max_taking)
+		o->max_taking = taking;
+}
+
+/* Every task on a fresh worker: a slot forks its successor while the old
+ * worker is still leaving, yet the pool never has more than --workers
+ * processes that take work nor more than twice that in all, and every
+ * count comes out exact. */
+START_TEST(recycle_every_task_overlaps_within_bound)
+{
+	const char *args[] = { "--max-tasks-per-child", "1", NULL };
+	static struct overlap o;
+	static pid_t pids[300];
+	struct fx fx;
+	struct ffx_map m = { 0 };
+	struct mpool_map_summary sum;
+	struct ffx_status st;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	int r;
+
+	fx_start(&fx, args);
+	memset(&o, 0, sizeof(o));
+	o.fx = &fx;
+	o.b = fx_connect(&fx);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, 300);
+	m.on_piece = sample_overlap;
+	m.ud = &o;
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 300, &(struct mpool_map_opts){ .chunksize = 1 },
+			&m, &sum);
+	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
+		 (unsigned long long)sum.failed);
+	for (unsigned i = 0; i < 300; i++) {
+		pids[i] = (pid_t)m.items[i].i;
+		for (unsigned k = 0; k < i; k++)
+			REQUIREF(pids[k] != pids[i], "items %u and %u both ran in worker %d", k, i,
+				 (int)pids[i]);
+	}
+	REQUIREF(o.max_taking <= 2 && o.max_live <= 4,
+		 "%u processes taking work, %u in all, with --workers 2", o.max_taking, o.max_live);
+	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the map", &st);
+	REQUIREF(st.tasks_done == 300 && st.workers_recycled == 300 && st.by_tasks == 300 &&
+		 st.workers_started == 302 && st.workers_died == 0,
+		 "tasks_done %llu, recycled %llu (by tasks %llu), started %llu, died %llu",
+		 (unsigned long long)st.tasks_done, (unsigned long long)st.workers_recycled,
+		 (unsigned long long)st.by_tasks, (unsigned long long)st.workers_started,
+		 (unsigned long long)st.workers_died);
+	ffx_map_free(&m);
+	msgpack_sbuffer_destroy(&sb);
+	mpool_close(o.b);
 	fx_stop(&fx);
 }
 END_TEST
@@ -1161,6 +1399,7 @@ START_TEST(reload_reopens_a_rebuilt_module)
 	struct ffx_status st;
 	struct not_these nt;
 	int64_t ver;
+	pid_t zygote;
 	int r;
 
 	ffx_tempdir(dir, sizeof(dir));
@@ -1177,9 +1416,15 @@ START_TEST(reload_reopens_a_rebuilt_module)
 	ffx_build_testmod(path, 2);   /* a new file renamed over the old path */
 	ffx_status(&fx, NULL, &st);
 	not_these_init(&nt, &st, 2, true);
+	zygote = zygote_of(fx.pid);
+	FREQUIRE(&fx, zygote > 0, "mpoold %d has no fork server", (int)fx.pid);
 	r = mpool_reload(fx.c);
 	REQUIREF(r == 0, "mpool_reload: %s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	ffx_wait(&fx, all_new, &nt, WAIT_MS, "every worker replaced by the reload", &st);
+	/* The new workers come from a new fork server, which opened the file
+	 * anew. */
+	REQUIREF(zygote_of(fx.pid) > 0 && zygote_of(fx.pid) != zygote,
+		 "fork server %d before the reload, %d after", (int)zygote, (int)zygote_of(fx.pid));
 	for (int k = 0; k < 4; k++) {   /* whichever worker answers */
 		ver = version_of(&fx);
 		REQUIREF(ver == 2, "testmod.version is %lld after rebuilding with 2 and reloading",
@@ -1345,11 +1590,14 @@ static Suite *lifecycle_suite(void)
 	tcase_add_loop_test(tc, failing_init_backs_off_and_fails_queued_work, 0, 2);   /* fail, die */
 	tcase_add_test(tc, fork_failure_at_start);
 	tcase_add_test(tc, fork_failure_on_respawn_recovers);
+	tcase_add_test(tc, fork_server_killed_pool_recovers);
+	tcase_add_test(tc, no_fork_server_workers_fork_from_the_master);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("recycling");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, recycle_by_tasks_with_jitter);
+	tcase_add_test(tc, recycle_every_task_overlaps_within_bound);
 	tcase_add_test(tc, recycle_by_rss);
 	tcase_add_test(tc, recycle_by_lifetime);
 	suite_add_tcase(s, tc);
