@@ -595,12 +595,15 @@ static void worker_closed(void *ctx, int err)
 		return;
 	if (err == -EMSGSIZE) {
 		worker_fault(w, MPOOL_E_LIMIT, "sent a result larger than --max-frame");
-	} else if (err < 0) {
+	} else if (err < 0 && err != -ECONNRESET && err != -EPIPE) {
 		worker_fault(w, MPOOL_E_INTERNAL, "broke its channel");
 	} else {
 		/* End of stream almost always means it died: its exit status,
 		 * reaped in a moment, names the cause (a signal, an init that
-		 * failed).  Only one that lingers is killed, and blamed. */
+		 * failed).  Only one that lingers is killed, and blamed.  A
+		 * reset or a broken pipe says the same: a worker killed with
+		 * bytes of ours unread resets the socket instead of ending
+		 * the stream. */
 		struct timeval grace = { 1, 0 };
 
 		w->eof = true;
