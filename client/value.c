@@ -151,12 +151,15 @@ int mpc_decode_items(msgpack_zone *zone, const uint8_t *bytes, size_t len, uint3
 		size_t one = off < len ? mp_obj_scalar(bytes + off, len - off, &out[i]) : 0;
 		msgpack_unpack_return r;
 
+		bool points = one > 0 && (out[i].type == MSGPACK_OBJECT_STR ||
+					  out[i].type == MSGPACK_OBJECT_BIN) &&
+			      out[i].via.str.size > 0;   /* an empty one points nowhere */
+
 		/* Objects point into what they were decoded from, and bytes
 		 * is the read buffer: anything that points (a string, a blob,
 		 * a container) needs the bytes in zone first, copied once per
 		 * array and only when such an item comes. */
-		if (!copy && (one == 0 || out[i].type == MSGPACK_OBJECT_STR ||
-			      out[i].type == MSGPACK_OBJECT_BIN)) {
+		if (!copy && (one == 0 || points)) {
 			uint8_t *cp = msgpack_zone_malloc(zone, len);
 
 			if (!cp)
@@ -165,7 +168,7 @@ int mpc_decode_items(msgpack_zone *zone, const uint8_t *bytes, size_t len, uint3
 			copy = cp;
 		}
 		if (one > 0) {
-			if (out[i].type == MSGPACK_OBJECT_STR || out[i].type == MSGPACK_OBJECT_BIN)
+			if (points)
 				out[i].via.str.ptr = (const char *)copy +
 						     ((const uint8_t *)out[i].via.str.ptr - bytes);
 			off += one;

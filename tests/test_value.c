@@ -48,6 +48,8 @@ static uint32_t pack_every_kind(msgpack_packer *pk)
 	msgpack_pack_true(pk), n++;
 	msgpack_pack_false(pk), n++;
 	msgpack_pack_str_with_body(pk, "a string", 8), n++;
+	msgpack_pack_str_with_body(pk, "", 0), n++;    /* empty: points nowhere */
+	msgpack_pack_bin_with_body(pk, "", 0), n++;
 	msgpack_pack_bin_with_body(pk, "\0\1\2", 3), n++;
 	msgpack_pack_array(pk, 2), msgpack_pack_int(pk, 1), msgpack_pack_str_with_body(pk, "x", 1), n++;
 	msgpack_pack_map(pk, 1), msgpack_pack_str_with_body(pk, "k", 1), msgpack_pack_double(pk, 0.5), n++;
@@ -83,6 +85,10 @@ START_TEST(every_kind_as_msgpack_c)
 		ck_assert_int_ge(msgpack_unpack(items.data, items.size, &off, ref, &want), 0);
 		ck_assert_msg(out[i].type == want.type && msgpack_object_equal(out[i], want),
 			      "item %u: type %d, msgpack-c says %d", i, out[i].type, want.type);
+		if ((want.type == MSGPACK_OBJECT_STR || want.type == MSGPACK_OBJECT_BIN) &&
+		    want.via.str.size == 0)
+			ck_assert_msg(out[i].via.str.ptr == NULL,
+				      "item %u: an empty string points somewhere", i);
 	}
 	ck_assert_uint_eq(off, items.size);
 	free(out);
