@@ -408,10 +408,14 @@ int mpc_decode(msgpack_zone *zone, const uint8_t *bytes, size_t len, msgpack_obj
 
 /* Decodes the MessagePack array of n values in bytes[0..len) into
  * out[0..n): scalars without msgpack-c's decoder, anything else with it,
- * into zone (with the bytes it points into copied there).  0,
- * -MPOOL_E_NOMEM, or -MPOOL_E_PROTO when bytes are not such an array. */
-int mpc_decode_items(msgpack_zone *zone, const uint8_t *bytes, size_t len, uint32_t n,
-		     msgpack_object *out);
+ * into zone.  What the objects point into must live as long as zone: when
+ * frame is given and bytes lie in the frame it just delivered (at least
+ * MPC_ADOPT_MIN of them), zone adopts the frame's buffer; otherwise the
+ * bytes are copied into zone.  0, -MPOOL_E_NOMEM, or -MPOOL_E_PROTO when
+ * bytes are not such an array. */
+#define MPC_ADOPT_MIN ((size_t)64 << 10)
+int mpc_decode_items(msgpack_zone *zone, struct mp_frame *frame, const uint8_t *bytes,
+		     size_t len, uint32_t n, msgpack_object *out);
 
 /* Room for n objects owned by zone; NULL when out of memory.  From
  * MPC_HUGE_MIN bytes on, a mapping of its own that asks for huge pages. */

@@ -135,8 +135,39 @@ int mpc_decode(msgpack_zone *zone, const uint8_t *bytes, size_t len, msgpack_obj
 	return 0;
 }
 
-int mpc_decode_items(msgpack_zone *zone, const uint8_t *bytes, size_t len, uint32_t n,
-		     msgpack_object *out)
+static void free_held(void *arg)
+{
+	free(*(void **)arg);
+}
+
+/* bytes[0..len) for objects that point into them, for as long as zone
+ * lives: the frame's own buffer when the framer gives it up (no copy of a
+ * large chunk of strings), else a copy in zone.  NULL when out of memory. */
+static const uint8_t *keep_bytes(msgpack_zone *zone, struct mp_frame *frame,
+				 const uint8_t *bytes, size_t len)
+{
+	uint8_t *cp;
+
+	if (frame && len >= MPC_ADOPT_MIN) {
+		/* The finalizer is in place before the buffer changes hands,
+		 * so a full zone cannot leave it with nobody to free it. */
+		void **held = msgpack_zone_malloc(zone, sizeof(*held));
+
+		if (held) {
+			*held = NULL;
+			if (msgpack_zone_push_finalizer(zone, free_held, held) &&
+			    (*held = mp_frame_take(frame, len)) != NULL)
+				return bytes;
+		}
+	}
+	cp = msgpack_zone_malloc(zone, len);
+	if (cp)
+		memcpy(cp, bytes, len);
+	return cp;
+}
+
+int mpc_decode_items(msgpack_zone *zone, struct mp_frame *frame, const uint8_t *bytes,
+		     size_t len, uint32_t n, msgpack_object *out)
 {
 	const uint8_t *copy = NULL;
 	struct mp_cur c;
@@ -160,12 +191,9 @@ int mpc_decode_items(msgpack_zone *zone, const uint8_t *bytes, size_t len, uint3
 		 * a container) needs the bytes in zone first, copied once per
 		 * array and only when such an item comes. */
 		if (!copy && (one == 0 || points)) {
-			uint8_t *cp = msgpack_zone_malloc(zone, len);
-
-			if (!cp)
+			copy = keep_bytes(zone, frame, bytes, len);
+			if (!copy)
 				return -MPOOL_E_NOMEM;
-			memcpy(cp, bytes, len);
-			copy = cp;
 		}
 		if (one > 0) {
 			if (points)

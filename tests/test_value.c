@@ -76,7 +76,8 @@ START_TEST(every_kind_as_msgpack_c)
 	msgpack_sbuffer_write(&arr, items.data, items.size);
 
 	out = calloc(n, sizeof(*out));
-	ck_assert_int_eq(mpc_decode_items(zone, (const uint8_t *)arr.data, arr.size, n, out), 0);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, (const uint8_t *)arr.data, arr.size, n, out),
+			 0);
 	/* The objects must not point into the caller's bytes: they go away. */
 	memset(arr.data, 0xc1, arr.size);
 	for (uint32_t i = 0; i < n; i++) {
@@ -111,14 +112,57 @@ START_TEST(malformed_arrays_refused)
 	msgpack_zone *zone = msgpack_zone_new(4096);
 	msgpack_object out[3];
 
-	ck_assert_int_eq(mpc_decode_items(zone, two, sizeof(two), 3, out), -MPOOL_E_PROTO);
-	ck_assert_int_eq(mpc_decode_items(zone, two, sizeof(two), 2, out), 0);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, two, sizeof(two), 3, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, two, sizeof(two), 2, out), 0);
 	ck_assert_uint_eq(out[1].via.u64, 2);
-	ck_assert_int_eq(mpc_decode_items(zone, cut, sizeof(cut), 1, out), -MPOOL_E_PROTO);
-	ck_assert_int_eq(mpc_decode_items(zone, extra, sizeof(extra), 1, out), -MPOOL_E_PROTO);
-	ck_assert_int_eq(mpc_decode_items(zone, cut_str, sizeof(cut_str), 1, out), -MPOOL_E_PROTO);
-	ck_assert_int_eq(mpc_decode_items(zone, scalar, sizeof(scalar), 1, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, cut, sizeof(cut), 1, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, extra, sizeof(extra), 1, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, cut_str, sizeof(cut_str), 1, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, scalar, sizeof(scalar), 1, out), -MPOOL_E_PROTO);
 	msgpack_zone_free(zone);
+}
+END_TEST
+
+/* A large chunk of strings keeps the framer's buffer instead of a copy:
+ * the objects point into the frame, and stay valid after the framer has
+ * moved on and is gone. */
+START_TEST(large_chunk_adopts_the_frame)
+{
+	static uint8_t blob[40000];
+	struct mp_frame_limits lim = { .max_frame = 1 << 20, .max_depth = MP_DEPTH_MAX };
+	msgpack_zone *zone = msgpack_zone_new(4096);
+	struct mp_frame f;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_object out[3];
+	const uint8_t *frame;
+	size_t len;
+
+	memset(blob, 'x', sizeof(blob));
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_array(&pk, 3);
+	for (int i = 0; i < 3; i++) {
+		blob[0] = (uint8_t)('a' + i);
+		msgpack_pack_bin_with_body(&pk, blob, sizeof(blob));
+	}
+	msgpack_pack_nil(&pk);            /* the start of a next frame */
+	mp_frame_init(&f, &lim);
+	ck_assert_int_eq(mp_frame_push(&f, sb.data, sb.size), 0);
+	ck_assert_int_eq(mp_frame_next(&f, &frame, &len), 1);
+	ck_assert_uint_eq(len, sb.size - 1);
+	ck_assert_int_eq(mpc_decode_items(zone, &f, frame, len, 3, out), 0);
+	/* No copy: the blobs point into the frame. */
+	ck_assert_ptr_eq(out[0].via.bin.ptr, (const char *)frame + 1 + 3);
+	/* The framer kept going with the rest, in a buffer of its own. */
+	ck_assert_int_eq(mp_frame_next(&f, &frame, &len), 1);
+	ck_assert_uint_eq(len, 1);
+	mp_frame_free(&f);
+	for (int i = 0; i < 3; i++)
+		ck_assert(out[i].via.bin.size == sizeof(blob) && out[i].via.bin.ptr[0] == 'a' + i &&
+			  out[i].via.bin.ptr[sizeof(blob) - 1] == 'x');
+	msgpack_zone_free(zone);       /* frees the adopted buffer (ASan: no leak) */
+	msgpack_sbuffer_destroy(&sb);
 }
 END_TEST
 
@@ -154,6 +198,7 @@ static Suite *value_suite(void)
 	tcase_add_test(tc, every_kind_as_msgpack_c);
 	tcase_add_test(tc, malformed_arrays_refused);
 	tcase_add_test(tc, big_arrays_mapped_and_unmapped);
+	tcase_add_test(tc, large_chunk_adopts_the_frame);
 	suite_add_tcase(s, tc);
 	return s;
 }
