@@ -402,47 +402,11 @@ int mp_read_str(struct mp_cur *c, const char **ret_s, uint32_t *ret_len)
 	return 0;
 }
 
-int mp_skip_n(struct mp_cur *c, uint64_t n, const uint8_t **ret_start, size_t *ret_len)
+/* The end of due whole elements at p; NULL when they do not fit before
+ * end.  A flat counter suffices: containers add their children to what is
+ * due. */
+static inline const uint8_t *skip_elems(const uint8_t *p, const uint8_t *end, uint64_t due)
 {
-	const uint8_t *p = c->p;
-	uint64_t due = n;
-
-	/* A flat counter suffices: containers add their children to what is due. */
-	while (due > 0) {
-		size_t hdr, avail = (size_t)(c->end - p), sz;
-		uint64_t payload, children, raw;
-
-		if (avail > 0 && (sz = scalar_size[*p]) != 0 && sz <= avail) {
-			p += sz;
-			due--;
-			continue;
-		}
-		if (avail > 0 && (raw = raw_len(p, avail)) != 0 && raw <= avail) {
-			p += raw;
-			due--;
-			continue;
-		}
-		if (head(p, avail, &hdr, &payload, &children) != 1 ||
-		    payload > avail - hdr)
-			return -EBADMSG;
-		p += hdr + payload;
-		due = due - 1 + children;
-		if (due < children)      /* overflow: a lie no valid frame can tell */
-			return -EBADMSG;
-	}
-	if (ret_start)
-		*ret_start = c->p;
-	if (ret_len)
-		*ret_len = (size_t)(p - c->p);
-	c->p = p;
-	return 0;
-}
-
-/* One whole element at p; NULL when it does not fit before end. */
-static inline const uint8_t *skip_one(const uint8_t *p, const uint8_t *end)
-{
-	uint64_t due = 1;
-
 	while (due > 0) {
 		size_t hdr, avail = (size_t)(end - p), sz;
 		uint64_t payload, children, raw;
@@ -461,10 +425,24 @@ static inline const uint8_t *skip_one(const uint8_t *p, const uint8_t *end)
 			return NULL;
 		p += hdr + payload;
 		due = due - 1 + children;
-		if (due < children)
+		if (due < children)      /* overflow: a lie no valid frame can tell */
 			return NULL;
 	}
 	return p;
+}
+
+int mp_skip_n(struct mp_cur *c, uint64_t n, const uint8_t **ret_start, size_t *ret_len)
+{
+	const uint8_t *p = skip_elems(c->p, c->end, n);
+
+	if (!p)
+		return -EBADMSG;
+	if (ret_start)
+		*ret_start = c->p;
+	if (ret_len)
+		*ret_len = (size_t)(p - c->p);
+	c->p = p;
+	return 0;
 }
 
 int mp_skip_n_marked(struct mp_cur *c, uint64_t n, uint32_t every, size_t *marks,
@@ -479,7 +457,7 @@ int mp_skip_n_marked(struct mp_cur *c, uint64_t n, uint32_t every, size_t *marks
 		/* Most items are scalars: no call, no counter of what is due. */
 		if (p < end && (sz = scalar_size[*p]) != 0 && sz <= (size_t)(end - p))
 			p += sz;
-		else if (!(p = skip_one(p, end)))
+		else if (!(p = skip_elems(p, end, 1)))
 			return -EBADMSG;
 		if (--k == 0) {
 			*marks++ = (size_t)(p - c->p);
