@@ -39,7 +39,11 @@ static void worker_detach(int fd, pid_t master)
 		close(fd);
 	}
 	close_range(WORKER_FD + 1, ~0U, 0);
+	worker_drop_service_env();
+}
 
+void worker_drop_service_env(void)
+{
 	unsetenv("NOTIFY_SOCKET");
 	unsetenv("WATCHDOG_USEC");
 	unsetenv("WATCHDOG_PID");

@@ -12,6 +12,10 @@
  * unlimited). */
 __attribute__((noreturn))
 void worker_main(int fd, pid_t master, uint64_t quota);
+/* Drops the systemd variables meant for mpoold alone, so that no child
+ * (a worker, the fork server) notifies, is watched or takes sockets in its
+ * name. */
+void worker_drop_service_env(void);
 /* fork_child() entry of a pool worker: arg points to its quota. */
 void worker_entry(int fd, pid_t master, const void *arg);
 

@@ -128,12 +128,7 @@ int main(int argc, char **argv)
 		if (!m->path || (strcmp(argv[i + 1], "-") != 0 && !m->initargs_json))
 			_exit(1);
 	}
-	unsetenv("NOTIFY_SOCKET");
-	unsetenv("WATCHDOG_USEC");
-	unsetenv("WATCHDOG_PID");
-	unsetenv("LISTEN_FDS");
-	unsetenv("LISTEN_PID");
-	unsetenv("LISTEN_FDNAMES");
+	worker_drop_service_env();
 	/* The master logged each module it loaded; only our failures count. */
 	log_init(cfg.log_level < LOG_WARNING ? cfg.log_level : LOG_WARNING);
 	r = modload_all();
