@@ -257,13 +257,8 @@ static void chan_flush_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (ch->closed || ch->dead)
-		return;
-	ch->busy++;
-	chan_write_some(ch);
-	ch->busy--;
-	if (ch->dead && !ch->busy)
-		chan_destroy(ch);
+	if (!ch->closed)
+		chan_write_now(ch);
 }
 
 void chan_write_now(struct chan *ch)
