@@ -450,8 +450,9 @@ struct mpool_async *mpc_map_start(mpool *p, const char *fn, const void *items,
 		if (!a->value)
 			goto nomem_call;
 		if (n_items > 0) {
-			a->map.items = n_items > SIZE_MAX / sizeof(msgpack_object) ? NULL :
-				       mpc_zone_objects(mpc_value_zone(a->value), (size_t)n_items);
+			/* n_items <= UINT32_MAX (above): size_t holds it;
+			 * mpc_zone_objects checks the product. */
+			a->map.items = mpc_zone_objects(mpc_value_zone(a->value), (size_t)n_items);
 			if (!a->map.items) {
 				mpc_call_release(a);
 				*ret_err = mpc_err(p, MPOOL_E_NOMEM, "out of memory for %llu results",
