@@ -25,8 +25,10 @@
 #include "worker.h"
 #include "zygote.h"
 
-enum wstate { W_EMPTY, W_STARTING, W_IDLE, W_BUSY, W_EXITING };
-static const char *const wstate_names[] = { "empty", "starting", "idle", "busy", "exiting" };
+/* W_FORKING: the fork server has not answered yet; the entry has no pid. */
+enum wstate { W_EMPTY, W_FORKING, W_STARTING, W_IDLE, W_BUSY, W_EXITING };
+static const char *const wstate_names[] = { "empty", "forking", "starting", "idle", "busy",
+					    "exiting" };
 
 /* Why a worker was asked to leave.  Policy is data: reaping reads it. */
 enum retire { R_NONE, R_TASKS, R_RSS, R_LIFETIME, R_RELOAD, R_DRAIN, R_COUNT };
@@ -80,6 +82,18 @@ static uint64_t n_recycled[R_COUNT];
 static char last_failure[256];
 static uint64_t rng_state;
 
+/* Workers reaped before the fork server's answer named them: a worker can
+ * die (a failed module init) before the answer is read.  Kept until the
+ * answer comes, which is never later than the fork server's deadline. */
+#define EARLY_KEEP_MS 10000
+struct early_exit {
+	pid_t pid;
+	int status;
+	uint64_t at_ms;
+};
+static struct early_exit *early;
+static unsigned n_early;
+
 static void worker_frame(void *ctx, const uint8_t *frame, size_t len);
 static void worker_closed(void *ctx, int err);
 static void worker_drained(void *ctx)
@@ -125,42 +139,6 @@ static void set_failure(const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Forks one worker into an empty slot, through the fork server (zygote.h)
- * or, when there is none, from the master.  The child goes straight to
- * worker_main() and never comes back here. */
-static int spawn(struct worker *w, unsigned slot)
-{
-	struct mp_frame_limits lim = {
-		.max_frame = cfg.max_frame + CONFIG_WORKER_FRAME_SLACK,
-		.max_depth = MP_DEPTH_MAX,
-	};
-	uint64_t quota = draw_quota();
-	pid_t pid;
-	int fd, r;
-
-	r = zygote_fork(quota, &pid, &fd);
-	if (r == -ENOTCONN)
-		r = fork_child(worker_entry, &quota, &pid, &fd);
-	if (r < 0)
-		return r;
-	w->slot = slot;
-	w->pid = pid;
-	w->state = W_STARTING;
-	w->tasks_done = 0;
-	w->quota = quota;
-	w->gen = gen;
-	w->retire = R_NONE;
-	w->reaped = false;
-	w->eof = false;
-	w->fail_code = 0;
-	w->cause[0] = '\0';
-	w->started_ms = now_ms();
-	w->ch = chan_new(base, fd, &lim, &worker_ops, w);
-	slots[slot].cur = w;
-	n_started++;
-	return 0;
-}
-
 static bool want_workers(void)
 {
 	return master_state() == MASTER_RUNNING ||
@@ -168,11 +146,127 @@ static bool want_workers(void)
 }
 
 static void schedule_respawn(struct slot *s);
+static void retire(struct worker *w, enum retire why);
+static void worker_gone(struct worker *w, int status);
+
+static void remember_early_exit(pid_t pid, int status)
+{
+	uint64_t now = now_ms();
+	unsigned keep = 0;
+
+	for (unsigned i = 0; i < n_early; i++)
+		if (now - early[i].at_ms < EARLY_KEEP_MS)
+			early[keep++] = early[i];
+	n_early = keep;
+	if (n_early == n_procs) {
+		/* More than can be in flight: the oldest is not ours. */
+		memmove(early, early + 1, sizeof(*early) * --n_early);
+	}
+	early[n_early++] = (struct early_exit){ pid, status, now };
+}
+
+static bool take_early_exit(pid_t pid, int *ret_status)
+{
+	for (unsigned i = 0; i < n_early; i++) {
+		if (early[i].pid == pid) {
+			*ret_status = early[i].status;
+			early[i] = early[--n_early];
+			return true;
+		}
+	}
+	return false;
+}
+
+/* The forked process becomes the entry's worker, whatever happened to
+ * the pool while the fork server worked. */
+static void install(struct worker *w, pid_t pid, int fd)
+{
+	struct mp_frame_limits lim = {
+		.max_frame = cfg.max_frame + CONFIG_WORKER_FRAME_SLACK,
+		.max_depth = MP_DEPTH_MAX,
+	};
+	int status;
+
+	w->pid = pid;
+	w->state = W_STARTING;
+	w->tasks_done = 0;
+	w->retire = R_NONE;
+	w->reaped = false;
+	w->eof = false;
+	w->fail_code = 0;
+	w->cause[0] = '\0';
+	w->started_ms = now_ms();
+	w->ch = chan_new(base, fd, &lim, &worker_ops, w);
+	n_started++;
+	if (take_early_exit(pid, &status)) {
+		log_debug("worker %d was reaped before its fork was reported", (int)pid);
+		worker_gone(w, status);
+		return;
+	}
+	if (master_state() == MASTER_TERMINATING) {
+		w->retire = R_DRAIN;
+		kill(pid, SIGKILL);
+	} else if (!want_workers()) {
+		retire(w, R_DRAIN);
+	}
+}
+
+/* The fork server's answer (zygote.h). */
+static void forked(void *token, int err, pid_t pid, int fd)
+{
+	struct worker *w = token;
+	struct slot *s = &slots[w->slot];
+
+	if (err == -ENOTCONN)
+		err = fork_child(worker_entry, &w->quota, &pid, &fd);
+	if (err == 0) {
+		install(w, pid, fd);
+		return;
+	}
+	w->state = W_EMPTY;
+	if (s->cur == w)
+		s->cur = NULL;
+	if (err != -ECANCELED) {
+		s->early_deaths++;
+		set_failure("cannot start a worker: fork: %s", strerror(-err));
+		log_err("slot %u: %s", w->slot, last_failure);
+	}
+	if (want_workers() && !s->cur && !evtimer_pending(s->respawn, NULL))
+		schedule_respawn(s);
+	master_progress();
+}
+
+/* Forks one worker into an empty slot, through the fork server (zygote.h)
+ * or, when there is none, from the master.  The child goes straight to
+ * worker_main() and never comes back here. */
+static int spawn(struct worker *w, unsigned slot)
+{
+	pid_t pid;
+	int fd, r;
+
+	w->slot = slot;
+	w->quota = draw_quota();
+	w->gen = gen;
+	w->state = W_FORKING;
+	slots[slot].cur = w;
+	r = zygote_request(w->quota, w);
+	if (r == 0)
+		return 0;
+	if (r == -ENOTCONN)
+		r = fork_child(worker_entry, &w->quota, &pid, &fd);
+	if (r < 0) {
+		w->state = W_EMPTY;
+		slots[slot].cur = NULL;
+		return r;
+	}
+	install(w, pid, fd);
+	return 0;
+}
 
 static struct worker *free_entry(void)
 {
 	for (unsigned i = 0; i < n_procs; i++)
-		if (!procs[i].pid)
+		if (!procs[i].pid && procs[i].state == W_EMPTY)
 			return &procs[i];
 	return NULL;
 }
@@ -404,6 +498,8 @@ int pool_init(struct event_base *b)
 	n_procs = 2 * n_slots;
 	slots = xcalloc(n_slots, sizeof(*slots));
 	procs = xcalloc(n_procs, sizeof(*procs));
+	early = xcalloc(n_procs, sizeof(*early));
+	n_early = 0;
 	no_ready_since = now_ms();
 	tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
 	if (!tick || event_add(tick, &second) < 0)
@@ -419,6 +515,8 @@ int pool_init(struct event_base *b)
 			return -ENOMEM;
 	}
 	/* Without it, workers fork from the master. */
+	if (zygote_init(base, forked, n_procs) < 0)
+		return -ENOMEM;
 	zygote_start();
 	/* A fork that fails at start is a failure storm like any other:
 	 * mpoold starts degraded and retries with backoff. */
@@ -429,6 +527,7 @@ int pool_init(struct event_base *b)
 
 void pool_free(void)
 {
+	zygote_free();
 	for (unsigned i = 0; i < n_slots; i++)
 		if (slots[i].respawn)
 			event_free(slots[i].respawn);
@@ -442,8 +541,10 @@ void pool_free(void)
 	tick = NULL;
 	free(slots);
 	free(procs);
+	free(early);
 	slots = NULL;
 	procs = NULL;
+	early = NULL;
 	n_slots = n_procs = 0;
 }
 
@@ -706,8 +807,10 @@ void pool_reap(void)
 				break;
 			}
 		}
-		if (i == n_procs)
-			proc_reaped(pid, status);
+		/* Not a supervised process either: a worker whose fork the
+		 * fork server has not reported yet, when one is due. */
+		if (i == n_procs && !proc_reaped(pid, status) && zygote_pending() > 0)
+			remember_early_exit(pid, status);
 	}
 	disp_schedule();
 }
@@ -785,7 +888,17 @@ void pool_kill_all(void)
 	}
 }
 
+/* Processes, and forks the fork server has not answered: a drain waits
+ * for those too. */
 unsigned pool_live(void)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < n_procs; i++)
+		n += procs[i].pid != 0 || procs[i].state == W_FORKING;
+	return n;
+}
+
+static unsigned n_processes(void)
 {
 	unsigned n = 0;
 	for (unsigned i = 0; i < n_procs; i++)
@@ -818,7 +931,7 @@ void pool_pack_workers(msgpack_packer *pk)
 {
 	uint64_t now = now_ms();
 
-	msgpack_pack_array(pk, pool_live());
+	msgpack_pack_array(pk, n_processes());
 	for (unsigned i = 0; i < n_procs; i++) {
 		const struct worker *w = &procs[i];
 

@@ -362,7 +362,7 @@ void proc_stop(struct proc *p, bool hard)
 	}
 }
 
-void proc_reaped(pid_t pid, int status)
+bool proc_reaped(pid_t pid, int status)
 {
 	struct proc *p;
 
@@ -370,7 +370,7 @@ void proc_reaped(pid_t pid, int status)
 		if (p->pid == pid && !p->exited)
 			break;
 	if (!p)
-		return;
+		return false;
 	/* Its result may still be in the pipe: read it before it is lost. */
 	if (p->ch)
 		chan_drain_input(p->ch);
@@ -391,6 +391,7 @@ void proc_reaped(pid_t pid, int status)
 		forget_old();
 	}
 	master_progress();
+	return true;
 }
 
 void proc_conn_gone(struct conn *conn)

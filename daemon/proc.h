@@ -43,8 +43,9 @@ void proc_join(struct proc *p, struct conn *conn, uint64_t msgid, uint32_t timeo
 /* SIGTERM, then SIGKILL after --process-grace (kill: SIGKILL now). */
 void proc_stop(struct proc *p, bool kill);
 
-/* A child that is no pool worker exited. */
-void proc_reaped(pid_t pid, int status);
+/* A child that is no pool worker exited: false when it was none of ours
+ * either. */
+bool proc_reaped(pid_t pid, int status);
 /* The client is gone: its joins are dropped and its non-daemon processes
  * terminated and forgotten. */
 void proc_conn_gone(struct conn *conn);

@@ -5,14 +5,18 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "config.h"
 #include "fork.h"
 #include "log.h"
+#include "mem.h"
 
 #define ZYGOTE_NAME "mpool-zygote"
 /* A zygote that has not loaded the modules or answered a fork by then is
@@ -20,12 +24,29 @@
 #define ZYGOTE_START_MS 5000
 #define ZYGOTE_REPLY_MS 2000
 
-static pid_t z_pid;
+static pid_t z_pid;          /* 0: none, or reaped already */
 static int z_fd = -1;
 /* It could not start for a reason that does not go away by itself (no
  * binary, a module that does not load): workers fork from the master until
  * the next reload. */
 static bool z_broken;
+
+static struct event_base *z_base;
+static zygote_forked_fn *z_forked;
+/* Readable z_fd; and one timer for both the answer that is overdue and a
+ * zygote found lost where answering would re-enter the caller. */
+static struct event *z_read, *z_timer;
+static const char *z_lost_why;
+
+/* Requests sent and not answered, oldest first: the zygote answers in
+ * order. */
+struct pending {
+	void *token;
+	uint64_t quota;
+	bool resent;              /* sent again to a new zygote already */
+};
+static struct pending *pend;
+static unsigned pend_cap, pend_head, pend_n;
 
 /* Beside the running mpoold first (a build tree), then where it installs. */
 static int find_binary(char *buf, size_t size)
@@ -48,31 +69,24 @@ static int find_binary(char *buf, size_t size)
 	return access(buf, X_OK) == 0 ? 0 : -errno;
 }
 
-/* One reply, and the descriptor that came with it (-1 if none). */
-static int recv_rep(struct zygote_rep *rep, int *ret_fd, int timeout_ms)
+/* One message, and the descriptor that came with it (-1 if none): 0;
+ * -EAGAIN when none is waiting and flags has MSG_DONTWAIT; -ECONNRESET at
+ * the end of the stream. */
+static int recv_rep(struct zygote_rep *rep, int *ret_fd, int flags)
 {
 	char cbuf[CMSG_SPACE(sizeof(int))];
 	struct iovec iov = { rep, sizeof(*rep) };
 	struct msghdr mh = {
 		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf),
 	};
-	struct pollfd p = { z_fd, POLLIN, 0 };
 	struct cmsghdr *c;
 	ssize_t n;
-	int r;
 
 	do
-		r = poll(&p, 1, timeout_ms);
-	while (r < 0 && errno == EINTR);
-	if (r == 0)
-		return -ETIMEDOUT;
-	if (r < 0)
-		return -errno;
-	do
-		n = recvmsg(z_fd, &mh, MSG_CMSG_CLOEXEC);
+		n = recvmsg(z_fd, &mh, MSG_CMSG_CLOEXEC | flags);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
-		return -errno;
+		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
 	*ret_fd = -1;
 	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
@@ -86,20 +100,226 @@ static int recv_rep(struct zygote_rep *rep, int *ret_fd, int timeout_ms)
 	return 0;
 }
 
-void zygote_stop(void)
+/* The zygote's first message, within ZYGOTE_START_MS. */
+static int recv_hello(struct zygote_rep *rep, int *ret_fd)
 {
-	if (z_fd >= 0)
-		close(z_fd);
-	z_fd = -1;
+	struct pollfd p = { z_fd, POLLIN, 0 };
+	int r;
+
+	do
+		r = poll(&p, 1, ZYGOTE_START_MS);
+	while (r < 0 && errno == EINTR);
+	if (r == 0)
+		return -ETIMEDOUT;
+	if (r < 0)
+		return -errno;
+	return recv_rep(rep, ret_fd, 0);
+}
+
+static void pend_push(struct pending p)
+{
+	pend[(pend_head + pend_n) % pend_cap] = p;
+	pend_n++;
+}
+
+static struct pending pend_pop(void)
+{
+	struct pending p = pend[pend_head];
+
+	pend_head = (pend_head + 1) % pend_cap;
+	pend_n--;
+	return p;
+}
+
+static int send_req(uint64_t quota)
+{
+	struct zygote_req req = { .quota = quota };
+
+	if (send(z_fd, &req, sizeof(req), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(req))
+		return errno == EWOULDBLOCK ? -ENOBUFS : -errno;
+	return 0;
+}
+
+/* While answers are due, the oldest must come within ZYGOTE_REPLY_MS of
+ * the last progress. */
+static void arm_timer(void)
+{
+	struct timeval tv = { ZYGOTE_REPLY_MS / 1000, (ZYGOTE_REPLY_MS % 1000) * 1000 };
+
+	if (pend_n > 0)
+		evtimer_add(z_timer, &tv);
+	else
+		evtimer_del(z_timer);
+}
+
+/* Every answer the zygote has sent and we have not read: 0 when none is
+ * left waiting, -errno when the channel broke. */
+static int take_answers(void)
+{
+	struct zygote_rep rep;
+	int fd, r;
+
+	while (pend_n > 0) {
+		struct pending p;
+
+		r = recv_rep(&rep, &fd, MSG_DONTWAIT);
+		if (r == -EAGAIN)
+			return 0;
+		if (r < 0)
+			return r;
+		if (rep.err == 0 && (fd < 0 || rep.pid <= 0)) {
+			if (fd >= 0)
+				close(fd);
+			return -EPROTO;
+		}
+		p = pend_pop();
+		if (rep.err < 0) {
+			if (fd >= 0)
+				close(fd);
+			z_forked(p.token, rep.err, 0, -1);      /* its clone failed */
+		} else {
+			z_forked(p.token, 0, rep.pid, fd);
+		}
+	}
+	return 0;
+}
+
+/* Kills and reaps the zygote and closes its channel, delivering the
+ * answers it managed to send; requests not answered stay pending. */
+static void shut(void)
+{
 	if (z_pid) {
 		int status;
 
 		kill(z_pid, SIGKILL);
 		while (waitpid(z_pid, &status, 0) < 0 && errno == EINTR)
 			;
+		z_pid = 0;
 	}
-	z_pid = 0;
+	if (z_fd >= 0)
+		take_answers();
+	if (z_read)
+		event_free(z_read);
+	z_read = NULL;
+	if (z_fd >= 0)
+		close(z_fd);
+	z_fd = -1;
+}
+
+static void fail_pending(int err)
+{
+	while (pend_n > 0) {
+		struct pending p = pend_pop();
+
+		z_forked(p.token, err, 0, -1);
+	}
+}
+
+void zygote_stop(void)
+{
+	shut();
+	fail_pending(-ECANCELED);
+	if (z_timer)
+		evtimer_del(z_timer);
 	z_broken = false;
+}
+
+/* The zygote died, broke its channel or stopped answering: what it had not
+ * answered goes to a new one, once; a request lost twice fails. */
+static void lost(const char *why)
+{
+	unsigned n;
+	int r;
+
+	log_warn("fork server lost (%s); starting a new one", why);
+	shut();
+	r = zygote_start();
+	/* shut() delivered what it had answered. */
+	n = pend_n;
+	for (unsigned i = 0; i < n; i++) {
+		struct pending p = pend_pop();
+
+		if (r == 0 && !p.resent && send_req(p.quota) == 0) {
+			p.resent = true;
+			pend_push(p);
+		} else {
+			z_forked(p.token, r == 0 ? -EIO : z_broken ? -ENOTCONN : r, 0, -1);
+		}
+	}
+	arm_timer();
+}
+
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	int r;
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	r = take_answers();
+	if (r < 0) {
+		lost(r == -ECONNRESET ? "it closed its channel" : strerror(-r));
+		return;
+	}
+	if (pend_n == 0) {
+		/* Nothing asked: the only message can be the end of the stream.
+		 * The next request starts a new zygote. */
+		struct zygote_rep rep;
+		int fd2;
+
+		r = recv_rep(&rep, &fd2, MSG_DONTWAIT);
+		if (r == 0 && fd2 >= 0)
+			close(fd2);
+		if (r != -EAGAIN) {
+			log_warn("fork server %d %s; the next worker starts a new one", (int)z_pid,
+				 r == 0 ? "sent an answer to nothing" : "closed its channel");
+			shut();
+		}
+	}
+	arm_timer();
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	const char *why = z_lost_why;
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	z_lost_why = NULL;
+	if (pend_n == 0)
+		return;
+	lost(why ? why : "it did not answer in time");
+}
+
+/* lost() answers requests, which must not happen inside the call that made
+ * one (or inside the reap that noticed): the timer runs it at once. */
+static void lost_soon(const char *why)
+{
+	z_lost_why = why;
+	event_active(z_timer, EV_TIMEOUT, 0);
+}
+
+int zygote_init(struct event_base *base, zygote_forked_fn *forked, unsigned max_pending)
+{
+	z_base = base;
+	z_forked = forked;
+	pend_cap = max_pending ? max_pending : 1;
+	pend = xcalloc(pend_cap, sizeof(*pend));
+	pend_head = pend_n = 0;
+	z_timer = evtimer_new(base, timer_cb, NULL);
+	return z_timer ? 0 : -ENOMEM;
+}
+
+void zygote_free(void)
+{
+	zygote_stop();
+	if (z_timer)
+		event_free(z_timer);
+	z_timer = NULL;
+	free(pend);
+	pend = NULL;
+	pend_cap = 0;
 }
 
 int zygote_start(void)
@@ -110,7 +330,7 @@ int zygote_start(void)
 	unsigned n = 0;
 	int sv[2], fd, r;
 
-	if (z_pid)
+	if (z_fd >= 0)
 		return 0;
 	if (z_broken)
 		return -ENOTCONN;
@@ -144,19 +364,24 @@ int zygote_start(void)
 		return r;
 	}
 	z_fd = sv[0];
-	r = recv_rep(&rep, &fd, ZYGOTE_START_MS);
+	r = recv_hello(&rep, &fd);
 	if (r == 0 && fd >= 0) {
 		close(fd);
 		r = -EPROTO;
 	}
 	if (r == 0 && rep.err)
 		r = rep.err;
+	if (r == 0) {
+		z_read = event_new(z_base, z_fd, EV_READ | EV_PERSIST, read_cb, NULL);
+		if (!z_read || event_add(z_read, NULL) < 0)
+			r = -ENOMEM;
+	}
 	if (r < 0) {
 		/* It logged a module that failed; exit status 127 was a failed
 		 * exec. */
 		log_warn("the fork server %s did not start (%s): workers fork from the master", path,
 			 r == -ECONNRESET ? "it exited" : strerror(-r));
-		zygote_stop();
+		shut();
 		z_broken = true;
 		return r;
 	}
@@ -164,41 +389,29 @@ int zygote_start(void)
 	return 0;
 }
 
-int zygote_fork(uint64_t quota, pid_t *ret_pid, int *ret_fd)
+int zygote_request(uint64_t quota, void *token)
 {
-	struct zygote_req req = { .quota = quota };
-	struct zygote_rep rep;
-	int fd, r = 0;
+	int r;
 
-	/* A zygote that died since the last fork (not reaped yet) fails the
-	 * first try; a fresh one gets the second. */
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (!z_pid && zygote_start() < 0)
-			return z_broken ? -ENOTCONN : -EAGAIN;
-		if (send(z_fd, &req, sizeof(req), MSG_NOSIGNAL) != (ssize_t)sizeof(req))
-			r = -errno;
-		else
-			r = recv_rep(&rep, &fd, ZYGOTE_REPLY_MS);
-		if (r == 0 && rep.err < 0) {
-			if (fd >= 0)
-				close(fd);
-			return rep.err;             /* its clone failed: a failed fork */
-		}
-		if (r == 0 && (fd < 0 || rep.pid <= 0)) {
-			if (fd >= 0)
-				close(fd);
-			r = -EPROTO;
-		}
-		if (r == 0) {
-			*ret_pid = rep.pid;
-			*ret_fd = fd;
-			return 0;
-		}
-		log_warn("fork server %d lost (%s); starting a new one", (int)z_pid,
-			 r == -ECONNRESET ? "it closed its channel" : strerror(-r));
-		zygote_stop();
+	if (pend_n == pend_cap)
+		return -ENOBUFS;
+	if (z_fd < 0) {
+		r = zygote_start();
+		if (r < 0)
+			return z_broken ? -ENOTCONN : r;
 	}
-	return r;
+	r = send_req(quota);
+	pend_push((struct pending){ token, quota, false });
+	if (r < 0)
+		lost_soon("it does not take requests");  /* it died, not reaped yet */
+	else if (pend_n == 1)
+		arm_timer();
+	return 0;
+}
+
+unsigned zygote_pending(void)
+{
+	return pend_n;
 }
 
 bool zygote_reaped(pid_t pid, int status)
@@ -211,9 +424,12 @@ bool zygote_reaped(pid_t pid, int status)
 	else
 		log_warn("fork server %d exited with status %d; the next worker starts a new one",
 			 (int)pid, WEXITSTATUS(status));
-	close(z_fd);
-	z_fd = -1;
 	z_pid = 0;
+	/* What it answered before it died is still in the channel. */
+	if (pend_n > 0)
+		lost_soon("it died");
+	else
+		shut();
 	return true;
 }
 

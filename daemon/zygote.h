@@ -17,9 +17,15 @@
  * Failures never stop the pool: a zygote that cannot be started (binary
  * missing, a module that no longer loads) leaves the master forking
  * workers itself, as before; one that dies or stops answering is killed
- * and reaped, the fork that asked fails like any failed fork (the slot's
- * backoff, queued work failing after --recovery-timeout) and the next
- * spawn starts a new one.  Supervised processes (proc.c) still fork from
+ * and reaped, and what it had not answered goes to a new one; a request
+ * lost twice fails like any failed fork (the slot's backoff, queued work
+ * failing after --recovery-timeout).
+ *
+ * Requests are asynchronous: a fork costs the zygote about as much as the
+ * floor's fork, and a master that waited for each answer sat idle for most
+ * of a recycle while results and the other workers waited.  The zygote
+ * answers in order, so the master keeps its requests in a FIFO and matches
+ * each answer to the oldest.  Supervised processes (proc.c) still fork from
  * the master: they run one function with the caller's argument. */
 #ifndef ZYGOTE_H
 #define ZYGOTE_H
@@ -27,6 +33,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+struct event_base;
 
 /* The wire, over a SOCK_SEQPACKET pair: one message each way per fork. */
 struct zygote_req {
@@ -39,19 +47,36 @@ struct zygote_rep {
 /* The zygote's first message: err 0 and its pid once the modules are
  * loaded; err -EINVAL when one failed (it logged which). */
 
+/* The answer to a request: err 0 with the worker's pid and the master's
+ * end of its channel (CLOEXEC, now the callee's); -ENOTCONN when the fork
+ * server could not be started (fork from the master instead);
+ * -ECANCELED when zygote_stop() dropped the request (no fork happened);
+ * another -errno when the fork failed (the zygote's clone failed, or the
+ * zygote was lost twice). */
+typedef void zygote_forked_fn(void *token, int err, pid_t pid, int fd);
+
+/* Once, before anything else here: answers go to forked, from base's
+ * loop; at most max_pending requests wait at once. */
+int zygote_init(struct event_base *base, zygote_forked_fn *forked, unsigned max_pending);
+void zygote_free(void);
 /* Starts the zygote unless one runs.  0, or -errno after logging why; the
  * caller then forks from the master. */
 int zygote_start(void);
-/* Kills and waits for the zygote, if any (reload, exit).  The next
- * zygote_start() tries again even after a failed start. */
+/* Kills and waits for the zygote, if any (reload, exit).  Answers it sent
+ * before it died are delivered, every other request is answered
+ * -ECANCELED, all before it returns.  The next zygote_start() tries again
+ * even after a failed start. */
 void zygote_stop(void);
-/* Forks a pool worker through the zygote: 0 with its pid and the master's
- * end of its channel (CLOEXEC); -ENOTCONN when no zygote runs and none
- * could be started (fork from the master); another -errno when the fork
- * failed (the zygote's clone failed, or the zygote was lost). */
-int zygote_fork(uint64_t quota, pid_t *ret_pid, int *ret_fd);
-/* SIGCHLD: true when pid was the zygote (it is forgotten; the next fork
- * starts a new one). */
+/* Asks for a pool worker with this task quota.  0: forked(token, ...)
+ * follows, from the event loop, never from inside this call; -ENOTCONN: no
+ * zygote runs and none can be started (fork from the master); -ENOBUFS:
+ * max_pending requests wait already; another -errno: no zygote runs and
+ * none could be started now (a process limit: a failed fork). */
+int zygote_request(uint64_t quota, void *token);
+/* Requests sent and not answered yet. */
+unsigned zygote_pending(void);
+/* SIGCHLD: true when pid was the zygote (it is forgotten; pending requests
+ * go to a new one). */
 bool zygote_reaped(pid_t pid, int status);
 /* The zygote's pid, 0 when none runs. */
 pid_t zygote_pid(void);
