@@ -1,3 +1,8 @@
+/* A worker's buffers start small and grow to what its chunks need: a
+ * recycled worker that runs one small task should touch as few pages as
+ * it can (worker_main says why). */
+#define MSGPACK_SBUFFER_INIT_SIZE 256
+
 #include "worker.h"
 
 #include <errno.h>
@@ -8,6 +13,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,23 +29,28 @@
 #define WORKER_FD 3
 
 /* Leaves the master's world behind: its descriptors (listening socket,
- * clients, other workers' pairs, the epoll instance) and its systemd
- * environment.  Signals were reset by whoever forked us (fork.c, or the
- * fork server, which has no handlers). */
+ * clients, other workers' pairs, the epoll instance).  Signals were reset
+ * and the systemd environment dropped by whoever forked us (fork.c and the
+ * entries below, or the fork server once for all).
+ *
+ * Through syscall(2), not the libc wrappers: a worker from the fork server
+ * came back from clone inside syscall(), so that page of code is mapped,
+ * and each wrapper elsewhere in libc would cost a page fault of its own,
+ * tens of microseconds each on a paravirtualised page table, per worker. */
 static void worker_detach(int fd, pid_t master)
 {
 	/* Die with the master, even when it is SIGKILLed.  The getppid()
 	 * check closes the race with a master that died before prctl. */
-	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != master)
+	if (syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 ||
+	    syscall(SYS_getppid) != master)
 		_exit(WORKER_EXIT_OK);
 
 	if (fd != WORKER_FD) {
-		if (dup2(fd, WORKER_FD) < 0)
+		if (syscall(SYS_dup2, fd, WORKER_FD) < 0)
 			_exit(WORKER_EXIT_PROTO);
-		close(fd);
+		syscall(SYS_close, fd);
 	}
-	close_range(WORKER_FD + 1, ~0U, 0);
-	worker_drop_service_env();
+	syscall(SYS_close_range, WORKER_FD + 1, ~0U, 0);
 }
 
 void worker_drop_service_env(void)
@@ -80,30 +91,31 @@ static void write_all(const struct iovec *iov, int n)
 	}
 }
 
-static void send_ready(void)
+/* Packed in sb, which the worker reuses for its pieces' heads. */
+static void send_ready(msgpack_sbuffer *sb)
 {
-	msgpack_sbuffer sb;
 	msgpack_packer pk;
 	struct iovec iov;
 
-	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	sb->size = 0;
+	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
 	if (mp_pack_notify_head(&pk, "ready") < 0 || msgpack_pack_array(&pk, 1) < 0 ||
-	    msgpack_pack_int64(&pk, getpid()) < 0)
+	    msgpack_pack_int64(&pk, syscall(SYS_getpid)) < 0)
 		_exit(WORKER_EXIT_PROTO);
-	iov.iov_base = sb.data;
-	iov.iov_len = sb.size;
+	iov.iov_base = sb->data;
+	iov.iov_len = sb->size;
 	write_all(&iov, 1);
-	msgpack_sbuffer_destroy(&sb);
 }
 
 /* Buffers reused across chunks, so a worker allocates only while its
  * results grow past anything seen before.  results and errors hold the
  * elements of the piece not yet sent; their array headers are packed when
- * the piece goes out. */
+ * the piece goes out.  The zone, for arguments that are no scalar, is set
+ * up on the first such argument. */
 struct run_bufs {
 	msgpack_sbuffer head, results, errors, tail;
 	msgpack_zone zone;
+	bool zone_ready;
 };
 
 /* Read after every item: the coarse clock costs a few ns instead of ~20,
@@ -167,7 +179,10 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 	msgpack_packer rpk, epk;
 	mpool_task_fn fn = reg_lookup(run->fn, run->fn_len);
 	uint32_t piece = 0, n_err = 0;
-	uint64_t last_sent = mono_ms();
+	/* A chunk of one item, or one reported item by item, never looks at
+	 * the clock: a worker recycled after one task maps no vDSO page. */
+	bool timed = run->count > 1 && !run->each;
+	uint64_t last_sent = timed ? mono_ms() : 0;
 	size_t off = 0;
 
 	/* The master checked the name; a miss here is a bug. */
@@ -181,7 +196,7 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 		struct mpool_task_error err = { .code = MPOOL_E_TASK };
 		msgpack_object arg;
 		size_t before = b->results.size, len;
-		uint64_t index = run->first + i, now;
+		uint64_t index = run->first + i;
 		int rc;
 
 		/* Scalars without the unpacker and its zone: most items are. */
@@ -189,6 +204,9 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 		if (len > 0) {
 			off += len;
 		} else {
+			if (!b->zone_ready && !msgpack_zone_init(&b->zone, 4096))
+				_exit(WORKER_EXIT_PROTO);
+			b->zone_ready = true;
 			msgpack_zone_clear(&b->zone);
 			if (msgpack_unpack((const char *)run->items, run->items_len, &off,
 					   &b->zone, &arg) < 0)
@@ -211,11 +229,19 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 			n_err++;
 		}
 		piece++;
-		now = mono_ms();
-		if (i + 1 < run->count && (run->each || now - last_sent >= WMSG_PART_MS)) {
+		if (i + 1 == run->count)
+			break;
+		if (run->each) {
 			send_piece(b, run->seq, false, piece, n_err);
 			piece = n_err = 0;
-			last_sent = now;
+		} else if (timed) {
+			uint64_t now = mono_ms();
+
+			if (now - last_sent >= WMSG_PART_MS) {
+				send_piece(b, run->seq, false, piece, n_err);
+				piece = n_err = 0;
+				last_sent = now;
+			}
 		}
 	}
 	send_piece(b, run->seq, true, piece, n_err);
@@ -241,10 +267,8 @@ void worker_main(int fd, pid_t master, uint64_t quota)
 		_exit(WORKER_EXIT_INIT);
 	}
 	memset(&b, 0, sizeof(b));
-	if (!msgpack_zone_init(&b.zone, 4096))
-		_exit(WORKER_EXIT_PROTO);
 	mp_frame_init(&in, &lim);
-	send_ready();
+	send_ready(&b.head);
 
 	for (;;) {
 		const uint8_t *frame;
@@ -277,6 +301,7 @@ void worker_main(int fd, pid_t master, uint64_t quota)
 
 void worker_entry(int fd, pid_t master, const void *arg)
 {
+	worker_drop_service_env();
 	worker_main(fd, master, *(const uint64_t *)arg);
 }
 
@@ -294,6 +319,7 @@ void worker_once_entry(int fd, pid_t master, const void *arg)
 	size_t off = 0, len;
 	int rc;
 
+	worker_drop_service_env();
 	worker_detach(fd, master);
 	fn = reg_lookup(once->fn, strlen(once->fn));
 	if (!fn || !msgpack_zone_init(&zone, 4096))

@@ -725,6 +725,86 @@ START_TEST(notify_sequence)
 }
 END_TEST
 
+/* getenv(name) in a task of fn's kind: "apply" runs it in a pool worker
+ * (forked by the fork server), "spawn" in a supervised process (forked by
+ * the master).  Returns a copy of the value, NULL when it is not set. */
+static char *task_getenv(mpool *c, const char *how, const char *name)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	const msgpack_object *o;
+	mpool_value *v = NULL;
+	struct mpool_process *proc = NULL;
+	char *out = NULL;
+	int r;
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_str_with_body(&pk, name, strlen(name));
+	if (strcmp(how, "apply") == 0) {
+		r = mpool_apply(c, "testmod.getenv", sb.data, sb.size, &v);
+		ck_assert_msg(r == 0, "apply getenv %s: %s", name, mpool_errmsg(c));
+		o = mpool_value_get(v);
+	} else {
+		r = mpool_spawn(c, "testmod.getenv", sb.data, sb.size, NULL, &proc);
+		ck_assert_msg(r == 0, "spawn getenv %s: %s", name, mpool_errmsg(c));
+		ck_assert_msg(mpool_process_join(proc, WAIT_MS) == 1, "the process did not end");
+		r = mpool_process_result(proc, &o);
+		ck_assert_msg(r == 0, "process getenv %s: %s", name, mpool_process_errmsg(proc));
+	}
+	if (o->type == MSGPACK_OBJECT_STR)
+		out = strndup(o->via.str.ptr, o->via.str.size);
+	else
+		ck_assert_msg(o->type == MSGPACK_OBJECT_NIL, "getenv %s: type %d", name, o->type);
+	mpool_value_free(v);
+	if (proc)
+		mpool_process_free(proc);
+	msgpack_sbuffer_destroy(&sb);
+	return out;
+}
+
+/* NOTIFY_SOCKET is the master's alone: no task, in a pool worker or in a
+ * supervised process, can notify systemd in mpoold's name. */
+START_TEST(notify_socket_stays_with_the_master)
+{
+	static char env_notify[128];
+	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	const char *env[] = { env_notify, NULL };
+	char *argv[] = { (char *)mpoold(), "--config", "/dev/null", "-w", "2", "-s", (char *)sock,
+			 "--module", (char *)env_or_fail("MPOOL_TESTMOD"), NULL };
+	struct spawn_opts o = { .env = env, .out = log };
+	struct notes *ns = calloc(1, sizeof(*ns));
+	const char *hows[] = { "apply", "spawn" };
+	mpool *c;
+	pid_t pid;
+
+	ck_assert(ns);
+	notes_open(ns, path_in("notify.sock"));
+	snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", path_in("notify.sock"));
+	pid = spawn(argv, &o);
+	ck_assert_msg(notes_read(ns, "READY=1", WAIT_MS), "no READY=1:\n%s", notes_dump(ns));
+	wait_serving(pid, sock, log);
+	ck_assert(mpool_connect(sock, &c) == 0);
+	for (int i = 0; i < 2; i++) {
+		char *path = task_getenv(c, hows[i], "PATH"), *notify;
+
+		/* The variable a task does inherit: the function reads the
+		 * environment at all. */
+		ck_assert_msg(path && strcmp(path, getenv("PATH")) == 0, "%s: PATH is %s", hows[i],
+			      path ? path : "not set");
+		free(path);
+		/* Several, so that both workers answer. */
+		for (int k = 0; k < (i == 0 ? 8 : 1); k++) {
+			notify = task_getenv(c, hows[i], "NOTIFY_SOCKET");
+			ck_assert_msg(!notify, "%s: a task sees NOTIFY_SOCKET=%s", hows[i], notify);
+		}
+	}
+	mpool_close(c);
+	stop_ok(pid, SIGTERM, log);
+	free(ns);
+}
+END_TEST
+
 START_TEST(notify_no_watchdog_unless_asked)
 {
 	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
@@ -1242,6 +1322,7 @@ static Suite *systemd_suite(void)
 	tcase_add_test(tc, notify_sequence);
 	tcase_add_test(tc, notify_no_watchdog_unless_asked);
 	tcase_add_test(tc, notify_status_rate_limited);
+	tcase_add_test(tc, notify_socket_stays_with_the_master);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("activation");

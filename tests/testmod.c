@@ -15,6 +15,8 @@
  *                with another value to prove that a reload reopens it)
  *   crash_once   arg is a path: crashes if the file does not exist yet
  *                (after creating it), returns arg otherwise
+ *   getenv       the value of the environment variable arg in the task's
+ *                process, nil when it is not set
  *   mixed        one function for maps that mix behaviours item by item:
  *                an integer N sleeps N ms and returns N; the strings
  *                "crash", "abort", "hang" do that; "crash_once:PATH" and
@@ -262,6 +264,19 @@ static int fn_mixed(const msgpack_object *arg, msgpack_packer *out, struct mpool
 	return -1;
 }
 
+static int fn_getenv(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
+{
+	char name[256];
+	const char *v;
+
+	if (!arg_cstr(arg, name, sizeof(name)))
+		return type_fail("getenv", "a variable name", err);
+	v = getenv(name);
+	if (!v)
+		return msgpack_pack_nil(out);
+	return msgpack_pack_str_with_body(out, v, strlen(v));
+}
+
 /* initargs[key] is true. */
 static bool flag(const msgpack_object *o, const char *key)
 {
@@ -323,6 +338,7 @@ static const struct mpool_function functions[] = {
 	{ "version", fn_version },
 	{ "crash_once", fn_crash_once },
 	{ "mixed", fn_mixed },
+	{ "getenv", fn_getenv },
 	{ NULL, NULL },
 };
 
