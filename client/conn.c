@@ -627,11 +627,17 @@ static bool may_route(const mpool *p, const struct mpool_async *until)
  * -errno; *ret_room is what the read asked for. */
 static ssize_t read_once(mpool *p, size_t *ret_room)
 {
-	uint8_t *buf = mp_frame_space(&p->frame, MPC_READ_CHUNK, ret_room);
+	size_t want = mp_frame_read_size(&p->frame, MPC_READ_CHUNK);
+	uint8_t *buf = mp_frame_space(&p->frame, want, ret_room);
 	ssize_t n;
 
 	if (!buf)
 		return -ENOMEM;
+	/* Not all the room: a large result frame is adopted whole
+	 * (mpc_decode_items), and whatever the read took past its end is
+	 * copied into a new buffer. */
+	if (*ret_room > want)
+		*ret_room = want;
 	n = read(p->fd, buf, *ret_room);
 	if (n < 0)
 		return -errno;

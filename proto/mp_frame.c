@@ -154,15 +154,28 @@ int mp_frame_next(struct mp_frame *f, const uint8_t **ret_frame, size_t *ret_len
 	return 1;
 }
 
+size_t mp_frame_read_size(const struct mp_frame *f, size_t min)
+{
+	size_t end = f->start + f->scan.need_to, held = f->len - f->start, want;
+
+	if (f->scan.need_to == 0 || end <= f->len)
+		return min;
+	want = end - f->len;
+	/* A declared length is a claim, not bytes: grow by what arrived. */
+	if (want > held)
+		want = held;
+	return want > min ? want : min;
+}
+
 ssize_t mp_frame_read(struct mp_frame *f, int fd)
 {
-	size_t room;
-	uint8_t *p = mp_frame_space(f, READ_CHUNK, &room);
+	size_t room, want = mp_frame_read_size(f, READ_CHUNK);
+	uint8_t *p = mp_frame_space(f, want, &room);
 	ssize_t n;
 
 	if (!p)
 		return -ENOMEM;
-	n = read(fd, p, room);
+	n = read(fd, p, room < want ? room : want);
 	if (n < 0)
 		return -errno;
 	mp_frame_commit(f, (size_t)n);

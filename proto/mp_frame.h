@@ -37,6 +37,12 @@ void mp_frame_free(struct mp_frame *f);
 /* Room for at least want bytes after the held data; returns NULL when out
  * of memory.  *ret_room receives the usable size. */
 uint8_t *mp_frame_space(struct mp_frame *f, size_t want, size_t *ret_room);
+/* How many bytes the next read should ask for: min, or more while a
+ * string or binary of the frame under way is known to need more (but no
+ * more than the frame holds already: a declared length is no promise).
+ * Reading no further than that leaves little of the next frame behind,
+ * which mp_frame_take() would copy. */
+size_t mp_frame_read_size(const struct mp_frame *f, size_t min);
 /* Marks n bytes written into the space as held. */
 void mp_frame_commit(struct mp_frame *f, size_t n);
 /* Copies n bytes in (space + commit).  0 or -ENOMEM. */

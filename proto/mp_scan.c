@@ -132,6 +132,7 @@ static inline bool is_container(uint8_t b)
 void mp_scan_init(struct mp_scan *s, uint32_t max_depth)
 {
 	s->off = 0;
+	s->need_to = 0;
 	s->max_depth = max_depth > MP_DEPTH_MAX ? MP_DEPTH_MAX : max_depth;
 	s->left[0] = 1;
 	s->depth = 1;
@@ -173,8 +174,10 @@ int mp_scan_feed(struct mp_scan *s, const uint8_t *buf, size_t len)
 			/* A str or bin: no need for the full decode either. */
 			rl = raw_len(buf + off, len - off);
 			if (rl > 0) {
-				if (rl > len - off)
+				if (rl > len - off) {
+					s->need_to = off + (size_t)rl;
 					return 0;
+				}
 				s->off += (size_t)rl;
 				s->left[s->depth - 1]--;
 				continue;
@@ -183,8 +186,10 @@ int mp_scan_feed(struct mp_scan *s, const uint8_t *buf, size_t len)
 		r = head(buf + s->off, len - s->off, &hdr, &payload, &children);
 		if (r <= 0)
 			return r;
-		if (payload > len - s->off - hdr)
+		if (payload > len - s->off - hdr) {
+			s->need_to = s->off + hdr + (size_t)payload;
 			return 0;
+		}
 		/* Every container counts against the depth, empty or not:
 		 * msgpack-c refuses the 33rd level before it reads the count. */
 		if (is_container(buf[s->off]) && s->depth >= s->max_depth + 1)

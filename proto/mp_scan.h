@@ -22,6 +22,9 @@
  * mp_scan_init(); feed it the same growing buffer again and again. */
 struct mp_scan {
 	size_t off;                   /* bytes of the element already walked */
+	/* When the last feed stopped inside a str, bin or ext: the element is
+	 * at least this long (its payload is under way); else 0. */
+	size_t need_to;
 	uint32_t depth;               /* entries used in left[] */
 	uint32_t max_depth;
 	uint64_t left[MP_DEPTH_MAX + 1]; /* elements still due at each level */

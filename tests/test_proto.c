@@ -2609,6 +2609,56 @@ static void read_all(int fd, const struct stream *s, size_t max_frame)
 	mp_frame_free(&f);
 }
 
+/* The next read asks for the rest of a string or binary under way, at
+ * least the minimum, and never more than the frame holds already. */
+START_TEST(frame_read_size_follows_the_frame)
+{
+	struct mp_frame_limits lim = { 64 * MiB, MP_DEPTH_MAX };
+	const size_t min = 64 * 1024, body = 1 * MiB;
+	uint8_t *src = calloc(1, body + 64);
+	const uint8_t *fr;
+	size_t fl, got;
+	struct mp_frame f;
+
+	ck_assert_ptr_nonnull(src);
+	/* [bin32 of 1 MiB, 7] */
+	src[0] = 0x92;
+	src[1] = 0xc6;
+	src[2] = (uint8_t)(body >> 24);
+	src[3] = (uint8_t)(body >> 16);
+	src[4] = (uint8_t)(body >> 8);
+	src[5] = (uint8_t)body;
+	src[6 + body] = 0x07;
+	mp_frame_init(&f, &lim);
+	/* Nothing known yet. */
+	ck_assert_uint_eq(mp_frame_read_size(&f, min), min);
+	/* The header alone claims a megabyte: not believed past what came. */
+	ck_assert_int_eq(mp_frame_push(&f, src, 6), 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 0);
+	ck_assert_uint_eq(mp_frame_read_size(&f, min), min);
+	got = 6 + min;
+	ck_assert_int_eq(mp_frame_push(&f, src + 6, min), 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 0);
+	ck_assert_uint_eq(mp_frame_read_size(&f, min), got);
+	/* Past half of it: exactly the rest of the binary. */
+	ck_assert_int_eq(mp_frame_push(&f, src + got, 700 * 1024), 0);
+	got += 700 * 1024;
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 0);
+	ck_assert_uint_eq(mp_frame_read_size(&f, min), 6 + body - got);
+	/* Its last bytes: the minimum again; then the frame ends. */
+	ck_assert_int_eq(mp_frame_push(&f, src + got, 6 + body - got - 10), 0);
+	got = 6 + body - 10;
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 0);
+	ck_assert_uint_eq(mp_frame_read_size(&f, min), min);
+	ck_assert_int_eq(mp_frame_push(&f, src + got, 11), 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 1);
+	ck_assert_uint_eq(fl, 7 + body);
+	ck_assert_uint_eq(mp_frame_read_size(&f, min), min);
+	mp_frame_free(&f);
+	free(src);
+}
+END_TEST
+
 START_TEST(frame_read_socketpair)
 {
 	struct stream s;
@@ -2889,6 +2939,7 @@ static Suite *proto_suite(void)
 	tcase_add_test(tc, frame_take_hands_over_the_buffer);
 	tcase_add_test(tc, obj_scalar_matches_msgpack_unpack);
 	tcase_add_test(tc, frame_output_unpacks_with_msgpack);
+	tcase_add_test(tc, frame_read_size_follows_the_frame);
 	tcase_add_test(tc, frame_read_socketpair);
 	tcase_add_test(tc, frame_read_pipe_writer);
 	tcase_add_test(tc, frame_read_errors);
