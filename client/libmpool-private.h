@@ -412,8 +412,16 @@ int mpc_decode(msgpack_zone *zone, const uint8_t *bytes, size_t len, msgpack_obj
  * frame is given and bytes lie in the frame it just delivered (at least
  * MPC_ADOPT_MIN of them), zone adopts the frame's buffer; otherwise the
  * bytes are copied into zone.  0, -MPOOL_E_NOMEM, or -MPOOL_E_PROTO when
- * bytes are not such an array. */
-#define MPC_ADOPT_MIN ((size_t)64 << 10)
+ * bytes are not such an array.
+ *
+ * Adopting costs a copy of what the read took past the frame (at most a
+ * read, mp_frame_read_size) and a fresh read buffer, and the zone then
+ * holds the whole buffer (up to twice the frame); a copy into populated
+ * memory (mp_mem.h) holds just the bytes.  Under a megabyte the two take
+ * about as long, so only frames larger than that are adopted. */
+#define MPC_ADOPT_MIN ((size_t)1 << 20)
+/* Copies of results at least this large are populated first. */
+#define MPC_POPULATE_MIN ((size_t)64 << 10)
 int mpc_decode_items(msgpack_zone *zone, struct mp_frame *frame, const uint8_t *bytes,
 		     size_t len, uint32_t n, msgpack_object *out);
 

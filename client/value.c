@@ -1,6 +1,7 @@
 /* value: MessagePack crossing the API: checks on what the caller sends, and
  * the one place that runs msgpack-c's decoder on what the daemon sent. */
 #include "libmpool-private.h"
+#include "mp_mem.h"
 #include "mp_obj.h"
 
 #include <errno.h>
@@ -161,8 +162,10 @@ static const uint8_t *keep_bytes(msgpack_zone *zone, struct mp_frame *frame,
 		}
 	}
 	cp = msgpack_zone_malloc(zone, len);
-	if (cp)
+	if (cp) {
+		mp_populate(cp, len, MPC_POPULATE_MIN);   /* fresh memory, filled now */
 		memcpy(cp, bytes, len);
+	}
 	return cp;
 }
 

@@ -1,41 +1,15 @@
 #include "mp_frame.h"
+#include "mp_mem.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #define READ_CHUNK (64 * 1024)
-/* Buffers at least this large are populated when they are allocated. */
+/* Buffers at least this large are populated when they are allocated
+ * (mp_mem.h): reads fill them. */
 #define POPULATE_MIN (256 * 1024)
-
-/* A fresh buffer's pages are faulted in one at a time as reads and copies
- * first write them: on a paravirtualised page table each fault costs tens
- * of microseconds, twenty times what one madvise takes per page to map
- * them all at once (and it costs next to nothing for pages already
- * mapped).  Large buffers are filled, so they are populated up front.  A
- * kernel without MADV_POPULATE_WRITE (before 5.14) says EINVAL and the
- * pages fault as before: the hint's failure changes nothing else. */
-static void populate(uint8_t *p, size_t len)
-{
-#ifdef MADV_POPULATE_WRITE
-	static uintptr_t page;
-	uintptr_t a, e;
-
-	if (len < POPULATE_MIN)
-		return;
-	if (!page)
-		page = (uintptr_t)sysconf(_SC_PAGESIZE);
-	a = ((uintptr_t)p + page - 1) & ~(page - 1);
-	e = ((uintptr_t)p + len) & ~(page - 1);
-	if (e > a)
-		(void)madvise((void *)a, e - a, MADV_POPULATE_WRITE);
-#else
-	(void)p;
-	(void)len;
-#endif
-}
 
 void mp_frame_init(struct mp_frame *f, const struct mp_frame_limits *lim)
 {
@@ -80,7 +54,7 @@ uint8_t *mp_frame_space(struct mp_frame *f, size_t want, size_t *ret_room)
 		d = realloc(f->data, cap);
 		if (!d)
 			return NULL;
-		populate(d + f->len, cap - f->len);
+		mp_populate(d + f->len, cap - f->len, POPULATE_MIN);
 		f->data = d;
 		f->cap = cap;
 	}
@@ -121,7 +95,7 @@ uint8_t *mp_frame_take(struct mp_frame *f, size_t keep)
 	d = malloc(cap);
 	if (!d)
 		return NULL;
-	populate(d, cap);
+	mp_populate(d, cap, POPULATE_MIN);
 	memcpy(d, old + f->start, rest);
 	f->data = d;
 	f->cap = cap;

@@ -123,46 +123,69 @@ START_TEST(malformed_arrays_refused)
 }
 END_TEST
 
-/* A large chunk of strings keeps the framer's buffer instead of a copy:
- * the objects point into the frame, and stay valid after the framer has
- * moved on and is gone. */
-START_TEST(large_chunk_adopts_the_frame)
+/* A chunk of strings of MPC_ADOPT_MIN bytes or more keeps the framer's
+ * buffer instead of a copy: the objects point into the frame, and stay
+ * valid after the framer has moved on and is gone.  A smaller one is
+ * copied, and the framer keeps its buffer. */
+static void chunk_of_blobs(size_t blob_len, bool adopted)
 {
-	static uint8_t blob[40000];
-	struct mp_frame_limits lim = { .max_frame = 1 << 20, .max_depth = MP_DEPTH_MAX };
+	uint8_t *blob = malloc(blob_len);
+	struct mp_frame_limits lim = { .max_frame = 8 * MPC_ADOPT_MIN, .max_depth = MP_DEPTH_MAX };
 	msgpack_zone *zone = msgpack_zone_new(4096);
 	struct mp_frame f;
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
 	msgpack_object out[3];
 	const uint8_t *frame;
+	uint8_t *buf;
 	size_t len;
 
-	memset(blob, 'x', sizeof(blob));
+	ck_assert_ptr_nonnull(blob);
+	memset(blob, 'x', blob_len);
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 	msgpack_pack_array(&pk, 3);
 	for (int i = 0; i < 3; i++) {
 		blob[0] = (uint8_t)('a' + i);
-		msgpack_pack_bin_with_body(&pk, blob, sizeof(blob));
+		msgpack_pack_bin_with_body(&pk, blob, blob_len);
 	}
 	msgpack_pack_nil(&pk);            /* the start of a next frame */
 	mp_frame_init(&f, &lim);
 	ck_assert_int_eq(mp_frame_push(&f, sb.data, sb.size), 0);
+	buf = f.data;
 	ck_assert_int_eq(mp_frame_next(&f, &frame, &len), 1);
 	ck_assert_uint_eq(len, sb.size - 1);
 	ck_assert_int_eq(mpc_decode_items(zone, &f, frame, len, 3, out), 0);
-	/* No copy: the blobs point into the frame. */
-	ck_assert_ptr_eq(out[0].via.bin.ptr, (const char *)frame + 1 + 3);
-	/* The framer kept going with the rest, in a buffer of its own. */
+	if (adopted) {
+		/* No copy: the blobs point into the frame, and the framer
+		 * kept going with the rest in a buffer of its own. */
+		ck_assert_ptr_eq(out[0].via.bin.ptr, (const char *)frame + 1 + 5);
+		ck_assert_ptr_ne(f.data, buf);
+	} else {
+		ck_assert((const uint8_t *)out[0].via.bin.ptr < frame ||
+			  (const uint8_t *)out[0].via.bin.ptr >= frame + len);
+		ck_assert_ptr_eq(f.data, buf);
+	}
 	ck_assert_int_eq(mp_frame_next(&f, &frame, &len), 1);
 	ck_assert_uint_eq(len, 1);
 	mp_frame_free(&f);
 	for (int i = 0; i < 3; i++)
-		ck_assert(out[i].via.bin.size == sizeof(blob) && out[i].via.bin.ptr[0] == 'a' + i &&
-			  out[i].via.bin.ptr[sizeof(blob) - 1] == 'x');
+		ck_assert(out[i].via.bin.size == blob_len && out[i].via.bin.ptr[0] == 'a' + i &&
+			  out[i].via.bin.ptr[blob_len - 1] == 'x');
 	msgpack_zone_free(zone);       /* frees the adopted buffer (ASan: no leak) */
 	msgpack_sbuffer_destroy(&sb);
+	free(blob);
+}
+
+START_TEST(large_chunk_adopts_the_frame)
+{
+	chunk_of_blobs(MPC_ADOPT_MIN / 2, true);
+}
+END_TEST
+
+START_TEST(smaller_chunk_is_copied)
+{
+	chunk_of_blobs(MPC_ADOPT_MIN / 4 - 16, false);
 }
 END_TEST
 
@@ -199,6 +222,7 @@ static Suite *value_suite(void)
 	tcase_add_test(tc, malformed_arrays_refused);
 	tcase_add_test(tc, big_arrays_mapped_and_unmapped);
 	tcase_add_test(tc, large_chunk_adopts_the_frame);
+	tcase_add_test(tc, smaller_chunk_is_copied);
 	suite_add_tcase(s, tc);
 	return s;
 }
