@@ -406,13 +406,25 @@ void mpc_procs_detach(mpool *p);
  * or -MPOOL_E_PROTO for bytes that do not decode. */
 int mpc_decode(msgpack_zone *zone, const uint8_t *bytes, size_t len, msgpack_object *ret);
 
+/* Where a value keeps copies of result bytes once they add up to
+ * MPC_ARENA_FROM: MPC_ARENA_CHUNK at a time (more for a larger copy) in
+ * mappings of filled memory (mp_map_filled) that its zone owns, instead of
+ * zone chunks faulted in page by page.  The bound keeps a value that
+ * holds little from mapping a whole chunk. */
+struct mpc_arena {
+	uint8_t *next, *end;
+	size_t kept;            /* bytes copied for the value so far */
+};
+#define MPC_ARENA_FROM ((size_t)2 << 20)
+#define MPC_ARENA_CHUNK ((size_t)2 << 20)
+
 /* Decodes the MessagePack array of n values in bytes[0..len) into
  * out[0..n): scalars without msgpack-c's decoder, anything else with it,
  * into zone.  What the objects point into must live as long as zone: when
  * frame is given and bytes lie in the frame it just delivered (at least
  * MPC_ADOPT_MIN of them), zone adopts the frame's buffer; otherwise the
- * bytes are copied into zone.  0, -MPOOL_E_NOMEM, or -MPOOL_E_PROTO when
- * bytes are not such an array.
+ * bytes are copied, into arena (NULL: none) or into zone.  0,
+ * -MPOOL_E_NOMEM, or -MPOOL_E_PROTO when bytes are not such an array.
  *
  * Adopting costs a copy of what the read took past the frame (at most a
  * read, mp_frame_read_size) and a fresh read buffer, and the zone then
@@ -422,17 +434,19 @@ int mpc_decode(msgpack_zone *zone, const uint8_t *bytes, size_t len, msgpack_obj
 #define MPC_ADOPT_MIN ((size_t)1 << 20)
 /* Copies of results at least this large are populated first. */
 #define MPC_POPULATE_MIN ((size_t)64 << 10)
-int mpc_decode_items(msgpack_zone *zone, struct mp_frame *frame, const uint8_t *bytes,
-		     size_t len, uint32_t n, msgpack_object *out);
+int mpc_decode_items(msgpack_zone *zone, struct mpc_arena *arena, struct mp_frame *frame,
+		     const uint8_t *bytes, size_t len, uint32_t n, msgpack_object *out);
 
 /* Room for n objects owned by zone; NULL when out of memory.  From
- * MPC_HUGE_MIN bytes on, a mapping of its own that asks for huge pages. */
+ * MPC_HUGE_MIN bytes on, a mapping of its own, of filled memory
+ * (mp_map_filled): the objects are written front to back right after. */
 #define MPC_HUGE_MIN ((size_t)4 << 20)
 msgpack_object *mpc_zone_objects(msgpack_zone *zone, size_t n);
 
 /* A value with an empty zone and a nil object; NULL when out of memory. */
 mpool_value *mpc_value_new(void);
 msgpack_zone *mpc_value_zone(mpool_value *v);
+struct mpc_arena *mpc_value_arena(mpool_value *v);
 void mpc_value_set(mpool_value *v, const msgpack_object *obj);
 
 /* Decodes bytes into a new value.  0 or a failure as mpc_decode. */

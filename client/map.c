@@ -194,8 +194,8 @@ static void sink_collect(struct mpool_async *a, uint64_t first, const uint8_t *r
 	/* Like Pool.map, a failed item fails the call: stop keeping results. */
 	if (m->item_failed)
 		return;
-	r = mpc_decode_items(mpc_value_zone(a->value), &a->p->frame, results, results_len, n,
-			     m->items + first);
+	r = mpc_decode_items(mpc_value_zone(a->value), mpc_value_arena(a->value), &a->p->frame,
+			     results, results_len, n, m->items + first);
 	if (r < 0)
 		sink_fail(a, r);
 }

@@ -13,6 +13,7 @@
  * zones msgpack_unpack_next() made, through finalizers. */
 struct mpool_value {
 	msgpack_zone *zone;
+	struct mpc_arena arena;
 	msgpack_object obj;
 };
 
@@ -49,6 +50,11 @@ msgpack_zone *mpc_value_zone(mpool_value *v)
 	return v->zone;
 }
 
+struct mpc_arena *mpc_value_arena(mpool_value *v)
+{
+	return &v->arena;
+}
+
 void mpc_value_set(mpool_value *v, const msgpack_object *obj)
 {
 	v->obj = *obj;
@@ -67,10 +73,28 @@ static void zone_unmap(void *arg)
 	munmap(m->addr, m->len);
 }
 
+/* A mapping of filled memory (mp_map_filled) that zone owns; NULL when
+ * out of memory. */
+static void *zone_map_filled(msgpack_zone *zone, size_t len, size_t *ret_len)
+{
+	struct zone_map *m = msgpack_zone_malloc(zone, sizeof(*m));
+
+	if (!m)
+		return NULL;
+	m->addr = mp_map_filled(len, &m->len);
+	if (!m->addr)
+		return NULL;
+	if (!msgpack_zone_push_finalizer(zone, zone_unmap, m)) {
+		munmap(m->addr, m->len);
+		return NULL;
+	}
+	*ret_len = m->len;
+	return m->addr;
+}
+
 msgpack_object *mpc_zone_objects(msgpack_zone *zone, size_t n)
 {
-	struct zone_map *m;
-	size_t len;
+	size_t len, mapped;
 
 	if (n > SIZE_MAX / sizeof(msgpack_object))
 		return NULL;
@@ -78,22 +102,8 @@ msgpack_object *mpc_zone_objects(msgpack_zone *zone, size_t n)
 	if (len < MPC_HUGE_MIN)
 		return msgpack_zone_malloc(zone, len ? len : 1);
 	/* A big map's results: filled once, front to back, right after
-	 * this.  In 4 KiB pages that is a page fault every 170 results;
-	 * transparent huge pages (where the system allows them on request)
-	 * make it one per 87 000. */
-	m = msgpack_zone_malloc(zone, sizeof(*m));
-	if (!m)
-		return NULL;
-	m->len = len;
-	m->addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (m->addr == MAP_FAILED)
-		return NULL;
-	(void)madvise(m->addr, len, MADV_HUGEPAGE);   /* a hint: fine if refused */
-	if (!msgpack_zone_push_finalizer(zone, zone_unmap, m)) {
-		munmap(m->addr, len);
-		return NULL;
-	}
-	return m->addr;
+	 * this.  In 4 KiB pages that is a page fault every 170 results. */
+	return zone_map_filled(zone, len, &mapped);
 }
 
 static void zone_free(void *zone)
@@ -141,11 +151,37 @@ static void free_held(void *arg)
 	free(*(void **)arg);
 }
 
+/* A copy of bytes[0..len) in arena's current mapping, or in a new one. */
+static uint8_t *arena_copy(msgpack_zone *zone, struct mpc_arena *arena, const uint8_t *bytes,
+			   size_t len)
+{
+	uint8_t *cp;
+	size_t step;
+
+	if ((size_t)(arena->end - arena->next) < len) {
+		size_t mapped;
+		uint8_t *m = zone_map_filled(zone, len > MPC_ARENA_CHUNK ? len : MPC_ARENA_CHUNK,
+					     &mapped);
+
+		if (!m)
+			return NULL;
+		arena->next = m;
+		arena->end = m + mapped;
+	}
+	cp = arena->next;
+	memcpy(cp, bytes, len);
+	/* The next copy starts on a cache line: memcpy likes it. */
+	step = (len + 63) & ~(size_t)63;
+	arena->next = step < (size_t)(arena->end - cp) ? cp + step : arena->end;
+	return cp;
+}
+
 /* bytes[0..len) for objects that point into them, for as long as zone
  * lives: the frame's own buffer when the framer gives it up (no copy of a
- * large chunk of strings), else a copy in zone.  NULL when out of memory. */
-static const uint8_t *keep_bytes(msgpack_zone *zone, struct mp_frame *frame,
-				 const uint8_t *bytes, size_t len)
+ * large chunk of strings), else a copy in arena or zone.  NULL when out of
+ * memory. */
+static const uint8_t *keep_bytes(msgpack_zone *zone, struct mpc_arena *arena,
+				 struct mp_frame *frame, const uint8_t *bytes, size_t len)
 {
 	uint8_t *cp;
 
@@ -161,6 +197,11 @@ static const uint8_t *keep_bytes(msgpack_zone *zone, struct mp_frame *frame,
 				return bytes;
 		}
 	}
+	if (arena) {
+		arena->kept += len;
+		if (arena->kept >= MPC_ARENA_FROM)
+			return arena_copy(zone, arena, bytes, len);
+	}
 	cp = msgpack_zone_malloc(zone, len);
 	if (cp) {
 		mp_populate(cp, len, MPC_POPULATE_MIN);   /* fresh memory, filled now */
@@ -169,8 +210,8 @@ static const uint8_t *keep_bytes(msgpack_zone *zone, struct mp_frame *frame,
 	return cp;
 }
 
-int mpc_decode_items(msgpack_zone *zone, struct mp_frame *frame, const uint8_t *bytes,
-		     size_t len, uint32_t n, msgpack_object *out)
+int mpc_decode_items(msgpack_zone *zone, struct mpc_arena *arena, struct mp_frame *frame,
+		     const uint8_t *bytes, size_t len, uint32_t n, msgpack_object *out)
 {
 	const uint8_t *copy = NULL;
 	struct mp_cur c;
@@ -194,7 +235,7 @@ int mpc_decode_items(msgpack_zone *zone, struct mp_frame *frame, const uint8_t *
 		 * a container) needs the bytes in zone first, copied once per
 		 * array and only when such an item comes. */
 		if (!copy && (one == 0 || points)) {
-			copy = keep_bytes(zone, frame, bytes, len);
+			copy = keep_bytes(zone, arena, frame, bytes, len);
 			if (!copy)
 				return -MPOOL_E_NOMEM;
 		}

@@ -76,7 +76,7 @@ START_TEST(every_kind_as_msgpack_c)
 	msgpack_sbuffer_write(&arr, items.data, items.size);
 
 	out = calloc(n, sizeof(*out));
-	ck_assert_int_eq(mpc_decode_items(zone, NULL, (const uint8_t *)arr.data, arr.size, n, out),
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, NULL, (const uint8_t *)arr.data, arr.size, n, out),
 			 0);
 	/* The objects must not point into the caller's bytes: they go away. */
 	memset(arr.data, 0xc1, arr.size);
@@ -112,13 +112,13 @@ START_TEST(malformed_arrays_refused)
 	msgpack_zone *zone = msgpack_zone_new(4096);
 	msgpack_object out[3];
 
-	ck_assert_int_eq(mpc_decode_items(zone, NULL, two, sizeof(two), 3, out), -MPOOL_E_PROTO);
-	ck_assert_int_eq(mpc_decode_items(zone, NULL, two, sizeof(two), 2, out), 0);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, NULL, two, sizeof(two), 3, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, NULL, two, sizeof(two), 2, out), 0);
 	ck_assert_uint_eq(out[1].via.u64, 2);
-	ck_assert_int_eq(mpc_decode_items(zone, NULL, cut, sizeof(cut), 1, out), -MPOOL_E_PROTO);
-	ck_assert_int_eq(mpc_decode_items(zone, NULL, extra, sizeof(extra), 1, out), -MPOOL_E_PROTO);
-	ck_assert_int_eq(mpc_decode_items(zone, NULL, cut_str, sizeof(cut_str), 1, out), -MPOOL_E_PROTO);
-	ck_assert_int_eq(mpc_decode_items(zone, NULL, scalar, sizeof(scalar), 1, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, NULL, cut, sizeof(cut), 1, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, NULL, extra, sizeof(extra), 1, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, NULL, cut_str, sizeof(cut_str), 1, out), -MPOOL_E_PROTO);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, NULL, scalar, sizeof(scalar), 1, out), -MPOOL_E_PROTO);
 	msgpack_zone_free(zone);
 }
 END_TEST
@@ -155,7 +155,7 @@ static void chunk_of_blobs(size_t blob_len, bool adopted)
 	buf = f.data;
 	ck_assert_int_eq(mp_frame_next(&f, &frame, &len), 1);
 	ck_assert_uint_eq(len, sb.size - 1);
-	ck_assert_int_eq(mpc_decode_items(zone, &f, frame, len, 3, out), 0);
+	ck_assert_int_eq(mpc_decode_items(zone, NULL, &f, frame, len, 3, out), 0);
 	if (adopted) {
 		/* No copy: the blobs point into the frame, and the framer
 		 * kept going with the rest in a buffer of its own. */
@@ -213,6 +213,62 @@ START_TEST(big_arrays_mapped_and_unmapped)
 }
 END_TEST
 
+/* Copies that add up to MPC_ARENA_FROM go to mappings of filled memory,
+ * aligned to a huge page, that the zone frees; smaller totals stay in the
+ * zone. */
+START_TEST(copies_move_to_the_arena)
+{
+	enum { BLOB = 100 * 1024, CHUNKS = 40 };   /* 4 MB in all */
+	static uint8_t blob[BLOB];
+	msgpack_zone *zone = msgpack_zone_new(4096);
+	struct mpc_arena arena = { 0 };
+	msgpack_object out[CHUNKS][2];
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	void *first_mapped = NULL;
+	unsigned in_arena = 0;
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	for (int c = 0; c < CHUNKS; c++) {
+		bool mapped;
+
+		sb.size = 0;
+		msgpack_pack_array(&pk, 2);
+		memset(blob, 'a' + c % 26, sizeof(blob));
+		msgpack_pack_bin_with_body(&pk, blob, sizeof(blob));
+		msgpack_pack_uint32(&pk, (uint32_t)c);
+		/* No framer: every chunk is a copy. */
+		ck_assert_int_eq(mpc_decode_items(zone, &arena, NULL, (const uint8_t *)sb.data,
+						  sb.size, 2, out[c]), 0);
+		mapped = arena.next && (const uint8_t *)out[c][0].via.bin.ptr < arena.end &&
+			 (const uint8_t *)out[c][0].via.bin.ptr >= arena.end - MPC_ARENA_CHUNK;
+		/* Before the total reaches the bound: zone memory. */
+		if ((size_t)(c + 1) * (sb.size) < MPC_ARENA_FROM)
+			ck_assert(!mapped);
+		if (mapped) {
+			in_arena++;
+			if (!first_mapped)
+				first_mapped = (void *)(arena.end - MPC_ARENA_CHUNK);
+		}
+	}
+	ck_assert_uint_ge(in_arena, CHUNKS / 2);
+	ck_assert_uint_eq((uintptr_t)first_mapped % (2u << 20), 0);
+	ck_assert_uint_ge(arena.kept, (size_t)CHUNKS * BLOB);
+	/* Every copy is intact, in the zone or in the arena. */
+	for (int c = 0; c < CHUNKS; c++) {
+		ck_assert_uint_eq(out[c][0].via.bin.size, BLOB);
+		ck_assert_int_eq(out[c][0].via.bin.ptr[0], 'a' + c % 26);
+		ck_assert_int_eq(out[c][0].via.bin.ptr[BLOB - 1], 'a' + c % 26);
+		ck_assert_uint_eq(out[c][1].via.u64, (uint64_t)c);
+	}
+	ck_assert_int_eq(msync(first_mapped, 4096, MS_ASYNC), 0);
+	msgpack_zone_free(zone);
+	ck_assert_int_eq(msync(first_mapped, 4096, MS_ASYNC), -1);
+	msgpack_sbuffer_destroy(&sb);
+}
+END_TEST
+
 static Suite *value_suite(void)
 {
 	Suite *s = suite_create("value");
@@ -223,6 +279,7 @@ static Suite *value_suite(void)
 	tcase_add_test(tc, big_arrays_mapped_and_unmapped);
 	tcase_add_test(tc, large_chunk_adopts_the_frame);
 	tcase_add_test(tc, smaller_chunk_is_copied);
+	tcase_add_test(tc, copies_move_to_the_arena);
 	suite_add_tcase(s, tc);
 	return s;
 }
