@@ -167,8 +167,11 @@ static void remember_early_exit(pid_t pid, int status)
 
 static bool take_early_exit(pid_t pid, int *ret_status)
 {
+	uint64_t now = now_ms();
+
 	for (unsigned i = 0; i < n_early; i++) {
-		if (early[i].pid == pid) {
+		/* An old one is some stray's whose pid came round again. */
+		if (early[i].pid == pid && now - early[i].at_ms < EARLY_KEEP_MS) {
 			*ret_status = early[i].status;
 			early[i] = early[--n_early];
 			return true;
@@ -219,10 +222,13 @@ static void forked(void *token, int err, pid_t pid, int fd)
 
 	if (err == -ENOTCONN)
 		err = fork_child(worker_entry, &w->quota, &pid, &fd);
-	if (err == 0) {
+	if (err == 0)
 		install(w, pid, fd);
+	/* With no answer due, what is kept can only be strays' exits. */
+	if (zygote_pending() == 0)
+		n_early = 0;
+	if (err == 0)
 		return;
-	}
 	w->state = W_EMPTY;
 	if (s->cur == w)
 		s->cur = NULL;

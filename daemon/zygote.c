@@ -16,6 +16,7 @@
 #include "config.h"
 #include "fork.h"
 #include "log.h"
+#include "master.h"
 #include "mem.h"
 
 #define ZYGOTE_NAME "mpool-zygote"
@@ -33,20 +34,22 @@ static bool z_broken;
 
 static struct event_base *z_base;
 static zygote_forked_fn *z_forked;
-/* Readable z_fd; and one timer for both the answer that is overdue and a
- * zygote found lost where answering would re-enter the caller. */
-static struct event *z_read, *z_timer;
+/* Readable z_fd; the deadline of the oldest answer due; a zygote found
+ * lost where answering would re-enter the caller (lost_soon). */
+static struct event *z_read, *z_timer, *z_lost;
 static const char *z_lost_why;
 
-/* Requests sent and not answered, oldest first: the zygote answers in
- * order. */
+/* Requests not answered, oldest first: the zygote answers in order.  The
+ * first pend_sent were sent to the running zygote; the rest wait for room
+ * in the channel (it holds a few hundred requests: --workers may ask for
+ * more at once, at start or reload). */
 struct pending {
 	void *token;
 	uint64_t quota;
-	bool resent;              /* sent again to a new zygote already */
+	bool resent;              /* a zygote was lost with it once already */
 };
 static struct pending *pend;
-static unsigned pend_cap, pend_head, pend_n;
+static unsigned pend_cap, pend_head, pend_n, pend_sent;
 
 /* Beside the running mpoold first (a build tree), then where it installs. */
 static int find_binary(char *buf, size_t size)
@@ -131,12 +134,13 @@ static struct pending pend_pop(void)
 	return p;
 }
 
+/* 0, -EAGAIN when the channel is full, or -errno. */
 static int send_req(uint64_t quota)
 {
 	struct zygote_req req = { .quota = quota };
 
 	if (send(z_fd, &req, sizeof(req), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(req))
-		return errno == EWOULDBLOCK ? -ENOBUFS : -errno;
+		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
 	return 0;
 }
 
@@ -146,10 +150,39 @@ static void arm_timer(void)
 {
 	struct timeval tv = { ZYGOTE_REPLY_MS / 1000, (ZYGOTE_REPLY_MS % 1000) * 1000 };
 
-	if (pend_n > 0)
+	if (pend_sent > 0)
 		evtimer_add(z_timer, &tv);
 	else
 		evtimer_del(z_timer);
+}
+
+/* lost() answers requests, which must not happen inside the call that made
+ * one (or inside the reap that noticed): an event runs it at once. */
+static void lost_soon(const char *why)
+{
+	z_lost_why = why;
+	event_active(z_lost, EV_TIMEOUT, 0);
+}
+
+/* Sends what waits, as far as the channel takes it; the rest goes when
+ * answers have made room (read_cb). */
+static void pump(void)
+{
+	bool was_idle = pend_sent == 0;
+
+	while (z_fd >= 0 && pend_sent < pend_n) {
+		int r = send_req(pend[(pend_head + pend_sent) % pend_cap].quota);
+
+		if (r == -EAGAIN)
+			break;
+		if (r < 0) {
+			lost_soon("it does not take requests");   /* dead, not reaped yet */
+			break;
+		}
+		pend_sent++;
+	}
+	if (was_idle && pend_sent > 0)
+		arm_timer();
 }
 
 /* Every answer the zygote has sent and we have not read: 0 when none is
@@ -159,20 +192,30 @@ static int take_answers(void)
 	struct zygote_rep rep;
 	int fd, r;
 
-	while (pend_n > 0) {
+	while (pend_sent > 0) {
 		struct pending p;
 
 		r = recv_rep(&rep, &fd, MSG_DONTWAIT);
 		if (r == -EAGAIN)
 			return 0;
-		if (r < 0)
-			return r;
-		if (rep.err == 0 && (fd < 0 || rep.pid <= 0)) {
+		if (r == 0 && rep.err == 0 && (fd < 0 || rep.pid <= 0)) {
 			if (fd >= 0)
 				close(fd);
-			return -EPROTO;
+			r = -EPROTO;
 		}
+		if (r == -EPROTO) {
+			/* An answer was taken, unreadable: it was the oldest
+			 * request's, which fails, so that the next answer
+			 * still goes to its own request. */
+			p = pend_pop();
+			pend_sent--;
+			z_forked(p.token, -EPROTO, 0, -1);
+			return r;
+		}
+		if (r < 0)
+			return r;
 		p = pend_pop();
+		pend_sent--;
 		if (rep.err < 0) {
 			if (fd >= 0)
 				close(fd);
@@ -208,6 +251,7 @@ static void shut(void)
 
 static void fail_pending(int err)
 {
+	pend_sent = 0;
 	while (pend_n > 0) {
 		struct pending p = pend_pop();
 
@@ -217,35 +261,55 @@ static void fail_pending(int err)
 
 void zygote_stop(void)
 {
+	/* What it was sent it may be forking now: let it answer all of it
+	 * (it leaves at the end of the requests), so that no worker it made
+	 * goes unreported.  Bounded like any answer. */
+	if (z_fd >= 0 && z_pid && pend_sent > 0 && shutdown(z_fd, SHUT_WR) == 0) {
+		uint64_t end = now_ms() + ZYGOTE_REPLY_MS;
+
+		while (pend_sent > 0) {
+			struct pollfd p = { z_fd, POLLIN, 0 };
+			uint64_t now = now_ms();
+
+			if (now >= end || poll(&p, 1, (int)(end - now)) == 0 || take_answers() < 0)
+				break;
+		}
+	}
 	shut();
 	fail_pending(-ECANCELED);
 	if (z_timer)
 		evtimer_del(z_timer);
+	if (z_lost)
+		event_del(z_lost);
+	z_lost_why = NULL;
 	z_broken = false;
 }
 
 /* The zygote died, broke its channel or stopped answering: what it had not
- * answered goes to a new one, once; a request lost twice fails. */
+ * answered goes to a new one; a request lost with a zygote twice fails. */
 static void lost(const char *why)
 {
-	unsigned n;
+	unsigned n, sent;
 	int r;
 
 	log_warn("fork server lost (%s); starting a new one", why);
 	shut();
-	r = zygote_start();
 	/* shut() delivered what it had answered. */
+	sent = pend_sent;
+	pend_sent = 0;
+	r = zygote_start();
 	n = pend_n;
 	for (unsigned i = 0; i < n; i++) {
 		struct pending p = pend_pop();
 
-		if (r == 0 && !p.resent && send_req(p.quota) == 0) {
-			p.resent = true;
+		if (r == 0 && !(i < sent && p.resent)) {
+			p.resent = p.resent || i < sent;
 			pend_push(p);
 		} else {
 			z_forked(p.token, r == 0 ? -EIO : z_broken ? -ENOTCONN : r, 0, -1);
 		}
 	}
+	pump();
 	arm_timer();
 }
 
@@ -261,9 +325,9 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 		lost(r == -ECONNRESET ? "it closed its channel" : strerror(-r));
 		return;
 	}
-	if (pend_n == 0) {
-		/* Nothing asked: the only message can be the end of the stream.
-		 * The next request starts a new zygote. */
+	if (pend_sent == 0) {
+		/* Nothing due: the only message can be the end of the
+		 * stream. */
 		struct zygote_rep rep;
 		int fd2;
 
@@ -271,15 +335,30 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 		if (r == 0 && fd2 >= 0)
 			close(fd2);
 		if (r != -EAGAIN) {
-			log_warn("fork server %d %s; the next worker starts a new one", (int)z_pid,
-				 r == 0 ? "sent an answer to nothing" : "closed its channel");
+			const char *why = r == 0 ? "it sent an answer to nothing" : "it closed its channel";
+
+			if (pend_n > 0) {
+				lost(why);
+				return;
+			}
+			log_warn("fork server %d: %s; the next worker starts a new one", (int)z_pid, why);
 			shut();
 		}
 	}
+	pump();
 	arm_timer();
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (pend_sent > 0)
+		lost("it did not answer in time");
+}
+
+static void lost_cb(evutil_socket_t fd, short what, void *arg)
 {
 	const char *why = z_lost_why;
 
@@ -287,17 +366,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	z_lost_why = NULL;
-	if (pend_n == 0)
-		return;
-	lost(why ? why : "it did not answer in time");
-}
-
-/* lost() answers requests, which must not happen inside the call that made
- * one (or inside the reap that noticed): the timer runs it at once. */
-static void lost_soon(const char *why)
-{
-	z_lost_why = why;
-	event_active(z_timer, EV_TIMEOUT, 0);
+	if (pend_n > 0)
+		lost(why ? why : "it died");
 }
 
 int zygote_init(struct event_base *base, zygote_forked_fn *forked, unsigned max_pending)
@@ -306,9 +376,10 @@ int zygote_init(struct event_base *base, zygote_forked_fn *forked, unsigned max_
 	z_forked = forked;
 	pend_cap = max_pending ? max_pending : 1;
 	pend = xcalloc(pend_cap, sizeof(*pend));
-	pend_head = pend_n = 0;
+	pend_head = pend_n = pend_sent = 0;
 	z_timer = evtimer_new(base, timer_cb, NULL);
-	return z_timer ? 0 : -ENOMEM;
+	z_lost = event_new(base, -1, 0, lost_cb, NULL);
+	return z_timer && z_lost ? 0 : -ENOMEM;
 }
 
 void zygote_free(void)
@@ -316,7 +387,9 @@ void zygote_free(void)
 	zygote_stop();
 	if (z_timer)
 		event_free(z_timer);
-	z_timer = NULL;
+	if (z_lost)
+		event_free(z_lost);
+	z_timer = z_lost = NULL;
 	free(pend);
 	pend = NULL;
 	pend_cap = 0;
@@ -400,12 +473,8 @@ int zygote_request(uint64_t quota, void *token)
 		if (r < 0)
 			return z_broken ? -ENOTCONN : r;
 	}
-	r = send_req(quota);
 	pend_push((struct pending){ token, quota, false });
-	if (r < 0)
-		lost_soon("it does not take requests");  /* it died, not reaped yet */
-	else if (pend_n == 1)
-		arm_timer();
+	pump();
 	return 0;
 }
 

@@ -31,7 +31,7 @@
 #include <mpool/mpool.h>
 
 #define FX_WORKERS_DEFAULT 2
-#define FX_MAX_WORKERS 16
+#define FX_MAX_WORKERS 512
 #define FX_MAX_SEEN 1024
 #define FX_READY_MS 10000      /* daemon start to all workers idle */
 #define FX_WAIT_MS 20000       /* default deadline of a wait */

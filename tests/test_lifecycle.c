@@ -1034,6 +1034,29 @@ START_TEST(fork_server_killed_pool_recovers)
 }
 END_TEST
 
+/* More workers at once than the fork server's channel holds requests (a
+ * few hundred): the master sends the rest as answers make room.  No fork
+ * server is lost, no start fails, and every worker takes work. */
+START_TEST(many_workers_start_through_a_full_channel)
+{
+	const char *args[] = { "--workers", "400", NULL };
+	struct ffx_status st;
+	struct fx fx;
+	char desc[512];
+
+	fx_start(&fx, args);       /* waits for 400 idle workers */
+	FREQUIRE(&fx, !fx_log_has(&fx, "lost") && !fx_log_has(&fx, "cannot start"),
+		 "the fork server was lost or a start failed (see the log)");
+	fx_map_squares(fx.c, 2000, 0, &(struct mpool_map_opts){ .chunksize = 1 }, 1);
+	ffx_status(&fx, NULL, &st);
+	FREQUIRE(&fx, st.workers_started == 400 && st.workers_died == 0 &&
+		 strcmp(st.health, "ok") == 0, "started %llu, died %llu: %s",
+		 (unsigned long long)st.workers_started, (unsigned long long)st.workers_died,
+		 ffx_describe(&st, desc, sizeof(desc)));
+	fx_stop(&fx);
+}
+END_TEST
+
 /* An mpoold with no mpool-zygote beside it (and none installed) forks its
  * workers itself, says so once, and serves as before. */
 START_TEST(no_fork_server_workers_fork_from_the_master)
@@ -1591,6 +1614,7 @@ static Suite *lifecycle_suite(void)
 	tcase_add_test(tc, fork_failure_at_start);
 	tcase_add_test(tc, fork_failure_on_respawn_recovers);
 	tcase_add_test(tc, fork_server_killed_pool_recovers);
+	tcase_add_test(tc, many_workers_start_through_a_full_channel);
 	tcase_add_test(tc, no_fork_server_workers_fork_from_the_master);
 	suite_add_tcase(s, tc);
 
