@@ -46,7 +46,8 @@ static void worker_detach(int fd, pid_t master)
 		_exit(WORKER_EXIT_OK);
 
 	if (fd != WORKER_FD) {
-		if (syscall(SYS_dup2, fd, WORKER_FD) < 0)
+		/* dup3: asm-generic architectures (arm64) have no dup2. */
+		if (syscall(SYS_dup3, fd, WORKER_FD, 0) < 0)
 			_exit(WORKER_EXIT_PROTO);
 		syscall(SYS_close, fd);
 	}
