@@ -46,7 +46,7 @@ uint8_t *mp_frame_space(struct mp_frame *f, size_t want, size_t *ret_room)
 		f->start = 0;
 	}
 	if (f->cap - f->len < want || !f->data) {
-		size_t cap = f->cap ? f->cap : READ_CHUNK;
+		size_t cap = f->cap ? f->cap : READ_CHUNK, fill;
 		uint8_t *d;
 
 		while (cap - f->len < want)
@@ -54,7 +54,12 @@ uint8_t *mp_frame_space(struct mp_frame *f, size_t want, size_t *ret_room)
 		d = realloc(f->data, cap);
 		if (!d)
 			return NULL;
-		mp_populate(d + f->len, cap - f->len, POPULATE_MIN);
+		/* Not all the room doubling made: no more than the buffer
+		 * holds, so a peer that sends little makes little resident. */
+		fill = f->len > want ? f->len : want;
+		if (fill > cap - f->len)
+			fill = cap - f->len;
+		mp_populate(d + f->len, fill, POPULATE_MIN);
 		f->data = d;
 		f->cap = cap;
 	}
@@ -115,8 +120,10 @@ int mp_frame_next(struct mp_frame *f, const uint8_t **ret_frame, size_t *ret_len
 	if (r < 0)
 		return r;
 	if (r == 0) {
-		/* Held bytes past the limit can never become a valid frame. */
-		return avail > f->lim.max_frame ? -EMSGSIZE : 0;
+		/* Held bytes past the limit, or a string or binary declared
+		 * past it, can never become a valid frame. */
+		return avail > f->lim.max_frame || f->scan.need_to > f->lim.max_frame ? -EMSGSIZE
+										       : 0;
 	}
 	if (f->scan.off > f->lim.max_frame)
 		return -EMSGSIZE;
@@ -135,9 +142,12 @@ size_t mp_frame_read_size(const struct mp_frame *f, size_t min)
 	if (f->scan.need_to == 0 || end <= f->len)
 		return min;
 	want = end - f->len;
-	/* A declared length is a claim, not bytes: grow by what arrived. */
+	/* A declared length is a claim, not bytes: grow by what arrived,
+	 * and never past the largest frame (mp_frame_next refuses those). */
 	if (want > held)
 		want = held;
+	if (held < f->lim.max_frame && want > f->lim.max_frame - held)
+		want = f->lim.max_frame - held;
 	return want > min ? want : min;
 }
 

@@ -2507,7 +2507,10 @@ START_TEST(frame_size_limit)
 				}
 				mp_frame_free(&f);
 			}
-			/* Byte by byte: nothing until the last byte, then the verdict. */
+			/* Byte by byte: nothing until the last byte, then the
+			 * verdict; a frame over the limit may be refused as
+			 * soon as a string or binary in it is declared past
+			 * it. */
 			{
 				struct mp_frame f;
 				const uint8_t *fr;
@@ -2518,6 +2521,8 @@ START_TEST(frame_size_limit)
 				for (size_t i = 0; i < want; i++) {
 					mp_frame_push(&f, pk_data(&p) + i, 1);
 					r = mp_frame_next(&f, &fr, &fl);
+					if (over && r == -EMSGSIZE)
+						break;
 					if (i + 1 < want)
 						REQUIRE(r == 0);
 				}
@@ -2529,7 +2534,9 @@ START_TEST(frame_size_limit)
 	}
 
 	/* A frame that can never end within the limit: bin32 of 16 MiB, 1 MiB
-	 * limit.  Once more than max_frame bytes are held, it is -EMSGSIZE. */
+	 * limit.  Refused at its header, before its bytes come; one whose
+	 * size shows only as bytes arrive (an array of many small items),
+	 * once more than max_frame bytes are held. */
 	{
 		struct mp_frame_limits lim = { MiB, MP_DEPTH_MAX };
 		struct mp_frame f;
@@ -2539,6 +2546,11 @@ START_TEST(frame_size_limit)
 
 		mp_frame_init(&f, &lim);
 		mp_frame_push(&f, "\xc6\x01\x00\x00\x00", 5);
+		ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), -EMSGSIZE);
+		mp_frame_free(&f);
+
+		mp_frame_init(&f, &lim);
+		mp_frame_push(&f, "\xdd\x01\x00\x00\x00", 5);   /* array32 of 16 M items */
 		mp_frame_push(&f, z, MiB - 6);      /* max_frame - 1 held */
 		ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 0);
 		mp_frame_push(&f, z, 2);            /* max_frame + 1 held */
@@ -2656,6 +2668,36 @@ START_TEST(frame_read_size_follows_the_frame)
 	ck_assert_uint_eq(mp_frame_read_size(&f, min), min);
 	mp_frame_free(&f);
 	free(src);
+}
+END_TEST
+
+/* A string or binary declared past the frame limit is refused at its
+ * header, before a byte of it is read or room is made for it; the read
+ * size never reaches past the limit either. */
+START_TEST(frame_declared_past_the_limit)
+{
+	struct mp_frame_limits lim = { 1 * MiB, MP_DEPTH_MAX };
+	const uint8_t huge[] = { 0x91, 0xc6, 0xff, 0xff, 0xff, 0xf0 };   /* [bin32 of 4 GiB] */
+	const uint8_t near[] = { 0x91, 0xc6, 0x00, 0x0f, 0xff, 0x00 };   /* [bin32 of ~1 MiB] */
+	static uint8_t fill[800 * 1024];
+	const uint8_t *fr;
+	size_t fl;
+	struct mp_frame f;
+
+	mp_frame_init(&f, &lim);
+	ck_assert_int_eq(mp_frame_push(&f, huge, sizeof(huge)), 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), -EMSGSIZE);
+	mp_frame_free(&f);
+
+	mp_frame_init(&f, &lim);
+	ck_assert_int_eq(mp_frame_push(&f, near, sizeof(near)), 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 0);
+	ck_assert_int_eq(mp_frame_push(&f, fill, sizeof(fill)), 0);
+	ck_assert_int_eq(mp_frame_next(&f, &fr, &fl), 0);
+	/* 0xfff00 - 800 KiB still due, within the limit. */
+	ck_assert_uint_eq(mp_frame_read_size(&f, 4096), 0xfff00 + 6 - sizeof(near) - sizeof(fill));
+	ck_assert_uint_le(mp_frame_read_size(&f, 4096) + sizeof(near) + sizeof(fill), lim.max_frame);
+	mp_frame_free(&f);
 }
 END_TEST
 
@@ -2940,6 +2982,7 @@ static Suite *proto_suite(void)
 	tcase_add_test(tc, obj_scalar_matches_msgpack_unpack);
 	tcase_add_test(tc, frame_output_unpacks_with_msgpack);
 	tcase_add_test(tc, frame_read_size_follows_the_frame);
+	tcase_add_test(tc, frame_declared_past_the_limit);
 	tcase_add_test(tc, frame_read_socketpair);
 	tcase_add_test(tc, frame_read_pipe_writer);
 	tcase_add_test(tc, frame_read_errors);
