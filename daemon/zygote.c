@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <link.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -19,7 +20,6 @@
 #include "master.h"
 #include "mem.h"
 
-#define ZYGOTE_NAME "mpool-zygote"
 /* A zygote that has not loaded the modules or answered a fork by then is
  * taken for hung: the master must not wait on it for long. */
 #define ZYGOTE_START_MS 5000
@@ -71,6 +71,35 @@ static int find_binary(char *buf, size_t size)
 	snprintf(buf, size, "%s", MPOOL_ZYGOTE_PATH);
 	return access(buf, X_OK) == 0 ? 0 : -errno;
 }
+
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+static int main_interp(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	for (unsigned i = 0; i < info->dlpi_phnum; i++)
+		if (info->dlpi_phdr[i].p_type == PT_INTERP)
+			*(const char **)data = (const char *)(info->dlpi_addr +
+							      info->dlpi_phdr[i].p_vaddr);
+	return 1;           /* the first object is the executable */
+}
+
+/* The dynamic loader mpoold itself was started by, which the zygote, built
+ * by the same toolchain, names too; NULL if there is none to use.  Started
+ * through it, the zygote's image is mapped beside its libraries (Layout in
+ * zygote.h).  glibc's loader from 2.33 on, for --argv0. */
+static const char *loader_path(void)
+{
+	const char *interp = NULL;
+
+	dl_iterate_phdr(main_interp, &interp);
+	return interp && interp[0] == '/' && access(interp, X_OK) == 0 ? interp : NULL;
+}
+#else
+static const char *loader_path(void)
+{
+	return NULL;
+}
+#endif
 
 /* One message, and the descriptor that came with it (-1 if none): 0;
  * -EAGAIN when none is waiting and flags has MSG_DONTWAIT; -ECONNRESET at
@@ -398,7 +427,8 @@ void zygote_free(void)
 int zygote_start(void)
 {
 	char path[PATH_MAX], level[16], frame[32];
-	char *argv[5 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION;
+	char *argv[8 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION, argv0[] = "--argv0";
+	const char *loader = loader_path();
 	struct zygote_rep rep;
 	unsigned n = 0;
 	int sv[2], fd, r;
@@ -416,6 +446,11 @@ int zygote_start(void)
 	}
 	snprintf(level, sizeof(level), "%d", cfg.log_level);
 	snprintf(frame, sizeof(frame), "%zu", cfg.max_frame);
+	if (loader) {
+		argv[n++] = (char *)loader;
+		argv[n++] = argv0;
+		argv[n++] = path;
+	}
 	argv[n++] = path;
 	argv[n++] = version;
 	argv[n++] = level;
@@ -427,7 +462,7 @@ int zygote_start(void)
 	argv[n] = NULL;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return -errno;
-	r = fork_exec(path, argv, sv[1], &z_pid);
+	r = fork_exec(loader ? loader : path, argv, sv[1], &z_pid);
 	close(sv[1]);
 	if (r < 0) {
 		/* Transient (a process limit, memory): try again next time. */

@@ -26,7 +26,23 @@
  * of a recycle while results and the other workers waited.  The zygote
  * answers in order, so the master keeps its requests in a FIFO and matches
  * each answer to the oldest.  Supervised processes (proc.c) still fork from
- * the master: they run one function with the caller's argument. */
+ * the master: they run one function with the caller's argument.
+ *
+ * Layout.  Where the zygote's memory lies costs as much as how much there
+ * is.  Each 2 MiB, 1 GiB and 512 GiB span a worker touches has a page table
+ * of its own at each level, which fork allocates, the first touch fills and
+ * exit frees; in a VM that shadows page tables each of those steps traps.
+ * A plain exec spreads a process over three far-apart places: the
+ * executable with its brk heap, the libraries, the stack.  So the master
+ * starts the zygote through the dynamic loader (the loader then maps the
+ * executable beside its libraries), the zygote moves malloc off brk (glibc
+ * falls back to mmap, beside the libraries too), and each worker runs on a
+ * stack of its own, mapped there once and never touched by the zygote
+ * (stackclone.h).  A worker then touches one cluster of addresses: on the
+ * 2-core VM, recycling every task went from 529 to 707 workers/s and the
+ * CPU per recycle from 3.6 to 2.7 ms.  Where the loader cannot be named
+ * (not glibc) or the stack switch is not built (not x86_64, ASan), the
+ * zygote works as before, only slower. */
 #ifndef ZYGOTE_H
 #define ZYGOTE_H
 
@@ -35,6 +51,8 @@
 #include <sys/types.h>
 
 struct event_base;
+
+#define ZYGOTE_NAME "mpool-zygote"
 
 /* The wire, over a SOCK_SEQPACKET pair: one message each way per fork. */
 struct zygote_req {

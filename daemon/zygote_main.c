@@ -12,7 +12,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -20,6 +22,7 @@
 #include "config.h"
 #include "log.h"
 #include "modload.h"
+#include "stackclone.h"
 #include "worker.h"
 #include "zygote.h"
 
@@ -64,6 +67,95 @@ static long clone_parent(void)
 	return pid;
 }
 
+/* The workers' stack (zygote.h: Layout), [w_stack, w_stack + w_stack_size);
+ * NULL: workers keep the stack they inherit. */
+static char *w_stack;
+static size_t w_stack_size;
+
+/* malloc's memory beside the libraries rather than at the break, which lies
+ * up to a gigabyte past whatever the kernel loaded.  A mapping where the
+ * break would grow makes brk() fail, and glibc's malloc then takes its
+ * memory with mmap (which it does whenever brk fails).  Before the first
+ * malloc; if this fails, the heap stays where it was and only costs more. */
+static void heap_off_brk(void)
+{
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t at = ((uintptr_t)sbrk(0) + page - 1) & ~(page - 1);
+	void *m = mmap((void *)at, page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+		       -1, 0);
+
+	if (m != MAP_FAILED && m != (void *)at)
+		munmap(m, page);    /* a kernel that took the address as a hint */
+}
+
+/* Below the workers' stack, never mapped: the kernel keeps as much between
+ * a main thread's stack and the next mapping (stack_guard_gap), so that a
+ * big frame cannot jump over it into other memory. */
+#define STACK_GUARD (1 << 20)
+/* Address space only (MAP_NORESERVE), but not without bound. */
+#define STACK_MAX ((rlim_t)1 << 30)
+
+/* The stack every worker runs on: the size a main thread may grow to
+ * (RLIMIT_STACK, 64 KiB to 1 GiB; 8 MiB when unlimited, as glibc sizes
+ * threads), the guard below it, no huge pages (a worker's first call would
+ * clear 2 MiB).  It is mapped once, after the modules, so it lies right
+ * below the libraries, and the zygote never touches it: fork copies nothing
+ * of it and a worker starts on fresh pages.  Without it, workers keep the
+ * stack they inherit. */
+static void worker_stack_init(void)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), size = 8 << 20;
+	struct rlimit rl;
+	char *m;
+
+	if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+		rlim_t want = rl.rlim_cur < 64 * 1024 ? 64 * 1024 :
+			      rl.rlim_cur > STACK_MAX ? STACK_MAX : rl.rlim_cur;
+
+		size = ((size_t)want + page - 1) & ~(page - 1);
+	}
+	m = mmap(NULL, STACK_GUARD + size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		 -1, 0);
+	if (m == MAP_FAILED)
+		return;
+	if (mprotect(m + STACK_GUARD, size, PROT_READ | PROT_WRITE) < 0) {
+		munmap(m, STACK_GUARD + size);
+		return;
+	}
+	(void)madvise(m + STACK_GUARD, size, MADV_NOHUGEPAGE);   /* EINVAL without THP */
+	w_stack = m + STACK_GUARD;
+	w_stack_size = size;
+}
+
+/* The worker, on its way: in the child, on whichever stack. */
+__attribute__((noreturn)) static void worker_start(long fd, long master, long quota)
+{
+	/* ps and top show workers as mpoold's, as when the master forked them. */
+	prctl(PR_SET_NAME, "mpoold");
+	worker_main((int)fd, (pid_t)master, (uint64_t)quota);
+}
+
+/* A worker, the master's child: its pid, or -1 with errno. */
+static long spawn(int fd, pid_t master, uint64_t quota)
+{
+	long pid;
+
+	if (w_stack) {
+		pid = stackclone_parent(w_stack, w_stack_size, worker_start, fd, master, (long)quota);
+		if (pid >= 0)
+			return pid;
+		if (pid != -ENOSYS && pid != -EPERM) {
+			errno = (int)-pid;
+			return -1;
+		}
+		w_stack = NULL;     /* not here: the inherited stack from now on */
+	}
+	pid = clone_parent();
+	if (pid == 0)
+		worker_start(fd, master, (long)quota);
+	return pid;
+}
+
 static void serve(pid_t master, uint64_t quota)
 {
 	struct zygote_rep rep = { 0 };
@@ -75,13 +167,7 @@ static void serve(pid_t master, uint64_t quota)
 		reply(&rep, -1);
 		return;
 	}
-	pid = clone_parent();
-	if (pid == 0) {
-		/* ps and top show workers as mpoold's, as when the master forked
-		 * them. */
-		prctl(PR_SET_NAME, "mpoold");
-		worker_main(sv[1], master, quota);
-	}
+	pid = spawn(sv[1], master, quota);
 	if (pid < 0)
 		rep.err = -errno;
 	else
@@ -98,6 +184,10 @@ int main(int argc, char **argv)
 	sigset_t none;
 	int r;
 
+	heap_off_brk();
+	/* Started through the dynamic loader (zygote.h), we would be named
+	 * after it. */
+	prctl(PR_SET_NAME, ZYGOTE_NAME);
 	/* Once, for every worker to come: defaults everywhere (exec kept the
 	 * master's ignored SIGPIPE and the mask fork.c blocked). */
 	for (int sig = 1; sig < NSIG; sig++)
@@ -133,6 +223,7 @@ int main(int argc, char **argv)
 	log_init(cfg.log_level < LOG_WARNING ? cfg.log_level : LOG_WARNING);
 	r = modload_all();
 	log_init(cfg.log_level);
+	worker_stack_init();
 	rep.err = r < 0 ? -EINVAL : 0;
 	rep.pid = (int32_t)getpid();
 	reply(&rep, -1);

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1108,6 +1109,106 @@ START_TEST(no_fork_server_workers_fork_from_the_master)
 }
 END_TEST
 
+/* key's unsigned value in the map o; the test fails if there is none. */
+static uint64_t map_u64(const msgpack_object *o, const char *key)
+{
+	size_t kl = strlen(key);
+
+	REQUIREF(o->type == MSGPACK_OBJECT_MAP, "a map expected, got type %d", (int)o->type);
+	for (uint32_t i = 0; i < o->via.map.size; i++) {
+		const msgpack_object *k = &o->via.map.ptr[i].key, *v = &o->via.map.ptr[i].val;
+
+		if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == kl &&
+		    memcmp(k->via.str.ptr, key, kl) == 0 && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+			return v->via.u64;
+	}
+	FAILF("no unsigned '%s' in the map", key);
+	return 0;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define LAYOUT_ASAN 1
+#endif
+
+/* A worker forked by the fork server keeps its executable, libraries, heap
+ * and stack together (daemon/zygote.h, Layout): every region it touches
+ * costs page tables at fork, first touch and exit.  A plain exec puts the
+ * executable and its heap terabytes from the libraries, and the stack
+ * further still. */
+START_TEST(fork_server_workers_are_compact)
+{
+	const char *args[] = { "--module", testmod(), "--max-tasks-per-child", "1", NULL };
+	struct fx fx;
+
+	fx_start(&fx, args);
+	for (int i = 0; i < 4; i++) {
+		static const char *const keys[] = { "exe", "module",
+#if !defined(LAYOUT_ASAN) && defined(__x86_64__)
+			/* ASan has its own heap, and keeps workers on their
+			 * inherited stack (daemon/stackclone.h); the
+			 * alternate stack is written for x86_64. */
+			"heap", "stack",
+#endif
+		};
+		uint64_t lo = UINT64_MAX, hi = 0;
+		mpool_value *v = NULL;
+		int r = ffx_apply_int(fx.c, "testmod.layout", 0, 0, &v);
+
+		REQUIREF(r == 0, "testmod.layout: %d (%s)", r, mpool_errmsg(fx.c));
+		for (unsigned k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+			uint64_t a = map_u64(mpool_value_get(v), keys[k]);
+
+			lo = a < lo ? a : lo;
+			hi = a > hi ? a : hi;
+		}
+		REQUIREF(hi - lo < ((uint64_t)1 << 30),
+			 "a worker's regions lie %llu MiB apart (exe %#llx, module %#llx)",
+			 (unsigned long long)((hi - lo) >> 20),
+			 (unsigned long long)map_u64(mpool_value_get(v), "exe"),
+			 (unsigned long long)map_u64(mpool_value_get(v), "module"));
+		mpool_value_free(v);
+	}
+	fx_stop(&fx);
+}
+END_TEST
+
+/* The worker's stack holds what a main thread's would (RLIMIT_STACK), and a
+ * task that overflows it kills only its own worker. */
+START_TEST(worker_stack_holds_the_limit_and_overflow_is_a_death)
+{
+	const char *args[] = { "--module", testmod(), NULL };
+	struct rlimit old, lim;
+	struct ffx_status st;
+	mpool_value *v = NULL;
+	struct fx fx;
+	int r;
+
+	REQUIRE(getrlimit(RLIMIT_STACK, &old) == 0);
+	lim = old;
+	lim.rlim_cur = 8 << 20;
+	REQUIREF(old.rlim_max == RLIM_INFINITY || old.rlim_max >= lim.rlim_cur,
+		 "the hard stack limit %llu is below 8 MiB", (unsigned long long)old.rlim_max);
+	REQUIRE(setrlimit(RLIMIT_STACK, &lim) == 0);
+	fx_start(&fx, args);
+	REQUIRE(setrlimit(RLIMIT_STACK, &old) == 0);
+	r = ffx_apply_int(fx.c, "testmod.stack", 6 * 1024, 0, &v);
+	REQUIREF(r == 0 && mpool_value_get(v)->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+		 mpool_value_get(v)->via.u64 == 6 * 1024 / 16,
+		 "6 MiB of stack: %d (%s)", r, mpool_errmsg(fx.c));
+	mpool_value_free(v);
+	v = NULL;
+	r = ffx_apply_int(fx.c, "testmod.stack", 16 * 1024, 0, &v);
+	REQUIREF(r == -MPOOL_E_WORKER && strstr(mpool_errmsg(fx.c), "killed by"),
+		 "16 MiB of stack: %d (%s), expected the worker killed", r, mpool_errmsg(fx.c));
+	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the overflow", &st);
+	REQUIREF(st.workers_died == 1, "workers_died %llu", (unsigned long long)st.workers_died);
+	r = ffx_apply_int(fx.c, "testmod.stack", 64, 0, &v);
+	REQUIREF(r == 0, "after the overflow: %d (%s)", r, mpool_errmsg(fx.c));
+	mpool_value_free(v);
+	fx_stop(&fx);
+}
+END_TEST
+
 /* ==== 7. recycling ============================================================= */
 
 struct quotas {
@@ -1616,6 +1717,8 @@ static Suite *lifecycle_suite(void)
 	tcase_add_test(tc, fork_server_killed_pool_recovers);
 	tcase_add_test(tc, many_workers_start_through_a_full_channel);
 	tcase_add_test(tc, no_fork_server_workers_fork_from_the_master);
+	tcase_add_test(tc, fork_server_workers_are_compact);
+	tcase_add_test(tc, worker_stack_holds_the_limit_and_overflow_is_a_death);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("recycling");

@@ -17,6 +17,11 @@
  *                (after creating it), returns arg otherwise
  *   getenv       the value of the environment variable arg in the task's
  *                process, nil when it is not set
+ *   layout       where the task's process keeps things: a map of
+ *                addresses, "stack" (a local), "heap" (a malloc block),
+ *                "module" (this code) and "exe" (the executable's base)
+ *   stack        uses arg KiB of stack (16 KiB frames, each touched),
+ *                returns the number of frames
  *   mixed        one function for maps that mix behaviours item by item:
  *                an integer N sleeps N ms and returns N; the strings
  *                "crash", "abort", "hang" do that; "crash_once:PATH" and
@@ -31,6 +36,7 @@
  * shared object mpoold must refuse to load. */
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -277,6 +283,58 @@ static int fn_getenv(const msgpack_object *arg, msgpack_packer *out, struct mpoo
 	return msgpack_pack_str_with_body(out, v, strlen(v));
 }
 
+static int exe_base(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	*(uintptr_t *)data = info->dlpi_addr;   /* the first object: the executable */
+	return 1;
+}
+
+static void pack_addr(msgpack_packer *out, const char *key, uintptr_t addr)
+{
+	msgpack_pack_str_with_body(out, key, strlen(key));
+	msgpack_pack_uint64(out, addr);
+}
+
+static int fn_layout(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
+{
+	volatile char local = 0;
+	uintptr_t exe = 0;
+	void *heap = malloc(64);
+
+	(void)arg;
+	if (!heap)
+		return mpool_task_fail(err, MPOOL_E_TASK, "testmod.layout: out of memory");
+	dl_iterate_phdr(exe_base, &exe);
+	msgpack_pack_map(out, 4);
+	pack_addr(out, "stack", (uintptr_t)&local);
+	pack_addr(out, "heap", (uintptr_t)heap);
+	pack_addr(out, "module", (uintptr_t)fn_layout);
+	pack_addr(out, "exe", exe);
+	free(heap);
+	return 0;
+}
+
+/* Frames of 16 KiB down to kib, each written at both ends: the number of
+ * frames. */
+static __attribute__((noinline)) uint64_t use_stack(uint64_t kib)
+{
+	volatile char frame[16 * 1024];
+
+	frame[0] = 1;
+	frame[sizeof(frame) - 1] = 1;
+	if (kib <= 16)
+		return frame[0];
+	return use_stack(kib - 16) + frame[sizeof(frame) - 1];
+}
+
+static int fn_stack(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
+{
+	if (arg->type != MSGPACK_OBJECT_POSITIVE_INTEGER || arg->via.u64 > 1024 * 1024)
+		return type_fail("stack", "KiB from 0 to 1048576", err);
+	return msgpack_pack_uint64(out, use_stack(arg->via.u64));
+}
+
 /* initargs[key] is true. */
 static bool flag(const msgpack_object *o, const char *key)
 {
@@ -339,6 +397,8 @@ static const struct mpool_function functions[] = {
 	{ "crash_once", fn_crash_once },
 	{ "mixed", fn_mixed },
 	{ "getenv", fn_getenv },
+	{ "layout", fn_layout },
+	{ "stack", fn_stack },
 	{ NULL, NULL },
 };
 
