@@ -192,14 +192,16 @@ static bool blocks_signal(pid_t pid, int sig)
 }
 
 /* A testmod.hang_noterm process, once it has blocked SIGTERM: before that
- * a SIGTERM would still kill it. */
+ * a SIGTERM would still kill it.  A child fresh from fork blocks every
+ * signal until it has reset its handlers (daemon/fork.c), so SIGTERM alone
+ * says nothing: the function's own mask blocks SIGTERM and leaves SIGUSR1. */
 static struct mpool_process *spawn_noterm(mpool *c, const struct mpool_spawn_opts *opts)
 {
 	struct mpool_process *proc = spawn_nil(c, "testmod.hang_noterm", opts);
 	pid_t pid = mpool_process_pid(proc);
 	int64_t end = fx_now_ms() + WAIT_MS;
 
-	while (!blocks_signal(pid, SIGTERM)) {
+	while (!blocks_signal(pid, SIGTERM) || blocks_signal(pid, SIGUSR1)) {
 		REQUIREF(fx_now_ms() < end, "process pid %d never blocked SIGTERM", (int)pid);
 		fx_tick();
 	}
