@@ -18,6 +18,9 @@ struct module_spec {
 	char *initargs_json;            /* NULL: nil */
 };
 
+#define CONFIG_STACK_UNSET UINT64_MAX
+#define CONFIG_STACK_MAX_KIB (1024u * 1024)    /* 1 GiB */
+
 struct config {
 	char socket_path[108];          /* sun_path size; "" until main() applies the default rule */
 	unsigned socket_mode;           /* permissions of a socket mpoold binds itself */
@@ -42,6 +45,10 @@ struct config {
 	unsigned max_lifetime_s;        /* recycle a worker this old; 0: never */
 	unsigned max_retries;           /* cap on a request's "retries" */
 	unsigned recovery_timeout_ms;   /* queued work fails if no worker is ready this long */
+	/* The stack each worker of the fork server runs on (zygote.h, Layout),
+	 * KiB; 0: the stack it inherits.  CONFIG_STACK_UNSET until main()
+	 * applies the default (RLIMIT_STACK). */
+	uint64_t worker_stack_kib;
 
 	/* Who may run admin operations besides root and mpoold's own uid. */
 	gid_t admin_gid;                /* (gid_t)-1: nobody else */

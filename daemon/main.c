@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "cfgfile.h"
@@ -147,8 +148,19 @@ static int apply_dynamic_defaults(void)
 {
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 
+	struct rlimit rl;
+
 	if (cfg.workers == 0)
 		cfg.workers = cpus > 0 ? (cpus > 1024 ? 1024 : (unsigned)cpus) : 1;
+	/* As much as a main thread may grow to; 8 MiB, the usual limit, when
+	 * there is none. */
+	if (cfg.worker_stack_kib == CONFIG_STACK_UNSET) {
+		cfg.worker_stack_kib = 8192;
+		if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+			cfg.worker_stack_kib = rl.rlim_cur / 1024 < 64 ? 64 :
+					       rl.rlim_cur / 1024 > CONFIG_STACK_MAX_KIB ?
+					       CONFIG_STACK_MAX_KIB : rl.rlim_cur / 1024;
+	}
 	if (!cfg.socket_path[0] &&
 	    mp_default_socket_path(cfg.socket_path, sizeof(cfg.socket_path)) < 0) {
 		log_startup_err("the default socket path is too long; set socket or pass --socket");

@@ -1,50 +1,55 @@
 /* stackclone: start a child of our parent on a stack of its own
  * (stackclone.h). */
 #include <errno.h>
-#include <linux/sched.h>
+#include <sched.h>
 #include <stdint.h>
 #include <sys/syscall.h>
 
 #include "stackclone.h"
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define STACKCLONE_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define STACKCLONE_ASAN 1
-#endif
+#if STACKCLONE_AVAILABLE
+/* The child's first instructions, on its new stack.  The CFI says there is
+ * no caller (the return address is undefined) and rbp is cleared, so
+ * unwinders, by tables or by frame pointers, stop here instead of reading
+ * past the top of the stack. */
+__asm__(".text\n"
+	".type stackclone_child, @function\n"
+	"stackclone_child:\n"
+	".cfi_startproc\n"
+	".cfi_undefined rip\n"
+	"xor %ebp, %ebp\n"
+	"mov %r12, %rdi\n"
+	"mov %r13, %rsi\n"
+	"mov %r14, %rdx\n"
+	"call *%r15\n"
+	"ud2\n"
+	".cfi_endproc\n"
+	".size stackclone_child, .-stackclone_child\n"
+	".previous\n");
 
-#if defined(__x86_64__) && !defined(STACKCLONE_ASAN)
 long stackclone_parent(void *stack, size_t size, stackclone_fn *fn, long a0, long a1, long a2)
 {
-	/* With CLONE_PARENT the child's exit signal is ours (the master's
-	 * SIGCHLD), and clone3 wants none given. */
-	struct clone_args ca = { .flags = CLONE_PARENT, .stack = (uint64_t)(uintptr_t)stack,
-				 .stack_size = size };
-	/* The child gets our registers but not our stack frame: everything it
-	 * needs travels in registers the syscall keeps (all but rax, rcx and
-	 * r11). */
+	/* The old clone(2), not clone3: systemd's RestrictNamespaces= and
+	 * container runtimes answer clone3 with ENOSYS, since a filter cannot
+	 * look into its arguments.  With CLONE_PARENT the exit signal given is
+	 * ignored for the caller's own. */
+	register long r10 __asm__("r10") = 0;     /* child_tid */
+	register long r8 __asm__("r8") = 0;       /* tls */
+	/* The child gets our registers but not our stack: what it needs
+	 * travels in registers the syscall keeps (all but rax, rcx, r11). */
 	register long r12 __asm__("r12") = a0;
 	register long r13 __asm__("r13") = a1;
 	register long r14 __asm__("r14") = a2;
 	register stackclone_fn *r15 __asm__("r15") = fn;
+	char *top = (char *)stack + size;
 	long ret;
 
 	__asm__ volatile("syscall\n\t"
 			 "test %%rax, %%rax\n\t"
-			 "jnz 1f\n\t"
-			 /* The child, at the aligned top of its stack. */
-			 "mov %%r12, %%rdi\n\t"
-			 "mov %%r13, %%rsi\n\t"
-			 "mov %%r14, %%rdx\n\t"
-			 "call *%%r15\n\t"
-			 "ud2\n"
-			 "1:"
+			 "jz stackclone_child\n\t"
 			 : "=a"(ret)
-			 : "a"((long)SYS_clone3), "D"(&ca), "S"(sizeof(ca)), "r"(r12), "r"(r13),
-			   "r"(r14), "r"(r15)
+			 : "a"((long)SYS_clone), "D"((long)CLONE_PARENT), "S"(top), "d"(0L),
+			   "r"(r10), "r"(r8), "r"(r12), "r"(r13), "r"(r14), "r"(r15)
 			 : "rcx", "r11", "memory");
 	return ret;
 }

@@ -31,6 +31,9 @@ static int z_fd = -1;
  * binary, a module that does not load): workers fork from the master until
  * the next reload. */
 static bool z_broken;
+/* It did not start through the dynamic loader: start it directly, until the
+ * next reload. */
+static bool z_no_loader;
 
 static struct event_base *z_base;
 static zygote_forked_fn *z_forked;
@@ -312,6 +315,7 @@ void zygote_stop(void)
 		event_del(z_lost);
 	z_lost_why = NULL;
 	z_broken = false;
+	z_no_loader = false;
 }
 
 /* The zygote died, broke its channel or stopped answering: what it had not
@@ -426,9 +430,9 @@ void zygote_free(void)
 
 int zygote_start(void)
 {
-	char path[PATH_MAX], level[16], frame[32];
-	char *argv[8 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION, argv0[] = "--argv0";
-	const char *loader = loader_path();
+	char path[PATH_MAX], level[16], frame[32], stack[32];
+	char *argv[9 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION, argv0[] = "--argv0";
+	const char *loader = z_no_loader ? NULL : loader_path();
 	struct zygote_rep rep;
 	unsigned n = 0;
 	int sv[2], fd, r;
@@ -446,6 +450,7 @@ int zygote_start(void)
 	}
 	snprintf(level, sizeof(level), "%d", cfg.log_level);
 	snprintf(frame, sizeof(frame), "%zu", cfg.max_frame);
+	snprintf(stack, sizeof(stack), "%llu", (unsigned long long)cfg.worker_stack_kib);
 	if (loader) {
 		argv[n++] = (char *)loader;
 		argv[n++] = argv0;
@@ -455,6 +460,7 @@ int zygote_start(void)
 	argv[n++] = version;
 	argv[n++] = level;
 	argv[n++] = frame;
+	argv[n++] = stack;
 	for (unsigned i = 0; i < cfg.n_modules; i++) {
 		argv[n++] = cfg.modules[i].path;
 		argv[n++] = cfg.modules[i].initargs_json ? cfg.modules[i].initargs_json : "-";
@@ -483,6 +489,16 @@ int zygote_start(void)
 		z_read = event_new(z_base, z_fd, EV_READ | EV_PERSIST, read_cb, NULL);
 		if (!z_read || event_add(z_read, NULL) < 0)
 			r = -ENOMEM;
+	}
+	if (r < 0 && r != -EINVAL && loader) {
+		/* Not a module that failed (-EINVAL, which it logged): the
+		 * program may still start without the loader's help (a loader
+		 * that cannot run it, a policy on what may be exec'd). */
+		log_info("the fork server did not start through %s (%s): starting it directly",
+			 loader, r == -ECONNRESET ? "it exited" : strerror(-r));
+		shut();
+		z_no_loader = true;
+		return zygote_start();
 	}
 	if (r < 0) {
 		/* It logged a module that failed; exit status 127 was a failed

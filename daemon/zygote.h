@@ -38,11 +38,14 @@
  * executable beside its libraries), the zygote moves malloc off brk (glibc
  * falls back to mmap, beside the libraries too), and each worker runs on a
  * stack of its own, mapped there once and never touched by the zygote
- * (stackclone.h).  A worker then touches one cluster of addresses: on the
- * 2-core VM, recycling every task went from 529 to 707 workers/s and the
- * CPU per recycle from 3.6 to 2.7 ms.  Where the loader cannot be named
- * (not glibc) or the stack switch is not built (not x86_64, ASan), the
- * zygote works as before, only slower. */
+ * (stackclone.h; --worker-stack 0 turns it off for runtimes that need the
+ * stack glibc knows).  A worker then touches one cluster of addresses (fork
+ * still copies the tables of the zygote's own stack, which holds argv and
+ * the environment, but the worker never touches them): on the 2-core VM,
+ * recycling every task went from 529 to 707 workers/s and the CPU per
+ * recycle from 3.6 to 2.7 ms.  Where the loader cannot be named (not
+ * glibc) or fails, or the stack switch is not built (not x86_64, ASan),
+ * the zygote works as before, only slower. */
 #ifndef ZYGOTE_H
 #define ZYGOTE_H
 

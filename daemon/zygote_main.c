@@ -1,6 +1,7 @@
 /* mpool-zygote: mpoold's fork server (zygote.h says why it exists).
  *
- *     mpool-zygote VERSION LOG_LEVEL MAX_FRAME [MODULE_PATH INITARGS_JSON|-]...
+ *     mpool-zygote VERSION LOG_LEVEL MAX_FRAME WORKER_STACK_KIB \
+ *                  [MODULE_PATH INITARGS_JSON|-]...
  *
  * started by the master with its end of a SOCK_SEQPACKET pair on
  * descriptor 3.  It loads the modules as the master did, says so, then per
@@ -14,7 +15,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -55,14 +55,16 @@ static void reply(const struct zygote_rep *rep, int fd)
 
 /* fork(), but the child's parent is our parent: the master.  With
  * CLONE_PARENT the child's exit signal is ours (SIGCHLD: the master forked
- * us), and clone3 insists that none be given.  clone3 needs Linux 5.3; the
- * old clone's zero arguments mean the same in any order. */
+ * us), and clone3 insists that none be given.  clone3 needs Linux 5.3, and
+ * seccomp filters (systemd's RestrictNamespaces=, containers) answer it
+ * with ENOSYS or EPERM; the old clone's zero arguments mean the same in any
+ * order. */
 static long clone_parent(void)
 {
 	struct clone_args ca = { .flags = CLONE_PARENT };
 	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
 
-	if (pid < 0 && errno == ENOSYS)
+	if (pid < 0 && (errno == ENOSYS || errno == EPERM))
 		pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, NULL, NULL, 0);
 	return pid;
 }
@@ -88,38 +90,35 @@ static void heap_off_brk(void)
 		munmap(m, page);    /* a kernel that took the address as a hint */
 }
 
-/* Below the workers' stack, never mapped: the kernel keeps as much between
- * a main thread's stack and the next mapping (stack_guard_gap), so that a
- * big frame cannot jump over it into other memory. */
+/* Below the workers' stack, mapped PROT_NONE: the kernel keeps as much
+ * between a main thread's stack and the next mapping (stack_guard_gap), so
+ * that a big frame cannot jump over it into other memory.  One page above
+ * it too: nothing may read past the top (an unwinder that missed the end
+ * of the stack, say) and find another mapping's bytes there. */
 #define STACK_GUARD (1 << 20)
-/* Address space only (MAP_NORESERVE), but not without bound. */
-#define STACK_MAX ((rlim_t)1 << 30)
 
-/* The stack every worker runs on: the size a main thread may grow to
- * (RLIMIT_STACK, 64 KiB to 1 GiB; 8 MiB when unlimited, as glibc sizes
- * threads), the guard below it, no huge pages (a worker's first call would
- * clear 2 MiB).  It is mapped once, after the modules, so it lies right
- * below the libraries, and the zygote never touches it: fork copies nothing
- * of it and a worker starts on fresh pages.  Without it, workers keep the
- * stack they inherit. */
-static void worker_stack_init(void)
+/* The stack every worker runs on, kib KiB (--worker-stack; by default what
+ * a main thread may grow to), between its guards, no huge pages (a
+ * worker's first call would clear 2 MiB).  It is mapped once, after the
+ * modules, so it lies right below the libraries, and the zygote never
+ * touches it: fork copies nothing of it and a worker starts on fresh pages.
+ * Unlike an inherited stack it is all charged at once under
+ * vm.overcommit_memory=2 (MAP_NORESERVE does not apply there).  If it
+ * cannot be mapped, workers keep the stack they inherit. */
+static void worker_stack_init(uint64_t kib)
 {
-	size_t page = (size_t)sysconf(_SC_PAGESIZE), size = 8 << 20;
-	struct rlimit rl;
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), size, all;
 	char *m;
 
-	if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
-		rlim_t want = rl.rlim_cur < 64 * 1024 ? 64 * 1024 :
-			      rl.rlim_cur > STACK_MAX ? STACK_MAX : rl.rlim_cur;
-
-		size = ((size_t)want + page - 1) & ~(page - 1);
-	}
-	m = mmap(NULL, STACK_GUARD + size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-		 -1, 0);
+	if (!STACKCLONE_AVAILABLE || kib == 0 || kib > CONFIG_STACK_MAX_KIB)
+		return;
+	size = ((size_t)kib * 1024 + page - 1) & ~(page - 1);
+	all = STACK_GUARD + size + page;
+	m = mmap(NULL, all, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (m == MAP_FAILED)
 		return;
 	if (mprotect(m + STACK_GUARD, size, PROT_READ | PROT_WRITE) < 0) {
-		munmap(m, STACK_GUARD + size);
+		munmap(m, all);
 		return;
 	}
 	(void)madvise(m + STACK_GUARD, size, MADV_NOHUGEPAGE);   /* EINVAL without THP */
@@ -142,13 +141,11 @@ static long spawn(int fd, pid_t master, uint64_t quota)
 
 	if (w_stack) {
 		pid = stackclone_parent(w_stack, w_stack_size, worker_start, fd, master, (long)quota);
-		if (pid >= 0)
-			return pid;
-		if (pid != -ENOSYS && pid != -EPERM) {
+		if (pid < 0) {
 			errno = (int)-pid;
 			return -1;
 		}
-		w_stack = NULL;     /* not here: the inherited stack from now on */
+		return pid;
 	}
 	pid = clone_parent();
 	if (pid == 0)
@@ -198,7 +195,7 @@ int main(int argc, char **argv)
 		_exit(0);
 	/* A socket systemd passed the master is not CLOEXEC: not ours. */
 	close_range(ZYGOTE_FD + 1, ~0U, 0);
-	if (argc < 4 || (argc - 4) % 2 != 0 || (argc - 4) / 2 > CONFIG_MAX_MODULES) {
+	if (argc < 5 || (argc - 5) % 2 != 0 || (argc - 5) / 2 > CONFIG_MAX_MODULES) {
 		log_startup_err("mpool-zygote is started by mpoold, not by hand");
 		_exit(2);
 	}
@@ -210,7 +207,8 @@ int main(int argc, char **argv)
 	}
 	cfg.log_level = atoi(argv[2]);
 	cfg.max_frame = strtoull(argv[3], NULL, 10);
-	for (int i = 4; i + 1 < argc; i += 2) {
+	cfg.worker_stack_kib = strtoull(argv[4], NULL, 10);
+	for (int i = 5; i + 1 < argc; i += 2) {
 		struct module_spec *m = config_module_add();
 
 		m->path = strdup(argv[i]);
@@ -223,7 +221,7 @@ int main(int argc, char **argv)
 	log_init(cfg.log_level < LOG_WARNING ? cfg.log_level : LOG_WARNING);
 	r = modload_all();
 	log_init(cfg.log_level);
-	worker_stack_init();
+	worker_stack_init(cfg.worker_stack_kib);
 	rep.err = r < 0 ? -EINVAL : 0;
 	rep.pid = (int32_t)getpid();
 	reply(&rep, -1);

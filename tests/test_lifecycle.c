@@ -1109,26 +1109,51 @@ START_TEST(no_fork_server_workers_fork_from_the_master)
 }
 END_TEST
 
-/* key's unsigned value in the map o; the test fails if there is none. */
-static uint64_t map_u64(const msgpack_object *o, const char *key)
+/* key's value in the map o, of type t; the test fails if there is none. */
+static const msgpack_object *map_val(const msgpack_object *o, const char *key,
+				     msgpack_object_type t)
 {
-	size_t kl = strlen(key);
+	const msgpack_object *v = fx_obj_get(o, key);
 
-	REQUIREF(o->type == MSGPACK_OBJECT_MAP, "a map expected, got type %d", (int)o->type);
-	for (uint32_t i = 0; i < o->via.map.size; i++) {
-		const msgpack_object *k = &o->via.map.ptr[i].key, *v = &o->via.map.ptr[i].val;
-
-		if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == kl &&
-		    memcmp(k->via.str.ptr, key, kl) == 0 && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-			return v->via.u64;
-	}
-	FAILF("no unsigned '%s' in the map", key);
-	return 0;
+	REQUIREF(v && v->type == t, "no '%s' of type %d in the map", key, (int)t);
+	return v;
 }
 
+static uint64_t map_u64(const msgpack_object *o, const char *key)
+{
+	return map_val(o, key, MSGPACK_OBJECT_POSITIVE_INTEGER)->via.u64;
+}
+
+static bool map_bool(const msgpack_object *o, const char *key)
+{
+	return map_val(o, key, MSGPACK_OBJECT_BOOLEAN)->via.boolean;
+}
+
+/* As daemon/stackclone.h decides: workers get a stack of their own on
+ * x86_64, except under ASan, which also brings its own heap. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LAYOUT_ASAN 1
+#endif
+#endif
 #if defined(__SANITIZE_ADDRESS__)
 #define LAYOUT_ASAN 1
 #endif
+#if defined(__x86_64__) && !defined(LAYOUT_ASAN)
+#define LAYOUT_OWN_STACK 1
+#else
+#define LAYOUT_OWN_STACK 0
+#endif
+
+/* testmod.layout in a worker: the map, which the caller frees. */
+static mpool_value *layout_of_a_worker(struct fx *fx)
+{
+	mpool_value *v = NULL;
+	int r = ffx_apply_int(fx->c, "testmod.layout", 0, 0, &v);
+
+	REQUIREF(r == 0, "testmod.layout: %d (%s)", r, mpool_errmsg(fx->c));
+	return v;
+}
 
 /* A worker forked by the fork server keeps its executable, libraries, heap
  * and stack together (daemon/zygote.h, Layout): every region it touches
@@ -1138,36 +1163,85 @@ static uint64_t map_u64(const msgpack_object *o, const char *key)
 START_TEST(fork_server_workers_are_compact)
 {
 	const char *args[] = { "--module", testmod(), "--max-tasks-per-child", "1", NULL };
+	static const char *const keys[] = { "exe", "module",
+#if !defined(LAYOUT_ASAN)
+		"heap",
+#endif
+#if LAYOUT_OWN_STACK
+		"stack",
+#endif
+	};
 	struct fx fx;
 
 	fx_start(&fx, args);
 	for (int i = 0; i < 4; i++) {
-		static const char *const keys[] = { "exe", "module",
-#if !defined(LAYOUT_ASAN) && defined(__x86_64__)
-			/* ASan has its own heap, and keeps workers on their
-			 * inherited stack (daemon/stackclone.h); the
-			 * alternate stack is written for x86_64. */
-			"heap", "stack",
-#endif
-		};
+		mpool_value *v = layout_of_a_worker(&fx);
+		const msgpack_object *o = mpool_value_get(v);
 		uint64_t lo = UINT64_MAX, hi = 0;
-		mpool_value *v = NULL;
-		int r = ffx_apply_int(fx.c, "testmod.layout", 0, 0, &v);
 
-		REQUIREF(r == 0, "testmod.layout: %d (%s)", r, mpool_errmsg(fx.c));
 		for (unsigned k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
-			uint64_t a = map_u64(mpool_value_get(v), keys[k]);
+			uint64_t a = map_u64(o, keys[k]);
 
 			lo = a < lo ? a : lo;
 			hi = a > hi ? a : hi;
 		}
 		REQUIREF(hi - lo < ((uint64_t)1 << 30),
-			 "a worker's regions lie %llu MiB apart (exe %#llx, module %#llx)",
-			 (unsigned long long)((hi - lo) >> 20),
-			 (unsigned long long)map_u64(mpool_value_get(v), "exe"),
-			 (unsigned long long)map_u64(mpool_value_get(v), "module"));
+			 "a worker's regions lie %llu MiB apart: exe %#llx, module %#llx, "
+			 "heap %#llx, stack %#llx", (unsigned long long)((hi - lo) >> 20),
+			 (unsigned long long)map_u64(o, "exe"),
+			 (unsigned long long)map_u64(o, "module"),
+			 (unsigned long long)map_u64(o, "heap"),
+			 (unsigned long long)map_u64(o, "stack"));
+		REQUIREF(map_bool(o, "main_stack") == !LAYOUT_OWN_STACK,
+			 "the task runs %s the [stack] mapping", map_bool(o, "main_stack") ? "on" : "off");
 		mpool_value_free(v);
 	}
+	fx_stop(&fx);
+}
+END_TEST
+
+/* --worker-stack 0: workers keep the stack they inherit, the one glibc
+ * reports as the main thread's (for runtimes that scan or bound it). */
+START_TEST(worker_stack_zero_keeps_the_inherited_stack)
+{
+	const char *args[] = { "--module", testmod(), "--worker-stack", "0", NULL };
+	struct fx fx;
+
+	fx_start(&fx, args);
+	for (int i = 0; i < 3; i++) {
+		mpool_value *v = layout_of_a_worker(&fx);
+
+		REQUIREF(map_bool(mpool_value_get(v), "main_stack"),
+			 "with --worker-stack 0 the task runs off the [stack] mapping (at %#llx)",
+			 (unsigned long long)map_u64(mpool_value_get(v), "stack"));
+		mpool_value_free(v);
+	}
+	fx_stop(&fx);
+}
+END_TEST
+
+/* A worker on its own stack can walk it: the entry marks the end of the
+ * stack for unwinders (daemon/stackclone.c), which would otherwise read past
+ * its top; C++ exceptions, backtrace(3) and crash handlers depend on it. */
+START_TEST(worker_stack_unwinds)
+{
+	const char *args[] = { "--module", testmod(), "--max-tasks-per-child", "1", NULL };
+	struct ffx_status st;
+	struct fx fx;
+
+	fx_start(&fx, args);
+	for (int i = 0; i < 4; i++) {
+		mpool_value *v = NULL;
+		int r = ffx_apply_int(fx.c, "testmod.backtrace", 0, 0, &v);
+
+		REQUIREF(r == 0, "testmod.backtrace: %d (%s)", r, mpool_errmsg(fx.c));
+		REQUIREF(mpool_value_get(v)->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+			 mpool_value_get(v)->via.u64 >= 3 && mpool_value_get(v)->via.u64 < 128,
+			 "backtrace(3) found %lld frames", (long long)mpool_value_get(v)->via.i64);
+		mpool_value_free(v);
+	}
+	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the backtraces", &st);
+	REQUIREF(st.workers_died == 0, "workers_died %llu", (unsigned long long)st.workers_died);
 	fx_stop(&fx);
 }
 END_TEST
@@ -1180,26 +1254,33 @@ START_TEST(worker_stack_holds_the_limit_and_overflow_is_a_death)
 	struct rlimit old, lim;
 	struct ffx_status st;
 	mpool_value *v = NULL;
+	uint64_t kib;
 	struct fx fx;
 	int r;
 
+	/* 8 MiB, the usual limit, or the hard limit if it is lower. */
 	REQUIRE(getrlimit(RLIMIT_STACK, &old) == 0);
 	lim = old;
-	lim.rlim_cur = 8 << 20;
-	REQUIREF(old.rlim_max == RLIM_INFINITY || old.rlim_max >= lim.rlim_cur,
-		 "the hard stack limit %llu is below 8 MiB", (unsigned long long)old.rlim_max);
+	lim.rlim_cur = old.rlim_max != RLIM_INFINITY && old.rlim_max < (8 << 20) ? old.rlim_max :
+		       8 << 20;
+	kib = lim.rlim_cur / 1024;
+	REQUIREF(kib >= 1024, "the hard stack limit, %llu KiB, leaves no room to test",
+		 (unsigned long long)kib);
 	REQUIRE(setrlimit(RLIMIT_STACK, &lim) == 0);
 	fx_start(&fx, args);
 	REQUIRE(setrlimit(RLIMIT_STACK, &old) == 0);
-	r = ffx_apply_int(fx.c, "testmod.stack", 6 * 1024, 0, &v);
+	/* All but the last MiB, for the frames above the task's. */
+	r = ffx_apply_int(fx.c, "testmod.stack", (int64_t)(kib - 1024), 0, &v);
 	REQUIREF(r == 0 && mpool_value_get(v)->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
-		 mpool_value_get(v)->via.u64 == 6 * 1024 / 16,
-		 "6 MiB of stack: %d (%s)", r, mpool_errmsg(fx.c));
+		 mpool_value_get(v)->via.u64 == (kib - 1024 + 15) / 16,
+		 "%llu KiB of stack: %d (%s)", (unsigned long long)(kib - 1024), r,
+		 mpool_errmsg(fx.c));
 	mpool_value_free(v);
 	v = NULL;
-	r = ffx_apply_int(fx.c, "testmod.stack", 16 * 1024, 0, &v);
+	r = ffx_apply_int(fx.c, "testmod.stack", (int64_t)(2 * kib), 0, &v);
 	REQUIREF(r == -MPOOL_E_WORKER && strstr(mpool_errmsg(fx.c), "killed by"),
-		 "16 MiB of stack: %d (%s), expected the worker killed", r, mpool_errmsg(fx.c));
+		 "%llu KiB of stack: %d (%s), expected the worker killed",
+		 (unsigned long long)(2 * kib), r, mpool_errmsg(fx.c));
 	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the overflow", &st);
 	REQUIREF(st.workers_died == 1, "workers_died %llu", (unsigned long long)st.workers_died);
 	r = ffx_apply_int(fx.c, "testmod.stack", 64, 0, &v);
@@ -1718,6 +1799,8 @@ static Suite *lifecycle_suite(void)
 	tcase_add_test(tc, many_workers_start_through_a_full_channel);
 	tcase_add_test(tc, no_fork_server_workers_fork_from_the_master);
 	tcase_add_test(tc, fork_server_workers_are_compact);
+	tcase_add_test(tc, worker_stack_zero_keeps_the_inherited_stack);
+	tcase_add_test(tc, worker_stack_unwinds);
 	tcase_add_test(tc, worker_stack_holds_the_limit_and_overflow_is_a_death);
 	suite_add_tcase(s, tc);
 

@@ -19,7 +19,10 @@
  *                process, nil when it is not set
  *   layout       where the task's process keeps things: a map of
  *                addresses, "stack" (a local), "heap" (a malloc block),
- *                "module" (this code) and "exe" (the executable's base)
+ *                "module" (this code) and "exe" (the executable's base),
+ *                and "main_stack": whether the local lies in the mapping
+ *                /proc/self/maps calls [stack]
+ *   backtrace    the number of frames backtrace(3) finds from here
  *   stack        uses arg KiB of stack (16 KiB frames, each touched),
  *                returns the number of frames
  *   mixed        one function for maps that mix behaviours item by item:
@@ -35,7 +38,9 @@
  * Built with -DTESTMOD_NO_DESCRIPTOR it exports no mpool_module at all: a
  * shared object mpoold must refuse to load. */
 #include <errno.h>
+#include <execinfo.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <link.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -296,6 +301,25 @@ static void pack_addr(msgpack_packer *out, const char *key, uintptr_t addr)
 	msgpack_pack_uint64(out, addr);
 }
 
+/* addr lies in the mapping /proc/self/maps names [stack]. */
+static bool on_main_stack(uintptr_t addr)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	char line[512];
+	bool in = false;
+
+	if (!f)
+		return false;
+	while (!in && fgets(line, sizeof(line), f)) {
+		uintptr_t lo, hi;
+
+		if (strstr(line, "[stack]") && sscanf(line, "%" SCNxPTR "-%" SCNxPTR, &lo, &hi) == 2)
+			in = addr >= lo && addr < hi;
+	}
+	fclose(f);
+	return in;
+}
+
 static int fn_layout(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
 {
 	volatile char local = 0;
@@ -306,13 +330,28 @@ static int fn_layout(const msgpack_object *arg, msgpack_packer *out, struct mpoo
 	if (!heap)
 		return mpool_task_fail(err, MPOOL_E_TASK, "testmod.layout: out of memory");
 	dl_iterate_phdr(exe_base, &exe);
-	msgpack_pack_map(out, 4);
+	msgpack_pack_map(out, 5);
 	pack_addr(out, "stack", (uintptr_t)&local);
 	pack_addr(out, "heap", (uintptr_t)heap);
 	pack_addr(out, "module", (uintptr_t)fn_layout);
 	pack_addr(out, "exe", exe);
+	msgpack_pack_str_with_body(out, "main_stack", 10);
+	if (on_main_stack((uintptr_t)&local))
+		msgpack_pack_true(out);
+	else
+		msgpack_pack_false(out);
 	free(heap);
 	return 0;
+}
+
+static int fn_backtrace(const msgpack_object *arg, msgpack_packer *out,
+			struct mpool_task_error *err)
+{
+	void *frames[128];
+
+	(void)arg;
+	(void)err;
+	return msgpack_pack_int(out, backtrace(frames, 128));
 }
 
 /* Frames of 16 KiB down to kib, each written at both ends: the number of
@@ -398,6 +437,7 @@ static const struct mpool_function functions[] = {
 	{ "mixed", fn_mixed },
 	{ "getenv", fn_getenv },
 	{ "layout", fn_layout },
+	{ "backtrace", fn_backtrace },
 	{ "stack", fn_stack },
 	{ NULL, NULL },
 };
