@@ -20,6 +20,9 @@ struct module_spec {
 
 #define CONFIG_STACK_UNSET UINT64_MAX
 #define CONFIG_STACK_MAX_KIB (1024u * 1024)    /* 1 GiB */
+/* Less would not hold what glibc itself may put on a stack (alloca up to
+ * 64 KiB) and a task's frames above it. */
+#define CONFIG_STACK_MIN_KIB 256u
 
 struct config {
 	char socket_path[108];          /* sun_path size; "" until main() applies the default rule */

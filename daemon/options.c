@@ -47,8 +47,9 @@ const struct opt opt_table[] = {
 	  0, 365u * 24 * 3600, NULL, "recycle a worker S seconds old (0: never)" },
 	{ "worker-stack", 0, OPT_UINT, OPT_GLOBAL, NULL, "KIB", FIELD(worker_stack_kib),
 	  0, CONFIG_STACK_MAX_KIB, "RLIMIT_STACK in KiB, 8192 when unlimited",
-	  "the stack each worker runs on, mapped beside its libraries (0: the stack it "
-	  "inherits, which runtimes that ask glibc for their stack bounds need)" },
+	  "the stack each worker runs on, mapped beside its libraries, at least 256 "
+	  "(0: the stack it inherits, which runtimes that ask glibc for their stack "
+	  "bounds need)" },
 	{ "task-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(task_timeout_ms),
 	  0, DAY_MS, NULL, "kill a chunk's worker when an item runs longer than MS "
 	  "(0: no limit; a request may set its own)" },

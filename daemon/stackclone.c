@@ -11,8 +11,11 @@
 /* The child's first instructions, on its new stack.  The CFI says there is
  * no caller (the return address is undefined) and rbp is cleared, so
  * unwinders, by tables or by frame pointers, stop here instead of reading
- * past the top of the stack. */
-__asm__(".text\n"
+ * past the top of the stack.  A global but hidden symbol: with LTO this
+ * block and the jump to it may land in different partitions. */
+__asm__(".pushsection .text\n"
+	".globl stackclone_child\n"
+	".hidden stackclone_child\n"
 	".type stackclone_child, @function\n"
 	"stackclone_child:\n"
 	".cfi_startproc\n"
@@ -25,10 +28,13 @@ __asm__(".text\n"
 	"ud2\n"
 	".cfi_endproc\n"
 	".size stackclone_child, .-stackclone_child\n"
-	".previous\n");
+	".popsection\n");
 
 long stackclone_parent(void *stack, size_t size, stackclone_fn *fn, long a0, long a1, long a2)
 {
+	/* Before the register variables: nothing may run between their
+	 * assignment and the asm. */
+	char *top = (char *)stack + size;
 	/* The old clone(2), not clone3: systemd's RestrictNamespaces= and
 	 * container runtimes answer clone3 with ENOSYS, since a filter cannot
 	 * look into its arguments.  With CLONE_PARENT the exit signal given is
@@ -41,7 +47,6 @@ long stackclone_parent(void *stack, size_t size, stackclone_fn *fn, long a0, lon
 	register long r13 __asm__("r13") = a1;
 	register long r14 __asm__("r14") = a2;
 	register stackclone_fn *r15 __asm__("r15") = fn;
-	char *top = (char *)stack + size;
 	long ret;
 
 	__asm__ volatile("syscall\n\t"

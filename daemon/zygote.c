@@ -490,10 +490,11 @@ int zygote_start(void)
 		if (!z_read || event_add(z_read, NULL) < 0)
 			r = -ENOMEM;
 	}
-	if (r < 0 && r != -EINVAL && loader) {
-		/* Not a module that failed (-EINVAL, which it logged): the
-		 * program may still start without the loader's help (a loader
-		 * that cannot run it, a policy on what may be exec'd). */
+	if (r == -ECONNRESET && loader) {
+		/* It exited before saying hello, not a module failing (which
+		 * it reports) or a slow start: the program may still start
+		 * without the loader's help (a loader that cannot run it, a
+		 * policy on what may be exec'd). */
 		log_info("the fork server did not start through %s (%s): starting it directly",
 			 loader, r == -ECONNRESET ? "it exited" : strerror(-r));
 		shut();

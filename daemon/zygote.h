@@ -9,7 +9,7 @@
  * a worker needs (the task modules, msgpack, the worker loop; no libevent,
  * no libsystemd), loads the modules like the master did at start (RTLD_NOW,
  * before any fork) and then waits for requests.  Each worker is forked
- * from that small address space with clone(CLONE_PARENT | SIGCHLD), so it
+ * from that small address space with clone(CLONE_PARENT), so it
  * is the master's child as before: the master gets its SIGCHLD, reaps it
  * and stays the parent PR_SET_PDEATHSIG watches.  The zygote hands back the
  * pid and the master's end of the worker's socketpair (SCM_RIGHTS).
@@ -40,12 +40,12 @@
  * stack of its own, mapped there once and never touched by the zygote
  * (stackclone.h; --worker-stack 0 turns it off for runtimes that need the
  * stack glibc knows).  A worker then touches one cluster of addresses (fork
- * still copies the tables of the zygote's own stack, which holds argv and
- * the environment, but the worker never touches them): on the 2-core VM,
- * recycling every task went from 529 to 707 workers/s and the CPU per
- * recycle from 3.6 to 2.7 ms.  Where the loader cannot be named (not
- * glibc) or fails, or the stack switch is not built (not x86_64, ASan),
- * the zygote works as before, only slower. */
+ * still copies the tables of the zygote's own stack, which holds argv, the
+ * environment and the aux vector, but a worker seldom reads them): on the
+ * 2-core VM, recycling every task went from 529 to 707 workers/s and the
+ * CPU per recycle from 3.6 to 2.7 ms.  Where the loader cannot be named
+ * (not glibc) or the program exits under it, or the stack switch is not
+ * built (not x86_64, ASan), the zygote works as before, only slower. */
 #ifndef ZYGOTE_H
 #define ZYGOTE_H
 

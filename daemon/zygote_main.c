@@ -5,9 +5,10 @@
  *
  * started by the master with its end of a SOCK_SEQPACKET pair on
  * descriptor 3.  It loads the modules as the master did, says so, then per
- * request forks a worker with clone(CLONE_PARENT | SIGCHLD), so the worker
- * is the master's child, and passes back its pid and the master's end of
- * its socketpair.  It leaves when the master closes the pair or dies. */
+ * request forks a worker with clone(CLONE_PARENT), so the worker is the
+ * master's child (its exit signal is ours, SIGCHLD), and passes back its
+ * pid and the master's end of its socketpair.  It leaves when the master
+ * closes the pair or dies. */
 #include <errno.h>
 #include <linux/sched.h>
 #include <signal.h>
@@ -195,14 +196,15 @@ int main(int argc, char **argv)
 		_exit(0);
 	/* A socket systemd passed the master is not CLOEXEC: not ours. */
 	close_range(ZYGOTE_FD + 1, ~0U, 0);
-	if (argc < 5 || (argc - 5) % 2 != 0 || (argc - 5) / 2 > CONFIG_MAX_MODULES) {
-		log_startup_err("mpool-zygote is started by mpoold, not by hand");
+	/* The wire between us, arguments included, is private: an mpoold of
+	 * another version (a stale install) falls back to forking its
+	 * workers itself. */
+	if (argc >= 2 && strcmp(argv[1], MPOOL_VERSION) != 0) {
+		log_startup_err("mpool-zygote %s cannot serve mpoold %s", MPOOL_VERSION, argv[1]);
 		_exit(2);
 	}
-	/* The wire between us is private: an mpoold of another version (a
-	 * stale install) falls back to forking its workers itself. */
-	if (strcmp(argv[1], MPOOL_VERSION) != 0) {
-		log_startup_err("mpool-zygote %s cannot serve mpoold %s", MPOOL_VERSION, argv[1]);
+	if (argc < 5 || (argc - 5) % 2 != 0 || (argc - 5) / 2 > CONFIG_MAX_MODULES) {
+		log_startup_err("mpool-zygote is started by mpoold, not by hand");
 		_exit(2);
 	}
 	cfg.log_level = atoi(argv[2]);

@@ -1220,6 +1220,44 @@ START_TEST(worker_stack_zero_keeps_the_inherited_stack)
 }
 END_TEST
 
+/* --worker-stack sizes the stack whatever RLIMIT_STACK says: 2 MiB under an
+ * 8 MiB limit holds 1 MiB of frames and not 4.  Where workers keep the
+ * inherited stack (LAYOUT_OWN_STACK 0) the setting does nothing, and the
+ * limit rules. */
+START_TEST(worker_stack_setting_sizes_the_stack)
+{
+	const char *args[] = { "--module", testmod(), "--worker-stack", "2048", NULL };
+	struct rlimit old, lim;
+	mpool_value *v = NULL;
+	struct fx fx;
+	int r;
+
+	REQUIRE(getrlimit(RLIMIT_STACK, &old) == 0);
+	REQUIREF(old.rlim_max == RLIM_INFINITY || old.rlim_max >= (8 << 20),
+		 "the hard stack limit, %llu bytes, is under 8 MiB",
+		 (unsigned long long)old.rlim_max);
+	lim = old;
+	lim.rlim_cur = 8 << 20;
+	REQUIRE(setrlimit(RLIMIT_STACK, &lim) == 0);
+	fx_start(&fx, args);
+	REQUIRE(setrlimit(RLIMIT_STACK, &old) == 0);
+	r = ffx_apply_int(fx.c, "testmod.stack", 1024, 0, &v);
+	REQUIREF(r == 0, "1 MiB of stack: %d (%s)", r, mpool_errmsg(fx.c));
+	mpool_value_free(v);
+	v = NULL;
+	r = ffx_apply_int(fx.c, "testmod.stack", 4096, 0, &v);
+	if (LAYOUT_OWN_STACK)
+		REQUIREF(r == -MPOOL_E_WORKER && strstr(mpool_errmsg(fx.c), "killed by"),
+			 "4 MiB on a 2 MiB stack: %d (%s), expected the worker killed", r,
+			 mpool_errmsg(fx.c));
+	else
+		REQUIREF(r == 0, "4 MiB on the inherited 8 MiB stack: %d (%s)", r,
+			 mpool_errmsg(fx.c));
+	mpool_value_free(v);
+	fx_stop(&fx);
+}
+END_TEST
+
 /* A worker on its own stack can walk it: the entry marks the end of the
  * stack for unwinders (daemon/stackclone.c), which would otherwise read past
  * its top; C++ exceptions, backtrace(3) and crash handlers depend on it. */
@@ -1237,7 +1275,8 @@ START_TEST(worker_stack_unwinds)
 		REQUIREF(r == 0, "testmod.backtrace: %d (%s)", r, mpool_errmsg(fx.c));
 		REQUIREF(mpool_value_get(v)->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
 			 mpool_value_get(v)->via.u64 >= 3 && mpool_value_get(v)->via.u64 < 128,
-			 "backtrace(3) found %lld frames", (long long)mpool_value_get(v)->via.i64);
+			 "backtrace(3) found %lld frames (type %d)",
+			 (long long)mpool_value_get(v)->via.i64, (int)mpool_value_get(v)->type);
 		mpool_value_free(v);
 	}
 	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the backtraces", &st);
@@ -1264,7 +1303,7 @@ START_TEST(worker_stack_holds_the_limit_and_overflow_is_a_death)
 	lim.rlim_cur = old.rlim_max != RLIM_INFINITY && old.rlim_max < (8 << 20) ? old.rlim_max :
 		       8 << 20;
 	kib = lim.rlim_cur / 1024;
-	REQUIREF(kib >= 1024, "the hard stack limit, %llu KiB, leaves no room to test",
+	REQUIREF(kib >= 2048, "the hard stack limit, %llu KiB, leaves no room to test",
 		 (unsigned long long)kib);
 	REQUIRE(setrlimit(RLIMIT_STACK, &lim) == 0);
 	fx_start(&fx, args);
@@ -1801,6 +1840,7 @@ static Suite *lifecycle_suite(void)
 	tcase_add_test(tc, fork_server_workers_are_compact);
 	tcase_add_test(tc, worker_stack_zero_keeps_the_inherited_stack);
 	tcase_add_test(tc, worker_stack_unwinds);
+	tcase_add_test(tc, worker_stack_setting_sizes_the_stack);
 	tcase_add_test(tc, worker_stack_holds_the_limit_and_overflow_is_a_death);
 	suite_add_tcase(s, tc);
 

@@ -21,10 +21,11 @@
  * reports as the main thread's: pthread_getattr_np() and __libc_stack_end
  * describe the latter.  Unwinding (C++ exceptions, backtrace()) works as
  * usual.  A runtime that scans or bounds its stack through glibc (a
- * conservative garbage collector, Go's cgo, some language VMs) needs
- * mpoold run with worker-stack = 0, which keeps the inherited stack.  And
- * since mpoold starts its fork server through the dynamic loader,
- * /proc/self/exe in a worker names the loader, not a program of mpool's.
+ * conservative garbage collector, Go's cgo, CPython from 3.14 on, the JVM)
+ * needs mpoold run with worker-stack = 0, which keeps the inherited
+ * stack.  And since mpoold starts its fork server through the dynamic
+ * loader, /proc/self/exe in a worker names the loader, not a program of
+ * mpool's.
  *
  * Bump MPOOL_MODULE_ABI whenever a struct below changes. */
 #ifndef MPOOL_MODULE_H
