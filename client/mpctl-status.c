@@ -95,6 +95,30 @@ static const char *duration(char *buf, size_t size, const msgpack_object *map, c
 	return buf;
 }
 
+/* Nothing from a daemon older than the key. */
+static void print_fork_server(FILE *out, const msgpack_object *st)
+{
+	const msgpack_object *fs = ctl_get(st, "fork_server");
+	const msgpack_object *loader = ctl_get(fs, "loader");
+	char b[2][32];
+	uint64_t kib;
+
+	if (!fs)
+		return;
+	if (fs->type != MSGPACK_OBJECT_MAP) {
+		fprintf(out, "fork server none: workers fork from the master\n");
+		return;
+	}
+	fprintf(out, "fork server pid %s%s; workers on ", num(b[0], sizeof(b[0]), fs, "pid"),
+		loader && loader->type == MSGPACK_OBJECT_BOOLEAN && loader->via.boolean ?
+		", started through the dynamic loader" : "");
+	if (get_u64(fs, "worker_stack_kib", &kib) && kib > 0)
+		fprintf(out, "their own %s KiB stack\n",
+			num(b[1], sizeof(b[1]), fs, "worker_stack_kib"));
+	else
+		fprintf(out, "the stack they inherit\n");
+}
+
 static void print_summary(FILE *out, const msgpack_object *st)
 {
 	const msgpack_object *totals = ctl_get(st, "totals");
@@ -129,6 +153,7 @@ static void print_summary(FILE *out, const msgpack_object *st)
 	if (failure && failure->type == MSGPACK_OBJECT_STR)
 		fprintf(out, "; last failure: %s", str(text, sizeof(text), totals, "last_failure"));
 	fputc('\n', out);
+	print_fork_server(out, st);
 }
 
 static void print_workers(FILE *out, const msgpack_object *workers)

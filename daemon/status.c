@@ -9,6 +9,7 @@
 #include "mp_rpc.h"
 #include "pool.h"
 #include "proc.h"
+#include "zygote.h"
 
 static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 {
@@ -18,7 +19,7 @@ static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 
 void status_pack(msgpack_packer *pk)
 {
-	msgpack_pack_map(pk, 9);
+	msgpack_pack_map(pk, 10);
 	mp_pack_cstr(pk, "version");
 	mp_pack_cstr(pk, MPOOL_VERSION);
 	kv_u64(pk, "protocol", MP_PROTO_VERSION);
@@ -32,6 +33,8 @@ void status_pack(msgpack_packer *pk)
 	disp_pack_jobs(pk);
 	mp_pack_cstr(pk, "processes");
 	proc_pack_all(pk);
+	mp_pack_cstr(pk, "fork_server");
+	zygote_pack_status(pk);
 	mp_pack_cstr(pk, "totals");
 	msgpack_pack_map(pk, 8 + POOL_TOTALS_KEYS);
 	kv_u64(pk, "workers", cfg.workers);

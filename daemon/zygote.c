@@ -19,6 +19,7 @@
 #include "log.h"
 #include "master.h"
 #include "mem.h"
+#include "mp_rpc.h"
 
 /* A zygote that has not loaded the modules or answered a fork by then is
  * taken for hung: the master must not wait on it for long. */
@@ -34,6 +35,9 @@ static bool z_broken;
 /* It did not start through the dynamic loader: start it directly, until the
  * next reload. */
 static bool z_no_loader;
+/* The running zygote's: started through the loader; its hello's stack_kib. */
+static bool z_via_loader;
+static uint32_t z_stack_kib;
 
 static struct event_base *z_base;
 static zygote_forked_fn *z_forked;
@@ -510,7 +514,11 @@ int zygote_start(void)
 		z_broken = true;
 		return r;
 	}
-	log_debug("fork server %d started", (int)z_pid);
+	z_via_loader = loader != NULL;
+	z_stack_kib = rep.stack_kib;
+	log_debug("fork server %d started%s, workers on %s", (int)z_pid,
+		  loader ? " through the dynamic loader" : "",
+		  rep.stack_kib ? "their own stack" : "the stack they inherit");
 	return 0;
 }
 
@@ -557,4 +565,22 @@ bool zygote_reaped(pid_t pid, int status)
 pid_t zygote_pid(void)
 {
 	return z_pid;
+}
+
+void zygote_pack_status(msgpack_packer *pk)
+{
+	if (z_fd < 0 || z_pid == 0) {
+		msgpack_pack_nil(pk);
+		return;
+	}
+	msgpack_pack_map(pk, 3);
+	mp_pack_cstr(pk, "pid");
+	msgpack_pack_uint64(pk, (uint64_t)z_pid);
+	mp_pack_cstr(pk, "loader");
+	if (z_via_loader)
+		msgpack_pack_true(pk);
+	else
+		msgpack_pack_false(pk);
+	mp_pack_cstr(pk, "worker_stack_kib");
+	msgpack_pack_uint64(pk, z_stack_kib);
 }

@@ -53,6 +53,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <msgpack.h>
+
 struct event_base;
 
 #define ZYGOTE_NAME "mpool-zygote"
@@ -64,9 +66,11 @@ struct zygote_req {
 struct zygote_rep {
 	int32_t err;              /* 0, or -errno: the fork failed */
 	int32_t pid;              /* the worker, with its fd as SCM_RIGHTS */
+	uint32_t stack_kib;       /* first message only, below */
 };
-/* The zygote's first message: err 0 and its pid once the modules are
- * loaded; err -EINVAL when one failed (it logged which). */
+/* The zygote's first message: err 0, its pid and the stack its workers run
+ * on (KiB; 0: the one they inherit) once the modules are loaded; err
+ * -EINVAL when one failed (it logged which). */
 
 /* The answer to a request: err 0 with the worker's pid and the master's
  * end of its channel (CLOEXEC, now the callee's); -ENOTCONN when the fork
@@ -101,5 +105,8 @@ unsigned zygote_pending(void);
 bool zygote_reaped(pid_t pid, int status);
 /* The zygote's pid, 0 when none runs. */
 pid_t zygote_pid(void);
+/* For status: nil when no zygote runs, else its pid, whether it was
+ * started through the dynamic loader, and its workers' stack. */
+void zygote_pack_status(msgpack_packer *pk);
 
 #endif

@@ -226,6 +226,7 @@ int main(int argc, char **argv)
 	worker_stack_init(cfg.worker_stack_kib);
 	rep.err = r < 0 ? -EINVAL : 0;
 	rep.pid = (int32_t)getpid();
+	rep.stack_kib = w_stack ? (uint32_t)(w_stack_size / 1024) : 0;
 	reply(&rep, -1);
 	if (r < 0)
 		_exit(1);

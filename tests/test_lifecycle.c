@@ -1058,57 +1058,6 @@ START_TEST(many_workers_start_through_a_full_channel)
 }
 END_TEST
 
-/* An mpoold with no mpool-zygote beside it (and none installed) forks its
- * workers itself, says so once, and serves as before. */
-START_TEST(no_fork_server_workers_fork_from_the_master)
-{
-	const char *args[] = { "--max-tasks-per-child", "1", NULL };
-	static char dir[] = "/tmp/mpool-nozygote.XXXXXX", copy[64];
-	struct fx fx;
-	struct ffx_map m = { 0 };
-	struct mpool_map_summary sum;
-	struct ffx_status st;
-	msgpack_sbuffer sb;
-	msgpack_packer pk;
-	char buf[65536];
-	ssize_t n;
-	int in, out, r;
-
-	REQUIRE(mkdtemp(dir) != NULL);
-	snprintf(copy, sizeof(copy), "%s/mpoold", dir);
-	in = open(ffx_env("MPOOLD"), O_RDONLY | O_CLOEXEC);
-	out = open(copy, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
-	REQUIRE(in >= 0 && out >= 0);
-	while ((n = read(in, buf, sizeof(buf))) > 0)
-		REQUIRE(write(out, buf, (size_t)n) == n);
-	REQUIRE(n == 0);
-	close(in);
-	close(out);
-	setenv("MPOOLD", copy, 1);
-	fx_start(&fx, args);
-	fx_sbuf_init(&sb, &pk);
-	fx_pack_range(&pk, 0, 50);
-	r = ffx_map_run(fx.c, "builtin.pid", &sb, 50, &(struct mpool_map_opts){ .chunksize = 1 },
-			&m, &sum);
-	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
-		 (unsigned long long)sum.failed);
-	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the map", &st);
-	REQUIREF(st.tasks_done == 50 && st.workers_recycled == 50 && st.workers_died == 0,
-		 "tasks_done %llu, recycled %llu, died %llu", (unsigned long long)st.tasks_done,
-		 (unsigned long long)st.workers_recycled, (unsigned long long)st.workers_died);
-	/* Unless a fork server is installed where mpoold looks last. */
-	if (zygote_of(fx.pid) == 0)
-		REQUIREF(ffx_log_count(&fx, "workers fork from the master") == 1,
-			 "%u log lines say the workers fork from the master",
-			 ffx_log_count(&fx, "workers fork from the master"));
-	ffx_map_free(&m);
-	msgpack_sbuffer_destroy(&sb);
-	fx_stop(&fx);
-	unlink(copy);
-	rmdir(dir);
-}
-END_TEST
-
 /* key's value in the map o, of type t; the test fails if there is none. */
 static const msgpack_object *map_val(const msgpack_object *o, const char *key,
 				     msgpack_object_type t)
@@ -1155,6 +1104,36 @@ static mpool_value *layout_of_a_worker(struct fx *fx)
 	return v;
 }
 
+/* status.fork_server, in a value the caller frees (*v). */
+static const msgpack_object *fork_server_status(struct fx *fx, mpool_value **v)
+{
+	const msgpack_object *fs;
+	int r = mpool_status(fx->c, v);
+
+	REQUIREF(r == 0, "mpool_status: %s: %s", mpool_strerror(-r), mpool_errmsg(fx->c));
+	fs = fx_obj_get(mpool_value_get(*v), "fork_server");
+	REQUIREF(fs, "the status has no fork_server");
+	return fs;
+}
+
+/* The status's fork server: the zygote, started through the loader, its
+ * workers on a stack of want_kib (0: the inherited one). */
+static void expect_fork_server(struct fx *fx, uint64_t want_kib)
+{
+	mpool_value *v = NULL;
+	const msgpack_object *fs = fork_server_status(fx, &v);
+
+	REQUIREF(fs->type == MSGPACK_OBJECT_MAP, "fork_server is of type %d", (int)fs->type);
+	REQUIREF(map_u64(fs, "pid") == (uint64_t)zygote_of(fx->pid),
+		 "fork_server.pid %llu, the zygote is %d", (unsigned long long)map_u64(fs, "pid"),
+		 (int)zygote_of(fx->pid));
+	REQUIREF(map_bool(fs, "loader"), "the fork server was not started through the loader");
+	REQUIREF(map_u64(fs, "worker_stack_kib") == want_kib, "fork_server.worker_stack_kib %llu, "
+		 "expected %llu", (unsigned long long)map_u64(fs, "worker_stack_kib"),
+		 (unsigned long long)want_kib);
+	mpool_value_free(v);
+}
+
 /* A worker forked by the fork server keeps its executable, libraries, heap
  * and stack together (daemon/zygote.h, Layout): every region it touches
  * costs page tables at fork, first touch and exit.  A plain exec puts the
@@ -1171,9 +1150,15 @@ START_TEST(fork_server_workers_are_compact)
 		"stack",
 #endif
 	};
+	struct rlimit rl;
 	struct fx fx;
 
+	REQUIRE(getrlimit(RLIMIT_STACK, &rl) == 0);
 	fx_start(&fx, args);
+	/* mpoold's default: RLIMIT_STACK, 8 MiB when unlimited. */
+	expect_fork_server(&fx, !LAYOUT_OWN_STACK ? 0 : rl.rlim_cur == RLIM_INFINITY ? 8192 :
+			   rl.rlim_cur / 1024 < 256 ? 256 :
+			   rl.rlim_cur / 1024 > 1024 * 1024 ? 1024 * 1024 : rl.rlim_cur / 1024);
 	for (int i = 0; i < 4; i++) {
 		mpool_value *v = layout_of_a_worker(&fx);
 		const msgpack_object *o = mpool_value_get(v);
@@ -1208,6 +1193,7 @@ START_TEST(worker_stack_zero_keeps_the_inherited_stack)
 	struct fx fx;
 
 	fx_start(&fx, args);
+	expect_fork_server(&fx, 0);
 	for (int i = 0; i < 3; i++) {
 		mpool_value *v = layout_of_a_worker(&fx);
 
@@ -1241,6 +1227,7 @@ START_TEST(worker_stack_setting_sizes_the_stack)
 	REQUIRE(setrlimit(RLIMIT_STACK, &lim) == 0);
 	fx_start(&fx, args);
 	REQUIRE(setrlimit(RLIMIT_STACK, &old) == 0);
+	expect_fork_server(&fx, LAYOUT_OWN_STACK ? 2048 : 0);
 	r = ffx_apply_int(fx.c, "testmod.stack", 1024, 0, &v);
 	REQUIREF(r == 0, "1 MiB of stack: %d (%s)", r, mpool_errmsg(fx.c));
 	mpool_value_free(v);
@@ -1326,6 +1313,64 @@ START_TEST(worker_stack_holds_the_limit_and_overflow_is_a_death)
 	REQUIREF(r == 0, "after the overflow: %d (%s)", r, mpool_errmsg(fx.c));
 	mpool_value_free(v);
 	fx_stop(&fx);
+}
+END_TEST
+
+/* An mpoold with no mpool-zygote beside it (and none installed) forks its
+ * workers itself, says so once, and serves as before. */
+START_TEST(no_fork_server_workers_fork_from_the_master)
+{
+	const char *args[] = { "--max-tasks-per-child", "1", NULL };
+	static char dir[] = "/tmp/mpool-nozygote.XXXXXX", copy[64];
+	struct fx fx;
+	struct ffx_map m = { 0 };
+	struct mpool_map_summary sum;
+	struct ffx_status st;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	char buf[65536];
+	ssize_t n;
+	int in, out, r;
+
+	REQUIRE(mkdtemp(dir) != NULL);
+	snprintf(copy, sizeof(copy), "%s/mpoold", dir);
+	in = open(ffx_env("MPOOLD"), O_RDONLY | O_CLOEXEC);
+	out = open(copy, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
+	REQUIRE(in >= 0 && out >= 0);
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		REQUIRE(write(out, buf, (size_t)n) == n);
+	REQUIRE(n == 0);
+	close(in);
+	close(out);
+	setenv("MPOOLD", copy, 1);
+	fx_start(&fx, args);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, 50);
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 50, &(struct mpool_map_opts){ .chunksize = 1 },
+			&m, &sum);
+	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
+		 (unsigned long long)sum.failed);
+	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the map", &st);
+	REQUIREF(st.tasks_done == 50 && st.workers_recycled == 50 && st.workers_died == 0,
+		 "tasks_done %llu, recycled %llu, died %llu", (unsigned long long)st.tasks_done,
+		 (unsigned long long)st.workers_recycled, (unsigned long long)st.workers_died);
+	/* Unless a fork server is installed where mpoold looks last. */
+	if (zygote_of(fx.pid) == 0) {
+		mpool_value *v = NULL;
+		const msgpack_object *fs = fork_server_status(&fx, &v);
+
+		REQUIREF(fs->type == MSGPACK_OBJECT_NIL, "status shows a fork server of type %d",
+			 (int)fs->type);
+		mpool_value_free(v);
+		REQUIREF(ffx_log_count(&fx, "workers fork from the master") == 1,
+			 "%u log lines say the workers fork from the master",
+			 ffx_log_count(&fx, "workers fork from the master"));
+	}
+	ffx_map_free(&m);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+	unlink(copy);
+	rmdir(dir);
 }
 END_TEST
 

@@ -823,6 +823,18 @@ class StatusTest(DaemonTestCase):
             self.assertIsInstance(w["tasks_done"], int)
             self.assertTrue(w["job"] is None or isinstance(w["job"], int), w)
             self.assertIsInstance(w["age_ms"], int)
+        # The fork server: a map while one runs (the build has one beside
+        # mpoold), nil otherwise.
+        self.assertIn("fork_server", st)
+        fs = st["fork_server"]
+        self.assertIsInstance(fs, dict)
+        self.assertIsInstance(fs["pid"], int)
+        self.assertNotEqual(fs["pid"], st["pid"])
+        self.assertNotIn(fs["pid"], [w["pid"] for w in st["workers"]])
+        self.assertIsInstance(fs["loader"], bool)
+        self.assertIsInstance(fs["worker_stack_kib"], int)
+        self.assertNotIsInstance(fs["worker_stack_kib"], bool)
+        self.assertGreaterEqual(fs["worker_stack_kib"], 0)
         totals = st["totals"]
         for key in self.TOTALS:
             self.assertIn(key, totals)
