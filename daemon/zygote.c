@@ -499,8 +499,8 @@ int zygote_start(void)
 		 * it reports) or a slow start: the program may still start
 		 * without the loader's help (a loader that cannot run it, a
 		 * policy on what may be exec'd). */
-		log_info("the fork server did not start through %s (%s): starting it directly",
-			 loader, r == -ECONNRESET ? "it exited" : strerror(-r));
+		log_info("the fork server exited under %s before its hello: starting it directly",
+			 loader);
 		shut();
 		z_no_loader = true;
 		return zygote_start();
