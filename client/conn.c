@@ -292,7 +292,7 @@ void mpc_call_complete(struct mpool_async *a, int err, const char *msg)
 	if (err == 0 && a->cb)
 		MPC_CALLBACK(a, a->cb(a->ud, mpc_call_result(a)));
 	else if (err < 0 && a->ecb)
-		MPC_CALLBACK(a, a->ecb(a->ud, -err, a->errmsg ? a->errmsg : "out of memory"));
+		MPC_CALLBACK(a, a->ecb(a->ud, err, a->errmsg ? a->errmsg : "out of memory"));
 }
 
 void mpc_call_fail(struct mpool_async *a, int code, const char *fmt, ...)

@@ -113,7 +113,7 @@ struct mpool_item_error *mpc_copy_errors(const uint8_t *errors, size_t len, uint
 
 		mp_read_error(&c, &code, &msg, &msg_len, &index);
 		errs[i].index = (uint64_t)index;
-		errs[i].code = code;
+		errs[i].code = -code;   /* the wire's code, as libmpool reports codes */
 		errs[i].message = text;
 		memcpy(text, msg, msg_len);
 		text[msg_len] = '\0';

@@ -849,7 +849,7 @@ static void map_piece(void *ud, uint64_t first, const msgpack_object *res,
 		REQUIREF(it->code == 0, "two errors for item %llu", (unsigned long long)idx);
 		REQUIREF(it->type == MSGPACK_OBJECT_NIL, "item %llu has both a result and an error",
 			 (unsigned long long)idx);
-		REQUIREF(errs[k].code > 0, "item %llu: error code %d", (unsigned long long)idx,
+		REQUIREF(errs[k].code < 0, "item %llu: error code %d", (unsigned long long)idx,
 			 errs[k].code);
 		it->code = errs[k].code;
 		snprintf(it->msg, sizeof(it->msg), "%s", errs[k].message);

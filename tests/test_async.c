@@ -285,7 +285,7 @@ START_TEST(callbacks_once_each)
 	REQUIRE(mpool_async_successful(a1) == 1);
 	REQUIRE(mpool_async_get(a1, 0, &o) == 0 && fx_obj_u64(o) == 49);
 
-	REQUIREF(bad.ok == 0 && bad.err == 1 && bad.last_code == MPOOL_E_TYPE &&
+	REQUIREF(bad.ok == 0 && bad.err == 1 && bad.last_code == -MPOOL_E_TYPE &&
 		 strstr(bad.last_msg, "str"), "square of a str: %d/%d, code %d '%s'",
 		 bad.ok, bad.err, bad.last_code, bad.last_msg);
 	REQUIRE(mpool_async_successful(a2) == 0);
@@ -295,7 +295,7 @@ START_TEST(callbacks_once_each)
 		 strcmp(mpool_errmsg(c), bad.last_msg) == 0, "'%s' / '%s' / '%s'",
 		 mpool_async_errmsg(a2), mpool_errmsg(c), bad.last_msg);
 
-	REQUIREF(nof.err == 1 && nof.ok == 0 && nof.last_code == MPOOL_E_NOFUNC, "nosuch: %d/%d %d",
+	REQUIREF(nof.err == 1 && nof.ok == 0 && nof.last_code == -MPOOL_E_NOFUNC, "nosuch: %d/%d %d",
 		 nof.ok, nof.err, nof.last_code);
 
 	REQUIREF(map_ok.ok == 1 && map_ok.err == 0 && map_ok.array_ok && map_ok.last_array == 1000,
@@ -305,7 +305,7 @@ START_TEST(callbacks_once_each)
 		o->via.array.size == 1000 && fx_obj_u64(&o->via.array.ptr[999]) == 1000000);
 
 	/* Like Pool.map_async: a failed item fails the whole map. */
-	REQUIREF(map_bad.ok == 0 && map_bad.err == 1 && map_bad.last_code == MPOOL_E_ITEMS &&
+	REQUIREF(map_bad.ok == 0 && map_bad.err == 1 && map_bad.last_code == -MPOOL_E_ITEMS &&
 		 strstr(map_bad.last_msg, "item 5"), "map with a failed item: %d/%d, %d '%s'",
 		 map_bad.ok, map_bad.err, map_bad.last_code, map_bad.last_msg);
 	REQUIRE(mpool_async_get(m2, 0, &o) == -MPOOL_E_ITEMS);
@@ -496,7 +496,7 @@ START_TEST(cancel_queued_map)
 	REQUIRE(mpool_async_cancel(b, 0) == 1);
 	/* Cancelled at once, its error callback already called. */
 	REQUIRE(mpool_async_ready(b) == 1 && mpool_async_successful(b) == 0);
-	REQUIREF(queued.err == 1 && queued.ok == 0 && queued.last_code == MPOOL_E_CANCELLED,
+	REQUIREF(queued.err == 1 && queued.ok == 0 && queued.last_code == -MPOOL_E_CANCELLED,
 		 "cancelled map: %d/%d code %d", queued.ok, queued.err, queued.last_code);
 	r = mpool_async_get(b, 0, &o);
 	REQUIREF(r == -MPOOL_E_CANCELLED, "get of a cancelled map: %d", r);
@@ -538,7 +538,7 @@ static void cancel_running(bool kill)
 	t0 = fx_now_ms();
 	REQUIRE(mpool_async_cancel(a, kill) == 1);
 	REQUIREF(mpool_async_get(a, 0, NULL) == -MPOOL_E_CANCELLED && cnt.err == 1 &&
-		 cnt.last_code == MPOOL_E_CANCELLED, "after cancel: %d/%d", cnt.ok, cnt.err);
+		 cnt.last_code == -MPOOL_E_CANCELLED, "after cancel: %d/%d", cnt.ok, cnt.err);
 	if (!kill) {
 		/* The running chunks keep the job until they finish. */
 		fx_status(&fx, &st);
@@ -672,7 +672,7 @@ START_TEST(imap_in_order)
 		REQUIREF(item.index == i, "imap yielded item %llu at position %llu",
 			 (unsigned long long)item.index, (unsigned long long)i);
 		if (i == BAD) {
-			REQUIREF(item.code == MPOOL_E_TYPE && !item.result && strstr(item.message, "str"),
+			REQUIREF(item.code == -MPOOL_E_TYPE && !item.result && strstr(item.message, "str"),
 				 "the bad item: code %d '%s'", item.code, item.message);
 			continue;
 		}
@@ -1061,7 +1061,7 @@ static void ev_err(void *ud, int code, const char *msg)
 	struct ev_state *s = ud;
 
 	(void)msg;
-	REQUIREF(code == MPOOL_E_NOFUNC, "error callback with %d", code);
+	REQUIREF(code == -MPOOL_E_NOFUNC, "error callback with %d", code);
 	s->err++;
 	if (s->ok + s->err == s->want)
 		event_base_loopbreak(s->base);
@@ -1197,7 +1197,7 @@ START_TEST(daemon_gone_fails_handles)
 	REQUIRE(killpg(fx.pid, SIGKILL) == 0);
 	fx_wait_exit(&fx, FX_WAIT_MS);
 	r = mpool_async_get(a, FX_WAIT_MS, NULL);
-	REQUIREF(r == -MPOOL_E_CLOSED && cnt.err == 1 && cnt.last_code == MPOOL_E_CLOSED,
+	REQUIREF(r == -MPOOL_E_CLOSED && cnt.err == 1 && cnt.last_code == -MPOOL_E_CLOSED,
 		 "after the daemon died: %d, %d error callbacks (code %d)", r, cnt.err,
 		 cnt.last_code);
 	REQUIRE(mpool_events(fx.c) == 0);

@@ -488,7 +488,7 @@ static void mixed_chunk(void *ud, uint64_t first, const msgpack_object *res,
 			 errs[k].message);
 		REQUIREF(!m->err_seen[idx], "two errors for item %llu", (unsigned long long)idx);
 		m->err_seen[idx] = 1;
-		REQUIREF(errs[k].code == MPOOL_E_TYPE, "item %llu: code %d, expected type_error",
+		REQUIREF(errs[k].code == -MPOOL_E_TYPE, "item %llu: code %d, expected type_error",
 			 (unsigned long long)idx, errs[k].code);
 		REQUIREF(strstr(errs[k].message, "str"), "item %llu: message '%s'",
 			 (unsigned long long)idx, errs[k].message);

@@ -682,7 +682,7 @@ START_TEST(worker_killed_mid_map)
 	for (uint64_t i = 0; i < n; i++) {
 		REQUIREF(d.got[i], "item %llu never delivered", (unsigned long long)i);
 		if (i < chunksize) {
-			REQUIREF(d.code[i] == MPOOL_E_WORKER && d.val[i] == -1,
+			REQUIREF(d.code[i] == -MPOOL_E_WORKER && d.val[i] == -1,
 				 "item %llu of the killed worker's chunk: code %d (%s), value %lld",
 				 (unsigned long long)i, d.code[i], mpool_strerror(d.code[i]),
 				 (long long)d.val[i]);
@@ -879,7 +879,7 @@ START_TEST(worker_death_keeps_reported_items)
 			REQUIREF(p.code[i] == 0 && p.val[i] == 30, "reported item %d: code %d value %lld",
 				 i, p.code[i], (long long)p.val[i]);
 		else
-			REQUIREF(p.code[i] == MPOOL_E_WORKER && p.val[i] == -1,
+			REQUIREF(p.code[i] == -MPOOL_E_WORKER && p.val[i] == -1,
 				 "unreported item %d: code %d (%s) value %lld", i, p.code[i],
 				 mpool_strerror(p.code[i]), (long long)p.val[i]);
 	}
@@ -928,7 +928,7 @@ START_TEST(task_timeouts)
 	REQUIREF(r == 0, "%s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	REQUIREF(sum.failed == 1, "%llu failed", (unsigned long long)sum.failed);
 	for (uint64_t i = 0; i < d.n; i++)
-		REQUIREF(i == 2 ? d.code[i] == MPOOL_E_TIMEOUT && d.val[i] == -1
+		REQUIREF(i == 2 ? d.code[i] == -MPOOL_E_TIMEOUT && d.val[i] == -1
 			 : d.code[i] == 0 && d.val[i] == 1, "item %llu: code %d (%s) value %lld",
 			 (unsigned long long)i, d.code[i], mpool_strerror(d.code[i]), (long long)d.val[i]);
 	free(d.got);

@@ -293,7 +293,7 @@ START_TEST(sigkill_mid_chunk_keeps_reported_items)
 				 "item %llu, reported before the kill, lost its result: code %d (%s)",
 				 (unsigned long long)i, it->code, it->msg);
 		} else if (i < 8 && !retry) {
-			REQUIREF(it->code == MPOOL_E_WORKER && it->type == MSGPACK_OBJECT_NIL,
+			REQUIREF(it->code == -MPOOL_E_WORKER && it->type == MSGPACK_OBJECT_NIL,
 				 "item %llu of the killed chunk: code %d (%s), expected worker_died",
 				 (unsigned long long)i, it->code, mpool_strerror(it->code));
 			REQUIREF(strstr(it->msg, who) && strstr(it->msg, "killed by SIGKILL"),
@@ -401,7 +401,7 @@ START_TEST(sigkill_during_sleep_map)
 		}
 		REQUIREF(!retry, "item %llu failed although retries were allowed: %s: %s",
 			 (unsigned long long)i, mpool_strerror(it->code), it->msg);
-		REQUIREF(it->code == MPOOL_E_WORKER && strstr(it->msg, who) &&
+		REQUIREF(it->code == -MPOOL_E_WORKER && strstr(it->msg, who) &&
 			 strstr(it->msg, "killed by SIGKILL"),
 			 "item %llu: code %d (%s) '%s', expected worker_died naming '%s' and SIGKILL",
 			 (unsigned long long)i, it->code, mpool_strerror(it->code), it->msg, who);
@@ -591,7 +591,7 @@ START_TEST(crashing_item_exhausts_its_retries)
 		const struct ffx_item *it = &m.items[i];
 
 		if (i >= 5 && i <= 7)
-			REQUIREF(it->code == MPOOL_E_WORKER && strstr(it->msg, "killed by SIGSEGV"),
+			REQUIREF(it->code == -MPOOL_E_WORKER && strstr(it->msg, "killed by SIGSEGV"),
 				 "item %llu (unanswered when its chunk crashed): code %d (%s) '%s'",
 				 (unsigned long long)i, it->code, mpool_strerror(it->code), it->msg);
 		else
@@ -712,7 +712,7 @@ START_TEST(map_timeout_keeps_finished_items)
 			REQUIREF(it->code == 0 && it->i == 10, "item %d, done before the hang: code %d "
 				 "(%s) '%s'", i, it->code, mpool_strerror(it->code), it->msg);
 		else
-			REQUIREF(it->code == MPOOL_E_TIMEOUT, "item %d: code %d (%s) '%s', expected "
+			REQUIREF(it->code == -MPOOL_E_TIMEOUT, "item %d: code %d (%s) '%s', expected "
 				 "timeout", i, it->code, mpool_strerror(it->code), it->msg);
 	}
 	REQUIREF(sum.failed == 2, "%llu failed", (unsigned long long)sum.failed);

@@ -4,7 +4,11 @@
  * - Every call that can fail returns 0 (or a count) on success and a negative
  *   enum mpool_error code on failure: -MPOOL_E_TYPE, -MPOOL_E_SYS, ...
  *   mpool_errmsg() then holds a sentence saying what happened; for
- *   -MPOOL_E_SYS errno is preserved too.
+ *   -MPOOL_E_SYS errno is preserved too.  Codes are negative everywhere
+ *   libmpool hands one out: returns, error callbacks, the code of a failed
+ *   item (struct mpool_item_error, struct mpool_item), on_lost of
+ *   <mpool/mpool-event.h>.  Only the wire carries them positive.
+ *   mpool_strerror() names a code of either sign.
  * - Out-parameters (ret_*) are written only on success.
  * - Objects returned through ret_* belong to the caller and are released with
  *   the matching _free(); every _free() accepts NULL.  Pointers returned as
@@ -171,7 +175,7 @@ struct mpool_map_opts {
 
 struct mpool_item_error {
 	uint64_t index;       /* the item's position in the map */
-	int code;             /* enum mpool_error */
+	int code;             /* negative enum mpool_error: -MPOOL_E_TASK, ... */
 	const char *message;  /* NUL-terminated; valid during the callback */
 };
 
@@ -282,8 +286,9 @@ typedef struct mpool_async mpool_async;
  * it stays available through mpool_async_get() until the handle is freed. */
 typedef void (*mpool_result_cb)(void *userdata, const msgpack_object *result);
 /* Called once when a request fails, with the code mpool_async_get() returns
- * (positive here: MPOOL_E_TASK, MPOOL_E_ITEMS, MPOOL_E_CANCELLED, ...) and
- * its message (valid during the call). */
+ * (negative, as every code libmpool hands out: -MPOOL_E_TASK,
+ * -MPOOL_E_ITEMS, -MPOOL_E_CANCELLED, ...) and its message (valid during
+ * the call). */
 typedef void (*mpool_error_cb)(void *userdata, int code, const char *message);
 
 /* Sends an apply (as mpool_apply_with; opts may be NULL) and returns its
@@ -376,7 +381,8 @@ typedef struct mpool_iter mpool_iter;
 struct mpool_item {
 	uint64_t index;                 /* the item's position in the map */
 	const msgpack_object *result;   /* NULL when the item failed */
-	int code;                       /* 0, or the item's enum mpool_error code */
+	int code;                       /* 0, or the item's negative enum mpool_error
+					 * code (-MPOOL_E_TASK, ...) */
 	const char *message;            /* the item's error message; "" when none */
 };
 
