@@ -548,7 +548,7 @@ static int cmd_apply(const char *sock, int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
-	struct mpool_apply_opts opts = { 0 };
+	struct mpool_apply_opts opts = MPOOL_APPLY_OPTS();
 	msgpack_sbuffer buf;
 	mpool_value *v;
 	mpool *p;
@@ -673,7 +673,7 @@ static int cmd_map(const char *sock, int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
-	struct mpool_map_opts opts = { 0 };
+	struct mpool_map_opts opts = MPOOL_MAP_OPTS();
 	struct line_src src = { 0 };
 	msgpack_sbuffer buf;
 	msgpack_packer pk;
@@ -809,7 +809,7 @@ static int cmd_spawn(const char *sock, int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
-	struct mpool_spawn_opts opts = { 0 };
+	struct mpool_spawn_opts opts = MPOOL_SPAWN_OPTS();
 	struct mpool_process *proc;
 	msgpack_sbuffer buf;
 	mpool *p;

@@ -78,7 +78,7 @@ int main(void)
 	msgpack_pack_int(&pk, 100);
 	msgpack_pack_int(&pk, 200);
 	r = mpool_imap_unordered(p, "builtin.sleep", sb.data, sb.size, 3,
-				 &(struct mpool_map_opts){ .chunksize = 1 }, &it);
+				 &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), &it);
 	if (r < 0)
 		goto fail;
 	while ((r = mpool_iter_next(it, -1, &item)) == 1)

@@ -787,7 +787,7 @@ void ffx_build_testmod(const char *out_path, int version)
 int ffx_apply(mpool *c, const char *fn, const msgpack_sbuffer *arg, uint32_t timeout_ms,
 	      uint32_t retries, mpool_value **ret)
 {
-	struct mpool_apply_opts o = { .timeout_ms = timeout_ms, .retries = retries };
+	struct mpool_apply_opts o = MPOOL_APPLY_OPTS(.timeout_ms = timeout_ms, .retries = retries);
 
 	return mpool_apply_with(c, fn, arg->data, arg->size, &o, ret);
 }

@@ -264,7 +264,7 @@ START_TEST(callbacks_once_each)
 
 	pack_range(&sb, 1, 1000);
 	ok(c, mpool_map_async(c, "builtin.square", sb.data, sb.size, 1000,
-			      &(struct mpool_map_opts){ .chunksize = 7 }, count_ok, count_err,
+			      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 7), count_ok, count_err,
 			      &map_ok, &m1), "map_async");
 	msgpack_sbuffer_destroy(&sb);
 	fx_sbuf_init(&sb, &pk);
@@ -418,7 +418,7 @@ START_TEST(timeouts_leave_job_running)
 	/* The same for an iterator. */
 	pack_sleeps(&sb, 300, 2);
 	ok(fx.c, mpool_imap(fx.c, "builtin.sleep", sb.data, sb.size, 2,
-			    &(struct mpool_map_opts){ .chunksize = 1 }, &it), "imap");
+			    &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), &it), "imap");
 	msgpack_sbuffer_destroy(&sb);
 	r = mpool_iter_next(it, 30, &item);
 	REQUIREF(r == -MPOOL_E_TIMEOUT, "next after 30 ms: %d", r);
@@ -483,14 +483,14 @@ START_TEST(cancel_queued_map)
 	/* Both workers busy for 500 ms ... */
 	pack_sleeps(&sb, 500, 2);
 	ok(fx.c, mpool_map_async(fx.c, "builtin.sleep", sb.data, sb.size, 2,
-				 &(struct mpool_map_opts){ .chunksize = 1 }, count_ok, count_err,
+				 &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), count_ok, count_err,
 				 &busy, &a), "map_async");
 	msgpack_sbuffer_destroy(&sb);
 	fx_wait_status(&fx, all_busy, &two, FX_WAIT_MS, "both workers busy", NULL);
 	/* ... so this one waits in the queue. */
 	pack_sleeps(&sb, 10, 8);
 	ok(fx.c, mpool_map_async(fx.c, "builtin.sleep", sb.data, sb.size, 8,
-				 &(struct mpool_map_opts){ .chunksize = 1 }, count_ok, count_err,
+				 &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), count_ok, count_err,
 				 &queued, &b), "map_async");
 	msgpack_sbuffer_destroy(&sb);
 	REQUIRE(mpool_async_cancel(b, 0) == 1);
@@ -531,7 +531,7 @@ static void cancel_running(bool kill)
 	fx_start(&fx, NULL);
 	pack_sleeps(&sb, ms, 4);
 	ok(fx.c, mpool_map_async(fx.c, "builtin.sleep", sb.data, sb.size, 4,
-				 &(struct mpool_map_opts){ .chunksize = 1 }, count_ok, count_err, &cnt,
+				 &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), count_ok, count_err, &cnt,
 				 &a), "map_async");
 	msgpack_sbuffer_destroy(&sb);
 	fx_wait_status(&fx, all_busy, &two, FX_WAIT_MS, "both workers busy", NULL);
@@ -597,7 +597,7 @@ START_TEST(cancel_iterator_and_stream)
 	fx_start(&fx, NULL);
 	pack_sleeps(&sb, 200, 20);
 	ok(fx.c, mpool_imap(fx.c, "builtin.sleep", sb.data, sb.size, 20,
-			    &(struct mpool_map_opts){ .chunksize = 1 }, &it), "imap");
+			    &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), &it), "imap");
 	msgpack_sbuffer_destroy(&sb);
 	r = mpool_iter_next(it, FX_WAIT_MS, &item);
 	REQUIREF(r == 1 && item.index == 0, "first item: %d", r);
@@ -612,7 +612,7 @@ START_TEST(cancel_iterator_and_stream)
 	done0 = fx_status_get(&fx, "totals.tasks_done");
 	pack_sleeps(&sb, 300, 8);
 	ok(fx.c, mpool_imap(fx.c, "builtin.sleep", sb.data, sb.size, 8,
-			    &(struct mpool_map_opts){ .chunksize = 1 }, &it), "imap");
+			    &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), &it), "imap");
 	msgpack_sbuffer_destroy(&sb);
 	fx_wait_status(&fx, all_busy, &two, FX_WAIT_MS, "both workers busy", NULL);
 	mpool_iter_free(it);
@@ -663,7 +663,7 @@ START_TEST(imap_in_order)
 	fx_pack_str(&pk, "bad");
 	fx_pack_range(&pk, BAD + 1, N - BAD - 1);
 	ok(fx.c, mpool_imap(fx.c, "builtin.square", sb.data, sb.size, N,
-			    &(struct mpool_map_opts){ .chunksize = 100 }, &it), "imap");
+			    &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 100), &it), "imap");
 	msgpack_sbuffer_destroy(&sb);
 	REQUIRE(mpool_iter_summary(it, &sum) == -MPOOL_E_INVAL);
 	for (uint64_t i = 0; i < N; i++) {
@@ -705,7 +705,7 @@ START_TEST(imap_unordered_complete)
 	for (int i = 0; i < N; i++)
 		msgpack_pack_int(&pk, i < 4 ? 300 : i % 2);
 	ok(fx.c, mpool_imap_unordered(fx.c, "builtin.sleep", sb.data, sb.size, N,
-				      &(struct mpool_map_opts){ .chunksize = 4 }, &it),
+				      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 4), &it),
 	   "imap_unordered");
 	msgpack_sbuffer_destroy(&sb);
 	while ((r = mpool_iter_next(it, FX_WAIT_MS, &item)) == 1) {
@@ -727,7 +727,7 @@ START_TEST(imap_unordered_complete)
 	/* imap with opts->unordered is the same. */
 	pack_range(&sb, 0, 30000);
 	ok(fx.c, mpool_imap(fx.c, "builtin.square", sb.data, sb.size, 30000,
-			    &(struct mpool_map_opts){ .chunksize = 7, .unordered = 1 }, &it), "imap");
+			    &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 7, .unordered = 1), &it), "imap");
 	msgpack_sbuffer_destroy(&sb);
 	{
 		uint8_t *s = calloc(30000, 1);
@@ -863,7 +863,7 @@ START_TEST(map_stream_blocking)
 	seen = calloc(g.n, 1);
 	REQUIRE(seen);
 	r = mpool_map_stream(fx.c, "builtin.square", gen_produce, &g,
-			     &(struct mpool_map_opts){ .unordered = 1, .chunksize = 333 }, mark_chunk,
+			     &(struct mpool_map_opts)MPOOL_MAP_OPTS(.unordered = 1, .chunksize = 333), mark_chunk,
 			     seen, &sum);
 	ok(fx.c, r, "unordered map_stream");
 	for (uint64_t i = 0; i < g.n; i++)
@@ -1654,8 +1654,8 @@ static void part_chunk(void *ud, uint64_t first, const msgpack_object *res,
 START_TEST(big_map_goes_in_parts)
 {
 	enum { N = 300000 };     /* about 1.4 MB of items */
-	struct mpool_map_opts unordered = { .unordered = 1 };
-	struct mpool_map_opts chosen = { .chunksize = 5000 };
+	struct mpool_map_opts unordered = MPOOL_MAP_OPTS(.unordered = 1);
+	struct mpool_map_opts chosen = MPOOL_MAP_OPTS(.chunksize = 5000);
 	struct mpool_map_summary sum;
 	struct part_run run = { 0 };
 	const msgpack_object *o;

@@ -262,7 +262,7 @@ END_TEST
 
 START_TEST(map_100k_unordered)
 {
-	struct mpool_map_opts o = { .chunksize = 1000, .unordered = 1 };
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 1000, .unordered = 1);
 	struct fx fx;
 	uint64_t chunks;
 
@@ -307,7 +307,7 @@ START_TEST(map_collect_10k)
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_range(&pk, 100, 5000);
 	r = mpool_map_collect(fx.c, "builtin.square", sb.data, sb.size, 5000,
-			      &(struct mpool_map_opts){ .chunksize = 7, .unordered = 1 }, &v);
+			      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 7, .unordered = 1), &v);
 	REQUIREF(r == 0, "%s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	o = mpool_value_get(v);
 	REQUIRE(o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 5000);
@@ -353,7 +353,7 @@ START_TEST(map_mixed_items_round_trip)
 		}
 	}
 	for (size_t c = 0; c < sizeof(chunksizes) / sizeof(chunksizes[0]); c++) {
-		struct mpool_map_opts o = { .chunksize = chunksizes[c] };
+		struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = chunksizes[c]);
 		mpool_value *v = NULL;
 		const msgpack_object *arr;
 		msgpack_unpacked up;
@@ -384,7 +384,7 @@ END_TEST
 
 START_TEST(map_chunksize_honoured)
 {
-	struct mpool_map_opts o = { .chunksize = 7 };
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 7);
 	struct fx fx;
 	uint64_t chunks;
 
@@ -430,7 +430,7 @@ START_TEST(map_empty)
 	REQUIREF(sum.items == 0 && sum.failed == 0, "summary {%llu, %llu}",
 		 (unsigned long long)sum.items, (unsigned long long)sum.failed);
 	r = mpool_map(fx.c, "builtin.square", "", 0, 0,
-		      &(struct mpool_map_opts){ .chunksize = 5, .unordered = 1 }, never_called, NULL,
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 5, .unordered = 1), never_called, NULL,
 		      &sum);
 	REQUIREF(r == 0 && sum.items == 0, "unordered empty map: %d", r);
 	r = mpool_map_collect(fx.c, "builtin.square", "", 0, 0, NULL, &v);
@@ -522,7 +522,7 @@ START_TEST(map_item_errors)
 		}
 	}
 	for (int pass = 0; pass < 2; pass++) {
-		struct mpool_map_opts o = { .chunksize = pass ? 0 : 6, .unordered = pass };
+		struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = pass ? 0 : 6, .unordered = pass);
 
 		m.err_seen = calloc(n, 1);
 		m.res_seen = calloc(n, 1);
@@ -574,6 +574,77 @@ START_TEST(map_unknown_function)
 END_TEST
 
 /* Nesting: an item or an apply argument may nest 29 levels deep. */
+/* Option structs carry their own size (include/mpool/mpool.h), so they can
+ * grow: one from an older header (smaller) is read up to its size, one
+ * from a newer header (larger) is taken while every byte this library does
+ * not know is 0, and one whose size was never set is refused.  retries
+ * 1000 is past mpoold's --max-retries: a map that honours it fails, which
+ * shows whether a field was read. */
+START_TEST(opts_carry_their_size)
+{
+	struct {
+		struct mpool_map_opts o;
+		uint64_t newer;
+	} big;
+	struct mpool_map_opts old = MPOOL_MAP_OPTS(.chunksize = 7, .retries = 1000);
+	struct mpool_map_opts unset = { 0 };
+	struct mpool_apply_opts apply_unset = { 0 };
+	struct mpool_spawn_opts spawn_unset = { 0 };
+	struct mpool_process *proc = NULL;
+	struct mpool_map_summary sum;
+	mpool_value *v = NULL;
+	mpool_iter *it = NULL;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	struct fx fx;
+	int r;
+
+	fx_start(&fx, NULL);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, 10);
+
+	/* The whole struct: retries 1000 is read, and refused by mpoold. */
+	r = mpool_map(fx.c, "builtin.square", sb.data, sb.size, 10, &old, NULL, NULL, &sum);
+	REQUIREF(r < 0 && r != -MPOOL_E_INVAL, "retries 1000 in a whole struct: %d (%s)", r,
+		 mpool_errmsg(fx.c));
+	/* An older, shorter struct ends before retries: chunksize is read,
+	 * retries is not. */
+	old.size = offsetof(struct mpool_map_opts, timeout_ms);
+	fx_map_squares(fx.c, 70, 0, &old, 7);
+
+	/* A newer, longer struct whose new bytes are 0. */
+	memset(&big, 0, sizeof(big));
+	big.o = (struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 7);
+	big.o.size = sizeof(big);
+	fx_map_squares(fx.c, 70, 0, &big.o, 7);
+	/* ... and one that sets an option this library does not know. */
+	big.newer = 1;
+	r = mpool_map(fx.c, "builtin.square", sb.data, sb.size, 10, &big.o, NULL, NULL, &sum);
+	REQUIREF(r == -MPOOL_E_INVAL && strstr(mpool_errmsg(fx.c), "does not know"),
+		 "an unknown option: %d (%s)", r, mpool_errmsg(fx.c));
+
+	/* Structs whose size was never set, of every kind and call. */
+	r = mpool_map(fx.c, "builtin.square", sb.data, sb.size, 10, &unset, NULL, NULL, &sum);
+	REQUIREF(r == -MPOOL_E_INVAL && strstr(mpool_errmsg(fx.c), "MPOOL_..._OPTS()"),
+		 "map, size 0: %d (%s)", r, mpool_errmsg(fx.c));
+	r = mpool_imap(fx.c, "builtin.square", sb.data, sb.size, 10, &unset, &it);
+	REQUIREF(r == -MPOOL_E_INVAL && !it, "imap, size 0: %d", r);
+	r = apply_int(fx.c, "builtin.square", 3, &v);
+	REQUIREF(r == 0, "apply: %d", r);
+	mpool_value_free(v);
+	v = NULL;
+	r = mpool_apply_with(fx.c, "builtin.square", sb.data + 1, 1, &apply_unset, &v);
+	REQUIREF(r == -MPOOL_E_INVAL && !v, "apply, size 0: %d (%s)", r, mpool_errmsg(fx.c));
+	r = mpool_spawn(fx.c, "builtin.square", sb.data + 1, 1, &spawn_unset, &proc);
+	REQUIREF(r == -MPOOL_E_INVAL && !proc, "spawn, size 0: %d (%s)", r, mpool_errmsg(fx.c));
+	/* Nothing of it broke the connection. */
+	ping_ok(fx.c);
+
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
 START_TEST(map_deep_items)
 {
 	struct fx fx;
@@ -635,7 +706,7 @@ static int second_client(void *arg)
 	mpool *c = fx_connect(fx);
 
 	fx_map_squares(c, 50000, 1000000, NULL, 0);
-	fx_map_squares(c, 50000, 3000000, &(struct mpool_map_opts){ .chunksize = 50 }, 50);
+	fx_map_squares(c, 50000, 3000000, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 50), 50);
 	mpool_close(c);
 	return 0;
 }
@@ -647,7 +718,7 @@ START_TEST(two_clients_at_once)
 
 	fx_start(&fx, NULL);
 	child = fx_fork(second_client, &fx);
-	fx_map_squares(fx.c, 50000, 0, &(struct mpool_map_opts){ .unordered = 1, .chunksize = 50 }, 50);
+	fx_map_squares(fx.c, 50000, 0, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.unordered = 1, .chunksize = 50), 50);
 	fx_map_squares(fx.c, 50000, 2000000, NULL, 0);
 	fx_expect_child_ok(child, 40000, "the second client's maps");
 	fx_wait_idle(&fx, FX_WAIT_MS);
@@ -696,7 +767,7 @@ START_TEST(max_tasks_per_child)
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_range(&pk, 0, n);
 	for (int pass = 0; pass < 2; pass++) {
-		struct mpool_map_opts o = { .chunksize = pass == 0 ? 2 : 0 };
+		struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = pass == 0 ? 2 : 0);
 		struct pids p = { .n = n, .by_item = calloc(n, sizeof(pid_t)) };
 
 		r = mpool_map(fx.c, "builtin.pid", sb.data, sb.size, n, &o, pid_chunk, &p, &sum);
@@ -777,7 +848,7 @@ static int big_sleep_map(void *arg)
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_repeat(&pk, 2, s.n);
 	r = mpool_map(c, "builtin.sleep", sb.data, sb.size, s.n,
-		      &(struct mpool_map_opts){ .chunksize = 10 }, sleep_chunk, &s, &sum);
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 10), sleep_chunk, &s, &sum);
 	REQUIREF(r == 0, "%s: %s", mpool_strerror(-r), mpool_errmsg(c));
 	REQUIRE(s.seen == s.n && sum.items == s.n && sum.failed == 0);
 	msgpack_sbuffer_destroy(&sb);
@@ -1952,6 +2023,7 @@ static Suite *daemon_suite(void)
 	tcase_add_test(tc, map_item_errors);
 	tcase_add_test(tc, map_unknown_function);
 	tcase_add_test(tc, map_deep_items);
+	tcase_add_test(tc, opts_carry_their_size);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("pool");

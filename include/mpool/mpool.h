@@ -19,6 +19,19 @@
  *   msgpack_object trees owned by an mpool_value or by a handle.
  * - Timeouts are in milliseconds: a negative timeout waits as long as it
  *   takes, 0 does not wait at all.
+ * - Option structs (struct mpool_apply_opts, mpool_map_opts,
+ *   mpool_spawn_opts) can grow in later versions without breaking programs
+ *   built against this header: each starts with its own size, which its
+ *   initializer macro sets, and every option left out means the default:
+ *
+ *       struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 16, .unordered = 1);
+ *
+ *   A struct whose size member is not set (made with { 0 }, say) fails the
+ *   call with -MPOOL_E_INVAL, and so does one from a newer header that sets
+ *   an option this library does not know.  Every opts argument may be NULL
+ *   (all defaults).  The structs libmpool fills in or hands to callbacks
+ *   (struct mpool_item, mpool_item_error, mpool_map_summary) stay as they
+ *   are within a symbol version; growing one means new functions.
  *
  * Threads, signals, global state
  * - A connection and everything made from it (handles, iterators, values)
@@ -156,15 +169,21 @@ int mpool_apply(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		mpool_value **ret_result);
 
 struct mpool_apply_opts {
+	size_t size;          /* sizeof(struct mpool_apply_opts): MPOOL_APPLY_OPTS() */
 	uint32_t timeout_ms;  /* 0: the daemon's --task-timeout */
 	uint32_t retries;     /* see mpool_map_opts */
 };
+/* A struct mpool_apply_opts with its size set, the options named in the
+ * arguments (designated initializers: .timeout_ms = 500) and every other
+ * option at its default. */
+#define MPOOL_APPLY_OPTS(...) { .size = sizeof(struct mpool_apply_opts), __VA_ARGS__ }
 
 /* mpool_apply with options (opts may be NULL). */
 int mpool_apply_with(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		     const struct mpool_apply_opts *opts, mpool_value **ret_result);
 
 struct mpool_map_opts {
+	size_t size;          /* sizeof(struct mpool_map_opts): MPOOL_MAP_OPTS() */
 	uint32_t chunksize;   /* items per chunk; 0: the daemon's default */
 	int unordered;        /* non-zero: chunks arrive as they finish */
 	uint32_t timeout_ms;  /* per item; 0: the daemon's --task-timeout */
@@ -172,6 +191,8 @@ struct mpool_map_opts {
 			       * timeout up to this many times (idempotent
 			       * tasks only); at most the daemon's --max-retries */
 };
+/* A struct mpool_map_opts with its size set (as MPOOL_APPLY_OPTS). */
+#define MPOOL_MAP_OPTS(...) { .size = sizeof(struct mpool_map_opts), __VA_ARGS__ }
 
 struct mpool_item_error {
 	uint64_t index;       /* the item's position in the map */
@@ -459,10 +480,13 @@ void mpool_iter_free(mpool_iter *it);
 struct mpool_process;
 
 struct mpool_spawn_opts {
+	size_t size;          /* sizeof(struct mpool_spawn_opts): MPOOL_SPAWN_OPTS() */
 	int daemon;           /* non-zero: outlives the connection (see above) */
 	const char *name;     /* NULL: "Process-ID"; else 1 to 64 bytes, no
 			       * control characters */
 };
+/* A struct mpool_spawn_opts with its size set (as MPOOL_APPLY_OPTS). */
+#define MPOOL_SPAWN_OPTS(...) { .size = sizeof(struct mpool_spawn_opts), __VA_ARGS__ }
 
 /* Starts fn ("MODULE.FUNCTION") on one argument (arg_len bytes, exactly one
  * MessagePack value) in a supervised process, like Process(target=fn,
