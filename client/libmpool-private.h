@@ -43,7 +43,10 @@
 /* Largest reply frame accepted: above the daemon's 64 MiB default, so a
  * daemon configured with a larger --max-frame still gets through. */
 #define MPC_MAX_FRAME ((size_t)256 << 20)
-#define MPC_ERRMSG_MAX 1024
+#define MPC_ERRMSG_MAX MPOOL_ERRMSG_MAX
+/* The system user mpoold.service runs as, which owns /run/mpool
+ * (systemd/mpool.sysusers): clients trust a server running as it. */
+#define MPC_SERVICE_USER "mpool"
 /* Bytes one mpool_process() reads at most. */
 #define MPC_PROCESS_BUDGET ((size_t)1 << 20)
 /* An idle output buffer larger than this is given back. */

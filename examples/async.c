@@ -38,12 +38,13 @@ int main(void)
 	mpool_async *apply = NULL, *map = NULL;
 	mpool_iter *it = NULL;
 	uint64_t next = 1, sum = 0;
+	char why[MPOOL_ERRMSG_MAX];
 	mpool *p;
 	int r;
 
-	r = mpool_connect(NULL, &p);
+	r = mpool_connect(NULL, &p, why, sizeof(why));
 	if (r < 0) {
-		fprintf(stderr, "connect: %s\n", mpool_strerror(r));
+		fprintf(stderr, "%s\n", why);
 		return 1;
 	}
 	msgpack_sbuffer_init(&sb);

@@ -407,8 +407,11 @@ void ffx_start(struct fx *fx, const char *const *extra, const struct ffx_launch 
 		 strerror(errno));
 	temp_pattern(fx->dir, sizeof(fx->dir));
 	REQUIREF(mkdtemp(fx->dir), "mkdtemp: %s", strerror(errno));
-	if (how->drop_to_nobody)
+	if (how->drop_to_nobody) {
 		REQUIREF(chmod(fx->dir, 0777) == 0, "chmod %s: %s", fx->dir, strerror(errno));
+		/* libmpool refuses a server run by another user unless told. */
+		REQUIREF(setenv("MPOOL_TRUST_UID", "65534", 1) == 0, "setenv: %s", strerror(errno));
+	}
 	snprintf(fx->sock, sizeof(fx->sock), "%s/mpoold.sock", fx->dir);
 	snprintf(fx->log, sizeof(fx->log), "%s/mpoold.log", fx->dir);
 	fx->workers = FX_WORKERS_DEFAULT;
@@ -484,7 +487,7 @@ void ffx_start(struct fx *fx, const char *const *extra, const struct ffx_launch 
 				 "mpoold %s while starting (before it answered ping)",
 				 fx_describe_wait(st, how_, sizeof(how_)));
 		}
-		r = mpool_connect(fx->sock, &fx->c);
+		r = mpool_connect(fx->sock, &fx->c, NULL, 0);
 		if (r == 0) {
 			r = mpool_ping(fx->c);
 			if (r == 0)

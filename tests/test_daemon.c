@@ -9,10 +9,18 @@
 #include <check.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,6 +64,116 @@ static msgpack_object decode(const msgpack_sbuffer *sb, msgpack_zone *zone)
 	REQUIRE(msgpack_unpack(sb->data, sb->size, &off, zone, &o) == MSGPACK_UNPACK_SUCCESS);
 	return o;
 }
+
+/* ---- 0. connecting -------------------------------------------------------- */
+
+#define NOBODY 65534
+
+/* A stand-in for mpoold: a process that listens on path as uid and holds
+ * the connections it accepts, saying nothing.  Returns its pid once it
+ * listens; it dies with the test (PR_SET_PDEATHSIG) or server_stop(). */
+static pid_t server_start(const char *path, uid_t uid)
+{
+	int ready[2];
+	pid_t pid;
+	char b;
+
+	REQUIRE(pipe2(ready, O_CLOEXEC) == 0);
+	pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		int fd;
+
+		close(ready[0]);
+		if (uid != geteuid() &&
+		    (setgroups(0, NULL) < 0 || setgid(uid) < 0 || setuid(uid) < 0))
+			_exit(10);
+		/* After the change of credentials, which clears it. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
+			_exit(11);
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0 || bind(fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+		    listen(fd, 8) < 0 || write(ready[1], "l", 1) != 1)
+			_exit(12);
+		for (;;)
+			if (accept(fd, NULL, NULL) < 0 && errno != EINTR)
+				_exit(13);
+	}
+	close(ready[1]);
+	REQUIREF(read(ready[0], &b, 1) == 1, "the stand-in server (uid %u) did not listen on %s",
+		 (unsigned)uid, path);
+	close(ready[0]);
+	return pid;
+}
+
+static void server_stop(pid_t pid, const char *path)
+{
+	int st;
+
+	REQUIRE(kill(pid, SIGKILL) == 0);
+	REQUIRE(waitpid(pid, &st, 0) == pid);
+	REQUIRE(unlink(path) == 0);
+}
+
+/* Issue 14: a client must not talk to a server run by another user, who
+ * may have made /tmp/mpool-UID first or swapped the socket, to read its
+ * requests and forge answers.  mpool_connect refuses it and says why. */
+START_TEST(connect_refuses_another_users_server)
+{
+	char dir[] = "/tmp/mpool-peer-XXXXXX", path[sizeof(dir) + 16], why[MPOOL_ERRMSG_MAX];
+	struct passwd *svc = getpwnam("mpool");
+	mpool *c = NULL;
+	pid_t pid;
+	int r;
+
+	if (geteuid() != 0 || (svc && svc->pw_uid == NOBODY)) {
+		/* Only root can run a server as another uid. */
+		fprintf(stderr, "SKIP connect_refuses_another_users_server: %s\n",
+			geteuid() != 0 ? "needs root" : "uid 65534 is the mpool user here");
+		return;
+	}
+	REQUIRE(mkdtemp(dir));
+	REQUIRE(chown(dir, NOBODY, NOBODY) == 0);
+	snprintf(path, sizeof(path), "%s/s.sock", dir);
+
+	/* No server at all: the reason names the path and the cause. */
+	r = mpool_connect(path, &c, why, sizeof(why));
+	REQUIREF(r == -MPOOL_E_SYS && !c && strstr(why, path) && strstr(why, strerror(ENOENT)),
+		 "no server: %d, '%s'", r, why);
+
+	pid = server_start(path, NOBODY);
+	memset(why, 0, sizeof(why));
+	r = mpool_connect(path, &c, why, sizeof(why));
+	REQUIREF(r == -MPOOL_E_UNTRUSTED && !c, "a server run by uid %d: %d (%s), '%s'", NOBODY,
+		 r, mpool_strerror(r), why);
+	REQUIREF(strstr(why, path) && strstr(why, "uid 65534") && strstr(why, "refusing"),
+		 "the reason: '%s'", why);
+	/* A short buffer gets the start of the reason, terminated. */
+	r = mpool_connect(path, &c, why, 8);
+	REQUIREF(r == -MPOOL_E_UNTRUSTED && strlen(why) == 7, "short buffer: '%s'", why);
+	REQUIREF(mpool_connect(path, &c, NULL, 0) == -MPOOL_E_UNTRUSTED && !c, "no buffer");
+	/* Unless the caller names that uid: then it is its choice. */
+	REQUIRE(setenv("MPOOL_TRUST_UID", "65534", 1) == 0);
+	r = mpool_connect(path, &c, why, sizeof(why));
+	REQUIREF(r == 0 && c, "uid 65534 with MPOOL_TRUST_UID=65534: %d, '%s'", r, why);
+	mpool_close(c);
+	c = NULL;
+	REQUIRE(setenv("MPOOL_TRUST_UID", "6553", 1) == 0);
+	REQUIREF(mpool_connect(path, &c, NULL, 0) == -MPOOL_E_UNTRUSTED && !c, "another uid");
+	REQUIRE(unsetenv("MPOOL_TRUST_UID") == 0);
+	server_stop(pid, path);
+
+	/* The same stand-in run by root is trusted: it was the uid. */
+	pid = server_start(path, 0);
+	r = mpool_connect(path, &c, why, sizeof(why));
+	REQUIREF(r == 0 && c, "a server run by root: %d, '%s'", r, why);
+	mpool_close(c);
+	server_stop(pid, path);
+	REQUIRE(rmdir(dir) == 0);
+}
+END_TEST
 
 /* ---- 1. apply ------------------------------------------------------------ */
 
@@ -2003,6 +2121,10 @@ static Suite *daemon_suite(void)
 {
 	Suite *s = suite_create("daemon");
 	TCase *tc;
+
+	tc = tcase_create("connect");
+	tcase_add_test(tc, connect_refuses_another_users_server);
+	suite_add_tcase(s, tc);
 
 	tc = tcase_create("apply");
 	tcase_set_timeout(tc, 60);

@@ -456,7 +456,7 @@ START_TEST(sigterm_drains_then_exits)
 	wst = fx_wait_exit(&fx, FX_WAIT_MS);
 	REQUIREF(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "mpoold after the drain: %s",
 		 fx_describe_wait(wst, how, sizeof(how)));
-	REQUIREF(mpool_connect(fx.sock, &c) < 0, "a new connection succeeded after the exit");
+	REQUIREF(mpool_connect(fx.sock, &c, NULL, 0) < 0, "a new connection succeeded after the exit");
 	fx_wait_seen_gone(&fx, 5000);
 	fx_stop(&fx);
 }
@@ -476,7 +476,7 @@ START_TEST(sigterm_idle_exits_at_once)
 	wst = fx_wait_exit(&fx, FX_WAIT_MS);
 	REQUIREF(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "mpoold after SIGTERM: %s",
 		 fx_describe_wait(wst, how, sizeof(how)));
-	REQUIREF(mpool_connect(fx.sock, &c) < 0, "a new connection succeeded after the exit");
+	REQUIREF(mpool_connect(fx.sock, &c, NULL, 0) < 0, "a new connection succeeded after the exit");
 	REQUIREF(access(fx.sock, F_OK) < 0, "the socket file is left behind");
 	fx_wait_seen_gone(&fx, 5000);
 	fx_stop(&fx);
@@ -559,7 +559,7 @@ START_TEST(terminate_fails_open_work)
 	wst = fx_wait_exit(&fx, FX_WAIT_MS);
 	REQUIREF(WIFEXITED(wst), "mpoold after terminate: %s", fx_describe_wait(wst, how, sizeof(how)));
 	fx_wait_seen_gone(&fx, 5000);
-	REQUIREF(mpool_connect(fx.sock, &c) < 0, "a new connection succeeded after terminate");
+	REQUIREF(mpool_connect(fx.sock, &c, NULL, 0) < 0, "a new connection succeeded after terminate");
 	fx_stop(&fx);
 }
 END_TEST

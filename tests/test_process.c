@@ -728,6 +728,7 @@ static int as_other_uid(void *arg)
 					       "kill_process" };
 	struct other_uid *o = arg;
 	struct mpool_process *proc = NULL, *mine;
+	char why[MPOOL_ERRMSG_MAX];
 	mpool_value *list;
 	mpool *c;
 	int r;
@@ -738,8 +739,8 @@ static int as_other_uid(void *arg)
 	}
 	/* A change of credentials clears it. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (mpool_connect(o->fx->sock, &c) < 0) {
-		fprintf(stderr, "uid %d cannot connect: %s\n", NOBODY, strerror(errno));
+	if (mpool_connect(o->fx->sock, &c, why, sizeof(why)) < 0) {
+		fprintf(stderr, "uid %d cannot connect: %s\n", NOBODY, why);
 		return 11;
 	}
 	r = mpool_process_attach(c, o->id, &proc);

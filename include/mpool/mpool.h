@@ -1,5 +1,10 @@
 /* libmpool: the client side of mpoold's protocol (proto/PROTOCOL.md).
  *
+ * This header is libmpool's reference: every contract is written here,
+ * once, beside its declaration.  docs/API.md is a guide to it (a map of
+ * the calls, examples, the library's versions and ABI rules, measured
+ * figures) and libmpool(3) its short form; neither repeats a contract.
+ *
  * Conventions
  * - Every call that can fail returns 0 (or a count) on success and a negative
  *   enum mpool_error code on failure: -MPOOL_E_TYPE, -MPOOL_E_SYS, ...
@@ -137,11 +142,28 @@ extern "C" {
 typedef struct mpool mpool;
 typedef struct mpool_value mpool_value;
 
+/* Every message libmpool writes, its terminating NUL included, fits in a
+ * buffer of this many bytes. */
+#define MPOOL_ERRMSG_MAX 1024
+
 /* Connects to mpoold.  path NULL: the default rule ($MPOOL_SOCKET, else
  * /run/mpool/mpoold.sock for root, else $XDG_RUNTIME_DIR/mpool/mpoold.sock,
- * else /tmp/mpool-UID/mpoold.sock).  On failure *ret is untouched and the
- * reason can only be read from the return code (there is no connection). */
-int mpool_connect(const char *path, mpool **ret);
+ * else /tmp/mpool-UID/mpoold.sock).
+ *
+ * The server must run as root, as the caller (its real or effective uid),
+ * as the "mpool" system user that mpoold.service runs as (looked up by
+ * name), or as the uid in $MPOOL_TRUST_UID (ignored by set-user-ID
+ * programs); the kernel tells which (SO_PEERCRED).  Anyone else may have
+ * put their socket where the caller's daemon should be, to read its
+ * requests and forge answers: mpool_connect refuses such a server with
+ * -MPOOL_E_UNTRUSTED (proto/PROTOCOL.md, "Which server a client trusts").
+ *
+ * 0 with *ret, or on failure a negative code (-MPOOL_E_SYS with errno,
+ * -MPOOL_E_UNTRUSTED, -MPOOL_E_INVAL for a bad path, -MPOOL_E_NOMEM) with
+ * *ret untouched and, when errbuf is not NULL, the reason as a sentence in
+ * errbuf (truncated to errbuf_size bytes; MPOOL_ERRMSG_MAX holds any).
+ * errbuf is written only on failure. */
+int mpool_connect(const char *path, mpool **ret, char *errbuf, size_t errbuf_size);
 /* Sends what it can of the output still queued without waiting, closes the
  * socket and frees p.  Open handles become ready with -MPOOL_E_CLOSED; no
  * callback runs.  Handles stay valid until their own _free().  Never call
@@ -159,7 +181,7 @@ void mpool_value_free(mpool_value *v);
  * Each sends one request and returns with its answer.  The daemon answers
  * every request, with an error if the work cannot be done. */
 
-/* Round trip to the daemon. */
+/* Round trip to the daemon; -MPOOL_E_PROTO when the peer is not mpoold. */
 int mpool_ping(mpool *p);
 
 /* Runs fn ("MODULE.FUNCTION") on one argument, arg_len bytes holding exactly
@@ -272,11 +294,11 @@ int mpool_status(mpool *p, mpool_value **ret_status);
  * -MPOOL_E_PERM with a message saying who may.
  *
  * Stops the pool now: workers are killed, pending work fails with
- * MPOOL_E_TERMINATED and mpoold exits.  Returns once the daemon accepted. */
+ * -MPOOL_E_TERMINATED and mpoold exits.  Returns once the daemon accepted. */
 int mpool_terminate(mpool *p);
 
 /* Like Python's close() + join(), for the whole daemon: mpoold takes no new
- * work (new requests fail with MPOOL_E_SHUTDOWN), finishes what is open,
+ * work (new requests fail with -MPOOL_E_SHUTDOWN), finishes what is open,
  * then exits.  Returns once the daemon accepted. */
 int mpool_drain(mpool *p);
 
@@ -291,14 +313,16 @@ int mpool_reload(mpool *p);
 int mpool_cancel(mpool *p, uint64_t job_id);
 
 /* Kills one worker now (admins only): its unfinished items fail with
- * MPOOL_E_WORKER or are retried as the request allows; a replacement
+ * -MPOOL_E_WORKER or are retried as the request allows; a replacement
  * starts.  -MPOOL_E_NOTFOUND when no worker has that pid. */
 int mpool_kill_worker(mpool *p, pid_t pid);
 
 /* ==== Async calls: Python's apply_async / map_async / AsyncResult =========
  * An async call queues its request, sends what it can without waiting and
  * returns a handle at once.  The handle owns the result until
- * mpool_async_free(). */
+ * mpool_async_free().  mpoold limits the requests open on one connection
+ * (--max-jobs, 1024 by default): past it a request fails with
+ * -MPOOL_E_LIMIT. */
 
 typedef struct mpool_async mpool_async;
 
@@ -324,7 +348,7 @@ int mpool_apply_async(mpool *p, const char *fn, const void *arg, size_t arg_len,
 
 /* Sends a map (items as for mpool_map) and returns its handle.  Its result
  * is the array of every result in item order; like Pool.map_async, a
- * failed item fails it with MPOOL_E_ITEMS (the message names the first
+ * failed item fails it with -MPOOL_E_ITEMS (the message names the first
  * failed item).  Results are collected as they arrive: for a map too large
  * to hold, use mpool_imap or mpool_map_stream. */
 int mpool_map_async(mpool *p, const char *fn, const void *items, size_t items_len,
