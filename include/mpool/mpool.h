@@ -27,7 +27,8 @@
  * - Option structs (struct mpool_apply_opts, mpool_map_opts,
  *   mpool_spawn_opts) can grow in later versions without breaking programs
  *   built against this header: each starts with its own size, which its
- *   initializer macro sets, and every option left out means the default:
+ *   initializer macro sets (designated initializers: C99, C++20), and every
+ *   option left out means the default:
  *
  *       struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 16, .unordered = 1);
  *
