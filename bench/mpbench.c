@@ -72,11 +72,14 @@ static double secs_since(uint64_t t0)
 
 static mpool *connect_or_die(const struct args *a)
 {
+	char why[MPOOL_ERRMSG_MAX];
 	mpool *p;
-	int r = mpool_connect(a->socket, &p);
+	int r = mpool_connect(a->socket, &p, why, sizeof(why));
 
-	if (r < 0)
-		fail(NULL, "connect", r);
+	if (r < 0) {
+		fprintf(stderr, "mpbench: %s (%d)\n", why, r);
+		exit(1);
+	}
 	return p;
 }
 
@@ -133,7 +136,7 @@ static void fig_ready(const struct args *a)
 	for (;;) {
 		mpool_value *v;
 
-		if (!p && mpool_connect(a->socket, &p) < 0)
+		if (!p && mpool_connect(a->socket, &p, NULL, 0) < 0)
 			p = NULL;
 		if (p) {
 			int r = mpool_status(p, &v);

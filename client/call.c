@@ -194,6 +194,7 @@ struct mpool_async *mpc_apply_start(mpool *p, const char *fn, const void *arg, s
 				    const struct mpool_apply_opts *opts, int *ret_err)
 {
 	struct mpc_opts o = { 0 };
+	struct mpool_apply_opts ao;
 	struct mpool_async *a;
 	msgpack_packer pk;
 	size_t mark;
@@ -203,15 +204,18 @@ struct mpool_async *mpc_apply_start(mpool *p, const char *fn, const void *arg, s
 		*ret_err = mpc_err(p, MPOOL_E_INVAL, "apply: no function name");
 		return NULL;
 	}
+	r = mpc_opts_copy(p, "struct mpool_apply_opts", &ao, sizeof(ao), opts);
+	if (r < 0) {
+		*ret_err = r;
+		return NULL;
+	}
 	r = mpc_check_values(p, "apply argument", arg, arg_len, 1, false);
 	if (r < 0) {
 		*ret_err = r;
 		return NULL;
 	}
-	if (opts) {
-		o.timeout_ms = opts->timeout_ms;
-		o.retries = opts->retries;
-	}
+	o.timeout_ms = ao.timeout_ms;
+	o.retries = ao.retries;
 	a = mpc_call_new(p, MPC_APPLY, sizeof(*a));
 	if (!a) {
 		*ret_err = mpc_err(p, MPOOL_E_NOMEM, "out of memory starting a request");
@@ -287,12 +291,46 @@ int mpc_opts_pack(msgpack_packer *pk, const struct mpc_opts *o)
 	return r ? -1 : 0;
 }
 
-void mpc_opts_from_map(struct mpc_opts *o, const struct mpool_map_opts *opts)
+int mpc_opts_from_map(mpool *p, struct mpc_opts *o, const struct mpool_map_opts *opts)
 {
-	if (!opts)
-		return;
-	o->chunksize = opts->chunksize;
-	o->unordered = opts->unordered;
-	o->timeout_ms = opts->timeout_ms;
-	o->retries = opts->retries;
+	struct mpool_map_opts mo;
+	int r;
+
+	r = mpc_opts_copy(p, "struct mpool_map_opts", &mo, sizeof(mo), opts);
+	if (r < 0)
+		return r;
+	o->chunksize = mo.chunksize;
+	o->unordered = mo.unordered;
+	o->timeout_ms = mo.timeout_ms;
+	o->retries = mo.retries;
+	return 0;
+}
+
+/* Far above any option struct this library will have: a larger size is
+ * garbage (a struct whose size was never set), not a newer header. */
+#define MPC_OPTS_MAX_SIZE 4096
+
+int mpc_opts_copy(mpool *p, const char *what, void *dst, size_t dst_size, const void *src)
+{
+	const unsigned char *s = src;
+	size_t size;
+
+	memset(dst, 0, dst_size);
+	memcpy(dst, &dst_size, sizeof(size_t));
+	if (!src)
+		return 0;
+	memcpy(&size, src, sizeof(size));
+	if (size < sizeof(size_t) || size > MPC_OPTS_MAX_SIZE)
+		return mpc_err(p, MPOOL_E_INVAL,
+			       "%s: its size member is %zu: make the struct with its "
+			       "MPOOL_..._OPTS() initializer", what, size);
+	for (size_t i = dst_size; i < size; i++)
+		if (s[i] != 0)
+			return mpc_err(p, MPOOL_E_INVAL,
+				       "%s: sets an option this libmpool does not know "
+				       "(byte %zu of %zu; it knows %zu): link a newer libmpool",
+				       what, i, size, dst_size);
+	memcpy((unsigned char *)dst + sizeof(size_t), s + sizeof(size_t),
+	       (size < dst_size ? size : dst_size) - sizeof(size_t));
+	return 0;
 }

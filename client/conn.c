@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,41 +21,133 @@
 
 #include "mp_path.h"
 
-int mpool_connect(const char *path, mpool **ret)
+/* Writes the reason for a failed connect into the caller's buffer (if any)
+ * and returns -code.  errno is preserved. */
+static int connect_fail(char *errbuf, size_t errbuf_size, int code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+static int connect_fail(char *errbuf, size_t errbuf_size, int code, const char *fmt, ...)
+{
+	int e = errno;
+	va_list ap;
+
+	if (errbuf && errbuf_size > 0) {
+		va_start(ap, fmt);
+		vsnprintf(errbuf, errbuf_size, fmt, ap);
+		va_end(ap);
+	}
+	errno = e;
+	return -code;
+}
+
+/* The uid of the service user (MPC_SERVICE_USER), or -1 when the system has
+ * none.  Looked up by name because sysusers picks its uid per machine. */
+static long service_uid(void)
+{
+	struct passwd pw, *found = NULL;
+	char buf[4096];
+
+	if (getpwnam_r(MPC_SERVICE_USER, &pw, buf, sizeof(buf), &found) != 0 || !found)
+		return -1;
+	return (long)found->pw_uid;
+}
+
+/* True when $MPOOL_TRUST_UID names uid.  secure_getenv: a set-user-ID
+ * program does not take it from whoever runs it. */
+static bool trusted_by_env(uid_t uid)
+{
+	const char *s = secure_getenv("MPOOL_TRUST_UID");
+	unsigned long v;
+	char *end;
+
+	if (!s || *s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	return errno == 0 && *end == '\0' && v == (unsigned long)uid;
+}
+
+/* A server is trusted when it runs as root, as us, as the service user
+ * the system socket belongs to, or as the uid the caller's environment
+ * names: anyone else could have put a socket where ours should be (a /tmp
+ * directory made first, a swapped socket) to read our requests and forge
+ * answers.  The credentials are those of the process that called listen(),
+ * which the kernel recorded; the peer cannot forge them. */
+static int check_server(int fd, const char *path, char *errbuf, size_t errbuf_size)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+	int e = errno;
+	long svc;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+		return connect_fail(errbuf, errbuf_size, MPOOL_E_SYS,
+				    "cannot read the credentials of the server at %s: %s", path,
+				    strerror(errno));
+	if (cr.uid == 0 || cr.uid == geteuid() || cr.uid == getuid() || trusted_by_env(cr.uid))
+		return 0;
+	/* Only now, as it may ask NSS: the usual servers need no lookup. */
+	svc = service_uid();
+	errno = e;
+	if (svc >= 0 && (uid_t)svc == cr.uid)
+		return 0;
+	return connect_fail(errbuf, errbuf_size, MPOOL_E_UNTRUSTED,
+			    "the server at %s runs as uid %u, which is neither root, nor you "
+			    "(uid %u), nor the %s service user, nor $MPOOL_TRUST_UID: refusing "
+			    "it, as another user may have put that socket there", path,
+			    (unsigned)cr.uid, (unsigned)geteuid(), MPC_SERVICE_USER);
+}
+
+int mpool_connect(const char *path, mpool **ret, char *errbuf, size_t errbuf_size)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	const struct mp_frame_limits lim = {
 		.max_frame = MPC_MAX_FRAME,
 		.max_depth = MP_DEPTH_MAX,
 	};
-	mpool *p;
-	int fd = -1, e;
+	mpool *p = NULL;
+	int fd = -1, r;
 
 	if (!ret)
-		return -MPOOL_E_INVAL;
+		return connect_fail(errbuf, errbuf_size, MPOOL_E_INVAL, "mpool_connect: no ret");
 	if (path) {
 		if (!*path || strlen(path) >= sizeof(sa.sun_path))
-			return -MPOOL_E_INVAL;
+			return connect_fail(errbuf, errbuf_size, MPOOL_E_INVAL,
+					    "socket path %s: %s", *path ? path : "\"\"",
+					    *path ? "too long" : "empty");
 		memcpy(sa.sun_path, path, strlen(path) + 1);
 	} else if (mp_client_socket_path(sa.sun_path, sizeof(sa.sun_path)) < 0) {
-		return -MPOOL_E_INVAL;
+		return connect_fail(errbuf, errbuf_size, MPOOL_E_INVAL,
+				    "no usable default socket path (too long, or no uid)");
 	}
 
-	p = calloc(1, sizeof(*p));
-	if (!p)
-		return -MPOOL_E_NOMEM;
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
+	if (fd < 0) {
+		r = connect_fail(errbuf, errbuf_size, MPOOL_E_SYS, "socket: %s", strerror(errno));
 		goto fail;
+	}
 	/* A Unix socket does not connect in the background: after EINTR it is
 	 * still unconnected, so asking again is safe. */
 	while (connect(fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		if (errno != EINTR)
+		if (errno != EINTR) {
+			r = connect_fail(errbuf, errbuf_size, MPOOL_E_SYS, "cannot connect to %s: %s",
+					 sa.sun_path, strerror(errno));
 			goto fail;
+		}
 	}
-	/* Every wait is a poll(): the socket itself never blocks. */
-	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+	r = check_server(fd, sa.sun_path, errbuf, errbuf_size);
+	if (r < 0)
 		goto fail;
+	/* Every wait is a poll(): the socket itself never blocks. */
+	if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) {
+		r = connect_fail(errbuf, errbuf_size, MPOOL_E_SYS, "fcntl: %s", strerror(errno));
+		goto fail;
+	}
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		r = connect_fail(errbuf, errbuf_size, MPOOL_E_NOMEM,
+				 "out of memory for a connection");
+		goto fail;
+	}
 	p->fd = fd;
 	p->next_msgid = 1;
 	p->watch_events = -1;
@@ -62,12 +155,13 @@ int mpool_connect(const char *path, mpool **ret)
 	*ret = p;
 	return 0;
 fail:
-	e = errno;
-	if (fd >= 0)
+	if (fd >= 0) {
+		int e = errno;
+
 		close(fd);
-	free(p);
-	errno = e;
-	return -MPOOL_E_SYS;
+		errno = e;
+	}
+	return r;
 }
 
 static void fail_all(mpool *p, int code, const char *msg, bool callbacks);
@@ -292,7 +386,7 @@ void mpc_call_complete(struct mpool_async *a, int err, const char *msg)
 	if (err == 0 && a->cb)
 		MPC_CALLBACK(a, a->cb(a->ud, mpc_call_result(a)));
 	else if (err < 0 && a->ecb)
-		MPC_CALLBACK(a, a->ecb(a->ud, -err, a->errmsg ? a->errmsg : "out of memory"));
+		MPC_CALLBACK(a, a->ecb(a->ud, err, a->errmsg ? a->errmsg : "out of memory"));
 }
 
 void mpc_call_fail(struct mpool_async *a, int code, const char *fmt, ...)

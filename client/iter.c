@@ -219,7 +219,7 @@ static int start(mpool *p, const char *fn, const void *items, size_t items_len,
 		 uint64_t n_items, const struct mpool_map_opts *opts, bool unordered,
 		 mpool_producer produce, void *produce_ud, mpool_iter **ret)
 {
-	struct mpool_map_opts o = { 0 };
+	struct mpool_map_opts o;
 	struct mpool_async *a;
 	int r;
 
@@ -228,8 +228,10 @@ static int start(mpool *p, const char *fn, const void *items, size_t items_len,
 	r = mpc_usable(p);
 	if (r < 0)
 		return r;
-	if (opts)
-		o = *opts;
+	/* The caller's struct may be smaller or larger than ours. */
+	r = mpc_opts_copy(p, "struct mpool_map_opts", &o, sizeof(o), opts);
+	if (r < 0)
+		return r;
 	if (unordered)
 		o.unordered = 1;
 	a = mpc_map_start(p, fn, items, items_len, n_items, &o, false,

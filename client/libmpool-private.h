@@ -43,7 +43,10 @@
 /* Largest reply frame accepted: above the daemon's 64 MiB default, so a
  * daemon configured with a larger --max-frame still gets through. */
 #define MPC_MAX_FRAME ((size_t)256 << 20)
-#define MPC_ERRMSG_MAX 1024
+#define MPC_ERRMSG_MAX MPOOL_ERRMSG_MAX
+/* The system user mpoold.service runs as, which owns /run/mpool
+ * (systemd/mpool.sysusers): clients trust a server running as it. */
+#define MPC_SERVICE_USER "mpool"
 /* Bytes one mpool_process() reads at most. */
 #define MPC_PROCESS_BUDGET ((size_t)1 << 20)
 /* An idle output buffer larger than this is given back. */
@@ -309,7 +312,19 @@ struct mpc_opts {
 uint32_t mpc_opts_count(const struct mpc_opts *o);
 /* Packs the options map.  0, or -1 when out of memory. */
 int mpc_opts_pack(msgpack_packer *pk, const struct mpc_opts *o);
-void mpc_opts_from_map(struct mpc_opts *o, const struct mpool_map_opts *opts);
+/* Reads the caller's map options (NULL: none) into o.  0, or -MPOOL_E_INVAL
+ * as mpc_opts_copy. */
+int mpc_opts_from_map(mpool *p, struct mpc_opts *o, const struct mpool_map_opts *opts);
+/* Copies a public option struct (NULL: all defaults) into dst, this
+ * library's own struct of dst_size bytes, whose first member is its size.
+ * The caller's struct says its own size in its first member: a program
+ * built against an older header passes a smaller one (what it does not
+ * know stays 0, the default), a newer one a larger one, accepted when every
+ * byte this library does not know is 0 (an option it cannot honour is
+ * refused, not ignored), as clone3(2) and openat2(2) read theirs.  0, or
+ * -MPOOL_E_INVAL for a size that was never set or is implausible; what
+ * names the struct in the message. */
+int mpc_opts_copy(mpool *p, const char *what, void *dst, size_t dst_size, const void *src);
 
 /* Completes a one-response call from its response. */
 void mpc_simple_response(mpool *p, struct mpool_async *a, const struct mp_msg *m);

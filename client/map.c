@@ -113,7 +113,7 @@ struct mpool_item_error *mpc_copy_errors(const uint8_t *errors, size_t len, uint
 
 		mp_read_error(&c, &code, &msg, &msg_len, &index);
 		errs[i].index = (uint64_t)index;
-		errs[i].code = code;
+		errs[i].code = -code;   /* the wire's code, as libmpool reports codes */
 		errs[i].message = text;
 		memcpy(text, msg, msg_len);
 		text[msg_len] = '\0';
@@ -413,7 +413,11 @@ struct mpool_async *mpc_map_start(mpool *p, const char *fn, const void *items,
 		*ret_err = r;
 		return NULL;
 	}
-	mpc_opts_from_map(&o, opts);
+	r = mpc_opts_from_map(p, &o, opts);
+	if (r < 0) {
+		*ret_err = r;
+		return NULL;
+	}
 	/* A chunksize the caller chose is honoured exactly, which only a map
 	 * in one request can promise (mpoold spreads a stream's parts). */
 	slice = input != INPUT_PRODUCER && o.chunksize == 0 &&

@@ -83,6 +83,10 @@ static const char usage_text[] =
 	"or its admin group; a job's owner may cancel it, a process's owner may\n"
 	"join and terminate it.\n"
 	"\n"
+	"mpctl talks only to a server run by root, by you, by the mpool system user\n"
+	"or by the uid in $MPOOL_TRUST_UID: another user may have put a socket in\n"
+	"its place.\n"
+	"\n"
 	"Exit status: 0 success, 1 the request or some items failed (or was\n"
 	"refused), 2 usage error, 3 cannot connect or connection lost.\n"
 	"join (and spawn without --daemon): 0 the process exited 0, 1 it exited\n"
@@ -150,22 +154,13 @@ static int report(mpool *p, const char *what, int r)
 
 static mpool *connect_or_say(const char *path)
 {
-	char def[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char why[MPOOL_ERRMSG_MAX];
 	mpool *p;
-	int r, e;
 
-	r = mpool_connect(path, &p);
-	if (r == 0)
+	if (mpool_connect(path, &p, why, sizeof(why)) == 0)
 		return p;
-	e = errno;
-	if (!path)
-		path = mp_client_socket_path(def, sizeof(def)) == 0 ? def : "mpoold";
-	if (r == -MPOOL_E_SYS)
-		fprintf(stderr, "mpctl: cannot connect to %s: %s\n", path, strerror(e));
-	else if (r == -MPOOL_E_INVAL)
-		fprintf(stderr, "mpctl: cannot connect to %s: not a usable socket path\n", path);
-	else
-		fprintf(stderr, "mpctl: cannot connect to %s: %s\n", path, mpool_strerror(r));
+	/* The reason names the socket path and the cause. */
+	fprintf(stderr, "mpctl: %s\n", why);
 	return NULL;
 }
 
@@ -548,7 +543,7 @@ static int cmd_apply(const char *sock, int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
-	struct mpool_apply_opts opts = { 0 };
+	struct mpool_apply_opts opts = MPOOL_APPLY_OPTS();
 	msgpack_sbuffer buf;
 	mpool_value *v;
 	mpool *p;
@@ -673,7 +668,7 @@ static int cmd_map(const char *sock, int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
-	struct mpool_map_opts opts = { 0 };
+	struct mpool_map_opts opts = MPOOL_MAP_OPTS();
 	struct line_src src = { 0 };
 	msgpack_sbuffer buf;
 	msgpack_packer pk;
@@ -809,7 +804,7 @@ static int cmd_spawn(const char *sock, int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
-	struct mpool_spawn_opts opts = { 0 };
+	struct mpool_spawn_opts opts = MPOOL_SPAWN_OPTS();
 	struct mpool_process *proc;
 	msgpack_sbuffer buf;
 	mpool *p;

@@ -316,8 +316,9 @@ static bool name_ok(const char *name)
 int mpool_spawn(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		const struct mpool_spawn_opts *opts, struct mpool_process **ret)
 {
-	const char *name = opts ? opts->name : NULL;
-	bool daemon = opts && opts->daemon;
+	struct mpool_spawn_opts so;
+	const char *name;
+	bool daemon;
 	struct mpool_process *proc;
 	const msgpack_object *o;
 	struct mpool_async *a;
@@ -332,6 +333,11 @@ int mpool_spawn(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		return -MPOOL_E_INVAL;
 	if (!fn || !ret)
 		return mpc_err(p, MPOOL_E_INVAL, "spawn: %s", !fn ? "no function name" : "no ret");
+	r = mpc_opts_copy(p, "struct mpool_spawn_opts", &so, sizeof(so), opts);
+	if (r < 0)
+		return r;
+	name = so.name;
+	daemon = so.daemon;
 	if (name && !name_ok(name))
 		return mpc_err(p, MPOOL_E_INVAL,
 			       "spawn: a name is 1 to %d bytes without control characters",

@@ -38,12 +38,13 @@ int main(void)
 	mpool_async *apply = NULL, *map = NULL;
 	mpool_iter *it = NULL;
 	uint64_t next = 1, sum = 0;
+	char why[MPOOL_ERRMSG_MAX];
 	mpool *p;
 	int r;
 
-	r = mpool_connect(NULL, &p);
+	r = mpool_connect(NULL, &p, why, sizeof(why));
 	if (r < 0) {
-		fprintf(stderr, "connect: %s\n", mpool_strerror(r));
+		fprintf(stderr, "%s\n", why);
 		return 1;
 	}
 	msgpack_sbuffer_init(&sb);
@@ -78,7 +79,7 @@ int main(void)
 	msgpack_pack_int(&pk, 100);
 	msgpack_pack_int(&pk, 200);
 	r = mpool_imap_unordered(p, "builtin.sleep", sb.data, sb.size, 3,
-				 &(struct mpool_map_opts){ .chunksize = 1 }, &it);
+				 &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), &it);
 	if (r < 0)
 		goto fail;
 	while ((r = mpool_iter_next(it, -1, &item)) == 1)

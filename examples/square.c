@@ -23,12 +23,13 @@ int main(int argc, char **argv)
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
 	mpool_value *v;
+	char why[MPOOL_ERRMSG_MAX];
 	mpool *p;
 	int r;
 
-	r = mpool_connect(NULL, &p);    /* the default socket path */
+	r = mpool_connect(NULL, &p, why, sizeof(why));    /* the default socket path */
 	if (r < 0) {
-		fprintf(stderr, "connect: %s\n", mpool_strerror(r));
+		fprintf(stderr, "%s\n", why);
 		return 1;
 	}
 

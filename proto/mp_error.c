@@ -28,6 +28,7 @@ const char *mpool_strerror(int code)
 	case MPOOL_E_INVAL: return "invalid_argument";
 	case MPOOL_E_NOMEM: return "no_memory";
 	case MPOOL_E_ITEMS: return "items_failed";
+	case MPOOL_E_UNTRUSTED: return "untrusted_server";
 	default: return "unknown";
 	}
 }

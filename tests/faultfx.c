@@ -407,8 +407,11 @@ void ffx_start(struct fx *fx, const char *const *extra, const struct ffx_launch 
 		 strerror(errno));
 	temp_pattern(fx->dir, sizeof(fx->dir));
 	REQUIREF(mkdtemp(fx->dir), "mkdtemp: %s", strerror(errno));
-	if (how->drop_to_nobody)
+	if (how->drop_to_nobody) {
 		REQUIREF(chmod(fx->dir, 0777) == 0, "chmod %s: %s", fx->dir, strerror(errno));
+		/* libmpool refuses a server run by another user unless told. */
+		REQUIREF(setenv("MPOOL_TRUST_UID", "65534", 1) == 0, "setenv: %s", strerror(errno));
+	}
 	snprintf(fx->sock, sizeof(fx->sock), "%s/mpoold.sock", fx->dir);
 	snprintf(fx->log, sizeof(fx->log), "%s/mpoold.log", fx->dir);
 	fx->workers = FX_WORKERS_DEFAULT;
@@ -484,7 +487,7 @@ void ffx_start(struct fx *fx, const char *const *extra, const struct ffx_launch 
 				 "mpoold %s while starting (before it answered ping)",
 				 fx_describe_wait(st, how_, sizeof(how_)));
 		}
-		r = mpool_connect(fx->sock, &fx->c);
+		r = mpool_connect(fx->sock, &fx->c, NULL, 0);
 		if (r == 0) {
 			r = mpool_ping(fx->c);
 			if (r == 0)
@@ -787,7 +790,7 @@ void ffx_build_testmod(const char *out_path, int version)
 int ffx_apply(mpool *c, const char *fn, const msgpack_sbuffer *arg, uint32_t timeout_ms,
 	      uint32_t retries, mpool_value **ret)
 {
-	struct mpool_apply_opts o = { .timeout_ms = timeout_ms, .retries = retries };
+	struct mpool_apply_opts o = MPOOL_APPLY_OPTS(.timeout_ms = timeout_ms, .retries = retries);
 
 	return mpool_apply_with(c, fn, arg->data, arg->size, &o, ret);
 }
@@ -849,7 +852,7 @@ static void map_piece(void *ud, uint64_t first, const msgpack_object *res,
 		REQUIREF(it->code == 0, "two errors for item %llu", (unsigned long long)idx);
 		REQUIREF(it->type == MSGPACK_OBJECT_NIL, "item %llu has both a result and an error",
 			 (unsigned long long)idx);
-		REQUIREF(errs[k].code > 0, "item %llu: error code %d", (unsigned long long)idx,
+		REQUIREF(errs[k].code < 0, "item %llu: error code %d", (unsigned long long)idx,
 			 errs[k].code);
 		it->code = errs[k].code;
 		snprintf(it->msg, sizeof(it->msg), "%s", errs[k].message);

@@ -448,7 +448,7 @@ void fx_start(struct fx *fx, const char *const *extra)
 			fx->may_exit = true;   /* reported here, not again by teardown */
 			FAILF("mpoold %s while starting", fx_describe_wait(st, how, sizeof(how)));
 		}
-		r = mpool_connect(fx->sock, &fx->c);
+		r = mpool_connect(fx->sock, &fx->c, NULL, 0);
 		if (r == 0) {
 			r = mpool_ping(fx->c);
 			if (r == 0)
@@ -483,11 +483,11 @@ void fx_stop(struct fx *fx)
 
 mpool *fx_connect(struct fx *fx)
 {
+	char why[MPOOL_ERRMSG_MAX];
 	mpool *c = NULL;
-	int r = mpool_connect(fx->sock, &c);
+	int r = mpool_connect(fx->sock, &c, why, sizeof(why));
 
-	REQUIREF(r == 0, "mpool_connect(%s): %s (%s)", fx->sock, mpool_strerror(-r),
-		 strerror(errno));
+	REQUIREF(r == 0, "mpool_connect: %s: %s", mpool_strerror(r), why);
 	return c;
 }
 

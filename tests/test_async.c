@@ -264,7 +264,7 @@ START_TEST(callbacks_once_each)
 
 	pack_range(&sb, 1, 1000);
 	ok(c, mpool_map_async(c, "builtin.square", sb.data, sb.size, 1000,
-			      &(struct mpool_map_opts){ .chunksize = 7 }, count_ok, count_err,
+			      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 7), count_ok, count_err,
 			      &map_ok, &m1), "map_async");
 	msgpack_sbuffer_destroy(&sb);
 	fx_sbuf_init(&sb, &pk);
@@ -285,7 +285,7 @@ START_TEST(callbacks_once_each)
 	REQUIRE(mpool_async_successful(a1) == 1);
 	REQUIRE(mpool_async_get(a1, 0, &o) == 0 && fx_obj_u64(o) == 49);
 
-	REQUIREF(bad.ok == 0 && bad.err == 1 && bad.last_code == MPOOL_E_TYPE &&
+	REQUIREF(bad.ok == 0 && bad.err == 1 && bad.last_code == -MPOOL_E_TYPE &&
 		 strstr(bad.last_msg, "str"), "square of a str: %d/%d, code %d '%s'",
 		 bad.ok, bad.err, bad.last_code, bad.last_msg);
 	REQUIRE(mpool_async_successful(a2) == 0);
@@ -295,7 +295,7 @@ START_TEST(callbacks_once_each)
 		 strcmp(mpool_errmsg(c), bad.last_msg) == 0, "'%s' / '%s' / '%s'",
 		 mpool_async_errmsg(a2), mpool_errmsg(c), bad.last_msg);
 
-	REQUIREF(nof.err == 1 && nof.ok == 0 && nof.last_code == MPOOL_E_NOFUNC, "nosuch: %d/%d %d",
+	REQUIREF(nof.err == 1 && nof.ok == 0 && nof.last_code == -MPOOL_E_NOFUNC, "nosuch: %d/%d %d",
 		 nof.ok, nof.err, nof.last_code);
 
 	REQUIREF(map_ok.ok == 1 && map_ok.err == 0 && map_ok.array_ok && map_ok.last_array == 1000,
@@ -305,7 +305,7 @@ START_TEST(callbacks_once_each)
 		o->via.array.size == 1000 && fx_obj_u64(&o->via.array.ptr[999]) == 1000000);
 
 	/* Like Pool.map_async: a failed item fails the whole map. */
-	REQUIREF(map_bad.ok == 0 && map_bad.err == 1 && map_bad.last_code == MPOOL_E_ITEMS &&
+	REQUIREF(map_bad.ok == 0 && map_bad.err == 1 && map_bad.last_code == -MPOOL_E_ITEMS &&
 		 strstr(map_bad.last_msg, "item 5"), "map with a failed item: %d/%d, %d '%s'",
 		 map_bad.ok, map_bad.err, map_bad.last_code, map_bad.last_msg);
 	REQUIRE(mpool_async_get(m2, 0, &o) == -MPOOL_E_ITEMS);
@@ -418,7 +418,7 @@ START_TEST(timeouts_leave_job_running)
 	/* The same for an iterator. */
 	pack_sleeps(&sb, 300, 2);
 	ok(fx.c, mpool_imap(fx.c, "builtin.sleep", sb.data, sb.size, 2,
-			    &(struct mpool_map_opts){ .chunksize = 1 }, &it), "imap");
+			    &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), &it), "imap");
 	msgpack_sbuffer_destroy(&sb);
 	r = mpool_iter_next(it, 30, &item);
 	REQUIREF(r == -MPOOL_E_TIMEOUT, "next after 30 ms: %d", r);
@@ -483,20 +483,20 @@ START_TEST(cancel_queued_map)
 	/* Both workers busy for 500 ms ... */
 	pack_sleeps(&sb, 500, 2);
 	ok(fx.c, mpool_map_async(fx.c, "builtin.sleep", sb.data, sb.size, 2,
-				 &(struct mpool_map_opts){ .chunksize = 1 }, count_ok, count_err,
+				 &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), count_ok, count_err,
 				 &busy, &a), "map_async");
 	msgpack_sbuffer_destroy(&sb);
 	fx_wait_status(&fx, all_busy, &two, FX_WAIT_MS, "both workers busy", NULL);
 	/* ... so this one waits in the queue. */
 	pack_sleeps(&sb, 10, 8);
 	ok(fx.c, mpool_map_async(fx.c, "builtin.sleep", sb.data, sb.size, 8,
-				 &(struct mpool_map_opts){ .chunksize = 1 }, count_ok, count_err,
+				 &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), count_ok, count_err,
 				 &queued, &b), "map_async");
 	msgpack_sbuffer_destroy(&sb);
 	REQUIRE(mpool_async_cancel(b, 0) == 1);
 	/* Cancelled at once, its error callback already called. */
 	REQUIRE(mpool_async_ready(b) == 1 && mpool_async_successful(b) == 0);
-	REQUIREF(queued.err == 1 && queued.ok == 0 && queued.last_code == MPOOL_E_CANCELLED,
+	REQUIREF(queued.err == 1 && queued.ok == 0 && queued.last_code == -MPOOL_E_CANCELLED,
 		 "cancelled map: %d/%d code %d", queued.ok, queued.err, queued.last_code);
 	r = mpool_async_get(b, 0, &o);
 	REQUIREF(r == -MPOOL_E_CANCELLED, "get of a cancelled map: %d", r);
@@ -531,14 +531,14 @@ static void cancel_running(bool kill)
 	fx_start(&fx, NULL);
 	pack_sleeps(&sb, ms, 4);
 	ok(fx.c, mpool_map_async(fx.c, "builtin.sleep", sb.data, sb.size, 4,
-				 &(struct mpool_map_opts){ .chunksize = 1 }, count_ok, count_err, &cnt,
+				 &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), count_ok, count_err, &cnt,
 				 &a), "map_async");
 	msgpack_sbuffer_destroy(&sb);
 	fx_wait_status(&fx, all_busy, &two, FX_WAIT_MS, "both workers busy", NULL);
 	t0 = fx_now_ms();
 	REQUIRE(mpool_async_cancel(a, kill) == 1);
 	REQUIREF(mpool_async_get(a, 0, NULL) == -MPOOL_E_CANCELLED && cnt.err == 1 &&
-		 cnt.last_code == MPOOL_E_CANCELLED, "after cancel: %d/%d", cnt.ok, cnt.err);
+		 cnt.last_code == -MPOOL_E_CANCELLED, "after cancel: %d/%d", cnt.ok, cnt.err);
 	if (!kill) {
 		/* The running chunks keep the job until they finish. */
 		fx_status(&fx, &st);
@@ -597,7 +597,7 @@ START_TEST(cancel_iterator_and_stream)
 	fx_start(&fx, NULL);
 	pack_sleeps(&sb, 200, 20);
 	ok(fx.c, mpool_imap(fx.c, "builtin.sleep", sb.data, sb.size, 20,
-			    &(struct mpool_map_opts){ .chunksize = 1 }, &it), "imap");
+			    &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), &it), "imap");
 	msgpack_sbuffer_destroy(&sb);
 	r = mpool_iter_next(it, FX_WAIT_MS, &item);
 	REQUIREF(r == 1 && item.index == 0, "first item: %d", r);
@@ -612,7 +612,7 @@ START_TEST(cancel_iterator_and_stream)
 	done0 = fx_status_get(&fx, "totals.tasks_done");
 	pack_sleeps(&sb, 300, 8);
 	ok(fx.c, mpool_imap(fx.c, "builtin.sleep", sb.data, sb.size, 8,
-			    &(struct mpool_map_opts){ .chunksize = 1 }, &it), "imap");
+			    &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), &it), "imap");
 	msgpack_sbuffer_destroy(&sb);
 	fx_wait_status(&fx, all_busy, &two, FX_WAIT_MS, "both workers busy", NULL);
 	mpool_iter_free(it);
@@ -663,7 +663,7 @@ START_TEST(imap_in_order)
 	fx_pack_str(&pk, "bad");
 	fx_pack_range(&pk, BAD + 1, N - BAD - 1);
 	ok(fx.c, mpool_imap(fx.c, "builtin.square", sb.data, sb.size, N,
-			    &(struct mpool_map_opts){ .chunksize = 100 }, &it), "imap");
+			    &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 100), &it), "imap");
 	msgpack_sbuffer_destroy(&sb);
 	REQUIRE(mpool_iter_summary(it, &sum) == -MPOOL_E_INVAL);
 	for (uint64_t i = 0; i < N; i++) {
@@ -672,7 +672,7 @@ START_TEST(imap_in_order)
 		REQUIREF(item.index == i, "imap yielded item %llu at position %llu",
 			 (unsigned long long)item.index, (unsigned long long)i);
 		if (i == BAD) {
-			REQUIREF(item.code == MPOOL_E_TYPE && !item.result && strstr(item.message, "str"),
+			REQUIREF(item.code == -MPOOL_E_TYPE && !item.result && strstr(item.message, "str"),
 				 "the bad item: code %d '%s'", item.code, item.message);
 			continue;
 		}
@@ -705,7 +705,7 @@ START_TEST(imap_unordered_complete)
 	for (int i = 0; i < N; i++)
 		msgpack_pack_int(&pk, i < 4 ? 300 : i % 2);
 	ok(fx.c, mpool_imap_unordered(fx.c, "builtin.sleep", sb.data, sb.size, N,
-				      &(struct mpool_map_opts){ .chunksize = 4 }, &it),
+				      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 4), &it),
 	   "imap_unordered");
 	msgpack_sbuffer_destroy(&sb);
 	while ((r = mpool_iter_next(it, FX_WAIT_MS, &item)) == 1) {
@@ -727,7 +727,7 @@ START_TEST(imap_unordered_complete)
 	/* imap with opts->unordered is the same. */
 	pack_range(&sb, 0, 30000);
 	ok(fx.c, mpool_imap(fx.c, "builtin.square", sb.data, sb.size, 30000,
-			    &(struct mpool_map_opts){ .chunksize = 7, .unordered = 1 }, &it), "imap");
+			    &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 7, .unordered = 1), &it), "imap");
 	msgpack_sbuffer_destroy(&sb);
 	{
 		uint8_t *s = calloc(30000, 1);
@@ -863,7 +863,7 @@ START_TEST(map_stream_blocking)
 	seen = calloc(g.n, 1);
 	REQUIRE(seen);
 	r = mpool_map_stream(fx.c, "builtin.square", gen_produce, &g,
-			     &(struct mpool_map_opts){ .unordered = 1, .chunksize = 333 }, mark_chunk,
+			     &(struct mpool_map_opts)MPOOL_MAP_OPTS(.unordered = 1, .chunksize = 333), mark_chunk,
 			     seen, &sum);
 	ok(fx.c, r, "unordered map_stream");
 	for (uint64_t i = 0; i < g.n; i++)
@@ -1061,7 +1061,7 @@ static void ev_err(void *ud, int code, const char *msg)
 	struct ev_state *s = ud;
 
 	(void)msg;
-	REQUIREF(code == MPOOL_E_NOFUNC, "error callback with %d", code);
+	REQUIREF(code == -MPOOL_E_NOFUNC, "error callback with %d", code);
 	s->err++;
 	if (s->ok + s->err == s->want)
 		event_base_loopbreak(s->base);
@@ -1197,7 +1197,7 @@ START_TEST(daemon_gone_fails_handles)
 	REQUIRE(killpg(fx.pid, SIGKILL) == 0);
 	fx_wait_exit(&fx, FX_WAIT_MS);
 	r = mpool_async_get(a, FX_WAIT_MS, NULL);
-	REQUIREF(r == -MPOOL_E_CLOSED && cnt.err == 1 && cnt.last_code == MPOOL_E_CLOSED,
+	REQUIREF(r == -MPOOL_E_CLOSED && cnt.err == 1 && cnt.last_code == -MPOOL_E_CLOSED,
 		 "after the daemon died: %d, %d error callbacks (code %d)", r, cnt.err,
 		 cnt.last_code);
 	REQUIRE(mpool_events(fx.c) == 0);
@@ -1654,8 +1654,8 @@ static void part_chunk(void *ud, uint64_t first, const msgpack_object *res,
 START_TEST(big_map_goes_in_parts)
 {
 	enum { N = 300000 };     /* about 1.4 MB of items */
-	struct mpool_map_opts unordered = { .unordered = 1 };
-	struct mpool_map_opts chosen = { .chunksize = 5000 };
+	struct mpool_map_opts unordered = MPOOL_MAP_OPTS(.unordered = 1);
+	struct mpool_map_opts chosen = MPOOL_MAP_OPTS(.chunksize = 5000);
 	struct mpool_map_summary sum;
 	struct part_run run = { 0 };
 	const msgpack_object *o;

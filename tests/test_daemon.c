@@ -9,10 +9,18 @@
 #include <check.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -56,6 +64,116 @@ static msgpack_object decode(const msgpack_sbuffer *sb, msgpack_zone *zone)
 	REQUIRE(msgpack_unpack(sb->data, sb->size, &off, zone, &o) == MSGPACK_UNPACK_SUCCESS);
 	return o;
 }
+
+/* ---- 0. connecting -------------------------------------------------------- */
+
+#define NOBODY 65534
+
+/* A stand-in for mpoold: a process that listens on path as uid and holds
+ * the connections it accepts, saying nothing.  Returns its pid once it
+ * listens; it dies with the test (PR_SET_PDEATHSIG) or server_stop(). */
+static pid_t server_start(const char *path, uid_t uid)
+{
+	int ready[2];
+	pid_t pid;
+	char b;
+
+	REQUIRE(pipe2(ready, O_CLOEXEC) == 0);
+	pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		int fd;
+
+		close(ready[0]);
+		if (uid != geteuid() &&
+		    (setgroups(0, NULL) < 0 || setgid(uid) < 0 || setuid(uid) < 0))
+			_exit(10);
+		/* After the change of credentials, which clears it. */
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() == 1)
+			_exit(11);
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0 || bind(fd, (const struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+		    listen(fd, 8) < 0 || write(ready[1], "l", 1) != 1)
+			_exit(12);
+		for (;;)
+			if (accept(fd, NULL, NULL) < 0 && errno != EINTR)
+				_exit(13);
+	}
+	close(ready[1]);
+	REQUIREF(read(ready[0], &b, 1) == 1, "the stand-in server (uid %u) did not listen on %s",
+		 (unsigned)uid, path);
+	close(ready[0]);
+	return pid;
+}
+
+static void server_stop(pid_t pid, const char *path)
+{
+	int st;
+
+	REQUIRE(kill(pid, SIGKILL) == 0);
+	REQUIRE(waitpid(pid, &st, 0) == pid);
+	REQUIRE(unlink(path) == 0);
+}
+
+/* Issue 14: a client must not talk to a server run by another user, who
+ * may have made /tmp/mpool-UID first or swapped the socket, to read its
+ * requests and forge answers.  mpool_connect refuses it and says why. */
+START_TEST(connect_refuses_another_users_server)
+{
+	char dir[] = "/tmp/mpool-peer-XXXXXX", path[sizeof(dir) + 16], why[MPOOL_ERRMSG_MAX];
+	struct passwd *svc = getpwnam("mpool");
+	mpool *c = NULL;
+	pid_t pid;
+	int r;
+
+	if (geteuid() != 0 || (svc && svc->pw_uid == NOBODY)) {
+		/* Only root can run a server as another uid. */
+		fprintf(stderr, "SKIP connect_refuses_another_users_server: %s\n",
+			geteuid() != 0 ? "needs root" : "uid 65534 is the mpool user here");
+		return;
+	}
+	REQUIRE(mkdtemp(dir));
+	REQUIRE(chown(dir, NOBODY, NOBODY) == 0);
+	snprintf(path, sizeof(path), "%s/s.sock", dir);
+
+	/* No server at all: the reason names the path and the cause. */
+	r = mpool_connect(path, &c, why, sizeof(why));
+	REQUIREF(r == -MPOOL_E_SYS && !c && strstr(why, path) && strstr(why, strerror(ENOENT)),
+		 "no server: %d, '%s'", r, why);
+
+	pid = server_start(path, NOBODY);
+	memset(why, 0, sizeof(why));
+	r = mpool_connect(path, &c, why, sizeof(why));
+	REQUIREF(r == -MPOOL_E_UNTRUSTED && !c, "a server run by uid %d: %d (%s), '%s'", NOBODY,
+		 r, mpool_strerror(r), why);
+	REQUIREF(strstr(why, path) && strstr(why, "uid 65534") && strstr(why, "refusing"),
+		 "the reason: '%s'", why);
+	/* A short buffer gets the start of the reason, terminated. */
+	r = mpool_connect(path, &c, why, 8);
+	REQUIREF(r == -MPOOL_E_UNTRUSTED && strlen(why) == 7, "short buffer: '%s'", why);
+	REQUIREF(mpool_connect(path, &c, NULL, 0) == -MPOOL_E_UNTRUSTED && !c, "no buffer");
+	/* Unless the caller names that uid: then it is its choice. */
+	REQUIRE(setenv("MPOOL_TRUST_UID", "65534", 1) == 0);
+	r = mpool_connect(path, &c, why, sizeof(why));
+	REQUIREF(r == 0 && c, "uid 65534 with MPOOL_TRUST_UID=65534: %d, '%s'", r, why);
+	mpool_close(c);
+	c = NULL;
+	REQUIRE(setenv("MPOOL_TRUST_UID", "6553", 1) == 0);
+	REQUIREF(mpool_connect(path, &c, NULL, 0) == -MPOOL_E_UNTRUSTED && !c, "another uid");
+	REQUIRE(unsetenv("MPOOL_TRUST_UID") == 0);
+	server_stop(pid, path);
+
+	/* The same stand-in run by root is trusted: it was the uid. */
+	pid = server_start(path, 0);
+	r = mpool_connect(path, &c, why, sizeof(why));
+	REQUIREF(r == 0 && c, "a server run by root: %d, '%s'", r, why);
+	mpool_close(c);
+	server_stop(pid, path);
+	REQUIRE(rmdir(dir) == 0);
+}
+END_TEST
 
 /* ---- 1. apply ------------------------------------------------------------ */
 
@@ -262,7 +380,7 @@ END_TEST
 
 START_TEST(map_100k_unordered)
 {
-	struct mpool_map_opts o = { .chunksize = 1000, .unordered = 1 };
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 1000, .unordered = 1);
 	struct fx fx;
 	uint64_t chunks;
 
@@ -307,7 +425,7 @@ START_TEST(map_collect_10k)
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_range(&pk, 100, 5000);
 	r = mpool_map_collect(fx.c, "builtin.square", sb.data, sb.size, 5000,
-			      &(struct mpool_map_opts){ .chunksize = 7, .unordered = 1 }, &v);
+			      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 7, .unordered = 1), &v);
 	REQUIREF(r == 0, "%s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	o = mpool_value_get(v);
 	REQUIRE(o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size == 5000);
@@ -353,7 +471,7 @@ START_TEST(map_mixed_items_round_trip)
 		}
 	}
 	for (size_t c = 0; c < sizeof(chunksizes) / sizeof(chunksizes[0]); c++) {
-		struct mpool_map_opts o = { .chunksize = chunksizes[c] };
+		struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = chunksizes[c]);
 		mpool_value *v = NULL;
 		const msgpack_object *arr;
 		msgpack_unpacked up;
@@ -384,7 +502,7 @@ END_TEST
 
 START_TEST(map_chunksize_honoured)
 {
-	struct mpool_map_opts o = { .chunksize = 7 };
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 7);
 	struct fx fx;
 	uint64_t chunks;
 
@@ -430,7 +548,7 @@ START_TEST(map_empty)
 	REQUIREF(sum.items == 0 && sum.failed == 0, "summary {%llu, %llu}",
 		 (unsigned long long)sum.items, (unsigned long long)sum.failed);
 	r = mpool_map(fx.c, "builtin.square", "", 0, 0,
-		      &(struct mpool_map_opts){ .chunksize = 5, .unordered = 1 }, never_called, NULL,
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 5, .unordered = 1), never_called, NULL,
 		      &sum);
 	REQUIREF(r == 0 && sum.items == 0, "unordered empty map: %d", r);
 	r = mpool_map_collect(fx.c, "builtin.square", "", 0, 0, NULL, &v);
@@ -488,7 +606,7 @@ static void mixed_chunk(void *ud, uint64_t first, const msgpack_object *res,
 			 errs[k].message);
 		REQUIREF(!m->err_seen[idx], "two errors for item %llu", (unsigned long long)idx);
 		m->err_seen[idx] = 1;
-		REQUIREF(errs[k].code == MPOOL_E_TYPE, "item %llu: code %d, expected type_error",
+		REQUIREF(errs[k].code == -MPOOL_E_TYPE, "item %llu: code %d, expected type_error",
 			 (unsigned long long)idx, errs[k].code);
 		REQUIREF(strstr(errs[k].message, "str"), "item %llu: message '%s'",
 			 (unsigned long long)idx, errs[k].message);
@@ -522,7 +640,7 @@ START_TEST(map_item_errors)
 		}
 	}
 	for (int pass = 0; pass < 2; pass++) {
-		struct mpool_map_opts o = { .chunksize = pass ? 0 : 6, .unordered = pass };
+		struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = pass ? 0 : 6, .unordered = pass);
 
 		m.err_seen = calloc(n, 1);
 		m.res_seen = calloc(n, 1);
@@ -574,6 +692,77 @@ START_TEST(map_unknown_function)
 END_TEST
 
 /* Nesting: an item or an apply argument may nest 29 levels deep. */
+/* Option structs carry their own size (include/mpool/mpool.h), so they can
+ * grow: one from an older header (smaller) is read up to its size, one
+ * from a newer header (larger) is taken while every byte this library does
+ * not know is 0, and one whose size was never set is refused.  retries
+ * 1000 is past mpoold's --max-retries: a map that honours it fails, which
+ * shows whether a field was read. */
+START_TEST(opts_carry_their_size)
+{
+	struct {
+		struct mpool_map_opts o;
+		uint64_t newer;
+	} big;
+	struct mpool_map_opts old = MPOOL_MAP_OPTS(.chunksize = 7, .retries = 1000);
+	struct mpool_map_opts unset = { 0 };
+	struct mpool_apply_opts apply_unset = { 0 };
+	struct mpool_spawn_opts spawn_unset = { 0 };
+	struct mpool_process *proc = NULL;
+	struct mpool_map_summary sum;
+	mpool_value *v = NULL;
+	mpool_iter *it = NULL;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	struct fx fx;
+	int r;
+
+	fx_start(&fx, NULL);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, 10);
+
+	/* The whole struct: retries 1000 is read, and refused by mpoold. */
+	r = mpool_map(fx.c, "builtin.square", sb.data, sb.size, 10, &old, NULL, NULL, &sum);
+	REQUIREF(r < 0 && r != -MPOOL_E_INVAL, "retries 1000 in a whole struct: %d (%s)", r,
+		 mpool_errmsg(fx.c));
+	/* An older, shorter struct ends before retries: chunksize is read,
+	 * retries is not. */
+	old.size = offsetof(struct mpool_map_opts, timeout_ms);
+	fx_map_squares(fx.c, 70, 0, &old, 7);
+
+	/* A newer, longer struct whose new bytes are 0. */
+	memset(&big, 0, sizeof(big));
+	big.o = (struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 7);
+	big.o.size = sizeof(big);
+	fx_map_squares(fx.c, 70, 0, &big.o, 7);
+	/* ... and one that sets an option this library does not know. */
+	big.newer = 1;
+	r = mpool_map(fx.c, "builtin.square", sb.data, sb.size, 10, &big.o, NULL, NULL, &sum);
+	REQUIREF(r == -MPOOL_E_INVAL && strstr(mpool_errmsg(fx.c), "does not know"),
+		 "an unknown option: %d (%s)", r, mpool_errmsg(fx.c));
+
+	/* Structs whose size was never set, of every kind and call. */
+	r = mpool_map(fx.c, "builtin.square", sb.data, sb.size, 10, &unset, NULL, NULL, &sum);
+	REQUIREF(r == -MPOOL_E_INVAL && strstr(mpool_errmsg(fx.c), "MPOOL_..._OPTS()"),
+		 "map, size 0: %d (%s)", r, mpool_errmsg(fx.c));
+	r = mpool_imap(fx.c, "builtin.square", sb.data, sb.size, 10, &unset, &it);
+	REQUIREF(r == -MPOOL_E_INVAL && !it, "imap, size 0: %d", r);
+	r = apply_int(fx.c, "builtin.square", 3, &v);
+	REQUIREF(r == 0, "apply: %d", r);
+	mpool_value_free(v);
+	v = NULL;
+	r = mpool_apply_with(fx.c, "builtin.square", sb.data + 1, 1, &apply_unset, &v);
+	REQUIREF(r == -MPOOL_E_INVAL && !v, "apply, size 0: %d (%s)", r, mpool_errmsg(fx.c));
+	r = mpool_spawn(fx.c, "builtin.square", sb.data + 1, 1, &spawn_unset, &proc);
+	REQUIREF(r == -MPOOL_E_INVAL && !proc, "spawn, size 0: %d (%s)", r, mpool_errmsg(fx.c));
+	/* Nothing of it broke the connection. */
+	ping_ok(fx.c);
+
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
 START_TEST(map_deep_items)
 {
 	struct fx fx;
@@ -635,7 +824,7 @@ static int second_client(void *arg)
 	mpool *c = fx_connect(fx);
 
 	fx_map_squares(c, 50000, 1000000, NULL, 0);
-	fx_map_squares(c, 50000, 3000000, &(struct mpool_map_opts){ .chunksize = 50 }, 50);
+	fx_map_squares(c, 50000, 3000000, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 50), 50);
 	mpool_close(c);
 	return 0;
 }
@@ -647,7 +836,7 @@ START_TEST(two_clients_at_once)
 
 	fx_start(&fx, NULL);
 	child = fx_fork(second_client, &fx);
-	fx_map_squares(fx.c, 50000, 0, &(struct mpool_map_opts){ .unordered = 1, .chunksize = 50 }, 50);
+	fx_map_squares(fx.c, 50000, 0, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.unordered = 1, .chunksize = 50), 50);
 	fx_map_squares(fx.c, 50000, 2000000, NULL, 0);
 	fx_expect_child_ok(child, 40000, "the second client's maps");
 	fx_wait_idle(&fx, FX_WAIT_MS);
@@ -696,7 +885,7 @@ START_TEST(max_tasks_per_child)
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_range(&pk, 0, n);
 	for (int pass = 0; pass < 2; pass++) {
-		struct mpool_map_opts o = { .chunksize = pass == 0 ? 2 : 0 };
+		struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = pass == 0 ? 2 : 0);
 		struct pids p = { .n = n, .by_item = calloc(n, sizeof(pid_t)) };
 
 		r = mpool_map(fx.c, "builtin.pid", sb.data, sb.size, n, &o, pid_chunk, &p, &sum);
@@ -777,7 +966,7 @@ static int big_sleep_map(void *arg)
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_repeat(&pk, 2, s.n);
 	r = mpool_map(c, "builtin.sleep", sb.data, sb.size, s.n,
-		      &(struct mpool_map_opts){ .chunksize = 10 }, sleep_chunk, &s, &sum);
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 10), sleep_chunk, &s, &sum);
 	REQUIREF(r == 0, "%s: %s", mpool_strerror(-r), mpool_errmsg(c));
 	REQUIRE(s.seen == s.n && sum.items == s.n && sum.failed == 0);
 	msgpack_sbuffer_destroy(&sb);
@@ -1933,6 +2122,10 @@ static Suite *daemon_suite(void)
 	Suite *s = suite_create("daemon");
 	TCase *tc;
 
+	tc = tcase_create("connect");
+	tcase_add_test(tc, connect_refuses_another_users_server);
+	suite_add_tcase(s, tc);
+
 	tc = tcase_create("apply");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, apply_square);
@@ -1952,6 +2145,7 @@ static Suite *daemon_suite(void)
 	tcase_add_test(tc, map_item_errors);
 	tcase_add_test(tc, map_unknown_function);
 	tcase_add_test(tc, map_deep_items);
+	tcase_add_test(tc, opts_carry_their_size);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("pool");

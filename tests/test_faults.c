@@ -75,7 +75,7 @@ static int run_sleep_map(void *arg)
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_repeat(&pk, (int64_t)s->ms, s->n);
 	r = mpool_map(c, "builtin.sleep", sb.data, sb.size, s->n,
-		      &(struct mpool_map_opts){ .chunksize = 1 }, NULL, NULL, &sum);
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), NULL, NULL, &sum);
 	if (r < 0)
 		fprintf(stderr, "client %d: map ended with %s: %s\n", (int)getpid(),
 			mpool_strerror(-r), mpool_errmsg(c));
@@ -444,7 +444,7 @@ START_TEST(sigterm_drains_then_exits)
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_repeat(&pk, 20, 40);
 	r = mpool_map(fx.c, "builtin.sleep", sb.data, sb.size, 40,
-		      &(struct mpool_map_opts){ .chunksize = 1 }, drain_chunk, &d, &sum);
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), drain_chunk, &d, &sum);
 	REQUIREF(r == 0, "the map did not survive the drain: %s: %s", mpool_strerror(-r),
 		 mpool_errmsg(fx.c));
 	REQUIREF(d.seen == 40 && sum.items == 40 && sum.failed == 0, "%llu results, summary {%llu, %llu}",
@@ -456,7 +456,7 @@ START_TEST(sigterm_drains_then_exits)
 	wst = fx_wait_exit(&fx, FX_WAIT_MS);
 	REQUIREF(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "mpoold after the drain: %s",
 		 fx_describe_wait(wst, how, sizeof(how)));
-	REQUIREF(mpool_connect(fx.sock, &c) < 0, "a new connection succeeded after the exit");
+	REQUIREF(mpool_connect(fx.sock, &c, NULL, 0) < 0, "a new connection succeeded after the exit");
 	fx_wait_seen_gone(&fx, 5000);
 	fx_stop(&fx);
 }
@@ -476,7 +476,7 @@ START_TEST(sigterm_idle_exits_at_once)
 	wst = fx_wait_exit(&fx, FX_WAIT_MS);
 	REQUIREF(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "mpoold after SIGTERM: %s",
 		 fx_describe_wait(wst, how, sizeof(how)));
-	REQUIREF(mpool_connect(fx.sock, &c) < 0, "a new connection succeeded after the exit");
+	REQUIREF(mpool_connect(fx.sock, &c, NULL, 0) < 0, "a new connection succeeded after the exit");
 	REQUIREF(access(fx.sock, F_OK) < 0, "the socket file is left behind");
 	fx_wait_seen_gone(&fx, 5000);
 	fx_stop(&fx);
@@ -559,7 +559,7 @@ START_TEST(terminate_fails_open_work)
 	wst = fx_wait_exit(&fx, FX_WAIT_MS);
 	REQUIREF(WIFEXITED(wst), "mpoold after terminate: %s", fx_describe_wait(wst, how, sizeof(how)));
 	fx_wait_seen_gone(&fx, 5000);
-	REQUIREF(mpool_connect(fx.sock, &c) < 0, "a new connection succeeded after terminate");
+	REQUIREF(mpool_connect(fx.sock, &c, NULL, 0) < 0, "a new connection succeeded after terminate");
 	fx_stop(&fx);
 }
 END_TEST
@@ -669,7 +669,7 @@ START_TEST(worker_killed_mid_map)
 	msgpack_pack_uint64(&pk, LONG_SLEEP_MS);   /* item 0: runs until killed */
 	fx_pack_repeat(&pk, 10, n - 1);
 	r = mpool_map(fx.c, "builtin.sleep", sb.data, sb.size, n,
-		      &(struct mpool_map_opts){ .chunksize = chunksize }, death_chunk, &d, &sum);
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = chunksize), death_chunk, &d, &sum);
 	fx_expect_child_ok(child, FX_WAIT_MS, "the worker killer");
 	victim = read_pid(p[0]);
 	close(p[0]);
@@ -682,7 +682,7 @@ START_TEST(worker_killed_mid_map)
 	for (uint64_t i = 0; i < n; i++) {
 		REQUIREF(d.got[i], "item %llu never delivered", (unsigned long long)i);
 		if (i < chunksize) {
-			REQUIREF(d.code[i] == MPOOL_E_WORKER && d.val[i] == -1,
+			REQUIREF(d.code[i] == -MPOOL_E_WORKER && d.val[i] == -1,
 				 "item %llu of the killed worker's chunk: code %d (%s), value %lld",
 				 (unsigned long long)i, d.code[i], mpool_strerror(d.code[i]),
 				 (long long)d.val[i]);
@@ -869,7 +869,7 @@ START_TEST(worker_death_keeps_reported_items)
 	msgpack_pack_uint64(&pk, LONG_SLEEP_MS);
 	fx_pack_repeat(&pk, 10, 4);
 	r = mpool_map(fx.c, "builtin.sleep", sb.data, sb.size, 10,
-		      &(struct mpool_map_opts){ .chunksize = 10 }, partial_chunk, &p, &sum);
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 10), partial_chunk, &p, &sum);
 	REQUIREF(r == 0, "%s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	REQUIRE(p.victim > 0 && p.seen == 10);
 	REQUIREF(sum.failed == 5, "%llu items failed, expected the 5 unreported ones",
@@ -879,7 +879,7 @@ START_TEST(worker_death_keeps_reported_items)
 			REQUIREF(p.code[i] == 0 && p.val[i] == 30, "reported item %d: code %d value %lld",
 				 i, p.code[i], (long long)p.val[i]);
 		else
-			REQUIREF(p.code[i] == MPOOL_E_WORKER && p.val[i] == -1,
+			REQUIREF(p.code[i] == -MPOOL_E_WORKER && p.val[i] == -1,
 				 "unreported item %d: code %d (%s) value %lld", i, p.code[i],
 				 mpool_strerror(p.code[i]), (long long)p.val[i]);
 	}
@@ -892,7 +892,7 @@ END_TEST
 
 START_TEST(task_timeouts)
 {
-	struct mpool_apply_opts ao = { .timeout_ms = 300 };
+	struct mpool_apply_opts ao = MPOOL_APPLY_OPTS(.timeout_ms = 300);
 	struct fx fx;
 	struct fx_status st;
 	msgpack_sbuffer sb;
@@ -923,12 +923,12 @@ START_TEST(task_timeouts)
 	msgpack_pack_uint64(&pk, LONG_SLEEP_MS);
 	fx_pack_repeat(&pk, 1, 3);
 	r = mpool_map(fx.c, "builtin.sleep", sb.data, sb.size, d.n,
-		      &(struct mpool_map_opts){ .chunksize = 1, .timeout_ms = 1000 }, death_chunk,
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1, .timeout_ms = 1000), death_chunk,
 		      &d, &sum);
 	REQUIREF(r == 0, "%s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	REQUIREF(sum.failed == 1, "%llu failed", (unsigned long long)sum.failed);
 	for (uint64_t i = 0; i < d.n; i++)
-		REQUIREF(i == 2 ? d.code[i] == MPOOL_E_TIMEOUT && d.val[i] == -1
+		REQUIREF(i == 2 ? d.code[i] == -MPOOL_E_TIMEOUT && d.val[i] == -1
 			 : d.code[i] == 0 && d.val[i] == 1, "item %llu: code %d (%s) value %lld",
 			 (unsigned long long)i, d.code[i], mpool_strerror(d.code[i]), (long long)d.val[i]);
 	free(d.got);
@@ -988,7 +988,7 @@ START_TEST(retries_rerun_lost_items)
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_repeat(&pk, 100, 12);
 	r = mpool_map(fx.c, "builtin.sleep", sb.data, sb.size, 12,
-		      &(struct mpool_map_opts){ .chunksize = 1, .retries = 2 }, retry_chunk, &t, &sum);
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1, .retries = 2), retry_chunk, &t, &sum);
 	REQUIREF(r == 0 && sum.failed == 0 && t.seen == 12, "%d (%s), %llu failed", r,
 		 mpool_errmsg(fx.c), (unsigned long long)sum.failed);
 	REQUIRE(t.victim > 0);
@@ -998,7 +998,7 @@ START_TEST(retries_rerun_lost_items)
 
 	/* More retries than --max-retries (default 3): a bad request. */
 	r = mpool_map(fx.c, "builtin.sleep", sb.data, sb.size, 12,
-		      &(struct mpool_map_opts){ .retries = 4 }, NULL, NULL, &sum);
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.retries = 4), NULL, NULL, &sum);
 	REQUIREF(r == -MPOOL_E_BADREQ, "retries 4 with --max-retries 3: %d (%s)", r,
 		 mpool_errmsg(fx.c));
 	msgpack_sbuffer_destroy(&sb);
@@ -1068,7 +1068,7 @@ START_TEST(reload_replaces_workers_without_loss)
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_repeat(&pk, 5, 200);
 	r = mpool_map(fx.c, "builtin.sleep", sb.data, sb.size, 200,
-		      &(struct mpool_map_opts){ .chunksize = 1 }, reload_chunk, &l, &sum);
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), reload_chunk, &l, &sum);
 	REQUIREF(r == 0 && sum.failed == 0 && l.seen == 200, "%d (%s), %llu failed", r,
 		 mpool_errmsg(fx.c), (unsigned long long)sum.failed);
 	fx_wait_status(&fx, none_of, &before, FX_WAIT_MS, "every worker replaced after the reload",

@@ -174,7 +174,7 @@ static int sleep_map_client(void *arg)
 
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_repeat(&pk, (int64_t)s->ms, s->n);
-	r = ffx_map_run(c, s->fn, &sb, s->n, &(struct mpool_map_opts){ .chunksize = s->chunksize },
+	r = ffx_map_run(c, s->fn, &sb, s->n, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = s->chunksize),
 			&m, &sum);
 	REQUIREF(r == 0, "the map of %llu sleeps: %s: %s", (unsigned long long)s->n,
 		 mpool_strerror(-r), mpool_errmsg(c));
@@ -278,7 +278,7 @@ START_TEST(sigkill_mid_chunk_keeps_reported_items)
 	m.on_piece = snipe_the_hung_worker;
 	m.ud = &s;
 	r = ffx_map_run(fx.c, "testmod.mixed", &sb, 16,
-			&(struct mpool_map_opts){ .chunksize = 8, .retries = retry ? 1 : 0 }, &m, &sum);
+			&(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 8, .retries = retry ? 1 : 0), &m, &sum);
 	REQUIREF(r == 0, "a map that lost a worker must still complete: %s: %s", mpool_strerror(-r),
 		 mpool_errmsg(fx.c));
 	REQUIREF(s.victim > 0, "no worker was killed");
@@ -293,7 +293,7 @@ START_TEST(sigkill_mid_chunk_keeps_reported_items)
 				 "item %llu, reported before the kill, lost its result: code %d (%s)",
 				 (unsigned long long)i, it->code, it->msg);
 		} else if (i < 8 && !retry) {
-			REQUIREF(it->code == MPOOL_E_WORKER && it->type == MSGPACK_OBJECT_NIL,
+			REQUIREF(it->code == -MPOOL_E_WORKER && it->type == MSGPACK_OBJECT_NIL,
 				 "item %llu of the killed chunk: code %d (%s), expected worker_died",
 				 (unsigned long long)i, it->code, mpool_strerror(it->code));
 			REQUIREF(strstr(it->msg, who) && strstr(it->msg, "killed by SIGKILL"),
@@ -387,8 +387,8 @@ START_TEST(sigkill_during_sleep_map)
 	m.on_piece = snipe_a_busy_worker;
 	m.ud = &s;
 	r = ffx_map_run(fx.c, "testmod.sleep", &sb, n,
-			&(struct mpool_map_opts){ .chunksize = (uint32_t)chunk,
-						  .retries = retry ? 1 : 0 }, &m, &sum);
+			&(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = (uint32_t)chunk,
+						  .retries = retry ? 1 : 0), &m, &sum);
 	REQUIREF(r == 0, "%s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	REQUIREF(s.victim > 0, "no worker was killed");
 	pidstr(who, sizeof(who), s.victim);
@@ -401,7 +401,7 @@ START_TEST(sigkill_during_sleep_map)
 		}
 		REQUIREF(!retry, "item %llu failed although retries were allowed: %s: %s",
 			 (unsigned long long)i, mpool_strerror(it->code), it->msg);
-		REQUIREF(it->code == MPOOL_E_WORKER && strstr(it->msg, who) &&
+		REQUIREF(it->code == -MPOOL_E_WORKER && strstr(it->msg, who) &&
 			 strstr(it->msg, "killed by SIGKILL"),
 			 "item %llu: code %d (%s) '%s', expected worker_died naming '%s' and SIGKILL",
 			 (unsigned long long)i, it->code, mpool_strerror(it->code), it->msg, who);
@@ -585,13 +585,13 @@ START_TEST(crashing_item_exhausts_its_retries)
 			msgpack_pack_int64(&pk, 20);
 	}
 	r = ffx_map_run(fx.c, "testmod.mixed", &sb, 20,
-			&(struct mpool_map_opts){ .chunksize = 4, .retries = 2 }, &m, &sum);
+			&(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 4, .retries = 2), &m, &sum);
 	REQUIREF(r == 0, "%s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	for (uint64_t i = 0; i < 20; i++) {
 		const struct ffx_item *it = &m.items[i];
 
 		if (i >= 5 && i <= 7)
-			REQUIREF(it->code == MPOOL_E_WORKER && strstr(it->msg, "killed by SIGSEGV"),
+			REQUIREF(it->code == -MPOOL_E_WORKER && strstr(it->msg, "killed by SIGSEGV"),
 				 "item %llu (unanswered when its chunk crashed): code %d (%s) '%s'",
 				 (unsigned long long)i, it->code, mpool_strerror(it->code), it->msg);
 		else
@@ -703,7 +703,7 @@ START_TEST(map_timeout_keeps_finished_items)
 	ffx_pack_cmd(&pk, "hang");
 	msgpack_pack_int64(&pk, 10);
 	r = ffx_map_run(fx.c, "testmod.mixed", &sb, 4,
-			&(struct mpool_map_opts){ .chunksize = 4, .timeout_ms = 300 }, &m, &sum);
+			&(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 4, .timeout_ms = 300), &m, &sum);
 	REQUIREF(r == 0, "%s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	for (int i = 0; i < 4; i++) {
 		const struct ffx_item *it = &m.items[i];
@@ -712,7 +712,7 @@ START_TEST(map_timeout_keeps_finished_items)
 			REQUIREF(it->code == 0 && it->i == 10, "item %d, done before the hang: code %d "
 				 "(%s) '%s'", i, it->code, mpool_strerror(it->code), it->msg);
 		else
-			REQUIREF(it->code == MPOOL_E_TIMEOUT, "item %d: code %d (%s) '%s', expected "
+			REQUIREF(it->code == -MPOOL_E_TIMEOUT, "item %d: code %d (%s) '%s', expected "
 				 "timeout", i, it->code, mpool_strerror(it->code), it->msg);
 	}
 	REQUIREF(sum.failed == 2, "%llu failed", (unsigned long long)sum.failed);
@@ -750,10 +750,10 @@ START_TEST(out_of_range_options_are_bad_requests)
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_repeat(&pk, 1, 3);
 	r = mpool_map(fx.c, "testmod.ok", sb.data, sb.size, 3,
-		      &(struct mpool_map_opts){ .timeout_ms = 86400001 }, NULL, NULL, &sum);
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.timeout_ms = 86400001), NULL, NULL, &sum);
 	REQUIREF(r == -MPOOL_E_BADREQ, "map timeout_ms 86400001: %d (%s)", r, mpool_errmsg(fx.c));
 	r = mpool_map(fx.c, "testmod.ok", sb.data, sb.size, 3,
-		      &(struct mpool_map_opts){ .retries = 4 }, NULL, NULL, &sum);
+		      &(struct mpool_map_opts)MPOOL_MAP_OPTS(.retries = 4), NULL, NULL, &sum);
 	REQUIREF(r == -MPOOL_E_BADREQ, "map retries 4: %d (%s)", r, mpool_errmsg(fx.c));
 	REQUIRE(mpool_ping(fx.c) == 0);
 	msgpack_sbuffer_destroy(&sb);
@@ -993,7 +993,7 @@ START_TEST(fork_server_killed_pool_recovers)
 	FREQUIRE(&fx, kill(z.old, SIGKILL) == 0, "kill %d: %s", (int)z.old, strerror(errno));
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_range(&pk, 0, 100);
-	r = ffx_map_run(fx.c, "builtin.pid", &sb, 100, &(struct mpool_map_opts){ .chunksize = 1 },
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 100, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1),
 			&m, &sum);
 	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
 		 (unsigned long long)sum.failed);
@@ -1019,7 +1019,7 @@ START_TEST(fork_server_killed_pool_recovers)
 	FREQUIRE(&fx, z.old > 0 && kill(z.old, SIGKILL) == 0, "kill the fork server %d", (int)z.old);
 	ffx_map_free(&m);
 	memset(&m, 0, sizeof(m));
-	r = ffx_map_run(fx.c, "builtin.pid", &sb, 100, &(struct mpool_map_opts){ .chunksize = 1 },
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 100, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1),
 			&m, &sum);
 	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
 		 (unsigned long long)sum.failed);
@@ -1048,7 +1048,7 @@ START_TEST(many_workers_start_through_a_full_channel)
 	fx_start(&fx, args);       /* waits for 400 idle workers */
 	FREQUIRE(&fx, !fx_log_has(&fx, "lost") && !fx_log_has(&fx, "cannot start"),
 		 "the fork server was lost or a start failed (see the log)");
-	fx_map_squares(fx.c, 2000, 0, &(struct mpool_map_opts){ .chunksize = 1 }, 1);
+	fx_map_squares(fx.c, 2000, 0, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1), 1);
 	ffx_status(&fx, NULL, &st);
 	FREQUIRE(&fx, st.workers_started == 400 && st.workers_died == 0 &&
 		 strcmp(st.health, "ok") == 0, "started %llu, died %llu: %s",
@@ -1346,7 +1346,7 @@ START_TEST(no_fork_server_workers_fork_from_the_master)
 	fx_start(&fx, args);
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_range(&pk, 0, 50);
-	r = ffx_map_run(fx.c, "builtin.pid", &sb, 50, &(struct mpool_map_opts){ .chunksize = 1 },
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 50, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1),
 			&m, &sum);
 	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
 		 (unsigned long long)sum.failed);
@@ -1440,7 +1440,7 @@ START_TEST(recycle_by_tasks_with_jitter)
 	fx_pack_range(&pk, 0, 200);
 	m.on_piece = sample_quotas;
 	m.ud = &q;
-	r = ffx_map_run(fx.c, "builtin.pid", &sb, 200, &(struct mpool_map_opts){ .chunksize = 1 },
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 200, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1),
 			&m, &sum);
 	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
 		 (unsigned long long)sum.failed);
@@ -1536,7 +1536,7 @@ START_TEST(recycle_every_task_overlaps_within_bound)
 	fx_pack_range(&pk, 0, 300);
 	m.on_piece = sample_overlap;
 	m.ud = &o;
-	r = ffx_map_run(fx.c, "builtin.pid", &sb, 300, &(struct mpool_map_opts){ .chunksize = 1 },
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 300, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1),
 			&m, &sum);
 	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
 		 (unsigned long long)sum.failed);

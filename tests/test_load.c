@@ -199,11 +199,11 @@ static int mix_client(void *arg)
 			fx_map_squares(c, 1000 + (r >> 40) % 2000, (int64_t)(r % 1000), NULL, 0);
 			break;
 		case 3:
-			fx_map_squares(c, 500, (int64_t)(r % 777), &(struct mpool_map_opts){ .unordered = 1 },
+			fx_map_squares(c, 500, (int64_t)(r % 777), &(struct mpool_map_opts)MPOOL_MAP_OPTS(.unordered = 1),
 				       0);
 			break;
 		case 4:
-			fx_map_squares(c, 300, 3, &(struct mpool_map_opts){ .chunksize = 7 }, 7);
+			fx_map_squares(c, 300, 3, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 7), 7);
 			break;
 		default: {
 			mpool_value *v = NULL;

@@ -225,7 +225,7 @@ static const msgpack_object *find_proc(const msgpack_object *list, uint64_t id)
 
 START_TEST(start_join_result)
 {
-	struct mpool_spawn_opts named = { .name = "squarer" };
+	struct mpool_spawn_opts named = MPOOL_SPAWN_OPTS(.name = "squarer");
 	struct mpool_process *a, *b;
 	const msgpack_object *m, *res;
 	struct fx_status st;
@@ -322,10 +322,10 @@ START_TEST(failing_function)
 	REQUIREF(r == -MPOOL_E_NOFUNC, "spawn of an unknown function: %d (%s)", r,
 		 mpool_errmsg(fx.c));
 	r = mpool_spawn(fx.c, "builtin.square", sb.data, sb.size,
-			&(struct mpool_spawn_opts){ .name = "" }, &proc);
+			&(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.name = ""), &proc);
 	REQUIREF(r == -MPOOL_E_INVAL, "spawn with an empty name: %d", r);
 	r = mpool_spawn(fx.c, "builtin.square", sb.data, sb.size,
-			&(struct mpool_spawn_opts){ .name = "a\nb" }, &proc);
+			&(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.name = "a\nb"), &proc);
 	REQUIREF(r == -MPOOL_E_INVAL, "spawn with a newline in its name: %d", r);
 	r = mpool_spawn(fx.c, "builtin.square", sb.data, sb.size - 1, NULL, &proc);
 	REQUIREF(sb.size == 1 && r == -MPOOL_E_INVAL, "spawn with no argument: %d", r);
@@ -356,7 +356,7 @@ START_TEST(utf8_name)
 	start(&fx, NULL);
 	fx_arg_int(&sb, 6);
 	r = mpool_spawn(fx.c, "builtin.square", sb.data, sb.size,
-			&(struct mpool_spawn_opts){ .daemon = 1, .name = name }, &proc);
+			&(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.daemon = 1, .name = name), &proc);
 	msgpack_sbuffer_destroy(&sb);
 	REQUIREF(r == 0, "spawn named \"%s\" (printable UTF-8, %zu bytes): %s: %s", name,
 		 strlen(name), mpool_strerror(-r), mpool_errmsg(fx.c));
@@ -572,7 +572,7 @@ END_TEST
 
 START_TEST(nondaemon_dies_with_its_client)
 {
-	struct mpool_spawn_opts dmn = { .daemon = 1 };
+	struct mpool_spawn_opts dmn = MPOOL_SPAWN_OPTS(.daemon = 1);
 	struct mpool_process *sleeper, *stubborn, *survivor, *again;
 	unsigned long long s_start, n_start, d_start;
 	uint64_t s_id, n_id;
@@ -640,7 +640,7 @@ END_TEST
 
 START_TEST(daemon_joined_from_new_connection)
 {
-	struct mpool_spawn_opts dmn = { .daemon = 1, .name = "keeper" };
+	struct mpool_spawn_opts dmn = MPOOL_SPAWN_OPTS(.daemon = 1, .name = "keeper");
 	struct mpool_process *proc, *done, *a, *b;
 	uint64_t id, done_id;
 	pid_t pid;
@@ -651,7 +651,7 @@ START_TEST(daemon_joined_from_new_connection)
 	start(&fx, NULL);
 	c = fx_connect(&fx);
 	proc = spawn_int(c, "builtin.sleep", 400, &dmn);
-	done = spawn_int(c, "builtin.square", 12, &(struct mpool_spawn_opts){ .daemon = 1 });
+	done = spawn_int(c, "builtin.square", 12, &(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.daemon = 1));
 	id = mpool_process_id(proc);
 	done_id = mpool_process_id(done);
 	pid = mpool_process_pid(proc);
@@ -728,6 +728,7 @@ static int as_other_uid(void *arg)
 					       "kill_process" };
 	struct other_uid *o = arg;
 	struct mpool_process *proc = NULL, *mine;
+	char why[MPOOL_ERRMSG_MAX];
 	mpool_value *list;
 	mpool *c;
 	int r;
@@ -738,8 +739,8 @@ static int as_other_uid(void *arg)
 	}
 	/* A change of credentials clears it. */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (mpool_connect(o->fx->sock, &c) < 0) {
-		fprintf(stderr, "uid %d cannot connect: %s\n", NOBODY, strerror(errno));
+	if (mpool_connect(o->fx->sock, &c, why, sizeof(why)) < 0) {
+		fprintf(stderr, "uid %d cannot connect: %s\n", NOBODY, why);
 		return 11;
 	}
 	r = mpool_process_attach(c, o->id, &proc);
@@ -770,7 +771,7 @@ static int as_other_uid(void *arg)
 	join_expect(c, mine, 0);
 	result_expect_u64(mine, 25);
 	mpool_process_free(mine);
-	mine = spawn_int(c, "builtin.sleep", 30000, &(struct mpool_spawn_opts){ .daemon = 1 });
+	mine = spawn_int(c, "builtin.sleep", 30000, &(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.daemon = 1));
 	o->own_id = mpool_process_id(mine);
 	mpool_process_free(mine);
 	mpool_close(c);
@@ -796,7 +797,7 @@ START_TEST(other_uid_is_refused)
 	}
 	start(&fx, extra);
 	REQUIREF(chmod(fx.dir, 0711) == 0, "chmod %s: %s", fx.dir, strerror(errno));
-	proc = spawn_int(fx.c, "builtin.sleep", 30000, &(struct mpool_spawn_opts){ .daemon = 1 });
+	proc = spawn_int(fx.c, "builtin.sleep", 30000, &(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.daemon = 1));
 	o.fx = &fx;
 	o.id = mpool_process_id(proc);
 	child = fx_fork(as_other_uid, &o);
@@ -842,7 +843,7 @@ START_TEST(max_processes)
 
 	start(&fx, extra);
 	a = spawn_nil(fx.c, "testmod.hang", NULL);
-	b = spawn_nil(fx.c, "testmod.hang", &(struct mpool_spawn_opts){ .daemon = 1 });
+	b = spawn_nil(fx.c, "testmod.hang", &(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.daemon = 1));
 	fx_arg_int(&sb, 3);
 	r = mpool_spawn(fx.c, "builtin.square", sb.data, sb.size, NULL, &c);
 	REQUIREF(r == -MPOOL_E_LIMIT && c == NULL, "a third process past --max-processes 2: %d (%s)",
@@ -890,7 +891,7 @@ START_TEST(drain_waits_for_nondaemon_process)
 	c = fx_connect(&fx);
 	spawned = fx_now_ms();
 	proc = spawn_int(c, "builtin.sleep", 1000, NULL);
-	dmn = spawn_nil(c, "testmod.hang", &(struct mpool_spawn_opts){ .daemon = 1 });
+	dmn = spawn_nil(c, "testmod.hang", &(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.daemon = 1));
 	d_pid = mpool_process_pid(dmn);
 	d_start = fx_pid_starttime(d_pid);
 	r = mpool_drain(fx.c);
@@ -927,7 +928,7 @@ START_TEST(terminate_kills_every_process)
 
 	start(&fx, NULL);
 	a = spawn_noterm(fx.c, NULL);
-	b = spawn_noterm(fx.c, &(struct mpool_spawn_opts){ .daemon = 1 });
+	b = spawn_noterm(fx.c, &(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.daemon = 1));
 	c = spawn_int(fx.c, "builtin.sleep", 30000, NULL);
 	sa = fx_pid_starttime(mpool_process_pid(a));
 	sb = fx_pid_starttime(mpool_process_pid(b));
@@ -960,7 +961,7 @@ START_TEST(reload_leaves_processes_running)
 	int r;
 
 	start(&fx, NULL);
-	proc = spawn_int(fx.c, "builtin.sleep", 1500, &(struct mpool_spawn_opts){ .daemon = 1 });
+	proc = spawn_int(fx.c, "builtin.sleep", 1500, &(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.daemon = 1));
 	pid = mpool_process_pid(proc);
 	pstart = fx_pid_starttime(pid);
 	r = mpool_reload(fx.c);

@@ -333,7 +333,7 @@ static void wait_serving(pid_t pid, const char *sock, const char *log)
 			ck_abort_msg("mpoold %s before serving; its log:\n%s",
 				     describe(status, how, sizeof(how)), text);
 		}
-		if (mpool_connect(sock, &c) == 0) {
+		if (mpool_connect(sock, &c, NULL, 0) == 0) {
 			int r = mpool_ping(c);
 
 			mpool_close(c);
@@ -352,11 +352,12 @@ static void map_squares(const char *sock, unsigned n)
 	msgpack_packer pk;
 	mpool_value *v = NULL;
 	const msgpack_object *o;
+	char why[MPOOL_ERRMSG_MAX];
 	mpool *c;
 	int r;
 
-	r = mpool_connect(sock, &c);
-	ck_assert_msg(r == 0, "connect %s: %s", sock, mpool_strerror(-r));
+	r = mpool_connect(sock, &c, why, sizeof(why));
+	ck_assert_msg(r == 0, "connect: %s: %s", mpool_strerror(r), why);
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 	for (unsigned i = 0; i < n; i++)
@@ -784,7 +785,7 @@ START_TEST(notify_socket_stays_with_the_master)
 	pid = spawn(argv, &o);
 	ck_assert_msg(notes_read(ns, "READY=1", WAIT_MS), "no READY=1:\n%s", notes_dump(ns));
 	wait_serving(pid, sock, log);
-	ck_assert(mpool_connect(sock, &c) == 0);
+	ck_assert(mpool_connect(sock, &c, NULL, 0) == 0);
 	for (int i = 0; i < 2; i++) {
 		char *path = task_getenv(c, hows[i], "PATH"), *notify;
 
@@ -842,7 +843,7 @@ START_TEST(notify_status_rate_limited)
 	wait_serving(pid, sock, log);
 	notes_read(ns, NULL, 300);
 	first = ns->n;
-	ck_assert(mpool_connect(sock, &c) == 0);
+	ck_assert(mpool_connect(sock, &c, NULL, 0) == 0);
 	start = now_ms();
 	while (now_ms() - start < 1500) {
 		msgpack_sbuffer sb;

@@ -33,7 +33,9 @@ enum mpool_error {
 	MPOOL_E_CLOSED = 102,    /* the daemon closed the connection */
 	MPOOL_E_INVAL = 103,     /* bad argument to a libmpool call */
 	MPOOL_E_NOMEM = 104,     /* out of memory in libmpool */
-	MPOOL_E_ITEMS = 105      /* a map finished with failed items */
+	MPOOL_E_ITEMS = 105,     /* a map finished with failed items */
+	MPOOL_E_UNTRUSTED = 106  /* the server runs as a user a client must not
+				  * trust (mpool_connect) */
 };
 
 /* A short constant name for a code ("type_error"); "unknown" otherwise. */

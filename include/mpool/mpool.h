@@ -1,10 +1,19 @@
 /* libmpool: the client side of mpoold's protocol (proto/PROTOCOL.md).
  *
+ * This header is libmpool's reference: every contract is written here,
+ * once, beside its declaration.  docs/API.md is a guide to it (a map of
+ * the calls, examples, the library's versions and ABI rules, measured
+ * figures) and libmpool(3) its short form; neither repeats a contract.
+ *
  * Conventions
  * - Every call that can fail returns 0 (or a count) on success and a negative
  *   enum mpool_error code on failure: -MPOOL_E_TYPE, -MPOOL_E_SYS, ...
  *   mpool_errmsg() then holds a sentence saying what happened; for
- *   -MPOOL_E_SYS errno is preserved too.
+ *   -MPOOL_E_SYS errno is preserved too.  Codes are negative everywhere
+ *   libmpool hands one out: returns, error callbacks, the code of a failed
+ *   item (struct mpool_item_error, struct mpool_item), on_lost of
+ *   <mpool/mpool-event.h>.  Only the wire carries them positive.
+ *   mpool_strerror() names a code of either sign.
  * - Out-parameters (ret_*) are written only on success.
  * - Objects returned through ret_* belong to the caller and are released with
  *   the matching _free(); every _free() accepts NULL.  Pointers returned as
@@ -15,6 +24,20 @@
  *   msgpack_object trees owned by an mpool_value or by a handle.
  * - Timeouts are in milliseconds: a negative timeout waits as long as it
  *   takes, 0 does not wait at all.
+ * - Option structs (struct mpool_apply_opts, mpool_map_opts,
+ *   mpool_spawn_opts) can grow in later versions without breaking programs
+ *   built against this header: each starts with its own size, which its
+ *   initializer macro sets (designated initializers: C99, C++20), and every
+ *   option left out means the default:
+ *
+ *       struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 16, .unordered = 1);
+ *
+ *   A struct whose size member is not set (made with { 0 }, say) fails the
+ *   call with -MPOOL_E_INVAL, and so does one from a newer header that sets
+ *   an option this library does not know.  Every opts argument may be NULL
+ *   (all defaults).  The structs libmpool fills in or hands to callbacks
+ *   (struct mpool_item, mpool_item_error, mpool_map_summary) stay as they
+ *   are within a symbol version; growing one means new functions.
  *
  * Threads, signals, global state
  * - A connection and everything made from it (handles, iterators, values)
@@ -120,11 +143,28 @@ extern "C" {
 typedef struct mpool mpool;
 typedef struct mpool_value mpool_value;
 
+/* Every message libmpool writes, its terminating NUL included, fits in a
+ * buffer of this many bytes. */
+#define MPOOL_ERRMSG_MAX 1024
+
 /* Connects to mpoold.  path NULL: the default rule ($MPOOL_SOCKET, else
  * /run/mpool/mpoold.sock for root, else $XDG_RUNTIME_DIR/mpool/mpoold.sock,
- * else /tmp/mpool-UID/mpoold.sock).  On failure *ret is untouched and the
- * reason can only be read from the return code (there is no connection). */
-int mpool_connect(const char *path, mpool **ret);
+ * else /tmp/mpool-UID/mpoold.sock).
+ *
+ * The server must run as root, as the caller (its real or effective uid),
+ * as the "mpool" system user that mpoold.service runs as (looked up by
+ * name), or as the uid in $MPOOL_TRUST_UID (ignored by set-user-ID
+ * programs); the kernel tells which (SO_PEERCRED).  Anyone else may have
+ * put their socket where the caller's daemon should be, to read its
+ * requests and forge answers: mpool_connect refuses such a server with
+ * -MPOOL_E_UNTRUSTED (proto/PROTOCOL.md, "Which server a client trusts").
+ *
+ * 0 with *ret, or on failure a negative code (-MPOOL_E_SYS with errno,
+ * -MPOOL_E_UNTRUSTED, -MPOOL_E_INVAL for a bad path, -MPOOL_E_NOMEM) with
+ * *ret untouched and, when errbuf is not NULL, the reason as a sentence in
+ * errbuf (truncated to errbuf_size bytes; MPOOL_ERRMSG_MAX holds any).
+ * errbuf is written only on failure. */
+int mpool_connect(const char *path, mpool **ret, char *errbuf, size_t errbuf_size);
 /* Sends what it can of the output still queued without waiting, closes the
  * socket and frees p.  Open handles become ready with -MPOOL_E_CLOSED; no
  * callback runs.  Handles stay valid until their own _free().  Never call
@@ -142,7 +182,7 @@ void mpool_value_free(mpool_value *v);
  * Each sends one request and returns with its answer.  The daemon answers
  * every request, with an error if the work cannot be done. */
 
-/* Round trip to the daemon. */
+/* Round trip to the daemon; -MPOOL_E_PROTO when the peer is not mpoold. */
 int mpool_ping(mpool *p);
 
 /* Runs fn ("MODULE.FUNCTION") on one argument, arg_len bytes holding exactly
@@ -152,15 +192,21 @@ int mpool_apply(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		mpool_value **ret_result);
 
 struct mpool_apply_opts {
+	size_t size;          /* sizeof(struct mpool_apply_opts): MPOOL_APPLY_OPTS() */
 	uint32_t timeout_ms;  /* 0: the daemon's --task-timeout */
 	uint32_t retries;     /* see mpool_map_opts */
 };
+/* A struct mpool_apply_opts with its size set, the options named in the
+ * arguments (designated initializers: .timeout_ms = 500) and every other
+ * option at its default. */
+#define MPOOL_APPLY_OPTS(...) { .size = sizeof(struct mpool_apply_opts), __VA_ARGS__ }
 
 /* mpool_apply with options (opts may be NULL). */
 int mpool_apply_with(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		     const struct mpool_apply_opts *opts, mpool_value **ret_result);
 
 struct mpool_map_opts {
+	size_t size;          /* sizeof(struct mpool_map_opts): MPOOL_MAP_OPTS() */
 	uint32_t chunksize;   /* items per chunk; 0: the daemon's default */
 	int unordered;        /* non-zero: chunks arrive as they finish */
 	uint32_t timeout_ms;  /* per item; 0: the daemon's --task-timeout */
@@ -168,10 +214,12 @@ struct mpool_map_opts {
 			       * timeout up to this many times (idempotent
 			       * tasks only); at most the daemon's --max-retries */
 };
+/* A struct mpool_map_opts with its size set (as MPOOL_APPLY_OPTS). */
+#define MPOOL_MAP_OPTS(...) { .size = sizeof(struct mpool_map_opts), __VA_ARGS__ }
 
 struct mpool_item_error {
 	uint64_t index;       /* the item's position in the map */
-	int code;             /* enum mpool_error */
+	int code;             /* negative enum mpool_error: -MPOOL_E_TASK, ... */
 	const char *message;  /* NUL-terminated; valid during the callback */
 };
 
@@ -247,11 +295,11 @@ int mpool_status(mpool *p, mpool_value **ret_status);
  * -MPOOL_E_PERM with a message saying who may.
  *
  * Stops the pool now: workers are killed, pending work fails with
- * MPOOL_E_TERMINATED and mpoold exits.  Returns once the daemon accepted. */
+ * -MPOOL_E_TERMINATED and mpoold exits.  Returns once the daemon accepted. */
 int mpool_terminate(mpool *p);
 
 /* Like Python's close() + join(), for the whole daemon: mpoold takes no new
- * work (new requests fail with MPOOL_E_SHUTDOWN), finishes what is open,
+ * work (new requests fail with -MPOOL_E_SHUTDOWN), finishes what is open,
  * then exits.  Returns once the daemon accepted. */
 int mpool_drain(mpool *p);
 
@@ -266,14 +314,16 @@ int mpool_reload(mpool *p);
 int mpool_cancel(mpool *p, uint64_t job_id);
 
 /* Kills one worker now (admins only): its unfinished items fail with
- * MPOOL_E_WORKER or are retried as the request allows; a replacement
+ * -MPOOL_E_WORKER or are retried as the request allows; a replacement
  * starts.  -MPOOL_E_NOTFOUND when no worker has that pid. */
 int mpool_kill_worker(mpool *p, pid_t pid);
 
 /* ==== Async calls: Python's apply_async / map_async / AsyncResult =========
  * An async call queues its request, sends what it can without waiting and
  * returns a handle at once.  The handle owns the result until
- * mpool_async_free(). */
+ * mpool_async_free().  mpoold limits the requests open on one connection
+ * (--max-jobs, 1024 by default): past it a request fails with
+ * -MPOOL_E_LIMIT. */
 
 typedef struct mpool_async mpool_async;
 
@@ -282,8 +332,9 @@ typedef struct mpool_async mpool_async;
  * it stays available through mpool_async_get() until the handle is freed. */
 typedef void (*mpool_result_cb)(void *userdata, const msgpack_object *result);
 /* Called once when a request fails, with the code mpool_async_get() returns
- * (positive here: MPOOL_E_TASK, MPOOL_E_ITEMS, MPOOL_E_CANCELLED, ...) and
- * its message (valid during the call). */
+ * (negative, as every code libmpool hands out: -MPOOL_E_TASK,
+ * -MPOOL_E_ITEMS, -MPOOL_E_CANCELLED, ...) and its message (valid during
+ * the call). */
 typedef void (*mpool_error_cb)(void *userdata, int code, const char *message);
 
 /* Sends an apply (as mpool_apply_with; opts may be NULL) and returns its
@@ -298,7 +349,7 @@ int mpool_apply_async(mpool *p, const char *fn, const void *arg, size_t arg_len,
 
 /* Sends a map (items as for mpool_map) and returns its handle.  Its result
  * is the array of every result in item order; like Pool.map_async, a
- * failed item fails it with MPOOL_E_ITEMS (the message names the first
+ * failed item fails it with -MPOOL_E_ITEMS (the message names the first
  * failed item).  Results are collected as they arrive: for a map too large
  * to hold, use mpool_imap or mpool_map_stream. */
 int mpool_map_async(mpool *p, const char *fn, const void *items, size_t items_len,
@@ -376,7 +427,8 @@ typedef struct mpool_iter mpool_iter;
 struct mpool_item {
 	uint64_t index;                 /* the item's position in the map */
 	const msgpack_object *result;   /* NULL when the item failed */
-	int code;                       /* 0, or the item's enum mpool_error code */
+	int code;                       /* 0, or the item's negative enum mpool_error
+					 * code (-MPOOL_E_TASK, ...) */
 	const char *message;            /* the item's error message; "" when none */
 };
 
@@ -453,10 +505,13 @@ void mpool_iter_free(mpool_iter *it);
 struct mpool_process;
 
 struct mpool_spawn_opts {
+	size_t size;          /* sizeof(struct mpool_spawn_opts): MPOOL_SPAWN_OPTS() */
 	int daemon;           /* non-zero: outlives the connection (see above) */
 	const char *name;     /* NULL: "Process-ID"; else 1 to 64 bytes, no
 			       * control characters */
 };
+/* A struct mpool_spawn_opts with its size set (as MPOOL_APPLY_OPTS). */
+#define MPOOL_SPAWN_OPTS(...) { .size = sizeof(struct mpool_spawn_opts), __VA_ARGS__ }
 
 /* Starts fn ("MODULE.FUNCTION") on one argument (arg_len bytes, exactly one
  * MessagePack value) in a supervised process, like Process(target=fn,
