@@ -176,8 +176,9 @@ static void trim_kept(uid_t owner)
 static int may_spawn(uid_t owner, bool admin, char *why, size_t size)
 {
 	unsigned running = 0, others = 0, mine = 0;
-	unsigned shared = cfg.max_processes - (cfg.admin_processes < cfg.max_processes ?
-					       cfg.admin_processes : cfg.max_processes);
+	/* Users keep at least one slot, whatever --admin-processes says. */
+	unsigned shared = cfg.admin_processes < cfg.max_processes ?
+			  cfg.max_processes - cfg.admin_processes : 1;
 	struct proc *p;
 
 	TAILQ_FOREACH(p, &procs, link) {
