@@ -1135,6 +1135,131 @@ START_TEST(ps_escapes_names)
 }
 END_TEST
 
+/* ---- mpctl spawn ------------------------------------------------------------- */
+
+/* Starts mpctl -s SOCK spawn ARGS... with its stdout on a pipe (*ret_fd),
+ * in its own process group, dying with the test. */
+static pid_t mpctl_spawn(struct fx *fx, const char *const *args, int *ret_fd)
+{
+	const char *argv[16] = { NULL, "-s", fx->sock, "spawn" };
+	pid_t parent = getpid(), pid;
+	int n = 4, pfd[2];
+
+	argv[0] = getenv("MPCTL");
+	REQUIREF(argv[0] && *argv[0], "MPCTL is not set (tests/meson.build sets it)");
+	for (int i = 0; args[i] && n < 15; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	REQUIRE(pipe(pfd) == 0);
+	fflush(NULL);
+	pid = fork();
+	REQUIRE(pid >= 0);
+	if (pid == 0) {
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+			_exit(127);
+		setpgid(0, 0);
+		dup2(pfd[1], 1);
+		close(pfd[0]);
+		close(pfd[1]);
+		signal(SIGINT, SIG_DFL);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	close(pfd[1]);
+	*ret_fd = pfd[0];
+	return pid;
+}
+
+/* The {"id":ID,"pid":PID} line mpctl spawn prints first: the id. */
+static uint64_t read_spawned_id(int fd)
+{
+	char line[128];
+	unsigned long long id = 0;
+	size_t n = 0;
+
+	while (n + 1 < sizeof(line)) {
+		ssize_t r = read(fd, line + n, 1);
+
+		REQUIREF(r == 1, "mpctl spawn printed no id line (read: %zd)", r);
+		if (line[n++] == '\n')
+			break;
+	}
+	line[n] = '\0';
+	REQUIREF(sscanf(line, "{\"id\":%llu,", &id) == 1 && id > 0, "mpctl spawn printed '%s'",
+		 line);
+	return id;
+}
+
+static int mpctl_wait(pid_t pid)
+{
+	int64_t end = fx_now_ms() + WAIT_MS;
+	int st;
+
+	for (;;) {
+		pid_t r = waitpid(pid, &st, WNOHANG);
+
+		if (r == pid)
+			return st;
+		REQUIREF(r == 0 && fx_now_ms() < end, "mpctl %d did not finish", (int)pid);
+		fx_tick();
+	}
+}
+
+/* mpctl spawn --detach returns at once and the process runs to completion;
+ * without it mpctl waits, and Ctrl-C terminates the process, waits for its
+ * end and exits 130.  --detach with --daemon makes no sense (the process
+ * would die as mpctl leaves): a usage error. */
+START_TEST(mpctl_spawn_detach_and_ctrl_c)
+{
+	static const char *const detach[] = { "--detach", "builtin.sleep", "600", NULL };
+	static const char *const wait_[] = { "--name", "interrupted", "builtin.sleep", "30000",
+					     NULL };
+	static const char *const both[] = { "--detach", "--daemon", "builtin.sleep", "1", NULL };
+	struct mpool_process *proc;
+	int64_t t0;
+	uint64_t id;
+	pid_t pid;
+	struct fx fx;
+	int fd, st, r;
+
+	start(&fx, NULL);
+	t0 = fx_now_ms();
+	pid = mpctl_spawn(&fx, detach, &fd);
+	id = read_spawned_id(fd);
+	st = mpctl_wait(pid);
+	close(fd);
+	REQUIREF(WIFEXITED(st) && WEXITSTATUS(st) == 0, "mpctl spawn --detach: status 0x%x", st);
+	REQUIREF(fx_now_ms() - t0 < 600, "mpctl spawn --detach stayed %lld ms with a 600 ms process",
+		 (long long)(fx_now_ms() - t0));
+	r = mpool_process_attach(fx.c, id, &proc);
+	REQUIREF(r == 0, "attach to the detached process: %s", mpool_errmsg(fx.c));
+	join_expect(fx.c, proc, 0);
+	result_expect_u64(proc, 600);
+	mpool_process_free(proc);
+
+	pid = mpctl_spawn(&fx, wait_, &fd);
+	id = read_spawned_id(fd);
+	r = mpool_process_attach(fx.c, id, &proc);
+	REQUIREF(r == 0, "attach to mpctl's process: %s", mpool_errmsg(fx.c));
+	wait_detached(mpool_process_pid(proc));
+	REQUIRE(kill(pid, SIGINT) == 0);
+	st = mpctl_wait(pid);
+	close(fd);
+	REQUIREF(WIFEXITED(st) && WEXITSTATUS(st) == 130, "mpctl spawn after Ctrl-C: status 0x%x",
+		 st);
+	/* It was already gone when mpctl left: mpctl waited for the end. */
+	REQUIRE(mpool_process_join(proc, 0) == 1);
+	REQUIRE(mpool_process_exitcode(proc, &r) == 0 && r == -SIGTERM);
+	mpool_process_free(proc);
+
+	pid = mpctl_spawn(&fx, both, &fd);
+	st = mpctl_wait(pid);
+	close(fd);
+	REQUIREF(WIFEXITED(st) && WEXITSTATUS(st) == 2, "mpctl spawn --detach --daemon: 0x%x", st);
+	fx_stop(&fx);
+}
+END_TEST
+
 /* ---- the kernel's limit ------------------------------------------------------ */
 
 /* A fork that fails with EAGAIN is the kernel's process limit (here the
@@ -1596,6 +1721,7 @@ static Suite *process_suite(void)
 	tcase_add_test(tc, exit_codes);
 	tcase_add_test(tc, names_are_printable_characters);
 	tcase_add_test(tc, ps_escapes_names);
+	tcase_add_test(tc, mpctl_spawn_detach_and_ctrl_c);
 	tcase_add_test(tc, fork_eagain_is_not_max_processes);
 	suite_add_tcase(s, tc);
 
