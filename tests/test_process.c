@@ -1,10 +1,13 @@
 /* test_process: supervised one-off processes (Python's multiprocessing.Process
  * served by mpoold) through libmpool's process handle: spawn, join with and
  * without timeout, results and failures, Python's exit codes for exit() and
- * signals, terminate with its SIGKILL escalation, the owner's disconnect, a
- * daemon process joined from another connection, permissions across uids,
- * --max-processes, and the daemon's lifecycle (drain, terminate, reload)
- * with processes running.
+ * signals, terminate with its SIGKILL escalation, names, mpctl spawn and ps,
+ * a fork the kernel refuses; Python's daemon flag (a daemon process dies
+ * with its client's connection, a non-daemon one outlives even a SIGKILLed
+ * client and is joined from another connection), a client of protocol 1
+ * refused; permissions across uids, --max-processes and the per-user
+ * shares of running and finished processes; and the daemon's lifecycle
+ * (drain, terminate, reload) with processes running.
  *
  * Every test starts its own mpoold (fixture.h) with the test module
  * (MPOOL_TESTMOD) and --process-grace 300, and stops it.  Processes are
