@@ -429,10 +429,11 @@ void mpool_iter_free(mpool_iter *it);
  * kills it (proto/PROTOCOL.md, "Supervised processes").
  *
  * - opts->daemon has Python's meaning (protocol 2; mpoold 0.4 had it the
- *   other way round and refuses this library's spawn, as mpoold 0.5 refuses
- *   an older library's).  A daemon process belongs to the connection that
- *   spawned it: mpoold terminates it when that connection closes (SIGTERM,
- *   SIGKILL after mpoold's --process-grace).  A process that is not a
+ *   other way round and refuses this library's spawn with -MPOOL_E_BADREQ,
+ *   as mpoold 0.5 refuses an older library's, saying what changed).  A
+ *   daemon process belongs to the connection that spawned it: mpoold
+ *   terminates it when that connection closes (SIGTERM, SIGKILL after
+ *   mpoold's --process-grace).  A process that is not a
  *   daemon (the default) runs to completion whatever happens to its
  *   client, and its outcome is kept for a join by the same user from any
  *   connection (mpool_process_attach): that user's last
