@@ -1,8 +1,8 @@
 #include "proc.h"
 
 #include <errno.h>
-#include <stdio.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -162,10 +162,10 @@ static void trim_kept(uid_t owner)
 			return;
 		if (!victim->joined) {
 			dropped_unjoined++;
-			log_warn("process %llu (%s) of uid %u: forgotten before anyone joined it "
-				 "(uid %u keeps at most %u finished processes, --max-kept-processes)",
+			log_warn("process %llu (%s) of uid %u: forgotten before anyone joined it; "
+				 "a user keeps at most %u finished processes (--max-kept-processes)",
 				 (unsigned long long)victim->id, victim->name, (unsigned)owner,
-				 (unsigned)owner, cfg.max_kept_processes);
+				 cfg.max_kept_processes);
 		}
 		proc_destroy(victim);
 	}
