@@ -548,6 +548,21 @@ static void pack_spawned(msgpack_packer *pk, const void *arg)
 	msgpack_pack_int64(pk, proc_pid(p));
 }
 
+/* A spawn that does not say it means protocol 2's "daemon". */
+static void reply_old_protocol(struct conn *c, uint64_t msgid, uint64_t proto)
+{
+	if (proto == 0)
+		reply_error(c, msgid, MPOOL_E_BADREQ,
+			    "spawn changed meaning in protocol %d: a process started with "
+			    "\"daemon\": true now dies with its client's connection, and one "
+			    "without runs to completion and keeps its outcome for join (Python's "
+			    "meaning, the opposite of protocol 1); say {\"protocol\": %d} in "
+			    "spawn's options", MP_PROTO_VERSION, MP_PROTO_VERSION);
+	else
+		reply_error(c, msgid, MPOOL_E_BADREQ, "this mpoold speaks protocol %d, not %llu",
+			    MP_PROTO_VERSION, (unsigned long long)proto);
+}
+
 /* spawn [function, argument, {"protocol": 2, "daemon": bool, "name": str}].
  * Protocol 2 gave "daemon" Python's meaning (a daemon process dies with its
  * client, a non-daemon one runs to completion), the opposite of version 1.
@@ -560,6 +575,7 @@ static void m_spawn(struct conn *c, const struct mp_msg *m)
 	struct proc *pr;
 	uint32_t n, nopt;
 	uint64_t proto = 0;
+	bool bad_opt = false;
 	size_t alen;
 	char name[96], why[256];
 	int r;
@@ -573,6 +589,10 @@ static void m_spawn(struct conn *c, const struct mp_msg *m)
 	if (n == 3) {
 		if (mp_read_map(&p, &nopt) < 0)
 			goto badopt;
+		/* Every key is read before any is refused: a client of
+		 * protocol 1 (no "protocol", maybe a name that is no longer
+		 * valid) must hear what changed, whatever order its keys are
+		 * in. */
 		while (nopt--) {
 			const char *k;
 			uint32_t kl;
@@ -586,28 +606,22 @@ static void m_spawn(struct conn *c, const struct mp_msg *m)
 				if (mp_read_bool(&p, &spec.daemon) < 0)
 					goto badopt;
 			} else if (mp_str_eq(k, kl, "name")) {
-				if (mp_read_str(&p, &spec.name, &spec.name_len) < 0 ||
-				    mp_name_check(spec.name, spec.name_len) < 0)
+				if (mp_read_str(&p, &spec.name, &spec.name_len) < 0)
 					goto badopt;
+				bad_opt |= mp_name_check(spec.name, spec.name_len) < 0;
 			} else {
-				goto badopt;
+				if (mp_skip(&p, NULL, NULL) < 0)
+					goto badopt;
+				bad_opt = true;
 			}
 		}
 	}
 	if (proto != MP_PROTO_VERSION) {
-		if (proto == 0)
-			reply_error(c, m->msgid, MPOOL_E_BADREQ,
-				    "spawn changed meaning in protocol %d: a process started with "
-				    "\"daemon\": true now dies with its client's connection, and one "
-				    "without runs to completion and keeps its outcome for join (Python's "
-				    "meaning, the opposite of protocol 1); say {\"protocol\": %d} in "
-				    "spawn's options", MP_PROTO_VERSION, MP_PROTO_VERSION);
-		else
-			reply_error(c, m->msgid, MPOOL_E_BADREQ,
-				    "this mpoold speaks protocol %d, not %llu", MP_PROTO_VERSION,
-				    (unsigned long long)proto);
+		reply_old_protocol(c, m->msgid, proto);
 		return;
 	}
+	if (bad_opt)
+		goto badopt;
 	printable(name, sizeof(name), spec.fn, spec.fn_len);
 	if (master_state() != MASTER_RUNNING) {
 		reply_error(c, m->msgid, MPOOL_E_SHUTDOWN, "mpoold is shutting down; no new work");

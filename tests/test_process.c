@@ -834,6 +834,38 @@ START_TEST(old_protocol_refused)
 			REQUIREF(strstr(msg, "Python") && strstr(msg, "{\"protocol\": 2}"),
 				 "the error does not say what changed and how to ask: '%s'", msg);
 	}
+	/* Whatever the order of the keys: a name protocol 1 took and 2 does
+	 * not, before the daemon flag, still gets the news; an unknown key
+	 * before "protocol" is a plain bad option. */
+	for (int i = 0; i < 2; i++) {
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+
+		fx_sbuf_init(&sb, &pk);
+		fx_req_head(&pk, 30 + i, "spawn");
+		msgpack_pack_array(&pk, 3);
+		fx_pack_str(&pk, "builtin.echo");
+		msgpack_pack_nil(&pk);
+		msgpack_pack_map(&pk, 2);
+		if (i == 0) {
+			fx_pack_str(&pk, "name");
+			fx_pack_str(&pk, "a\xc2\x9b");
+			fx_pack_str(&pk, "daemon");
+			msgpack_pack_true(&pk);
+		} else {
+			fx_pack_str(&pk, "nosuch");
+			msgpack_pack_true(&pk);
+			fx_pack_str(&pk, "protocol");
+			msgpack_pack_uint32(&pk, 2);
+		}
+		REQUIRE(fx_raw_send(&raw, sb.data, sb.size) == 0);
+		msgpack_sbuffer_destroy(&sb);
+		fx_raw_response(&raw, 30 + i, &err, &res, WAIT_MS);
+		REQUIRE(err->type == MSGPACK_OBJECT_MAP);
+		REQUIRE(fx_get_str(err, "message", msg, sizeof(msg)));
+		REQUIREF(strstr(msg, i == 0 ? "changed meaning in protocol 2" : "spawn options:"),
+			 "case %d of the key order: the error says '%s'", i, msg);
+	}
 	/* The same connection may go on in protocol 2. */
 	raw_spawn(&raw, 20, 2, 1);
 	fx_raw_response(&raw, 20, &err, &res, WAIT_MS);
