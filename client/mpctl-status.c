@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "mp_name.h"
+
 const msgpack_object *ctl_get(const msgpack_object *map, const char *key)
 {
 	size_t len = strlen(key);
@@ -61,14 +63,46 @@ static const char *num(char *buf, size_t size, const msgpack_object *map, const 
 	return buf;
 }
 
-/* A string as text, "?" when absent; stops at an embedded NUL. */
+/* A string as text, "?" when absent.  It goes to a terminal: control
+ * characters (C0, DEL, C1), separators, bidirectional formatting and bytes
+ * that are not UTF-8 are written as \xNN, each byte of them, so a
+ * process name cannot move the cursor, rewrite the screen or hide what
+ * follows it; a backslash is doubled so the escapes stay unambiguous.
+ * Truncated to size on a character boundary. */
 static const char *str(char *buf, size_t size, const msgpack_object *map, const char *key)
 {
 	const msgpack_object *v = ctl_get(map, key);
+	const char *s;
+	size_t n, i = 0, o = 0;
 
 	if (!v || v->type != MSGPACK_OBJECT_STR)
 		return "?";
-	snprintf(buf, size, "%.*s", (int)v->via.str.size, v->via.str.ptr);
+	s = v->via.str.ptr;
+	n = v->via.str.size;
+	while (i < n) {
+		size_t l = s[i] == '\\' ? 0 : mp_name_char(s + i, n - i);
+
+		if (l > 0) {
+			if (o + l >= size)
+				break;
+			memcpy(buf + o, s + i, l);
+			o += l;
+			i += l;
+		} else if (s[i] == '\\') {
+			if (o + 2 >= size)
+				break;
+			buf[o++] = '\\';
+			buf[o++] = '\\';
+			i++;
+		} else {
+			if (o + 4 >= size)
+				break;
+			snprintf(buf + o, size - o, "\\x%02x", (unsigned char)s[i]);
+			o += 4;
+			i++;
+		}
+	}
+	buf[o] = '\0';
 	return buf;
 }
 
@@ -198,7 +232,7 @@ static void print_jobs(FILE *out, const msgpack_object *jobs)
 
 void ctl_print_processes(FILE *out, const msgpack_object *procs)
 {
-	char b[8][80];
+	char b[8][320];   /* 64 characters of up to 4 bytes, and escapes */
 
 	if (!procs || procs->type != MSGPACK_OBJECT_ARRAY)
 		return;

@@ -5,6 +5,7 @@
  * JSON value per line, everything else to stderr. */
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
 #include <jansson.h>
@@ -42,13 +43,16 @@ static const char usage_text[] =
 	"      FN [JSON...]       run FN on every argument; with none, on one JSON\n"
 	"                         value per line of stdin (blank lines skipped),\n"
 	"                         read as the map goes: memory stays bounded\n"
-	"  spawn [--daemon] [--name NAME] FN JSON\n"
+	"  spawn [--detach | --daemon] [--name NAME] FN JSON\n"
 	"                         run FN on one argument in a supervised process\n"
 	"                         of its own (Python's Process); prints\n"
-	"                         {\"id\":ID,\"pid\":PID}.  With --daemon it\n"
-	"                         outlives mpctl and mpctl returns at once;\n"
-	"                         without, it belongs to mpctl, which stays, then\n"
-	"                         reports like join (interrupting mpctl ends it)\n"
+	"                         {\"id\":ID,\"pid\":PID}, waits for the process\n"
+	"                         and reports like join.  Ctrl-C terminates the\n"
+	"                         process, waits for its end and exits 130; a\n"
+	"                         second Ctrl-C leaves at once.  --detach: return\n"
+	"                         at once, the process runs to completion (join\n"
+	"                         it later).  --daemon: Python's daemon=True, the\n"
+	"                         process dies with mpctl (also if mpctl is killed)\n"
 	"  ps [--json]            the supervised processes: id, name, pid, owner\n"
 	"                         uid, state, age, exitcode, function\n"
 	"  join [--timeout MS] ID wait for process ID to exit (at most MS); print\n"
@@ -89,9 +93,10 @@ static const char usage_text[] =
 	"\n"
 	"Exit status: 0 success, 1 the request or some items failed (or was\n"
 	"refused), 2 usage error, 3 cannot connect or connection lost.\n"
-	"join (and spawn without --daemon): 0 the process exited 0, 1 it exited\n"
+	"join (and spawn without --detach): 0 the process exited 0, 1 it exited\n"
 	"otherwise (\"exitcode N\" on stderr: a status, or minus a signal) or the\n"
-	"join failed, 4 the timeout passed and the process still runs.\n";
+	"join failed, 4 the timeout passed and the process still runs, 130 spawn\n"
+	"was interrupted (Ctrl-C).  Interrupting join leaves the process running.\n";
 
 __attribute__((format(printf, 1, 2)))
 static int usage_error(const char *fmt, ...)
@@ -796,9 +801,59 @@ static int join_and_report(mpool *p, struct mpool_process *proc, int timeout_ms)
 	return report_exit(p, proc);
 }
 
+static volatile sig_atomic_t interrupts;
+
+static void on_interrupt(int sig)
+{
+	(void)sig;
+	interrupts++;
+}
+
+/* How often a waiting spawn looks at Ctrl-C: libmpool retries a wait that
+ * a signal interrupts, so the wait is cut into joins this long. */
+#define SPAWN_POLL_MS 200
+
+/* spawn's wait: joins proc until it exits and reports it.  The first
+ * Ctrl-C terminates the process (as a terminal's SIGINT would reach a
+ * local child) and waits on for its end; the second leaves at once (the
+ * process still gets mpoold's SIGKILL after --process-grace). */
+static int spawn_wait(mpool *p, struct mpool_process *proc)
+{
+	struct sigaction sa = { .sa_handler = on_interrupt };
+	bool stopping = false;
+	int r;
+
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGINT, &sa, NULL) < 0) {
+		fprintf(stderr, "mpctl: cannot catch SIGINT: %s\n", strerror(errno));
+		return CTL_EXIT_FAILED;
+	}
+	for (;;) {
+		if (interrupts > 1)
+			return CTL_EXIT_INTERRUPTED;
+		if (interrupts && !stopping) {
+			fprintf(stderr, "mpctl: interrupted: terminating process %llu (pid %d)\n",
+				(unsigned long long)mpool_process_id(proc),
+				(int)mpool_process_pid(proc));
+			r = mpool_process_terminate(proc);
+			if (r < 0)
+				return report(p, "terminate", r);
+			stopping = true;
+		}
+		r = mpool_process_join(proc, SPAWN_POLL_MS);
+		if (r < 0)
+			return report(p, "join", r);
+		if (r == 1)
+			break;
+	}
+	r = report_exit(p, proc);
+	return stopping ? CTL_EXIT_INTERRUPTED : r;
+}
+
 static int cmd_spawn(const char *sock, int argc, char **argv)
 {
 	static const struct option longopts[] = {
+		{ "detach", no_argument, NULL, 'D' },
 		{ "daemon", no_argument, NULL, 'd' },
 		{ "name", required_argument, NULL, 'n' },
 		{ "help", no_argument, NULL, 'h' },
@@ -807,12 +862,16 @@ static int cmd_spawn(const char *sock, int argc, char **argv)
 	struct mpool_spawn_opts opts = MPOOL_SPAWN_OPTS();
 	struct mpool_process *proc;
 	msgpack_sbuffer buf;
+	bool detach = false;
 	mpool *p;
 	int c, r;
 
 	opts_reset();
 	while ((c = next_opt(argc, argv, "+:h", longopts)) != -1) {
 		switch (c) {
+		case 'D':
+			detach = true;
+			break;
 		case 'd':
 			opts.daemon = 1;
 			break;
@@ -826,6 +885,11 @@ static int cmd_spawn(const char *sock, int argc, char **argv)
 			return CTL_EXIT_USAGE;
 		}
 	}
+	/* A daemon process dies with mpctl's connection: left behind, it
+	 * would be gone as mpctl returns. */
+	if (detach && opts.daemon)
+		return usage_error("spawn: --detach and --daemon exclude each other (a daemon "
+				   "process dies when mpctl leaves)");
 	r = fn_and_arg(sock, argc, argv, "spawn", &buf, &p);
 	if (r >= 0)
 		return r;
@@ -838,12 +902,12 @@ static int cmd_spawn(const char *sock, int argc, char **argv)
 	}
 	printf("{\"id\":%llu,\"pid\":%d}\n", (unsigned long long)mpool_process_id(proc),
 	       (int)mpool_process_pid(proc));
-	/* A process that is no daemon ends with this connection: stay with
-	 * it, like Python's parent joining its non-daemonic children. */
+	/* Like Python's parent, which joins its children at exit; --detach
+	 * leaves a non-daemon process to run to completion. */
 	r = CTL_EXIT_OK;
-	if (!opts.daemon) {
+	if (!detach) {
 		fflush(stdout);
-		r = join_and_report(p, proc, -1);
+		r = spawn_wait(p, proc);
 	}
 	mpool_process_free(proc);
 	mpool_close(p);

@@ -11,7 +11,8 @@ enum {
 	CTL_EXIT_FAILED = 1,   /* the request or some items failed; local failures */
 	CTL_EXIT_USAGE = 2,    /* bad command line or input */
 	CTL_EXIT_CONN = 3,     /* cannot connect, or the connection was lost */
-	CTL_EXIT_RUNNING = 4   /* join: the timeout passed, the process runs on */
+	CTL_EXIT_RUNNING = 4,  /* join: the timeout passed, the process runs on */
+	CTL_EXIT_INTERRUPTED = 130 /* spawn: Ctrl-C terminated the process */
 };
 
 /* What a status view shows. */

@@ -13,10 +13,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "mp_name.h"
+
 /* mpoold's largest join timeout: a longer wait is several joins. */
 #define JOIN_MAX_MS 86400000
-/* A name mpoold accepts: 1 to 64 bytes. */
-#define NAME_MAX_LEN 64
 
 struct mpool_process {
 	mpool *p;                          /* NULL once the connection is closed */
@@ -300,19 +300,6 @@ static void proc_free(struct mpool_process *proc)
 	free(proc);
 }
 
-/* A name mpoold takes: 1 to 64 bytes, none of them a control character. */
-static bool name_ok(const char *name)
-{
-	size_t len = strlen(name);
-
-	if (len == 0 || len > NAME_MAX_LEN)
-		return false;
-	for (size_t i = 0; i < len; i++)
-		if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
-			return false;
-	return true;
-}
-
 int mpool_spawn(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		const struct mpool_spawn_opts *opts, struct mpool_process **ret)
 {
@@ -338,10 +325,10 @@ int mpool_spawn(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		return r;
 	name = so.name;
 	daemon = so.daemon;
-	if (name && !name_ok(name))
+	if (name && mp_name_check(name, strlen(name)) < 0)
 		return mpc_err(p, MPOOL_E_INVAL,
-			       "spawn: a name is 1 to %d bytes without control characters",
-			       NAME_MAX_LEN);
+			       "spawn: a name is 1 to %d characters of UTF-8, none of them a "
+			       "control, separator or bidirectional formatting character", MP_NAME_MAX);
 	r = mpc_usable(p);
 	if (r == 0)
 		r = mpc_can_block(p);
@@ -355,16 +342,17 @@ int mpool_spawn(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		return mpc_err(p, MPOOL_E_NOMEM, "out of memory starting a request");
 	mark = mpc_out_mark(p);
 	mpc_packer(p, &pk);
-	r = mpc_pack_head(p, a->msgid, "spawn", daemon || name ? 3 : 2);
+	/* "protocol" says which meaning of "daemon" we mean: mpoold refuses a
+	 * spawn without it (PROTOCOL.md, Versioning). */
+	r = mpc_pack_head(p, a->msgid, "spawn", 3);
 	r |= mp_pack_cstr(&pk, fn);
 	r |= mpc_out_write(p, arg, arg_len);
-	if (daemon || name) {
-		r |= msgpack_pack_map(&pk, (uint32_t)daemon + (name != NULL));
-		if (daemon)
-			r |= mp_pack_cstr(&pk, "daemon") | msgpack_pack_true(&pk);
-		if (name)
-			r |= mp_pack_cstr(&pk, "name") | mp_pack_cstr(&pk, name);
-	}
+	r |= msgpack_pack_map(&pk, 2 + (name != NULL));
+	r |= mp_pack_cstr(&pk, "protocol") | msgpack_pack_uint32(&pk, MP_PROTO_VERSION);
+	r |= mp_pack_cstr(&pk, "daemon") |
+	     (daemon ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk));
+	if (name)
+		r |= mp_pack_cstr(&pk, "name") | mp_pack_cstr(&pk, name);
 	if (r == 0 && mpc_call_open(a) < 0)
 		r = -1;
 	if (r) {

@@ -27,6 +27,9 @@ struct config cfg = {
 	.stream_window = 65536,
 	.stream_window_bytes = 16u << 20,
 	.max_processes = 16,
+	.max_processes_per_uid = 8,
+	.admin_processes = 2,
+	.max_kept_processes = 16,
 	.process_grace_ms = 3000,
 	.worker_stack_kib = CONFIG_STACK_UNSET,
 };

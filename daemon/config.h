@@ -59,6 +59,9 @@ struct config {
 	uint64_t stream_window;         /* streamed map: items sent and unanswered */
 	size_t stream_window_bytes;     /* streamed map: input bytes held */
 	unsigned max_processes;         /* supervised processes running at once */
+	unsigned max_processes_per_uid; /* of those, one non-admin uid's */
+	unsigned admin_processes;       /* of those, the ones only admins may start */
+	unsigned max_kept_processes;    /* finished processes kept per uid for join */
 	unsigned process_grace_ms;      /* SIGTERM to SIGKILL for a process */
 };
 

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "master.h"
 #include "mem.h"
+#include "mp_name.h"
 #include "mp_rpc.h"
 #include "pool.h"
 #include "proc.h"
@@ -547,49 +548,80 @@ static void pack_spawned(msgpack_packer *pk, const void *arg)
 	msgpack_pack_int64(pk, proc_pid(p));
 }
 
-/* spawn [function, argument] or [function, argument, {"daemon": bool,
- * "name": str}] */
+/* A spawn that does not say it means protocol 2's "daemon". */
+static void reply_old_protocol(struct conn *c, uint64_t msgid, uint64_t proto)
+{
+	if (proto == 0)
+		reply_error(c, msgid, MPOOL_E_BADREQ,
+			    "spawn changed meaning in protocol %d: a process started with "
+			    "\"daemon\": true now dies with its client's connection, and one "
+			    "without runs to completion and keeps its outcome for join (Python's "
+			    "meaning, the opposite of protocol 1); say {\"protocol\": %d} in "
+			    "spawn's options", MP_PROTO_VERSION, MP_PROTO_VERSION);
+	else
+		reply_error(c, msgid, MPOOL_E_BADREQ, "this mpoold speaks protocol %d, not %llu",
+			    MP_PROTO_VERSION, (unsigned long long)proto);
+}
+
+/* spawn [function, argument, {"protocol": 2, "daemon": bool, "name": str}].
+ * Protocol 2 gave "daemon" Python's meaning (a daemon process dies with its
+ * client, a non-daemon one runs to completion), the opposite of version 1.
+ * A client that does not say it speaks version 2 is refused with what
+ * changed, rather than getting the opposite of what it asked for. */
 static void m_spawn(struct conn *c, const struct mp_msg *m)
 {
 	struct proc_spec spec = { 0 };
 	struct mp_cur p;
 	struct proc *pr;
 	uint32_t n, nopt;
+	uint64_t proto = 0;
+	bool bad_opt = false;
 	size_t alen;
-	char name[96];
+	char name[96], why[256];
 	int r;
 
 	if (read_params(&p, m, 2, 3, &n) < 0 || mp_read_str(&p, &spec.fn, &spec.fn_len) < 0 ||
 	    mp_skip(&p, &spec.arg, &spec.arg_len) < 0) {
 		reply_error(c, m->msgid, MPOOL_E_BADREQ,
-			    "spawn params must be [function, argument] or [function, argument, options]");
+			    "spawn params must be [function, argument, options]");
 		return;
 	}
 	if (n == 3) {
 		if (mp_read_map(&p, &nopt) < 0)
 			goto badopt;
+		/* Every key is read before any is refused: a client of
+		 * protocol 1 (no "protocol", maybe a name that is no longer
+		 * valid) must hear what changed, whatever order its keys are
+		 * in. */
 		while (nopt--) {
 			const char *k;
 			uint32_t kl;
 
 			if (mp_read_str(&p, &k, &kl) < 0)
 				goto badopt;
-			if (mp_str_eq(k, kl, "daemon")) {
+			if (mp_str_eq(k, kl, "protocol")) {
+				if (mp_read_u64(&p, &proto) < 0)
+					goto badopt;
+			} else if (mp_str_eq(k, kl, "daemon")) {
 				if (mp_read_bool(&p, &spec.daemon) < 0)
 					goto badopt;
 			} else if (mp_str_eq(k, kl, "name")) {
-				if (mp_read_str(&p, &spec.name, &spec.name_len) < 0 ||
-				    spec.name_len == 0 || spec.name_len > 64)
+				if (mp_read_str(&p, &spec.name, &spec.name_len) < 0)
 					goto badopt;
-				for (uint32_t i = 0; i < spec.name_len; i++)
-					if ((unsigned char)spec.name[i] < 0x20 ||
-					    spec.name[i] == 0x7f)
-						goto badopt;
+				bad_opt |= mp_name_check(spec.name, spec.name_len) < 0;
 			} else {
-				goto badopt;
+				if (mp_skip(&p, NULL, NULL) < 0)
+					goto badopt;
+				bad_opt = true;
 			}
 		}
 	}
+	if (proto != MP_PROTO_VERSION) {
+		reply_old_protocol(c, m->msgid, proto);
+		return;
+	}
+	if (bad_opt)
+		goto badopt;
 	printable(name, sizeof(name), spec.fn, spec.fn_len);
 	if (master_state() != MASTER_RUNNING) {
 		reply_error(c, m->msgid, MPOOL_E_SHUTDOWN, "mpoold is shutting down; no new work");
@@ -605,21 +637,18 @@ static void m_spawn(struct conn *c, const struct mp_msg *m)
 			    MP_ITEM_DEPTH_MAX);
 		return;
 	}
-	r = proc_spawn(c, c->uid, &spec, &pr);
-	if (r == -EAGAIN) {
-		reply_error(c, m->msgid, MPOOL_E_LIMIT, "%u processes are running (--max-processes)",
-			    cfg.max_processes);
-		return;
-	}
+	r = proc_spawn(c, c->uid, conn_is_admin(c), &spec, why, sizeof(why), &pr);
 	if (r < 0) {
-		reply_error(c, m->msgid, MPOOL_E_INTERNAL, "cannot start a process: %s", strerror(-r));
+		reply_error(c, m->msgid, r == -EUSERS || r == -EAGAIN ? MPOOL_E_LIMIT :
+			    MPOOL_E_INTERNAL, "%s", why);
 		return;
 	}
 	conn_reply(c, m->msgid, pack_spawned, pr);
 	return;
 badopt:
 	reply_error(c, m->msgid, MPOOL_E_BADREQ,
-		    "spawn options: {\"daemon\": bool, \"name\": 1 to 64 printable characters}");
+		    "spawn options: {\"protocol\": %d, \"daemon\": bool, \"name\": 1 to %d "
+		    "printable characters}", MP_PROTO_VERSION, MP_NAME_MAX);
 }
 
 /* join [id] or [id, {"timeout_ms": n}]: answered when the process ends or

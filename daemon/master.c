@@ -154,8 +154,9 @@ void master_progress(void)
 	master_status_changed();
 	if (state == MASTER_RUNNING)
 		return;
-	/* A drain waits for open jobs and for processes that belong to a
-	 * client; daemon processes are stopped with everything else. */
+	/* A drain waits for open jobs and for non-daemon processes, as
+	 * Python's parent joins those at exit; daemon processes are stopped
+	 * with everything else. */
 	if (state == MASTER_DRAINING && disp_active() == 0 && !pool_stopped) {
 		pool_stopped = true;
 		pool_stop();

@@ -73,6 +73,13 @@ const struct opt opt_table[] = {
 	  1024, 1u << 30, NULL, "a streamed map holds at most BYTES of input" },
 	{ "max-processes", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_processes), 1, 4096,
 	  NULL, "most supervised processes (spawn) running at once" },
+	{ "max-processes-per-uid", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_processes_per_uid),
+	  1, 4096, NULL, "most processes one user runs at once (admins: no share)" },
+	{ "admin-processes", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(admin_processes), 0, 4096,
+	  NULL, "the last N of --max-processes are kept for admins" },
+	{ "max-kept-processes", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_kept_processes),
+	  1, 4096, NULL, "finished processes kept per user for join; past it that user's "
+	  "oldest go, joined ones first" },
 	{ "process-grace", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(process_grace_ms), 0, DAY_MS,
 	  NULL, "terminate_process sends SIGTERM, then SIGKILL after MS" },
 	{ "drain-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(drain_timeout_ms),

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -34,9 +35,11 @@ struct proc {
 	char *name;
 	char *fn;
 	uid_t owner;
-	struct conn *conn;         /* the client it dies with; NULL for daemons */
+	bool admin;                /* its owner was an admin: outside the shares */
+	struct conn *conn;         /* the client a daemon process dies with; else NULL */
 	bool daemon;
 	bool exited;
+	bool joined;               /* its outcome went to a join */
 	int exitcode;              /* Python's: status, or -signal */
 	uint8_t *error;            /* raw error object, when it failed */
 	size_t error_len;
@@ -52,6 +55,8 @@ struct proc {
 static TAILQ_HEAD(, proc) procs = TAILQ_HEAD_INITIALIZER(procs);
 static struct event_base *base;
 static uint64_t next_id = 1;
+static uint64_t limit_hits;        /* spawns refused by a share or --max-processes */
+static uint64_t dropped_unjoined;  /* outcomes forgotten before any join */
 
 static void proc_frame(void *ctx, const uint8_t *frame, size_t len);
 static void proc_closed(void *ctx, int err);
@@ -127,26 +132,80 @@ unsigned proc_running(bool nondaemon_only)
 	return n;
 }
 
-/* Finished daemon processes are kept for a later join, but not without
- * bound: the oldest go first past --max-processes records. */
-static void forget_old(void)
+/* Finished processes are kept for a later join, but not without bound:
+ * each user keeps at most --max-kept-processes, and only that user's own
+ * processes ever push one out, so another user's spawns can never cost you
+ * a result you have not joined yet.  The oldest go first, those already
+ * joined before those nobody has seen. */
+static void trim_kept(uid_t owner)
 {
-	unsigned finished = 0;
-	struct proc *p, *tmp;
+	struct proc *p, *victim;
+	unsigned kept;
 
-	TAILQ_FOREACH(p, &procs, link)
-		finished += p->exited;
-	TAILQ_FOREACH_SAFE(p, &procs, link, tmp) {
-		if (finished <= cfg.max_processes)
-			break;
-		if (p->exited && !p->joins) {
-			proc_destroy(p);
-			finished--;
+	for (;;) {
+		struct proc *old_joined = NULL, *old_unjoined = NULL;
+
+		kept = 0;
+		TAILQ_FOREACH(p, &procs, link) {
+			if (p->owner != owner || !p->exited)
+				continue;
+			kept++;
+			if (p->joins)
+				continue;
+			if (p->joined && !old_joined)
+				old_joined = p;
+			if (!p->joined && !old_unjoined)
+				old_unjoined = p;
 		}
+		victim = old_joined ? old_joined : old_unjoined;
+		if (kept <= cfg.max_kept_processes || !victim)
+			return;
+		if (!victim->joined) {
+			dropped_unjoined++;
+			log_warn("process %llu (%s) of uid %u: forgotten before anyone joined it; "
+				 "a user keeps at most %u finished processes (--max-kept-processes)",
+				 (unsigned long long)victim->id, victim->name, (unsigned)owner,
+				 cfg.max_kept_processes);
+		}
+		proc_destroy(victim);
 	}
 }
 
-int proc_spawn(struct conn *conn, uid_t owner, const struct proc_spec *spec, struct proc **ret)
+/* 0 when owner may start one more process now; else -EUSERS with the
+ * limit that refuses it in why. */
+static int may_spawn(uid_t owner, bool admin, char *why, size_t size)
+{
+	unsigned running = 0, others = 0, mine = 0;
+	/* Users keep at least one slot, whatever --admin-processes says. */
+	unsigned shared = cfg.admin_processes < cfg.max_processes ?
+			  cfg.max_processes - cfg.admin_processes : 1;
+	struct proc *p;
+
+	TAILQ_FOREACH(p, &procs, link) {
+		if (p->exited)
+			continue;
+		running++;
+		others += !p->admin;
+		mine += p->owner == owner;
+	}
+	if (running >= cfg.max_processes) {
+		snprintf(why, size, "%u processes are running (--max-processes)", running);
+	} else if (!admin && others >= shared) {
+		snprintf(why, size, "%u processes of users are running; the other %u of "
+			 "--max-processes %u are kept for admins (--admin-processes)",
+			 others, cfg.max_processes - shared, cfg.max_processes);
+	} else if (!admin && mine >= cfg.max_processes_per_uid) {
+		snprintf(why, size, "uid %u runs %u processes, its share "
+			 "(--max-processes-per-uid)", (unsigned)owner, mine);
+	} else {
+		return 0;
+	}
+	limit_hits++;
+	return -EUSERS;
+}
+
+int proc_spawn(struct conn *conn, uid_t owner, bool admin, const struct proc_spec *spec,
+	       char *why, size_t why_size, struct proc **ret)
 {
 	struct mp_frame_limits lim = {
 		.max_frame = cfg.max_frame + CONFIG_WORKER_FRAME_SLACK,
@@ -156,8 +215,9 @@ int proc_spawn(struct conn *conn, uid_t owner, const struct proc_spec *spec, str
 	struct proc *p;
 	int fd, r;
 
-	if (proc_running(false) >= cfg.max_processes)
-		return -EAGAIN;
+	r = may_spawn(owner, admin, why, why_size);
+	if (r < 0)
+		return r;
 	p = xcalloc(1, sizeof(*p));
 	p->fn = xstrndup(spec->fn, spec->fn_len);
 	p->name = spec->name ? xstrndup(spec->name, spec->name_len) : NULL;
@@ -166,6 +226,15 @@ int proc_spawn(struct conn *conn, uid_t owner, const struct proc_spec *spec, str
 	once.arg_len = spec->arg_len;
 	r = fork_child(worker_once_entry, &once, &p->pid, &fd);
 	if (r < 0) {
+		/* EAGAIN is the kernel's limit (RLIMIT_NPROC of mpoold's user,
+		 * or the system's pid or thread limit), not one of ours: say so,
+		 * or an operator hunts for processes that do not exist. */
+		if (r == -EAGAIN)
+			snprintf(why, why_size, "cannot fork a process: %s (mpoold's user is at its "
+				 "RLIMIT_NPROC, or the system at its process limit); %u supervised "
+				 "processes are running", strerror(-r), proc_running(false));
+		else
+			snprintf(why, why_size, "cannot fork a process: %s", strerror(-r));
 		free(p->fn);
 		free(p->name);
 		free(p);
@@ -179,8 +248,9 @@ int proc_spawn(struct conn *conn, uid_t owner, const struct proc_spec *spec, str
 		p->name = xstrndup(n, strlen(n));
 	}
 	p->owner = owner;
+	p->admin = admin;
 	p->daemon = spec->daemon;
-	p->conn = spec->daemon ? NULL : conn;
+	p->conn = spec->daemon ? conn : NULL;
 	p->started_ms = now_ms();
 	p->ch = chan_new(base, fd, &lim, &proc_ops, p);
 	TAILQ_INSERT_TAIL(&procs, p, link);
@@ -290,6 +360,7 @@ static void join_answer(struct join *j)
 	for (pp = &j->p->joins; *pp != j; pp = &(*pp)->next)
 		;
 	*pp = j->next;
+	j->p->joined |= j->p->exited;
 	conn_reply(j->conn, j->msgid, pack_proc_cb, j->p);
 	conn_forget_msgid(j->conn, j->msgid);
 	join_free(j);
@@ -307,6 +378,7 @@ void proc_join(struct proc *p, struct conn *conn, uint64_t msgid, uint32_t timeo
 	struct join *j;
 
 	if (p->exited) {
+		p->joined = true;
 		conn_reply(conn, msgid, pack_proc_cb, p);
 		return;
 	}
@@ -385,11 +457,10 @@ bool proc_reaped(pid_t pid, int status)
 		 p->name, (int)pid, p->exitcode);
 	while (p->joins)
 		join_answer(p->joins);
-	if (!p->daemon && !p->conn) {
+	if (p->daemon && !p->conn)
 		proc_destroy(p);        /* its client is gone: nobody will ask */
-	} else {
-		forget_old();
-	}
+	else
+		trim_kept(p->owner);
 	master_progress();
 	return true;
 }
@@ -411,13 +482,15 @@ void proc_conn_gone(struct conn *conn)
 				pp = &j->next;
 			}
 		}
+		/* Only daemon processes belong to a connection: a non-daemon
+		 * one runs on, and its owner joins it from any connection. */
 		if (p->conn != conn)
 			continue;
 		p->conn = NULL;
 		if (p->exited) {
 			proc_destroy(p);
 		} else {
-			log_info("process %llu (pid %d): its client left; terminating it",
+			log_info("daemon process %llu (pid %d): its client left; terminating it",
 				 (unsigned long long)p->id, (int)p->pid);
 			proc_stop(p, false);
 		}
@@ -431,4 +504,32 @@ void proc_kill_all(void)
 	TAILQ_FOREACH(p, &procs, link)
 		if (!p->exited && p->pid)
 			kill(p->pid, SIGKILL);
+}
+
+void proc_pack_limits(msgpack_packer *pk)
+{
+	unsigned running = 0, kept = 0;
+	struct proc *p;
+
+	TAILQ_FOREACH(p, &procs, link) {
+		running += !p->exited;
+		kept += p->exited;
+	}
+	msgpack_pack_map(pk, 8);
+	mp_pack_cstr(pk, "max_processes");
+	msgpack_pack_uint32(pk, cfg.max_processes);
+	mp_pack_cstr(pk, "max_processes_per_uid");
+	msgpack_pack_uint32(pk, cfg.max_processes_per_uid);
+	mp_pack_cstr(pk, "admin_processes");
+	msgpack_pack_uint32(pk, cfg.admin_processes);
+	mp_pack_cstr(pk, "max_kept_processes");
+	msgpack_pack_uint32(pk, cfg.max_kept_processes);
+	mp_pack_cstr(pk, "running");
+	msgpack_pack_uint32(pk, running);
+	mp_pack_cstr(pk, "kept");
+	msgpack_pack_uint32(pk, kept);
+	mp_pack_cstr(pk, "limit_hits");
+	msgpack_pack_uint64(pk, limit_hits);
+	mp_pack_cstr(pk, "dropped_unjoined");
+	msgpack_pack_uint64(pk, dropped_unjoined);
 }

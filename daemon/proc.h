@@ -2,7 +2,10 @@
  * served by mpoold.  Each runs one MODULE.FUNCTION(arg) in a process of its
  * own, forked from the master's prefork image (modules already loaded),
  * outside the pool's worker count.  Clients start, join, poll, terminate
- * and kill them by id. */
+ * and kill them by id.  As in Python, a daemon process is a helper of its
+ * client: it is terminated when that client's connection closes.  A
+ * non-daemon process runs to completion whatever its client does, and its
+ * outcome is kept for its owner's join (per-user shares bound both). */
 #ifndef PROC_H
 #define PROC_H
 
@@ -26,12 +29,16 @@ struct proc_spec {
 	size_t arg_len;
 	const char *name;         /* not NUL-terminated; may be NULL */
 	uint32_t name_len;
-	bool daemon;              /* outlives its client; result kept for a later join */
+	bool daemon;              /* dies with conn (Python's daemon=True) */
 };
 
-/* Starts a process for conn's client.  0 with *ret, or -EAGAIN past
- * --max-processes, or -errno when fork failed. */
-int proc_spawn(struct conn *conn, uid_t owner, const struct proc_spec *spec, struct proc **ret);
+/* Starts a process for conn's client, of uid owner (admin: exempt from the
+ * per-user share and may use the slots kept for admins).  0 with *ret;
+ * -EUSERS when --max-processes or a share refuses it; -errno when fork
+ * failed (-EAGAIN: the kernel's process limits).  On failure why holds a
+ * sentence for the client. */
+int proc_spawn(struct conn *conn, uid_t owner, bool admin, const struct proc_spec *spec,
+	       char *why, size_t why_size, struct proc **ret);
 struct proc *proc_find(uint64_t id);
 uint64_t proc_id(const struct proc *p);
 pid_t proc_pid(const struct proc *p);
@@ -46,11 +53,11 @@ void proc_stop(struct proc *p, bool kill);
 /* A child that is no pool worker exited: false when it was none of ours
  * either. */
 bool proc_reaped(pid_t pid, int status);
-/* The client is gone: its joins are dropped and its non-daemon processes
+/* The client is gone: its joins are dropped and its daemon processes
  * terminated and forgotten. */
 void proc_conn_gone(struct conn *conn);
-/* Processes still running; only those that die with their client when
- * nondaemon_only. */
+/* Processes still running; only non-daemon ones (those a drain waits for,
+ * as Python's parent joins them at exit) when nondaemon_only. */
 unsigned proc_running(bool nondaemon_only);
 void proc_kill_all(void);
 
@@ -59,5 +66,8 @@ void proc_kill_all(void);
  * without outcomes (status, processes: anyone may list). */
 void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome);
 void proc_pack_all(msgpack_packer *pk);
+/* status's process_limits map: the limits, what is running and kept, and
+ * how often a spawn was refused or an unjoined outcome forgotten. */
+void proc_pack_limits(msgpack_packer *pk);
 
 #endif

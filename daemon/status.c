@@ -19,7 +19,7 @@ static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 
 void status_pack(msgpack_packer *pk)
 {
-	msgpack_pack_map(pk, 10);
+	msgpack_pack_map(pk, 11);
 	mp_pack_cstr(pk, "version");
 	mp_pack_cstr(pk, MPOOL_VERSION);
 	kv_u64(pk, "protocol", MP_PROTO_VERSION);
@@ -33,6 +33,8 @@ void status_pack(msgpack_packer *pk)
 	disp_pack_jobs(pk);
 	mp_pack_cstr(pk, "processes");
 	proc_pack_all(pk);
+	mp_pack_cstr(pk, "process_limits");
+	proc_pack_limits(pk);
 	mp_pack_cstr(pk, "fork_server");
 	zygote_pack_status(pk);
 	mp_pack_cstr(pk, "totals");

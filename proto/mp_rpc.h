@@ -13,7 +13,7 @@
 
 #include "mp_scan.h"
 
-#define MP_PROTO_VERSION 1
+#define MP_PROTO_VERSION 2
 
 /* An item, argument or result sits three containers deep in its message
  * (envelope, params, items or results array), so it may nest this much. */

@@ -1101,7 +1101,7 @@ START_TEST(status_fields)
 
 	fx_start(&fx, NULL);
 	fx_status(&fx, &st);
-	REQUIREF(st.protocol == 1, "protocol %lld", (long long)st.protocol);
+	REQUIREF(st.protocol == 2, "protocol %lld", (long long)st.protocol);
 	REQUIREF(st.pid == fx.pid, "status pid %d, mpoold is %d", (int)st.pid, (int)fx.pid);
 	REQUIREF(strcmp(st.state, "running") == 0, "state '%s'", st.state);
 	REQUIREF(st.version[0], "empty version");

@@ -349,7 +349,7 @@ START_TEST(truncated_frames_then_close)
 	fx_pack_str(&pk, "feed");
 	pack_json(&pk, "[4, [2, 3], true]");
 	ADD();
-	pack_req(&pk, 5, "spawn", "[\"builtin.echo\", {\"a\": [1, 2.5, null]}, {\"name\": \"p\"}]");
+	pack_req(&pk, 5, "spawn", "[\"builtin.echo\", {\"a\": [1, 2.5, null]}, {\"protocol\": 2, \"name\": \"p\"}]");
 	ADD();
 	/* A str32 of 1 MiB, its header and some of its bytes. */
 	fx_req_head(&pk, 6, "apply");
@@ -840,17 +840,17 @@ static const struct bad_params bad_params[] = {
 	{ "cancel_request", "[1, null]" },
 	{ "spawn", "[]" }, { "spawn", "[\"builtin.echo\"]" }, { "spawn", "[7, 1]" },
 	{ "spawn", "null" },
-	{ "spawn", "[\"builtin.echo\", 1, {\"daemon\": 1}]" },
-	{ "spawn", "[\"builtin.echo\", 1, {\"daemon\": null}]" },
-	{ "spawn", "[\"builtin.echo\", 1, {\"name\": \"\"}]" },
-	{ "spawn", "[\"builtin.echo\", 1, {\"name\": "
+	{ "spawn", "[\"builtin.echo\", 1, {\"protocol\": 2, \"daemon\": 1}]" },
+	{ "spawn", "[\"builtin.echo\", 1, {\"protocol\": 2, \"daemon\": null}]" },
+	{ "spawn", "[\"builtin.echo\", 1, {\"protocol\": 2, \"name\": \"\"}]" },
+	{ "spawn", "[\"builtin.echo\", 1, {\"protocol\": 2, \"name\": "
 		   "\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}]" },
-	{ "spawn", "[\"builtin.echo\", 1, {\"name\": \"a\\nb\"}]" },
-	{ "spawn", "[\"builtin.echo\", 1, {\"name\": \"del\\u007f\"}]" },
-	{ "spawn", "[\"builtin.echo\", 1, {\"name\": 7}]" },
-	{ "spawn", "[\"builtin.echo\", 1, {\"x\": 1}]" },
+	{ "spawn", "[\"builtin.echo\", 1, {\"protocol\": 2, \"name\": \"a\\nb\"}]" },
+	{ "spawn", "[\"builtin.echo\", 1, {\"protocol\": 2, \"name\": \"del\\u007f\"}]" },
+	{ "spawn", "[\"builtin.echo\", 1, {\"protocol\": 2, \"name\": 7}]" },
+	{ "spawn", "[\"builtin.echo\", 1, {\"protocol\": 2, \"x\": 1}]" },
 	{ "spawn", "[\"builtin.echo\", 1, []]" },
-	{ "spawn", "[\"builtin.echo\", 1, {}, 4]" },
+	{ "spawn", "[\"builtin.echo\", 1, {\"protocol\": 2}, 4]" },
 	{ "join", "[]" }, { "join", "[\"1\"]" }, { "join", "[-1]" }, { "join", "null" },
 	{ "join", "[1, {\"timeout_ms\": \"x\"}]" }, { "join", "[1, {\"timeout_ms\": 86400001}]" },
 	{ "join", "[1, {\"timeout_ms\": -1}]" }, { "join", "[1, {\"x\": 1}]" }, { "join", "[1, []]" },
@@ -1121,7 +1121,7 @@ START_TEST(msgid_reuse_against_every_method)
 {
 	static const struct bad_params reuses[] = {
 		{ "map", "[\"builtin.square\", [1, 2]]" }, { "apply", "[\"builtin.square\", 2]" },
-		{ "cancel_request", "[999]" }, { "spawn", "[\"builtin.echo\", 1]" },
+		{ "cancel_request", "[999]" }, { "spawn", "[\"builtin.echo\", 1, {\"protocol\": 2}]" },
 		{ "join", "[1]" }, { "is_alive", "[1]" }, { "terminate_process", "[1]" },
 		{ "kill_process", "[1]" }, { "processes", "[]" }, { "kill_worker", "[1]" },
 		{ "cancel", "[1]" }, { "status", "[]" }, { "ping", "[]" },
@@ -1211,7 +1211,7 @@ START_TEST(msgid_reuse_against_every_method)
 	read_map(&r, 6, 4, identity_sq, "the stream after reuses of its msgid");
 
 	/* A join holds its msgid while it waits. */
-	pack_req(&pk, 7, "spawn", "[\"builtin.sleep\", 400]");
+	pack_req(&pk, 7, "spawn", "[\"builtin.sleep\", 400, {\"protocol\": 2}]");
 	send_sb(&r, &sb);
 	{
 		const msgpack_object *err, *res;
@@ -1376,12 +1376,14 @@ START_TEST(function_names_that_are_not_utf8)
 			char what[96];
 
 			fx_req_head(&pk, id, methods[k]);
-			msgpack_pack_array(&pk, 2);
+			msgpack_pack_array(&pk, k == 2 ? 3 : 2);
 			pack_raw_str(&pk, bytes, len);
 			if (k == 1)
 				pack_json(&pk, "[1, 2, 3]");
 			else
 				msgpack_pack_int64(&pk, 3);
+			if (k == 2)
+				pack_json(&pk, "{\"protocol\": 2}");
 			send_sb(&r, &sb);
 			snprintf(what, sizeof(what), "%s of function name %zu (%zu bytes)", methods[k], i, len);
 			expect_error(&r, id, MPOOL_E_NOFUNC, what);
@@ -1740,9 +1742,10 @@ START_TEST(every_limit_is_counted)
 
 	/* A spawn's argument is held to the same depth as an apply's. */
 	fx_req_head(&pk, 2, "spawn");
-	msgpack_pack_array(&pk, 2);
+	msgpack_pack_array(&pk, 3);
 	fx_pack_str(&pk, "builtin.echo");
 	pack_deep(&pk, 30);
+	pack_json(&pk, "{\"protocol\": 2}");
 	send_sb(&r, &sb);
 	expect_error(&r, 2, MPOOL_E_LIMIT, "a spawn argument 30 deep");
 	REQUIREF(limit_hits(&fx, "depth") == depth0 + 2,
@@ -1832,7 +1835,7 @@ START_TEST(joins_count_against_max_jobs)
 	bg_start(&fx, &bg);
 	fx_raw_open(&fx, &r);
 	fx_sbuf_init(&sb, &pk);
-	pack_req(&pk, 1, "spawn", "[\"builtin.sleep\", 60000]");
+	pack_req(&pk, 1, "spawn", "[\"builtin.sleep\", 60000, {\"protocol\": 2}]");
 	send_sb(&r, &sb);
 	fx_raw_response(&r, 1, &err, &res, FX_WAIT_MS);
 	REQUIREF(err->type == MSGPACK_OBJECT_NIL, "spawn failed");

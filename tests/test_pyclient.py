@@ -28,6 +28,7 @@ WORKERS = 2
 BAD_REQUEST, NO_METHOD, NO_FUNCTION, TASK_ERROR, TYPE_ERROR = 1, 2, 3, 4, 5
 WORKER_DIED, TERMINATED, SHUTTING_DOWN, LIMIT, TIMEOUT = 6, 7, 8, 9, 10
 INTERNAL, BAD_RESULT = 11, 12
+NOT_FOUND = 16
 
 REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 
@@ -808,7 +809,7 @@ class StatusTest(DaemonTestCase):
         for key in ("version", "protocol", "pid", "state", "uptime_ms", "workers", "totals"):
             self.assertIn(key, st)
         self.assertIsInstance(st["version"], str)
-        self.assertEqual(st["protocol"], 1)
+        self.assertEqual(st["protocol"], 2)
         self.assertEqual(st["pid"], self.proc.pid)
         self.assertEqual(st["state"], "running")
         self.assertIsInstance(st["uptime_ms"], int)
@@ -876,6 +877,108 @@ class StatusTest(DaemonTestCase):
             self.assertIsInstance(busy[0]["job"], int)
             self.assertGreaterEqual(st["totals"]["jobs_active"], 1)
         self.assertEqual(self.client.wait_response(msgid), [RESPONSE, msgid, None, 1500])
+
+
+class ProcessTest(DaemonTestCase):
+    """Supervised processes (PROTOCOL.md "Supervised processes"), protocol 2:
+    spawn says its protocol, and daemon has Python's meaning."""
+
+    def spawn(self, client, fn, arg, **options):
+        options.setdefault("protocol", 2)
+        error, result = client.call("spawn", [fn, arg, options])
+        self.assertIsNone(error, error)
+        self.assertIsInstance(result["id"], int)
+        self.assertIsInstance(result["pid"], int)
+        return result["id"]
+
+    def listed(self, pid_id):
+        error, procs = self.client.call("processes", [])
+        self.assertIsNone(error)
+        return [p for p in procs if p["id"] == pid_id]
+
+    def test_spawn_without_protocol_is_refused(self):
+        # A client of protocol 1 would mean the opposite by "daemon".
+        before = len(self.client.call("processes", [])[1])
+        for params in (["builtin.sleep", 30000],
+                       ["builtin.sleep", 30000, {"daemon": True}],
+                       ["builtin.sleep", 30000, {"protocol": 1, "daemon": False}]):
+            with self.subTest(params=params):
+                error, result = self.client.call("spawn", params)
+                self.assertError(error, result, BAD_REQUEST)
+                self.assertIn("protocol", error["message"])
+        error, procs = self.client.call("processes", [])
+        self.assertEqual(len(procs), before, "a refused spawn ran")
+
+    def test_nondaemon_outlives_its_client(self):
+        with Client(self.socket_path) as c:
+            pid_id = self.spawn(c, "builtin.sleep", 300)
+        # the client is gone; the process runs to completion and its
+        # result waits for a join (timeout_ms 0: wait as long as it runs)
+        error, info = self.client.call("join", [pid_id, {"timeout_ms": 0}])
+        self.assertIsNone(error, error)
+        self.assertEqual(info["state"], "exited")
+        self.assertEqual(info["exitcode"], 0)
+        self.assertEqual(info["result"], 300)
+        self.assertIs(info["daemon"], False)
+        # and again: the outcome is kept
+        error, info = self.client.call("join", [pid_id])
+        self.assertEqual(info["result"], 300)
+
+    def test_daemon_dies_with_its_client(self):
+        with Client(self.socket_path) as c:
+            pid_id = self.spawn(c, "builtin.sleep", 30000, daemon=True)
+            error, alive = c.call("is_alive", [pid_id])
+            self.assertIs(alive, True)
+        deadline = time.monotonic() + 10.0
+        while self.listed(pid_id):
+            self.assertLess(time.monotonic(), deadline, "the daemon process outlived its client")
+            time.sleep(0.02)  # polling interval, not synchronisation
+        error, result = self.client.call("join", [pid_id])
+        self.assertError(error, result, NOT_FOUND)
+
+    def test_join_timeout_range(self):
+        pid_id = self.spawn(self.client, "builtin.sleep", 2000)
+        error, info = self.client.call("join", [pid_id, {"timeout_ms": 50}])
+        self.assertIsNone(error)
+        self.assertEqual(info["state"], "running")
+        self.assertIsNone(info["exitcode"])
+        for bad in (86400001, -1, "5"):
+            with self.subTest(timeout_ms=bad):
+                self.assertError(*self.client.call("join", [pid_id, {"timeout_ms": bad}]),
+                                 BAD_REQUEST)
+        self.assertOk(*self.client.call("kill_process", [pid_id]), True)
+        error, info = self.client.call("join", [pid_id, {"timeout_ms": 86400000}])
+        self.assertEqual(info["exitcode"], -9)
+
+    def test_names(self):
+        # 64 characters, not bytes; printable UTF-8 only
+        pid_id = self.spawn(self.client, "builtin.echo", 1, name="é" * 64)
+        self.assertEqual(self.listed(pid_id)[0]["name"], "é" * 64)
+        for bad in ("é" * 65, "", "a\u009bb", "a\nb", "a\u202eb", Raw(b"\xa3\xc2\xa0\xff")):
+            with self.subTest(name=bad):
+                error, result = self.client.call(
+                    "spawn", ["builtin.echo", 1, {"protocol": 2, "name": bad}])
+                self.assertError(error, result, BAD_REQUEST)
+
+    def test_spawn_errors(self):
+        self.assertError(*self.client.call("spawn", ["builtin.nosuch", 1, {"protocol": 2}]),
+                         NO_FUNCTION)
+        deep = 1
+        for _ in range(30):
+            deep = [deep]
+        self.assertError(*self.client.call("spawn", ["builtin.echo", deep, {"protocol": 2}]),
+                         LIMIT)
+        self.assertError(*self.client.call("spawn", ["builtin.echo", 1, {"protocol": 2,
+                                                                        "nosuch": 1}]),
+                         BAD_REQUEST)
+
+    def test_status_process_limits(self):
+        error, st = self.client.call("status", [])
+        lim = st["process_limits"]
+        for key in ("max_processes", "max_processes_per_uid", "admin_processes",
+                    "max_kept_processes", "running", "kept", "limit_hits",
+                    "dropped_unjoined"):
+            self.assertIsInstance(lim.get(key), int, key)
 
 
 class PipelineTest(DaemonTestCase):

@@ -480,16 +480,24 @@ void mpool_iter_free(mpool_iter *it);
  * count, and supervises it: the client joins it, polls it, terminates or
  * kills it (proto/PROTOCOL.md, "Supervised processes").
  *
- * - A process started without opts->daemon belongs to the connection that
- *   spawned it: mpoold terminates it when that connection closes (SIGTERM,
- *   SIGKILL after mpoold's --process-grace).  With daemon set it outlives
- *   the connection, and its outcome is kept for a later join by the same
- *   user from any connection (mpool_process_attach): the most recent
- *   --max-processes finished ones.
+ * - opts->daemon has Python's meaning (protocol 2; mpoold 0.4 had it the
+ *   other way round and refuses this library's spawn with -MPOOL_E_BADREQ,
+ *   as mpoold 0.5 refuses an older library's, saying what changed).  A
+ *   daemon process belongs to the connection that spawned it: mpoold
+ *   terminates it when that connection closes (SIGTERM, SIGKILL after
+ *   mpoold's --process-grace).  A process that is not a
+ *   daemon (the default) runs to completion whatever happens to its
+ *   client, and its outcome is kept for a join by the same user from any
+ *   connection (mpool_process_attach): that user's last
+ *   --max-kept-processes (16) finished ones.
+ * - As in Python, waiting for non-daemon processes before the program
+ *   exits is the caller's job: join them before mpool_close() if it
+ *   matters that they finished.
  * - The process's owner (same uid) and mpoold's admins may join, poll,
  *   terminate and kill it; others get -MPOOL_E_PERM.  At most
- *   --max-processes (16 by default) run at once; past it mpool_spawn fails
- *   with -MPOOL_E_LIMIT.
+ *   --max-processes (16 by default) run at once, and a user who is not an
+ *   admin at most --max-processes-per-uid (8) of them; past either,
+ *   mpool_spawn fails with -MPOOL_E_LIMIT.
  * - A drain waits for non-daemon processes (within --drain-timeout);
  *   terminate kills every process; reload leaves them running.
  *
@@ -506,9 +514,10 @@ struct mpool_process;
 
 struct mpool_spawn_opts {
 	size_t size;          /* sizeof(struct mpool_spawn_opts): MPOOL_SPAWN_OPTS() */
-	int daemon;           /* non-zero: outlives the connection (see above) */
-	const char *name;     /* NULL: "Process-ID"; else 1 to 64 bytes, no
-			       * control characters */
+	int daemon;           /* non-zero: dies with the connection (see above) */
+	const char *name;     /* NULL: "Process-ID"; else 1 to 64 characters of
+			       * UTF-8, no control, separator or bidirectional
+			       * formatting character */
 };
 /* A struct mpool_spawn_opts with its size set (as MPOOL_APPLY_OPTS). */
 #define MPOOL_SPAWN_OPTS(...) { .size = sizeof(struct mpool_spawn_opts), __VA_ARGS__ }
@@ -517,17 +526,20 @@ struct mpool_spawn_opts {
  * MessagePack value) in a supervised process, like Process(target=fn,
  * args=...).start().  opts may be NULL.  Returns once mpoold has forked it,
  * with its handle.  Errors: -MPOOL_E_NOFUNC, -MPOOL_E_LIMIT
- * (--max-processes running), -MPOOL_E_SHUTDOWN (draining), -MPOOL_E_INTERNAL
- * (fork failed), -MPOOL_E_INVAL (bad argument or name). */
+ * (--max-processes or the user's share running, or the system refused the
+ * fork: the message says which), -MPOOL_E_SHUTDOWN (draining),
+ * -MPOOL_E_INTERNAL (fork failed), -MPOOL_E_INVAL (bad argument or name),
+ * -MPOOL_E_BADREQ (an mpoold of protocol 1, which would read the daemon
+ * flag the other way round). */
 int mpool_spawn(mpool *p, const char *fn, const void *arg, size_t arg_len,
 		const struct mpool_spawn_opts *opts, struct mpool_process **ret);
 
 /* A handle to the existing process id (mpool_process_id(), the "id" of
- * mpool_processes() or mpctl ps), on p: for instance a daemon process
+ * mpool_processes() or mpctl ps), on p: for instance a non-daemon process
  * started by an earlier connection.  The handle starts with the process's
  * current state.  -MPOOL_E_NOTFOUND for an unknown id (or a finished one
  * mpoold no longer keeps), -MPOOL_E_PERM for another user's process.
- * Attaching takes nothing over: a non-daemon process still dies with the
+ * Attaching takes nothing over: a daemon process still dies with the
  * connection that spawned it. */
 int mpool_process_attach(mpool *p, uint64_t id, struct mpool_process **ret);
 
@@ -583,7 +595,7 @@ uint64_t mpool_process_id(const struct mpool_process *proc);
 const char *mpool_process_name(const struct mpool_process *proc);
 
 /* Frees the handle (NULL is fine).  The process goes on: it ends with its
- * function, with the connection that spawned it (non-daemon), or when
+ * function, with the connection that spawned it (daemon), or when
  * terminated. */
 void mpool_process_free(struct mpool_process *proc);
 
