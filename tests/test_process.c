@@ -720,7 +720,7 @@ static int spawn_and_wait(void *arg)
 	uint64_t id;
 	mpool *c;
 
-	if (mpool_connect(k->fx->sock, &c) < 0)
+	if (mpool_connect(k->fx->sock, &c, NULL, 0) < 0)
 		return 11;
 	fx_arg_int(&sb, 1500);
 	if (mpool_spawn(c, "builtin.sleep", sb.data, sb.size, NULL, &proc) < 0)
@@ -1095,7 +1095,7 @@ START_TEST(names_are_printable_characters)
 	/* libmpool counts the same way, and refuses the same early. */
 	fx_arg_int(&sb, 2);
 	r = mpool_spawn(fx.c, "builtin.square", sb.data, sb.size,
-			&(struct mpool_spawn_opts){ .name = e64 }, &proc);
+			&(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.name = e64), &proc);
 	REQUIREF(r == 0, "libmpool: a name of 64 characters: %s: %s", mpool_strerror(-r),
 		 mpool_errmsg(fx.c));
 	join_expect(fx.c, proc, 0);
@@ -1104,7 +1104,7 @@ START_TEST(names_are_printable_characters)
 	for (unsigned i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		proc = NULL;
 		r = mpool_spawn(fx.c, "builtin.square", sb.data, sb.size,
-				&(struct mpool_spawn_opts){ .name = bad[i].name }, &proc);
+				&(struct mpool_spawn_opts)MPOOL_SPAWN_OPTS(.name = bad[i].name), &proc);
 		REQUIREF(r == -MPOOL_E_INVAL && !proc, "libmpool: a name with %s: %d", bad[i].what,
 			 r);
 	}
@@ -1373,7 +1373,7 @@ static int share_client(void *arg)
 
 	if (become(o->uid) < 0)
 		return 10;
-	if (mpool_connect(o->fx->sock, &c) < 0)
+	if (mpool_connect(o->fx->sock, &c, NULL, 0) < 0)
 		return 11;
 	fx_sbuf_init(&sb, &pk);
 	msgpack_pack_nil(&pk);
@@ -1504,7 +1504,7 @@ static int kept_client(void *arg)
 
 	if (become(NOBODY) < 0)
 		return 10;
-	if (mpool_connect(k->fx->sock, &c) < 0)
+	if (mpool_connect(k->fx->sock, &c, NULL, 0) < 0)
 		return 11;
 	if (k->mode == 0) {
 		fx_arg_int(&sb, 3);
