@@ -28,7 +28,6 @@ struct config cfg = {
 	.stream_window_bytes = 16u << 20,
 	.max_processes = 16,
 	.process_grace_ms = 3000,
-	.worker_stack_kib = CONFIG_STACK_UNSET,
 };
 
 struct module_spec *config_module_add(void)

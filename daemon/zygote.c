@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <limits.h>
-#include <link.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -32,12 +31,6 @@ static int z_fd = -1;
  * binary, a module that does not load): workers fork from the master until
  * the next reload. */
 static bool z_broken;
-/* It did not start through the dynamic loader: start it directly, until the
- * next reload. */
-static bool z_no_loader;
-/* The running zygote's: started through the loader; its hello's stack_kib. */
-static bool z_via_loader;
-static uint32_t z_stack_kib;
 
 static struct event_base *z_base;
 static zygote_forked_fn *z_forked;
@@ -78,35 +71,6 @@ static int find_binary(char *buf, size_t size)
 	snprintf(buf, size, "%s", MPOOL_ZYGOTE_PATH);
 	return access(buf, X_OK) == 0 ? 0 : -errno;
 }
-
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
-static int main_interp(struct dl_phdr_info *info, size_t size, void *data)
-{
-	(void)size;
-	for (unsigned i = 0; i < info->dlpi_phnum; i++)
-		if (info->dlpi_phdr[i].p_type == PT_INTERP)
-			*(const char **)data = (const char *)(info->dlpi_addr +
-							      info->dlpi_phdr[i].p_vaddr);
-	return 1;           /* the first object is the executable */
-}
-
-/* The dynamic loader mpoold itself was started by, which the zygote, built
- * by the same toolchain, names too; NULL if there is none to use.  Started
- * through it, the zygote's image is mapped beside its libraries (Layout in
- * zygote.h).  glibc's loader from 2.33 on, for --argv0. */
-static const char *loader_path(void)
-{
-	const char *interp = NULL;
-
-	dl_iterate_phdr(main_interp, &interp);
-	return interp && interp[0] == '/' && access(interp, X_OK) == 0 ? interp : NULL;
-}
-#else
-static const char *loader_path(void)
-{
-	return NULL;
-}
-#endif
 
 /* One message, and the descriptor that came with it (-1 if none): 0;
  * -EAGAIN when none is waiting and flags has MSG_DONTWAIT; -ECONNRESET at
@@ -319,7 +283,6 @@ void zygote_stop(void)
 		event_del(z_lost);
 	z_lost_why = NULL;
 	z_broken = false;
-	z_no_loader = false;
 }
 
 /* The zygote died, broke its channel or stopped answering: what it had not
@@ -434,9 +397,8 @@ void zygote_free(void)
 
 int zygote_start(void)
 {
-	char path[PATH_MAX], level[16], frame[32], stack[32];
-	char *argv[9 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION, argv0[] = "--argv0";
-	const char *loader = z_no_loader ? NULL : loader_path();
+	char path[PATH_MAX], level[16], frame[32];
+	char *argv[5 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION;
 	struct zygote_rep rep;
 	unsigned n = 0;
 	int sv[2], fd, r;
@@ -454,17 +416,10 @@ int zygote_start(void)
 	}
 	snprintf(level, sizeof(level), "%d", cfg.log_level);
 	snprintf(frame, sizeof(frame), "%zu", cfg.max_frame);
-	snprintf(stack, sizeof(stack), "%llu", (unsigned long long)cfg.worker_stack_kib);
-	if (loader) {
-		argv[n++] = (char *)loader;
-		argv[n++] = argv0;
-		argv[n++] = path;
-	}
 	argv[n++] = path;
 	argv[n++] = version;
 	argv[n++] = level;
 	argv[n++] = frame;
-	argv[n++] = stack;
 	for (unsigned i = 0; i < cfg.n_modules; i++) {
 		argv[n++] = cfg.modules[i].path;
 		argv[n++] = cfg.modules[i].initargs_json ? cfg.modules[i].initargs_json : "-";
@@ -472,7 +427,7 @@ int zygote_start(void)
 	argv[n] = NULL;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return -errno;
-	r = fork_exec(loader ? loader : path, argv, sv[1], &z_pid);
+	r = fork_exec(path, argv, sv[1], &z_pid);
 	close(sv[1]);
 	if (r < 0) {
 		/* Transient (a process limit, memory): try again next time. */
@@ -494,17 +449,6 @@ int zygote_start(void)
 		if (!z_read || event_add(z_read, NULL) < 0)
 			r = -ENOMEM;
 	}
-	if (r == -ECONNRESET && loader) {
-		/* It exited before saying hello, not a module failing (which
-		 * it reports) or a slow start: the program may still start
-		 * without the loader's help (a loader that cannot run it, a
-		 * policy on what may be exec'd). */
-		log_info("the fork server exited under %s before its hello: starting it directly",
-			 loader);
-		shut();
-		z_no_loader = true;
-		return zygote_start();
-	}
 	if (r < 0) {
 		/* It logged a module that failed; exit status 127 was a failed
 		 * exec. */
@@ -514,11 +458,7 @@ int zygote_start(void)
 		z_broken = true;
 		return r;
 	}
-	z_via_loader = loader != NULL;
-	z_stack_kib = rep.stack_kib;
-	log_debug("fork server %d started%s, workers on %s", (int)z_pid,
-		  loader ? " through the dynamic loader" : "",
-		  rep.stack_kib ? "their own stack" : "the stack they inherit");
+	log_debug("fork server %d started", (int)z_pid);
 	return 0;
 }
 
@@ -573,14 +513,7 @@ void zygote_pack_status(msgpack_packer *pk)
 		msgpack_pack_nil(pk);
 		return;
 	}
-	msgpack_pack_map(pk, 3);
+	msgpack_pack_map(pk, 1);
 	mp_pack_cstr(pk, "pid");
 	msgpack_pack_uint64(pk, (uint64_t)z_pid);
-	mp_pack_cstr(pk, "loader");
-	if (z_via_loader)
-		msgpack_pack_true(pk);
-	else
-		msgpack_pack_false(pk);
-	mp_pack_cstr(pk, "worker_stack_kib");
-	msgpack_pack_uint64(pk, z_stack_kib);
 }

@@ -27,25 +27,7 @@
  * answers in order, so the master keeps its requests in a FIFO and matches
  * each answer to the oldest.  Supervised processes (proc.c) still fork from
  * the master: they run one function with the caller's argument.
- *
- * Layout.  Where the zygote's memory lies costs as much as how much there
- * is.  Each 2 MiB, 1 GiB and 512 GiB span a worker touches has a page table
- * of its own at each level, which fork allocates, the first touch fills and
- * exit frees; in a VM that shadows page tables each of those steps traps.
- * A plain exec spreads a process over three far-apart places: the
- * executable with its brk heap, the libraries, the stack.  So the master
- * starts the zygote through the dynamic loader (the loader then maps the
- * executable beside its libraries), the zygote moves malloc off brk (glibc
- * falls back to mmap, beside the libraries too), and each worker runs on a
- * stack of its own, mapped there once and never touched by the zygote
- * (stackclone.h; --worker-stack 0 turns it off for runtimes that need the
- * stack glibc knows).  A worker then touches one cluster of addresses (fork
- * still copies the tables of the zygote's own stack, which holds argv, the
- * environment and the aux vector, but a worker seldom reads them): on the
- * 2-core VM, recycling every task went from 529 to 707 workers/s and the
- * CPU per recycle from 3.6 to 2.7 ms.  Where the loader cannot be named
- * (not glibc) or the program exits under it, or the stack switch is not
- * built (not x86_64, ASan), the zygote works as before, only slower. */
+ */
 #ifndef ZYGOTE_H
 #define ZYGOTE_H
 
@@ -66,11 +48,9 @@ struct zygote_req {
 struct zygote_rep {
 	int32_t err;              /* 0, or -errno: the fork failed */
 	int32_t pid;              /* the worker, with its fd as SCM_RIGHTS */
-	uint32_t stack_kib;       /* first message only, below */
 };
-/* The zygote's first message: err 0, its pid and the stack its workers run
- * on (KiB; 0: the one they inherit) once the modules are loaded; err
- * -EINVAL when one failed (it logged which). */
+/* The zygote's first message: err 0 and its pid once the modules are
+ * loaded; err -EINVAL when one failed (it logged which). */
 
 /* The answer to a request: err 0 with the worker's pid and the master's
  * end of its channel (CLOEXEC, now the callee's); -ENOTCONN when the fork
@@ -105,8 +85,7 @@ unsigned zygote_pending(void);
 bool zygote_reaped(pid_t pid, int status);
 /* The zygote's pid, 0 when none runs. */
 pid_t zygote_pid(void);
-/* For status: nil when no zygote runs, else its pid, whether it was
- * started through the dynamic loader, and its workers' stack. */
+/* For status: nil when no zygote runs, else a map with its pid. */
 void zygote_pack_status(msgpack_packer *pk);
 
 #endif

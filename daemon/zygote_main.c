@@ -1,7 +1,6 @@
 /* mpool-zygote: mpoold's fork server (zygote.h says why it exists).
  *
- *     mpool-zygote VERSION LOG_LEVEL MAX_FRAME WORKER_STACK_KIB \
- *                  [MODULE_PATH INITARGS_JSON|-]...
+ *     mpool-zygote VERSION LOG_LEVEL MAX_FRAME [MODULE_PATH INITARGS_JSON|-]...
  *
  * started by the master with its end of a SOCK_SEQPACKET pair on
  * descriptor 3.  It loads the modules as the master did, says so, then per
@@ -14,7 +13,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -23,7 +21,6 @@
 #include "config.h"
 #include "log.h"
 #include "modload.h"
-#include "stackclone.h"
 #include "worker.h"
 #include "zygote.h"
 
@@ -70,64 +67,7 @@ static long clone_parent(void)
 	return pid;
 }
 
-/* The workers' stack (zygote.h: Layout), [w_stack, w_stack + w_stack_size);
- * NULL: workers keep the stack they inherit. */
-static char *w_stack;
-static size_t w_stack_size;
-
-/* malloc's memory beside the libraries rather than at the break, which lies
- * up to a gigabyte past whatever the kernel loaded.  A mapping where the
- * break would grow makes brk() fail, and glibc's malloc then takes its
- * memory with mmap (which it does whenever brk fails).  Before the first
- * malloc; if this fails, the heap stays where it was and only costs more. */
-static void heap_off_brk(void)
-{
-	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-	uintptr_t at = ((uintptr_t)sbrk(0) + page - 1) & ~(page - 1);
-	void *m = mmap((void *)at, page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-		       -1, 0);
-
-	if (m != MAP_FAILED && m != (void *)at)
-		munmap(m, page);    /* a kernel that took the address as a hint */
-}
-
-/* Below the workers' stack, mapped PROT_NONE: the kernel keeps as much
- * between a main thread's stack and the next mapping (stack_guard_gap), so
- * that a big frame cannot jump over it into other memory.  One page above
- * it too: nothing may read past the top (an unwinder that missed the end
- * of the stack, say) and find another mapping's bytes there. */
-#define STACK_GUARD (1 << 20)
-
-/* The stack every worker runs on, kib KiB (--worker-stack; by default what
- * a main thread may grow to), between its guards, no huge pages (a
- * worker's first call would clear 2 MiB).  It is mapped once, after the
- * modules, so it lies right below the libraries, and the zygote never
- * touches it: fork copies nothing of it and a worker starts on fresh pages.
- * Unlike an inherited stack it is all charged at once under
- * vm.overcommit_memory=2 (MAP_NORESERVE does not apply there).  If it
- * cannot be mapped, workers keep the stack they inherit. */
-static void worker_stack_init(uint64_t kib)
-{
-	size_t page = (size_t)sysconf(_SC_PAGESIZE), size, all;
-	char *m;
-
-	if (!STACKCLONE_AVAILABLE || kib == 0 || kib > CONFIG_STACK_MAX_KIB)
-		return;
-	size = ((size_t)kib * 1024 + page - 1) & ~(page - 1);
-	all = STACK_GUARD + size + page;
-	m = mmap(NULL, all, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (m == MAP_FAILED)
-		return;
-	if (mprotect(m + STACK_GUARD, size, PROT_READ | PROT_WRITE) < 0) {
-		munmap(m, all);
-		return;
-	}
-	(void)madvise(m + STACK_GUARD, size, MADV_NOHUGEPAGE);   /* EINVAL without THP */
-	w_stack = m + STACK_GUARD;
-	w_stack_size = size;
-}
-
-/* The worker, on its way: in the child, on whichever stack. */
+/* The worker, on its way, in the child. */
 __attribute__((noreturn)) static void worker_start(long fd, long master, long quota)
 {
 	/* ps and top show workers as mpoold's, as when the master forked them. */
@@ -138,17 +78,8 @@ __attribute__((noreturn)) static void worker_start(long fd, long master, long qu
 /* A worker, the master's child: its pid, or -1 with errno. */
 static long spawn(int fd, pid_t master, uint64_t quota)
 {
-	long pid;
+	long pid = clone_parent();
 
-	if (w_stack) {
-		pid = stackclone_parent(w_stack, w_stack_size, worker_start, fd, master, (long)quota);
-		if (pid < 0) {
-			errno = (int)-pid;
-			return -1;
-		}
-		return pid;
-	}
-	pid = clone_parent();
 	if (pid == 0)
 		worker_start(fd, master, (long)quota);
 	return pid;
@@ -182,9 +113,6 @@ int main(int argc, char **argv)
 	sigset_t none;
 	int r;
 
-	heap_off_brk();
-	/* Started through the dynamic loader (zygote.h), we would be named
-	 * after it. */
 	prctl(PR_SET_NAME, ZYGOTE_NAME);
 	/* Once, for every worker to come: defaults everywhere (exec kept the
 	 * master's ignored SIGPIPE and the mask fork.c blocked). */
@@ -203,14 +131,13 @@ int main(int argc, char **argv)
 		log_startup_err("mpool-zygote %s cannot serve mpoold %s", MPOOL_VERSION, argv[1]);
 		_exit(2);
 	}
-	if (argc < 5 || (argc - 5) % 2 != 0 || (argc - 5) / 2 > CONFIG_MAX_MODULES) {
+	if (argc < 4 || (argc - 4) % 2 != 0 || (argc - 4) / 2 > CONFIG_MAX_MODULES) {
 		log_startup_err("mpool-zygote is started by mpoold, not by hand");
 		_exit(2);
 	}
 	cfg.log_level = atoi(argv[2]);
 	cfg.max_frame = strtoull(argv[3], NULL, 10);
-	cfg.worker_stack_kib = strtoull(argv[4], NULL, 10);
-	for (int i = 5; i + 1 < argc; i += 2) {
+	for (int i = 4; i + 1 < argc; i += 2) {
 		struct module_spec *m = config_module_add();
 
 		m->path = strdup(argv[i]);
@@ -223,10 +150,8 @@ int main(int argc, char **argv)
 	log_init(cfg.log_level < LOG_WARNING ? cfg.log_level : LOG_WARNING);
 	r = modload_all();
 	log_init(cfg.log_level);
-	worker_stack_init(cfg.worker_stack_kib);
 	rep.err = r < 0 ? -EINVAL : 0;
 	rep.pid = (int32_t)getpid();
-	rep.stack_kib = w_stack ? (uint32_t)(w_stack_size / 1024) : 0;
 	reply(&rep, -1);
 	if (r < 0)
 		_exit(1);

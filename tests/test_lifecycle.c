@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1058,52 +1057,6 @@ START_TEST(many_workers_start_through_a_full_channel)
 }
 END_TEST
 
-/* key's value in the map o, of type t; the test fails if there is none. */
-static const msgpack_object *map_val(const msgpack_object *o, const char *key,
-				     msgpack_object_type t)
-{
-	const msgpack_object *v = fx_obj_get(o, key);
-
-	REQUIREF(v && v->type == t, "no '%s' of type %d in the map", key, (int)t);
-	return v;
-}
-
-static uint64_t map_u64(const msgpack_object *o, const char *key)
-{
-	return map_val(o, key, MSGPACK_OBJECT_POSITIVE_INTEGER)->via.u64;
-}
-
-static bool map_bool(const msgpack_object *o, const char *key)
-{
-	return map_val(o, key, MSGPACK_OBJECT_BOOLEAN)->via.boolean;
-}
-
-/* As daemon/stackclone.h decides: workers get a stack of their own on
- * x86_64, except under ASan, which also brings its own heap. */
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define LAYOUT_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define LAYOUT_ASAN 1
-#endif
-#if defined(__x86_64__) && !defined(LAYOUT_ASAN)
-#define LAYOUT_OWN_STACK 1
-#else
-#define LAYOUT_OWN_STACK 0
-#endif
-
-/* testmod.layout in a worker: the map, which the caller frees. */
-static mpool_value *layout_of_a_worker(struct fx *fx)
-{
-	mpool_value *v = NULL;
-	int r = ffx_apply_int(fx->c, "testmod.layout", 0, 0, &v);
-
-	REQUIREF(r == 0, "testmod.layout: %d (%s)", r, mpool_errmsg(fx->c));
-	return v;
-}
-
 /* status.fork_server, in a value the caller frees (*v). */
 static const msgpack_object *fork_server_status(struct fx *fx, mpool_value **v)
 {
@@ -1115,206 +1068,6 @@ static const msgpack_object *fork_server_status(struct fx *fx, mpool_value **v)
 	REQUIREF(fs, "the status has no fork_server");
 	return fs;
 }
-
-/* The status's fork server: the zygote, started through the loader, its
- * workers on a stack of want_kib (0: the inherited one). */
-static void expect_fork_server(struct fx *fx, uint64_t want_kib)
-{
-	mpool_value *v = NULL;
-	const msgpack_object *fs = fork_server_status(fx, &v);
-
-	REQUIREF(fs->type == MSGPACK_OBJECT_MAP, "fork_server is of type %d", (int)fs->type);
-	REQUIREF(map_u64(fs, "pid") == (uint64_t)zygote_of(fx->pid),
-		 "fork_server.pid %llu, the zygote is %d", (unsigned long long)map_u64(fs, "pid"),
-		 (int)zygote_of(fx->pid));
-	REQUIREF(map_bool(fs, "loader"), "the fork server was not started through the loader");
-	REQUIREF(map_u64(fs, "worker_stack_kib") == want_kib, "fork_server.worker_stack_kib %llu, "
-		 "expected %llu", (unsigned long long)map_u64(fs, "worker_stack_kib"),
-		 (unsigned long long)want_kib);
-	mpool_value_free(v);
-}
-
-/* A worker forked by the fork server keeps its executable, libraries, heap
- * and stack together (daemon/zygote.h, Layout): every region it touches
- * costs page tables at fork, first touch and exit.  A plain exec puts the
- * executable and its heap terabytes from the libraries, and the stack
- * further still. */
-START_TEST(fork_server_workers_are_compact)
-{
-	const char *args[] = { "--module", testmod(), "--max-tasks-per-child", "1", NULL };
-	static const char *const keys[] = { "exe", "module",
-#if !defined(LAYOUT_ASAN)
-		"heap",
-#endif
-#if LAYOUT_OWN_STACK
-		"stack",
-#endif
-	};
-	struct rlimit rl;
-	struct fx fx;
-
-	REQUIRE(getrlimit(RLIMIT_STACK, &rl) == 0);
-	fx_start(&fx, args);
-	/* mpoold's default: RLIMIT_STACK, 8 MiB when unlimited. */
-	expect_fork_server(&fx, !LAYOUT_OWN_STACK ? 0 : rl.rlim_cur == RLIM_INFINITY ? 8192 :
-			   rl.rlim_cur / 1024 < 256 ? 256 :
-			   rl.rlim_cur / 1024 > 1024 * 1024 ? 1024 * 1024 : rl.rlim_cur / 1024);
-	for (int i = 0; i < 4; i++) {
-		mpool_value *v = layout_of_a_worker(&fx);
-		const msgpack_object *o = mpool_value_get(v);
-		uint64_t lo = UINT64_MAX, hi = 0;
-
-		for (unsigned k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
-			uint64_t a = map_u64(o, keys[k]);
-
-			lo = a < lo ? a : lo;
-			hi = a > hi ? a : hi;
-		}
-		REQUIREF(hi - lo < ((uint64_t)1 << 30),
-			 "a worker's regions lie %llu MiB apart: exe %#llx, module %#llx, "
-			 "heap %#llx, stack %#llx", (unsigned long long)((hi - lo) >> 20),
-			 (unsigned long long)map_u64(o, "exe"),
-			 (unsigned long long)map_u64(o, "module"),
-			 (unsigned long long)map_u64(o, "heap"),
-			 (unsigned long long)map_u64(o, "stack"));
-		REQUIREF(map_bool(o, "main_stack") == !LAYOUT_OWN_STACK,
-			 "the task runs %s the [stack] mapping", map_bool(o, "main_stack") ? "on" : "off");
-		mpool_value_free(v);
-	}
-	fx_stop(&fx);
-}
-END_TEST
-
-/* --worker-stack 0: workers keep the stack they inherit, the one glibc
- * reports as the main thread's (for runtimes that scan or bound it). */
-START_TEST(worker_stack_zero_keeps_the_inherited_stack)
-{
-	const char *args[] = { "--module", testmod(), "--worker-stack", "0", NULL };
-	struct fx fx;
-
-	fx_start(&fx, args);
-	expect_fork_server(&fx, 0);
-	for (int i = 0; i < 3; i++) {
-		mpool_value *v = layout_of_a_worker(&fx);
-
-		REQUIREF(map_bool(mpool_value_get(v), "main_stack"),
-			 "with --worker-stack 0 the task runs off the [stack] mapping (at %#llx)",
-			 (unsigned long long)map_u64(mpool_value_get(v), "stack"));
-		mpool_value_free(v);
-	}
-	fx_stop(&fx);
-}
-END_TEST
-
-/* --worker-stack sizes the stack whatever RLIMIT_STACK says: 2 MiB under an
- * 8 MiB limit holds 1 MiB of frames and not 4.  Where workers keep the
- * inherited stack (LAYOUT_OWN_STACK 0) the setting does nothing, and the
- * limit rules. */
-START_TEST(worker_stack_setting_sizes_the_stack)
-{
-	const char *args[] = { "--module", testmod(), "--worker-stack", "2048", NULL };
-	struct rlimit old, lim;
-	mpool_value *v = NULL;
-	struct fx fx;
-	int r;
-
-	REQUIRE(getrlimit(RLIMIT_STACK, &old) == 0);
-	REQUIREF(old.rlim_max == RLIM_INFINITY || old.rlim_max >= (8 << 20),
-		 "the hard stack limit, %llu bytes, is under 8 MiB",
-		 (unsigned long long)old.rlim_max);
-	lim = old;
-	lim.rlim_cur = 8 << 20;
-	REQUIRE(setrlimit(RLIMIT_STACK, &lim) == 0);
-	fx_start(&fx, args);
-	REQUIRE(setrlimit(RLIMIT_STACK, &old) == 0);
-	expect_fork_server(&fx, LAYOUT_OWN_STACK ? 2048 : 0);
-	r = ffx_apply_int(fx.c, "testmod.stack", 1024, 0, &v);
-	REQUIREF(r == 0, "1 MiB of stack: %d (%s)", r, mpool_errmsg(fx.c));
-	mpool_value_free(v);
-	v = NULL;
-	r = ffx_apply_int(fx.c, "testmod.stack", 4096, 0, &v);
-	if (LAYOUT_OWN_STACK)
-		REQUIREF(r == -MPOOL_E_WORKER && strstr(mpool_errmsg(fx.c), "killed by"),
-			 "4 MiB on a 2 MiB stack: %d (%s), expected the worker killed", r,
-			 mpool_errmsg(fx.c));
-	else
-		REQUIREF(r == 0, "4 MiB on the inherited 8 MiB stack: %d (%s)", r,
-			 mpool_errmsg(fx.c));
-	mpool_value_free(v);
-	fx_stop(&fx);
-}
-END_TEST
-
-/* A worker on its own stack can walk it: the entry marks the end of the
- * stack for unwinders (daemon/stackclone.c), which would otherwise read past
- * its top; C++ exceptions, backtrace(3) and crash handlers depend on it. */
-START_TEST(worker_stack_unwinds)
-{
-	const char *args[] = { "--module", testmod(), "--max-tasks-per-child", "1", NULL };
-	struct ffx_status st;
-	struct fx fx;
-
-	fx_start(&fx, args);
-	for (int i = 0; i < 4; i++) {
-		mpool_value *v = NULL;
-		int r = ffx_apply_int(fx.c, "testmod.backtrace", 0, 0, &v);
-
-		REQUIREF(r == 0, "testmod.backtrace: %d (%s)", r, mpool_errmsg(fx.c));
-		REQUIREF(mpool_value_get(v)->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
-			 mpool_value_get(v)->via.u64 >= 3 && mpool_value_get(v)->via.u64 < 128,
-			 "backtrace(3) found %lld frames (type %d)",
-			 (long long)mpool_value_get(v)->via.i64, (int)mpool_value_get(v)->type);
-		mpool_value_free(v);
-	}
-	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the backtraces", &st);
-	REQUIREF(st.workers_died == 0, "workers_died %llu", (unsigned long long)st.workers_died);
-	fx_stop(&fx);
-}
-END_TEST
-
-/* The worker's stack holds what a main thread's would (RLIMIT_STACK), and a
- * task that overflows it kills only its own worker. */
-START_TEST(worker_stack_holds_the_limit_and_overflow_is_a_death)
-{
-	const char *args[] = { "--module", testmod(), NULL };
-	struct rlimit old, lim;
-	struct ffx_status st;
-	mpool_value *v = NULL;
-	uint64_t kib;
-	struct fx fx;
-	int r;
-
-	/* 8 MiB, the usual limit, or the hard limit if it is lower. */
-	REQUIRE(getrlimit(RLIMIT_STACK, &old) == 0);
-	lim = old;
-	lim.rlim_cur = old.rlim_max != RLIM_INFINITY && old.rlim_max < (8 << 20) ? old.rlim_max :
-		       8 << 20;
-	kib = lim.rlim_cur / 1024;
-	REQUIREF(kib >= 2048, "the hard stack limit, %llu KiB, leaves no room to test",
-		 (unsigned long long)kib);
-	REQUIRE(setrlimit(RLIMIT_STACK, &lim) == 0);
-	fx_start(&fx, args);
-	REQUIRE(setrlimit(RLIMIT_STACK, &old) == 0);
-	/* All but the last MiB, for the frames above the task's. */
-	r = ffx_apply_int(fx.c, "testmod.stack", (int64_t)(kib - 1024), 0, &v);
-	REQUIREF(r == 0 && mpool_value_get(v)->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
-		 mpool_value_get(v)->via.u64 == (kib - 1024 + 15) / 16,
-		 "%llu KiB of stack: %d (%s)", (unsigned long long)(kib - 1024), r,
-		 mpool_errmsg(fx.c));
-	mpool_value_free(v);
-	v = NULL;
-	r = ffx_apply_int(fx.c, "testmod.stack", (int64_t)(2 * kib), 0, &v);
-	REQUIREF(r == -MPOOL_E_WORKER && strstr(mpool_errmsg(fx.c), "killed by"),
-		 "%llu KiB of stack: %d (%s), expected the worker killed",
-		 (unsigned long long)(2 * kib), r, mpool_errmsg(fx.c));
-	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the overflow", &st);
-	REQUIREF(st.workers_died == 1, "workers_died %llu", (unsigned long long)st.workers_died);
-	r = ffx_apply_int(fx.c, "testmod.stack", 64, 0, &v);
-	REQUIREF(r == 0, "after the overflow: %d (%s)", r, mpool_errmsg(fx.c));
-	mpool_value_free(v);
-	fx_stop(&fx);
-}
-END_TEST
 
 /* An mpoold with no mpool-zygote beside it (and none installed) forks its
  * workers itself, says so once, and serves as before. */
@@ -1882,11 +1635,6 @@ static Suite *lifecycle_suite(void)
 	tcase_add_test(tc, fork_server_killed_pool_recovers);
 	tcase_add_test(tc, many_workers_start_through_a_full_channel);
 	tcase_add_test(tc, no_fork_server_workers_fork_from_the_master);
-	tcase_add_test(tc, fork_server_workers_are_compact);
-	tcase_add_test(tc, worker_stack_zero_keeps_the_inherited_stack);
-	tcase_add_test(tc, worker_stack_unwinds);
-	tcase_add_test(tc, worker_stack_setting_sizes_the_stack);
-	tcase_add_test(tc, worker_stack_holds_the_limit_and_overflow_is_a_death);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("recycling");

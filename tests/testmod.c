@@ -17,14 +17,6 @@
  *                (after creating it), returns arg otherwise
  *   getenv       the value of the environment variable arg in the task's
  *                process, nil when it is not set
- *   layout       where the task's process keeps things: a map of
- *                addresses, "stack" (a local), "heap" (a malloc block),
- *                "module" (this code) and "exe" (the executable's base),
- *                and "main_stack": whether the local lies in the mapping
- *                /proc/self/maps calls [stack]
- *   backtrace    the number of frames backtrace(3) finds from here
- *   stack        uses arg KiB of stack (16 KiB frames, each touched),
- *                returns the number of frames
  *   mixed        one function for maps that mix behaviours item by item:
  *                an integer N sleeps N ms and returns N; the strings
  *                "crash", "abort", "hang" do that; "crash_once:PATH" and
@@ -38,10 +30,7 @@
  * Built with -DTESTMOD_NO_DESCRIPTOR it exports no mpool_module at all: a
  * shared object mpoold must refuse to load. */
 #include <errno.h>
-#include <execinfo.h>
 #include <fcntl.h>
-#include <inttypes.h>
-#include <link.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -288,92 +277,6 @@ static int fn_getenv(const msgpack_object *arg, msgpack_packer *out, struct mpoo
 	return msgpack_pack_str_with_body(out, v, strlen(v));
 }
 
-static int exe_base(struct dl_phdr_info *info, size_t size, void *data)
-{
-	(void)size;
-	*(uintptr_t *)data = info->dlpi_addr;   /* the first object: the executable */
-	return 1;
-}
-
-static void pack_addr(msgpack_packer *out, const char *key, uintptr_t addr)
-{
-	msgpack_pack_str_with_body(out, key, strlen(key));
-	msgpack_pack_uint64(out, addr);
-}
-
-/* addr lies in the mapping /proc/self/maps names [stack]. */
-static bool on_main_stack(uintptr_t addr)
-{
-	FILE *f = fopen("/proc/self/maps", "re");
-	char line[512];
-	bool in = false;
-
-	if (!f)
-		return false;
-	while (!in && fgets(line, sizeof(line), f)) {
-		uintptr_t lo, hi;
-
-		if (strstr(line, "[stack]") && sscanf(line, "%" SCNxPTR "-%" SCNxPTR, &lo, &hi) == 2)
-			in = addr >= lo && addr < hi;
-	}
-	fclose(f);
-	return in;
-}
-
-static int fn_layout(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
-{
-	volatile char local = 0;
-	uintptr_t exe = 0;
-	void *heap = malloc(64);
-
-	(void)arg;
-	if (!heap)
-		return mpool_task_fail(err, MPOOL_E_TASK, "testmod.layout: out of memory");
-	dl_iterate_phdr(exe_base, &exe);
-	msgpack_pack_map(out, 5);
-	pack_addr(out, "stack", (uintptr_t)&local);
-	pack_addr(out, "heap", (uintptr_t)heap);
-	pack_addr(out, "module", (uintptr_t)fn_layout);
-	pack_addr(out, "exe", exe);
-	msgpack_pack_str_with_body(out, "main_stack", 10);
-	if (on_main_stack((uintptr_t)&local))
-		msgpack_pack_true(out);
-	else
-		msgpack_pack_false(out);
-	free(heap);
-	return 0;
-}
-
-static int fn_backtrace(const msgpack_object *arg, msgpack_packer *out,
-			struct mpool_task_error *err)
-{
-	void *frames[128];
-
-	(void)arg;
-	(void)err;
-	return msgpack_pack_int(out, backtrace(frames, 128));
-}
-
-/* Frames of 16 KiB down to kib, each written at both ends: the number of
- * frames. */
-static __attribute__((noinline)) uint64_t use_stack(uint64_t kib)
-{
-	volatile char frame[16 * 1024];
-
-	frame[0] = 1;
-	frame[sizeof(frame) - 1] = 1;
-	if (kib <= 16)
-		return frame[0];
-	return use_stack(kib - 16) + frame[sizeof(frame) - 1];
-}
-
-static int fn_stack(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
-{
-	if (arg->type != MSGPACK_OBJECT_POSITIVE_INTEGER || arg->via.u64 > 1024 * 1024)
-		return type_fail("stack", "KiB from 0 to 1048576", err);
-	return msgpack_pack_uint64(out, use_stack(arg->via.u64));
-}
-
 /* initargs[key] is true. */
 static bool flag(const msgpack_object *o, const char *key)
 {
@@ -436,9 +339,6 @@ static const struct mpool_function functions[] = {
 	{ "crash_once", fn_crash_once },
 	{ "mixed", fn_mixed },
 	{ "getenv", fn_getenv },
-	{ "layout", fn_layout },
-	{ "backtrace", fn_backtrace },
-	{ "stack", fn_stack },
 	{ NULL, NULL },
 };
 

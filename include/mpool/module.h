@@ -16,17 +16,6 @@
  * on failure whatever it packed is discarded.  A function must not keep the
  * packer or the argument after it returns.
  *
- * Stack: a worker runs on a stack of its own, as large as the process's
- * RLIMIT_STACK (mpoold's worker-stack setting), not on the stack glibc
- * reports as the main thread's: pthread_getattr_np() and __libc_stack_end
- * describe the latter.  Unwinding (C++ exceptions, backtrace()) works as
- * usual.  A runtime that scans or bounds its stack through glibc (a
- * conservative garbage collector, Go's cgo, CPython from 3.14 on, the JVM)
- * needs mpoold run with worker-stack = 0, which keeps the inherited
- * stack.  And since mpoold starts its fork server through the dynamic
- * loader, /proc/self/exe in a worker names the loader, not a program of
- * mpool's.
- *
  * Bump MPOOL_MODULE_ABI whenever a struct below changes. */
 #ifndef MPOOL_MODULE_H
 #define MPOOL_MODULE_H
