@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,13 +21,24 @@
 #include "mem.h"
 #include "mp_rpc.h"
 
-/* A zygote that has not loaded the modules or answered a fork by then is
- * taken for hung: the master must not wait on it for long. */
+/* A fork server that has not loaded the modules or answered a fork by then
+ * is taken for hung: the master must not wait on it for long. */
 #define ZYGOTE_START_MS 5000
 #define ZYGOTE_REPLY_MS 2000
 
-static pid_t z_pid;          /* 0: none, or reaped already */
-static int z_fd = -1;
+/* One fork server process.  Freed once it is both reaped and its channel
+ * closed. */
+struct srv {
+	pid_t pid;                /* 0: reaped already */
+	int fd;                   /* -1: closed */
+	struct event *read;
+};
+
+/* The one that takes requests, or NULL; the retired ones, whose workers
+ * still run (one per reload that found busy workers). */
+static struct srv *cur;
+static struct srv **old;
+static unsigned n_old, old_cap;
 /* It could not start for a reason that does not go away by itself (no
  * binary, a module that does not load): workers fork from the master until
  * the next reload. */
@@ -34,19 +46,20 @@ static bool z_broken;
 
 static struct event_base *z_base;
 static zygote_forked_fn *z_forked;
-/* Readable z_fd; the deadline of the oldest answer due; a zygote found
+static zygote_exited_fn *z_exited;
+/* The deadline of the oldest answer due; the current fork server found
  * lost where answering would re-enter the caller (lost_soon). */
-static struct event *z_read, *z_timer, *z_lost;
+static struct event *z_timer, *z_lost;
 static const char *z_lost_why;
 
-/* Requests not answered, oldest first: the zygote answers in order.  The
- * first pend_sent were sent to the running zygote; the rest wait for room
- * in the channel (it holds a few hundred requests: --workers may ask for
- * more at once, at start or reload). */
+/* Requests not answered, oldest first: the fork server answers in order.
+ * The first pend_sent were sent to cur; the rest wait for room in the
+ * channel (it holds a few hundred requests: --workers may ask for more at
+ * once, at start or reload). */
 struct pending {
 	void *token;
 	uint64_t quota;
-	bool resent;              /* a zygote was lost with it once already */
+	bool resent;              /* a fork server was lost with it once already */
 };
 static struct pending *pend;
 static unsigned pend_cap, pend_head, pend_n, pend_sent;
@@ -75,7 +88,7 @@ static int find_binary(char *buf, size_t size)
 /* One message, and the descriptor that came with it (-1 if none): 0;
  * -EAGAIN when none is waiting and flags has MSG_DONTWAIT; -ECONNRESET at
  * the end of the stream. */
-static int recv_rep(struct zygote_rep *rep, int *ret_fd, int flags)
+static int recv_rep(int fd, struct zygote_rep *rep, int *ret_fd, int flags)
 {
 	char cbuf[CMSG_SPACE(sizeof(int))];
 	struct iovec iov = { rep, sizeof(*rep) };
@@ -86,7 +99,7 @@ static int recv_rep(struct zygote_rep *rep, int *ret_fd, int flags)
 	ssize_t n;
 
 	do
-		n = recvmsg(z_fd, &mh, MSG_CMSG_CLOEXEC | flags);
+		n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC | flags);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
@@ -103,11 +116,11 @@ static int recv_rep(struct zygote_rep *rep, int *ret_fd, int flags)
 	return 0;
 }
 
-/* The zygote's first message, within ZYGOTE_START_MS. */
-static int recv_hello(struct zygote_rep *rep, int *ret_fd)
+/* The fork server's first message, within ZYGOTE_START_MS. */
+static int recv_hello(int fd, struct zygote_rep *rep)
 {
-	struct pollfd p = { z_fd, POLLIN, 0 };
-	int r;
+	struct pollfd p = { fd, POLLIN, 0 };
+	int r, extra;
 
 	do
 		r = poll(&p, 1, ZYGOTE_START_MS);
@@ -116,7 +129,14 @@ static int recv_hello(struct zygote_rep *rep, int *ret_fd)
 		return -ETIMEDOUT;
 	if (r < 0)
 		return -errno;
-	return recv_rep(rep, ret_fd, 0);
+	r = recv_rep(fd, rep, &extra, 0);
+	if (r == 0 && extra >= 0) {
+		close(extra);
+		r = -EPROTO;
+	}
+	if (r == 0 && rep->kind != ZYGOTE_HELLO)
+		r = -EPROTO;
+	return r;
 }
 
 static void pend_push(struct pending p)
@@ -139,7 +159,7 @@ static int send_req(uint64_t quota)
 {
 	struct zygote_req req = { .quota = quota };
 
-	if (send(z_fd, &req, sizeof(req), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(req))
+	if (send(cur->fd, &req, sizeof(req), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(req))
 		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
 	return 0;
 }
@@ -170,7 +190,7 @@ static void pump(void)
 {
 	bool was_idle = pend_sent == 0;
 
-	while (z_fd >= 0 && pend_sent < pend_n) {
+	while (cur && cur->fd >= 0 && pend_sent < pend_n) {
 		int r = send_req(pend[(pend_head + pend_sent) % pend_cap].quota);
 
 		if (r == -EAGAIN)
@@ -185,68 +205,84 @@ static void pump(void)
 		arm_timer();
 }
 
-/* Every answer the zygote has sent and we have not read: 0 when none is
- * left waiting, -errno when the channel broke. */
-static int take_answers(void)
+/* Delivers every message s has sent that we have not read: 0 when none is
+ * left waiting, -ECONNRESET at the end of its stream, another -errno when
+ * the channel broke or carried nonsense.  Only cur answers requests. */
+static int take(struct srv *s)
 {
-	struct zygote_rep rep;
-	int fd, r;
-
-	while (pend_sent > 0) {
+	while (s->fd >= 0) {
+		struct zygote_rep rep;
 		struct pending p;
+		int fd, r = recv_rep(s->fd, &rep, &fd, MSG_DONTWAIT);
 
-		r = recv_rep(&rep, &fd, MSG_DONTWAIT);
 		if (r == -EAGAIN)
 			return 0;
-		if (r == 0 && rep.err == 0 && (fd < 0 || rep.pid <= 0)) {
-			if (fd >= 0)
-				close(fd);
-			r = -EPROTO;
-		}
-		if (r == -EPROTO) {
-			/* An answer was taken, unreadable: it was the oldest
-			 * request's, which fails, so that the next answer
-			 * still goes to its own request. */
-			p = pend_pop();
-			pend_sent--;
-			z_forked(p.token, -EPROTO, 0, -1);
-			return r;
-		}
 		if (r < 0)
 			return r;
+		if (rep.kind == ZYGOTE_EXITED && fd < 0) {
+			z_exited(rep.pid, rep.status);
+			continue;
+		}
+		if (rep.kind != ZYGOTE_FORKED || s != cur || pend_sent == 0) {
+			if (fd >= 0)
+				close(fd);
+			return -EPROTO;
+		}
 		p = pend_pop();
 		pend_sent--;
+		if (rep.err == 0 && (fd < 0 || rep.pid <= 0)) {
+			/* Unreadable, but it was the oldest request's answer,
+			 * which fails, so the next answer still goes to its
+			 * own request. */
+			if (fd >= 0)
+				close(fd);
+			z_forked(p.token, -EPROTO, 0, -1);
+			return -EPROTO;
+		}
 		if (rep.err < 0) {
 			if (fd >= 0)
 				close(fd);
-			z_forked(p.token, rep.err, 0, -1);      /* its clone failed */
+			z_forked(p.token, rep.err, 0, -1);      /* its fork failed */
 		} else {
 			z_forked(p.token, 0, rep.pid, fd);
 		}
 	}
-	return 0;
+	return -ECONNRESET;
 }
 
-/* Kills and reaps the zygote and closes its channel, delivering the
- * answers it managed to send; requests not answered stay pending. */
-static void shut(void)
+static void srv_close(struct srv *s)
 {
-	if (z_pid) {
+	if (s->read)
+		event_free(s->read);
+	s->read = NULL;
+	if (s->fd >= 0)
+		close(s->fd);
+	s->fd = -1;
+}
+
+/* Kills and reaps s, delivers what it had sent, and closes its channel.
+ * Its workers die with it and are reparented to us (we are their
+ * subreaper): the master reaps them. */
+static void srv_kill(struct srv *s)
+{
+	if (s->pid) {
 		int status;
 
-		kill(z_pid, SIGKILL);
-		while (waitpid(z_pid, &status, 0) < 0 && errno == EINTR)
+		kill(s->pid, SIGKILL);
+		while (waitpid(s->pid, &status, 0) < 0 && errno == EINTR)
 			;
-		z_pid = 0;
+		s->pid = 0;
 	}
-	if (z_fd >= 0)
-		take_answers();
-	if (z_read)
-		event_free(z_read);
-	z_read = NULL;
-	if (z_fd >= 0)
-		close(z_fd);
-	z_fd = -1;
+	if (s->fd >= 0)
+		take(s);
+	srv_close(s);
+}
+
+static void old_remove(unsigned i)
+{
+	srv_close(old[i]);
+	free(old[i]);
+	old[i] = old[--n_old];
 }
 
 static void fail_pending(int err)
@@ -259,44 +295,87 @@ static void fail_pending(int err)
 	}
 }
 
-void zygote_stop(void)
+static void shut_cur(void)
 {
-	/* What it was sent it may be forking now: let it answer all of it
-	 * (it leaves at the end of the requests), so that no worker it made
-	 * goes unreported.  Bounded like any answer. */
-	if (z_fd >= 0 && z_pid && pend_sent > 0 && shutdown(z_fd, SHUT_WR) == 0) {
-		uint64_t end = now_ms() + ZYGOTE_REPLY_MS;
+	if (!cur)
+		return;
+	srv_kill(cur);
+	free(cur);
+	cur = NULL;
+}
 
-		while (pend_sent > 0) {
-			struct pollfd p = { z_fd, POLLIN, 0 };
-			uint64_t now = now_ms();
-
-			if (now >= end || poll(&p, 1, (int)(end - now)) == 0 || take_answers() < 0)
-				break;
-		}
-	}
-	shut();
-	fail_pending(-ECANCELED);
+static void forget_timers(void)
+{
 	if (z_timer)
 		evtimer_del(z_timer);
 	if (z_lost)
 		event_del(z_lost);
 	z_lost_why = NULL;
+}
+
+void zygote_retire(void)
+{
+	/* What it was sent it forks before it sees the end of the requests:
+	 * let it answer all of it, so that no worker it made goes unreported.
+	 * Bounded like any answer. */
+	if (cur && cur->fd >= 0 && cur->pid && shutdown(cur->fd, SHUT_WR) == 0) {
+		uint64_t end = now_ms() + ZYGOTE_REPLY_MS;
+
+		while (pend_sent > 0) {
+			struct pollfd p = { cur->fd, POLLIN, 0 };
+			uint64_t now = now_ms();
+
+			if (now >= end || poll(&p, 1, (int)(end - now)) == 0 || take(cur) < 0)
+				break;
+		}
+	}
+	if (cur && (pend_sent > 0 || cur->fd < 0 || !cur->pid)) {
+		log_warn("fork server %d did not answer its last requests; killing it", (int)cur->pid);
+		shut_cur();
+	}
+	if (cur) {
+		/* It serves its workers out and leaves with the last. */
+		if (n_old == old_cap) {
+			old_cap = old_cap ? 2 * old_cap : 4;
+			old = xrealloc(old, old_cap * sizeof(*old));
+		}
+		old[n_old++] = cur;
+		cur = NULL;
+	}
+	fail_pending(-ECANCELED);
+	forget_timers();
 	z_broken = false;
 }
 
-/* The zygote died, broke its channel or stopped answering: what it had not
- * answered goes to a new one; a request lost with a zygote twice fails. */
+void zygote_stop(void)
+{
+	shut_cur();
+	while (n_old > 0) {
+		srv_kill(old[0]);
+		old_remove(0);
+	}
+	fail_pending(-ECANCELED);
+	forget_timers();
+	z_broken = false;
+}
+
+/* The fork server died, broke its channel or stopped answering: its
+ * workers die with it; what it had not answered goes to a new one; a
+ * request lost with a fork server twice fails. */
 static void lost(const char *why)
 {
 	unsigned n, sent;
 	int r;
 
-	log_warn("fork server lost (%s); starting a new one", why);
-	shut();
-	/* shut() delivered what it had answered. */
+	log_warn("fork server lost (%s); its workers die with it", why);
+	shut_cur();
+	/* shut_cur() delivered what it had answered. */
 	sent = pend_sent;
 	pend_sent = 0;
+	if (pend_n == 0) {
+		arm_timer();
+		return;             /* the next request starts a new one */
+	}
 	r = zygote_start();
 	n = pend_n;
 	for (unsigned i = 0; i < n; i++) {
@@ -315,38 +394,24 @@ static void lost(const char *why)
 
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
+	struct srv *s = arg;
 	int r;
 
 	(void)fd;
 	(void)what;
-	(void)arg;
-	r = take_answers();
-	if (r < 0) {
-		lost(r == -ECONNRESET ? "it closed its channel" : strerror(-r));
-		return;
-	}
-	if (pend_sent == 0) {
-		/* Nothing due: the only message can be the end of the
-		 * stream. */
-		struct zygote_rep rep;
-		int fd2;
-
-		r = recv_rep(&rep, &fd2, MSG_DONTWAIT);
-		if (r == 0 && fd2 >= 0)
-			close(fd2);
-		if (r != -EAGAIN) {
-			const char *why = r == 0 ? "it sent an answer to nothing" : "it closed its channel";
-
-			if (pend_n > 0) {
-				lost(why);
-				return;
-			}
-			log_warn("fork server %d: %s; the next worker starts a new one", (int)z_pid, why);
-			shut();
+	r = take(s);
+	if (s == cur) {
+		if (r < 0) {
+			lost(r == -ECONNRESET ? "it closed its channel" : strerror(-r));
+			return;
 		}
+		pump();
+		arm_timer();
+	} else if (r < 0) {
+		/* A retired one closes its channel as it leaves; it is freed
+		 * when reaped. */
+		srv_close(s);
 	}
-	pump();
-	arm_timer();
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -366,14 +431,20 @@ static void lost_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	z_lost_why = NULL;
-	if (pend_n > 0)
+	if (cur)
 		lost(why ? why : "it died");
 }
 
-int zygote_init(struct event_base *base, zygote_forked_fn *forked, unsigned max_pending)
+int zygote_init(struct event_base *base, zygote_forked_fn *forked, zygote_exited_fn *exited,
+		unsigned max_pending)
 {
+	/* Workers whose fork server died are reparented to us, not to init,
+	 * so that we reap them and learn how they ended. */
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+		return -errno;
 	z_base = base;
 	z_forked = forked;
+	z_exited = exited;
 	pend_cap = max_pending ? max_pending : 1;
 	pend = xcalloc(pend_cap, sizeof(*pend));
 	pend_head = pend_n = pend_sent = 0;
@@ -393,6 +464,9 @@ void zygote_free(void)
 	free(pend);
 	pend = NULL;
 	pend_cap = 0;
+	free(old);
+	old = NULL;
+	old_cap = 0;
 }
 
 int zygote_start(void)
@@ -401,9 +475,10 @@ int zygote_start(void)
 	char *argv[5 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION;
 	struct zygote_rep rep;
 	unsigned n = 0;
-	int sv[2], fd, r;
+	pid_t pid;
+	int sv[2], r;
 
-	if (z_fd >= 0)
+	if (cur)
 		return 0;
 	if (z_broken)
 		return -ENOTCONN;
@@ -427,26 +502,23 @@ int zygote_start(void)
 	argv[n] = NULL;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return -errno;
-	r = fork_exec(path, argv, sv[1], &z_pid);
+	r = fork_exec(path, argv, sv[1], &pid);
 	close(sv[1]);
 	if (r < 0) {
 		/* Transient (a process limit, memory): try again next time. */
 		close(sv[0]);
-		z_pid = 0;
 		log_debug("cannot start the fork server: %s", strerror(-r));
 		return r;
 	}
-	z_fd = sv[0];
-	r = recv_hello(&rep, &fd);
-	if (r == 0 && fd >= 0) {
-		close(fd);
-		r = -EPROTO;
-	}
+	cur = xcalloc(1, sizeof(*cur));
+	cur->pid = pid;
+	cur->fd = sv[0];
+	r = recv_hello(cur->fd, &rep);
 	if (r == 0 && rep.err)
 		r = rep.err;
 	if (r == 0) {
-		z_read = event_new(z_base, z_fd, EV_READ | EV_PERSIST, read_cb, NULL);
-		if (!z_read || event_add(z_read, NULL) < 0)
+		cur->read = event_new(z_base, cur->fd, EV_READ | EV_PERSIST, read_cb, cur);
+		if (!cur->read || event_add(cur->read, NULL) < 0)
 			r = -ENOMEM;
 	}
 	if (r < 0) {
@@ -454,11 +526,11 @@ int zygote_start(void)
 		 * exec. */
 		log_warn("the fork server %s did not start (%s): workers fork from the master", path,
 			 r == -ECONNRESET ? "it exited" : strerror(-r));
-		shut();
+		shut_cur();
 		z_broken = true;
 		return r;
 	}
-	log_debug("fork server %d started", (int)z_pid);
+	log_debug("fork server %d started", (int)pid);
 	return 0;
 }
 
@@ -468,7 +540,7 @@ int zygote_request(uint64_t quota, void *token)
 
 	if (pend_n == pend_cap)
 		return -ENOBUFS;
-	if (z_fd < 0) {
+	if (!cur) {
 		r = zygote_start();
 		if (r < 0)
 			return z_broken ? -ENOTCONN : r;
@@ -483,37 +555,51 @@ unsigned zygote_pending(void)
 	return pend_n;
 }
 
-bool zygote_reaped(pid_t pid, int status)
+void zygote_collect(void)
 {
-	if (!z_pid || pid != z_pid)
-		return false;
-	if (WIFSIGNALED(status))
-		log_warn("fork server %d killed by signal %d; the next worker starts a new one",
-			 (int)pid, WTERMSIG(status));
-	else
-		log_warn("fork server %d exited with status %d; the next worker starts a new one",
-			 (int)pid, WEXITSTATUS(status));
-	z_pid = 0;
-	/* What it answered before it died is still in the channel. */
-	if (pend_n > 0)
-		lost_soon("it died");
-	else
-		shut();
-	return true;
+	for (unsigned i = 0; i < n_old; i++)
+		if (old[i]->fd >= 0 && take(old[i]) < 0)
+			srv_close(old[i]);
+	if (cur && cur->fd >= 0 && take(cur) < 0)
+		lost_soon("it closed its channel");
 }
 
-pid_t zygote_pid(void)
+bool zygote_reaped(pid_t pid, int status)
 {
-	return z_pid;
+	char how[64];
+
+	if (WIFSIGNALED(status))
+		snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(status));
+	else
+		snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
+	if (cur && cur->pid == pid) {
+		log_warn("fork server %d %s; its workers die with it", (int)pid, how);
+		cur->pid = 0;
+		/* What it sent before it died is still in the channel. */
+		lost_soon("it died");
+		return true;
+	}
+	for (unsigned i = 0; i < n_old; i++) {
+		if (old[i]->pid != pid)
+			continue;
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			log_warn("retired fork server %d %s; its workers die with it", (int)pid, how);
+		old[i]->pid = 0;
+		if (old[i]->fd >= 0)
+			take(old[i]);
+		old_remove(i);
+		return true;
+	}
+	return false;
 }
 
 void zygote_pack_status(msgpack_packer *pk)
 {
-	if (z_fd < 0 || z_pid == 0) {
+	if (!cur || cur->fd < 0 || cur->pid == 0) {
 		msgpack_pack_nil(pk);
 		return;
 	}
 	msgpack_pack_map(pk, 1);
 	mp_pack_cstr(pk, "pid");
-	msgpack_pack_uint64(pk, (uint64_t)z_pid);
+	msgpack_pack_uint64(pk, (uint64_t)cur->pid);
 }

@@ -1,33 +1,32 @@
 /* zygote: the fork server, the master's side.
  *
- * Forking the master costs in proportion to what it maps and has touched:
- * libsystemd alone drags in libgcrypt, liblzma, libzstd, liblz4 and libcap
- * (83 areas in all), libevent and the clients' buffers come on top, and
- * after each fork the master takes copy-on-write faults on its own heap.
- * So pool workers are forked by a small helper, mpool-zygote, which the
- * master starts by fork+exec once (and again on reload): it links only what
- * a worker needs (the task modules, msgpack, the worker loop; no libevent,
- * no libsystemd), loads the modules like the master did at start (RTLD_NOW,
- * before any fork) and then waits for requests.  Each worker is forked
- * from that small address space with clone(CLONE_PARENT), so it
- * is the master's child as before: the master gets its SIGCHLD, reaps it
- * and stays the parent PR_SET_PDEATHSIG watches.  The zygote hands back the
- * pid and the master's end of the worker's socketpair (SCM_RIGHTS).
+ * Pool workers are forked by a small helper, mpool-zygote, which the master
+ * starts by fork+exec once (and again on reload): it links only what a
+ * worker needs (the task modules, msgpack, the worker loop; no libevent, no
+ * libsystemd) and loads the modules before any fork.  A fork from that
+ * small process costs a fraction of one from the master, which is what
+ * recycling pays per task (bench/README.md has the figures).
  *
- * Failures never stop the pool: a zygote that cannot be started (binary
- * missing, a module that no longer loads) leaves the master forking
- * workers itself, as before; one that dies or stops answering is killed
- * and reaped, and what it had not answered goes to a new one; a request
- * lost twice fails like any failed fork (the slot's backoff, queued work
- * failing after --recovery-timeout).
+ * Workers are made by fork(), so atfork handlers and glibc's own fix-ups run
+ * in each, and they are the fork server's children: it reaps them and
+ * reports each death (pid, wait status) to the master in order with its
+ * answers, so the master sees a worker's birth before its death.  The
+ * master still signals workers by pid.  Each worker dies with its fork
+ * server (PR_SET_PDEATHSIG) and the fork server with the master.  The
+ * master is a child subreaper, so workers whose fork server died become
+ * its children and it reaps them itself, with their real status.
  *
- * Requests are asynchronous: a fork costs the zygote about as much as the
- * floor's fork, and a master that waited for each answer sat idle for most
- * of a recycle while results and the other workers waited.  The zygote
- * answers in order, so the master keeps its requests in a FIFO and matches
- * each answer to the oldest.  Supervised processes (proc.c) still fork from
- * the master: they run one function with the caller's argument.
- */
+ * Failures never stop the pool: a fork server that cannot be started
+ * (binary missing, a module that no longer loads) leaves the master
+ * forking workers itself; one that dies or stops answering is killed and
+ * reaped, and what it had not answered goes to a new one; a request lost
+ * twice fails like any failed fork.  On reload the fork server is retired,
+ * not killed: it takes no more requests, keeps reporting the deaths of its
+ * workers, and leaves with the last of them.
+ *
+ * Requests are asynchronous, so the master serves clients while a worker
+ * is forked; the fork server answers in order, so the master keeps its
+ * requests in a FIFO and matches each answer to the oldest. */
 #ifndef ZYGOTE_H
 #define ZYGOTE_H
 
@@ -41,51 +40,71 @@ struct event_base;
 
 #define ZYGOTE_NAME "mpool-zygote"
 
-/* The wire, over a SOCK_SEQPACKET pair: one message each way per fork. */
+/* The wire, over a SOCK_SEQPACKET pair; private to one build (the fork
+ * server refuses an mpoold of another version). */
 struct zygote_req {
 	uint64_t quota;           /* the worker's task quota; 0: unlimited */
 };
-struct zygote_rep {
-	int32_t err;              /* 0, or -errno: the fork failed */
-	int32_t pid;              /* the worker, with its fd as SCM_RIGHTS */
+enum zygote_kind {
+	ZYGOTE_HELLO = 1,         /* err 0 and its pid once the modules are loaded;
+				   * err -EINVAL when one failed (it logged which) */
+	ZYGOTE_FORKED,            /* the answer to the oldest request: err 0 and the
+				   * worker's pid, its channel as SCM_RIGHTS; or -errno */
+	ZYGOTE_EXITED,            /* it reaped worker pid: status as from waitpid */
 };
-/* The zygote's first message: err 0 and its pid once the modules are
- * loaded; err -EINVAL when one failed (it logged which). */
+struct zygote_rep {
+	int32_t kind;
+	int32_t err;
+	int32_t pid;
+	int32_t status;
+};
 
 /* The answer to a request: err 0 with the worker's pid and the master's
  * end of its channel (CLOEXEC, now the callee's); -ENOTCONN when the fork
  * server could not be started (fork from the master instead);
- * -ECANCELED when zygote_stop() dropped the request (no fork happened);
- * another -errno when the fork failed (the zygote's clone failed, or the
- * zygote was lost twice). */
+ * -ECANCELED when the request was dropped (no fork happened); another
+ * -errno when the fork failed (the fork server's fork failed, or it was
+ * lost twice). */
 typedef void zygote_forked_fn(void *token, int err, pid_t pid, int fd);
+/* A worker of a fork server died; status as from waitpid(). */
+typedef void zygote_exited_fn(pid_t pid, int status);
 
-/* Once, before anything else here: answers go to forked, from base's
- * loop; at most max_pending requests wait at once. */
-int zygote_init(struct event_base *base, zygote_forked_fn *forked, unsigned max_pending);
+/* Once, before anything else here: answers go to forked and deaths to
+ * exited, from base's loop or from the calls below that say so; at most
+ * max_pending requests wait at once.  Makes the master a child subreaper.
+ * 0, or -errno. */
+int zygote_init(struct event_base *base, zygote_forked_fn *forked, zygote_exited_fn *exited,
+		unsigned max_pending);
 void zygote_free(void);
-/* Starts the zygote unless one runs.  0, or -errno after logging why; the
- * caller then forks from the master. */
+/* Starts the fork server unless one runs.  0, or -errno after logging
+ * why; the caller then forks from the master. */
 int zygote_start(void);
-/* Kills and waits for the zygote, if any (reload, exit).  Answers it sent
- * before it died are delivered, every other request is answered
- * -ECANCELED, all before it returns.  The next zygote_start() tries again
- * even after a failed start. */
+/* Reload: the fork server takes no more requests and leaves once its
+ * workers have; answers and deaths it reports before it returns are
+ * delivered, every other request is answered -ECANCELED, all before it
+ * returns.  The next zygote_start() starts a new one, even after a failed
+ * start. */
+void zygote_retire(void);
+/* Exit: kills every fork server, retired ones too, and waits for them;
+ * their workers die with them and become the master's children to reap.
+ * Delivers what they reported and cancels every request. */
 void zygote_stop(void);
 /* Asks for a pool worker with this task quota.  0: forked(token, ...)
  * follows, from the event loop, never from inside this call; -ENOTCONN: no
- * zygote runs and none can be started (fork from the master); -ENOBUFS:
- * max_pending requests wait already; another -errno: no zygote runs and
- * none could be started now (a process limit: a failed fork). */
+ * fork server runs and none can be started (fork from the master);
+ * -ENOBUFS: max_pending requests wait already; another -errno: none runs
+ * and none could be started now (a process limit: a failed fork). */
 int zygote_request(uint64_t quota, void *token);
 /* Requests sent and not answered yet. */
 unsigned zygote_pending(void);
-/* SIGCHLD: true when pid was the zygote (it is forgotten; pending requests
- * go to a new one). */
+/* Delivers every answer and death the fork servers have sent: before the
+ * master looks up a pid it reaped, which may be a worker of a fork server
+ * that has just died. */
+void zygote_collect(void);
+/* SIGCHLD: true when pid was a fork server (it is forgotten; pending
+ * requests go to a new one). */
 bool zygote_reaped(pid_t pid, int status);
-/* The zygote's pid, 0 when none runs. */
-pid_t zygote_pid(void);
-/* For status: nil when no zygote runs, else a map with its pid. */
+/* For status: nil when no fork server runs, else a map with its pid. */
 void zygote_pack_status(msgpack_packer *pk);
 
 #endif

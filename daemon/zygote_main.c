@@ -4,18 +4,20 @@
  *
  * started by the master with its end of a SOCK_SEQPACKET pair on
  * descriptor 3.  It loads the modules as the master did, says so, then per
- * request forks a worker with clone(CLONE_PARENT), so the worker is the
- * master's child (its exit signal is ours, SIGCHLD), and passes back its
- * pid and the master's end of its socketpair.  It leaves when the master
- * closes the pair or dies. */
+ * request fork()s a worker and passes back its pid and the master's end of
+ * its socketpair; it reaps its workers and reports each death.  When the
+ * master ends the requests it leaves with its last worker; when the master
+ * dies, it dies, and its workers with it. */
 #include <errno.h>
-#include <linux/sched.h>
+#include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -51,67 +53,72 @@ static void reply(const struct zygote_rep *rep, int fd)
 		_exit(0);           /* the master is gone */
 }
 
-/* fork(), but the child's parent is our parent: the master.  With
- * CLONE_PARENT the child's exit signal is ours (SIGCHLD: the master forked
- * us), and clone3 insists that none be given.  clone3 needs Linux 5.3, and
- * seccomp filters (systemd's RestrictNamespaces=, containers) answer it
- * with ENOSYS or EPERM; the old clone's zero arguments mean the same in any
- * order. */
-static long clone_parent(void)
-{
-	struct clone_args ca = { .flags = CLONE_PARENT };
-	long pid = syscall(SYS_clone3, &ca, sizeof(ca));
+/* Live workers: once the master has ended the requests, the fork server
+ * leaves with its last worker. */
+static unsigned n_workers;
 
-	if (pid < 0 && (errno == ENOSYS || errno == EPERM))
-		pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, NULL, NULL, 0);
-	return pid;
-}
-
-/* The worker, on its way, in the child. */
-__attribute__((noreturn)) static void worker_start(long fd, long master, long quota)
+/* In the child of fork(): glibc ran the atfork handlers and its own fix-ups.
+ * The worker dies with us (worker_detach), and we with the master. */
+__attribute__((noreturn)) static void worker_start(int fd, pid_t parent, uint64_t quota)
 {
-	/* ps and top show workers as mpoold's, as when the master forked them. */
+	sigset_t none;
+
+	/* SIGCHLD is blocked for our signalfd, not for the worker. */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	/* ps and top show workers as mpoold's, as when the master forks them. */
 	prctl(PR_SET_NAME, "mpoold");
-	worker_main((int)fd, (pid_t)master, (uint64_t)quota);
+	worker_main(fd, parent, quota);
 }
 
-/* A worker, the master's child: its pid, or -1 with errno. */
-static long spawn(int fd, pid_t master, uint64_t quota)
+static void serve(uint64_t quota)
 {
-	long pid = clone_parent();
-
-	if (pid == 0)
-		worker_start(fd, master, (long)quota);
-	return pid;
-}
-
-static void serve(pid_t master, uint64_t quota)
-{
-	struct zygote_rep rep = { 0 };
+	struct zygote_rep rep = { .kind = ZYGOTE_FORKED };
+	pid_t self = getpid(), pid;
 	int sv[2];
-	long pid;
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
 		rep.err = -errno;
 		reply(&rep, -1);
 		return;
 	}
-	pid = spawn(sv[1], master, quota);
-	if (pid < 0)
+	pid = fork();
+	if (pid == 0)
+		worker_start(sv[1], self, quota);
+	if (pid < 0) {
 		rep.err = -errno;
-	else
+	} else {
 		rep.pid = (int32_t)pid;
+		n_workers++;
+	}
 	close(sv[1]);
 	reply(&rep, pid > 0 ? sv[0] : -1);
 	close(sv[0]);
 }
 
+/* Reports every worker that has died, with its wait status: the master
+ * is not their parent. */
+static void reap(void)
+{
+	struct zygote_rep rep = { .kind = ZYGOTE_EXITED };
+	int status;
+	pid_t pid;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		rep.pid = (int32_t)pid;
+		rep.status = status;
+		n_workers--;
+		reply(&rep, -1);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	pid_t master = getppid();
-	struct zygote_rep rep = { 0 };
-	sigset_t none;
-	int r;
+	struct zygote_rep rep = { .kind = ZYGOTE_HELLO };
+	sigset_t none, chld;
+	bool requests = true;
+	int r, sfd;
 
 	prctl(PR_SET_NAME, ZYGOTE_NAME);
 	/* Once, for every worker to come: defaults everywhere (exec kept the
@@ -150,19 +157,46 @@ int main(int argc, char **argv)
 	log_init(cfg.log_level < LOG_WARNING ? cfg.log_level : LOG_WARNING);
 	r = modload_all();
 	log_init(cfg.log_level);
-	rep.err = r < 0 ? -EINVAL : 0;
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, NULL);
+	sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+	rep.err = r < 0 ? -EINVAL : sfd < 0 ? -errno : 0;
 	rep.pid = (int32_t)getpid();
 	reply(&rep, -1);
-	if (r < 0)
+	if (rep.err < 0)
 		_exit(1);
+	/* Requests and deaths, in one loop: SIGCHLD comes as a descriptor. */
 	for (;;) {
+		struct pollfd p[2] = {
+			{ sfd, POLLIN, 0 },
+			{ requests ? ZYGOTE_FD : -1, POLLIN, 0 },
+		};
 		struct zygote_req req;
-		ssize_t n = recv(ZYGOTE_FD, &req, sizeof(req), 0);
+		ssize_t n;
 
-		if (n < 0 && errno == EINTR)
+		if (!requests && n_workers == 0)
+			_exit(0);
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			_exit(1);
+		}
+		if (p[0].revents) {
+			struct signalfd_siginfo si;
+
+			while (read(sfd, &si, sizeof(si)) > 0)
+				;
+			reap();
+		}
+		if (!p[1].revents)
 			continue;
-		if (n != (ssize_t)sizeof(req))
-			_exit(0);   /* the master closed the pair, or sent nonsense */
-		serve(master, req.quota);
+		n = recv(ZYGOTE_FD, &req, sizeof(req), MSG_DONTWAIT);
+		if (n == (ssize_t)sizeof(req))
+			serve(req.quota);
+		else if (n == 0)
+			requests = false;   /* a reload: serve our workers out */
+		else if (n > 0 || (errno != EINTR && errno != EAGAIN))
+			_exit(0);           /* nonsense, or the pair broke */
 	}
 }

@@ -17,6 +17,12 @@
  *                (after creating it), returns arg otherwise
  *   getenv       the value of the environment variable arg in the task's
  *                process, nil when it is not set
+ *   atfork       what a library that must reseed after fork(2) sees: a map
+ *                with "pid" (the task's process), "ran" (whether the
+ *                pthread_atfork child handler testmod registers when it is
+ *                loaded ran in this very process) and "random" (the next
+ *                value of a generator seeded at load and reseeded by that
+ *                handler)
  *   mixed        one function for maps that mix behaviours item by item:
  *                an integer N sleeps N ms and returns N; the strings
  *                "crash", "abort", "hang" do that; "crash_once:PATH" and
@@ -30,6 +36,7 @@
  * Built with -DTESTMOD_NO_DESCRIPTOR it exports no mpool_module at all: a
  * shared object mpoold must refuse to load. */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -47,6 +54,36 @@
 
 static void *saved_initargs;         /* packed copy; NULL: nil */
 static size_t saved_initargs_len;
+
+/* As a crypto or random-number library keeps it: seeded once when loaded,
+ * reseeded in every child of fork(2) by an atfork handler, so that no two
+ * processes draw the same numbers. */
+static uint64_t rng_state;
+static pid_t atfork_ran_in;          /* the process the child handler last ran in */
+
+static uint64_t rng_mix(uint64_t x)
+{
+	/* splitmix64's finalizer */
+	x += 0x9E3779B97F4A7C15ull;
+	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+	x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+	return x ^ (x >> 31);
+}
+
+static void atfork_child(void)
+{
+	atfork_ran_in = getpid();
+	rng_state = rng_mix(rng_state ^ (uint64_t)atfork_ran_in);
+}
+
+__attribute__((constructor)) static void testmod_load(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	rng_state = rng_mix((uint64_t)ts.tv_nsec ^ (uint64_t)getpid());
+	pthread_atfork(NULL, NULL, atfork_child);
+}
 
 static int type_fail(const char *fn, const char *want, struct mpool_task_error *err)
 {
@@ -264,6 +301,25 @@ static int fn_mixed(const msgpack_object *arg, msgpack_packer *out, struct mpool
 	return -1;
 }
 
+static int fn_atfork(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
+{
+	pid_t pid = getpid();
+
+	(void)arg;
+	(void)err;
+	rng_state = rng_mix(rng_state);
+	msgpack_pack_map(out, 3);
+	msgpack_pack_str_with_body(out, "pid", 3);
+	msgpack_pack_int64(out, pid);
+	msgpack_pack_str_with_body(out, "ran", 3);
+	if (atfork_ran_in == pid)
+		msgpack_pack_true(out);
+	else
+		msgpack_pack_false(out);
+	msgpack_pack_str_with_body(out, "random", 6);
+	return msgpack_pack_uint64(out, rng_state);
+}
+
 static int fn_getenv(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
 {
 	char name[256];
@@ -339,6 +395,7 @@ static const struct mpool_function functions[] = {
 	{ "crash_once", fn_crash_once },
 	{ "mixed", fn_mixed },
 	{ "getenv", fn_getenv },
+	{ "atfork", fn_atfork },
 	{ NULL, NULL },
 };
 

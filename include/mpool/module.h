@@ -3,9 +3,10 @@
  *
  * Lifecycle: mpoold loads every module in the master, before it forks, so
  * the code and any data the module sets up at load time are shared
- * copy-on-write.  In each worker, init runs once before the first task and
- * fini when the worker leaves cleanly (recycled, reloaded, drained; not
- * when it is killed).  A worker runs one task at a time: functions need not
+ * copy-on-write.  Workers are made by fork(), so a module's pthread_atfork
+ * handlers run in each (reseed a random generator there).  In each worker,
+ * init runs once before the first task and fini when the worker leaves
+ * cleanly (recycled, reloaded, drained; not when it is killed).  A worker runs one task at a time: functions need not
  * be thread-safe, and static state persists from task to task within one
  * worker, like a Python Pool initializer's globals.
  *
