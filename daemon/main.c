@@ -205,7 +205,7 @@ int main(int argc, char **argv)
 	r = 1;
 	/* Modules load here, before master_run() starts anything: the master
 	 * checks function names against them, and a bad module stops mpoold
-	 * now, naming the file.  The fork server (zygote.h) loads the same
+	 * now, naming the file.  The fork server (forksrv.h) loads the same
 	 * files again for the workers it forks. */
 	if (notify_init() == 0) {
 		if (modload_all() == 0)

@@ -23,7 +23,7 @@
 #include "notify.h"
 #include "wmsg.h"
 #include "worker.h"
-#include "zygote.h"
+#include "forksrv.h"
 
 /* W_FORKING: the fork server has not answered yet; the entry has no pid. */
 enum wstate { W_EMPTY, W_FORKING, W_STARTING, W_IDLE, W_BUSY, W_EXITING };
@@ -165,7 +165,7 @@ static void install(struct worker *w, pid_t pid, int fd)
 	}
 }
 
-/* The fork server's answer (zygote.h). */
+/* The fork server's answer (forksrv.h). */
 static void forked(void *token, int err, pid_t pid, int fd)
 {
 	struct worker *w = token;
@@ -190,7 +190,7 @@ static void forked(void *token, int err, pid_t pid, int fd)
 	master_progress();
 }
 
-/* Forks one worker into an empty slot, through the fork server (zygote.h)
+/* Forks one worker into an empty slot, through the fork server (forksrv.h)
  * or, when there is none, from the master.  The child goes straight to
  * worker_main() and never comes back here. */
 static int spawn(struct worker *w, unsigned slot)
@@ -203,7 +203,7 @@ static int spawn(struct worker *w, unsigned slot)
 	w->gen = gen;
 	w->state = W_FORKING;
 	slots[slot].cur = w;
-	r = zygote_request(w->quota, w);
+	r = forksrv_request(w->quota, w);
 	if (r == 0)
 		return 0;
 	if (r == -ENOTCONN)
@@ -467,11 +467,11 @@ int pool_init(struct event_base *b)
 		if (!procs[i].deadline)
 			return -ENOMEM;
 	}
-	r = zygote_init(base, forked, exited, n_procs);
+	r = forksrv_init(base, forked, exited, n_procs);
 	if (r < 0)
 		return r;
 	/* Without it, workers fork from the master. */
-	zygote_start();
+	forksrv_start();
 	/* A fork that fails at start is a failure storm like any other:
 	 * mpoold starts degraded and retries with backoff. */
 	for (unsigned i = 0; i < n_slots; i++)
@@ -481,7 +481,7 @@ int pool_init(struct event_base *b)
 
 void pool_free(void)
 {
-	zygote_free();
+	forksrv_free();
 	for (unsigned i = 0; i < n_slots; i++)
 		if (slots[i].respawn)
 			event_free(slots[i].respawn);
@@ -751,7 +751,7 @@ static struct worker *find_worker(pid_t pid)
 	return NULL;
 }
 
-/* A fork server reaped one of its workers (zygote.h). */
+/* A fork server reaped one of its workers (forksrv.h). */
 static void exited(pid_t pid, int status)
 {
 	struct worker *w = find_worker(pid);
@@ -770,13 +770,13 @@ void pool_reap(void)
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 		struct worker *w;
 
-		if (zygote_reaped(pid, status))
+		if (forksrv_reaped(pid, status))
 			continue;
 		w = find_worker(pid);
 		if (!w) {
 			/* A worker whose fork server died is ours to reap now,
 			 * and the answer that named it may still be unread. */
-			zygote_collect();
+			forksrv_collect();
 			w = find_worker(pid);
 		}
 		/* Neither a worker nor a supervised process: an orphan of
@@ -798,8 +798,8 @@ void pool_reload(void)
 	}
 	/* A new fork server opens the files anew too; the old one serves its
 	 * workers out. */
-	zygote_retire();
-	zygote_start();
+	forksrv_retire();
+	forksrv_start();
 	gen++;
 	reload_pending = true;
 	for (unsigned i = 0; i < n_procs; i++) {

@@ -120,9 +120,9 @@ static pid_t the_idle_worker(const struct ffx_status *st)
 	return 0;
 }
 
-/* mpoold's fork server (daemon/zygote.h): its child named mpool-zygote, or
+/* mpoold's fork server (daemon/forksrv.h): its child named mpool-forksrv, or
  * 0 when it has none. */
-static pid_t zygote_of(pid_t daemon)
+static pid_t forksrv_of(pid_t daemon)
 {
 	DIR *d = opendir("/proc");
 	struct dirent *e;
@@ -141,7 +141,7 @@ static pid_t zygote_of(pid_t daemon)
 		if (!f)
 			continue;
 		if (fgets(line, sizeof(line), f) && (close_paren = strrchr(line, ')')) != NULL &&
-		    strstr(line, "(mpool-zygote)") && sscanf(close_paren + 2, "%*c %d", &ppid) == 1 &&
+		    strstr(line, "(mpool-forksrv)") && sscanf(close_paren + 2, "%*c %d", &ppid) == 1 &&
 		    ppid == daemon)
 			found = (pid_t)atoi(e->d_name);
 		fclose(f);
@@ -915,7 +915,7 @@ START_TEST(fork_failure_on_respawn_recovers)
 	char desc[1024];
 	mpool_value *v = NULL;
 	unsigned base = ffx_settle_uid_tasks(65534), before, after;
-	pid_t holder, victim, zygote;
+	pid_t holder, victim, forksrv;
 	int64_t end;
 	int r;
 
@@ -927,10 +927,10 @@ START_TEST(fork_failure_on_respawn_recovers)
 		FREQUIRE(&fx, fx_now_ms() < end, "nobody runs %u tasks, expected %u",
 			 ffx_count_uid_tasks(65534), base + 5);
 	/* The fork server forks the workers: its limit is the one that bites. */
-	zygote = zygote_of(fx.pid);
-	FREQUIRE(&fx, zygote > 0, "mpoold %d has no fork server", (int)fx.pid);
+	forksrv = forksrv_of(fx.pid);
+	FREQUIRE(&fx, forksrv > 0, "mpoold %d has no fork server", (int)fx.pid);
 	ffx_set_nproc_of_nobody(fx.pid, base + 4);
-	ffx_set_nproc_of_nobody(zygote, base + 4);
+	ffx_set_nproc_of_nobody(forksrv, base + 4);
 	victim = st.workers[0].pid;
 	FREQUIRE(&fx, kill(victim, SIGKILL) == 0, "kill %d: %s", (int)victim, strerror(errno));
 	ffx_wait(&fx, degraded_with, &d, WAIT_MS, "degraded, last_failure naming fork", &st);
@@ -958,14 +958,14 @@ START_TEST(fork_failure_on_respawn_recovers)
 }
 END_TEST
 
-struct new_zygote {
+struct new_forksrv {
 	pid_t daemon, old;
 };
 
-static bool zygote_replaced(const struct ffx_status *st, void *arg)
+static bool forksrv_replaced(const struct ffx_status *st, void *arg)
 {
-	const struct new_zygote *z = arg;
-	pid_t now = zygote_of(z->daemon);
+	const struct new_forksrv *z = arg;
+	pid_t now = forksrv_of(z->daemon);
 
 	return now > 0 && now != z->old && ffx_pool_idle(st, 2);
 }
@@ -996,7 +996,7 @@ static pid_t parent_of(pid_t pid)
 START_TEST(fork_server_killed_takes_its_workers_pool_recovers)
 {
 	const char *args[] = { "--max-tasks-per-child", "1", NULL };
-	struct new_zygote z;
+	struct new_forksrv z;
 	struct fx fx;
 	struct ffx_map m = { 0 };
 	struct mpool_map_summary sum;
@@ -1009,7 +1009,7 @@ START_TEST(fork_server_killed_takes_its_workers_pool_recovers)
 
 	fx_start(&fx, args);
 	z.daemon = fx.pid;
-	z.old = zygote_of(fx.pid);
+	z.old = forksrv_of(fx.pid);
 	FREQUIRE(&fx, z.old > 0, "mpoold %d has no fork server", (int)fx.pid);
 	ffx_status(&fx, NULL, &st);
 	FREQUIRE(&fx, st.n_workers == 2, "%s", ffx_describe(&st, desc, sizeof(desc)));
@@ -1020,13 +1020,13 @@ START_TEST(fork_server_killed_takes_its_workers_pool_recovers)
 	not_these_init(&nt, &st, 2, true);
 	FREQUIRE(&fx, kill(z.old, SIGKILL) == 0, "kill %d: %s", (int)z.old, strerror(errno));
 	ffx_wait(&fx, all_new, &nt, WAIT_MS, "two new workers", &st);
-	ffx_wait(&fx, zygote_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
+	ffx_wait(&fx, forksrv_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
 	for (unsigned i = 0; i < nt.n_old; i++)
 		FREQUIRE(&fx, kill(nt.old[i], 0) < 0 && errno == ESRCH,
 			 "worker %d outlived its fork server", (int)nt.old[i]);
 	FREQUIRE(&fx, st.workers_died == 2 && strstr(st.last_failure, "killed by SIGKILL"),
 		 "after the fork server's death: %s", ffx_describe(&st, desc, sizeof(desc)));
-	z.old = zygote_of(fx.pid);
+	z.old = forksrv_of(fx.pid);
 	for (unsigned i = 0; i < st.n_workers; i++)
 		FREQUIRE(&fx, parent_of(st.workers[i].pid) == z.old,
 			 "worker %d has parent %d, not the new fork server %d",
@@ -1041,13 +1041,13 @@ START_TEST(fork_server_killed_takes_its_workers_pool_recovers)
 	memset(&m, 0, sizeof(m));
 
 	/* Killed while every task recycles a worker. */
-	z.old = zygote_of(fx.pid);
+	z.old = forksrv_of(fx.pid);
 	FREQUIRE(&fx, z.old > 0 && kill(z.old, SIGKILL) == 0, "kill the fork server %d", (int)z.old);
 	r = ffx_map_run(fx.c, "builtin.pid", &sb, 100,
 			&(struct mpool_map_opts){ .chunksize = 1, .retries = 3 }, &m, &sum);
 	FREQUIRE(&fx, r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
 		 (unsigned long long)sum.failed);
-	ffx_wait(&fx, zygote_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
+	ffx_wait(&fx, forksrv_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
 	FREQUIRE(&fx, st.tasks_done >= 200 && strcmp(st.health, "ok") == 0, "%s",
 		 ffx_describe(&st, desc, sizeof(desc)));
 	ffx_map_free(&m);
@@ -1135,12 +1135,12 @@ static const msgpack_object *fork_server_status(struct fx *fx, mpool_value **v)
 	return fs;
 }
 
-/* An mpoold with no mpool-zygote beside it (and none installed) forks its
+/* An mpoold with no mpool-forksrv beside it (and none installed) forks its
  * workers itself, says so once, and serves as before. */
 START_TEST(no_fork_server_workers_fork_from_the_master)
 {
 	const char *args[] = { "--max-tasks-per-child", "1", NULL };
-	static char dir[] = "/tmp/mpool-nozygote.XXXXXX", copy[64];
+	static char dir[] = "/tmp/mpool-noforksrv.XXXXXX", copy[64];
 	struct fx fx;
 	struct ffx_map m = { 0 };
 	struct mpool_map_summary sum;
@@ -1174,7 +1174,7 @@ START_TEST(no_fork_server_workers_fork_from_the_master)
 		 "tasks_done %llu, recycled %llu, died %llu", (unsigned long long)st.tasks_done,
 		 (unsigned long long)st.workers_recycled, (unsigned long long)st.workers_died);
 	/* Unless a fork server is installed where mpoold looks last. */
-	if (zygote_of(fx.pid) == 0) {
+	if (forksrv_of(fx.pid) == 0) {
 		mpool_value *v = NULL;
 		const msgpack_object *fs = fork_server_status(&fx, &v);
 
@@ -1507,7 +1507,7 @@ START_TEST(reload_reopens_a_rebuilt_module)
 	struct ffx_status st;
 	struct not_these nt;
 	int64_t ver;
-	pid_t zygote;
+	pid_t forksrv;
 	int r;
 
 	ffx_tempdir(dir, sizeof(dir));
@@ -1524,15 +1524,15 @@ START_TEST(reload_reopens_a_rebuilt_module)
 	ffx_build_testmod(path, 2);   /* a new file renamed over the old path */
 	ffx_status(&fx, NULL, &st);
 	not_these_init(&nt, &st, 2, true);
-	zygote = zygote_of(fx.pid);
-	FREQUIRE(&fx, zygote > 0, "mpoold %d has no fork server", (int)fx.pid);
+	forksrv = forksrv_of(fx.pid);
+	FREQUIRE(&fx, forksrv > 0, "mpoold %d has no fork server", (int)fx.pid);
 	r = mpool_reload(fx.c);
 	REQUIREF(r == 0, "mpool_reload: %s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	ffx_wait(&fx, all_new, &nt, WAIT_MS, "every worker replaced by the reload", &st);
 	/* The new workers come from a new fork server, which opened the file
 	 * anew. */
-	REQUIREF(zygote_of(fx.pid) > 0 && zygote_of(fx.pid) != zygote,
-		 "fork server %d before the reload, %d after", (int)zygote, (int)zygote_of(fx.pid));
+	REQUIREF(forksrv_of(fx.pid) > 0 && forksrv_of(fx.pid) != forksrv,
+		 "fork server %d before the reload, %d after", (int)forksrv, (int)forksrv_of(fx.pid));
 	for (int k = 0; k < 4; k++) {   /* whichever worker answers */
 		ver = version_of(&fx);
 		REQUIREF(ver == 2, "testmod.version is %lld after rebuilding with 2 and reloading",

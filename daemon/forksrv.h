@@ -1,6 +1,6 @@
-/* zygote: the fork server, the master's side.
+/* forksrv: the fork server, the master's side.
  *
- * Pool workers are forked by a small helper, mpool-zygote, which the master
+ * Pool workers are forked by a small helper, mpool-forksrv, which the master
  * starts by fork+exec once (and again on reload): it links only what a
  * worker needs (the task modules, msgpack, the worker loop; no libevent, no
  * libsystemd) and loads the modules before any fork.  A fork from that
@@ -27,8 +27,8 @@
  * Requests are asynchronous, so the master serves clients while a worker
  * is forked; the fork server answers in order, so the master keeps its
  * requests in a FIFO and matches each answer to the oldest. */
-#ifndef ZYGOTE_H
-#define ZYGOTE_H
+#ifndef FORKSRV_H
+#define FORKSRV_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -38,21 +38,21 @@
 
 struct event_base;
 
-#define ZYGOTE_NAME "mpool-zygote"
+#define FORKSRV_NAME "mpool-forksrv"
 
 /* The wire, over a SOCK_SEQPACKET pair; private to one build (the fork
  * server refuses an mpoold of another version). */
-struct zygote_req {
+struct forksrv_req {
 	uint64_t quota;           /* the worker's task quota; 0: unlimited */
 };
-enum zygote_kind {
-	ZYGOTE_HELLO = 1,         /* err 0 and its pid once the modules are loaded;
+enum forksrv_kind {
+	FORKSRV_HELLO = 1,         /* err 0 and its pid once the modules are loaded;
 				   * err -EINVAL when one failed (it logged which) */
-	ZYGOTE_FORKED,            /* the answer to the oldest request: err 0 and the
+	FORKSRV_FORKED,            /* the answer to the oldest request: err 0 and the
 				   * worker's pid, its channel as SCM_RIGHTS; or -errno */
-	ZYGOTE_EXITED,            /* it reaped worker pid: status as from waitpid */
+	FORKSRV_EXITED,            /* it reaped worker pid: status as from waitpid */
 };
-struct zygote_rep {
+struct forksrv_rep {
 	int32_t kind;
 	int32_t err;
 	int32_t pid;
@@ -65,46 +65,46 @@ struct zygote_rep {
  * -ECANCELED when the request was dropped (no fork happened); another
  * -errno when the fork failed (the fork server's fork failed, or it was
  * lost twice). */
-typedef void zygote_forked_fn(void *token, int err, pid_t pid, int fd);
+typedef void forksrv_forked_fn(void *token, int err, pid_t pid, int fd);
 /* A worker of a fork server died; status as from waitpid(). */
-typedef void zygote_exited_fn(pid_t pid, int status);
+typedef void forksrv_exited_fn(pid_t pid, int status);
 
 /* Once, before anything else here: answers go to forked and deaths to
  * exited, from base's loop or from the calls below that say so; at most
  * max_pending requests wait at once.  Makes the master a child subreaper.
  * 0, or -errno. */
-int zygote_init(struct event_base *base, zygote_forked_fn *forked, zygote_exited_fn *exited,
+int forksrv_init(struct event_base *base, forksrv_forked_fn *forked, forksrv_exited_fn *exited,
 		unsigned max_pending);
-void zygote_free(void);
+void forksrv_free(void);
 /* Starts the fork server unless one runs.  0, or -errno after logging
  * why; the caller then forks from the master. */
-int zygote_start(void);
+int forksrv_start(void);
 /* Reload: the fork server takes no more requests and leaves once its
  * workers have; answers and deaths it reports before it returns are
  * delivered, every other request is answered -ECANCELED, all before it
- * returns.  The next zygote_start() starts a new one, even after a failed
+ * returns.  The next forksrv_start() starts a new one, even after a failed
  * start. */
-void zygote_retire(void);
+void forksrv_retire(void);
 /* Exit: kills every fork server, retired ones too, and waits for them;
  * their workers die with them and become the master's children to reap.
  * Delivers what they reported and cancels every request. */
-void zygote_stop(void);
+void forksrv_stop(void);
 /* Asks for a pool worker with this task quota.  0: forked(token, ...)
  * follows, from the event loop, never from inside this call; -ENOTCONN: no
  * fork server runs and none can be started (fork from the master);
  * -ENOBUFS: max_pending requests wait already; another -errno: none runs
  * and none could be started now (a process limit: a failed fork). */
-int zygote_request(uint64_t quota, void *token);
+int forksrv_request(uint64_t quota, void *token);
 /* Requests sent and not answered yet. */
-unsigned zygote_pending(void);
+unsigned forksrv_pending(void);
 /* Delivers every answer and death the fork servers have sent: before the
  * master looks up a pid it reaped, which may be a worker of a fork server
  * that has just died. */
-void zygote_collect(void);
+void forksrv_collect(void);
 /* SIGCHLD: true when pid was a fork server (it is forgotten; pending
  * requests go to a new one). */
-bool zygote_reaped(pid_t pid, int status);
+bool forksrv_reaped(pid_t pid, int status);
 /* For status: nil when no fork server runs, else a map with its pid. */
-void zygote_pack_status(msgpack_packer *pk);
+void forksrv_pack_status(msgpack_packer *pk);
 
 #endif

@@ -1,4 +1,4 @@
-#include "zygote.h"
+#include "forksrv.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -23,8 +23,8 @@
 
 /* A fork server that has not loaded the modules or answered a fork by then
  * is taken for hung: the master must not wait on it for long. */
-#define ZYGOTE_START_MS 5000
-#define ZYGOTE_REPLY_MS 2000
+#define FORKSRV_START_MS 5000
+#define FORKSRV_REPLY_MS 2000
 
 /* One fork server process.  Freed once it is both reaped and its channel
  * closed. */
@@ -45,8 +45,8 @@ static unsigned n_old, old_cap;
 static bool z_broken;
 
 static struct event_base *z_base;
-static zygote_forked_fn *z_forked;
-static zygote_exited_fn *z_exited;
+static forksrv_forked_fn *z_forked;
+static forksrv_exited_fn *z_exited;
 /* The deadline of the oldest answer due; the current fork server found
  * lost where answering would re-enter the caller (lost_soon). */
 static struct event *z_timer, *z_lost;
@@ -76,19 +76,19 @@ static int find_binary(char *buf, size_t size)
 		slash = strrchr(self, '/');
 		if (slash) {
 			*slash = '\0';
-			if ((size_t)snprintf(buf, size, "%s/%s", self, ZYGOTE_NAME) < size &&
+			if ((size_t)snprintf(buf, size, "%s/%s", self, FORKSRV_NAME) < size &&
 			    access(buf, X_OK) == 0)
 				return 0;
 		}
 	}
-	snprintf(buf, size, "%s", MPOOL_ZYGOTE_PATH);
+	snprintf(buf, size, "%s", MPOOL_FORKSRV_PATH);
 	return access(buf, X_OK) == 0 ? 0 : -errno;
 }
 
 /* One message, and the descriptor that came with it (-1 if none): 0;
  * -EAGAIN when none is waiting and flags has MSG_DONTWAIT; -ECONNRESET at
  * the end of the stream. */
-static int recv_rep(int fd, struct zygote_rep *rep, int *ret_fd, int flags)
+static int recv_rep(int fd, struct forksrv_rep *rep, int *ret_fd, int flags)
 {
 	char cbuf[CMSG_SPACE(sizeof(int))];
 	struct iovec iov = { rep, sizeof(*rep) };
@@ -116,14 +116,14 @@ static int recv_rep(int fd, struct zygote_rep *rep, int *ret_fd, int flags)
 	return 0;
 }
 
-/* The fork server's first message, within ZYGOTE_START_MS. */
-static int recv_hello(int fd, struct zygote_rep *rep)
+/* The fork server's first message, within FORKSRV_START_MS. */
+static int recv_hello(int fd, struct forksrv_rep *rep)
 {
 	struct pollfd p = { fd, POLLIN, 0 };
 	int r, extra;
 
 	do
-		r = poll(&p, 1, ZYGOTE_START_MS);
+		r = poll(&p, 1, FORKSRV_START_MS);
 	while (r < 0 && errno == EINTR);
 	if (r == 0)
 		return -ETIMEDOUT;
@@ -134,7 +134,7 @@ static int recv_hello(int fd, struct zygote_rep *rep)
 		close(extra);
 		r = -EPROTO;
 	}
-	if (r == 0 && rep->kind != ZYGOTE_HELLO)
+	if (r == 0 && rep->kind != FORKSRV_HELLO)
 		r = -EPROTO;
 	return r;
 }
@@ -157,18 +157,18 @@ static struct pending pend_pop(void)
 /* 0, -EAGAIN when the channel is full, or -errno. */
 static int send_req(uint64_t quota)
 {
-	struct zygote_req req = { .quota = quota };
+	struct forksrv_req req = { .quota = quota };
 
 	if (send(cur->fd, &req, sizeof(req), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(req))
 		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
 	return 0;
 }
 
-/* While answers are due, the oldest must come within ZYGOTE_REPLY_MS of
+/* While answers are due, the oldest must come within FORKSRV_REPLY_MS of
  * the last progress. */
 static void arm_timer(void)
 {
-	struct timeval tv = { ZYGOTE_REPLY_MS / 1000, (ZYGOTE_REPLY_MS % 1000) * 1000 };
+	struct timeval tv = { FORKSRV_REPLY_MS / 1000, (FORKSRV_REPLY_MS % 1000) * 1000 };
 
 	if (pend_sent > 0)
 		evtimer_add(z_timer, &tv);
@@ -211,7 +211,7 @@ static void pump(void)
 static int take(struct srv *s)
 {
 	while (s->fd >= 0) {
-		struct zygote_rep rep;
+		struct forksrv_rep rep;
 		struct pending p;
 		int fd, r = recv_rep(s->fd, &rep, &fd, MSG_DONTWAIT);
 
@@ -219,11 +219,11 @@ static int take(struct srv *s)
 			return 0;
 		if (r < 0)
 			return r;
-		if (rep.kind == ZYGOTE_EXITED && fd < 0) {
+		if (rep.kind == FORKSRV_EXITED && fd < 0) {
 			z_exited(rep.pid, rep.status);
 			continue;
 		}
-		if (rep.kind != ZYGOTE_FORKED || s != cur || pend_sent == 0) {
+		if (rep.kind != FORKSRV_FORKED || s != cur || pend_sent == 0) {
 			if (fd >= 0)
 				close(fd);
 			return -EPROTO;
@@ -313,13 +313,13 @@ static void forget_timers(void)
 	z_lost_why = NULL;
 }
 
-void zygote_retire(void)
+void forksrv_retire(void)
 {
 	/* What it was sent it forks before it sees the end of the requests:
 	 * let it answer all of it, so that no worker it made goes unreported.
 	 * Bounded like any answer. */
 	if (cur && cur->fd >= 0 && cur->pid && shutdown(cur->fd, SHUT_WR) == 0) {
-		uint64_t end = now_ms() + ZYGOTE_REPLY_MS;
+		uint64_t end = now_ms() + FORKSRV_REPLY_MS;
 
 		while (pend_sent > 0) {
 			struct pollfd p = { cur->fd, POLLIN, 0 };
@@ -347,7 +347,7 @@ void zygote_retire(void)
 	z_broken = false;
 }
 
-void zygote_stop(void)
+void forksrv_stop(void)
 {
 	shut_cur();
 	while (n_old > 0) {
@@ -376,7 +376,7 @@ static void lost(const char *why)
 		arm_timer();
 		return;             /* the next request starts a new one */
 	}
-	r = zygote_start();
+	r = forksrv_start();
 	n = pend_n;
 	for (unsigned i = 0; i < n; i++) {
 		struct pending p = pend_pop();
@@ -435,7 +435,7 @@ static void lost_cb(evutil_socket_t fd, short what, void *arg)
 		lost(why ? why : "it died");
 }
 
-int zygote_init(struct event_base *base, zygote_forked_fn *forked, zygote_exited_fn *exited,
+int forksrv_init(struct event_base *base, forksrv_forked_fn *forked, forksrv_exited_fn *exited,
 		unsigned max_pending)
 {
 	/* Workers whose fork server died are reparented to us, not to init,
@@ -453,9 +453,9 @@ int zygote_init(struct event_base *base, zygote_forked_fn *forked, zygote_exited
 	return z_timer && z_lost ? 0 : -ENOMEM;
 }
 
-void zygote_free(void)
+void forksrv_free(void)
 {
-	zygote_stop();
+	forksrv_stop();
 	if (z_timer)
 		event_free(z_timer);
 	if (z_lost)
@@ -469,11 +469,11 @@ void zygote_free(void)
 	old_cap = 0;
 }
 
-int zygote_start(void)
+int forksrv_start(void)
 {
 	char path[PATH_MAX], level[16], frame[32];
 	char *argv[5 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION;
-	struct zygote_rep rep;
+	struct forksrv_rep rep;
 	unsigned n = 0;
 	pid_t pid;
 	int sv[2], r;
@@ -534,14 +534,14 @@ int zygote_start(void)
 	return 0;
 }
 
-int zygote_request(uint64_t quota, void *token)
+int forksrv_request(uint64_t quota, void *token)
 {
 	int r;
 
 	if (pend_n == pend_cap)
 		return -ENOBUFS;
 	if (!cur) {
-		r = zygote_start();
+		r = forksrv_start();
 		if (r < 0)
 			return z_broken ? -ENOTCONN : r;
 	}
@@ -550,12 +550,12 @@ int zygote_request(uint64_t quota, void *token)
 	return 0;
 }
 
-unsigned zygote_pending(void)
+unsigned forksrv_pending(void)
 {
 	return pend_n;
 }
 
-void zygote_collect(void)
+void forksrv_collect(void)
 {
 	for (unsigned i = 0; i < n_old; i++)
 		if (old[i]->fd >= 0 && take(old[i]) < 0)
@@ -564,7 +564,7 @@ void zygote_collect(void)
 		lost_soon("it closed its channel");
 }
 
-bool zygote_reaped(pid_t pid, int status)
+bool forksrv_reaped(pid_t pid, int status)
 {
 	char how[64];
 
@@ -593,7 +593,7 @@ bool zygote_reaped(pid_t pid, int status)
 	return false;
 }
 
-void zygote_pack_status(msgpack_packer *pk)
+void forksrv_pack_status(msgpack_packer *pk)
 {
 	if (!cur || cur->fd < 0 || cur->pid == 0) {
 		msgpack_pack_nil(pk);

@@ -1,6 +1,6 @@
-/* mpool-zygote: mpoold's fork server (zygote.h says why it exists).
+/* mpool-forksrv: mpoold's fork server (forksrv.h says why it exists).
  *
- *     mpool-zygote VERSION LOG_LEVEL MAX_FRAME [MODULE_PATH INITARGS_JSON|-]...
+ *     mpool-forksrv VERSION LOG_LEVEL MAX_FRAME [MODULE_PATH INITARGS_JSON|-]...
  *
  * started by the master with its end of a SOCK_SEQPACKET pair on
  * descriptor 3.  It loads the modules as the master did, says so, then per
@@ -24,11 +24,11 @@
 #include "log.h"
 #include "modload.h"
 #include "worker.h"
-#include "zygote.h"
+#include "forksrv.h"
 
-#define ZYGOTE_FD 3
+#define FORKSRV_FD 3
 
-static void reply(const struct zygote_rep *rep, int fd)
+static void reply(const struct forksrv_rep *rep, int fd)
 {
 	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
 	struct iovec iov = { (void *)rep, sizeof(*rep) };
@@ -47,7 +47,7 @@ static void reply(const struct zygote_rep *rep, int fd)
 		memcpy(CMSG_DATA(c), &fd, sizeof(int));
 	}
 	do
-		n = sendmsg(ZYGOTE_FD, &mh, MSG_NOSIGNAL);
+		n = sendmsg(FORKSRV_FD, &mh, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		_exit(0);           /* the master is gone */
@@ -56,6 +56,7 @@ static void reply(const struct zygote_rep *rep, int fd)
 /* Live workers: once the master has ended the requests, the fork server
  * leaves with its last worker. */
 static unsigned n_workers;
+static pid_t self;
 
 /* In the child of fork(): glibc ran the atfork handlers and its own fix-ups.
  * The worker dies with us (worker_detach), and we with the master. */
@@ -73,8 +74,8 @@ __attribute__((noreturn)) static void worker_start(int fd, pid_t parent, uint64_
 
 static void serve(uint64_t quota)
 {
-	struct zygote_rep rep = { .kind = ZYGOTE_FORKED };
-	pid_t self = getpid(), pid;
+	struct forksrv_rep rep = { .kind = FORKSRV_FORKED };
+	pid_t pid;
 	int sv[2];
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
@@ -100,7 +101,7 @@ static void serve(uint64_t quota)
  * is not their parent. */
 static void reap(void)
 {
-	struct zygote_rep rep = { .kind = ZYGOTE_EXITED };
+	struct forksrv_rep rep = { .kind = FORKSRV_EXITED };
 	int status;
 	pid_t pid;
 
@@ -115,12 +116,12 @@ static void reap(void)
 int main(int argc, char **argv)
 {
 	pid_t master = getppid();
-	struct zygote_rep rep = { .kind = ZYGOTE_HELLO };
+	struct forksrv_rep rep = { .kind = FORKSRV_HELLO };
 	sigset_t none, chld;
 	bool requests = true;
 	int r, sfd;
 
-	prctl(PR_SET_NAME, ZYGOTE_NAME);
+	prctl(PR_SET_NAME, FORKSRV_NAME);
 	/* Once, for every worker to come: defaults everywhere (exec kept the
 	 * master's ignored SIGPIPE and the mask fork.c blocked). */
 	for (int sig = 1; sig < NSIG; sig++)
@@ -130,16 +131,16 @@ int main(int argc, char **argv)
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != master)
 		_exit(0);
 	/* A socket systemd passed the master is not CLOEXEC: not ours. */
-	close_range(ZYGOTE_FD + 1, ~0U, 0);
+	close_range(FORKSRV_FD + 1, ~0U, 0);
 	/* The wire between us, arguments included, is private: an mpoold of
 	 * another version (a stale install) falls back to forking its
 	 * workers itself. */
 	if (argc >= 2 && strcmp(argv[1], MPOOL_VERSION) != 0) {
-		log_startup_err("mpool-zygote %s cannot serve mpoold %s", MPOOL_VERSION, argv[1]);
+		log_startup_err("mpool-forksrv %s cannot serve mpoold %s", MPOOL_VERSION, argv[1]);
 		_exit(2);
 	}
 	if (argc < 4 || (argc - 4) % 2 != 0 || (argc - 4) / 2 > CONFIG_MAX_MODULES) {
-		log_startup_err("mpool-zygote is started by mpoold, not by hand");
+		log_startup_err("mpool-forksrv is started by mpoold, not by hand");
 		_exit(2);
 	}
 	cfg.log_level = atoi(argv[2]);
@@ -162,7 +163,8 @@ int main(int argc, char **argv)
 	sigprocmask(SIG_BLOCK, &chld, NULL);
 	sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
 	rep.err = r < 0 ? -EINVAL : sfd < 0 ? -errno : 0;
-	rep.pid = (int32_t)getpid();
+	self = getpid();
+	rep.pid = (int32_t)self;
 	reply(&rep, -1);
 	if (rep.err < 0)
 		_exit(1);
@@ -170,9 +172,9 @@ int main(int argc, char **argv)
 	for (;;) {
 		struct pollfd p[2] = {
 			{ sfd, POLLIN, 0 },
-			{ requests ? ZYGOTE_FD : -1, POLLIN, 0 },
+			{ requests ? FORKSRV_FD : -1, POLLIN, 0 },
 		};
-		struct zygote_req req;
+		struct forksrv_req req;
 		ssize_t n;
 
 		if (!requests && n_workers == 0)
@@ -191,7 +193,7 @@ int main(int argc, char **argv)
 		}
 		if (!p[1].revents)
 			continue;
-		n = recv(ZYGOTE_FD, &req, sizeof(req), MSG_DONTWAIT);
+		n = recv(FORKSRV_FD, &req, sizeof(req), MSG_DONTWAIT);
 		if (n == (ssize_t)sizeof(req))
 			serve(req.quota);
 		else if (n == 0)
