@@ -564,6 +564,52 @@ void forksrv_collect(void)
 		lost_soon("it closed its channel");
 }
 
+/* pid's parent, from /proc; 0 when it is unknown. */
+static pid_t parent_of(pid_t pid)
+{
+	char path[64], line[512], *paren;
+	int ppid = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	/* The name may hold anything, even ')': the fields follow the last. */
+	if (!fgets(line, sizeof(line), f) || !(paren = strrchr(line, ')')) ||
+	    sscanf(paren + 1, " %*c %d", &ppid) != 1)
+		ppid = 0;
+	fclose(f);
+	return (pid_t)ppid;
+}
+
+void forksrv_overdue(pid_t worker)
+{
+	pid_t ppid;
+
+	/* Reported, maybe, and not read yet. */
+	forksrv_collect();
+	ppid = parent_of(worker);
+	if (ppid <= 0)
+		return;
+	if (cur && cur->pid == ppid) {
+		log_warn("fork server %d has not reported the death of worker %d; killing it",
+			 (int)ppid, (int)worker);
+		kill(ppid, SIGKILL);
+		lost_soon("it did not report a worker's death");
+		return;
+	}
+	for (unsigned i = 0; i < n_old; i++) {
+		if (old[i]->pid == ppid) {
+			log_warn("retired fork server %d has not reported the death of worker %d; "
+				 "killing it", (int)ppid, (int)worker);
+			srv_kill(old[i]);
+			old_remove(i);
+			return;
+		}
+	}
+}
+
 bool forksrv_reaped(pid_t pid, int status)
 {
 	char how[64];

@@ -101,6 +101,12 @@ unsigned forksrv_pending(void);
  * master looks up a pid it reaped, which may be a worker of a fork server
  * that has just died. */
 void forksrv_collect(void);
+/* A worker the master killed this long ago and whose death no fork server
+ * has reported: forksrv_overdue(). */
+#define FORKSRV_REPORT_MS 3000
+/* Its fork server, if it has one, is stuck (stopped, say): it is killed,
+ * so that its workers die and become the master's children to reap. */
+void forksrv_overdue(pid_t worker);
 /* SIGCHLD: true when pid was a fork server (it is forgotten; pending
  * requests go to a new one). */
 bool forksrv_reaped(pid_t pid, int status);

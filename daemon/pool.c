@@ -14,6 +14,7 @@
 #include "chan.h"
 #include "config.h"
 #include "fork.h"
+#include "forksrv.h"
 #include "proc.h"
 #include "log.h"
 #include "master.h"
@@ -23,7 +24,6 @@
 #include "notify.h"
 #include "wmsg.h"
 #include "worker.h"
-#include "forksrv.h"
 
 /* W_FORKING: the fork server has not answered yet; the entry has no pid. */
 enum wstate { W_EMPTY, W_FORKING, W_STARTING, W_IDLE, W_BUSY, W_EXITING };
@@ -52,6 +52,7 @@ struct worker {
 	enum retire retire;        /* asked to leave, and why */
 	bool reaped;               /* gone: take its last words, give it no work */
 	bool eof;                  /* its channel closed; waiting to reap it */
+	bool killed;               /* by us; waiting to learn of its death */
 	int fail_code;             /* with cause: the master gave up on it */
 	char cause[160];
 	uint32_t timeout_ms;       /* per item, for the chunk in flight */
@@ -146,12 +147,14 @@ static void install(struct worker *w, pid_t pid, int fd)
 		.max_frame = cfg.max_frame + CONFIG_WORKER_FRAME_SLACK,
 		.max_depth = MP_DEPTH_MAX,
 	};
+
 	w->pid = pid;
 	w->state = W_STARTING;
 	w->tasks_done = 0;
 	w->retire = R_NONE;
 	w->reaped = false;
 	w->eof = false;
+	w->killed = false;
 	w->fail_code = 0;
 	w->cause[0] = '\0';
 	w->started_ms = now_ms();
@@ -335,13 +338,19 @@ static void retire(struct worker *w, enum retire why)
  * cause once it is reaped. */
 static void worker_fault(struct worker *w, int code, const char *cause)
 {
+	struct timeval grace = { FORKSRV_REPORT_MS / 1000, (FORKSRV_REPORT_MS % 1000) * 1000 };
+
 	if (!w->cause[0]) {
 		snprintf(w->cause, sizeof(w->cause), "%s", cause);
 		w->fail_code = code;
 	}
 	log_debug("worker %d %s; killing it", (int)w->pid, cause);
 	kill(w->pid, SIGKILL);
+	w->killed = true;
+	/* Its chunk fails once its death is known: bounded even if the
+	 * fork server that should report it is stuck. */
 	evtimer_del(w->deadline);
+	evtimer_add(w->deadline, &grace);
 	chan_free(w->ch);
 	w->ch = NULL;
 	if (w->state != W_BUSY)
@@ -370,6 +379,10 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	if (w->killed) {
+		forksrv_overdue(w->pid);
+		return;
+	}
 	if (w->eof) {
 		worker_fault(w, MPOOL_E_WORKER, "closed its channel but did not exit");
 		return;
@@ -468,8 +481,10 @@ int pool_init(struct event_base *b)
 			return -ENOMEM;
 	}
 	r = forksrv_init(base, forked, exited, n_procs);
-	if (r < 0)
+	if (r < 0) {
+		log_err("cannot set up the fork server: %s", strerror(-r));
 		return r;
+	}
 	/* Without it, workers fork from the master. */
 	forksrv_start();
 	/* A fork that fails at start is a failure storm like any other:

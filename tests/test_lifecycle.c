@@ -1056,6 +1056,37 @@ START_TEST(fork_server_killed_takes_its_workers_pool_recovers)
 }
 END_TEST
 
+/* A stopped fork server cannot report the death of a worker the master
+ * killed (here for a timeout): the master kills it after a few seconds,
+ * reaps the worker itself, fails the task with its timeout and recovers,
+ * rather than leave the client waiting. */
+START_TEST(stopped_fork_server_hangs_no_client)
+{
+	const char *args[] = { "--module", testmod(), NULL };
+	struct new_forksrv z;
+	struct ffx_status st;
+	mpool_value *v = NULL;
+	struct fx fx;
+	int r;
+
+	fx_start(&fx, args);
+	z.daemon = fx.pid;
+	z.old = forksrv_of(fx.pid);
+	FREQUIRE(&fx, z.old > 0 && kill(z.old, SIGSTOP) == 0, "stop the fork server %d",
+		 (int)z.old);
+	r = ffx_apply_int(fx.c, "testmod.hang", 0, 200, &v);
+	FREQUIRE(&fx, r == -MPOOL_E_TIMEOUT, "hang with timeout_ms 200 under a stopped fork "
+		 "server: %d (%s: %s)", r, mpool_strerror(-r), mpool_errmsg(fx.c));
+	ffx_wait(&fx, forksrv_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
+	FREQUIRE(&fx, kill(z.old, 0) < 0 && errno == ESRCH, "the stopped fork server %d lives on",
+		 (int)z.old);
+	r = ffx_apply_int(fx.c, "testmod.sleep", 5, 0, &v);
+	FREQUIRE(&fx, r == 0, "after the recovery: %d (%s)", r, mpool_errmsg(fx.c));
+	mpool_value_free(v);
+	fx_stop(&fx);
+}
+END_TEST
+
 /* More workers at once than the fork server's channel holds requests (a
  * few hundred): the master sends the rest as answers make room.  No fork
  * server is lost, no start fails, and every worker takes work. */
@@ -1699,6 +1730,7 @@ static Suite *lifecycle_suite(void)
 	tcase_add_test(tc, fork_failure_at_start);
 	tcase_add_test(tc, fork_failure_on_respawn_recovers);
 	tcase_add_test(tc, fork_server_killed_takes_its_workers_pool_recovers);
+	tcase_add_test(tc, stopped_fork_server_hangs_no_client);
 	tcase_add_test(tc, many_workers_start_through_a_full_channel);
 	tcase_add_test(tc, no_fork_server_workers_fork_from_the_master);
 	tcase_add_test(tc, workers_run_atfork_child_handlers);
