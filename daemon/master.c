@@ -11,13 +11,13 @@
 #include "config.h"
 #include "conn.h"
 #include "disp.h"
+#include "forksrv.h"
 #include "listen.h"
 #include "log.h"
 #include "notify.h"
 #include "pool.h"
 #include "proc.h"
 #include "summary.h"
-#include "forksrv.h"
 
 /* STATUS= goes out at most this often (systemctl status is for people). */
 #define STATUS_INTERVAL_MS 250

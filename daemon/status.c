@@ -5,11 +5,11 @@
 #include "config.h"
 #include "conn.h"
 #include "disp.h"
+#include "forksrv.h"
 #include "master.h"
 #include "mp_rpc.h"
 #include "pool.h"
 #include "proc.h"
-#include "forksrv.h"
 
 static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 {
