@@ -133,9 +133,7 @@ static const char *duration(char *buf, size_t size, const msgpack_object *map, c
 static void print_fork_server(FILE *out, const msgpack_object *st)
 {
 	const msgpack_object *fs = ctl_get(st, "fork_server");
-	const msgpack_object *loader = ctl_get(fs, "loader");
 	char b[32];
-	uint64_t kib;
 
 	if (!fs)
 		return;
@@ -143,13 +141,7 @@ static void print_fork_server(FILE *out, const msgpack_object *st)
 		fprintf(out, "fork server none: workers fork from the master\n");
 		return;
 	}
-	fprintf(out, "fork server pid %s%s; workers on ", num(b, sizeof(b), fs, "pid"),
-		loader && loader->type == MSGPACK_OBJECT_BOOLEAN && loader->via.boolean ?
-		", started through the dynamic loader" : "");
-	if (get_u64(fs, "worker_stack_kib", &kib) && kib > 0)
-		fprintf(out, "their own %llu KiB stack\n", (unsigned long long)kib);
-	else
-		fprintf(out, "the stack they inherit\n");
+	fprintf(out, "fork server pid %s\n", num(b, sizeof(b), fs, "pid"));
 }
 
 static void print_summary(FILE *out, const msgpack_object *st)

@@ -31,7 +31,6 @@ struct config cfg = {
 	.admin_processes = 2,
 	.max_kept_processes = 16,
 	.process_grace_ms = 3000,
-	.worker_stack_kib = CONFIG_STACK_UNSET,
 };
 
 struct module_spec *config_module_add(void)

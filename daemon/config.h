@@ -18,12 +18,6 @@ struct module_spec {
 	char *initargs_json;            /* NULL: nil */
 };
 
-#define CONFIG_STACK_UNSET UINT64_MAX
-#define CONFIG_STACK_MAX_KIB (1024u * 1024)    /* 1 GiB */
-/* Less would not hold what glibc itself may put on a stack (alloca up to
- * 64 KiB) and a task's frames above it. */
-#define CONFIG_STACK_MIN_KIB 256u
-
 struct config {
 	char socket_path[108];          /* sun_path size; "" until main() applies the default rule */
 	unsigned socket_mode;           /* permissions of a socket mpoold binds itself */
@@ -48,10 +42,6 @@ struct config {
 	unsigned max_lifetime_s;        /* recycle a worker this old; 0: never */
 	unsigned max_retries;           /* cap on a request's "retries" */
 	unsigned recovery_timeout_ms;   /* queued work fails if no worker is ready this long */
-	/* The stack each worker of the fork server runs on (zygote.h, Layout),
-	 * KiB; 0: the stack it inherits.  CONFIG_STACK_UNSET until main()
-	 * applies the default (RLIMIT_STACK). */
-	uint64_t worker_stack_kib;
 
 	/* Who may run admin operations besides root and mpoold's own uid. */
 	gid_t admin_gid;                /* (gid_t)-1: nobody else */

@@ -1,5 +1,5 @@
 /* fork: the one place mpoold forks.  Pool workers and supervised processes
- * both start here (or in the fork server, see zygote.h, which this starts):
+ * both start here (or in the fork server, see forksrv.h, which this starts):
  * a socketpair, a fork, and the child goes straight to its entry function,
  * which never returns into master code. */
 #ifndef FORK_H

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include "cfgfile.h"
@@ -148,26 +147,8 @@ static int apply_dynamic_defaults(void)
 {
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 
-	struct rlimit rl;
-
 	if (cfg.workers == 0)
 		cfg.workers = cpus > 0 ? (cpus > 1024 ? 1024 : (unsigned)cpus) : 1;
-	/* As much as a main thread may grow to; 8 MiB, the usual limit, when
-	 * there is none. */
-	if (cfg.worker_stack_kib == CONFIG_STACK_UNSET) {
-		cfg.worker_stack_kib = 8192;
-		if (getrlimit(RLIMIT_STACK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-			cfg.worker_stack_kib = rl.rlim_cur / 1024 < CONFIG_STACK_MIN_KIB ?
-					       CONFIG_STACK_MIN_KIB :
-					       rl.rlim_cur / 1024 > CONFIG_STACK_MAX_KIB ?
-					       CONFIG_STACK_MAX_KIB : rl.rlim_cur / 1024;
-	}
-	if (cfg.worker_stack_kib != 0 && cfg.worker_stack_kib < CONFIG_STACK_MIN_KIB) {
-		log_startup_err("worker-stack: 0 (the inherited stack) or %u to %u KiB, not %llu",
-				CONFIG_STACK_MIN_KIB, CONFIG_STACK_MAX_KIB,
-				(unsigned long long)cfg.worker_stack_kib);
-		return -1;
-	}
 	if (!cfg.socket_path[0] &&
 	    mp_default_socket_path(cfg.socket_path, sizeof(cfg.socket_path)) < 0) {
 		log_startup_err("the default socket path is too long; set socket or pass --socket");
@@ -224,7 +205,7 @@ int main(int argc, char **argv)
 	r = 1;
 	/* Modules load here, before master_run() starts anything: the master
 	 * checks function names against them, and a bad module stops mpoold
-	 * now, naming the file.  The fork server (zygote.h) loads the same
+	 * now, naming the file.  The fork server (forksrv.h) loads the same
 	 * files again for the workers it forks. */
 	if (notify_init() == 0) {
 		if (modload_all() == 0)

@@ -11,13 +11,13 @@
 #include "config.h"
 #include "conn.h"
 #include "disp.h"
+#include "forksrv.h"
 #include "listen.h"
 #include "log.h"
 #include "notify.h"
 #include "pool.h"
 #include "proc.h"
 #include "summary.h"
-#include "zygote.h"
 
 /* STATUS= goes out at most this often (systemctl status is for people). */
 #define STATUS_INTERVAL_MS 250
@@ -259,7 +259,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
  * waits for them so none is left behind. */
 static void reap_all(void)
 {
-	zygote_stop();
+	forksrv_stop();
 	pool_kill_all();
 	proc_kill_all();
 	while (pool_live() > 0 || proc_running(false) > 0) {

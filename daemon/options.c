@@ -45,11 +45,6 @@ const struct opt opt_table[] = {
 	  0, 1u << 20, NULL, "recycle a worker whose RSS passes MIB mebibytes (0: never)" },
 	{ "max-worker-lifetime", 0, OPT_UINT, OPT_GLOBAL, NULL, "S", FIELD(max_lifetime_s),
 	  0, 365u * 24 * 3600, NULL, "recycle a worker S seconds old (0: never)" },
-	{ "worker-stack", 0, OPT_UINT, OPT_GLOBAL, NULL, "KIB", FIELD(worker_stack_kib),
-	  0, CONFIG_STACK_MAX_KIB, "RLIMIT_STACK in KiB, 8192 when unlimited",
-	  "the stack each worker runs on, mapped beside its libraries, at least 256 "
-	  "(0: the stack it inherits, which runtimes that ask glibc for their stack "
-	  "bounds need)" },
 	{ "task-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(task_timeout_ms),
 	  0, DAY_MS, NULL, "kill a chunk's worker when an item runs longer than MS "
 	  "(0: no limit; a request may set its own)" },

@@ -14,6 +14,7 @@
 #include "chan.h"
 #include "config.h"
 #include "fork.h"
+#include "forksrv.h"
 #include "proc.h"
 #include "log.h"
 #include "master.h"
@@ -23,7 +24,6 @@
 #include "notify.h"
 #include "wmsg.h"
 #include "worker.h"
-#include "zygote.h"
 
 /* W_FORKING: the fork server has not answered yet; the entry has no pid. */
 enum wstate { W_EMPTY, W_FORKING, W_STARTING, W_IDLE, W_BUSY, W_EXITING };
@@ -52,6 +52,7 @@ struct worker {
 	enum retire retire;        /* asked to leave, and why */
 	bool reaped;               /* gone: take its last words, give it no work */
 	bool eof;                  /* its channel closed; waiting to reap it */
+	bool killed;               /* by us; waiting to learn of its death */
 	int fail_code;             /* with cause: the master gave up on it */
 	char cause[160];
 	uint32_t timeout_ms;       /* per item, for the chunk in flight */
@@ -82,19 +83,8 @@ static uint64_t n_recycled[R_COUNT];
 static char last_failure[256];
 static uint64_t rng_state;
 
-/* Workers reaped before the fork server's answer named them: a worker can
- * die (a failed module init) before the answer is read.  Kept until the
- * answer comes, which is never later than the fork server's deadline. */
-#define EARLY_KEEP_MS 10000
-struct early_exit {
-	pid_t pid;
-	int status;
-	uint64_t at_ms;
-};
-static struct early_exit *early;
-static unsigned n_early;
-
 static void worker_frame(void *ctx, const uint8_t *frame, size_t len);
+static void exited(pid_t pid, int status);
 static void worker_closed(void *ctx, int err);
 static void worker_drained(void *ctx)
 {
@@ -149,37 +139,6 @@ static void schedule_respawn(struct slot *s);
 static void retire(struct worker *w, enum retire why);
 static void worker_gone(struct worker *w, int status);
 
-static void remember_early_exit(pid_t pid, int status)
-{
-	uint64_t now = now_ms();
-	unsigned keep = 0;
-
-	for (unsigned i = 0; i < n_early; i++)
-		if (now - early[i].at_ms < EARLY_KEEP_MS)
-			early[keep++] = early[i];
-	n_early = keep;
-	if (n_early == n_procs) {
-		/* More than can be in flight: the oldest is not ours. */
-		memmove(early, early + 1, sizeof(*early) * --n_early);
-	}
-	early[n_early++] = (struct early_exit){ pid, status, now };
-}
-
-static bool take_early_exit(pid_t pid, int *ret_status)
-{
-	uint64_t now = now_ms();
-
-	for (unsigned i = 0; i < n_early; i++) {
-		/* An old one is some stray's whose pid came round again. */
-		if (early[i].pid == pid && now - early[i].at_ms < EARLY_KEEP_MS) {
-			*ret_status = early[i].status;
-			early[i] = early[--n_early];
-			return true;
-		}
-	}
-	return false;
-}
-
 /* The forked process becomes the entry's worker, whatever happened to
  * the pool while the fork server worked. */
 static void install(struct worker *w, pid_t pid, int fd)
@@ -188,7 +147,6 @@ static void install(struct worker *w, pid_t pid, int fd)
 		.max_frame = cfg.max_frame + CONFIG_WORKER_FRAME_SLACK,
 		.max_depth = MP_DEPTH_MAX,
 	};
-	int status;
 
 	w->pid = pid;
 	w->state = W_STARTING;
@@ -196,16 +154,12 @@ static void install(struct worker *w, pid_t pid, int fd)
 	w->retire = R_NONE;
 	w->reaped = false;
 	w->eof = false;
+	w->killed = false;
 	w->fail_code = 0;
 	w->cause[0] = '\0';
 	w->started_ms = now_ms();
 	w->ch = chan_new(base, fd, &lim, &worker_ops, w);
 	n_started++;
-	if (take_early_exit(pid, &status)) {
-		log_debug("worker %d was reaped before its fork was reported", (int)pid);
-		worker_gone(w, status);
-		return;
-	}
 	if (master_state() == MASTER_TERMINATING) {
 		w->retire = R_DRAIN;
 		kill(pid, SIGKILL);
@@ -214,7 +168,7 @@ static void install(struct worker *w, pid_t pid, int fd)
 	}
 }
 
-/* The fork server's answer (zygote.h). */
+/* The fork server's answer (forksrv.h). */
 static void forked(void *token, int err, pid_t pid, int fd)
 {
 	struct worker *w = token;
@@ -222,13 +176,10 @@ static void forked(void *token, int err, pid_t pid, int fd)
 
 	if (err == -ENOTCONN)
 		err = fork_child(worker_entry, &w->quota, &pid, &fd);
-	if (err == 0)
+	if (err == 0) {
 		install(w, pid, fd);
-	/* With no answer due, what is kept can only be strays' exits. */
-	if (zygote_pending() == 0)
-		n_early = 0;
-	if (err == 0)
 		return;
+	}
 	w->state = W_EMPTY;
 	if (s->cur == w)
 		s->cur = NULL;
@@ -242,7 +193,7 @@ static void forked(void *token, int err, pid_t pid, int fd)
 	master_progress();
 }
 
-/* Forks one worker into an empty slot, through the fork server (zygote.h)
+/* Forks one worker into an empty slot, through the fork server (forksrv.h)
  * or, when there is none, from the master.  The child goes straight to
  * worker_main() and never comes back here. */
 static int spawn(struct worker *w, unsigned slot)
@@ -255,7 +206,7 @@ static int spawn(struct worker *w, unsigned slot)
 	w->gen = gen;
 	w->state = W_FORKING;
 	slots[slot].cur = w;
-	r = zygote_request(w->quota, w);
+	r = forksrv_request(w->quota, w);
 	if (r == 0)
 		return 0;
 	if (r == -ENOTCONN)
@@ -387,13 +338,19 @@ static void retire(struct worker *w, enum retire why)
  * cause once it is reaped. */
 static void worker_fault(struct worker *w, int code, const char *cause)
 {
+	struct timeval grace = { FORKSRV_REPORT_MS / 1000, (FORKSRV_REPORT_MS % 1000) * 1000 };
+
 	if (!w->cause[0]) {
 		snprintf(w->cause, sizeof(w->cause), "%s", cause);
 		w->fail_code = code;
 	}
 	log_debug("worker %d %s; killing it", (int)w->pid, cause);
 	kill(w->pid, SIGKILL);
+	w->killed = true;
+	/* Its chunk fails once its death is known: bounded even if the
+	 * fork server that should report it is stuck. */
 	evtimer_del(w->deadline);
+	evtimer_add(w->deadline, &grace);
 	chan_free(w->ch);
 	w->ch = NULL;
 	if (w->state != W_BUSY)
@@ -422,6 +379,10 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	if (w->killed) {
+		forksrv_overdue(w->pid);
+		return;
+	}
 	if (w->eof) {
 		worker_fault(w, MPOOL_E_WORKER, "closed its channel but did not exit");
 		return;
@@ -497,6 +458,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 int pool_init(struct event_base *b)
 {
 	struct timeval second = { 0, 250 * 1000 };
+	int r;
 
 	base = b;
 	rng_state = (uint64_t)now_ms() * 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
@@ -504,8 +466,6 @@ int pool_init(struct event_base *b)
 	n_procs = 2 * n_slots;
 	slots = xcalloc(n_slots, sizeof(*slots));
 	procs = xcalloc(n_procs, sizeof(*procs));
-	early = xcalloc(n_procs, sizeof(*early));
-	n_early = 0;
 	no_ready_since = now_ms();
 	tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
 	if (!tick || event_add(tick, &second) < 0)
@@ -520,10 +480,13 @@ int pool_init(struct event_base *b)
 		if (!procs[i].deadline)
 			return -ENOMEM;
 	}
+	r = forksrv_init(base, forked, exited, n_procs);
+	if (r < 0) {
+		log_err("cannot set up the fork server: %s", strerror(-r));
+		return r;
+	}
 	/* Without it, workers fork from the master. */
-	if (zygote_init(base, forked, n_procs) < 0)
-		return -ENOMEM;
-	zygote_start();
+	forksrv_start();
 	/* A fork that fails at start is a failure storm like any other:
 	 * mpoold starts degraded and retries with backoff. */
 	for (unsigned i = 0; i < n_slots; i++)
@@ -533,7 +496,7 @@ int pool_init(struct event_base *b)
 
 void pool_free(void)
 {
-	zygote_free();
+	forksrv_free();
 	for (unsigned i = 0; i < n_slots; i++)
 		if (slots[i].respawn)
 			event_free(slots[i].respawn);
@@ -547,10 +510,8 @@ void pool_free(void)
 	tick = NULL;
 	free(slots);
 	free(procs);
-	free(early);
 	slots = NULL;
 	procs = NULL;
-	early = NULL;
 	n_slots = n_procs = 0;
 }
 
@@ -797,26 +758,48 @@ static void worker_gone(struct worker *w, int status)
 	master_progress();
 }
 
+static struct worker *find_worker(pid_t pid)
+{
+	for (unsigned i = 0; i < n_procs; i++)
+		if (procs[i].pid == pid && pid > 0)
+			return &procs[i];
+	return NULL;
+}
+
+/* A fork server reaped one of its workers (forksrv.h). */
+static void exited(pid_t pid, int status)
+{
+	struct worker *w = find_worker(pid);
+
+	if (w) {
+		worker_gone(w, status);
+		disp_schedule();
+	}
+}
+
 void pool_reap(void)
 {
 	int status;
 	pid_t pid;
 
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-		unsigned i;
+		struct worker *w;
 
-		if (zygote_reaped(pid, status))
+		if (forksrv_reaped(pid, status))
 			continue;
-		for (i = 0; i < n_procs; i++) {
-			if (procs[i].pid == pid) {
-				worker_gone(&procs[i], status);
-				break;
-			}
+		w = find_worker(pid);
+		if (!w) {
+			/* A worker whose fork server died is ours to reap now,
+			 * and the answer that named it may still be unread. */
+			forksrv_collect();
+			w = find_worker(pid);
 		}
-		/* Not a supervised process either: a worker whose fork the
-		 * fork server has not reported yet, when one is due. */
-		if (i == n_procs && !proc_reaped(pid, status) && zygote_pending() > 0)
-			remember_early_exit(pid, status);
+		/* Neither a worker nor a supervised process: an orphan of
+		 * theirs, reparented to us as their subreaper. */
+		if (w)
+			worker_gone(w, status);
+		else
+			proc_reaped(pid, status);
 	}
 	disp_schedule();
 }
@@ -828,9 +811,10 @@ void pool_reload(void)
 		log_err("%s; functions of that module are unavailable until the next reload",
 			last_failure);
 	}
-	/* A new fork server opens the files anew too. */
-	zygote_stop();
-	zygote_start();
+	/* A new fork server opens the files anew too; the old one serves its
+	 * workers out. */
+	forksrv_retire();
+	forksrv_start();
 	gen++;
 	reload_pending = true;
 	for (unsigned i = 0; i < n_procs; i++) {

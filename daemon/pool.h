@@ -1,5 +1,5 @@
 /* pool: the worker process table.  Workers are started here and only here
- * (forked by the fork server, zygote.h, or by fork.c); so do
+ * (forked by the fork server, forksrv.h, or by fork.c); so do
  * reaping, respawn with backoff, per-worker task counts, deadlines and every
  * recycling rule (tasks, RSS, lifetime, reload).  Slots are fixed
  * (--workers); a slot's process comes and goes, and a retiring process is

@@ -5,11 +5,11 @@
 #include "config.h"
 #include "conn.h"
 #include "disp.h"
+#include "forksrv.h"
 #include "master.h"
 #include "mp_rpc.h"
 #include "pool.h"
 #include "proc.h"
-#include "zygote.h"
 
 static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 {
@@ -36,7 +36,7 @@ void status_pack(msgpack_packer *pk)
 	mp_pack_cstr(pk, "process_limits");
 	proc_pack_limits(pk);
 	mp_pack_cstr(pk, "fork_server");
-	zygote_pack_status(pk);
+	forksrv_pack_status(pk);
 	mp_pack_cstr(pk, "totals");
 	msgpack_pack_map(pk, 8 + POOL_TOTALS_KEYS);
 	kv_u64(pk, "workers", cfg.workers);

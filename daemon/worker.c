@@ -1,6 +1,5 @@
 /* A worker's buffers start small and grow to what its chunks need: a
- * recycled worker that runs one small task should touch as few pages as
- * it can (worker_main says why). */
+ * recycled worker that runs one small task should touch few pages. */
 #define MSGPACK_SBUFFER_INIT_SIZE 256
 
 #include "worker.h"
@@ -13,7 +12,6 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,30 +26,24 @@
 
 #define WORKER_FD 3
 
-/* Leaves the master's world behind: its descriptors (listening socket,
- * clients, other workers' pairs, the epoll instance).  Signals were reset
- * and the systemd environment dropped by whoever forked us (fork.c and the
- * entries below, or the fork server once for all).
- *
- * Through syscall(2), not the libc wrappers: a worker from the fork server
- * came back from clone inside syscall(), so that page of code is mapped,
- * and each wrapper elsewhere in libc would cost a page fault of its own,
- * tens of microseconds each on a paravirtualised page table, per worker. */
-static void worker_detach(int fd, pid_t master)
+/* Leaves the parent's world behind: its descriptors (the master's
+ * listening socket, clients, other workers' pairs, the epoll instance; the
+ * fork server's channel).  Signals were reset and the systemd environment
+ * dropped by whoever forked us (fork.c and the entries below, or the fork
+ * server once for all). */
+static void worker_detach(int fd, pid_t parent)
 {
-	/* Die with the master, even when it is SIGKILLed.  The getppid()
-	 * check closes the race with a master that died before prctl. */
-	if (syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 ||
-	    syscall(SYS_getppid) != master)
+	/* Die with the parent, even when it is SIGKILLed.  The getppid()
+	 * check closes the race with a parent that died before prctl. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
 		_exit(WORKER_EXIT_OK);
 
 	if (fd != WORKER_FD) {
-		/* dup3: asm-generic architectures (arm64) have no dup2. */
-		if (syscall(SYS_dup3, fd, WORKER_FD, 0) < 0)
+		if (dup3(fd, WORKER_FD, 0) < 0)
 			_exit(WORKER_EXIT_PROTO);
-		syscall(SYS_close, fd);
+		close(fd);
 	}
-	syscall(SYS_close_range, WORKER_FD + 1, ~0U, 0);
+	close_range(WORKER_FD + 1, ~0U, 0);
 }
 
 void worker_drop_service_env(void)
@@ -101,7 +93,7 @@ static void send_ready(msgpack_sbuffer *sb)
 	sb->size = 0;
 	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
 	if (mp_pack_notify_head(&pk, "ready") < 0 || msgpack_pack_array(&pk, 1) < 0 ||
-	    msgpack_pack_int64(&pk, syscall(SYS_getpid)) < 0)
+	    msgpack_pack_int64(&pk, getpid()) < 0)
 		_exit(WORKER_EXIT_PROTO);
 	iov.iov_base = sb->data;
 	iov.iov_len = sb->size;
@@ -249,7 +241,7 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 	return run->count;
 }
 
-void worker_main(int fd, pid_t master, uint64_t quota)
+void worker_main(int fd, pid_t parent, uint64_t quota)
 {
 	struct mp_frame_limits lim = {
 		.max_frame = cfg.max_frame + CONFIG_WORKER_FRAME_SLACK,
@@ -261,7 +253,7 @@ void worker_main(int fd, pid_t master, uint64_t quota)
 	const char *failed;
 	uint64_t done = 0;
 
-	worker_detach(fd, master);
+	worker_detach(fd, parent);
 	if (reg_init_all(&err, &failed) < 0) {
 		log_err("worker %d: module %s: init failed: %s", (int)getpid(), failed,
 			err.message[0] ? err.message : "no reason given");

@@ -7,11 +7,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* fd: the worker's end of its socketpair.  master: the master's pid, to
- * notice an already dead master.  quota: tasks before a clean exit (0:
- * unlimited). */
+/* fd: the worker's end of its socketpair.  parent: the pid of whoever
+ * forked it (the master or the fork server), which it dies with.  quota:
+ * tasks before a clean exit (0: unlimited). */
 __attribute__((noreturn))
-void worker_main(int fd, pid_t master, uint64_t quota);
+void worker_main(int fd, pid_t parent, uint64_t quota);
 /* Drops the systemd variables meant for mpoold alone, so that no child
  * (a worker, the fork server) notifies, is watched or takes sockets in its
  * name. */

@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -121,9 +120,9 @@ static pid_t the_idle_worker(const struct ffx_status *st)
 	return 0;
 }
 
-/* mpoold's fork server (daemon/zygote.h): its child named mpool-zygote, or
+/* mpoold's fork server (daemon/forksrv.h): its child named mpool-forksrv, or
  * 0 when it has none. */
-static pid_t zygote_of(pid_t daemon)
+static pid_t forksrv_of(pid_t daemon)
 {
 	DIR *d = opendir("/proc");
 	struct dirent *e;
@@ -142,7 +141,7 @@ static pid_t zygote_of(pid_t daemon)
 		if (!f)
 			continue;
 		if (fgets(line, sizeof(line), f) && (close_paren = strrchr(line, ')')) != NULL &&
-		    strstr(line, "(mpool-zygote)") && sscanf(close_paren + 2, "%*c %d", &ppid) == 1 &&
+		    strstr(line, "(mpool-forksrv)") && sscanf(close_paren + 2, "%*c %d", &ppid) == 1 &&
 		    ppid == daemon)
 			found = (pid_t)atoi(e->d_name);
 		fclose(f);
@@ -916,7 +915,7 @@ START_TEST(fork_failure_on_respawn_recovers)
 	char desc[1024];
 	mpool_value *v = NULL;
 	unsigned base = ffx_settle_uid_tasks(65534), before, after;
-	pid_t holder, victim, zygote;
+	pid_t holder, victim, forksrv;
 	int64_t end;
 	int r;
 
@@ -928,10 +927,10 @@ START_TEST(fork_failure_on_respawn_recovers)
 		FREQUIRE(&fx, fx_now_ms() < end, "nobody runs %u tasks, expected %u",
 			 ffx_count_uid_tasks(65534), base + 5);
 	/* The fork server forks the workers: its limit is the one that bites. */
-	zygote = zygote_of(fx.pid);
-	FREQUIRE(&fx, zygote > 0, "mpoold %d has no fork server", (int)fx.pid);
+	forksrv = forksrv_of(fx.pid);
+	FREQUIRE(&fx, forksrv > 0, "mpoold %d has no fork server", (int)fx.pid);
 	ffx_set_nproc_of_nobody(fx.pid, base + 4);
-	ffx_set_nproc_of_nobody(zygote, base + 4);
+	ffx_set_nproc_of_nobody(forksrv, base + 4);
 	victim = st.workers[0].pid;
 	FREQUIRE(&fx, kill(victim, SIGKILL) == 0, "kill %d: %s", (int)victim, strerror(errno));
 	ffx_wait(&fx, degraded_with, &d, WAIT_MS, "degraded, last_failure naming fork", &st);
@@ -959,78 +958,131 @@ START_TEST(fork_failure_on_respawn_recovers)
 }
 END_TEST
 
-struct new_zygote {
+struct new_forksrv {
 	pid_t daemon, old;
 };
 
-static bool zygote_replaced(const struct ffx_status *st, void *arg)
+static bool forksrv_replaced(const struct ffx_status *st, void *arg)
 {
-	const struct new_zygote *z = arg;
-	pid_t now = zygote_of(z->daemon);
+	const struct new_forksrv *z = arg;
+	pid_t now = forksrv_of(z->daemon);
 
 	return now > 0 && now != z->old && ffx_pool_idle(st, 2);
 }
 
-/* The fork server dies (between forks, and again while workers recycle):
- * no task fails, no worker start counts as a failure for long, and a new
- * fork server takes over; workers stay the master's children. */
-START_TEST(fork_server_killed_pool_recovers)
+/* ppid of pid, from /proc; 0 when it is gone. */
+static pid_t parent_of(pid_t pid)
+{
+	char path[64], line[512], *close_paren;
+	int ppid = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	if (fgets(line, sizeof(line), f) && (close_paren = strrchr(line, ')')) != NULL &&
+	    sscanf(close_paren + 2, "%*c %d", &ppid) != 1)
+		ppid = 0;
+	fclose(f);
+	return (pid_t)ppid;
+}
+
+/* The fork server dies: its workers die with it (none is left behind, the
+ * master reports each death with its signal), a new fork server takes
+ * over and the pool recovers.  Workers are the fork server's children.
+ * Killed again while every task recycles its worker, a map with retries
+ * loses nothing and hangs no client. */
+START_TEST(fork_server_killed_takes_its_workers_pool_recovers)
 {
 	const char *args[] = { "--max-tasks-per-child", "1", NULL };
-	struct new_zygote z;
+	struct new_forksrv z;
 	struct fx fx;
 	struct ffx_map m = { 0 };
 	struct mpool_map_summary sum;
 	struct ffx_status st;
+	struct not_these nt;
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
+	char desc[1024];
 	int r;
 
 	fx_start(&fx, args);
 	z.daemon = fx.pid;
-	z.old = zygote_of(fx.pid);
+	z.old = forksrv_of(fx.pid);
 	FREQUIRE(&fx, z.old > 0, "mpoold %d has no fork server", (int)fx.pid);
+	ffx_status(&fx, NULL, &st);
+	FREQUIRE(&fx, st.n_workers == 2, "%s", ffx_describe(&st, desc, sizeof(desc)));
+	for (unsigned i = 0; i < st.n_workers; i++)
+		FREQUIRE(&fx, parent_of(st.workers[i].pid) == z.old,
+			 "worker %d has parent %d, not the fork server %d", (int)st.workers[i].pid,
+			 (int)parent_of(st.workers[i].pid), (int)z.old);
+	not_these_init(&nt, &st, 2, true);
 	FREQUIRE(&fx, kill(z.old, SIGKILL) == 0, "kill %d: %s", (int)z.old, strerror(errno));
+	ffx_wait(&fx, all_new, &nt, WAIT_MS, "two new workers", &st);
+	ffx_wait(&fx, forksrv_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
+	for (unsigned i = 0; i < nt.n_old; i++)
+		FREQUIRE(&fx, kill(nt.old[i], 0) < 0 && errno == ESRCH,
+			 "worker %d outlived its fork server", (int)nt.old[i]);
+	FREQUIRE(&fx, st.workers_died == 2 && strstr(st.last_failure, "killed by SIGKILL"),
+		 "after the fork server's death: %s", ffx_describe(&st, desc, sizeof(desc)));
+	z.old = forksrv_of(fx.pid);
+	for (unsigned i = 0; i < st.n_workers; i++)
+		FREQUIRE(&fx, parent_of(st.workers[i].pid) == z.old,
+			 "worker %d has parent %d, not the new fork server %d",
+			 (int)st.workers[i].pid, (int)parent_of(st.workers[i].pid), (int)z.old);
 	fx_sbuf_init(&sb, &pk);
 	fx_pack_range(&pk, 0, 100);
 	r = ffx_map_run(fx.c, "builtin.pid", &sb, 100, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1),
 			&m, &sum);
-	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
+	FREQUIRE(&fx, r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
 		 (unsigned long long)sum.failed);
-	ffx_wait(&fx, zygote_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
-	/* Its workers are the master's children. */
-	for (unsigned i = 0; i < st.n_workers; i++) {
-		char path[64], line[512], *close_paren;
-		int ppid = 0;
-		FILE *f;
-
-		snprintf(path, sizeof(path), "/proc/%d/stat", (int)st.workers[i].pid);
-		f = fopen(path, "re");
-		REQUIRE(f != NULL);
-		REQUIRE(fgets(line, sizeof(line), f) != NULL);
-		fclose(f);
-		close_paren = strrchr(line, ')');
-		REQUIRE(close_paren && sscanf(close_paren + 2, "%*c %d", &ppid) == 1);
-		REQUIREF(ppid == fx.pid, "worker %d has parent %d, not mpoold %d",
-			 (int)st.workers[i].pid, ppid, (int)fx.pid);
-	}
-	/* Killed in the middle of recycling. */
-	z.old = zygote_of(fx.pid);
-	FREQUIRE(&fx, z.old > 0 && kill(z.old, SIGKILL) == 0, "kill the fork server %d", (int)z.old);
 	ffx_map_free(&m);
 	memset(&m, 0, sizeof(m));
-	r = ffx_map_run(fx.c, "builtin.pid", &sb, 100, &(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1),
-			&m, &sum);
-	REQUIREF(r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
+
+	/* Killed while every task recycles a worker. */
+	z.old = forksrv_of(fx.pid);
+	FREQUIRE(&fx, z.old > 0 && kill(z.old, SIGKILL) == 0, "kill the fork server %d", (int)z.old);
+	r = ffx_map_run(fx.c, "builtin.pid", &sb, 100,
+			&(struct mpool_map_opts)MPOOL_MAP_OPTS(.chunksize = 1, .retries = 3), &m, &sum);
+	FREQUIRE(&fx, r == 0 && sum.failed == 0, "%d (%s), %llu failed", r, mpool_errmsg(fx.c),
 		 (unsigned long long)sum.failed);
-	ffx_wait(&fx, zygote_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
-	REQUIREF(st.tasks_done == 200 && st.workers_recycled == 200 && st.workers_died == 0 &&
-		 strcmp(st.health, "ok") == 0,
-		 "tasks_done %llu, recycled %llu, died %llu, health %s",
-		 (unsigned long long)st.tasks_done, (unsigned long long)st.workers_recycled,
-		 (unsigned long long)st.workers_died, st.health);
+	ffx_wait(&fx, forksrv_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
+	FREQUIRE(&fx, st.tasks_done >= 200 && strcmp(st.health, "ok") == 0, "%s",
+		 ffx_describe(&st, desc, sizeof(desc)));
 	ffx_map_free(&m);
 	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* A stopped fork server cannot report the death of a worker the master
+ * killed (here for a timeout): the master kills it after a few seconds,
+ * reaps the worker itself, fails the task with its timeout and recovers,
+ * rather than leave the client waiting. */
+START_TEST(stopped_fork_server_hangs_no_client)
+{
+	const char *args[] = { "--module", testmod(), NULL };
+	struct new_forksrv z;
+	struct ffx_status st;
+	mpool_value *v = NULL;
+	struct fx fx;
+	int r;
+
+	fx_start(&fx, args);
+	z.daemon = fx.pid;
+	z.old = forksrv_of(fx.pid);
+	FREQUIRE(&fx, z.old > 0 && kill(z.old, SIGSTOP) == 0, "stop the fork server %d",
+		 (int)z.old);
+	r = ffx_apply_int(fx.c, "testmod.hang", 0, 200, &v);
+	FREQUIRE(&fx, r == -MPOOL_E_TIMEOUT, "hang with timeout_ms 200 under a stopped fork "
+		 "server: %d (%s: %s)", r, mpool_strerror(-r), mpool_errmsg(fx.c));
+	ffx_wait(&fx, forksrv_replaced, &z, WAIT_MS, "a new fork server and the pool full", &st);
+	FREQUIRE(&fx, kill(z.old, 0) < 0 && errno == ESRCH, "the stopped fork server %d lives on",
+		 (int)z.old);
+	r = ffx_apply_int(fx.c, "testmod.sleep", 5, 0, &v);
+	FREQUIRE(&fx, r == 0, "after the recovery: %d (%s)", r, mpool_errmsg(fx.c));
+	mpool_value_free(v);
 	fx_stop(&fx);
 }
 END_TEST
@@ -1058,51 +1110,49 @@ START_TEST(many_workers_start_through_a_full_channel)
 }
 END_TEST
 
-/* key's value in the map o, of type t; the test fails if there is none. */
-static const msgpack_object *map_val(const msgpack_object *o, const char *key,
-				     msgpack_object_type t)
+/* Workers are made by fork(2), with glibc's fork handling: the
+ * pthread_atfork child handler testmod registers when it is loaded (as a
+ * library that must reseed its random generator after fork does) has run
+ * in every worker, and no two workers draw the same numbers.  Each task
+ * runs in a new worker. */
+START_TEST(workers_run_atfork_child_handlers)
 {
-	const msgpack_object *v = fx_obj_get(o, key);
+	const char *args[] = { "--module", testmod(), "--max-tasks-per-child", "1", NULL };
+	enum { N = 8 };
+	int64_t pids[N];
+	uint64_t draws[N];
+	struct fx fx;
 
-	REQUIREF(v && v->type == t, "no '%s' of type %d in the map", key, (int)t);
-	return v;
+	fx_start(&fx, args);
+	for (int i = 0; i < N; i++) {
+		mpool_value *v = NULL;
+		const msgpack_object *o, *ran, *pid, *rnd;
+		int r = ffx_apply_int(fx.c, "testmod.atfork", 0, 0, &v);
+
+		FREQUIRE(&fx, r == 0, "testmod.atfork: %d (%s)", r, mpool_errmsg(fx.c));
+		o = mpool_value_get(v);
+		ran = fx_obj_get(o, "ran");
+		pid = fx_obj_get(o, "pid");
+		rnd = fx_obj_get(o, "random");
+		FREQUIRE(&fx, ran && ran->type == MSGPACK_OBJECT_BOOLEAN && pid &&
+			 pid->type == MSGPACK_OBJECT_POSITIVE_INTEGER && rnd &&
+			 rnd->type == MSGPACK_OBJECT_POSITIVE_INTEGER, "testmod.atfork's answer");
+		pids[i] = pid->via.i64;
+		draws[i] = rnd->via.u64;
+		FREQUIRE(&fx, ran->via.boolean, "worker %lld: the atfork child handler did not run",
+			 (long long)pids[i]);
+		for (int j = 0; j < i; j++) {
+			FREQUIRE(&fx, pids[j] != pids[i], "task %d ran in worker %lld again", i,
+				 (long long)pids[i]);
+			FREQUIRE(&fx, draws[j] != draws[i], "workers %lld and %lld drew the same "
+				 "random number %#llx", (long long)pids[j], (long long)pids[i],
+				 (unsigned long long)draws[i]);
+		}
+		mpool_value_free(v);
+	}
+	fx_stop(&fx);
 }
-
-static uint64_t map_u64(const msgpack_object *o, const char *key)
-{
-	return map_val(o, key, MSGPACK_OBJECT_POSITIVE_INTEGER)->via.u64;
-}
-
-static bool map_bool(const msgpack_object *o, const char *key)
-{
-	return map_val(o, key, MSGPACK_OBJECT_BOOLEAN)->via.boolean;
-}
-
-/* As daemon/stackclone.h decides: workers get a stack of their own on
- * x86_64, except under ASan, which also brings its own heap. */
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define LAYOUT_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define LAYOUT_ASAN 1
-#endif
-#if defined(__x86_64__) && !defined(LAYOUT_ASAN)
-#define LAYOUT_OWN_STACK 1
-#else
-#define LAYOUT_OWN_STACK 0
-#endif
-
-/* testmod.layout in a worker: the map, which the caller frees. */
-static mpool_value *layout_of_a_worker(struct fx *fx)
-{
-	mpool_value *v = NULL;
-	int r = ffx_apply_int(fx->c, "testmod.layout", 0, 0, &v);
-
-	REQUIREF(r == 0, "testmod.layout: %d (%s)", r, mpool_errmsg(fx->c));
-	return v;
-}
+END_TEST
 
 /* status.fork_server, in a value the caller frees (*v). */
 static const msgpack_object *fork_server_status(struct fx *fx, mpool_value **v)
@@ -1116,212 +1166,12 @@ static const msgpack_object *fork_server_status(struct fx *fx, mpool_value **v)
 	return fs;
 }
 
-/* The status's fork server: the zygote, started through the loader, its
- * workers on a stack of want_kib (0: the inherited one). */
-static void expect_fork_server(struct fx *fx, uint64_t want_kib)
-{
-	mpool_value *v = NULL;
-	const msgpack_object *fs = fork_server_status(fx, &v);
-
-	REQUIREF(fs->type == MSGPACK_OBJECT_MAP, "fork_server is of type %d", (int)fs->type);
-	REQUIREF(map_u64(fs, "pid") == (uint64_t)zygote_of(fx->pid),
-		 "fork_server.pid %llu, the zygote is %d", (unsigned long long)map_u64(fs, "pid"),
-		 (int)zygote_of(fx->pid));
-	REQUIREF(map_bool(fs, "loader"), "the fork server was not started through the loader");
-	REQUIREF(map_u64(fs, "worker_stack_kib") == want_kib, "fork_server.worker_stack_kib %llu, "
-		 "expected %llu", (unsigned long long)map_u64(fs, "worker_stack_kib"),
-		 (unsigned long long)want_kib);
-	mpool_value_free(v);
-}
-
-/* A worker forked by the fork server keeps its executable, libraries, heap
- * and stack together (daemon/zygote.h, Layout): every region it touches
- * costs page tables at fork, first touch and exit.  A plain exec puts the
- * executable and its heap terabytes from the libraries, and the stack
- * further still. */
-START_TEST(fork_server_workers_are_compact)
-{
-	const char *args[] = { "--module", testmod(), "--max-tasks-per-child", "1", NULL };
-	static const char *const keys[] = { "exe", "module",
-#if !defined(LAYOUT_ASAN)
-		"heap",
-#endif
-#if LAYOUT_OWN_STACK
-		"stack",
-#endif
-	};
-	struct rlimit rl;
-	struct fx fx;
-
-	REQUIRE(getrlimit(RLIMIT_STACK, &rl) == 0);
-	fx_start(&fx, args);
-	/* mpoold's default: RLIMIT_STACK, 8 MiB when unlimited. */
-	expect_fork_server(&fx, !LAYOUT_OWN_STACK ? 0 : rl.rlim_cur == RLIM_INFINITY ? 8192 :
-			   rl.rlim_cur / 1024 < 256 ? 256 :
-			   rl.rlim_cur / 1024 > 1024 * 1024 ? 1024 * 1024 : rl.rlim_cur / 1024);
-	for (int i = 0; i < 4; i++) {
-		mpool_value *v = layout_of_a_worker(&fx);
-		const msgpack_object *o = mpool_value_get(v);
-		uint64_t lo = UINT64_MAX, hi = 0;
-
-		for (unsigned k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
-			uint64_t a = map_u64(o, keys[k]);
-
-			lo = a < lo ? a : lo;
-			hi = a > hi ? a : hi;
-		}
-		REQUIREF(hi - lo < ((uint64_t)1 << 30),
-			 "a worker's regions lie %llu MiB apart: exe %#llx, module %#llx, "
-			 "heap %#llx, stack %#llx", (unsigned long long)((hi - lo) >> 20),
-			 (unsigned long long)map_u64(o, "exe"),
-			 (unsigned long long)map_u64(o, "module"),
-			 (unsigned long long)map_u64(o, "heap"),
-			 (unsigned long long)map_u64(o, "stack"));
-		REQUIREF(map_bool(o, "main_stack") == !LAYOUT_OWN_STACK,
-			 "the task runs %s the [stack] mapping", map_bool(o, "main_stack") ? "on" : "off");
-		mpool_value_free(v);
-	}
-	fx_stop(&fx);
-}
-END_TEST
-
-/* --worker-stack 0: workers keep the stack they inherit, the one glibc
- * reports as the main thread's (for runtimes that scan or bound it). */
-START_TEST(worker_stack_zero_keeps_the_inherited_stack)
-{
-	const char *args[] = { "--module", testmod(), "--worker-stack", "0", NULL };
-	struct fx fx;
-
-	fx_start(&fx, args);
-	expect_fork_server(&fx, 0);
-	for (int i = 0; i < 3; i++) {
-		mpool_value *v = layout_of_a_worker(&fx);
-
-		REQUIREF(map_bool(mpool_value_get(v), "main_stack"),
-			 "with --worker-stack 0 the task runs off the [stack] mapping (at %#llx)",
-			 (unsigned long long)map_u64(mpool_value_get(v), "stack"));
-		mpool_value_free(v);
-	}
-	fx_stop(&fx);
-}
-END_TEST
-
-/* --worker-stack sizes the stack whatever RLIMIT_STACK says: 2 MiB under an
- * 8 MiB limit holds 1 MiB of frames and not 4.  Where workers keep the
- * inherited stack (LAYOUT_OWN_STACK 0) the setting does nothing, and the
- * limit rules. */
-START_TEST(worker_stack_setting_sizes_the_stack)
-{
-	const char *args[] = { "--module", testmod(), "--worker-stack", "2048", NULL };
-	struct rlimit old, lim;
-	mpool_value *v = NULL;
-	struct fx fx;
-	int r;
-
-	REQUIRE(getrlimit(RLIMIT_STACK, &old) == 0);
-	REQUIREF(old.rlim_max == RLIM_INFINITY || old.rlim_max >= (8 << 20),
-		 "the hard stack limit, %llu bytes, is under 8 MiB",
-		 (unsigned long long)old.rlim_max);
-	lim = old;
-	lim.rlim_cur = 8 << 20;
-	REQUIRE(setrlimit(RLIMIT_STACK, &lim) == 0);
-	fx_start(&fx, args);
-	REQUIRE(setrlimit(RLIMIT_STACK, &old) == 0);
-	expect_fork_server(&fx, LAYOUT_OWN_STACK ? 2048 : 0);
-	r = ffx_apply_int(fx.c, "testmod.stack", 1024, 0, &v);
-	REQUIREF(r == 0, "1 MiB of stack: %d (%s)", r, mpool_errmsg(fx.c));
-	mpool_value_free(v);
-	v = NULL;
-	r = ffx_apply_int(fx.c, "testmod.stack", 4096, 0, &v);
-	if (LAYOUT_OWN_STACK)
-		REQUIREF(r == -MPOOL_E_WORKER && strstr(mpool_errmsg(fx.c), "killed by"),
-			 "4 MiB on a 2 MiB stack: %d (%s), expected the worker killed", r,
-			 mpool_errmsg(fx.c));
-	else
-		REQUIREF(r == 0, "4 MiB on the inherited 8 MiB stack: %d (%s)", r,
-			 mpool_errmsg(fx.c));
-	mpool_value_free(v);
-	fx_stop(&fx);
-}
-END_TEST
-
-/* A worker on its own stack can walk it: the entry marks the end of the
- * stack for unwinders (daemon/stackclone.c), which would otherwise read past
- * its top; C++ exceptions, backtrace(3) and crash handlers depend on it. */
-START_TEST(worker_stack_unwinds)
-{
-	const char *args[] = { "--module", testmod(), "--max-tasks-per-child", "1", NULL };
-	struct ffx_status st;
-	struct fx fx;
-
-	fx_start(&fx, args);
-	for (int i = 0; i < 4; i++) {
-		mpool_value *v = NULL;
-		int r = ffx_apply_int(fx.c, "testmod.backtrace", 0, 0, &v);
-
-		REQUIREF(r == 0, "testmod.backtrace: %d (%s)", r, mpool_errmsg(fx.c));
-		REQUIREF(mpool_value_get(v)->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
-			 mpool_value_get(v)->via.u64 >= 3 && mpool_value_get(v)->via.u64 < 128,
-			 "backtrace(3) found %lld frames (type %d)",
-			 (long long)mpool_value_get(v)->via.i64, (int)mpool_value_get(v)->type);
-		mpool_value_free(v);
-	}
-	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the backtraces", &st);
-	REQUIREF(st.workers_died == 0, "workers_died %llu", (unsigned long long)st.workers_died);
-	fx_stop(&fx);
-}
-END_TEST
-
-/* The worker's stack holds what a main thread's would (RLIMIT_STACK), and a
- * task that overflows it kills only its own worker. */
-START_TEST(worker_stack_holds_the_limit_and_overflow_is_a_death)
-{
-	const char *args[] = { "--module", testmod(), NULL };
-	struct rlimit old, lim;
-	struct ffx_status st;
-	mpool_value *v = NULL;
-	uint64_t kib;
-	struct fx fx;
-	int r;
-
-	/* 8 MiB, the usual limit, or the hard limit if it is lower. */
-	REQUIRE(getrlimit(RLIMIT_STACK, &old) == 0);
-	lim = old;
-	lim.rlim_cur = old.rlim_max != RLIM_INFINITY && old.rlim_max < (8 << 20) ? old.rlim_max :
-		       8 << 20;
-	kib = lim.rlim_cur / 1024;
-	REQUIREF(kib >= 2048, "the hard stack limit, %llu KiB, leaves no room to test",
-		 (unsigned long long)kib);
-	REQUIRE(setrlimit(RLIMIT_STACK, &lim) == 0);
-	fx_start(&fx, args);
-	REQUIRE(setrlimit(RLIMIT_STACK, &old) == 0);
-	/* All but the last MiB, for the frames above the task's. */
-	r = ffx_apply_int(fx.c, "testmod.stack", (int64_t)(kib - 1024), 0, &v);
-	REQUIREF(r == 0 && mpool_value_get(v)->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
-		 mpool_value_get(v)->via.u64 == (kib - 1024 + 15) / 16,
-		 "%llu KiB of stack: %d (%s)", (unsigned long long)(kib - 1024), r,
-		 mpool_errmsg(fx.c));
-	mpool_value_free(v);
-	v = NULL;
-	r = ffx_apply_int(fx.c, "testmod.stack", (int64_t)(2 * kib), 0, &v);
-	REQUIREF(r == -MPOOL_E_WORKER && strstr(mpool_errmsg(fx.c), "killed by"),
-		 "%llu KiB of stack: %d (%s), expected the worker killed",
-		 (unsigned long long)(2 * kib), r, mpool_errmsg(fx.c));
-	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full after the overflow", &st);
-	REQUIREF(st.workers_died == 1, "workers_died %llu", (unsigned long long)st.workers_died);
-	r = ffx_apply_int(fx.c, "testmod.stack", 64, 0, &v);
-	REQUIREF(r == 0, "after the overflow: %d (%s)", r, mpool_errmsg(fx.c));
-	mpool_value_free(v);
-	fx_stop(&fx);
-}
-END_TEST
-
-/* An mpoold with no mpool-zygote beside it (and none installed) forks its
+/* An mpoold with no mpool-forksrv beside it (and none installed) forks its
  * workers itself, says so once, and serves as before. */
 START_TEST(no_fork_server_workers_fork_from_the_master)
 {
 	const char *args[] = { "--max-tasks-per-child", "1", NULL };
-	static char dir[] = "/tmp/mpool-nozygote.XXXXXX", copy[64];
+	static char dir[] = "/tmp/mpool-noforksrv.XXXXXX", copy[64];
 	struct fx fx;
 	struct ffx_map m = { 0 };
 	struct mpool_map_summary sum;
@@ -1355,7 +1205,7 @@ START_TEST(no_fork_server_workers_fork_from_the_master)
 		 "tasks_done %llu, recycled %llu, died %llu", (unsigned long long)st.tasks_done,
 		 (unsigned long long)st.workers_recycled, (unsigned long long)st.workers_died);
 	/* Unless a fork server is installed where mpoold looks last. */
-	if (zygote_of(fx.pid) == 0) {
+	if (forksrv_of(fx.pid) == 0) {
 		mpool_value *v = NULL;
 		const msgpack_object *fs = fork_server_status(&fx, &v);
 
@@ -1688,7 +1538,7 @@ START_TEST(reload_reopens_a_rebuilt_module)
 	struct ffx_status st;
 	struct not_these nt;
 	int64_t ver;
-	pid_t zygote;
+	pid_t forksrv;
 	int r;
 
 	ffx_tempdir(dir, sizeof(dir));
@@ -1705,15 +1555,15 @@ START_TEST(reload_reopens_a_rebuilt_module)
 	ffx_build_testmod(path, 2);   /* a new file renamed over the old path */
 	ffx_status(&fx, NULL, &st);
 	not_these_init(&nt, &st, 2, true);
-	zygote = zygote_of(fx.pid);
-	FREQUIRE(&fx, zygote > 0, "mpoold %d has no fork server", (int)fx.pid);
+	forksrv = forksrv_of(fx.pid);
+	FREQUIRE(&fx, forksrv > 0, "mpoold %d has no fork server", (int)fx.pid);
 	r = mpool_reload(fx.c);
 	REQUIREF(r == 0, "mpool_reload: %s: %s", mpool_strerror(-r), mpool_errmsg(fx.c));
 	ffx_wait(&fx, all_new, &nt, WAIT_MS, "every worker replaced by the reload", &st);
 	/* The new workers come from a new fork server, which opened the file
 	 * anew. */
-	REQUIREF(zygote_of(fx.pid) > 0 && zygote_of(fx.pid) != zygote,
-		 "fork server %d before the reload, %d after", (int)zygote, (int)zygote_of(fx.pid));
+	REQUIREF(forksrv_of(fx.pid) > 0 && forksrv_of(fx.pid) != forksrv,
+		 "fork server %d before the reload, %d after", (int)forksrv, (int)forksrv_of(fx.pid));
 	for (int k = 0; k < 4; k++) {   /* whichever worker answers */
 		ver = version_of(&fx);
 		REQUIREF(ver == 2, "testmod.version is %lld after rebuilding with 2 and reloading",
@@ -1879,14 +1729,11 @@ static Suite *lifecycle_suite(void)
 	tcase_add_loop_test(tc, failing_init_backs_off_and_fails_queued_work, 0, 2);   /* fail, die */
 	tcase_add_test(tc, fork_failure_at_start);
 	tcase_add_test(tc, fork_failure_on_respawn_recovers);
-	tcase_add_test(tc, fork_server_killed_pool_recovers);
+	tcase_add_test(tc, fork_server_killed_takes_its_workers_pool_recovers);
+	tcase_add_test(tc, stopped_fork_server_hangs_no_client);
 	tcase_add_test(tc, many_workers_start_through_a_full_channel);
 	tcase_add_test(tc, no_fork_server_workers_fork_from_the_master);
-	tcase_add_test(tc, fork_server_workers_are_compact);
-	tcase_add_test(tc, worker_stack_zero_keeps_the_inherited_stack);
-	tcase_add_test(tc, worker_stack_unwinds);
-	tcase_add_test(tc, worker_stack_setting_sizes_the_stack);
-	tcase_add_test(tc, worker_stack_holds_the_limit_and_overflow_is_a_death);
+	tcase_add_test(tc, workers_run_atfork_child_handlers);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("recycling");

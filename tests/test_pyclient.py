@@ -832,10 +832,7 @@ class StatusTest(DaemonTestCase):
         self.assertIsInstance(fs["pid"], int)
         self.assertNotEqual(fs["pid"], st["pid"])
         self.assertNotIn(fs["pid"], [w["pid"] for w in st["workers"]])
-        self.assertIsInstance(fs["loader"], bool)
-        self.assertIsInstance(fs["worker_stack_kib"], int)
-        self.assertNotIsInstance(fs["worker_stack_kib"], bool)
-        self.assertGreaterEqual(fs["worker_stack_kib"], 0)
+        self.assertEqual(set(fs), {"pid"})
         totals = st["totals"]
         for key in self.TOTALS:
             self.assertIn(key, totals)

@@ -498,8 +498,7 @@ START_TEST(config_sample_documents_every_key)
 		if (!eq || line[0] == '[' || (line[0] == '#' && line[1] == ' '))
 			continue;
 		snprintf(key, sizeof(key), "%.*s", (int)(eq - k), k);
-		if (strcmp(key, "socket") == 0 || strcmp(key, "workers") == 0 ||
-		    strcmp(key, "worker-stack") == 0 || line[0] == '#')
+		if (strcmp(key, "socket") == 0 || strcmp(key, "workers") == 0 || line[0] == '#')
 			snprintf(want, sizeof(want), "\n#%s = (", key);   /* machine-dependent */
 		else
 			snprintf(want, sizeof(want), "\n#%s\n", line);

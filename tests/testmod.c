@@ -17,14 +17,12 @@
  *                (after creating it), returns arg otherwise
  *   getenv       the value of the environment variable arg in the task's
  *                process, nil when it is not set
- *   layout       where the task's process keeps things: a map of
- *                addresses, "stack" (a local), "heap" (a malloc block),
- *                "module" (this code) and "exe" (the executable's base),
- *                and "main_stack": whether the local lies in the mapping
- *                /proc/self/maps calls [stack]
- *   backtrace    the number of frames backtrace(3) finds from here
- *   stack        uses arg KiB of stack (16 KiB frames, each touched),
- *                returns the number of frames
+ *   atfork       what a library that must reseed after fork(2) sees: a map
+ *                with "pid" (the task's process), "ran" (whether the
+ *                pthread_atfork child handler testmod registers when it is
+ *                loaded ran in this very process) and "random" (the next
+ *                value of a generator seeded at load and reseeded by that
+ *                handler)
  *   mixed        one function for maps that mix behaviours item by item:
  *                an integer N sleeps N ms and returns N; the strings
  *                "crash", "abort", "hang" do that; "crash_once:PATH" and
@@ -38,10 +36,8 @@
  * Built with -DTESTMOD_NO_DESCRIPTOR it exports no mpool_module at all: a
  * shared object mpoold must refuse to load. */
 #include <errno.h>
-#include <execinfo.h>
+#include <pthread.h>
 #include <fcntl.h>
-#include <inttypes.h>
-#include <link.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -58,6 +54,36 @@
 
 static void *saved_initargs;         /* packed copy; NULL: nil */
 static size_t saved_initargs_len;
+
+/* As a crypto or random-number library keeps it: seeded once when loaded,
+ * reseeded in every child of fork(2) by an atfork handler, so that no two
+ * processes draw the same numbers. */
+static uint64_t rng_state;
+static pid_t atfork_ran_in;          /* the process the child handler last ran in */
+
+static uint64_t rng_mix(uint64_t x)
+{
+	/* splitmix64's finalizer */
+	x += 0x9E3779B97F4A7C15ull;
+	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+	x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+	return x ^ (x >> 31);
+}
+
+static void atfork_child(void)
+{
+	atfork_ran_in = getpid();
+	rng_state = rng_mix(rng_state ^ (uint64_t)atfork_ran_in);
+}
+
+__attribute__((constructor)) static void testmod_load(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	rng_state = rng_mix((uint64_t)ts.tv_nsec ^ (uint64_t)getpid());
+	pthread_atfork(NULL, NULL, atfork_child);
+}
 
 static int type_fail(const char *fn, const char *want, struct mpool_task_error *err)
 {
@@ -275,6 +301,25 @@ static int fn_mixed(const msgpack_object *arg, msgpack_packer *out, struct mpool
 	return -1;
 }
 
+static int fn_atfork(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
+{
+	pid_t pid = getpid();
+
+	(void)arg;
+	(void)err;
+	rng_state = rng_mix(rng_state);
+	msgpack_pack_map(out, 3);
+	msgpack_pack_str_with_body(out, "pid", 3);
+	msgpack_pack_int64(out, pid);
+	msgpack_pack_str_with_body(out, "ran", 3);
+	if (atfork_ran_in == pid)
+		msgpack_pack_true(out);
+	else
+		msgpack_pack_false(out);
+	msgpack_pack_str_with_body(out, "random", 6);
+	return msgpack_pack_uint64(out, rng_state);
+}
+
 static int fn_getenv(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
 {
 	char name[256];
@@ -286,92 +331,6 @@ static int fn_getenv(const msgpack_object *arg, msgpack_packer *out, struct mpoo
 	if (!v)
 		return msgpack_pack_nil(out);
 	return msgpack_pack_str_with_body(out, v, strlen(v));
-}
-
-static int exe_base(struct dl_phdr_info *info, size_t size, void *data)
-{
-	(void)size;
-	*(uintptr_t *)data = info->dlpi_addr;   /* the first object: the executable */
-	return 1;
-}
-
-static void pack_addr(msgpack_packer *out, const char *key, uintptr_t addr)
-{
-	msgpack_pack_str_with_body(out, key, strlen(key));
-	msgpack_pack_uint64(out, addr);
-}
-
-/* addr lies in the mapping /proc/self/maps names [stack]. */
-static bool on_main_stack(uintptr_t addr)
-{
-	FILE *f = fopen("/proc/self/maps", "re");
-	char line[512];
-	bool in = false;
-
-	if (!f)
-		return false;
-	while (!in && fgets(line, sizeof(line), f)) {
-		uintptr_t lo, hi;
-
-		if (strstr(line, "[stack]") && sscanf(line, "%" SCNxPTR "-%" SCNxPTR, &lo, &hi) == 2)
-			in = addr >= lo && addr < hi;
-	}
-	fclose(f);
-	return in;
-}
-
-static int fn_layout(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
-{
-	volatile char local = 0;
-	uintptr_t exe = 0;
-	void *heap = malloc(64);
-
-	(void)arg;
-	if (!heap)
-		return mpool_task_fail(err, MPOOL_E_TASK, "testmod.layout: out of memory");
-	dl_iterate_phdr(exe_base, &exe);
-	msgpack_pack_map(out, 5);
-	pack_addr(out, "stack", (uintptr_t)&local);
-	pack_addr(out, "heap", (uintptr_t)heap);
-	pack_addr(out, "module", (uintptr_t)fn_layout);
-	pack_addr(out, "exe", exe);
-	msgpack_pack_str_with_body(out, "main_stack", 10);
-	if (on_main_stack((uintptr_t)&local))
-		msgpack_pack_true(out);
-	else
-		msgpack_pack_false(out);
-	free(heap);
-	return 0;
-}
-
-static int fn_backtrace(const msgpack_object *arg, msgpack_packer *out,
-			struct mpool_task_error *err)
-{
-	void *frames[128];
-
-	(void)arg;
-	(void)err;
-	return msgpack_pack_int(out, backtrace(frames, 128));
-}
-
-/* Frames of 16 KiB down to kib, each written at both ends: the number of
- * frames. */
-static __attribute__((noinline)) uint64_t use_stack(uint64_t kib)
-{
-	volatile char frame[16 * 1024];
-
-	frame[0] = 1;
-	frame[sizeof(frame) - 1] = 1;
-	if (kib <= 16)
-		return frame[0];
-	return use_stack(kib - 16) + frame[sizeof(frame) - 1];
-}
-
-static int fn_stack(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
-{
-	if (arg->type != MSGPACK_OBJECT_POSITIVE_INTEGER || arg->via.u64 > 1024 * 1024)
-		return type_fail("stack", "KiB from 0 to 1048576", err);
-	return msgpack_pack_uint64(out, use_stack(arg->via.u64));
 }
 
 /* initargs[key] is true. */
@@ -436,9 +395,7 @@ static const struct mpool_function functions[] = {
 	{ "crash_once", fn_crash_once },
 	{ "mixed", fn_mixed },
 	{ "getenv", fn_getenv },
-	{ "layout", fn_layout },
-	{ "backtrace", fn_backtrace },
-	{ "stack", fn_stack },
+	{ "atfork", fn_atfork },
 	{ NULL, NULL },
 };
 

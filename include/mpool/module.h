@@ -3,9 +3,10 @@
  *
  * Lifecycle: mpoold loads every module in the master, before it forks, so
  * the code and any data the module sets up at load time are shared
- * copy-on-write.  In each worker, init runs once before the first task and
- * fini when the worker leaves cleanly (recycled, reloaded, drained; not
- * when it is killed).  A worker runs one task at a time: functions need not
+ * copy-on-write.  Workers are made by fork(), so a module's pthread_atfork
+ * handlers run in each (reseed a random generator there).  In each worker,
+ * init runs once before the first task and fini when the worker leaves
+ * cleanly (recycled, reloaded, drained; not when it is killed).  A worker runs one task at a time: functions need not
  * be thread-safe, and static state persists from task to task within one
  * worker, like a Python Pool initializer's globals.
  *
@@ -15,17 +16,6 @@
  * writes exactly one result object through the packer, or reports failure;
  * on failure whatever it packed is discarded.  A function must not keep the
  * packer or the argument after it returns.
- *
- * Stack: a worker runs on a stack of its own, as large as the process's
- * RLIMIT_STACK (mpoold's worker-stack setting), not on the stack glibc
- * reports as the main thread's: pthread_getattr_np() and __libc_stack_end
- * describe the latter.  Unwinding (C++ exceptions, backtrace()) works as
- * usual.  A runtime that scans or bounds its stack through glibc (a
- * conservative garbage collector, Go's cgo, CPython from 3.14 on, the JVM)
- * needs mpoold run with worker-stack = 0, which keeps the inherited
- * stack.  And since mpoold starts its fork server through the dynamic
- * loader, /proc/self/exe in a worker names the loader, not a program of
- * mpool's.
  *
  * Bump MPOOL_MODULE_ABI whenever a struct below changes. */
 #ifndef MPOOL_MODULE_H

@@ -1,0 +1,651 @@
+#include "forksrv.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "fork.h"
+#include "log.h"
+#include "master.h"
+#include "mem.h"
+#include "mp_rpc.h"
+
+/* A fork server that has not loaded the modules or answered a fork by then
+ * is taken for hung: the master must not wait on it for long. */
+#define FORKSRV_START_MS 5000
+#define FORKSRV_REPLY_MS 2000
+
+/* One fork server process.  Freed once it is both reaped and its channel
+ * closed. */
+struct srv {
+	pid_t pid;                /* 0: reaped already */
+	int fd;                   /* -1: closed */
+	struct event *read;
+};
+
+/* The one that takes requests, or NULL; the retired ones, whose workers
+ * still run (one per reload that found busy workers). */
+static struct srv *cur;
+static struct srv **old;
+static unsigned n_old, old_cap;
+/* It could not start for a reason that does not go away by itself (no
+ * binary, a module that does not load): workers fork from the master until
+ * the next reload. */
+static bool z_broken;
+
+static struct event_base *z_base;
+static forksrv_forked_fn *z_forked;
+static forksrv_exited_fn *z_exited;
+/* The deadline of the oldest answer due; the current fork server found
+ * lost where answering would re-enter the caller (lost_soon). */
+static struct event *z_timer, *z_lost;
+static const char *z_lost_why;
+
+/* Requests not answered, oldest first: the fork server answers in order.
+ * The first pend_sent were sent to cur; the rest wait for room in the
+ * channel (it holds a few hundred requests: --workers may ask for more at
+ * once, at start or reload). */
+struct pending {
+	void *token;
+	uint64_t quota;
+	bool resent;              /* a fork server was lost with it once already */
+};
+static struct pending *pend;
+static unsigned pend_cap, pend_head, pend_n, pend_sent;
+
+/* Beside the running mpoold first (a build tree), then where it installs. */
+static int find_binary(char *buf, size_t size)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	char *slash;
+
+	if (n > 0) {
+		self[n] = '\0';
+		slash = strrchr(self, '/');
+		if (slash) {
+			*slash = '\0';
+			if ((size_t)snprintf(buf, size, "%s/%s", self, FORKSRV_NAME) < size &&
+			    access(buf, X_OK) == 0)
+				return 0;
+		}
+	}
+	snprintf(buf, size, "%s", MPOOL_FORKSRV_PATH);
+	return access(buf, X_OK) == 0 ? 0 : -errno;
+}
+
+/* One message, and the descriptor that came with it (-1 if none): 0;
+ * -EAGAIN when none is waiting and flags has MSG_DONTWAIT; -ECONNRESET at
+ * the end of the stream. */
+static int recv_rep(int fd, struct forksrv_rep *rep, int *ret_fd, int flags)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { rep, sizeof(*rep) };
+	struct msghdr mh = {
+		.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf),
+	};
+	struct cmsghdr *c;
+	ssize_t n;
+
+	do
+		n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC | flags);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	*ret_fd = -1;
+	for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+		    c->cmsg_len == CMSG_LEN(sizeof(int)))
+			memcpy(ret_fd, CMSG_DATA(c), sizeof(int));
+	if (n != sizeof(*rep) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+		if (*ret_fd >= 0)
+			close(*ret_fd);
+		return n == 0 ? -ECONNRESET : -EPROTO;
+	}
+	return 0;
+}
+
+/* The fork server's first message, within FORKSRV_START_MS. */
+static int recv_hello(int fd, struct forksrv_rep *rep)
+{
+	struct pollfd p = { fd, POLLIN, 0 };
+	int r, extra;
+
+	do
+		r = poll(&p, 1, FORKSRV_START_MS);
+	while (r < 0 && errno == EINTR);
+	if (r == 0)
+		return -ETIMEDOUT;
+	if (r < 0)
+		return -errno;
+	r = recv_rep(fd, rep, &extra, 0);
+	if (r == 0 && extra >= 0) {
+		close(extra);
+		r = -EPROTO;
+	}
+	if (r == 0 && rep->kind != FORKSRV_HELLO)
+		r = -EPROTO;
+	return r;
+}
+
+static void pend_push(struct pending p)
+{
+	pend[(pend_head + pend_n) % pend_cap] = p;
+	pend_n++;
+}
+
+static struct pending pend_pop(void)
+{
+	struct pending p = pend[pend_head];
+
+	pend_head = (pend_head + 1) % pend_cap;
+	pend_n--;
+	return p;
+}
+
+/* 0, -EAGAIN when the channel is full, or -errno. */
+static int send_req(uint64_t quota)
+{
+	struct forksrv_req req = { .quota = quota };
+
+	if (send(cur->fd, &req, sizeof(req), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(req))
+		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	return 0;
+}
+
+/* While answers are due, the oldest must come within FORKSRV_REPLY_MS of
+ * the last progress. */
+static void arm_timer(void)
+{
+	struct timeval tv = { FORKSRV_REPLY_MS / 1000, (FORKSRV_REPLY_MS % 1000) * 1000 };
+
+	if (pend_sent > 0)
+		evtimer_add(z_timer, &tv);
+	else
+		evtimer_del(z_timer);
+}
+
+/* lost() answers requests, which must not happen inside the call that made
+ * one (or inside the reap that noticed): an event runs it at once. */
+static void lost_soon(const char *why)
+{
+	z_lost_why = why;
+	event_active(z_lost, EV_TIMEOUT, 0);
+}
+
+/* Sends what waits, as far as the channel takes it; the rest goes when
+ * answers have made room (read_cb). */
+static void pump(void)
+{
+	bool was_idle = pend_sent == 0;
+
+	while (cur && cur->fd >= 0 && pend_sent < pend_n) {
+		int r = send_req(pend[(pend_head + pend_sent) % pend_cap].quota);
+
+		if (r == -EAGAIN)
+			break;
+		if (r < 0) {
+			lost_soon("it does not take requests");   /* dead, not reaped yet */
+			break;
+		}
+		pend_sent++;
+	}
+	if (was_idle && pend_sent > 0)
+		arm_timer();
+}
+
+/* Delivers every message s has sent that we have not read: 0 when none is
+ * left waiting, -ECONNRESET at the end of its stream, another -errno when
+ * the channel broke or carried nonsense.  Only cur answers requests. */
+static int take(struct srv *s)
+{
+	while (s->fd >= 0) {
+		struct forksrv_rep rep;
+		struct pending p;
+		int fd, r = recv_rep(s->fd, &rep, &fd, MSG_DONTWAIT);
+
+		if (r == -EAGAIN)
+			return 0;
+		if (r < 0)
+			return r;
+		if (rep.kind == FORKSRV_EXITED && fd < 0) {
+			z_exited(rep.pid, rep.status);
+			continue;
+		}
+		if (rep.kind != FORKSRV_FORKED || s != cur || pend_sent == 0) {
+			if (fd >= 0)
+				close(fd);
+			return -EPROTO;
+		}
+		p = pend_pop();
+		pend_sent--;
+		if (rep.err == 0 && (fd < 0 || rep.pid <= 0)) {
+			/* Unreadable, but it was the oldest request's answer,
+			 * which fails, so the next answer still goes to its
+			 * own request. */
+			if (fd >= 0)
+				close(fd);
+			z_forked(p.token, -EPROTO, 0, -1);
+			return -EPROTO;
+		}
+		if (rep.err < 0) {
+			if (fd >= 0)
+				close(fd);
+			z_forked(p.token, rep.err, 0, -1);      /* its fork failed */
+		} else {
+			z_forked(p.token, 0, rep.pid, fd);
+		}
+	}
+	return -ECONNRESET;
+}
+
+static void srv_close(struct srv *s)
+{
+	if (s->read)
+		event_free(s->read);
+	s->read = NULL;
+	if (s->fd >= 0)
+		close(s->fd);
+	s->fd = -1;
+}
+
+/* Kills and reaps s, delivers what it had sent, and closes its channel.
+ * Its workers die with it and are reparented to us (we are their
+ * subreaper): the master reaps them. */
+static void srv_kill(struct srv *s)
+{
+	if (s->pid) {
+		int status;
+
+		kill(s->pid, SIGKILL);
+		while (waitpid(s->pid, &status, 0) < 0 && errno == EINTR)
+			;
+		s->pid = 0;
+	}
+	if (s->fd >= 0)
+		take(s);
+	srv_close(s);
+}
+
+static void old_remove(unsigned i)
+{
+	srv_close(old[i]);
+	free(old[i]);
+	old[i] = old[--n_old];
+}
+
+static void fail_pending(int err)
+{
+	pend_sent = 0;
+	while (pend_n > 0) {
+		struct pending p = pend_pop();
+
+		z_forked(p.token, err, 0, -1);
+	}
+}
+
+static void shut_cur(void)
+{
+	if (!cur)
+		return;
+	srv_kill(cur);
+	free(cur);
+	cur = NULL;
+}
+
+static void forget_timers(void)
+{
+	if (z_timer)
+		evtimer_del(z_timer);
+	if (z_lost)
+		event_del(z_lost);
+	z_lost_why = NULL;
+}
+
+void forksrv_retire(void)
+{
+	/* What it was sent it forks before it sees the end of the requests:
+	 * let it answer all of it, so that no worker it made goes unreported.
+	 * Bounded like any answer. */
+	if (cur && cur->fd >= 0 && cur->pid && shutdown(cur->fd, SHUT_WR) == 0) {
+		uint64_t end = now_ms() + FORKSRV_REPLY_MS;
+
+		while (pend_sent > 0) {
+			struct pollfd p = { cur->fd, POLLIN, 0 };
+			uint64_t now = now_ms();
+
+			if (now >= end || poll(&p, 1, (int)(end - now)) == 0 || take(cur) < 0)
+				break;
+		}
+	}
+	if (cur && (pend_sent > 0 || cur->fd < 0 || !cur->pid)) {
+		log_warn("fork server %d did not answer its last requests; killing it", (int)cur->pid);
+		shut_cur();
+	}
+	if (cur) {
+		/* It serves its workers out and leaves with the last. */
+		if (n_old == old_cap) {
+			old_cap = old_cap ? 2 * old_cap : 4;
+			old = xrealloc(old, old_cap * sizeof(*old));
+		}
+		old[n_old++] = cur;
+		cur = NULL;
+	}
+	fail_pending(-ECANCELED);
+	forget_timers();
+	z_broken = false;
+}
+
+void forksrv_stop(void)
+{
+	shut_cur();
+	while (n_old > 0) {
+		srv_kill(old[0]);
+		old_remove(0);
+	}
+	fail_pending(-ECANCELED);
+	forget_timers();
+	z_broken = false;
+}
+
+/* The fork server died, broke its channel or stopped answering: its
+ * workers die with it; what it had not answered goes to a new one; a
+ * request lost with a fork server twice fails. */
+static void lost(const char *why)
+{
+	unsigned n, sent;
+	int r;
+
+	log_warn("fork server lost (%s); its workers die with it", why);
+	shut_cur();
+	/* shut_cur() delivered what it had answered. */
+	sent = pend_sent;
+	pend_sent = 0;
+	if (pend_n == 0) {
+		arm_timer();
+		return;             /* the next request starts a new one */
+	}
+	r = forksrv_start();
+	n = pend_n;
+	for (unsigned i = 0; i < n; i++) {
+		struct pending p = pend_pop();
+
+		if (r == 0 && !(i < sent && p.resent)) {
+			p.resent = p.resent || i < sent;
+			pend_push(p);
+		} else {
+			z_forked(p.token, r == 0 ? -EIO : z_broken ? -ENOTCONN : r, 0, -1);
+		}
+	}
+	pump();
+	arm_timer();
+}
+
+static void read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct srv *s = arg;
+	int r;
+
+	(void)fd;
+	(void)what;
+	r = take(s);
+	if (s == cur) {
+		if (r < 0) {
+			lost(r == -ECONNRESET ? "it closed its channel" : strerror(-r));
+			return;
+		}
+		pump();
+		arm_timer();
+	} else if (r < 0) {
+		/* A retired one closes its channel as it leaves; it is freed
+		 * when reaped. */
+		srv_close(s);
+	}
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (pend_sent > 0)
+		lost("it did not answer in time");
+}
+
+static void lost_cb(evutil_socket_t fd, short what, void *arg)
+{
+	const char *why = z_lost_why;
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	z_lost_why = NULL;
+	if (cur)
+		lost(why ? why : "it died");
+}
+
+int forksrv_init(struct event_base *base, forksrv_forked_fn *forked, forksrv_exited_fn *exited,
+		unsigned max_pending)
+{
+	/* Workers whose fork server died are reparented to us, not to init,
+	 * so that we reap them and learn how they ended. */
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+		return -errno;
+	z_base = base;
+	z_forked = forked;
+	z_exited = exited;
+	pend_cap = max_pending ? max_pending : 1;
+	pend = xcalloc(pend_cap, sizeof(*pend));
+	pend_head = pend_n = pend_sent = 0;
+	z_timer = evtimer_new(base, timer_cb, NULL);
+	z_lost = event_new(base, -1, 0, lost_cb, NULL);
+	return z_timer && z_lost ? 0 : -ENOMEM;
+}
+
+void forksrv_free(void)
+{
+	forksrv_stop();
+	if (z_timer)
+		event_free(z_timer);
+	if (z_lost)
+		event_free(z_lost);
+	z_timer = z_lost = NULL;
+	free(pend);
+	pend = NULL;
+	pend_cap = 0;
+	free(old);
+	old = NULL;
+	old_cap = 0;
+}
+
+int forksrv_start(void)
+{
+	char path[PATH_MAX], level[16], frame[32];
+	char *argv[5 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION;
+	struct forksrv_rep rep;
+	unsigned n = 0;
+	pid_t pid;
+	int sv[2], r;
+
+	if (cur)
+		return 0;
+	if (z_broken)
+		return -ENOTCONN;
+	r = find_binary(path, sizeof(path));
+	if (r < 0) {
+		log_warn("no fork server at %s (%s): workers fork from the master", path,
+			 strerror(-r));
+		z_broken = true;
+		return r;
+	}
+	snprintf(level, sizeof(level), "%d", cfg.log_level);
+	snprintf(frame, sizeof(frame), "%zu", cfg.max_frame);
+	argv[n++] = path;
+	argv[n++] = version;
+	argv[n++] = level;
+	argv[n++] = frame;
+	for (unsigned i = 0; i < cfg.n_modules; i++) {
+		argv[n++] = cfg.modules[i].path;
+		argv[n++] = cfg.modules[i].initargs_json ? cfg.modules[i].initargs_json : "-";
+	}
+	argv[n] = NULL;
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		return -errno;
+	r = fork_exec(path, argv, sv[1], &pid);
+	close(sv[1]);
+	if (r < 0) {
+		/* Transient (a process limit, memory): try again next time. */
+		close(sv[0]);
+		log_debug("cannot start the fork server: %s", strerror(-r));
+		return r;
+	}
+	cur = xcalloc(1, sizeof(*cur));
+	cur->pid = pid;
+	cur->fd = sv[0];
+	r = recv_hello(cur->fd, &rep);
+	if (r == 0 && rep.err)
+		r = rep.err;
+	if (r == 0) {
+		cur->read = event_new(z_base, cur->fd, EV_READ | EV_PERSIST, read_cb, cur);
+		if (!cur->read || event_add(cur->read, NULL) < 0)
+			r = -ENOMEM;
+	}
+	if (r < 0) {
+		/* It logged a module that failed; exit status 127 was a failed
+		 * exec. */
+		log_warn("the fork server %s did not start (%s): workers fork from the master", path,
+			 r == -ECONNRESET ? "it exited" : strerror(-r));
+		shut_cur();
+		z_broken = true;
+		return r;
+	}
+	log_debug("fork server %d started", (int)pid);
+	return 0;
+}
+
+int forksrv_request(uint64_t quota, void *token)
+{
+	int r;
+
+	if (pend_n == pend_cap)
+		return -ENOBUFS;
+	if (!cur) {
+		r = forksrv_start();
+		if (r < 0)
+			return z_broken ? -ENOTCONN : r;
+	}
+	pend_push((struct pending){ token, quota, false });
+	pump();
+	return 0;
+}
+
+unsigned forksrv_pending(void)
+{
+	return pend_n;
+}
+
+void forksrv_collect(void)
+{
+	for (unsigned i = 0; i < n_old; i++)
+		if (old[i]->fd >= 0 && take(old[i]) < 0)
+			srv_close(old[i]);
+	if (cur && cur->fd >= 0 && take(cur) < 0)
+		lost_soon("it closed its channel");
+}
+
+/* pid's parent, from /proc; 0 when it is unknown. */
+static pid_t parent_of(pid_t pid)
+{
+	char path[64], line[512], *paren;
+	int ppid = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	/* The name may hold anything, even ')': the fields follow the last. */
+	if (!fgets(line, sizeof(line), f) || !(paren = strrchr(line, ')')) ||
+	    sscanf(paren + 1, " %*c %d", &ppid) != 1)
+		ppid = 0;
+	fclose(f);
+	return (pid_t)ppid;
+}
+
+void forksrv_overdue(pid_t worker)
+{
+	pid_t ppid;
+
+	/* Reported, maybe, and not read yet. */
+	forksrv_collect();
+	ppid = parent_of(worker);
+	if (ppid <= 0)
+		return;
+	if (cur && cur->pid == ppid) {
+		log_warn("fork server %d has not reported the death of worker %d; killing it",
+			 (int)ppid, (int)worker);
+		kill(ppid, SIGKILL);
+		lost_soon("it did not report a worker's death");
+		return;
+	}
+	for (unsigned i = 0; i < n_old; i++) {
+		if (old[i]->pid == ppid) {
+			log_warn("retired fork server %d has not reported the death of worker %d; "
+				 "killing it", (int)ppid, (int)worker);
+			srv_kill(old[i]);
+			old_remove(i);
+			return;
+		}
+	}
+}
+
+bool forksrv_reaped(pid_t pid, int status)
+{
+	char how[64];
+
+	if (WIFSIGNALED(status))
+		snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(status));
+	else
+		snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
+	if (cur && cur->pid == pid) {
+		log_warn("fork server %d %s; its workers die with it", (int)pid, how);
+		cur->pid = 0;
+		/* What it sent before it died is still in the channel. */
+		lost_soon("it died");
+		return true;
+	}
+	for (unsigned i = 0; i < n_old; i++) {
+		if (old[i]->pid != pid)
+			continue;
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			log_warn("retired fork server %d %s; its workers die with it", (int)pid, how);
+		old[i]->pid = 0;
+		if (old[i]->fd >= 0)
+			take(old[i]);
+		old_remove(i);
+		return true;
+	}
+	return false;
+}
+
+void forksrv_pack_status(msgpack_packer *pk)
+{
+	if (!cur || cur->fd < 0 || cur->pid == 0) {
+		msgpack_pack_nil(pk);
+		return;
+	}
+	msgpack_pack_map(pk, 1);
+	mp_pack_cstr(pk, "pid");
+	msgpack_pack_uint64(pk, (uint64_t)cur->pid);
+}

@@ -1,0 +1,204 @@
+/* mpool-forksrv: mpoold's fork server (forksrv.h says why it exists).
+ *
+ *     mpool-forksrv VERSION LOG_LEVEL MAX_FRAME [MODULE_PATH INITARGS_JSON|-]...
+ *
+ * started by the master with its end of a SOCK_SEQPACKET pair on
+ * descriptor 3.  It loads the modules as the master did, says so, then per
+ * request fork()s a worker and passes back its pid and the master's end of
+ * its socketpair; it reaps its workers and reports each death.  When the
+ * master ends the requests it leaves with its last worker; when the master
+ * dies, it dies, and its workers with it. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "modload.h"
+#include "worker.h"
+#include "forksrv.h"
+
+#define FORKSRV_FD 3
+
+static void reply(const struct forksrv_rep *rep, int fd)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+	struct iovec iov = { (void *)rep, sizeof(*rep) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	ssize_t n;
+
+	if (fd >= 0) {
+		struct cmsghdr *c;
+
+		mh.msg_control = cbuf;
+		mh.msg_controllen = sizeof(cbuf);
+		c = CMSG_FIRSTHDR(&mh);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	}
+	do
+		n = sendmsg(FORKSRV_FD, &mh, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		_exit(0);           /* the master is gone */
+}
+
+/* Live workers: once the master has ended the requests, the fork server
+ * leaves with its last worker. */
+static unsigned n_workers;
+static pid_t self;
+
+/* In the child of fork(): glibc ran the atfork handlers and its own fix-ups.
+ * The worker dies with us (worker_detach), and we with the master. */
+__attribute__((noreturn)) static void worker_start(int fd, pid_t parent, uint64_t quota)
+{
+	sigset_t none;
+
+	/* SIGCHLD is blocked for our signalfd, not for the worker. */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	/* ps and top show workers as mpoold's, as when the master forks them. */
+	prctl(PR_SET_NAME, "mpoold");
+	worker_main(fd, parent, quota);
+}
+
+static void serve(uint64_t quota)
+{
+	struct forksrv_rep rep = { .kind = FORKSRV_FORKED };
+	pid_t pid;
+	int sv[2];
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
+		rep.err = -errno;
+		reply(&rep, -1);
+		return;
+	}
+	pid = fork();
+	if (pid == 0)
+		worker_start(sv[1], self, quota);
+	if (pid < 0) {
+		rep.err = -errno;
+	} else {
+		rep.pid = (int32_t)pid;
+		n_workers++;
+	}
+	close(sv[1]);
+	reply(&rep, pid > 0 ? sv[0] : -1);
+	close(sv[0]);
+}
+
+/* Reports every worker that has died, with its wait status: the master
+ * is not their parent. */
+static void reap(void)
+{
+	struct forksrv_rep rep = { .kind = FORKSRV_EXITED };
+	int status;
+	pid_t pid;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		rep.pid = (int32_t)pid;
+		rep.status = status;
+		n_workers--;
+		reply(&rep, -1);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	pid_t master = getppid();
+	struct forksrv_rep rep = { .kind = FORKSRV_HELLO };
+	sigset_t none, chld;
+	bool requests = true;
+	int r, sfd;
+
+	prctl(PR_SET_NAME, FORKSRV_NAME);
+	/* Once, for every worker to come: defaults everywhere (exec kept the
+	 * master's ignored SIGPIPE and the mask fork.c blocked). */
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != master)
+		_exit(0);
+	/* A socket systemd passed the master is not CLOEXEC: not ours. */
+	close_range(FORKSRV_FD + 1, ~0U, 0);
+	/* The wire between us, arguments included, is private: an mpoold of
+	 * another version (a stale install) falls back to forking its
+	 * workers itself. */
+	if (argc >= 2 && strcmp(argv[1], MPOOL_VERSION) != 0) {
+		log_startup_err("mpool-forksrv %s cannot serve mpoold %s", MPOOL_VERSION, argv[1]);
+		_exit(2);
+	}
+	if (argc < 4 || (argc - 4) % 2 != 0 || (argc - 4) / 2 > CONFIG_MAX_MODULES) {
+		log_startup_err("mpool-forksrv is started by mpoold, not by hand");
+		_exit(2);
+	}
+	cfg.log_level = atoi(argv[2]);
+	cfg.max_frame = strtoull(argv[3], NULL, 10);
+	for (int i = 4; i + 1 < argc; i += 2) {
+		struct module_spec *m = config_module_add();
+
+		m->path = strdup(argv[i]);
+		m->initargs_json = strcmp(argv[i + 1], "-") == 0 ? NULL : strdup(argv[i + 1]);
+		if (!m->path || (strcmp(argv[i + 1], "-") != 0 && !m->initargs_json))
+			_exit(1);
+	}
+	worker_drop_service_env();
+	/* The master logged each module it loaded; only our failures count. */
+	log_init(cfg.log_level < LOG_WARNING ? cfg.log_level : LOG_WARNING);
+	r = modload_all();
+	log_init(cfg.log_level);
+	sigemptyset(&chld);
+	sigaddset(&chld, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &chld, NULL);
+	sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+	rep.err = r < 0 ? -EINVAL : sfd < 0 ? -errno : 0;
+	self = getpid();
+	rep.pid = (int32_t)self;
+	reply(&rep, -1);
+	if (rep.err < 0)
+		_exit(1);
+	/* Requests and deaths, in one loop: SIGCHLD comes as a descriptor. */
+	for (;;) {
+		struct pollfd p[2] = {
+			{ sfd, POLLIN, 0 },
+			{ requests ? FORKSRV_FD : -1, POLLIN, 0 },
+		};
+		struct forksrv_req req;
+		ssize_t n;
+
+		if (!requests && n_workers == 0)
+			_exit(0);
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			_exit(1);
+		}
+		if (p[0].revents) {
+			struct signalfd_siginfo si;
+
+			while (read(sfd, &si, sizeof(si)) > 0)
+				;
+			reap();
+		}
+		if (!p[1].revents)
+			continue;
+		n = recv(FORKSRV_FD, &req, sizeof(req), MSG_DONTWAIT);
+		if (n == (ssize_t)sizeof(req))
+			serve(req.quota);
+		else if (n == 0)
+			requests = false;   /* a reload: serve our workers out */
+		else if (n > 0 || (errno != EINTR && errno != EAGAIN))
+			_exit(0);           /* nonsense, or the pair broke */
+	}
+}
