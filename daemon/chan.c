@@ -19,6 +19,10 @@ struct chan {
 	void *ctx;
 	bool paused, closed, dead;
 	unsigned busy;       /* callbacks running: defer the free */
+	/* Found by chan_write_now, reported from the loop (chan_flush_cb):
+	 * a write error, and output that drained. */
+	int werr;
+	bool drain_due;
 };
 
 /* The frame being delivered, for chan_take_delivered: code deep in a
@@ -218,23 +222,40 @@ void chan_drain_input(struct chan *ch)
 		chan_destroy(ch);
 }
 
-static void chan_write_some(struct chan *ch)
+/* report: called from the loop, with nobody up the stack holding the
+ * owner, so closed() and drained() may run now.  Otherwise they are left
+ * for chan_flush_cb: a caller that writes must be able to go on using (or
+ * freeing) what it holds. */
+static void chan_write_some(struct chan *ch, bool report)
 {
 	size_t before = evbuffer_get_length(ch->out);
 	int n = evbuffer_write(ch->out, ch->fd);
+	bool drained;
 
 	if (n < 0 && errno != EAGAIN && errno != EINTR) {
-		chan_close(ch, -errno);
+		if (report) {
+			chan_close(ch, -errno);
+		} else if (!ch->werr) {
+			ch->werr = -errno;
+			event_active(ch->fev, EV_TIMEOUT, 0);
+		}
 		return;
 	}
 	if (evbuffer_get_length(ch->out) == 0)
 		event_del(ch->wev);
 	else if (!ch->closed && !ch->dead && !event_pending(ch->wev, EV_WRITE, NULL))
 		event_add(ch->wev, NULL);     /* full: wait until it drains */
-	if (before > LOW_WATER && evbuffer_get_length(ch->out) <= LOW_WATER) {
-		ch->ops->drained(ch->ctx);
-	} else if (before > 0 && evbuffer_get_length(ch->out) == 0) {
-		ch->ops->drained(ch->ctx);
+	drained = (before > LOW_WATER && evbuffer_get_length(ch->out) <= LOW_WATER) ||
+		  (before > 0 && evbuffer_get_length(ch->out) == 0);
+	if (drained && !report) {
+		ch->drain_due = true;
+		event_active(ch->fev, EV_TIMEOUT, 0);
+		return;
+	}
+	if (drained || ch->drain_due) {
+		ch->drain_due = false;
+		if (!ch->closed)
+			ch->ops->drained(ch->ctx);
 	}
 }
 
@@ -245,7 +266,7 @@ static void chan_write_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	ch->busy++;
-	chan_write_some(ch);
+	chan_write_some(ch, true);
 	ch->busy--;
 	if (ch->dead && !ch->busy)
 		chan_destroy(ch);
@@ -257,21 +278,25 @@ static void chan_flush_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (!ch->closed)
-		chan_write_now(ch);
+	if (ch->closed || ch->dead)
+		return;
+	ch->busy++;
+	if (ch->werr)
+		chan_close(ch, ch->werr);
+	else
+		chan_write_some(ch, true);
+	ch->busy--;
+	if (ch->dead && !ch->busy)
+		chan_destroy(ch);
 }
 
 void chan_write_now(struct chan *ch)
 {
 	/* Even after closed(): a client dropped for breaking the framing can
 	 * still be told why. */
-	if (ch->dead)
+	if (ch->dead || ch->werr)
 		return;
-	ch->busy++;
-	chan_write_some(ch);
-	ch->busy--;
-	if (ch->dead && !ch->busy)
-		chan_destroy(ch);
+	chan_write_some(ch, false);
 }
 
 void chan_pause(struct chan *ch, bool pause)

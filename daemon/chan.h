@@ -6,7 +6,9 @@
  * which writes once the callback under way has returned (the same loop
  * turn), so everything it produced leaves in one writev; the write event is
  * armed only while the socket is full.  Peer loss is reported in exactly one place, the
- * closed() callback. */
+ * closed() callback, and only from a loop callback of the chan itself: no
+ * call an owner makes (chan_flush, chan_write_now, chan_pause) calls
+ * closed() or drained() under it, so an owner frees itself in one place. */
 #ifndef CHAN_H
 #define CHAN_H
 
@@ -60,7 +62,10 @@ void chan_pause(struct chan *ch, bool pause);
  * even when paused: used when a worker's exit is noticed before its last
  * bytes were read.  The closed() callback is not called from here. */
 void chan_drain_input(struct chan *ch);
-/* Writes what it can now, without waiting (shutdown path). */
+/* Writes what it can now, without waiting (shutdown path, a client being
+ * dropped).  Never calls back: a write error or drained output is
+ * reported later from the loop, so the caller may go on using the chan
+ * and its owner, and free them, after this returns. */
 void chan_write_now(struct chan *ch);
 
 #endif

@@ -1982,6 +1982,47 @@ START_TEST(feeds_out_of_place)
 }
 END_TEST
 
+/* ---- dropped, then gone ----------------------------------------------------- */
+
+/* A client sends one message that gets it dropped and closes its socket at
+ * once: the error mpoold writes on its way out meets EPIPE.  That write
+ * must not free the connection under the code that drops it (a double
+ * free that took the whole daemon down).  Each message, many times. */
+START_TEST(dropped_then_closed_at_once)
+{
+	static const char *const msgs[] = {
+		"[1, 1, null, null]",                 /* a response */
+		"[2, \"feed\", [1, 7, true]]",         /* a malformed feed */
+		"\"bare\"",                            /* a bare string */
+	};
+	struct fx fx;
+	struct fx_raw r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+
+	fx_start(&fx, NULL);
+	fx_sbuf_init(&sb, &pk);
+	for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
+		char what[96];
+
+		pack_json(&pk, msgs[i]);
+		for (int k = 0; k < 300; k++) {
+			fx_raw_open(&fx, &r);
+			(void)fx_raw_send(&r, sb.data, sb.size);
+			fx_raw_close(&r);
+		}
+		msgpack_sbuffer_clear(&sb);
+		snprintf(what, sizeof(what), "300 clients that sent %s and closed", msgs[i]);
+		wait_clients(&fx, 1, what);
+		fx_raw_open(&fx, &r);
+		raw_ping(&r, 9, what);
+		fx_raw_close(&r);
+	}
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
 static Suite *defense_suite(void)
 {
 	Suite *s = suite_create("defense");
@@ -2016,6 +2057,11 @@ static Suite *defense_suite(void)
 	tcase_add_test(tc, stream_first_part_past_the_window);
 	tcase_add_test(tc, joins_count_against_max_jobs);
 	tcase_add_test(tc, feeds_out_of_place);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("hardening");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, dropped_then_closed_at_once);
 	suite_add_tcase(s, tc);
 	return s;
 }
