@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -18,6 +19,7 @@ struct chan {
 	const struct chan_ops *ops;
 	void *ctx;
 	bool paused, closed, dead;
+	bool eof;            /* the peer sent end-of-file: read no more */
 	unsigned busy;       /* callbacks running: defer the free */
 	/* Found by chan_write_now, reported from the loop (chan_flush_cb):
 	 * a write error, and output that drained. */
@@ -181,6 +183,16 @@ static int chan_deliver(struct chan *ch, bool even_paused)
 	return 0;
 }
 
+/* End-of-file from a peer that closed its socket, not just its sending
+ * side: nothing written can reach it any more.  On a Unix stream socket
+ * POLLHUP means both directions are shut. */
+static bool peer_gone(int fd)
+{
+	struct pollfd pfd = { .fd = fd, .events = 0 };
+
+	return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR | POLLNVAL));
+}
+
 static void chan_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct chan *ch = arg;
@@ -196,10 +208,17 @@ static void chan_read_cb(evutil_socket_t fd, short what, void *arg)
 			n = 1;
 	}
 	r = chan_deliver(ch, false);
-	if (r < 0)
+	if (r < 0) {
 		chan_close(ch, r);
-	else if (n <= 0 && !ch->dead)
+	} else if (n == 0 && !ch->dead && !ch->closed && ch->ops->eof && !peer_gone(ch->fd)) {
+		/* Half-closed: frames still held wait for chan_pause(false). */
+		ch->eof = true;
+		event_del(ch->rev);
+		if (!ch->paused)
+			ch->ops->eof(ch->ctx);
+	} else if (n <= 0 && !ch->dead) {
 		chan_close(ch, n == -ENOMEM ? -ENOMEM : (int)n);
+	}
 	ch->busy--;
 	if (ch->dead && !ch->busy)
 		chan_destroy(ch);
@@ -304,6 +323,13 @@ void chan_pause(struct chan *ch, bool pause)
 	if (ch->paused == pause || ch->closed || ch->dead)
 		return;
 	ch->paused = pause;
+	if (ch->eof) {
+		/* Nothing more to read; frames held are delivered (and the
+		 * end-of-file reported) from the read callback. */
+		if (!pause)
+			event_active(ch->rev, EV_READ, 0);
+		return;
+	}
 	if (pause) {
 		event_del(ch->rev);
 	} else {

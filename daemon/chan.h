@@ -32,6 +32,13 @@ struct chan_ops {
 	void (*closed)(void *ctx, int err);
 	/* Unsent output fell to the low-water mark (possibly zero). */
 	void (*drained)(void *ctx);
+	/* Optional.  The peer will send no more (read end-of-file, every
+	 * whole frame delivered) but still reads (it shut only its sending
+	 * side): the chan stops reading and keeps writing until the owner
+	 * frees it or a write fails (closed()).  May be called again after
+	 * chan_pause(false).  NULL, or a peer that closed its socket
+	 * entirely: the end of the stream is closed(0). */
+	void (*eof)(void *ctx);
 };
 
 /* Takes ownership of fd (made non-blocking here). */

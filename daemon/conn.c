@@ -33,6 +33,11 @@ struct conn {
 	unsigned n_jobs, cap_jobs;
 	uint64_t *held;            /* msgids of other open requests (joins) */
 	unsigned n_held, cap_held;
+	/* The client shut its sending side: answer what is open, then close
+	 * (conn_fin_cb, from the loop, since the last answer is often sent
+	 * from deep inside the dispatcher). */
+	bool eof;
+	struct event *fin;
 	TAILQ_ENTRY(conn) link;
 };
 
@@ -55,6 +60,7 @@ static uint64_t next_conn_id = 1;
 static struct event *accept_ev, *accept_retry;
 
 static void conn_free(struct conn *c);
+static void conn_check_fin(struct conn *c);
 
 static void conn_packer(struct conn *c, msgpack_packer *pk)
 {
@@ -127,9 +133,10 @@ void conn_forget_msgid(struct conn *c, uint64_t msgid)
 	for (unsigned i = 0; i < c->n_held; i++) {
 		if (c->held[i] == msgid) {
 			c->held[i] = c->held[--c->n_held];
-			return;
+			break;
 		}
 	}
+	conn_check_fin(c);
 }
 
 void conn_reply(struct conn *c, uint64_t msgid, void (*pack)(msgpack_packer *pk, const void *arg),
@@ -157,9 +164,10 @@ void conn_job_ended(struct conn *c, struct job *job)
 	for (unsigned i = 0; i < c->n_jobs; i++) {
 		if (c->jobs[i] == job) {
 			c->jobs[i] = c->jobs[--c->n_jobs];
-			return;
+			break;
 		}
 	}
+	conn_check_fin(c);
 }
 
 static int read_params(struct mp_cur *p, const struct mp_msg *m, uint32_t min, uint32_t max,
@@ -865,14 +873,54 @@ static void conn_drained(void *ctx)
 	struct conn *c = ctx;
 
 	chan_pause(c->ch, false);
+	conn_check_fin(c);
 	disp_schedule();
 	master_progress();
+}
+
+/* Read end-of-file from a client that still reads: it has no more
+ * requests.  What is open is answered, then the connection closes.  A
+ * streamed map can get no more feeds, so it fails now. */
+static void conn_eof(void *ctx)
+{
+	struct conn *c = ctx;
+
+	if (!c->eof) {
+		c->eof = true;
+		log_debug("client %llu (pid %d): end of requests; %u open", (unsigned long long)c->id,
+			  (int)c->pid, c->n_jobs + c->n_held);
+		for (unsigned i = c->n_jobs; i-- > 0;) {
+			if (i < c->n_jobs && disp_job_streaming(c->jobs[i]))
+				disp_cancel(c->jobs[i], MPOOL_E_BADREQ,
+					    "the client ended its input before the stream's last feed");
+		}
+	}
+	conn_check_fin(c);
+}
+
+static void conn_check_fin(struct conn *c)
+{
+	if (c->eof && c->n_jobs == 0 && c->n_held == 0)
+		event_active(c->fin, EV_TIMEOUT, 0);
+}
+
+static void conn_fin_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	/* Output still waiting: conn_drained() comes back here once it is
+	 * sent. */
+	if (c->eof && c->n_jobs == 0 && c->n_held == 0 && chan_out_len(c->ch) == 0)
+		conn_free(c);
 }
 
 static const struct chan_ops conn_ops = {
 	.frame = conn_frame,
 	.closed = conn_closed,
 	.drained = conn_drained,
+	.eof = conn_eof,
 };
 
 static void conn_free(struct conn *c)
@@ -883,6 +931,7 @@ static void conn_free(struct conn *c)
 	while (c->n_jobs > 0)
 		disp_detach(c->jobs[--c->n_jobs]);
 	free(c->jobs);
+	event_free(c->fin);
 	chan_free(c->ch);
 	TAILQ_REMOVE(&conns, c, link);
 	n_conns--;
@@ -1059,6 +1108,11 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
 			c->pid = cred.pid;
 			c->uid = cred.uid;
 			c->gid = cred.gid;
+		}
+		c->fin = evtimer_new(base, conn_fin_cb, c);
+		if (!c->fin) {
+			log_err("out of memory accepting a client");
+			abort();
 		}
 		c->ch = chan_new(base, cfd, &lim, &conn_ops, c);
 		TAILQ_INSERT_TAIL(&conns, c, link);

@@ -2023,6 +2023,102 @@ START_TEST(dropped_then_closed_at_once)
 }
 END_TEST
 
+/* shutdown(SHUT_WR), as socat and nc -N do, means "no more requests": the
+ * apply and the map in flight are answered, then mpoold closes.  A stream
+ * still open can get no more feeds: it fails at once, then EOF. */
+START_TEST(half_close_answers_what_is_open)
+{
+	struct fx fx;
+	struct fx_raw r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	const msgpack_object *err, *res;
+
+	fx_start(&fx, NULL);
+	fx_sbuf_init(&sb, &pk);
+	for (int round = 0; round < 2; round++) {
+		bool map_first = round == 1;
+
+		fx_raw_open(&fx, &r);
+		if (map_first) {
+			fx_req_head(&pk, 2, "map");
+			msgpack_pack_array(&pk, 2);
+			fx_pack_str(&pk, "builtin.square");
+			msgpack_pack_array(&pk, 3000);
+			for (int i = 0; i < 3000; i++)
+				msgpack_pack_int(&pk, i);
+		}
+		pack_req(&pk, 1, "apply", "[\"builtin.sleep\", 300]");
+		if (!map_first) {
+			fx_req_head(&pk, 2, "map");
+			msgpack_pack_array(&pk, 2);
+			fx_pack_str(&pk, "builtin.square");
+			msgpack_pack_array(&pk, 3000);
+			for (int i = 0; i < 3000; i++)
+				msgpack_pack_int(&pk, i);
+		}
+		send_sb(&r, &sb);
+		REQUIRE(shutdown(r.fd, SHUT_WR) == 0);
+		/* The apply's answer may come before or after the map's. */
+		bool apply_done = false, map_done = false;
+		uint64_t got = 0;
+
+		while (!apply_done || !map_done) {
+			const msgpack_object *m, *p;
+
+			REQUIREF(fx_raw_next(&r, FX_WAIT_MS) == 1,
+				 "EOF after a half-close with the apply %s and the map %s (%llu items)",
+				 apply_done ? "answered" : "open", map_done ? "answered" : "open",
+				 (unsigned long long)got);
+			m = &r.msg.data;
+			if ((p = note_params(m, "result"))) {
+				got += p->via.array.ptr[2].via.array.size;
+				continue;
+			}
+			REQUIREF(m->type == MSGPACK_OBJECT_ARRAY && m->via.array.size == 4,
+				 "an unexpected message after the half-close");
+			err = &m->via.array.ptr[2];
+			res = &m->via.array.ptr[3];
+			REQUIREF(err->type == MSGPACK_OBJECT_NIL, "a request failed after the half-close");
+			if (fx_obj_u64(&m->via.array.ptr[1]) == 1) {
+				REQUIRE(fx_obj_u64(res) == 300);
+				apply_done = true;
+			} else {
+				REQUIRE(fx_obj_u64(fx_obj_get(res, "items")) == 3000 && got == 3000);
+				map_done = true;
+			}
+		}
+		REQUIREF(fx_raw_next(&r, FX_WAIT_MS) == 0, "no EOF once everything was answered");
+		fx_raw_close(&r);
+	}
+
+	/* An open stream: it fails, then EOF. */
+	fx_raw_open(&fx, &r);
+	pack_req(&pk, 5, "map", "[\"builtin.square\", [1, 2], {\"stream\": true}]");
+	send_sb(&r, &sb);
+	REQUIRE(shutdown(r.fd, SHUT_WR) == 0);
+	for (;;) {
+		const msgpack_object *m;
+
+		REQUIREF(fx_raw_next(&r, FX_WAIT_MS) == 1, "EOF before the open stream was answered");
+		m = &r.msg.data;
+		if (note_params(m, "result") || note_params(m, "credit"))
+			continue;
+		break;
+	}
+	r.msg.data.type == MSGPACK_OBJECT_ARRAY ? (void)0 : FAILF("not a response");
+	REQUIREF(fx_obj_u64(&r.msg.data.via.array.ptr[1]) == 5 &&
+		 r.msg.data.via.array.ptr[2].type == MSGPACK_OBJECT_MAP &&
+		 error_code(&r.msg.data.via.array.ptr[2], "the half-closed stream") == MPOOL_E_BADREQ,
+		 "the half-closed stream did not fail with bad_request");
+	REQUIREF(fx_raw_next(&r, FX_WAIT_MS) == 0, "no EOF after the stream's answer");
+	fx_raw_close(&r);
+	wait_clients(&fx, 1, "the half-closed clients gone");
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
 static Suite *defense_suite(void)
 {
 	Suite *s = suite_create("defense");
@@ -2062,6 +2158,7 @@ static Suite *defense_suite(void)
 	tc = tcase_create("hardening");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, dropped_then_closed_at_once);
+	tcase_add_test(tc, half_close_answers_what_is_open);
 	suite_add_tcase(s, tc);
 	return s;
 }
