@@ -25,7 +25,15 @@ struct chan {
 	 * a write error, and output that drained. */
 	int werr;
 	bool drain_due;
+	/* Accounted (chan_account): the bytes of in and out counted in
+	 * *acct and acct_total. */
+	size_t *acct;
+	size_t acct_in, acct_out;
+	struct evbuffer_cb_entry *acct_cb;
 };
+
+/* Bytes held by every accounted chan, input buffers and unsent output. */
+static size_t acct_total;
 
 /* The frame being delivered, for chan_take_delivered: code deep in a
  * frame() callback (the dispatcher forwarding a worker's results to a
@@ -62,8 +70,60 @@ struct chan *chan_new(struct event_base *base, int fd, const struct mp_frame_lim
 	return ch;
 }
 
+static void acct_add(struct chan *ch, size_t *field, size_t now)
+{
+	if (!ch->acct || *field == now)
+		return;
+	*ch->acct += now - *field;        /* modular arithmetic: a decrease too */
+	acct_total += now - *field;
+	*field = now;
+}
+
+/* The input buffer's size changes only in calls made from here: it is
+ * sampled after each. */
+static void acct_in(struct chan *ch)
+{
+	acct_add(ch, &ch->acct_in, ch->in.cap);
+}
+
+static void acct_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct chan *ch = arg;
+
+	(void)info;
+	acct_add(ch, &ch->acct_out, evbuffer_get_length(buf));
+}
+
+void chan_account(struct chan *ch, size_t *bytes)
+{
+	ch->acct = bytes;
+	ch->acct_in = ch->acct_out = 0;
+	acct_in(ch);
+	acct_add(ch, &ch->acct_out, evbuffer_get_length(ch->out));
+	ch->acct_cb = evbuffer_add_cb(ch->out, acct_out_cb, ch);
+	if (!ch->acct_cb) {
+		fprintf(stderr, "mpoold: out of memory accounting a channel\n");
+		abort();
+	}
+}
+
+size_t chan_accounted_total(void)
+{
+	return acct_total;
+}
+
+size_t chan_in_partial(const struct chan *ch)
+{
+	return ch->paused || ch->eof ? 0 : mp_frame_pending(&ch->in);
+}
+
 static void chan_destroy(struct chan *ch)
 {
+	acct_add(ch, &ch->acct_in, 0);
+	acct_add(ch, &ch->acct_out, 0);
+	ch->acct = NULL;
+	if (ch->acct_cb)
+		evbuffer_remove_cb_entry(ch->out, ch->acct_cb);
 	event_free(ch->rev);
 	event_free(ch->wev);
 	event_free(ch->fev);
@@ -111,6 +171,7 @@ uint8_t *chan_take_frame(struct chan *ch, size_t keep)
 {
 	uint8_t *buf = mp_frame_take(&ch->in, keep);
 
+	acct_in(ch);
 	if (buf && ch == deliv_ch)
 		deliv_frame = NULL;      /* taken: not twice */
 	return buf;
@@ -197,6 +258,7 @@ static void chan_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct chan *ch = arg;
 	ssize_t n = 1;      /* paused: nothing read, nothing lost */
+	bool got = false;
 	int r;
 
 	(void)fd;
@@ -204,11 +266,17 @@ static void chan_read_cb(evutil_socket_t fd, short what, void *arg)
 	ch->busy++;
 	if (!ch->paused) {
 		n = mp_frame_read(&ch->in, ch->fd);
+		got = n > 0;
 		if (n == -EAGAIN || n == -EINTR)
 			n = 1;
 	}
 	r = chan_deliver(ch, false);
-	if (r < 0) {
+	acct_in(ch);
+	if (r == 0 && got && !ch->dead && !ch->closed && ch->ops->received)
+		ch->ops->received(ch->ctx);
+	if (ch->dead || ch->closed) {
+		/* Dropped by received(), or while delivering. */
+	} else if (r < 0) {
 		chan_close(ch, r);
 	} else if (n == 0 && !ch->dead && !ch->closed && ch->ops->eof && !peer_gone(ch->fd)) {
 		/* Half-closed: frames still held wait for chan_pause(false). */
@@ -236,6 +304,7 @@ void chan_drain_input(struct chan *ch)
 		if (chan_deliver(ch, true) < 0)
 			break;
 	} while (n > 0 && !ch->dead && !ch->closed);
+	acct_in(ch);
 	ch->busy--;
 	if (ch->dead && !ch->busy)
 		chan_destroy(ch);

@@ -39,6 +39,10 @@ struct chan_ops {
 	 * chan_pause(false).  NULL, or a peer that closed its socket
 	 * entirely: the end of the stream is closed(0). */
 	void (*eof)(void *ctx);
+	/* Optional.  Bytes arrived and every whole frame among them was
+	 * delivered: the owner may check what the chan holds
+	 * (chan_in_partial) and may free it. */
+	void (*received)(void *ctx);
 };
 
 /* Takes ownership of fd (made non-blocking here). */
@@ -63,6 +67,14 @@ uint8_t *chan_take_frame(struct chan *ch, size_t keep);
  * is running further up the stack) and it was not taken yet, hands over
  * its buffer; else NULL. */
 uint8_t *chan_take_delivered(const void *p, size_t keep);
+/* Counts the bytes the chan holds (its input buffer and unsent output) in
+ * *bytes from now on, kept up to date as they change, and in the total of
+ * all accounted chans. */
+void chan_account(struct chan *ch, size_t *bytes);
+size_t chan_accounted_total(void);
+/* Bytes of a frame that has started to arrive and is not whole (0 while
+ * paused, when whole frames may wait too). */
+size_t chan_in_partial(const struct chan *ch);
 /* Stops (or resumes) reading and delivering frames. */
 void chan_pause(struct chan *ch, bool pause);
 /* Reads everything the peer has sent so far and delivers its frames now,
