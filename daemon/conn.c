@@ -980,13 +980,15 @@ static void conn_frame(void *ctx, const uint8_t *frame, size_t len)
 	}
 }
 
-/* Bytes arrived: a message under way must finish in time and fit the
- * budgets, which count its whole buffer. */
+/* Bytes arrived: a message under way must finish in time, and must not
+ * take the clients' bytes past --max-total-bytes by more than one message
+ * (that slack lets a request that arrives when the budget is nearly spent
+ * be refused with an error instead of its connection dropped).  Its size
+ * alone is bounded by --max-frame, which is at most --max-client-bytes. */
 static void conn_received(void *ctx)
 {
 	struct conn *c = ctx;
 	char why[256];
-	int lim;
 
 	if (chan_in_partial(c->ch) == 0) {
 		event_del(c->frame_timer);
@@ -997,20 +999,12 @@ static void conn_received(void *ctx)
 
 		evtimer_add(c->frame_timer, &tv);
 	}
-	if (c->io_bytes + conn_queued_bytes(c) > cfg.max_client_bytes) {
-		lim = LIM_CLIENT_BYTES;
-		snprintf(why, sizeof(why), "this connection holds %zu bytes in mpoold, past the "
-			 "limit of %zu (--max-client-bytes)", c->io_bytes + conn_queued_bytes(c),
-			 cfg.max_client_bytes);
-	} else if (conn_bytes_held() > cfg.max_total_bytes) {
-		lim = LIM_TOTAL_BYTES;
-		snprintf(why, sizeof(why), "mpoold holds %llu bytes for its clients, past the "
-			 "limit of %zu (--max-total-bytes), and this message would add more",
-			 (unsigned long long)conn_bytes_held(), cfg.max_total_bytes);
-	} else {
+	if (conn_bytes_held() <= (uint64_t)cfg.max_total_bytes + cfg.max_frame)
 		return;
-	}
-	limit_hits[lim]++;
+	snprintf(why, sizeof(why), "mpoold holds %llu bytes for its clients, past the limit of "
+		 "%zu (--max-total-bytes), and this message would add more",
+		 (unsigned long long)conn_bytes_held(), cfg.max_total_bytes);
+	limit_hits[LIM_TOTAL_BYTES]++;
 	conn_abort(c, MPOOL_E_LIMIT, why);
 }
 
