@@ -61,6 +61,9 @@ void conn_pack_limits(msgpack_packer *pk)
 		msgpack_pack_uint64(pk, limit_hits[i]);
 	}
 }
+/* Unread output a client may have while the total budget is spent. */
+#define CONN_OUT_SLACK (64u * 1024)
+
 static unsigned n_conns;
 static uint64_t next_conn_id = 1;
 static struct event *accept_ev, *accept_retry;
@@ -1125,9 +1128,15 @@ uid_t conn_uid(const struct conn *c)
 	return c->uid;
 }
 
+/* Past the high-water mark; or, while the clients' bytes pass
+ * --max-total-bytes, past a little: the dispatcher then stops feeding the
+ * client's jobs, so unread output cannot take the total much further. */
 bool conn_backlogged(const struct conn *c)
 {
-	return chan_out_len(c->ch) > cfg.out_high_water;
+	size_t out = chan_out_len(c->ch);
+
+	return out > cfg.out_high_water ||
+	       (out > CONN_OUT_SLACK && conn_bytes_held() > cfg.max_total_bytes);
 }
 
 static void free_sent(const void *data, size_t len, void *arg)
