@@ -2375,6 +2375,54 @@ START_TEST(stream_credit_counts_bytes)
 }
 END_TEST
 
+/* Clients that ask for status and never read: their replies count against
+ * the total budget, and past it they are no longer read. */
+START_TEST(unread_status_replies_within_the_budget)
+{
+	static const char *const extra[] = {
+		"--max-frame", "65536", "--max-client-bytes", "524288",
+		"--max-total-bytes", "1048576", NULL,
+	};
+	enum { N = 8, REQS = 3000 };
+	struct fx fx;
+	struct fx_raw r[N];
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	uint64_t held;
+
+	fx_start(&fx, extra);
+	fx_sbuf_init(&sb, &pk);
+	for (int k = 0; k < REQS; k++)
+		pack_req(&pk, (uint64_t)k + 1, "status", "[]");
+	for (int i = 0; i < N; i++) {
+		fx_raw_open(&fx, &r[i]);
+		/* Part of it may stay unsent: mpoold stops reading. */
+		for (size_t off = 0; off < sb.size;) {
+			struct pollfd pfd = { r[i].fd, POLLOUT, 0 };
+			ssize_t n;
+
+			if (poll(&pfd, 1, 500) <= 0)
+				break;
+			n = send(r[i].fd, sb.data + off, sb.size - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (n <= 0)
+				break;
+			off += (size_t)n;
+		}
+	}
+	held = fx_status_get(&fx, "totals.client_bytes");
+	/* The budget, plus for each client the slack it may pass it by: one
+	 * reply beyond 64 KiB, and its input buffer. */
+	REQUIREF(held <= 1048576 + N * (192u << 10), "%llu bytes held for %d clients that do "
+		 "not read, under a 1 MiB budget", (unsigned long long)held, N);
+	REQUIRE(limit_hits(&fx, "total_bytes") + limit_hits(&fx, "backlog") >= 1);
+	for (int i = 0; i < N; i++)
+		fx_raw_close(&r[i]);
+	wait_clients(&fx, 1, "the clients that did not read gone");
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
 /* ---- connections per user ----------------------------------------------------- */
 
 #define NOBODY 65534
@@ -2624,6 +2672,7 @@ static Suite *defense_suite(void)
 	tcase_add_test(tc, partial_frames_within_the_total_budget);
 	tcase_add_test(tc, queued_input_within_the_byte_budgets);
 	tcase_add_test(tc, stream_credit_counts_bytes);
+	tcase_add_test(tc, unread_status_replies_within_the_budget);
 	tcase_add_test(tc, clients_per_uid_and_room_for_admins);
 	tcase_add_test(tc, few_descriptors_refuse_clearly);
 	suite_add_tcase(s, tc);
