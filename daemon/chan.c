@@ -117,13 +117,21 @@ size_t chan_in_partial(const struct chan *ch)
 	return ch->paused || ch->eof ? 0 : mp_frame_pending(&ch->in);
 }
 
-static void chan_destroy(struct chan *ch)
+/* At chan_free, even a deferred one: the counter lives in the owner,
+ * which is gone once chan_free returns. */
+static void acct_drop(struct chan *ch)
 {
 	acct_add(ch, &ch->acct_in, 0);
 	acct_add(ch, &ch->acct_out, 0);
 	ch->acct = NULL;
 	if (ch->acct_cb)
 		evbuffer_remove_cb_entry(ch->out, ch->acct_cb);
+	ch->acct_cb = NULL;
+}
+
+static void chan_destroy(struct chan *ch)
+{
+	acct_drop(ch);
 	event_free(ch->rev);
 	event_free(ch->wev);
 	event_free(ch->fev);
@@ -137,6 +145,7 @@ void chan_free(struct chan *ch)
 {
 	if (!ch)
 		return;
+	acct_drop(ch);
 	if (ch->busy) {
 		ch->dead = true;
 		event_del(ch->rev);
