@@ -200,8 +200,10 @@ static void reply_error(struct conn *c, uint64_t msgid, int code, const char *fm
 	chan_flush(c->ch);
 }
 
-/* Answers a client we are about to drop, then drops it.  The reason is
- * small; a best-effort write now is all it gets. */
+/* Answers a client we are about to drop, then drops it: frees c, which
+ * the caller must not touch afterwards (the write never frees it: see
+ * chan_write_now).  The reason is small; a best-effort write now is all it
+ * gets. */
 static void conn_abort(struct conn *c, int code, const char *why)
 {
 	msgpack_packer pk;

@@ -2025,6 +2025,8 @@ START_TEST(dropped_then_closed_at_once)
 		raw_ping(&r, 9, what);
 		fx_raw_close(&r);
 	}
+	/* --max-jobs, like every client limit, can be read from status. */
+	REQUIRE(fx_status_get(&fx, "limits.max_jobs") == 1024);
 	msgpack_sbuffer_destroy(&sb);
 	fx_stop(&fx);
 }
