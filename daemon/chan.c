@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -18,8 +19,21 @@ struct chan {
 	const struct chan_ops *ops;
 	void *ctx;
 	bool paused, closed, dead;
+	bool eof;            /* the peer sent end-of-file: read no more */
 	unsigned busy;       /* callbacks running: defer the free */
+	/* Found by chan_write_now, reported from the loop (chan_flush_cb):
+	 * a write error, and output that drained. */
+	int werr;
+	bool drain_due;
+	/* Accounted (chan_account): the bytes of in and out counted in
+	 * *acct and acct_total. */
+	size_t *acct;
+	size_t acct_in, acct_out;
+	struct evbuffer_cb_entry *acct_cb;
 };
+
+/* Bytes held by every accounted chan, input buffers and unsent output. */
+static size_t acct_total;
 
 /* The frame being delivered, for chan_take_delivered: code deep in a
  * frame() callback (the dispatcher forwarding a worker's results to a
@@ -56,8 +70,68 @@ struct chan *chan_new(struct event_base *base, int fd, const struct mp_frame_lim
 	return ch;
 }
 
+static void acct_add(struct chan *ch, size_t *field, size_t now)
+{
+	if (!ch->acct || *field == now)
+		return;
+	*ch->acct += now - *field;        /* modular arithmetic: a decrease too */
+	acct_total += now - *field;
+	*field = now;
+}
+
+/* The input buffer's size changes only in calls made from here: it is
+ * sampled after each. */
+static void acct_in(struct chan *ch)
+{
+	acct_add(ch, &ch->acct_in, ch->in.cap);
+}
+
+static void acct_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct chan *ch = arg;
+
+	(void)info;
+	acct_add(ch, &ch->acct_out, evbuffer_get_length(buf));
+}
+
+void chan_account(struct chan *ch, size_t *bytes)
+{
+	ch->acct = bytes;
+	ch->acct_in = ch->acct_out = 0;
+	acct_in(ch);
+	acct_add(ch, &ch->acct_out, evbuffer_get_length(ch->out));
+	ch->acct_cb = evbuffer_add_cb(ch->out, acct_out_cb, ch);
+	if (!ch->acct_cb) {
+		fprintf(stderr, "mpoold: out of memory accounting a channel\n");
+		abort();
+	}
+}
+
+size_t chan_accounted_total(void)
+{
+	return acct_total;
+}
+
+size_t chan_in_partial(const struct chan *ch)
+{
+	return ch->paused || ch->eof ? 0 : mp_frame_pending(&ch->in);
+}
+
+/* At chan_free, even a deferred one: the counter lives in the owner,
+ * which is gone once chan_free returns. */
+static void acct_drop(struct chan *ch)
+{
+	acct_add(ch, &ch->acct_in, 0);
+	acct_add(ch, &ch->acct_out, 0);
+	ch->acct = NULL;
+	if (ch->acct_cb)
+		evbuffer_remove_cb_entry(ch->out, ch->acct_cb);
+	ch->acct_cb = NULL;
+}
+
 static void chan_destroy(struct chan *ch)
 {
+	acct_drop(ch);
 	event_free(ch->rev);
 	event_free(ch->wev);
 	event_free(ch->fev);
@@ -71,6 +145,7 @@ void chan_free(struct chan *ch)
 {
 	if (!ch)
 		return;
+	acct_drop(ch);
 	if (ch->busy) {
 		ch->dead = true;
 		event_del(ch->rev);
@@ -105,6 +180,7 @@ uint8_t *chan_take_frame(struct chan *ch, size_t keep)
 {
 	uint8_t *buf = mp_frame_take(&ch->in, keep);
 
+	acct_in(ch);
 	if (buf && ch == deliv_ch)
 		deliv_frame = NULL;      /* taken: not twice */
 	return buf;
@@ -177,10 +253,21 @@ static int chan_deliver(struct chan *ch, bool even_paused)
 	return 0;
 }
 
+/* End-of-file from a peer that closed its socket, not just its sending
+ * side: nothing written can reach it any more.  On a Unix stream socket
+ * POLLHUP means both directions are shut. */
+static bool peer_gone(int fd)
+{
+	struct pollfd pfd = { .fd = fd, .events = 0 };
+
+	return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR | POLLNVAL));
+}
+
 static void chan_read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct chan *ch = arg;
 	ssize_t n = 1;      /* paused: nothing read, nothing lost */
+	bool got = false;
 	int r;
 
 	(void)fd;
@@ -188,14 +275,27 @@ static void chan_read_cb(evutil_socket_t fd, short what, void *arg)
 	ch->busy++;
 	if (!ch->paused) {
 		n = mp_frame_read(&ch->in, ch->fd);
+		got = n > 0;
 		if (n == -EAGAIN || n == -EINTR)
 			n = 1;
 	}
 	r = chan_deliver(ch, false);
-	if (r < 0)
+	acct_in(ch);
+	if (r == 0 && got && !ch->dead && !ch->closed && ch->ops->received)
+		ch->ops->received(ch->ctx);
+	if (ch->dead || ch->closed) {
+		/* Dropped by received(), or while delivering. */
+	} else if (r < 0) {
 		chan_close(ch, r);
-	else if (n <= 0 && !ch->dead)
+	} else if (n == 0 && !ch->dead && !ch->closed && ch->ops->eof && !peer_gone(ch->fd)) {
+		/* Half-closed: frames still held wait for chan_pause(false). */
+		ch->eof = true;
+		event_del(ch->rev);
+		if (!ch->paused)
+			ch->ops->eof(ch->ctx);
+	} else if (n <= 0 && !ch->dead) {
 		chan_close(ch, n == -ENOMEM ? -ENOMEM : (int)n);
+	}
 	ch->busy--;
 	if (ch->dead && !ch->busy)
 		chan_destroy(ch);
@@ -213,28 +313,46 @@ void chan_drain_input(struct chan *ch)
 		if (chan_deliver(ch, true) < 0)
 			break;
 	} while (n > 0 && !ch->dead && !ch->closed);
+	acct_in(ch);
 	ch->busy--;
 	if (ch->dead && !ch->busy)
 		chan_destroy(ch);
 }
 
-static void chan_write_some(struct chan *ch)
+/* report: called from the loop, with nobody up the stack holding the
+ * owner, so closed() and drained() may run now.  Otherwise they are left
+ * for chan_flush_cb: a caller that writes must be able to go on using (or
+ * freeing) what it holds. */
+static void chan_write_some(struct chan *ch, bool report)
 {
 	size_t before = evbuffer_get_length(ch->out);
 	int n = evbuffer_write(ch->out, ch->fd);
+	bool drained;
 
 	if (n < 0 && errno != EAGAIN && errno != EINTR) {
-		chan_close(ch, -errno);
+		if (report) {
+			chan_close(ch, -errno);
+		} else if (!ch->werr) {
+			ch->werr = -errno;
+			event_active(ch->fev, EV_TIMEOUT, 0);
+		}
 		return;
 	}
 	if (evbuffer_get_length(ch->out) == 0)
 		event_del(ch->wev);
 	else if (!ch->closed && !ch->dead && !event_pending(ch->wev, EV_WRITE, NULL))
 		event_add(ch->wev, NULL);     /* full: wait until it drains */
-	if (before > LOW_WATER && evbuffer_get_length(ch->out) <= LOW_WATER) {
-		ch->ops->drained(ch->ctx);
-	} else if (before > 0 && evbuffer_get_length(ch->out) == 0) {
-		ch->ops->drained(ch->ctx);
+	drained = (before > LOW_WATER && evbuffer_get_length(ch->out) <= LOW_WATER) ||
+		  (before > 0 && evbuffer_get_length(ch->out) == 0);
+	if (drained && !report) {
+		ch->drain_due = true;
+		event_active(ch->fev, EV_TIMEOUT, 0);
+		return;
+	}
+	if (drained || ch->drain_due) {
+		ch->drain_due = false;
+		if (!ch->closed)
+			ch->ops->drained(ch->ctx);
 	}
 }
 
@@ -245,7 +363,7 @@ static void chan_write_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	ch->busy++;
-	chan_write_some(ch);
+	chan_write_some(ch, true);
 	ch->busy--;
 	if (ch->dead && !ch->busy)
 		chan_destroy(ch);
@@ -257,21 +375,25 @@ static void chan_flush_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (!ch->closed)
-		chan_write_now(ch);
+	if (ch->closed || ch->dead)
+		return;
+	ch->busy++;
+	if (ch->werr)
+		chan_close(ch, ch->werr);
+	else
+		chan_write_some(ch, true);
+	ch->busy--;
+	if (ch->dead && !ch->busy)
+		chan_destroy(ch);
 }
 
 void chan_write_now(struct chan *ch)
 {
 	/* Even after closed(): a client dropped for breaking the framing can
 	 * still be told why. */
-	if (ch->dead)
+	if (ch->dead || ch->werr)
 		return;
-	ch->busy++;
-	chan_write_some(ch);
-	ch->busy--;
-	if (ch->dead && !ch->busy)
-		chan_destroy(ch);
+	chan_write_some(ch, false);
 }
 
 void chan_pause(struct chan *ch, bool pause)
@@ -279,6 +401,13 @@ void chan_pause(struct chan *ch, bool pause)
 	if (ch->paused == pause || ch->closed || ch->dead)
 		return;
 	ch->paused = pause;
+	if (ch->eof) {
+		/* Nothing more to read; frames held are delivered (and the
+		 * end-of-file reported) from the read callback. */
+		if (!pause)
+			event_active(ch->rev, EV_READ, 0);
+		return;
+	}
 	if (pause) {
 		event_del(ch->rev);
 	} else {

@@ -29,6 +29,11 @@ struct config {
 	uint64_t max_items;
 	unsigned max_jobs_per_conn;
 	unsigned max_clients;
+	unsigned max_clients_per_uid;   /* for users who are not admins */
+	unsigned admin_clients;         /* of max_clients, kept for admins */
+	size_t max_client_bytes;        /* a client's partial frame, queued input, unsent output */
+	size_t max_total_bytes;         /* the same, all clients together */
+	unsigned frame_timeout_ms;      /* a started message must be whole within this */
 	size_t out_high_water;          /* stop feeding a client's jobs past this */
 	unsigned drain_timeout_ms;
 	int log_level;

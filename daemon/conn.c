@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "tailq.h"
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <grp.h>
@@ -34,6 +35,15 @@ struct conn {
 	unsigned n_jobs, cap_jobs;
 	uint64_t *held;            /* msgids of other open requests (joins) */
 	unsigned n_held, cap_held;
+	/* The client shut its sending side: answer what is open, then close
+	 * (conn_fin_cb, from the loop, since the last answer is often sent
+	 * from deep inside the dispatcher). */
+	bool eof;
+	struct event *fin;
+	/* Its input buffer and unsent output (chan_account); its jobs' input
+	 * is the dispatcher's to count (disp_job_bytes). */
+	size_t io_bytes;
+	struct event *frame_timer;  /* armed while a message is arriving */
 	TAILQ_ENTRY(conn) link;
 };
 
@@ -41,6 +51,7 @@ static TAILQ_HEAD(, conn) conns = TAILQ_HEAD_INITIALIZER(conns);
 static uint64_t limit_hits[LIM_COUNT];
 static const char *const limit_names[LIM_COUNT] = {
 	"frame", "depth", "items", "jobs", "clients", "queued_chunks", "backlog",
+	"clients_per_uid", "client_bytes", "total_bytes", "frame_timeout",
 };
 
 void conn_pack_limits(msgpack_packer *pk)
@@ -51,11 +62,111 @@ void conn_pack_limits(msgpack_packer *pk)
 		msgpack_pack_uint64(pk, limit_hits[i]);
 	}
 }
+/* Unread output a client may have while the total budget is spent. */
+#define CONN_OUT_SLACK (64u * 1024)
+
 static unsigned n_conns;
 static uint64_t next_conn_id = 1;
 static struct event *accept_ev, *accept_retry;
+/* --max-clients, or fewer when RLIMIT_NOFILE cannot hold that many. */
+static unsigned max_clients;
+/* Accept fails for want of descriptors: the pause doubles while it lasts. */
+static unsigned accept_backoff_ms;
+
+/* At most one line per interval for a warning a client can provoke at
+ * will; the lines it held back are counted in the next. */
+struct ratelimit {
+	uint64_t last_ms;
+	unsigned held;
+};
+
+static bool ratelimit_ok(struct ratelimit *rl, unsigned interval_ms, unsigned *ret_held)
+{
+	uint64_t now = now_ms();
+
+	if (rl->last_ms && now - rl->last_ms < interval_ms) {
+		rl->held++;
+		return false;
+	}
+	rl->last_ms = now;
+	*ret_held = rl->held;
+	rl->held = 0;
+	return true;
+}
+
+static size_t conn_queued_bytes(const struct conn *c)
+{
+	size_t n = 0;
+
+	for (unsigned i = 0; i < c->n_jobs; i++)
+		n += disp_job_bytes(c->jobs[i]);
+	return n;
+}
+
+uint64_t conn_bytes_held(void)
+{
+	return (uint64_t)chan_accounted_total() + disp_bytes_held();
+}
+
+/* Whether holding add more bytes for c (beside its input buffer, which
+ * holds the message under way) keeps within the budgets.  Returns -1, or
+ * the limit it would pass with the reason in why. */
+static int conn_budget(const struct conn *c, size_t add, char *why, size_t n_why)
+{
+	size_t in = c->io_bytes - chan_out_len(c->ch);
+	size_t mine = c->io_bytes - in + conn_queued_bytes(c);
+	uint64_t all = conn_bytes_held() - in;
+
+	if (mine + add > cfg.max_client_bytes) {
+		snprintf(why, n_why, "this connection holds %zu bytes in mpoold; %zu more would pass "
+			 "the limit of %zu (--max-client-bytes)", mine, add, cfg.max_client_bytes);
+		return LIM_CLIENT_BYTES;
+	}
+	if (all + add > cfg.max_total_bytes) {
+		snprintf(why, n_why, "mpoold holds %llu bytes for its clients; %zu more would pass "
+			 "the limit of %zu (--max-total-bytes)", (unsigned long long)all, add,
+			 cfg.max_total_bytes);
+		return LIM_TOTAL_BYTES;
+	}
+	return -1;
+}
+
+void conn_pack_config_limits(msgpack_packer *pk)
+{
+	static const struct { const char *name; const void *field; size_t size; } l[] = {
+		{ "max_frame", &cfg.max_frame, sizeof(cfg.max_frame) },
+		{ "max_depth", &cfg.max_depth, sizeof(cfg.max_depth) },
+		{ "max_items", &cfg.max_items, sizeof(cfg.max_items) },
+		{ "max_jobs", &cfg.max_jobs_per_conn, sizeof(cfg.max_jobs_per_conn) },
+		{ "max_clients", &cfg.max_clients, sizeof(cfg.max_clients) },
+		{ "max_clients_per_uid", &cfg.max_clients_per_uid, sizeof(cfg.max_clients_per_uid) },
+		{ "admin_clients", &cfg.admin_clients, sizeof(cfg.admin_clients) },
+		{ "max_queued_chunks", &cfg.max_queued_chunks, sizeof(cfg.max_queued_chunks) },
+		{ "stream_window", &cfg.stream_window, sizeof(cfg.stream_window) },
+		{ "stream_window_bytes", &cfg.stream_window_bytes, sizeof(cfg.stream_window_bytes) },
+		{ "max_client_bytes", &cfg.max_client_bytes, sizeof(cfg.max_client_bytes) },
+		{ "max_total_bytes", &cfg.max_total_bytes, sizeof(cfg.max_total_bytes) },
+		{ "frame_timeout_ms", &cfg.frame_timeout_ms, sizeof(cfg.frame_timeout_ms) },
+	};
+
+	msgpack_pack_map(pk, sizeof(l) / sizeof(l[0]) + 1);
+	for (size_t i = 0; i < sizeof(l) / sizeof(l[0]); i++) {
+		uint64_t v = 0;
+
+		if (l[i].size == sizeof(uint64_t))
+			v = *(const uint64_t *)l[i].field;
+		else if (l[i].size == sizeof(uint32_t))
+			v = *(const uint32_t *)l[i].field;
+		mp_pack_cstr(pk, l[i].name);
+		msgpack_pack_uint64(pk, v);
+	}
+	/* What RLIMIT_NOFILE leaves of max_clients. */
+	mp_pack_cstr(pk, "clients_allowed");
+	msgpack_pack_uint64(pk, max_clients ? max_clients : cfg.max_clients);
+}
 
 static void conn_free(struct conn *c);
+static void conn_check_fin(struct conn *c);
 
 static void conn_packer(struct conn *c, msgpack_packer *pk)
 {
@@ -90,8 +201,10 @@ static void reply_error(struct conn *c, uint64_t msgid, int code, const char *fm
 	chan_flush(c->ch);
 }
 
-/* Answers a client we are about to drop, then drops it.  The reason is
- * small; a best-effort write now is all it gets. */
+/* Answers a client we are about to drop, then drops it: frees c, which
+ * the caller must not touch afterwards (the write never frees it: see
+ * chan_write_now).  The reason is small; a best-effort write now is all it
+ * gets. */
 static void conn_abort(struct conn *c, int code, const char *why)
 {
 	msgpack_packer pk;
@@ -128,9 +241,10 @@ void conn_forget_msgid(struct conn *c, uint64_t msgid)
 	for (unsigned i = 0; i < c->n_held; i++) {
 		if (c->held[i] == msgid) {
 			c->held[i] = c->held[--c->n_held];
-			return;
+			break;
 		}
 	}
+	conn_check_fin(c);
 }
 
 void conn_reply(struct conn *c, uint64_t msgid, void (*pack)(msgpack_packer *pk, const void *arg),
@@ -158,9 +272,10 @@ void conn_job_ended(struct conn *c, struct job *job)
 	for (unsigned i = 0; i < c->n_jobs; i++) {
 		if (c->jobs[i] == job) {
 			c->jobs[i] = c->jobs[--c->n_jobs];
-			return;
+			break;
 		}
 	}
+	conn_check_fin(c);
 }
 
 static int read_params(struct mp_cur *p, const struct mp_msg *m, uint32_t min, uint32_t max,
@@ -329,6 +444,15 @@ static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 			return;
 		}
 	}
+	{
+		int lim = conn_budget(c, spec.items_len, why, sizeof(why));
+
+		if (lim >= 0) {
+			limit_hits[lim]++;
+			reply_error(c, m->msgid, MPOOL_E_LIMIT, "%s", why);
+			return;
+		}
+	}
 	if (c->n_jobs == c->cap_jobs) {
 		c->cap_jobs = c->cap_jobs ? 2 * c->cap_jobs : 8;
 		c->jobs = xrealloc(c->jobs, c->cap_jobs * sizeof(*c->jobs));
@@ -363,10 +487,15 @@ static bool in_group(uid_t uid, gid_t primary, gid_t want)
 }
 
 /* Admin operations are for root, mpoold's own user, and --admin-group. */
+static bool is_admin(uid_t uid, gid_t gid)
+{
+	return uid == 0 || uid == geteuid() ||
+	       (cfg.admin_gid != (gid_t)-1 && in_group(uid, gid, cfg.admin_gid));
+}
+
 static bool conn_is_admin(const struct conn *c)
 {
-	return c->uid == 0 || c->uid == geteuid() ||
-	       (cfg.admin_gid != (gid_t)-1 && in_group(c->uid, c->gid, cfg.admin_gid));
+	return is_admin(c->uid, c->gid);
 }
 
 static void deny(struct conn *c, uint64_t msgid, const char *method)
@@ -801,6 +930,16 @@ static void handle_feed(struct conn *c, const struct mp_msg *m)
 			  (unsigned long long)c->id, (unsigned long long)msgid);
 		return;
 	}
+	{
+		char why[256];
+		int lim = conn_budget(c, items_len, why, sizeof(why));
+
+		if (lim >= 0) {
+			limit_hits[lim]++;
+			disp_cancel(job, MPOOL_E_LIMIT, why);
+			return;
+		}
+	}
 	if (disp_feed(job, items, items_len, count, marks, end) == -ENOSPC)
 		limit_hits[LIM_QUEUED]++;
 }
@@ -813,6 +952,8 @@ static void conn_frame(void *ctx, const uint8_t *frame, size_t len)
 	int msgid_ok;
 	char name[64];
 
+	/* A whole message: the next one's time starts when it does. */
+	event_del(c->frame_timer);
 	if (mp_msg_parse(frame, len, &m, &msgid_ok, &msgid) < 0) {
 		if (msgid_ok)
 			reply_error(c, msgid, MPOOL_E_BADREQ,
@@ -861,11 +1002,57 @@ static void conn_frame(void *ctx, const uint8_t *frame, size_t len)
 			reply_error(c, m.msgid, MPOOL_E_NOMETHOD, "no method named '%s'", name);
 		}
 	}
-	/* A client that sends faster than it reads stops being read. */
+	/* A client that sends faster than it reads stops being read; while
+	 * the clients' bytes pass --max-total-bytes, so does every client
+	 * with output it has not read yet. */
 	if (conn_backlogged(c)) {
 		limit_hits[LIM_BACKLOG]++;
 		chan_pause(c->ch, true);
+	} else if (chan_out_len(c->ch) > 0 && conn_bytes_held() > cfg.max_total_bytes) {
+		limit_hits[LIM_TOTAL_BYTES]++;
+		chan_pause(c->ch, true);
 	}
+}
+
+/* Bytes arrived: a message under way must finish in time, and must not
+ * take the clients' bytes past --max-total-bytes by more than one message
+ * (that slack lets a request that arrives when the budget is nearly spent
+ * be refused with an error instead of its connection dropped).  Its size
+ * alone is bounded by --max-frame, which is at most --max-client-bytes. */
+static void conn_received(void *ctx)
+{
+	struct conn *c = ctx;
+	char why[256];
+
+	if (chan_in_partial(c->ch) == 0) {
+		event_del(c->frame_timer);
+		return;
+	}
+	if (cfg.frame_timeout_ms && !evtimer_pending(c->frame_timer, NULL)) {
+		struct timeval tv = { cfg.frame_timeout_ms / 1000, (cfg.frame_timeout_ms % 1000) * 1000 };
+
+		evtimer_add(c->frame_timer, &tv);
+	}
+	if (conn_bytes_held() <= (uint64_t)cfg.max_total_bytes + cfg.max_frame)
+		return;
+	snprintf(why, sizeof(why), "mpoold holds %llu bytes for its clients, past the limit of "
+		 "%zu (--max-total-bytes), and this message would add more",
+		 (unsigned long long)conn_bytes_held(), cfg.max_total_bytes);
+	limit_hits[LIM_TOTAL_BYTES]++;
+	conn_abort(c, MPOOL_E_LIMIT, why);
+}
+
+static void conn_frame_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	char why[160];
+
+	(void)fd;
+	(void)what;
+	limit_hits[LIM_FRAME_TIMEOUT]++;
+	snprintf(why, sizeof(why), "a message started %u ms ago and is not whole (--frame-timeout)",
+		 cfg.frame_timeout_ms);
+	conn_abort(c, MPOOL_E_LIMIT, why);
 }
 
 static void conn_closed(void *ctx, int err)
@@ -894,14 +1081,55 @@ static void conn_drained(void *ctx)
 	struct conn *c = ctx;
 
 	chan_pause(c->ch, false);
+	conn_check_fin(c);
 	disp_schedule();
 	master_progress();
+}
+
+/* Read end-of-file from a client that still reads: it has no more
+ * requests.  What is open is answered, then the connection closes.  A
+ * streamed map can get no more feeds, so it fails now. */
+static void conn_eof(void *ctx)
+{
+	struct conn *c = ctx;
+
+	if (!c->eof) {
+		c->eof = true;
+		log_debug("client %llu (pid %d): end of requests; %u open", (unsigned long long)c->id,
+			  (int)c->pid, c->n_jobs + c->n_held);
+		for (unsigned i = c->n_jobs; i-- > 0;) {
+			if (i < c->n_jobs && disp_job_streaming(c->jobs[i]))
+				disp_cancel(c->jobs[i], MPOOL_E_BADREQ,
+					    "the client ended its input before the stream's last feed");
+		}
+	}
+	conn_check_fin(c);
+}
+
+static void conn_check_fin(struct conn *c)
+{
+	if (c->eof && c->n_jobs == 0 && c->n_held == 0)
+		event_active(c->fin, EV_TIMEOUT, 0);
+}
+
+static void conn_fin_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	/* Output still waiting: conn_drained() comes back here once it is
+	 * sent. */
+	if (c->eof && c->n_jobs == 0 && c->n_held == 0 && chan_out_len(c->ch) == 0)
+		conn_free(c);
 }
 
 static const struct chan_ops conn_ops = {
 	.frame = conn_frame,
 	.closed = conn_closed,
 	.drained = conn_drained,
+	.eof = conn_eof,
+	.received = conn_received,
 };
 
 static void conn_free(struct conn *c)
@@ -912,6 +1140,8 @@ static void conn_free(struct conn *c)
 	while (c->n_jobs > 0)
 		disp_detach(c->jobs[--c->n_jobs]);
 	free(c->jobs);
+	event_free(c->fin);
+	event_free(c->frame_timer);
 	chan_free(c->ch);
 	TAILQ_REMOVE(&conns, c, link);
 	n_conns--;
@@ -929,9 +1159,15 @@ uid_t conn_uid(const struct conn *c)
 	return c->uid;
 }
 
+/* Past the high-water mark; or, while the clients' bytes pass
+ * --max-total-bytes, past a little: the dispatcher then stops feeding the
+ * client's jobs, so unread output cannot take the total much further. */
 bool conn_backlogged(const struct conn *c)
 {
-	return chan_out_len(c->ch) > cfg.out_high_water;
+	size_t out = chan_out_len(c->ch);
+
+	return out > cfg.out_high_water ||
+	       (out > CONN_OUT_SLACK && conn_bytes_held() > cfg.max_total_bytes);
 }
 
 static void free_sent(const void *data, size_t len, void *arg)
@@ -1045,10 +1281,49 @@ static void refuse(int fd, int code, const char *why)
 	msgpack_sbuffer_destroy(&sb);
 }
 
+static unsigned uid_clients(uid_t uid)
+{
+	const struct conn *c;
+	unsigned n = 0;
+
+	TAILQ_FOREACH(c, &conns, link)
+		n += c->uid == uid;
+	return n;
+}
+
+/* Whether a new client may have a slot: the last --admin-clients slots are
+ * for admins, and a user who is not one has at most --max-clients-per-uid.
+ * Returns -1, or the limit with the reason in why. */
+static int admit(const struct ucred *cred, char *why, size_t n_why)
+{
+	/* One slot at least stays open to everyone. */
+	unsigned reserve = cfg.admin_clients < max_clients ? cfg.admin_clients : max_clients - 1;
+
+	if (n_conns >= max_clients) {
+		snprintf(why, n_why, "%u clients connected (--max-clients)", n_conns);
+		return LIM_CLIENTS;
+	}
+	if (n_conns + reserve < max_clients &&
+	    uid_clients(cred->uid) < cfg.max_clients_per_uid)
+		return -1;      /* the common case: no group lookup */
+	if (is_admin(cred->uid, cred->gid))
+		return -1;
+	if (n_conns + reserve >= max_clients) {
+		snprintf(why, n_why, "%u clients connected; the last %u of %u slots are for admins "
+			 "(--admin-clients)", n_conns, reserve, max_clients);
+		return LIM_CLIENTS;
+	}
+	snprintf(why, n_why, "uid %u has %u connections (--max-clients-per-uid)",
+		 (unsigned)cred->uid, cfg.max_clients_per_uid);
+	return LIM_CLIENTS_PER_UID;
+}
+
 static void accept_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct mp_frame_limits lim = { .max_frame = cfg.max_frame, .max_depth = cfg.max_depth };
 	struct event_base *base = arg;
+	static struct ratelimit refusals, out_of_fds;
+	unsigned held;
 
 	(void)what;
 	/* Bounded, so a connect storm cannot starve the clients already in. */
@@ -1056,40 +1331,60 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
 		struct ucred cred = { 0 };
 		socklen_t cl = sizeof(cred);
 		struct conn *c;
-		int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		char why[160];
+		int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), l;
 
 		if (cfd < 0) {
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
 				/* Out of descriptors: retrying at once would spin.
-				 * Pause accepting; clients already in keep working. */
-				struct timeval tv = { 0, 100 * 1000 };
+				 * Pause accepting, longer while it lasts; clients
+				 * already in keep working. */
+				struct timeval tv;
 
-				log_warn("accept: %s; pausing new connections for 100 ms", strerror(errno));
+				accept_backoff_ms = accept_backoff_ms ? accept_backoff_ms * 2 : 100;
+				if (accept_backoff_ms > 5000)
+					accept_backoff_ms = 5000;
+				tv.tv_sec = accept_backoff_ms / 1000;
+				tv.tv_usec = (accept_backoff_ms % 1000) * 1000;
+				if (ratelimit_ok(&out_of_fds, 60000, &held))
+					log_warn("accept: %s; pausing new connections for %u ms "
+						 "(%u more like this in the last minute not logged)",
+						 strerror(errno), accept_backoff_ms, held);
 				event_del(accept_ev);
 				evtimer_add(accept_retry, &tv);
 			}
 			return;
 		}
-		if (n_conns >= cfg.max_clients) {
-			struct ucred who = { 0 };
-			socklen_t wl = sizeof(who);
-
-			(void)getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &who, &wl);
-			limit_hits[LIM_CLIENTS]++;
-			log_warn("refusing client pid %d uid %u: %u clients connected (--max-clients)",
-				 (int)who.pid, (unsigned)who.uid, n_conns);
-			refuse(cfd, MPOOL_E_LIMIT, "too many clients connected (--max-clients)");
+		accept_backoff_ms = 0;
+		if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+			/* Unknown: neither root nor anyone's share. */
+			cred.uid = (uid_t)-1;
+			cred.gid = (gid_t)-1;
+		}
+		l = admit(&cred, why, sizeof(why));
+		if (l >= 0) {
+			limit_hits[l]++;
+			if (ratelimit_ok(&refusals, 1000, &held))
+				log_warn("refusing client pid %d uid %u: %s (%u more refused in the "
+					 "last second not logged)", (int)cred.pid, (unsigned)cred.uid,
+					 why, held);
+			refuse(cfd, MPOOL_E_LIMIT, why);
 			close(cfd);
 			continue;
 		}
 		c = xcalloc(1, sizeof(*c));
 		c->id = next_conn_id++;
-		if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
-			c->pid = cred.pid;
-			c->uid = cred.uid;
-			c->gid = cred.gid;
+		c->pid = cred.pid;
+		c->uid = cred.uid;
+		c->gid = cred.gid;
+		c->fin = evtimer_new(base, conn_fin_cb, c);
+		c->frame_timer = evtimer_new(base, conn_frame_timeout, c);
+		if (!c->fin || !c->frame_timer) {
+			log_err("out of memory accepting a client");
+			abort();
 		}
 		c->ch = chan_new(base, cfd, &lim, &conn_ops, c);
+		chan_account(c->ch, &c->io_bytes);
 		TAILQ_INSERT_TAIL(&conns, c, link);
 		n_conns++;
 		log_debug("client %llu connected (pid %d uid %u)", (unsigned long long)c->id,
@@ -1106,8 +1401,36 @@ static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
 		event_add(accept_ev, NULL);
 }
 
+/* Every client takes a descriptor: when RLIMIT_NOFILE cannot hold
+ * --max-clients beside what workers and processes need, raise it as far
+ * as the hard limit allows, else serve fewer clients, so that accept()
+ * never runs out before the admins' slots do. */
+static void fit_descriptors(void)
+{
+	uint64_t need_other = 32 + 2ull * cfg.workers + 2ull * cfg.max_processes;
+	uint64_t need = need_other + cfg.max_clients;
+	struct rlimit rl;
+
+	max_clients = cfg.max_clients;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+		return;
+	if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max > rl.rlim_cur) {
+		rlim_t old = rl.rlim_cur;
+
+		rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? need : rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			rl.rlim_cur = old;
+	}
+	if (rl.rlim_cur >= need)
+		return;
+	max_clients = rl.rlim_cur > need_other + 1 ? (unsigned)(rl.rlim_cur - need_other) : 1;
+	log_warn("RLIMIT_NOFILE is %llu: serving at most %u clients, not %u (--max-clients)",
+		 (unsigned long long)rl.rlim_cur, max_clients, cfg.max_clients);
+}
+
 int conn_listen(struct event_base *base, int listen_fd)
 {
+	fit_descriptors();
 	accept_ev = event_new(base, listen_fd, EV_READ | EV_PERSIST, accept_cb, base);
 	accept_retry = evtimer_new(base, accept_retry_cb, NULL);
 	if (!accept_ev || !accept_retry)

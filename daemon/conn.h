@@ -44,8 +44,13 @@ void conn_job_ended(struct conn *c, struct job *job);
 
 /* Limits hit so far, by name, for status. */
 enum conn_limit { LIM_FRAME, LIM_DEPTH, LIM_ITEMS, LIM_JOBS, LIM_CLIENTS, LIM_QUEUED,
-		  LIM_BACKLOG, LIM_COUNT };
+		  LIM_BACKLOG, LIM_CLIENTS_PER_UID, LIM_CLIENT_BYTES, LIM_TOTAL_BYTES,
+		  LIM_FRAME_TIMEOUT, LIM_COUNT };
 void conn_pack_limits(msgpack_packer *pk);
+/* status: the limits in effect ("limits"), and the bytes held for clients
+ * now ("client_bytes"). */
+void conn_pack_config_limits(msgpack_packer *pk);
+uint64_t conn_bytes_held(void);
 
 pid_t conn_pid(const struct conn *c);
 uid_t conn_uid(const struct conn *c);

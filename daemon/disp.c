@@ -75,6 +75,7 @@ struct job {
 	struct seg *segs;          /* oldest first */
 	struct seg *cur;           /* the first segment with items left */
 	size_t seg_bytes;          /* input held */
+	uint64_t fed_bytes;        /* input received in all (credit by bytes) */
 	bool streaming;            /* a streamed map whose input has not ended */
 	uint64_t granted;          /* streamed: items the client may send, in all */
 	uint64_t n_items;          /* items received so far */
@@ -100,6 +101,8 @@ static unsigned n_active;
 /* Chunks waiting in the run queue, kept up to date as jobs change: the
  * limit check runs on every request and must not walk the queue. */
 static uint64_t queued_chunks;
+/* Input bytes every job holds, its client gone or not (the byte budget). */
+static size_t held_bytes;
 
 static void job_account(struct job *job)
 {
@@ -328,6 +331,8 @@ static struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_l
 		pp = &(*pp)->next;
 	*pp = sg;
 	job->seg_bytes += items_len;
+	job->fed_bytes += items_len;
+	held_bytes += items_len;
 	if (!job->cur && count > 0)
 		job->cur = sg;
 	return sg;
@@ -345,9 +350,13 @@ static void seg_unref(struct job *job, struct seg *sg)
 	if (job->cur == sg)
 		job->cur = sg->next;
 	job->seg_bytes -= sg->bytes;
+	held_bytes -= sg->bytes;
 	free(sg->marks);
 	seg_mem_unref(sg->mem);
 	free(sg);
+	/* Bytes freed may be what held the credit back. */
+	if (job->streaming && job->conn)
+		job_grant(job);
 }
 
 static void job_free(struct job *job)
@@ -376,6 +385,7 @@ static void job_free(struct job *job)
 		struct seg *sg = job->segs;
 
 		job->segs = sg->next;
+		held_bytes -= sg->bytes;
 		free(sg->marks);
 		seg_mem_unref(sg->mem);
 		free(sg);
@@ -440,6 +450,16 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	job_requeue(job);
 	disp_schedule();
 	return job;
+}
+
+size_t disp_job_bytes(const struct job *job)
+{
+	return job->seg_bytes;
+}
+
+size_t disp_bytes_held(void)
+{
+	return held_bytes;
 }
 
 bool disp_job_streaming(const struct job *job)
@@ -897,6 +917,20 @@ static void job_grant(struct job *job)
 	if (outstanding + left >= window || job->seg_bytes >= cfg.stream_window_bytes)
 		return;
 	room = window - outstanding - left;
+	/* Credit counts items; --stream-window-bytes bounds bytes: grant no
+	 * more items than the bytes left would hold at the average size seen
+	 * so far, counting those granted and not yet sent. */
+	if (job->n_items > 0) {
+		uint64_t avg = job->fed_bytes / job->n_items + 1;
+		uint64_t fit = (cfg.stream_window_bytes - job->seg_bytes) / avg;
+
+		if (fit == 0 && job->seg_bytes == 0)
+			fit = 1;         /* items larger than the window: one at a time */
+		if (fit <= left)
+			return;
+		if (room > fit - left)
+			room = fit - left;
+	}
 	if (room < window / 4 && left > 0)
 		return;
 	job->granted += room;

@@ -92,6 +92,10 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec);
 int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t n_items,
 	      const size_t *marks, bool end);
 bool disp_job_streaming(const struct job *job);
+/* Input bytes the job holds (its items not yet answered). */
+size_t disp_job_bytes(const struct job *job);
+/* Input bytes all jobs hold, those of departed clients included. */
+size_t disp_bytes_held(void);
 /* Workers running chunks of this job are killed (cancel with kill). */
 void disp_kill_running(struct job *job);
 /* The client is gone: drop what is queued, discard what is in flight. */

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -31,6 +32,85 @@ static mode_t dir_mode(void)
 	if (geteuid() == 0)
 		return 0755;
 	return 0700 | ((cfg.socket_mode & 0060) ? 0010 : 0) | ((cfg.socket_mode & 0006) ? 0001 : 0);
+}
+
+static const char *file_kind(mode_t m)
+{
+	return S_ISREG(m) ? "a regular file" : S_ISLNK(m) ? "a symbolic link"
+	       : S_ISDIR(m) ? "a directory" : "not a socket";
+}
+
+/* The per-user directories of the default socket path (mp_path.c):
+ * mpoold's alone, so no other user can swap the socket for theirs.  Other
+ * directories are the operator's choice (--socket, MPOOL_SOCKET, root's
+ * /run/mpool, which the service's RuntimeDirectory= makes 0755 so that
+ * other users can reach the socket) and only have to be safe from users
+ * other than their owner and root. */
+static bool private_dir(const char *dir)
+{
+	char want[sizeof(((struct sockaddr_un *)0)->sun_path) + 16];
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+
+	if (geteuid() == 0)
+		return false;
+	snprintf(want, sizeof(want), "/tmp/mpool-%u", (unsigned)geteuid());
+	if (strcmp(dir, want) == 0)
+		return true;
+	if (xdg && *xdg) {
+		snprintf(want, sizeof(want), "%s/mpool", xdg);
+		if (strcmp(dir, want) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Refuses a socket directory another user could use to put their own
+ * socket in place of ours (as tmux checks its socket directory). */
+static int check_dir(const char *dir)
+{
+	bool priv = private_dir(dir);
+	struct stat st;
+	int e;
+
+	if ((priv ? lstat(dir, &st) : stat(dir, &st)) < 0) {
+		e = errno;
+		log_err("cannot look at socket directory %s: %s", dir, strerror(e));
+		return -e;
+	}
+	if (S_ISLNK(st.st_mode)) {
+		log_err("socket directory %s is a symbolic link; refusing it (remove it, or pass "
+			"--socket)", dir);
+		return -ELOOP;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		log_err("socket directory %s is not a directory; refusing it (remove it, or "
+			"pass --socket)", dir);
+		return -ENOTDIR;
+	}
+	if (priv && st.st_uid != geteuid()) {
+		log_err("socket directory %s belongs to uid %u, not to mpoold's uid %u; another "
+			"user made it: refusing it (remove it, or pass --socket)", dir,
+			(unsigned)st.st_uid, (unsigned)geteuid());
+		return -EPERM;
+	}
+	if (priv && (st.st_mode & 077 & ~dir_mode())) {
+		log_err("socket directory %s has mode %04o; other users must have no access "
+			"(0700): refusing it (chmod 0700 it, or remove it)", dir,
+			(unsigned)(st.st_mode & 07777));
+		return -EPERM;
+	}
+	if (!priv && st.st_uid != geteuid() && st.st_uid != 0) {
+		log_err("socket directory %s belongs to uid %u, neither mpoold's uid %u nor root: "
+			"refusing it", dir, (unsigned)st.st_uid, (unsigned)geteuid());
+		return -EPERM;
+	}
+	if (!priv && (st.st_mode & 022) && !(st.st_mode & S_ISVTX)) {
+		log_err("socket directory %s has mode %04o: other users could replace the socket; "
+			"refusing it (remove their write permission, or set the sticky bit)", dir,
+			(unsigned)(st.st_mode & 07777));
+		return -EPERM;
+	}
+	return 0;
 }
 
 static int make_dirs(const char *path)
@@ -61,13 +141,7 @@ static int make_dirs(const char *path)
 		log_err("cannot create directory %s for the socket: %s", dir, strerror(e));
 		return -e;
 	}
-	return 0;
-}
-
-static const char *file_kind(mode_t m)
-{
-	return S_ISREG(m) ? "a regular file" : S_ISLNK(m) ? "a symbolic link"
-	       : S_ISDIR(m) ? "a directory" : "not a socket";
+	return check_dir(dir);
 }
 
 /* A socket file is stale when connecting to it is refused.  The probe does

@@ -149,6 +149,13 @@ static int apply_dynamic_defaults(void)
 
 	if (cfg.workers == 0)
 		cfg.workers = cpus > 0 ? (cpus > 1024 ? 1024 : (unsigned)cpus) : 1;
+	/* Budgets that could not hold one message of --max-frame would refuse
+	 * every large request; say so at start instead. */
+	if (cfg.max_client_bytes < cfg.max_frame || cfg.max_total_bytes < cfg.max_client_bytes) {
+		log_startup_err("max-frame (%zu) <= max-client-bytes (%zu) <= max-total-bytes (%zu) "
+				"must hold", cfg.max_frame, cfg.max_client_bytes, cfg.max_total_bytes);
+		return -1;
+	}
 	if (!cfg.socket_path[0] &&
 	    mp_default_socket_path(cfg.socket_path, sizeof(cfg.socket_path)) < 0) {
 		log_startup_err("the default socket path is too long; set socket or pass --socket");

@@ -60,6 +60,20 @@ const struct opt opt_table[] = {
 	  NULL, "most open requests per connection" },
 	{ "max-clients", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_clients), 1, 1u << 20,
 	  NULL, "most client connections" },
+	{ "max-clients-per-uid", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_clients_per_uid),
+	  1, 1u << 20, NULL, "most client connections of one user who is not an admin" },
+	{ "admin-clients", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(admin_clients), 0, 1u << 20,
+	  NULL, "of --max-clients, connections only admins may take, so that status, "
+	  "drain and terminate always get through" },
+	{ "max-client-bytes", 0, OPT_UINT, OPT_GLOBAL, NULL, "BYTES", FIELD(max_client_bytes),
+	  1024, (uint64_t)1 << 40, NULL, "most bytes the master holds for one client: a "
+	  "message arriving, queued input, unsent output; at least --max-frame" },
+	{ "max-total-bytes", 0, OPT_UINT, OPT_GLOBAL, NULL, "BYTES", FIELD(max_total_bytes),
+	  1024, (uint64_t)1 << 40, NULL, "most bytes the master holds for all clients "
+	  "together; at least --max-client-bytes" },
+	{ "frame-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(frame_timeout_ms), 0, DAY_MS,
+	  NULL, "drop a client whose message has started and is not whole after MS "
+	  "(0: no limit)" },
 	{ "max-queued-chunks", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_queued_chunks),
 	  1, UINT32_MAX, NULL, "most chunks waiting for a worker, across all jobs" },
 	{ "stream-window", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(stream_window), 1, UINT32_MAX,

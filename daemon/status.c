@@ -19,7 +19,7 @@ static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 
 void status_pack(msgpack_packer *pk)
 {
-	msgpack_pack_map(pk, 11);
+	msgpack_pack_map(pk, 12);
 	mp_pack_cstr(pk, "version");
 	mp_pack_cstr(pk, MPOOL_VERSION);
 	kv_u64(pk, "protocol", MP_PROTO_VERSION);
@@ -37,8 +37,10 @@ void status_pack(msgpack_packer *pk)
 	proc_pack_limits(pk);
 	mp_pack_cstr(pk, "fork_server");
 	forksrv_pack_status(pk);
+	mp_pack_cstr(pk, "limits");
+	conn_pack_config_limits(pk);
 	mp_pack_cstr(pk, "totals");
-	msgpack_pack_map(pk, 8 + POOL_TOTALS_KEYS);
+	msgpack_pack_map(pk, 9 + POOL_TOTALS_KEYS);
 	kv_u64(pk, "workers", cfg.workers);
 	kv_u64(pk, "max_tasks_per_child", cfg.max_tasks_per_child);
 	kv_u64(pk, "tasks_failed", disp_tasks_failed());
@@ -46,6 +48,7 @@ void status_pack(msgpack_packer *pk)
 	kv_u64(pk, "jobs_done", disp_jobs_done());
 	kv_u64(pk, "chunks_queued", disp_chunks_queued());
 	kv_u64(pk, "clients", conn_count());
+	kv_u64(pk, "client_bytes", conn_bytes_held());
 	mp_pack_cstr(pk, "limits_hit");
 	conn_pack_limits(pk);
 	pool_pack_totals(pk);

@@ -407,8 +407,10 @@ void ffx_start(struct fx *fx, const char *const *extra, const struct ffx_launch 
 		 strerror(errno));
 	temp_pattern(fx->dir, sizeof(fx->dir));
 	REQUIREF(mkdtemp(fx->dir), "mkdtemp: %s", strerror(errno));
+	/* Writable for nobody; sticky, or mpoold refuses a socket directory
+	 * others could write in. */
 	if (how->drop_to_nobody) {
-		REQUIREF(chmod(fx->dir, 0777) == 0, "chmod %s: %s", fx->dir, strerror(errno));
+		REQUIREF(chmod(fx->dir, 01777) == 0, "chmod %s: %s", fx->dir, strerror(errno));
 		/* libmpool refuses a server run by another user unless told. */
 		REQUIREF(setenv("MPOOL_TRUST_UID", "65534", 1) == 0, "setenv: %s", strerror(errno));
 	}

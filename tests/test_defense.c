@@ -32,7 +32,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -1985,6 +1992,647 @@ START_TEST(feeds_out_of_place)
 }
 END_TEST
 
+/* ---- dropped, then gone ----------------------------------------------------- */
+
+/* A client sends one message that gets it dropped and closes its socket at
+ * once: the error mpoold writes on its way out meets EPIPE.  That write
+ * must not free the connection under the code that drops it (a double
+ * free that took the whole daemon down).  Each message, many times. */
+START_TEST(dropped_then_closed_at_once)
+{
+	static const char *const msgs[] = {
+		"[1, 1, null, null]",                 /* a response */
+		"[2, \"feed\", [1, 7, true]]",         /* a malformed feed */
+		"\"bare\"",                            /* a bare string */
+	};
+	struct fx fx;
+	struct fx_raw r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+
+	fx_start(&fx, NULL);
+	fx_sbuf_init(&sb, &pk);
+	for (size_t i = 0; i < sizeof(msgs) / sizeof(msgs[0]); i++) {
+		char what[96];
+
+		pack_json(&pk, msgs[i]);
+		for (int k = 0; k < 300; k++) {
+			fx_raw_open(&fx, &r);
+			(void)fx_raw_send(&r, sb.data, sb.size);
+			fx_raw_close(&r);
+		}
+		msgpack_sbuffer_clear(&sb);
+		snprintf(what, sizeof(what), "300 clients that sent %s and closed", msgs[i]);
+		wait_clients(&fx, 1, what);
+		fx_raw_open(&fx, &r);
+		raw_ping(&r, 9, what);
+		fx_raw_close(&r);
+	}
+	/* --max-jobs, like every client limit, can be read from status. */
+	REQUIRE(fx_status_get(&fx, "limits.max_jobs") == 1024);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* shutdown(SHUT_WR), as socat and nc -N do, means "no more requests": the
+ * apply and the map in flight are answered, then mpoold closes.  A stream
+ * still open can get no more feeds: it fails at once, then EOF. */
+START_TEST(half_close_answers_what_is_open)
+{
+	struct fx fx;
+	struct fx_raw r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	const msgpack_object *err, *res;
+
+	fx_start(&fx, NULL);
+	fx_sbuf_init(&sb, &pk);
+	for (int round = 0; round < 2; round++) {
+		bool map_first = round == 1;
+
+		fx_raw_open(&fx, &r);
+		if (map_first) {
+			fx_req_head(&pk, 2, "map");
+			msgpack_pack_array(&pk, 2);
+			fx_pack_str(&pk, "builtin.square");
+			msgpack_pack_array(&pk, 3000);
+			for (int i = 0; i < 3000; i++)
+				msgpack_pack_int(&pk, i);
+		}
+		pack_req(&pk, 1, "apply", "[\"builtin.sleep\", 300]");
+		if (!map_first) {
+			fx_req_head(&pk, 2, "map");
+			msgpack_pack_array(&pk, 2);
+			fx_pack_str(&pk, "builtin.square");
+			msgpack_pack_array(&pk, 3000);
+			for (int i = 0; i < 3000; i++)
+				msgpack_pack_int(&pk, i);
+		}
+		send_sb(&r, &sb);
+		REQUIRE(shutdown(r.fd, SHUT_WR) == 0);
+		/* The apply's answer may come before or after the map's. */
+		bool apply_done = false, map_done = false;
+		uint64_t got = 0;
+
+		while (!apply_done || !map_done) {
+			const msgpack_object *m, *p;
+
+			REQUIREF(fx_raw_next(&r, FX_WAIT_MS) == 1,
+				 "EOF after a half-close with the apply %s and the map %s (%llu items)",
+				 apply_done ? "answered" : "open", map_done ? "answered" : "open",
+				 (unsigned long long)got);
+			m = &r.msg.data;
+			if ((p = note_params(m, "result"))) {
+				got += p->via.array.ptr[2].via.array.size;
+				continue;
+			}
+			REQUIREF(m->type == MSGPACK_OBJECT_ARRAY && m->via.array.size == 4,
+				 "an unexpected message after the half-close");
+			err = &m->via.array.ptr[2];
+			res = &m->via.array.ptr[3];
+			REQUIREF(err->type == MSGPACK_OBJECT_NIL, "a request failed after the half-close");
+			if (fx_obj_u64(&m->via.array.ptr[1]) == 1) {
+				REQUIRE(fx_obj_u64(res) == 300);
+				apply_done = true;
+			} else {
+				REQUIRE(fx_obj_u64(fx_obj_get(res, "items")) == 3000 && got == 3000);
+				map_done = true;
+			}
+		}
+		REQUIREF(fx_raw_next(&r, FX_WAIT_MS) == 0, "no EOF once everything was answered");
+		fx_raw_close(&r);
+	}
+
+	/* An open stream: it fails, then EOF. */
+	fx_raw_open(&fx, &r);
+	pack_req(&pk, 5, "map", "[\"builtin.square\", [1, 2], {\"stream\": true}]");
+	send_sb(&r, &sb);
+	REQUIRE(shutdown(r.fd, SHUT_WR) == 0);
+	for (;;) {
+		const msgpack_object *m;
+
+		REQUIREF(fx_raw_next(&r, FX_WAIT_MS) == 1, "EOF before the open stream was answered");
+		m = &r.msg.data;
+		if (note_params(m, "result") || note_params(m, "credit"))
+			continue;
+		break;
+	}
+	r.msg.data.type == MSGPACK_OBJECT_ARRAY ? (void)0 : FAILF("not a response");
+	REQUIREF(fx_obj_u64(&r.msg.data.via.array.ptr[1]) == 5 &&
+		 r.msg.data.via.array.ptr[2].type == MSGPACK_OBJECT_MAP &&
+		 error_code(&r.msg.data.via.array.ptr[2], "the half-closed stream") == MPOOL_E_BADREQ,
+		 "the half-closed stream did not fail with bad_request");
+	REQUIREF(fx_raw_next(&r, FX_WAIT_MS) == 0, "no EOF after the stream's answer");
+	fx_raw_close(&r);
+	wait_clients(&fx, 1, "the half-closed clients gone");
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* ---- memory budgets ---------------------------------------------------------- */
+
+/* A bin32 header announcing len bytes, then fill bytes of it. */
+static void send_partial_bin(struct fx_raw *r, uint32_t len, size_t fill)
+{
+	uint8_t *buf = calloc(1, 5 + fill);
+
+	REQUIRE(buf);
+	buf[0] = 0xc6;
+	buf[1] = (uint8_t)(len >> 24);
+	buf[2] = (uint8_t)(len >> 16);
+	buf[3] = (uint8_t)(len >> 8);
+	buf[4] = (uint8_t)len;
+	(void)fx_raw_send(r, buf, 5 + fill);
+	free(buf);
+}
+
+/* A message that starts and never finishes, even one fed a byte at a
+ * time, loses its connection after --frame-timeout. */
+START_TEST(frame_timeout_drops_an_unfinished_message)
+{
+	static const char *const extra[] = { "--frame-timeout", "400", NULL };
+	struct fx fx;
+	struct fx_raw r;
+	int64_t t0;
+
+	fx_start(&fx, extra);
+	fx_raw_open(&fx, &r);
+	send_partial_bin(&r, 1u << 20, 1000);
+	t0 = fx_now_ms();
+	/* A byte every 50 ms: it keeps arriving, never whole. */
+	for (;;) {
+		struct pollfd pfd = { r.fd, POLLIN, 0 };
+		uint8_t b = 0;
+
+		if (poll(&pfd, 1, 50) > 0)
+			break;
+		REQUIREF(fx_now_ms() - t0 < FX_WAIT_MS, "a trickled message was never dropped");
+		if (send(r.fd, &b, 1, MSG_NOSIGNAL) < 0)
+			break;
+	}
+	expect_dropped(&r, MPOOL_E_LIMIT, "a message past --frame-timeout");
+	fx_raw_close(&r);
+	REQUIRE(limit_hits(&fx, "frame_timeout") == 1);
+	/* Whole messages, however slow the client between them, are fine. */
+	fx_raw_open(&fx, &r);
+	raw_ping(&r, 1, "a first ping");
+	for (int64_t end = fx_now_ms() + 600; fx_now_ms() < end;)
+		fx_tick();
+	raw_ping(&r, 2, "an idle pause longer than --frame-timeout");
+	fx_raw_close(&r);
+	REQUIRE(fx_status_get(&fx, "limits.frame_timeout_ms") == 400);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* Connections each holding most of a large message: the total budget
+ * (plus one message of slack) lets three in, the others are dropped, and
+ * the master's memory stays bounded. */
+START_TEST(partial_frames_within_the_total_budget)
+{
+	static const char *const extra[] = {
+		"--max-frame", "4194304", "--max-client-bytes", "4194304",
+		"--max-total-bytes", "8388608", "--frame-timeout", "0", NULL,
+	};
+	enum { N = 6 };
+	struct fx fx;
+	struct fx_raw r[N];
+	long rss0, rss1;
+	int dropped = 0;
+
+	fx_start(&fx, extra);
+	rss0 = fx_rss_kib(fx.pid);
+	for (int i = 0; i < N; i++) {
+		fx_raw_open(&fx, &r[i]);
+		send_partial_bin(&r[i], (4u << 20) - 64, 3u << 20);
+	}
+	for (int i = 0; i < N; i++) {
+		struct pollfd pfd = { r[i].fd, POLLIN, 0 };
+
+		if (poll(&pfd, 1, 2000) > 0) {
+			expect_dropped(&r[i], MPOOL_E_LIMIT, "a message past --max-total-bytes");
+			dropped++;
+		}
+	}
+	rss1 = fx_rss_kib(fx.pid);
+	/* The budget, plus one message's worth of slack. */
+	REQUIREF(dropped >= N - 3, "%d of %d connections holding 3 MiB each were dropped under "
+		 "an 8 MiB budget", dropped, N);
+	REQUIREF(limit_hits(&fx, "total_bytes") >= (uint64_t)dropped, "limits_hit.total_bytes %llu",
+		 (unsigned long long)limit_hits(&fx, "total_bytes"));
+	REQUIREF(rss1 - rss0 < 20 * 1024 + RSS_SLACK_KIB, "VmRSS grew from %ld to %ld KiB", rss0,
+		 rss1);
+	REQUIRE(fx_status_get(&fx, "totals.client_bytes") <= 8388608 + 4194304);
+	for (int i = 0; i < N; i++)
+		fx_raw_close(&r[i]);
+	wait_clients(&fx, 1, "the partial messages' connections gone");
+	fx_raw_open(&fx, &r[0]);
+	raw_ping(&r[0], 1, "the budget was spent and freed");
+	fx_raw_close(&r[0]);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* Packs [0, msgid, "map", ["builtin.sleep", [bin of len]]]. */
+static void pack_big_item_map(msgpack_packer *pk, uint64_t msgid, size_t len, bool stream)
+{
+	char *buf = calloc(1, len);
+
+	REQUIRE(buf);
+	fx_req_head(pk, msgid, "map");
+	msgpack_pack_array(pk, stream ? 3 : 2);
+	fx_pack_str(pk, "builtin.sleep");
+	msgpack_pack_array(pk, 1);
+	msgpack_pack_bin(pk, len);
+	msgpack_pack_bin_body(pk, buf, len);
+	if (stream) {
+		msgpack_pack_map(pk, 1);
+		fx_pack_str(pk, "stream");
+		msgpack_pack_true(pk);
+	}
+	free(buf);
+}
+
+/* Reads the responses that come within a second: each must be a limit
+ * error naming option; returns how many. */
+static int read_refusals(struct fx_raw *r, const char *option)
+{
+	int n = 0;
+
+	for (;;) {
+		struct pollfd pfd = { r->fd, POLLIN, 0 };
+		const msgpack_object *m, *err;
+		char msg[MSG_MAX + 1];
+
+		/* Responses already read come first. */
+		if (msgpack_unpacker_next(&r->up, &r->msg) != MSGPACK_UNPACK_SUCCESS) {
+			if (poll(&pfd, 1, 1000) <= 0)
+				return n;
+			REQUIRE(fx_raw_next(r, FX_WAIT_MS) == 1);
+		}
+		m = &r->msg.data;
+		REQUIREF(m->type == MSGPACK_OBJECT_ARRAY && m->via.array.size == 4,
+			 "not a response while maps wait for the worker");
+		err = &m->via.array.ptr[2];
+		REQUIREF(err->type == MSGPACK_OBJECT_MAP &&
+			 error_code(err, "a map past a budget") == MPOOL_E_LIMIT,
+			 "map %llu answered before the worker was free",
+			 (unsigned long long)m->via.array.ptr[1].via.u64);
+		REQUIRE(fx_get_str(err, "message", msg, sizeof(msg)));
+		REQUIREF(strstr(msg, option), "refused without naming %s: %s", option, msg);
+		n++;
+	}
+}
+
+/* Queued input counts in bytes: maps of one 1 MiB item each, queued behind
+ * a busy worker, fail with limit once one client holds --max-client-bytes,
+ * and once all hold --max-total-bytes. */
+START_TEST(queued_input_within_the_byte_budgets)
+{
+	static const char *const extra[] = {
+		"--workers", "1", "--max-frame", "2097152", "--max-client-bytes", "4194304",
+		"--max-total-bytes", "7340032", NULL,
+	};
+	struct fx fx;
+	struct fx_raw busy, a, b;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	int accepted = 0, refused = 0;
+	uint64_t id;
+
+	fx_start(&fx, extra);
+	fx_sbuf_init(&sb, &pk);
+	fx_raw_open(&fx, &busy);
+	pack_req(&pk, 1, "apply", "[\"builtin.sleep\", 4000]");
+	send_sb(&busy, &sb);
+	fx_wait_status(&fx, busy_workers, &(unsigned){ 1 }, FX_WAIT_MS, "the one worker busy", NULL);
+
+	fx_raw_open(&fx, &a);
+	for (id = 1; id <= 6; id++) {
+		pack_big_item_map(&pk, id, 1u << 20, false);
+		send_sb(&a, &sb);
+	}
+	/* Refusals come at once, the queued maps after the sleep. */
+	refused = read_refusals(&a, "--max-client-bytes");
+	accepted = 6 - refused;
+	REQUIREF(accepted >= 2 && accepted <= 4 && refused >= 2,
+		 "%d of 6 maps of 1 MiB queued under a 4 MiB client budget", accepted);
+	REQUIRE(limit_hits(&fx, "client_bytes") == (uint64_t)refused);
+
+	/* Another client: the total budget is what is left. */
+	fx_raw_open(&fx, &b);
+	refused = 0;
+	for (id = 1; id <= 6; id++) {
+		pack_big_item_map(&pk, id, 1u << 20, false);
+		send_sb(&b, &sb);
+	}
+	refused = read_refusals(&b, "--max-total-bytes");
+	/* 7 MiB in all: what the first client left, less a message's room. */
+	REQUIREF(refused >= 6 - (7 - accepted) && limit_hits(&fx, "total_bytes") >= 1,
+		 "the second client: %d of 6 refused, total_bytes hit %llu times", refused,
+		 (unsigned long long)limit_hits(&fx, "total_bytes"));
+	/* Input buffers may hold one message more than the budget. */
+	REQUIRE(fx_status_get(&fx, "totals.client_bytes") <= 7340032 + 2097152);
+	fx_raw_close(&a);
+	fx_raw_close(&b);
+	fx_raw_close(&busy);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* A stream's credit is bounded by --stream-window-bytes too: after a first
+ * part of one 256 KiB item, a 1 MiB window has room for a few items more,
+ * not for the 65 535 the item window would allow. */
+START_TEST(stream_credit_counts_bytes)
+{
+	static const char *const extra[] = { "--workers", "1", "--stream-window-bytes", "1048576",
+					     NULL };
+	struct fx fx;
+	struct fx_raw busy, r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	const msgpack_object *p = NULL;
+	uint64_t credit;
+
+	fx_start(&fx, extra);
+	fx_sbuf_init(&sb, &pk);
+	fx_raw_open(&fx, &busy);
+	pack_req(&pk, 1, "apply", "[\"builtin.sleep\", 3000]");
+	send_sb(&busy, &sb);
+	fx_wait_status(&fx, busy_workers, &(unsigned){ 1 }, FX_WAIT_MS, "the one worker busy", NULL);
+	fx_raw_open(&fx, &r);
+	pack_big_item_map(&pk, 7, 256u << 10, true);
+	send_sb(&r, &sb);
+	while (!p) {
+		REQUIREF(fx_raw_next(&r, FX_WAIT_MS) == 1, "no credit for the stream");
+		p = note_params(&r.msg.data, "credit");
+	}
+	credit = fx_obj_u64(&p->via.array.ptr[1]);
+	REQUIREF(credit >= 1 && credit <= 4, "credit for %llu items of 256 KiB under a 1 MiB window",
+		 (unsigned long long)credit);
+	fx_raw_close(&r);
+	fx_raw_close(&busy);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* Clients that ask for status and never read: their replies count against
+ * the total budget, and past it they are no longer read. */
+START_TEST(unread_status_replies_within_the_budget)
+{
+	static const char *const extra[] = {
+		"--max-frame", "65536", "--max-client-bytes", "524288",
+		"--max-total-bytes", "1048576", NULL,
+	};
+	enum { N = 8, REQS = 3000 };
+	struct fx fx;
+	struct fx_raw r[N];
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	uint64_t held;
+
+	fx_start(&fx, extra);
+	fx_sbuf_init(&sb, &pk);
+	for (int k = 0; k < REQS; k++)
+		pack_req(&pk, (uint64_t)k + 1, "status", "[]");
+	for (int i = 0; i < N; i++) {
+		fx_raw_open(&fx, &r[i]);
+		/* Part of it may stay unsent: mpoold stops reading. */
+		for (size_t off = 0; off < sb.size;) {
+			struct pollfd pfd = { r[i].fd, POLLOUT, 0 };
+			ssize_t n;
+
+			if (poll(&pfd, 1, 500) <= 0)
+				break;
+			n = send(r[i].fd, sb.data + off, sb.size - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (n <= 0)
+				break;
+			off += (size_t)n;
+		}
+	}
+	held = fx_status_get(&fx, "totals.client_bytes");
+	/* The budget, plus for each client the slack it may pass it by: one
+	 * reply beyond 64 KiB, and its input buffer. */
+	REQUIREF(held <= 1048576 + N * (192u << 10), "%llu bytes held for %d clients that do "
+		 "not read, under a 1 MiB budget", (unsigned long long)held, N);
+	REQUIRE(limit_hits(&fx, "total_bytes") + limit_hits(&fx, "backlog") >= 1);
+	for (int i = 0; i < N; i++)
+		fx_raw_close(&r[i]);
+	wait_clients(&fx, 1, "the clients that did not read gone");
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* ---- connections per user ----------------------------------------------------- */
+
+#define NOBODY 65534
+
+struct holder {
+	struct fx *fx;
+	uid_t uid;
+	int n;                     /* connections to try */
+	int report_w, stop_r;      /* ok count + refusals out; hold until EOF in */
+	int report_r, stop_w;      /* the parent's ends, closed in the child */
+};
+
+/* One message from fd within 10 s into up: 1, or 0 at EOF or timeout. */
+static int child_next(int fd, msgpack_unpacker *up, msgpack_unpacked *msg)
+{
+	int64_t end = fx_now_ms() + 10000;
+
+	for (;;) {
+		struct pollfd pfd = { fd, POLLIN, 0 };
+		ssize_t n;
+
+		if (msgpack_unpacker_next(up, msg) == MSGPACK_UNPACK_SUCCESS)
+			return 1;
+		if (fx_now_ms() > end || poll(&pfd, 1, 100) < 0)
+			return 0;
+		if (!(pfd.revents & (POLLIN | POLLHUP)))
+			continue;
+		if (!msgpack_unpacker_reserve_buffer(up, 4096))
+			return 0;
+		n = recv(fd, msgpack_unpacker_buffer(up), 4096, 0);
+		if (n <= 0)
+			return 0;
+		msgpack_unpacker_buffer_consumed(up, (size_t)n);
+	}
+}
+
+/* As uid, opens n connections and pings on each: "ok refused_limit other"
+ * to report_w, then holds the connections open until stop_r closes.  Runs
+ * in a forked process: no REQUIRE here. */
+static int holder_main(void *arg)
+{
+	static const uint8_t ping[] = { 0x94, 0x00, 0x01, 0xa4, 'p', 'i', 'n', 'g', 0x90 };
+	struct holder *h = arg;
+	int ok = 0, limited = 0, other = 0, fds[256];
+	char line[64];
+	char c;
+
+	close(h->report_r);
+	close(h->stop_w);
+	if (h->uid && (setgroups(0, NULL) < 0 || setgid(h->uid) < 0 || setuid(h->uid) < 0))
+		return 10;
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	for (int i = 0; i < h->n && i < 256; i++) {
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		msgpack_unpacker up;
+		msgpack_unpacked msg;
+		const msgpack_object *m;
+
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", h->fx->sock);
+		fds[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fds[i] < 0 || connect(fds[i], (struct sockaddr *)&sa, sizeof(sa)) < 0)
+			return 11;
+		(void)send(fds[i], ping, sizeof(ping), MSG_NOSIGNAL);
+		msgpack_unpacker_init(&up, 4096);
+		msgpack_unpacked_init(&msg);
+		if (child_next(fds[i], &up, &msg) != 1) {
+			other++;
+		} else {
+			m = &msg.data;
+			if (m->type == MSGPACK_OBJECT_ARRAY && m->via.array.size == 4)
+				ok++;
+			else if (note_params(m, "error") &&
+				 fx_obj_get(&m->via.array.ptr[2].via.array.ptr[0], "code")->via.u64 ==
+				 MPOOL_E_LIMIT)
+				limited++;
+			else
+				other++;
+		}
+		msgpack_unpacked_destroy(&msg);
+		msgpack_unpacker_destroy(&up);
+	}
+	snprintf(line, sizeof(line), "%d %d %d\n", ok, limited, other);
+	if (write(h->report_w, line, strlen(line)) < 0)
+		return 12;
+	while (read(h->stop_r, &c, 1) > 0)
+		;
+	return 0;
+}
+
+struct held_conns {
+	struct holder h;
+	pid_t pid;
+	int stop_w;
+	int ok, limited, other;
+};
+
+static void hold_conns(struct fx *fx, struct held_conns *hc, uid_t uid, int n)
+{
+	int rep[2], stop[2];
+	char line[64] = "";
+	ssize_t got;
+
+	REQUIRE(pipe(rep) == 0 && pipe(stop) == 0);
+	hc->h = (struct holder){ fx, uid, n, rep[1], stop[0], rep[0], stop[1] };
+	hc->pid = fx_fork(holder_main, &hc->h);
+	close(rep[1]);
+	close(stop[0]);
+	hc->stop_w = stop[1];
+	got = read(rep[0], line, sizeof(line) - 1);
+	close(rep[0]);
+	REQUIREF(got > 0 && sscanf(line, "%d %d %d", &hc->ok, &hc->limited, &hc->other) == 3,
+		 "the uid %u client reported nothing (exit status %d)", (unsigned)uid,
+		 got > 0 ? 0 : WEXITSTATUS(fx_wait_child(hc->pid, FX_WAIT_MS)));
+}
+
+static void release_conns(struct held_conns *hc)
+{
+	close(hc->stop_w);
+	fx_expect_child_ok(hc->pid, FX_WAIT_MS, "a client holding connections");
+}
+
+/* One user cannot take every slot: a user who is not an admin gets
+ * --max-clients-per-uid, and the last --admin-clients slots stay for root,
+ * so root can still ping, drain or look at the status. */
+START_TEST(clients_per_uid_and_room_for_admins)
+{
+	static const char *const extra[] = {
+		"--max-clients", "12", "--admin-clients", "3", "--max-clients-per-uid", "5",
+		"--socket-mode", "0666", NULL,
+	};
+	struct fx fx;
+	struct held_conns a, b, root;
+
+	if (geteuid() != 0) {
+		fprintf(stderr, "clients_per_uid_and_room_for_admins: skipped, needs root to be "
+			"other users\n");
+		return;
+	}
+	fx_start(&fx, extra);
+	REQUIREF(chmod(fx.dir, 0711) == 0, "chmod %s: %s", fx.dir, strerror(errno));
+	/* fx.c holds one slot. */
+	hold_conns(&fx, &a, NOBODY, 7);
+	REQUIREF(a.ok == 5 && a.limited == 2 && a.other == 0,
+		 "uid %d: %d served, %d refused with limit, %d otherwise; wanted 5, 2, 0", NOBODY,
+		 a.ok, a.limited, a.other);
+	REQUIRE(limit_hits(&fx, "clients_per_uid") == 2);
+	hold_conns(&fx, &b, NOBODY - 1, 5);
+	REQUIREF(b.ok == 3 && b.limited == 2 && b.other == 0,
+		 "a second uid: %d served, %d refused with limit, %d otherwise; wanted 3, 2, 0 "
+		 "(3 of 12 slots are for admins)", b.ok, b.limited, b.other);
+	REQUIRE(limit_hits(&fx, "clients") == 2);
+	hold_conns(&fx, &root, 0, 4);
+	REQUIREF(root.ok == 3 && root.limited == 1,
+		 "root: %d served, %d refused; wanted the 3 admin slots, then --max-clients",
+		 root.ok, root.limited);
+	REQUIRE(fx_status_get(&fx, "limits.max_clients_per_uid") == 5);
+	release_conns(&root);
+	release_conns(&b);
+	release_conns(&a);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* With few descriptors, mpoold serves fewer clients than --max-clients
+ * instead of running out in accept(): extra clients are told why at once,
+ * and the log does not fill with a warning every 100 ms. */
+START_TEST(few_descriptors_refuse_clearly)
+{
+	static const char *const extra[] = { "--max-processes", "4", NULL };
+	static const uint8_t ping[] = { 0x94, 0x00, 0x01, 0xa4, 'p', 'i', 'n', 'g', 0x90 };
+	struct rlimit low = { 64, 64 };
+	enum { N = 40 };
+	struct fx fx;
+	struct fx_raw r[N];
+	int served = 0, limited = 0;
+	char tail[8192];
+	int accept_warnings = 0;
+
+	/* The daemon inherits the limit, hard limit included, so it cannot
+	 * raise it; this test process stays well below it too. */
+	REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+	fx_start(&fx, extra);
+	REQUIREF(fx_log_has(&fx, "RLIMIT_NOFILE is 64: serving at most"),
+		 "no word of the descriptor limit at start");
+	for (int i = 0; i < N; i++) {
+		fx_raw_open(&fx, &r[i]);
+		(void)fx_raw_send(&r[i], ping, sizeof(ping));
+		REQUIREF(fx_raw_next(&r[i], FX_WAIT_MS) == 1, "client %d got no answer", i);
+		if (r[i].msg.data.type == MSGPACK_OBJECT_ARRAY && r[i].msg.data.via.array.size == 4)
+			served++;
+		else if (note_params(&r[i].msg.data, "error"))
+			limited++;
+	}
+	REQUIREF(served >= 10 && served < N && served + limited == N, "%d served, %d refused of %d",
+		 served, limited, N);
+	fx_log_tail(&fx, tail, sizeof(tail));
+	for (const char *p = tail; (p = strstr(p, "pausing new connections")); p++)
+		accept_warnings++;
+	REQUIREF(accept_warnings <= 1, "%d accept warnings", accept_warnings);
+	for (int i = 0; i < N; i++)
+		fx_raw_close(&r[i]);
+	fx_stop(&fx);
+}
+END_TEST
+
 static Suite *defense_suite(void)
 {
 	Suite *s = suite_create("defense");
@@ -2019,6 +2667,19 @@ static Suite *defense_suite(void)
 	tcase_add_test(tc, stream_first_part_past_the_window);
 	tcase_add_test(tc, joins_count_against_max_jobs);
 	tcase_add_test(tc, feeds_out_of_place);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("hardening");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, dropped_then_closed_at_once);
+	tcase_add_test(tc, half_close_answers_what_is_open);
+	tcase_add_test(tc, frame_timeout_drops_an_unfinished_message);
+	tcase_add_test(tc, partial_frames_within_the_total_budget);
+	tcase_add_test(tc, queued_input_within_the_byte_budgets);
+	tcase_add_test(tc, stream_credit_counts_bytes);
+	tcase_add_test(tc, unread_status_replies_within_the_budget);
+	tcase_add_test(tc, clients_per_uid_and_room_for_admins);
+	tcase_add_test(tc, few_descriptors_refuse_clearly);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -1107,6 +1107,128 @@ START_TEST(listen_mode_and_group)
 }
 END_TEST
 
+/* The default socket directory of a user ($XDG_RUNTIME_DIR/mpool here;
+ * /tmp/mpool-UID takes the same check) must be mpoold's own, 0700 (plus
+ * the search bits --socket-mode asks for), and a real directory: otherwise another user who made it first could swap the
+ * socket for theirs.  As root (whose default is /run/mpool) the daemon runs
+ * as nobody, from a copy nobody can reach. */
+static void run_in_xdg(uid_t uid, const char *xdg, const char *want, int status_want)
+{
+	char env_xdg[160];
+	const char *env[] = { env_xdg, NULL };
+	struct spawn_opts o = { .env = env, .out = path_in("xdg.log"), .uid = uid };
+	char *argv[] = { uid ? path_in("mpoold-copy") : (char *)mpoold(), "--config", "/dev/null",
+			 "-w", "1", NULL };
+	char how[64], *text, sock[192];
+	pid_t pid;
+
+	snprintf(env_xdg, sizeof(env_xdg), "XDG_RUNTIME_DIR=%s", xdg);
+	snprintf(sock, sizeof(sock), "%s/mpool/mpoold.sock", xdg);
+	unlink(o.out);
+	pid = spawn(argv, &o);
+	if (!want) {
+		int64_t end = now_ms() + WAIT_MS;
+		int st;
+
+		/* A raw connect: whether a client trusts a daemon of another
+		 * uid is the client's business, not this test's. */
+		while (connect_to(sock) < 0) {
+			if (waitpid(pid, &st, WNOHANG) == pid) {
+				forget(pid);
+				text = slurp(o.out);
+				ck_abort_msg("mpoold %s in a good socket directory:\n%s",
+					     describe(st, how, sizeof(how)), text);
+			}
+			ck_assert_msg(now_ms() < end, "mpoold did not serve %s", sock);
+			tick();
+		}
+		stop_ok(pid, SIGTERM, o.out);
+		return;
+	}
+	int status = wait_exit(pid, WAIT_MS, "the refused mpoold");
+
+	text = slurp(o.out);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == status_want && strstr(text, want),
+		      "mpoold %s, wanted status %d and '%s':\n%s", describe(status, how, sizeof(how)),
+		      status_want, want, text);
+	free(text);
+}
+
+START_TEST(listen_refuses_a_socket_dir_not_its_own)
+{
+	char *copy_argv[] = { "/bin/cp", (char *)mpoold(), path_in("mpoold-copy"), NULL };
+	const char *xdg = path_in("xdg"), *sub = path_in("xdg/mpool"), *real = path_in("real");
+	uid_t uid = 0, me;
+	struct stat st;
+	char *out;
+
+	ck_assert(mkdir(xdg, 0755) == 0);
+	if (geteuid() == 0) {
+		ck_assert(chmod(base, 0755) == 0 && chmod(dir, 0755) == 0);
+		ck_assert(WIFEXITED(run(copy_argv, NULL, &out)));
+		free(out);
+		uid = 65534;
+		ck_assert(chown(xdg, uid, uid) == 0);
+	}
+	me = uid ? uid : geteuid();
+
+	/* A plain file where the directory should be. */
+	write_file(sub, "x\n");
+	run_in_xdg(uid, xdg, "is not a directory; refusing it", 1);
+	ck_assert(unlink(sub) == 0);
+
+	/* Made by someone else first, open to all: the attack. */
+	ck_assert(mkdir(sub, 0777) == 0 && chmod(sub, 0777) == 0);
+	if (uid) {
+		run_in_xdg(uid, xdg, "belongs to uid 0, not to mpoold's uid 65534", 1);
+		ck_assert(chown(sub, uid, uid) == 0);
+	}
+	/* Its own, but open to others. */
+	run_in_xdg(uid, xdg, "has mode 0777; other users must have no access", 1);
+	ck_assert(chmod(sub, 0750) == 0);
+	run_in_xdg(uid, xdg, "has mode 0750", 1);
+	ck_assert(rmdir(sub) == 0);
+
+	/* Reached through a symbolic link, even to a good directory. */
+	ck_assert(mkdir(real, 0700) == 0 && chown(real, me, me) == 0);
+	ck_assert(symlink(real, sub) == 0);
+	run_in_xdg(uid, xdg, "is a symbolic link; refusing it", 1);
+	ck_assert(unlink(sub) == 0);
+
+	/* Missing: made, and served.  The group may search it (never read or
+	 * write it) because the default --socket-mode 0660 lets the group
+	 * connect. */
+	run_in_xdg(uid, xdg, NULL, 0);
+	ck_assert(lstat(sub, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == me);
+	ck_assert_msg((st.st_mode & 07777) == 0710, "made with mode %o",
+		      (unsigned)(st.st_mode & 07777));
+	/* Its own directory again, and a stricter 0700 one: served. */
+	run_in_xdg(uid, xdg, NULL, 0);
+	ck_assert(chmod(sub, 0700) == 0);
+	run_in_xdg(uid, xdg, NULL, 0);
+}
+END_TEST
+
+/* A directory the operator chose (--socket) may be shared for reading, as
+ * /run/mpool is, but no other user may write in it. */
+START_TEST(listen_refuses_a_writable_socket_dir)
+{
+	const char *open_dir = path_in("open"), *sticky = path_in("sticky");
+	const char *sock = path_in("sticky/s.sock"), *log = path_in("mpoold.log");
+	pid_t pid;
+
+	ck_assert(mkdir(open_dir, 0755) == 0 && chmod(open_dir, 0777) == 0);
+	expect_refusal(path_in("open/s.sock"), 1, "has mode 0777: other users could replace", 0);
+	ck_assert(chmod(open_dir, 0775) == 0);
+	expect_refusal(path_in("open/s.sock"), 1, "has mode 0775", 0);
+	/* Like /tmp: others may write, but not remove what is ours. */
+	ck_assert(mkdir(sticky, 0755) == 0 && chmod(sticky, 01777) == 0);
+	pid = start_plain(sock, log, NULL);
+	wait_serving(pid, sock, log);
+	stop_ok(pid, SIGTERM, log);
+}
+END_TEST
+
 /* ---- the units ------------------------------------------------------------------ */
 
 /* Copies the configured units into dir with ExecStart= naming the built
@@ -1342,6 +1464,8 @@ static Suite *systemd_suite(void)
 	tcase_add_test(tc, listen_never_removes_files_or_symlinks);
 	tcase_add_test(tc, listen_long_path_and_unwritable_dir);
 	tcase_add_test(tc, listen_mode_and_group);
+	tcase_add_test(tc, listen_refuses_a_socket_dir_not_its_own);
+	tcase_add_test(tc, listen_refuses_a_writable_socket_dir);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("units");
