@@ -90,11 +90,39 @@ struct job {
 	struct retry *retry_head;  /* lost chunks waiting for a rerun */
 	struct retry **retry_tail;
 	struct held *held;         /* sorted by first */
-	TAILQ_ENTRY(job) runq;     /* jobs with items to hand out */
+	struct rr_client *client;  /* its turn in the run queue; NULL once detached */
+	TAILQ_ENTRY(job) runq;     /* in client->jobs while it has items to hand out */
 	TAILQ_ENTRY(job) all;
 };
 
-static TAILQ_HEAD(, job) runq = TAILQ_HEAD_INITIALIZER(runq);
+/* The run queue takes turns on three levels: uids, then a uid's
+ * connections, then a connection's jobs.  Each level is a queue of those
+ * with work, and the one served goes to the back of its queue, so a uid
+ * with many connections, or a connection with many maps, gets one turn
+ * like anyone else.  Nodes live while a job of theirs is attached. */
+struct rr_user {
+	uid_t uid;
+	uint64_t qchunks;          /* its jobs' share of queued_chunks */
+	unsigned refs;             /* its rr_clients */
+	bool queued;
+	TAILQ_HEAD(, rr_client) clients;   /* those with work, in turn order */
+	TAILQ_ENTRY(rr_user) q;
+	TAILQ_ENTRY(rr_user) all;
+};
+
+struct rr_client {
+	const struct conn *conn;
+	struct rr_user *user;
+	unsigned refs;             /* its attached jobs */
+	bool queued;
+	TAILQ_HEAD(, job) jobs;    /* those with work, in turn order */
+	TAILQ_ENTRY(rr_client) q;
+	TAILQ_ENTRY(rr_client) all;
+};
+
+static TAILQ_HEAD(, rr_user) runq = TAILQ_HEAD_INITIALIZER(runq);
+static TAILQ_HEAD(, rr_user) all_users = TAILQ_HEAD_INITIALIZER(all_users);
+static TAILQ_HEAD(, rr_client) all_clients = TAILQ_HEAD_INITIALIZER(all_clients);
 static TAILQ_HEAD(, job) all_jobs = TAILQ_HEAD_INITIALIZER(all_jobs);
 static unsigned n_active;
 /* Chunks waiting in the run queue, kept up to date as jobs change: the
@@ -107,7 +135,78 @@ static void job_account(struct job *job)
 		     ? (job->n_items - job->next_index + job->chunksize - 1) / job->chunksize : 0;
 
 	queued_chunks += c - job->qchunks;
+	if (job->client)
+		job->client->user->qchunks += c - job->qchunks;
 	job->qchunks = c;
+}
+
+static struct rr_user *rr_user_find(uid_t uid)
+{
+	struct rr_user *u;
+
+	TAILQ_FOREACH(u, &all_users, all)
+		if (u->uid == uid)
+			return u;
+	return NULL;
+}
+
+/* The node of conn's turns, made on its first job.  A node is freed with
+ * its last attached job, and a connection's jobs are all detached before
+ * it closes, so a node's conn is always the live connection. */
+static struct rr_client *rr_client_get(const struct conn *conn, uid_t uid)
+{
+	struct rr_client *cl;
+	struct rr_user *u;
+
+	TAILQ_FOREACH(cl, &all_clients, all)
+		if (cl->conn == conn) {
+			cl->refs++;
+			return cl;
+		}
+	u = rr_user_find(uid);
+	if (!u) {
+		u = xcalloc(1, sizeof(*u));
+		u->uid = uid;
+		TAILQ_INIT(&u->clients);
+		TAILQ_INSERT_TAIL(&all_users, u, all);
+	}
+	u->refs++;
+	cl = xcalloc(1, sizeof(*cl));
+	cl->conn = conn;
+	cl->user = u;
+	cl->refs = 1;
+	TAILQ_INIT(&cl->jobs);
+	TAILQ_INSERT_TAIL(&all_clients, cl, all);
+	return cl;
+}
+
+static void rr_client_put(struct rr_client *cl)
+{
+	struct rr_user *u = cl->user;
+
+	if (--cl->refs > 0)
+		return;
+	TAILQ_REMOVE(&all_clients, cl, all);
+	free(cl);
+	if (--u->refs > 0)
+		return;
+	TAILQ_REMOVE(&all_users, u, all);
+	free(u);
+}
+
+/* The client (and its uid) just had a turn: to the back of their queues. */
+static void rr_turn_taken(struct rr_client *cl)
+{
+	struct rr_user *u = cl->user;
+
+	if (cl->queued) {
+		TAILQ_REMOVE(&u->clients, cl, q);
+		TAILQ_INSERT_TAIL(&u->clients, cl, q);
+	}
+	if (u->queued) {
+		TAILQ_REMOVE(&runq, u, q);
+		TAILQ_INSERT_TAIL(&runq, u, q);
+	}
 }
 static uint64_t next_id = 1, jobs_done, tasks_failed;
 
@@ -216,13 +315,24 @@ bool disp_has_queued(void)
 	return !TAILQ_EMPTY(&runq);
 }
 
-/* Puts a job with work at the back of the run queue. */
+/* Puts a job with work at the back of its client's queue (and the client
+ * and its uid at the back of theirs, if they had no work queued). */
 static void job_requeue(struct job *job)
 {
-	if (!job->queued && job->conn && job_has_work(job)) {
-		TAILQ_INSERT_TAIL(&runq, job, runq);
+	struct rr_client *cl = job->client;
+
+	if (!job->queued && job->conn && cl && job_has_work(job)) {
+		TAILQ_INSERT_TAIL(&cl->jobs, job, runq);
 		job->queued = true;
 		job_account(job);
+		if (!cl->queued) {
+			TAILQ_INSERT_TAIL(&cl->user->clients, cl, q);
+			cl->queued = true;
+		}
+		if (!cl->user->queued) {
+			TAILQ_INSERT_TAIL(&runq, cl->user, q);
+			cl->user->queued = true;
+		}
 	}
 }
 
@@ -249,6 +359,7 @@ uint64_t disp_chunks_queued(void)
 static void job_grant(struct job *job);
 static void job_maybe_done(struct job *job);
 static void job_requeue(struct job *job);
+static void job_detach_client(struct job *job);
 static void job_fail(struct job *job, int code, const char *msg);
 static void job_piece(struct job *job, uint64_t first, uint32_t count,
 		      const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
@@ -366,11 +477,7 @@ static void job_free(struct job *job)
 		job->retry_head = r->next;
 		free(r);
 	}
-	if (job->queued) {
-		TAILQ_REMOVE(&runq, job, runq);
-		job->queued = false;
-		job_account(job);
-	}
+	job_detach_client(job);
 	TAILQ_REMOVE(&all_jobs, job, all);
 	while (job->segs) {
 		struct seg *sg = job->segs;
@@ -398,11 +505,31 @@ static void job_finish(struct job *job)
 
 static void job_unqueue(struct job *job)
 {
-	if (job->queued) {
-		TAILQ_REMOVE(&runq, job, runq);
-		job->queued = false;
-		job_account(job);
+	struct rr_client *cl = job->client;
+
+	if (!job->queued)
+		return;
+	TAILQ_REMOVE(&cl->jobs, job, runq);
+	job->queued = false;
+	job_account(job);
+	if (TAILQ_EMPTY(&cl->jobs)) {
+		TAILQ_REMOVE(&cl->user->clients, cl, q);
+		cl->queued = false;
+		if (TAILQ_EMPTY(&cl->user->clients)) {
+			TAILQ_REMOVE(&runq, cl->user, q);
+			cl->user->queued = false;
+		}
 	}
+}
+
+/* The job leaves the run queue for good (answered, failed, or its client
+ * gone); chunks still running for it need no turn. */
+static void job_detach_client(struct job *job)
+{
+	job_unqueue(job);
+	if (job->client)
+		rr_client_put(job->client);
+	job->client = NULL;
 }
 
 struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
@@ -411,6 +538,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 
 	job->id = next_id++;
 	job->conn = conn;
+	job->client = rr_client_get(conn, conn_uid(conn));
 	job->msgid = spec->msgid;
 	job->is_map = spec->is_map;
 	job->ordered = spec->ordered;
@@ -489,8 +617,8 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 
 void disp_detach(struct job *job)
 {
+	job_detach_client(job);
 	job->conn = NULL;
-	job_unqueue(job);
 	if (job->inflight == 0)
 		job_free(job);
 }
@@ -499,7 +627,7 @@ void disp_detach(struct job *job)
  * report back into the detached job, which frees itself at the last one. */
 static void job_fail(struct job *job, int code, const char *msg)
 {
-	job_unqueue(job);
+	job_detach_client(job);
 	if (job->conn) {
 		conn_job_failed(job->conn, job->msgid, code, msg);
 		conn_job_ended(job->conn, job);
@@ -530,10 +658,11 @@ void disp_fail_all(int code, const char *msg)
 
 void disp_fail_queued(int code, const char *msg)
 {
-	struct job *job, *tmp;
+	struct rr_user *u;
 
-	TAILQ_FOREACH_SAFE(job, &runq, runq, tmp)
-		job_fail(job, code, msg);
+	/* job_fail takes each job out of the queue. */
+	while ((u = TAILQ_FIRST(&runq)))
+		job_fail(TAILQ_FIRST(&TAILQ_FIRST(&u->clients)->jobs), code, msg);
 }
 
 /* An ordered job may run ahead of what its client has received by this
@@ -682,8 +811,15 @@ static bool job_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
 /* Batches.  A pipelining client can have many one-item applies queued; run
  * one by one, each costs a worker wake-up and two master wake-ups.  Applies
  * of the same function and options waiting behind one that is dispatched
- * ride in its chunk instead, up to a fair share per idle worker, so a batch
- * never starves a worker that could run some of them. */
+ * ride in its chunk instead.  A batch holds items no other worker can start
+ * until it ends, so it is kept fair:
+ * - only the dispatched apply's own connection contributes, and only while
+ *   no other client has work waiting, so nobody's apply sits behind
+ *   another's backlog;
+ * - it takes at most what Python's chunk rule gives one chunk of that
+ *   connection's waiting applies, ceil(n / (4 * workers)), so the rest
+ *   stays queued for every other worker, and a client that comes later
+ *   waits for at most one such batch on one worker. */
 #define BATCH_MAX 256
 
 struct batch {
@@ -699,8 +835,7 @@ static bool batchable(const struct job *a, const struct job *b)
 {
 	return !b->is_map && b->retries == 0 && !b->retry_head &&
 	       b->next_index < b->n_items && b->timeout_ms == a->timeout_ms &&
-	       b->fn_len == a->fn_len && memcmp(b->fn, a->fn, a->fn_len) == 0 &&
-	       b->conn && !conn_backlogged(b->conn);
+	       b->fn_len == a->fn_len && memcmp(b->fn, a->fn, a->fn_len) == 0;
 }
 
 static void batch_free(struct batch *b)
@@ -719,18 +854,23 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 {
 	size_t total = 0;
 	uint32_t waiting = 0, scanned = 0, limit, n = 1;
-	unsigned idle = pool_idle_count();
+	struct rr_client *cl = first->client;
 	struct job *j, *next;
 	struct batch *b;
 
-	if (first->is_map || first->retries || quota < 2)
+	if (first->is_map || first->retries || quota < 2 || !cl || !first->conn ||
+	    conn_backlogged(first->conn))
 		return;
-	TAILQ_FOREACH(j, &runq, runq) {
+	/* Another client waits: its turn comes before any more of this one's. */
+	if (TAILQ_FIRST(&runq) != cl->user || TAILQ_NEXT(cl->user, q) ||
+	    TAILQ_FIRST(&cl->user->clients) != cl || TAILQ_NEXT(cl, q))
+		return;
+	TAILQ_FOREACH(j, &cl->jobs, runq) {
 		if (++scanned > 4 * BATCH_MAX)
 			break;
 		waiting += j != first && batchable(first, j);
 	}
-	limit = (waiting + idle) / (idle ? idle : 1);     /* ceil((waiting + 1) / idle) */
+	limit = disp_auto_chunksize(waiting + 1ull, cfg.workers);
 	if (limit > BATCH_MAX)
 		limit = BATCH_MAX;
 	if (limit > quota)
@@ -746,7 +886,7 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 	b->segs[0] = ck->seg;
 	b->item[0] = ck->items;
 	b->item_len[0] = ck->items_len;
-	for (j = TAILQ_FIRST(&runq); j && n < limit; j = next) {
+	for (j = TAILQ_FIRST(&cl->jobs); j && n < limit; j = next) {
 		struct chunk one;
 
 		next = TAILQ_NEXT(j, runq);
@@ -856,27 +996,48 @@ static void batch_lost(struct batch *b, int code, const char *msg)
 	batch_free(b);
 }
 
+/* The first job that may run, in turn order: uids, their connections,
+ * their jobs. */
+static struct job *next_runnable(void)
+{
+	struct rr_user *u;
+	struct rr_client *cl;
+	struct job *job;
+
+	TAILQ_FOREACH(u, &runq, q)
+		TAILQ_FOREACH(cl, &u->clients, q) {
+			/* A backlogged client's jobs all wait for it to read. */
+			if (cl->conn && conn_backlogged(cl->conn))
+				continue;
+			TAILQ_FOREACH(job, &cl->jobs, runq)
+				if (job_runnable(job))
+					return job;
+		}
+	return NULL;
+}
+
 void disp_schedule(void)
 {
 	struct worker *w;
 
 	master_status_changed();
 	while ((w = pool_idle())) {
+		struct rr_client *cl;
 		struct job *job;
 		struct chunk ck;
 
-		TAILQ_FOREACH(job, &runq, runq)
-			if (job_runnable(job))
-				break;
-		if (!job)
+		if (!(job = next_runnable()))
 			return;
 		ck.batch = NULL;
 		if (!job_next_chunk(job, pool_quota_left(w), &ck))
 			return;      /* a worker at its quota is never idle */
 		job->inflight++;
-		/* Round robin: the job goes to the back of the line. */
+		/* Round robin: the job, its client and its uid go to the back of
+		 * their lines. */
+		cl = job->client;
 		job_unqueue(job);
 		job_requeue(job);
+		rr_turn_taken(cl);
 		batch_gather(job, &ck, pool_quota_left(w));
 		pool_run(w, &ck, job->fn, job->fn_len);
 	}

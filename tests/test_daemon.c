@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 #include "fixture.h"
 
@@ -810,6 +811,179 @@ START_TEST(fairness_apply_during_big_map)
 		 "the apply waited for the whole map: jobs_active %llu when it returned",
 		 (unsigned long long)st.totals.jobs_active);
 	fx_expect_child_ok(child, 40000, "the big map");
+	fx_stop(&fx);
+}
+END_TEST
+
+/* Sends [0, msgid, method, [fn, arg-or-items, {chunksize}]] of builtin.sleep:
+ * an apply of ms, or (n > 0) a map of n items of ms with chunksize 1. */
+static void pack_sleep_req(msgpack_packer *pk, uint64_t msgid, uint64_t n, int64_t ms)
+{
+	fx_req_head(pk, msgid, n ? "map" : "apply");
+	msgpack_pack_array(pk, n ? 3 : 2);
+	fx_pack_str(pk, "builtin.sleep");
+	if (n) {
+		msgpack_pack_array(pk, (uint32_t)n);
+		fx_pack_repeat(pk, ms, n);
+		msgpack_pack_map(pk, 1);
+		fx_pack_str(pk, "chunksize");
+		msgpack_pack_uint32(pk, 1);
+	} else {
+		msgpack_pack_int64(pk, ms);
+	}
+}
+
+/* The responses (type 1) that have already arrived on r, read without
+ * waiting; notifications are read and not counted. */
+static unsigned responses_arrived(struct fx_raw *r)
+{
+	unsigned n = 0;
+
+	for (;;) {
+		ssize_t got;
+
+		REQUIRE(msgpack_unpacker_reserve_buffer(&r->up, 65536));
+		got = recv(r->fd, msgpack_unpacker_buffer(&r->up), 65536, MSG_DONTWAIT);
+		if (got <= 0)
+			break;
+		msgpack_unpacker_buffer_consumed(&r->up, (size_t)got);
+	}
+	while (msgpack_unpacker_next(&r->up, &r->msg) == MSGPACK_UNPACK_SUCCESS)
+		n += r->msg.data.via.array.ptr[0].via.u64 == 1;
+	return n;
+}
+
+/* Reads r until the response to msgid; fails on an error response. */
+static void await_response(struct fx_raw *r, uint64_t msgid, int timeout_ms)
+{
+	for (;;) {
+		const msgpack_object *m;
+
+		REQUIREF(fx_raw_next(r, timeout_ms) == 1, "EOF before the response to %llu",
+			 (unsigned long long)msgid);
+		m = r->msg.data.via.array.ptr;
+		if (m[0].via.u64 == 1 && m[1].via.u64 == msgid) {
+			REQUIREF(m[2].type == MSGPACK_OBJECT_NIL, "request %llu failed",
+				 (unsigned long long)msgid);
+			return;
+		}
+	}
+}
+
+struct queued_min {
+	uint64_t chunks;
+};
+
+static bool busy_with_queue(const struct fx_status *st, void *arg)
+{
+	const struct queued_min *q = arg;
+
+	return fx_count_state(st, "busy") == 2 && st->totals.chunks_queued >= q->chunks;
+}
+
+/* A worker falls idle while one client has 200 applies queued and another
+ * client one: the other client's apply is next, not the last of a batch of
+ * the first one's, and both workers share the backlog. */
+START_TEST(fairness_batch_never_holds_another_clients_apply)
+{
+	enum { BACKLOG = 200 };
+	struct fx fx;
+	struct fx_raw hog, victim;
+	struct fx_status st;
+	struct queued_min q = { BACKLOG };
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	unsigned answered, total;
+
+	fx_start(&fx, NULL);
+	fx_raw_open(&fx, &hog);
+	fx_raw_open(&fx, &victim);
+	fx_sbuf_init(&sb, &pk);
+	/* Two long applies take both workers; the backlog queues behind. */
+	pack_sleep_req(&pk, 1, 0, 2000);
+	pack_sleep_req(&pk, 2, 0, 2000);
+	for (uint64_t i = 0; i < BACKLOG; i++)
+		pack_sleep_req(&pk, 3 + i, 0, 20);
+	REQUIRE(fx_raw_send(&hog, sb.data, sb.size) == 0);
+	fx_wait_status(&fx, busy_with_queue, &q, FX_WAIT_MS, "the backlog queued", NULL);
+	sb.size = 0;
+	pack_sleep_req(&pk, 1, 0, 1);
+	REQUIRE(fx_raw_send(&victim, sb.data, sb.size) == 0);
+	q.chunks = BACKLOG + 1;
+	fx_wait_status(&fx, busy_with_queue, &q, FX_WAIT_MS, "the victim's apply queued", &st);
+	REQUIREF(st.totals.tasks_done == 0,
+		 "a long apply ended before the victim's apply was queued (%llu tasks done): "
+		 "the machine is too slow for this test",
+		 (unsigned long long)st.totals.tasks_done);
+
+	await_response(&victim, 1, FX_WAIT_MS);
+	answered = responses_arrived(&hog);
+	fprintf(stderr, "batch fairness: %u of the hog's %d applies answered before the "
+		"victim's\n", answered, BACKLOG + 2);
+	REQUIREF(answered < BACKLOG / 2, "the victim's apply waited for %u of the hog's applies",
+		 answered);
+	for (total = answered; total < BACKLOG + 2;) {
+		REQUIRE(fx_raw_next(&hog, FX_WAIT_MS) == 1);
+		total += hog.msg.data.via.array.ptr[0].via.u64 == 1;
+	}
+	fx_wait_idle(&fx, FX_WAIT_MS);
+	fx_status(&fx, &st);
+	for (unsigned i = 0; i < st.n_workers; i++)
+		REQUIREF(st.workers[i].tasks_done >= BACKLOG / 5,
+			 "worker %u ran %llu of %d tasks: the backlog went to one worker", i,
+			 (unsigned long long)st.workers[i].tasks_done, BACKLOG + 3);
+	msgpack_sbuffer_destroy(&sb);
+	fx_raw_close(&hog);
+	fx_raw_close(&victim);
+	fx_stop(&fx);
+}
+END_TEST
+
+struct jobs_min {
+	uint64_t jobs;
+};
+
+static bool jobs_open(const struct fx_status *st, void *arg)
+{
+	const struct jobs_min *j = arg;
+
+	return st->totals.jobs_active >= j->jobs && fx_count_state(st, "busy") == 2;
+}
+
+/* One connection with 100 open maps and another with one: the second gets
+ * every other turn, not one in 101. */
+START_TEST(fairness_round_robin_across_connections)
+{
+	enum { MAPS = 100, ITEMS = 30, VICTIM = 20 };
+	struct fx fx;
+	struct fx_raw hog, victim;
+	struct fx_status st;
+	struct jobs_min j = { MAPS };
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+
+	fx_start(&fx, NULL);
+	fx_raw_open(&fx, &hog);
+	fx_raw_open(&fx, &victim);
+	fx_sbuf_init(&sb, &pk);
+	for (uint64_t i = 0; i < MAPS; i++)
+		pack_sleep_req(&pk, 1 + i, ITEMS, 10);
+	REQUIRE(fx_raw_send(&hog, sb.data, sb.size) == 0);
+	fx_wait_status(&fx, jobs_open, &j, FX_WAIT_MS, "the hog's maps open", NULL);
+	sb.size = 0;
+	pack_sleep_req(&pk, 1, VICTIM, 10);
+	REQUIRE(fx_raw_send(&victim, sb.data, sb.size) == 0);
+	await_response(&victim, 1, 40000);
+	fx_status(&fx, &st);
+	fprintf(stderr, "round robin: %llu tasks done when the victim's %d-item map ended\n",
+		(unsigned long long)st.totals.tasks_done, VICTIM);
+	/* Fair: about 2 * VICTIM.  One turn in 101: about MAPS * VICTIM. */
+	REQUIREF(st.totals.tasks_done < 6 * VICTIM,
+		 "%llu tasks ran before the victim's %d-item map ended",
+		 (unsigned long long)st.totals.tasks_done, VICTIM);
+	msgpack_sbuffer_destroy(&sb);
+	fx_raw_close(&hog);
+	fx_raw_close(&victim);
 	fx_stop(&fx);
 }
 END_TEST
@@ -1959,6 +2133,8 @@ static Suite *daemon_suite(void)
 	tcase_add_test(tc, two_clients_at_once);
 	tcase_add_test(tc, max_tasks_per_child);
 	tcase_add_test(tc, fairness_apply_during_big_map);
+	tcase_add_test(tc, fairness_batch_never_holds_another_clients_apply);
+	tcase_add_test(tc, fairness_round_robin_across_connections);
 	tcase_add_test(tc, status_fields);
 	suite_add_tcase(s, tc);
 
