@@ -69,6 +69,7 @@ struct job {
 	struct conn *conn;         /* NULL once the client left */
 	uint64_t msgid;
 	bool is_map, ordered, queued;
+	bool admin;                /* its client's: no per-uid share of the queue */
 	bool auto_chunk;           /* chunksize chosen by the daemon */
 	char *fn;                  /* owned */
 	uint32_t fn_len;
@@ -542,6 +543,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	job->msgid = spec->msgid;
 	job->is_map = spec->is_map;
 	job->ordered = spec->ordered;
+	job->admin = spec->admin;
 	job->fn = xstrndup(spec->fn, spec->fn_len);
 	job->fn_len = spec->fn_len;
 	job->streaming = spec->stream;
@@ -587,17 +589,11 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 		job_fail(job, MPOOL_E_BADREQ, msg);
 		return -EPROTO;
 	}
-	if (n_items > 0) {
-		uint64_t add = (n_items + job->chunksize - 1) / job->chunksize;
-		uint64_t queued = disp_chunks_queued();
-
-		if (queued + add > cfg.max_queued_chunks) {
-			snprintf(msg, sizeof(msg), "%llu chunks are queued; this feed would pass the "
-				 "limit of %llu (--max-queued-chunks)", (unsigned long long)queued,
-				 (unsigned long long)cfg.max_queued_chunks);
-			job_fail(job, MPOOL_E_LIMIT, msg);
-			return -ENOSPC;
-		}
+	if (n_items > 0 && job->client &&
+	    disp_queue_check(job->client->user->uid, job->admin,
+			     (n_items + job->chunksize - 1) / job->chunksize, msg, sizeof(msg)) < 0) {
+		job_fail(job, MPOOL_E_LIMIT, msg);
+		return -ENOSPC;
 	}
 	if (n_items > 0) {
 		struct seg *sg = seg_new(job, items, items_len, n_items, marks, NULL);
@@ -613,6 +609,62 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 	job_maybe_done(job);
 	disp_schedule();
 	return 0;
+}
+
+int disp_queue_check(uid_t uid, bool admin, uint64_t add, char *why, size_t size)
+{
+	struct rr_user *u = rr_user_find(uid);
+	uint64_t mine = u ? u->qchunks : 0, max = cfg.max_queued_chunks;
+	uint64_t open = max > cfg.admin_queued_chunks ? max - cfg.admin_queued_chunks : 0;
+
+	if (queued_chunks + add > max) {
+		snprintf(why, size, "%llu chunks are queued; %llu more would pass the limit of %llu "
+			 "(--max-queued-chunks; a larger chunksize makes fewer)",
+			 (unsigned long long)queued_chunks, (unsigned long long)add,
+			 (unsigned long long)max);
+		return -ENOSPC;
+	}
+	if (admin)
+		return 0;
+	if (mine + add > cfg.max_queued_chunks_per_uid) {
+		snprintf(why, size, "uid %u has %llu chunks queued; %llu more would pass its share "
+			 "of %llu (--max-queued-chunks-per-uid; a larger chunksize makes fewer)",
+			 (unsigned)uid, (unsigned long long)mine, (unsigned long long)add,
+			 (unsigned long long)cfg.max_queued_chunks_per_uid);
+		return -ENOSPC;
+	}
+	if (queued_chunks + add > open) {
+		snprintf(why, size, "%llu chunks are queued; %llu more would take the last %llu, "
+			 "which are kept for admins (--admin-queued-chunks)",
+			 (unsigned long long)queued_chunks, (unsigned long long)add,
+			 (unsigned long long)cfg.admin_queued_chunks);
+		return -ENOSPC;
+	}
+	return 0;
+}
+
+void disp_pack_queue(msgpack_packer *pk)
+{
+	struct rr_user *u;
+	uint32_t n = 0;
+
+	TAILQ_FOREACH(u, &all_users, all)
+		n += u->qchunks > 0;
+	msgpack_pack_map(pk, 4);
+	mp_pack_cstr(pk, "max_chunks");
+	msgpack_pack_uint64(pk, cfg.max_queued_chunks);
+	mp_pack_cstr(pk, "max_chunks_per_uid");
+	msgpack_pack_uint64(pk, cfg.max_queued_chunks_per_uid);
+	mp_pack_cstr(pk, "admin_chunks");
+	msgpack_pack_uint64(pk, cfg.admin_queued_chunks);
+	/* Only uids with chunks queued: a uid's entry goes with its work. */
+	mp_pack_cstr(pk, "chunks_by_uid");
+	msgpack_pack_map(pk, n);
+	TAILQ_FOREACH(u, &all_users, all)
+		if (u->qchunks > 0) {
+			msgpack_pack_uint64(pk, u->uid);
+			msgpack_pack_uint64(pk, u->qchunks);
+		}
 }
 
 void disp_detach(struct job *job)

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <msgpack.h>
 
 #include "wmsg.h"
@@ -45,6 +46,7 @@ struct job_spec {
 	uint32_t timeout_ms;         /* per item; 0: none */
 	uint32_t retries;            /* reruns of a lost chunk */
 	bool stream;                 /* more items follow in "feed" messages */
+	bool admin;                  /* the client is an admin: no per-uid share */
 	const char *fn;              /* within frame */
 	uint32_t fn_len;
 	const uint8_t *items;        /* n_items raw elements, within frame */
@@ -82,6 +84,14 @@ uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers);
 uint32_t disp_chunk_take(uint32_t chunksize, uint64_t items_left, uint64_t quota_left);
 /* The chunksize a job made from spec will use. */
 uint32_t disp_spec_chunksize(const struct job_spec *spec);
+
+/* Whether add more queued chunks from uid fit --max-queued-chunks and, for
+ * one who is no admin, uid's share (--max-queued-chunks-per-uid) and what
+ * is left once --admin-queued-chunks is kept back.  0, or -ENOSPC with the
+ * reason in why. */
+int disp_queue_check(uid_t uid, bool admin, uint64_t add, char *why, size_t size);
+/* status: the queued-chunk limits and each uid's queued chunks. */
+void disp_pack_queue(msgpack_packer *pk);
 
 /* Creates a job from spec (its items are copied, or spec->buf adopted).  The job answers conn
  * when done; NULL when it was answered at once (an empty map). */
