@@ -470,6 +470,32 @@ static enum retire retire_reason(const struct worker *w)
 	return R_NONE;
 }
 
+/* --max-rss-per-child while a chunk runs, at each part a worker reports
+ * (every WMSG_PART_MS): a chunk may hold thousands of items, and waiting
+ * for its end let a worker grow without bound.  What runs is what grows,
+ * so the worker is killed at once rather than asked to finish; the chunk's
+ * unanswered items fail with "limit" (or rerun, if the request asked for
+ * retries), as after any lost chunk.  A one-item chunk sends no parts: its
+ * worker is checked when it ends, as before.  True when it was killed. */
+static bool rss_check_busy(struct worker *w)
+{
+	uint64_t kib;
+	char cause[160];
+
+	if (!cfg.max_rss_mib || w->state != W_BUSY || w->cause[0])
+		return false;
+	kib = rss_kib(w->pid);
+	if (kib <= (uint64_t)cfg.max_rss_mib * 1024)
+		return false;
+	snprintf(cause, sizeof(cause), "was killed at %llu MiB, past --max-rss-per-child %u MiB, "
+		 "while running item %llu of job %llu", (unsigned long long)(kib / 1024),
+		 cfg.max_rss_mib, (unsigned long long)w->chunk.first,
+		 (unsigned long long)disp_job_id(w->chunk.job));
+	w->retire = R_RSS;
+	worker_fault(w, MPOOL_E_LIMIT, cause);
+	return true;
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	uint64_t now = now_ms();
@@ -616,6 +642,7 @@ static void worker_part(struct worker *w, const struct wmsg_result *res)
 	total_tasks += res->n_results;
 	arm_deadline(w);
 	disp_chunk_part(&w->chunk, res);
+	rss_check_busy(w);
 }
 
 static void worker_result(struct worker *w, const struct wmsg_result *res)
@@ -769,6 +796,8 @@ static void worker_gone(struct worker *w, int status)
 		if (!terminating) {
 			if (code == MPOOL_E_TIMEOUT)
 				n_timed_out++;
+			else if (w->retire == R_RSS)
+				n_recycled[R_RSS]++;
 			else
 				n_died++;
 			set_failure("%s", msg);

@@ -1604,6 +1604,64 @@ START_TEST(recycle_by_rss)
 }
 END_TEST
 
+struct grown {
+	uint64_t ok, failed;
+	int code;
+	char msg[256];
+};
+
+static void grow_chunk(void *ud, uint64_t first, const msgpack_object *res,
+		       const struct mpool_item_error *errs, size_t n_errs)
+{
+	struct grown *g = ud;
+
+	(void)first;
+	g->ok += res->via.array.size - n_errs;
+	g->failed += n_errs;
+	if (n_errs && !g->msg[0]) {
+		g->code = errs[0].code;
+		snprintf(g->msg, sizeof(g->msg), "%s", errs[0].message);
+	}
+}
+
+/* One chunk of 400 items that each keep 1 MiB, under a 32 MiB limit: the
+ * worker is checked at the parts it reports while the chunk runs, and is
+ * killed long before the chunk ends (it used to reach 400 MiB); the items
+ * it did not answer fail with "limit", saying why. */
+START_TEST(rss_is_checked_within_a_chunk)
+{
+	enum { N = 400 };
+	const char *args[] = { "--module", testmod(), "--workers", "1", "--max-rss-per-child", "32",
+			       NULL };
+	struct mpool_map_opts opts = { .chunksize = N };
+	struct mpool_map_summary sum;
+	struct grown g = { 0 };
+	struct ffx_status st;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	struct fx fx;
+	int r;
+
+	fx_start(&fx, args);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_repeat(&pk, 1, N);
+	r = mpool_map(fx.c, "testmod.grow", sb.data, sb.size, N, &opts, grow_chunk, &g, &sum);
+	REQUIREF(r == 0, "map: %d (%s)", r, mpool_errmsg(fx.c));
+	fprintf(stderr, "rss_is_checked_within_a_chunk: %llu items ran, %llu failed: %s\n",
+		(unsigned long long)g.ok, (unsigned long long)g.failed, g.msg);
+	REQUIRE(g.ok + g.failed == N && sum.failed == g.failed);
+	REQUIREF(g.failed >= N / 2, "the worker ran %llu MiB of items under a 32 MiB limit",
+		 (unsigned long long)g.ok);
+	REQUIREF(g.code == MPOOL_E_LIMIT && strstr(g.msg, "--max-rss-per-child 32 MiB"),
+		 "the items not done failed with code %d: %s", g.code, g.msg);
+	ffx_status(&fx, NULL, &st);
+	REQUIREF(st.by_rss == 1 && st.workers_died == 0, "recycled_by.rss %llu, workers_died %llu",
+		 (unsigned long long)st.by_rss, (unsigned long long)st.workers_died);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
 static bool lifetime_recycled(const struct ffx_status *st, void *arg)
 {
 	return st->by_lifetime >= 2 && all_new(st, arg);
@@ -1894,6 +1952,7 @@ static Suite *lifecycle_suite(void)
 	tcase_add_test(tc, recycle_by_tasks_with_jitter);
 	tcase_add_test(tc, recycle_every_task_overlaps_within_bound);
 	tcase_add_test(tc, recycle_by_rss);
+	tcase_add_test(tc, rss_is_checked_within_a_chunk);
 	tcase_add_test(tc, recycle_by_lifetime);
 	suite_add_tcase(s, tc);
 
