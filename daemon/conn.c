@@ -243,7 +243,9 @@ static bool conn_is_admin(const struct conn *c);
 
 static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 {
-	struct job_spec spec = { .is_map = is_map, .ordered = true, .msgid = m->msgid };
+	/* timeout_ms: --task-timeout unless the request gives its own (0: none). */
+	struct job_spec spec = { .is_map = is_map, .ordered = true, .msgid = m->msgid,
+				 .timeout_ms = cfg.task_timeout_ms };
 	const char *what = is_map ? "map" : "apply";
 	struct mp_cur p;
 	uint32_t n;

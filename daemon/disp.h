@@ -43,7 +43,8 @@ struct job_spec {
 	bool ordered;
 	uint64_t msgid;
 	uint32_t chunksize;          /* 0: the default rule */
-	uint32_t timeout_ms;         /* per item; 0: none */
+	uint32_t timeout_ms;         /* per item; 0: none (conn.c fills in
+				      * --task-timeout when a request sets none) */
 	uint32_t retries;            /* reruns of a lost chunk */
 	bool stream;                 /* more items follow in "feed" messages */
 	bool admin;                  /* the client is an admin: no per-uid share */

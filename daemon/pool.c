@@ -620,7 +620,7 @@ void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t
 	chan_flush(w->ch);
 	w->chunk = *ck;
 	w->state = W_BUSY;
-	w->timeout_ms = disp_job_timeout(ck->job) ? disp_job_timeout(ck->job) : cfg.task_timeout_ms;
+	w->timeout_ms = disp_job_timeout(ck->job);
 	arm_deadline(w);
 }
 

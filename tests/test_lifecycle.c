@@ -676,6 +676,31 @@ START_TEST(daemon_wide_task_timeout)
 	r = ffx_apply_int(fx.c, "testmod.sleep", 5, 0, &v);
 	REQUIREF(r == 0, "a short sleep under --task-timeout 200: %d (%s)", r, mpool_errmsg(fx.c));
 	mpool_value_free(v);
+	/* timeout_ms 0, given, is no deadline at all: not the daemon's. */
+	{
+		const msgpack_object *err, *res;
+		struct fx_raw raw;
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+
+		fx_raw_open(&fx, &raw);
+		fx_sbuf_init(&sb, &pk);
+		fx_req_head(&pk, 1, "apply");
+		msgpack_pack_array(&pk, 3);
+		fx_pack_str(&pk, "testmod.sleep");
+		msgpack_pack_uint32(&pk, 500);
+		msgpack_pack_map(&pk, 1);
+		fx_pack_str(&pk, "timeout_ms");
+		msgpack_pack_uint32(&pk, 0);
+		REQUIRE(fx_raw_send(&raw, sb.data, sb.size) == 0);
+		fx_raw_response(&raw, 1, &err, &res, WAIT_MS);
+		REQUIREF(err->type == MSGPACK_OBJECT_NIL && fx_obj_u64(res) == 500,
+			 "sleep 500 with timeout_ms 0 under --task-timeout 200 failed (code %lld)",
+			 err->type == MSGPACK_OBJECT_MAP
+			 ? (long long)fx_obj_i64(fx_obj_get(err, "code")) : 0ll);
+		msgpack_sbuffer_destroy(&sb);
+		fx_raw_close(&raw);
+	}
 	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full", &st);
 	REQUIREF(st.tasks_timed_out == 1, "tasks_timed_out %llu", (unsigned long long)st.tasks_timed_out);
 	fx_stop(&fx);
