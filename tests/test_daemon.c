@@ -1895,6 +1895,63 @@ START_TEST(stream_map_with_credit)
 }
 END_TEST
 
+/* PROTOCOL.md, Streamed input: a first part that fills the window gets no
+ * credit at once; the first credit follows the results it reads. */
+START_TEST(stream_first_part_fills_window)
+{
+	static const char *const args[] = { "--stream-window", "16", NULL };
+	struct fx fx;
+	struct fx_raw r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	uint64_t results = 0, credit = 0;
+
+	fx_start(&fx, args);
+	fx_raw_open(&fx, &r);
+	fx_sbuf_init(&sb, &pk);
+	fx_req_head(&pk, 1, "map");
+	msgpack_pack_array(&pk, 3);
+	fx_pack_str(&pk, "builtin.square");
+	msgpack_pack_array(&pk, 16);
+	fx_pack_range(&pk, 0, 16);
+	msgpack_pack_map(&pk, 1);
+	fx_pack_str(&pk, "stream");
+	msgpack_pack_true(&pk);
+	send_packed(&r, &sb);
+	while (credit == 0) {
+		const msgpack_object *p;
+
+		REQUIRE(fx_raw_next(&r, FX_WAIT_MS) == 1);
+		if ((p = note_params(&r.msg.data, "credit"))) {
+			REQUIREF(results > 0, "a credit came before any result of a full first part");
+			credit = fx_obj_u64(&p->via.array.ptr[1]);
+			REQUIRE(credit > 0);
+		} else {
+			REQUIREF((p = note_params(&r.msg.data, "result")), "not a result or a credit");
+			results += p->via.array.ptr[2].via.array.size;
+		}
+	}
+	pack_feed(&pk, 1, 16, 0, true);
+	send_packed(&r, &sb);
+	for (;;) {
+		const msgpack_object *m;
+
+		REQUIRE(fx_raw_next(&r, FX_WAIT_MS) == 1);
+		m = &r.msg.data;
+		if (note_params(m, "credit") || note_params(m, "result"))
+			continue;
+		REQUIREF(m->via.array.ptr[0].via.u64 == 1 &&
+			 m->via.array.ptr[2].type == MSGPACK_OBJECT_NIL &&
+			 fx_obj_u64(fx_obj_get(&m->via.array.ptr[3], "items")) == 16,
+			 "the stream's response");
+		break;
+	}
+	msgpack_sbuffer_destroy(&sb);
+	fx_raw_close(&r);
+	fx_stop(&fx);
+}
+END_TEST
+
 START_TEST(stream_protocol_errors)
 {
 	struct fx fx;
@@ -2154,6 +2211,7 @@ static Suite *daemon_suite(void)
 	tc = tcase_create("stream");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, stream_map_with_credit);
+	tcase_add_test(tc, stream_first_part_fills_window);
 	tcase_add_test(tc, stream_protocol_errors);
 	tcase_add_test(tc, cancel_request_own_jobs);
 	suite_add_tcase(s, tc);
