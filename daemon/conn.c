@@ -468,8 +468,9 @@ static void m_kill_worker(struct conn *c, const struct mp_msg *m, uint64_t pid)
 {
 	char why[128];
 
-	snprintf(why, sizeof(why), "killed on request of uid %u (pid %d)", (unsigned)c->uid,
-		 (int)c->pid);
+	/* pool_kill_worker sends SIGKILL: the error table promises the signal. */
+	snprintf(why, sizeof(why), "killed by SIGKILL on request of uid %u (pid %d)",
+		 (unsigned)c->uid, (int)c->pid);
 	if (pid > INT32_MAX || pool_kill_worker((pid_t)pid, why) < 0) {
 		reply_error(c, m->msgid, MPOOL_E_NOTFOUND, "no worker with pid %llu",
 			    (unsigned long long)pid);

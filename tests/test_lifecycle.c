@@ -553,6 +553,42 @@ START_TEST(batched_applies_survive_a_crash_among_them)
 }
 END_TEST
 
+/* kill_worker: the item it ran fails with worker_died, and the message
+ * names the signal, as the error table says. */
+START_TEST(kill_worker_names_the_signal)
+{
+	const char *args[] = { "--module", testmod(), NULL };
+	const msgpack_object *o;
+	struct ffx_status st;
+	pid_t busy = 0;
+	mpool_async *a;
+	msgpack_sbuffer sb;
+	struct fx fx;
+	mpool *admin;
+	int r;
+
+	fx_start(&fx, args);
+	msgpack_sbuffer_init(&sb);
+	pack_mixed(&sb, 20000, NULL);
+	REQUIRE(mpool_apply_async(fx.c, "testmod.mixed", sb.data, sb.size, NULL, NULL, NULL, NULL,
+				  &a) == 0);
+	ffx_wait(&fx, one_busy, NULL, WAIT_MS, "the worker busy", &st);
+	for (unsigned i = 0; i < st.n_workers; i++)
+		if (strcmp(st.workers[i].state, "busy") == 0)
+			busy = st.workers[i].pid;
+	admin = fx_connect(&fx);
+	r = mpool_kill_worker(admin, busy);
+	REQUIREF(r == 0, "kill_worker: %d (%s)", r, mpool_errmsg(admin));
+	r = mpool_async_get(a, 20000, &o);
+	REQUIREF(r == -MPOOL_E_WORKER && strstr(mpool_async_errmsg(a), "SIGKILL"),
+		 "the killed worker's apply: %d (%s)", r, mpool_async_errmsg(a));
+	mpool_async_free(a);
+	mpool_close(admin);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
 /* ==== 3. an item that always crashes: retried up to the cap, then failed ===== */
 
 START_TEST(crashing_item_exhausts_its_retries)
@@ -1946,6 +1982,7 @@ static Suite *lifecycle_suite(void)
 	tcase_add_loop_test(tc, sigkill_during_sleep_map, 0, 2);                 /* retries 0, 1 */
 	tcase_add_test(tc, apply_worker_deaths_are_named);
 	tcase_add_test(tc, batched_applies_survive_a_crash_among_them);
+	tcase_add_test(tc, kill_worker_names_the_signal);
 	tcase_add_test(tc, crashing_item_exhausts_its_retries);
 	suite_add_tcase(s, tc);
 
