@@ -746,6 +746,37 @@ START_TEST(max_tasks_per_child)
 }
 END_TEST
 
+/* PROTOCOL.md, the builtin table: the errors of builtin.sleep and
+ * builtin.spin. */
+START_TEST(sleep_and_spin_errors)
+{
+	static const char *const fns[] = { "builtin.sleep", "builtin.spin" };
+	struct fx fx;
+
+	fx_start(&fx, NULL);
+	for (unsigned i = 0; i < 2; i++) {
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		mpool_value *v = NULL;
+		int r;
+
+		r = apply_int(fx.c, fns[i], -1, &v);
+		REQUIREF(r == -MPOOL_E_TYPE, "%s(-1): %d (%s)", fns[i], r, mpool_errmsg(fx.c));
+		r = apply_int(fx.c, fns[i], 3600001, &v);
+		REQUIREF(r == -MPOOL_E_TASK, "%s(3600001): %d (%s)", fns[i], r, mpool_errmsg(fx.c));
+		fx_sbuf_init(&sb, &pk);
+		fx_pack_str(&pk, "x");
+		r = mpool_apply(fx.c, fns[i], sb.data, sb.size, &v);
+		REQUIREF(r == -MPOOL_E_TYPE, "%s(\"x\"): %d (%s)", fns[i], r, mpool_errmsg(fx.c));
+		msgpack_sbuffer_destroy(&sb);
+		r = apply_int(fx.c, fns[i], 0, &v);
+		REQUIREF(r == 0 && fx_obj_u64(mpool_value_get(v)) == 0, "%s(0): %d", fns[i], r);
+		mpool_value_free(v);
+	}
+	fx_stop(&fx);
+}
+END_TEST
+
 /* ---- 12. fairness ----------------------------------------------------------- */
 
 struct sleeps {
@@ -2189,6 +2220,7 @@ static Suite *daemon_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, two_clients_at_once);
 	tcase_add_test(tc, max_tasks_per_child);
+	tcase_add_test(tc, sleep_and_spin_errors);
 	tcase_add_test(tc, fairness_apply_during_big_map);
 	tcase_add_test(tc, fairness_batch_never_holds_another_clients_apply);
 	tcase_add_test(tc, fairness_round_robin_across_connections);
