@@ -15,7 +15,10 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <grp.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include "fixture.h"
 
@@ -1015,6 +1018,78 @@ START_TEST(fairness_round_robin_across_connections)
 	msgpack_sbuffer_destroy(&sb);
 	fx_raw_close(&hog);
 	fx_raw_close(&victim);
+	fx_stop(&fx);
+}
+END_TEST
+
+#define NOBODY 65534
+
+/* The victim of fairness_round_robin_across_uids: as another uid, a map of
+ * 20 items of 10 ms, chunksize 1; exits 0 once it is answered. */
+static int victim_as_nobody(void *arg)
+{
+	struct fx *fx = arg;
+	struct fx_raw r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+
+	if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0) {
+		fprintf(stderr, "cannot become uid %d: %s\n", NOBODY, strerror(errno));
+		return 10;
+	}
+	/* A change of credentials clears it. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	fx_raw_open(fx, &r);
+	fx_sbuf_init(&sb, &pk);
+	pack_sleep_req(&pk, 1, 20, 10);
+	REQUIRE(fx_raw_send(&r, sb.data, sb.size) == 0);
+	await_response(&r, 1, 40000);
+	msgpack_sbuffer_destroy(&sb);
+	fx_raw_close(&r);
+	return 0;
+}
+
+/* One uid on ten connections, each with five open maps, and another uid
+ * with one map: the second uid gets every other turn, not one in eleven. */
+START_TEST(fairness_round_robin_across_uids)
+{
+	enum { CONNS = 10, MAPS = 5, ITEMS = 30, VICTIM = 20 };
+	static const char *const args[] = { "--socket-mode", "0666", NULL };
+	struct fx fx;
+	struct fx_raw hog[CONNS];
+	struct fx_status st;
+	struct jobs_min j = { CONNS * MAPS };
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	pid_t child;
+
+	if (geteuid() != 0) {
+		fprintf(stderr, "fairness_round_robin_across_uids: skipped, needs root\n");
+		return;
+	}
+	fx_start(&fx, args);
+	REQUIREF(chmod(fx.dir, 0711) == 0, "chmod %s: %s", fx.dir, strerror(errno));
+	fx_sbuf_init(&sb, &pk);
+	for (unsigned c = 0; c < CONNS; c++) {
+		fx_raw_open(&fx, &hog[c]);
+		sb.size = 0;
+		for (uint64_t i = 0; i < MAPS; i++)
+			pack_sleep_req(&pk, 1 + i, ITEMS, 10);
+		REQUIRE(fx_raw_send(&hog[c], sb.data, sb.size) == 0);
+	}
+	fx_wait_status(&fx, jobs_open, &j, FX_WAIT_MS, "the hog's maps open", NULL);
+	child = fx_fork(victim_as_nobody, &fx);
+	fx_expect_child_ok(child, 40000, "the other uid's map");
+	fx_status(&fx, &st);
+	fprintf(stderr, "round robin across uids: %llu tasks done when the victim's %d-item map "
+		"ended\n", (unsigned long long)st.totals.tasks_done, VICTIM);
+	/* Fair: about 2 * VICTIM.  By connection alone: about 11 * VICTIM. */
+	REQUIREF(st.totals.tasks_done < 6 * VICTIM,
+		 "%llu tasks ran before the other uid's %d-item map ended",
+		 (unsigned long long)st.totals.tasks_done, VICTIM);
+	for (unsigned c = 0; c < CONNS; c++)
+		fx_raw_close(&hog[c]);
+	msgpack_sbuffer_destroy(&sb);
 	fx_stop(&fx);
 }
 END_TEST
@@ -2224,6 +2299,7 @@ static Suite *daemon_suite(void)
 	tcase_add_test(tc, fairness_apply_during_big_map);
 	tcase_add_test(tc, fairness_batch_never_holds_another_clients_apply);
 	tcase_add_test(tc, fairness_round_robin_across_connections);
+	tcase_add_test(tc, fairness_round_robin_across_uids);
 	tcase_add_test(tc, status_fields);
 	suite_add_tcase(s, tc);
 
