@@ -7,14 +7,11 @@
 #include "tailq.h"
 
 #include <mpool/error.h>
-#include "chan.h"
 #include "config.h"
-#include "conn.h"
 #include "log.h"
-#include "master.h"
+#include "master.h"         /* now_ms */
 #include "mem.h"
 #include "mp_rpc.h"
-#include "pool.h"
 
 /* A finished chunk of an ordered map, waiting for the chunks before it. */
 struct held {
@@ -126,6 +123,7 @@ static TAILQ_HEAD(, rr_user) all_users = TAILQ_HEAD_INITIALIZER(all_users);
 static TAILQ_HEAD(, rr_client) all_clients = TAILQ_HEAD_INITIALIZER(all_clients);
 static TAILQ_HEAD(, job) all_jobs = TAILQ_HEAD_INITIALIZER(all_jobs);
 static unsigned n_active;
+static const struct disp_ops *ops;      /* disp_init */
 /* Chunks waiting in the run queue, kept up to date as jobs change: the
  * limit check runs on every request and must not walk the queue. */
 static uint64_t queued_chunks;
@@ -211,6 +209,11 @@ static void rr_turn_taken(struct rr_client *cl)
 }
 static uint64_t next_id = 1, jobs_done, tasks_failed;
 
+void disp_init(const struct disp_ops *o)
+{
+	ops = o;
+}
+
 uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers)
 {
 	uint64_t div = 4ull * (workers ? workers : 1);
@@ -285,9 +288,9 @@ void disp_pack_jobs(msgpack_packer *pk)
 		mp_pack_cstr(pk, "function");
 		msgpack_pack_str_with_body(pk, job->fn, job->fn_len);
 		mp_pack_cstr(pk, "client_pid");
-		msgpack_pack_int64(pk, conn_pid(job->conn));
+		msgpack_pack_int64(pk, ops->pid(job->conn));
 		mp_pack_cstr(pk, "client_uid");
-		msgpack_pack_uint64(pk, conn_uid(job->conn));
+		msgpack_pack_uint64(pk, ops->uid(job->conn));
 		mp_pack_cstr(pk, "items");
 		msgpack_pack_uint64(pk, job->n_items);
 		mp_pack_cstr(pk, "done");
@@ -491,14 +494,14 @@ static void job_free(struct job *job)
 	free(job->fn);
 	free(job);
 	n_active--;
-	master_progress();
+	ops->job_gone();
 }
 
 /* The job is answered (or its client is gone) and nothing runs for it. */
 static void job_finish(struct job *job)
 {
 	if (job->conn)
-		conn_job_ended(job->conn, job);
+		ops->job_ended(job->conn, job);
 	job->conn = NULL;
 	jobs_done++;
 	job_free(job);
@@ -539,7 +542,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 
 	job->id = next_id++;
 	job->conn = conn;
-	job->client = rr_client_get(conn, conn_uid(conn));
+	job->client = rr_client_get(conn, ops->uid(conn));
 	job->msgid = spec->msgid;
 	job->is_map = spec->is_map;
 	job->ordered = spec->ordered;
@@ -559,7 +562,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	TAILQ_INSERT_TAIL(&all_jobs, job, all);
 	n_active++;
 	if (job->n_items == 0 && !job->streaming) {
-		conn_map_done(conn, job->msgid, 0, 0);
+		ops->map_done(conn, job->msgid, 0, 0);
 		job_finish(job);
 		return NULL;
 	}
@@ -681,8 +684,8 @@ static void job_fail(struct job *job, int code, const char *msg)
 {
 	job_detach_client(job);
 	if (job->conn) {
-		conn_job_failed(job->conn, job->msgid, code, msg);
-		conn_job_ended(job->conn, job);
+		ops->job_failed(job->conn, job->msgid, code, msg);
+		ops->job_ended(job->conn, job);
 		job->conn = NULL;
 	}
 	if (job->inflight == 0)
@@ -691,7 +694,7 @@ static void job_fail(struct job *job, int code, const char *msg)
 
 void disp_kill_running(struct job *job)
 {
-	pool_kill_job(job);
+	ops->kill_job(job);
 }
 
 void disp_cancel(struct job *job, int code, const char *msg)
@@ -729,7 +732,7 @@ static bool job_window_open(const struct job *job)
 
 static bool job_runnable(const struct job *job)
 {
-	if (job->conn && conn_backlogged(job->conn))
+	if (job->conn && ops->backlogged(job->conn))
 		return false;
 	return job->retry_head || (job->next_index < job->n_items && job_window_open(job));
 }
@@ -911,7 +914,7 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 	struct batch *b;
 
 	if (first->is_map || first->retries || quota < 2 || !cl || !first->conn ||
-	    conn_backlogged(first->conn))
+	    ops->backlogged(first->conn))
 		return;
 	/* Another client waits: its turn comes before any more of this one's. */
 	if (TAILQ_FIRST(&runq) != cl->user || TAILQ_NEXT(cl->user, q) ||
@@ -1059,7 +1062,7 @@ static struct job *next_runnable(void)
 	TAILQ_FOREACH(u, &runq, q)
 		TAILQ_FOREACH(cl, &u->clients, q) {
 			/* A backlogged client's jobs all wait for it to read. */
-			if (cl->conn && conn_backlogged(cl->conn))
+			if (cl->conn && ops->backlogged(cl->conn))
 				continue;
 			TAILQ_FOREACH(job, &cl->jobs, runq)
 				if (job_runnable(job))
@@ -1072,8 +1075,8 @@ void disp_schedule(void)
 {
 	struct worker *w;
 
-	master_status_changed();
-	while ((w = pool_idle())) {
+	ops->changed();
+	while ((w = ops->idle())) {
 		struct rr_client *cl;
 		struct job *job;
 		struct chunk ck;
@@ -1081,7 +1084,7 @@ void disp_schedule(void)
 		if (!(job = next_runnable()))
 			return;
 		ck.batch = NULL;
-		if (!job_next_chunk(job, pool_quota_left(w), &ck))
+		if (!job_next_chunk(job, ops->quota_left(w), &ck))
 			return;      /* a worker at its quota is never idle */
 		job->inflight++;
 		/* Round robin: the job, its client and its uid go to the back of
@@ -1090,8 +1093,8 @@ void disp_schedule(void)
 		job_unqueue(job);
 		job_requeue(job);
 		rr_turn_taken(cl);
-		batch_gather(job, &ck, pool_quota_left(w));
-		pool_run(w, &ck, job->fn, job->fn_len);
+		batch_gather(job, &ck, ops->quota_left(w));
+		ops->run(w, &ck, job->fn, job->fn_len);
 	}
 }
 
@@ -1113,7 +1116,7 @@ static void job_grant(struct job *job)
 	if (room < window / 4 && left > 0)
 		return;
 	job->granted += room;
-	conn_send_credit(job->conn, job->msgid, room);
+	ops->send_credit(job->conn, job->msgid, room);
 }
 
 /* owned: see conn_send_chunk; taken in any case. */
@@ -1122,7 +1125,7 @@ static void job_emit(struct job *job, uint64_t first, uint32_t count,
 		     uint8_t *owned)
 {
 	if (count > 0)
-		conn_send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen, owned);
+		ops->send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen, owned);
 	else
 		free(owned);
 	job->emitted += count;
@@ -1133,7 +1136,7 @@ static void job_emit(struct job *job, uint64_t first, uint32_t count,
  * copying every byte (NULL: copy). */
 static uint8_t *take_results(const uint8_t *results, size_t rlen)
 {
-	return rlen >= DISP_ADOPT_MIN ? chan_take_delivered(results, rlen) : NULL;
+	return rlen >= DISP_ADOPT_MIN && ops->take_results ? ops->take_results(results, rlen) : NULL;
 }
 
 /* Delivers results for items first..first+count-1 of a map: now, or once
@@ -1147,7 +1150,7 @@ static void job_piece(struct job *job, uint64_t first, uint32_t count,
 	if (!job->conn || count == 0)
 		return;
 	if (!job->is_map) {
-		conn_apply_done(job->conn, job->msgid, results, rlen, errors, elen, n_errors);
+		ops->apply_done(job->conn, job->msgid, results, rlen, errors, elen, n_errors);
 		job->emitted += count;
 		return;
 	}
@@ -1195,7 +1198,7 @@ static void job_maybe_done(struct job *job)
 	if (!job->conn || job->streaming || job->emitted < job->n_items)
 		return;
 	if (job->is_map)
-		conn_map_done(job->conn, job->msgid, job->n_items, job->failed);
+		ops->map_done(job->conn, job->msgid, job->n_items, job->failed);
 	job_finish(job);
 }
 

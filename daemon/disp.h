@@ -21,6 +21,54 @@ struct job;
 struct seg;
 struct batch;
 struct mp_cur;
+struct worker;
+struct chunk;
+
+/* What the dispatcher needs of the rest of the daemon, in both directions:
+ * clients (a struct conn is only a handle here) and workers (likewise).
+ * The daemon passes disp_daemon_ops; tests pass fakes, so the dispatcher
+ * runs alone.  A call may re-enter the dispatcher only where it says so. */
+struct disp_ops {
+	/* Clients. */
+	uid_t (*uid)(const struct conn *c);
+	pid_t (*pid)(const struct conn *c);
+	/* The client reads too slowly: none of its work is started. */
+	bool (*backlogged)(const struct conn *c);
+	/* owned: NULL, or the buffer results lie in, which the client takes. */
+	void (*send_chunk)(struct conn *c, uint64_t msgid, uint64_t first,
+			   const uint8_t *results, size_t rlen, const uint8_t *errors,
+			   size_t elen, uint8_t *owned);
+	void (*send_credit)(struct conn *c, uint64_t msgid, uint64_t n);
+	void (*apply_done)(struct conn *c, uint64_t msgid, const uint8_t *results, size_t rlen,
+			   const uint8_t *errors, size_t elen, uint32_t n_errors);
+	void (*map_done)(struct conn *c, uint64_t msgid, uint64_t items, uint64_t failed);
+	void (*job_failed)(struct conn *c, uint64_t msgid, int code, const char *msg);
+	/* The job is answered: the client forgets it. */
+	void (*job_ended)(struct conn *c, struct job *job);
+
+	/* Workers. */
+	struct worker *(*idle)(void);        /* an idle worker, or NULL */
+	uint64_t (*quota_left)(const struct worker *w);   /* UINT64_MAX: none */
+	/* Starts ck on w, which is busy until the dispatcher hears of the
+	 * chunk again (disp_chunk_done or disp_chunk_lost, later). */
+	void (*run)(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len);
+	/* Kills the workers running chunks of job; each reports
+	 * disp_chunk_lost later. */
+	void (*kill_job)(const struct job *job);
+
+	/* Large results still in the buffer they arrived in: that buffer,
+	 * taken, if results lie in it; NULL to copy them.  May be NULL. */
+	uint8_t *(*take_results)(const uint8_t *results, size_t len);
+	/* Something status shows changed; a job ended (shutdown waits for
+	 * the last). */
+	void (*changed)(void);
+	void (*job_gone)(void);
+};
+
+/* The daemon's: conn.c, pool.c, chan.c and master.c. */
+extern const struct disp_ops disp_daemon_ops;
+/* Sets the dispatcher's ops (kept by reference); before any other call. */
+void disp_init(const struct disp_ops *ops);
 
 /* A chunk in flight, held by the worker running it.  Parts the worker
  * reports move first and items forward, so the chunk always describes the
