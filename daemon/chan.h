@@ -49,11 +49,10 @@ size_t chan_out_len(const struct chan *ch);
  * frame being delivered (see mp_frame_take), or NULL when the caller should
  * copy the keep bytes it wants instead. */
 uint8_t *chan_take_frame(struct chan *ch, size_t keep);
-/* The same from code that does not know the chan: when the keep bytes at p
- * lie in the frame some chan is delivering right now (its frame() callback
- * is running further up the stack) and it was not taken yet, hands over
- * its buffer; else NULL. */
-uint8_t *chan_take_delivered(const void *p, size_t keep);
+/* The same, checked: when the keep bytes at p lie in the frame ch is
+ * delivering right now (its frame() callback is running further up the
+ * stack) and it was not taken yet, hands over its buffer; else NULL. */
+uint8_t *chan_take_delivered(struct chan *ch, const void *p, size_t keep);
 /* Stops (or resumes) reading and delivering frames. */
 void chan_pause(struct chan *ch, bool pause);
 /* Reads everything the peer has sent so far and delivers its frames now,

@@ -367,7 +367,7 @@ static void job_detach_client(struct job *job);
 static void job_fail(struct job *job, int code, const char *msg);
 static void job_piece(struct job *job, uint64_t first, uint32_t count,
 		      const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
-		      uint32_t n_errors);
+		      uint32_t n_errors, const struct disp_results_buf *buf);
 static void job_chunk_ended(struct job *job);
 static void chunk_fail(struct chunk *ck, int code, const char *msg);
 
@@ -1009,7 +1009,7 @@ static void batch_piece(struct batch *b, const struct wmsg_result *res)
 			eb[0] = 0x91;
 			memcpy(eb + 1, e, el);
 		}
-		job_piece(job, 0, 1, rb, rl + 1, e ? eb : none, e ? el + 1 : 1, e ? 1 : 0);
+		job_piece(job, 0, 1, rb, rl + 1, e ? eb : none, e ? el + 1 : 1, e ? 1 : 0, NULL);
 		free(rb);
 		free(eb);
 		seg_unref(job, b->segs[k]);
@@ -1131,19 +1131,20 @@ static void job_emit(struct job *job, uint64_t first, uint32_t count,
 	job->emitted += count;
 }
 
-/* Large results still in the frame a worker's channel is delivering: the
- * job takes that buffer and the client's output refers to it, rather than
- * copying every byte (NULL: copy). */
-static uint8_t *take_results(const uint8_t *results, size_t rlen)
+/* Large results still in the buffer they arrived in: the job takes that
+ * buffer and the client's output refers to it, rather than copying every
+ * byte (NULL: copy). */
+static uint8_t *take_results(const struct disp_results_buf *buf, const uint8_t *results,
+			     size_t rlen)
 {
-	return rlen >= DISP_ADOPT_MIN && ops->take_results ? ops->take_results(results, rlen) : NULL;
+	return rlen >= DISP_ADOPT_MIN && buf ? buf->take(buf->ctx, results, rlen) : NULL;
 }
 
 /* Delivers results for items first..first+count-1 of a map: now, or once
  * the items before them are out (ordered). */
 static void job_piece(struct job *job, uint64_t first, uint32_t count,
 		      const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
-		      uint32_t n_errors)
+		      uint32_t n_errors, const struct disp_results_buf *buf)
 {
 	job->failed += n_errors;
 	tasks_failed += n_errors;
@@ -1156,7 +1157,7 @@ static void job_piece(struct job *job, uint64_t first, uint32_t count,
 	}
 	if (!job->ordered || first == job->emitted) {
 		job_emit(job, first, count, results, rlen, errors, elen,
-			 take_results(results, rlen));
+			 take_results(buf, results, rlen));
 		while (job->held && job->held->first == job->emitted) {
 			struct held *h = job->held;
 
@@ -1171,7 +1172,7 @@ static void job_piece(struct job *job, uint64_t first, uint32_t count,
 
 		h->first = first;
 		h->count = count;
-		h->owned = take_results(results, rlen);
+		h->owned = take_results(buf, results, rlen);
 		if (h->owned) {
 			h->results = results;
 			h->errors = errors;
@@ -1224,7 +1225,8 @@ static void chunk_advance(struct chunk *ck, uint32_t n)
 	ck->count -= n;
 }
 
-void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res)
+void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res,
+		     const struct disp_results_buf *buf)
 {
 	if (ck->batch) {
 		batch_piece(ck->batch, res);
@@ -1235,11 +1237,12 @@ void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res)
 		return;
 	}
 	job_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
-		  res->errors, res->errors_len, res->n_errors);
+		  res->errors, res->errors_len, res->n_errors, buf);
 	chunk_advance(ck, res->n_results);
 }
 
-void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res)
+void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res,
+		     const struct disp_results_buf *buf)
 {
 	if (ck->batch) {
 		batch_piece(ck->batch, res);
@@ -1248,7 +1251,7 @@ void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res)
 		return;
 	}
 	job_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
-		  res->errors, res->errors_len, res->n_errors);
+		  res->errors, res->errors_len, res->n_errors, buf);
 	seg_unref(ck->job, ck->seg);
 	job_chunk_ended(ck->job);
 	disp_schedule();
@@ -1275,7 +1278,7 @@ static void chunk_fail(struct chunk *ck, int code, const char *msg)
 		abort();
 	}
 	job_piece(ck->job, ck->first, ck->count, (uint8_t *)r.data, r.size,
-		  (uint8_t *)e.data, e.size, ck->count);
+		  (uint8_t *)e.data, e.size, ck->count, NULL);
 	msgpack_sbuffer_destroy(&r);
 	msgpack_sbuffer_destroy(&e);
 }

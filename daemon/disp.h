@@ -56,9 +56,6 @@ struct disp_ops {
 	 * disp_chunk_lost later. */
 	void (*kill_job)(const struct job *job);
 
-	/* Large results still in the buffer they arrived in: that buffer,
-	 * taken, if results lie in it; NULL to copy them.  May be NULL. */
-	uint8_t *(*take_results)(const uint8_t *results, size_t len);
 	/* Something status shows changed; a job ended (shutdown waits for
 	 * the last). */
 	void (*changed)(void);
@@ -161,16 +158,26 @@ void disp_fail_all(int code, const char *msg);
 /* Hands chunks to idle workers while there are both. */
 void disp_schedule(void);
 
+/* Where a worker's results lie, so that large ones are adopted rather
+ * than copied: take(ctx, p, len) hands over the buffer holding those bytes
+ * (the caller's to free()), or returns NULL.  A NULL buf: always copy. */
+struct disp_results_buf {
+	uint8_t *(*take)(void *ctx, const uint8_t *p, size_t len);
+	void *ctx;
+};
+
 /* A worker reported the first res->n_results items of its chunk; ck moves
  * past them.  The chunk is still running. */
-void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res);
+void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res,
+		     const struct disp_results_buf *buf);
 /* Appends the chunk's items to a worker channel's output: by reference
  * when large (the bytes live until out has sent or dropped them, even past
  * the job's end), else copied.  0 or -ENOMEM. */
 struct evbuffer;
 int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out);
 /* A worker finished its chunk (res holds the rest of its results). */
-void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res);
+void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res,
+		     const struct disp_results_buf *buf);
 /* The chunk's worker died or timed out: its unanswered items are rerun
  * elsewhere if the request allows retries, else each fails with code/msg. */
 void disp_chunk_lost(struct chunk *ck, int code, const char *msg);

@@ -632,6 +632,12 @@ static bool valid_result(const struct worker *w, const struct wmsg_result *res, 
 		     : res->n_results == w->chunk.count);
 }
 
+/* Large results are adopted from the frame their channel is delivering. */
+static uint8_t *take_results(void *ctx, const uint8_t *p, size_t len)
+{
+	return chan_take_delivered(ctx, p, len);
+}
+
 static void worker_part(struct worker *w, const struct wmsg_result *res)
 {
 	if (!valid_result(w, res, true)) {
@@ -641,13 +647,16 @@ static void worker_part(struct worker *w, const struct wmsg_result *res)
 	w->tasks_done += res->n_results;
 	total_tasks += res->n_results;
 	arm_deadline(w);
-	disp_chunk_part(&w->chunk, res);
+	disp_chunk_part(&w->chunk, res, &(struct disp_results_buf){ take_results, w->ch });
 	rss_check_busy(w);
 }
 
 static void worker_result(struct worker *w, const struct wmsg_result *res)
 {
 	struct chunk ck = w->chunk;
+	/* The channel delivering res; a retire below lets go of it, but its
+	 * free waits until this delivery returns. */
+	struct disp_results_buf buf = { take_results, w->ch };
 	enum retire why;
 
 	if (!valid_result(w, res, false)) {
@@ -671,7 +680,7 @@ static void worker_result(struct worker *w, const struct wmsg_result *res)
 	} else if (why != R_NONE) {
 		retire(w, why);
 	}
-	disp_chunk_done(&ck, res);
+	disp_chunk_done(&ck, res, &buf);
 }
 
 static void worker_ready(struct worker *w, int64_t pid)

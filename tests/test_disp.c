@@ -103,6 +103,7 @@ struct fake_client {
 	unsigned n_firsts;
 	int fail_code;
 	uint64_t credit;           /* granted in all */
+	unsigned owned;            /* chunks whose results came with their buffer */
 	unsigned credits;          /* how many grants */
 };
 
@@ -149,6 +150,7 @@ static void f_send_chunk(struct conn *c, uint64_t msgid, uint64_t first, const u
 	fc->failed += array_len(errors);
 	if (fc->n_firsts < 64)
 		fc->firsts[fc->n_firsts++] = first;
+	fc->owned += owned != NULL;
 	free(owned);
 }
 
@@ -266,7 +268,7 @@ static void finish(unsigned i)
 	memset(results + 3, 0, ck.count);
 	res.results_len = 3 + ck.count;
 	fw[i].busy = false;
-	disp_chunk_done(&ck, &res);
+	disp_chunk_done(&ck, &res, NULL);
 }
 
 /* ---- turns ----------------------------------------------------------------- */
@@ -486,6 +488,51 @@ START_TEST(stream_credit)
 }
 END_TEST
 
+static unsigned takes;
+
+static uint8_t *take_copy(void *ctx, const uint8_t *p, size_t len)
+{
+	ck_assert_ptr_eq(ctx, &takes);
+	takes++;
+	return memcpy(malloc(len), p, len);
+}
+
+/* Large results are adopted through the buffer the caller names, small
+ * ones copied; no global hands buffers around. */
+START_TEST(large_results_adopted_through_their_buffer)
+{
+	struct fake_client a = { .uid = 1 };
+	struct disp_results_buf buf = { take_copy, &takes };
+	size_t big = DISP_ADOPT_MIN + 16;
+	uint8_t *results = calloc(1, big + 6), errors[1] = { 0x90 };
+	struct wmsg_result res = { .results = results, .results_len = big + 6, .n_results = 1,
+				   .errors = errors, .errors_len = 1 };
+	struct chunk ck;
+
+	setup(1);
+	submit(&a, 1, true, 2, 1, 0);
+	results[0] = 0x91;                         /* [bin32 of big bytes] */
+	results[1] = 0xc6;
+	results[2] = (uint8_t)(big >> 24);
+	results[3] = (uint8_t)(big >> 16);
+	results[4] = (uint8_t)(big >> 8);
+	results[5] = (uint8_t)big;
+	ck = fw[0].ck;
+	fw[0].busy = false;
+	disp_chunk_done(&ck, &res, &buf);
+	ck_assert_uint_eq(takes, 1);
+	ck_assert_uint_eq(a.owned, 1);
+	ck = fw[0].ck;
+	fw[0].busy = false;
+	res.results_len = 2;
+	results[1] = 0x00;
+	disp_chunk_done(&ck, &res, &buf);
+	ck_assert_uint_eq(takes, 1);
+	ck_assert_uint_eq(a.items_out, 2);
+	free(results);
+}
+END_TEST
+
 /* ---- the queued-chunk limit ----------------------------------------------------- */
 
 START_TEST(queued_chunks_share_per_uid)
@@ -532,6 +579,7 @@ int main(void)
 	tcase_add_test(tc, lost_chunk_retries_then_fails);
 	tcase_add_test(tc, cancel_drops_running_results);
 	tcase_add_test(tc, stream_credit);
+	tcase_add_test(tc, large_results_adopted_through_their_buffer);
 	tcase_add_test(tc, queued_chunks_share_per_uid);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
