@@ -660,12 +660,17 @@ void disp_pack_queue(msgpack_packer *pk)
 	msgpack_pack_uint64(pk, cfg.max_queued_chunks_per_uid);
 	mp_pack_cstr(pk, "admin_chunks");
 	msgpack_pack_uint64(pk, cfg.admin_queued_chunks);
-	/* Only uids with chunks queued: a uid's entry goes with its work. */
-	mp_pack_cstr(pk, "chunks_by_uid");
-	msgpack_pack_map(pk, n);
+	/* Only uids with chunks queued: a uid's entry goes with its work.
+	 * An array of maps, not a map keyed by uid: strict decoders take
+	 * only string keys. */
+	mp_pack_cstr(pk, "by_uid");
+	msgpack_pack_array(pk, n);
 	TAILQ_FOREACH(u, &all_users, all)
 		if (u->qchunks > 0) {
+			msgpack_pack_map(pk, 2);
+			mp_pack_cstr(pk, "uid");
 			msgpack_pack_uint64(pk, u->uid);
+			mp_pack_cstr(pk, "chunks");
 			msgpack_pack_uint64(pk, u->qchunks);
 		}
 }

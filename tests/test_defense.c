@@ -1669,6 +1669,24 @@ static int queue_as_uid(void *arg)
 	return 0;
 }
 
+/* status.queue.by_uid: the chunks uid has queued, 0 when it is not listed. */
+static uint64_t queued_by_uid(struct fx *fx, uid_t uid)
+{
+	const msgpack_object *q, *by;
+	mpool_value *v = NULL;
+	uint64_t n = 0;
+
+	REQUIRE(mpool_status(fx->c, &v) == 0);
+	q = fx_obj_get(mpool_value_get(v), "queue");
+	by = q ? fx_obj_get(q, "by_uid") : NULL;
+	REQUIREF(by && by->type == MSGPACK_OBJECT_ARRAY, "status has no queue.by_uid array");
+	for (uint32_t i = 0; i < by->via.array.size; i++)
+		if (fx_obj_u64(fx_obj_get(&by->via.array.ptr[i], "uid")) == uid)
+			n = fx_obj_u64(fx_obj_get(&by->via.array.ptr[i], "chunks"));
+	mpool_value_free(v);
+	return n;
+}
+
 static pid_t uid_client_start(struct fx *fx, struct uid_client *u, uid_t uid, uint32_t queue,
 			      const char *needle)
 {
@@ -1729,10 +1747,12 @@ START_TEST(queued_chunks_are_shared_per_uid)
 	REQUIRE(fx_status_get(&fx, "totals.chunks_queued") == 50);
 	REQUIRE(fx_status_get(&fx, "queue.max_chunks_per_uid") == 50);
 	REQUIRE(fx_status_get(&fx, "queue.admin_chunks") == 20);
+	REQUIRE(queued_by_uid(&fx, 65534) == 50);
 	/* Another such uid has a share of its own: 30 more pass (80, all that
 	 * is open to them); one more would be the admins' part. */
 	pb = uid_client_start(&fx, &b, 65533, 30, "kept for admins");
 	REQUIRE(fx_status_get(&fx, "totals.chunks_queued") == 80);
+	REQUIRE(queued_by_uid(&fx, 65533) == 30 && queued_by_uid(&fx, 65534) == 50);
 	/* Root, an admin, may fill the rest. */
 	pack_sleep_map(&pk, 2, 20, 0);
 	send_sb(&r, &sb);
