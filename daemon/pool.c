@@ -588,14 +588,6 @@ struct worker *pool_idle(void)
 	return NULL;
 }
 
-unsigned pool_idle_count(void)
-{
-	unsigned n = 0;
-	for (unsigned i = 0; i < n_procs; i++)
-		n += procs[i].state == W_IDLE;
-	return n;
-}
-
 uint64_t pool_quota_left(const struct worker *w)
 {
 	if (!w->quota)
