@@ -30,17 +30,14 @@ struct chan {
 	size_t *acct;
 	size_t acct_in, acct_out;
 	struct evbuffer_cb_entry *acct_cb;
+	/* The frame being delivered, for chan_take_delivered; NULL once
+	 * taken. */
+	const uint8_t *deliv_frame;
+	size_t deliv_len;
 };
 
 /* Bytes held by every accounted chan, input buffers and unsent output. */
 static size_t acct_total;
-
-/* The frame being delivered, for chan_take_delivered: code deep in a
- * frame() callback (the dispatcher forwarding a worker's results to a
- * client) can adopt the bytes without knowing whose they are. */
-static struct chan *deliv_ch;
-static const uint8_t *deliv_frame;
-static size_t deliv_len;
 
 static void chan_read_cb(evutil_socket_t fd, short what, void *arg);
 static void chan_write_cb(evutil_socket_t fd, short what, void *arg);
@@ -181,19 +178,19 @@ uint8_t *chan_take_frame(struct chan *ch, size_t keep)
 	uint8_t *buf = mp_frame_take(&ch->in, keep);
 
 	acct_in(ch);
-	if (buf && ch == deliv_ch)
-		deliv_frame = NULL;      /* taken: not twice */
+	if (buf)
+		ch->deliv_frame = NULL;      /* taken: not twice */
 	return buf;
 }
 
-uint8_t *chan_take_delivered(const void *p, size_t keep)
+uint8_t *chan_take_delivered(struct chan *ch, const void *p, size_t keep)
 {
 	const uint8_t *b = p;
 
-	if (!deliv_ch || !deliv_frame || b < deliv_frame || keep > deliv_len ||
-	    (size_t)(b - deliv_frame) > deliv_len - keep)
+	if (!ch->deliv_frame || b < ch->deliv_frame || keep > ch->deliv_len ||
+	    (size_t)(b - ch->deliv_frame) > ch->deliv_len - keep)
 		return NULL;
-	return chan_take_frame(deliv_ch, keep);
+	return chan_take_frame(ch, keep);
 }
 
 size_t chan_out_len(const struct chan *ch)
@@ -235,20 +232,19 @@ static int chan_deliver(struct chan *ch, bool even_paused)
 	int r;
 
 	while (!ch->dead && !ch->closed && (even_paused || !ch->paused)) {
-		struct chan *pch = deliv_ch;
-		const uint8_t *pframe = deliv_frame;
-		size_t plen = deliv_len;
+		/* chan_drain_input may deliver this chan's frames from
+		 * within one of its callbacks: put the outer frame back. */
+		const uint8_t *pframe = ch->deliv_frame;
+		size_t plen = ch->deliv_len;
 
 		r = mp_frame_next(&ch->in, &frame, &len);
 		if (r <= 0)
 			return r;
-		deliv_ch = ch;
-		deliv_frame = frame;
-		deliv_len = len;
+		ch->deliv_frame = frame;
+		ch->deliv_len = len;
 		ch->ops->frame(ch->ctx, frame, len);
-		deliv_ch = pch;
-		deliv_frame = pframe;
-		deliv_len = plen;
+		ch->deliv_frame = pframe;
+		ch->deliv_len = plen;
 	}
 	return 0;
 }

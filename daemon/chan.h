@@ -62,11 +62,10 @@ size_t chan_out_len(const struct chan *ch);
  * frame being delivered (see mp_frame_take), or NULL when the caller should
  * copy the keep bytes it wants instead. */
 uint8_t *chan_take_frame(struct chan *ch, size_t keep);
-/* The same from code that does not know the chan: when the keep bytes at p
- * lie in the frame some chan is delivering right now (its frame() callback
- * is running further up the stack) and it was not taken yet, hands over
- * its buffer; else NULL. */
-uint8_t *chan_take_delivered(const void *p, size_t keep);
+/* The same, checked: when the keep bytes at p lie in the frame ch is
+ * delivering right now (its frame() callback is running further up the
+ * stack) and it was not taken yet, hands over its buffer; else NULL. */
+uint8_t *chan_take_delivered(struct chan *ch, const void *p, size_t keep);
 /* Counts the bytes the chan holds (its input buffer and unsent output) in
  * *bytes from now on, kept up to date as they change, and in the total of
  * all accounted chans. */

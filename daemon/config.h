@@ -51,6 +51,8 @@ struct config {
 	/* Who may run admin operations besides root and mpoold's own uid. */
 	gid_t admin_gid;                /* (gid_t)-1: nobody else */
 	uint64_t max_queued_chunks;     /* chunks waiting across all jobs */
+	uint64_t max_queued_chunks_per_uid;   /* ... of one uid that is no admin */
+	uint64_t admin_queued_chunks;   /* of max_queued_chunks, only admins may fill */
 	uint64_t stream_window;         /* streamed map: items sent and unanswered */
 	size_t stream_window_bytes;     /* streamed map: input bytes held */
 	unsigned max_processes;         /* supervised processes running at once */

@@ -355,9 +355,13 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 	return 0;
 }
 
+static bool conn_is_admin(const struct conn *c);
+
 static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 {
-	struct job_spec spec = { .is_map = is_map, .ordered = true, .msgid = m->msgid };
+	/* timeout_ms: --task-timeout unless the request gives its own (0: none). */
+	struct job_spec spec = { .is_map = is_map, .ordered = true, .msgid = m->msgid,
+				 .timeout_ms = cfg.task_timeout_ms };
 	const char *what = is_map ? "map" : "apply";
 	struct mp_cur p;
 	uint32_t n;
@@ -432,15 +436,12 @@ static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 	}
 	{
 		uint32_t cs = disp_spec_chunksize(&spec);
-		uint64_t add = (spec.n_items + cs - 1) / cs, queued = disp_chunks_queued();
 
-		if (queued + add > cfg.max_queued_chunks) {
+		spec.admin = conn_is_admin(c);
+		if (disp_queue_check(c->uid, spec.admin, (spec.n_items + cs - 1) / cs, why,
+				     sizeof(why)) < 0) {
 			limit_hits[LIM_QUEUED]++;
-			reply_error(c, m->msgid, MPOOL_E_LIMIT,
-				    "%llu chunks are queued; %llu more would pass the limit of %llu "
-				    "(--max-queued-chunks; a larger chunksize makes fewer)",
-				    (unsigned long long)queued, (unsigned long long)add,
-				    (unsigned long long)cfg.max_queued_chunks);
+			reply_error(c, m->msgid, MPOOL_E_LIMIT, "%s", why);
 			return;
 		}
 	}
@@ -597,8 +598,9 @@ static void m_kill_worker(struct conn *c, const struct mp_msg *m, uint64_t pid)
 {
 	char why[128];
 
-	snprintf(why, sizeof(why), "killed on request of uid %u (pid %d)", (unsigned)c->uid,
-		 (int)c->pid);
+	/* pool_kill_worker sends SIGKILL: the error table promises the signal. */
+	snprintf(why, sizeof(why), "killed by SIGKILL on request of uid %u (pid %d)",
+		 (unsigned)c->uid, (int)c->pid);
 	if (pid > INT32_MAX || pool_kill_worker((pid_t)pid, why) < 0) {
 		reply_error(c, m->msgid, MPOOL_E_NOTFOUND, "no worker with pid %llu",
 			    (unsigned long long)pid);

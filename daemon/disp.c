@@ -7,14 +7,11 @@
 #include "tailq.h"
 
 #include <mpool/error.h>
-#include "chan.h"
 #include "config.h"
-#include "conn.h"
 #include "log.h"
-#include "master.h"
+#include "master.h"         /* now_ms */
 #include "mem.h"
 #include "mp_rpc.h"
-#include "pool.h"
 
 /* A finished chunk of an ordered map, waiting for the chunks before it. */
 struct held {
@@ -69,6 +66,7 @@ struct job {
 	struct conn *conn;         /* NULL once the client left */
 	uint64_t msgid;
 	bool is_map, ordered, queued;
+	bool admin;                /* its client's: no per-uid share of the queue */
 	bool auto_chunk;           /* chunksize chosen by the daemon */
 	char *fn;                  /* owned */
 	uint32_t fn_len;
@@ -91,13 +89,42 @@ struct job {
 	struct retry *retry_head;  /* lost chunks waiting for a rerun */
 	struct retry **retry_tail;
 	struct held *held;         /* sorted by first */
-	TAILQ_ENTRY(job) runq;     /* jobs with items to hand out */
+	struct rr_client *client;  /* its turn in the run queue; NULL once detached */
+	TAILQ_ENTRY(job) runq;     /* in client->jobs while it has items to hand out */
 	TAILQ_ENTRY(job) all;
 };
 
-static TAILQ_HEAD(, job) runq = TAILQ_HEAD_INITIALIZER(runq);
+/* The run queue takes turns on three levels: uids, then a uid's
+ * connections, then a connection's jobs.  Each level is a queue of those
+ * with work, and the one served goes to the back of its queue, so a uid
+ * with many connections, or a connection with many maps, gets one turn
+ * like anyone else.  Nodes live while a job of theirs is attached. */
+struct rr_user {
+	uid_t uid;
+	uint64_t qchunks;          /* its jobs' share of queued_chunks */
+	unsigned refs;             /* its rr_clients */
+	bool queued;
+	TAILQ_HEAD(, rr_client) clients;   /* those with work, in turn order */
+	TAILQ_ENTRY(rr_user) q;
+	TAILQ_ENTRY(rr_user) all;
+};
+
+struct rr_client {
+	const struct conn *conn;
+	struct rr_user *user;
+	unsigned refs;             /* its attached jobs */
+	bool queued;
+	TAILQ_HEAD(, job) jobs;    /* those with work, in turn order */
+	TAILQ_ENTRY(rr_client) q;
+	TAILQ_ENTRY(rr_client) all;
+};
+
+static TAILQ_HEAD(, rr_user) runq = TAILQ_HEAD_INITIALIZER(runq);
+static TAILQ_HEAD(, rr_user) all_users = TAILQ_HEAD_INITIALIZER(all_users);
+static TAILQ_HEAD(, rr_client) all_clients = TAILQ_HEAD_INITIALIZER(all_clients);
 static TAILQ_HEAD(, job) all_jobs = TAILQ_HEAD_INITIALIZER(all_jobs);
 static unsigned n_active;
+static const struct disp_ops *ops;      /* disp_init */
 /* Chunks waiting in the run queue, kept up to date as jobs change: the
  * limit check runs on every request and must not walk the queue. */
 static uint64_t queued_chunks;
@@ -110,9 +137,85 @@ static void job_account(struct job *job)
 		     ? (job->n_items - job->next_index + job->chunksize - 1) / job->chunksize : 0;
 
 	queued_chunks += c - job->qchunks;
+	if (job->client)
+		job->client->user->qchunks += c - job->qchunks;
 	job->qchunks = c;
 }
+
+static struct rr_user *rr_user_find(uid_t uid)
+{
+	struct rr_user *u;
+
+	TAILQ_FOREACH(u, &all_users, all)
+		if (u->uid == uid)
+			return u;
+	return NULL;
+}
+
+/* The node of conn's turns, made on its first job.  A node is freed with
+ * its last attached job, and a connection's jobs are all detached before
+ * it closes, so a node's conn is always the live connection. */
+static struct rr_client *rr_client_get(const struct conn *conn, uid_t uid)
+{
+	struct rr_client *cl;
+	struct rr_user *u;
+
+	TAILQ_FOREACH(cl, &all_clients, all)
+		if (cl->conn == conn) {
+			cl->refs++;
+			return cl;
+		}
+	u = rr_user_find(uid);
+	if (!u) {
+		u = xcalloc(1, sizeof(*u));
+		u->uid = uid;
+		TAILQ_INIT(&u->clients);
+		TAILQ_INSERT_TAIL(&all_users, u, all);
+	}
+	u->refs++;
+	cl = xcalloc(1, sizeof(*cl));
+	cl->conn = conn;
+	cl->user = u;
+	cl->refs = 1;
+	TAILQ_INIT(&cl->jobs);
+	TAILQ_INSERT_TAIL(&all_clients, cl, all);
+	return cl;
+}
+
+static void rr_client_put(struct rr_client *cl)
+{
+	struct rr_user *u = cl->user;
+
+	if (--cl->refs > 0)
+		return;
+	TAILQ_REMOVE(&all_clients, cl, all);
+	free(cl);
+	if (--u->refs > 0)
+		return;
+	TAILQ_REMOVE(&all_users, u, all);
+	free(u);
+}
+
+/* The client (and its uid) just had a turn: to the back of their queues. */
+static void rr_turn_taken(struct rr_client *cl)
+{
+	struct rr_user *u = cl->user;
+
+	if (cl->queued) {
+		TAILQ_REMOVE(&u->clients, cl, q);
+		TAILQ_INSERT_TAIL(&u->clients, cl, q);
+	}
+	if (u->queued) {
+		TAILQ_REMOVE(&runq, u, q);
+		TAILQ_INSERT_TAIL(&runq, u, q);
+	}
+}
 static uint64_t next_id = 1, jobs_done, tasks_failed;
+
+void disp_init(const struct disp_ops *o)
+{
+	ops = o;
+}
 
 uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers)
 {
@@ -188,9 +291,9 @@ void disp_pack_jobs(msgpack_packer *pk)
 		mp_pack_cstr(pk, "function");
 		msgpack_pack_str_with_body(pk, job->fn, job->fn_len);
 		mp_pack_cstr(pk, "client_pid");
-		msgpack_pack_int64(pk, conn_pid(job->conn));
+		msgpack_pack_int64(pk, ops->pid(job->conn));
 		mp_pack_cstr(pk, "client_uid");
-		msgpack_pack_uint64(pk, conn_uid(job->conn));
+		msgpack_pack_uint64(pk, ops->uid(job->conn));
 		mp_pack_cstr(pk, "items");
 		msgpack_pack_uint64(pk, job->n_items);
 		mp_pack_cstr(pk, "done");
@@ -219,13 +322,24 @@ bool disp_has_queued(void)
 	return !TAILQ_EMPTY(&runq);
 }
 
-/* Puts a job with work at the back of the run queue. */
+/* Puts a job with work at the back of its client's queue (and the client
+ * and its uid at the back of theirs, if they had no work queued). */
 static void job_requeue(struct job *job)
 {
-	if (!job->queued && job->conn && job_has_work(job)) {
-		TAILQ_INSERT_TAIL(&runq, job, runq);
+	struct rr_client *cl = job->client;
+
+	if (!job->queued && job->conn && cl && job_has_work(job)) {
+		TAILQ_INSERT_TAIL(&cl->jobs, job, runq);
 		job->queued = true;
 		job_account(job);
+		if (!cl->queued) {
+			TAILQ_INSERT_TAIL(&cl->user->clients, cl, q);
+			cl->queued = true;
+		}
+		if (!cl->user->queued) {
+			TAILQ_INSERT_TAIL(&runq, cl->user, q);
+			cl->user->queued = true;
+		}
 	}
 }
 
@@ -252,10 +366,11 @@ uint64_t disp_chunks_queued(void)
 static void job_grant(struct job *job);
 static void job_maybe_done(struct job *job);
 static void job_requeue(struct job *job);
+static void job_detach_client(struct job *job);
 static void job_fail(struct job *job, int code, const char *msg);
 static void job_piece(struct job *job, uint64_t first, uint32_t count,
 		      const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
-		      uint32_t n_errors);
+		      uint32_t n_errors, const struct disp_results_buf *buf);
 static void job_chunk_ended(struct job *job);
 static void chunk_fail(struct chunk *ck, int code, const char *msg);
 
@@ -375,11 +490,7 @@ static void job_free(struct job *job)
 		job->retry_head = r->next;
 		free(r);
 	}
-	if (job->queued) {
-		TAILQ_REMOVE(&runq, job, runq);
-		job->queued = false;
-		job_account(job);
-	}
+	job_detach_client(job);
 	TAILQ_REMOVE(&all_jobs, job, all);
 	while (job->segs) {
 		struct seg *sg = job->segs;
@@ -393,14 +504,14 @@ static void job_free(struct job *job)
 	free(job->fn);
 	free(job);
 	n_active--;
-	master_progress();
+	ops->job_gone();
 }
 
 /* The job is answered (or its client is gone) and nothing runs for it. */
 static void job_finish(struct job *job)
 {
 	if (job->conn)
-		conn_job_ended(job->conn, job);
+		ops->job_ended(job->conn, job);
 	job->conn = NULL;
 	jobs_done++;
 	job_free(job);
@@ -408,11 +519,31 @@ static void job_finish(struct job *job)
 
 static void job_unqueue(struct job *job)
 {
-	if (job->queued) {
-		TAILQ_REMOVE(&runq, job, runq);
-		job->queued = false;
-		job_account(job);
+	struct rr_client *cl = job->client;
+
+	if (!job->queued)
+		return;
+	TAILQ_REMOVE(&cl->jobs, job, runq);
+	job->queued = false;
+	job_account(job);
+	if (TAILQ_EMPTY(&cl->jobs)) {
+		TAILQ_REMOVE(&cl->user->clients, cl, q);
+		cl->queued = false;
+		if (TAILQ_EMPTY(&cl->user->clients)) {
+			TAILQ_REMOVE(&runq, cl->user, q);
+			cl->user->queued = false;
+		}
 	}
+}
+
+/* The job leaves the run queue for good (answered, failed, or its client
+ * gone); chunks still running for it need no turn. */
+static void job_detach_client(struct job *job)
+{
+	job_unqueue(job);
+	if (job->client)
+		rr_client_put(job->client);
+	job->client = NULL;
 }
 
 struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
@@ -421,9 +552,11 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 
 	job->id = next_id++;
 	job->conn = conn;
+	job->client = rr_client_get(conn, ops->uid(conn));
 	job->msgid = spec->msgid;
 	job->is_map = spec->is_map;
 	job->ordered = spec->ordered;
+	job->admin = spec->admin;
 	job->fn = xstrndup(spec->fn, spec->fn_len);
 	job->fn_len = spec->fn_len;
 	job->streaming = spec->stream;
@@ -439,7 +572,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	TAILQ_INSERT_TAIL(&all_jobs, job, all);
 	n_active++;
 	if (job->n_items == 0 && !job->streaming) {
-		conn_map_done(conn, job->msgid, 0, 0);
+		ops->map_done(conn, job->msgid, 0, 0);
 		job_finish(job);
 		return NULL;
 	}
@@ -479,17 +612,11 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 		job_fail(job, MPOOL_E_BADREQ, msg);
 		return -EPROTO;
 	}
-	if (n_items > 0) {
-		uint64_t add = (n_items + job->chunksize - 1) / job->chunksize;
-		uint64_t queued = disp_chunks_queued();
-
-		if (queued + add > cfg.max_queued_chunks) {
-			snprintf(msg, sizeof(msg), "%llu chunks are queued; this feed would pass the "
-				 "limit of %llu (--max-queued-chunks)", (unsigned long long)queued,
-				 (unsigned long long)cfg.max_queued_chunks);
-			job_fail(job, MPOOL_E_LIMIT, msg);
-			return -ENOSPC;
-		}
+	if (n_items > 0 && job->client &&
+	    disp_queue_check(job->client->user->uid, job->admin,
+			     (n_items + job->chunksize - 1) / job->chunksize, msg, sizeof(msg)) < 0) {
+		job_fail(job, MPOOL_E_LIMIT, msg);
+		return -ENOSPC;
 	}
 	if (n_items > 0) {
 		struct seg *sg = seg_new(job, items, items_len, n_items, marks, NULL);
@@ -507,10 +634,71 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 	return 0;
 }
 
+int disp_queue_check(uid_t uid, bool admin, uint64_t add, char *why, size_t size)
+{
+	struct rr_user *u = rr_user_find(uid);
+	uint64_t mine = u ? u->qchunks : 0, max = cfg.max_queued_chunks;
+	uint64_t open = max > cfg.admin_queued_chunks ? max - cfg.admin_queued_chunks : 0;
+
+	if (queued_chunks + add > max) {
+		snprintf(why, size, "%llu chunks are queued; %llu more would pass the limit of %llu "
+			 "(--max-queued-chunks; a larger chunksize makes fewer)",
+			 (unsigned long long)queued_chunks, (unsigned long long)add,
+			 (unsigned long long)max);
+		return -ENOSPC;
+	}
+	if (admin)
+		return 0;
+	if (mine + add > cfg.max_queued_chunks_per_uid) {
+		snprintf(why, size, "uid %u has %llu chunks queued; %llu more would pass its share "
+			 "of %llu (--max-queued-chunks-per-uid; a larger chunksize makes fewer)",
+			 (unsigned)uid, (unsigned long long)mine, (unsigned long long)add,
+			 (unsigned long long)cfg.max_queued_chunks_per_uid);
+		return -ENOSPC;
+	}
+	if (queued_chunks + add > open) {
+		snprintf(why, size, "%llu chunks are queued; %llu more would take the last %llu, "
+			 "which are kept for admins (--admin-queued-chunks)",
+			 (unsigned long long)queued_chunks, (unsigned long long)add,
+			 (unsigned long long)cfg.admin_queued_chunks);
+		return -ENOSPC;
+	}
+	return 0;
+}
+
+void disp_pack_queue(msgpack_packer *pk)
+{
+	struct rr_user *u;
+	uint32_t n = 0;
+
+	TAILQ_FOREACH(u, &all_users, all)
+		n += u->qchunks > 0;
+	msgpack_pack_map(pk, 4);
+	mp_pack_cstr(pk, "max_chunks");
+	msgpack_pack_uint64(pk, cfg.max_queued_chunks);
+	mp_pack_cstr(pk, "max_chunks_per_uid");
+	msgpack_pack_uint64(pk, cfg.max_queued_chunks_per_uid);
+	mp_pack_cstr(pk, "admin_chunks");
+	msgpack_pack_uint64(pk, cfg.admin_queued_chunks);
+	/* Only uids with chunks queued: a uid's entry goes with its work.
+	 * An array of maps, not a map keyed by uid: strict decoders take
+	 * only string keys. */
+	mp_pack_cstr(pk, "by_uid");
+	msgpack_pack_array(pk, n);
+	TAILQ_FOREACH(u, &all_users, all)
+		if (u->qchunks > 0) {
+			msgpack_pack_map(pk, 2);
+			mp_pack_cstr(pk, "uid");
+			msgpack_pack_uint64(pk, u->uid);
+			mp_pack_cstr(pk, "chunks");
+			msgpack_pack_uint64(pk, u->qchunks);
+		}
+}
+
 void disp_detach(struct job *job)
 {
+	job_detach_client(job);
 	job->conn = NULL;
-	job_unqueue(job);
 	if (job->inflight == 0)
 		job_free(job);
 }
@@ -519,10 +707,10 @@ void disp_detach(struct job *job)
  * report back into the detached job, which frees itself at the last one. */
 static void job_fail(struct job *job, int code, const char *msg)
 {
-	job_unqueue(job);
+	job_detach_client(job);
 	if (job->conn) {
-		conn_job_failed(job->conn, job->msgid, code, msg);
-		conn_job_ended(job->conn, job);
+		ops->job_failed(job->conn, job->msgid, code, msg);
+		ops->job_ended(job->conn, job);
 		job->conn = NULL;
 	}
 	if (job->inflight == 0)
@@ -531,7 +719,7 @@ static void job_fail(struct job *job, int code, const char *msg)
 
 void disp_kill_running(struct job *job)
 {
-	pool_kill_job(job);
+	ops->kill_job(job);
 }
 
 void disp_cancel(struct job *job, int code, const char *msg)
@@ -550,10 +738,11 @@ void disp_fail_all(int code, const char *msg)
 
 void disp_fail_queued(int code, const char *msg)
 {
-	struct job *job, *tmp;
+	struct rr_user *u;
 
-	TAILQ_FOREACH_SAFE(job, &runq, runq, tmp)
-		job_fail(job, code, msg);
+	/* job_fail takes each job out of the queue. */
+	while ((u = TAILQ_FIRST(&runq)))
+		job_fail(TAILQ_FIRST(&TAILQ_FIRST(&u->clients)->jobs), code, msg);
 }
 
 /* An ordered job may run ahead of what its client has received by this
@@ -568,7 +757,7 @@ static bool job_window_open(const struct job *job)
 
 static bool job_runnable(const struct job *job)
 {
-	if (job->conn && conn_backlogged(job->conn))
+	if (job->conn && ops->backlogged(job->conn))
 		return false;
 	return job->retry_head || (job->next_index < job->n_items && job_window_open(job));
 }
@@ -702,8 +891,15 @@ static bool job_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
 /* Batches.  A pipelining client can have many one-item applies queued; run
  * one by one, each costs a worker wake-up and two master wake-ups.  Applies
  * of the same function and options waiting behind one that is dispatched
- * ride in its chunk instead, up to a fair share per idle worker, so a batch
- * never starves a worker that could run some of them. */
+ * ride in its chunk instead.  A batch holds items no other worker can start
+ * until it ends, so it is kept fair:
+ * - only the dispatched apply's own connection contributes, and only while
+ *   no other client has work waiting, so nobody's apply sits behind
+ *   another's backlog;
+ * - it takes at most what Python's chunk rule gives one chunk of that
+ *   connection's waiting applies, ceil(n / (4 * workers)), so the rest
+ *   stays queued for every other worker, and a client that comes later
+ *   waits for at most one such batch on one worker. */
 #define BATCH_MAX 256
 
 struct batch {
@@ -719,8 +915,7 @@ static bool batchable(const struct job *a, const struct job *b)
 {
 	return !b->is_map && b->retries == 0 && !b->retry_head &&
 	       b->next_index < b->n_items && b->timeout_ms == a->timeout_ms &&
-	       b->fn_len == a->fn_len && memcmp(b->fn, a->fn, a->fn_len) == 0 &&
-	       b->conn && !conn_backlogged(b->conn);
+	       b->fn_len == a->fn_len && memcmp(b->fn, a->fn, a->fn_len) == 0;
 }
 
 static void batch_free(struct batch *b)
@@ -739,18 +934,23 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 {
 	size_t total = 0;
 	uint32_t waiting = 0, scanned = 0, limit, n = 1;
-	unsigned idle = pool_idle_count();
+	struct rr_client *cl = first->client;
 	struct job *j, *next;
 	struct batch *b;
 
-	if (first->is_map || first->retries || quota < 2)
+	if (first->is_map || first->retries || quota < 2 || !cl || !first->conn ||
+	    ops->backlogged(first->conn))
 		return;
-	TAILQ_FOREACH(j, &runq, runq) {
+	/* Another client waits: its turn comes before any more of this one's. */
+	if (TAILQ_FIRST(&runq) != cl->user || TAILQ_NEXT(cl->user, q) ||
+	    TAILQ_FIRST(&cl->user->clients) != cl || TAILQ_NEXT(cl, q))
+		return;
+	TAILQ_FOREACH(j, &cl->jobs, runq) {
 		if (++scanned > 4 * BATCH_MAX)
 			break;
 		waiting += j != first && batchable(first, j);
 	}
-	limit = (waiting + idle) / (idle ? idle : 1);     /* ceil((waiting + 1) / idle) */
+	limit = disp_auto_chunksize(waiting + 1ull, cfg.workers);
 	if (limit > BATCH_MAX)
 		limit = BATCH_MAX;
 	if (limit > quota)
@@ -766,7 +966,7 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 	b->segs[0] = ck->seg;
 	b->item[0] = ck->items;
 	b->item_len[0] = ck->items_len;
-	for (j = TAILQ_FIRST(&runq); j && n < limit; j = next) {
+	for (j = TAILQ_FIRST(&cl->jobs); j && n < limit; j = next) {
 		struct chunk one;
 
 		next = TAILQ_NEXT(j, runq);
@@ -834,7 +1034,7 @@ static void batch_piece(struct batch *b, const struct wmsg_result *res)
 			eb[0] = 0x91;
 			memcpy(eb + 1, e, el);
 		}
-		job_piece(job, 0, 1, rb, rl + 1, e ? eb : none, e ? el + 1 : 1, e ? 1 : 0);
+		job_piece(job, 0, 1, rb, rl + 1, e ? eb : none, e ? el + 1 : 1, e ? 1 : 0, NULL);
 		free(rb);
 		free(eb);
 		seg_unref(job, b->segs[k]);
@@ -876,29 +1076,50 @@ static void batch_lost(struct batch *b, int code, const char *msg)
 	batch_free(b);
 }
 
+/* The first job that may run, in turn order: uids, their connections,
+ * their jobs. */
+static struct job *next_runnable(void)
+{
+	struct rr_user *u;
+	struct rr_client *cl;
+	struct job *job;
+
+	TAILQ_FOREACH(u, &runq, q)
+		TAILQ_FOREACH(cl, &u->clients, q) {
+			/* A backlogged client's jobs all wait for it to read. */
+			if (cl->conn && ops->backlogged(cl->conn))
+				continue;
+			TAILQ_FOREACH(job, &cl->jobs, runq)
+				if (job_runnable(job))
+					return job;
+		}
+	return NULL;
+}
+
 void disp_schedule(void)
 {
 	struct worker *w;
 
-	master_status_changed();
-	while ((w = pool_idle())) {
+	ops->changed();
+	while ((w = ops->idle())) {
+		struct rr_client *cl;
 		struct job *job;
 		struct chunk ck;
 
-		TAILQ_FOREACH(job, &runq, runq)
-			if (job_runnable(job))
-				break;
-		if (!job)
+		if (!(job = next_runnable()))
 			return;
 		ck.batch = NULL;
-		if (!job_next_chunk(job, pool_quota_left(w), &ck))
+		if (!job_next_chunk(job, ops->quota_left(w), &ck))
 			return;      /* a worker at its quota is never idle */
 		job->inflight++;
-		/* Round robin: the job goes to the back of the line. */
+		/* Round robin: the job, its client and its uid go to the back of
+		 * their lines. */
+		cl = job->client;
 		job_unqueue(job);
 		job_requeue(job);
-		batch_gather(job, &ck, pool_quota_left(w));
-		pool_run(w, &ck, job->fn, job->fn_len);
+		rr_turn_taken(cl);
+		batch_gather(job, &ck, ops->quota_left(w));
+		ops->run(w, &ck, job->fn, job->fn_len);
 	}
 }
 
@@ -934,7 +1155,7 @@ static void job_grant(struct job *job)
 	if (room < window / 4 && left > 0)
 		return;
 	job->granted += room;
-	conn_send_credit(job->conn, job->msgid, room);
+	ops->send_credit(job->conn, job->msgid, room);
 }
 
 /* owned: see conn_send_chunk; taken in any case. */
@@ -943,38 +1164,39 @@ static void job_emit(struct job *job, uint64_t first, uint32_t count,
 		     uint8_t *owned)
 {
 	if (count > 0)
-		conn_send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen, owned);
+		ops->send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen, owned);
 	else
 		free(owned);
 	job->emitted += count;
 }
 
-/* Large results still in the frame a worker's channel is delivering: the
- * job takes that buffer and the client's output refers to it, rather than
- * copying every byte (NULL: copy). */
-static uint8_t *take_results(const uint8_t *results, size_t rlen)
+/* Large results still in the buffer they arrived in: the job takes that
+ * buffer and the client's output refers to it, rather than copying every
+ * byte (NULL: copy). */
+static uint8_t *take_results(const struct disp_results_buf *buf, const uint8_t *results,
+			     size_t rlen)
 {
-	return rlen >= DISP_ADOPT_MIN ? chan_take_delivered(results, rlen) : NULL;
+	return rlen >= DISP_ADOPT_MIN && buf ? buf->take(buf->ctx, results, rlen) : NULL;
 }
 
 /* Delivers results for items first..first+count-1 of a map: now, or once
  * the items before them are out (ordered). */
 static void job_piece(struct job *job, uint64_t first, uint32_t count,
 		      const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
-		      uint32_t n_errors)
+		      uint32_t n_errors, const struct disp_results_buf *buf)
 {
 	job->failed += n_errors;
 	tasks_failed += n_errors;
 	if (!job->conn || count == 0)
 		return;
 	if (!job->is_map) {
-		conn_apply_done(job->conn, job->msgid, results, rlen, errors, elen, n_errors);
+		ops->apply_done(job->conn, job->msgid, results, rlen, errors, elen, n_errors);
 		job->emitted += count;
 		return;
 	}
 	if (!job->ordered || first == job->emitted) {
 		job_emit(job, first, count, results, rlen, errors, elen,
-			 take_results(results, rlen));
+			 take_results(buf, results, rlen));
 		while (job->held && job->held->first == job->emitted) {
 			struct held *h = job->held;
 
@@ -989,7 +1211,7 @@ static void job_piece(struct job *job, uint64_t first, uint32_t count,
 
 		h->first = first;
 		h->count = count;
-		h->owned = take_results(results, rlen);
+		h->owned = take_results(buf, results, rlen);
 		if (h->owned) {
 			h->results = results;
 			h->errors = errors;
@@ -1016,7 +1238,7 @@ static void job_maybe_done(struct job *job)
 	if (!job->conn || job->streaming || job->emitted < job->n_items)
 		return;
 	if (job->is_map)
-		conn_map_done(job->conn, job->msgid, job->n_items, job->failed);
+		ops->map_done(job->conn, job->msgid, job->n_items, job->failed);
 	job_finish(job);
 }
 
@@ -1042,7 +1264,8 @@ static void chunk_advance(struct chunk *ck, uint32_t n)
 	ck->count -= n;
 }
 
-void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res)
+void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res,
+		     const struct disp_results_buf *buf)
 {
 	if (ck->batch) {
 		batch_piece(ck->batch, res);
@@ -1053,11 +1276,12 @@ void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res)
 		return;
 	}
 	job_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
-		  res->errors, res->errors_len, res->n_errors);
+		  res->errors, res->errors_len, res->n_errors, buf);
 	chunk_advance(ck, res->n_results);
 }
 
-void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res)
+void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res,
+		     const struct disp_results_buf *buf)
 {
 	if (ck->batch) {
 		batch_piece(ck->batch, res);
@@ -1066,7 +1290,7 @@ void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res)
 		return;
 	}
 	job_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
-		  res->errors, res->errors_len, res->n_errors);
+		  res->errors, res->errors_len, res->n_errors, buf);
 	seg_unref(ck->job, ck->seg);
 	job_chunk_ended(ck->job);
 	disp_schedule();
@@ -1093,7 +1317,7 @@ static void chunk_fail(struct chunk *ck, int code, const char *msg)
 		abort();
 	}
 	job_piece(ck->job, ck->first, ck->count, (uint8_t *)r.data, r.size,
-		  (uint8_t *)e.data, e.size, ck->count);
+		  (uint8_t *)e.data, e.size, ck->count, NULL);
 	msgpack_sbuffer_destroy(&r);
 	msgpack_sbuffer_destroy(&e);
 }

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <msgpack.h>
 
 #include "wmsg.h"
@@ -20,6 +21,51 @@ struct job;
 struct seg;
 struct batch;
 struct mp_cur;
+struct worker;
+struct chunk;
+
+/* What the dispatcher needs of the rest of the daemon, in both directions:
+ * clients (a struct conn is only a handle here) and workers (likewise).
+ * The daemon passes disp_daemon_ops; tests pass fakes, so the dispatcher
+ * runs alone.  A call may re-enter the dispatcher only where it says so. */
+struct disp_ops {
+	/* Clients. */
+	uid_t (*uid)(const struct conn *c);
+	pid_t (*pid)(const struct conn *c);
+	/* The client reads too slowly: none of its work is started. */
+	bool (*backlogged)(const struct conn *c);
+	/* owned: NULL, or the buffer results lie in, which the client takes. */
+	void (*send_chunk)(struct conn *c, uint64_t msgid, uint64_t first,
+			   const uint8_t *results, size_t rlen, const uint8_t *errors,
+			   size_t elen, uint8_t *owned);
+	void (*send_credit)(struct conn *c, uint64_t msgid, uint64_t n);
+	void (*apply_done)(struct conn *c, uint64_t msgid, const uint8_t *results, size_t rlen,
+			   const uint8_t *errors, size_t elen, uint32_t n_errors);
+	void (*map_done)(struct conn *c, uint64_t msgid, uint64_t items, uint64_t failed);
+	void (*job_failed)(struct conn *c, uint64_t msgid, int code, const char *msg);
+	/* The job is answered: the client forgets it. */
+	void (*job_ended)(struct conn *c, struct job *job);
+
+	/* Workers. */
+	struct worker *(*idle)(void);        /* an idle worker, or NULL */
+	uint64_t (*quota_left)(const struct worker *w);   /* UINT64_MAX: none */
+	/* Starts ck on w, which is busy until the dispatcher hears of the
+	 * chunk again (disp_chunk_done or disp_chunk_lost, later). */
+	void (*run)(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len);
+	/* Kills the workers running chunks of job; each reports
+	 * disp_chunk_lost later. */
+	void (*kill_job)(const struct job *job);
+
+	/* Something status shows changed; a job ended (shutdown waits for
+	 * the last). */
+	void (*changed)(void);
+	void (*job_gone)(void);
+};
+
+/* The daemon's: conn.c, pool.c, chan.c and master.c. */
+extern const struct disp_ops disp_daemon_ops;
+/* Sets the dispatcher's ops (kept by reference); before any other call. */
+void disp_init(const struct disp_ops *ops);
 
 /* A chunk in flight, held by the worker running it.  Parts the worker
  * reports move first and items forward, so the chunk always describes the
@@ -42,9 +88,11 @@ struct job_spec {
 	bool ordered;
 	uint64_t msgid;
 	uint32_t chunksize;          /* 0: the default rule */
-	uint32_t timeout_ms;         /* per item; 0: none */
+	uint32_t timeout_ms;         /* per item; 0: none (conn.c fills in
+				      * --task-timeout when a request sets none) */
 	uint32_t retries;            /* reruns of a lost chunk */
 	bool stream;                 /* more items follow in "feed" messages */
+	bool admin;                  /* the client is an admin: no per-uid share */
 	const char *fn;              /* within frame */
 	uint32_t fn_len;
 	const uint8_t *items;        /* n_items raw elements, within frame */
@@ -83,6 +131,14 @@ uint32_t disp_chunk_take(uint32_t chunksize, uint64_t items_left, uint64_t quota
 /* The chunksize a job made from spec will use. */
 uint32_t disp_spec_chunksize(const struct job_spec *spec);
 
+/* Whether add more queued chunks from uid fit --max-queued-chunks and, for
+ * one who is no admin, uid's share (--max-queued-chunks-per-uid) and what
+ * is left once --admin-queued-chunks is kept back.  0, or -ENOSPC with the
+ * reason in why. */
+int disp_queue_check(uid_t uid, bool admin, uint64_t add, char *why, size_t size);
+/* status: the queued-chunk limits and each uid's queued chunks. */
+void disp_pack_queue(msgpack_packer *pk);
+
 /* Creates a job from spec (its items are copied, or spec->buf adopted).  The job answers conn
  * when done; NULL when it was answered at once (an empty map). */
 struct job *disp_submit(struct conn *conn, const struct job_spec *spec);
@@ -106,16 +162,26 @@ void disp_fail_all(int code, const char *msg);
 /* Hands chunks to idle workers while there are both. */
 void disp_schedule(void);
 
+/* Where a worker's results lie, so that large ones are adopted rather
+ * than copied: take(ctx, p, len) hands over the buffer holding those bytes
+ * (the caller's to free()), or returns NULL.  A NULL buf: always copy. */
+struct disp_results_buf {
+	uint8_t *(*take)(void *ctx, const uint8_t *p, size_t len);
+	void *ctx;
+};
+
 /* A worker reported the first res->n_results items of its chunk; ck moves
  * past them.  The chunk is still running. */
-void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res);
+void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res,
+		     const struct disp_results_buf *buf);
 /* Appends the chunk's items to a worker channel's output: by reference
  * when large (the bytes live until out has sent or dropped them, even past
  * the job's end), else copied.  0 or -ENOMEM. */
 struct evbuffer;
 int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out);
 /* A worker finished its chunk (res holds the rest of its results). */
-void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res);
+void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res,
+		     const struct disp_results_buf *buf);
 /* The chunk's worker died or timed out: its unanswered items are rerun
  * elsewhere if the request allows retries, else each fails with code/msg. */
 void disp_chunk_lost(struct chunk *ck, int code, const char *msg);

@@ -301,6 +301,7 @@ int master_run(void)
 	/* Modules are registered (main) before the fork server starts and
 	 * before any fork. */
 	proc_init(base);
+	disp_init(&disp_daemon_ops);
 	if (pool_init(base) < 0 || conn_listen(base, listen_fd) < 0) {
 		reap_all();
 		stop_listening();

@@ -431,6 +431,32 @@ static enum retire retire_reason(const struct worker *w)
 	return R_NONE;
 }
 
+/* --max-rss-per-child while a chunk runs, at each part a worker reports
+ * (every WMSG_PART_MS): a chunk may hold thousands of items, and waiting
+ * for its end let a worker grow without bound.  What runs is what grows,
+ * so the worker is killed at once rather than asked to finish; the chunk's
+ * unanswered items fail with "limit" (or rerun, if the request asked for
+ * retries), as after any lost chunk.  A one-item chunk sends no parts: its
+ * worker is checked when it ends, as before.  True when it was killed. */
+static bool rss_check_busy(struct worker *w)
+{
+	uint64_t kib;
+	char cause[160];
+
+	if (!cfg.max_rss_mib || w->state != W_BUSY || w->cause[0])
+		return false;
+	kib = rss_kib(w->pid);
+	if (kib <= (uint64_t)cfg.max_rss_mib * 1024)
+		return false;
+	snprintf(cause, sizeof(cause), "was killed at %llu MiB, past --max-rss-per-child %u MiB, "
+		 "while running item %llu of job %llu", (unsigned long long)(kib / 1024),
+		 cfg.max_rss_mib, (unsigned long long)w->chunk.first,
+		 (unsigned long long)disp_job_id(w->chunk.job));
+	w->retire = R_RSS;
+	worker_fault(w, MPOOL_E_LIMIT, cause);
+	return true;
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	uint64_t now = now_ms();
@@ -523,14 +549,6 @@ struct worker *pool_idle(void)
 	return NULL;
 }
 
-unsigned pool_idle_count(void)
-{
-	unsigned n = 0;
-	for (unsigned i = 0; i < n_procs; i++)
-		n += procs[i].state == W_IDLE;
-	return n;
-}
-
 uint64_t pool_quota_left(const struct worker *w)
 {
 	if (!w->quota)
@@ -555,7 +573,7 @@ void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t
 	chan_flush(w->ch);
 	w->chunk = *ck;
 	w->state = W_BUSY;
-	w->timeout_ms = disp_job_timeout(ck->job) ? disp_job_timeout(ck->job) : cfg.task_timeout_ms;
+	w->timeout_ms = disp_job_timeout(ck->job);
 	arm_deadline(w);
 }
 
@@ -567,6 +585,12 @@ static bool valid_result(const struct worker *w, const struct wmsg_result *res, 
 		     : res->n_results == w->chunk.count);
 }
 
+/* Large results are adopted from the frame their channel is delivering. */
+static uint8_t *take_results(void *ctx, const uint8_t *p, size_t len)
+{
+	return chan_take_delivered(ctx, p, len);
+}
+
 static void worker_part(struct worker *w, const struct wmsg_result *res)
 {
 	if (!valid_result(w, res, true)) {
@@ -576,12 +600,16 @@ static void worker_part(struct worker *w, const struct wmsg_result *res)
 	w->tasks_done += res->n_results;
 	total_tasks += res->n_results;
 	arm_deadline(w);
-	disp_chunk_part(&w->chunk, res);
+	disp_chunk_part(&w->chunk, res, &(struct disp_results_buf){ take_results, w->ch });
+	rss_check_busy(w);
 }
 
 static void worker_result(struct worker *w, const struct wmsg_result *res)
 {
 	struct chunk ck = w->chunk;
+	/* The channel delivering res; a retire below lets go of it, but its
+	 * free waits until this delivery returns. */
+	struct disp_results_buf buf = { take_results, w->ch };
 	enum retire why;
 
 	if (!valid_result(w, res, false)) {
@@ -605,7 +633,7 @@ static void worker_result(struct worker *w, const struct wmsg_result *res)
 	} else if (why != R_NONE) {
 		retire(w, why);
 	}
-	disp_chunk_done(&ck, res);
+	disp_chunk_done(&ck, res, &buf);
 }
 
 static void worker_ready(struct worker *w, int64_t pid)
@@ -730,6 +758,8 @@ static void worker_gone(struct worker *w, int status)
 		if (!terminating) {
 			if (code == MPOOL_E_TIMEOUT)
 				n_timed_out++;
+			else if (w->retire == R_RSS)
+				n_recycled[R_RSS]++;
 			else
 				n_died++;
 			set_failure("%s", msg);

@@ -22,7 +22,6 @@ void pool_free(void);
 
 /* An idle worker, or NULL; and how many are idle. */
 struct worker *pool_idle(void);
-unsigned pool_idle_count(void);
 /* Tasks this worker may still run before it must be recycled. */
 uint64_t pool_quota_left(const struct worker *w);
 /* Sends a chunk to an idle worker; it is busy until the chunk ends. */

@@ -23,6 +23,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <grp.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 #include "fixture.h"
 
@@ -934,6 +938,37 @@ START_TEST(max_tasks_per_child)
 }
 END_TEST
 
+/* PROTOCOL.md, the builtin table: the errors of builtin.sleep and
+ * builtin.spin. */
+START_TEST(sleep_and_spin_errors)
+{
+	static const char *const fns[] = { "builtin.sleep", "builtin.spin" };
+	struct fx fx;
+
+	fx_start(&fx, NULL);
+	for (unsigned i = 0; i < 2; i++) {
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		mpool_value *v = NULL;
+		int r;
+
+		r = apply_int(fx.c, fns[i], -1, &v);
+		REQUIREF(r == -MPOOL_E_TYPE, "%s(-1): %d (%s)", fns[i], r, mpool_errmsg(fx.c));
+		r = apply_int(fx.c, fns[i], 3600001, &v);
+		REQUIREF(r == -MPOOL_E_TASK, "%s(3600001): %d (%s)", fns[i], r, mpool_errmsg(fx.c));
+		fx_sbuf_init(&sb, &pk);
+		fx_pack_str(&pk, "x");
+		r = mpool_apply(fx.c, fns[i], sb.data, sb.size, &v);
+		REQUIREF(r == -MPOOL_E_TYPE, "%s(\"x\"): %d (%s)", fns[i], r, mpool_errmsg(fx.c));
+		msgpack_sbuffer_destroy(&sb);
+		r = apply_int(fx.c, fns[i], 0, &v);
+		REQUIREF(r == 0 && fx_obj_u64(mpool_value_get(v)) == 0, "%s(0): %d", fns[i], r);
+		mpool_value_free(v);
+	}
+	fx_stop(&fx);
+}
+END_TEST
+
 /* ---- 12. fairness ----------------------------------------------------------- */
 
 struct sleeps {
@@ -999,6 +1034,251 @@ START_TEST(fairness_apply_during_big_map)
 		 "the apply waited for the whole map: jobs_active %llu when it returned",
 		 (unsigned long long)st.totals.jobs_active);
 	fx_expect_child_ok(child, 40000, "the big map");
+	fx_stop(&fx);
+}
+END_TEST
+
+/* Sends [0, msgid, method, [fn, arg-or-items, {chunksize}]] of builtin.sleep:
+ * an apply of ms, or (n > 0) a map of n items of ms with chunksize 1. */
+static void pack_sleep_req(msgpack_packer *pk, uint64_t msgid, uint64_t n, int64_t ms)
+{
+	fx_req_head(pk, msgid, n ? "map" : "apply");
+	msgpack_pack_array(pk, n ? 3 : 2);
+	fx_pack_str(pk, "builtin.sleep");
+	if (n) {
+		msgpack_pack_array(pk, (uint32_t)n);
+		fx_pack_repeat(pk, ms, n);
+		msgpack_pack_map(pk, 1);
+		fx_pack_str(pk, "chunksize");
+		msgpack_pack_uint32(pk, 1);
+	} else {
+		msgpack_pack_int64(pk, ms);
+	}
+}
+
+/* The responses (type 1) that have already arrived on r, read without
+ * waiting; notifications are read and not counted. */
+static unsigned responses_arrived(struct fx_raw *r)
+{
+	unsigned n = 0;
+
+	for (;;) {
+		ssize_t got;
+
+		REQUIRE(msgpack_unpacker_reserve_buffer(&r->up, 65536));
+		got = recv(r->fd, msgpack_unpacker_buffer(&r->up), 65536, MSG_DONTWAIT);
+		if (got <= 0)
+			break;
+		msgpack_unpacker_buffer_consumed(&r->up, (size_t)got);
+	}
+	while (msgpack_unpacker_next(&r->up, &r->msg) == MSGPACK_UNPACK_SUCCESS)
+		n += r->msg.data.via.array.ptr[0].via.u64 == 1;
+	return n;
+}
+
+/* Reads r until the response to msgid; fails on an error response. */
+static void await_response(struct fx_raw *r, uint64_t msgid, int timeout_ms)
+{
+	for (;;) {
+		const msgpack_object *m;
+
+		REQUIREF(fx_raw_next(r, timeout_ms) == 1, "EOF before the response to %llu",
+			 (unsigned long long)msgid);
+		m = r->msg.data.via.array.ptr;
+		if (m[0].via.u64 == 1 && m[1].via.u64 == msgid) {
+			REQUIREF(m[2].type == MSGPACK_OBJECT_NIL, "request %llu failed",
+				 (unsigned long long)msgid);
+			return;
+		}
+	}
+}
+
+struct queued_min {
+	uint64_t chunks;
+};
+
+static bool busy_with_queue(const struct fx_status *st, void *arg)
+{
+	const struct queued_min *q = arg;
+
+	return fx_count_state(st, "busy") == 2 && st->totals.chunks_queued >= q->chunks;
+}
+
+/* A worker falls idle while one client has 200 applies queued and another
+ * client one: the other client's apply is next, not the last of a batch of
+ * the first one's, and both workers share the backlog. */
+START_TEST(fairness_batch_never_holds_another_clients_apply)
+{
+	enum { BACKLOG = 200 };
+	struct fx fx;
+	struct fx_raw hog, victim;
+	struct fx_status st;
+	struct queued_min q = { BACKLOG };
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	unsigned answered, total;
+
+	fx_start(&fx, NULL);
+	fx_raw_open(&fx, &hog);
+	fx_raw_open(&fx, &victim);
+	fx_sbuf_init(&sb, &pk);
+	/* Two long applies take both workers; the backlog queues behind. */
+	pack_sleep_req(&pk, 1, 0, 2000);
+	pack_sleep_req(&pk, 2, 0, 2000);
+	for (uint64_t i = 0; i < BACKLOG; i++)
+		pack_sleep_req(&pk, 3 + i, 0, 20);
+	REQUIRE(fx_raw_send(&hog, sb.data, sb.size) == 0);
+	fx_wait_status(&fx, busy_with_queue, &q, FX_WAIT_MS, "the backlog queued", NULL);
+	sb.size = 0;
+	pack_sleep_req(&pk, 1, 0, 1);
+	REQUIRE(fx_raw_send(&victim, sb.data, sb.size) == 0);
+	q.chunks = BACKLOG + 1;
+	fx_wait_status(&fx, busy_with_queue, &q, FX_WAIT_MS, "the victim's apply queued", &st);
+	REQUIREF(st.totals.tasks_done == 0,
+		 "a long apply ended before the victim's apply was queued (%llu tasks done): "
+		 "the machine is too slow for this test",
+		 (unsigned long long)st.totals.tasks_done);
+
+	await_response(&victim, 1, FX_WAIT_MS);
+	answered = responses_arrived(&hog);
+	fprintf(stderr, "batch fairness: %u of the hog's %d applies answered before the "
+		"victim's\n", answered, BACKLOG + 2);
+	REQUIREF(answered < BACKLOG / 2, "the victim's apply waited for %u of the hog's applies",
+		 answered);
+	for (total = answered; total < BACKLOG + 2;) {
+		REQUIRE(fx_raw_next(&hog, FX_WAIT_MS) == 1);
+		total += hog.msg.data.via.array.ptr[0].via.u64 == 1;
+	}
+	fx_wait_idle(&fx, FX_WAIT_MS);
+	fx_status(&fx, &st);
+	for (unsigned i = 0; i < st.n_workers; i++)
+		REQUIREF(st.workers[i].tasks_done >= BACKLOG / 5,
+			 "worker %u ran %llu of %d tasks: the backlog went to one worker", i,
+			 (unsigned long long)st.workers[i].tasks_done, BACKLOG + 3);
+	msgpack_sbuffer_destroy(&sb);
+	fx_raw_close(&hog);
+	fx_raw_close(&victim);
+	fx_stop(&fx);
+}
+END_TEST
+
+struct jobs_min {
+	uint64_t jobs;
+};
+
+static bool jobs_open(const struct fx_status *st, void *arg)
+{
+	const struct jobs_min *j = arg;
+
+	return st->totals.jobs_active >= j->jobs && fx_count_state(st, "busy") == 2;
+}
+
+/* One connection with 100 open maps and another with one: the second gets
+ * every other turn, not one in 101. */
+START_TEST(fairness_round_robin_across_connections)
+{
+	enum { MAPS = 100, ITEMS = 30, VICTIM = 20 };
+	struct fx fx;
+	struct fx_raw hog, victim;
+	struct fx_status st;
+	struct jobs_min j = { MAPS };
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+
+	fx_start(&fx, NULL);
+	fx_raw_open(&fx, &hog);
+	fx_raw_open(&fx, &victim);
+	fx_sbuf_init(&sb, &pk);
+	for (uint64_t i = 0; i < MAPS; i++)
+		pack_sleep_req(&pk, 1 + i, ITEMS, 10);
+	REQUIRE(fx_raw_send(&hog, sb.data, sb.size) == 0);
+	fx_wait_status(&fx, jobs_open, &j, FX_WAIT_MS, "the hog's maps open", NULL);
+	sb.size = 0;
+	pack_sleep_req(&pk, 1, VICTIM, 10);
+	REQUIRE(fx_raw_send(&victim, sb.data, sb.size) == 0);
+	await_response(&victim, 1, 40000);
+	fx_status(&fx, &st);
+	fprintf(stderr, "round robin: %llu tasks done when the victim's %d-item map ended\n",
+		(unsigned long long)st.totals.tasks_done, VICTIM);
+	/* Fair: about 2 * VICTIM.  One turn in 101: about MAPS * VICTIM. */
+	REQUIREF(st.totals.tasks_done < 6 * VICTIM,
+		 "%llu tasks ran before the victim's %d-item map ended",
+		 (unsigned long long)st.totals.tasks_done, VICTIM);
+	msgpack_sbuffer_destroy(&sb);
+	fx_raw_close(&hog);
+	fx_raw_close(&victim);
+	fx_stop(&fx);
+}
+END_TEST
+
+#define NOBODY 65534
+
+/* The victim of fairness_round_robin_across_uids: as another uid, a map of
+ * 20 items of 10 ms, chunksize 1; exits 0 once it is answered. */
+static int victim_as_nobody(void *arg)
+{
+	struct fx *fx = arg;
+	struct fx_raw r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+
+	if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0) {
+		fprintf(stderr, "cannot become uid %d: %s\n", NOBODY, strerror(errno));
+		return 10;
+	}
+	/* A change of credentials clears it. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	fx_raw_open(fx, &r);
+	fx_sbuf_init(&sb, &pk);
+	pack_sleep_req(&pk, 1, 20, 10);
+	REQUIRE(fx_raw_send(&r, sb.data, sb.size) == 0);
+	await_response(&r, 1, 40000);
+	msgpack_sbuffer_destroy(&sb);
+	fx_raw_close(&r);
+	return 0;
+}
+
+/* One uid on ten connections, each with five open maps, and another uid
+ * with one map: the second uid gets every other turn, not one in eleven. */
+START_TEST(fairness_round_robin_across_uids)
+{
+	enum { CONNS = 10, MAPS = 5, ITEMS = 30, VICTIM = 20 };
+	static const char *const args[] = { "--socket-mode", "0666", NULL };
+	struct fx fx;
+	struct fx_raw hog[CONNS];
+	struct fx_status st;
+	struct jobs_min j = { CONNS * MAPS };
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	pid_t child;
+
+	if (geteuid() != 0) {
+		fprintf(stderr, "fairness_round_robin_across_uids: skipped, needs root\n");
+		return;
+	}
+	fx_start(&fx, args);
+	REQUIREF(chmod(fx.dir, 0711) == 0, "chmod %s: %s", fx.dir, strerror(errno));
+	fx_sbuf_init(&sb, &pk);
+	for (unsigned c = 0; c < CONNS; c++) {
+		fx_raw_open(&fx, &hog[c]);
+		sb.size = 0;
+		for (uint64_t i = 0; i < MAPS; i++)
+			pack_sleep_req(&pk, 1 + i, ITEMS, 10);
+		REQUIRE(fx_raw_send(&hog[c], sb.data, sb.size) == 0);
+	}
+	fx_wait_status(&fx, jobs_open, &j, FX_WAIT_MS, "the hog's maps open", NULL);
+	child = fx_fork(victim_as_nobody, &fx);
+	fx_expect_child_ok(child, 40000, "the other uid's map");
+	fx_status(&fx, &st);
+	fprintf(stderr, "round robin across uids: %llu tasks done when the victim's %d-item map "
+		"ended\n", (unsigned long long)st.totals.tasks_done, VICTIM);
+	/* Fair: about 2 * VICTIM.  By connection alone: about 11 * VICTIM. */
+	REQUIREF(st.totals.tasks_done < 6 * VICTIM,
+		 "%llu tasks ran before the other uid's %d-item map ended",
+		 (unsigned long long)st.totals.tasks_done, VICTIM);
+	for (unsigned c = 0; c < CONNS; c++)
+		fx_raw_close(&hog[c]);
+	msgpack_sbuffer_destroy(&sb);
 	fx_stop(&fx);
 }
 END_TEST
@@ -1910,6 +2190,63 @@ START_TEST(stream_map_with_credit)
 }
 END_TEST
 
+/* PROTOCOL.md, Streamed input: a first part that fills the window gets no
+ * credit at once; the first credit follows the results it reads. */
+START_TEST(stream_first_part_fills_window)
+{
+	static const char *const args[] = { "--stream-window", "16", NULL };
+	struct fx fx;
+	struct fx_raw r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	uint64_t results = 0, credit = 0;
+
+	fx_start(&fx, args);
+	fx_raw_open(&fx, &r);
+	fx_sbuf_init(&sb, &pk);
+	fx_req_head(&pk, 1, "map");
+	msgpack_pack_array(&pk, 3);
+	fx_pack_str(&pk, "builtin.square");
+	msgpack_pack_array(&pk, 16);
+	fx_pack_range(&pk, 0, 16);
+	msgpack_pack_map(&pk, 1);
+	fx_pack_str(&pk, "stream");
+	msgpack_pack_true(&pk);
+	send_packed(&r, &sb);
+	while (credit == 0) {
+		const msgpack_object *p;
+
+		REQUIRE(fx_raw_next(&r, FX_WAIT_MS) == 1);
+		if ((p = note_params(&r.msg.data, "credit"))) {
+			REQUIREF(results > 0, "a credit came before any result of a full first part");
+			credit = fx_obj_u64(&p->via.array.ptr[1]);
+			REQUIRE(credit > 0);
+		} else {
+			REQUIREF((p = note_params(&r.msg.data, "result")), "not a result or a credit");
+			results += p->via.array.ptr[2].via.array.size;
+		}
+	}
+	pack_feed(&pk, 1, 16, 0, true);
+	send_packed(&r, &sb);
+	for (;;) {
+		const msgpack_object *m;
+
+		REQUIRE(fx_raw_next(&r, FX_WAIT_MS) == 1);
+		m = &r.msg.data;
+		if (note_params(m, "credit") || note_params(m, "result"))
+			continue;
+		REQUIREF(m->via.array.ptr[0].via.u64 == 1 &&
+			 m->via.array.ptr[2].type == MSGPACK_OBJECT_NIL &&
+			 fx_obj_u64(fx_obj_get(&m->via.array.ptr[3], "items")) == 16,
+			 "the stream's response");
+		break;
+	}
+	msgpack_sbuffer_destroy(&sb);
+	fx_raw_close(&r);
+	fx_stop(&fx);
+}
+END_TEST
+
 START_TEST(stream_protocol_errors)
 {
 	struct fx fx;
@@ -2152,7 +2489,11 @@ static Suite *daemon_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, two_clients_at_once);
 	tcase_add_test(tc, max_tasks_per_child);
+	tcase_add_test(tc, sleep_and_spin_errors);
 	tcase_add_test(tc, fairness_apply_during_big_map);
+	tcase_add_test(tc, fairness_batch_never_holds_another_clients_apply);
+	tcase_add_test(tc, fairness_round_robin_across_connections);
+	tcase_add_test(tc, fairness_round_robin_across_uids);
 	tcase_add_test(tc, status_fields);
 	suite_add_tcase(s, tc);
 
@@ -2172,6 +2513,7 @@ static Suite *daemon_suite(void)
 	tc = tcase_create("stream");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, stream_map_with_credit);
+	tcase_add_test(tc, stream_first_part_fills_window);
 	tcase_add_test(tc, stream_protocol_errors);
 	tcase_add_test(tc, cancel_request_own_jobs);
 	suite_add_tcase(s, tc);

@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -1609,6 +1610,176 @@ START_TEST(max_queued_chunks_refuses_maps)
 }
 END_TEST
 
+/* A client of another uid: queues a map of `queue` one-item chunks (0:
+ * none), then asks for one chunk more and must be refused with "limit" and
+ * a message holding `needle`.  Then it tells the test (ready) and keeps its
+ * connection, and so its queued chunks, until the test closes `hold`. */
+struct uid_client {
+	struct fx *fx;
+	uid_t uid;
+	uint32_t queue;
+	const char *needle;
+	int ready[2], hold[2];
+};
+
+static void pack_sleep_map(msgpack_packer *pk, uint64_t msgid, uint32_t n, int64_t ms)
+{
+	fx_req_head(pk, msgid, "map");
+	msgpack_pack_array(pk, 3);
+	fx_pack_str(pk, "builtin.sleep");
+	msgpack_pack_array(pk, n);
+	fx_pack_repeat(pk, ms, n);
+	pack_json(pk, "{\"chunksize\": 1}");
+}
+
+static int queue_as_uid(void *arg)
+{
+	struct uid_client *u = arg;
+	const msgpack_object *err, *res, *msg;
+	struct fx_raw r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	char b;
+
+	close(u->ready[0]);
+	close(u->hold[1]);
+	if (setgroups(0, NULL) < 0 || setgid(u->uid) < 0 || setuid(u->uid) < 0) {
+		fprintf(stderr, "cannot become uid %u: %s\n", (unsigned)u->uid, strerror(errno));
+		return 10;
+	}
+	/* A change of credentials clears it. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	fx_raw_open(u->fx, &r);
+	fx_sbuf_init(&sb, &pk);
+	if (u->queue)
+		pack_sleep_map(&pk, 1, u->queue, 0);
+	pack_sleep_map(&pk, 2, 1, 0);
+	send_sb(&r, &sb);
+	/* The first map waits for the busy worker: the refusal comes first. */
+	fx_raw_response(&r, 2, &err, &res, FX_WAIT_MS);
+	msg = err->type == MSGPACK_OBJECT_MAP ? fx_obj_get(err, "message") : NULL;
+	if (!msg || fx_obj_i64(fx_obj_get(err, "code")) != MPOOL_E_LIMIT ||
+	    !memmem(msg->via.str.ptr, msg->via.str.size, u->needle, strlen(u->needle))) {
+		fprintf(stderr, "uid %u: one chunk past %u was not refused with '%s'%s%.*s\n",
+			(unsigned)u->uid, u->queue, u->needle, msg ? ": " : "",
+			msg ? (int)msg->via.str.size : 0, msg ? msg->via.str.ptr : "");
+		return 11;
+	}
+	if (write(u->ready[1], "r", 1) != 1)
+		return 12;
+	while (read(u->hold[0], &b, 1) > 0)
+		;
+	msgpack_sbuffer_destroy(&sb);
+	fx_raw_close(&r);
+	return 0;
+}
+
+/* status.queue.by_uid: the chunks uid has queued, 0 when it is not listed. */
+static uint64_t queued_by_uid(struct fx *fx, uid_t uid)
+{
+	const msgpack_object *q, *by;
+	mpool_value *v = NULL;
+	uint64_t n = 0;
+
+	REQUIRE(mpool_status(fx->c, &v) == 0);
+	q = fx_obj_get(mpool_value_get(v), "queue");
+	by = q ? fx_obj_get(q, "by_uid") : NULL;
+	REQUIREF(by && by->type == MSGPACK_OBJECT_ARRAY, "status has no queue.by_uid array");
+	for (uint32_t i = 0; i < by->via.array.size; i++)
+		if (fx_obj_u64(fx_obj_get(&by->via.array.ptr[i], "uid")) == uid)
+			n = fx_obj_u64(fx_obj_get(&by->via.array.ptr[i], "chunks"));
+	mpool_value_free(v);
+	return n;
+}
+
+static pid_t uid_client_start(struct fx *fx, struct uid_client *u, uid_t uid, uint32_t queue,
+			      const char *needle)
+{
+	pid_t pid;
+	char b;
+
+	u->fx = fx;
+	u->uid = uid;
+	u->queue = queue;
+	u->needle = needle;
+	REQUIRE(pipe2(u->ready, O_CLOEXEC) == 0 && pipe2(u->hold, O_CLOEXEC) == 0);
+	pid = fx_fork(queue_as_uid, u);
+	close(u->ready[1]);
+	close(u->hold[0]);
+	REQUIREF(read(u->ready[0], &b, 1) == 1, "the uid %u client failed (see its stderr)",
+		 (unsigned)uid);
+	close(u->ready[0]);
+	return pid;
+}
+
+static void uid_client_stop(struct uid_client *u, pid_t pid)
+{
+	close(u->hold[1]);
+	fx_expect_child_ok(pid, FX_WAIT_MS, "a client of another uid");
+}
+
+/* One uid that is no admin may queue its share of --max-queued-chunks and
+ * no more, and no such uid may take the part kept for admins: one user's
+ * huge map no longer makes everyone else's requests fail with "limit". */
+START_TEST(queued_chunks_are_shared_per_uid)
+{
+	static const char *const args[] = {
+		"--workers", "1", "--socket-mode", "0666", "--max-queued-chunks", "100",
+		"--max-queued-chunks-per-uid", "50", "--admin-queued-chunks", "20", NULL };
+	struct uid_client a, b;
+	struct fx fx;
+	struct fx_raw r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	pid_t pa, pb;
+	unsigned one = 1;
+
+	if (geteuid() != 0) {
+		fprintf(stderr, "queued_chunks_are_shared_per_uid: skipped, needs root\n");
+		return;
+	}
+	fx_start(&fx, args);
+	REQUIREF(chmod(fx.dir, 0711) == 0, "chmod %s: %s", fx.dir, strerror(errno));
+	fx_raw_open(&fx, &r);
+	fx_sbuf_init(&sb, &pk);
+	/* Root keeps the only worker busy, so every chunk below stays queued. */
+	pack_req(&pk, 1, "apply", "[\"builtin.sleep\", 10000]");
+	send_sb(&r, &sb);
+	fx_wait_status(&fx, busy_workers, &one, FX_WAIT_MS, "the worker busy", NULL);
+
+	/* 65534 queues its share, 50 chunks; a 51st is refused. */
+	pa = uid_client_start(&fx, &a, 65534, 50, "--max-queued-chunks-per-uid");
+	REQUIRE(fx_status_get(&fx, "totals.chunks_queued") == 50);
+	REQUIRE(fx_status_get(&fx, "queue.max_chunks_per_uid") == 50);
+	REQUIRE(fx_status_get(&fx, "queue.admin_chunks") == 20);
+	REQUIRE(queued_by_uid(&fx, 65534) == 50);
+	/* Another such uid has a share of its own: 30 more pass (80, all that
+	 * is open to them); one more would be the admins' part. */
+	pb = uid_client_start(&fx, &b, 65533, 30, "kept for admins");
+	REQUIRE(fx_status_get(&fx, "totals.chunks_queued") == 80);
+	REQUIRE(queued_by_uid(&fx, 65533) == 30 && queued_by_uid(&fx, 65534) == 50);
+	/* Root, an admin, may fill the rest. */
+	pack_sleep_map(&pk, 2, 20, 0);
+	send_sb(&r, &sb);
+	pack_req(&pk, 3, "ping", "[]");
+	send_sb(&r, &sb);
+	{
+		const msgpack_object *err, *res;
+
+		fx_raw_response(&r, 3, &err, &res, FX_WAIT_MS);
+	}
+	REQUIREF(fx_status_get(&fx, "totals.chunks_queued") == 100,
+		 "root's 30 chunks were refused: %llu queued",
+		 (unsigned long long)fx_status_get(&fx, "totals.chunks_queued"));
+	/* b first: it inherited a's end of a's hold pipe. */
+	uid_client_stop(&b, pb);
+	uid_client_stop(&a, pa);
+	fx_raw_close(&r);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
 /* The limit counts chunks queued by any job: a streamed map's feeds queue
  * chunks too, and may not pile up past it any more than a map's items. */
 START_TEST(max_queued_chunks_bounds_streams)
@@ -2663,6 +2834,7 @@ static Suite *defense_suite(void)
 	tcase_add_test(tc, flood_without_reading);
 	tcase_add_test(tc, max_queued_chunks_refuses_maps);
 	tcase_add_test(tc, max_queued_chunks_bounds_streams);
+	tcase_add_test(tc, queued_chunks_are_shared_per_uid);
 	tcase_add_test(tc, every_limit_is_counted);
 	tcase_add_test(tc, stream_first_part_past_the_window);
 	tcase_add_test(tc, joins_count_against_max_jobs);

@@ -1,11 +1,22 @@
-/* Unit tests of the dispatcher's arithmetic: chunk sizing and the task
- * quota that drives recycling.  The integration suite proves the same rules
- * against a real mpoold; these pin the edge cases down cheaply. */
+/* Unit tests of the dispatcher: its arithmetic (chunk sizing, the task
+ * quota that drives recycling), and the dispatcher itself run alone through
+ * struct disp_ops, with fake clients and fake workers: turns across uids,
+ * connections and jobs, batches, chunks cut to a worker's quota, the
+ * ordering buffer, retries of a lost chunk, cancel and the queued-chunk
+ * shares.  The integration suites prove the same rules against a real
+ * mpoold; these pin them down cheaply and exactly.  Check forks every test,
+ * so each starts with an empty dispatcher. */
 #include <check.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include <mpool/error.h>
+#include "config.h"
 #include "disp.h"
+#include "mp_scan.h"
+#include "wmsg.h"
 
 START_TEST(auto_chunksize_follows_python)
 {
@@ -81,6 +92,471 @@ START_TEST(quota_is_never_exceeded)
 }
 END_TEST
 
+/* ---- fakes -------------------------------------------------------------- */
+
+/* A client: disp.c sees its address as a struct conn *. */
+struct fake_client {
+	uid_t uid;
+	bool backlogged;
+	unsigned applies_done, maps_done, failed, items_out;
+	uint64_t firsts[64];       /* send_chunk's first, in order */
+	unsigned n_firsts;
+	int fail_code;
+	uint64_t credit;           /* granted in all */
+	unsigned owned;            /* chunks whose results came with their buffer */
+	unsigned credits;          /* how many grants */
+};
+
+#define CONN(fc) ((struct conn *)(void *)(fc))
+#define FC(c) ((struct fake_client *)(void *)(c))
+
+struct fake_worker {
+	bool busy;
+	uint64_t quota;            /* 0: none */
+	struct chunk ck;
+};
+
+#define MAX_RUNS 256
+static struct fake_worker fw[4];
+static unsigned n_fw;
+/* Every chunk started: its client, msgid and size, in order. */
+static struct run {
+	struct fake_client *client;
+	uint64_t msgid;
+	uint32_t count;
+	bool batch;
+} runs[MAX_RUNS];
+static unsigned n_runs;
+
+static uint32_t array_len(const uint8_t *b)
+{
+	if ((b[0] & 0xf0) == 0x90)
+		return b[0] & 0x0f;
+	ck_assert_uint_eq(b[0], 0xdc);
+	return (uint32_t)b[1] << 8 | b[2];
+}
+
+static uid_t f_uid(const struct conn *c) { return FC(c)->uid; }
+static pid_t f_pid(const struct conn *c) { (void)c; return 1; }
+static bool f_backlogged(const struct conn *c) { return FC(c)->backlogged; }
+
+static void f_send_chunk(struct conn *c, uint64_t msgid, uint64_t first, const uint8_t *results,
+			 size_t rlen, const uint8_t *errors, size_t elen, uint8_t *owned)
+{
+	struct fake_client *fc = FC(c);
+
+	(void)msgid; (void)rlen; (void)elen;
+	fc->items_out += array_len(results);
+	fc->failed += array_len(errors);
+	if (fc->n_firsts < 64)
+		fc->firsts[fc->n_firsts++] = first;
+	fc->owned += owned != NULL;
+	free(owned);
+}
+
+static void f_send_credit(struct conn *c, uint64_t msgid, uint64_t n)
+{
+	(void)msgid;
+	FC(c)->credit += n;
+	FC(c)->credits++;
+}
+
+static void f_apply_done(struct conn *c, uint64_t msgid, const uint8_t *results, size_t rlen,
+			 const uint8_t *errors, size_t elen, uint32_t n_errors)
+{
+	(void)msgid; (void)results; (void)rlen; (void)errors; (void)elen;
+	FC(c)->applies_done++;
+	FC(c)->failed += n_errors;
+}
+
+static void f_map_done(struct conn *c, uint64_t msgid, uint64_t items, uint64_t failed)
+{
+	(void)msgid; (void)items; (void)failed;
+	FC(c)->maps_done++;
+}
+
+static void f_job_failed(struct conn *c, uint64_t msgid, int code, const char *msg)
+{
+	(void)msgid; (void)msg;
+	FC(c)->fail_code = code;
+}
+
+static void f_job_ended(struct conn *c, struct job *job) { (void)c; (void)job; }
+
+static struct worker *f_idle(void)
+{
+	for (unsigned i = 0; i < n_fw; i++)
+		if (!fw[i].busy)
+			return (struct worker *)(void *)&fw[i];
+	return NULL;
+}
+
+static uint64_t f_quota_left(const struct worker *w)
+{
+	const struct fake_worker *f = (const void *)w;
+
+	return f->quota ? f->quota : UINT64_MAX;
+}
+
+static void f_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len)
+{
+	struct fake_worker *f = (void *)w;
+
+	(void)fn; (void)fn_len;
+	ck_assert(!f->busy);
+	f->busy = true;
+	f->ck = *ck;
+	ck_assert_uint_lt(n_runs, MAX_RUNS);
+	runs[n_runs++] = (struct run){ FC(disp_job_conn(ck->job)), disp_job_msgid(ck->job),
+				       ck->count, ck->batch != NULL };
+}
+
+static void f_kill_job(const struct job *job) { (void)job; }
+static void f_nothing(void) { }
+
+static const struct disp_ops fake_ops = {
+	.uid = f_uid, .pid = f_pid, .backlogged = f_backlogged, .send_chunk = f_send_chunk,
+	.send_credit = f_send_credit, .apply_done = f_apply_done, .map_done = f_map_done,
+	.job_failed = f_job_failed, .job_ended = f_job_ended, .idle = f_idle,
+	.quota_left = f_quota_left, .run = f_run, .kill_job = f_kill_job,
+	.changed = f_nothing, .job_gone = f_nothing,
+};
+
+static void setup(unsigned workers)
+{
+	n_fw = workers;
+	cfg.workers = workers ? workers : 1;
+	disp_init(&fake_ops);
+}
+
+/* A map of n integers (an apply when !is_map: n is 1) from fc. */
+static struct job *submit_spec(struct fake_client *fc, uint64_t msgid, bool is_map, uint32_t n,
+			       uint32_t chunksize, uint32_t retries, bool stream)
+{
+	struct job_spec spec = { .is_map = is_map, .ordered = true, .msgid = msgid,
+				 .chunksize = chunksize, .retries = retries, .fn = "f", .fn_len = 1,
+				 .n_items = n, .stream = stream };
+	uint8_t buf[4096];
+	struct mp_cur c;
+
+	ck_assert_uint_lt(n, sizeof(buf));
+	memset(buf, 0x07, n);               /* n positive fixints */
+	mp_cur_init(&c, buf, n);
+	ck_assert_int_eq(disp_walk_items(&c, n, &spec.items, &spec.items_len, &spec.marks), 0);
+	return disp_submit(CONN(fc), &spec);
+}
+
+static struct job *submit(struct fake_client *fc, uint64_t msgid, bool is_map, uint32_t n,
+			  uint32_t chunksize, uint32_t retries)
+{
+	return submit_spec(fc, msgid, is_map, n, chunksize, retries, false);
+}
+
+/* Worker i reports its whole chunk done: every item 0, no error. */
+static void finish(unsigned i)
+{
+	static uint8_t results[4096], errors[1] = { 0x90 };
+	struct chunk ck = fw[i].ck;
+	struct wmsg_result res = { .results = results, .n_results = ck.count,
+				   .errors = errors, .errors_len = 1 };
+
+	ck_assert(fw[i].busy);
+	ck_assert_uint_lt(ck.count, 4000);
+	results[0] = 0xdc;
+	results[1] = (uint8_t)(ck.count >> 8);
+	results[2] = (uint8_t)ck.count;
+	memset(results + 3, 0, ck.count);
+	res.results_len = 3 + ck.count;
+	fw[i].busy = false;
+	disp_chunk_done(&ck, &res, NULL);
+}
+
+/* ---- turns ----------------------------------------------------------------- */
+
+/* One connection with three maps, another with one: the second has every
+ * other turn, and the first's turns go round its maps. */
+START_TEST(turns_across_connections_then_jobs)
+{
+	struct fake_client a = { .uid = 1 }, b = { .uid = 1 };
+	unsigned b_runs = 0, last_b = 0;
+	uint64_t next_a = 1;
+
+	setup(1);
+	/* All queued before the worker is free, so the turns start afresh. */
+	fw[0].busy = true;
+	for (uint64_t m = 1; m <= 3; m++)
+		submit(&a, m, true, 8, 1, 0);
+	submit(&b, 1, true, 4, 1, 0);
+	fw[0].busy = false;
+	disp_schedule();
+	while (n_runs < 28)
+		finish(0);
+	for (unsigned i = 0; i < n_runs; i++) {
+		if (runs[i].client == &b) {
+			b_runs++;
+			last_b = i;
+			continue;
+		}
+		/* a's turns: map 1, 2, 3, 1, ... */
+		ck_assert_uint_eq(runs[i].msgid, next_a);
+		next_a = next_a % 3 + 1;
+	}
+	ck_assert_uint_eq(b_runs, 4);
+	/* b every other run: 1, 3, 5, 7. */
+	ck_assert_uint_eq(last_b, 7);
+	ck_assert_uint_eq(b.maps_done, 1);
+}
+END_TEST
+
+/* uid 1 on two connections and uid 2 on one: uid 2 has every other turn. */
+START_TEST(turns_across_uids_first)
+{
+	struct fake_client a1 = { .uid = 1 }, a2 = { .uid = 1 }, b = { .uid = 2 };
+	unsigned b_runs = 0;
+
+	setup(1);
+	submit(&a1, 1, true, 8, 1, 0);
+	submit(&a2, 1, true, 8, 1, 0);
+	submit(&b, 1, true, 8, 1, 0);
+	for (unsigned i = 1; i <= 16; i++) {
+		finish(0);
+		b_runs += runs[n_runs - 1].client == &b;
+		ck_assert_uint_ge(b_runs, i / 2);
+	}
+	ck_assert_uint_eq(b_runs, 8);
+}
+END_TEST
+
+/* A backlogged client's work waits; the others' goes on. */
+START_TEST(backlogged_client_waits)
+{
+	struct fake_client a = { .uid = 1, .backlogged = true }, b = { .uid = 2 };
+
+	setup(1);
+	submit(&a, 1, true, 4, 1, 0);
+	ck_assert_uint_eq(n_runs, 0);
+	submit(&b, 1, true, 2, 1, 0);
+	finish(0);
+	finish(0);
+	ck_assert(!fw[0].busy);
+	for (unsigned i = 0; i < n_runs; i++)
+		ck_assert_ptr_eq(runs[i].client, &b);
+	a.backlogged = false;
+	disp_schedule();
+	ck_assert_ptr_eq(runs[n_runs - 1].client, &a);
+}
+END_TEST
+
+/* ---- batches ----------------------------------------------------------------- */
+
+/* While another client waits, no batch forms: the clients take turns, one
+ * apply each, and the batch comes once the other client is served.  (A
+ * client that comes later joins the back of the turns, behind one that had
+ * its turn already: b waits for one apply of a's, not for a's backlog.) */
+START_TEST(batch_never_holds_another_clients_apply)
+{
+	struct fake_client a = { .uid = 1 }, b = { .uid = 1 };
+
+	setup(2);
+	submit(&a, 1, false, 1, 0, 0);
+	submit(&a, 2, false, 1, 0, 0);
+	for (uint64_t m = 3; m < 23; m++)
+		submit(&a, m, false, 1, 0, 0);
+	submit(&b, 1, false, 1, 0, 0);
+	ck_assert_uint_eq(n_runs, 2);
+	finish(0);
+	ck_assert_ptr_eq(runs[2].client, &a);
+	ck_assert(!runs[2].batch);
+	finish(1);
+	ck_assert_ptr_eq(runs[3].client, &b);
+	ck_assert(!runs[3].batch);
+	/* b answered; a alone now: a batch, Python's share of a's 19. */
+	finish(1);
+	ck_assert_uint_eq(b.applies_done, 1);
+	ck_assert_ptr_eq(runs[4].client, &a);
+	ck_assert(runs[4].batch);
+	ck_assert_uint_eq(runs[4].count, 3);        /* ceil(19 / (4 * 2)) */
+	while (a.applies_done < 22) {
+		for (unsigned i = 0; i < 2; i++)
+			if (fw[i].busy)
+				finish(i);
+	}
+	ck_assert_uint_eq(disp_active(), 0);
+}
+END_TEST
+
+/* ---- chunks ------------------------------------------------------------------ */
+
+START_TEST(chunk_cut_to_quota)
+{
+	struct fake_client a = { .uid = 1 };
+
+	setup(1);
+	fw[0].quota = 3;
+	submit(&a, 1, true, 10, 5, 0);
+	ck_assert_uint_eq(runs[0].count, 3);
+	fw[0].quota = 0;
+	finish(0);
+	ck_assert_uint_eq(runs[1].count, 5);
+	finish(0);
+	ck_assert_uint_eq(runs[2].count, 2);
+	finish(0);
+	ck_assert_uint_eq(a.items_out, 10);
+	ck_assert_uint_eq(a.maps_done, 1);
+}
+END_TEST
+
+/* Ordered: a chunk that ends before the ones ahead of it waits for them. */
+START_TEST(ordering_buffer)
+{
+	struct fake_client a = { .uid = 1 };
+
+	setup(2);
+	submit(&a, 1, true, 4, 2, 0);
+	ck_assert_uint_eq(n_runs, 2);
+	finish(1);                                 /* items 2, 3 */
+	ck_assert_uint_eq(a.n_firsts, 0);
+	finish(0);                                 /* items 0, 1: both go */
+	ck_assert_uint_eq(a.n_firsts, 2);
+	ck_assert_uint_eq(a.firsts[0], 0);
+	ck_assert_uint_eq(a.firsts[1], 2);
+	ck_assert_uint_eq(a.maps_done, 1);
+}
+END_TEST
+
+/* A lost chunk reruns while retries last, then its items fail. */
+START_TEST(lost_chunk_retries_then_fails)
+{
+	struct fake_client a = { .uid = 1 };
+	struct chunk ck;
+
+	setup(1);
+	submit(&a, 1, true, 3, 3, 1);
+	ck = fw[0].ck;
+	fw[0].busy = false;
+	disp_chunk_lost(&ck, MPOOL_E_WORKER, "worker 1 killed by SIGKILL");
+	ck_assert_uint_eq(n_runs, 2);
+	ck_assert_uint_eq(fw[0].ck.attempt, 1);
+	ck_assert_uint_eq(fw[0].ck.count, 3);
+	ck = fw[0].ck;
+	fw[0].busy = false;
+	disp_chunk_lost(&ck, MPOOL_E_WORKER, "worker 2 killed by SIGKILL");
+	ck_assert_uint_eq(n_runs, 2);
+	ck_assert_uint_eq(a.failed, 3);
+	ck_assert_uint_eq(a.maps_done, 1);
+}
+END_TEST
+
+/* Cancel answers at once; the running chunk's results are dropped. */
+START_TEST(cancel_drops_running_results)
+{
+	struct fake_client a = { .uid = 1 };
+	struct job *job;
+
+	setup(1);
+	job = submit(&a, 1, true, 6, 2, 0);
+	disp_cancel(job, MPOOL_E_CANCELLED, "cancelled by its client");
+	ck_assert_int_eq(a.fail_code, MPOOL_E_CANCELLED);
+	ck_assert_uint_eq(disp_active(), 1);        /* its chunk still runs */
+	finish(0);
+	ck_assert_uint_eq(a.items_out, 0);
+	ck_assert_uint_eq(n_runs, 1);
+	ck_assert_uint_eq(disp_active(), 0);
+}
+END_TEST
+
+/* Stream credit: room up to the window at once; a first part that fills
+ * the window gets its first credit as its results go out. */
+START_TEST(stream_credit)
+{
+	struct fake_client a = { .uid = 1 }, b = { .uid = 1 };
+
+	setup(1);
+	cfg.stream_window = 16;
+	submit_spec(&a, 1, true, 4, 4, 0, true);
+	ck_assert_uint_eq(a.credits, 1);
+	ck_assert_uint_eq(a.credit, 16 - 4);       /* the first part counts in the window */
+	fw[0].busy = true;
+	submit_spec(&b, 1, true, 16, 4, 0, true);
+	ck_assert_uint_eq(b.credits, 0);
+	fw[0].busy = false;
+	disp_schedule();
+	while (b.credits == 0 && n_runs < 16)
+		finish(0);
+	ck_assert_uint_gt(b.credits, 0);
+	ck_assert_uint_gt(b.items_out, 0);
+}
+END_TEST
+
+static unsigned takes;
+
+static uint8_t *take_copy(void *ctx, const uint8_t *p, size_t len)
+{
+	ck_assert_ptr_eq(ctx, &takes);
+	takes++;
+	return memcpy(malloc(len), p, len);
+}
+
+/* Large results are adopted through the buffer the caller names, small
+ * ones copied; no global hands buffers around. */
+START_TEST(large_results_adopted_through_their_buffer)
+{
+	struct fake_client a = { .uid = 1 };
+	struct disp_results_buf buf = { take_copy, &takes };
+	size_t big = DISP_ADOPT_MIN + 16;
+	uint8_t *results = calloc(1, big + 6), errors[1] = { 0x90 };
+	struct wmsg_result res = { .results = results, .results_len = big + 6, .n_results = 1,
+				   .errors = errors, .errors_len = 1 };
+	struct chunk ck;
+
+	setup(1);
+	submit(&a, 1, true, 2, 1, 0);
+	results[0] = 0x91;                         /* [bin32 of big bytes] */
+	results[1] = 0xc6;
+	results[2] = (uint8_t)(big >> 24);
+	results[3] = (uint8_t)(big >> 16);
+	results[4] = (uint8_t)(big >> 8);
+	results[5] = (uint8_t)big;
+	ck = fw[0].ck;
+	fw[0].busy = false;
+	disp_chunk_done(&ck, &res, &buf);
+	ck_assert_uint_eq(takes, 1);
+	ck_assert_uint_eq(a.owned, 1);
+	ck = fw[0].ck;
+	fw[0].busy = false;
+	res.results_len = 2;
+	results[1] = 0x00;
+	disp_chunk_done(&ck, &res, &buf);
+	ck_assert_uint_eq(takes, 1);
+	ck_assert_uint_eq(a.items_out, 2);
+	free(results);
+}
+END_TEST
+
+/* ---- the queued-chunk limit ----------------------------------------------------- */
+
+START_TEST(queued_chunks_share_per_uid)
+{
+	struct fake_client a = { .uid = 5 };
+	char why[256];
+
+	setup(0);
+	cfg.max_queued_chunks = 100;
+	cfg.max_queued_chunks_per_uid = 50;
+	cfg.admin_queued_chunks = 20;
+	submit(&a, 1, true, 50, 1, 0);
+	ck_assert_uint_eq(disp_chunks_queued(), 50);
+	ck_assert_int_eq(disp_queue_check(5, false, 1, why, sizeof(why)), -ENOSPC);
+	ck_assert(strstr(why, "--max-queued-chunks-per-uid"));
+	ck_assert_int_eq(disp_queue_check(6, false, 30, why, sizeof(why)), 0);
+	ck_assert_int_eq(disp_queue_check(6, false, 31, why, sizeof(why)), -ENOSPC);
+	ck_assert(strstr(why, "kept for admins"));
+	ck_assert_int_eq(disp_queue_check(0, true, 50, why, sizeof(why)), 0);
+	ck_assert_int_eq(disp_queue_check(0, true, 51, why, sizeof(why)), -ENOSPC);
+	ck_assert(strstr(why, "--max-queued-chunks;"));
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("disp");
@@ -92,6 +568,19 @@ int main(void)
 	tcase_add_test(tc, auto_chunksize_is_capped);
 	tcase_add_test(tc, take_is_bounded_by_items_and_quota);
 	tcase_add_test(tc, quota_is_never_exceeded);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("alone");
+	tcase_add_test(tc, turns_across_connections_then_jobs);
+	tcase_add_test(tc, turns_across_uids_first);
+	tcase_add_test(tc, backlogged_client_waits);
+	tcase_add_test(tc, batch_never_holds_another_clients_apply);
+	tcase_add_test(tc, chunk_cut_to_quota);
+	tcase_add_test(tc, ordering_buffer);
+	tcase_add_test(tc, lost_chunk_retries_then_fails);
+	tcase_add_test(tc, cancel_drops_running_results);
+	tcase_add_test(tc, stream_credit);
+	tcase_add_test(tc, large_results_adopted_through_their_buffer);
+	tcase_add_test(tc, queued_chunks_share_per_uid);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

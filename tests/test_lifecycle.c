@@ -552,6 +552,42 @@ START_TEST(batched_applies_survive_a_crash_among_them)
 }
 END_TEST
 
+/* kill_worker: the item it ran fails with worker_died, and the message
+ * names the signal, as the error table says. */
+START_TEST(kill_worker_names_the_signal)
+{
+	const char *args[] = { "--module", testmod(), NULL };
+	const msgpack_object *o;
+	struct ffx_status st;
+	pid_t busy = 0;
+	mpool_async *a;
+	msgpack_sbuffer sb;
+	struct fx fx;
+	mpool *admin;
+	int r;
+
+	fx_start(&fx, args);
+	msgpack_sbuffer_init(&sb);
+	pack_mixed(&sb, 20000, NULL);
+	REQUIRE(mpool_apply_async(fx.c, "testmod.mixed", sb.data, sb.size, NULL, NULL, NULL, NULL,
+				  &a) == 0);
+	ffx_wait(&fx, one_busy, NULL, WAIT_MS, "the worker busy", &st);
+	for (unsigned i = 0; i < st.n_workers; i++)
+		if (strcmp(st.workers[i].state, "busy") == 0)
+			busy = st.workers[i].pid;
+	admin = fx_connect(&fx);
+	r = mpool_kill_worker(admin, busy);
+	REQUIREF(r == 0, "kill_worker: %d (%s)", r, mpool_errmsg(admin));
+	r = mpool_async_get(a, 20000, &o);
+	REQUIREF(r == -MPOOL_E_WORKER && strstr(mpool_async_errmsg(a), "SIGKILL"),
+		 "the killed worker's apply: %d (%s)", r, mpool_async_errmsg(a));
+	mpool_async_free(a);
+	mpool_close(admin);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
 /* ==== 3. an item that always crashes: retried up to the cap, then failed ===== */
 
 START_TEST(crashing_item_exhausts_its_retries)
@@ -675,6 +711,31 @@ START_TEST(daemon_wide_task_timeout)
 	r = ffx_apply_int(fx.c, "testmod.sleep", 5, 0, &v);
 	REQUIREF(r == 0, "a short sleep under --task-timeout 200: %d (%s)", r, mpool_errmsg(fx.c));
 	mpool_value_free(v);
+	/* timeout_ms 0, given, is no deadline at all: not the daemon's. */
+	{
+		const msgpack_object *err, *res;
+		struct fx_raw raw;
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+
+		fx_raw_open(&fx, &raw);
+		fx_sbuf_init(&sb, &pk);
+		fx_req_head(&pk, 1, "apply");
+		msgpack_pack_array(&pk, 3);
+		fx_pack_str(&pk, "testmod.sleep");
+		msgpack_pack_uint32(&pk, 500);
+		msgpack_pack_map(&pk, 1);
+		fx_pack_str(&pk, "timeout_ms");
+		msgpack_pack_uint32(&pk, 0);
+		REQUIRE(fx_raw_send(&raw, sb.data, sb.size) == 0);
+		fx_raw_response(&raw, 1, &err, &res, WAIT_MS);
+		REQUIREF(err->type == MSGPACK_OBJECT_NIL && fx_obj_u64(res) == 500,
+			 "sleep 500 with timeout_ms 0 under --task-timeout 200 failed (code %lld)",
+			 err->type == MSGPACK_OBJECT_MAP
+			 ? (long long)fx_obj_i64(fx_obj_get(err, "code")) : 0ll);
+		msgpack_sbuffer_destroy(&sb);
+		fx_raw_close(&raw);
+	}
 	ffx_wait(&fx, pool_full_idle2, NULL, WAIT_MS, "the pool full", &st);
 	REQUIREF(st.tasks_timed_out == 1, "tasks_timed_out %llu", (unsigned long long)st.tasks_timed_out);
 	fx_stop(&fx);
@@ -1454,6 +1515,64 @@ START_TEST(recycle_by_rss)
 }
 END_TEST
 
+struct grown {
+	uint64_t ok, failed;
+	int code;
+	char msg[256];
+};
+
+static void grow_chunk(void *ud, uint64_t first, const msgpack_object *res,
+		       const struct mpool_item_error *errs, size_t n_errs)
+{
+	struct grown *g = ud;
+
+	(void)first;
+	g->ok += res->via.array.size - n_errs;
+	g->failed += n_errs;
+	if (n_errs && !g->msg[0]) {
+		g->code = errs[0].code;
+		snprintf(g->msg, sizeof(g->msg), "%s", errs[0].message);
+	}
+}
+
+/* One chunk of 400 items that each keep 1 MiB, under a 32 MiB limit: the
+ * worker is checked at the parts it reports while the chunk runs, and is
+ * killed long before the chunk ends (it used to reach 400 MiB); the items
+ * it did not answer fail with "limit", saying why. */
+START_TEST(rss_is_checked_within_a_chunk)
+{
+	enum { N = 400 };
+	const char *args[] = { "--module", testmod(), "--workers", "1", "--max-rss-per-child", "32",
+			       NULL };
+	struct mpool_map_opts opts = MPOOL_MAP_OPTS(.chunksize = N);
+	struct mpool_map_summary sum;
+	struct grown g = { 0 };
+	struct ffx_status st;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	struct fx fx;
+	int r;
+
+	fx_start(&fx, args);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_repeat(&pk, 1, N);
+	r = mpool_map(fx.c, "testmod.grow", sb.data, sb.size, N, &opts, grow_chunk, &g, &sum);
+	REQUIREF(r == 0, "map: %d (%s)", r, mpool_errmsg(fx.c));
+	fprintf(stderr, "rss_is_checked_within_a_chunk: %llu items ran, %llu failed: %s\n",
+		(unsigned long long)g.ok, (unsigned long long)g.failed, g.msg);
+	REQUIRE(g.ok + g.failed == N && sum.failed == g.failed);
+	REQUIREF(g.failed >= N / 2, "the worker ran %llu MiB of items under a 32 MiB limit",
+		 (unsigned long long)g.ok);
+	REQUIREF(g.code == -MPOOL_E_LIMIT && strstr(g.msg, "--max-rss-per-child 32 MiB"),
+		 "the items not done failed with code %d: %s", g.code, g.msg);
+	ffx_status(&fx, NULL, &st);
+	REQUIREF(st.by_rss == 1 && st.workers_died == 0, "recycled_by.rss %llu, workers_died %llu",
+		 (unsigned long long)st.by_rss, (unsigned long long)st.workers_died);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&fx);
+}
+END_TEST
+
 static bool lifetime_recycled(const struct ffx_status *st, void *arg)
 {
 	return st->by_lifetime >= 2 && all_new(st, arg);
@@ -1713,6 +1832,7 @@ static Suite *lifecycle_suite(void)
 	tcase_add_loop_test(tc, sigkill_during_sleep_map, 0, 2);                 /* retries 0, 1 */
 	tcase_add_test(tc, apply_worker_deaths_are_named);
 	tcase_add_test(tc, batched_applies_survive_a_crash_among_them);
+	tcase_add_test(tc, kill_worker_names_the_signal);
 	tcase_add_test(tc, crashing_item_exhausts_its_retries);
 	suite_add_tcase(s, tc);
 
@@ -1741,6 +1861,7 @@ static Suite *lifecycle_suite(void)
 	tcase_add_test(tc, recycle_by_tasks_with_jitter);
 	tcase_add_test(tc, recycle_every_task_overlaps_within_bound);
 	tcase_add_test(tc, recycle_by_rss);
+	tcase_add_test(tc, rss_is_checked_within_a_chunk);
 	tcase_add_test(tc, recycle_by_lifetime);
 	suite_add_tcase(s, tc);
 
