@@ -113,6 +113,21 @@ static void status_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* READY=1 goes out with the STATUS= of that moment, in one message, so
+ * "systemctl status" never shows a line older than the readiness (the
+ * rate-limited timer could be up to STATUS_INTERVAL_MS late). */
+void master_ready(void)
+{
+	char line[sizeof(status_sent)];
+
+	if (!notify_enabled())
+		return;
+	summary_line(line, sizeof(line), NULL);
+	memcpy(status_sent, line, sizeof(line));
+	notify_ready(line);
+}
+
+
 /* From the loop, so a master stuck anywhere stops the pings and systemd
  * restarts it (WatchdogSec=).  The tick also refreshes STATUS=, in case a
  * change reached no master_status_changed() call. */
@@ -208,12 +223,15 @@ void master_reload(const char *why)
 	pool_reload();
 }
 
-void master_reload_done(void)
+void master_reload_done(unsigned old_left)
 {
-	log_info("reload complete: every worker is new");
+	if (old_left)
+		log_info("reload complete: new work goes to new workers; %u old worker(s) "
+			 "finish their chunks in the background", old_left);
+	else
+		log_info("reload complete: every worker is new");
 	reloading = false;
-	notify_ready();
-	master_status_changed();
+	master_ready();
 }
 
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
