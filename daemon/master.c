@@ -127,7 +127,6 @@ void master_ready(void)
 	notify_ready(line);
 }
 
-
 /* From the loop, so a master stuck anywhere stops the pings and systemd
  * restarts it (WatchdogSec=).  The tick also refreshes STATUS=, in case a
  * change reached no master_status_changed() call. */
@@ -343,6 +342,12 @@ int master_run(void)
 	if (ev_status)
 		event_free(ev_status);
 	event_base_free(base);
-	log_info("exited (%s)", timed_out ? "drain timed out" : "clean");
-	return timed_out ? 1 : 0;
+	/* A stop that was asked for happened: the timeout is worth a warning
+	 * and a status of its own (MASTER_EXIT_DRAIN_TIMEOUT), not a failure. */
+	if (timed_out) {
+		log_warn("exited: the drain timed out and open work was terminated");
+		return MASTER_EXIT_DRAIN_TIMEOUT;
+	}
+	log_info("exited (clean)");
+	return 0;
 }

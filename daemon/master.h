@@ -9,6 +9,11 @@
 
 enum master_state { MASTER_RUNNING, MASTER_DRAINING, MASTER_TERMINATING };
 
+/* Runs the loop until mpoold exits; returns its exit status: 0 clean, 1 a
+ * failure, MASTER_EXIT_DRAIN_TIMEOUT when a drain (a stop that was asked
+ * for) ran out of --drain-timeout and terminated what was left.
+ * mpoold.service lists it in SuccessExitStatus=. */
+#define MASTER_EXIT_DRAIN_TIMEOUT 3
 int master_run(void);
 
 /* Every signal whose disposition master_run() changes (libevent handlers,
