@@ -148,8 +148,11 @@ static void econn_read(struct econn *c, const char *msg, uint64_t now)
 	}
 }
 
-static void accept_all(int lfd, struct econn *conns, const struct mp_frame_limits *lim,
-		       const char *msg, uint64_t now)
+/* Accepts every waiting connection.  Returns 0, or -errno when accepting
+ * failed for a reason other than an empty queue (out of descriptors, say):
+ * the caller then waits a little before it tries again. */
+static int accept_all(int lfd, struct econn *conns, const struct mp_frame_limits *lim,
+		      const char *msg, uint64_t now)
 {
 	for (;;) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -158,7 +161,7 @@ static void accept_all(int lfd, struct econn *conns, const struct mp_frame_limit
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
-			return;         /* EAGAIN: none left; EMFILE and such: later */
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
 		}
 		for (unsigned i = 0; i < MAX_CONNS && !c; i++)
 			if (conns[i].fd < 0)
@@ -169,8 +172,11 @@ static void accept_all(int lfd, struct econn *conns, const struct mp_frame_limit
 
 			mp_frame_init(&tmp.in, lim);
 			msgpack_sbuffer_init(&tmp.out);
-			if (notify_error(&tmp, msg) == 0)
-				(void)!send(fd, tmp.out.data, tmp.out.size, MSG_NOSIGNAL | MSG_DONTWAIT);
+			/* One try: a client that cannot take a few hundred bytes
+			 * now sees the connection closed, an error too. */
+			if (notify_error(&tmp, msg) == 0 &&
+			    send(fd, tmp.out.data, tmp.out.size, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+				log_debug("a client past %d connections: %s", MAX_CONNS, strerror(errno));
 			econn_close(&tmp);
 			continue;
 		}
@@ -190,7 +196,7 @@ int cfgerr_serve(int listen_fd, const char *why)
 	struct sigaction sa = { .sa_handler = on_stop };
 	struct pollfd pfd[MAX_CONNS + 1];
 	struct econn *at[MAX_CONNS + 1];
-	uint64_t last_ms = mono_ms();
+	uint64_t last_ms = mono_ms(), accept_after = 0;
 	char msg[700], status[700];
 
 	snprintf(msg, sizeof(msg), "mpoold cannot start: %s; fix that and restart mpoold "
@@ -238,8 +244,10 @@ int cfgerr_serve(int listen_fd, const char *why)
 			timeout = (int)(CFGERR_LINGER_MS - (now - last_ms));
 		if (live > 0)
 			timeout = 250;  /* to look at idle connections again */
-		pfd[n] = (struct pollfd){ listen_fd, POLLIN, 0 };
+		pfd[n] = (struct pollfd){ listen_fd, now >= accept_after ? POLLIN : 0, 0 };
 		at[n] = NULL;
+		if (now < accept_after && timeout > (int)(accept_after - now))
+			timeout = (int)(accept_after - now);
 		r = poll(pfd, n + 1, timeout);
 		if (r < 0 && errno != EINTR) {
 			log_err("poll: %s", strerror(errno));
@@ -257,7 +265,12 @@ int cfgerr_serve(int listen_fd, const char *why)
 				econn_flush(at[i]);
 		}
 		if (pfd[n].revents & POLLIN) {
-			accept_all(listen_fd, conns, &lim, msg, now);
+			r = accept_all(listen_fd, conns, &lim, msg, now);
+			if (r < 0) {
+				/* The socket stays readable: do not spin on it. */
+				log_warn("cannot accept a client: %s", strerror(-r));
+				accept_after = now + 100;
+			}
 			last_ms = now;
 		}
 	}
