@@ -1,14 +1,21 @@
 /* test_systemd: mpoold as a systemd service, without systemd as PID 1.
  *
- * - config: mpoold.conf errors name the file and the line; the command line
+ * - config: mpoold.conf errors name the file and the line (under journald
+ *   without a doubled "mpoold: " prefix); the command line
  *   wins over the file; the sample config documents every key with its
  *   default (compared with mpoold --print-config).
  * - notify: a test that owns a NOTIFY_SOCKET datagram socket sees READY=1,
  *   STATUS=, WATCHDOG=1 (with WATCHDOG_USEC), RELOADING=1 + MONOTONIC_USEC
  *   and READY=1 around a SIGHUP, and STOPPING=1, in that order, each from
- *   the master's pid (SCM_CREDENTIALS), STATUS= rate-limited.
+ *   the master's pid (SCM_CREDENTIALS), STATUS= rate-limited; READY=1 with a
+ *   fresh STATUS= in its datagram; a reload's READY=1 while a long task
+ *   still runs on an old worker; a drain that times out exits 3 with a
+ *   warning.
  * - activation: mpoold under systemd-socket-activate serves a map and leaves
- *   the socket file alone; a passed socket of the wrong kind is refused.
+ *   the socket file alone; a passed socket of the wrong kind is refused; a
+ *   config error or a module that does not load is told to every client
+ *   (file:line, or the module) and in STATUS=, then mpoold exits 2 and the
+ *   socket stays.
  * - listen: a socket mpoold binds itself: stale file replaced, live daemon
  *   refused, regular files and symlinks never removed, long paths and
  *   unwritable directories reported clearly, mode and group applied.
@@ -1176,20 +1183,18 @@ END_TEST
  * no client is left, keeping the socket: exiting at once left the client
  * queued, so systemd started mpoold again and again until the start limit
  * failed mpoold.socket. */
-START_TEST(activation_config_error_answers_clients)
+static void activated_error(const char *const *args, const char *want)
 {
 	const char *ssa = tool("systemd-socket-activate", "systemd");
 	const char *sock = path_in("act.sock"), *log = path_in("mpoold.log");
-	const char *conf = path_in("bad.conf");
 	struct notes *ns = calloc(1, sizeof(*ns));
-	char asan[512], ubsan[512], notify[256], want[512], how[64], *argv[16], *text;
+	char asan[512], ubsan[512], notify[256], how[64], *argv[24], *text;
 	struct spawn_opts o = { .out = log };
 	struct stat st;
 	int k = 0, status;
 	pid_t pid;
 
 	ck_assert(ns);
-	write_file(conf, "workers = 2\nno-such-key = 1\n");
 	notes_open(ns, path_in("notify.sock"));
 	snprintf(notify, sizeof(notify), "NOTIFY_SOCKET=%s", path_in("notify.sock"));
 	argv[k++] = (char *)ssa;
@@ -1206,15 +1211,14 @@ START_TEST(activation_config_error_answers_clients)
 		argv[k++] = ubsan;
 	}
 	argv[k++] = (char *)mpoold();
-	argv[k++] = "--config";
-	argv[k++] = (char *)conf;
+	for (; *args && k < 23; args++)
+		argv[k++] = (char *)*args;
 	argv[k] = NULL;
 	pid = spawn(argv, &o);
 	for (int64_t end = now_ms() + WAIT_MS; stat(sock, &st) < 0;) {
 		ck_assert_msg(now_ms() < end, "systemd-socket-activate did not create %s", sock);
 		tick();
 	}
-	snprintf(want, sizeof(want), "%s:2: unknown key 'no-such-key'", conf);
 	/* The first client starts mpoold; each is told why it cannot serve. */
 	for (int i = 0; i < 3; i++) {
 		mpool *c;
@@ -1237,6 +1241,30 @@ START_TEST(activation_config_error_answers_clients)
 	ck_assert_msg(lstat(sock, &st) == 0 && S_ISSOCK(st.st_mode),
 		      "mpoold removed the socket systemd passed");
 	free(ns);
+}
+
+START_TEST(activation_config_error_answers_clients)
+{
+	const char *conf = path_in("bad.conf");
+	const char *const args[] = { "--config", conf, NULL };
+	char want[512];
+
+	write_file(conf, "workers = 2\nno-such-key = 1\n");
+	snprintf(want, sizeof(want), "%s:2: unknown key 'no-such-key'", conf);
+	activated_error(args, want);
+}
+END_TEST
+
+/* A module of the config that does not load cannot be fixed by a restart
+ * either: the same answer, naming the module. */
+START_TEST(activation_bad_module_answers_clients)
+{
+	const char *mod = path_in("no-such-module.so");
+	const char *const args[] = { "--config", "/dev/null", "-w", "1", "--module", mod, NULL };
+	char want[512];
+
+	snprintf(want, sizeof(want), "module %s: cannot load", mod);
+	activated_error(args, want);
 }
 END_TEST
 
@@ -1611,6 +1639,7 @@ static Suite *systemd_suite(void)
 	tcase_add_test(tc, activation_serves_a_map);
 	tcase_add_test(tc, activation_refuses_a_datagram_socket);
 	tcase_add_test(tc, activation_config_error_answers_clients);
+	tcase_add_test(tc, activation_bad_module_answers_clients);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("listen");
