@@ -226,7 +226,7 @@ void master_reload_done(unsigned old_left)
 {
 	if (old_left)
 		log_info("reload complete: new work goes to new workers; %u old worker(s) "
-			 "finish their chunks in the background", old_left);
+			 "still leaving, after their current chunk if they have one", old_left);
 	else
 		log_info("reload complete: every worker is new");
 	reloading = false;

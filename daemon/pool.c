@@ -379,7 +379,7 @@ static void check_reload_done(void)
 	}
 	if (old_pending && old_workers() == 0) {
 		old_pending = false;
-		log_debug("reload: the last old worker has left");
+		log_info("reload: the last old worker has left");
 	}
 }
 
