@@ -10,6 +10,8 @@
 
 static int max_level = LOG_INFO;
 static int journal;
+/* The text of the last error logged, without prefix (log_last_error). */
+static char last_error[512];
 
 /* JOURNAL_STREAM is "device:inode" of the stream journald gave us; it only
  * counts if stderr is still that stream (not redirected since). */
@@ -55,11 +57,18 @@ void log_startup_err(const char *fmt, ...)
 	va_list ap;
 	int n;
 
-	n = snprintf(line, sizeof(line), "%smpoold: ", journal ? "<3>" : "");
+	/* The journal names the program already ("mpoold[42]: ..."). */
+	n = snprintf(line, sizeof(line), "%s", journal ? "<3>" : "mpoold: ");
 	va_start(ap, fmt);
 	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
 	va_end(ap);
+	snprintf(last_error, sizeof(last_error), "%s", line + n);
 	write_line(line, sizeof(line));
+}
+
+const char *log_last_error(void)
+{
+	return last_error;
 }
 
 void log_msg(int prio, const char *fmt, ...)
@@ -87,5 +96,7 @@ void log_msg(int prio, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
 	va_end(ap);
+	if (prio <= LOG_ERR)
+		snprintf(last_error, sizeof(last_error), "%s", line + n);
 	write_line(line, sizeof(line));
 }

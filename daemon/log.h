@@ -11,8 +11,13 @@
 void log_init(int level);
 void log_msg(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* An error before the daemon runs (options, config file): "mpoold: ..." on
- * a terminal, with the error priority under journald; never filtered. */
+ * a terminal, with the error priority (and without the program's name, which
+ * the journal adds) under journald; never filtered. */
 void log_startup_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The text of the last error logged (log_startup_err, or log_msg at LOG_ERR
+ * or worse), without prefix; "" when none.  For a client that must be told
+ * why mpoold cannot serve (cfgerr.h). */
+const char *log_last_error(void);
 
 #define log_err(...)   log_msg(LOG_ERR, __VA_ARGS__)
 #define log_warn(...)  log_msg(LOG_WARNING, __VA_ARGS__)

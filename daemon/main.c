@@ -4,9 +4,10 @@
  * stops mpoold here; the fork server loads them again for the workers) and
  * hands over to the master loop.
  *
- * Exit status: 0 clean, 1 a failure at run time (or a drain that timed
- * out), 2 a usage or config file error (the unit does not restart on 2:
- * restarting cannot fix a typo). */
+ * Exit status: 0 clean, 1 a failure at run time, 2 a usage or config file
+ * error (the unit does not restart on 2: restarting cannot fix a typo), 3
+ * a stop whose drain timed out (master.h).  Under socket activation a
+ * config error first answers the waiting clients (cfgerr.h). */
 #include <fcntl.h>
 #include <getopt.h>
 #include <stdbool.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cfgerr.h"
 #include "cfgfile.h"
 #include "config.h"
 #include "log.h"
@@ -173,6 +175,21 @@ static void ensure_std_fds(void)
 			exit(1);
 }
 
+/* mpoold cannot start for the reason just logged.  Under socket activation
+ * the clients waiting on the socket are told why before mpoold exits
+ * (cfgerr.h); otherwise it exits now.  Returns the exit status. */
+static int cannot_start(int status)
+{
+	int fd;
+
+	if (notify_init() < 0)
+		return status;
+	fd = notify_take_listen_fd();
+	if (fd < 0)
+		return status;
+	return cfgerr_serve(fd, log_last_error());
+}
+
 int main(int argc, char **argv)
 {
 	const char *config = NULL;
@@ -197,11 +214,11 @@ int main(int argc, char **argv)
 			 sizeof(why)) < 0) {
 		log_startup_err("%s", why);
 		config_modules_clear();
-		return EXIT_USAGE;
+		return act == RUN ? cannot_start(EXIT_USAGE) : EXIT_USAGE;
 	}
 	if (cli_apply(&cl, argc, argv) < 0 || apply_dynamic_defaults() < 0) {
 		config_modules_clear();
-		return EXIT_USAGE;
+		return act == RUN ? cannot_start(EXIT_USAGE) : EXIT_USAGE;
 	}
 	if (act == PRINT_CONFIG) {
 		opt_print_config(stdout);
@@ -215,8 +232,16 @@ int main(int argc, char **argv)
 	 * now, naming the file.  The fork server (forksrv.h) loads the same
 	 * files again for the workers it forks. */
 	if (notify_init() == 0) {
-		if (modload_all() == 0)
+		if (modload_all() == 0) {
 			r = master_run();
+		} else {
+			/* A module named by the config that does not load is a
+			 * config error too: nothing a restart can fix. */
+			int fd = notify_take_listen_fd();
+
+			if (fd >= 0)
+				r = cfgerr_serve(fd, log_last_error());
+		}
 		modload_close_all();
 	}
 	config_modules_clear();

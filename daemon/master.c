@@ -113,6 +113,20 @@ static void status_cb(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* READY=1 goes out with the STATUS= of that moment, in one message, so
+ * "systemctl status" never shows a line older than the readiness (the
+ * rate-limited timer could be up to STATUS_INTERVAL_MS late). */
+void master_ready(void)
+{
+	char line[sizeof(status_sent)];
+
+	if (!notify_enabled())
+		return;
+	summary_line(line, sizeof(line), NULL);
+	memcpy(status_sent, line, sizeof(line));
+	notify_ready(line);
+}
+
 /* From the loop, so a master stuck anywhere stops the pings and systemd
  * restarts it (WatchdogSec=).  The tick also refreshes STATUS=, in case a
  * change reached no master_status_changed() call. */
@@ -209,12 +223,15 @@ void master_reload(const char *why)
 	pool_reload();
 }
 
-void master_reload_done(void)
+void master_reload_done(unsigned old_left)
 {
-	log_info("reload complete: every worker is new");
+	if (old_left)
+		log_info("reload complete: new work goes to new workers; %u old worker(s) "
+			 "still leaving, after their current chunk if they have one", old_left);
+	else
+		log_info("reload complete: every worker is new");
 	reloading = false;
-	notify_ready();
-	master_status_changed();
+	master_ready();
 }
 
 static void deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -327,6 +344,12 @@ int master_run(void)
 	if (ev_status)
 		event_free(ev_status);
 	event_base_free(base);
-	log_info("exited (%s)", timed_out ? "drain timed out" : "clean");
-	return timed_out ? 1 : 0;
+	/* A stop that was asked for happened: the timeout is worth a warning
+	 * and a status of its own (MASTER_EXIT_DRAIN_TIMEOUT), not a failure. */
+	if (timed_out) {
+		log_warn("exited: the drain timed out and open work was terminated");
+		return MASTER_EXIT_DRAIN_TIMEOUT;
+	}
+	log_info("exited (clean)");
+	return 0;
 }

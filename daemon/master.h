@@ -9,6 +9,11 @@
 
 enum master_state { MASTER_RUNNING, MASTER_DRAINING, MASTER_TERMINATING };
 
+/* Runs the loop until mpoold exits; returns its exit status: 0 clean, 1 a
+ * failure, MASTER_EXIT_DRAIN_TIMEOUT when a drain (a stop that was asked
+ * for) ran out of --drain-timeout and terminated what was left.
+ * mpoold.service lists it in SuccessExitStatus=. */
+#define MASTER_EXIT_DRAIN_TIMEOUT 3
 int master_run(void);
 
 /* Every signal whose disposition master_run() changes (libevent handlers,
@@ -27,10 +32,14 @@ void master_drain(const char *why);
 /* Stop at once: kill workers, fail all work, exit. */
 void master_terminate(const char *why);
 /* Replace every worker after its current chunk, reopening modules
- * (SIGHUP, the reload method).  master_reload_done() is called by the pool
- * when the last old worker has been replaced. */
+ * (SIGHUP, the reload method).  The pool calls master_reload_done() once
+ * every slot has a new worker ready, so new work goes to new workers only;
+ * old_left old workers still finish their chunks, then exit.  That is when
+ * systemd hears READY=1: a reload never waits for a long task. */
 void master_reload(const char *why);
-void master_reload_done(void);
+void master_reload_done(unsigned old_left);
+/* The pool is up (every worker ready): READY=1 with a fresh STATUS=. */
+void master_ready(void);
 /* Something that shutdown waits for has ended (a job, a worker, a client). */
 void master_progress(void);
 /* Something the STATUS= line shows has changed (workers busy or idle, jobs,

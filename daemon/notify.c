@@ -91,9 +91,14 @@ static void send_msg(const char *msg)
 		log_debug("sd_notify: %s", strerror(-r));
 }
 
-void notify_ready(void)
+void notify_ready(const char *status)
 {
-	send_msg("READY=1");
+	char msg[800];
+
+	if (!enabled)
+		return;
+	snprintf(msg, sizeof(msg), "READY=1\nSTATUS=%s", status);
+	send_msg(msg);
 }
 
 void notify_reloading(void)
@@ -122,7 +127,7 @@ void notify_watchdog(void)
 
 void notify_status(const char *text)
 {
-	char line[300];
+	char line[800];
 
 	if (!enabled)
 		return;

@@ -24,7 +24,8 @@ int notify_take_listen_fd(void);
  * it expects none. */
 uint64_t notify_watchdog_usec(void);
 
-void notify_ready(void);
+/* READY=1 and STATUS=status in one message. */
+void notify_ready(const char *status);
 /* RELOADING=1 with MONOTONIC_USEC; READY=1 ends the reload. */
 void notify_reloading(void);
 void notify_stopping(void);

@@ -97,8 +97,8 @@ const struct opt opt_table[] = {
 	{ "process-grace", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(process_grace_ms), 0, DAY_MS,
 	  NULL, "terminate_process sends SIGTERM, then SIGKILL after MS" },
 	{ "drain-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(drain_timeout_ms),
-	  0, DAY_MS, NULL, "on SIGTERM, finish open work for at most MS, then terminate; "
-	  "keep it below the unit's TimeoutStopSec" },
+	  0, DAY_MS, NULL, "on SIGTERM, finish open work for at most MS, then terminate "
+	  "and exit 3; keep it below the unit's TimeoutStopSec" },
 	{ "log-level", 0, OPT_LEVEL, OPT_GLOBAL, NULL, "LEVEL", FIELD(log_level), 0, 0,
 	  NULL, "error, warning, info or debug" },
 	{ "module", 0, OPT_MODULE, OPT_SECTION, "path", "PATH", 0, 0, 0, 0, "none",

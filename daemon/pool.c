@@ -21,7 +21,6 @@
 #include "mem.h"
 #include "modload.h"
 #include "mp_rpc.h"
-#include "notify.h"
 #include "wmsg.h"
 #include "worker.h"
 
@@ -76,7 +75,9 @@ static unsigned n_procs;
 static struct event_base *base;
 static struct event *tick;
 static unsigned gen;
-static bool reload_pending, announced_ready;
+/* reload_pending: until every slot has a new worker ready (then READY=1);
+ * old_pending: until the last old worker has left as well. */
+static bool reload_pending, old_pending, announced_ready;
 static uint64_t no_ready_since;
 static uint64_t total_tasks, n_started, n_died, n_timed_out;
 static uint64_t n_recycled[R_COUNT];
@@ -302,22 +303,35 @@ static unsigned ready_workers(void)
 	return n;
 }
 
-/* Done when every slot has a new worker ready and no old one is left,
- * retiring or not. */
+static unsigned old_workers(void)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < n_procs; i++)
+		n += procs[i].pid && procs[i].gen != gen;
+	return n;
+}
+
+/* A reload is done when every slot has a new worker ready: from then on
+ * only new workers get work.  Old ones that were running a chunk have left
+ * their slots (pool_reload) and finish it in the background; waiting for
+ * them would make a reload as long as the longest task. */
 static void check_reload_done(void)
 {
-	if (!reload_pending)
-		return;
-	for (unsigned i = 0; i < n_slots; i++) {
-		const struct worker *w = slots[i].cur;
-		if (!w || (w->state != W_IDLE && w->state != W_BUSY))
-			return;
+	if (reload_pending) {
+		for (unsigned i = 0; i < n_slots; i++) {
+			const struct worker *w = slots[i].cur;
+			if (!w || w->gen != gen || (w->state != W_IDLE && w->state != W_BUSY))
+				return;
+		}
+		reload_pending = false;
+		old_pending = true;
+		master_reload_done(old_workers());
 	}
-	for (unsigned i = 0; i < n_procs; i++)
-		if (procs[i].pid && procs[i].gen != gen)
-			return;
-	reload_pending = false;
-	master_reload_done();
+	if (old_pending && old_workers() == 0) {
+		old_pending = false;
+		log_info("reload: the last old worker has left");
+	}
 }
 
 /* Asks a worker to leave: closing its channel makes it run its modules'
@@ -654,7 +668,7 @@ static void worker_ready(struct worker *w, int64_t pid)
 	}
 	if (!announced_ready && ready_workers() == n_slots) {
 		announced_ready = true;
-		notify_ready();
+		master_ready();
 	}
 	check_reload_done();
 	disp_schedule();
@@ -850,9 +864,12 @@ void pool_reload(void)
 	for (unsigned i = 0; i < n_procs; i++) {
 		struct worker *w = &procs[i];
 
-		/* Busy workers finish their chunk first (worker_result). */
+		/* Busy workers finish their chunk first (worker_result), but
+		 * out of their slots, so a new worker starts beside each now. */
 		if (w->pid && (w->state == W_IDLE || w->state == W_STARTING))
 			retire(w, R_RELOAD);
+		else if (w->pid && w->state == W_BUSY)
+			leave_slot(w);
 	}
 	check_reload_done();
 }

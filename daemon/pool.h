@@ -27,8 +27,10 @@ uint64_t pool_quota_left(const struct worker *w);
 /* Sends a chunk to an idle worker; it is busy until the chunk ends. */
 void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len);
 
-/* Reopens the modules and replaces every worker once it has finished its
- * current chunk; calls master_reload_done() when the last one is new. */
+/* Reopens the modules and replaces every worker: idle ones now, busy ones
+ * once they have finished their current chunk, each with a new worker
+ * started beside it at once.  Calls master_reload_done() when every slot
+ * has a new worker ready (old ones may still be finishing chunks). */
 void pool_reload(void);
 /* SIGCHLD: reap every exited child and apply policy. */
 void pool_reap(void);

@@ -1,14 +1,21 @@
 /* test_systemd: mpoold as a systemd service, without systemd as PID 1.
  *
- * - config: mpoold.conf errors name the file and the line; the command line
+ * - config: mpoold.conf errors name the file and the line (under journald
+ *   without a doubled "mpoold: " prefix); the command line
  *   wins over the file; the sample config documents every key with its
  *   default (compared with mpoold --print-config).
  * - notify: a test that owns a NOTIFY_SOCKET datagram socket sees READY=1,
  *   STATUS=, WATCHDOG=1 (with WATCHDOG_USEC), RELOADING=1 + MONOTONIC_USEC
  *   and READY=1 around a SIGHUP, and STOPPING=1, in that order, each from
- *   the master's pid (SCM_CREDENTIALS), STATUS= rate-limited.
+ *   the master's pid (SCM_CREDENTIALS), STATUS= rate-limited; READY=1 with a
+ *   fresh STATUS= in its datagram; a reload's READY=1 while a long task
+ *   still runs on an old worker; a drain that times out exits 3 with a
+ *   warning.
  * - activation: mpoold under systemd-socket-activate serves a map and leaves
- *   the socket file alone; a passed socket of the wrong kind is refused.
+ *   the socket file alone; a passed socket of the wrong kind is refused; a
+ *   config error or a module that does not load is told to every client
+ *   (file:line, or the module) and in STATUS=, then mpoold exits 2 and the
+ *   socket stays.
  * - listen: a socket mpoold binds itself: stale file replaced, live daemon
  *   refused, regular files and symlinks never removed, long paths and
  *   unwritable directories reported clearly, mode and group applied.
@@ -442,6 +449,35 @@ START_TEST(config_errors_name_file_and_line)
 }
 END_TEST
 
+/* Under journald the journal names the program: the config error line is
+ * "<3>file:line: reason", not "mpoold: file:line: ...", which the journal
+ * showed as "mpoold[42]: mpoold: ...". */
+START_TEST(config_error_journal_line)
+{
+	const char *conf = path_in("mpoold.conf"), *out = path_in("journal.out");
+	char *argv[] = { (char *)mpoold(), "--config", (char *)conf, NULL };
+	char js[96], want[512], how[64], *text;
+	const char *env[] = { js, NULL };
+	struct spawn_opts o = { .env = env, .out = out };
+	struct stat st;
+	int status;
+
+	write_file(conf, "workers = 2\nno-such-key = 1\n");
+	write_file(out, "");
+	ck_assert(stat(out, &st) == 0);
+	/* stderr is then this very file, as journald's stream would be. */
+	snprintf(js, sizeof(js), "JOURNAL_STREAM=%llu:%llu", (unsigned long long)st.st_dev,
+		 (unsigned long long)st.st_ino);
+	status = wait_exit(spawn(argv, &o), WAIT_MS, "mpoold");
+	text = slurp(out);
+	snprintf(want, sizeof(want), "<3>%s:2: unknown key 'no-such-key'\n", conf);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 2 && strcmp(text, want) == 0,
+		      "mpoold %s and wrote:\n%s\nwanted status 2 and:\n%s",
+		      describe(status, how, sizeof(how)), text, want);
+	free(text);
+}
+END_TEST
+
 START_TEST(config_missing_file)
 {
 	char *argv[] = { (char *)mpoold(), "--config", path_in("nope.conf"), "--print-config", NULL };
@@ -520,12 +556,14 @@ struct note {
 	char text[300];          /* one line: "READY=1", "STATUS=..." */
 	pid_t pid;               /* sender */
 	int64_t at_ms;
+	unsigned dgram;          /* which datagram it came in, from 1 on */
 };
 
 struct notes {
 	int fd;
 	struct note list[4096];
 	unsigned n;
+	unsigned n_dgrams;
 };
 
 static void notes_open(struct notes *ns, const char *path)
@@ -571,6 +609,7 @@ static bool notes_read(struct notes *ns, const char *until, int timeout_ms)
 		if (n < 0)
 			continue;
 		buf[n] = '\0';
+		ns->n_dgrams++;
 		for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
 			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_CREDENTIALS) {
 				struct ucred uc;
@@ -589,6 +628,7 @@ static bool notes_read(struct notes *ns, const char *until, int timeout_ms)
 			snprintf(nt->text, sizeof(nt->text), "%s", l);
 			nt->pid = pid;
 			nt->at_ms = now_ms();
+			nt->dgram = ns->n_dgrams;
 			if (until && strncmp(l, until, strlen(until)) == 0)
 				hit = true;
 		}
@@ -634,19 +674,25 @@ static char *notes_dump(const struct notes *ns)
 
 	buf[0] = '\0';
 	for (unsigned i = 0; i < ns->n && len < sizeof(buf) - 400; i++)
-		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "  [%u] pid %d: %s\n", i,
-					(int)ns->list[i].pid, ns->list[i].text);
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "  [%u] pid %d, datagram %u: %s\n",
+					i, (int)ns->list[i].pid, ns->list[i].dgram, ns->list[i].text);
 	return buf;
 }
 
-static pid_t start_notified(struct notes *ns, const char *watchdog_usec, const char *sock,
-			    const char *log)
+/* mpoold with 2 workers on sock, telling ns; extra: more arguments. */
+static pid_t start_notified_with(struct notes *ns, const char *watchdog_usec, const char *sock,
+				 const char *log, const char *const *extra)
 {
 	static char env_notify[128], env_wd[64];
 	const char *env[3] = { env_notify, NULL, NULL };
-	char *argv[] = { (char *)mpoold(), "--config", "/dev/null", "-w", "2", "-s",
-			 (char *)sock, "--log-level", "debug", NULL };
+	char *argv[24] = { (char *)mpoold(), "--config", "/dev/null", "-w", "2", "-s",
+			   (char *)sock, "--log-level", "debug", NULL };
 	struct spawn_opts o = { .env = env, .out = log };
+	int k = 9;
+
+	for (; extra && *extra && k < 23; extra++)
+		argv[k++] = (char *)*extra;
+	argv[k] = NULL;
 
 	notes_open(ns, path_in("notify.sock"));
 	snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", path_in("notify.sock"));
@@ -655,6 +701,70 @@ static pid_t start_notified(struct notes *ns, const char *watchdog_usec, const c
 		env[1] = env_wd;
 	}
 	return spawn(argv, &o);
+}
+
+static pid_t start_notified(struct notes *ns, const char *watchdog_usec, const char *sock,
+			    const char *log)
+{
+	return start_notified_with(ns, watchdog_usec, sock, log, NULL);
+}
+
+/* Index of the first note at or after from that is READY=1, waiting for it
+ * as long as WAIT_MS; fails the test without one. */
+static int wait_ready(struct notes *ns, unsigned from)
+{
+	int64_t end = now_ms() + WAIT_MS;
+	int i;
+
+	while ((i = notes_find(ns, from, "READY=1")) < 0) {
+		ck_assert_msg(now_ms() < end, "no READY=1:\n%s", notes_dump(ns));
+		notes_read(ns, "READY=1", 500);
+	}
+	return i;
+}
+
+/* Waits for a STATUS= note at or after from holding text. */
+static int wait_status_with(struct notes *ns, unsigned from, const char *text)
+{
+	int64_t end = now_ms() + WAIT_MS;
+	int i;
+
+	while ((i = notes_find_with(ns, from, "STATUS=", text)) < 0) {
+		ck_assert_msg(now_ms() < end, "no STATUS= with '%s':\n%s", text, notes_dump(ns));
+		notes_read(ns, "STATUS=", 500);
+	}
+	return i;
+}
+
+/* In a child of the test: one apply of builtin.sleep ms through sock;
+ * exits 0 when it returned ms, 1 otherwise. */
+static pid_t sleeper(const char *sock, int ms)
+{
+	pid_t pid = fork();
+
+	ck_assert(pid >= 0);
+	if (pid == 0) {
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		mpool_value *v = NULL;
+		mpool *c;
+		int r;
+
+		if (mpool_connect(sock, &c, NULL, 0) < 0)
+			_exit(2);
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		msgpack_pack_int(&pk, ms);
+		r = mpool_apply(c, "builtin.sleep", sb.data, sb.size, &v);
+		_exit(r == 0 && mpool_value_get(v)->via.u64 == (uint64_t)ms ? 0 : 1);
+	}
+	for (int i = 0; i < MAX_PROCS; i++) {
+		if (!procs[i]) {
+			procs[i] = pid;
+			break;
+		}
+	}
+	return pid;
 }
 
 START_TEST(notify_sequence)
@@ -721,6 +831,109 @@ START_TEST(notify_sequence)
 	for (unsigned i = 0; i < ns->n; i++)
 		ck_assert_msg(ns->list[i].pid == pid, "note %u came from pid %d, not the master %d:\n%s",
 			      i, (int)ns->list[i].pid, (int)pid, notes_dump(ns));
+	free(ns);
+}
+END_TEST
+
+/* READY=1 comes with the STATUS= of that moment, in the same datagram:
+ * systemctl status never shows "0 idle" once the unit is started. */
+START_TEST(notify_ready_carries_status)
+{
+	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	struct notes *ns = calloc(1, sizeof(*ns));
+	int ready, reloading;
+	pid_t pid;
+
+	ck_assert(ns);
+	pid = start_notified(ns, NULL, sock, log);
+	for (int round = 0; round < 2; round++) {
+		ready = wait_ready(ns, round ? (unsigned)reloading : 0);
+		ck_assert_msg((unsigned)ready + 1 < ns->n &&
+			      ns->list[ready + 1].dgram == ns->list[ready].dgram &&
+			      /* After a reload old workers may still be leaving:
+			       * "2 idle, 2 starting or exiting". */
+			      strncmp(ns->list[ready + 1].text, "STATUS=running; workers 0 busy, 2 idle",
+				      strlen("STATUS=running; workers 0 busy, 2 idle")) == 0,
+			      "READY=1 #%d without 'STATUS=running; workers 0 busy, 2 idle' in its "
+			      "datagram:\n%s", round + 1, notes_dump(ns));
+		if (round == 0) {
+			wait_serving(pid, sock, log);
+			kill(pid, SIGHUP);
+			ck_assert_msg(notes_read(ns, "RELOADING=1", WAIT_MS), "no RELOADING=1:\n%s",
+				      notes_dump(ns));
+			reloading = notes_find(ns, (unsigned)ready + 1, "RELOADING=1");
+		}
+	}
+	stop_ok(pid, SIGTERM, log);
+	free(ns);
+}
+END_TEST
+
+/* A reload is done (READY=1) once every slot has a new worker, while an old
+ * one still runs a long task, which then finishes on the old worker:
+ * systemd bounds a reload by TimeoutStartSec=, a task is not bounded. */
+START_TEST(notify_reload_does_not_wait_for_long_tasks)
+{
+	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	struct notes *ns = calloc(1, sizeof(*ns));
+	int ready, reloading, ready2, st;
+	int64_t t0, took;
+	char how[64];
+	pid_t pid, task;
+
+	ck_assert(ns);
+	pid = start_notified(ns, NULL, sock, log);
+	ready = wait_ready(ns, 0);
+	wait_serving(pid, sock, log);
+	task = sleeper(sock, 8000);
+	wait_status_with(ns, (unsigned)ready, "workers 1 busy");
+	t0 = now_ms();
+	kill(pid, SIGHUP);
+	ck_assert_msg(notes_read(ns, "RELOADING=1", WAIT_MS), "no RELOADING=1:\n%s", notes_dump(ns));
+	reloading = notes_find(ns, (unsigned)ready + 1, "RELOADING=1");
+	ready2 = wait_ready(ns, (unsigned)reloading);
+	took = ns->list[ready2].at_ms - t0;
+	ck_assert_msg(took < 4000 && waitpid(task, &st, WNOHANG) == 0,
+		      "READY=1 after the reload came %lld ms after SIGHUP, with an 8 s task "
+		      "running (wanted under 4000 ms, the task still running):\n%s",
+		      (long long)took, notes_dump(ns));
+	/* The old worker finishes the task; then only new workers are left. */
+	st = wait_exit(task, WAIT_MS, "the 8 s apply");
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the apply across the reload %s",
+		      describe(st, how, sizeof(how)));
+	stop_ok(pid, SIGTERM, log);
+	free(ns);
+}
+END_TEST
+
+/* A stop whose drain times out was still asked for: exit 3 (mpoold.service
+ * has SuccessExitStatus=3), logged as a warning. */
+START_TEST(drain_timeout_exits_3)
+{
+	static const char *const extra[] = { "--drain-timeout", "500", NULL };
+	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	struct notes *ns = calloc(1, sizeof(*ns));
+	char how[64], *text;
+	int ready, st;
+	pid_t pid, task;
+
+	ck_assert(ns);
+	pid = start_notified_with(ns, NULL, sock, log, extra);
+	ready = wait_ready(ns, 0);
+	wait_serving(pid, sock, log);
+	task = sleeper(sock, 20000);
+	wait_status_with(ns, (unsigned)ready, "workers 1 busy");
+	kill(pid, SIGTERM);
+	st = wait_exit(pid, WAIT_MS, "mpoold");
+	text = slurp(log);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 3 &&
+		      strstr(text, "warning: exited: the drain timed out"),
+		      "mpoold %s after its drain timed out (wanted status 3 and a warning):\n%s",
+		      describe(st, how, sizeof(how)), text);
+	free(text);
+	st = wait_exit(task, WAIT_MS, "the terminated apply");
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "the terminated apply %s",
+		      describe(st, how, sizeof(how)));
 	free(ns);
 }
 END_TEST
@@ -962,6 +1175,96 @@ START_TEST(activation_refuses_a_datagram_socket)
 		      describe(status, how, sizeof(how)), text);
 	ck_assert_msg(strstr(text, "not a listening Unix stream socket"), "log:\n%s", text);
 	free(text);
+}
+END_TEST
+
+/* Started by a client with a config error, mpoold answers every client with
+ * an error naming the file and the line, says it in STATUS=, and exits 2 once
+ * no client is left, keeping the socket: exiting at once left the client
+ * queued, so systemd started mpoold again and again until the start limit
+ * failed mpoold.socket. */
+static void activated_error(const char *const *args, const char *want)
+{
+	const char *ssa = tool("systemd-socket-activate", "systemd");
+	const char *sock = path_in("act.sock"), *log = path_in("mpoold.log");
+	struct notes *ns = calloc(1, sizeof(*ns));
+	char asan[512], ubsan[512], notify[256], how[64], *argv[24], *text;
+	struct spawn_opts o = { .out = log };
+	struct stat st;
+	int k = 0, status;
+	pid_t pid;
+
+	ck_assert(ns);
+	notes_open(ns, path_in("notify.sock"));
+	snprintf(notify, sizeof(notify), "NOTIFY_SOCKET=%s", path_in("notify.sock"));
+	argv[k++] = (char *)ssa;
+	argv[k++] = "-l";
+	argv[k++] = (char *)sock;
+	argv[k++] = "-E";
+	argv[k++] = notify;
+	if (pass_env("ASAN_OPTIONS", asan, sizeof(asan))) {
+		argv[k++] = "-E";
+		argv[k++] = asan;
+	}
+	if (pass_env("UBSAN_OPTIONS", ubsan, sizeof(ubsan))) {
+		argv[k++] = "-E";
+		argv[k++] = ubsan;
+	}
+	argv[k++] = (char *)mpoold();
+	for (; *args && k < 23; args++)
+		argv[k++] = (char *)*args;
+	argv[k] = NULL;
+	pid = spawn(argv, &o);
+	for (int64_t end = now_ms() + WAIT_MS; stat(sock, &st) < 0;) {
+		ck_assert_msg(now_ms() < end, "systemd-socket-activate did not create %s", sock);
+		tick();
+	}
+	/* The first client starts mpoold; each is told why it cannot serve. */
+	for (int i = 0; i < 3; i++) {
+		mpool *c;
+		int r = mpool_connect(sock, &c, NULL, 0);
+
+		ck_assert_msg(r == 0, "client %d: connect: %s", i, mpool_strerror(-r));
+		r = mpool_ping(c);
+		ck_assert_msg(r == -MPOOL_E_UNAVAILABLE && strstr(mpool_errmsg(c), want),
+			      "client %d: ping -> %d (%s), wanted unavailable naming '%s'; log:\n%s",
+			      i, r, mpool_errmsg(c), want, slurp(log));
+		mpool_close(c);
+	}
+	wait_status_with(ns, 0, want);
+	status = wait_exit(pid, WAIT_MS, "mpoold with a config error");
+	text = slurp(log);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 2 && strstr(text, want),
+		      "mpoold %s, wanted status 2 and '%s' in its log:\n%s",
+		      describe(status, how, sizeof(how)), want, text);
+	free(text);
+	ck_assert_msg(lstat(sock, &st) == 0 && S_ISSOCK(st.st_mode),
+		      "mpoold removed the socket systemd passed");
+	free(ns);
+}
+
+START_TEST(activation_config_error_answers_clients)
+{
+	const char *conf = path_in("bad.conf");
+	const char *const args[] = { "--config", conf, NULL };
+	char want[512];
+
+	write_file(conf, "workers = 2\nno-such-key = 1\n");
+	snprintf(want, sizeof(want), "%s:2: unknown key 'no-such-key'", conf);
+	activated_error(args, want);
+}
+END_TEST
+
+/* A module of the config that does not load cannot be fixed by a restart
+ * either: the same answer, naming the module. */
+START_TEST(activation_bad_module_answers_clients)
+{
+	const char *mod = path_in("no-such-module.so");
+	const char *const args[] = { "--config", "/dev/null", "-w", "1", "--module", mod, NULL };
+	char want[512];
+
+	snprintf(want, sizeof(want), "module %s: cannot load", mod);
+	activated_error(args, want);
 }
 END_TEST
 
@@ -1432,6 +1735,7 @@ static Suite *systemd_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, config_errors_name_file_and_line);
+	tcase_add_test(tc, config_error_journal_line);
 	tcase_add_test(tc, config_missing_file);
 	tcase_add_test(tc, config_command_line_wins);
 	tcase_add_test(tc, config_sample_documents_every_key);
@@ -1445,6 +1749,9 @@ static Suite *systemd_suite(void)
 	tcase_add_test(tc, notify_no_watchdog_unless_asked);
 	tcase_add_test(tc, notify_status_rate_limited);
 	tcase_add_test(tc, notify_socket_stays_with_the_master);
+	tcase_add_test(tc, notify_ready_carries_status);
+	tcase_add_test(tc, notify_reload_does_not_wait_for_long_tasks);
+	tcase_add_test(tc, drain_timeout_exits_3);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("activation");
@@ -1453,6 +1760,8 @@ static Suite *systemd_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, activation_serves_a_map);
 	tcase_add_test(tc, activation_refuses_a_datagram_socket);
+	tcase_add_test(tc, activation_config_error_answers_clients);
+	tcase_add_test(tc, activation_bad_module_answers_clients);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("listen");

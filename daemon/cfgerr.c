@@ -1,0 +1,282 @@
+#include "cfgerr.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <mpool/error.h>
+#include "log.h"
+#include "mp_frame.h"
+#include "mp_rpc.h"
+#include "notify.h"
+
+/* A few clients at once are plenty for an error; one past the table is
+ * told the error and closed at once. */
+#define MAX_CONNS 64
+/* Requests here are read for their msgid only; a larger one gets the error
+ * as a notification, and its connection is closed. */
+#define MAX_FRAME (1024 * 1024)
+/* A client that does not read its errors stops being read. */
+#define MAX_OUT (1024 * 1024)
+
+struct econn {
+	int fd;                  /* -1: a free entry */
+	struct mp_frame in;
+	msgpack_sbuffer out;
+	size_t sent;             /* bytes of out written */
+	bool closing;            /* close once out is written */
+	uint64_t active_ms;
+};
+
+static volatile sig_atomic_t stop_sig;
+
+static void on_stop(int sig)
+{
+	stop_sig = sig;
+}
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void econn_close(struct econn *c)
+{
+	close(c->fd);
+	c->fd = -1;
+	mp_frame_free(&c->in);
+	msgpack_sbuffer_destroy(&c->out);
+}
+
+/* [1, msgid, {code: unavailable, message}, nil] */
+static int answer(struct econn *c, uint64_t msgid, const char *msg)
+{
+	msgpack_packer pk;
+
+	msgpack_packer_init(&pk, &c->out, msgpack_sbuffer_write);
+	if (mp_pack_response_head(&pk, msgid) < 0 ||
+	    mp_pack_error(&pk, MPOOL_E_UNAVAILABLE, msg, -1) < 0 || msgpack_pack_nil(&pk) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+/* [2, "error", [{code: unavailable, message}]], for what has no msgid. */
+static int notify_error(struct econn *c, const char *msg)
+{
+	msgpack_packer pk;
+
+	msgpack_packer_init(&pk, &c->out, msgpack_sbuffer_write);
+	if (mp_pack_notify_head(&pk, "error") < 0 || msgpack_pack_array(&pk, 1) < 0 ||
+	    mp_pack_error(&pk, MPOOL_E_UNAVAILABLE, msg, -1) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+/* Writes what is pending; closes the connection when it is done and
+ * closing, or when the peer is gone. */
+static void econn_flush(struct econn *c)
+{
+	while (c->sent < c->out.size) {
+		ssize_t n = send(c->fd, c->out.data + c->sent, c->out.size - c->sent,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n <= 0) {
+			econn_close(c);
+			return;
+		}
+		c->sent += (size_t)n;
+	}
+	c->sent = 0;
+	c->out.size = 0;
+	if (c->closing)
+		econn_close(c);
+}
+
+static void econn_read(struct econn *c, const char *msg, uint64_t now)
+{
+	const uint8_t *frame;
+	size_t len;
+	ssize_t n;
+	int r;
+
+	n = mp_frame_read(&c->in, c->fd);
+	if (n == -EAGAIN || n == -EINTR)
+		return;
+	if (n <= 0) {
+		/* End of stream: answer what came, then close. */
+		c->closing = true;
+		return;
+	}
+	c->active_ms = now;
+	while ((r = mp_frame_next(&c->in, &frame, &len)) == 1) {
+		struct mp_msg m;
+		uint64_t msgid;
+		int msgid_ok = 0;
+
+		if (mp_msg_parse(frame, len, &m, &msgid_ok, &msgid) == 0) {
+			if (m.type != MP_REQUEST)
+				continue;       /* a notification wants no answer */
+			msgid = m.msgid;
+		} else if (!msgid_ok) {
+			r = -EBADMSG;
+			break;
+		}
+		if (answer(c, msgid, msg) < 0) {
+			c->closing = true;
+			return;
+		}
+	}
+	if (r < 0) {
+		if (notify_error(c, msg) < 0)
+			econn_close(c);
+		else
+			c->closing = true;
+	}
+}
+
+/* Accepts every waiting connection.  Returns 0, or -errno when accepting
+ * failed for a reason other than an empty queue (out of descriptors, say):
+ * the caller then waits a little before it tries again. */
+static int accept_all(int lfd, struct econn *conns, const struct mp_frame_limits *lim,
+		      const char *msg, uint64_t now)
+{
+	for (;;) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		struct econn *c = NULL;
+
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+		}
+		for (unsigned i = 0; i < MAX_CONNS && !c; i++)
+			if (conns[i].fd < 0)
+				c = &conns[i];
+		if (!c) {
+			/* Full: this one gets the error without a msgid. */
+			struct econn tmp = { .fd = fd };
+
+			mp_frame_init(&tmp.in, lim);
+			msgpack_sbuffer_init(&tmp.out);
+			/* One try: a client that cannot take a few hundred bytes
+			 * now sees the connection closed, an error too. */
+			if (notify_error(&tmp, msg) == 0 &&
+			    send(fd, tmp.out.data, tmp.out.size, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+				log_debug("a client past %d connections: %s", MAX_CONNS, strerror(errno));
+			econn_close(&tmp);
+			continue;
+		}
+		c->fd = fd;
+		mp_frame_init(&c->in, lim);
+		msgpack_sbuffer_init(&c->out);
+		c->sent = 0;
+		c->closing = false;
+		c->active_ms = now;
+	}
+}
+
+int cfgerr_serve(int listen_fd, const char *why)
+{
+	static struct econn conns[MAX_CONNS];
+	const struct mp_frame_limits lim = { .max_frame = MAX_FRAME, .max_depth = MP_DEPTH_MAX };
+	struct sigaction sa = { .sa_handler = on_stop };
+	struct pollfd pfd[MAX_CONNS + 1];
+	struct econn *at[MAX_CONNS + 1];
+	uint64_t last_ms = mono_ms(), accept_after = 0;
+	char msg[700], status[700];
+
+	snprintf(msg, sizeof(msg), "mpoold cannot start: %s; fix that and restart mpoold "
+		 "(the next client starts it again)", why[0] ? why : "see its log");
+	snprintf(status, sizeof(status), "config error: %s; fix it, then restart mpoold",
+		 why[0] ? why : "see the log");
+	notify_status(status);
+	log_warn("answering every client with this error until none is left for %d ms",
+		 CFGERR_LINGER_MS);
+	/* No SA_RESTART: a stop signal must wake poll(). */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	for (unsigned i = 0; i < MAX_CONNS; i++)
+		conns[i].fd = -1;
+
+	while (!stop_sig) {
+		uint64_t now = mono_ms();
+		unsigned n = 0, live = 0;
+		int timeout = CFGERR_LINGER_MS, r;
+
+		for (unsigned i = 0; i < MAX_CONNS; i++) {
+			struct econn *c = &conns[i];
+
+			if (c->fd < 0)
+				continue;
+			if (now - c->active_ms >= CFGERR_IDLE_MS) {
+				econn_close(c);
+				continue;
+			}
+			live++;
+			pfd[n] = (struct pollfd){ c->fd, 0, 0 };
+			if (!c->closing && c->out.size < MAX_OUT)
+				pfd[n].events |= POLLIN;
+			if (c->out.size > c->sent)
+				pfd[n].events |= POLLOUT;
+			at[n++] = c;
+		}
+		if (live > 0)
+			last_ms = now;
+		else if (now - last_ms >= CFGERR_LINGER_MS)
+			break;
+		else
+			timeout = (int)(CFGERR_LINGER_MS - (now - last_ms));
+		if (live > 0)
+			timeout = 250;  /* to look at idle connections again */
+		pfd[n] = (struct pollfd){ listen_fd, now >= accept_after ? POLLIN : 0, 0 };
+		at[n] = NULL;
+		if (now < accept_after && timeout > (int)(accept_after - now))
+			timeout = (int)(accept_after - now);
+		r = poll(pfd, n + 1, timeout);
+		if (r < 0 && errno != EINTR) {
+			log_err("poll: %s", strerror(errno));
+			break;
+		}
+		if (r <= 0)
+			continue;
+		now = mono_ms();
+		for (unsigned i = 0; i < n; i++) {
+			if (!pfd[i].revents)
+				continue;
+			if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))
+				econn_read(at[i], msg, now);
+			if (at[i]->fd >= 0)
+				econn_flush(at[i]);
+		}
+		if (pfd[n].revents & POLLIN) {
+			r = accept_all(listen_fd, conns, &lim, msg, now);
+			if (r < 0) {
+				/* The socket stays readable: do not spin on it. */
+				log_warn("cannot accept a client: %s", strerror(-r));
+				accept_after = now + 100;
+			}
+			last_ms = now;
+		}
+	}
+	for (unsigned i = 0; i < MAX_CONNS; i++)
+		if (conns[i].fd >= 0)
+			econn_close(&conns[i]);
+	close(listen_fd);
+	return 2;
+}
