@@ -37,6 +37,7 @@ struct config cfg = {
 	.max_processes_per_uid = 8,
 	.admin_processes = 2,
 	.max_kept_processes = 16,
+	.max_kept_bytes = 16u << 20,
 	.process_grace_ms = 3000,
 };
 

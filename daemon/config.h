@@ -59,6 +59,7 @@ struct config {
 	unsigned max_processes_per_uid; /* of those, one non-admin uid's */
 	unsigned admin_processes;       /* of those, the ones only admins may start */
 	unsigned max_kept_processes;    /* finished processes kept per uid for join */
+	size_t max_kept_bytes;          /* their outcomes' bytes, per uid */
 	unsigned process_grace_ms;      /* SIGTERM to SIGKILL for a process */
 };
 

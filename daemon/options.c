@@ -94,6 +94,9 @@ const struct opt opt_table[] = {
 	{ "max-kept-processes", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_kept_processes),
 	  1, 4096, NULL, "finished processes kept per user for join; past it that user's "
 	  "oldest go, joined ones first" },
+	{ "max-kept-bytes", 0, OPT_UINT, OPT_GLOBAL, NULL, "BYTES", FIELD(max_kept_bytes),
+	  1024, 1u << 30, NULL, "the results one user's finished processes hold together; "
+	  "a larger result is refused with limit" },
 	{ "process-grace", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(process_grace_ms), 0, DAY_MS,
 	  NULL, "terminate_process sends SIGTERM, then SIGKILL after MS" },
 	{ "drain-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(drain_timeout_ms),

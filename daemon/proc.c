@@ -132,8 +132,14 @@ unsigned proc_running(bool nondaemon_only)
 	return n;
 }
 
+static size_t proc_bytes(const struct proc *p)
+{
+	return p->result_len + p->error_len;
+}
+
 /* Finished processes are kept for a later join, but not without bound:
- * each user keeps at most --max-kept-processes, and only that user's own
+ * each user keeps at most --max-kept-processes, whose outcomes hold at most
+ * --max-kept-bytes together, and only that user's own
  * processes ever push one out, so another user's spawns can never cost you
  * a result you have not joined yet.  The oldest go first, those already
  * joined before those nobody has seen. */
@@ -141,15 +147,18 @@ static void trim_kept(uid_t owner)
 {
 	struct proc *p, *victim;
 	unsigned kept;
+	size_t bytes;
 
 	for (;;) {
 		struct proc *old_joined = NULL, *old_unjoined = NULL;
 
 		kept = 0;
+		bytes = 0;
 		TAILQ_FOREACH(p, &procs, link) {
 			if (p->owner != owner || !p->exited)
 				continue;
 			kept++;
+			bytes += proc_bytes(p);
 			if (p->joins)
 				continue;
 			if (p->joined && !old_joined)
@@ -158,14 +167,15 @@ static void trim_kept(uid_t owner)
 				old_unjoined = p;
 		}
 		victim = old_joined ? old_joined : old_unjoined;
-		if (kept <= cfg.max_kept_processes || !victim)
+		if ((kept <= cfg.max_kept_processes && bytes <= cfg.max_kept_bytes) || !victim)
 			return;
 		if (!victim->joined) {
 			dropped_unjoined++;
 			log_warn("process %llu (%s) of uid %u: forgotten before anyone joined it; "
-				 "a user keeps at most %u finished processes (--max-kept-processes)",
+				 "a user keeps at most %u finished processes (--max-kept-processes) "
+				 "holding %zu bytes (--max-kept-bytes)",
 				 (unsigned long long)victim->id, victim->name, (unsigned)owner,
-				 cfg.max_kept_processes);
+				 cfg.max_kept_processes, cfg.max_kept_bytes);
 		}
 		proc_destroy(victim);
 	}
@@ -207,8 +217,11 @@ static int may_spawn(uid_t owner, bool admin, char *why, size_t size)
 int proc_spawn(struct conn *conn, uid_t owner, bool admin, const struct proc_spec *spec,
 	       char *why, size_t why_size, struct proc **ret)
 {
+	/* A result larger than its owner may keep is refused as it arrives,
+	 * so running processes hold at most --max-processes of these. */
 	struct mp_frame_limits lim = {
-		.max_frame = cfg.max_frame + CONFIG_WORKER_FRAME_SLACK,
+		.max_frame = (cfg.max_kept_bytes < cfg.max_frame ? cfg.max_kept_bytes :
+			      cfg.max_frame) + CONFIG_WORKER_FRAME_SLACK,
 		.max_depth = MP_DEPTH_MAX,
 	};
 	struct worker_once once;
@@ -288,7 +301,21 @@ static void proc_closed(void *ctx, int err)
 {
 	struct proc *p = ctx;
 
-	(void)err;
+	if (err == -EMSGSIZE && !p->result && !p->error) {
+		char msg[160];
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+
+		snprintf(msg, sizeof(msg), "its result is larger than the %zu bytes a user may "
+			 "keep (--max-kept-bytes)", cfg.max_kept_bytes);
+		log_warn("process %llu (%s, pid %d): %s", (unsigned long long)p->id, p->name,
+			 (int)p->pid, msg);
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		mp_pack_error(&pk, MPOOL_E_LIMIT, msg, -1);
+		p->error = (uint8_t *)sb.data;    /* the sbuffer's malloc'd bytes */
+		p->error_len = sb.size;
+	}
 	chan_free(p->ch);
 	p->ch = NULL;
 }
@@ -515,7 +542,7 @@ void proc_pack_limits(msgpack_packer *pk)
 		running += !p->exited;
 		kept += p->exited;
 	}
-	msgpack_pack_map(pk, 8);
+	msgpack_pack_map(pk, 9);
 	mp_pack_cstr(pk, "max_processes");
 	msgpack_pack_uint32(pk, cfg.max_processes);
 	mp_pack_cstr(pk, "max_processes_per_uid");
@@ -524,6 +551,8 @@ void proc_pack_limits(msgpack_packer *pk)
 	msgpack_pack_uint32(pk, cfg.admin_processes);
 	mp_pack_cstr(pk, "max_kept_processes");
 	msgpack_pack_uint32(pk, cfg.max_kept_processes);
+	mp_pack_cstr(pk, "max_kept_bytes");
+	msgpack_pack_uint64(pk, cfg.max_kept_bytes);
 	mp_pack_cstr(pk, "running");
 	msgpack_pack_uint32(pk, running);
 	mp_pack_cstr(pk, "kept");

@@ -1589,6 +1589,64 @@ START_TEST(kept_per_uid)
 }
 END_TEST
 
+/* Results are bounded in bytes too: one larger than a user may keep is
+ * refused with limit as it arrives (not held, not a dead process's silence),
+ * and the user's oldest finished ones go to make room for new ones. */
+static struct mpool_process *spawn_str(mpool *c, size_t len)
+{
+	struct mpool_process *proc;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	char *s = malloc(len);
+
+	REQUIRE(s);
+	memset(s, 'k', len);
+	fx_sbuf_init(&sb, &pk);
+	msgpack_pack_str(&pk, len);
+	msgpack_pack_str_body(&pk, s, len);
+	free(s);
+	proc = spawn_packed(c, "builtin.echo", &sb, NULL);
+	msgpack_sbuffer_destroy(&sb);
+	return proc;
+}
+
+START_TEST(kept_bytes_per_uid)
+{
+	static const char *const extra[] = { "--max-kept-bytes", "10000", NULL };
+	struct mpool_process *big, *p[3], *again;
+	const msgpack_object *res;
+	struct fx fx;
+	int r;
+
+	start(&fx, extra);
+	REQUIRE(fx_status_get(&fx, "process_limits.max_kept_bytes") == 10000);
+	big = spawn_str(fx.c, 20000);
+	r = mpool_process_join(big, -1);
+	REQUIREF(r == 1, "join of the large result: %d (%s)", r, mpool_errmsg(fx.c));
+	r = mpool_process_result(big, &res);
+	REQUIREF(r == -MPOOL_E_LIMIT && strstr(mpool_process_errmsg(big), "--max-kept-bytes"),
+		 "a result over --max-kept-bytes: %d (%s)", r, mpool_process_errmsg(big));
+	mpool_process_free(big);
+
+	/* Three of 4000 bytes in 10000: the oldest goes when the third ends. */
+	for (int i = 0; i < 3; i++) {
+		p[i] = spawn_str(fx.c, 4000);
+		wait_exited(&fx, mpool_process_id(p[i]));
+	}
+	r = mpool_process_attach(fx.c, mpool_process_id(p[0]), &again);
+	REQUIREF(r == -MPOOL_E_NOTFOUND, "the oldest result is still kept: %d", r);
+	for (int i = 1; i < 3; i++) {
+		join_expect(fx.c, p[i], 0);
+		r = mpool_process_result(p[i], &res);
+		REQUIREF(r == 0 && res->type == MSGPACK_OBJECT_STR && res->via.str.size == 4000,
+			 "kept result %d: %d", i, r);
+	}
+	for (int i = 0; i < 3; i++)
+		mpool_process_free(p[i]);
+	fx_stop(&fx);
+}
+END_TEST
+
 /* ---- 6. the concurrency limit ------------------------------------------------ */
 
 START_TEST(max_processes)
@@ -1771,6 +1829,7 @@ static Suite *process_suite(void)
 	tcase_add_test(tc, max_processes);
 	tcase_add_test(tc, per_uid_shares);
 	tcase_add_test(tc, kept_per_uid);
+	tcase_add_test(tc, kept_bytes_per_uid);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("lifecycle");

@@ -973,7 +973,7 @@ class ProcessTest(DaemonTestCase):
         error, st = self.client.call("status", [])
         lim = st["process_limits"]
         for key in ("max_processes", "max_processes_per_uid", "admin_processes",
-                    "max_kept_processes", "running", "kept", "limit_hits",
+                    "max_kept_processes", "max_kept_bytes", "running", "kept", "limit_hits",
                     "dropped_unjoined"):
             self.assertIsInstance(lim.get(key), int, key)
 
