@@ -17,31 +17,65 @@ static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 	msgpack_pack_uint64(pk, v);
 }
 
+static void pack_version(msgpack_packer *pk)
+{
+	mp_pack_cstr(pk, MPOOL_VERSION);
+}
+
+static void pack_protocol(msgpack_packer *pk)
+{
+	msgpack_pack_uint64(pk, MP_PROTO_VERSION);
+}
+
+static void pack_pid(msgpack_packer *pk)
+{
+	msgpack_pack_uint64(pk, (uint64_t)getpid());
+}
+
+static void pack_state(msgpack_packer *pk)
+{
+	mp_pack_cstr(pk, master_state_name());
+}
+
+static void pack_uptime(msgpack_packer *pk)
+{
+	msgpack_pack_uint64(pk, master_uptime_ms());
+}
+
+static void pack_totals(msgpack_packer *pk);
+
+/* The top-level keys, in PROTOCOL.md's order.  A table, so that a new
+ * section cannot leave the map's announced size behind. */
+static const struct section {
+	const char *key;
+	void (*pack)(msgpack_packer *pk);
+} sections[] = {
+	{ "version", pack_version },
+	{ "protocol", pack_protocol },
+	{ "pid", pack_pid },
+	{ "state", pack_state },
+	{ "uptime_ms", pack_uptime },
+	{ "workers", pool_pack_workers },
+	{ "jobs", disp_pack_jobs },
+	{ "processes", proc_pack_all },
+	{ "process_limits", proc_pack_limits },
+	{ "fork_server", forksrv_pack_status },
+	{ "limits", conn_pack_config_limits },
+	{ "queue", disp_pack_queue },
+	{ "totals", pack_totals },
+};
+
 void status_pack(msgpack_packer *pk)
 {
-	msgpack_pack_map(pk, 13);
-	mp_pack_cstr(pk, "version");
-	mp_pack_cstr(pk, MPOOL_VERSION);
-	kv_u64(pk, "protocol", MP_PROTO_VERSION);
-	kv_u64(pk, "pid", (uint64_t)getpid());
-	mp_pack_cstr(pk, "state");
-	mp_pack_cstr(pk, master_state_name());
-	kv_u64(pk, "uptime_ms", master_uptime_ms());
-	mp_pack_cstr(pk, "workers");
-	pool_pack_workers(pk);
-	mp_pack_cstr(pk, "jobs");
-	disp_pack_jobs(pk);
-	mp_pack_cstr(pk, "processes");
-	proc_pack_all(pk);
-	mp_pack_cstr(pk, "process_limits");
-	proc_pack_limits(pk);
-	mp_pack_cstr(pk, "fork_server");
-	forksrv_pack_status(pk);
-	mp_pack_cstr(pk, "limits");
-	conn_pack_config_limits(pk);
-	mp_pack_cstr(pk, "queue");
-	disp_pack_queue(pk);
-	mp_pack_cstr(pk, "totals");
+	msgpack_pack_map(pk, sizeof(sections) / sizeof(sections[0]));
+	for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++) {
+		mp_pack_cstr(pk, sections[i].key);
+		sections[i].pack(pk);
+	}
+}
+
+static void pack_totals(msgpack_packer *pk)
+{
 	msgpack_pack_map(pk, 9 + POOL_TOTALS_KEYS);
 	kv_u64(pk, "workers", cfg.workers);
 	kv_u64(pk, "max_tasks_per_child", cfg.max_tasks_per_child);
