@@ -229,6 +229,10 @@ static void worker_closed(void *ctx, int err)
 		struct timeval grace = { 1, 0 };
 
 		w->eof = true;
+		/* It has no channel to take work on any more.  A starting
+		 * one stays starting: its exit may say its init failed. */
+		if (w->state == W_IDLE)
+			w->state = W_EXITING;
 		evtimer_del(w->deadline);
 		evtimer_add(w->deadline, &grace);
 	}
