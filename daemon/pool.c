@@ -344,9 +344,13 @@ static void worker_gone(struct worker *w, int status)
 	bool terminating = master_state() == MASTER_TERMINATING;
 	pid_t pid = w->pid;
 	enum wstate st;
+	struct chunk ck = { 0 };
+	int code = 0;
+	bool lost = false;
 
 	/* It may have written results and exited before we read them: take
-	 * them first, so nothing it finished is reported lost. */
+	 * them first, so nothing it finished is reported lost.  Marked reaped,
+	 * it is leaving after such a result, so no work goes to it. */
 	w->reaped = true;
 	if (w->ch)
 		chan_drain_input(w->ch);
@@ -360,9 +364,9 @@ static void worker_gone(struct worker *w, int status)
 	describe_exit(status, st == W_STARTING, how, sizeof(how));
 	snprintf(msg, sizeof(msg), "worker %d %s", (int)pid, w->cause[0] ? w->cause : how);
 	if (st == W_BUSY) {
-		struct chunk ck = w->chunk;
-		int code = w->fail_code ? w->fail_code : MPOOL_E_WORKER;
-
+		ck = w->chunk;
+		code = w->fail_code ? w->fail_code : MPOOL_E_WORKER;
+		lost = true;
 		w->chunk.job = NULL;
 		if (!terminating) {
 			if (code == MPOOL_E_TIMEOUT)
@@ -376,7 +380,6 @@ static void worker_gone(struct worker *w, int status)
 				 (unsigned long long)disp_job_id(ck.job), (unsigned long long)ck.first,
 				 (unsigned long long)(ck.first + ck.count - 1));
 		}
-		disp_chunk_lost(&ck, code, msg);
 	} else if (clean && w->retire != R_NONE) {
 		n_recycled[w->retire]++;
 		if (w->retire != R_DRAIN)
@@ -394,6 +397,10 @@ static void worker_gone(struct worker *w, int status)
 	/* Its entry is free: a slot that found none can fork now. */
 	respawn_waiting();
 	recycle_reload_check();
+	/* The hand-off, once the entry is free: the dispatcher reruns or
+	 * fails the chunk and schedules, which never picks this entry. */
+	if (lost)
+		disp_chunk_lost(&ck, code, msg);
 	master_progress();
 }
 

@@ -84,6 +84,14 @@ uint64_t pool_quota_left(const struct worker *w)
 
 void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len)
 {
+	/* The dispatcher only ever has an idle worker from pool_idle; anything
+	 * else means an entry was handed work before the pool was done with it
+	 * (see "Hand-off" in disp.h). */
+	if (w->state != W_IDLE || !w->ch) {
+		log_err("worker %d given a chunk while %s", (int)w->pid,
+			w->ch ? "not idle" : "without a channel");
+		abort();
+	}
 	struct wmsg_run run = {
 		.seq = ++w->seq, .fn = fn, .fn_len = fn_len, .first = ck->first,
 		.each = ck->batch != NULL,
@@ -126,6 +134,7 @@ static void worker_part(struct worker *w, const struct wmsg_result *res)
 	w->tasks_done += res->n_results;
 	run_tasks_total += res->n_results;
 	arm_deadline(w);
+	/* A part schedules nothing (disp.h), so w is still ours after it. */
 	disp_chunk_part(&w->chunk, res, &(struct disp_results_buf){ take_results, w->ch });
 	recycle_rss_check(w);
 }
@@ -159,6 +168,11 @@ static void worker_result(struct worker *w, const struct wmsg_result *res)
 	} else if (why != R_NONE) {
 		pool_retire(w, why);
 	}
+	/* The hand-off, last: the dispatcher may give this worker (idle
+	 * again) its next chunk from under this call, inside the channel's
+	 * frame callback.  That is safe because the entry is complete here
+	 * and chan_flush writes only once the callback has returned; nothing
+	 * of w is touched after. */
 	disp_chunk_done(&ck, res, &buf);
 }
 
