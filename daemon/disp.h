@@ -27,7 +27,17 @@ struct chunk;
 /* What the dispatcher needs of the rest of the daemon, in both directions:
  * clients (a struct conn is only a handle here) and workers (likewise).
  * The daemon passes disp_daemon_ops; tests pass fakes, so the dispatcher
- * runs alone.  A call may re-enter the dispatcher only where it says so. */
+ * runs alone.
+ *
+ * Hand-off.  disp_submit, disp_feed, disp_cancel, disp_schedule,
+ * disp_chunk_done and disp_chunk_lost schedule before they return: under
+ * them the dispatcher calls idle, quota_left and run, on any idle worker,
+ * the one whose chunk just ended included, as well as the client calls.
+ * disp_chunk_part, disp_detach, disp_fail_all and disp_fail_queued never
+ * schedule.  So whoever reports a chunk's end (the pool, from inside the
+ * worker channel's frame callback) first finishes with that worker: marks
+ * it idle, or leaving if it must go, and touches it no more after the
+ * call.  No ops call calls back into the dispatcher. */
 struct disp_ops {
 	/* Clients. */
 	uid_t (*uid)(const struct conn *c);
@@ -171,7 +181,7 @@ struct disp_results_buf {
 };
 
 /* A worker reported the first res->n_results items of its chunk; ck moves
- * past them.  The chunk is still running. */
+ * past them.  The chunk is still running; nothing is scheduled. */
 void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res,
 		     const struct disp_results_buf *buf);
 /* Appends the chunk's items to a worker channel's output: by reference
@@ -179,11 +189,14 @@ void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res,
  * the job's end), else copied.  0 or -ENOMEM. */
 struct evbuffer;
 int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out);
-/* A worker finished its chunk (res holds the rest of its results). */
+/* A worker finished its chunk (res holds the rest of its results).  Then
+ * schedules (see "Hand-off" above): the caller has finished with the
+ * worker. */
 void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res,
 		     const struct disp_results_buf *buf);
 /* The chunk's worker died or timed out: its unanswered items are rerun
- * elsewhere if the request allows retries, else each fails with code/msg. */
+ * elsewhere if the request allows retries, else each fails with code/msg.
+ * Then schedules, as disp_chunk_done. */
 void disp_chunk_lost(struct chunk *ck, int code, const char *msg);
 /* Per-item timeout of the job (0: none). */
 uint32_t disp_job_timeout(const struct job *job);

@@ -1,10 +1,10 @@
-/* pool: the worker process table.  Workers are started here and only here
- * (forked by the fork server, forksrv.h, or by fork.c); so do
- * reaping, respawn with backoff, per-worker task counts, deadlines and every
- * recycling rule (tasks, RSS, lifetime, reload).  Slots are fixed
- * (--workers); a slot's process comes and goes, and a retiring process is
- * succeeded at once, before its exit is reaped (at most --workers of them
- * wait to be reaped). */
+/* pool: the worker table (pool.c; pool_run.c runs chunks, pool_recycle.c
+ * recycles and reloads).  Workers are started here and only here (forked by
+ * the fork server, forksrv.h, or by fork.c); so do reaping, respawn with
+ * backoff, per-worker task counts, deadlines and every recycling rule
+ * (tasks, RSS, lifetime, reload).  Slots are fixed (--workers); a slot's
+ * worker comes and goes, and a retiring worker is succeeded at once, before
+ * its exit is reaped (at most --workers of them wait to be reaped). */
 #ifndef POOL_H
 #define POOL_H
 
@@ -20,7 +20,7 @@ struct worker;
 int pool_init(struct event_base *base);
 void pool_free(void);
 
-/* An idle worker, or NULL; and how many are idle. */
+/* An idle worker, or NULL. */
 struct worker *pool_idle(void);
 /* Tasks this worker may still run before it must be recycled. */
 uint64_t pool_quota_left(const struct worker *w);
@@ -45,14 +45,12 @@ void pool_kill_job(const struct job *job);
 void pool_kill_all(void);
 /* Processes started and not reaped yet. */
 unsigned pool_live(void);
-unsigned pool_busy(void);
 
 /* status: the workers array, and the pool's own keys of "totals". */
 void pool_pack_workers(msgpack_packer *pk);
 #define POOL_TOTALS_KEYS 8
 void pool_pack_totals(msgpack_packer *pk);
-/* "ok", or "degraded" while workers fail to start; and the last failure. */
+/* "ok", or "degraded" while workers fail to start. */
 const char *pool_health(void);
-const char *pool_last_failure(void);
 
 #endif

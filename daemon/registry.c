@@ -1,7 +1,6 @@
 #include "registry.h"
 
 #include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -143,13 +142,4 @@ void reg_fini_all(void)
 	for (unsigned i = n_entries; i-- > 0;)
 		if (entries[i].m->fini)
 			entries[i].m->fini();
-}
-
-void reg_names(char *buf, size_t size)
-{
-	size_t n = 0;
-
-	buf[0] = '\0';
-	for (unsigned i = 0; i < n_entries && n < size; i++)
-		n += (size_t)snprintf(buf + n, size - n, "%s%s", i ? ", " : "", entries[i].name);
 }

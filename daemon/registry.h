@@ -22,8 +22,6 @@ mpool_task_fn reg_lookup(const char *name, size_t len);
  * filled and *ret_module naming the module that failed. */
 int reg_init_all(struct mpool_task_error *err, const char **ret_module);
 void reg_fini_all(void);
-/* "builtin, wordcount": for messages. */
-void reg_names(char *buf, size_t size);
 
 extern const struct mpool_module builtin_module;
 

@@ -16,15 +16,6 @@ int wmsg_pack_run_head(msgpack_packer *pk, const struct wmsg_run *run)
 	return r ? -ENOMEM : 0;
 }
 
-int wmsg_pack_run(msgpack_packer *pk, const struct wmsg_run *run)
-{
-	/* The items go out as the client sent them: no decode, no re-encode. */
-	if (wmsg_pack_run_head(pk, run) < 0 ||
-	    pk->callback(pk->data, (const char *)run->items, run->items_len) < 0)
-		return -ENOMEM;
-	return 0;
-}
-
 int wmsg_parse_run(const uint8_t *frame, size_t len, struct wmsg_run *ret)
 {
 	struct mp_msg m;

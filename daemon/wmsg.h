@@ -57,9 +57,9 @@ struct wmsg_result {
 	uint32_t n_errors;
 };
 
-int wmsg_pack_run(msgpack_packer *pk, const struct wmsg_run *run);
 /* All of a run but the item bytes, which the caller appends (count of
- * them, items_len bytes) however it likes. */
+ * them, items_len bytes) however it likes: they go out as the client sent
+ * them, not decoded and encoded again. */
 int wmsg_pack_run_head(msgpack_packer *pk, const struct wmsg_run *run);
 int wmsg_parse_run(const uint8_t *frame, size_t len, struct wmsg_run *ret);
 

@@ -2,8 +2,9 @@
  * quota that drives recycling), and the dispatcher itself run alone through
  * struct disp_ops, with fake clients and fake workers: turns across uids,
  * connections and jobs, batches, chunks cut to a worker's quota, the
- * ordering buffer, retries of a lost chunk, cancel and the queued-chunk
- * shares.  The integration suites prove the same rules against a real
+ * ordering buffer, retries of a lost chunk or batch, cancel, a client that
+ * leaves, the queued-chunk limits and shares, stream credit, and the
+ * hand-off of results and turns between the pool and the dispatcher.  The integration suites prove the same rules against a real
  * mpoold; these pin them down cheaply and exactly.  Check forks every test,
  * so each starts with an empty dispatcher. */
 #include <check.h>
@@ -557,6 +558,139 @@ START_TEST(queued_chunks_share_per_uid)
 }
 END_TEST
 
+/* A streamed map's feed is checked by the dispatcher itself: past its
+ * credit it is a protocol error, past the queued-chunk share a limit; the
+ * job fails either way and lets go of what it queued. */
+START_TEST(feed_checks_credit_and_queue_limit)
+{
+	struct fake_client a = { .uid = 1 }, b = { .uid = 1 };
+	uint8_t items[32];
+	const uint8_t *it;
+	const size_t *marks;
+	size_t len;
+	struct mp_cur c;
+	struct job *job;
+
+	setup(0);                                  /* nothing runs: all stays queued */
+	cfg.stream_window = 16;
+	cfg.max_queued_chunks_per_uid = 6;
+	job = submit_spec(&a, 1, true, 4, 1, 0, true);
+	ck_assert_uint_eq(disp_chunks_queued(), 4);
+	memset(items, 0x07, sizeof(items));
+	mp_cur_init(&c, items, 3);
+	ck_assert_int_eq(disp_walk_items(&c, 3, &it, &len, &marks), 0);
+	ck_assert_int_eq(disp_feed(job, it, len, 3, marks, false), -ENOSPC);
+	ck_assert_int_eq(a.fail_code, MPOOL_E_LIMIT);
+	ck_assert_uint_eq(disp_chunks_queued(), 0);
+	ck_assert_uint_eq(disp_active(), 0);
+
+	cfg.max_queued_chunks_per_uid = 1000;
+	job = submit_spec(&b, 1, true, 2, 1, 0, true);
+	ck_assert_uint_eq(b.credit, 14);
+	mp_cur_init(&c, items, 15);
+	ck_assert_int_eq(disp_walk_items(&c, 15, &it, &len, &marks), 0);
+	ck_assert_int_eq(disp_feed(job, it, len, 15, marks, false), -EPROTO);
+	ck_assert_int_eq(b.fail_code, MPOOL_E_BADREQ);
+	ck_assert_uint_eq(disp_chunks_queued(), 0);
+	ck_assert_uint_eq(disp_active(), 0);
+}
+END_TEST
+
+/* A batch's worker dies: the member it was running fails, the others
+ * were never started and run again, and nothing else is lost. */
+START_TEST(lost_batch_fails_one_and_requeues_the_rest)
+{
+	struct fake_client a = { .uid = 1 };
+	struct chunk ck;
+
+	setup(1);
+	for (uint64_t m = 1; m <= 21; m++)
+		submit(&a, m, false, 1, 0, 0);
+	ck_assert(!runs[0].batch);
+	finish(0);
+	ck_assert(runs[1].batch);
+	ck_assert_uint_eq(runs[1].count, 5);       /* ceil(20 / (4 * 1)) */
+	ck = fw[0].ck;
+	fw[0].busy = false;
+	disp_chunk_lost(&ck, MPOOL_E_WORKER, "worker 1 killed by SIGSEGV");
+	ck_assert_uint_eq(a.applies_done, 2);
+	ck_assert_uint_eq(a.failed, 1);
+	ck_assert_uint_eq(n_runs, 3);
+	while (fw[0].busy)
+		finish(0);
+	ck_assert_uint_eq(a.applies_done, 21);
+	ck_assert_uint_eq(a.failed, 1);
+	ck_assert_uint_eq(disp_active(), 0);
+	ck_assert_uint_eq(disp_chunks_queued(), 0);
+}
+END_TEST
+
+/* The client left with a chunk running: nothing more is queued, the
+ * chunk's results are dropped, and the job is freed when it ends. */
+START_TEST(detach_drops_queue_and_running_results)
+{
+	struct fake_client a = { .uid = 1 };
+	struct job *job;
+
+	setup(1);
+	job = submit(&a, 1, true, 6, 2, 0);
+	ck_assert_uint_eq(disp_chunks_queued(), 2);
+	disp_detach(job);
+	ck_assert_uint_eq(disp_chunks_queued(), 0);
+	ck_assert_uint_eq(disp_active(), 1);
+	finish(0);
+	ck_assert_uint_eq(a.items_out, 0);
+	ck_assert_uint_eq(n_runs, 1);
+	ck_assert_uint_eq(disp_active(), 0);
+}
+END_TEST
+
+/* No worker can start: every job with work waiting fails at once. */
+START_TEST(fail_queued_fails_every_waiting_job)
+{
+	struct fake_client a = { .uid = 1 }, b = { .uid = 2 };
+
+	setup(0);
+	submit(&a, 1, true, 4, 1, 0);
+	submit(&a, 2, false, 1, 0, 0);
+	submit(&b, 1, true, 4, 2, 0);
+	ck_assert_uint_eq(disp_active(), 3);
+	disp_fail_queued(MPOOL_E_UNAVAILABLE, "no worker could be started");
+	ck_assert_int_eq(a.fail_code, MPOOL_E_UNAVAILABLE);
+	ck_assert_int_eq(b.fail_code, MPOOL_E_UNAVAILABLE);
+	ck_assert_uint_eq(disp_active(), 0);
+	ck_assert_uint_eq(disp_chunks_queued(), 0);
+	ck_assert(!disp_has_queued());
+}
+END_TEST
+
+/* The hand-off between the pool and the dispatcher (disp.h): a part moves
+ * the chunk on and starts no work, even with a worker idle; the chunk's
+ * end starts the next chunks at once, on the worker that reported it too. */
+START_TEST(part_starts_nothing_done_schedules)
+{
+	struct fake_client a = { .uid = 1 };
+	static uint8_t one[2] = { 0x91, 0x00 }, none[1] = { 0x90 };
+	struct wmsg_result res = { .results = one, .results_len = 2, .n_results = 1,
+				   .errors = none, .errors_len = 1 };
+
+	setup(2);
+	fw[1].busy = true;
+	submit(&a, 1, true, 6, 2, 0);
+	ck_assert_uint_eq(n_runs, 1);
+	fw[1].busy = false;                        /* idle, unknown to the dispatcher */
+	disp_chunk_part(&fw[0].ck, &res, NULL);
+	ck_assert_uint_eq(n_runs, 1);
+	ck_assert_uint_eq(a.items_out, 1);
+	ck_assert_uint_eq(fw[0].ck.first, 1);
+	ck_assert_uint_eq(fw[0].ck.count, 1);
+	finish(0);
+	ck_assert_uint_eq(a.items_out, 2);
+	ck_assert_uint_eq(n_runs, 3);
+	ck_assert(fw[0].busy && fw[1].busy);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("disp");
@@ -581,6 +715,11 @@ int main(void)
 	tcase_add_test(tc, stream_credit);
 	tcase_add_test(tc, large_results_adopted_through_their_buffer);
 	tcase_add_test(tc, queued_chunks_share_per_uid);
+	tcase_add_test(tc, feed_checks_credit_and_queue_limit);
+	tcase_add_test(tc, lost_batch_fails_one_and_requeues_the_rest);
+	tcase_add_test(tc, detach_drops_queue_and_running_results);
+	tcase_add_test(tc, fail_queued_fails_every_waiting_job);
+	tcase_add_test(tc, part_starts_nothing_done_schedules);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

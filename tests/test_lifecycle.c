@@ -1148,6 +1148,42 @@ START_TEST(stopped_fork_server_hangs_no_client)
 }
 END_TEST
 
+/* A worker dies while idle and its death is not reported yet (the fork
+ * server is stopped), but its channel's end reaches the master at once.
+ * Work that comes in meanwhile must not be handed to it: its channel is
+ * gone.  The request waits until the master has given up on the fork
+ * server and a new worker runs it. */
+START_TEST(idle_worker_with_closed_channel_gets_no_work)
+{
+	const char *args[] = { "--workers", "1", NULL };
+	struct fx_status st;
+	mpool_value *v = NULL;
+	pid_t victim, forksrv;
+	struct fx fx;
+	int r;
+
+	fx_start(&fx, args);
+	fx_status(&fx, &st);
+	victim = st.workers[0].pid;
+	forksrv = forksrv_of(fx.pid);
+	FREQUIRE(&fx, forksrv > 0 && kill(forksrv, SIGSTOP) == 0, "stop the fork server %d",
+		 (int)forksrv);
+	FREQUIRE(&fx, kill(victim, SIGKILL) == 0, "kill worker %d", (int)victim);
+	/* Nothing shows that the master has read the channel's end; it does
+	 * so in its next loop turn, and treats the channel as lingering for
+	 * a second.  A request sent later than that passes without proving
+	 * anything; one sent earlier must not crash the master. */
+	usleep(200 * 1000);
+	r = ffx_apply_int(fx.c, "builtin.square", 7, 0, &v);
+	FREQUIRE(&fx, r == 0, "square 7 after an idle worker died: %d (%s: %s)", r,
+		 mpool_strerror(-r), mpool_errmsg(fx.c));
+	FREQUIRE(&fx, fx_obj_u64(mpool_value_get(v)) == 49, "square 7");
+	mpool_value_free(v);
+	FREQUIRE(&fx, kill(fx.pid, 0) == 0, "the master is gone");
+	fx_stop(&fx);
+}
+END_TEST
+
 /* More workers at once than the fork server's channel holds requests (a
  * few hundred): the master sends the rest as answers make room.  No fork
  * server is lost, no start fails, and every worker takes work. */
@@ -1851,6 +1887,7 @@ static Suite *lifecycle_suite(void)
 	tcase_add_test(tc, fork_failure_on_respawn_recovers);
 	tcase_add_test(tc, fork_server_killed_takes_its_workers_pool_recovers);
 	tcase_add_test(tc, stopped_fork_server_hangs_no_client);
+	tcase_add_test(tc, idle_worker_with_closed_channel_gets_no_work);
 	tcase_add_test(tc, many_workers_start_through_a_full_channel);
 	tcase_add_test(tc, no_fork_server_workers_fork_from_the_master);
 	tcase_add_test(tc, workers_run_atfork_child_handlers);

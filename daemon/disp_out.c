@@ -1,0 +1,175 @@
+/* disp_out: results on their way to clients.  The ordering buffer holds an
+ * ordered map's chunks that finished early; stream credit lets a streamed
+ * map's client send more items as room opens. */
+#include "disp_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "mem.h"
+#include "mp_rpc.h"
+
+/* A finished chunk of an ordered map, waiting for the chunks before it. */
+struct held {
+	uint64_t first;
+	uint32_t count;
+	uint8_t *bytes;            /* a copy: results array then errors array */
+	uint8_t *owned;            /* or the worker's frame buffer they lie in */
+	const uint8_t *results, *errors;
+	size_t results_len, errors_len;
+	struct held *next;
+};
+
+static uint64_t tasks_failed;
+
+uint64_t disp_tasks_failed(void)
+{
+	return tasks_failed;
+}
+
+void out_free_held(struct job *job)
+{
+	struct held *h, *next;
+
+	for (h = job->held; h; h = next) {
+		next = h->next;
+		free(h->bytes);
+		free(h->owned);
+		free(h);
+	}
+	job->held = NULL;
+}
+
+/* Credit-based flow control of a streamed map: the client may have at most
+ * --stream-window items sent and unanswered, so the master holds a bounded
+ * input whatever the map's length.  Grants go out in batches of at least a
+ * quarter window, and not while the held input passes its byte bound. */
+void out_grant(struct job *job)
+{
+	uint64_t window = cfg.stream_window, outstanding, left, room;
+
+	if (!job->streaming || !job->conn)
+		return;
+	outstanding = job->n_items - job->emitted;
+	left = job->granted - job->n_items;
+	if (outstanding + left >= window || job->seg_bytes >= cfg.stream_window_bytes)
+		return;
+	room = window - outstanding - left;
+	/* Credit counts items; --stream-window-bytes bounds bytes: grant no
+	 * more items than the bytes left would hold at the average size seen
+	 * so far, counting those granted and not yet sent. */
+	if (job->n_items > 0) {
+		uint64_t avg = job->fed_bytes / job->n_items + 1;
+		uint64_t fit = (cfg.stream_window_bytes - job->seg_bytes) / avg;
+
+		if (fit == 0 && job->seg_bytes == 0)
+			fit = 1;         /* items larger than the window: one at a time */
+		if (fit <= left)
+			return;
+		if (room > fit - left)
+			room = fit - left;
+	}
+	if (room < window / 4 && left > 0)
+		return;
+	job->granted += room;
+	disp_io->send_credit(job->conn, job->msgid, room);
+}
+
+/* owned: see conn_send_chunk; taken in any case. */
+static void out_emit(struct job *job, uint64_t first, uint32_t count,
+		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
+		     uint8_t *owned)
+{
+	if (count > 0)
+		disp_io->send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen, owned);
+	else
+		free(owned);
+	job->emitted += count;
+}
+
+/* Large results still in the buffer they arrived in: the job takes that
+ * buffer and the client's output refers to it, rather than copying every
+ * byte (NULL: copy). */
+static uint8_t *out_take_results(const struct disp_results_buf *buf,
+				 const uint8_t *results, size_t rlen)
+{
+	return rlen >= DISP_ADOPT_MIN && buf ? buf->take(buf->ctx, results, rlen) : NULL;
+}
+
+void out_piece(struct job *job, uint64_t first, uint32_t count,
+		      const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
+		      uint32_t n_errors, const struct disp_results_buf *buf)
+{
+	job->failed += n_errors;
+	tasks_failed += n_errors;
+	if (!job->conn || count == 0)
+		return;
+	if (!job->is_map) {
+		disp_io->apply_done(job->conn, job->msgid, results, rlen, errors, elen, n_errors);
+		job->emitted += count;
+		return;
+	}
+	if (!job->ordered || first == job->emitted) {
+		out_emit(job, first, count, results, rlen, errors, elen,
+			 out_take_results(buf, results, rlen));
+		while (job->held && job->held->first == job->emitted) {
+			struct held *h = job->held;
+
+			job->held = h->next;
+			out_emit(job, h->first, h->count, h->results, h->results_len,
+				 h->errors, h->errors_len, h->owned);
+			free(h->bytes);
+			free(h);
+		}
+	} else {
+		struct held *h = xcalloc(1, sizeof(*h)), **pp = &job->held;
+
+		h->first = first;
+		h->count = count;
+		h->owned = out_take_results(buf, results, rlen);
+		if (h->owned) {
+			h->results = results;
+			h->errors = errors;
+		} else {
+			h->bytes = xmalloc(rlen + elen);
+			memcpy(h->bytes, results, rlen);
+			memcpy(h->bytes + rlen, errors, elen);
+			h->results = h->bytes;
+			h->errors = h->bytes + rlen;
+		}
+		h->results_len = rlen;
+		h->errors_len = elen;
+		while (*pp && (*pp)->first < h->first)
+			pp = &(*pp)->next;
+		h->next = *pp;
+		*pp = h;
+	}
+}
+
+void out_fail_chunk(struct chunk *ck, int code, const char *msg)
+{
+	msgpack_sbuffer r, e;
+	msgpack_packer rpk, epk;
+
+	msgpack_sbuffer_init(&r);
+	msgpack_sbuffer_init(&e);
+	msgpack_packer_init(&rpk, &r, msgpack_sbuffer_write);
+	msgpack_packer_init(&epk, &e, msgpack_sbuffer_write);
+	msgpack_pack_array(&rpk, ck->count);
+	msgpack_pack_array(&epk, ck->count);
+	for (uint32_t i = 0; i < ck->count; i++) {
+		msgpack_pack_nil(&rpk);
+		mp_pack_error(&epk, code, msg, (int64_t)(ck->first + i));
+	}
+	if (!r.data || !e.data) {
+		log_err("out of memory failing a chunk");
+		abort();
+	}
+	out_piece(ck->job, ck->first, ck->count, (uint8_t *)r.data, r.size,
+		  (uint8_t *)e.data, e.size, ck->count, NULL);
+	msgpack_sbuffer_destroy(&r);
+	msgpack_sbuffer_destroy(&e);
+}
+

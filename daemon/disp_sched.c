@@ -1,0 +1,531 @@
+/* disp_sched: whose turn it is.  The run queue takes turns across uids,
+ * their connections and their jobs; the queued-chunk limits are checked
+ * against it; and single-item applies waiting behind one that runs are
+ * batched into its chunk. */
+#include "disp_int.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "mem.h"
+#include "mp_rpc.h"
+
+/* The run queue takes turns on three levels: uids, then a uid's
+ * connections, then a connection's jobs.  Each level is a queue of those
+ * with work, and the one served goes to the back of its queue, so a uid
+ * with many connections, or a connection with many maps, gets one turn
+ * like anyone else.  Nodes live while a job of theirs is attached. */
+struct rr_user {
+	uid_t uid;
+	uint64_t qchunks;          /* its jobs' share of queued_chunks */
+	unsigned refs;             /* its rr_clients */
+	bool queued;
+	TAILQ_HEAD(, rr_client) clients;   /* those with work, in turn order */
+	TAILQ_ENTRY(rr_user) q;
+	TAILQ_ENTRY(rr_user) all;
+};
+
+struct rr_client {
+	const struct conn *conn;
+	struct rr_user *user;
+	unsigned refs;             /* its attached jobs */
+	bool queued;
+	TAILQ_HEAD(, job) jobs;    /* those with work, in turn order */
+	TAILQ_ENTRY(rr_client) q;
+	TAILQ_ENTRY(rr_client) all;
+};
+
+static TAILQ_HEAD(, rr_user) runq = TAILQ_HEAD_INITIALIZER(runq);
+static TAILQ_HEAD(, rr_user) all_users = TAILQ_HEAD_INITIALIZER(all_users);
+static TAILQ_HEAD(, rr_client) all_clients = TAILQ_HEAD_INITIALIZER(all_clients);
+
+/* Chunks waiting in the run queue, kept up to date as jobs change: the
+ * limit check runs on every request and must not walk the queue. */
+static uint64_t queued_chunks;
+
+static void sched_unqueue(struct job *job);
+static bool job_runnable(const struct job *job);
+
+void sched_account(struct job *job)
+{
+	uint64_t c = job->queued && job->n_items > job->next_index
+		     ? (job->n_items - job->next_index + job->chunksize - 1) / job->chunksize : 0;
+
+	queued_chunks += c - job->qchunks;
+	if (job->client)
+		job->client->user->qchunks += c - job->qchunks;
+	job->qchunks = c;
+}
+
+static struct rr_user *rr_user_find(uid_t uid)
+{
+	struct rr_user *u;
+
+	TAILQ_FOREACH(u, &all_users, all)
+		if (u->uid == uid)
+			return u;
+	return NULL;
+}
+
+/* The node of conn's turns, made on its first job.  A node is freed with
+ * its last attached job, and a connection's jobs are all detached before
+ * it closes, so a node's conn is always the live connection. */
+static struct rr_client *rr_client_get(const struct conn *conn, uid_t uid)
+{
+	struct rr_client *cl;
+	struct rr_user *u;
+
+	TAILQ_FOREACH(cl, &all_clients, all)
+		if (cl->conn == conn) {
+			cl->refs++;
+			return cl;
+		}
+	u = rr_user_find(uid);
+	if (!u) {
+		u = xcalloc(1, sizeof(*u));
+		u->uid = uid;
+		TAILQ_INIT(&u->clients);
+		TAILQ_INSERT_TAIL(&all_users, u, all);
+	}
+	u->refs++;
+	cl = xcalloc(1, sizeof(*cl));
+	cl->conn = conn;
+	cl->user = u;
+	cl->refs = 1;
+	TAILQ_INIT(&cl->jobs);
+	TAILQ_INSERT_TAIL(&all_clients, cl, all);
+	return cl;
+}
+
+static void rr_client_put(struct rr_client *cl)
+{
+	struct rr_user *u = cl->user;
+
+	if (--cl->refs > 0)
+		return;
+	TAILQ_REMOVE(&all_clients, cl, all);
+	free(cl);
+	if (--u->refs > 0)
+		return;
+	TAILQ_REMOVE(&all_users, u, all);
+	free(u);
+}
+
+void sched_attach(struct job *job, uid_t uid)
+{
+	job->client = rr_client_get(job->conn, uid);
+}
+
+uid_t sched_uid(const struct job *job)
+{
+	return job->client->user->uid;
+}
+
+/* The client (and its uid) just had a turn: to the back of their queues. */
+static void rr_turn_taken(struct rr_client *cl)
+{
+	struct rr_user *u = cl->user;
+
+	if (cl->queued) {
+		TAILQ_REMOVE(&u->clients, cl, q);
+		TAILQ_INSERT_TAIL(&u->clients, cl, q);
+	}
+	if (u->queued) {
+		TAILQ_REMOVE(&runq, u, q);
+		TAILQ_INSERT_TAIL(&runq, u, q);
+	}
+}
+
+static bool job_has_work(const struct job *job)
+{
+	return job->retry_head || job->next_index < job->n_items;
+}
+
+bool disp_has_queued(void)
+{
+	return !TAILQ_EMPTY(&runq);
+}
+
+/* Puts a job with work at the back of its client's queue (and the client
+ * and its uid at the back of theirs, if they had no work queued). */
+void sched_requeue(struct job *job)
+{
+	struct rr_client *cl = job->client;
+
+	if (!job->queued && job->conn && cl && job_has_work(job)) {
+		TAILQ_INSERT_TAIL(&cl->jobs, job, runq);
+		job->queued = true;
+		sched_account(job);
+		if (!cl->queued) {
+			TAILQ_INSERT_TAIL(&cl->user->clients, cl, q);
+			cl->queued = true;
+		}
+		if (!cl->user->queued) {
+			TAILQ_INSERT_TAIL(&runq, cl->user, q);
+			cl->user->queued = true;
+		}
+	}
+}
+
+uint64_t disp_chunks_queued(void)
+{
+	return queued_chunks;
+}
+
+static void sched_unqueue(struct job *job)
+{
+	struct rr_client *cl = job->client;
+
+	if (!job->queued)
+		return;
+	TAILQ_REMOVE(&cl->jobs, job, runq);
+	job->queued = false;
+	sched_account(job);
+	if (TAILQ_EMPTY(&cl->jobs)) {
+		TAILQ_REMOVE(&cl->user->clients, cl, q);
+		cl->queued = false;
+		if (TAILQ_EMPTY(&cl->user->clients)) {
+			TAILQ_REMOVE(&runq, cl->user, q);
+			cl->user->queued = false;
+		}
+	}
+}
+
+/* The job leaves the run queue for good (answered, failed, or its client
+ * gone); chunks still running for it need no turn. */
+void sched_detach(struct job *job)
+{
+	sched_unqueue(job);
+	if (job->client)
+		rr_client_put(job->client);
+	job->client = NULL;
+}
+
+int disp_queue_check(uid_t uid, bool admin, uint64_t add, char *why, size_t size)
+{
+	struct rr_user *u = rr_user_find(uid);
+	uint64_t mine = u ? u->qchunks : 0, max = cfg.max_queued_chunks;
+	uint64_t open = max > cfg.admin_queued_chunks ? max - cfg.admin_queued_chunks : 0;
+
+	if (queued_chunks + add > max) {
+		snprintf(why, size, "%llu chunks are queued; %llu more would pass the limit of %llu "
+			 "(--max-queued-chunks; a larger chunksize makes fewer)",
+			 (unsigned long long)queued_chunks, (unsigned long long)add,
+			 (unsigned long long)max);
+		return -ENOSPC;
+	}
+	if (admin)
+		return 0;
+	if (mine + add > cfg.max_queued_chunks_per_uid) {
+		snprintf(why, size, "uid %u has %llu chunks queued; %llu more would pass its share "
+			 "of %llu (--max-queued-chunks-per-uid; a larger chunksize makes fewer)",
+			 (unsigned)uid, (unsigned long long)mine, (unsigned long long)add,
+			 (unsigned long long)cfg.max_queued_chunks_per_uid);
+		return -ENOSPC;
+	}
+	if (queued_chunks + add > open) {
+		snprintf(why, size, "%llu chunks are queued; %llu more would take the last %llu, "
+			 "which are kept for admins (--admin-queued-chunks)",
+			 (unsigned long long)queued_chunks, (unsigned long long)add,
+			 (unsigned long long)cfg.admin_queued_chunks);
+		return -ENOSPC;
+	}
+	return 0;
+}
+
+void disp_pack_queue(msgpack_packer *pk)
+{
+	struct rr_user *u;
+	uint32_t n = 0;
+
+	TAILQ_FOREACH(u, &all_users, all)
+		n += u->qchunks > 0;
+	msgpack_pack_map(pk, 4);
+	mp_pack_cstr(pk, "max_chunks");
+	msgpack_pack_uint64(pk, cfg.max_queued_chunks);
+	mp_pack_cstr(pk, "max_chunks_per_uid");
+	msgpack_pack_uint64(pk, cfg.max_queued_chunks_per_uid);
+	mp_pack_cstr(pk, "admin_chunks");
+	msgpack_pack_uint64(pk, cfg.admin_queued_chunks);
+	/* Only uids with chunks queued: a uid's entry goes with its work.
+	 * An array of maps, not a map keyed by uid: strict decoders take
+	 * only string keys. */
+	mp_pack_cstr(pk, "by_uid");
+	msgpack_pack_array(pk, n);
+	TAILQ_FOREACH(u, &all_users, all)
+		if (u->qchunks > 0) {
+			msgpack_pack_map(pk, 2);
+			mp_pack_cstr(pk, "uid");
+			msgpack_pack_uint64(pk, u->uid);
+			mp_pack_cstr(pk, "chunks");
+			msgpack_pack_uint64(pk, u->qchunks);
+		}
+}
+
+struct job *sched_first_queued(void)
+{
+	struct rr_user *u = TAILQ_FIRST(&runq);
+
+	return u ? TAILQ_FIRST(&TAILQ_FIRST(&u->clients)->jobs) : NULL;
+}
+
+/* An ordered job may run ahead of what its client has received by this
+ * many items, so one slow chunk cannot make the master hold unbounded
+ * results. */
+static bool job_window_open(const struct job *job)
+{
+	uint64_t window = (uint64_t)job->chunksize * (2ull * cfg.workers + 2);
+
+	return !job->ordered || job->next_index - job->emitted < window;
+}
+
+static bool job_runnable(const struct job *job)
+{
+	if (job->conn && disp_io->backlogged(job->conn))
+		return false;
+	return job->retry_head || (job->next_index < job->n_items && job_window_open(job));
+}
+
+/* Batches.  A pipelining client can have many one-item applies queued; run
+ * one by one, each costs a worker wake-up and two master wake-ups.  Applies
+ * of the same function and options waiting behind one that is dispatched
+ * ride in its chunk instead.  A batch holds items no other worker can start
+ * until it ends, so it is kept fair:
+ * - only the dispatched apply's own connection contributes, and only while
+ *   no other client has work waiting, so nobody's apply sits behind
+ *   another's backlog;
+ * - it takes at most what Python's chunk rule gives one chunk of that
+ *   connection's waiting applies, ceil(n / (4 * workers)), so the rest
+ *   stays queued for every other worker, and a client that comes later
+ *   waits for at most one such batch on one worker. */
+#define BATCH_MAX 256
+
+struct batch {
+	uint32_t n, done;          /* members, and how many are answered */
+	struct job **jobs;         /* member i: the job of item i */
+	struct seg **segs;         /* the segment each member's item lives in */
+	const uint8_t **item;      /* each member's item, in its segment */
+	size_t *item_len;
+	uint8_t *items;            /* the members' items back to back (owned) */
+};
+
+static bool batchable(const struct job *a, const struct job *b)
+{
+	return !b->is_map && b->retries == 0 && !b->retry_head &&
+	       b->next_index < b->n_items && b->timeout_ms == a->timeout_ms &&
+	       b->fn_len == a->fn_len && memcmp(b->fn, a->fn, a->fn_len) == 0;
+}
+
+void batch_free(struct batch *b)
+{
+	free(b->jobs);
+	free(b->segs);
+	free(b->item);
+	free(b->item_len);
+	free(b->items);
+	free(b);
+}
+
+/* ck holds the one item of apply `first`, about to go to a worker with
+ * quota tasks left: gathers batchable applies into it. */
+static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
+{
+	size_t total = 0;
+	uint32_t waiting = 0, scanned = 0, limit, n = 1;
+	struct rr_client *cl = first->client;
+	struct job *j, *next;
+	struct batch *b;
+
+	if (first->is_map || first->retries || quota < 2 || !cl || !first->conn ||
+	    disp_io->backlogged(first->conn))
+		return;
+	/* Another client waits: its turn comes before any more of this one's. */
+	if (TAILQ_FIRST(&runq) != cl->user || TAILQ_NEXT(cl->user, q) ||
+	    TAILQ_FIRST(&cl->user->clients) != cl || TAILQ_NEXT(cl, q))
+		return;
+	TAILQ_FOREACH(j, &cl->jobs, runq) {
+		if (++scanned > 4 * BATCH_MAX)
+			break;
+		waiting += j != first && batchable(first, j);
+	}
+	limit = disp_auto_chunksize(waiting + 1ull, cfg.workers);
+	if (limit > BATCH_MAX)
+		limit = BATCH_MAX;
+	if (limit > quota)
+		limit = (uint32_t)quota;
+	if (waiting == 0 || limit < 2)
+		return;
+	b = xcalloc(1, sizeof(*b));
+	b->jobs = xmalloc(limit * sizeof(*b->jobs));
+	b->segs = xmalloc(limit * sizeof(*b->segs));
+	b->item = xmalloc(limit * sizeof(*b->item));
+	b->item_len = xmalloc(limit * sizeof(*b->item_len));
+	b->jobs[0] = first;
+	b->segs[0] = ck->seg;
+	b->item[0] = ck->items;
+	b->item_len[0] = ck->items_len;
+	for (j = TAILQ_FIRST(&cl->jobs); j && n < limit; j = next) {
+		struct chunk one;
+
+		next = TAILQ_NEXT(j, runq);
+		if (j == first || !batchable(first, j) || !seg_next_chunk(j, 1, &one))
+			continue;
+		j->inflight++;
+		sched_unqueue(j);
+		b->jobs[n] = j;
+		b->segs[n] = one.seg;
+		b->item[n] = one.items;
+		b->item_len[n] = one.items_len;
+		n++;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		total += b->item_len[i];
+	b->items = xmalloc(total);
+	total = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		memcpy(b->items + total, b->item[i], b->item_len[i]);
+		total += b->item_len[i];
+	}
+	b->n = n;
+	ck->batch = b;
+	ck->items = b->items;
+	ck->items_len = total;
+	ck->first = 0;
+	ck->count = n;
+}
+
+struct job *batch_current(const struct batch *b)
+{
+	return b->jobs[b->done];
+}
+
+/* Answers the batch members a piece of results covers.  The worker counted
+ * the batch's items from 0, so an error's index is its member's place. */
+void batch_piece(struct batch *b, const struct wmsg_result *res)
+{
+	static const uint8_t none[1] = { 0x90 };
+	struct mp_cur rc, ec;
+	uint32_t n;
+
+	mp_cur_init(&rc, res->results, res->results_len);
+	mp_cur_init(&ec, res->errors, res->errors_len);
+	if (mp_read_array(&rc, &n) < 0 || mp_read_array(&ec, &n) < 0)
+		abort();             /* wmsg_parse_from_worker checked both */
+	for (uint32_t i = 0; i < res->n_results; i++) {
+		uint32_t k = b->done + i;
+		struct job *job = b->jobs[k];
+		const uint8_t *r, *e = NULL;
+		size_t rl, el = 0;
+		uint8_t *rb, *eb = NULL;
+		struct mp_cur peek = ec;
+		int code;
+		const char *msg;
+		uint32_t ml;
+		int64_t index;
+
+		if (mp_skip(&rc, &r, &rl) < 0)
+			abort();
+		if (!mp_cur_done(&ec) && mp_read_error(&peek, &code, &msg, &ml, &index) == 0 &&
+		    index == (int64_t)k)
+			mp_skip(&ec, &e, &el);
+		/* One-element arrays, the shape job_piece takes. */
+		rb = xmalloc(rl + 1);
+		rb[0] = 0x91;
+		memcpy(rb + 1, r, rl);
+		if (e) {
+			eb = xmalloc(el + 1);
+			eb[0] = 0x91;
+			memcpy(eb + 1, e, el);
+		}
+		out_piece(job, 0, 1, rb, rl + 1, e ? eb : none, e ? el + 1 : 1, e ? 1 : 0, NULL);
+		free(rb);
+		free(eb);
+		seg_unref(job, b->segs[k]);
+		job_chunk_ended(job);
+	}
+	b->done += res->n_results;
+}
+
+/* The batch's worker is gone.  A batch's worker reports every member as it
+ * finishes (wmsg "each"), so the first unanswered member is the one it was
+ * running: that one fails (batched applies ask for no retries).  The members
+ * after it never started, and may belong to other clients: they go back to
+ * the queue untouched, so one task's crash costs nobody else their work. */
+void batch_lost(struct batch *b, int code, const char *msg)
+{
+	for (uint32_t k = b->done; k < b->n; k++) {
+		struct job *job = b->jobs[k];
+
+		if (k > b->done && job->conn) {
+			struct retry *r = xcalloc(1, sizeof(*r));
+
+			r->first = 0;
+			r->count = 1;
+			r->seg = b->segs[k];       /* the member's reference moves here */
+			r->items = b->item[k];
+			r->items_len = b->item_len[k];
+			*job->retry_tail = r;
+			job->retry_tail = &r->next;
+			job->inflight--;
+			sched_requeue(job);
+			continue;
+		}
+		struct chunk one = { .job = job, .first = 0, .count = 1 };
+
+		out_fail_chunk(&one, code, msg);
+		seg_unref(job, b->segs[k]);
+		job_chunk_ended(job);
+	}
+	batch_free(b);
+}
+
+/* The first job that may run, in turn order: uids, their connections,
+ * their jobs. */
+static struct job *next_runnable(void)
+{
+	struct rr_user *u;
+	struct rr_client *cl;
+	struct job *job;
+
+	TAILQ_FOREACH(u, &runq, q)
+		TAILQ_FOREACH(cl, &u->clients, q) {
+			/* A backlogged client's jobs all wait for it to read. */
+			if (cl->conn && disp_io->backlogged(cl->conn))
+				continue;
+			TAILQ_FOREACH(job, &cl->jobs, runq)
+				if (job_runnable(job))
+					return job;
+		}
+	return NULL;
+}
+
+void disp_schedule(void)
+{
+	struct worker *w;
+
+	disp_io->changed();
+	while ((w = disp_io->idle())) {
+		struct rr_client *cl;
+		struct job *job;
+		struct chunk ck;
+
+		if (!(job = next_runnable()))
+			return;
+		ck.batch = NULL;
+		if (!seg_next_chunk(job, disp_io->quota_left(w), &ck))
+			return;      /* a worker at its quota is never idle */
+		job->inflight++;
+		/* Round robin: the job, its client and its uid go to the back of
+		 * their lines. */
+		cl = job->client;
+		sched_unqueue(job);
+		sched_requeue(job);
+		rr_turn_taken(cl);
+		batch_gather(job, &ck, disp_io->quota_left(w));
+		disp_io->run(w, &ck, job->fn, job->fn_len);
+	}
+}
+

@@ -1,0 +1,320 @@
+/* disp_seg: a job's input.  Segments hold the items as they arrived (the
+ * request's own, then one per "feed"); chunks are carved from them, lost
+ * chunks' items rerun from their retries, and the bytes held are counted
+ * for the memory budget. */
+#include "disp_int.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <event2/buffer.h>
+
+#include "config.h"
+#include "log.h"
+#include "mem.h"
+#include "mp_rpc.h"
+
+/* The memory a segment's items live in.  Worker channels send chunks of
+ * it by reference, and a channel may still hold such bytes after the job
+ * is gone (a worker killed before it read its chunk), so it is counted on
+ * its own: the segment holds one reference, each chunk queued on a channel
+ * another. */
+struct seg_mem {
+	unsigned refs;
+	void *buf;                 /* owned: a copy, or the adopted read buffer */
+};
+
+/* A run of a job's items as they arrived: the request's own items, then one
+ * segment per "feed" of a streamed map.  It lives while items of it are
+ * queued, running or waiting for a retry (refs), so a streamed map holds
+ * only the input its workers have not finished. */
+struct seg {
+	const uint8_t *frame;      /* the items' bytes, in mem */
+	struct seg_mem *mem;
+	size_t bytes;
+	struct mp_cur items;       /* items not yet handed out */
+	uint64_t left;             /* how many */
+	uint64_t count;            /* items in the segment */
+	size_t *marks;             /* count / DISP_MARK_EVERY item ends (owned) */
+	unsigned refs;             /* chunks, retries, +1 while items are left */
+	struct seg *next;
+};
+
+/* Input bytes every job holds, its client gone or not (the byte budget). */
+static size_t held_bytes;
+
+uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers)
+{
+	uint64_t div = 4ull * (workers ? workers : 1);
+	uint64_t c = (n_items + div - 1) / div;
+
+	if (c < 1)
+		c = 1;
+	return c > DISP_CHUNK_MAX ? DISP_CHUNK_MAX : (uint32_t)c;
+}
+
+uint32_t disp_chunk_take(uint32_t chunksize, uint64_t items_left, uint64_t quota_left)
+{
+	uint64_t n = chunksize;
+
+	if (n > items_left)
+		n = items_left;
+	if (n > quota_left)
+		n = quota_left;
+	return (uint32_t)n;
+}
+
+uint32_t disp_spec_chunksize(const struct job_spec *spec)
+{
+	if (spec->chunksize)
+		return spec->chunksize;
+	/* A stream's length is unknown: size chunks for a window's worth. */
+	return disp_auto_chunksize(spec->stream ? cfg.stream_window : spec->n_items, cfg.workers);
+}
+
+/* Walks are noted here and copied into the segment made from them, so
+ * the buffer serves every request (the master is single-threaded). */
+static size_t *walk_marks;
+static size_t walk_marks_cap;
+
+int disp_walk_items(struct mp_cur *c, uint64_t n, const uint8_t **ret_items,
+		    size_t *ret_len, const size_t **ret_marks)
+{
+	uint64_t nm = n / DISP_MARK_EVERY;
+
+	/* Every item takes a byte at least: a count past what is left is a
+	 * lie, refused before it sizes anything. */
+	if (n > (uint64_t)(c->end - c->p))
+		return -EBADMSG;
+	if (nm > walk_marks_cap) {
+		free(walk_marks);
+		walk_marks = xmalloc(nm * sizeof(*walk_marks));
+		walk_marks_cap = nm;
+	}
+	if (mp_skip_n_marked(c, n, DISP_MARK_EVERY, walk_marks, ret_items, ret_len) < 0)
+		return -EBADMSG;
+	*ret_marks = walk_marks;
+	return 0;
+}
+
+static void seg_mem_unref(struct seg_mem *m)
+{
+	if (--m->refs > 0)
+		return;
+	free(m->buf);
+	free(m);
+}
+
+static void seg_mem_cleanup(const void *data, size_t len, void *arg)
+{
+	(void)data;
+	(void)len;
+	seg_mem_unref(arg);
+}
+
+/* buf: the read buffer holding items, adopted; NULL to copy them. */
+struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
+			   uint64_t count, const size_t *marks, uint8_t *buf)
+{
+	struct seg *sg = xcalloc(1, sizeof(*sg)), **pp = &job->segs;
+	uint64_t nm = count / DISP_MARK_EVERY;
+
+	sg->mem = xcalloc(1, sizeof(*sg->mem));
+	sg->mem->refs = 1;
+	if (buf) {
+		sg->mem->buf = buf;
+		sg->frame = items;
+	} else {
+		sg->mem->buf = xmemdup(items, items_len);
+		sg->frame = sg->mem->buf;
+	}
+	sg->bytes = items_len;
+	mp_cur_init(&sg->items, sg->frame, items_len);
+	sg->left = count;
+	sg->count = count;
+	if (nm > 0) {
+		if (!marks) {
+			log_err("%llu items without their marks", (unsigned long long)count);
+			abort();
+		}
+		sg->marks = xmemdup(marks, nm * sizeof(*marks));
+	}
+	sg->refs = count > 0;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = sg;
+	job->seg_bytes += items_len;
+	job->fed_bytes += items_len;
+	held_bytes += items_len;
+	if (!job->cur && count > 0)
+		job->cur = sg;
+	return sg;
+}
+
+void seg_unref(struct job *job, struct seg *sg)
+{
+	struct seg **pp;
+
+	if (--sg->refs > 0)
+		return;
+	for (pp = &job->segs; *pp != sg; pp = &(*pp)->next)
+		;
+	*pp = sg->next;
+	if (job->cur == sg)
+		job->cur = sg->next;
+	job->seg_bytes -= sg->bytes;
+	held_bytes -= sg->bytes;
+	free(sg->marks);
+	seg_mem_unref(sg->mem);
+	free(sg);
+	/* Bytes freed may be what held the credit back. */
+	if (job->streaming && job->conn)
+		out_grant(job);
+}
+
+void seg_free_all(struct job *job)
+{
+	while (job->segs) {
+		struct seg *sg = job->segs;
+
+		job->segs = sg->next;
+		held_bytes -= sg->bytes;
+		free(sg->marks);
+		seg_mem_unref(sg->mem);
+		free(sg);
+	}
+}
+
+size_t disp_job_bytes(const struct job *job)
+{
+	return job->seg_bytes;
+}
+
+size_t disp_bytes_held(void)
+{
+	return held_bytes;
+}
+
+void seg_slice(const uint8_t **items, size_t *len, uint32_t n, const uint8_t **ret_start,
+	       size_t *ret_len)
+{
+	struct mp_cur c;
+
+	mp_cur_init(&c, *items, *len);
+	if (mp_skip_n(&c, n, ret_start, ret_len) < 0) {
+		/* Every frame was measured on arrival; this cannot be. */
+		log_err("items do not match their count");
+		abort();
+	}
+	*items = c.p;
+	*len = (size_t)(c.end - c.p);
+}
+
+/* Slices the next n items off the job.  A chunk of the default size also
+ * stops once its items pass DISP_CHUNK_BYTES (keeping at least one), so
+ * large items do not make chunks whose results outgrow the frame limit; a
+ * chunksize the client chose is honoured as it is.  The items were walked
+ * on arrival: hop over the marks noted then, and walk at most the last
+ * DISP_MARK_EVERY - 1 items (or those around the byte limit) one by one. */
+static uint32_t take_items(struct job *job, uint32_t n, struct chunk *ck)
+{
+	struct seg *sg = job->cur;
+	const uint8_t *start = sg->items.p;
+	uint64_t from = sg->count - sg->left, at = from, target;
+	uint32_t taken;
+
+	/* A chunk never spans segments: it points into one. */
+	if (n > sg->left)
+		n = (uint32_t)sg->left;
+	target = from + n;
+	for (uint64_t k = at / DISP_MARK_EVERY + 1; k * DISP_MARK_EVERY <= target; k++) {
+		const uint8_t *q = sg->frame + sg->marks[k - 1];
+
+		/* Past the byte limit: the cut lies before this mark. */
+		if (job->auto_chunk && (size_t)(q - start) >= DISP_CHUNK_BYTES)
+			break;
+		sg->items.p = q;
+		at = k * DISP_MARK_EVERY;
+	}
+	while (at < target) {
+		if (mp_skip(&sg->items, NULL, NULL) < 0) {
+			log_err("job %llu: items do not match their count",
+				(unsigned long long)job->id);
+			abort();
+		}
+		at++;
+		if (job->auto_chunk && (size_t)(sg->items.p - start) >= DISP_CHUNK_BYTES)
+			break;
+	}
+	taken = (uint32_t)(at - from);
+	ck->items = start;
+	ck->items_len = (size_t)(sg->items.p - start);
+	ck->seg = sg;
+	sg->refs++;
+	sg->left -= taken;
+	if (sg->left == 0) {
+		job->cur = sg->next;
+		seg_unref(job, sg);      /* its cursor's reference */
+	}
+	return taken;
+}
+
+int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out)
+{
+	/* A batch's items are its own small copy; small chunks cost less to
+	 * copy than a reference costs to set up. */
+	if (ck->batch || ck->items_len < DISP_REF_MIN)
+		return evbuffer_add(out, ck->items, ck->items_len) < 0 ? -ENOMEM : 0;
+	if (evbuffer_add_reference(out, ck->items, ck->items_len, seg_mem_cleanup,
+				   ck->seg->mem) < 0)
+		return -ENOMEM;
+	ck->seg->mem->refs++;
+	return 0;
+}
+
+bool seg_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
+{
+	struct retry *r = job->retry_head;
+	uint32_t n;
+
+	ck->job = job;
+	if (r) {
+		n = r->count < quota ? r->count : (uint32_t)quota;
+		if (n == 0)
+			return false;
+		ck->first = r->first;
+		ck->count = n;
+		ck->attempt = r->attempt;
+		ck->seg = r->seg;
+		r->seg->refs++;
+		seg_slice(&r->items, &r->items_len, n, &ck->items, &ck->items_len);
+		r->first += n;
+		r->count -= n;
+		if (r->count == 0) {
+			job->retry_head = r->next;
+			if (!job->retry_head)
+				job->retry_tail = &job->retry_head;
+			seg_unref(job, r->seg);
+			free(r);
+		}
+		return true;
+	}
+	n = disp_chunk_take(job->chunksize, job->n_items - job->next_index, quota);
+	/* A stream's items trickle in: spread what is here over the pool
+	 * rather than hand it all to one worker. */
+	if (job->streaming || job->granted) {
+		uint64_t spread = (job->n_items - job->next_index + cfg.workers - 1) / cfg.workers;
+
+		if (spread >= 1 && spread < n)
+			n = (uint32_t)spread;
+	}
+	if (n == 0 || !job->cur)
+		return false;
+	ck->first = job->next_index;
+	ck->count = take_items(job, n, ck);
+	ck->attempt = 0;
+	job->next_index += ck->count;
+	sched_account(job);
+	return true;
+}
+
