@@ -105,6 +105,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	cfg.workers = 2;
 	cfg.max_processes = 0;          /* spawn: "limit", never a fork */
 	CHECK(reg_add(&builtin_module, NULL, 0) == 0);
+	disp_init(&disp_daemon_ops);    /* as master.c does: no worker ever idle */
 	base = event_base_new();
 	CHECK(base);
 	/* An abstract socket: nothing to clean up, no clash between runs. */
