@@ -1,10 +1,10 @@
 /* fuzz_request: libFuzzer target over mpoold's request handling -- the real
- * daemon/conn.c, not a copy of it.
+ * daemon/conn.c (transport) and rpc*.c (methods), not a copy of them.
  *
- * conn.c's validator is not a function that can be called on a frame: its
- * handlers are static, and they validate and act in one pass (look the
- * function up, check the limits and the msgid, submit the job, answer
- * through the connection's buffer).  So this target links the daemon's
+ * The request validator is not a function that can be called on a frame:
+ * rpc_dispatch() validates and acts in one pass (look the function up,
+ * check the limits and the msgid, submit the job, answer through the
+ * connection's buffer).  So this target links the daemon's
  * sources and drives them the way a client does, in one process: mpoold's
  * accept callback on a listening socket, one real connection per input,
  * the input written to it in two parts (cut where the data says), then
