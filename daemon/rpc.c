@@ -204,42 +204,47 @@ static int parse_id(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct
 	return mp_read_u64(p, &a->id) < 0 ? RPC_USAGE : 0;
 }
 
-/* Every method.  Policy is data: how many params each takes and how they
- * are read (parse: NULL when there is nothing past the count), the line a
- * client gets when they do not fit, and who may call it (admin: root,
- * mpoold's user or --admin-group; the others check ownership themselves). */
+/* Every method.  Policy is data: how many params each takes and how
+ * they are read (parse: NULL when there is nothing past the count), the
+ * line a client gets when they do not fit, what refuses the request before
+ * its msgid is checked (check: apply and map, whose order PROTOCOL.md
+ * gives), and who may call it (admin: root, mpoold's user or
+ * --admin-group; the others check ownership themselves). */
 static const struct rpc_method {
 	const char *name;
 	uint8_t min_params, max_params;
 	rpc_parse_fn *parse;
+	rpc_check_fn *check;
 	rpc_run_fn *run;
 	bool admin;
 	const char *usage;
 } methods[] = {
-	{ "apply", 2, 3, rpc_parse_apply, rpc_run_job, false,
+	{ "apply", 2, 3, rpc_parse_apply, rpc_check_job, rpc_run_job, false,
 	  "apply params must be [function, argument] or [function, argument, options]" },
-	{ "map", 2, 3, rpc_parse_map, rpc_run_job, false,
+	{ "map", 2, 3, rpc_parse_map, rpc_check_job, rpc_run_job, false,
 	  "map params must be [function, items] or [function, items, options]" },
-	{ "cancel_request", 1, 2, parse_cancel_request, run_cancel_request, false,
+	{ "cancel_request", 1, 2, parse_cancel_request, NULL, run_cancel_request, false,
 	  "cancel_request params must be [msgid] or [msgid, {\"kill\": bool}]" },
-	{ "spawn", 2, 3, rpc_parse_spawn, rpc_run_spawn, false,
+	{ "spawn", 2, 3, rpc_parse_spawn, NULL, rpc_run_spawn, false,
 	  "spawn params must be [function, argument, options]" },
-	{ "join", 1, 2, rpc_parse_join, rpc_run_join, false,
+	{ "join", 1, 2, rpc_parse_join, NULL, rpc_run_join, false,
 	  "join params must be [id] or [id, {\"timeout_ms\": 0 to 86400000}]" },
-	{ "is_alive", 1, 1, parse_id, rpc_run_is_alive, false, "is_alive params must be [id]" },
-	{ "terminate_process", 1, 1, parse_id, rpc_run_terminate_process, false,
+	{ "is_alive", 1, 1, parse_id, NULL, rpc_run_is_alive, false,
+	  "is_alive params must be [id]" },
+	{ "terminate_process", 1, 1, parse_id, NULL, rpc_run_terminate_process, false,
 	  "terminate_process params must be [id]" },
-	{ "kill_process", 1, 1, parse_id, rpc_run_kill_process, false,
+	{ "kill_process", 1, 1, parse_id, NULL, rpc_run_kill_process, false,
 	  "kill_process params must be [id]" },
-	{ "processes", 0, 0, NULL, rpc_run_processes, false, "processes takes no params ([])" },
-	{ "ping", 0, 0, NULL, run_ping, false, "ping params must be []" },
-	{ "status", 0, 0, NULL, run_status, false, "status params must be []" },
-	{ "cancel", 1, 1, parse_id, run_cancel, false,
+	{ "processes", 0, 0, NULL, NULL, rpc_run_processes, false,
+	  "processes takes no params ([])" },
+	{ "ping", 0, 0, NULL, NULL, run_ping, false, "ping params must be []" },
+	{ "status", 0, 0, NULL, NULL, run_status, false, "status params must be []" },
+	{ "cancel", 1, 1, parse_id, NULL, run_cancel, false,
 	  "cancel params must be [id] with an integer id" },
-	{ "terminate", 0, 0, NULL, run_terminate, true, "terminate params must be []" },
-	{ "drain", 0, 0, NULL, run_drain, true, "drain params must be []" },
-	{ "reload", 0, 0, NULL, run_reload, true, "reload params must be []" },
-	{ "kill_worker", 1, 1, parse_id, run_kill_worker, true,
+	{ "terminate", 0, 0, NULL, NULL, run_terminate, true, "terminate params must be []" },
+	{ "drain", 0, 0, NULL, NULL, run_drain, true, "drain params must be []" },
+	{ "reload", 0, 0, NULL, NULL, run_reload, true, "reload params must be []" },
+	{ "kill_worker", 1, 1, parse_id, NULL, run_kill_worker, true,
 	  "kill_worker params must be [id] with an integer id" },
 };
 
@@ -287,6 +292,9 @@ static void dispatch_request(struct conn *c, const struct mp_msg *m)
 	if (!me) {
 		char name[64];
 
+		/* PROTOCOL.md: a reused msgid is bad_request whatever the method. */
+		if (!msgid_free(c, m->msgid))
+			return;
 		rpc_printable(name, sizeof(name), m->method, m->method_len);
 		conn_reply_error(c, m->msgid, MPOOL_E_NOMETHOD, "no method named '%s'", name);
 		return;
@@ -306,7 +314,8 @@ static void dispatch_request(struct conn *c, const struct mp_msg *m)
 		conn_reply_error(c, m->msgid, r, "%s", why);
 		return;
 	}
-	if (!msgid_free(c, m->msgid) || !may_call(c, m->msgid, me))
+	if ((me->check && !me->check(c, m, &args)) || !msgid_free(c, m->msgid) ||
+	    !may_call(c, m->msgid, me))
 		return;
 	me->run(c, m, &args);
 }

@@ -31,6 +31,9 @@ struct rpc_args {
 #define RPC_USAGE (-1)
 typedef int rpc_parse_fn(struct mp_cur *p, uint32_t n, const struct mp_msg *m,
 			 struct rpc_args *a, char *why, size_t n_why);
+/* Refuses a request on what it asks for, before its msgid is checked;
+ * returns whether it may go on. */
+typedef bool rpc_check_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);
 typedef void rpc_run_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);
 
 /* Room for any reason a parser or method gives a client. */
@@ -49,6 +52,7 @@ void rpc_reply_true(struct conn *c, uint64_t msgid);
 
 /* rpc_job.c: apply, map and the feeds of a streamed map. */
 rpc_parse_fn rpc_parse_apply, rpc_parse_map;
+rpc_check_fn rpc_check_job;
 rpc_run_fn rpc_run_job;
 void rpc_feed(struct conn *c, const struct mp_msg *m);
 

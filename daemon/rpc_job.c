@@ -132,7 +132,28 @@ int rpc_parse_map(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct r
 	return parse_job(p, n, m, &a->job, true, why, n_why);
 }
 
-/* Past the parser: whether mpoold takes the job now, then submits it. */
+/* Between the parser and the msgid check, in PROTOCOL.md's order: the
+ * daemon draining, the function, the item count. */
+bool rpc_check_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	const struct job_spec *spec = &a->job;
+
+	if (!rpc_may_start(c, m->msgid, spec->fn, spec->fn_len))
+		return false;
+	if (spec->n_items > (spec->stream ? cfg.stream_window : cfg.max_items)) {
+		conn_limit_hit(LIM_ITEMS);
+		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT,
+				 "%s of %llu items exceeds the limit of %llu (%s)",
+				 spec->stream ? "a stream's first part" : "map",
+				 (unsigned long long)spec->n_items,
+				 (unsigned long long)(spec->stream ? cfg.stream_window : cfg.max_items),
+				 spec->stream ? "--stream-window" : "--max-items");
+		return false;
+	}
+	return true;
+}
+
+/* Past the msgid check: the limits of what mpoold holds, then the job. */
 void rpc_run_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
 {
 	struct job_spec spec = a->job;
@@ -141,18 +162,6 @@ void rpc_run_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *
 	uint32_t cs;
 	int lim;
 
-	if (!rpc_may_start(c, m->msgid, spec.fn, spec.fn_len))
-		return;
-	if (spec.n_items > (spec.stream ? cfg.stream_window : cfg.max_items)) {
-		conn_limit_hit(LIM_ITEMS);
-		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT,
-				 "%s of %llu items exceeds the limit of %llu (%s)",
-				 spec.stream ? "a stream's first part" : "map",
-				 (unsigned long long)spec.n_items,
-				 (unsigned long long)(spec.stream ? cfg.stream_window : cfg.max_items),
-				 spec.stream ? "--stream-window" : "--max-items");
-		return;
-	}
 	if (!rpc_room_for_request(c, m->msgid))
 		return;
 	cs = disp_spec_chunksize(&spec);
