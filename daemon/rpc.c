@@ -280,6 +280,9 @@ static bool may_call(struct conn *c, uint64_t msgid, const struct rpc_method *me
 	return false;
 }
 
+/* The order of refusals, which PROTOCOL.md gives: the params, what the
+ * request asks for (check), the msgid, the caller's right to the method;
+ * then the method runs its own checks and acts. */
 static void dispatch_request(struct conn *c, const struct mp_msg *m)
 {
 	const struct rpc_method *me = find_method(m->method, m->method_len);
@@ -301,11 +304,10 @@ static void dispatch_request(struct conn *c, const struct mp_msg *m)
 	}
 	memset(&args, 0, sizeof(args));
 	mp_cur_init(&p, m->body, m->body_len);
-	if (mp_read_array(&p, &n) < 0 || n < me->min_params || n > me->max_params) {
+	if (mp_read_array(&p, &n) < 0 || n < me->min_params || n > me->max_params)
 		r = RPC_USAGE;
-	} else {
+	else
 		r = me->parse ? me->parse(&p, n, m, &args, why, sizeof(why)) : 0;
-	}
 	if (r == RPC_USAGE) {
 		conn_reply_error(c, m->msgid, MPOOL_E_BADREQ, "%s", me->usage);
 		return;
