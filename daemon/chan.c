@@ -153,11 +153,6 @@ void chan_free(struct chan *ch)
 	chan_destroy(ch);
 }
 
-int chan_fd(const struct chan *ch)
-{
-	return ch->fd;
-}
-
 struct evbuffer *chan_out(struct chan *ch)
 {
 	return ch->out;

@@ -52,7 +52,6 @@ struct chan *chan_new(struct event_base *base, int fd, const struct mp_frame_lim
  * chan (the free is then deferred until the callback returns).  NULL ok. */
 void chan_free(struct chan *ch);
 
-int chan_fd(const struct chan *ch);
 struct evbuffer *chan_out(struct chan *ch);
 /* A packer that appends to the chan's output. */
 void chan_packer(struct chan *ch, msgpack_packer *pk);

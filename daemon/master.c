@@ -45,11 +45,6 @@ uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-struct event_base *master_base(void)
-{
-	return base;
-}
-
 enum master_state master_state(void)
 {
 	return state;

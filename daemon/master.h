@@ -21,7 +21,6 @@ int master_run(void);
  * never runs the master's handlers. */
 extern const int master_signals[];
 
-struct event_base *master_base(void);
 enum master_state master_state(void);
 const char *master_state_name(void);
 uint64_t master_uptime_ms(void);

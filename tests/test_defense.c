@@ -1133,6 +1133,9 @@ START_TEST(msgid_reuse_against_every_method)
 		{ "join", "[1]" }, { "is_alive", "[1]" }, { "terminate_process", "[1]" },
 		{ "kill_process", "[1]" }, { "processes", "[]" }, { "kill_worker", "[1]" },
 		{ "cancel", "[1]" }, { "status", "[]" }, { "ping", "[]" },
+		/* Admin methods too (the test runs as mpoold's user): a reused
+		 * msgid must stop them before they act. */
+		{ "drain", "[]" }, { "reload", "[]" }, { "terminate", "[]" },
 	};
 	const size_t n_reuses = sizeof(reuses) / sizeof(reuses[0]);
 	struct fx fx;
@@ -1247,6 +1250,55 @@ START_TEST(msgid_reuse_against_every_method)
 	fx_raw_close(&r);
 	msgpack_sbuffer_destroy(&sb);
 	bg_stop(&bg);
+	fx_stop(&fx);
+}
+END_TEST
+
+/* PROTOCOL.md orders an apply's or map's checks: params, draining, the
+ * function and the item count come before the msgid; and a request of any
+ * method, even one that does not exist, is bad_request for a msgid in use. */
+START_TEST(msgid_check_in_the_documented_order)
+{
+	static const char *const args[] = { "--max-items", "4", NULL };
+	struct fx fx;
+	struct fx_raw r;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	bool done = false;
+
+	fx_start(&fx, args);
+	fx_raw_open(&fx, &r);
+	fx_sbuf_init(&sb, &pk);
+	/* One chunk of sleeps: no result can come before the answers below,
+	 * which are written while the same bytes are read. */
+	pack_req(&pk, 5, "map", "[\"builtin.sleep\", [300, 300, 300, 300], {\"chunksize\": 4}]");
+	pack_req(&pk, 5, "apply", "[\"no.such_function\", 1]");
+	pack_req(&pk, 5, "map", "[\"builtin.square\", [1, 2, 3, 4, 5]]");
+	pack_req(&pk, 5, "apply", "[\"builtin.square\"]");
+	pack_req(&pk, 5, "no_such_method", "[]");
+	pack_req(&pk, 5, "apply", "[\"builtin.square\", 2]");
+	send_sb(&r, &sb);
+	expect_error(&r, 5, MPOOL_E_NOFUNC, "an apply of an unknown function on a msgid in use");
+	expect_error(&r, 5, MPOOL_E_LIMIT, "a map past --max-items on a msgid in use");
+	expect_error(&r, 5, MPOOL_E_BADREQ, "an apply with too few params on a msgid in use");
+	expect_error(&r, 5, MPOOL_E_BADREQ, "an unknown method on a msgid in use");
+	expect_error(&r, 5, MPOOL_E_BADREQ, "an apply on a msgid in use");
+	while (!done) {
+		const msgpack_object *m;
+
+		REQUIREF(fx_raw_next(&r, FX_WAIT_MS) == 1, "EOF with the map of msgid 5 open");
+		m = &r.msg.data;
+		if (note_params(m, "result"))
+			continue;
+		REQUIREF(m->via.array.size == 4 && fx_obj_u64(&m->via.array.ptr[1]) == 5 &&
+			 m->via.array.ptr[2].type == MSGPACK_OBJECT_NIL &&
+			 fx_obj_u64(fx_obj_get(&m->via.array.ptr[3], "items")) == 4,
+			 "the map of msgid 5 did not end with its 4 items");
+		done = true;
+	}
+	raw_ping(&r, 5, "the map of msgid 5 ended");
+	fx_raw_close(&r);
+	msgpack_sbuffer_destroy(&sb);
 	fx_stop(&fx);
 }
 END_TEST
@@ -2825,6 +2877,7 @@ static Suite *defense_suite(void)
 	tcase_add_test(tc, malformed_feeds_drop_the_client);
 	tcase_add_test(tc, unknown_methods_and_notifications);
 	tcase_add_test(tc, msgid_reuse_against_every_method);
+	tcase_add_test(tc, msgid_check_in_the_documented_order);
 	tcase_add_test(tc, chunksize_extremes);
 	tcase_add_test(tc, function_names_that_are_not_utf8);
 	suite_add_tcase(s, tc);

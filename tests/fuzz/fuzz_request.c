@@ -1,10 +1,10 @@
 /* fuzz_request: libFuzzer target over mpoold's request handling -- the real
- * daemon/conn.c, not a copy of it.
+ * daemon/conn.c (transport) and rpc*.c (methods), not a copy of them.
  *
- * conn.c's validator is not a function that can be called on a frame: its
- * handlers are static, and they validate and act in one pass (look the
- * function up, check the limits and the msgid, submit the job, answer
- * through the connection's buffer).  So this target links the daemon's
+ * The request validator is not a function that can be called on a frame:
+ * rpc_dispatch() validates and acts in one pass (look the function up,
+ * check the limits and the msgid, submit the job, answer through the
+ * connection's buffer).  So this target links the daemon's
  * sources and drives them the way a client does, in one process: mpoold's
  * accept callback on a listening socket, one real connection per input,
  * the input written to it in two parts (cut where the data says), then
@@ -24,9 +24,10 @@
  *   - every error object has a known code (1 ... 16) and a message of
  *     printable ASCII, whatever bytes the request held;
  *   - after an "error" notification mpoold sends nothing more;
- *   - the connection is closed within a bounded number of loop turns after
- *     end-of-file (no request keeps a dropped client alive), and the
- *     daemon is back to zero connections and zero active jobs.
+ *   - a client dropped with an "error" notification is gone by the end of
+ *     its input; any other is answered what it can be (no worker runs
+ *     here) and then closed as mpoold's exit does, after which the daemon
+ *     is back to zero connections and zero active jobs.
  *
  * Input layout: byte 0 is unused by this target (it picks limits in
  * fuzz_frame, and the two share the seed corpus), bytes 1-2 the cut
@@ -62,6 +63,7 @@
 } while (0)
 
 #define MAX_TURNS 20000        /* loop turns from EOF to the connection's end */
+#define OPEN_TURNS 64          /* loop turns a half-closed client gets to be answered */
 
 static struct event_base *base;
 static struct sockaddr_un addr;
@@ -105,7 +107,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	cfg.workers = 2;
 	cfg.max_processes = 0;          /* spawn: "limit", never a fork */
 	CHECK(reg_add(&builtin_module, NULL, 0) == 0);
-	disp_init(&disp_daemon_ops);    /* as master.c does: no worker ever idle */
+	/* As master.c does: the dispatcher reaches clients and workers only
+	 * through its ops. */
+	disp_init(&disp_daemon_ops);
 	base = event_base_new();
 	CHECK(base);
 	/* An abstract socket: nothing to clean up, no clash between runs. */
@@ -263,13 +267,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	pump(fd, &rd);
 	send_all(fd, &rd, data + cut, size - cut);
 	shutdown(fd, SHUT_WR);
-	/* End of input: the daemon must let go of the connection and of every
-	 * job it opened. */
-	for (turns = 0; conn_count() > 0; turns++) {
-		CHECK(turns < MAX_TURNS);
+	/* End of input: a half-closed client is answered what it has open,
+	 * then let go (PROTOCOL.md).  No worker exists here, so a job stays
+	 * open: after a bounded number of turns the daemon's exit path closes
+	 * the connection, and must let go of every job it opened.  A client it
+	 * dropped with an error notification must be gone by then. */
+	for (turns = 0; conn_count() > 0 && turns < OPEN_TURNS; turns++)
 		pump(fd, &rd);
-	}
+	CHECK(!rd.got_error_note || conn_count() == 0);
 	read_replies(fd, &rd);
+	conn_close_all();
 	CHECK(disp_active() == 0);
 	CHECK(disp_chunks_queued() == 0);
 	close(fd);

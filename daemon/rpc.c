@@ -1,0 +1,337 @@
+/* rpc: the method table, the dispatch of a parsed message through it,
+ * the one msgid check and the admin policy, and the methods too small for
+ * a file of their own. */
+#include "rpc.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "master.h"
+#include "pool.h"
+#include "registry.h"
+#include "rpc_int.h"
+#include "status.h"
+
+void rpc_printable(char *dst, size_t size, const char *s, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len && i + 1 < size; i++)
+		dst[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+	dst[i] = '\0';
+}
+
+static void pack_true(msgpack_packer *pk, const void *arg)
+{
+	(void)arg;
+	msgpack_pack_true(pk);
+}
+
+void rpc_reply_true(struct conn *c, uint64_t msgid)
+{
+	conn_reply(c, msgid, pack_true, NULL);
+}
+
+bool rpc_room_for_request(struct conn *c, uint64_t msgid)
+{
+	if (conn_open_requests(c) < cfg.max_jobs_per_conn)
+		return true;
+	conn_limit_hit(LIM_JOBS);
+	conn_reply_error(c, msgid, MPOOL_E_LIMIT, "more than %u open requests on one connection",
+			 cfg.max_jobs_per_conn);
+	return false;
+}
+
+bool rpc_may_start(struct conn *c, uint64_t msgid, const char *fn, uint32_t fn_len)
+{
+	char name[96];
+
+	if (master_state() != MASTER_RUNNING) {
+		conn_reply_error(c, msgid, MPOOL_E_SHUTDOWN, "mpoold is shutting down; no new work");
+		return false;
+	}
+	if (!reg_lookup(fn, fn_len)) {
+		rpc_printable(name, sizeof(name), fn, fn_len);
+		conn_reply_error(c, msgid, MPOOL_E_NOFUNC, "no function named '%s'", name);
+		return false;
+	}
+	return true;
+}
+
+static void pack_pong(msgpack_packer *pk, const void *arg)
+{
+	(void)arg;
+	mp_pack_cstr(pk, "pong");
+}
+
+static void pack_status(msgpack_packer *pk, const void *arg)
+{
+	(void)arg;
+	status_pack(pk);
+}
+
+static void run_ping(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	(void)a;
+	conn_reply(c, m->msgid, pack_pong, NULL);
+}
+
+static void run_status(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	(void)a;
+	conn_reply(c, m->msgid, pack_status, NULL);
+}
+
+/* terminate, drain and reload: the one body.  The caller's answer goes
+ * out before the act, so it comes before what the act sends (terminate
+ * fails every open job at once). */
+static void lifecycle(struct conn *c, const struct mp_msg *m, int prio, const char *what,
+		      void (*act)(const char *why), const char *why)
+{
+	rpc_reply_true(c, m->msgid);
+	log_msg(prio, "%s requested by client %llu (pid %d uid %u)", what,
+		(unsigned long long)conn_id(c), (int)conn_pid(c), (unsigned)conn_uid(c));
+	act(why);
+}
+
+static void run_terminate(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	(void)a;
+	lifecycle(c, m, LOG_WARNING, "terminate", master_terminate, "terminated by request");
+}
+
+static void run_drain(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	(void)a;
+	lifecycle(c, m, LOG_INFO, "drain", master_drain, "drain request");
+}
+
+static void run_reload(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	(void)a;
+	lifecycle(c, m, LOG_INFO, "reload", master_reload, "reload request");
+}
+
+/* cancel [job_id]: the job's own client (same uid) or an admin. */
+static void run_cancel(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	struct job *job = disp_find(a->id);
+	char msg[160];
+
+	if (!job) {
+		conn_reply_error(c, m->msgid, MPOOL_E_NOTFOUND, "no open job %llu",
+				 (unsigned long long)a->id);
+		return;
+	}
+	if (conn_uid(disp_job_conn(job)) != conn_uid(c) && !conn_is_admin(c)) {
+		conn_reply_error(c, m->msgid, MPOOL_E_PERM,
+				 "job %llu belongs to uid %u; only its owner or an admin may cancel it",
+				 (unsigned long long)a->id, (unsigned)conn_uid(disp_job_conn(job)));
+		return;
+	}
+	snprintf(msg, sizeof(msg), "job %llu cancelled by uid %u (pid %d)",
+		 (unsigned long long)a->id, (unsigned)conn_uid(c), (int)conn_pid(c));
+	log_info("%s", msg);
+	disp_cancel(job, MPOOL_E_CANCELLED, msg);
+	rpc_reply_true(c, m->msgid);
+}
+
+static void run_kill_worker(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	char why[128];
+
+	/* pool_kill_worker sends SIGKILL: the error table promises the signal. */
+	snprintf(why, sizeof(why), "killed by SIGKILL on request of uid %u (pid %d)",
+		 (unsigned)conn_uid(c), (int)conn_pid(c));
+	if (a->id > INT32_MAX || pool_kill_worker((pid_t)a->id, why) < 0) {
+		conn_reply_error(c, m->msgid, MPOOL_E_NOTFOUND, "no worker with pid %llu",
+				 (unsigned long long)a->id);
+		return;
+	}
+	rpc_reply_true(c, m->msgid);
+}
+
+/* cancel_request [msgid] or [msgid, {"kill": bool}]: a client cancels its
+ * own open request; with kill, chunks already running are killed too
+ * instead of finishing. */
+static int parse_cancel_request(struct mp_cur *p, uint32_t n, const struct mp_msg *m,
+				struct rpc_args *a, char *why, size_t n_why)
+{
+	uint32_t nopt;
+	const char *k;
+	uint32_t kl;
+
+	(void)m;
+	if (mp_read_u64(p, &a->id) < 0)
+		return RPC_USAGE;
+	if (n == 2 &&
+	    (mp_read_map(p, &nopt) < 0 || nopt > 1 ||
+	     (nopt == 1 && (mp_read_str(p, &k, &kl) < 0 || !mp_str_eq(k, kl, "kill") ||
+			    mp_read_bool(p, &a->kill) < 0)))) {
+		snprintf(why, n_why, "cancel_request options: only {\"kill\": bool}");
+		return MPOOL_E_BADREQ;
+	}
+	return 0;
+}
+
+static void run_cancel_request(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	struct job *job = conn_find_job(c, a->id);
+
+	if (!job || a->id == m->msgid) {
+		conn_reply_error(c, m->msgid, MPOOL_E_NOTFOUND, "no open request with msgid %llu",
+				 (unsigned long long)a->id);
+		return;
+	}
+	if (a->kill)
+		disp_kill_running(job);
+	disp_cancel(job, MPOOL_E_CANCELLED, "cancelled by its client");
+	rpc_reply_true(c, m->msgid);
+}
+
+/* One integer: an id, a pid or a msgid. */
+static int parse_id(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
+		    char *why, size_t n_why)
+{
+	(void)n;
+	(void)m;
+	(void)why;
+	(void)n_why;
+	return mp_read_u64(p, &a->id) < 0 ? RPC_USAGE : 0;
+}
+
+/* Every method.  Policy is data: how many params each takes and how
+ * they are read (parse: NULL when there is nothing past the count), the
+ * line a client gets when they do not fit, what refuses the request before
+ * its msgid is checked (check: apply and map, whose order PROTOCOL.md
+ * gives), and who may call it (admin: root, mpoold's user or
+ * --admin-group; the others check ownership themselves). */
+static const struct rpc_method {
+	const char *name;
+	uint8_t min_params, max_params;
+	rpc_parse_fn *parse;
+	rpc_check_fn *check;
+	rpc_run_fn *run;
+	bool admin;
+	const char *usage;
+} methods[] = {
+	{ "apply", 2, 3, rpc_parse_apply, rpc_check_job, rpc_run_job, false,
+	  "apply params must be [function, argument] or [function, argument, options]" },
+	{ "map", 2, 3, rpc_parse_map, rpc_check_job, rpc_run_job, false,
+	  "map params must be [function, items] or [function, items, options]" },
+	{ "cancel_request", 1, 2, parse_cancel_request, NULL, run_cancel_request, false,
+	  "cancel_request params must be [msgid] or [msgid, {\"kill\": bool}]" },
+	{ "spawn", 2, 3, rpc_parse_spawn, NULL, rpc_run_spawn, false,
+	  "spawn params must be [function, argument, options]" },
+	{ "join", 1, 2, rpc_parse_join, NULL, rpc_run_join, false,
+	  "join params must be [id] or [id, {\"timeout_ms\": 0 to 86400000}]" },
+	{ "is_alive", 1, 1, parse_id, NULL, rpc_run_is_alive, false,
+	  "is_alive params must be [id]" },
+	{ "terminate_process", 1, 1, parse_id, NULL, rpc_run_terminate_process, false,
+	  "terminate_process params must be [id]" },
+	{ "kill_process", 1, 1, parse_id, NULL, rpc_run_kill_process, false,
+	  "kill_process params must be [id]" },
+	{ "processes", 0, 0, NULL, NULL, rpc_run_processes, false,
+	  "processes takes no params ([])" },
+	{ "ping", 0, 0, NULL, NULL, run_ping, false, "ping params must be []" },
+	{ "status", 0, 0, NULL, NULL, run_status, false, "status params must be []" },
+	{ "cancel", 1, 1, parse_id, NULL, run_cancel, false,
+	  "cancel params must be [id] with an integer id" },
+	{ "terminate", 0, 0, NULL, NULL, run_terminate, true, "terminate params must be []" },
+	{ "drain", 0, 0, NULL, NULL, run_drain, true, "drain params must be []" },
+	{ "reload", 0, 0, NULL, NULL, run_reload, true, "reload params must be []" },
+	{ "kill_worker", 1, 1, parse_id, NULL, run_kill_worker, true,
+	  "kill_worker params must be [id] with an integer id" },
+};
+
+static const struct rpc_method *find_method(const char *name, uint32_t len)
+{
+	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+		if (mp_str_eq(name, len, methods[i].name))
+			return &methods[i];
+	return NULL;
+}
+
+/* A msgid names one open request of a connection (a job, or a join):
+ * its answers would be ambiguous otherwise. */
+static bool msgid_free(struct conn *c, uint64_t msgid)
+{
+	if (!conn_msgid_in_use(c, msgid))
+		return true;
+	conn_reply_error(c, msgid, MPOOL_E_BADREQ, "msgid %llu is already in use",
+			 (unsigned long long)msgid);
+	return false;
+}
+
+static bool may_call(struct conn *c, uint64_t msgid, const struct rpc_method *me)
+{
+	if (!me->admin || conn_is_admin(c))
+		return true;
+	log_warn("refused %s from client %llu (pid %d uid %u): not an admin", me->name,
+		 (unsigned long long)conn_id(c), (int)conn_pid(c), (unsigned)conn_uid(c));
+	conn_reply_error(c, msgid, MPOOL_E_PERM,
+			 "%s needs root, mpoold's user (uid %u)%s; you are uid %u", me->name,
+			 (unsigned)geteuid(), cfg.admin_gid != (gid_t)-1 ? " or its admin group" : "",
+			 (unsigned)conn_uid(c));
+	return false;
+}
+
+/* The order of refusals, which PROTOCOL.md gives: the params, what the
+ * request asks for (check), the msgid, the caller's right to the method;
+ * then the method runs its own checks and acts. */
+static void dispatch_request(struct conn *c, const struct mp_msg *m)
+{
+	const struct rpc_method *me = find_method(m->method, m->method_len);
+	struct rpc_args args;
+	char why[RPC_WHY_MAX];
+	struct mp_cur p;
+	uint32_t n;
+	int r;
+
+	if (!me) {
+		char name[64];
+
+		/* PROTOCOL.md: a reused msgid is bad_request whatever the method. */
+		if (!msgid_free(c, m->msgid))
+			return;
+		rpc_printable(name, sizeof(name), m->method, m->method_len);
+		conn_reply_error(c, m->msgid, MPOOL_E_NOMETHOD, "no method named '%s'", name);
+		return;
+	}
+	memset(&args, 0, sizeof(args));
+	mp_cur_init(&p, m->body, m->body_len);
+	if (mp_read_array(&p, &n) < 0 || n < me->min_params || n > me->max_params)
+		r = RPC_USAGE;
+	else
+		r = me->parse ? me->parse(&p, n, m, &args, why, sizeof(why)) : 0;
+	if (r == RPC_USAGE) {
+		conn_reply_error(c, m->msgid, MPOOL_E_BADREQ, "%s", me->usage);
+		return;
+	}
+	if (r > 0) {
+		conn_reply_error(c, m->msgid, r, "%s", why);
+		return;
+	}
+	if ((me->check && !me->check(c, m, &args)) || !msgid_free(c, m->msgid) ||
+	    !may_call(c, m->msgid, me))
+		return;
+	me->run(c, m, &args);
+}
+
+bool rpc_dispatch(struct conn *c, const struct mp_msg *m)
+{
+	if (m->type == MP_NOTIFY && mp_str_eq(m->method, m->method_len, "feed")) {
+		rpc_feed(c, m);
+		return false;
+	}
+	if (m->type != MP_REQUEST) {
+		conn_abort(c, MPOOL_E_BADREQ, "clients may send only requests and feed notifications");
+		return false;
+	}
+	dispatch_request(c, m);
+	return true;
+}

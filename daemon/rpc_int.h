@@ -1,0 +1,64 @@
+/* rpc_int: what the method files (rpc.c, rpc_job.c, rpc_proc.c) share.
+ * Not for the rest of the daemon, which knows only rpc_dispatch(). */
+#ifndef RPC_INT_H
+#define RPC_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <mpool/error.h>
+
+#include "disp.h"
+#include "mp_rpc.h"
+#include "proc.h"
+
+struct conn;
+
+/* What a method's parser read from its params. */
+struct rpc_args {
+	uint64_t id;            /* cancel, kill_worker, join, the process methods;
+				 * cancel_request's msgid */
+	bool kill;              /* cancel_request */
+	uint32_t timeout_ms;    /* join */
+	struct job_spec job;    /* apply, map */
+	struct proc_spec proc;  /* spawn */
+};
+
+/* Reads what follows the params array's header (n elements, within the
+ * method's bounds).  Returns 0; RPC_USAGE when the params do not fit the
+ * method's usage line; or an MPOOL_E_ code with the reply's text in why
+ * (a limit it passes already counted). */
+#define RPC_USAGE (-1)
+typedef int rpc_parse_fn(struct mp_cur *p, uint32_t n, const struct mp_msg *m,
+			 struct rpc_args *a, char *why, size_t n_why);
+/* Refuses a request on what it asks for, before its msgid is checked;
+ * returns whether it may go on. */
+typedef bool rpc_check_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);
+typedef void rpc_run_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);
+
+/* Room for any reason a parser or method gives a client. */
+#define RPC_WHY_MAX 512
+
+/* Function and method names come from clients: keep what is logged and
+ * echoed printable. */
+void rpc_printable(char *dst, size_t size, const char *s, size_t len);
+/* A request that opens something answered later (a job, a join) fits
+ * --max-jobs, else is refused.  Returns whether it fits. */
+bool rpc_room_for_request(struct conn *c, uint64_t msgid);
+/* Whether new work is taken now (not draining or terminating) and fn is
+ * a registered function; else refuses msgid. */
+bool rpc_may_start(struct conn *c, uint64_t msgid, const char *fn, uint32_t fn_len);
+void rpc_reply_true(struct conn *c, uint64_t msgid);
+
+/* rpc_job.c: apply, map and the feeds of a streamed map. */
+rpc_parse_fn rpc_parse_apply, rpc_parse_map;
+rpc_check_fn rpc_check_job;
+rpc_run_fn rpc_run_job;
+void rpc_feed(struct conn *c, const struct mp_msg *m);
+
+/* rpc_proc.c: supervised processes. */
+rpc_parse_fn rpc_parse_spawn, rpc_parse_join;
+rpc_run_fn rpc_run_spawn, rpc_run_join, rpc_run_processes, rpc_run_is_alive,
+	rpc_run_terminate_process, rpc_run_kill_process;
+
+#endif

@@ -1,0 +1,226 @@
+/* rpc_proc: the methods of supervised processes (spawn, join, is_alive,
+ * terminate_process, kill_process, processes). */
+#include <errno.h>
+#include <stdio.h>
+
+#include "conn.h"
+#include "mp_name.h"
+#include "mp_scan.h"
+#include "rpc_int.h"
+
+/* The owner of a process, or an admin; else answers permission denied. */
+static struct proc *own_process(struct conn *c, uint64_t msgid, uint64_t id)
+{
+	struct proc *p = proc_find(id);
+
+	if (!p) {
+		conn_reply_error(c, msgid, MPOOL_E_NOTFOUND, "no process %llu",
+				 (unsigned long long)id);
+		return NULL;
+	}
+	if (proc_owner(p) != conn_uid(c) && !conn_is_admin(c)) {
+		conn_reply_error(c, msgid, MPOOL_E_PERM,
+				 "process %llu belongs to uid %u; only its owner or an admin may use it",
+				 (unsigned long long)id, (unsigned)proc_owner(p));
+		return NULL;
+	}
+	return p;
+}
+
+static void pack_spawned(msgpack_packer *pk, const void *arg)
+{
+	const struct proc *p = arg;
+
+	msgpack_pack_map(pk, 2);
+	mp_pack_cstr(pk, "id");
+	msgpack_pack_uint64(pk, proc_id(p));
+	mp_pack_cstr(pk, "pid");
+	msgpack_pack_int64(pk, proc_pid(p));
+}
+
+/* A spawn that does not say it means protocol 2's "daemon". */
+static void old_protocol(uint64_t proto, char *why, size_t n_why)
+{
+	if (proto == 0)
+		snprintf(why, n_why,
+			 "spawn changed meaning in protocol %d: a process started with "
+			 "\"daemon\": true now dies with its client's connection, and one "
+			 "without runs to completion and keeps its outcome for join (Python's "
+			 "meaning, the opposite of protocol 1); say {\"protocol\": %d} in "
+			 "spawn's options", MP_PROTO_VERSION, MP_PROTO_VERSION);
+	else
+		snprintf(why, n_why, "this mpoold speaks protocol %d, not %llu",
+			 MP_PROTO_VERSION, (unsigned long long)proto);
+}
+
+/* spawn [function, argument, {"protocol": 2, "daemon": bool, "name": str}].
+ * Protocol 2 gave "daemon" Python's meaning (a daemon process dies with its
+ * client, a non-daemon one runs to completion), the opposite of version 1.
+ * A client that does not say it speaks version 2 is refused with what
+ * changed, rather than getting the opposite of what it asked for. */
+int rpc_parse_spawn(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
+		    char *why, size_t n_why)
+{
+	struct proc_spec *spec = &a->proc;
+	uint32_t nopt;
+	uint64_t proto = 0;
+	bool bad_opt = false;
+
+	(void)m;
+	if (mp_read_str(p, &spec->fn, &spec->fn_len) < 0 ||
+	    mp_skip(p, &spec->arg, &spec->arg_len) < 0)
+		return RPC_USAGE;
+	if (n == 3) {
+		if (mp_read_map(p, &nopt) < 0)
+			goto badopt;
+		/* Every key is read before any is refused: a client of
+		 * protocol 1 (no "protocol", maybe a name that is no longer
+		 * valid) must hear what changed, whatever order its keys are
+		 * in. */
+		while (nopt--) {
+			const char *k;
+			uint32_t kl;
+
+			if (mp_read_str(p, &k, &kl) < 0)
+				goto badopt;
+			if (mp_str_eq(k, kl, "protocol")) {
+				if (mp_read_u64(p, &proto) < 0)
+					goto badopt;
+			} else if (mp_str_eq(k, kl, "daemon")) {
+				if (mp_read_bool(p, &spec->daemon) < 0)
+					goto badopt;
+			} else if (mp_str_eq(k, kl, "name")) {
+				if (mp_read_str(p, &spec->name, &spec->name_len) < 0)
+					goto badopt;
+				bad_opt |= mp_name_check(spec->name, spec->name_len) < 0;
+			} else {
+				if (mp_skip(p, NULL, NULL) < 0)
+					goto badopt;
+				bad_opt = true;
+			}
+		}
+	}
+	if (proto != MP_PROTO_VERSION) {
+		old_protocol(proto, why, n_why);
+		return MPOOL_E_BADREQ;
+	}
+	if (!bad_opt)
+		return 0;
+badopt:
+	snprintf(why, n_why, "spawn options: {\"protocol\": %d, \"daemon\": bool, \"name\": 1 to %d "
+		 "printable characters}", MP_PROTO_VERSION, MP_NAME_MAX);
+	return MPOOL_E_BADREQ;
+}
+
+void rpc_run_spawn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	const struct proc_spec *spec = &a->proc;
+	struct proc *pr;
+	size_t alen;
+	char why[256];
+	int r;
+
+	if (!rpc_may_start(c, m->msgid, spec->fn, spec->fn_len))
+		return;
+	if (mp_scan_one(spec->arg, spec->arg_len, MP_ITEM_DEPTH_MAX, &alen) != 1) {
+		conn_limit_hit(LIM_DEPTH);
+		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT,
+				 "spawn argument nested deeper than %d levels", MP_ITEM_DEPTH_MAX);
+		return;
+	}
+	r = proc_spawn(c, conn_uid(c), conn_is_admin(c), spec, why, sizeof(why), &pr);
+	if (r < 0) {
+		conn_reply_error(c, m->msgid, r == -EUSERS || r == -EAGAIN ? MPOOL_E_LIMIT :
+				 MPOOL_E_INTERNAL, "%s", why);
+		return;
+	}
+	conn_reply(c, m->msgid, pack_spawned, pr);
+}
+
+/* join [id] or [id, {"timeout_ms": n}]: answered when the process ends or
+ * the timeout passes; the process keeps running after a timeout. */
+int rpc_parse_join(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
+		   char *why, size_t n_why)
+{
+	uint32_t nopt;
+	uint64_t timeout = 0;
+
+	(void)m;
+	(void)why;
+	(void)n_why;
+	if (mp_read_u64(p, &a->id) < 0)
+		return RPC_USAGE;
+	if (n == 2) {
+		const char *k;
+		uint32_t kl;
+
+		if (mp_read_map(p, &nopt) < 0 || nopt > 1 ||
+		    (nopt == 1 && (mp_read_str(p, &k, &kl) < 0 || !mp_str_eq(k, kl, "timeout_ms") ||
+				   mp_read_u64(p, &timeout) < 0 || timeout > 24u * 3600 * 1000)))
+			return RPC_USAGE;
+	}
+	a->timeout_ms = (uint32_t)timeout;
+	return 0;
+}
+
+void rpc_run_join(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	struct proc *pr;
+
+	if (!rpc_room_for_request(c, m->msgid))
+		return;
+	pr = own_process(c, m->msgid, a->id);
+	if (pr)
+		proc_join(pr, c, m->msgid, a->timeout_ms);
+}
+
+static void pack_processes(msgpack_packer *pk, const void *arg)
+{
+	(void)arg;
+	proc_pack_all(pk);
+}
+
+void rpc_run_processes(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	(void)a;
+	conn_reply(c, m->msgid, pack_processes, NULL);
+}
+
+static void pack_bool(msgpack_packer *pk, const void *arg)
+{
+	if (*(const bool *)arg)
+		msgpack_pack_true(pk);
+	else
+		msgpack_pack_false(pk);
+}
+
+void rpc_run_is_alive(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	struct proc *pr = own_process(c, m->msgid, a->id);
+	bool alive;
+
+	if (!pr)
+		return;
+	alive = proc_alive(pr);
+	conn_reply(c, m->msgid, pack_bool, &alive);
+}
+
+static void stop_process(struct conn *c, const struct mp_msg *m, uint64_t id, bool kill)
+{
+	struct proc *pr = own_process(c, m->msgid, id);
+
+	if (!pr)
+		return;
+	proc_stop(pr, kill);
+	rpc_reply_true(c, m->msgid);
+}
+
+void rpc_run_terminate_process(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	stop_process(c, m, a->id, false);
+}
+
+void rpc_run_kill_process(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+{
+	stop_process(c, m, a->id, true);
+}
