@@ -23,10 +23,14 @@ _DIRECT_MAX_BYTES = 4 << 20
 _FEED_MAX_ITEMS = 16384
 _FEED_MAX_BYTES = 1 << 20
 # Items of a streamed map that this client has taken from the input and not
-# yet seen consumed (sent, running, or answered and unread): the bound on
-# the client's memory, whatever the input's length.  Twice mpoold's default
-# window, so that the daemon's credit, not this bound, paces a quick reader.
-MAX_OUTSTANDING = 131072
+# yet seen consumed (queued, sent, running, or answered and unread): with
+# the prefetch below, the bound on the client's memory whatever the input's
+# length.  Above mpoold's default window (65 536), so that the daemon's
+# credit, not this bound, paces a quick reader.
+MAX_OUTSTANDING = 98304
+# Items taken from the input ahead of the credit to send them.
+_PREFETCH_ITEMS = 16384
+_PREFETCH_BYTES = 4 << 20
 
 _RUN, _CLOSE, _TERMINATE = 0, 1, 2
 
@@ -81,6 +85,8 @@ class AsyncResult(Handler):
         self._callback = callback
         self._error_callback = error_callback
         self._msgid: Optional[int] = None
+        self._set_lock = threading.Lock()
+        self._done = False
 
     def ready(self) -> bool:
         """Whether the call has completed."""
@@ -109,8 +115,10 @@ class AsyncResult(Handler):
 
     # Completion: once, from the reader thread (or terminate).
     def _set(self, error: Optional[BaseException], value: Any = None) -> None:
-        if self._event.is_set():
-            return
+        with self._set_lock:
+            if self._done:
+                return
+            self._done = True
         self._error, self._value = error, value
         try:
             if error is None and self._callback is not None:
@@ -123,7 +131,12 @@ class AsyncResult(Handler):
         self._pool._job_done(self)
 
     def _stop(self) -> None:
-        """The job ends without a response (terminate): stop its helpers."""
+        """The job is ending: stop its helpers."""
+
+    def _fail(self, exc: BaseException) -> None:
+        """Ends the job with exc, whatever comes later (terminate)."""
+        self._stop()
+        self._set(exc)
 
     def on_response(self, error: Any, result: Any) -> None:
         self._set(error_from_wire(error) if error is not None else None, result)
@@ -140,7 +153,8 @@ class _Feed:
     the iterable and packs them; a sender thread sends them as mpoold grants
     credit.  Two threads, so that an item is sent as soon as the iterable
     yields it and credit allows, while a slow iterable never holds back
-    items already taken.  Both wait on the job's condition."""
+    items already taken.  All of them, and the job's reader and consumer,
+    share the job's condition."""
 
     def __init__(self, job: "_MapJob", iterable: Iterable[Any], star: bool) -> None:
         self.job = job
@@ -150,8 +164,10 @@ class _Feed:
         self.queue: Deque[Any] = collections.deque()   # packed items, then _END
         self.credit = 0
         self.produced = 0
+        self.bytes_in = 0            # written by the producer only
+        self.bytes_out = 0           # written by the sender only
+        self.producer_waiting = False
         self.stopped = False
-        self.failure: Optional[BaseException] = None    # the iterable raised
         self.threads = [threading.Thread(target=self._produce, name="mpool-feed-in",
                                          daemon=True),
                         threading.Thread(target=self._send, name="mpool-feed-out",
@@ -169,17 +185,28 @@ class _Feed:
         self.stopped = True
         self.cond.notify_all()
 
+    def wake_producer(self) -> None:          # cond held
+        if self.producer_waiting:
+            self.cond.notify_all()
+
+    def _full(self) -> bool:
+        return (self.produced - self.job.consumed >= MAX_OUTSTANDING or
+                len(self.queue) >= _PREFETCH_ITEMS or
+                self.bytes_in - self.bytes_out >= _PREFETCH_BYTES)
+
     def _produce(self) -> None:
         packer = msgpack.Packer(use_bin_type=True)
         job = self.job
         while True:
             with self.cond:
-                while (not self.stopped and
-                       self.produced - job.consumed >= MAX_OUTSTANDING):
+                while not self.stopped and self._full():
+                    self.producer_waiting = True
                     self.cond.wait()
+                self.producer_waiting = False
                 if self.stopped:
                     return
-                allowance = MAX_OUTSTANDING - (self.produced - job.consumed)
+                allowance = min(MAX_OUTSTANDING - (self.produced - job.consumed),
+                                _PREFETCH_ITEMS - len(self.queue))
             for _ in range(allowance):
                 try:
                     x = next(self.it)
@@ -193,9 +220,10 @@ class _Feed:
                     self._put(_Failure(e))
                     return
                 self.produced += 1
+                self.bytes_in += len(data)
                 self._put(data)
-                if self.stopped:
-                    return
+                if self.stopped or self.bytes_in - self.bytes_out >= _PREFETCH_BYTES:
+                    break
 
     def _put(self, data: Any) -> None:
         self.queue.append(data)
@@ -208,6 +236,10 @@ class _Feed:
         packer = msgpack.Packer(use_bin_type=True)
         job = self.job
         while True:
+            items: List[bytes] = []
+            size = 0
+            end = False
+            failure = None
             with self.cond:
                 while not self.stopped and not self._sendable():
                     # The timeout only bounds a wakeup lost between the
@@ -216,24 +248,22 @@ class _Feed:
                 if self.stopped:
                     return
                 room = min(self.credit, _FEED_MAX_ITEMS)
-            items: List[bytes] = []
-            size = 0
-            end = False
-            failure = None
-            while self.queue and len(items) < room and size < _FEED_MAX_BYTES:
-                head = self.queue[0]
-                if not isinstance(head, bytes):
-                    break
-                self.queue.popleft()
-                items.append(head)
-                size += len(head)
-            if self.queue and not isinstance(self.queue[0], bytes):
-                if isinstance(self.queue[0], _Failure):
-                    failure = self.queue[0].exc
-                else:
-                    end = True
-            with self.cond:
+                queue = self.queue
+                while queue and len(items) < room and size < _FEED_MAX_BYTES:
+                    head = queue[0]
+                    if not isinstance(head, bytes):
+                        break
+                    queue.popleft()
+                    items.append(head)
+                    size += len(head)
+                if queue and not isinstance(queue[0], bytes):
+                    if isinstance(queue[0], _Failure):
+                        failure = queue[0].exc
+                    else:
+                        end = True
                 self.credit -= len(items)
+                self.bytes_out += size
+                self.wake_producer()
             if items or end:
                 data = (packer.pack_array_header(3) + packer.pack(NOTIFICATION) +
                         packer.pack("feed") + packer.pack_array_header(3) +
@@ -337,7 +367,8 @@ class MapResult(_MapJob):
         with self.cond:
             # Answered items are this client's to keep: they count as consumed.
             self.consumed += len(results)
-            self.cond.notify_all()
+            if self.feed is not None:
+                self.feed.wake_producer()
 
     def on_response(self, error: Any, result: Any) -> None:
         self._stop()
@@ -354,8 +385,7 @@ class MapResult(_MapJob):
             self._set(None, self._list)
 
     def on_closed(self, exc: MpoolError) -> None:
-        self._stop()
-        self._set(exc)
+        self._fail(exc)
 
 
 class IMapIterator(_MapJob):
@@ -391,9 +421,8 @@ class IMapIterator(_MapJob):
             if self._items:
                 value, error = self._items.popleft()
                 self.consumed += 1
-                feed = self.feed
-                if feed is not None and feed.produced - self.consumed == MAX_OUTSTANDING - 1:
-                    self.cond.notify_all()
+                if self.feed is not None:
+                    self.feed.wake_producer()
                 if error is not None:
                     raise error
                 return value
@@ -416,11 +445,14 @@ class IMapIterator(_MapJob):
             self._set(exc, None)
             self.cond.notify_all()
 
-    def on_closed(self, exc: MpoolError) -> None:
+    def _fail(self, exc: BaseException) -> None:
         self._stop()
         with self.cond:
             self._set(exc)
             self.cond.notify_all()
+
+    def on_closed(self, exc: MpoolError) -> None:
+        self._fail(exc)
 
 
 class Pool:
@@ -498,15 +530,18 @@ class Pool:
                 return
             self._state = _TERMINATE
             jobs = list(self._jobs)
-        reason = Terminated("this Pool was terminated before the work finished")
+        why = "this Pool was terminated before the work finished"
+        # Fail the jobs first: the cancellations below answer them with
+        # "cancelled", which must not win over the reason.
         for job in jobs:
-            job._stop()
+            job._fail(Terminated(why))
+        for job in jobs:
             if job._msgid is not None:
                 try:
                     self._conn.request("cancel_request", [job._msgid, {"kill": True}], Handler())
                 except MpoolError:
                     break        # the connection is gone: nothing runs for us
-        self._conn.close(reason)
+        self._conn.close(Terminated(why))
 
     def join(self) -> None:
         """Waits for this Pool's jobs to end; call close() or terminate() first."""
