@@ -481,6 +481,37 @@ class SocketPathTest(unittest.TestCase):
             mpool.Pool("/nonexistent/mpoold.sock")
 
 
+class InstallTest(unittest.TestCase):
+    """meson install puts the package where the system's Python finds it."""
+
+    def test_installed_where_python_looks(self):
+        build = os.environ.get("MPOOL_BUILD_DIR")
+        prefix = os.environ.get("MPOOL_PREFIX")
+        if not build or not prefix:
+            self.skipTest("needs MPOOL_BUILD_DIR and MPOOL_PREFIX (meson test sets them)")
+        dest = tempfile.mkdtemp(prefix="mpool-install-")
+        self.addCleanup(subprocess.run, ["rm", "-rf", "--", dest])
+        out = subprocess.run(["meson", "install", "-C", build, "--destdir", dest,
+                              "--tags", "python-runtime", "--no-rebuild"],
+                             capture_output=True, text=True, timeout=120)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        # The directories this interpreter reads under the prefix, as it
+        # would read them once installed there.
+        code = ("import site, sys; print('\\n'.join(site.getsitepackages()))")
+        dirs = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True,
+                              text=True, check=True).stdout.split()
+        dirs = [d for d in dirs if d.startswith(prefix.rstrip("/") + "/")]
+        found = [d for d in dirs if os.path.exists(dest + d + "/mpool/__init__.py")]
+        self.assertTrue(found, "mpool not installed under any of %s" % dirs)
+        pkg = dest + found[0] + "/mpool"
+        self.assertTrue(os.path.exists(pkg + "/py.typed"))
+        out = subprocess.run([sys.executable, "-I", "-c",
+                              "import sys; sys.path.insert(0, %r); import mpool; "
+                              "print(mpool.__file__)" % (dest + found[0])],
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.stdout.strip(), pkg + "/__init__.py", out.stderr)
+
+
 class FakeServer:
     """A scripted MessagePack-RPC server on a temporary socket.
 
