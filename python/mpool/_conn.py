@@ -13,7 +13,7 @@ import threading
 import traceback
 from typing import Any, Callable, Dict, List, Optional
 
-import msgpack
+import msgpack  # type: ignore[import]  # Debian's has no type information
 
 from .errors import (ConnectionClosed, MpoolError, ProtocolError, UntrustedServer,
                      error_from_wire)

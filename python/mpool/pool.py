@@ -5,7 +5,7 @@ import threading
 from multiprocessing import TimeoutError
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-import msgpack
+import msgpack  # type: ignore[import]  # Debian's has no type information
 
 from ._conn import NOTIFICATION, Connection, Handler, report_callback_error
 from .errors import ConnectionClosed, MpoolError, Terminated, error_from_wire
@@ -298,6 +298,13 @@ class _Failure:
 
 class _MapJob(AsyncResult):
     """A map request: results arrive as notifications, then the response."""
+
+    conn: Connection
+    cond: threading.Condition
+    consumed: int
+    feed: Optional["_Feed"]
+    source_error: Optional[BaseException]
+    msgid: int
 
     def __init__(self, pool: "Pool", callback: Optional[Callable[[Any], Any]] = None,
                  error_callback: Optional[Callable[[BaseException], Any]] = None) -> None:
@@ -598,7 +605,8 @@ class Pool:
     def map(self, func: str, iterable: Iterable[Any], chunksize: Optional[int] = None) -> List[Any]:
         """``[func(x) for x in iterable]``, run in the pool; raises the error
         of the first item that failed."""
-        return self.map_async(func, iterable, chunksize).get()
+        result: List[Any] = self.map_async(func, iterable, chunksize).get()
+        return result
 
     def map_async(self, func: str, iterable: Iterable[Any], chunksize: Optional[int] = None,
                   callback: Optional[Callable[[Any], Any]] = None,
@@ -612,7 +620,8 @@ class Pool:
     def starmap(self, func: str, iterable: Iterable[Sequence[Any]],
                 chunksize: Optional[int] = None) -> List[Any]:
         """``[func(*args) for args in iterable]``, run in the pool."""
-        return self.starmap_async(func, iterable, chunksize).get()
+        result: List[Any] = self.starmap_async(func, iterable, chunksize).get()
+        return result
 
     def starmap_async(self, func: str, iterable: Iterable[Sequence[Any]],
                       chunksize: Optional[int] = None,

@@ -19,10 +19,10 @@ object.
 import atexit
 import math
 import threading
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ._conn import Connection
-from .errors import MpoolError, NotFound
+from .errors import MpoolError, NotFound, error_from_wire
 from .pool import call_argument
 
 __all__ = ["Process", "PROTOCOL"]
@@ -166,7 +166,7 @@ class Process:
             if self.is_alive():
                 return
             timeout = None           # it has exited: fetch its outcome
-        params: list = [self._id]
+        params: List[Any] = [self._id]
         if timeout is not None:
             # 0 means "no limit" on the wire: the shortest wait is 1 ms.
             params.append({"timeout_ms": max(1, math.ceil(timeout * 1000))})
@@ -177,7 +177,6 @@ class Process:
         self.result = info.get("result")
         err = info.get("error")
         if err is not None:
-            from .errors import error_from_wire
             self.error = error_from_wire(err)
         with _shared_lock:
             _children.discard(self)
