@@ -189,9 +189,14 @@ class _Feed:
         if self.producer_waiting:
             self.cond.notify_all()
 
+    def _ahead(self) -> int:
+        """How many more items the consumer's pace allows."""
+        if self.job.draining:
+            return _PREFETCH_ITEMS
+        return MAX_OUTSTANDING - (self.produced - self.job.consumed)
+
     def _full(self) -> bool:
-        return (self.produced - self.job.consumed >= MAX_OUTSTANDING or
-                len(self.queue) >= _PREFETCH_ITEMS or
+        return (self._ahead() <= 0 or len(self.queue) >= _PREFETCH_ITEMS or
                 self.bytes_in - self.bytes_out >= _PREFETCH_BYTES)
 
     def _produce(self) -> None:
@@ -205,8 +210,7 @@ class _Feed:
                 self.producer_waiting = False
                 if self.stopped:
                     return
-                allowance = min(MAX_OUTSTANDING - (self.produced - job.consumed),
-                                _PREFETCH_ITEMS - len(self.queue))
+                allowance = min(self._ahead(), _PREFETCH_ITEMS - len(self.queue))
             for _ in range(allowance):
                 try:
                     x = next(self.it)
@@ -302,6 +306,7 @@ class _MapJob(AsyncResult):
     conn: Connection
     cond: threading.Condition
     consumed: int
+    draining: bool
     feed: Optional["_Feed"]
     source_error: Optional[BaseException]
     msgid: int
@@ -312,6 +317,7 @@ class _MapJob(AsyncResult):
         self.conn = pool._conn
         self.cond = threading.Condition()
         self.consumed = 0            # items this client is done with
+        self.draining = False        # join(): run to the end, results kept
         self.feed: Optional[_Feed] = None
         self.source_error: Optional[BaseException] = None
         self.msgid = 0
@@ -346,6 +352,14 @@ class _MapJob(AsyncResult):
         with self.cond:
             if self.feed is not None:
                 self.feed.stop()
+
+    def _drain(self) -> None:
+        """Pool.join(): the job runs to its end whether or not anyone reads
+        its results, which are kept (as multiprocessing keeps them)."""
+        with self.cond:
+            self.draining = True
+            if self.feed is not None:
+                self.feed.wake_producer()
 
 
 class MapResult(_MapJob):
@@ -402,6 +416,10 @@ class IMapIterator(_MapJob):
     failed raises its error when the iteration reaches it, and the iteration
     goes on after it.  ``next(timeout)`` raises multiprocessing.TimeoutError
     when no result comes within timeout seconds.
+
+    The input is read only so far ahead of the results handed out
+    (``MAX_OUTSTANDING`` items): an iterator nobody reads pauses its map.
+    ``Pool.join()`` lets it run to the end, keeping the results unread.
     """
 
     def __init__(self, pool: "Pool") -> None:
@@ -555,6 +573,11 @@ class Pool:
         if self._state == _RUN:
             raise ValueError("Pool is still running")
         self._conn.check_can_block()
+        with self._lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            if isinstance(job, _MapJob):
+                job._drain()
         with self._idle:
             self._idle.wait_for(lambda: not self._jobs)
         self._conn.close()

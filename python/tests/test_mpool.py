@@ -374,6 +374,25 @@ class PoolTest(DaemonCase):
         self.assertEqual(r.get(), 300)
         self.assertEqual(m.get(), [100, 100])
 
+    def test_join_runs_an_unread_imap_to_its_end(self):
+        n = 2 * mpool_pool.MAX_OUTSTANDING + 1000
+        it = self.pool.imap("builtin.square", iter(range(n)), chunksize=512)
+        self.assertEqual(next(it), 0)
+        # Nobody reads: the map pauses a window ahead...
+        wait_for(lambda: it.feed.produced >= mpool_pool.MAX_OUTSTANDING, what="the window")
+        time.sleep(0.2)
+        self.assertLessEqual(it.feed.produced, mpool_pool.MAX_OUTSTANDING + 1)
+        self.assertFalse(it.ready())
+        # ...until join(), which waits for it, as multiprocessing's does.
+        self.pool.close()
+        joiner = threading.Thread(target=self.pool.join)
+        joiner.start()
+        joiner.join(120)
+        self.assertFalse(joiner.is_alive(), "join() waited forever for an unread imap")
+        rest = list(it)
+        self.assertEqual(len(rest), n - 1)
+        self.assertEqual(rest[-1], (n - 1) ** 2)
+
     def test_terminate_kills_own_jobs_only(self):
         other = self.daemon.pool()
         self.addCleanup(other.terminate)
