@@ -231,9 +231,14 @@ class Connection:
             except _Dropped as d:
                 failure = d.error
                 break
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError,
-                    msgpack.StackError) as e:
-                failure = ProtocolError("unreadable message from mpoold: %s" % e)
+            except Exception as e:
+                # Undecodable bytes, or a message whose shape the handlers
+                # cannot take: nothing later on this stream can be trusted,
+                # and a reader that died here would leave every caller
+                # waiting.  (User callbacks never get here: their errors
+                # are caught where they run.)
+                failure = ProtocolError("unreadable message from mpoold: %s: %s"
+                                        % (type(e).__name__, e))
                 break
         self._fail_all(failure)
 

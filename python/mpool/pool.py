@@ -683,9 +683,9 @@ class Pool:
         if not ordered:
             options["ordered"] = False
         packer = msgpack.Packer(use_bin_type=True)
-        if not stream and isinstance(iterable, (list, tuple)) and \
+        if not stream and isinstance(iterable, (list, tuple, range)) and \
                 len(iterable) <= _DIRECT_MAX_ITEMS:
-            items = [call_argument(x) for x in iterable] if star else iterable
+            items = [call_argument(x) for x in iterable] if star else list(iterable)
             packed = packer.pack(items)
             if len(packed) <= _DIRECT_MAX_BYTES:
                 raw = (packer.pack_array_header(3 if options else 2) + packer.pack(func) +

@@ -713,14 +713,16 @@ class ErrorClassesTest(unittest.TestCase):
                 return pack([2, "error", [{"code": 9, "message": "frame too large"}]])
             if m[3][0] == "x.garbage":
                 return b"\xc1"
+            if m[3][0] == "x.shape":         # a result notification of no shape
+                return pack([2, "result", [m[1], "zero", 5, None]])
             return None                      # close without an answer
         srv = FakeServer(reply)
         self.addCleanup(srv.stop)
         cases = [("x.limit", mpool.LimitExceeded), ("x.garbage", mpool.ProtocolError),
-                 ("x.close", mpool.ConnectionClosed)]
+                 ("x.close", mpool.ConnectionClosed), ("x.shape", mpool.ProtocolError)]
         for fn, cls in cases:
             p = mpool.Pool(srv.socket)
-            r = p.apply_async(fn, (1,))
+            r = p.map_async(fn, [1, 2])
             with self.assertRaises(cls):
                 r.get(10)
             # and every later call on that pool says why
