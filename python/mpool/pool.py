@@ -3,7 +3,7 @@
 import collections
 import threading
 from multiprocessing import TimeoutError
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, cast
 
 import msgpack  # type: ignore[import]  # Debian's has no type information
 
@@ -685,7 +685,7 @@ class Pool:
         packer = msgpack.Packer(use_bin_type=True)
         if not stream and isinstance(iterable, (list, tuple, range)) and \
                 len(iterable) <= _DIRECT_MAX_ITEMS:
-            items = [call_argument(x) for x in iterable] if star else list(iterable)
+            items = [call_argument(cast(Any, x)) for x in iterable] if star else list(iterable)
             packed = packer.pack(items)
             if len(packed) <= _DIRECT_MAX_BYTES:
                 raw = (packer.pack_array_header(3 if options else 2) + packer.pack(func) +
