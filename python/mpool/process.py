@@ -51,16 +51,18 @@ class Process:
 
     ``target`` is a task function named as on the wire
     (``"module.function"``); ``args`` become its one argument as for
-    :meth:`mpool.Pool.apply`.  ``socket`` picks the daemon (default as
+    :meth:`mpool.Pool.apply` (``kwargs``, keyword-only here, must be empty).
+    ``name`` is at most 64 characters; mpoold names it ``Process-ID``
+    without one.  ``socket`` picks the daemon (default as
     :class:`mpool.Pool`'s).
 
     Beyond multiprocessing: after :meth:`join`, ``result`` holds the
     function's result and ``error`` the exception it reported, if any.
     """
 
-    def __init__(self, target: str, args: Sequence[Any] = (),
-                 kwargs: Optional[Dict[str, Any]] = None, name: Optional[str] = None,
-                 daemon: bool = False, *, socket: Optional[str] = None) -> None:
+    def __init__(self, target: str, args: Sequence[Any] = (), name: Optional[str] = None,
+                 daemon: bool = False, *, kwargs: Optional[Dict[str, Any]] = None,
+                 socket: Optional[str] = None) -> None:
         if not isinstance(target, str):
             raise TypeError("a target is named as on the wire, \"module.function\", not %s"
                             % type(target).__name__)

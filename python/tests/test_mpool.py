@@ -886,7 +886,7 @@ class ProcessTest(DaemonCase):
         self.assertIsNone(p.pid)
         self.assertIsNone(p.exitcode)
         self.assertFalse(p.is_alive())
-        p = mpool.Process("builtin.square", (12,), name="squarer", socket=self.daemon.socket)
+        p = mpool.Process("builtin.square", (12,), "squarer", False, socket=self.daemon.socket)
         p.start()
         self.assertIsInstance(p.pid, int)
         self.assertEqual(p.name, "squarer")
