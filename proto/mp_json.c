@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mp_utf8.h"
+
 int mjson_pack(const json_t *v, msgpack_packer *pk)
 {
 	/* jansson's iterators take non-const values; nothing is modified. */
@@ -52,37 +54,11 @@ int mjson_pack(const json_t *v, msgpack_packer *pk)
 	}
 }
 
-/* Length of the well-formed UTF-8 sequence at s, or 0: no overlong forms,
- * no surrogates, nothing past U+10FFFF (the rules jansson enforces). */
 static size_t utf8_seq(const unsigned char *s, size_t n)
 {
-	unsigned char lo = 0x80, hi = 0xbf;
-	size_t len;
+	uint32_t cp;
 
-	if (s[0] < 0x80)
-		return 1;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf)
-		len = 2;
-	else if (s[0] >= 0xe0 && s[0] <= 0xef)
-		len = 3;
-	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-		len = 4;
-	else
-		return 0;
-	if (s[0] == 0xe0)
-		lo = 0xa0;
-	else if (s[0] == 0xed)
-		hi = 0x9f;
-	else if (s[0] == 0xf0)
-		lo = 0x90;
-	else if (s[0] == 0xf4)
-		hi = 0x8f;
-	if (n < len || s[1] < lo || s[1] > hi)
-		return 0;
-	for (size_t i = 2; i < len; i++)
-		if (s[i] < 0x80 || s[i] > 0xbf)
-			return 0;
-	return len;
+	return mp_utf8_decode(s, n, &cp);
 }
 
 /* A JSON string for bytes that should be UTF-8; each byte that is not part
