@@ -47,11 +47,16 @@ struct forksrv_req {
 };
 enum forksrv_kind {
 	FORKSRV_HELLO = 1,         /* err 0 and its pid once the modules are loaded;
-				   * err -EINVAL when one failed (it logged which) */
+				   * err -EINVAL when one failed (it logged which).
+				   * status: the size of the message that follows,
+				   * the names of the functions the modules' load
+				   * hooks returned (registry.h), at most
+				   * FORKSRV_NAMES_MAX bytes; none when 0 */
 	FORKSRV_FORKED,            /* the answer to the oldest request: err 0 and the
 				   * worker's pid, its channel as SCM_RIGHTS; or -errno */
 	FORKSRV_EXITED,            /* it reaped worker pid: status as from waitpid */
 };
+#define FORKSRV_NAMES_MAX (64 * 1024)
 struct forksrv_rep {
 	int32_t kind;
 	int32_t err;
