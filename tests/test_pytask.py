@@ -432,6 +432,63 @@ class ReloadTest(PyTaskCase):
         self.assertNotIn(self.proc.pid, again)
 
 
+MDWE_WRAPPER = """#!%s
+# Runs mpoold as MemoryDenyWriteExecute=yes would (systemd uses this prctl
+# where the kernel has it): no mapping may be both writable and executable.
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    sys.exit(77)
+os.execv(%r, [%r] + sys.argv[1:])
+"""
+
+WX_TASK = """
+import json, math, mmap
+
+
+def wx(_):
+    try:
+        mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        return "allowed"
+    except OSError:
+        return "refused"
+
+
+def work(x):
+    return json.loads(json.dumps({"r": math.sqrt(x)}))
+"""
+
+
+class SandboxTest(PyTaskCase):
+    """The hardened unit's MemoryDenyWriteExecute=yes: CPython runs under it
+    (its SystemCallFilter= was checked with strace; docs/python-tasks.md)."""
+    CODE = {"tasks.py": WX_TASK}
+    SETTINGS = {"modules": ["tasks"]}
+
+    @classmethod
+    def setUpClass(cls):
+        wrapper_dir = tempfile.mkdtemp(prefix="mpool-mdwe-")
+        cls.addClassCleanup(shutil.rmtree, wrapper_dir, True)
+        wrapper = os.path.join(wrapper_dir, "mpoold")
+        real = os.path.abspath(pc.MPOOLD)
+        with open(wrapper, "w") as f:
+            f.write(MDWE_WRAPPER % (sys.executable, real, real))
+        os.chmod(wrapper, 0o755)
+        check = subprocess.run([wrapper, "--version"], capture_output=True)
+        if check.returncode == 77:
+            raise unittest.SkipTest("the kernel has no PR_SET_MDWE (Linux < 6.3)")
+        saved, pc.MPOOLD = pc.MPOOLD, wrapper
+        try:
+            super().setUpClass()
+        finally:
+            pc.MPOOLD = saved
+
+    def test_python_tasks_run_without_writable_executable_memory(self):
+        self.assertEqual(self.apply_ok("py.tasks.wx", None), "refused")
+        self.assertEqual(self.apply_ok("py.tasks.work", 16), {"r": 4.0})
+
+
 class Abi1Test(PyTaskCase):
     """A module of module ABI 1 loads and runs beside the py module."""
 
