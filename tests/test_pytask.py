@@ -152,6 +152,7 @@ class PyTaskCase(pc.DaemonTestCase):
     CODE = {"tasks.py": TASKS, "pkg/__init__.py": "", "pkg/sub.py": PKG_SUB}
     SETTINGS = {"modules": ["tasks", "pkg.sub"]}
     EXTRA = ()
+    WAIT_IDLE = True
 
     @classmethod
     def setUpClass(cls):
@@ -165,7 +166,8 @@ class PyTaskCase(pc.DaemonTestCase):
         cls.DAEMON_ARGS = ("--config", "/dev/null", "--module", PYMOD,
                            "--initargs", json.dumps(settings), *cls.EXTRA)
         super().setUpClass()
-        cls.wait_workers_idle()
+        if cls.WAIT_IDLE:
+            cls.wait_workers_idle()
 
     @classmethod
     def write_code(cls, files):
@@ -487,6 +489,23 @@ class SandboxTest(PyTaskCase):
     def test_python_tasks_run_without_writable_executable_memory(self):
         self.assertEqual(self.apply_ok("py.tasks.wx", None), "refused")
         self.assertEqual(self.apply_ok("py.tasks.work", 16), {"r": 4.0})
+
+
+class FailingInitializerTest(PyTaskCase):
+    CODE = {"tasks.py": "def setup(n):\n    raise KeyError(n)\n\ndef f(x):\n    return x\n"}
+    SETTINGS = {"modules": ["tasks"], "initializer": "tasks.setup", "initargs": ["nope"]}
+    WAIT_IDLE = False
+
+    def test_initializer_that_raises_fails_the_worker_start(self):
+        want = "module py: init failed: initializer raised KeyError: 'nope'"
+        deadline = time.monotonic() + 20
+        while want not in self._log() and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling interval
+        self.assertIn(want, self._log())
+        self.assertIn("py: initializer:", self._log())      # the traceback
+        totals = self.status()["totals"]
+        self.assertIn("a module's init failed", totals["last_failure"] or "", totals)
+        self.assertEqual(totals["tasks_done"], 0)
 
 
 class Abi1Test(PyTaskCase):
