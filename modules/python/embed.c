@@ -514,6 +514,8 @@ static void libpython_global(void)
 {
 	Dl_info info;
 
+	/* Best effort: should it fail, an extension module's import fails
+	 * with an ImportError naming the symbol, which load reports. */
 	if (dladdr((void *)Py_InitializeFromConfig, &info) && info.dli_fname)
 		dlopen(info.dli_fname, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD);
 }
@@ -592,9 +594,10 @@ static int public_functions(PyObject *mod, const char *modname, PyObject *list)
 		} else {
 			PyObject *owner = PyFunction_Check(v) ?
 				PyObject_GetAttrString(v, "__module__") : NULL;
+			const char *o = owner && PyUnicode_Check(owner) ?
+				PyUnicode_AsUTF8(owner) : NULL;
 
-			pub = name[0] != '_' && owner && PyUnicode_Check(owner) &&
-			      strcmp(PyUnicode_AsUTF8(owner), modname) == 0;
+			pub = name[0] != '_' && o && strcmp(o, modname) == 0;
 			Py_XDECREF(owner);
 			PyErr_Clear();
 		}
