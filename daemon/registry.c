@@ -55,10 +55,12 @@ static int valid_name(const char *s, bool dots)
 	return part;
 }
 
+typedef int load_fn(const msgpack_object *initargs,
+		    const struct mpool_loaded_function **ret_functions,
+		    struct mpool_task_error *err);
+
 /* An ABI 1 descriptor ends before load: never read past it. */
-static int (*load_hook(const struct mpool_module *m))(const msgpack_object *,
-						       const struct mpool_loaded_function **,
-						       struct mpool_task_error *)
+static load_fn *load_hook(const struct mpool_module *m)
 {
 	return m->abi >= 2 ? m->load : NULL;
 }
