@@ -32,7 +32,7 @@ MPCTL = os.environ.get("MPCTL", os.path.join(BUILD, "client", "mpctl"))
 TESTMOD_ABI1 = os.environ.get("MPOOL_TESTMOD_ABI1", os.path.join(BUILD, "tests", "testmod_abi1.so"))
 
 TASKS = '''
-import os, random, subprocess, sys
+import os, random, subprocess, sys, time
 from os.path import join            # imported, so not one of ours
 
 _state = {"init": 0, "args": None}
@@ -123,6 +123,34 @@ def forks(_):
         os._exit(7)
     _, status = os.waitpid(child, 0)
     return [rc, os.waitstatus_to_exitcode(status)]
+
+
+_threads = []
+
+
+def thread_forks(logpath):
+    """A thread that forks while the worker waits for its next task."""
+    import threading
+
+    def run():
+        for _ in range(20):
+            child = os.fork()
+            if child == 0:
+                os._exit(0)
+            os.waitpid(child, 0)
+            with open(logpath, "a") as f:
+                f.write("%d\\n" % os.getpid())
+            time.sleep(0.002)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    _threads.append(t)
+    return os.getpid()
+
+
+def threads_done(_):
+    for t in _threads:
+        t.join(20)
+    return [os.getpid(), all(not t.is_alive() for t in _threads)]
 
 
 def _private(x):
@@ -307,6 +335,28 @@ class NamesAndErrorsTest(PyTaskCase):
     def test_a_task_may_fork(self):
         for _ in range(3):
             self.assertEqual(self.apply_ok("py.tasks.forks", None), [0, 7])
+
+    def test_a_thread_may_fork_while_the_worker_waits(self):
+        logpath = os.path.join(self.code_dir, "thread-forks.log")
+        notes, error, _ = self.client.map("py.tasks.thread_forks", [logpath] * 4,
+                                          {"chunksize": 1, "timeout_ms": 20000})
+        self.assertIsNone(error)
+        pids = {p for chunk in notes for p in chunk[2]}
+        # Every thread forks 20 times, mostly while its worker is idle
+        # between tasks (the GIL released): wait for all of them.
+        deadline = time.monotonic() + 30
+        n = 0
+        while time.monotonic() < deadline:
+            with open(logpath) as f:
+                n = len(f.readlines())
+            if n >= 4 * 20:
+                break
+            time.sleep(0.02)  # polling interval
+        self.assertEqual(n, 4 * 20, "the forking threads stalled")
+        for _ in range(2 * pc.WORKERS):
+            got = self.apply_ok("py.tasks.threads_done", None, {"timeout_ms": 20000})
+            self.assertTrue(got[1], got)
+        self.assertTrue(pids)
 
     def test_workers_get_different_random_streams(self):
         # CPython reseeds random in a fork child (os.register_at_fork):

@@ -60,6 +60,8 @@ static bool loaded;
  * the fork server's (saved_ts set) from one a task made itself. */
 static PyThreadState *saved_ts;
 static bool forking;
+/* The thread that runs tasks (and, in the fork server, forks workers). */
+static pthread_t main_thread;
 
 /* ---- logging: one line, one write, in mpoold's format ---------------- */
 
@@ -414,11 +416,12 @@ static int call(void *data, const msgpack_object *arg, msgpack_packer *result,
 /* The fork server forks with the GIL released: take it, and let CPython
  * prepare and fix itself up on both sides as os.fork() would (the child
  * reseeds random, resets locks, runs os.register_at_fork hooks).  A fork
- * made by a task (os.fork, subprocess) holds the GIL already and does its
- * own: nothing to do here then. */
+ * made by Python code (os.fork, subprocess: a task, or a thread a module
+ * started) holds the GIL already and does its own: nothing to do here
+ * then. */
 static void before_fork(void)
 {
-	if (!saved_ts)
+	if (!saved_ts || !pthread_equal(pthread_self(), main_thread))
 		return;
 	gil_take();
 	PyOS_BeforeFork();
@@ -766,6 +769,7 @@ static int load(const msgpack_object *initargs, const struct mpool_loaded_functi
 	}
 	Py_DECREF(found);
 	/* From here on the fork server forks, with the GIL released. */
+	main_thread = pthread_self();
 	if (pthread_atfork(before_fork, after_fork_parent, after_fork_child) != 0) {
 		gil_give();
 		return mpool_task_fail(err, MPOOL_E_INTERNAL, "pthread_atfork failed");
