@@ -13,10 +13,11 @@
  * functions need not be thread-safe, and static state persists from task
  * to task within one worker, like a Python Pool initializer's globals.
  *
- * A process forked by the master itself (a supervised process, or a pool
- * worker when no fork server runs) calls load in that process, before
- * init: load runs exactly once in every process that runs tasks, and
- * never in the master.
+ * A process forked by the master itself (a supervised process) calls
+ * load in that process, before init: load runs at most once in every
+ * process that runs tasks, and never in the master.  The master learns
+ * the names of load's functions from the fork server only: while none
+ * runs (mpoold(8)), they are refused at submit.
  *
  * Memory rules: the argument object and everything it points to belong to
  * the worker and live only for the duration of the call (so do initargs,
@@ -101,9 +102,9 @@ struct mpool_module {
 	 * when none).  It returns, through ret_functions, a table that ends
 	 * with {NULL, NULL, NULL} and lives as long as the process; its
 	 * functions are callable as well as the static ones.  Non-zero, with
-	 * err filled, leaves the module without functions in that process
-	 * (clients get no_function) until the next reload; the pool keeps
-	 * running.  The master learns the names from the fork server, so
+	 * err filled, leaves the module without load's functions in that
+	 * process (clients get no_function) until the next reload; the pool
+	 * keeps running.  The master learns the names from the fork server, so
 	 * they are refused at submit when the fork server does not run. */
 	int (*load)(const msgpack_object *initargs,
 		    const struct mpool_loaded_function **ret_functions,
