@@ -1,6 +1,6 @@
 /* mpbench: mpool's side of the benchmark, through libmpool.
  *
- *   mpbench --socket PATH FIGURE [--n N] [--reps R] [--workers W]
+ *   mpbench --socket PATH FIGURE [--n N] [--reps R] [--workers W] [--module NAME]
  *
  * FIGURE (bench/README.md says what each measures and why):
  *   ready     wait until mpoold answers and W workers are idle
@@ -13,7 +13,12 @@
  *   echo      map of builtin.echo over N distinct 1 KiB bin items, MB/s
  *   stream    mpool_imap_stream of builtin.square over N produced items to a
  *             reader that sleeps --slow-us every --slow-every results;
- *             mpoold's VmHWM and largest sampled VmRSS in MiB
+ *             mpoold's VmHWM and largest sampled VmRSS in MiB, and
+ *             mpbench's own VmHWM
+ *
+ * --module NAME calls NAME.square, NAME.spin and NAME.echo instead of the
+ * builtin module's: "py.pytasks" runs bench/pytasks.py's, the Python
+ * functions the Python peer runs too.
  *
  * Each figure prints one JSON object on stdout: {"figure", "unit", "n",
  * "reps": [...]} (plus extras).  Packing the items is inside the timing, as
@@ -29,6 +34,12 @@
 #include <unistd.h>
 
 #include <mpool/mpool.h>
+
+/* The module whose square, spin and echo the figures call: "builtin", or
+ * "py.pytasks" for the same functions in Python (bench/pytasks.py, through
+ * the py module). */
+static const char *module = "builtin";
+static char fn_square[128], fn_spin[128], fn_echo[128];
 
 struct args {
 	const char *socket;
@@ -203,7 +214,7 @@ static double one_square_map(mpool *p, uint64_t n)
 
 	msgpack_sbuffer_init(&sb);
 	pack_ints(&sb, n);
-	r = mpool_map_collect(p, "builtin.square", sb.data, sb.size, n, NULL, &v);
+	r = mpool_map_collect(p, fn_square, sb.data, sb.size, n, NULL, &v);
 	dt = secs_since(t0);
 	if (r < 0)
 		fail(p, "map", r);
@@ -271,7 +282,7 @@ static void fig_spin(const struct args *a)
 	for (int i = 0; i < a->reps; i++) {
 		struct mpool_map_summary s;
 		uint64_t t0 = now_ns();
-		int r = mpool_map(p, "builtin.spin", sb.data, sb.size, a->n, NULL, NULL, NULL, &s);
+		int r = mpool_map(p, fn_spin, sb.data, sb.size, a->n, NULL, NULL, NULL, &s);
 
 		if (r < 0 || s.failed)
 			fail(p, "spin map", r);
@@ -309,7 +320,7 @@ static void fig_echo(const struct args *a)
 			msgpack_pack_bin(&pk, sizeof(item));
 			msgpack_pack_bin_body(&pk, item, sizeof(item));
 		}
-		r = mpool_map_collect(p, "builtin.echo", sb.data, sb.size, a->n, NULL, &v);
+		r = mpool_map_collect(p, fn_echo, sb.data, sb.size, a->n, NULL, &v);
 		reps[i] = (double)a->n * 1024 / secs_since(t0) / 1e6;
 		if (r < 0)
 			fail(p, "echo map", r);
@@ -354,7 +365,7 @@ static void fig_apply(const struct args *a)
 		for (uint64_t i = 0; i < n; i++) {
 			mpool_value *v;
 			uint64_t t0 = now_ns();
-			int r = mpool_apply(p, "builtin.square", arg, 1, &v);
+			int r = mpool_apply(p, fn_square, arg, 1, &v);
 
 			lat[i] = (double)(now_ns() - t0) / 1000.0;
 			if (r < 0 || mpool_value_get(v)->via.u64 != 49)
@@ -421,7 +432,7 @@ static double one_pipeline(mpool *p, const struct args *a)
 
 			sb.size = 0;
 			msgpack_pack_uint64(&pk, sent);
-			r = mpool_apply_async(p, "builtin.square", sb.data, sb.size, NULL,
+			r = mpool_apply_async(p, fn_square, sb.data, sb.size, NULL,
 					      pipe_result, pipe_error, (void *)(uintptr_t)sent, &h);
 			if (r < 0)
 				fail(p, "apply_async", r);
@@ -512,7 +523,7 @@ static void fig_stream(const struct args *a)
 	mpool_value_free(st);
 	start_rss = proc_kib(pid, "VmRSS");
 	t0 = now_ns();
-	r = mpool_imap_stream(p, "builtin.square", produce, &pr, NULL, &iter);
+	r = mpool_imap_stream(p, fn_square, produce, &pr, NULL, &iter);
 	if (r < 0)
 		fail(p, "imap_stream", r);
 	while ((r = mpool_iter_next(iter, -1, &it)) == 1) {
@@ -535,9 +546,11 @@ static void fig_stream(const struct args *a)
 	if (got != a->n)
 		fail(p, "stream: short", 0);
 	printf("{\"figure\": \"stream\", \"unit\": \"MiB\", \"n\": %llu, \"pid\": %llu, "
+	       "\"client_vmhwm_mib\": %.2f, "
 	       "\"vmhwm_mib\": %.2f, \"max_vmrss_mib\": %.2f, \"start_vmrss_mib\": %.2f, "
 	       "\"seconds\": %.3f, \"items_per_s\": %.1f, \"slow_every\": %u, \"slow_us\": %u}\n",
 	       (unsigned long long)a->n, (unsigned long long)pid,
+	       (double)proc_kib((uint64_t)getpid(), "VmHWM") / 1024,
 	       (double)proc_kib(pid, "VmHWM") / 1024, (double)max_rss / 1024,
 	       (double)start_rss / 1024, dt, (double)a->n / dt, a->slow_every, a->slow_us);
 	mpool_iter_free(iter);
@@ -566,7 +579,7 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: mpbench --socket PATH FIGURE [--n N] [--reps R] [--workers W]\n"
 		"               [--window W] [--ms MS] [--slow-every N] [--slow-us US]\n"
-		"               [--timeout-ms MS]\n"
+		"               [--timeout-ms MS] [--module NAME]\n"
 		"FIGURE: ready map apply pipeline recycle spin echo stream\n");
 	exit(2);
 }
@@ -606,6 +619,8 @@ int main(int argc, char **argv)
 			a.slow_us = (unsigned)atoi(v);
 		else if (strcmp(o, "--timeout-ms") == 0)
 			a.timeout_ms = atoi(v);
+		else if (strcmp(o, "--module") == 0)
+			module = v;
 		else
 			usage();
 	}
@@ -618,6 +633,9 @@ int main(int argc, char **argv)
 		usage();
 	if (a.n == 0)
 		a.n = fig->default_n;
+	snprintf(fn_square, sizeof(fn_square), "%s.square", module);
+	snprintf(fn_spin, sizeof(fn_spin), "%s.spin", module);
+	snprintf(fn_echo, sizeof(fn_echo), "%s.echo", module);
 	fig->run(&a);
 	return 0;
 }

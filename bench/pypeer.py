@@ -2,9 +2,10 @@
 """pypeer: the Python side of mpool's benchmark.
 
 Runs the same workloads as bench/mpbench through multiprocessing.Pool and
-prints one JSON object on stdout.  The task functions mirror mpoold's
-builtins: square (int -> int), echo (bytes -> bytes), spin (busy loop of
-ms milliseconds).  Pool uses the fork start method (Linux's default in
+prints one JSON object on stdout.  The task functions, from
+bench/pytasks.py, mirror mpoold's builtins: square (int -> int), echo
+(bytes -> bytes), spin (busy loop of ms milliseconds); mpoold runs the same
+file's functions in the Python figures.  Pool uses the fork start method (Linux's default in
 3.11) and as many processes as mpoold has workers.
 
     pypeer.py FIGURE [--workers N] [--reps R] [--n N]
@@ -20,19 +21,9 @@ import sys
 import time
 
 
-def square(x):
-    return x * x
-
-
-def echo(b):
-    return b
-
-
-def spin(ms):
-    end = time.perf_counter() + ms / 1000.0
-    while time.perf_counter() < end:
-        pass
-    return ms
+# The same functions mpoold's py module runs in the Python figures.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pytasks import echo, spin, square  # noqa: E402
 
 
 def warm(pool):

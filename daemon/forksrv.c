@@ -20,6 +20,7 @@
 #include "master.h"
 #include "mem.h"
 #include "mp_rpc.h"
+#include "registry.h"
 
 /* A fork server that has not loaded the modules or answered a fork by then
  * is taken for hung: the master must not wait on it for long. */
@@ -136,6 +137,41 @@ static int recv_hello(int fd, struct forksrv_rep *rep)
 	}
 	if (r == 0 && rep->kind != FORKSRV_HELLO)
 		r = -EPROTO;
+	return r;
+}
+
+/* The hello's second message: the names of the functions the modules'
+ * load hooks returned, which the master accepts at submit from now on. */
+static int recv_names(int fd, size_t len)
+{
+	struct pollfd p = { fd, POLLIN, 0 };
+	char *buf;
+	ssize_t n;
+	int r;
+
+	if (len > FORKSRV_NAMES_MAX)
+		return -EPROTO;
+	do
+		r = poll(&p, 1, FORKSRV_REPLY_MS);
+	while (r < 0 && errno == EINTR);
+	if (r == 0)
+		return -ETIMEDOUT;
+	if (r < 0)
+		return -errno;
+	buf = xmalloc(len);
+	do
+		n = recv(fd, buf, len, MSG_TRUNC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0) {
+		r = -errno;
+	} else if ((size_t)n != len) {
+		r = -EPROTO;
+	} else {
+		log_debug("the modules' load hooks gave %u functions",
+			  reg_set_loaded_names(buf, len));
+		r = 0;
+	}
+	free(buf);
 	return r;
 }
 
@@ -487,6 +523,7 @@ int forksrv_start(void)
 		log_warn("no fork server at %s (%s): workers fork from the master", path,
 			 strerror(-r));
 		z_broken = true;
+		reg_set_loaded_names(NULL, 0);
 		return r;
 	}
 	snprintf(level, sizeof(level), "%d", cfg.log_level);
@@ -516,6 +553,9 @@ int forksrv_start(void)
 	r = recv_hello(cur->fd, &rep);
 	if (r == 0 && rep.err)
 		r = rep.err;
+	if (r == 0)
+		r = rep.status > 0 ? recv_names(cur->fd, (size_t)rep.status) :
+		    (reg_set_loaded_names(NULL, 0), 0);
 	if (r == 0) {
 		cur->read = event_new(z_base, cur->fd, EV_READ | EV_PERSIST, read_cb, cur);
 		if (!cur->read || event_add(cur->read, NULL) < 0)
@@ -528,6 +568,8 @@ int forksrv_start(void)
 			 r == -ECONNRESET ? "it exited" : strerror(-r));
 		shut_cur();
 		z_broken = true;
+		/* Only a fork server knows what the load hooks give. */
+		reg_set_loaded_names(NULL, 0);
 		return r;
 	}
 	log_debug("fork server %d started", (int)pid);

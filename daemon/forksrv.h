@@ -16,9 +16,15 @@
  * master is a child subreaper, so workers whose fork server died become
  * its children and it reaps them itself, with their real status.
  *
+ * The fork server is also where module code that must run before any
+ * fork runs (module ABI 2's load: the Python module's imports), never in
+ * the master: its hello carries the names of the functions that code
+ * returned, which the master then accepts (registry.h).
+ *
  * Failures never stop the pool: a fork server that cannot be started
  * (binary missing, a module that no longer loads) leaves the master
- * forking workers itself; one that dies or stops answering is killed and
+ * forking workers itself, without the functions only a fork server can
+ * name; one that dies or stops answering is killed and
  * reaped, and what it had not answered goes to a new one; a request lost
  * twice fails like any failed fork.  On reload the fork server is retired,
  * not killed: it takes no more requests, keeps reporting the deaths of its
@@ -47,11 +53,16 @@ struct forksrv_req {
 };
 enum forksrv_kind {
 	FORKSRV_HELLO = 1,         /* err 0 and its pid once the modules are loaded;
-				   * err -EINVAL when one failed (it logged which) */
+				   * err -EINVAL when one failed (it logged which).
+				   * status: the size of the message that follows,
+				   * the names of the functions the modules' load
+				   * hooks returned (registry.h), at most
+				   * FORKSRV_NAMES_MAX bytes; none when 0 */
 	FORKSRV_FORKED,            /* the answer to the oldest request: err 0 and the
 				   * worker's pid, its channel as SCM_RIGHTS; or -errno */
 	FORKSRV_EXITED,            /* it reaped worker pid: status as from waitpid */
 };
+#define FORKSRV_NAMES_MAX (64 * 1024)
 struct forksrv_rep {
 	int32_t kind;
 	int32_t err;

@@ -3,7 +3,9 @@
  *     mpool-forksrv VERSION LOG_LEVEL MAX_FRAME [MODULE_PATH INITARGS_JSON|-]...
  *
  * started by the master with its end of a SOCK_SEQPACKET pair on
- * descriptor 3.  It loads the modules as the master did, says so, then per
+ * descriptor 3.  It loads the modules as the master did, runs their load
+ * hooks (module code, which the master never runs), says so with the
+ * names of the functions those returned, then per
  * request fork()s a worker and passes back its pid and the master's end of
  * its socketpair; it reaps its workers and reports each death.  When the
  * master ends the requests it leaves with its last worker; when the master
@@ -23,6 +25,7 @@
 #include "config.h"
 #include "log.h"
 #include "modload.h"
+#include "registry.h"
 #include "worker.h"
 #include "forksrv.h"
 
@@ -48,6 +51,18 @@ static void reply(const struct forksrv_rep *rep, int fd)
 	}
 	do
 		n = sendmsg(FORKSRV_FD, &mh, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		_exit(0);           /* the master is gone */
+}
+
+/* The hello's second message: one datagram. */
+static void send_names(const char *names, size_t len)
+{
+	ssize_t n;
+
+	do
+		n = send(FORKSRV_FD, names, len, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		_exit(0);           /* the master is gone */
@@ -119,6 +134,8 @@ int main(int argc, char **argv)
 	struct forksrv_rep rep = { .kind = FORKSRV_HELLO };
 	sigset_t none, chld;
 	bool requests = true;
+	size_t names_len = 0;
+	char *names = NULL;
 	int r, sfd;
 
 	prctl(PR_SET_NAME, FORKSRV_NAME);
@@ -158,6 +175,22 @@ int main(int argc, char **argv)
 	log_init(cfg.log_level < LOG_WARNING ? cfg.log_level : LOG_WARNING);
 	r = modload_all();
 	log_init(cfg.log_level);
+	/* Module code (a Python import) runs here, once, before any fork; a
+	 * module whose load fails logged why and has no functions. */
+	if (r == 0) {
+		reg_load_all();
+		names_len = reg_loaded_names(NULL, 0);
+		if (names_len > FORKSRV_NAMES_MAX) {
+			log_err("the modules' functions have %zu bytes of names, more than %d",
+				names_len, FORKSRV_NAMES_MAX);
+			r = -1;
+		} else if (names_len > 0) {
+			names = malloc(names_len);
+			if (!names)
+				_exit(1);
+			reg_loaded_names(names, names_len);
+		}
+	}
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &chld, NULL);
@@ -165,9 +198,13 @@ int main(int argc, char **argv)
 	rep.err = r < 0 ? -EINVAL : sfd < 0 ? -errno : 0;
 	self = getpid();
 	rep.pid = (int32_t)self;
+	rep.status = rep.err < 0 ? 0 : (int32_t)names_len;
 	reply(&rep, -1);
 	if (rep.err < 0)
 		_exit(1);
+	if (rep.status > 0)
+		send_names(names, names_len);
+	free(names);
 	/* Requests and deaths, in one loop: SIGCHLD comes as a descriptor. */
 	for (;;) {
 		struct pollfd p[2] = {

@@ -56,9 +56,9 @@ static int load_one(unsigned i)
 		log_err("module %s: no '%s' descriptor exported", spec->path, MPOOL_MODULE_SYMBOL);
 		return -1;
 	}
-	if (m->abi != MPOOL_MODULE_ABI) {
-		log_err("module %s: built for module ABI %u, mpoold speaks %u", spec->path,
-			m->abi, MPOOL_MODULE_ABI);
+	if (m->abi < MPOOL_MODULE_ABI_MIN || m->abi > MPOOL_MODULE_ABI) {
+		log_err("module %s: built for module ABI %u, mpoold speaks %u to %u", spec->path,
+			m->abi, MPOOL_MODULE_ABI_MIN, MPOOL_MODULE_ABI);
 		return -1;
 	}
 	msgpack_sbuffer_init(&sb);
@@ -74,7 +74,8 @@ static int load_one(unsigned i)
 	}
 	if (r < 0) {
 		log_err("module %s: invalid descriptor (module and function names are "
-			"[A-Za-z0-9_-]+, functions end with {NULL, NULL})", spec->path);
+			"[A-Za-z0-9_-]+, functions end with {NULL, NULL}, and only a "
+			"module with load may have none)", spec->path);
 		return -1;
 	}
 	log_info("loaded module '%s' from %s", m->name, spec->path);

@@ -4,7 +4,8 @@
 #ifndef MODLOAD_H
 #define MODLOAD_H
 
-/* Loads builtin and every cfg.modules[] entry.  0, or -1 after logging the
+/* Loads builtin and every cfg.modules[] entry (opens them; a module's
+ * load hook is reg_load_all's, not this).  0, or -1 after logging the
  * file and the cause (missing file, missing descriptor, ABI mismatch,
  * duplicate name, initargs that are not JSON). */
 int modload_all(void);

@@ -1,71 +1,108 @@
 #include "registry.h"
 
 #include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "log.h"
 #include "mem.h"
 
 #define MAX_MODULES 64
 
 /* Names are copied: the master reads them on every request, and must not
  * touch a module's pages, which a careless `cp` over the file can change
- * under it.  Workers are what runs module code. */
-struct fn_entry {
+ * under it.  Workers are what runs module code.  In the master a loaded
+ * function is a name only: fn and call are NULL. */
+struct reg_fn {
 	char *name;
-	mpool_task_fn fn;
+	mpool_task_fn fn;          /* the static table's */
+	mpool_task_call call;      /* load's */
+	void *data;
 };
 
 struct entry {
 	const struct mpool_module *m;
 	char *name;
-	struct fn_entry *fns;
-	unsigned n_fns;
+	struct reg_fn *fns;        /* the static ones, then load's */
+	unsigned n_fns, n_static;
 	void *initargs;            /* owned; NULL: nil */
 	size_t initargs_len;
+	bool loaded;               /* load ran (or failed) in this process */
 };
 
 static struct entry entries[MAX_MODULES];
 static unsigned n_entries;
 
-static int valid_name(const char *s)
+/* [A-Za-z0-9_-]+, or with dots, parts of those joined by single dots. */
+static int valid_name(const char *s, bool dots)
 {
-	if (!s || !*s)
+	bool part = false;
+
+	if (!s)
 		return 0;
-	for (; *s; s++)
-		if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
-		      (*s >= '0' && *s <= '9') || *s == '_' || *s == '-'))
+	for (; *s; s++) {
+		if ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		    (*s >= '0' && *s <= '9') || *s == '_' || *s == '-')
+			part = true;
+		else if (*s == '.' && dots && part)
+			part = false;
+		else
 			return 0;
-	return 1;
+	}
+	return part;
+}
+
+typedef int load_fn(const msgpack_object *initargs,
+		    const struct mpool_loaded_function **ret_functions,
+		    struct mpool_task_error *err);
+
+/* An ABI 1 descriptor ends before load: never read past it. */
+static load_fn *load_hook(const struct mpool_module *m)
+{
+	return m->abi >= 2 ? m->load : NULL;
+}
+
+static void add_fn(struct entry *e, const char *name, mpool_task_fn fn, mpool_task_call call,
+		   void *data)
+{
+	e->fns = xrealloc(e->fns, (e->n_fns + 1) * sizeof(*e->fns));
+	e->fns[e->n_fns++] = (struct reg_fn){ xstrndup(name, strlen(name)), fn, call, data };
+}
+
+static void drop_loaded(struct entry *e)
+{
+	for (unsigned j = e->n_static; j < e->n_fns; j++)
+		free(e->fns[j].name);
+	e->n_fns = e->n_static;
 }
 
 int reg_add(const struct mpool_module *m, const void *initargs, size_t initargs_len)
 {
-	if (m->abi != MPOOL_MODULE_ABI)
+	struct entry *e;
+
+	if (m->abi < MPOOL_MODULE_ABI_MIN || m->abi > MPOOL_MODULE_ABI)
 		return -EPROTO;
-	if (!valid_name(m->name) || !m->functions)
+	if (!valid_name(m->name, false) || (!m->functions && !load_hook(m)))
 		return -EINVAL;
-	for (const struct mpool_function *f = m->functions; f->name; f++)
-		if (!valid_name(f->name) || !f->fn)
+	for (const struct mpool_function *f = m->functions; f && f->name; f++)
+		if (!valid_name(f->name, false) || !f->fn)
 			return -EINVAL;
 	for (unsigned i = 0; i < n_entries; i++)
 		if (strcmp(entries[i].name, m->name) == 0)
 			return -EEXIST;
 	if (n_entries == MAX_MODULES)
 		return -ENOSPC;
-	entries[n_entries].m = m;
-	entries[n_entries].name = xstrndup(m->name, strlen(m->name));
-	for (const struct mpool_function *f = m->functions; f->name; f++)
-		entries[n_entries].n_fns++;
-	entries[n_entries].fns = xcalloc(entries[n_entries].n_fns, sizeof(struct fn_entry));
-	for (unsigned i = 0; i < entries[n_entries].n_fns; i++) {
-		entries[n_entries].fns[i].name = xstrndup(m->functions[i].name,
-							   strlen(m->functions[i].name));
-		entries[n_entries].fns[i].fn = m->functions[i].fn;
-	}
-	entries[n_entries].initargs = initargs ? xmemdup(initargs, initargs_len) : NULL;
-	entries[n_entries].initargs_len = initargs_len;
-	n_entries++;
+	e = &entries[n_entries++];
+	e->m = m;
+	e->name = xstrndup(m->name, strlen(m->name));
+	for (const struct mpool_function *f = m->functions; f && f->name; f++)
+		add_fn(e, f->name, f->fn, NULL, NULL);
+	e->n_static = e->n_fns;
+	e->initargs = initargs ? xmemdup(initargs, initargs_len) : NULL;
+	e->initargs_len = initargs_len;
 	return 0;
 }
 
@@ -82,48 +119,186 @@ void reg_clear(void)
 	n_entries = 0;
 }
 
-mpool_task_fn reg_lookup(const char *name, size_t len)
+static struct entry *find_module(const char *name, size_t len)
+{
+	for (unsigned i = 0; i < n_entries; i++)
+		if (strlen(entries[i].name) == len && memcmp(entries[i].name, name, len) == 0)
+			return &entries[i];
+	return NULL;
+}
+
+const struct reg_fn *reg_lookup(const char *name, size_t len)
 {
 	const char *dot = memchr(name, '.', len);
-	size_t mlen;
+	const struct entry *e;
+	size_t flen;
 
-	if (!dot)
+	if (!dot || !(e = find_module(name, (size_t)(dot - name))))
 		return NULL;
-	mlen = (size_t)(dot - name);
+	flen = len - (size_t)(dot - name) - 1;
+	for (unsigned j = 0; j < e->n_fns; j++)
+		if (strlen(e->fns[j].name) == flen && memcmp(e->fns[j].name, dot + 1, flen) == 0)
+			return &e->fns[j];
+	return NULL;
+}
+
+int reg_callable(const struct reg_fn *f)
+{
+	return f && (f->fn || f->call);
+}
+
+int reg_call(const struct reg_fn *f, const msgpack_object *arg, msgpack_packer *result,
+	     struct mpool_task_error *err)
+{
+	if (f->fn)
+		return f->fn(arg, result, err);
+	if (f->call)
+		return f->call(f->data, arg, result, err);
+	return mpool_task_fail(err, MPOOL_E_NOFUNC, "the function's module did not load here");
+}
+
+/* The module's initargs, decoded into zone (nil when none).  0 or -1. */
+static int unpack_initargs(const struct entry *e, msgpack_zone *zone, msgpack_object *args,
+			   struct mpool_task_error *err)
+{
+	size_t off = 0;
+
+	args->type = MSGPACK_OBJECT_NIL;
+	if (!msgpack_zone_init(zone, 1024))
+		return mpool_task_fail(err, MPOOL_E_INTERNAL, "out of memory");
+	if (e->initargs && msgpack_unpack(e->initargs, e->initargs_len, &off, zone, args) < 0) {
+		msgpack_zone_destroy(zone);
+		return mpool_task_fail(err, MPOOL_E_INTERNAL, "unreadable initargs");
+	}
+	return 0;
+}
+
+/* Calls e's load hook in this process and adds what it returns.  0, or -1
+ * with err filled; either way it does not run again here. */
+static int run_load(struct entry *e, struct mpool_task_error *err)
+{
+	const struct mpool_loaded_function *t = NULL;
+	msgpack_object args;
+	msgpack_zone zone;
+	int r;
+
+	e->loaded = true;
+	drop_loaded(e);
+	if (unpack_initargs(e, &zone, &args, err) < 0)
+		return -1;
+	err->code = MPOOL_E_TASK;
+	err->message[0] = '\0';
+	r = load_hook(e->m)(&args, &t, err);
+	msgpack_zone_destroy(&zone);
+	if (r != 0) {
+		if (!err->message[0])
+			mpool_task_fail(err, MPOOL_E_TASK, "no reason given");
+		return -1;
+	}
+	for (; t && t->name; t++) {
+		if (!valid_name(t->name, true) || !t->call) {
+			drop_loaded(e);
+			snprintf(err->message, sizeof(err->message),
+				 "load returned an invalid function (names are parts of "
+				 "[A-Za-z0-9_-] joined by dots, each with a call): '%.80s'", t->name);
+			return -1;
+		}
+		add_fn(e, t->name, NULL, t->call, t->data);
+	}
+	return 0;
+}
+
+unsigned reg_load_all(void)
+{
+	unsigned failed = 0;
+
+	for (unsigned i = 0; i < n_entries; i++) {
+		struct entry *e = &entries[i];
+		struct mpool_task_error err = { 0 };
+
+		if (!load_hook(e->m) || e->loaded)
+			continue;
+		if (run_load(e, &err) < 0) {
+			log_err("module %s: load failed: %s; its functions are unavailable until "
+				"the next reload", e->name, err.message);
+			failed++;
+		}
+	}
+	return failed;
+}
+
+size_t reg_loaded_names(char *buf, size_t size)
+{
+	size_t n = 0;
+
 	for (unsigned i = 0; i < n_entries; i++) {
 		const struct entry *e = &entries[i];
 
-		if (strlen(e->name) != mlen || memcmp(e->name, name, mlen) != 0)
-			continue;
-		for (unsigned j = 0; j < e->n_fns; j++)
-			if (strlen(e->fns[j].name) == len - mlen - 1 &&
-			    memcmp(e->fns[j].name, dot + 1, len - mlen - 1) == 0)
-				return e->fns[j].fn;
-		return NULL;
+		for (unsigned j = e->n_static; j < e->n_fns; j++) {
+			size_t len = strlen(e->name) + 1 + strlen(e->fns[j].name) + 1;
+
+			if (n + len <= size)
+				snprintf(buf + n, len, "%s.%s", e->name, e->fns[j].name);
+			n += len;
+		}
 	}
-	return NULL;
+	return n;
+}
+
+unsigned reg_set_loaded_names(const char *buf, size_t len)
+{
+	unsigned kept = 0;
+
+	for (unsigned i = 0; i < n_entries; i++) {
+		if (load_hook(entries[i].m)) {
+			drop_loaded(&entries[i]);
+			entries[i].loaded = false;
+		}
+	}
+	while (buf && len > 0) {
+		const char *end = memchr(buf, '\0', len);
+		const char *dot = end ? memchr(buf, '.', (size_t)(end - buf)) : NULL;
+		struct entry *e;
+
+		if (!end)
+			break;
+		e = dot ? find_module(buf, (size_t)(dot - buf)) : NULL;
+		if (e && load_hook(e->m) && valid_name(dot + 1, true) &&
+		    !reg_lookup(buf, (size_t)(end - buf))) {
+			add_fn(e, dot + 1, NULL, NULL, NULL);
+			kept++;
+		}
+		len -= (size_t)(end - buf) + 1;
+		buf = end + 1;
+	}
+	return kept;
 }
 
 int reg_init_all(struct mpool_task_error *err, const char **ret_module)
 {
+	/* A process the master forked: load here what the master accepts,
+	 * never in the master itself. */
+	for (unsigned i = 0; i < n_entries; i++) {
+		struct entry *e = &entries[i];
+		struct mpool_task_error lerr = { 0 };
+
+		if (!load_hook(e->m) || e->loaded || e->n_fns == e->n_static)
+			continue;
+		if (run_load(e, &lerr) < 0)
+			log_err("worker %d: module %s: load failed: %s", (int)getpid(), e->name,
+				lerr.message);
+	}
 	for (unsigned i = 0; i < n_entries; i++) {
 		const struct entry *e = &entries[i];
-		msgpack_object args = { .type = MSGPACK_OBJECT_NIL };
+		msgpack_object args;
 		msgpack_zone zone;
-		size_t off = 0;
 		int r;
 
 		if (!e->m->init)
 			continue;
-		if (!msgpack_zone_init(&zone, 1024)) {
+		if (unpack_initargs(e, &zone, &args, err) < 0) {
 			*ret_module = e->m->name;
-			return mpool_task_fail(err, MPOOL_E_INTERNAL, "out of memory");
-		}
-		if (e->initargs &&
-		    msgpack_unpack(e->initargs, e->initargs_len, &off, &zone, &args) < 0) {
-			msgpack_zone_destroy(&zone);
-			*ret_module = e->m->name;
-			return mpool_task_fail(err, MPOOL_E_INTERNAL, "unreadable initargs");
+			return -1;
 		}
 		err->code = MPOOL_E_TASK;
 		err->message[0] = '\0';

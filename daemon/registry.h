@@ -1,7 +1,12 @@
 /* registry: the task modules mpoold has loaded and their functions, looked
- * up by "MODULE.FUNCTION".  Filled in the master before any worker is
- * forked, so every worker shares it copy-on-write; changed only by a reload,
- * in the master, between forks. */
+ * up by "MODULE.FUNCTION".  Filled before any worker is forked, so every
+ * worker shares it copy-on-write; changed only by a reload, between forks.
+ *
+ * A module's functions come from its static table, and (module ABI 2) from
+ * its load hook, which reg_load_all() calls in the fork server and
+ * reg_init_all() in a process the master forked.  The master never calls
+ * load: it knows those functions by name only, from the fork server
+ * (reg_set_loaded_names), which is all its submit-time check needs. */
 #ifndef REGISTRY_H
 #define REGISTRY_H
 
@@ -9,17 +14,43 @@
 #include <stdint.h>
 #include <mpool/module.h>
 
+/* One function; opaque. */
+struct reg_fn;
+
 /* Adds a module.  The descriptor must outlive the registry; initargs
  * (initargs_len bytes of one MessagePack value, or NULL for nil) is copied.
- * 0, or -EEXIST for a duplicate name, -EPROTO for an ABI mismatch, -EINVAL
- * for a descriptor without a valid name or functions, -ENOSPC. */
+ * 0, or -EEXIST for a duplicate name, -EPROTO for an ABI mpoold does not
+ * speak, -EINVAL for a descriptor without a valid name or functions (or a
+ * load hook), -ENOSPC. */
 int reg_add(const struct mpool_module *m, const void *initargs, size_t initargs_len);
 /* Forgets every module (reload). */
 void reg_clear(void);
-/* The function named name (len bytes, not NUL-terminated), or NULL. */
-mpool_task_fn reg_lookup(const char *name, size_t len);
-/* Runs every module's init in order (in a worker).  0, or -1 with err
- * filled and *ret_module naming the module that failed. */
+/* The function named name (len bytes, not NUL-terminated), or NULL.  In
+ * the master, a loaded function known by name only is found too. */
+const struct reg_fn *reg_lookup(const char *name, size_t len);
+/* Calls f, which is not a name only (the master's). */
+int reg_call(const struct reg_fn *f, const msgpack_object *arg, msgpack_packer *result,
+	     struct mpool_task_error *err);
+/* True when f can be called in this process. */
+int reg_callable(const struct reg_fn *f);
+
+/* In the fork server, before any fork: calls every module's load hook and
+ * adds the functions it returns.  A module whose load fails is logged and
+ * left without loaded functions.  The number of modules that failed. */
+unsigned reg_load_all(void);
+/* The loaded functions' full names, each NUL-terminated, in buf: their
+ * total size, which may exceed size (nothing is then written past it). */
+size_t reg_loaded_names(char *buf, size_t size);
+/* In the master: the names the fork server reported (as reg_loaded_names
+ * wrote them) replace those known before; NULL, 0 forgets them all, so
+ * that they are refused at submit.  Names of modules not registered, or
+ * not valid, are skipped.  The number of names kept. */
+unsigned reg_set_loaded_names(const char *buf, size_t len);
+
+/* In a worker: calls load where it did not run in this process yet (a
+ * process the master forked) for the modules whose functions the master
+ * accepts, then every module's init in order.  0, or -1 with err filled
+ * and *ret_module naming the module whose init failed. */
 int reg_init_all(struct mpool_task_error *err, const char **ret_module);
 void reg_fini_all(void);
 

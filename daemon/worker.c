@@ -170,7 +170,7 @@ static void send_piece(struct run_bufs *b, uint64_t seq, bool final, uint32_t n_
 static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 {
 	msgpack_packer rpk, epk;
-	mpool_task_fn fn = reg_lookup(run->fn, run->fn_len);
+	const struct reg_fn *fn = reg_lookup(run->fn, run->fn_len);
 	uint32_t piece = 0, n_err = 0;
 	/* A chunk of one item, or one reported item by item, never looks at
 	 * the clock: a worker recycled after one task maps no vDSO page. */
@@ -178,9 +178,6 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 	uint64_t last_sent = timed ? mono_ms() : 0;
 	size_t off = 0;
 
-	/* The master checked the name; a miss here is a bug. */
-	if (!fn)
-		_exit(WORKER_EXIT_PROTO);
 	b->results.size = b->errors.size = 0;
 	msgpack_packer_init(&rpk, &b->results, msgpack_sbuffer_write);
 	msgpack_packer_init(&epk, &b->errors, msgpack_sbuffer_write);
@@ -205,7 +202,13 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 					   &b->zone, &arg) < 0)
 				_exit(WORKER_EXIT_PROTO);
 		}
-		rc = fn(&arg, &rpk, &err);
+		/* The master checked the name; a miss here is a module whose
+		 * load failed in this worker alone (it logged why). */
+		if (fn)
+			rc = reg_call(fn, &arg, &rpk, &err);
+		else
+			rc = mpool_task_fail(&err, MPOOL_E_NOFUNC,
+					     "the function's module did not load in this worker");
 		if (rc == 0 && (mp_scan_one((const uint8_t *)b->results.data + before,
 					    b->results.size - before, MP_ITEM_DEPTH_MAX, &len) != 1 ||
 				len != b->results.size - before)) {
@@ -306,7 +309,7 @@ void worker_once_entry(int fd, pid_t master, const void *arg)
 	msgpack_packer hpk, bpk;
 	msgpack_zone zone;
 	msgpack_object obj;
-	mpool_task_fn fn;
+	const struct reg_fn *fn;
 	const char *failed;
 	struct iovec iov[2];
 	size_t off = 0, len;
@@ -314,8 +317,7 @@ void worker_once_entry(int fd, pid_t master, const void *arg)
 
 	worker_drop_service_env();
 	worker_detach(fd, master);
-	fn = reg_lookup(once->fn, strlen(once->fn));
-	if (!fn || !msgpack_zone_init(&zone, 4096))
+	if (!msgpack_zone_init(&zone, 4096))
 		_exit(WORKER_EXIT_PROTO);
 	msgpack_sbuffer_init(&head);
 	msgpack_sbuffer_init(&body);
@@ -331,8 +333,13 @@ void worker_once_entry(int fd, pid_t master, const void *arg)
 			 failed, reason);
 	} else if (msgpack_unpack((const char *)once->arg, once->arg_len, &off, &zone, &obj) < 0) {
 		_exit(WORKER_EXIT_PROTO);
+	} else if (!(fn = reg_lookup(once->fn, strlen(once->fn)))) {
+		/* After init: a loaded module's functions are known here only
+		 * once its load ran (reg_init_all), and it may have failed. */
+		rc = mpool_task_fail(&err, MPOOL_E_NOFUNC,
+				     "the function's module did not load in this process");
 	} else {
-		rc = fn(&obj, &bpk, &err);
+		rc = reg_call(fn, &obj, &bpk, &err);
 		if (rc == 0 && (mp_scan_one((const uint8_t *)body.data, body.size, MP_ITEM_DEPTH_MAX,
 					    &len) != 1 || len != body.size)) {
 			rc = -1;

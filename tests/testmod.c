@@ -399,7 +399,24 @@ static const struct mpool_function functions[] = {
 	{ NULL, NULL },
 };
 
-#ifndef TESTMOD_NO_DESCRIPTOR
+#if defined(TESTMOD_ABI1)
+/* A module built against module ABI 1: its descriptor is exactly that
+ * ABI's, with nothing after functions, as an old module's object is. */
+struct mpool_module_abi1 {
+	uint32_t abi;
+	const char *name;
+	int (*init)(const msgpack_object *initargs, struct mpool_task_error *err);
+	void (*fini)(void);
+	const struct mpool_function *functions;
+};
+MPOOL_MODULE_EXPORT const struct mpool_module_abi1 mpool_module = {
+	.abi = 1,
+	.name = "testmod",
+	.init = testmod_init,
+	.fini = testmod_fini,
+	.functions = functions,
+};
+#elif !defined(TESTMOD_NO_DESCRIPTOR)
 MPOOL_MODULE_EXPORT const struct mpool_module mpool_module = {
 	.abi = MPOOL_MODULE_ABI,
 	.name = "testmod",
