@@ -144,6 +144,33 @@ static void print_fork_server(FILE *out, const msgpack_object *st)
 	fprintf(out, "fork server pid %s\n", num(b, sizeof(b), fs, "pid"));
 }
 
+/* One line for the budgets an operator checks when clients are refused:
+ * what is in use beside its limit, and how often a limit said no. */
+static void print_limits(FILE *out, const msgpack_object *st)
+{
+	const msgpack_object *lim = ctl_get(st, "limits"), *totals = ctl_get(st, "totals");
+	const msgpack_object *hits = ctl_get(totals, "limits_hit");
+	uint64_t hit = 0;
+	char b[8][32];
+
+	if (!lim || lim->type != MSGPACK_OBJECT_MAP)
+		return;         /* a daemon older than the key */
+	if (hits && hits->type == MSGPACK_OBJECT_MAP)
+		for (uint32_t i = 0; i < hits->via.map.size; i++)
+			if (hits->via.map.ptr[i].val.type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+				hit += hits->via.map.ptr[i].val.via.u64;
+	fprintf(out, "limits: clients %s of %s (%s per uid, %s for admins); bytes held %s of %s; "
+		"chunks queued %s of %s; %llu refused\n",
+		num(b[0], sizeof(b[0]), totals, "clients"),
+		num(b[1], sizeof(b[1]), lim, "clients_allowed"),
+		num(b[2], sizeof(b[2]), lim, "max_clients_per_uid"),
+		num(b[3], sizeof(b[3]), lim, "admin_clients"),
+		num(b[4], sizeof(b[4]), totals, "client_bytes"),
+		num(b[5], sizeof(b[5]), lim, "max_total_bytes"),
+		num(b[6], sizeof(b[6]), totals, "chunks_queued"),
+		num(b[7], sizeof(b[7]), lim, "max_queued_chunks"), (unsigned long long)hit);
+}
+
 static void print_summary(FILE *out, const msgpack_object *st)
 {
 	const msgpack_object *totals = ctl_get(st, "totals");
@@ -178,6 +205,7 @@ static void print_summary(FILE *out, const msgpack_object *st)
 	if (failure && failure->type == MSGPACK_OBJECT_STR)
 		fprintf(out, "; last failure: %s", str(text, sizeof(text), totals, "last_failure"));
 	fputc('\n', out);
+	print_limits(out, st);
 	print_fork_server(out, st);
 }
 

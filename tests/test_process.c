@@ -1173,6 +1173,32 @@ END_TEST
 
 /* ---- mpctl spawn ------------------------------------------------------------- */
 
+/* mpctl status prints the client budgets beside what is in use, so an
+ * operator sees why clients are refused without reading JSON. */
+START_TEST(status_shows_limits)
+{
+	static const char *const extra[] = { "--max-clients-per-uid", "7", NULL };
+	mpool_value *st;
+	struct fx fx;
+	char *out = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	start(&fx, extra);
+	REQUIREF(mpool_status(fx.c, &st) == 0, "status: %s", mpool_errmsg(fx.c));
+	f = open_memstream(&out, &len);
+	REQUIRE(f);
+	ctl_print_status(f, mpool_value_get(st), CTL_SHOW_SUMMARY);
+	REQUIRE(fclose(f) == 0);
+	mpool_value_free(st);
+	REQUIREF(strstr(out, "limits: clients 1 of ") && strstr(out, "(7 per uid, 8 for admins)") &&
+		 strstr(out, "of 268435456; chunks queued 0 of 1048576; 0 refused"),
+		 "mpctl status has no limits line with the budgets:\n%s", out);
+	free(out);
+	fx_stop(&fx);
+}
+END_TEST
+
 /* Starts mpctl -s SOCK spawn ARGS... with its stdout on a pipe (*ret_fd),
  * in its own process group, dying with the test. */
 static pid_t mpctl_spawn(struct fx *fx, const char *const *args, int *ret_fd)
@@ -1815,6 +1841,7 @@ static Suite *process_suite(void)
 	tcase_add_test(tc, exit_codes);
 	tcase_add_test(tc, names_are_printable_characters);
 	tcase_add_test(tc, ps_escapes_names);
+	tcase_add_test(tc, status_shows_limits);
 	tcase_add_test(tc, mpctl_spawn_detach_and_ctrl_c);
 	tcase_add_test(tc, fork_eagain_is_not_max_processes);
 	suite_add_tcase(s, tc);
