@@ -553,7 +553,13 @@ class FailingInitializerTest(PyTaskCase):
             time.sleep(0.02)  # polling interval
         self.assertIn(want, self._log())
         self.assertIn("py: initializer:", self._log())      # the traceback
+        # The worker logs before it exits; the master learns of the exit
+        # when it reaps it, a moment later.
         totals = self.status()["totals"]
+        while ("a module's init failed" not in (totals["last_failure"] or "")
+               and time.monotonic() < deadline):
+            time.sleep(0.02)  # polling interval
+            totals = self.status()["totals"]
         self.assertIn("a module's init failed", totals["last_failure"] or "", totals)
         self.assertEqual(totals["tasks_done"], 0)
 
