@@ -26,10 +26,11 @@ struct chan {
 	int werr;
 	bool drain_due;
 	/* Accounted (chan_account): the bytes of in and out counted in
-	 * *acct and acct_total. */
+	 * *acct and acct_total, brought up to date when a message is
+	 * complete (chan_flush) and when bytes leave (chan_write_some), not
+	 * on every evbuffer operation. */
 	size_t *acct;
 	size_t acct_in, acct_out;
-	struct evbuffer_cb_entry *acct_cb;
 	/* The frame being delivered, for chan_take_delivered; NULL once
 	 * taken. */
 	const uint8_t *deliv_frame;
@@ -83,12 +84,9 @@ static void acct_in(struct chan *ch)
 	acct_add(ch, &ch->acct_in, ch->in.cap);
 }
 
-static void acct_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+static void acct_out(struct chan *ch)
 {
-	struct chan *ch = arg;
-
-	(void)info;
-	acct_add(ch, &ch->acct_out, evbuffer_get_length(buf));
+	acct_add(ch, &ch->acct_out, evbuffer_get_length(ch->out));
 }
 
 void chan_account(struct chan *ch, size_t *bytes)
@@ -96,12 +94,7 @@ void chan_account(struct chan *ch, size_t *bytes)
 	ch->acct = bytes;
 	ch->acct_in = ch->acct_out = 0;
 	acct_in(ch);
-	acct_add(ch, &ch->acct_out, evbuffer_get_length(ch->out));
-	ch->acct_cb = evbuffer_add_cb(ch->out, acct_out_cb, ch);
-	if (!ch->acct_cb) {
-		fprintf(stderr, "mpoold: out of memory accounting a channel\n");
-		abort();
-	}
+	acct_out(ch);
 }
 
 size_t chan_accounted_total(void)
@@ -121,9 +114,6 @@ static void acct_drop(struct chan *ch)
 	acct_add(ch, &ch->acct_in, 0);
 	acct_add(ch, &ch->acct_out, 0);
 	ch->acct = NULL;
-	if (ch->acct_cb)
-		evbuffer_remove_cb_entry(ch->out, ch->acct_cb);
-	ch->acct_cb = NULL;
 }
 
 static void chan_destroy(struct chan *ch)
@@ -201,6 +191,7 @@ size_t chan_out_len(const struct chan *ch)
  * by a failed write.  EV_WRITE is armed only when the socket is full. */
 void chan_flush(struct chan *ch)
 {
+	acct_out(ch);
 	if (ch->closed || ch->dead || evbuffer_get_length(ch->out) == 0)
 		return;
 	if (!event_pending(ch->wev, EV_WRITE, NULL) && !event_pending(ch->fev, EV_TIMEOUT, NULL))
@@ -320,6 +311,7 @@ static void chan_write_some(struct chan *ch, bool report)
 	int n = evbuffer_write(ch->out, ch->fd);
 	bool drained;
 
+	acct_out(ch);
 	if (n < 0 && errno != EAGAIN && errno != EINTR) {
 		if (report) {
 			chan_close(ch, -errno);

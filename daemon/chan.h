@@ -66,8 +66,9 @@ uint8_t *chan_take_frame(struct chan *ch, size_t keep);
  * stack) and it was not taken yet, hands over its buffer; else NULL. */
 uint8_t *chan_take_delivered(struct chan *ch, const void *p, size_t keep);
 /* Counts the bytes the chan holds (its input buffer and unsent output) in
- * *bytes from now on, kept up to date as they change, and in the total of
- * all accounted chans. */
+ * *bytes from now on, and in the total of all accounted chans: output as of
+ * the last chan_flush() or write, which is why a writer calls chan_flush()
+ * once its message is complete. */
 void chan_account(struct chan *ch, size_t *bytes);
 size_t chan_accounted_total(void);
 /* Bytes of a frame that has started to arrive and is not whole (0 while
