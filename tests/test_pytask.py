@@ -699,6 +699,7 @@ class SlowImportUnknownNameTest(SlowImportCase):
         errors = [e for n in notes for e in n[2][3]]
         self.assertEqual(len(errors), 2, notes)
         self.assertEqual({e["code"] for e in errors}, {pc.NO_FUNCTION})
+        self.assertIn("does not define it", errors[0]["message"])
         self.assertEqual(self.apply_ok("py.slow.inc", 1), 2)
 
 
