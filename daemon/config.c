@@ -27,6 +27,7 @@ struct config cfg = {
 	.log_level = LOG_INFO,
 	.max_retries = 3,
 	.recovery_timeout_ms = 60000,
+	.fork_server_timeout_ms = 60000,
 	.admin_gid = (gid_t)-1,
 	.max_queued_chunks = 1u << 20,
 	.max_queued_chunks_per_uid = 1u << 18,

@@ -47,6 +47,7 @@ struct config {
 	unsigned max_lifetime_s;        /* recycle a worker this old; 0: never */
 	unsigned max_retries;           /* cap on a request's "retries" */
 	unsigned recovery_timeout_ms;   /* queued work fails if no worker is ready this long */
+	unsigned fork_server_timeout_ms;   /* a fork server still loading the modules is killed */
 
 	/* Who may run admin operations besides root and mpoold's own uid. */
 	gid_t admin_gid;                /* (gid_t)-1: nobody else */

@@ -22,17 +22,22 @@
 #include "mp_rpc.h"
 #include "registry.h"
 
-/* A fork server that has not loaded the modules or answered a fork by then
- * is taken for hung: the master must not wait on it for long. */
-#define FORKSRV_START_MS 5000
+/* A fork server that has not answered a fork by then is taken for hung.
+ * Loading the modules may take much longer (a Python import):
+ * --fork-server-timeout bounds that, and the master serves meanwhile. */
 #define FORKSRV_REPLY_MS 2000
 
 /* One fork server process.  Freed once it is both reaped and its channel
- * closed. */
+ * closed.  It starts when its hello and the names that follow it are in
+ * (read_cb); until then it is sent nothing and has no workers. */
 struct srv {
 	pid_t pid;                /* 0: reaped already */
 	int fd;                   /* -1: closed */
 	struct event *read;
+	bool hello;               /* its hello is in; names_len bytes of names follow */
+	bool ready;               /* the names too: it takes requests */
+	size_t names_len;
+	uint64_t started_ms;
 };
 
 /* The one that takes requests, or NULL; the retired ones, whose workers
@@ -48,10 +53,15 @@ static bool z_broken;
 static struct event_base *z_base;
 static forksrv_forked_fn *z_forked;
 static forksrv_exited_fn *z_exited;
+static forksrv_started_fn *z_started;
 /* The deadline of the oldest answer due; the current fork server found
- * lost where answering would re-enter the caller (lost_soon). */
-static struct event *z_timer, *z_lost;
+ * lost where answering would re-enter the caller (lost_soon); the deadline
+ * of its hello (--fork-server-timeout). */
+static struct event *z_timer, *z_lost, *z_hello_timer;
 static const char *z_lost_why;
+/* How a fork server that died before its hello ended, for the one line
+ * that says it did not start. */
+static char z_died_how[64];
 
 /* Requests not answered, oldest first: the fork server answers in order.
  * The first pend_sent were sent to cur; the rest wait for room in the
@@ -117,62 +127,66 @@ static int recv_rep(int fd, struct forksrv_rep *rep, int *ret_fd, int flags)
 	return 0;
 }
 
-/* The fork server's first message, within FORKSRV_START_MS. */
-static int recv_hello(int fd, struct forksrv_rep *rep)
+/* The hello's second message, if it has arrived: the names of the
+ * functions the modules' load hooks returned, which the master accepts at
+ * submit from now on.  0, -EAGAIN when it has not arrived, or -errno. */
+static int recv_names(int fd, size_t len)
 {
-	struct pollfd p = { fd, POLLIN, 0 };
-	int r, extra;
+	char *buf = xmalloc(len);
+	ssize_t n;
+	int r = 0;
 
 	do
-		r = poll(&p, 1, FORKSRV_START_MS);
-	while (r < 0 && errno == EINTR);
-	if (r == 0)
-		return -ETIMEDOUT;
-	if (r < 0)
-		return -errno;
-	r = recv_rep(fd, rep, &extra, 0);
-	if (r == 0 && extra >= 0) {
-		close(extra);
+		n = recv(fd, buf, len, MSG_TRUNC | MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		r = errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	else if (n == 0)
+		r = -ECONNRESET;
+	else if ((size_t)n != len)
 		r = -EPROTO;
-	}
-	if (r == 0 && rep->kind != FORKSRV_HELLO)
-		r = -EPROTO;
+	else
+		log_debug("the modules' load hooks gave %u functions",
+			  reg_set_loaded_names(buf, len));
+	free(buf);
 	return r;
 }
 
-/* The hello's second message: the names of the functions the modules'
- * load hooks returned, which the master accepts at submit from now on. */
-static int recv_names(int fd, size_t len)
+/* Reads what s has sent of its hello and names: 0 once both are in (then
+ * s->ready), -EAGAIN while some has not arrived, another -errno when it
+ * failed (-EINVAL: a module did not load, and it said which) or broke the
+ * protocol, -ECONNRESET when it closed its channel.  Nothing else may come
+ * first: it is sent no request before. */
+static int take_hello(struct srv *s)
 {
-	struct pollfd p = { fd, POLLIN, 0 };
-	char *buf;
-	ssize_t n;
-	int r;
+	struct forksrv_rep rep;
+	int r, extra;
 
-	if (len > FORKSRV_NAMES_MAX)
-		return -EPROTO;
-	do
-		r = poll(&p, 1, FORKSRV_REPLY_MS);
-	while (r < 0 && errno == EINTR);
-	if (r == 0)
-		return -ETIMEDOUT;
-	if (r < 0)
-		return -errno;
-	buf = xmalloc(len);
-	do
-		n = recv(fd, buf, len, MSG_TRUNC);
-	while (n < 0 && errno == EINTR);
-	if (n < 0) {
-		r = -errno;
-	} else if ((size_t)n != len) {
-		r = -EPROTO;
-	} else {
-		log_debug("the modules' load hooks gave %u functions",
-			  reg_set_loaded_names(buf, len));
-		r = 0;
+	if (!s->hello) {
+		r = recv_rep(s->fd, &rep, &extra, MSG_DONTWAIT);
+		if (r < 0)
+			return r;
+		if (extra >= 0) {
+			close(extra);
+			return -EPROTO;
+		}
+		if (rep.kind != FORKSRV_HELLO || rep.err > 0 || rep.status < 0 ||
+		    rep.status > FORKSRV_NAMES_MAX)
+			return -EPROTO;
+		if (rep.err < 0)
+			return rep.err;
+		s->hello = true;
+		s->names_len = (size_t)rep.status;
 	}
-	free(buf);
-	return r;
+	if (s->names_len > 0) {
+		r = recv_names(s->fd, s->names_len);
+		if (r < 0)
+			return r;
+	} else {
+		reg_set_loaded_names(NULL, 0);
+	}
+	s->ready = true;
+	return 0;
 }
 
 static void pend_push(struct pending p)
@@ -226,7 +240,8 @@ static void pump(void)
 {
 	bool was_idle = pend_sent == 0;
 
-	while (cur && cur->fd >= 0 && pend_sent < pend_n) {
+	/* One that has not said hello yet is sent nothing: it may never. */
+	while (cur && cur->ready && cur->fd >= 0 && pend_sent < pend_n) {
 		int r = send_req(pend[(pend_head + pend_sent) % pend_cap].quota);
 
 		if (r == -EAGAIN)
@@ -243,9 +258,13 @@ static void pump(void)
 
 /* Delivers every message s has sent that we have not read: 0 when none is
  * left waiting, -ECONNRESET at the end of its stream, another -errno when
- * the channel broke or carried nonsense.  Only cur answers requests. */
+ * the channel broke or carried nonsense.  Only cur answers requests.  One
+ * that is not ready has no workers and was asked nothing: its hello is
+ * read_cb's to take. */
 static int take(struct srv *s)
 {
+	if (!s->ready)
+		return 0;
 	while (s->fd >= 0) {
 		struct forksrv_rep rep;
 		struct pending p;
@@ -298,12 +317,13 @@ static void srv_close(struct srv *s)
 
 /* Kills and reaps s, delivers what it had sent, and closes its channel.
  * Its workers die with it and are reparented to us (we are their
- * subreaper): the master reaps them. */
-static void srv_kill(struct srv *s)
+ * subreaper): the master reaps them.  Its wait status, or -1 when it had
+ * been reaped already. */
+static int srv_kill(struct srv *s)
 {
-	if (s->pid) {
-		int status;
+	int status = -1;
 
+	if (s->pid) {
 		kill(s->pid, SIGKILL);
 		while (waitpid(s->pid, &status, 0) < 0 && errno == EINTR)
 			;
@@ -312,6 +332,7 @@ static void srv_kill(struct srv *s)
 	if (s->fd >= 0)
 		take(s);
 	srv_close(s);
+	return status;
 }
 
 static void old_remove(unsigned i)
@@ -331,26 +352,76 @@ static void fail_pending(int err)
 	}
 }
 
-static void shut_cur(void)
+/* Its wait status, as srv_kill(). */
+static int shut_cur(void)
 {
+	int status;
+
 	if (!cur)
-		return;
-	srv_kill(cur);
+		return -1;
+	status = srv_kill(cur);
 	free(cur);
 	cur = NULL;
+	return status;
 }
 
 static void forget_timers(void)
 {
 	if (z_timer)
 		evtimer_del(z_timer);
+	if (z_hello_timer)
+		evtimer_del(z_hello_timer);
 	if (z_lost)
 		event_del(z_lost);
 	z_lost_why = NULL;
 }
 
+/* "exited with status 1", "killed by signal 9". */
+static void describe_status(int status, char *buf, size_t size)
+{
+	if (WIFSIGNALED(status))
+		snprintf(buf, size, "killed by signal %d", WTERMSIG(status));
+	else
+		snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
+}
+
+/* cur did not start: it died, broke the protocol, a module did not load,
+ * or it took longer than --fork-server-timeout.  As when it cannot be
+ * started at all, workers fork from the master until the next reload,
+ * without the functions only a fork server can name.  It was sent nothing,
+ * so every request waits still: each forks from the master now. */
+static void start_failed(int err, const char *why)
+{
+	char how[64];
+	pid_t pid = cur->pid;
+	int status = shut_cur();
+
+	/* Of its end, what its wait status says beats a closed channel. */
+	if (err == -ECONNRESET && status >= 0) {
+		describe_status(status, how, sizeof(how));
+		why = how;
+	}
+	log_warn("the fork server %d did not start (%s): workers fork from the master", (int)pid,
+		 why);
+	forget_timers();
+	z_broken = true;
+	/* Only a fork server knows what the load hooks give. */
+	reg_set_loaded_names(NULL, 0);
+	/* Before the forks: a reload that waited makes them its new
+	 * generation. */
+	z_started(err);
+	fail_pending(-ENOTCONN);
+}
+
 void forksrv_retire(void)
 {
+	/* One still loading the modules was sent nothing and has no workers:
+	 * nothing is lost with it, and the new one loads anew. */
+	if (cur && !cur->ready) {
+		log_info("reload: the fork server %d had not loaded the modules yet; a new one "
+			 "starts", (int)cur->pid);
+		shut_cur();
+	}
 	/* What it was sent it forks before it sees the end of the requests:
 	 * let it answer all of it, so that no worker it made goes unreported.
 	 * Bounded like any answer. */
@@ -403,6 +474,10 @@ static void lost(const char *why)
 	unsigned n, sent;
 	int r;
 
+	if (!cur->ready) {
+		start_failed(-ECONNRESET, why);
+		return;
+	}
 	log_warn("fork server lost (%s); its workers die with it", why);
 	shut_cur();
 	/* shut_cur() delivered what it had answered. */
@@ -428,6 +503,16 @@ static void lost(const char *why)
 	arm_timer();
 }
 
+/* cur's hello and names are in: what waited for it goes now. */
+static void started(void)
+{
+	evtimer_del(z_hello_timer);
+	log_debug("fork server %d started in %llu ms", (int)cur->pid,
+		  (unsigned long long)(now_ms() - cur->started_ms));
+	pump();
+	z_started(0);
+}
+
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct srv *s = arg;
@@ -435,6 +520,19 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	if (s == cur && !s->ready) {
+		r = take_hello(s);
+		if (r == -EAGAIN)
+			return;
+		if (r < 0) {
+			start_failed(r, r == -EINVAL ? "a module did not load; it said why above" :
+				     r == -ECONNRESET ? "it closed its channel" :
+				     r == -EPROTO ? "it sent nonsense before its hello" : strerror(-r));
+			return;
+		}
+		started();
+		return;
+	}
 	r = take(s);
 	if (s == cur) {
 		if (r < 0) {
@@ -448,6 +546,20 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 		 * when reaped. */
 		srv_close(s);
 	}
+}
+
+static void hello_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	char why[96];
+
+	(void)fd;
+	(void)what;
+	(void)arg;
+	if (!cur || cur->ready)
+		return;
+	snprintf(why, sizeof(why), "it had not loaded the modules after %u ms, "
+		 "fork-server-timeout", cfg.fork_server_timeout_ms);
+	start_failed(-ETIMEDOUT, why);
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -472,7 +584,7 @@ static void lost_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 int forksrv_init(struct event_base *base, forksrv_forked_fn *forked, forksrv_exited_fn *exited,
-		unsigned max_pending)
+		forksrv_started_fn *started, unsigned max_pending)
 {
 	/* Workers whose fork server died are reparented to us, not to init,
 	 * so that we reap them and learn how they ended. */
@@ -481,12 +593,14 @@ int forksrv_init(struct event_base *base, forksrv_forked_fn *forked, forksrv_exi
 	z_base = base;
 	z_forked = forked;
 	z_exited = exited;
+	z_started = started;
 	pend_cap = max_pending ? max_pending : 1;
 	pend = xcalloc(pend_cap, sizeof(*pend));
 	pend_head = pend_n = pend_sent = 0;
 	z_timer = evtimer_new(base, timer_cb, NULL);
 	z_lost = event_new(base, -1, 0, lost_cb, NULL);
-	return z_timer && z_lost ? 0 : -ENOMEM;
+	z_hello_timer = evtimer_new(base, hello_timer_cb, NULL);
+	return z_timer && z_lost && z_hello_timer ? 0 : -ENOMEM;
 }
 
 void forksrv_free(void)
@@ -496,7 +610,9 @@ void forksrv_free(void)
 		event_free(z_timer);
 	if (z_lost)
 		event_free(z_lost);
-	z_timer = z_lost = NULL;
+	if (z_hello_timer)
+		event_free(z_hello_timer);
+	z_timer = z_lost = z_hello_timer = NULL;
 	free(pend);
 	pend = NULL;
 	pend_cap = 0;
@@ -509,7 +625,8 @@ int forksrv_start(void)
 {
 	char path[PATH_MAX], level[16], frame[32];
 	char *argv[5 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION;
-	struct forksrv_rep rep;
+	struct timeval tv = { (time_t)(cfg.fork_server_timeout_ms / 1000),
+			      (suseconds_t)(cfg.fork_server_timeout_ms % 1000) * 1000 };
 	unsigned n = 0;
 	pid_t pid;
 	int sv[2], r;
@@ -550,29 +667,22 @@ int forksrv_start(void)
 	cur = xcalloc(1, sizeof(*cur));
 	cur->pid = pid;
 	cur->fd = sv[0];
-	r = recv_hello(cur->fd, &rep);
-	if (r == 0 && rep.err)
-		r = rep.err;
-	if (r == 0)
-		r = rep.status > 0 ? recv_names(cur->fd, (size_t)rep.status) :
-		    (reg_set_loaded_names(NULL, 0), 0);
-	if (r == 0) {
-		cur->read = event_new(z_base, cur->fd, EV_READ | EV_PERSIST, read_cb, cur);
-		if (!cur->read || event_add(cur->read, NULL) < 0)
-			r = -ENOMEM;
-	}
-	if (r < 0) {
-		/* It logged a module that failed; exit status 127 was a failed
-		 * exec. */
-		log_warn("the fork server %s did not start (%s): workers fork from the master", path,
-			 r == -ECONNRESET ? "it exited" : strerror(-r));
+	cur->started_ms = now_ms();
+	/* Its hello comes when the modules are loaded, which may take long (a
+	 * Python import): the loop serves meanwhile and read_cb takes it.  A
+	 * submit is judged by the names known before (reload), or, before
+	 * the first list, on trust (registry.h). */
+	reg_await_loaded_names();
+	cur->read = event_new(z_base, cur->fd, EV_READ | EV_PERSIST, read_cb, cur);
+	if (!cur->read || event_add(cur->read, NULL) < 0 || evtimer_add(z_hello_timer, &tv) < 0) {
+		log_err("the fork server %d cannot be watched: workers fork from the master",
+			(int)pid);
 		shut_cur();
 		z_broken = true;
-		/* Only a fork server knows what the load hooks give. */
 		reg_set_loaded_names(NULL, 0);
-		return r;
+		return -ENOMEM;
 	}
-	log_debug("fork server %d started", (int)pid);
+	log_debug("fork server %d loading the modules", (int)pid);
 	return 0;
 }
 
@@ -590,6 +700,11 @@ int forksrv_request(uint64_t quota, void *token)
 	pend_push((struct pending){ token, quota, false });
 	pump();
 	return 0;
+}
+
+bool forksrv_loading(void)
+{
+	return cur && !cur->ready;
 }
 
 unsigned forksrv_pending(void)
@@ -656,10 +771,14 @@ bool forksrv_reaped(pid_t pid, int status)
 {
 	char how[64];
 
-	if (WIFSIGNALED(status))
-		snprintf(how, sizeof(how), "killed by signal %d", WTERMSIG(status));
-	else
-		snprintf(how, sizeof(how), "exited with status %d", WEXITSTATUS(status));
+	describe_status(status, how, sizeof(how));
+	if (cur && cur->pid == pid && !cur->ready) {
+		/* Said once, with the rest, by start_failed(). */
+		cur->pid = 0;
+		snprintf(z_died_how, sizeof(z_died_how), "%s", how);
+		lost_soon(z_died_how);
+		return true;
+	}
 	if (cur && cur->pid == pid) {
 		log_warn("fork server %d %s; its workers die with it", (int)pid, how);
 		cur->pid = 0;
@@ -687,7 +806,9 @@ void forksrv_pack_status(msgpack_packer *pk)
 		msgpack_pack_nil(pk);
 		return;
 	}
-	msgpack_pack_map(pk, 1);
+	msgpack_pack_map(pk, 2);
 	mp_pack_cstr(pk, "pid");
 	msgpack_pack_uint64(pk, (uint64_t)cur->pid);
+	mp_pack_cstr(pk, "state");
+	mp_pack_cstr(pk, cur->ready ? "ready" : "loading");
 }

@@ -19,11 +19,16 @@
  * The fork server is also where module code that must run before any
  * fork runs (module ABI 2's load: the Python module's imports), never in
  * the master: its hello carries the names of the functions that code
- * returned, which the master then accepts (registry.h).
+ * returned, which the master then accepts (registry.h).  That code may take
+ * long (a large Python library), so the master does not wait for the
+ * hello: it serves clients meanwhile, keeps the requests for workers until
+ * the hello is in, and takes it from its event loop.  --fork-server-timeout
+ * bounds the wait: one that has not said hello by then is killed, as one
+ * that dies or talks nonsense before it is, and that is a failed start.
  *
  * Failures never stop the pool: a fork server that cannot be started
- * (binary missing, a module that no longer loads) leaves the master
- * forking workers itself, without the functions only a fork server can
+ * (binary missing, a module that no longer loads, a load past the timeout)
+ * leaves the master forking workers itself, without the functions only a fork server can
  * name; one that dies or stops answering is killed and
  * reaped, and what it had not answered goes to a new one; a request lost
  * twice fails like any failed fork.  On reload the fork server is retired,
@@ -79,19 +84,29 @@ struct forksrv_rep {
 typedef void forksrv_forked_fn(void *token, int err, pid_t pid, int fd);
 /* A worker of a fork server died; status as from waitpid(). */
 typedef void forksrv_exited_fn(pid_t pid, int status);
+/* A fork server that forksrv_start() started has loaded the modules (err
+ * 0: the master knows their functions now, and requests go to it), or did
+ * not start (-errno, logged; requests fork from the master).  Not called
+ * for a start that failed inside forksrv_start(). */
+typedef void forksrv_started_fn(int err);
 
-/* Once, before anything else here: answers go to forked and deaths to
- * exited, from base's loop or from the calls below that say so; at most
- * max_pending requests wait at once.  Makes the master a child subreaper.
- * 0, or -errno. */
+/* Once, before anything else here: answers go to forked, deaths to
+ * exited and the end of a start to started, from base's loop or from the
+ * calls below that say so; at most max_pending requests wait at once.
+ * Makes the master a child subreaper.  0, or -errno. */
 int forksrv_init(struct event_base *base, forksrv_forked_fn *forked, forksrv_exited_fn *exited,
-		unsigned max_pending);
+		forksrv_started_fn *started, unsigned max_pending);
 void forksrv_free(void);
-/* Starts the fork server unless one runs.  0, or -errno after logging
- * why; the caller then forks from the master. */
+/* Starts the fork server unless one runs, and returns at once: it loads
+ * the modules meanwhile (forksrv_loading()), and started() follows from
+ * the loop.  0, or -errno after logging why; the caller then forks from
+ * the master. */
 int forksrv_start(void);
+/* True while the current fork server is loading the modules: requests
+ * wait for it. */
+bool forksrv_loading(void);
 /* Reload: the fork server takes no more requests and leaves once its
- * workers have; answers and deaths it reports before it returns are
+ * workers have (one still loading the modules is killed); answers and deaths it reports before it returns are
  * delivered, every other request is answered -ECANCELED, all before it
  * returns.  The next forksrv_start() starts a new one, even after a failed
  * start. */
@@ -101,7 +116,8 @@ void forksrv_retire(void);
  * Delivers what they reported and cancels every request. */
 void forksrv_stop(void);
 /* Asks for a pool worker with this task quota.  0: forked(token, ...)
- * follows, from the event loop, never from inside this call; -ENOTCONN: no
+ * follows, from the event loop, never from inside this call (once the fork
+ * server has loaded the modules, or failed to); -ENOTCONN: no
  * fork server runs and none can be started (fork from the master);
  * -ENOBUFS: max_pending requests wait already; another -errno: none runs
  * and none could be started now (a process limit: a failed fork). */
@@ -121,7 +137,8 @@ void forksrv_overdue(pid_t worker);
 /* SIGCHLD: true when pid was a fork server (it is forgotten; pending
  * requests go to a new one). */
 bool forksrv_reaped(pid_t pid, int status);
-/* For status: nil when no fork server runs, else a map with its pid. */
+/* For status: nil when no fork server runs, else a map with its pid and
+ * state (loading, ready). */
 void forksrv_pack_status(msgpack_packer *pk);
 
 #endif

@@ -52,6 +52,10 @@ const struct opt opt_table[] = {
 	  NULL, "the most retries a request may ask for" },
 	{ "recovery-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(recovery_timeout_ms),
 	  0, DAY_MS, NULL, "fail queued work after MS without a ready worker" },
+	{ "fork-server-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS",
+	  FIELD(fork_server_timeout_ms), 100, DAY_MS, NULL, "give up on a fork server that has "
+	  "not loaded the task modules (Python imports) after MS; workers then fork from the "
+	  "master, without the functions only it names" },
 	{ "max-frame", 0, OPT_UINT, OPT_GLOBAL, NULL, "BYTES", FIELD(max_frame),
 	  1024, 1u << 30, NULL, "largest message accepted" },
 	{ "max-items", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_items), 1, UINT32_MAX,

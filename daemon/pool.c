@@ -284,12 +284,13 @@ int pool_init(struct event_base *b)
 		if (!pool_workers[i].deadline)
 			return -ENOMEM;
 	}
-	r = forksrv_init(base, forked, exited, pool_n_workers);
+	r = forksrv_init(base, forked, exited, recycle_forksrv_started, pool_n_workers);
 	if (r < 0) {
 		log_err("cannot set up the fork server: %s", strerror(-r));
 		return r;
 	}
-	/* Without it, workers fork from the master. */
+	/* Without it, workers fork from the master.  It loads the modules
+	 * while the loop serves; the forks below wait for it. */
 	forksrv_start();
 	/* A fork that fails at start is a failure storm like any other:
 	 * mpoold starts degraded and retries with backoff. */

@@ -94,5 +94,8 @@ bool recycle_rss_check(struct worker *w);
 uint64_t recycle_rss_kib(pid_t pid);
 /* Tells the master once a reload has a new worker ready in every slot. */
 void recycle_reload_check(void);
+/* A fork server finished loading the modules, or failed to (forksrv.h's
+ * started): a reload that waited for it replaces the workers now. */
+void recycle_forksrv_started(int err);
 
 #endif

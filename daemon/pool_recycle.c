@@ -16,9 +16,10 @@
 #include "modload.h"
 
 static struct event *tick;
-/* reload_pending: until every slot has a new worker ready (then READY=1);
+/* reload_waiting: until the reload's fork server has loaded the modules;
+ * reload_pending: until every slot has a new worker ready (then READY=1);
  * old_pending: until the last old worker has left as well. */
-static bool reload_pending, old_pending;
+static bool reload_waiting, reload_pending, old_pending;
 static uint64_t no_ready_since;
 static uint64_t rng_state;
 
@@ -148,8 +149,10 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	for (unsigned i = 0; i < pool_n_workers; i++)
 		if (pool_workers[i].state == W_IDLE && too_old(&pool_workers[i], now))
 			pool_retire(&pool_workers[i], R_LIFETIME);
-	/* Queued work waits for workers, but not forever. */
-	if (pool_ready_workers() > 0 || !disp_has_queued()) {
+	/* Queued work waits for workers, but not forever.  While the fork
+	 * server loads the modules no worker was tried yet: that wait has a
+	 * bound of its own (--fork-server-timeout). */
+	if (pool_ready_workers() > 0 || !disp_has_queued() || forksrv_loading()) {
 		no_ready_since = now;
 	} else if (now - no_ready_since >= cfg.recovery_timeout_ms) {
 		char msg[400];
@@ -181,8 +184,32 @@ void recycle_free(void)
 	tick = NULL;
 }
 
+/* The new generation: every worker forked from now on, and the forks the
+ * new fork server has not answered yet (it makes them); the old workers
+ * leave, busy ones after their chunk. */
+static void reload_switch(void)
+{
+	pool_gen++;
+	reload_pending = true;
+	for (unsigned i = 0; i < pool_n_workers; i++) {
+		struct worker *w = &pool_workers[i];
+
+		/* Busy workers finish their chunk first (worker_result), but
+		 * out of their pool_slots, so a new worker starts beside each now. */
+		if (w->state == W_FORKING)
+			w->gen = pool_gen;
+		else if (w->pid && (w->state == W_IDLE || w->state == W_STARTING))
+			pool_retire(w, R_RELOAD);
+		else if (w->pid && w->state == W_BUSY)
+			pool_leave_slot(w);
+	}
+	recycle_reload_check();
+}
+
 void pool_reload(void)
 {
+	int r;
+
 	if (modload_reload() < 0) {
 		pool_set_failure("reload: a module failed to load again (see the log)");
 		log_err("%s; functions of that module are unavailable until the next reload",
@@ -191,19 +218,26 @@ void pool_reload(void)
 	/* A new fork server opens the files anew too; the old one serves its
 	 * workers out. */
 	forksrv_retire();
-	forksrv_start();
-	pool_gen++;
-	reload_pending = true;
-	for (unsigned i = 0; i < pool_n_workers; i++) {
-		struct worker *w = &pool_workers[i];
-
-		/* Busy workers finish their chunk first (worker_result), but
-		 * out of their pool_slots, so a new worker starts beside each now. */
-		if (w->pid && (w->state == W_IDLE || w->state == W_STARTING))
-			pool_retire(w, R_RELOAD);
-		else if (w->pid && w->state == W_BUSY)
-			pool_leave_slot(w);
+	r = forksrv_start();
+	if (r == 0 && forksrv_loading()) {
+		/* The old workers serve, under the old names, until it has
+		 * loaded the modules (a Python import may take long): a reload
+		 * leaves no gap.  recycle_forksrv_started() goes on. */
+		reload_waiting = true;
+		log_info("reload: the old workers serve until the new fork server has loaded "
+			 "the modules");
+		return;
 	}
-	recycle_reload_check();
+	reload_waiting = false;
+	reload_switch();
 }
 
+void recycle_forksrv_started(int err)
+{
+	(void)err;              /* loaded or not, the reload goes on: forksrv.h */
+	if (!reload_waiting)
+		return;
+	reload_waiting = false;
+	if (master_state() == MASTER_RUNNING)
+		reload_switch();
+}

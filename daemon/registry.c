@@ -36,14 +36,25 @@ struct entry {
 static struct entry entries[MAX_MODULES];
 static unsigned n_entries;
 
-/* [A-Za-z0-9_-]+, or with dots, parts of those joined by single dots. */
-static int valid_name(const char *s, bool dots)
+/* In the master: the names the fork server reported last, as
+ * reg_loaded_names() wrote them.  Kept across reg_clear(), so that through
+ * a reload submits are judged by them until the new fork server reports
+ * its own.  Before the first report (names_awaited) a function of a
+ * module with load is accepted on trust: the one entry below. */
+static char *known_names;
+static size_t known_len;
+static bool names_reported, names_awaited;
+static const struct reg_fn on_trust;
+
+/* [A-Za-z0-9_-]+, or with dots, parts of those joined by single dots;
+ * the first len bytes of s. */
+static int valid_name_n(const char *s, size_t len, bool dots)
 {
 	bool part = false;
 
 	if (!s)
 		return 0;
-	for (; *s; s++) {
+	for (const char *end = s + len; s < end; s++) {
 		if ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
 		    (*s >= '0' && *s <= '9') || *s == '_' || *s == '-')
 			part = true;
@@ -53,6 +64,11 @@ static int valid_name(const char *s, bool dots)
 			return 0;
 	}
 	return part;
+}
+
+static int valid_name(const char *s, bool dots)
+{
+	return s ? valid_name_n(s, strlen(s), dots) : 0;
 }
 
 typedef int load_fn(const msgpack_object *initargs,
@@ -79,6 +95,38 @@ static void drop_loaded(struct entry *e)
 	e->n_fns = e->n_static;
 }
 
+static bool has_fn(const struct entry *e, const char *name)
+{
+	for (unsigned j = 0; j < e->n_fns; j++)
+		if (strcmp(e->fns[j].name, name) == 0)
+			return true;
+	return false;
+}
+
+/* e's share of known_names, added as names only.  The number added. */
+static unsigned apply_known(struct entry *e)
+{
+	const char *buf = known_names;
+	size_t len = known_len, mlen = strlen(e->name);
+	unsigned kept = 0;
+
+	while (buf && len > 0) {
+		const char *end = memchr(buf, '\0', len);
+
+		if (!end)
+			break;
+		if ((size_t)(end - buf) > mlen + 1 && memcmp(buf, e->name, mlen) == 0 &&
+		    buf[mlen] == '.' && valid_name(buf + mlen + 1, true) &&
+		    !has_fn(e, buf + mlen + 1)) {
+			add_fn(e, buf + mlen + 1, NULL, NULL, NULL);
+			kept++;
+		}
+		len -= (size_t)(end - buf) + 1;
+		buf = end + 1;
+	}
+	return kept;
+}
+
 int reg_add(const struct mpool_module *m, const void *initargs, size_t initargs_len)
 {
 	struct entry *e;
@@ -103,6 +151,9 @@ int reg_add(const struct mpool_module *m, const void *initargs, size_t initargs_
 	e->n_static = e->n_fns;
 	e->initargs = initargs ? xmemdup(initargs, initargs_len) : NULL;
 	e->initargs_len = initargs_len;
+	/* A reload: the names the last fork server gave stay in force. */
+	if (load_hook(m))
+		apply_known(e);
 	return 0;
 }
 
@@ -139,6 +190,8 @@ const struct reg_fn *reg_lookup(const char *name, size_t len)
 	for (unsigned j = 0; j < e->n_fns; j++)
 		if (strlen(e->fns[j].name) == flen && memcmp(e->fns[j].name, dot + 1, flen) == 0)
 			return &e->fns[j];
+	if (names_awaited && load_hook(e->m) && valid_name_n(dot + 1, flen, true))
+		return &on_trust;
 	return NULL;
 }
 
@@ -249,40 +302,37 @@ unsigned reg_set_loaded_names(const char *buf, size_t len)
 {
 	unsigned kept = 0;
 
+	free(known_names);
+	known_names = buf && len > 0 ? xmemdup(buf, len) : NULL;
+	known_len = known_names ? len : 0;
+	names_reported = true;
+	names_awaited = false;
 	for (unsigned i = 0; i < n_entries; i++) {
 		if (load_hook(entries[i].m)) {
 			drop_loaded(&entries[i]);
 			entries[i].loaded = false;
+			kept += apply_known(&entries[i]);
 		}
-	}
-	while (buf && len > 0) {
-		const char *end = memchr(buf, '\0', len);
-		const char *dot = end ? memchr(buf, '.', (size_t)(end - buf)) : NULL;
-		struct entry *e;
-
-		if (!end)
-			break;
-		e = dot ? find_module(buf, (size_t)(dot - buf)) : NULL;
-		if (e && load_hook(e->m) && valid_name(dot + 1, true) &&
-		    !reg_lookup(buf, (size_t)(end - buf))) {
-			add_fn(e, dot + 1, NULL, NULL, NULL);
-			kept++;
-		}
-		len -= (size_t)(end - buf) + 1;
-		buf = end + 1;
 	}
 	return kept;
 }
 
+void reg_await_loaded_names(void)
+{
+	if (!names_reported)
+		names_awaited = true;
+}
+
 int reg_init_all(struct mpool_task_error *err, const char **ret_module)
 {
-	/* A process the master forked: load here what the master accepts,
-	 * never in the master itself. */
+	/* A process the master forked: load here what the master accepts
+	 * (everything, while it accepts on trust), never in the master
+	 * itself. */
 	for (unsigned i = 0; i < n_entries; i++) {
 		struct entry *e = &entries[i];
 		struct mpool_task_error lerr = { 0 };
 
-		if (!load_hook(e->m) || e->loaded || e->n_fns == e->n_static)
+		if (!load_hook(e->m) || e->loaded || (e->n_fns == e->n_static && !names_awaited))
 			continue;
 		if (run_load(e, &lerr) < 0)
 			log_err("worker %d: module %s: load failed: %s", (int)getpid(), e->name,

@@ -23,10 +23,13 @@ struct reg_fn;
  * speak, -EINVAL for a descriptor without a valid name or functions (or a
  * load hook), -ENOSPC. */
 int reg_add(const struct mpool_module *m, const void *initargs, size_t initargs_len);
-/* Forgets every module (reload). */
+/* Forgets every module (reload).  Not the names the fork server reported
+ * (reg_set_loaded_names): the modules added next get theirs back. */
 void reg_clear(void);
 /* The function named name (len bytes, not NUL-terminated), or NULL.  In
- * the master, a loaded function known by name only is found too. */
+ * the master, a loaded function known by name only is found too, and
+ * while the first names are awaited (reg_await_loaded_names), any valid
+ * name of a module with load. */
 const struct reg_fn *reg_lookup(const char *name, size_t len);
 /* Calls f, which is not a name only (the master's). */
 int reg_call(const struct reg_fn *f, const msgpack_object *arg, msgpack_packer *result,
@@ -44,8 +47,17 @@ size_t reg_loaded_names(char *buf, size_t size);
 /* In the master: the names the fork server reported (as reg_loaded_names
  * wrote them) replace those known before; NULL, 0 forgets them all, so
  * that they are refused at submit.  Names of modules not registered, or
- * not valid, are skipped.  The number of names kept. */
+ * not valid, are skipped.  The number of names kept.  They outlive
+ * reg_clear(): a reload keeps judging by them until the new fork server
+ * reports. */
 unsigned reg_set_loaded_names(const char *buf, size_t len);
+/* In the master, as a fork server starts loading the modules: unless some
+ * fork server reported names before, reg_lookup() accepts every valid
+ * name of a module with load until one does, rather than refuse what the
+ * modules may well define.  A task whose function then does not exist
+ * fails in its worker with no_function, item by item; a process the
+ * master forks meanwhile runs every load hook itself (reg_init_all). */
+void reg_await_loaded_names(void);
 
 /* In a worker: calls load where it did not run in this process yet (a
  * process the master forked) for the modules whose functions the master

@@ -7,6 +7,7 @@
 #include <msgpack.h>
 
 #include "disp.h"
+#include "forksrv.h"
 #include "master.h"
 #include "pool.h"
 
@@ -85,6 +86,9 @@ void summary_line(char *buf, size_t size, const char *phase)
 	add(buf, size, &n, "; workers %u busy, %u idle", busy, idle);
 	if (other)
 		add(buf, size, &n, ", %u starting or exiting", other);
+	/* New workers wait for it (a Python import may take a while). */
+	if (forksrv_loading())
+		add(buf, size, &n, "; loading the task modules");
 	add(buf, size, &n, "; %u jobs, %llu chunks queued; %llu tasks done", disp_active(),
 	    (unsigned long long)disp_chunks_queued(), tasks);
 	v = totals ? get(totals, "health") : NULL;

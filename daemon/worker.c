@@ -202,13 +202,17 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 					   &b->zone, &arg) < 0)
 				_exit(WORKER_EXIT_PROTO);
 		}
-		/* The master checked the name; a miss here is a module whose
-		 * load failed in this worker alone (it logged why). */
+		/* The master checked the name, or took it on trust before the
+		 * fork server had named its functions (registry.h): a miss
+		 * here is a name its module does not define after all, or a
+		 * module whose load failed in this worker alone (it logged
+		 * why). */
 		if (fn)
 			rc = reg_call(fn, &arg, &rpk, &err);
 		else
 			rc = mpool_task_fail(&err, MPOOL_E_NOFUNC,
-					     "the function's module did not load in this worker");
+					     "no such function in this worker: its module does "
+					     "not define it, or did not load here");
 		if (rc == 0 && (mp_scan_one((const uint8_t *)b->results.data + before,
 					    b->results.size - before, MP_ITEM_DEPTH_MAX, &len) != 1 ||
 				len != b->results.size - before)) {

@@ -832,7 +832,8 @@ class StatusTest(DaemonTestCase):
         self.assertIsInstance(fs["pid"], int)
         self.assertNotEqual(fs["pid"], st["pid"])
         self.assertNotIn(fs["pid"], [w["pid"] for w in st["workers"]])
-        self.assertEqual(set(fs), {"pid"})
+        self.assertEqual(set(fs), {"pid", "state"})
+        self.assertIn(fs["state"], ("loading", "ready"))
         totals = st["totals"]
         for key in self.TOTALS:
             self.assertIn(key, totals)

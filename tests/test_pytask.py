@@ -8,7 +8,9 @@ tests/test_pyclient.py; the C client (libmpool) is exercised through mpctl.
 Covers: conversion of every type both ways, exceptions, sys.exit and
 os._exit, timeouts, an initializer with initargs, recycling with
 max-tasks-per-child, reload picking up changed code, forks made by a task,
-supervised processes, and a module that fails to import.
+supervised processes, a module that fails to import, and imports that take
+long: the master serves during them (at start and at reload), and gives up
+on a fork server past --fork-server-timeout.
 
 Run:  python3 tests/test_pytask.py   (env MPOOLD, MPOOL_PYMOD, MPCTL)
 """
@@ -16,6 +18,7 @@ Run:  python3 tests/test_pytask.py   (env MPOOLD, MPOOL_PYMOD, MPCTL)
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -593,6 +596,253 @@ class ImportFailureTest(PyTaskCase):
         log = self._log()
         self.assertIn("module py: load failed: import tasks: RuntimeError: broken at import",
                       log)
+
+
+
+# An import that takes SECONDS: it says when it starts and when it ends
+# (import-start.log, import-done.log beside it, one pid a line).
+SLOW_IMPORT = """
+import os, time
+_here = os.path.dirname(__file__)
+with open(os.path.join(_here, "import-start.log"), "a") as _f:
+    _f.write("%%d\\n" %% os.getpid())
+time.sleep(%s)
+with open(os.path.join(_here, "import-done.log"), "a") as _f:
+    _f.write("%%d\\n" %% os.getpid())
+"""
+
+# Longer than the 5 s the master used to wait for the fork server, before
+# it stopped waiting for it at all.
+SLOW_S = 6.5
+# A master that serves while the fork server imports answers at once; one
+# that waits for it answers after the import.  Generous for a loaded
+# machine, and well below SLOW_S.
+PROMPT_S = 2.0
+
+
+class SlowImportCase(PyTaskCase):
+    WAIT_IDLE = False
+
+    def lines(self, name):
+        try:
+            with open(os.path.join(self.code_dir, name)) as f:
+                return [int(line) for line in f]
+        except FileNotFoundError:
+            return []
+
+    def wait_lines(self, name, n, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while len(self.lines(name)) < n:
+            self.assertLess(time.monotonic(), deadline, "no %s line %d; log:\n%s"
+                            % (name, n, self._log()))
+            time.sleep(0.02)  # polling interval
+
+    def timed(self, fn, *args):
+        """fn(*args), how long it took, and whether the import was still
+        running when it returned (so it ran entirely during the import)."""
+        t0 = time.monotonic()
+        got = fn(*args)
+        took = time.monotonic() - t0
+        return got, took, len(self.lines("import-done.log")) < len(self.lines("import-start.log"))
+
+
+class SlowImportTest(SlowImportCase):
+    """A Python import longer than the old 5 s limit: mpoold serves during
+    it, and the functions work once it is done."""
+    CODE = {"slow.py": SLOW_IMPORT % SLOW_S + "def inc(x):\n    return x + 1\n"}
+    SETTINGS = {"modules": ["slow"]}
+
+    def test_master_serves_while_the_fork_server_imports(self):
+        self.wait_lines("import-start.log", 1)
+        # Accepted before the names are known: judged when it runs.
+        early = self.client.request("apply", ["py.slow.inc", 41])
+        during, states = 0, set()
+        with pc.Client(self.socket_path) as c:
+            while True:
+                (error, result), took, importing = self.timed(c.call, "ping", [])
+                self.assertEqual((error, result), (None, "pong"))
+                if not importing:
+                    break
+                self.assertLess(took, PROMPT_S, "ping took %.1f s during the import" % took)
+                (error, st), took, importing = self.timed(c.call, "status", [])
+                self.assertIsNone(error)
+                if importing:
+                    self.assertLess(took, PROMPT_S, "status took %.1f s during the import"
+                                    % took)
+                    self.assertEqual(st["workers"], [], st)
+                    states.add((st["fork_server"] or {}).get("state"))
+                    during += 1
+                time.sleep(0.1)  # a client now and then, not a spin
+        self.assertGreaterEqual(during, 3, "too few requests during the import")
+        self.assertEqual(states, {"loading"})
+        response = self.client.wait_response(early)
+        self.assertEqual(response[2:], [None, 42])
+        st = self.wait_workers_idle()
+        self.assertEqual(st["fork_server"]["state"], "ready", st)
+        self.assertEqual(self.apply_ok("py.slow.inc", 1), 2)
+        # Imported once, by the fork server, and the master waited for no
+        # timeout: nothing failed.
+        self.assertEqual(self.lines("import-done.log"), self.lines("import-start.log"))
+        self.assertEqual(len(self.lines("import-done.log")), 1)
+        self.assertNotIn("did not start", self._log())
+        error, result = self.client.apply("py.slow.nope", 1)
+        self.assertError(error, result, pc.NO_FUNCTION)
+
+
+class SlowImportUnknownNameTest(SlowImportCase):
+    CODE = {"slow.py": SLOW_IMPORT % 2 + "def inc(x):\n    return x + 1\n"}
+    SETTINGS = {"modules": ["slow"]}
+
+    def test_a_name_accepted_during_the_import_fails_if_it_does_not_exist(self):
+        self.wait_lines("import-start.log", 1)
+        msgid = self.client.request("map", ["py.slow.nope", [1, 2], {"chunksize": 1}])
+        done_before = len(self.lines("import-done.log"))
+        notes = []
+        response = self.client.wait_response(msgid, notes)
+        if done_before:
+            self.skipTest("the import ended before the map was sent")
+        self.assertIsNone(response[2], response)
+        errors = [e for n in notes for e in n[2][3]]
+        self.assertEqual(len(errors), 2, notes)
+        self.assertEqual({e["code"] for e in errors}, {pc.NO_FUNCTION})
+        self.assertIn("does not define it", errors[0]["message"])
+        self.assertEqual(self.apply_ok("py.slow.inc", 1), 2)
+
+
+class ImportTimeoutTest(SlowImportCase):
+    """A fork server that has not imported within --fork-server-timeout is
+    killed; the master forks the workers, without the Python functions."""
+    CODE = {"slow.py": SLOW_IMPORT % 120 + "def inc(x):\n    return x + 1\n"}
+    SETTINGS = {"modules": ["slow"]}
+    EXTRA = ("--fork-server-timeout", "1500")
+
+    def test_fork_server_killed_after_the_timeout(self):
+        self.wait_lines("import-start.log", 1)
+        forksrv = self.lines("import-start.log")[0]
+        st = self.wait_workers_idle()
+        self.assertIsNone(st["fork_server"], st)
+        self.assertIn("the fork server %d did not start (it had not loaded the modules after "
+                      "1500 ms, fork-server-timeout): workers fork from the master" % forksrv,
+                      self._log())
+        self.assertEqual(self._log().count("did not start"), 1)
+        self.assertFalse(os.path.exists("/proc/%d" % forksrv), "fork server %d lives on"
+                         % forksrv)
+        # The workers forked from the master did not import the code.
+        self.assertEqual(self.lines("import-start.log"), [forksrv])
+        self.assertEqual(self.apply_ok("builtin.square", 7), 49)
+        error, result = self.client.apply("py.slow.inc", 1)
+        self.assertError(error, result, pc.NO_FUNCTION)
+
+
+class ForkServerDiesAtImportTest(PyTaskCase):
+    """A fork server that exits before its hello: a failed start, said once."""
+    CODE = {"dies.py": "import os\nos._exit(4)\n"}
+    SETTINGS = {"modules": ["dies"]}
+
+    def test_pool_serves_without_the_python_functions(self):
+        self.assertEqual(self.apply_ok("builtin.square", 8), 64)
+        error, result = self.client.apply("py.dies.f", 1)
+        self.assertError(error, result, pc.NO_FUNCTION)
+        self.assertIn("did not start (exited with status 4): workers fork from the master",
+                      self._log())
+        self.assertEqual(self._log().count("did not start"), 1)
+        self.assertIsNone(self.status()["fork_server"])
+
+
+class ForkServerNonsenseTest(PyTaskCase):
+    """A fork server that sends nonsense before its hello (here, module
+    code that writes to the fork server's channel): a failed start."""
+    CODE = {"junk.py": "import os\nos.write(3, b'junk')\ndef f(x):\n    return x\n"}
+    SETTINGS = {"modules": ["junk"]}
+
+    def test_pool_serves_without_the_python_functions(self):
+        self.assertEqual(self.apply_ok("builtin.square", 9), 81)
+        error, result = self.client.apply("py.junk.f", 1)
+        self.assertError(error, result, pc.NO_FUNCTION)
+        self.assertIn("did not start (it sent nonsense before its hello): workers fork from "
+                      "the master", self._log())
+        self.assertEqual(self._log().count("did not start"), 1)
+
+
+class SlowReloadTest(SlowImportCase):
+    """A reload whose import is slow: the old workers serve the old
+    functions meanwhile; READY=1 (systemd) comes once new workers run the
+    new code."""
+    CODE = {"tasks.py": "def version(_):\n    return 1\n\ndef gone(_):\n    return 0\n"}
+    SETTINGS = {"modules": ["tasks"]}
+    WAIT_IDLE = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.notify_dir = tempfile.mkdtemp(prefix="mpool-notify-")
+        cls.addClassCleanup(shutil.rmtree, cls.notify_dir, True)
+        cls.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        cls.addClassCleanup(cls.notify.close)
+        path = os.path.join(cls.notify_dir, "notify")
+        cls.notify.bind(path)
+        os.environ["NOTIFY_SOCKET"] = path
+        try:
+            super().setUpClass()
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+
+    def notes(self, want=None, timeout=30.0):
+        """Notification datagrams, each with whether the import was still
+        running once it was read: until one holds the line want, or those
+        waiting now."""
+        got = []
+        deadline = time.monotonic() + timeout
+        while True:
+            self.notify.settimeout(max(0.01, deadline - time.monotonic()) if want else 0)
+            try:
+                text = self.notify.recv(4096).decode()
+            except (socket.timeout, BlockingIOError):
+                if want is None:
+                    return got
+                self.fail("no %s in %r; log:\n%s" % (want, got, self._log()))
+            got.append((text.split("\n"), len(self.lines("import-done.log")) <
+                        len(self.lines("import-start.log"))))
+            if want in got[-1][0]:
+                return got
+
+    def test_old_functions_serve_during_a_slow_reload(self):
+        self.notes("READY=1")
+        self.assertEqual(self.apply_ok("py.tasks.version", None), 1)
+        before = self.status()["totals"]["recycled_by"]["reload"]
+        self.write_code({"tasks.py": SLOW_IMPORT % 4 + "def version(_):\n    return 2\n\n"
+                                     "def added(x):\n    return x + 1\n"})
+        (error, result), took, _ = self.timed(self.client.call, "reload", [])
+        self.assertIsNone(error)
+        self.assertLess(took, PROMPT_S, "the reload took %.1f s to answer" % took)
+        self.wait_lines("import-start.log", 1)
+        during, notes = 0, []
+        while True:
+            notes += self.notes()
+            (error, result), took, importing = self.timed(self.client.apply, "py.tasks.version",
+                                                          None)
+            if not importing:
+                break
+            # The old workers, under the old names.
+            self.assertEqual((error, result), (None, 1))
+            self.assertLess(took, PROMPT_S, "apply took %.1f s during the import" % took)
+            error, result = self.client.apply("py.tasks.gone", None)
+            self.assertEqual((error, result), (None, 0))
+            during += 1
+            time.sleep(0.1)  # a client now and then, not a spin
+        self.assertGreaterEqual(during, 3, "too few requests during the import")
+        # The reload is done once new workers run the new code, after the
+        # import, not before.
+        if not any("READY=1" in lines for lines, _ in notes):
+            notes += self.notes("READY=1")
+        self.assertTrue(any("RELOADING=1" in lines for lines, _ in notes), notes)
+        self.assertEqual([importing for lines, importing in notes if "READY=1" in lines],
+                         [False], "READY=1 during the import: %r" % notes)
+        self.assertEqual(self.apply_ok("py.tasks.version", None), 2)
+        self.assertEqual(self.apply_ok("py.tasks.added", 41), 42)
+        error, result = self.client.apply("py.tasks.gone", None)
+        self.assertError(error, result, pc.NO_FUNCTION)
+        self.wait_workers_idle(
+            lambda st: st["totals"]["recycled_by"]["reload"] >= before + pc.WORKERS)
 
 
 if __name__ == "__main__":
