@@ -1,4 +1,9 @@
-#include "forksrv.h"
+/* forksrv: the life of a fork server, the master's side (forksrv.h): its
+ * start, its hello taken from the loop, its retirement at reload, its loss,
+ * the guard against one that no longer reports its workers' deaths, and
+ * status.  The requests for workers, their answers and the deaths it
+ * reports are forksrv_req.c's. */
+#include "forksrv_int.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -22,58 +27,23 @@
 #include "mp_rpc.h"
 #include "registry.h"
 
-/* A fork server that has not answered a fork by then is taken for hung.
- * Loading the modules may take much longer (a Python import):
- * --fork-server-timeout bounds that, and the master serves meanwhile. */
-#define FORKSRV_REPLY_MS 2000
-
-/* One fork server process.  Freed once it is both reaped and its channel
- * closed.  It starts when its hello and the names that follow it are in
- * (read_cb); until then it is sent nothing and has no workers. */
-struct srv {
-	pid_t pid;                /* 0: reaped already */
-	int fd;                   /* -1: closed */
-	struct event *read;
-	bool hello;               /* its hello is in; names_len bytes of names follow */
-	bool ready;               /* the names too: it takes requests */
-	size_t names_len;
-	uint64_t started_ms;
-};
-
-/* The one that takes requests, or NULL; the retired ones, whose workers
- * still run (one per reload that found busy workers). */
-static struct srv *cur;
-static struct srv **old;
+struct forksrv_srv *forksrv_cur;
+bool forksrv_broken;
+/* The retired ones, whose workers still run (one per reload that found
+ * busy workers). */
+static struct forksrv_srv **old;
 static unsigned n_old, old_cap;
-/* It could not start for a reason that does not go away by itself (no
- * binary, a module that does not load): workers fork from the master until
- * the next reload. */
-static bool z_broken;
 
 static struct event_base *z_base;
-static forksrv_forked_fn *z_forked;
-static forksrv_exited_fn *z_exited;
 static forksrv_started_fn *z_started;
-/* The deadline of the oldest answer due; the current fork server found
- * lost where answering would re-enter the caller (lost_soon); the deadline
- * of its hello (--fork-server-timeout). */
-static struct event *z_timer, *z_lost, *z_hello_timer;
+/* The current fork server found lost where answering would re-enter the
+ * caller (forksrv_lost_soon); the deadline of its hello
+ * (--fork-server-timeout). */
+static struct event *z_lost, *z_hello_timer;
 static const char *z_lost_why;
 /* How a fork server that died before its hello ended, for the one line
  * that says it did not start. */
 static char z_died_how[64];
-
-/* Requests not answered, oldest first: the fork server answers in order.
- * The first pend_sent were sent to cur; the rest wait for room in the
- * channel (it holds a few hundred requests: --workers may ask for more at
- * once, at start or reload). */
-struct pending {
-	void *token;
-	uint64_t quota;
-	bool resent;              /* a fork server was lost with it once already */
-};
-static struct pending *pend;
-static unsigned pend_cap, pend_head, pend_n, pend_sent;
 
 /* Beside the running mpoold first (a build tree), then where it installs. */
 static int find_binary(char *buf, size_t size)
@@ -96,10 +66,7 @@ static int find_binary(char *buf, size_t size)
 	return access(buf, X_OK) == 0 ? 0 : -errno;
 }
 
-/* One message, and the descriptor that came with it (-1 if none): 0;
- * -EAGAIN when none is waiting and flags has MSG_DONTWAIT; -ECONNRESET at
- * the end of the stream. */
-static int recv_rep(int fd, struct forksrv_rep *rep, int *ret_fd, int flags)
+int forksrv_recv_rep(int fd, struct forksrv_rep *rep, int *ret_fd, int flags)
 {
 	char cbuf[CMSG_SPACE(sizeof(int))];
 	struct iovec iov = { rep, sizeof(*rep) };
@@ -157,13 +124,13 @@ static int recv_names(int fd, size_t len)
  * failed (-EINVAL: a module did not load, and it said which) or broke the
  * protocol, -ECONNRESET when it closed its channel.  Nothing else may come
  * first: it is sent no request before. */
-static int take_hello(struct srv *s)
+static int take_hello(struct forksrv_srv *s)
 {
 	struct forksrv_rep rep;
 	int r, extra;
 
 	if (!s->hello) {
-		r = recv_rep(s->fd, &rep, &extra, MSG_DONTWAIT);
+		r = forksrv_recv_rep(s->fd, &rep, &extra, MSG_DONTWAIT);
 		if (r < 0)
 			return r;
 		if (extra >= 0) {
@@ -189,123 +156,17 @@ static int take_hello(struct srv *s)
 	return 0;
 }
 
-static void pend_push(struct pending p)
-{
-	pend[(pend_head + pend_n) % pend_cap] = p;
-	pend_n++;
-}
 
-static struct pending pend_pop(void)
-{
-	struct pending p = pend[pend_head];
-
-	pend_head = (pend_head + 1) % pend_cap;
-	pend_n--;
-	return p;
-}
-
-/* 0, -EAGAIN when the channel is full, or -errno. */
-static int send_req(uint64_t quota)
-{
-	struct forksrv_req req = { .quota = quota };
-
-	if (send(cur->fd, &req, sizeof(req), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(req))
-		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-	return 0;
-}
-
-/* While answers are due, the oldest must come within FORKSRV_REPLY_MS of
- * the last progress. */
-static void arm_timer(void)
-{
-	struct timeval tv = { FORKSRV_REPLY_MS / 1000, (FORKSRV_REPLY_MS % 1000) * 1000 };
-
-	if (pend_sent > 0)
-		evtimer_add(z_timer, &tv);
-	else
-		evtimer_del(z_timer);
-}
-
-/* lost() answers requests, which must not happen inside the call that made
- * one (or inside the reap that noticed): an event runs it at once. */
-static void lost_soon(const char *why)
+/* forksrv_lost() answers requests, which must not happen inside the call
+ * that made one (or inside the reap that noticed): an event runs it at
+ * once. */
+void forksrv_lost_soon(const char *why)
 {
 	z_lost_why = why;
 	event_active(z_lost, EV_TIMEOUT, 0);
 }
 
-/* Sends what waits, as far as the channel takes it; the rest goes when
- * answers have made room (read_cb). */
-static void pump(void)
-{
-	bool was_idle = pend_sent == 0;
-
-	/* One that has not said hello yet is sent nothing: it may never. */
-	while (cur && cur->ready && cur->fd >= 0 && pend_sent < pend_n) {
-		int r = send_req(pend[(pend_head + pend_sent) % pend_cap].quota);
-
-		if (r == -EAGAIN)
-			break;
-		if (r < 0) {
-			lost_soon("it does not take requests");   /* dead, not reaped yet */
-			break;
-		}
-		pend_sent++;
-	}
-	if (was_idle && pend_sent > 0)
-		arm_timer();
-}
-
-/* Delivers every message s has sent that we have not read: 0 when none is
- * left waiting, -ECONNRESET at the end of its stream, another -errno when
- * the channel broke or carried nonsense.  Only cur answers requests.  One
- * that is not ready has no workers and was asked nothing: its hello is
- * read_cb's to take. */
-static int take(struct srv *s)
-{
-	if (!s->ready)
-		return 0;
-	while (s->fd >= 0) {
-		struct forksrv_rep rep;
-		struct pending p;
-		int fd, r = recv_rep(s->fd, &rep, &fd, MSG_DONTWAIT);
-
-		if (r == -EAGAIN)
-			return 0;
-		if (r < 0)
-			return r;
-		if (rep.kind == FORKSRV_EXITED && fd < 0) {
-			z_exited(rep.pid, rep.status);
-			continue;
-		}
-		if (rep.kind != FORKSRV_FORKED || s != cur || pend_sent == 0) {
-			if (fd >= 0)
-				close(fd);
-			return -EPROTO;
-		}
-		p = pend_pop();
-		pend_sent--;
-		if (rep.err == 0 && (fd < 0 || rep.pid <= 0)) {
-			/* Unreadable, but it was the oldest request's answer,
-			 * which fails, so the next answer still goes to its
-			 * own request. */
-			if (fd >= 0)
-				close(fd);
-			z_forked(p.token, -EPROTO, 0, -1);
-			return -EPROTO;
-		}
-		if (rep.err < 0) {
-			if (fd >= 0)
-				close(fd);
-			z_forked(p.token, rep.err, 0, -1);      /* its fork failed */
-		} else {
-			z_forked(p.token, 0, rep.pid, fd);
-		}
-	}
-	return -ECONNRESET;
-}
-
-static void srv_close(struct srv *s)
+static void srv_close(struct forksrv_srv *s)
 {
 	if (s->read)
 		event_free(s->read);
@@ -319,7 +180,7 @@ static void srv_close(struct srv *s)
  * Its workers die with it and are reparented to us (we are their
  * subreaper): the master reaps them.  Its wait status, or -1 when it had
  * been reaped already. */
-static int srv_kill(struct srv *s)
+static int srv_kill(struct forksrv_srv *s)
 {
 	int status = -1;
 
@@ -330,7 +191,7 @@ static int srv_kill(struct srv *s)
 		s->pid = 0;
 	}
 	if (s->fd >= 0)
-		take(s);
+		forksrv_take(s);
 	srv_close(s);
 	return status;
 }
@@ -342,33 +203,22 @@ static void old_remove(unsigned i)
 	old[i] = old[--n_old];
 }
 
-static void fail_pending(int err)
-{
-	pend_sent = 0;
-	while (pend_n > 0) {
-		struct pending p = pend_pop();
-
-		z_forked(p.token, err, 0, -1);
-	}
-}
-
 /* Its wait status, as srv_kill(). */
 static int shut_cur(void)
 {
 	int status;
 
-	if (!cur)
+	if (!forksrv_cur)
 		return -1;
-	status = srv_kill(cur);
-	free(cur);
-	cur = NULL;
+	status = srv_kill(forksrv_cur);
+	free(forksrv_cur);
+	forksrv_cur = NULL;
 	return status;
 }
 
 static void forget_timers(void)
 {
-	if (z_timer)
-		evtimer_del(z_timer);
+	forksrv_disarm();
 	if (z_hello_timer)
 		evtimer_del(z_hello_timer);
 	if (z_lost)
@@ -385,7 +235,7 @@ static void describe_status(int status, char *buf, size_t size)
 		snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
 }
 
-/* cur did not start: it died, broke the protocol, a module did not load,
+/* forksrv_cur did not start: it died, broke the protocol, a module did not load,
  * or it took longer than --fork-server-timeout.  As when it cannot be
  * started at all, workers fork from the master until the next reload,
  * without the functions only a fork server can name.  It was sent nothing,
@@ -393,7 +243,7 @@ static void describe_status(int status, char *buf, size_t size)
 static void start_failed(int err, const char *why)
 {
 	char how[64];
-	pid_t pid = cur->pid;
+	pid_t pid = forksrv_cur->pid;
 	int status = shut_cur();
 
 	/* Of its end, what its wait status says beats a closed channel. */
@@ -404,54 +254,56 @@ static void start_failed(int err, const char *why)
 	log_warn("the fork server %d did not start (%s): workers fork from the master", (int)pid,
 		 why);
 	forget_timers();
-	z_broken = true;
+	forksrv_broken = true;
 	/* Only a fork server knows what the load hooks give. */
 	reg_set_loaded_names(NULL, 0);
 	/* Before the forks: a reload that waited makes them its new
 	 * generation. */
 	z_started(err);
-	fail_pending(-ENOTCONN);
+	forksrv_fail_pending(-ENOTCONN);
 }
 
 void forksrv_retire(void)
 {
 	/* One still loading the modules was sent nothing and has no workers:
 	 * nothing is lost with it, and the new one loads anew. */
-	if (cur && !cur->ready) {
+	if (forksrv_cur && !forksrv_cur->ready) {
 		log_info("reload: the fork server %d had not loaded the modules yet; a new one "
-			 "starts", (int)cur->pid);
+			 "starts", (int)forksrv_cur->pid);
 		shut_cur();
 	}
 	/* What it was sent it forks before it sees the end of the requests:
 	 * let it answer all of it, so that no worker it made goes unreported.
 	 * Bounded like any answer. */
-	if (cur && cur->fd >= 0 && cur->pid && shutdown(cur->fd, SHUT_WR) == 0) {
+	if (forksrv_cur && forksrv_cur->fd >= 0 && forksrv_cur->pid &&
+	    shutdown(forksrv_cur->fd, SHUT_WR) == 0) {
 		uint64_t end = now_ms() + FORKSRV_REPLY_MS;
 
-		while (pend_sent > 0) {
-			struct pollfd p = { cur->fd, POLLIN, 0 };
+		while (forksrv_sent() > 0) {
+			struct pollfd p = { forksrv_cur->fd, POLLIN, 0 };
 			uint64_t now = now_ms();
 
-			if (now >= end || poll(&p, 1, (int)(end - now)) == 0 || take(cur) < 0)
+			if (now >= end || poll(&p, 1, (int)(end - now)) == 0 || forksrv_take(forksrv_cur) < 0)
 				break;
 		}
 	}
-	if (cur && (pend_sent > 0 || cur->fd < 0 || !cur->pid)) {
-		log_warn("fork server %d did not answer its last requests; killing it", (int)cur->pid);
+	if (forksrv_cur && (forksrv_sent() > 0 || forksrv_cur->fd < 0 || !forksrv_cur->pid)) {
+		log_warn("fork server %d did not answer its last requests; killing it",
+			 (int)forksrv_cur->pid);
 		shut_cur();
 	}
-	if (cur) {
+	if (forksrv_cur) {
 		/* It serves its workers out and leaves with the last. */
 		if (n_old == old_cap) {
 			old_cap = old_cap ? 2 * old_cap : 4;
 			old = xrealloc(old, old_cap * sizeof(*old));
 		}
-		old[n_old++] = cur;
-		cur = NULL;
+		old[n_old++] = forksrv_cur;
+		forksrv_cur = NULL;
 	}
-	fail_pending(-ECANCELED);
+	forksrv_fail_pending(-ECANCELED);
 	forget_timers();
-	z_broken = false;
+	forksrv_broken = false;
 }
 
 void forksrv_stop(void)
@@ -461,66 +313,44 @@ void forksrv_stop(void)
 		srv_kill(old[0]);
 		old_remove(0);
 	}
-	fail_pending(-ECANCELED);
+	forksrv_fail_pending(-ECANCELED);
 	forget_timers();
-	z_broken = false;
+	forksrv_broken = false;
 }
 
 /* The fork server died, broke its channel or stopped answering: its
  * workers die with it; what it had not answered goes to a new one; a
  * request lost with a fork server twice fails. */
-static void lost(const char *why)
+void forksrv_lost(const char *why)
 {
-	unsigned n, sent;
-	int r;
-
-	if (!cur->ready) {
+	if (!forksrv_cur->ready) {
 		start_failed(-ECONNRESET, why);
 		return;
 	}
 	log_warn("fork server lost (%s); its workers die with it", why);
 	shut_cur();
 	/* shut_cur() delivered what it had answered. */
-	sent = pend_sent;
-	pend_sent = 0;
-	if (pend_n == 0) {
-		arm_timer();
-		return;             /* the next request starts a new one */
-	}
-	r = forksrv_start();
-	n = pend_n;
-	for (unsigned i = 0; i < n; i++) {
-		struct pending p = pend_pop();
-
-		if (r == 0 && !(i < sent && p.resent)) {
-			p.resent = p.resent || i < sent;
-			pend_push(p);
-		} else {
-			z_forked(p.token, r == 0 ? -EIO : z_broken ? -ENOTCONN : r, 0, -1);
-		}
-	}
-	pump();
-	arm_timer();
+	forksrv_resend();
 }
 
-/* cur's hello and names are in: what waited for it goes now. */
+/* forksrv_cur's hello and names are in: what waited for it goes now. */
 static void started(void)
 {
 	evtimer_del(z_hello_timer);
-	log_debug("fork server %d started in %llu ms", (int)cur->pid,
-		  (unsigned long long)(now_ms() - cur->started_ms));
-	pump();
+	log_debug("fork server %d started in %llu ms", (int)forksrv_cur->pid,
+		  (unsigned long long)(now_ms() - forksrv_cur->started_ms));
+	forksrv_pump();
 	z_started(0);
 }
 
 static void read_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct srv *s = arg;
+	struct forksrv_srv *s = arg;
 	int r;
 
 	(void)fd;
 	(void)what;
-	if (s == cur && !s->ready) {
+	if (s == forksrv_cur && !s->ready) {
 		r = take_hello(s);
 		if (r == -EAGAIN)
 			return;
@@ -533,14 +363,14 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 		started();
 		return;
 	}
-	r = take(s);
-	if (s == cur) {
+	r = forksrv_take(s);
+	if (s == forksrv_cur) {
 		if (r < 0) {
-			lost(r == -ECONNRESET ? "it closed its channel" : strerror(-r));
+			forksrv_lost(r == -ECONNRESET ? "it closed its channel" : strerror(-r));
 			return;
 		}
-		pump();
-		arm_timer();
+		forksrv_pump();
+		forksrv_arm_timer();
 	} else if (r < 0) {
 		/* A retired one closes its channel as it leaves; it is freed
 		 * when reaped. */
@@ -555,20 +385,11 @@ static void hello_timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	(void)arg;
-	if (!cur || cur->ready)
+	if (!forksrv_cur || forksrv_cur->ready)
 		return;
 	snprintf(why, sizeof(why), "it had not loaded the modules after %u ms, "
 		 "fork-server-timeout", cfg.fork_server_timeout_ms);
 	start_failed(-ETIMEDOUT, why);
-}
-
-static void timer_cb(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	(void)arg;
-	if (pend_sent > 0)
-		lost("it did not answer in time");
 }
 
 static void lost_cb(evutil_socket_t fd, short what, void *arg)
@@ -579,43 +400,36 @@ static void lost_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	z_lost_why = NULL;
-	if (cur)
-		lost(why ? why : "it died");
+	if (forksrv_cur)
+		forksrv_lost(why ? why : "it died");
 }
 
 int forksrv_init(struct event_base *base, forksrv_forked_fn *forked, forksrv_exited_fn *exited,
 		forksrv_started_fn *started, unsigned max_pending)
 {
+	int r;
+
 	/* Workers whose fork server died are reparented to us, not to init,
 	 * so that we reap them and learn how they ended. */
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
 		return -errno;
 	z_base = base;
-	z_forked = forked;
-	z_exited = exited;
 	z_started = started;
-	pend_cap = max_pending ? max_pending : 1;
-	pend = xcalloc(pend_cap, sizeof(*pend));
-	pend_head = pend_n = pend_sent = 0;
-	z_timer = evtimer_new(base, timer_cb, NULL);
+	r = forksrv_req_init(base, forked, exited, max_pending);
 	z_lost = event_new(base, -1, 0, lost_cb, NULL);
 	z_hello_timer = evtimer_new(base, hello_timer_cb, NULL);
-	return z_timer && z_lost && z_hello_timer ? 0 : -ENOMEM;
+	return r == 0 && z_lost && z_hello_timer ? 0 : -ENOMEM;
 }
 
 void forksrv_free(void)
 {
 	forksrv_stop();
-	if (z_timer)
-		event_free(z_timer);
 	if (z_lost)
 		event_free(z_lost);
 	if (z_hello_timer)
 		event_free(z_hello_timer);
-	z_timer = z_lost = z_hello_timer = NULL;
-	free(pend);
-	pend = NULL;
-	pend_cap = 0;
+	z_lost = z_hello_timer = NULL;
+	forksrv_req_free();
 	free(old);
 	old = NULL;
 	old_cap = 0;
@@ -631,15 +445,15 @@ int forksrv_start(void)
 	pid_t pid;
 	int sv[2], r;
 
-	if (cur)
+	if (forksrv_cur)
 		return 0;
-	if (z_broken)
+	if (forksrv_broken)
 		return -ENOTCONN;
 	r = find_binary(path, sizeof(path));
 	if (r < 0) {
 		log_warn("no fork server at %s (%s): workers fork from the master", path,
 			 strerror(-r));
-		z_broken = true;
+		forksrv_broken = true;
 		reg_set_loaded_names(NULL, 0);
 		return r;
 	}
@@ -664,21 +478,23 @@ int forksrv_start(void)
 		log_debug("cannot start the fork server: %s", strerror(-r));
 		return r;
 	}
-	cur = xcalloc(1, sizeof(*cur));
-	cur->pid = pid;
-	cur->fd = sv[0];
-	cur->started_ms = now_ms();
+	forksrv_cur = xcalloc(1, sizeof(*forksrv_cur));
+	forksrv_cur->pid = pid;
+	forksrv_cur->fd = sv[0];
+	forksrv_cur->started_ms = now_ms();
 	/* Its hello comes when the modules are loaded, which may take long (a
 	 * Python import): the loop serves meanwhile and read_cb takes it.  A
 	 * submit is judged by the names known before (reload), or, before
 	 * the first list, on trust (registry.h). */
 	reg_await_loaded_names();
-	cur->read = event_new(z_base, cur->fd, EV_READ | EV_PERSIST, read_cb, cur);
-	if (!cur->read || event_add(cur->read, NULL) < 0 || evtimer_add(z_hello_timer, &tv) < 0) {
+	forksrv_cur->read = event_new(z_base, forksrv_cur->fd, EV_READ | EV_PERSIST, read_cb,
+				      forksrv_cur);
+	if (!forksrv_cur->read || event_add(forksrv_cur->read, NULL) < 0 ||
+	    evtimer_add(z_hello_timer, &tv) < 0) {
 		log_err("the fork server %d cannot be watched: workers fork from the master",
 			(int)pid);
 		shut_cur();
-		z_broken = true;
+		forksrv_broken = true;
 		reg_set_loaded_names(NULL, 0);
 		return -ENOMEM;
 	}
@@ -686,39 +502,18 @@ int forksrv_start(void)
 	return 0;
 }
 
-int forksrv_request(uint64_t quota, void *token)
-{
-	int r;
-
-	if (pend_n == pend_cap)
-		return -ENOBUFS;
-	if (!cur) {
-		r = forksrv_start();
-		if (r < 0)
-			return z_broken ? -ENOTCONN : r;
-	}
-	pend_push((struct pending){ token, quota, false });
-	pump();
-	return 0;
-}
-
 bool forksrv_loading(void)
 {
-	return cur && !cur->ready;
-}
-
-unsigned forksrv_pending(void)
-{
-	return pend_n;
+	return forksrv_cur && !forksrv_cur->ready;
 }
 
 void forksrv_collect(void)
 {
 	for (unsigned i = 0; i < n_old; i++)
-		if (old[i]->fd >= 0 && take(old[i]) < 0)
+		if (old[i]->fd >= 0 && forksrv_take(old[i]) < 0)
 			srv_close(old[i]);
-	if (cur && cur->fd >= 0 && take(cur) < 0)
-		lost_soon("it closed its channel");
+	if (forksrv_cur && forksrv_cur->fd >= 0 && forksrv_take(forksrv_cur) < 0)
+		forksrv_lost_soon("it closed its channel");
 }
 
 /* pid's parent, from /proc; 0 when it is unknown. */
@@ -749,11 +544,11 @@ void forksrv_overdue(pid_t worker)
 	ppid = parent_of(worker);
 	if (ppid <= 0)
 		return;
-	if (cur && cur->pid == ppid) {
+	if (forksrv_cur && forksrv_cur->pid == ppid) {
 		log_warn("fork server %d has not reported the death of worker %d; killing it",
 			 (int)ppid, (int)worker);
 		kill(ppid, SIGKILL);
-		lost_soon("it did not report a worker's death");
+		forksrv_lost_soon("it did not report a worker's death");
 		return;
 	}
 	for (unsigned i = 0; i < n_old; i++) {
@@ -772,18 +567,18 @@ bool forksrv_reaped(pid_t pid, int status)
 	char how[64];
 
 	describe_status(status, how, sizeof(how));
-	if (cur && cur->pid == pid && !cur->ready) {
+	if (forksrv_cur && forksrv_cur->pid == pid && !forksrv_cur->ready) {
 		/* Said once, with the rest, by start_failed(). */
-		cur->pid = 0;
+		forksrv_cur->pid = 0;
 		snprintf(z_died_how, sizeof(z_died_how), "%s", how);
-		lost_soon(z_died_how);
+		forksrv_lost_soon(z_died_how);
 		return true;
 	}
-	if (cur && cur->pid == pid) {
+	if (forksrv_cur && forksrv_cur->pid == pid) {
 		log_warn("fork server %d %s; its workers die with it", (int)pid, how);
-		cur->pid = 0;
+		forksrv_cur->pid = 0;
 		/* What it sent before it died is still in the channel. */
-		lost_soon("it died");
+		forksrv_lost_soon("it died");
 		return true;
 	}
 	for (unsigned i = 0; i < n_old; i++) {
@@ -793,7 +588,7 @@ bool forksrv_reaped(pid_t pid, int status)
 			log_warn("retired fork server %d %s; its workers die with it", (int)pid, how);
 		old[i]->pid = 0;
 		if (old[i]->fd >= 0)
-			take(old[i]);
+			forksrv_take(old[i]);
 		old_remove(i);
 		return true;
 	}
@@ -802,13 +597,13 @@ bool forksrv_reaped(pid_t pid, int status)
 
 void forksrv_pack_status(msgpack_packer *pk)
 {
-	if (!cur || cur->fd < 0 || cur->pid == 0) {
+	if (!forksrv_cur || forksrv_cur->fd < 0 || forksrv_cur->pid == 0) {
 		msgpack_pack_nil(pk);
 		return;
 	}
 	msgpack_pack_map(pk, 2);
 	mp_pack_cstr(pk, "pid");
-	msgpack_pack_uint64(pk, (uint64_t)cur->pid);
+	msgpack_pack_uint64(pk, (uint64_t)forksrv_cur->pid);
 	mp_pack_cstr(pk, "state");
-	mp_pack_cstr(pk, cur->ready ? "ready" : "loading");
+	mp_pack_cstr(pk, forksrv_cur->ready ? "ready" : "loading");
 }
