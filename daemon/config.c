@@ -38,6 +38,11 @@ struct config cfg = {
 	.admin_processes = 2,
 	.max_kept_processes = 16,
 	.process_grace_ms = 3000,
+	.workers = CONFIG_WORKERS_AUTO,
+	.cluster_name = "mpool",
+	.cluster_replicas = 1,
+	.cluster_redelivery_ms = 30000,
+	.cluster_spread = CONFIG_SPREAD_MAPS,
 };
 
 struct module_spec *config_module_add(void)
