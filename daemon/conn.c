@@ -13,6 +13,7 @@
 #include <pwd.h>
 
 #include "chan.h"
+#include "cluster.h"
 #include "config.h"
 #include "disp.h"
 #include "log.h"
@@ -343,6 +344,15 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 				return -1;
 			}
 			spec->retries = (uint32_t)v;
+		} else if (mp_str_eq(k, kl, "spread")) {
+			bool v;
+
+			/* cluster: true shares the request, false keeps it here. */
+			if (mp_read_bool(p, &v) < 0) {
+				snprintf(why, n_why, "spread must be true or false");
+				return -1;
+			}
+			spec->spread = v ? 1 : -1;
 		} else {
 			char name[64];
 
@@ -410,8 +420,12 @@ static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 		reply_error(c, m->msgid, MPOOL_E_SHUTDOWN, "mpoold is shutting down; no new work");
 		return;
 	}
-	if (!reg_lookup(spec.fn, spec.fn_len)) {
-		reply_error(c, m->msgid, MPOOL_E_NOFUNC, "no function named '%s'", name);
+	/* cluster: a shared request may name a function of another node. */
+	spec.shared = cluster_share(&spec);
+	if (spec.shared ? cluster_check_fn(spec.fn, spec.fn_len) < 0
+			: !reg_lookup(spec.fn, spec.fn_len)) {
+		reply_error(c, m->msgid, MPOOL_E_NOFUNC, "no function named '%s'%s", name,
+			    spec.shared ? " on any node of the cluster" : "");
 		return;
 	}
 	if (spec.n_items > (spec.stream ? cfg.stream_window : cfg.max_items)) {

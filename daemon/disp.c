@@ -84,6 +84,7 @@ struct job {
 	uint32_t timeout_ms;       /* per item; 0: none */
 	uint32_t retries;          /* reruns allowed per lost chunk */
 	uint32_t inflight;         /* chunks running on workers */
+	bool shared;               /* cluster: its chunks may go to the outlet */
 	uint64_t qchunks;          /* its share of queued_chunks */
 	uint64_t created_ms;
 	struct retry *retry_head;  /* lost chunks waiting for a rerun */
@@ -310,6 +311,11 @@ void disp_pack_jobs(msgpack_packer *pk)
 uint32_t disp_job_timeout(const struct job *job)
 {
 	return job->timeout_ms;
+}
+
+uint32_t disp_job_retries(const struct job *job)
+{
+	return job->retries;
 }
 
 static bool job_has_work(const struct job *job)
@@ -565,6 +571,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	seg_new(job, spec->items, spec->items_len, spec->n_items, spec->marks, spec->buf);
 	job->timeout_ms = spec->timeout_ms;
 	job->retries = spec->retries;
+	job->shared = spec->shared;        /* cluster */
 	job->retry_tail = &job->retry_head;
 	job->created_ms = now_ms();
 	job->auto_chunk = spec->chunksize == 0;
@@ -873,7 +880,8 @@ static bool job_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
 	/* A stream's items trickle in: spread what is here over the pool
 	 * rather than hand it all to one worker. */
 	if (job->streaming || job->granted) {
-		uint64_t spread = (job->n_items - job->next_index + cfg.workers - 1) / cfg.workers;
+		unsigned w = cfg.workers ? cfg.workers : 1;     /* 0: a cluster gateway */
+		uint64_t spread = (job->n_items - job->next_index + w - 1) / w;
 
 		if (spread >= 1 && spread < n)
 			n = (uint32_t)spread;
@@ -1078,7 +1086,8 @@ static void batch_lost(struct batch *b, int code, const char *msg)
 
 /* The first job that may run, in turn order: uids, their connections,
  * their jobs. */
-static struct job *next_runnable(void)
+/* shared_only: for the cluster's outlet, jobs that may be shared. */
+static struct job *next_runnable(bool shared_only)
 {
 	struct rr_user *u;
 	struct rr_client *cl;
@@ -1090,7 +1099,7 @@ static struct job *next_runnable(void)
 			if (cl->conn && ops->backlogged(cl->conn))
 				continue;
 			TAILQ_FOREACH(job, &cl->jobs, runq)
-				if (job_runnable(job))
+				if (job_runnable(job) && (!shared_only || job->shared))
 					return job;
 		}
 	return NULL;
@@ -1106,7 +1115,7 @@ void disp_schedule(void)
 		struct job *job;
 		struct chunk ck;
 
-		if (!(job = next_runnable()))
+		if (!(job = next_runnable(false)))
 			return;
 		ck.batch = NULL;
 		if (!job_next_chunk(job, ops->quota_left(w), &ck))
@@ -1120,6 +1129,25 @@ void disp_schedule(void)
 		rr_turn_taken(cl);
 		batch_gather(job, &ck, ops->quota_left(w));
 		ops->run(w, &ck, job->fn, job->fn_len);
+	}
+	/* cluster: what local workers left of shared jobs goes to the
+	 * outlet, a worker of its own kind, while it has room. */
+	while (ops->outlet_room && ops->outlet_room()) {
+		struct rr_client *cl;
+		struct job *job;
+		struct chunk ck;
+
+		if (!(job = next_runnable(true)))
+			return;
+		ck.batch = NULL;
+		if (!job_next_chunk(job, UINT64_MAX, &ck))
+			return;
+		job->inflight++;
+		cl = job->client;
+		job_unqueue(job);
+		job_requeue(job);
+		rr_turn_taken(cl);
+		ops->outlet_run(&ck, job->fn, job->fn_len);
 	}
 }
 

@@ -153,3 +153,15 @@ void reg_names(char *buf, size_t size)
 	for (unsigned i = 0; i < n_entries && n < size; i++)
 		n += (size_t)snprintf(buf + n, size - n, "%s%s", i ? ", " : "", entries[i].name);
 }
+
+void reg_each_fn(void (*fn)(const char *name, void *arg), void *arg)
+{
+	char name[512];
+
+	for (unsigned i = 0; i < n_entries; i++)
+		for (unsigned k = 0; k < entries[i].n_fns; k++) {
+			snprintf(name, sizeof(name), "%s.%s", entries[i].name,
+				 entries[i].fns[k].name);
+			fn(name, arg);
+		}
+}

@@ -22,6 +22,9 @@ mpool_task_fn reg_lookup(const char *name, size_t len);
  * filled and *ret_module naming the module that failed. */
 int reg_init_all(struct mpool_task_error *err, const char **ret_module);
 void reg_fini_all(void);
+/* Calls fn with each function's "MODULE.FUNCTION" (cluster: the functions
+ * a node announces). */
+void reg_each_fn(void (*fn)(const char *name, void *arg), void *arg);
 /* "builtin, wordcount": for messages. */
 void reg_names(char *buf, size_t size);
 

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "conn.h"
 #include "disp.h"
@@ -19,7 +20,7 @@ static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 
 void status_pack(msgpack_packer *pk)
 {
-	msgpack_pack_map(pk, 13);
+	msgpack_pack_map(pk, 14);
 	mp_pack_cstr(pk, "version");
 	mp_pack_cstr(pk, MPOOL_VERSION);
 	kv_u64(pk, "protocol", MP_PROTO_VERSION);
@@ -41,6 +42,8 @@ void status_pack(msgpack_packer *pk)
 	conn_pack_config_limits(pk);
 	mp_pack_cstr(pk, "queue");
 	disp_pack_queue(pk);
+	mp_pack_cstr(pk, "cluster");
+	cluster_pack_status(pk);
 	mp_pack_cstr(pk, "totals");
 	msgpack_pack_map(pk, 9 + POOL_TOTALS_KEYS);
 	kv_u64(pk, "workers", cfg.workers);

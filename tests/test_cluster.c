@@ -1,11 +1,18 @@
 /* test_cluster: mpoold nodes sharing work through NATS JetStream.
  *
- * The config cases run mpoold --print-config and need no broker.  Every
- * mpoold a case starts runs in its own process group and dies with the
- * test (PR_SET_PDEATHSIG).
+ * The config cases run mpoold --print-config and need no broker.  The
+ * others start a real nats-server (JetStream on, its store in the test's
+ * temporary directory, loopback, a free port) and mpoold nodes through the
+ * fixture (tests/fixture.c); each runs in its own process group and dies
+ * with the test (PR_SET_PDEATHSIG).  nats-server comes from
+ * .ci/install-deps: a missing one fails the suite.
  *
  * Environment (tests/meson.build): MPOOLD, the daemon. */
 #include <check.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +25,11 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <msgpack.h>
+#include <mpool/mpool.h>
+
+#include "fixture.h"
 
 #define WAIT_MS 20000
 
@@ -247,6 +259,404 @@ START_TEST(config_node_name_defaults_to_host)
 }
 END_TEST
 
+
+/* ---- a real broker ------------------------------------------------------- */
+
+struct broker {
+	char dir[64];
+	int port;
+	pid_t pid;
+};
+
+static int free_port(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	REQUIRE(fd >= 0);
+	REQUIRE(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+	REQUIRE(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+	close(fd);
+	return ntohs(a.sin_port);
+}
+
+static bool port_open(int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	bool ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+/* Starts nats-server with JetStream on port (0: a free one), its store in
+ * b->dir (made once), and waits until it accepts connections. */
+static void broker_start(struct broker *b, int port)
+{
+	char portbuf[16], store[96], logf[96];
+	pid_t parent = getpid();
+	int64_t end;
+
+	if (!b->dir[0]) {
+		snprintf(b->dir, sizeof(b->dir), "/tmp/mpcl-nats-XXXXXX");
+		REQUIREF(mkdtemp(b->dir), "mkdtemp: %s", strerror(errno));
+	}
+	b->port = port ? port : free_port();
+	snprintf(portbuf, sizeof(portbuf), "%d", b->port);
+	snprintf(store, sizeof(store), "%s/js", b->dir);
+	snprintf(logf, sizeof(logf), "%s/nats.log", b->dir);
+	b->pid = fork();
+	REQUIRE(b->pid >= 0);
+	if (b->pid == 0) {
+		int fd = open(logf, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+
+		setpgid(0, 0);
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+			_exit(127);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		execlp("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", portbuf,
+		       "-sd", store, (char *)NULL);
+		fprintf(stderr, "nats-server: %s (.ci/install-deps installs it)\n", strerror(errno));
+		_exit(127);
+	}
+	setpgid(b->pid, b->pid);
+	end = fx_now_ms() + WAIT_MS;
+	while (!port_open(b->port)) {
+		int st;
+
+		if (waitpid(b->pid, &st, WNOHANG) == b->pid) {
+			b->pid = 0;
+			FAILF("nats-server exited at start (is it installed? see %s)", logf);
+		}
+		REQUIREF(fx_now_ms() < end, "nats-server did not listen within %d ms", WAIT_MS);
+		fx_tick();
+	}
+}
+
+static void broker_kill(struct broker *b)
+{
+	if (b->pid > 0) {
+		killpg(b->pid, SIGKILL);
+		waitpid(b->pid, NULL, 0);
+	}
+	b->pid = 0;
+}
+
+static void broker_free(struct broker *b)
+{
+	char cmd[96];
+
+	broker_kill(b);
+	if (b->dir[0]) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", b->dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "cannot remove %s\n", b->dir);
+	}
+}
+
+/* ---- nodes ---------------------------------------------------------------- */
+
+struct node_args {
+	char url[64], name[32], redelivery[16];
+	const char *argv[24];
+};
+
+/* Starts node name on b through the fixture (two workers unless extra says). */
+static void node_start(struct fx *fx, const struct broker *b, const char *name,
+		       const char *const *extra)
+{
+	struct node_args a;
+	int n = 0;
+
+	snprintf(a.url, sizeof(a.url), "nats://127.0.0.1:%d", b->port);
+	snprintf(a.name, sizeof(a.name), "%s", name);
+	a.argv[n++] = "--cluster-url";
+	a.argv[n++] = a.url;
+	a.argv[n++] = "--node-name";
+	a.argv[n++] = a.name;
+	a.argv[n++] = "--cluster-redelivery";
+	a.argv[n++] = "1000";
+	for (int i = 0; extra && extra[i] && n < 22; i++)
+		a.argv[n++] = extra[i];
+	a.argv[n] = NULL;
+	fx_start(fx, a.argv);
+}
+
+/* The status's cluster map through c; the caller frees *ret_v. */
+static const msgpack_object *cluster_status(struct fx *fx, mpool_value **ret_v)
+{
+	const msgpack_object *o;
+	int r = mpool_status(fx->c, ret_v);
+
+	REQUIREF(r == 0, "mpool_status: %s", mpool_strerror(-r));
+	o = fx_obj_get(mpool_value_get(*ret_v), "cluster");
+	REQUIREF(o && o->type == MSGPACK_OBJECT_MAP, "the status has no cluster map");
+	return o;
+}
+
+static bool cluster_str_is(struct fx *fx, const char *key, const char *want)
+{
+	mpool_value *v = NULL;
+	char buf[64] = "";
+	bool ok;
+
+	fx_get_str(cluster_status(fx, &v), key, buf, sizeof(buf));
+	ok = strcmp(buf, want) == 0;
+	mpool_value_free(v);
+	return ok;
+}
+
+static uint64_t cluster_u64(struct fx *fx, const char *key)
+{
+	mpool_value *v = NULL;
+	uint64_t n = 0;
+
+	REQUIREF(fx_get_u64(cluster_status(fx, &v), key, &n), "cluster.%s missing", key);
+	mpool_value_free(v);
+	return n;
+}
+
+/* Live nodes fx sees. */
+static unsigned cluster_nodes(struct fx *fx)
+{
+	mpool_value *v = NULL;
+	const msgpack_object *nodes = fx_obj_get(cluster_status(fx, &v), "nodes");
+	unsigned n = nodes && nodes->type == MSGPACK_OBJECT_ARRAY ? nodes->via.array.size : 0;
+
+	mpool_value_free(v);
+	return n;
+}
+
+static void wait_nodes(struct fx *fx, unsigned n)
+{
+	int64_t end = fx_now_ms() + WAIT_MS;
+
+	while (cluster_nodes(fx) != n) {
+		REQUIREF(fx_now_ms() < end, "node sees %u nodes, not %u, after %d ms",
+			 cluster_nodes(fx), n, WAIT_MS);
+		fx_tick();
+	}
+}
+
+static struct broker br;
+
+static void it_setup(void)
+{
+	memset(&br, 0, sizeof(br));
+}
+
+static void it_teardown(void)
+{
+	broker_free(&br);
+}
+
+/* Three nodes: a map through one runs on all three, complete and in order. */
+START_TEST(three_nodes_share_a_map)
+{
+	struct fx a, b, c;
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 500);
+
+	broker_start(&br, 0);
+	node_start(&a, &br, "a", NULL);
+	node_start(&b, &br, "b", NULL);
+	node_start(&c, &br, "c", NULL);
+	wait_nodes(&a, 3);
+	wait_nodes(&b, 3);
+	wait_nodes(&c, 3);
+	fx_map_squares(a.c, 200000, 0, &o, 0);
+	REQUIREF(fx_status_get(&a, "totals.tasks_done") > 0, "node a ran nothing");
+	REQUIREF(fx_status_get(&b, "totals.tasks_done") > 0, "node b ran nothing");
+	REQUIREF(fx_status_get(&c, "totals.tasks_done") > 0, "node c ran nothing");
+	REQUIREF(cluster_u64(&a, "chunks_sent") > 0, "a sent no chunk out");
+	REQUIREF(cluster_u64(&b, "chunks_ran_for_others") > 0, "b ran nothing for a");
+	REQUIREF(cluster_u64(&a, "chunks_out") == 0, "chunks still out after the map");
+	fx_stop(&c);
+	fx_stop(&b);
+	fx_stop(&a);
+}
+END_TEST
+
+/* A shared request for a function no node has fails at once. */
+START_TEST(function_missing_everywhere)
+{
+	struct fx a, b;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	int r;
+
+	broker_start(&br, 0);
+	node_start(&a, &br, "a", NULL);
+	node_start(&b, &br, "b", NULL);
+	wait_nodes(&a, 2);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, 10);
+	r = mpool_map(a.c, "nosuch.fn", sb.data, sb.size, 10, NULL, NULL, NULL, NULL);
+	REQUIREF(r == -MPOOL_E_NOFUNC && strstr(mpool_errmsg(a.c), "on any node"),
+		 "map of a missing function: %s: %s", mpool_strerror(-r), mpool_errmsg(a.c));
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&b);
+	fx_stop(&a);
+}
+END_TEST
+
+/* No broker at start: mpoold serves local work, says so, and connects
+ * once the broker is there. */
+START_TEST(broker_unreachable_at_start)
+{
+	struct fx a;
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 100);
+	int64_t end;
+
+	br.port = free_port();
+	node_start(&a, &br, "a", NULL);
+	REQUIREF(!cluster_str_is(&a, "broker", "connected"), "connected to nothing");
+	REQUIREF(fx_log_has(&a, "broker unreachable"), "the log does not say so");
+	fx_map_squares(a.c, 1000, 0, &o, 0);
+	broker_start(&br, br.port);
+	end = fx_now_ms() + WAIT_MS;
+	while (!cluster_str_is(&a, "broker", "connected")) {
+		REQUIREF(fx_now_ms() < end, "not connected %d ms after the broker started",
+			 WAIT_MS);
+		fx_tick();
+	}
+	fx_map_squares(a.c, 1000, 0, &o, 0);
+	fx_stop(&a);
+}
+END_TEST
+
+/* ---- a node dies mid-map ---------------------------------------------------- */
+
+#define KILL_ITEMS 600
+
+struct kill_run {
+	mpool *c;
+	uint32_t retries;
+	uint8_t seen[KILL_ITEMS];
+	uint64_t failed;
+	bool bad;
+	char why[256];
+};
+
+static void kill_chunk(void *ud, uint64_t first, const msgpack_object *res,
+		       const struct mpool_item_error *errs, size_t n_errs)
+{
+	struct kill_run *k = ud;
+
+	for (uint32_t i = 0; i < res->via.array.size; i++) {
+		uint64_t idx = first + i;
+		const msgpack_object *o = &res->via.array.ptr[i];
+		bool failed = false;
+
+		if (idx >= KILL_ITEMS || k->seen[idx]++) {
+			k->bad = true;
+			snprintf(k->why, sizeof(k->why), "item %llu twice or outside",
+				 (unsigned long long)idx);
+			return;
+		}
+		for (size_t e = 0; e < n_errs; e++)
+			if (errs[e].index == idx) {
+				failed = true;
+				if (errs[e].code != -MPOOL_E_WORKER ||
+				    !strstr(errs[e].message, "node c")) {
+					k->bad = true;
+					snprintf(k->why, sizeof(k->why), "item %llu: %d %s",
+						 (unsigned long long)idx, errs[e].code,
+						 errs[e].message);
+				}
+			}
+		if (failed) {
+			k->failed++;
+		} else if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+			   o->via.u64 != 20 + idx % 7) {
+			k->bad = true;
+			snprintf(k->why, sizeof(k->why), "item %llu: wrong value",
+				 (unsigned long long)idx);
+		}
+	}
+}
+
+static int kill_client(void *arg)
+{
+	struct kill_run *k = arg;
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 5, .retries = k->retries);
+	struct mpool_map_summary sum;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	int r;
+
+	fx_sbuf_init(&sb, &pk);
+	for (int i = 0; i < KILL_ITEMS; i++)
+		msgpack_pack_uint64(&pk, 20 + (uint64_t)i % 7);
+	r = mpool_map(k->c, "builtin.sleep", sb.data, sb.size, KILL_ITEMS, &o, kill_chunk, k, &sum);
+	if (k->bad) {
+		fprintf(stderr, "kill_client: %s\n", k->why);
+		return 2;
+	}
+	for (int i = 0; i < KILL_ITEMS; i++)
+		if (!k->seen[i]) {
+			fprintf(stderr, "kill_client: item %d never answered\n", i);
+			return 3;
+		}
+	if (r != 0 || sum.failed != k->failed || sum.items != KILL_ITEMS ||
+	    (k->retries ? k->failed != 0 : k->failed == 0)) {
+		fprintf(stderr, "kill_client: map %s, %llu failed (retries %u)\n", mpool_strerror(-r),
+			(unsigned long long)k->failed, k->retries);
+		return 4;
+	}
+	return 0;
+}
+
+static void node_killed_mid_map(uint32_t retries)
+{
+	struct fx a, b, c;
+	static struct kill_run k;
+	int64_t end;
+	pid_t client;
+
+	broker_start(&br, 0);
+	node_start(&a, &br, "a", NULL);
+	node_start(&b, &br, "b", NULL);
+	node_start(&c, &br, "c", NULL);
+	wait_nodes(&a, 3);
+	wait_nodes(&b, 3);
+	wait_nodes(&c, 3);
+	memset(&k, 0, sizeof(k));
+	k.c = fx_connect(&a);
+	k.retries = retries;
+	client = fx_fork(kill_client, &k);
+	end = fx_now_ms() + WAIT_MS;
+	while (cluster_u64(&c, "chunks_running") == 0) {
+		REQUIREF(fx_now_ms() < end, "c never ran a chunk");
+		fx_tick();
+	}
+	killpg(c.pid, SIGKILL);
+	c.may_exit = true;
+	fx_expect_child_ok(client, 45000, "the map's client");
+	REQUIREF(cluster_u64(&a, "chunks_out") == 0, "chunks still out after the map");
+	fx_stop(&c);
+	fx_stop(&b);
+	fx_stop(&a);
+}
+
+START_TEST(node_killed_with_retries)
+{
+	node_killed_mid_map(2);
+}
+END_TEST
+
+START_TEST(node_killed_without_retries)
+{
+	node_killed_mid_map(0);
+}
+END_TEST
+
 static Suite *cluster_suite(void)
 {
 	Suite *s = suite_create("cluster");
@@ -256,6 +666,17 @@ static Suite *cluster_suite(void)
 	tcase_add_test(tc, config_cluster_keys_checked_at_start);
 	tcase_add_test(tc, config_credentials_from_files);
 	tcase_add_test(tc, config_node_name_defaults_to_host);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("nodes");
+	tcase_add_unchecked_fixture(tc, NULL, NULL);
+	tcase_add_checked_fixture(tc, it_setup, it_teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, three_nodes_share_a_map);
+	tcase_add_test(tc, function_missing_everywhere);
+	tcase_add_test(tc, broker_unreachable_at_start);
+	tcase_add_test(tc, node_killed_with_retries);
+	tcase_add_test(tc, node_killed_without_retries);
 	suite_add_tcase(s, tc);
 	return s;
 }
