@@ -620,6 +620,11 @@ static unsigned outlet_cap(void)
 	return cap;
 }
 
+unsigned cluster_outlet_workers(void)
+{
+	return cl.on ? outlet_cap() : 0;
+}
+
 bool cluster_outlet_room(void)
 {
 	return cluster_up() && cl.n_out < outlet_cap();
@@ -1259,13 +1264,21 @@ void cluster_inlet_job_ended(uint64_t msgid)
 
 static void stop_origin_chunks(const char *origin, uint64_t inc, bool any_job, uint64_t job)
 {
-	for (struct in_chunk *ic = cl.in; ic; ic = ic->next) {
+	struct in_chunk *ic;
+
+	/* Cancelling may end and free the chunk (and its list entry): start
+	 * over after each; a stopped one is skipped. */
+again:
+	for (ic = cl.in; ic; ic = ic->next) {
+		struct job *j = ic->job;
+
 		if (strcmp(ic->origin, origin) != 0 || ic->inc != inc || ic->stopped ||
-		    (!any_job && ic->job_key != job) || !ic->job)
+		    (!any_job && ic->job_key != job) || !j)
 			continue;
 		ic->stopped = true;
-		disp_kill_running(ic->job);
-		disp_cancel(ic->job, MPOOL_E_CANCELLED, "stopped by its origin");
+		disp_kill_running(j);
+		disp_cancel(j, MPOOL_E_CANCELLED, "stopped by its origin");
+		goto again;
 	}
 }
 

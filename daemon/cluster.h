@@ -53,6 +53,8 @@ int cluster_check_fn(const char *fn, size_t len);
 /* The outlet, for the dispatcher's ops (disp.h). */
 bool cluster_outlet_room(void);
 void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len);
+/* The other live nodes' workers. */
+unsigned cluster_outlet_workers(void);
 /* A job's chunks must stop (cancel with kill): the other nodes are told,
  * and the outlet's chunks of it are lost soon after (later, from the
  * loop, never inside this call). */

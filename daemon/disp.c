@@ -757,7 +757,9 @@ void disp_fail_queued(int code, const char *msg)
  * results. */
 static bool job_window_open(const struct job *job)
 {
-	uint64_t window = (uint64_t)job->chunksize * (2ull * cfg.workers + 2);
+	/* cluster: a shared job's chunks also run on the outlet's workers. */
+	uint64_t w = cfg.workers + (job->shared && ops->outlet_workers ? ops->outlet_workers() : 0);
+	uint64_t window = (uint64_t)job->chunksize * (2ull * w + 2);
 
 	return !job->ordered || job->next_index - job->emitted < window;
 }

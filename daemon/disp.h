@@ -61,6 +61,9 @@ struct disp_ops {
 	 * disp_chunk_part/done/lost as a worker would.  NULL: no cluster. */
 	bool (*outlet_room)(void);
 	void (*outlet_run)(const struct chunk *ck, const char *fn, uint32_t fn_len);
+	/* Workers behind the outlet: a shared job's reorder window counts
+	 * them beside this node's. */
+	unsigned (*outlet_workers)(void);
 
 	/* Something status shows changed; a job ended (shutdown waits for
 	 * the last). */

@@ -100,6 +100,7 @@ const struct disp_ops disp_daemon_ops = {
 	.kill_job = d_kill_job,
 	.outlet_room = cluster_outlet_room,
 	.outlet_run = cluster_outlet_run,
+	.outlet_workers = cluster_outlet_workers,
 	.changed = master_status_changed,
 	.job_gone = master_progress,
 };

@@ -657,6 +657,161 @@ START_TEST(node_killed_without_retries)
 }
 END_TEST
 
+/* A gateway (workers = 0) runs nothing and sends everything out; a
+ * request may keep itself local or share itself against the default. */
+START_TEST(gateway_and_spread_option)
+{
+	static const char *const gw[] = { "--workers", "0", NULL };
+	struct fx g, a, b;
+	struct mpool_map_opts local = MPOOL_MAP_OPTS(.chunksize = 10, .spread = -1);
+	struct mpool_map_opts def = MPOOL_MAP_OPTS(.chunksize = 10);
+	struct mpool_apply_opts spread = MPOOL_APPLY_OPTS(.spread = 1);
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	mpool_value *v = NULL;
+	uint64_t sent;
+	int r;
+
+	broker_start(&br, 0);
+	node_start(&g, &br, "g", gw);
+	node_start(&a, &br, "a", NULL);
+	node_start(&b, &br, "b", NULL);
+	wait_nodes(&g, 3);
+	wait_nodes(&a, 3);
+	wait_nodes(&b, 3);
+	fx_map_squares(g.c, 2000, 0, &def, 0);
+	REQUIREF(cluster_u64(&g, "chunks_sent") == 200, "the gateway sent %llu chunks, not 200",
+		 (unsigned long long)cluster_u64(&g, "chunks_sent"));
+	sent = cluster_u64(&a, "chunks_sent");
+	fx_map_squares(a.c, 2000, 0, &local, 0);
+	REQUIREF(cluster_u64(&a, "chunks_sent") == sent, "a local map went out");
+	fx_sbuf_init(&sb, &pk);
+	msgpack_pack_int(&pk, 12);
+	r = mpool_apply_with(a.c, "builtin.square", sb.data, sb.size, &spread, &v);
+	REQUIREF(r == 0 && mpool_value_get(v)->via.u64 == 144, "shared apply: %s",
+		 mpool_strerror(-r));
+	mpool_value_free(v);
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&b);
+	fx_stop(&a);
+	fx_stop(&g);
+}
+END_TEST
+
+/* ---- stopping remote chunks ------------------------------------------------ */
+
+#define SLOW_ITEMS 8
+#define SLOW_MS 12000
+
+struct slow_run {
+	mpool *c;
+	int r;
+};
+
+static int slow_client(void *arg)
+{
+	struct slow_run *s = arg;
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 1);
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+
+	fx_sbuf_init(&sb, &pk);
+	for (int i = 0; i < SLOW_ITEMS; i++)
+		msgpack_pack_uint64(&pk, SLOW_MS);
+	s->r = mpool_map(s->c, "builtin.sleep", sb.data, sb.size, SLOW_ITEMS, &o, NULL, NULL, NULL);
+	/* Cancelled: its owner's connection hears so at once. */
+	return s->r == -MPOOL_E_CANCELLED ? 0 : 10 + (-s->r & 0x3f);
+}
+
+/* A gateway g sends 8 slow items to a and b (four run, four wait on the
+ * stream); returns once both run some. */
+static pid_t slow_map_on(struct fx *g, struct fx *a, struct fx *b)
+{
+	static const char *const gw[] = { "--workers", "0", NULL };
+	static struct slow_run s;
+	int64_t end;
+	pid_t client;
+
+	broker_start(&br, 0);
+	node_start(g, &br, "g", gw);
+	node_start(a, &br, "a", NULL);
+	node_start(b, &br, "b", NULL);
+	wait_nodes(g, 3);
+	wait_nodes(a, 3);
+	wait_nodes(b, 3);
+	s.c = fx_connect(g);
+	client = fx_fork(slow_client, &s);
+	end = fx_now_ms() + WAIT_MS;
+	while (cluster_u64(a, "chunks_running") == 0 || cluster_u64(b, "chunks_running") == 0) {
+		REQUIREF(fx_now_ms() < end, "a and b did not both start chunks");
+		fx_tick();
+	}
+	return client;
+}
+
+/* Nothing runs on a or b within ms, and nothing starts there for a while
+ * after. */
+static void expect_remote_stopped(struct fx *a, struct fx *b, int ms, const char *what)
+{
+	int64_t start = fx_now_ms(), end = start + ms;
+
+	while (cluster_u64(a, "chunks_running") || cluster_u64(b, "chunks_running") ||
+	       fx_status_get(a, "totals.jobs_active") || fx_status_get(b, "totals.jobs_active")) {
+		REQUIREF(fx_now_ms() < end, "%s: chunks still run on a or b after %d ms", what, ms);
+		fx_tick();
+	}
+	/* The queued chunks are dropped when pulled, never run. */
+	end = fx_now_ms() + 1500;
+	while (fx_now_ms() < end) {
+		REQUIREF(!cluster_u64(a, "chunks_running") && !cluster_u64(b, "chunks_running"),
+			 "%s: a queued chunk ran after the stop", what);
+		fx_tick();
+	}
+	REQUIREF(fx_now_ms() - start < SLOW_MS, "%s: the chunks were not cut short", what);
+}
+
+START_TEST(cancel_reaches_other_nodes)
+{
+	struct fx g, a, b;
+	mpool_value *v = NULL;
+	const msgpack_object *jobs;
+	uint64_t id = 0;
+	pid_t client = slow_map_on(&g, &a, &b);
+	int r;
+
+	REQUIRE(mpool_status(g.c, &v) == 0);
+	jobs = fx_obj_get(mpool_value_get(v), "jobs");
+	REQUIRE(jobs && jobs->type == MSGPACK_OBJECT_ARRAY && jobs->via.array.size == 1);
+	REQUIRE(fx_get_u64(&jobs->via.array.ptr[0], "id", &id));
+	mpool_value_free(v);
+	r = mpool_cancel(g.c, id);
+	REQUIREF(r == 0, "cancel: %s", mpool_strerror(-r));
+	fx_expect_child_ok(client, 10000, "the cancelled map's client");
+	expect_remote_stopped(&a, &b, 1500, "cancel");
+	fx_stop(&b);
+	fx_stop(&a);
+	fx_stop(&g);
+}
+END_TEST
+
+/* The origin dies: its chunks stop elsewhere in bounded time (its
+ * heartbeat's loss: 5 s). */
+START_TEST(origin_killed_remote_chunks_stop)
+{
+	struct fx g, a, b;
+	pid_t client = slow_map_on(&g, &a, &b);
+
+	killpg(g.pid, SIGKILL);
+	g.may_exit = true;
+	fx_wait_child(client, 10000);
+	expect_remote_stopped(&a, &b, 8000, "origin killed");
+	REQUIREF(fx_log_has(&a, "node g lost"), "a's log does not say g was lost");
+	fx_stop(&b);
+	fx_stop(&a);
+	fx_stop(&g);
+}
+END_TEST
+
 static Suite *cluster_suite(void)
 {
 	Suite *s = suite_create("cluster");
@@ -677,6 +832,9 @@ static Suite *cluster_suite(void)
 	tcase_add_test(tc, broker_unreachable_at_start);
 	tcase_add_test(tc, node_killed_with_retries);
 	tcase_add_test(tc, node_killed_without_retries);
+	tcase_add_test(tc, gateway_and_spread_option);
+	tcase_add_test(tc, cancel_reaches_other_nodes);
+	tcase_add_test(tc, origin_killed_remote_chunks_stop);
 	suite_add_tcase(s, tc);
 	return s;
 }
