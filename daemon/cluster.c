@@ -1553,7 +1553,7 @@ int cluster_start(struct event_base *base)
 	char urls[sizeof(cfg.cluster_url)], *save = NULL;
 	int n_servers = 0;
 	natsStatus s;
-	char user[256], pass[256], why[512];
+	char user[256], pass[256], why[512] = "";
 	uint64_t r[2];
 
 	if (!cluster_enabled())
@@ -1597,8 +1597,6 @@ int cluster_start(struct event_base *base)
 	if (s == NATS_OK)
 		s = natsOptions_SetReconnectWait(cl.opts, 1000);
 	if (s == NATS_OK)
-		s = natsOptions_SetRetryOnFailedConnect(cl.opts, true, on_conn_event, NULL);
-	if (s == NATS_OK)
 		s = natsOptions_SetDisconnectedCB(cl.opts, on_conn_event, NULL);
 	if (s == NATS_OK)
 		s = natsOptions_SetReconnectedCB(cl.opts, on_conn_event, NULL);
@@ -1633,12 +1631,26 @@ int cluster_start(struct event_base *base)
 	 * timeout); an unreachable broker is retried in the background while
 	 * mpoold serves local work. */
 	s = natsConnection_Connect(&cl.nc, cl.opts);
-	if (s == NATS_OK) {
+	if (s != NATS_OK) {
+		const char *last = nats_GetLastError(NULL);
+
+		/* The first try says why (no server, a certificate that does
+		 * not verify, a wrong password); the retries in the
+		 * background do not. */
+		snprintf(why, sizeof(why), "%s", last && last[0] ? last : natsStatus_GetText(s));
+		cl.nc = NULL;
+		s = natsOptions_SetRetryOnFailedConnect(cl.opts, true, on_conn_event, NULL);
+		if (s == NATS_OK)
+			s = natsConnection_Connect(&cl.nc, cl.opts);
+	}
+	if (s == NATS_OK && !why[0]) {
 		on_connected();
-	} else if (s == NATS_NOT_YET_CONNECTED) {
+	} else if (s == NATS_OK || s == NATS_NOT_YET_CONNECTED) {
 		cl.down_since = now_ms();
-		log_warn("cluster: broker unreachable (%s); serving local work and retrying",
-			 cfg.cluster_url);
+		log_warn("cluster: broker unreachable at %s: %s; serving local work and retrying",
+			 cfg.cluster_url, why);
+		if (s == NATS_OK)
+			on_connected();
 	} else {
 		log_err("cluster: cannot connect to the broker: %s (%s)", natsStatus_GetText(s),
 			nats_GetLastError(NULL));

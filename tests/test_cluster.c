@@ -293,6 +293,8 @@ static bool port_open(int port)
 	return ok;
 }
 
+static const char *broker_conf;   /* a config file for the next broker_start, or NULL */
+
 /* Starts nats-server with JetStream on port (0: a free one), its store in
  * b->dir (made once), and waits until it accepts connections. */
 static void broker_start(struct broker *b, int port)
@@ -321,8 +323,12 @@ static void broker_start(struct broker *b, int port)
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
-		execlp("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", portbuf,
-		       "-sd", store, (char *)NULL);
+		if (broker_conf)
+			execlp("nats-server", "nats-server", "-c", broker_conf, "-js", "-a",
+			       "127.0.0.1", "-p", portbuf, "-sd", store, (char *)NULL);
+		else
+			execlp("nats-server", "nats-server", "-js", "-a", "127.0.0.1", "-p", portbuf,
+			       "-sd", store, (char *)NULL);
 		fprintf(stderr, "nats-server: %s (.ci/install-deps installs it)\n", strerror(errno));
 		_exit(127);
 	}
@@ -450,6 +456,7 @@ static struct broker br;
 static void it_setup(void)
 {
 	memset(&br, 0, sizeof(br));
+	broker_conf = NULL;
 }
 
 static void it_teardown(void)
@@ -867,6 +874,83 @@ START_TEST(broker_restart_mid_map)
 }
 END_TEST
 
+/* ---- TLS and credentials ----------------------------------------------- */
+
+/* A test CA, a server certificate for 127.0.0.1 it signed, another CA, a
+ * nats-server config requiring TLS and a password, and the user files. */
+static void make_tls(const char *d)
+{
+	char cmd[2048];
+
+	snprintf(cmd, sizeof(cmd),
+		 "set -e; cd '%s'; k='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n"
+		 "openssl req -x509 $k -keyout ca.key -out ca.pem -days 2 -subj /CN=mpool-test-ca\n"
+		 "openssl req -x509 $k -keyout other.key -out other-ca.pem -days 2 -subj /CN=other\n"
+		 "openssl req $k -keyout server.key -out server.csr -subj /CN=localhost\n"
+		 "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext\n"
+		 "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+		 "-out server.pem -days 2 -extfile san.ext\n"
+		 "printf 'tls { cert_file: \"%s/server.pem\", key_file: \"%s/server.key\" }\\n"
+		 "authorization { users = [ { user: node, password: s3cret } ] }\\n' > nats.conf\n"
+		 "umask 077; printf 'node\\ns3cret\\n' > user; printf 'node\\nwrong\\n' > baduser\n",
+		 d, d, d);
+	REQUIREF(system(cmd) == 0, "making the test CA failed (openssl: .ci/install-deps)");
+}
+
+static void tls_node(struct fx *fx, const char *name, const char *ca, const char *user)
+{
+	char url[64], caf[128], userf[128];
+	const char *argv[] = { "--cluster-url", url, "--node-name", name, "--cluster-ca", caf,
+			       "--cluster-user-file", userf, NULL };
+
+	snprintf(url, sizeof(url), "tls://127.0.0.1:%d", br.port);
+	snprintf(caf, sizeof(caf), "%s/%s", br.dir, ca);
+	snprintf(userf, sizeof(userf), "%s/%s", br.dir, user);
+	fx_start(fx, argv);
+}
+
+static void wait_log(struct fx *fx, const char *s)
+{
+	int64_t end = fx_now_ms() + WAIT_MS;
+
+	while (!fx_log_has(fx, s)) {
+		REQUIREF(fx_now_ms() < end, "the log never said '%s'", s);
+		fx_tick();
+	}
+}
+
+START_TEST(tls_and_credentials)
+{
+	struct fx a, b, badca, badpw;
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 10);
+	char conf[96];
+
+	snprintf(br.dir, sizeof(br.dir), "/tmp/mpcl-nats-XXXXXX");
+	REQUIREF(mkdtemp(br.dir), "mkdtemp: %s", strerror(errno));
+	make_tls(br.dir);
+	snprintf(conf, sizeof(conf), "%s/nats.conf", br.dir);
+	broker_conf = conf;
+	broker_start(&br, 0);
+	tls_node(&a, "a", "ca.pem", "user");
+	tls_node(&b, "b", "ca.pem", "user");
+	wait_nodes(&a, 2);
+	fx_map_squares(a.c, 2000, 0, &o, 0);
+	REQUIREF(cluster_u64(&a, "chunks_sent") > 0, "nothing shared over TLS");
+	/* Refused, each with its reason, and serving local work. */
+	tls_node(&badca, "c", "other-ca.pem", "user");
+	wait_log(&badca, "unable to get local issuer certificate");
+	REQUIREF(!cluster_str_is(&badca, "broker", "connected"), "connected with the wrong CA");
+	fx_map_squares(badca.c, 100, 0, &o, 0);
+	tls_node(&badpw, "d", "ca.pem", "baduser");
+	wait_log(&badpw, "Authorization Violation");
+	REQUIREF(!cluster_str_is(&badpw, "broker", "connected"), "connected with a wrong password");
+	fx_stop(&badpw);
+	fx_stop(&badca);
+	fx_stop(&b);
+	fx_stop(&a);
+}
+END_TEST
+
 static Suite *cluster_suite(void)
 {
 	Suite *s = suite_create("cluster");
@@ -889,6 +973,7 @@ static Suite *cluster_suite(void)
 	tcase_add_test(tc, node_killed_without_retries);
 	tcase_add_test(tc, gateway_and_spread_option);
 	tcase_add_test(tc, broker_restart_mid_map);
+	tcase_add_test(tc, tls_and_credentials);
 	tcase_add_test(tc, cancel_reaches_other_nodes);
 	tcase_add_test(tc, origin_killed_remote_chunks_stop);
 	suite_add_tcase(s, tc);
