@@ -704,6 +704,9 @@ void disp_pack_queue(msgpack_packer *pk)
 
 void disp_detach(struct job *job)
 {
+	/* cluster: chunks running on other nodes stop too. */
+	if (job->shared && job->inflight && ops->outlet_stop)
+		ops->outlet_stop(job);
 	job_detach_client(job);
 	job->conn = NULL;
 	if (job->inflight == 0)

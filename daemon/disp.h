@@ -64,6 +64,8 @@ struct disp_ops {
 	/* Workers behind the outlet: a shared job's reorder window counts
 	 * them beside this node's. */
 	unsigned (*outlet_workers)(void);
+	/* The job's client left: the outlet stops its chunks elsewhere. */
+	void (*outlet_stop)(const struct job *job);
 
 	/* Something status shows changed; a job ended (shutdown waits for
 	 * the last). */

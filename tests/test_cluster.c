@@ -714,7 +714,7 @@ END_TEST
 #define SLOW_MS 12000
 
 struct slow_run {
-	mpool *c;
+	const char *sock;            /* the child connects: killing it closes the connection */
 	int r;
 };
 
@@ -724,11 +724,14 @@ static int slow_client(void *arg)
 	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 1);
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
+	mpool *c;
 
+	if (mpool_connect(s->sock, &c, NULL, 0) < 0)
+		return 9;
 	fx_sbuf_init(&sb, &pk);
 	for (int i = 0; i < SLOW_ITEMS; i++)
 		msgpack_pack_uint64(&pk, SLOW_MS);
-	s->r = mpool_map(s->c, "builtin.sleep", sb.data, sb.size, SLOW_ITEMS, &o, NULL, NULL, NULL);
+	s->r = mpool_map(c, "builtin.sleep", sb.data, sb.size, SLOW_ITEMS, &o, NULL, NULL, NULL);
 	/* Cancelled: its owner's connection hears so at once. */
 	return s->r == -MPOOL_E_CANCELLED ? 0 : 10 + (-s->r & 0x3f);
 }
@@ -749,7 +752,7 @@ static pid_t slow_map_on(struct fx *g, struct fx *a, struct fx *b)
 	wait_nodes(g, 3);
 	wait_nodes(a, 3);
 	wait_nodes(b, 3);
-	s.c = fx_connect(g);
+	s.sock = g->sock;
 	client = fx_fork(slow_client, &s);
 	end = fx_now_ms() + WAIT_MS;
 	while (cluster_u64(a, "chunks_running") == 0 || cluster_u64(b, "chunks_running") == 0) {
@@ -798,6 +801,21 @@ START_TEST(cancel_reaches_other_nodes)
 	REQUIREF(r == 0, "cancel: %s", mpool_strerror(-r));
 	fx_expect_child_ok(client, 10000, "the cancelled map's client");
 	expect_remote_stopped(&a, &b, 1500, "cancel");
+	fx_stop(&b);
+	fx_stop(&a);
+	fx_stop(&g);
+}
+END_TEST
+
+/* The client goes away: its chunks stop on the other nodes. */
+START_TEST(disconnect_reaches_other_nodes)
+{
+	struct fx g, a, b;
+	pid_t client = slow_map_on(&g, &a, &b);
+
+	kill(client, SIGKILL);
+	fx_wait_child(client, 10000);
+	expect_remote_stopped(&a, &b, 1500, "client gone");
 	fx_stop(&b);
 	fx_stop(&a);
 	fx_stop(&g);
@@ -975,6 +993,7 @@ static Suite *cluster_suite(void)
 	tcase_add_test(tc, broker_restart_mid_map);
 	tcase_add_test(tc, tls_and_credentials);
 	tcase_add_test(tc, cancel_reaches_other_nodes);
+	tcase_add_test(tc, disconnect_reaches_other_nodes);
 	tcase_add_test(tc, origin_killed_remote_chunks_stop);
 	suite_add_tcase(s, tc);
 	return s;
