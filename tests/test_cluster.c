@@ -7,7 +7,9 @@
  * with the test (PR_SET_PDEATHSIG).  nats-server comes from
  * .ci/install-deps: a missing one fails the suite.
  *
- * Environment (tests/meson.build): MPOOLD, the daemon. */
+ * Environment (tests/meson.build): MPOOLD, the daemon; MPOOL_SYSTEMD_SRC,
+ * systemd/ in the sources (the sample nats-server config, the drop-in);
+ * MPOOL_UNIT_DIR, the configured units. */
 #include <check.h>
 
 #include <arpa/inet.h>
@@ -894,8 +896,18 @@ END_TEST
 
 /* ---- TLS and credentials ----------------------------------------------- */
 
+static const char *env_path(const char *name)
+{
+	const char *p = getenv(name);
+
+	REQUIREF(p && *p, "%s is not set (run through meson test)", name);
+	return p;
+}
+
 /* A test CA, a server certificate for 127.0.0.1 it signed, another CA, a
- * nats-server config requiring TLS and a password, and the user files. */
+ * nats-server config requiring TLS and a password, whose mpool account has
+ * only the permissions of the sample config (systemd/nats-server-mpool.conf),
+ * and the user files. */
 static void make_tls(const char *d)
 {
 	char cmd[2048];
@@ -908,10 +920,15 @@ static void make_tls(const char *d)
 		 "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext\n"
 		 "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
 		 "-out server.pem -days 2 -extfile san.ext\n"
+		 "sed -n '/^mpool_node = {/,/^}/p' '%s/nats-server-mpool.conf' > perms.conf\n"
+		 "grep -q 'mpool.mpool' perms.conf\n"
 		 "printf 'tls { cert_file: \"%s/server.pem\", key_file: \"%s/server.key\" }\\n"
-		 "authorization { users = [ { user: node, password: s3cret } ] }\\n' > nats.conf\n"
+		 "include ./perms.conf\\n"
+		 "accounts { MPOOL { jetstream: enabled\\n"
+		 "users = [ { user: node, password: s3cret, permissions: $mpool_node } ] } }\\n'"
+		 " > nats.conf\n"
 		 "umask 077; printf 'node\\ns3cret\\n' > user; printf 'node\\nwrong\\n' > baduser\n",
-		 d, d, d);
+		 d, env_path("MPOOL_SYSTEMD_SRC"), d, d);
 	REQUIREF(system(cmd) == 0, "making the test CA failed (openssl: .ci/install-deps)");
 }
 
@@ -969,6 +986,31 @@ START_TEST(tls_and_credentials)
 }
 END_TEST
 
+/* The drop-in that opens the network keeps systemd-analyze's exposure of
+ * mpoold.service at 2.0 or lower. */
+START_TEST(dropin_exposure)
+{
+	char cmd[1024], *out;
+	double exposure = 99;
+	const char *p;
+
+	snprintf(cmd, sizeof(cmd),
+		 "set -e; mkdir -p '%s/etc/systemd/system/mpoold.service.d'; "
+		 "cp '%s/mpoold.service' '%s/etc/systemd/system/'; "
+		 "cp '%s/mpoold-cluster.conf' '%s/etc/systemd/system/mpoold.service.d/cluster.conf'; "
+		 "systemd-analyze security --offline=true --root='%s' mpoold.service > '%s/sa.out' 2>&1",
+		 dir, env_path("MPOOL_UNIT_DIR"), dir, env_path("MPOOL_UNIT_DIR"), dir, dir, dir);
+	ck_assert_msg(system(cmd) == 0, "systemd-analyze security failed");
+	out = slurp(path_in("sa.out"));
+	p = strstr(out, "Overall exposure level for mpoold.service: ");
+	ck_assert_msg(p && sscanf(p + strlen("Overall exposure level for mpoold.service: "), "%lf",
+				  &exposure) == 1, "no exposure level in:\n%s", out);
+	ck_assert_msg(strstr(out, "PrivateNetwork="), "the report lacks PrivateNetwork=:\n%s", out);
+	ck_assert_msg(exposure <= 2.0, "exposure %.1f with the drop-in, wanted 2.0 or lower", exposure);
+	free(out);
+}
+END_TEST
+
 static Suite *cluster_suite(void)
 {
 	Suite *s = suite_create("cluster");
@@ -978,6 +1020,7 @@ static Suite *cluster_suite(void)
 	tcase_add_test(tc, config_cluster_keys_checked_at_start);
 	tcase_add_test(tc, config_credentials_from_files);
 	tcase_add_test(tc, config_node_name_defaults_to_host);
+	tcase_add_test(tc, dropin_exposure);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("nodes");
