@@ -180,6 +180,7 @@ static struct {
 	uint64_t down_since;
 	bool ever_up;
 	bool stream_ok;
+	uint64_t stream_asked;       /* when the stream was last asked for */
 	unsigned consumers_ok;
 	/* Handoff from libnats's threads. */
 	pthread_mutex_t mu;
@@ -1349,6 +1350,7 @@ static void on_connected(void)
 			}
 		}
 	}
+	cl.stream_asked = now_ms();
 	api_send(API_STREAM, NULL);
 	heartbeat(false);
 	master_status_changed();
@@ -1477,6 +1479,12 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	check_connection();
 	if (cl.state == CLUSTER_CONNECTED)
 		heartbeat(false);
+	/* A NATS cluster still electing its leaders refuses the stream for a
+	 * while: ask again every few seconds until it is there. */
+	if (cl.state == CLUSTER_CONNECTED && !cl.stream_ok && now - cl.stream_asked >= 3000) {
+		cl.stream_asked = now;
+		api_send(API_STREAM, NULL);
+	}
 	for (unsigned i = 0; i < cl.n_nodes; i++)
 		if (cl.nodes[i].live && now - cl.nodes[i].last_seen > NODE_LOST_MS &&
 		    strcmp(cl.nodes[i].name, cfg.node_name) != 0)

@@ -359,7 +359,7 @@ static void broker_kill(struct broker *b)
 
 static void broker_free(struct broker *b)
 {
-	char cmd[96];
+	char cmd[320];
 
 	broker_kill(b);
 	if (b->dir[0]) {
@@ -894,6 +894,91 @@ START_TEST(broker_restart_mid_map)
 }
 END_TEST
 
+/* ---- a NATS cluster of three ------------------------------------------------- */
+
+/* Three nats-servers routed into one cluster, each with its own store. */
+static struct broker trio[3];
+
+static void trio_start(char *urls, size_t size)
+{
+	int port[3], cport[3];
+	char conf[320], text[1024];
+
+	for (int i = 0; i < 3; i++) {
+		port[i] = free_port();
+		cport[i] = free_port();
+	}
+	urls[0] = '\0';
+	for (int i = 0; i < 3; i++) {
+		struct broker *b = &trio[i];
+
+		snprintf(b->dir, sizeof(b->dir), "/tmp/mpcl-nats-XXXXXX");
+		REQUIREF(mkdtemp(b->dir), "mkdtemp: %s", strerror(errno));
+		snprintf(conf, sizeof(conf), "%s/nats.conf", b->dir);
+		snprintf(text, sizeof(text),
+			 "server_name: s%d\n"
+			 "cluster { name: mpool-test, listen: 127.0.0.1:%d,\n"
+			 "  routes: [ nats://127.0.0.1:%d, nats://127.0.0.1:%d ] }\n",
+			 i, cport[i], cport[(i + 1) % 3], cport[(i + 2) % 3]);
+		write_file(conf, text, 0600);
+		broker_conf = conf;
+		broker_start(b, port[i]);
+		snprintf(urls + strlen(urls), size - strlen(urls), "%snats://127.0.0.1:%d",
+			 i ? "," : "", port[i]);
+	}
+	broker_conf = NULL;
+}
+
+static void trio_teardown(void)
+{
+	for (int i = 0; i < 3; i++)
+		broker_free(&trio[i]);
+	memset(trio, 0, sizeof(trio));
+}
+
+/* A replicated stream (3 copies): one server dies mid-map, the map ends
+ * with every item answered once, and the cluster goes on. */
+START_TEST(nats_cluster_loses_a_server)
+{
+	static struct kill_run k;
+	static char urls[256];
+	struct fx a, b;
+	const char *args[] = { "--cluster-url", urls, "--node-name", "a", "--cluster-replicas",
+			       "3", "--cluster-redelivery", "1000", NULL };
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 10);
+	int64_t end;
+	pid_t client;
+
+	memset(trio, 0, sizeof(trio));
+	trio_start(urls, sizeof(urls));
+	fx_start(&a, args);
+	args[3] = "b";
+	fx_start(&b, args);
+	end = fx_now_ms() + 40000;
+	while (!fx_log_has(&a, "stream MPOOL_mpool ready (3 replica(s))") || cluster_nodes(&a) != 2) {
+		REQUIREF(fx_now_ms() < end, "the replicated stream never got ready");
+		fx_tick();
+	}
+	memset(&k, 0, sizeof(k));
+	k.c = fx_connect(&a);
+	k.retries = 2;
+	k.any_failures = true;
+	k.err_has = "";
+	client = fx_fork(kill_client, &k);
+	end = fx_now_ms() + WAIT_MS;
+	while (cluster_u64(&b, "chunks_running") == 0) {
+		REQUIREF(fx_now_ms() < end, "b never ran a chunk");
+		fx_tick();
+	}
+	broker_kill(&trio[0]);
+	fx_expect_child_ok(client, 40000, "the map's client");
+	fx_map_squares(a.c, 5000, 0, &o, 0);
+	fx_stop(&b);
+	fx_stop(&a);
+	trio_teardown();
+}
+END_TEST
+
 /* ---- TLS and credentials ----------------------------------------------- */
 
 static const char *env_path(const char *name)
@@ -1035,6 +1120,7 @@ static Suite *cluster_suite(void)
 	tcase_add_test(tc, gateway_and_spread_option);
 	tcase_add_test(tc, broker_restart_mid_map);
 	tcase_add_test(tc, tls_and_credentials);
+	tcase_add_test(tc, nats_cluster_loses_a_server);
 	tcase_add_test(tc, cancel_reaches_other_nodes);
 	tcase_add_test(tc, disconnect_reaches_other_nodes);
 	tcase_add_test(tc, origin_killed_remote_chunks_stop);
