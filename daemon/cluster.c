@@ -95,6 +95,10 @@
 #define NODE_LOST_MS 5000        /* a node silent this long is lost */
 #define PULL_EXPIRES_MS 2000     /* a pull request waits this long for work */
 #define PUBACK_MS 10000          /* a chunk the stream did not confirm is lost */
+/* A chunk no node took this long is lost: three redelivery waits, and at
+ * least the 30 s a NATS cluster may need to elect a new leader for a
+ * consumer whose server died. */
+#define UNTAKEN_MS(redelivery) ((redelivery) * 3ull > 30000 ? (redelivery) * 3ull : 30000)
 #define MAX_NODES 256
 #define MAX_FNS 256
 #define STOPPED_KEEP 1024        /* recent stopped jobs, whose queued chunks are dropped */
@@ -1501,9 +1505,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	/* Shared work in flight completes or fails in bounded time: chunks
 	 * the stream never confirmed, chunks out while the broker stays
-	 * unreachable past the redelivery wait, and chunks nobody has
-	 * taken or reported on for three redelivery waits (they rerun,
-	 * within the request's retries). */
+	 * unreachable past the redelivery wait, chunks nobody took for
+	 * UNTAKEN_MS, and chunks nobody reported on for three redelivery
+	 * waits (they rerun, within the request's retries). */
 	for (pp = &cl.out; (o = *pp);) {
 		bool down = cl.state != CLUSTER_CONNECTED && cl.down_since &&
 			    now - cl.down_since > cfg.cluster_redelivery_ms;
@@ -1512,7 +1516,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 			out_lost(pp, MPOOL_E_WORKER, "the cluster's broker is unreachable");
 		else if (!o->acked && now - o->sent_ms > PUBACK_MS)
 			out_lost(pp, MPOOL_E_WORKER, "the cluster's stream did not take the chunk");
-		else if (now - o->active_ms > 3ull * cfg.cluster_redelivery_ms)
+		else if (now - o->active_ms > (o->delivered ? 3ull * cfg.cluster_redelivery_ms :
+					       UNTAKEN_MS(cfg.cluster_redelivery_ms)))
 			out_lost(pp, MPOOL_E_WORKER, o->delivered ? "no node reported on the chunk" :
 				 "no node took the chunk");
 		else

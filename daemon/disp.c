@@ -85,6 +85,7 @@ struct job {
 	uint32_t retries;          /* reruns allowed per lost chunk */
 	uint32_t inflight;         /* chunks running on workers */
 	bool shared;               /* cluster: its chunks may go to the outlet */
+	bool remote_only;          /* cluster: ... and only there (fn not loaded here) */
 	uint64_t qchunks;          /* its share of queued_chunks */
 	uint64_t created_ms;
 	struct retry *retry_head;  /* lost chunks waiting for a rerun */
@@ -572,6 +573,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	job->timeout_ms = spec->timeout_ms;
 	job->retries = spec->retries;
 	job->shared = spec->shared;        /* cluster */
+	job->remote_only = spec->remote_only;
 	job->retry_tail = &job->retry_head;
 	job->created_ms = now_ms();
 	job->auto_chunk = spec->chunksize == 0;
@@ -1104,7 +1106,8 @@ static struct job *next_runnable(bool shared_only)
 			if (cl->conn && ops->backlogged(cl->conn))
 				continue;
 			TAILQ_FOREACH(job, &cl->jobs, runq)
-				if (job_runnable(job) && (!shared_only || job->shared))
+				if (job_runnable(job) &&
+				    (shared_only ? job->shared : !job->remote_only))
 					return job;
 		}
 	return NULL;
@@ -1121,7 +1124,7 @@ void disp_schedule(void)
 		struct chunk ck;
 
 		if (!(job = next_runnable(false)))
-			return;
+			break;       /* the outlet may still take shared work */
 		ck.batch = NULL;
 		if (!job_next_chunk(job, ops->quota_left(w), &ck))
 			return;      /* a worker at its quota is never idle */

@@ -116,6 +116,7 @@ struct job_spec {
 	 * request's "spread" option); shared: what cluster_share decided. */
 	int spread;
 	bool shared;
+	bool remote_only;            /* shared, and this node lacks fn */
 };
 
 /* Items of a request at least this large are adopted with their read

@@ -9,7 +9,8 @@
  *
  * Environment (tests/meson.build): MPOOLD, the daemon; MPOOL_SYSTEMD_SRC,
  * systemd/ in the sources (the sample nats-server config, the drop-in);
- * MPOOL_UNIT_DIR, the configured units. */
+ * MPOOL_UNIT_DIR, the configured units; MPOOL_TESTMOD, tests/testmod.c's
+ * module. */
 #include <check.h>
 
 #include <arpa/inet.h>
@@ -42,6 +43,14 @@ static const char *mpoold(void)
 	const char *p = getenv("MPOOLD");
 
 	ck_assert_msg(p, "MPOOLD is not set (run through meson test)");
+	return p;
+}
+
+static const char *env_path(const char *name)
+{
+	const char *p = getenv(name);
+
+	REQUIREF(p && *p, "%s is not set (run through meson test)", name);
 	return p;
 }
 
@@ -515,6 +524,49 @@ START_TEST(function_missing_everywhere)
 }
 END_TEST
 
+/* Nodes announce their functions: a chunk goes only to a node that has its
+ * function, and a node may share a request for a function only others
+ * have. */
+START_TEST(functions_only_where_loaded)
+{
+	static const char *mod[] = { "--module", NULL, NULL };
+	struct fx a, b;
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 5);
+	struct mpool_map_opts local = MPOOL_MAP_OPTS(.chunksize = 5, .spread = -1);
+	struct mpool_map_summary sum;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	mpool_value *v = NULL;
+	const msgpack_object *res;
+	int r;
+
+	mod[1] = env_path("MPOOL_TESTMOD");
+	broker_start(&br, 0);
+	node_start(&a, &br, "a", mod);
+	node_start(&b, &br, "b", NULL);
+	wait_nodes(&a, 2);
+	wait_nodes(&b, 2);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, 400);
+	r = mpool_map_collect(b.c, "testmod.ok", sb.data, sb.size, 400, &o, &v);
+	REQUIREF(r == 0, "map of a function only a has, through b: %s: %s", mpool_strerror(-r),
+		 mpool_errmsg(b.c));
+	res = mpool_value_get(v);
+	REQUIRE(res->type == MSGPACK_OBJECT_ARRAY && res->via.array.size == 400);
+	for (uint32_t i = 0; i < 400; i++)
+		REQUIREF(res->via.array.ptr[i].via.u64 == i, "item %u wrong", i);
+	mpool_value_free(v);
+	REQUIREF(fx_status_get(&b, "totals.tasks_done") == 0, "b ran chunks it cannot run");
+	REQUIREF(fx_status_get(&a, "totals.tasks_done") >= 400, "a did not run them");
+	r = mpool_map(b.c, "testmod.ok", sb.data, sb.size, 400, &local, NULL, NULL, &sum);
+	REQUIREF(r == -MPOOL_E_NOFUNC, "a local map of a function b lacks: %s",
+		 mpool_strerror(-r));
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&b);
+	fx_stop(&a);
+}
+END_TEST
+
 /* No broker at start: mpoold serves local work, says so, and connects
  * once the broker is there. */
 START_TEST(broker_unreachable_at_start)
@@ -981,14 +1033,6 @@ END_TEST
 
 /* ---- TLS and credentials ----------------------------------------------- */
 
-static const char *env_path(const char *name)
-{
-	const char *p = getenv(name);
-
-	REQUIREF(p && *p, "%s is not set (run through meson test)", name);
-	return p;
-}
-
 /* A test CA, a server certificate for 127.0.0.1 it signed, another CA, a
  * nats-server config requiring TLS and a password, whose mpool account has
  * only the permissions of the sample config (systemd/nats-server-mpool.conf),
@@ -1114,6 +1158,7 @@ static Suite *cluster_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, three_nodes_share_a_map);
 	tcase_add_test(tc, function_missing_everywhere);
+	tcase_add_test(tc, functions_only_where_loaded);
 	tcase_add_test(tc, broker_unreachable_at_start);
 	tcase_add_test(tc, node_killed_with_retries);
 	tcase_add_test(tc, node_killed_without_retries);
