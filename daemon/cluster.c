@@ -184,6 +184,7 @@ static struct {
 	uint64_t down_since;
 	bool ever_up;
 	bool stream_ok;
+	uint64_t up_since;           /* connected since */
 	uint64_t stream_asked;       /* when the stream was last asked for */
 	unsigned consumers_ok;
 	/* Handoff from libnats's threads. */
@@ -1037,12 +1038,12 @@ static void handle_chunk(natsMsg *msg)
 	}
 	nd = node_find(origin);
 	if (!nd || !nd->live || nd->inc != inc) {
-		/* Its origin is gone (or not heard of yet: then another
-		 * node, or this one later, takes it). */
-		if (nd && nd->last_seen && (!nd->live || nd->inc != inc))
-			js_ack(reply, "+TERM");
+		/* Its origin is gone: dropped.  Not heard of yet, just after
+		 * this node connected: handed back for a second. */
+		if (!nd && now_ms() - cl.up_since < NODE_LOST_MS)
+			js_ack(reply, "-NAK {\"delay\": 1000000000}");
 		else
-			js_ack(reply, "-NAK");
+			js_ack(reply, "+TERM");
 		return;
 	}
 	ic = xcalloc(1, sizeof(*ic));
@@ -1152,7 +1153,9 @@ static void pull_more(void)
 	char *cands[MAX_FNS];
 	unsigned n_cands = 0;
 
-	if (!cluster_up() || cfg.workers == 0 || disp_has_queued())
+	/* A draining node takes no more work. */
+	if (!cluster_up() || cfg.workers == 0 || disp_has_queued() ||
+	    master_state() != MASTER_RUNNING)
 		return;
 	idle = cfg.workers > busy ? cfg.workers - busy : 0;
 	if (idle <= cl.pull_credit)
@@ -1328,6 +1331,7 @@ static void on_connected(void)
 			 cfg.node_name, cfg.cluster_name);
 	cl.ever_up = true;
 	cl.down_since = 0;
+	cl.up_since = now_ms();
 	/* Subscriptions survive reconnection; the stream is (re)made in
 	 * case the servers lost it. */
 	if (!cl.subs[0]) {
@@ -1389,6 +1393,18 @@ static void check_connection(void)
 		on_connected();
 	else if (st != NATS_CONN_STATUS_CONNECTED && cl.state == CLUSTER_CONNECTED)
 		on_disconnected();
+}
+
+/* Shutdown: what libnats still queued is dropped, not handled. */
+static void drop_queue(void)
+{
+	pthread_mutex_lock(&cl.mu);
+	for (size_t i = 0; i < cl.q_len; i++)
+		natsMsg_Destroy(cl.q[i].msg);
+	free(cl.q);
+	cl.q = NULL;
+	cl.q_len = cl.q_cap = 0;
+	pthread_mutex_unlock(&cl.mu);
 }
 
 static void drain_queue(void)
@@ -1694,7 +1710,7 @@ void cluster_stop(void)
 	event_free(cl.ev_wake);
 	event_free(cl.ev_tick);
 	close(cl.efd);
-	drain_queue();
+	drop_queue();
 	for (unsigned i = 0; i < cl.n_nodes; i++) {
 		strs_free(cl.nodes[i].fns, cl.nodes[i].n_fns);
 		strs_free(cl.nodes[i].want, cl.nodes[i].n_want);
