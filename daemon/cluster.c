@@ -1539,6 +1539,11 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 		else
 			pp = &o->next;
 	}
+	/* A gateway cannot run what waits for the broker: past the
+	 * redelivery wait without it, the queued work fails. */
+	if (cfg.workers == 0 && cl.state != CLUSTER_CONNECTED && cl.down_since &&
+	    now - cl.down_since > cfg.cluster_redelivery_ms && disp_has_queued())
+		disp_fail_queued(MPOOL_E_UNAVAILABLE, "the cluster's broker is unreachable");
 	/* Long chunks keep their claim: an in-progress ack to the stream,
 	 * and a claim to the origin, every third of the wait. */
 	for (struct in_chunk *ic = cl.in; ic; ic = ic->next) {
@@ -1753,6 +1758,9 @@ int cluster_check_fn(const char *fn, size_t len)
 {
 	if (reg_lookup(fn, len) && cfg.workers > 0)
 		return 0;
+	/* Others may have it, but none can be reached now. */
+	if (!cluster_up())
+		return -EAGAIN;
 	for (unsigned i = 0; i < cl.n_nodes; i++) {
 		if (!cl.nodes[i].live)
 			continue;

@@ -47,7 +47,8 @@ void cluster_stop(void);
  * cluster-url. */
 bool cluster_share(const struct job_spec *spec);
 /* A shared request may name fn when a live node (this one included, if it
- * has workers) has loaded it: 0, or -ENOENT. */
+ * has workers) has loaded it: 0, -ENOENT, or -EAGAIN when only other nodes
+ * could have it and the broker is unreachable. */
 int cluster_check_fn(const char *fn, size_t len);
 
 /* The outlet, for the dispatcher's ops (disp.h). */

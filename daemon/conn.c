@@ -423,6 +423,11 @@ static void handle_job(struct conn *c, const struct mp_msg *m, bool is_map)
 	/* cluster: a shared request may name a function of another node. */
 	spec.shared = cluster_share(&spec);
 	spec.remote_only = spec.shared && !reg_lookup(spec.fn, spec.fn_len);
+	if (spec.shared && cluster_check_fn(spec.fn, spec.fn_len) == -EAGAIN) {
+		reply_error(c, m->msgid, MPOOL_E_UNAVAILABLE, "the cluster's broker is unreachable "
+			    "and this node cannot run '%s' itself", name);
+		return;
+	}
 	if (spec.shared ? cluster_check_fn(spec.fn, spec.fn_len) < 0
 			: !reg_lookup(spec.fn, spec.fn_len)) {
 		reply_error(c, m->msgid, MPOOL_E_NOFUNC, "no function named '%s'%s", name,

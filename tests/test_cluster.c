@@ -575,11 +575,26 @@ START_TEST(broker_unreachable_at_start)
 	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 100);
 	int64_t end;
 
+	static const char *const gw[] = { "--workers", "0", NULL };
+	struct fx g;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	int r;
+
 	br.port = free_port();
 	node_start(&a, &br, "a", NULL);
 	REQUIREF(!cluster_str_is(&a, "broker", "connected"), "connected to nothing");
 	REQUIREF(fx_log_has(&a, "broker unreachable"), "the log does not say so");
 	fx_map_squares(a.c, 1000, 0, &o, 0);
+	/* A gateway can run nothing without the broker: it says so at once. */
+	node_start(&g, &br, "g", gw);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, 10);
+	r = mpool_map(g.c, "builtin.square", sb.data, sb.size, 10, NULL, NULL, NULL, NULL);
+	REQUIREF(r == -MPOOL_E_UNAVAILABLE && strstr(mpool_errmsg(g.c), "broker is unreachable"),
+		 "a gateway's map without a broker: %s: %s", mpool_strerror(-r), mpool_errmsg(g.c));
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&g);
 	broker_start(&br, br.port);
 	end = fx_now_ms() + WAIT_MS;
 	while (!cluster_str_is(&a, "broker", "connected")) {
