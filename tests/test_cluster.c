@@ -470,9 +470,13 @@ static void it_setup(void)
 	broker_conf = NULL;
 }
 
+static void trio_teardown(void);
+
+/* Also after a failed test (a checked fixture runs in the test's process). */
 static void it_teardown(void)
 {
 	broker_free(&br);
+	trio_teardown();
 }
 
 /* Three nodes: a map through one runs on all three, complete and in order. */
