@@ -1487,6 +1487,8 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 	disp_schedule();
 }
 
+static void fns_collect(void);
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	uint64_t now = now_ms();
@@ -1497,6 +1499,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	(void)arg;
 	check_connection();
+	fns_collect();
 	if (cl.state == CLUSTER_CONNECTED)
 		heartbeat(false);
 	/* A NATS cluster still electing its leaders refuses the stream for a
@@ -1557,19 +1560,60 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	disp_schedule();
 }
 
+struct fn_list {
+	char *v[MAX_FNS];
+	unsigned n;
+};
+
 static void add_fn(const char *name, void *arg)
 {
-	(void)arg;
-	if (cl.n_fns < MAX_FNS)
-		cl.fns[cl.n_fns++] = xstrndup(name, strlen(name));
+	struct fn_list *l = arg;
+
+	if (l->n < MAX_FNS)
+		l->v[l->n++] = xstrndup(name, strlen(name));
 }
 
-/* The functions this node can run, MODULE.FUNCTION; a gateway runs none. */
+static void fns_free(char **v, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		free(v[i]);
+}
+
+static bool fn_listed(char *const *v, unsigned n, const char *fn)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (strcmp(v[i], fn) == 0)
+			return true;
+	return false;
+}
+
+/* The functions this node can run, MODULE.FUNCTION; a gateway runs none.
+ * Collected again before every heartbeat, not only at start: the
+ * functions a module's load hook gives are known in the master only once
+ * the fork server reports them, after start and again after a reload.
+ * A function new to the list gets its consumer at once when the stream
+ * is there (else the stream's arrival creates every listed one). */
 static void fns_collect(void)
 {
-	cl.n_fns = 0;
+	struct fn_list now = { .n = 0 };
+	bool same;
+
 	if (cfg.workers > 0)
-		reg_each_fn(add_fn, NULL);
+		reg_each_fn(add_fn, &now);
+	same = now.n == cl.n_fns;
+	for (unsigned i = 0; same && i < now.n; i++)
+		same = strcmp(now.v[i], cl.fns[i]) == 0;
+	if (same) {
+		fns_free(now.v, now.n);
+		return;
+	}
+	for (unsigned i = 0; i < now.n; i++)
+		if (cl.stream_ok && !fn_listed(cl.fns, cl.n_fns, now.v[i]))
+			api_send(API_CONSUMER, now.v[i]);
+	fns_free(cl.fns, cl.n_fns);
+	memcpy(cl.fns, now.v, now.n * sizeof(now.v[0]));
+	cl.n_fns = now.n;
+	log_debug("cluster: this node announces %u function(s)", cl.n_fns);
 }
 
 void cluster_preinit(void)

@@ -10,7 +10,8 @@
  * Environment (tests/meson.build): MPOOLD, the daemon; MPOOL_SYSTEMD_SRC,
  * systemd/ in the sources (the sample nats-server config, the drop-in);
  * MPOOL_UNIT_DIR, the configured units; MPOOL_TESTMOD, tests/testmod.c's
- * module. */
+ * module; MPOOL_PYMOD, the py module (set only where python3-dev built
+ * it). */
 #include <check.h>
 
 #include <arpa/inet.h>
@@ -463,11 +464,13 @@ static void wait_nodes(struct fx *fx, unsigned n)
 }
 
 static struct broker br;
+static char py_dir[64];            /* a test's Python code; "" when none */
 
 static void it_setup(void)
 {
 	memset(&br, 0, sizeof(br));
 	broker_conf = NULL;
+	py_dir[0] = '\0';
 }
 
 static void trio_teardown(void);
@@ -475,8 +478,15 @@ static void trio_teardown(void);
 /* Also after a failed test (a checked fixture runs in the test's process). */
 static void it_teardown(void)
 {
+	char cmd[128];
+
 	broker_free(&br);
 	trio_teardown();
+	if (py_dir[0]) {
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", py_dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "cannot remove %s\n", py_dir);
+	}
 }
 
 /* Three nodes: a map through one runs on all three, complete and in order. */
@@ -565,6 +575,65 @@ START_TEST(functions_only_where_loaded)
 	r = mpool_map(b.c, "testmod.ok", sb.data, sb.size, 400, &local, NULL, NULL, &sum);
 	REQUIREF(r == -MPOOL_E_NOFUNC, "a local map of a function b lacks: %s",
 		 mpool_strerror(-r));
+	msgpack_sbuffer_destroy(&sb);
+	fx_stop(&b);
+	fx_stop(&a);
+}
+END_TEST
+
+/* A module's load hook gives its functions after start (the py module's
+ * Python functions, reported by the fork server): the node announces them
+ * once the master knows them, so that another node can share requests
+ * for them. */
+START_TEST(loaded_functions_announced)
+{
+	const char *pymod = getenv("MPOOL_PYMOD");
+	char path[128], initargs[256];
+	const char *extra[] = { "--module", NULL, "--initargs", initargs, NULL };
+	struct fx a, b;
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 5);
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	mpool_value *v = NULL;
+	const msgpack_object *res;
+	int64_t end;
+	int r;
+
+	if (!pymod || !*pymod) {
+		printf("loaded_functions_announced: no py module here (python3-dev): "
+		       "nothing to check\n");
+		return;
+	}
+	snprintf(py_dir, sizeof(py_dir), "/tmp/mpool-clpy-XXXXXX");
+	REQUIREF(mkdtemp(py_dir), "mkdtemp: %s", strerror(errno));
+	snprintf(path, sizeof(path), "%s/cltasks.py", py_dir);
+	write_file(path, "def triple(x):\n    return 3 * x\n", 0644);
+	snprintf(initargs, sizeof(initargs), "{\"modules\": [\"cltasks\"], \"path\": [\"%s\"]}",
+		 py_dir);
+	extra[1] = pymod;
+	broker_start(&br, 0);
+	node_start(&a, &br, "a", extra);
+	node_start(&b, &br, "b", NULL);
+	wait_nodes(&a, 2);
+	wait_nodes(&b, 2);
+	fx_sbuf_init(&sb, &pk);
+	fx_pack_range(&pk, 0, 100);
+	/* Until a's heartbeat names the function, b knows no node that has it. */
+	end = fx_now_ms() + WAIT_MS;
+	while ((r = mpool_map_collect(b.c, "py.cltasks.triple", sb.data, sb.size, 100, &o,
+				      &v)) == -MPOOL_E_NOFUNC) {
+		REQUIREF(fx_now_ms() < end, "after %d ms b still finds py.cltasks.triple on no "
+			 "node: %s", WAIT_MS, mpool_errmsg(b.c));
+		fx_tick();
+	}
+	REQUIREF(r == 0, "map of a loaded function only a has, through b: %s: %s",
+		 mpool_strerror(-r), mpool_errmsg(b.c));
+	res = mpool_value_get(v);
+	REQUIRE(res->type == MSGPACK_OBJECT_ARRAY && res->via.array.size == 100);
+	for (uint32_t i = 0; i < 100; i++)
+		REQUIREF(res->via.array.ptr[i].via.u64 == 3ull * i, "item %u wrong", i);
+	mpool_value_free(v);
+	REQUIREF(fx_status_get(&a, "totals.tasks_done") >= 100, "a did not run them");
 	msgpack_sbuffer_destroy(&sb);
 	fx_stop(&b);
 	fx_stop(&a);
@@ -1178,6 +1247,7 @@ static Suite *cluster_suite(void)
 	tcase_add_test(tc, three_nodes_share_a_map);
 	tcase_add_test(tc, function_missing_everywhere);
 	tcase_add_test(tc, functions_only_where_loaded);
+	tcase_add_test(tc, loaded_functions_announced);
 	tcase_add_test(tc, broker_unreachable_at_start);
 	tcase_add_test(tc, node_killed_with_retries);
 	tcase_add_test(tc, node_killed_without_retries);
