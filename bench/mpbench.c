@@ -11,6 +11,9 @@
  *             an mpoold with --max-tasks-per-child 1)
  *   spin      map of builtin.spin (--ms) over N items, parallel efficiency %
  *   echo      map of builtin.echo over N distinct 1 KiB bin items, MB/s
+ *   sleep     map of builtin.sleep (--ms) over N items, chunksize 1, with
+ *             --retries: items/s (the cluster's I/O-bound scaling and its
+ *             recovery after a node is killed)
  *   stream    mpool_imap_stream of builtin.square over N produced items to a
  *             reader that sleeps --slow-us every --slow-every results;
  *             mpoold's VmHWM and largest sampled VmRSS in MiB, and
@@ -19,6 +22,9 @@
  * --module NAME calls NAME.square, NAME.spin and NAME.echo instead of the
  * builtin module's: "py.pytasks" runs bench/pytasks.py's, the Python
  * functions the Python peer runs too.
+ *
+ * --spread 1 or -1 sets the requests' spread option (a cluster node: share
+ * with other nodes, or keep local); 0, the default, leaves it out.
  *
  * Each figure prints one JSON object on stdout: {"figure", "unit", "n",
  * "reps": [...]} (plus extras).  Packing the items is inside the timing, as
@@ -52,7 +58,12 @@ struct args {
 	unsigned slow_every;
 	unsigned slow_us;
 	int timeout_ms;
+	int spread;
+	unsigned retries;
 };
+
+/* The spread option of every request (--spread). */
+static int g_spread;
 
 static void fail(mpool *p, const char *what, int r)
 {
@@ -214,7 +225,11 @@ static double one_square_map(mpool *p, uint64_t n)
 
 	msgpack_sbuffer_init(&sb);
 	pack_ints(&sb, n);
-	r = mpool_map_collect(p, fn_square, sb.data, sb.size, n, NULL, &v);
+	{
+		struct mpool_map_opts o = MPOOL_MAP_OPTS(.spread = g_spread);
+
+		r = mpool_map_collect(p, fn_square, sb.data, sb.size, n, &o, &v);
+	}
 	dt = secs_since(t0);
 	if (r < 0)
 		fail(p, "map", r);
@@ -293,6 +308,33 @@ static void fig_spin(const struct args *a)
 	mpool_close(p);
 }
 
+static void fig_sleep(const struct args *a)
+{
+	mpool *p = connect_or_die(a);
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 1, .retries = a->retries,
+						 .spread = a->spread);
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	double reps[64];
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	for (uint64_t i = 0; i < a->n; i++)
+		msgpack_pack_uint32(&pk, a->ms);
+	for (int i = 0; i < a->reps; i++) {
+		struct mpool_map_summary s;
+		uint64_t t0 = now_ns();
+		int r = mpool_map(p, "builtin.sleep", sb.data, sb.size, a->n, &o, NULL, NULL, &s);
+
+		if (r < 0 || s.failed)
+			fail(p, "sleep map", r);
+		reps[i] = (double)a->n / secs_since(t0);
+	}
+	print_reps("sleep", "items/s", a->n, reps, a->reps, NULL);
+	msgpack_sbuffer_destroy(&sb);
+	mpool_close(p);
+}
+
 static void fig_echo(const struct args *a)
 {
 	mpool *p = connect_or_die(a);
@@ -365,7 +407,8 @@ static void fig_apply(const struct args *a)
 		for (uint64_t i = 0; i < n; i++) {
 			mpool_value *v;
 			uint64_t t0 = now_ns();
-			int r = mpool_apply(p, fn_square, arg, 1, &v);
+			struct mpool_apply_opts o = MPOOL_APPLY_OPTS(.spread = g_spread);
+			int r = mpool_apply_with(p, fn_square, arg, 1, &o, &v);
 
 			lat[i] = (double)(now_ns() - t0) / 1000.0;
 			if (r < 0 || mpool_value_get(v)->via.u64 != 49)
@@ -570,6 +613,7 @@ static const struct figure {
 	{ "pipeline", fig_pipeline, 200000 },
 	{ "recycle", fig_recycle, 2000 },
 	{ "spin", fig_spin, 1000 },
+	{ "sleep", fig_sleep, 600 },
 	{ "echo", fig_echo, 100000 },
 	{ "stream", fig_stream, 10000000 },
 };
@@ -579,7 +623,8 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: mpbench --socket PATH FIGURE [--n N] [--reps R] [--workers W]\n"
 		"               [--window W] [--ms MS] [--slow-every N] [--slow-us US]\n"
-		"               [--timeout-ms MS] [--module NAME]\n"
+		"               [--timeout-ms MS] [--module NAME] [--spread 1|-1]\n"
+		"               [--retries N]\n"
 		"FIGURE: ready map apply pipeline recycle spin echo stream\n");
 	exit(2);
 }
@@ -621,6 +666,10 @@ int main(int argc, char **argv)
 			a.timeout_ms = atoi(v);
 		else if (strcmp(o, "--module") == 0)
 			module = v;
+		else if (strcmp(o, "--spread") == 0)
+			a.spread = atoi(v);
+		else if (strcmp(o, "--retries") == 0)
+			a.retries = (unsigned)atoi(v);
 		else
 			usage();
 	}
@@ -636,6 +685,7 @@ int main(int argc, char **argv)
 	snprintf(fn_square, sizeof(fn_square), "%s.square", module);
 	snprintf(fn_spin, sizeof(fn_spin), "%s.spin", module);
 	snprintf(fn_echo, sizeof(fn_echo), "%s.echo", module);
+	g_spread = a.spread;
 	fig->run(&a);
 	return 0;
 }

@@ -216,6 +216,7 @@ struct mpool_async *mpc_apply_start(mpool *p, const char *fn, const void *arg, s
 	}
 	o.timeout_ms = ao.timeout_ms;
 	o.retries = ao.retries;
+	o.spread = ao.spread;
 	a = mpc_call_new(p, MPC_APPLY, sizeof(*a));
 	if (!a) {
 		*ret_err = mpc_err(p, MPOOL_E_NOMEM, "out of memory starting a request");
@@ -270,7 +271,7 @@ int mpool_apply_with(mpool *p, const char *fn, const void *arg, size_t arg_len,
 uint32_t mpc_opts_count(const struct mpc_opts *o)
 {
 	return (o->chunksize != 0) + (o->unordered != 0) + (o->timeout_ms != 0) +
-	       (o->retries != 0) + o->stream;
+	       (o->retries != 0) + o->stream + (o->spread != 0);
 }
 
 /* Only what differs from the daemon's defaults goes on the wire. */
@@ -288,6 +289,9 @@ int mpc_opts_pack(msgpack_packer *pk, const struct mpc_opts *o)
 		r |= mp_pack_cstr(pk, "retries") | msgpack_pack_uint32(pk, o->retries);
 	if (o->stream)
 		r |= mp_pack_cstr(pk, "stream") | msgpack_pack_true(pk);
+	if (o->spread)
+		r |= mp_pack_cstr(pk, "spread") |
+		     (o->spread > 0 ? msgpack_pack_true(pk) : msgpack_pack_false(pk));
 	return r ? -1 : 0;
 }
 
@@ -303,6 +307,7 @@ int mpc_opts_from_map(mpool *p, struct mpc_opts *o, const struct mpool_map_opts 
 	o->unordered = mo.unordered;
 	o->timeout_ms = mo.timeout_ms;
 	o->retries = mo.retries;
+	o->spread = mo.spread;
 	return 0;
 }
 

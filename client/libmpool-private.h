@@ -308,6 +308,7 @@ struct mpc_opts {
 	uint32_t timeout_ms;
 	uint32_t retries;
 	bool stream;
+	int spread;          /* 1, -1, or 0: not sent */
 };
 uint32_t mpc_opts_count(const struct mpc_opts *o);
 /* Packs the options map.  0, or -1 when out of memory. */

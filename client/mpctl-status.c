@@ -270,9 +270,44 @@ void ctl_print_processes(FILE *out, const msgpack_object *procs)
 	}
 }
 
+/* mpctl nodes: the broker line, then one line per live node. */
+static void print_nodes(FILE *out, const msgpack_object *cl)
+{
+	const msgpack_object *nodes = ctl_get(cl, "nodes");
+	char b[8][32];
+
+	if (!cl || cl->type != MSGPACK_OBJECT_MAP)
+		return;
+	fprintf(out, "broker %s", str(b[0], sizeof(b[0]), cl, "broker"));
+	if (!nodes || nodes->type != MSGPACK_OBJECT_ARRAY) {
+		fputc('\n', out);
+		return;
+	}
+	fprintf(out, ", cluster %s, node %s: chunks sent %s, ran for others %s, redelivered %s, "
+		"lost %s\n", str(b[1], sizeof(b[1]), cl, "cluster"), str(b[2], sizeof(b[2]), cl, "node"),
+		num(b[3], sizeof(b[3]), cl, "chunks_sent"),
+		num(b[4], sizeof(b[4]), cl, "chunks_ran_for_others"),
+		num(b[5], sizeof(b[5]), cl, "chunks_redelivered"),
+		num(b[6], sizeof(b[6]), cl, "chunks_lost"));
+	fprintf(out, "%-32s %8s %6s %10s %10s\n", "NODE", "WORKERS", "IDLE", "TASKS", "LAST SEEN");
+	for (uint32_t i = 0; i < nodes->via.array.size; i++) {
+		const msgpack_object *n = &nodes->via.array.ptr[i];
+
+		fprintf(out, "%-32s %8s %6s %10s %10s\n", str(b[0], sizeof(b[0]), n, "name"),
+			num(b[1], sizeof(b[1]), n, "workers"), num(b[2], sizeof(b[2]), n, "idle"),
+			num(b[3], sizeof(b[3]), n, "tasks_done"),
+			duration(b[4], sizeof(b[4]), n, "last_seen_ms"));
+	}
+}
+
 void ctl_print_status(FILE *out, const msgpack_object *st, int show)
 {
 	bool sep = false;
+
+	if (show & CTL_SHOW_NODES) {
+		print_nodes(out, ctl_get(st, "cluster"));
+		sep = true;
+	}
 
 	if (show & CTL_SHOW_SUMMARY) {
 		print_summary(out, st);

@@ -36,10 +36,13 @@ static const char usage_text[] =
 	"  top                    status --watch: redraw every second\n"
 	"  workers [--json]       the workers: pid, state, tasks, job, age, RSS\n"
 	"  jobs [--json]          the open jobs: id, function, client, progress\n"
+	"  nodes [--json]         the cluster: broker state, and per node its\n"
+	"                         workers, idle workers, tasks, last heartbeat\n"
 	"  ping                   check that mpoold answers\n"
-	"  apply [--timeout MS] [--retries N] FN JSON\n"
+	"  apply [--timeout MS] [--retries N] [--spread | --local] FN JSON\n"
 	"                         run FN (MODULE.FUNCTION) on one argument\n"
 	"  map [--chunksize N] [--unordered] [--star] [--timeout MS] [--retries N]\n"
+	"      [--spread | --local]\n"
 	"      FN [JSON...]       run FN on every argument; with none, on one JSON\n"
 	"                         value per line of stdin (blank lines skipped),\n"
 	"                         read as the map goes: memory stays bounded\n"
@@ -72,6 +75,9 @@ static const char usage_text[] =
 	"--star:    each value is an array of arguments (Pool.starmap); anything\n"
 	"           else is refused, with its line or argument number.\n"
 	"--unordered: print results as they finish (Pool.imap_unordered).\n"
+	"--spread, --local: on an mpoold in a cluster, let other nodes run the\n"
+	"           request, or keep it on this machine (default: mpoold's\n"
+	"           cluster-spread, which shares maps).\n"
 	"\n"
 	"Options:\n"
 	"  -s, --socket PATH      mpoold's socket (default: $MPOOL_SOCKET, else\n"
@@ -481,6 +487,11 @@ static int cmd_jobs(const char *sock, int argc, char **argv)
 	return show_status(sock, argc, argv, CTL_SHOW_JOBS, "jobs", false);
 }
 
+static int cmd_nodes(const char *sock, int argc, char **argv)
+{
+	return show_status(sock, argc, argv, CTL_SHOW_NODES, "cluster", false);
+}
+
 /* Parses one JSON text and appends it to pk; with star it must be an
  * array (of arguments).  0, CTL_EXIT_USAGE after saying what is wrong
  * (where names the place), or CTL_EXIT_FAILED when out of memory. */
@@ -545,6 +556,8 @@ static int cmd_apply(const char *sock, int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "timeout", required_argument, NULL, 't' },
 		{ "retries", required_argument, NULL, 'r' },
+		{ "spread", no_argument, NULL, 'P' },
+		{ "local", no_argument, NULL, 'L' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -564,6 +577,12 @@ static int cmd_apply(const char *sock, int argc, char **argv)
 		case 'r':
 			if (parse_u32_opt("retries", optarg, 100, &opts.retries) < 0)
 				return CTL_EXIT_USAGE;
+			break;
+		case 'P':
+		case 'L':
+			if (opts.spread && opts.spread != (c == 'P' ? 1 : -1))
+				return usage_error("--spread and --local exclude each other");
+			opts.spread = c == 'P' ? 1 : -1;
 			break;
 		case 'h':
 			fputs(usage_text, stdout);
@@ -670,6 +689,8 @@ static int cmd_map(const char *sock, int argc, char **argv)
 		{ "star", no_argument, NULL, 'S' },
 		{ "timeout", required_argument, NULL, 't' },
 		{ "retries", required_argument, NULL, 'r' },
+		{ "spread", no_argument, NULL, 'P' },
+		{ "local", no_argument, NULL, 'L' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -711,6 +732,12 @@ static int cmd_map(const char *sock, int argc, char **argv)
 		case 'r':
 			if (parse_u32_opt("retries", optarg, 100, &opts.retries) < 0)
 				return CTL_EXIT_USAGE;
+			break;
+		case 'P':
+		case 'L':
+			if (opts.spread && opts.spread != (c == 'P' ? 1 : -1))
+				return usage_error("--spread and --local exclude each other");
+			opts.spread = c == 'P' ? 1 : -1;
 			break;
 		case 'h':
 			fputs(usage_text, stdout);
@@ -1015,6 +1042,7 @@ static const struct {
 	{ "top", cmd_top },
 	{ "workers", cmd_workers },
 	{ "jobs", cmd_jobs },
+	{ "nodes", cmd_nodes },
 	{ "ping", cmd_ping },
 	{ "apply", cmd_apply },
 	{ "map", cmd_map },

@@ -21,7 +21,8 @@ enum {
 	CTL_SHOW_WORKERS = 2,
 	CTL_SHOW_JOBS = 4,
 	CTL_SHOW_PROCS = 8,
-	CTL_SHOW_ALL = 15
+	CTL_SHOW_ALL = 15,
+	CTL_SHOW_NODES = 16     /* the cluster (mpctl nodes); not in ALL */
 };
 
 /* Prints the parts of the status map that show selects: a summary, a table

@@ -40,6 +40,11 @@ struct config cfg = {
 	.max_kept_processes = 16,
 	.max_kept_bytes = 16u << 20,
 	.process_grace_ms = 3000,
+	.workers = CONFIG_WORKERS_AUTO,
+	.cluster_name = "mpool",
+	.cluster_replicas = 1,
+	.cluster_redelivery_ms = 30000,
+	.cluster_spread = CONFIG_SPREAD_MAPS,
 };
 
 struct module_spec *config_module_add(void)

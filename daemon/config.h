@@ -10,6 +10,9 @@
 #include <sys/types.h>
 
 #define CONFIG_MAX_MODULES 32
+/* cluster-name and node-name: letters, digits, '-' and '_' (they become
+ * NATS subject tokens and a stream name). */
+#define CONFIG_NAME_MAX 32
 
 /* A task module to load, with the initargs its init receives.  Both
  * strings are owned by cfg (config_modules_clear() frees them). */
@@ -22,7 +25,9 @@ struct config {
 	char socket_path[108];          /* sun_path size; "" until main() applies the default rule */
 	unsigned socket_mode;           /* permissions of a socket mpoold binds itself */
 	gid_t socket_gid;               /* its group; (gid_t)-1: the daemon's own */
-	unsigned workers;               /* 0 until main() applies the default (online CPUs) */
+	/* CONFIG_WORKERS_AUTO until main() applies the default (online CPUs);
+	 * 0: a cluster gateway, which runs nothing itself. */
+	unsigned workers;
 	uint64_t max_tasks_per_child;   /* 0: unlimited */
 	size_t max_frame;
 	uint32_t max_depth;
@@ -62,7 +67,28 @@ struct config {
 	unsigned max_kept_processes;    /* finished processes kept per uid for join */
 	size_t max_kept_bytes;          /* their outcomes' bytes, per uid */
 	unsigned process_grace_ms;      /* SIGTERM to SIGKILL for a process */
+
+	/* The cluster (cluster.h): all unused while cluster_url is "". */
+	char cluster_url[1024];         /* comma-separated nats:// or tls:// URLs */
+	char cluster_name[CONFIG_NAME_MAX + 1];  /* names the stream and subjects */
+	char node_name[CONFIG_NAME_MAX + 1];     /* "": the host name's first label */
+	char cluster_creds[256];        /* a NATS .creds file */
+	char cluster_user_file[256];    /* user on line 1, password on line 2 */
+	char cluster_ca[256];           /* TLS: CA bundle that verifies the servers */
+	char cluster_cert[256];         /* TLS: this node's client certificate */
+	char cluster_key[256];          /* ... and its private key */
+	unsigned cluster_allow_plain;   /* 1: nats:// to a non-loopback host is allowed */
+	unsigned cluster_replicas;      /* the stream's replicas, 1..5 */
+	unsigned cluster_redelivery_ms; /* an unacknowledged chunk is redelivered after this */
+	unsigned cluster_spread;        /* enum config_spread: the node's default */
 };
+
+/* Which requests go to the cluster unless the request says otherwise. */
+enum config_spread { CONFIG_SPREAD_MAPS, CONFIG_SPREAD_ALL, CONFIG_SPREAD_NONE };
+
+/* cfg.workers before main() applies the default (online CPUs); 0 is a valid
+ * setting (a cluster gateway). */
+#define CONFIG_WORKERS_AUTO UINT32_MAX
 
 extern struct config cfg;
 

@@ -94,6 +94,11 @@ uint32_t disp_job_timeout(const struct job *job)
 	return job->timeout_ms;
 }
 
+uint32_t disp_job_retries(const struct job *job)
+{
+	return job->retries;
+}
+
 unsigned disp_active(void)
 {
 	return n_active;
@@ -151,6 +156,8 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	seg_new(job, spec->items, spec->items_len, spec->n_items, spec->marks, spec->buf);
 	job->timeout_ms = spec->timeout_ms;
 	job->retries = spec->retries;
+	job->shared = spec->shared;        /* cluster */
+	job->remote_only = spec->remote_only;
 	job->retry_tail = &job->retry_head;
 	job->created_ms = now_ms();
 	job->auto_chunk = spec->chunksize == 0;
@@ -209,6 +216,9 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 
 void disp_detach(struct job *job)
 {
+	/* cluster: chunks running on other nodes stop too. */
+	if (job->shared && job->inflight && disp_io->outlet_stop)
+		disp_io->outlet_stop(job);
 	sched_detach(job);
 	job->conn = NULL;
 	if (job->inflight == 0)

@@ -66,6 +66,17 @@ struct disp_ops {
 	 * disp_chunk_lost later. */
 	void (*kill_job)(const struct job *job);
 
+	/* cluster (cluster.h): the outlet takes chunks of shared jobs like a
+	 * worker while it has room; it ends each chunk later with
+	 * disp_chunk_part/done/lost as a worker would.  NULL: no cluster. */
+	bool (*outlet_room)(void);
+	void (*outlet_run)(const struct chunk *ck, const char *fn, uint32_t fn_len);
+	/* Workers behind the outlet: a shared job's reorder window counts
+	 * them beside this node's. */
+	unsigned (*outlet_workers)(void);
+	/* The job's client left: the outlet stops its chunks elsewhere. */
+	void (*outlet_stop)(const struct job *job);
+
 	/* Something status shows changed; a job ended (shutdown waits for
 	 * the last). */
 	void (*changed)(void);
@@ -111,6 +122,11 @@ struct job_spec {
 	const size_t *marks;         /* from disp_walk_items over the items */
 	uint8_t *buf;                /* non-NULL: the read buffer holding items,
 				      * given to the job (chan_take_frame) */
+	/* cluster: -1 keep local, 1 share, 0 the node's cluster-spread (a
+	 * request's "spread" option); shared: what cluster_share decided. */
+	int spread;
+	bool shared;
+	bool remote_only;            /* shared, and this node lacks fn */
 };
 
 /* Items of a request at least this large are adopted with their read
@@ -200,6 +216,8 @@ void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res,
 void disp_chunk_lost(struct chunk *ck, int code, const char *msg);
 /* Per-item timeout of the job (0: none). */
 uint32_t disp_job_timeout(const struct job *job);
+/* Reruns allowed per lost chunk (the request's retries). */
+uint32_t disp_job_retries(const struct job *job);
 /* No worker can run anything: fail every job that has work waiting. */
 void disp_fail_queued(int code, const char *msg);
 /* True when some job has items waiting for a worker. */

@@ -48,6 +48,8 @@ struct job {
 	uint32_t timeout_ms;       /* per item; 0: none */
 	uint32_t retries;          /* reruns allowed per lost chunk */
 	uint32_t inflight;         /* chunks running on workers */
+	bool shared;               /* cluster: its chunks may go to the outlet */
+	bool remote_only;          /* cluster: ... and only there (fn not loaded here) */
 	uint64_t qchunks;          /* its share of queued_chunks */
 	uint64_t created_ms;
 	struct retry *retry_head;  /* lost chunks waiting for a rerun */

@@ -277,7 +277,10 @@ struct job *sched_first_queued(void)
  * results. */
 static bool job_window_open(const struct job *job)
 {
-	uint64_t window = (uint64_t)job->chunksize * (2ull * cfg.workers + 2);
+	/* cluster: a shared job's chunks also run on the outlet's workers. */
+	uint64_t w = cfg.workers +
+		     (job->shared && disp_io->outlet_workers ? disp_io->outlet_workers() : 0);
+	uint64_t window = (uint64_t)job->chunksize * (2ull * w + 2);
 
 	return !job->ordered || job->next_index - job->emitted < window;
 }
@@ -483,8 +486,9 @@ void batch_lost(struct batch *b, int code, const char *msg)
 }
 
 /* The first job that may run, in turn order: uids, their connections,
- * their jobs. */
-static struct job *next_runnable(void)
+ * their jobs.  shared_only: for the cluster's outlet, jobs that may be
+ * shared; else jobs this node's workers can run. */
+static struct job *next_runnable(bool shared_only)
 {
 	struct rr_user *u;
 	struct rr_client *cl;
@@ -496,7 +500,8 @@ static struct job *next_runnable(void)
 			if (cl->conn && disp_io->backlogged(cl->conn))
 				continue;
 			TAILQ_FOREACH(job, &cl->jobs, runq)
-				if (job_runnable(job))
+				if (job_runnable(job) &&
+				    (shared_only ? job->shared : !job->remote_only))
 					return job;
 		}
 	return NULL;
@@ -512,8 +517,8 @@ void disp_schedule(void)
 		struct job *job;
 		struct chunk ck;
 
-		if (!(job = next_runnable()))
-			return;
+		if (!(job = next_runnable(false)))
+			break;       /* the outlet may still take shared work */
 		ck.batch = NULL;
 		if (!seg_next_chunk(job, disp_io->quota_left(w), &ck))
 			return;      /* a worker at its quota is never idle */
@@ -526,6 +531,25 @@ void disp_schedule(void)
 		rr_turn_taken(cl);
 		batch_gather(job, &ck, disp_io->quota_left(w));
 		disp_io->run(w, &ck, job->fn, job->fn_len);
+	}
+	/* cluster: what local workers left of shared jobs goes to the
+	 * outlet, a worker of its own kind, while it has room. */
+	while (disp_io->outlet_room && disp_io->outlet_room()) {
+		struct rr_client *cl;
+		struct job *job;
+		struct chunk ck;
+
+		if (!(job = next_runnable(true)))
+			return;
+		ck.batch = NULL;
+		if (!seg_next_chunk(job, UINT64_MAX, &ck))
+			return;
+		job->inflight++;
+		cl = job->client;
+		sched_unqueue(job);
+		sched_requeue(job);
+		rr_turn_taken(cl);
+		disp_io->outlet_run(&ck, job->fn, job->fn_len);
 	}
 }
 

@@ -303,7 +303,8 @@ bool seg_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
 	/* A stream's items trickle in: spread what is here over the pool
 	 * rather than hand it all to one worker. */
 	if (job->streaming || job->granted) {
-		uint64_t spread = (job->n_items - job->next_index + cfg.workers - 1) / cfg.workers;
+		unsigned w = cfg.workers ? cfg.workers : 1;     /* 0: a cluster gateway */
+		uint64_t spread = (job->n_items - job->next_index + w - 1) / w;
 
 		if (spread >= 1 && spread < n)
 			n = (uint32_t)spread;

@@ -18,6 +18,7 @@
 
 #include "cfgerr.h"
 #include "cfgfile.h"
+#include "cluster.h"
 #include "config.h"
 #include "log.h"
 #include "master.h"
@@ -148,14 +149,20 @@ static int cli_apply(struct cli *cl, int argc, char **argv)
 static int apply_dynamic_defaults(void)
 {
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	char why[512];
 
-	if (cfg.workers == 0)
+	if (cfg.workers == CONFIG_WORKERS_AUTO)
 		cfg.workers = cpus > 0 ? (cpus > 1024 ? 1024 : (unsigned)cpus) : 1;
 	/* Budgets that could not hold one message of --max-frame would refuse
 	 * every large request; say so at start instead. */
 	if (cfg.max_client_bytes < cfg.max_frame || cfg.max_total_bytes < cfg.max_client_bytes) {
 		log_startup_err("max-frame (%zu) <= max-client-bytes (%zu) <= max-total-bytes (%zu) "
 				"must hold", cfg.max_frame, cfg.max_client_bytes, cfg.max_total_bytes);
+		return -1;
+	}
+	/* cluster: URLs, credentials files, the node's name. */
+	if (cluster_config_check(why, sizeof(why)) < 0) {
+		log_startup_err("%s", why);
 		return -1;
 	}
 	if (!cfg.socket_path[0] &&

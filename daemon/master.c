@@ -9,6 +9,7 @@
 
 #include <mpool/error.h>
 #include "config.h"
+#include "cluster.h"
 #include "conn.h"
 #include "disp.h"
 #include "forksrv.h"
@@ -290,6 +291,7 @@ int master_run(void)
 
 	start_ms = now_ms();
 	signal(SIGPIPE, SIG_IGN);
+	cluster_preinit();
 	base = event_base_new();
 	if (!base) {
 		log_err("cannot create the event loop");
@@ -319,6 +321,12 @@ int master_run(void)
 		stop_listening();
 		return 1;
 	}
+	/* cluster: after the pool, so the node announces what it can run. */
+	if (cluster_start(base) < 0) {
+		reap_all();
+		stop_listening();
+		return 1;
+	}
 	log_info("mpoold %s serving %s with %u worker(s), max %llu task(s) per child",
 		 MPOOL_VERSION, listen_name(), cfg.workers,
 		 (unsigned long long)cfg.max_tasks_per_child);
@@ -326,6 +334,7 @@ int master_run(void)
 	event_base_dispatch(base);
 
 	conn_write_all_now();
+	cluster_stop();
 	conn_close_all();
 	stop_listening();
 	reap_all();

@@ -35,8 +35,9 @@ const struct opt opt_table[] = {
 	{ "admin-group", 0, OPT_GROUP, OPT_GLOBAL, NULL, "GROUP", FIELD(admin_gid), 0, 0,
 	  "none", "members may terminate, drain, reload, kill workers and cancel any job, "
 	  "like root and mpoold's own user" },
-	{ "workers", 'w', OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(workers), 1, 1024,
-	  "the number of online CPUs", "worker processes" },
+	{ "workers", 'w', OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(workers), 0, 1024,
+	  "the number of online CPUs", "worker processes (0: a cluster gateway that runs "
+	  "nothing itself; needs --cluster-url)" },
 	{ "max-tasks-per-child", 'm', OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_tasks_per_child),
 	  0, UINT64_MAX, NULL, "recycle a worker after N tasks (0: never)" },
 	{ "max-tasks-jitter", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_tasks_jitter),
@@ -106,6 +107,36 @@ const struct opt opt_table[] = {
 	{ "drain-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(drain_timeout_ms),
 	  0, DAY_MS, NULL, "on SIGTERM, finish open work for at most MS, then terminate "
 	  "and exit 3; keep it below the unit's TimeoutStopSec" },
+	{ "cluster-url", 0, OPT_STRING, OPT_GLOBAL, NULL, "URLS", FIELD(cluster_url), 0, 0,
+	  "none: one machine, no broker", "share work with other mpoold nodes through the "
+	  "NATS JetStream servers at URLS (comma-separated, nats://HOST:PORT or "
+	  "tls://HOST:PORT); without it nothing else in this group applies" },
+	{ "cluster-name", 0, OPT_NAME, OPT_GLOBAL, NULL, "NAME", FIELD(cluster_name), 0, 0,
+	  NULL, "nodes with the same NAME on the same servers share work" },
+	{ "node-name", 0, OPT_NAME, OPT_GLOBAL, NULL, "NAME", FIELD(node_name), 0, 0,
+	  "the host name", "this node's name in the cluster; unique within it" },
+	{ "cluster-creds", 0, OPT_STRING, OPT_GLOBAL, NULL, "FILE", FIELD(cluster_creds), 0, 0,
+	  "none", "a NATS credentials file (JWT and seed) this node logs in with" },
+	{ "cluster-user-file", 0, OPT_STRING, OPT_GLOBAL, NULL, "FILE", FIELD(cluster_user_file),
+	  0, 0, "none", "log in with the user name on FILE's first line and the password on "
+	  "its second, so that no password is on a command line" },
+	{ "cluster-ca", 0, OPT_STRING, OPT_GLOBAL, NULL, "FILE", FIELD(cluster_ca), 0, 0,
+	  "the system's", "CA certificates (PEM) that verify the servers; setting it or "
+	  "--cluster-cert requires TLS" },
+	{ "cluster-cert", 0, OPT_STRING, OPT_GLOBAL, NULL, "FILE", FIELD(cluster_cert), 0, 0,
+	  "none", "this node's TLS client certificate (PEM); needs --cluster-key" },
+	{ "cluster-key", 0, OPT_STRING, OPT_GLOBAL, NULL, "FILE", FIELD(cluster_key), 0, 0,
+	  "none", "the private key of --cluster-cert (PEM)" },
+	{ "cluster-allow-plain", 0, OPT_UINT, OPT_GLOBAL, NULL, "0|1", FIELD(cluster_allow_plain),
+	  0, 1, NULL, "1: allow nats:// (no TLS) to a host that is not loopback" },
+	{ "cluster-replicas", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(cluster_replicas), 1, 5,
+	  NULL, "copies of the work stream the servers keep (at most the servers in the "
+	  "NATS cluster)" },
+	{ "cluster-redelivery", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS", FIELD(cluster_redelivery_ms),
+	  1000, DAY_MS, NULL, "a chunk whose node stops confirming it runs again elsewhere "
+	  "after MS" },
+	{ "cluster-spread", 0, OPT_SPREAD, OPT_GLOBAL, NULL, "WHICH", FIELD(cluster_spread), 0, 0,
+	  NULL, "which requests go to the cluster unless a request says: maps, all or none" },
 	{ "log-level", 0, OPT_LEVEL, OPT_GLOBAL, NULL, "LEVEL", FIELD(log_level), 0, 0,
 	  NULL, "error, warning, info or debug" },
 	{ "module", 0, OPT_MODULE, OPT_SECTION, "path", "PATH", 0, 0, 0, 0, "none",
@@ -124,6 +155,8 @@ static const struct { const char *name; int level; } levels[] = {
 	{ "error", LOG_ERR }, { "warning", LOG_WARNING }, { "info", LOG_INFO },
 	{ "debug", LOG_DEBUG },
 };
+
+static const char *const spreads[] = { "maps", "all", "none" };
 
 static const char *opt_key(const struct opt *o)
 {
@@ -293,6 +326,32 @@ int opt_set(const struct opt *o, const char *s, char *why, size_t n)
 		return 0;
 	case OPT_INITARGS:
 		return set_initargs(s, why, n);
+	case OPT_STRING:
+		if (!s[0] || strlen(s) >= o->size) {
+			snprintf(why, n, s[0] ? "too long (%zu bytes, at most %zu)" : "empty",
+				 strlen(s), o->size - 1);
+			return -1;
+		}
+		memcpy(field(o), s, strlen(s) + 1);
+		return 0;
+	case OPT_NAME:
+		if (!s[0] || strlen(s) >= o->size || s[strspn(s, "abcdefghijklmnopqrstuvwxyz"
+				"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")]) {
+			snprintf(why, n, "expected 1 to %zu letters, digits, '-' or '_', got '%s'",
+				 o->size - 1, s);
+			return -1;
+		}
+		memcpy(field(o), s, strlen(s) + 1);
+		return 0;
+	case OPT_SPREAD:
+		for (unsigned i = 0; i < sizeof(spreads) / sizeof(spreads[0]); i++) {
+			if (strcmp(s, spreads[i]) == 0) {
+				memcpy(field(o), &i, sizeof(i));
+				return 0;
+			}
+		}
+		snprintf(why, n, "expected maps, all or none, got '%s'", s);
+		return -1;
 	case OPT_CONFIG:
 	case OPT_ACTION:
 		break;
@@ -324,7 +383,12 @@ static const char *value_text(const struct opt *o, char *buf, size_t n)
 				return levels[i].name;
 		return NULL;
 	case OPT_PATH:
+	case OPT_STRING:
+	case OPT_NAME:
 		return *(const char *)field(o) ? (const char *)field(o) : NULL;
+	case OPT_SPREAD:
+		memcpy(&level, field(o), sizeof(level));
+		return (unsigned)level < sizeof(spreads) / sizeof(spreads[0]) ? spreads[level] : NULL;
 	case OPT_GROUP:
 		memcpy(&gid, field(o), sizeof(gid));
 		if (gid == (gid_t)-1)

@@ -17,6 +17,9 @@ enum opt_type {
 	OPT_GROUP,      /* a group name or a numeric gid */
 	OPT_MODULE,     /* the path of the current module */
 	OPT_INITARGS,   /* the initargs (JSON) of the current module */
+	OPT_STRING,     /* non-empty text that fits the field (a char array) */
+	OPT_NAME,       /* 1 to CONFIG_NAME_MAX letters, digits, '-' or '_' */
+	OPT_SPREAD,     /* maps, all, none (enum config_spread) */
 	OPT_CONFIG,     /* --config FILE (command line only) */
 	OPT_ACTION,     /* --help, --version, --print-config (command line only) */
 };

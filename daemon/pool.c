@@ -512,6 +512,15 @@ unsigned pool_live(void)
 	return n;
 }
 
+unsigned pool_busy(void)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < pool_n_workers; i++)
+		n += pool_workers[i].state == W_BUSY;
+	return n;
+}
+
 static unsigned workers_alive(void)
 {
 	unsigned n = 0;

@@ -45,6 +45,8 @@ void pool_kill_job(const struct job *job);
 void pool_kill_all(void);
 /* Processes started and not reaped yet. */
 unsigned pool_live(void);
+/* Workers running a chunk (cluster: what a node reports of its load). */
+unsigned pool_busy(void);
 
 /* status: the workers array, and the pool's own keys of "totals". */
 void pool_pack_workers(msgpack_packer *pk);

@@ -368,3 +368,17 @@ void reg_fini_all(void)
 		if (entries[i].m->fini)
 			entries[i].m->fini();
 }
+
+void reg_each_fn(void (*fn)(const char *name, void *arg), void *arg)
+{
+	char name[512];
+
+	/* In the master a loaded function is a name only: announced as well,
+	 * since workers forked from the fork server can run it. */
+	for (unsigned i = 0; i < n_entries; i++)
+		for (unsigned k = 0; k < entries[i].n_fns; k++) {
+			snprintf(name, sizeof(name), "%s.%s", entries[i].name,
+				 entries[i].fns[k].name);
+			fn(name, arg);
+		}
+}

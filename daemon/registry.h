@@ -65,6 +65,9 @@ void reg_await_loaded_names(void);
  * and *ret_module naming the module whose init failed. */
 int reg_init_all(struct mpool_task_error *err, const char **ret_module);
 void reg_fini_all(void);
+/* Calls fn with each function's "MODULE.FUNCTION" (cluster: the functions
+ * a node announces), loaded ones known by name included. */
+void reg_each_fn(void (*fn)(const char *name, void *arg), void *arg);
 
 extern const struct mpool_module builtin_module;
 

@@ -3,10 +3,13 @@
 #include <errno.h>
 #include <stdio.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "conn.h"
 #include "log.h"
+#include "master.h"
 #include "mp_scan.h"
+#include "registry.h"
 #include "rpc_int.h"
 
 /* Reads the apply or map options into spec.  On error writes a reason into why. */
@@ -62,6 +65,15 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 				return -1;
 			}
 			spec->retries = (uint32_t)v;
+		} else if (mp_str_eq(k, kl, "spread")) {
+			bool v;
+
+			/* cluster: true shares the request, false keeps it here. */
+			if (mp_read_bool(p, &v) < 0) {
+				snprintf(why, n_why, "spread must be true or false");
+				return -1;
+			}
+			spec->spread = v ? 1 : -1;
 		} else {
 			char name[64];
 
@@ -117,6 +129,11 @@ static int parse_job(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struc
 		snprintf(why, n_why, "%s: %s", what, opt_why);
 		return MPOOL_E_BADREQ;
 	}
+	/* cluster: whether its chunks may go to other nodes, which depends
+	 * only on the options and the configuration; a shared request may
+	 * name a function of another node. */
+	spec->shared = cluster_share(spec);
+	spec->remote_only = spec->shared && !reg_lookup(spec->fn, spec->fn_len);
 	return 0;
 }
 
@@ -132,13 +149,41 @@ int rpc_parse_map(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct r
 	return parse_job(p, n, m, &a->job, true, why, n_why);
 }
 
+/* rpc_may_start for a shared request: its function may be on any node of
+ * the cluster, which cannot be told while the broker is away. */
+static bool may_start_shared(struct conn *c, uint64_t msgid, const struct job_spec *spec)
+{
+	char name[96];
+	int r;
+
+	if (master_state() != MASTER_RUNNING) {
+		conn_reply_error(c, msgid, MPOOL_E_SHUTDOWN, "mpoold is shutting down; no new work");
+		return false;
+	}
+	rpc_printable(name, sizeof(name), spec->fn, spec->fn_len);
+	r = cluster_check_fn(spec->fn, spec->fn_len);
+	if (r == -EAGAIN) {
+		conn_reply_error(c, msgid, MPOOL_E_UNAVAILABLE, "the cluster's broker is unreachable "
+				 "and this node cannot run '%s' itself", name);
+		return false;
+	}
+	if (r < 0) {
+		conn_reply_error(c, msgid, MPOOL_E_NOFUNC,
+				 "no function named '%s' on any node of the cluster", name);
+		return false;
+	}
+	return true;
+}
+
 /* Between the parser and the msgid check, in PROTOCOL.md's order: the
- * daemon draining, the function, the item count. */
+ * daemon draining, the function (on any node, for a shared request), the
+ * item count. */
 bool rpc_check_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
 {
 	const struct job_spec *spec = &a->job;
 
-	if (!rpc_may_start(c, m->msgid, spec->fn, spec->fn_len))
+	if (!(spec->shared ? may_start_shared(c, m->msgid, spec)
+			   : rpc_may_start(c, m->msgid, spec->fn, spec->fn_len)))
 		return false;
 	if (spec->n_items > (spec->stream ? cfg.stream_window : cfg.max_items)) {
 		conn_limit_hit(LIM_ITEMS);

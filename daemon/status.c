@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "conn.h"
 #include "disp.h"
@@ -63,6 +64,7 @@ static const struct section {
 	{ "limits", conn_pack_config_limits },
 	{ "queue", disp_pack_queue },
 	{ "totals", pack_totals },
+	{ "cluster", cluster_pack_status },
 };
 
 void status_pack(msgpack_packer *pk)

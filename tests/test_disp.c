@@ -215,11 +215,29 @@ static void f_run(struct worker *w, const struct chunk *ck, const char *fn, uint
 static void f_kill_job(const struct job *job) { (void)job; }
 static void f_nothing(void) { }
 
+/* cluster: a fake outlet with room for outlet_cap chunks. */
+static unsigned outlet_cap, outlet_n, outlet_stops;
+static struct chunk outlet_ck[16];
+
+static bool f_outlet_room(void) { return outlet_n < outlet_cap; }
+
+static void f_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
+{
+	(void)fn; (void)fn_len;
+	ck_assert_uint_lt(outlet_n, 16);
+	outlet_ck[outlet_n++] = *ck;
+}
+
+static unsigned f_outlet_workers(void) { return outlet_cap; }
+static void f_outlet_stop(const struct job *job) { (void)job; outlet_stops++; }
+
 static const struct disp_ops fake_ops = {
 	.uid = f_uid, .pid = f_pid, .backlogged = f_backlogged, .send_chunk = f_send_chunk,
 	.send_credit = f_send_credit, .apply_done = f_apply_done, .map_done = f_map_done,
 	.job_failed = f_job_failed, .job_ended = f_job_ended, .idle = f_idle,
 	.quota_left = f_quota_left, .run = f_run, .kill_job = f_kill_job,
+	.outlet_room = f_outlet_room, .outlet_run = f_outlet_run,
+	.outlet_workers = f_outlet_workers, .outlet_stop = f_outlet_stop,
 	.changed = f_nothing, .job_gone = f_nothing,
 };
 
@@ -230,13 +248,17 @@ static void setup(unsigned workers)
 	disp_init(&fake_ops);
 }
 
+/* The next submit_spec's cluster flags. */
+static bool next_shared, next_remote_only;
+
 /* A map of n integers (an apply when !is_map: n is 1) from fc. */
 static struct job *submit_spec(struct fake_client *fc, uint64_t msgid, bool is_map, uint32_t n,
 			       uint32_t chunksize, uint32_t retries, bool stream)
 {
 	struct job_spec spec = { .is_map = is_map, .ordered = true, .msgid = msgid,
 				 .chunksize = chunksize, .retries = retries, .fn = "f", .fn_len = 1,
-				 .n_items = n, .stream = stream };
+				 .n_items = n, .stream = stream, .shared = next_shared,
+				 .remote_only = next_remote_only };
 	uint8_t buf[4096];
 	struct mp_cur c;
 
@@ -691,6 +713,64 @@ START_TEST(part_starts_nothing_done_schedules)
 }
 END_TEST
 
+/* ---- the cluster's outlet ------------------------------------------------- */
+
+/* Local workers first; what they leave of a shared job goes to the outlet
+ * while it has room; a job that is not shared never goes out. */
+START_TEST(outlet_takes_what_workers_leave_of_shared_jobs)
+{
+	struct fake_client a = { .uid = 1 }, b = { .uid = 2 };
+	struct wmsg_result res = { 0 };
+	uint8_t results[8] = { 0x92, 0, 0 }, errors[1] = { 0x90 };
+	struct chunk ck, second;
+
+	setup(1);
+	outlet_cap = 2;
+	submit(&b, 1, true, 8, 2, 0);           /* local only: 4 chunks */
+	next_shared = true;
+	submit(&a, 1, true, 8, 2, 0);           /* shared: 4 chunks */
+	next_shared = false;
+	ck_assert_uint_eq(n_runs, 1);           /* the one worker */
+	ck_assert_uint_eq(outlet_n, 2);         /* the outlet's room, from a only */
+	ck_assert_ptr_eq(FC(disp_job_conn(outlet_ck[0].job)), &a);
+	ck_assert_ptr_eq(FC(disp_job_conn(outlet_ck[1].job)), &a);
+	/* The outlet answers its chunks like a worker. */
+	res.results = results;
+	res.results_len = 3;
+	res.n_results = 2;
+	res.errors = errors;
+	res.errors_len = 1;
+	ck = outlet_ck[0];
+	second = outlet_ck[1];
+	outlet_n = 0;
+	disp_chunk_done(&ck, &res, NULL);
+	ck_assert_uint_eq(outlet_n, 2);         /* its room taken again at once */
+	/* A lost outlet chunk is retried within the request's retries, like
+	 * a worker's (none here: its items fail). */
+	disp_chunk_lost(&second, MPOOL_E_WORKER, "node c was lost");
+	ck_assert_uint_eq(a.failed, 2);
+}
+END_TEST
+
+/* A shared job whose function this node lacks never goes to a local
+ * worker, and a departing client's chunks out are stopped. */
+START_TEST(remote_only_jobs_skip_local_workers)
+{
+	struct fake_client a = { .uid = 1 };
+	struct job *job;
+
+	setup(2);
+	outlet_cap = 1;
+	next_shared = next_remote_only = true;
+	job = submit(&a, 1, true, 6, 2, 0);
+	next_shared = next_remote_only = false;
+	ck_assert_uint_eq(n_runs, 0);
+	ck_assert_uint_eq(outlet_n, 1);
+	disp_detach(job);
+	ck_assert_uint_eq(outlet_stops, 1);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("disp");
@@ -720,6 +800,8 @@ int main(void)
 	tcase_add_test(tc, detach_drops_queue_and_running_results);
 	tcase_add_test(tc, fail_queued_fails_every_waiting_job);
 	tcase_add_test(tc, part_starts_nothing_done_schedules);
+	tcase_add_test(tc, outlet_takes_what_workers_leave_of_shared_jobs);
+	tcase_add_test(tc, remote_only_jobs_skip_local_workers);
 	suite_add_tcase(s, tc);
 	sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);

@@ -409,7 +409,7 @@ START_TEST(config_errors_name_file_and_line)
 {
 	static const struct bad_conf cases[] = {
 		{ "workers = 2\nmax-jobs = 3\nworkerz = 4\n", 3, "unknown key 'workerz'" },
-		{ "# c\n\nworkers = lots\n", 3, "workers: expected an integer from 1 to 1024, got 'lots'" },
+		{ "# c\n\nworkers = lots\n", 3, "workers: expected an integer from 0 to 1024, got 'lots'" },
 		{ "max-frame = 1\n", 1, "max-frame: expected an integer from 1024" },
 		{ "log-level = loud\n", 1, "log-level: expected error, warning, info or debug" },
 		{ "socket-mode = 0999\n", 1, "socket-mode: expected octal" },

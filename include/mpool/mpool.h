@@ -195,6 +195,7 @@ struct mpool_apply_opts {
 	size_t size;          /* sizeof(struct mpool_apply_opts): MPOOL_APPLY_OPTS() */
 	uint32_t timeout_ms;  /* 0: the daemon's --task-timeout */
 	uint32_t retries;     /* see mpool_map_opts */
+	int spread;           /* see mpool_map_opts */
 };
 /* A struct mpool_apply_opts with its size set, the options named in the
  * arguments (designated initializers: .timeout_ms = 500) and every other
@@ -213,6 +214,9 @@ struct mpool_map_opts {
 	uint32_t retries;     /* rerun a chunk lost to a worker's death or a
 			       * timeout up to this many times (idempotent
 			       * tasks only); at most the daemon's --max-retries */
+	int spread;           /* mpoold in a cluster: 1 other nodes may run it,
+			       * -1 this machine only, 0 the daemon's
+			       * cluster-spread (maps are shared by default) */
 };
 /* A struct mpool_map_opts with its size set (as MPOOL_APPLY_OPTS). */
 #define MPOOL_MAP_OPTS(...) { .size = sizeof(struct mpool_map_opts), __VA_ARGS__ }
