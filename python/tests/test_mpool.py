@@ -407,7 +407,11 @@ class PoolTest(DaemonCase):
         self.assertLess(time.monotonic() - t, 5)
         self.assertEqual(theirs.get(30), 600, "another client's job is not touched")
         # mpoold killed the hung workers and cancelled the jobs.
-        wait_for(lambda: other.status()["totals"]["jobs_active"] == 0, what="jobs to end")
+        try:
+            wait_for(lambda: other.status()["totals"]["jobs_active"] == 0, what="jobs to end")
+        except AssertionError as e:
+            st = other.status()
+            raise AssertionError("%s; jobs %r, workers %r" % (e, st["jobs"], st["workers"]))
         self.assertEqual(other.map("builtin.square", [1, 2], chunksize=1), [1, 4])
         with self.assertRaises(ValueError):
             self.pool.apply("builtin.square", (1,))
