@@ -363,7 +363,11 @@ static void map_squares(const char *sock, unsigned n)
 	mpool *c;
 	int r;
 
-	r = mpool_connect(sock, &c, why, sizeof(why));
+	/* A passed socket's file exists from its bind(); connections are
+	 * refused until the listen() that follows. */
+	for (int64_t end = now_ms() + WAIT_MS;
+	     (r = mpool_connect(sock, &c, why, sizeof(why))) == -MPOOL_E_SYS && now_ms() < end;)
+		tick();
 	ck_assert_msg(r == 0, "connect: %s: %s", mpool_strerror(r), why);
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
@@ -1221,9 +1225,14 @@ static void activated_error(const char *const *args, const char *want)
 	}
 	/* The first client starts mpoold; each is told why it cannot serve. */
 	for (int i = 0; i < 3; i++) {
+		int64_t end = now_ms() + WAIT_MS;
 		mpool *c;
-		int r = mpool_connect(sock, &c, NULL, 0);
+		int r;
 
+		/* The socket's file exists from its bind(); connections are
+		 * refused until the listen() that follows. */
+		while ((r = mpool_connect(sock, &c, NULL, 0)) == -MPOOL_E_SYS && now_ms() < end)
+			tick();
 		ck_assert_msg(r == 0, "client %d: connect: %s", i, mpool_strerror(-r));
 		r = mpool_ping(c);
 		ck_assert_msg(r == -MPOOL_E_UNAVAILABLE && strstr(mpool_errmsg(c), want),
