@@ -45,9 +45,23 @@ unsigned cluster_outlet_workers(void)
 	return cluster.on ? outlet_cap() : 0;
 }
 
+/* One chunk more per other node waits in the stream, so that a worker
+ * there that asks again finds one without waiting for this node to hear of
+ * its last result and publish the next. */
+static unsigned outlet_spare(void)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < cluster.n_nodes; i++)
+		if (cluster.nodes[i].live && cluster.nodes[i].workers &&
+		    strcmp(cluster.nodes[i].name, cfg.node_name) != 0)
+			n++;
+	return n;
+}
+
 bool cluster_outlet_room(void)
 {
-	return cluster_up() && cluster.n_out < outlet_cap();
+	return cluster_up() && cluster.n_out < outlet_cap() + outlet_spare();
 }
 
 void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
