@@ -511,7 +511,6 @@ void cluster_stop(void)
 	nats_CloseAndWait(2000);
 }
 
-
 /* The plugin's one exported symbol: everything else is hidden
  * (-fvisibility=hidden), so its cluster_* never meet the daemon's. */
 __attribute__((visibility("default"))) extern const struct cluster_plugin mpool_cluster_plugin;
