@@ -1,6 +1,7 @@
 /* cluster: the link between this mpoold and the other nodes of its cluster,
  * through NATS JetStream (libnats, on the master's libevent loop through
- * libnats's adapter).
+ * libnats's adapter).  Built with the other NATS-using files into the
+ * plugin mpool-cluster.so, whose table (cluster_plugin.h) ends this file.
  *
  * To the dispatcher the link is two things it already knows:
  * - the outlet takes chunks of shared jobs like a worker: it publishes them
@@ -78,6 +79,7 @@
 #pragma GCC diagnostic pop
 
 #include "cluster_int.h"
+#include "cluster_plugin.h"
 #include "config.h"
 #include "disp.h"
 #include "log.h"
@@ -87,16 +89,7 @@
 
 #include <mpool/error.h>
 
-/* The one inlet "client": a handle the daemon's ops recognise. */
-static char inlet_tag;
-struct conn *const cluster_inlet_conn = (struct conn *)&inlet_tag;
-
 struct cluster cluster = { .efd = -1 };
-
-bool cluster_enabled(void)
-{
-	return cfg.cluster_url[0] != '\0';
-}
 
 bool cluster_up(void)
 {
@@ -324,8 +317,6 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
 	uint64_t now = now_ms();
-	struct out_chunk **pp, *o;
-	struct pull **lp, *pl;
 
 	(void)fd;
 	(void)what;
@@ -345,58 +336,19 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 		if (cluster.nodes[i].live && now - cluster.nodes[i].last_seen > NODE_LOST_MS &&
 		    strcmp(cluster.nodes[i].name, cfg.node_name) != 0)
 			cluster_node_lost(&cluster.nodes[i], "silent for 5 s");
-	/* Pull requests that will get no answer (lost with a connection). */
-	for (lp = &cluster.pulls; (pl = *lp);) {
-		if (now > pl->deadline) {
-			cluster.pull_credit -= pl->want - pl->got;
-			*lp = pl->next;
-			free(pl);
-		} else {
-			lp = &pl->next;
-		}
-	}
-	/* Shared work in flight completes or fails in bounded time: chunks
-	 * the stream never confirmed, chunks out while the broker stays
-	 * unreachable past the redelivery wait, chunks nobody took for
-	 * UNTAKEN_MS, and chunks nobody reported on for three redelivery
-	 * waits (they rerun, within the request's retries). */
-	for (pp = &cluster.out; (o = *pp);) {
-		bool down = cluster.state != CLUSTER_CONNECTED && cluster.down_since &&
-			    now - cluster.down_since > cfg.cluster_redelivery_ms;
-
-		if (down)
-			cluster_out_lost(pp, MPOOL_E_WORKER, "the cluster's broker is unreachable");
-		else if (!o->acked && now - o->sent_ms > PUBACK_MS)
-			cluster_out_lost(pp, MPOOL_E_WORKER, "the cluster's stream did not take the chunk");
-		else if (now - o->active_ms > (o->delivered ? 3ull * cfg.cluster_redelivery_ms :
-					       UNTAKEN_MS(cfg.cluster_redelivery_ms)))
-			cluster_out_lost(pp, MPOOL_E_WORKER, o->delivered ? "no node reported on the chunk" :
-					 "no node took the chunk");
-		else
-			pp = &o->next;
-	}
+	cluster_inlet_tick(now);
+	cluster_outlet_tick(now);
 	/* A gateway cannot run what waits for the broker: past the
 	 * redelivery wait without it, the queued work fails. */
 	if (cfg.workers == 0 && cluster.state != CLUSTER_CONNECTED && cluster.down_since &&
 	    now - cluster.down_since > cfg.cluster_redelivery_ms && disp_has_queued())
 		disp_fail_queued(MPOOL_E_UNAVAILABLE, "the cluster's broker is unreachable");
-	/* Long chunks keep their claim: an in-progress ack to the stream,
-	 * and a claim to the origin, every third of the wait. */
-	for (struct in_chunk *ic = cluster.in; ic; ic = ic->next) {
-		if (ic->ack && !ic->stopped && now - ic->claim_ms >= cfg.cluster_redelivery_ms / 3) {
-			ic->claim_ms = now;
-			cluster_js_ack(ic->ack, "+WPI");
-			cluster_in_reply(ic, RES_CLAIM, 0, NULL, 0, NULL, 0, NULL);
-		}
-	}
 	cluster_pull_more();
 	disp_schedule();
 }
 
 void cluster_preinit(void)
 {
-	if (!cluster_enabled())
-		return;
 	/* libnats touches the loop's events from its threads. */
 	natsLibevent_Init();
 }
@@ -411,8 +363,6 @@ int cluster_start(struct event_base *base)
 	char user[256], pass[256], why[512] = "";
 	uint64_t r[2];
 
-	if (!cluster_enabled())
-		return 0;
 	pthread_mutex_init(&cluster.mu, NULL);
 	if (getentropy(r, sizeof(r)) < 0)
 		r[0] = (uint64_t)getpid() << 32 ^ now_ms();
@@ -561,3 +511,26 @@ void cluster_stop(void)
 	nats_CloseAndWait(2000);
 }
 
+/* The plugin's one exported symbol: everything else is hidden
+ * (-fvisibility=hidden), so its cluster_* never meet the daemon's. */
+__attribute__((visibility("default"))) extern const struct cluster_plugin mpool_cluster_plugin;
+const struct cluster_plugin mpool_cluster_plugin = {
+	.abi = CLUSTER_PLUGIN_ABI,
+	.version = MPOOL_VERSION,
+	.cfg_size = sizeof(struct config),
+	.preinit = cluster_preinit,
+	.start = cluster_start,
+	.stop = cluster_stop,
+	.up = cluster_up,
+	.check_fn = cluster_check_fn,
+	.outlet_room = cluster_outlet_room,
+	.outlet_run = cluster_outlet_run,
+	.outlet_workers = cluster_outlet_workers,
+	.kill_job = cluster_kill_job,
+	.job_ended = cluster_job_ended,
+	.send_chunk = cluster_send_chunk,
+	.map_done = cluster_map_done,
+	.job_failed = cluster_job_failed,
+	.inlet_job_ended = cluster_inlet_job_ended,
+	.pack_status = cluster_pack_status,
+};

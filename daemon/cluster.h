@@ -1,6 +1,7 @@
 /* cluster: mpoold nodes sharing work through NATS JetStream.  Only used
- * when cluster-url is set; without it nothing here runs and libnats is
- * never initialised. */
+ * when cluster-url is set: the NATS code is a plugin (cluster_plugin.h)
+ * opened then; without it nothing is opened, libnats is never loaded, and
+ * these calls do nothing (cluster_load.c). */
 #ifndef CLUSTER_H
 #define CLUSTER_H
 
@@ -17,9 +18,10 @@ struct job_spec;
 
 enum cluster_state { CLUSTER_OFF, CLUSTER_CONNECTING, CLUSTER_CONNECTED, CLUSTER_DISCONNECTED };
 
-/* Checks the cluster settings in cfg (URLs, files, names) and fills in
- * the default node name.  0, or -1 with the reason in why.  Without
- * cluster-url it only checks that workers is not 0. */
+/* Checks the cluster settings in cfg (URLs, files, names), fills in the
+ * default node name and opens the cluster plugin.  0, or -1 with the
+ * reason in why.  Without cluster-url it only checks that workers is not
+ * 0. */
 int cluster_config_check(char *why, size_t why_size);
 
 /* Reads cluster-user-file: the user name on its first line, the password on

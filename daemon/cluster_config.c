@@ -1,7 +1,7 @@
 /* cluster_config: checks the cluster settings at start, before anything
- * runs, so that a wrong URL or an unreadable credentials file stops mpoold
- * with the reason (exit 2) instead of failing later on the network.  It
- * reads files but never connects. */
+ * runs, so that a wrong URL, an unreadable credentials file or a missing
+ * cluster plugin stops mpoold with the reason (exit 2) instead of failing
+ * later on the network.  It reads files but never connects. */
 #include "cluster.h"
 
 #include <arpa/inet.h>
@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cluster_plugin.h"
 #include "config.h"
 
 /* Whether host (as written in a URL, an IPv6 address in brackets) is this
@@ -203,5 +204,5 @@ int cluster_config_check(char *why, size_t n)
 		}
 		memcpy(cfg.node_name, host, strlen(host) + 1);
 	}
-	return 0;
+	return cluster_plugin_load(why, n);
 }

@@ -285,6 +285,31 @@ void cluster_pull_more(void)
 	cluster.pull_rr++;
 }
 
+void cluster_inlet_tick(uint64_t now)
+{
+	struct pull **lp, *pl;
+
+	/* Pull requests that will get no answer (lost with a connection). */
+	for (lp = &cluster.pulls; (pl = *lp);) {
+		if (now > pl->deadline) {
+			cluster.pull_credit -= pl->want - pl->got;
+			*lp = pl->next;
+			free(pl);
+		} else {
+			lp = &pl->next;
+		}
+	}
+	/* Long chunks keep their claim: an in-progress ack to the stream,
+	 * and a claim to the origin, every third of the wait. */
+	for (struct in_chunk *ic = cluster.in; ic; ic = ic->next) {
+		if (ic->ack && !ic->stopped && now - ic->claim_ms >= cfg.cluster_redelivery_ms / 3) {
+			ic->claim_ms = now;
+			cluster_js_ack(ic->ack, "+WPI");
+			cluster_in_reply(ic, RES_CLAIM, 0, NULL, 0, NULL, 0, NULL);
+		}
+	}
+}
+
 void cluster_in_free(struct in_chunk *ic)
 {
 	struct in_chunk **pp;

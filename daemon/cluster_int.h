@@ -1,9 +1,10 @@
-/* cluster_int: what the cluster's files share (cluster.c the broker link,
- * cluster_js.c publishing and JetStream's API, cluster_node.c the node
- * table and what clients see, cluster_outlet.c and cluster_inlet.c the
- * two sides of shared work).  Not for the rest of the daemon, which knows
- * only cluster.h.  All of it runs on the master's loop, except the
- * handoff in cluster.c, which libnats's threads call. */
+/* cluster_int: what the cluster plugin's files share (cluster.c the broker
+ * link, cluster_js.c publishing and JetStream's API, cluster_node.c the
+ * node table and what clients see, cluster_outlet.c and cluster_inlet.c
+ * the two sides of shared work).  Not for the rest of the daemon, which
+ * knows only cluster.h (and reaches these through cluster_load.c).  All of
+ * it runs on the master's loop, except the handoff in cluster.c, which
+ * libnats's threads call. */
 #ifndef CLUSTER_INT_H
 #define CLUSTER_INT_H
 
@@ -184,6 +185,8 @@ void cluster_out_remove(struct out_chunk **pp);
 /* Ends a chunk out as lost (disp_chunk_lost) and forgets it. */
 void cluster_out_lost(struct out_chunk **pp, int code, const char *msg);
 void cluster_handle_res(natsMsg *msg);
+/* Each second: ends the chunks out that timed out. */
+void cluster_outlet_tick(uint64_t now);
 
 /* cluster_inlet.c */
 /* Tells a chunk's origin of its run (enum res_kind). */
@@ -197,6 +200,8 @@ void cluster_handle_pull(uint64_t id, natsMsg *msg);
 /* Asks the stream for chunks for the idle workers. */
 void cluster_pull_more(void);
 void cluster_in_free(struct in_chunk *ic);
+/* Each second: forgets expired pulls, renews long chunks' claims. */
+void cluster_inlet_tick(uint64_t now);
 void cluster_handle_stop(natsMsg *msg);
 /* Stops the chunks run here for origin's incarnation inc: job's, or all
  * of them with any_job. */

@@ -1,7 +1,7 @@
 /* cluster_node: the node table (the heartbeats every node sends, this
  * one's among them), the functions this node announces, and what clients
- * see of the cluster: whether a request is shared, whether its function
- * exists on some node, the status's cluster map. */
+ * see of the cluster: whether a request's function exists on some node,
+ * the status's cluster map. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
@@ -245,18 +245,6 @@ void cluster_fns_collect(void)
 
 /* ---- what clients see --------------------------------------------------- */
 
-bool cluster_share(const struct job_spec *spec)
-{
-	if (!cluster_enabled())
-		return false;
-	if (cfg.workers == 0)
-		return true;
-	if (spec->spread)
-		return spec->spread > 0;
-	return cfg.cluster_spread == CONFIG_SPREAD_ALL ||
-	       (cfg.cluster_spread == CONFIG_SPREAD_MAPS && spec->is_map);
-}
-
 int cluster_check_fn(const char *fn, size_t len)
 {
 	if (reg_lookup(fn, len) && cfg.workers > 0)
@@ -275,7 +263,7 @@ int cluster_check_fn(const char *fn, size_t len)
 	return -ENOENT;
 }
 
-const char *cluster_state_name(void)
+static const char *cluster_state_name(void)
 {
 	static const char *names[] = { "off", "connecting", "connected", "disconnected" };
 

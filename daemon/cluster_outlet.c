@@ -140,6 +140,32 @@ void cluster_out_lost(struct out_chunk **pp, int code, const char *msg)
 	disp_chunk_lost(&ck, code, msg);
 }
 
+/* Shared work in flight completes or fails in bounded time: chunks the
+ * stream never confirmed, chunks out while the broker stays unreachable
+ * past the redelivery wait, chunks nobody took for UNTAKEN_MS, and chunks
+ * nobody reported on for three redelivery waits (they rerun, within the
+ * request's retries). */
+void cluster_outlet_tick(uint64_t now)
+{
+	struct out_chunk **pp, *o;
+
+	for (pp = &cluster.out; (o = *pp);) {
+		bool down = cluster.state != CLUSTER_CONNECTED && cluster.down_since &&
+			    now - cluster.down_since > cfg.cluster_redelivery_ms;
+
+		if (down)
+			cluster_out_lost(pp, MPOOL_E_WORKER, "the cluster's broker is unreachable");
+		else if (!o->acked && now - o->sent_ms > PUBACK_MS)
+			cluster_out_lost(pp, MPOOL_E_WORKER, "the cluster's stream did not take the chunk");
+		else if (now - o->active_ms > (o->delivered ? 3ull * cfg.cluster_redelivery_ms :
+					       UNTAKEN_MS(cfg.cluster_redelivery_ms)))
+			cluster_out_lost(pp, MPOOL_E_WORKER, o->delivered ? "no node reported on the chunk" :
+					 "no node took the chunk");
+		else
+			pp = &o->next;
+	}
+}
+
 /* Errors arrive with indexes counted from the chunk's start: rewrite them
  * from base, keeping only those of items at skip and after.  Returns the
  * packed array (sb) and how many it holds. */

@@ -4,8 +4,8 @@
  * master.c hands these to disp_init.
  *
  * cluster: the inlet (cluster.h) is one more client, cluster_inlet_conn;
- * the calls for it go to cluster_inlet.c, and the outlet
- * (cluster_outlet.c) is one more worker. */
+ * the calls for it go to the cluster plugin's inlet, and its outlet is one
+ * more worker. */
 #include "disp.h"
 
 #include <unistd.h>

@@ -1,0 +1,204 @@
+/* cluster_load: cluster.h for the rest of the daemon.  With cluster-url,
+ * cluster_config_check opens the cluster plugin (cluster_plugin.h) and
+ * every call goes to it; without, nothing is opened and each call does
+ * what the cluster did when cluster-url was not set, so mpoold needs
+ * neither libnats nor libevent's thread support. */
+#include "cluster.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cluster_plugin.h"
+#include "config.h"
+#include "disp.h"
+#include "log.h"
+#include "mp_rpc.h"
+#include "registry.h"
+
+/* The one inlet "client": a handle the daemon's ops recognise. */
+static char inlet_tag;
+struct conn *const cluster_inlet_conn = (struct conn *)&inlet_tag;
+
+/* NULL: no cluster-url, and no plugin. */
+static const struct cluster_plugin *plug;
+
+/* Beside the running mpoold first (a build tree), then where it installs,
+ * as the fork server is found. */
+static void plugin_path(char *buf, size_t size)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	char *slash;
+
+	if (n > 0) {
+		self[n] = '\0';
+		slash = strrchr(self, '/');
+		if (slash) {
+			*slash = '\0';
+			if ((size_t)snprintf(buf, size, "%s/%s", self, CLUSTER_PLUGIN_NAME) < size &&
+			    access(buf, F_OK) == 0)
+				return;
+		}
+	}
+	snprintf(buf, size, "%s", MPOOL_CLUSTER_PLUGIN_PATH);
+}
+
+int cluster_plugin_load(char *why, size_t n)
+{
+	const struct cluster_plugin *p;
+	char path[PATH_MAX];
+	void *h;
+
+	if (plug || !cluster_enabled())
+		return 0;
+	plugin_path(path, sizeof(path));
+	/* Never closed: its threads and the loop's events live as long as
+	 * mpoold. */
+	h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (!h) {
+		snprintf(why, n, "cluster-url is set but the cluster plugin %s cannot be loaded: %s",
+			 path, dlerror());
+		return -1;
+	}
+	p = dlsym(h, CLUSTER_PLUGIN_SYM);
+	if (!p) {
+		snprintf(why, n, "cluster-url is set but the cluster plugin %s cannot be loaded: %s",
+			 path, dlerror());
+		dlclose(h);
+		return -1;
+	}
+	if (p->abi != CLUSTER_PLUGIN_ABI || !p->version || strcmp(p->version, MPOOL_VERSION) != 0 ||
+	    p->cfg_size != sizeof(struct config)) {
+		snprintf(why, n, "cluster-url is set but the cluster plugin %s cannot be loaded: it is "
+			 "not from this build of mpoold %s (plugin ABI %u, version %s)", path,
+			 MPOOL_VERSION, p->abi, p->abi == CLUSTER_PLUGIN_ABI && p->version ?
+			 p->version : "unknown");
+		dlclose(h);
+		return -1;
+	}
+	plug = p;
+	return 0;
+}
+
+bool cluster_enabled(void)
+{
+	return cfg.cluster_url[0] != '\0';
+}
+
+bool cluster_up(void)
+{
+	return plug && plug->up();
+}
+
+void cluster_preinit(void)
+{
+	if (plug)
+		plug->preinit();
+}
+
+int cluster_start(struct event_base *base)
+{
+	return plug ? plug->start(base) : 0;
+}
+
+void cluster_stop(void)
+{
+	if (plug)
+		plug->stop();
+}
+
+bool cluster_share(const struct job_spec *spec)
+{
+	if (!cluster_enabled())
+		return false;
+	if (cfg.workers == 0)
+		return true;
+	if (spec->spread)
+		return spec->spread > 0;
+	return cfg.cluster_spread == CONFIG_SPREAD_ALL ||
+	       (cfg.cluster_spread == CONFIG_SPREAD_MAPS && spec->is_map);
+}
+
+int cluster_check_fn(const char *fn, size_t len)
+{
+	if (plug)
+		return plug->check_fn(fn, len);
+	/* The cluster's answer while it is not up. */
+	return reg_lookup(fn, len) && cfg.workers > 0 ? 0 : -EAGAIN;
+}
+
+bool cluster_outlet_room(void)
+{
+	return plug && plug->outlet_room();
+}
+
+void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
+{
+	if (!plug) {
+		/* Only after cluster_outlet_room said yes. */
+		log_err("cluster: a chunk for the outlet without a cluster");
+		abort();
+	}
+	plug->outlet_run(ck, fn, fn_len);
+}
+
+unsigned cluster_outlet_workers(void)
+{
+	return plug ? plug->outlet_workers() : 0;
+}
+
+void cluster_kill_job(const struct job *job)
+{
+	if (plug)
+		plug->kill_job(job);
+}
+
+void cluster_job_ended(const struct job *job)
+{
+	if (plug)
+		plug->job_ended(job);
+}
+
+/* The inlet's calls come only for its own jobs, which only a plugin makes. */
+void cluster_send_chunk(uint64_t msgid, uint64_t first, const uint8_t *results, size_t rlen,
+			const uint8_t *errors, size_t elen, uint8_t *owned)
+{
+	if (plug)
+		plug->send_chunk(msgid, first, results, rlen, errors, elen, owned);
+	else
+		free(owned);
+}
+
+void cluster_map_done(uint64_t msgid)
+{
+	if (plug)
+		plug->map_done(msgid);
+}
+
+void cluster_job_failed(uint64_t msgid, int code, const char *msg)
+{
+	if (plug)
+		plug->job_failed(msgid, code, msg);
+}
+
+void cluster_inlet_job_ended(uint64_t msgid)
+{
+	if (plug)
+		plug->inlet_job_ended(msgid);
+}
+
+void cluster_pack_status(msgpack_packer *pk)
+{
+	if (plug) {
+		plug->pack_status(pk);
+		return;
+	}
+	msgpack_pack_map(pk, 1);
+	mp_pack_cstr(pk, "broker");
+	mp_pack_cstr(pk, "off");
+}
