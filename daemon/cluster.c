@@ -155,7 +155,7 @@ static void on_connected(void)
 		log_info("cluster: broker connection regained");
 	else
 		log_info("cluster: connected to the broker as node %s of cluster %s",
-			 cfg.node_name, cfg.cluster_name);
+			 host_cfg->node_name, host_cfg->cluster_name);
 	cluster.ever_up = true;
 	cluster.down_since = 0;
 	cluster.up_since = now_ms();
@@ -163,7 +163,7 @@ static void on_connected(void)
 	 * case the servers lost it. */
 	if (!cluster.subs[0]) {
 		const struct { const char *what, *tail; enum qkind kind; } subs[] = {
-			{ "nodes", NULL, Q_NODES }, { "res", cfg.node_name, Q_RES },
+			{ "nodes", NULL, Q_NODES }, { "res", host_cfg->node_name, Q_RES },
 			{ "stop", "*", Q_STOP }, { NULL, NULL, Q_INBOX },
 		};
 
@@ -334,14 +334,14 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	for (unsigned i = 0; i < cluster.n_nodes; i++)
 		if (cluster.nodes[i].live && now - cluster.nodes[i].last_seen > NODE_LOST_MS &&
-		    strcmp(cluster.nodes[i].name, cfg.node_name) != 0)
+		    strcmp(cluster.nodes[i].name, host_cfg->node_name) != 0)
 			cluster_node_lost(&cluster.nodes[i], "silent for 5 s");
 	cluster_inlet_tick(now);
 	cluster_outlet_tick(now);
 	/* A gateway cannot run what waits for the broker: past the
 	 * redelivery wait without it, the queued work fails. */
-	if (cfg.workers == 0 && cluster.state != CLUSTER_CONNECTED && cluster.down_since &&
-	    now - cluster.down_since > cfg.cluster_redelivery_ms && disp_has_queued())
+	if (host_cfg->workers == 0 && cluster.state != CLUSTER_CONNECTED && cluster.down_since &&
+	    now - cluster.down_since > host_cfg->cluster_redelivery_ms && disp_has_queued())
 		disp_fail_queued(MPOOL_E_UNAVAILABLE, "the cluster's broker is unreachable");
 	cluster_pull_more();
 	disp_schedule();
@@ -357,7 +357,7 @@ int cluster_start(struct event_base *base)
 {
 	struct timeval tick = { HEARTBEAT_MS / 1000, (HEARTBEAT_MS % 1000) * 1000 };
 	const char *servers[32];
-	char urls[sizeof(cfg.cluster_url)], *save = NULL;
+	char urls[sizeof(host_cfg->cluster_url)], *save = NULL;
 	int n_servers = 0;
 	natsStatus s;
 	char user[256], pass[256], why[512] = "";
@@ -367,9 +367,9 @@ int cluster_start(struct event_base *base)
 	if (getentropy(r, sizeof(r)) < 0)
 		r[0] = (uint64_t)getpid() << 32 ^ now_ms();
 	cluster.inc = r[0] ? r[0] : 1;
-	snprintf(cluster.inbox, sizeof(cluster.inbox), "_INBOX.mpool.%s.%016" PRIx64, cfg.node_name,
+	snprintf(cluster.inbox, sizeof(cluster.inbox), "_INBOX.mpool.%s.%016" PRIx64, host_cfg->node_name,
 		 cluster.inc);
-	snprintf(cluster.stream, sizeof(cluster.stream), "MPOOL_%s", cfg.cluster_name);
+	snprintf(cluster.stream, sizeof(cluster.stream), "MPOOL_%s", host_cfg->cluster_name);
 	cluster_fns_collect();
 	cluster.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (cluster.efd < 0)
@@ -379,7 +379,7 @@ int cluster_start(struct event_base *base)
 	if (!cluster.ev_wake || !cluster.ev_tick || event_add(cluster.ev_wake, NULL) < 0 ||
 	    event_add(cluster.ev_tick, &tick) < 0)
 		return -ENOMEM;
-	snprintf(urls, sizeof(urls), "%s", cfg.cluster_url);
+	snprintf(urls, sizeof(urls), "%s", host_cfg->cluster_url);
 	for (char *u = strtok_r(urls, ", ", &save); u && n_servers < 32;
 	     u = strtok_r(NULL, ", ", &save))
 		servers[n_servers++] = u;
@@ -390,7 +390,7 @@ int cluster_start(struct event_base *base)
 	if (s == NATS_OK)
 		s = natsOptions_SetServers(cluster.opts, servers, n_servers);
 	if (s == NATS_OK)
-		s = natsOptions_SetName(cluster.opts, cfg.node_name);
+		s = natsOptions_SetName(cluster.opts, host_cfg->node_name);
 	if (s == NATS_OK)
 		s = natsOptions_SetEventLoop(cluster.opts, base, natsLibevent_Attach,
 					     natsLibevent_Read, natsLibevent_Write,
@@ -407,10 +407,10 @@ int cluster_start(struct event_base *base)
 		s = natsOptions_SetReconnectedCB(cluster.opts, on_conn_event, NULL);
 	if (s == NATS_OK)
 		s = natsOptions_SetClosedCB(cluster.opts, on_conn_event, NULL);
-	if (s == NATS_OK && cfg.cluster_creds[0])
-		s = natsOptions_SetUserCredentialsFromFiles(cluster.opts, cfg.cluster_creds, NULL);
-	if (s == NATS_OK && cfg.cluster_user_file[0]) {
-		if (cluster_read_user_file(cfg.cluster_user_file, user, sizeof(user), pass,
+	if (s == NATS_OK && host_cfg->cluster_creds[0])
+		s = natsOptions_SetUserCredentialsFromFiles(cluster.opts, host_cfg->cluster_creds, NULL);
+	if (s == NATS_OK && host_cfg->cluster_user_file[0]) {
+		if (cluster_read_user_file(host_cfg->cluster_user_file, user, sizeof(user), pass,
 					   sizeof(pass), why, sizeof(why)) < 0) {
 			log_err("%s", why);
 			return -EINVAL;
@@ -418,13 +418,14 @@ int cluster_start(struct event_base *base)
 		s = natsOptions_SetUserInfo(cluster.opts, user, pass);
 		explicit_bzero(pass, sizeof(pass));
 	}
-	if (s == NATS_OK && (cfg.cluster_ca[0] || cfg.cluster_cert[0] ||
-			     strstr(cfg.cluster_url, "tls://")))
+	if (s == NATS_OK && (host_cfg->cluster_ca[0] || host_cfg->cluster_cert[0] ||
+			     strstr(host_cfg->cluster_url, "tls://")))
 		s = natsOptions_SetSecure(cluster.opts, true);
-	if (s == NATS_OK && cfg.cluster_ca[0])
-		s = natsOptions_LoadCATrustedCertificates(cluster.opts, cfg.cluster_ca);
-	if (s == NATS_OK && cfg.cluster_cert[0])
-		s = natsOptions_LoadCertificatesChain(cluster.opts, cfg.cluster_cert, cfg.cluster_key);
+	if (s == NATS_OK && host_cfg->cluster_ca[0])
+		s = natsOptions_LoadCATrustedCertificates(cluster.opts, host_cfg->cluster_ca);
+	if (s == NATS_OK && host_cfg->cluster_cert[0])
+		s = natsOptions_LoadCertificatesChain(cluster.opts, host_cfg->cluster_cert,
+						      host_cfg->cluster_key);
 	if (s != NATS_OK) {
 		log_err("cluster: cannot set up the broker connection: %s (%s)",
 			natsStatus_GetText(s), nats_GetLastError(NULL));
@@ -453,7 +454,7 @@ int cluster_start(struct event_base *base)
 	} else if (s == NATS_OK || s == NATS_NOT_YET_CONNECTED) {
 		cluster.down_since = now_ms();
 		log_warn("cluster: broker unreachable at %s: %s; serving local work and retrying",
-			 cfg.cluster_url, why);
+			 host_cfg->cluster_url, why);
 		if (s == NATS_OK)
 			on_connected();
 	} else {
@@ -518,6 +519,7 @@ const struct cluster_plugin mpool_cluster_plugin = {
 	.abi = CLUSTER_PLUGIN_ABI,
 	.version = MPOOL_VERSION,
 	.cfg_size = sizeof(struct config),
+	.attach = cluster_attach,
 	.preinit = cluster_preinit,
 	.start = cluster_start,
 	.stop = cluster_stop,

@@ -50,7 +50,7 @@ void cluster_in_reply(const struct in_chunk *ic, int kind, uint64_t first,
 	msgpack_pack_uint64(&pk, ic->inc);
 	msgpack_pack_uint64(&pk, ic->job_key);
 	msgpack_pack_uint64(&pk, ic->chunk_key);
-	mp_pack_cstr(&pk, cfg.node_name);
+	mp_pack_cstr(&pk, host_cfg->node_name);
 	msgpack_pack_uint64(&pk, ic->delivered);
 	msgpack_pack_uint64(&pk, ic->first + first);
 	msgpack_pack_bin(&pk, rlen);
@@ -182,10 +182,10 @@ static void handle_chunk(natsMsg *msg)
 	ic->next = cluster.in;
 	cluster.in = ic;
 	cluster.n_in++;
-	if (strcmp(origin, cfg.node_name) != 0)
+	if (strcmp(origin, host_cfg->node_name) != 0)
 		cluster.ran_for_others++;
 	cluster_in_reply(ic, RES_CLAIM, 0, NULL, 0, NULL, 0, NULL);
-	ic->job = disp_submit(cluster_inlet_conn, &spec);
+	ic->job = disp_submit(cluster_host->inlet_conn, &spec);
 }
 
 void cluster_handle_pull(uint64_t id, natsMsg *msg)
@@ -240,10 +240,10 @@ void cluster_pull_more(void)
 	unsigned n_cands = 0;
 
 	/* A draining node takes no more work. */
-	if (!cluster_up() || cfg.workers == 0 || disp_has_queued() ||
+	if (!cluster_up() || host_cfg->workers == 0 || disp_has_queued() ||
 	    master_state() != MASTER_RUNNING)
 		return;
-	idle = cfg.workers > busy ? cfg.workers - busy : 0;
+	idle = host_cfg->workers > busy ? host_cfg->workers - busy : 0;
 	if (idle <= cluster.pull_credit)
 		return;
 	want = idle - cluster.pull_credit;
@@ -302,7 +302,7 @@ void cluster_inlet_tick(uint64_t now)
 	/* Long chunks keep their claim: an in-progress ack to the stream,
 	 * and a claim to the origin, every third of the wait. */
 	for (struct in_chunk *ic = cluster.in; ic; ic = ic->next) {
-		if (ic->ack && !ic->stopped && now - ic->claim_ms >= cfg.cluster_redelivery_ms / 3) {
+		if (ic->ack && !ic->stopped && now - ic->claim_ms >= host_cfg->cluster_redelivery_ms / 3) {
 			ic->claim_ms = now;
 			cluster_js_ack(ic->ack, "+WPI");
 			cluster_in_reply(ic, RES_CLAIM, 0, NULL, 0, NULL, 0, NULL);

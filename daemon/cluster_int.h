@@ -17,6 +17,7 @@
 #include <nats/nats.h>
 
 #include "cluster.h"
+#include "cluster_plugin.h"
 #include "config.h"
 #include "disp.h"
 #include "mp_rpc.h"
@@ -70,6 +71,11 @@ struct out_chunk {
 	bool dead;                   /* its job was stopped: lost at the next wake */
 	struct out_chunk *next;
 };
+
+/* The daemon (cluster_host.c): its calls, and its config, read-only. */
+extern const struct cluster_host *cluster_host;
+extern const struct config *host_cfg;
+void cluster_attach(const struct cluster_host *host);
 
 /* A chunk this node runs for a node (itself included). */
 struct in_chunk {

@@ -92,7 +92,7 @@ bool cluster_read_bin(struct mp_cur *c, const uint8_t **ret, uint32_t *ret_len)
 
 void cluster_subject(char *buf, size_t size, const char *what, const char *tail)
 {
-	snprintf(buf, size, "mpool.%s.%s%s%s", cfg.cluster_name, what, tail ? "." : "",
+	snprintf(buf, size, "mpool.%s.%s%s%s", host_cfg->cluster_name, what, tail ? "." : "",
 		 tail ? tail : "");
 }
 
@@ -129,7 +129,7 @@ void cluster_api_send(int what, const char *fn)
 		body = json_pack("{s:s, s:{s:s, s:s, s:I, s:s, s:I, s:I, s:I, s:s}}",
 				 "stream_name", cluster.stream, "config",
 				 "durable_name", dur, "ack_policy", "explicit",
-				 "ack_wait", (json_int_t)cfg.cluster_redelivery_ms * 1000000,
+				 "ack_wait", (json_int_t)host_cfg->cluster_redelivery_ms * 1000000,
 				 "filter_subject", filter, "max_deliver", (json_int_t)-1,
 				 "max_waiting", (json_int_t)4096, "max_ack_pending", (json_int_t)65536,
 				 "deliver_policy", "all");
@@ -139,7 +139,7 @@ void cluster_api_send(int what, const char *fn)
 			 what == API_STREAM ? "CREATE" : "UPDATE", cluster.stream);
 		body = json_pack("{s:s, s:[s], s:s, s:s, s:I, s:s}", "name", cluster.stream,
 				 "subjects", filter, "retention", "workqueue", "storage", "file",
-				 "num_replicas", (json_int_t)cfg.cluster_replicas, "discard", "old");
+				 "num_replicas", (json_int_t)host_cfg->cluster_replicas, "discard", "old");
 	}
 	text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	json_decref(body);
@@ -188,7 +188,7 @@ void cluster_handle_api(uint64_t id, natsMsg *msg)
 	} else {
 		if (!cluster.stream_ok)
 			log_info("cluster: stream %s ready (%u replica(s))", cluster.stream,
-				 cfg.cluster_replicas);
+				 host_cfg->cluster_replicas);
 		cluster.stream_ok = true;
 		consumers_create();
 		disp_schedule();

@@ -17,7 +17,9 @@
 #include "config.h"
 #include "disp.h"
 #include "log.h"
+#include "master.h"
 #include "mp_rpc.h"
+#include "pool.h"
 #include "registry.h"
 
 /* The one inlet "client": a handle the daemon's ops recognise. */
@@ -26,6 +28,32 @@ struct conn *const cluster_inlet_conn = (struct conn *)&inlet_tag;
 
 /* NULL: no cluster-url, and no plugin. */
 static const struct cluster_plugin *plug;
+
+static const struct cluster_host host = {
+	.cfg = &cfg,
+	.inlet_conn = (struct conn *)&inlet_tag,
+	.read_user_file = cluster_read_user_file,
+	.log_vmsg = log_vmsg,
+	.now_ms = now_ms,
+	.master_state = master_state,
+	.master_status_changed = master_status_changed,
+	.pool_busy = pool_busy,
+	.reg_lookup = reg_lookup,
+	.reg_each_fn = reg_each_fn,
+	.disp_submit = disp_submit,
+	.disp_schedule = disp_schedule,
+	.disp_cancel = disp_cancel,
+	.disp_kill_running = disp_kill_running,
+	.disp_fail_queued = disp_fail_queued,
+	.disp_has_queued = disp_has_queued,
+	.disp_job_id = disp_job_id,
+	.disp_job_retries = disp_job_retries,
+	.disp_job_timeout = disp_job_timeout,
+	.disp_chunk_part = disp_chunk_part,
+	.disp_chunk_done = disp_chunk_done,
+	.disp_chunk_lost = disp_chunk_lost,
+	.disp_walk_items = disp_walk_items,
+};
 
 /* Beside the running mpoold first (a build tree), then where it installs,
  * as the fork server is found. */
@@ -81,6 +109,7 @@ int cluster_plugin_load(char *why, size_t n)
 		dlclose(h);
 		return -1;
 	}
+	p->attach(&host);
 	plug = p;
 	return 0;
 }

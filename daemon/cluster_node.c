@@ -117,7 +117,7 @@ void cluster_handle_nodes(natsMsg *msg)
 		memset(nd, 0, sizeof(*nd));
 		snprintf(nd->name, sizeof(nd->name), "%s", name);
 	}
-	if (nd->live && nd->inc != inc && strcmp(name, cfg.node_name) != 0)
+	if (nd->live && nd->inc != inc && strcmp(name, host_cfg->node_name) != 0)
 		cluster_node_lost(nd, "it restarted");
 	cluster_strs_free(nd->fns, nd->n_fns);
 	cluster_strs_free(nd->want, nd->n_want);
@@ -137,7 +137,7 @@ void cluster_handle_nodes(natsMsg *msg)
 	}
 	if (!nd->live) {
 		nd->live = true;
-		if (strcmp(name, cfg.node_name) != 0)
+		if (strcmp(name, host_cfg->node_name) != 0)
 			log_info("cluster: node %s joined (%u worker(s))", name, nd->workers);
 		master_status_changed();
 		disp_schedule();
@@ -166,10 +166,10 @@ void cluster_heartbeat(bool leaving)
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 	msgpack_pack_array(&pk, 9);
 	msgpack_pack_uint64(&pk, CLUSTER_WIRE);
-	mp_pack_cstr(&pk, cfg.node_name);
+	mp_pack_cstr(&pk, host_cfg->node_name);
 	msgpack_pack_uint64(&pk, cluster.inc);
-	msgpack_pack_uint64(&pk, cfg.workers);
-	msgpack_pack_uint64(&pk, cfg.workers > busy ? cfg.workers - busy : 0);
+	msgpack_pack_uint64(&pk, host_cfg->workers);
+	msgpack_pack_uint64(&pk, host_cfg->workers > busy ? host_cfg->workers - busy : 0);
 	msgpack_pack_uint64(&pk, cluster.tasks_done);
 	msgpack_pack_array(&pk, cluster.n_fns);
 	for (unsigned i = 0; i < cluster.n_fns; i++)
@@ -225,7 +225,7 @@ void cluster_fns_collect(void)
 	struct fn_list now = { .n = 0 };
 	bool same;
 
-	if (cfg.workers > 0)
+	if (host_cfg->workers > 0)
 		reg_each_fn(add_fn, &now);
 	same = now.n == cluster.n_fns;
 	for (unsigned i = 0; same && i < now.n; i++)
@@ -247,7 +247,7 @@ void cluster_fns_collect(void)
 
 int cluster_check_fn(const char *fn, size_t len)
 {
-	if (reg_lookup(fn, len) && cfg.workers > 0)
+	if (reg_lookup(fn, len) && host_cfg->workers > 0)
 		return 0;
 	/* Others may have it, but none can be reached now. */
 	if (!cluster_up())
@@ -287,9 +287,9 @@ void cluster_pack_status(msgpack_packer *pk)
 	mp_pack_cstr(pk, "broker");
 	mp_pack_cstr(pk, cluster_state_name());
 	mp_pack_cstr(pk, "cluster");
-	mp_pack_cstr(pk, cfg.cluster_name);
+	mp_pack_cstr(pk, host_cfg->cluster_name);
 	mp_pack_cstr(pk, "node");
-	mp_pack_cstr(pk, cfg.node_name);
+	mp_pack_cstr(pk, host_cfg->node_name);
 	mp_pack_cstr(pk, "nodes");
 	msgpack_pack_array(pk, live);
 	for (unsigned i = 0; i < cluster.n_nodes; i++) {

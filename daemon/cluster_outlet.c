@@ -34,7 +34,7 @@ static unsigned outlet_cap(void)
 	unsigned cap = 0;
 
 	for (unsigned i = 0; i < cluster.n_nodes; i++)
-		if (cluster.nodes[i].live && strcmp(cluster.nodes[i].name, cfg.node_name) != 0)
+		if (cluster.nodes[i].live && strcmp(cluster.nodes[i].name, host_cfg->node_name) != 0)
 			cap += cluster.nodes[i].workers;
 	/* A gateway's own pulls count too: it runs nothing itself. */
 	return cap;
@@ -54,7 +54,7 @@ static unsigned outlet_spare(void)
 
 	for (unsigned i = 0; i < cluster.n_nodes; i++)
 		if (cluster.nodes[i].live && cluster.nodes[i].workers &&
-		    strcmp(cluster.nodes[i].name, cfg.node_name) != 0)
+		    strcmp(cluster.nodes[i].name, host_cfg->node_name) != 0)
 			n++;
 	return n;
 }
@@ -89,7 +89,7 @@ void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 	msgpack_pack_array(&pk, 10);
 	msgpack_pack_uint64(&pk, CLUSTER_WIRE);
-	mp_pack_cstr(&pk, cfg.node_name);
+	mp_pack_cstr(&pk, host_cfg->node_name);
 	msgpack_pack_uint64(&pk, cluster.inc);
 	msgpack_pack_uint64(&pk, disp_job_id(ck->job));
 	msgpack_pack_uint64(&pk, o->key);
@@ -151,14 +151,14 @@ void cluster_outlet_tick(uint64_t now)
 
 	for (pp = &cluster.out; (o = *pp);) {
 		bool down = cluster.state != CLUSTER_CONNECTED && cluster.down_since &&
-			    now - cluster.down_since > cfg.cluster_redelivery_ms;
+			    now - cluster.down_since > host_cfg->cluster_redelivery_ms;
 
 		if (down)
 			cluster_out_lost(pp, MPOOL_E_WORKER, "the cluster's broker is unreachable");
 		else if (!o->acked && now - o->sent_ms > PUBACK_MS)
 			cluster_out_lost(pp, MPOOL_E_WORKER, "the cluster's stream did not take the chunk");
-		else if (now - o->active_ms > (o->delivered ? 3ull * cfg.cluster_redelivery_ms :
-					       UNTAKEN_MS(cfg.cluster_redelivery_ms)))
+		else if (now - o->active_ms > (o->delivered ? 3ull * host_cfg->cluster_redelivery_ms :
+					       UNTAKEN_MS(host_cfg->cluster_redelivery_ms)))
 			cluster_out_lost(pp, MPOOL_E_WORKER, o->delivered ? "no node reported on the chunk" :
 					 "no node took the chunk");
 		else
@@ -369,7 +369,7 @@ void cluster_kill_job(const struct job *job)
 	msgpack_pack_uint64(&pk, CLUSTER_WIRE);
 	msgpack_pack_uint64(&pk, cluster.inc);
 	msgpack_pack_uint64(&pk, disp_job_id(job));
-	cluster_subject(subj, sizeof(subj), "stop", cfg.node_name);
+	cluster_subject(subj, sizeof(subj), "stop", host_cfg->node_name);
 	if (sb.data)
 		cluster_publish(subj, sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);

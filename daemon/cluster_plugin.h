@@ -5,32 +5,79 @@
  *
  * The plugin exports one symbol, CLUSTER_PLUGIN_SYM, a const struct
  * cluster_plugin; cluster_load.c opens the plugin at config check time
- * (before the loop's event_base exists) and forwards cluster.h's calls to
- * its table.  The plugin calls back into mpoold through the symbols
- * cluster.dynlist exports, and reads cfg: it must come from the same
- * build, which abi, version and cfg_size check.  Bump CLUSTER_PLUGIN_ABI
- * when the table, or what the plugin uses of the daemon, changes shape. */
+ * (before the loop's event_base exists), hands it the daemon's calls as a
+ * struct cluster_host and forwards cluster.h's calls to its table.  mpoold
+ * itself exports no symbol: a task module it opens cannot bind one of its
+ * own names to the daemon's by chance.  The plugin reads the daemon's
+ * config and structs, so it must come from the same build, which abi,
+ * version and cfg_size check.  Bump CLUSTER_PLUGIN_ABI when either table
+ * changes shape. */
 #ifndef CLUSTER_PLUGIN_H
 #define CLUSTER_PLUGIN_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <event2/event.h>
 #include <msgpack.h>
 
+#include "master.h"
+
 #define CLUSTER_PLUGIN_ABI 1
 #define CLUSTER_PLUGIN_NAME "mpool-cluster.so"
 #define CLUSTER_PLUGIN_SYM "mpool_cluster_plugin"
 
 struct chunk;
+struct conn;
+struct config;
+struct disp_results_buf;
 struct job;
+struct job_spec;
+struct mp_cur;
+struct reg_fn;
+struct wmsg_result;
+
+/* The daemon, as the plugin sees it: each call does what the daemon's
+ * function of the same name does (cluster_host.c gives the plugin those
+ * names back). */
+struct cluster_host {
+	const struct config *cfg;
+	struct conn *inlet_conn;
+	int (*read_user_file)(const char *path, char *user, size_t user_size, char *pass,
+			      size_t pass_size, char *why, size_t why_size);
+	void (*log_vmsg)(int prio, const char *fmt, va_list ap);
+	uint64_t (*now_ms)(void);
+	enum master_state (*master_state)(void);
+	void (*master_status_changed)(void);
+	unsigned (*pool_busy)(void);
+	const struct reg_fn *(*reg_lookup)(const char *name, size_t len);
+	void (*reg_each_fn)(void (*fn)(const char *name, void *arg), void *arg);
+	struct job *(*disp_submit)(struct conn *conn, const struct job_spec *spec);
+	void (*disp_schedule)(void);
+	void (*disp_cancel)(struct job *job, int code, const char *msg);
+	void (*disp_kill_running)(struct job *job);
+	void (*disp_fail_queued)(int code, const char *msg);
+	bool (*disp_has_queued)(void);
+	uint64_t (*disp_job_id)(const struct job *job);
+	uint32_t (*disp_job_retries)(const struct job *job);
+	uint32_t (*disp_job_timeout)(const struct job *job);
+	void (*disp_chunk_part)(struct chunk *ck, const struct wmsg_result *res,
+				const struct disp_results_buf *buf);
+	void (*disp_chunk_done)(struct chunk *ck, const struct wmsg_result *res,
+				const struct disp_results_buf *buf);
+	void (*disp_chunk_lost)(struct chunk *ck, int code, const char *msg);
+	int (*disp_walk_items)(struct mp_cur *c, uint64_t n, const uint8_t **ret_items,
+			       size_t *ret_len, const size_t **ret_marks);
+};
 
 /* Each entry does what cluster.h says of the function of the same name. */
 struct cluster_plugin {
 	uint32_t abi;                   /* CLUSTER_PLUGIN_ABI */
 	const char *version;            /* MPOOL_VERSION */
 	size_t cfg_size;                /* sizeof(struct config) */
+	/* First, before any other call. */
+	void (*attach)(const struct cluster_host *host);
 	void (*preinit)(void);
 	int (*start)(struct event_base *base);
 	void (*stop)(void);

@@ -71,12 +71,11 @@ const char *log_last_error(void)
 	return last_error;
 }
 
-void log_msg(int prio, const char *fmt, ...)
+void log_vmsg(int prio, const char *fmt, va_list ap)
 {
 	static const char *names[] = { "emerg", "alert", "crit", "error",
 				       "warning", "notice", "info", "debug" };
 	char line[1024];
-	va_list ap;
 	int n;
 
 	if (prio > max_level)
@@ -93,10 +92,17 @@ void log_msg(int prio, const char *fmt, ...)
 		n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ld mpoold[%d] %s: ",
 			      ts.tv_nsec / 1000000, (int)getpid(), names[prio & 7]);
 	}
-	va_start(ap, fmt);
 	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
-	va_end(ap);
 	if (prio <= LOG_ERR)
 		snprintf(last_error, sizeof(last_error), "%s", line + n);
 	write_line(line, sizeof(line));
+}
+
+void log_msg(int prio, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	log_vmsg(prio, fmt, ap);
+	va_end(ap);
 }

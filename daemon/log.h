@@ -4,12 +4,14 @@
 #ifndef LOG_H
 #define LOG_H
 
+#include <stdarg.h>
 #include <syslog.h>
 
 /* Sets the level and looks at stderr again (call it once early for the
  * startup errors, and again once the level is known). */
 void log_init(int level);
 void log_msg(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void log_vmsg(int prio, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 /* An error before the daemon runs (options, config file): "mpoold: ..." on
  * a terminal, with the error priority (and without the program's name, which
  * the journal adds) under journald; never filtered. */

@@ -4,8 +4,11 @@
 - mpoold has no DT_NEEDED on libnats or libevent_pthreads: those are the
   cluster plugin's (mpool-cluster.so), which mpoold opens only when
   cluster-url is set.
-- The plugin opened beside a copy of mpoold resolves every symbol it takes
-  from mpoold (dlopen with RTLD_NOW: cluster.dynlist is complete).
+- mpoold exports no symbol of its own (the plugin gets the daemon's calls
+  as a table), so no task module it opens can bind a name of its own to
+  the daemon's; the plugin exports only its table.
+- The plugin opened beside a copy of mpoold resolves every symbol
+  (dlopen with RTLD_NOW).
 - A plugin that does not load, or is not from this build, stops mpoold at
   config check with the reason and the path (exit 2); without cluster-url
   the same file is never opened.
@@ -28,17 +31,27 @@ def needed(path):
             if '(NEEDED)' in line]
 
 
+def exported(path):
+    """The dynamic symbols path defines, without glibc's copy relocations
+    (stdout, optind, ...: versioned GLIBC_*)."""
+    out = subprocess.run(['nm', '-D', '--defined-only', path], check=True,
+                         capture_output=True, text=True).stdout
+    return [line.split()[-1] for line in out.splitlines()
+            if line.strip() and '@GLIBC' not in line]
+
+
 def main():
     mpoold, plugin, bad_abi = sys.argv[1:4]
     failures = []
 
-    if shutil.which('readelf') is None:
-        print('SKIP: no readelf')
-        return 77
     libs = needed(mpoold)
     for lib in libs:
         if lib.startswith(('libnats', 'libevent_pthreads')):
             failures.append('mpoold needs %s at run time' % lib)
+    if exported(mpoold):
+        failures.append('mpoold exports %s' % ', '.join(exported(mpoold)))
+    if exported(plugin) != ['mpool_cluster_plugin']:
+        failures.append('the plugin exports %s' % ', '.join(exported(plugin)))
     if not any(lib.startswith('libnats') for lib in needed(plugin)):
         failures.append('the plugin does not link libnats (wrong file?)')
 
