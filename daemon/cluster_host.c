@@ -57,6 +57,11 @@ unsigned pool_busy(void)
 	return cluster_host->pool_busy();
 }
 
+uint64_t pool_tasks_done(void)
+{
+	return cluster_host->pool_tasks_done();
+}
+
 const struct reg_fn *reg_lookup(const char *name, size_t len)
 {
 	return cluster_host->reg_lookup(name, len);

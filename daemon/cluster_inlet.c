@@ -345,7 +345,6 @@ void cluster_map_done(uint64_t msgid)
 	if (!ic->stopped) {
 		/* The last part said it all; this closes the run. */
 		cluster_in_reply(ic, RES_DONE, 0, empty, 1, empty, 1, NULL);
-		cluster.tasks_done += ic->count;
 	}
 	cluster_js_ack(ic->ack, "+ACK");
 	free(ic->ack);

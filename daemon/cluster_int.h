@@ -148,7 +148,6 @@ struct cluster {
 	unsigned n_stopped;
 	/* Counters for status. */
 	uint64_t sent, ran_for_others, redelivered, lost;
-	uint64_t tasks_done;         /* items run here for the cluster */
 };
 extern struct cluster cluster;
 

@@ -38,6 +38,7 @@ static const struct cluster_host host = {
 	.master_state = master_state,
 	.master_status_changed = master_status_changed,
 	.pool_busy = pool_busy,
+	.pool_tasks_done = pool_tasks_done,
 	.reg_lookup = reg_lookup,
 	.reg_each_fn = reg_each_fn,
 	.disp_submit = disp_submit,

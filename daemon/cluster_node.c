@@ -170,7 +170,7 @@ void cluster_heartbeat(bool leaving)
 	msgpack_pack_uint64(&pk, cluster.inc);
 	msgpack_pack_uint64(&pk, host_cfg->workers);
 	msgpack_pack_uint64(&pk, host_cfg->workers > busy ? host_cfg->workers - busy : 0);
-	msgpack_pack_uint64(&pk, cluster.tasks_done);
+	msgpack_pack_uint64(&pk, pool_tasks_done());
 	msgpack_pack_array(&pk, cluster.n_fns);
 	for (unsigned i = 0; i < cluster.n_fns; i++)
 		mp_pack_cstr(&pk, cluster.fns[i]);

@@ -51,6 +51,7 @@ struct cluster_host {
 	enum master_state (*master_state)(void);
 	void (*master_status_changed)(void);
 	unsigned (*pool_busy)(void);
+	uint64_t (*pool_tasks_done)(void);
 	const struct reg_fn *(*reg_lookup)(const char *name, size_t len);
 	void (*reg_each_fn)(void (*fn)(const char *name, void *arg), void *arg);
 	struct job *(*disp_submit)(struct conn *conn, const struct job_spec *spec);

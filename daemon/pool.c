@@ -512,6 +512,11 @@ unsigned pool_live(void)
 	return n;
 }
 
+uint64_t pool_tasks_done(void)
+{
+	return run_tasks_total;
+}
+
 unsigned pool_busy(void)
 {
 	unsigned n = 0;

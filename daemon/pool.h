@@ -47,6 +47,8 @@ void pool_kill_all(void);
 unsigned pool_live(void);
 /* Workers running a chunk (cluster: what a node reports of its load). */
 unsigned pool_busy(void);
+/* Items this node's workers have run since it started. */
+uint64_t pool_tasks_done(void);
 
 /* status: the workers array, and the pool's own keys of "totals". */
 void pool_pack_workers(msgpack_packer *pk);
