@@ -11,7 +11,8 @@
  * systemd/ in the sources (the sample nats-server config, the drop-in);
  * MPOOL_UNIT_DIR, the configured units; MPOOL_TESTMOD, tests/testmod.c's
  * module; MPOOL_PYMOD, the py module (set only where python3-dev built
- * it). */
+ * it); MPOOL_NATSJWT, tests/natsjwt.py (an operator's JWTs and a user's
+ * credentials file). */
 #include <check.h>
 
 #include <arpa/inet.h>
@@ -1149,15 +1150,21 @@ static void make_tls(const char *d)
 	REQUIREF(system(cmd) == 0, "making the test CA failed (openssl: .ci/install-deps)");
 }
 
-static void tls_node(struct fx *fx, const char *name, const char *ca, const char *user)
+/* Starts node name on br over TLS; opts alternate an option and a file
+ * in br.dir (--cluster-ca ca.pem ...). */
+static void tls_node(struct fx *fx, const char *name, const char *const *opts)
 {
-	char url[64], caf[128], userf[128];
-	const char *argv[] = { "--cluster-url", url, "--node-name", name, "--cluster-ca", caf,
-			       "--cluster-user-file", userf, NULL };
+	char url[64], files[6][128];
+	const char *argv[20] = { "--cluster-url", url, "--node-name", name };
+	int n = 4;
 
 	snprintf(url, sizeof(url), "tls://127.0.0.1:%d", br.port);
-	snprintf(caf, sizeof(caf), "%s/%s", br.dir, ca);
-	snprintf(userf, sizeof(userf), "%s/%s", br.dir, user);
+	for (int i = 0; opts[i] && opts[i + 1] && i < 12; i += 2) {
+		snprintf(files[i / 2], sizeof(files[0]), "%s/%s", br.dir, opts[i + 1]);
+		argv[n++] = opts[i];
+		argv[n++] = files[i / 2];
+	}
+	argv[n] = NULL;
 	fx_start(fx, argv);
 }
 
@@ -1176,6 +1183,8 @@ START_TEST(tls_and_credentials)
 	struct fx a, b, badca, badpw;
 	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 10);
 	char conf[96];
+	static const char *const good[] = { "--cluster-ca", "ca.pem", "--cluster-user-file",
+					    "user", NULL };
 
 	snprintf(br.dir, sizeof(br.dir), "/tmp/mpcl-nats-XXXXXX");
 	REQUIREF(mkdtemp(br.dir), "mkdtemp: %s", strerror(errno));
@@ -1183,21 +1192,140 @@ START_TEST(tls_and_credentials)
 	snprintf(conf, sizeof(conf), "%s/nats.conf", br.dir);
 	broker_conf = conf;
 	broker_start(&br, 0);
-	tls_node(&a, "a", "ca.pem", "user");
-	tls_node(&b, "b", "ca.pem", "user");
+	tls_node(&a, "a", good);
+	tls_node(&b, "b", good);
 	wait_nodes(&a, 2);
 	fx_map_squares(a.c, 2000, 0, &o, 0);
 	REQUIREF(cluster_u64(&a, "chunks_sent") > 0, "nothing shared over TLS");
 	/* Refused, each with its reason, and serving local work. */
-	tls_node(&badca, "c", "other-ca.pem", "user");
+	tls_node(&badca, "c", (const char *const[]){ "--cluster-ca", "other-ca.pem",
+		 "--cluster-user-file", "user", NULL });
 	wait_log(&badca, "unable to get local issuer certificate");
 	REQUIREF(!cluster_str_is(&badca, "broker", "connected"), "connected with the wrong CA");
 	fx_map_squares(badca.c, 100, 0, &o, 0);
-	tls_node(&badpw, "d", "ca.pem", "baduser");
+	tls_node(&badpw, "d", (const char *const[]){ "--cluster-ca", "ca.pem",
+		 "--cluster-user-file", "baduser", NULL });
 	wait_log(&badpw, "Authorization Violation");
 	REQUIREF(!cluster_str_is(&badpw, "broker", "connected"), "connected with a wrong password");
 	fx_stop(&badpw);
 	fx_stop(&badca);
+	fx_stop(&b);
+	fx_stop(&a);
+}
+END_TEST
+
+/* Client certificates for mutual TLS: one the test CA signed, one another
+ * CA signed, and a broker config that requires the first kind (verify). */
+static void make_client_certs(const char *d)
+{
+	char cmd[1536];
+
+	snprintf(cmd, sizeof(cmd),
+		 "set -e; cd '%s'; k='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n"
+		 "openssl req $k -keyout client.key -out client.csr -subj /CN=mpool-node\n"
+		 "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+		 "-out client.pem -days 2\n"
+		 "openssl req $k -keyout stranger.key -out stranger.csr -subj /CN=stranger\n"
+		 "openssl x509 -req -in stranger.csr -CA other-ca.pem -CAkey other.key "
+		 "-CAcreateserial -out stranger.pem -days 2\n"
+		 "printf 'tls { cert_file: \"%s/server.pem\", key_file: \"%s/server.key\",\n"
+		 "  ca_file: \"%s/ca.pem\", verify: true }\n' > mtls.conf\n",
+		 d, d, d, d);
+	REQUIREF(system(cmd) == 0, "making the client certificates failed");
+}
+
+/* Mutual TLS: a broker that requires a client certificate its CA signed
+ * takes nodes that have one (cluster-cert, cluster-key), and refuses a node
+ * without one or with one another CA signed, which then says why and serves
+ * local work. */
+START_TEST(mutual_tls)
+{
+	struct fx a, b, nocert, stranger;
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 10);
+	char conf[96];
+	static const char *const good[] = { "--cluster-ca", "ca.pem", "--cluster-cert",
+					    "client.pem", "--cluster-key", "client.key", NULL };
+	static const char *const refused = "the broker closed the TLS connection at login";
+
+	snprintf(br.dir, sizeof(br.dir), "/tmp/mpcl-nats-XXXXXX");
+	REQUIREF(mkdtemp(br.dir), "mkdtemp: %s", strerror(errno));
+	make_tls(br.dir);
+	make_client_certs(br.dir);
+	snprintf(conf, sizeof(conf), "%s/mtls.conf", br.dir);
+	broker_conf = conf;
+	broker_start(&br, 0);
+	tls_node(&a, "a", good);
+	tls_node(&b, "b", good);
+	wait_nodes(&a, 2);
+	fx_map_squares(a.c, 2000, 0, &o, 0);
+	REQUIREF(cluster_u64(&a, "chunks_sent") > 0, "nothing shared over mutual TLS");
+	tls_node(&nocert, "c", (const char *const[]){ "--cluster-ca", "ca.pem", NULL });
+	wait_log(&nocert, refused);
+	REQUIREF(!cluster_str_is(&nocert, "broker", "connected"), "connected without a certificate");
+	fx_map_squares(nocert.c, 100, 0, &o, 0);
+	tls_node(&stranger, "d", (const char *const[]){ "--cluster-ca", "ca.pem", "--cluster-cert",
+		 "stranger.pem", "--cluster-key", "stranger.key", NULL });
+	wait_log(&stranger, refused);
+	REQUIREF(!cluster_str_is(&stranger, "broker", "connected"),
+		 "connected with a certificate another CA signed");
+	fx_stop(&stranger);
+	fx_stop(&nocert);
+	fx_stop(&b);
+	fx_stop(&a);
+}
+END_TEST
+
+/* Starts node name on br with the NATS credentials file creds in br.dir. */
+static void creds_node(struct fx *fx, const char *name, const char *creds)
+{
+	char url[64], file[128];
+	const char *argv[] = { "--cluster-url", url, "--node-name", name, "--cluster-creds", file,
+			       NULL };
+
+	snprintf(url, sizeof(url), "nats://127.0.0.1:%d", br.port);
+	snprintf(file, sizeof(file), "%s/%s", br.dir, creds);
+	fx_start(fx, argv);
+}
+
+/* A broker in operator (JWT) mode, its operator, accounts and user made by
+ * tests/natsjwt.py: nodes log in with a credentials file (cluster-creds)
+ * and share a map through JetStream, which the account's JWT enables.  A
+ * user JWT signed by a key other than its account's is refused, and so is
+ * a file whose seed is corrupt, each saying why. */
+START_TEST(credentials_file)
+{
+	struct fx a, b, forged, corrupt;
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 10);
+	char cmd[512], conf[96];
+
+	snprintf(br.dir, sizeof(br.dir), "/tmp/mpcl-nats-XXXXXX");
+	REQUIREF(mkdtemp(br.dir), "mkdtemp: %s", strerror(errno));
+	/* The corrupt file: one letter of the seed changed, so its checksum
+	 * fails. */
+	snprintf(cmd, sizeof(cmd),
+		 "set -e; cd '%s'; python3 '%s' \"$PWD\"\n"
+		 "sed 's/^\\(SU..\\)A/\\1B/; t; s/^\\(SU..\\)./\\1A/' user.creds > corrupt.creds\n"
+		 "printf 'include ./resolver.conf\\n' > nats.conf\n",
+		 br.dir, env_path("MPOOL_NATSJWT"));
+	REQUIREF(system(cmd) == 0, "tests/natsjwt.py failed (python3-cryptography: "
+		 ".ci/install-deps)");
+	snprintf(conf, sizeof(conf), "%s/nats.conf", br.dir);
+	broker_conf = conf;
+	broker_start(&br, 0);
+	creds_node(&a, "a", "user.creds");
+	creds_node(&b, "b", "user.creds");
+	wait_nodes(&a, 2);
+	fx_map_squares(a.c, 2000, 0, &o, 0);
+	REQUIREF(cluster_u64(&a, "chunks_sent") > 0, "nothing shared with a credentials file");
+	creds_node(&forged, "c", "forged.creds");
+	wait_log(&forged, "Authorization Violation (the broker refused this node's cluster-creds");
+	REQUIREF(!cluster_str_is(&forged, "broker", "connected"), "connected with a forged JWT");
+	fx_map_squares(forged.c, 100, 0, &o, 0);
+	creds_node(&corrupt, "d", "corrupt.creds");
+	wait_log(&corrupt, "(cluster-creds: not a NATS user credentials file?)");
+	REQUIREF(!cluster_str_is(&corrupt, "broker", "connected"), "connected with a corrupt seed");
+	fx_stop(&corrupt);
+	fx_stop(&forged);
 	fx_stop(&b);
 	fx_stop(&a);
 }
@@ -1254,6 +1382,8 @@ static Suite *cluster_suite(void)
 	tcase_add_test(tc, gateway_and_spread_option);
 	tcase_add_test(tc, broker_restart_mid_map);
 	tcase_add_test(tc, tls_and_credentials);
+	tcase_add_test(tc, mutual_tls);
+	tcase_add_test(tc, credentials_file);
 	tcase_add_test(tc, nats_cluster_loses_a_server);
 	tcase_add_test(tc, cancel_reaches_other_nodes);
 	tcase_add_test(tc, disconnect_reaches_other_nodes);
