@@ -353,6 +353,19 @@ void cluster_preinit(void)
 	natsLibevent_Init();
 }
 
+/* libnats's words for a refused login do not say what to fix. */
+static const char *login_hint(natsStatus s)
+{
+	if (s == NATS_CONNECTION_AUTH_FAILED)
+		return " (the broker refused this node's cluster-creds or cluster-user-file)";
+	if (s == NATS_ERR && cfg.cluster_creds[0])
+		return " (cluster-creds: not a NATS user credentials file?)";
+	if (s == NATS_PROTOCOL_ERROR && (cfg.cluster_ca[0] || cfg.cluster_cert[0]))
+		return " (the broker closed the TLS connection at login: does it require a "
+		       "client certificate, cluster-cert, signed by a CA it trusts?)";
+	return "";
+}
+
 int cluster_start(struct event_base *base)
 {
 	struct timeval tick = { HEARTBEAT_MS / 1000, (HEARTBEAT_MS % 1000) * 1000 };
@@ -443,7 +456,8 @@ int cluster_start(struct event_base *base)
 		/* The first try says why (no server, a certificate that does
 		 * not verify, a wrong password); the retries in the
 		 * background do not. */
-		snprintf(why, sizeof(why), "%s", last && last[0] ? last : natsStatus_GetText(s));
+		snprintf(why, sizeof(why), "%s%s", last && last[0] ? last : natsStatus_GetText(s),
+			 login_hint(s));
 		cluster.nc = NULL;
 		s = natsOptions_SetRetryOnFailedConnect(cluster.opts, true, on_conn_event, NULL);
 		if (s == NATS_OK)

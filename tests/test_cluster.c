@@ -11,7 +11,8 @@
  * systemd/ in the sources (the sample nats-server config, the drop-in);
  * MPOOL_UNIT_DIR, the configured units; MPOOL_TESTMOD, tests/testmod.c's
  * module; MPOOL_PYMOD, the py module (set only where python3-dev built
- * it). */
+ * it); MPOOL_NATSJWT, tests/natsjwt.py (an operator's JWTs and a user's
+ * credentials file). */
 #include <check.h>
 
 #include <arpa/inet.h>
@@ -34,10 +35,9 @@
 #include <mpool/mpool.h>
 
 #include "fixture.h"
+#include "testutil.h"
 
 #define WAIT_MS 20000
-
-static char dir[64];
 
 static const char *mpoold(void)
 {
@@ -55,100 +55,20 @@ static const char *env_path(const char *name)
 	return p;
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static const char *path_in(const char *name)
-{
-	static char buf[4][128];
-	static unsigned k;
-	char *p = buf[k++ % 4];
-
-	snprintf(p, sizeof(buf[0]), "%s/%s", dir, name);
-	return p;
-}
-
-static void write_file(const char *path, const char *text, mode_t mode)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-
-	ck_assert_msg(fd >= 0, "cannot write %s: %s", path, strerror(errno));
-	ck_assert(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
-	close(fd);
-}
-
-static char *slurp(const char *path)
-{
-	FILE *f = fopen(path, "re");
-	char *buf;
-	long n;
-
-	if (!f)
-		return strdup("");
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = calloc(1, (size_t)n + 1);
-	ck_assert(buf);
-	if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n)
-		buf[0] = '\0';
-	fclose(f);
-	return buf;
-}
-
-/* Runs argv with stdout and stderr to a file; returns the exit status
- * (-1: killed) and the output in *ret_out. */
-static int run(char *const argv[], char **ret_out)
-{
-	const char *out = path_in("run.out");
-	int64_t deadline = now_ms() + WAIT_MS;
-	int status;
-	pid_t pid, r;
-
-	pid = fork();
-	ck_assert(pid >= 0);
-	if (pid == 0) {
-		int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		setpgid(0, 0);
-		if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
-			_exit(126);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	while ((r = waitpid(pid, &status, WNOHANG)) == 0 && now_ms() < deadline) {
-		struct timespec ts = { 0, 10 * 1000000 };
-
-		nanosleep(&ts, NULL);
-	}
-	if (r == 0) {
-		kill(-pid, SIGKILL);
-		waitpid(pid, &status, 0);
-		ck_abort_msg("%s did not exit within %d ms", argv[0], WAIT_MS);
-	}
-	*ret_out = slurp(out);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 static void setup(void)
 {
-	snprintf(dir, sizeof(dir), "/tmp/mpcl-XXXXXX");
-	ck_assert_msg(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+	snprintf(tu_dir, sizeof(tu_dir), "/tmp/mpcl-XXXXXX");
+	ck_assert_msg(mkdtemp(tu_dir), "mkdtemp: %s", strerror(errno));
 }
 
 static void teardown(void)
 {
 	char cmd[96];
 
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	tu_kill_all();
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tu_dir);
 	if (system(cmd) != 0)
-		fprintf(stderr, "cannot remove %s\n", dir);
+		fprintf(stderr, "cannot remove %s\n", tu_dir);
 }
 
 /* ---- config --------------------------------------------------------------- */
@@ -157,11 +77,13 @@ static void teardown(void)
  * and output. */
 static int print_config(const char *text, char **ret_out)
 {
-	const char *conf = path_in("mpoold.conf");
+	const char *conf = tu_path_in("mpoold.conf");
 	char *argv[] = { (char *)mpoold(), "--config", (char *)conf, "--print-config", NULL };
+	int st;
 
-	write_file(conf, text, 0600);
-	return run(argv, ret_out);
+	tu_write_file(conf, text, 0600);
+	st = tu_run(argv, NULL, ret_out);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 struct conf_case {
@@ -222,26 +144,27 @@ START_TEST(config_credentials_from_files)
 	char text[512], *out;
 	int st;
 
-	write_file(path_in("user"), "mpool\ns3cret-pass\n", 0600);
-	write_file(path_in("oneline"), "mpool\n", 0600);
-	write_file(path_in("creds"), "not checked until login\n", 0600);
+	tu_write_file(tu_path_in("user"), "mpool\ns3cret-pass\n", 0600);
+	tu_write_file(tu_path_in("oneline"), "mpool\n", 0600);
+	tu_write_file(tu_path_in("creds"), "not checked until login\n", 0600);
 
 	snprintf(text, sizeof(text), "cluster-url = nats://127.0.0.1:4222\n"
-		 "cluster-user-file = %s\n", path_in("user"));
+		 "cluster-user-file = %s\n", tu_path_in("user"));
 	st = print_config(text, &out);
-	ck_assert_msg(st == 0 && strstr(out, path_in("user")) && !strstr(out, "s3cret"),
+	ck_assert_msg(st == 0 && strstr(out, tu_path_in("user")) && !strstr(out, "s3cret"),
 		      "exit %d:\n%s", st, out);
 	free(out);
 
 	snprintf(text, sizeof(text), "cluster-url = nats://127.0.0.1:4222\n"
-		 "cluster-user-file = %s\n", path_in("oneline"));
+		 "cluster-user-file = %s\n", tu_path_in("oneline"));
 	st = print_config(text, &out);
 	ck_assert_msg(st == 2 && strstr(out, "the password on its second"), "exit %d:\n%s", st,
 		      out);
 	free(out);
 
 	snprintf(text, sizeof(text), "cluster-url = nats://127.0.0.1:4222\n"
-		 "cluster-user-file = %s\ncluster-creds = %s\n", path_in("user"), path_in("creds"));
+		 "cluster-user-file = %s\ncluster-creds = %s\n", tu_path_in("user"),
+		 tu_path_in("creds"));
 	st = print_config(text, &out);
 	ck_assert_msg(st == 2 && strstr(out, "set one, not both"), "exit %d:\n%s", st, out);
 	free(out);
@@ -607,7 +530,7 @@ START_TEST(loaded_functions_announced)
 	snprintf(py_dir, sizeof(py_dir), "/tmp/mpool-clpy-XXXXXX");
 	REQUIREF(mkdtemp(py_dir), "mkdtemp: %s", strerror(errno));
 	snprintf(path, sizeof(path), "%s/cltasks.py", py_dir);
-	write_file(path, "def triple(x):\n    return 3 * x\n", 0644);
+	tu_write_file(path, "def triple(x):\n    return 3 * x\n", 0644);
 	snprintf(initargs, sizeof(initargs), "{\"modules\": [\"cltasks\"], \"path\": [\"%s\"]}",
 		 py_dir);
 	extra[1] = pymod;
@@ -1060,7 +983,7 @@ static void trio_start(char *urls, size_t size)
 			 "cluster { name: mpool-test, listen: 127.0.0.1:%d,\n"
 			 "  routes: [ nats://127.0.0.1:%d, nats://127.0.0.1:%d ] }\n",
 			 i, cport[i], cport[(i + 1) % 3], cport[(i + 2) % 3]);
-		write_file(conf, text, 0600);
+		tu_write_file(conf, text, 0600);
 		broker_conf = conf;
 		broker_start(b, port[i]);
 		snprintf(urls + strlen(urls), size - strlen(urls), "%snats://127.0.0.1:%d",
@@ -1124,10 +1047,12 @@ END_TEST
 /* A test CA, a server certificate for 127.0.0.1 it signed, another CA, a
  * nats-server config requiring TLS and a password, whose mpool account has
  * only the permissions of the sample config (systemd/nats-server-mpool.conf),
- * and the user files. */
+ * and the user files; for mutual TLS, client certificates, one the test CA
+ * signed and one the other, and a config requiring the first kind
+ * (mtls.conf, verify). */
 static void make_tls(const char *d)
 {
-	char cmd[2048];
+	char cmd[3072];
 
 	snprintf(cmd, sizeof(cmd),
 		 "set -e; cd '%s'; k='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'\n"
@@ -1144,60 +1069,156 @@ static void make_tls(const char *d)
 		 "accounts { MPOOL { jetstream: enabled\\n"
 		 "users = [ { user: node, password: s3cret, permissions: $mpool_node } ] } }\\n'"
 		 " > nats.conf\n"
+		 "openssl req $k -keyout client.key -out client.csr -subj /CN=mpool-node\n"
+		 "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+		 "-out client.pem -days 2\n"
+		 "openssl req $k -keyout stranger.key -out stranger.csr -subj /CN=stranger\n"
+		 "openssl x509 -req -in stranger.csr -CA other-ca.pem -CAkey other.key "
+		 "-CAcreateserial -out stranger.pem -days 2\n"
+		 "printf 'tls { cert_file: \"%s/server.pem\", key_file: \"%s/server.key\",\\n"
+		 "  ca_file: \"%s/ca.pem\", verify: true }\\n' > mtls.conf\n"
 		 "umask 077; printf 'node\\ns3cret\\n' > user; printf 'node\\nwrong\\n' > baduser\n",
-		 d, env_path("MPOOL_SYSTEMD_SRC"), d, d);
+		 d, env_path("MPOOL_SYSTEMD_SRC"), d, d, d, d, d);
 	REQUIREF(system(cmd) == 0, "making the test CA failed (openssl: .ci/install-deps)");
 }
 
-static void tls_node(struct fx *fx, const char *name, const char *ca, const char *user)
+/* br.dir, a new directory for the broker's config and the files the nodes
+ * log in with. */
+static void broker_dir_make(void)
 {
-	char url[64], caf[128], userf[128];
-	const char *argv[] = { "--cluster-url", url, "--node-name", name, "--cluster-ca", caf,
-			       "--cluster-user-file", userf, NULL };
+	snprintf(br.dir, sizeof(br.dir), "/tmp/mpcl-nats-XXXXXX");
+	REQUIREF(mkdtemp(br.dir), "mkdtemp: %s", strerror(errno));
+}
 
-	snprintf(url, sizeof(url), "tls://127.0.0.1:%d", br.port);
-	snprintf(caf, sizeof(caf), "%s/%s", br.dir, ca);
-	snprintf(userf, sizeof(userf), "%s/%s", br.dir, user);
+/* Starts node name on br, whose URL has scheme (tls or nats); opts
+ * alternate an option and a file in br.dir (--cluster-ca ca.pem ...). */
+static void auth_node(struct fx *fx, const char *name, const char *scheme,
+		      const char *const *opts)
+{
+	char url[64], files[6][128];
+	const char *argv[20] = { "--cluster-url", url, "--node-name", name };
+	int n = 4;
+
+	snprintf(url, sizeof(url), "%s://127.0.0.1:%d", scheme, br.port);
+	for (int i = 0; opts[i] && opts[i + 1] && i < 12; i += 2) {
+		snprintf(files[i / 2], sizeof(files[0]), "%s/%s", br.dir, opts[i + 1]);
+		argv[n++] = opts[i];
+		argv[n++] = files[i / 2];
+	}
+	argv[n] = NULL;
 	fx_start(fx, argv);
 }
 
-static void wait_log(struct fx *fx, const char *s)
+/* Starts br with the config conf in br.dir, and nodes a and b logging in
+ * with opts (see auth_node); a map through a runs on b too. */
+static void auth_pair(struct fx *a, struct fx *b, const char *conf, const char *scheme,
+		      const char *const *opts)
 {
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 10);
+	char path[96];
+
+	snprintf(path, sizeof(path), "%s/%s", br.dir, conf);
+	broker_conf = path;
+	broker_start(&br, 0);
+	broker_conf = NULL;
+	auth_node(a, "a", scheme, opts);
+	auth_node(b, "b", scheme, opts);
+	wait_nodes(a, 2);
+	fx_map_squares(a->c, 2000, 0, &o, 0);
+	REQUIREF(cluster_u64(a, "chunks_sent") > 0, "nothing shared with %s", opts[1]);
+}
+
+/* Node name, logging in with opts, is refused: its log says why (says),
+ * and it serves local work. */
+static void auth_refused(struct fx *fx, const char *name, const char *scheme,
+			 const char *const *opts, const char *says)
+{
+	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 10);
 	int64_t end = fx_now_ms() + WAIT_MS;
 
-	while (!fx_log_has(fx, s)) {
-		REQUIREF(fx_now_ms() < end, "the log never said '%s'", s);
+	auth_node(fx, name, scheme, opts);
+	while (!fx_log_has(fx, says)) {
+		REQUIREF(fx_now_ms() < end, "node %s's log never said '%s'", name, says);
 		fx_tick();
 	}
+	REQUIREF(!cluster_str_is(fx, "broker", "connected"), "node %s connected", name);
+	fx_map_squares(fx->c, 100, 0, &o, 0);
 }
 
 START_TEST(tls_and_credentials)
 {
 	struct fx a, b, badca, badpw;
-	struct mpool_map_opts o = MPOOL_MAP_OPTS(.chunksize = 10);
-	char conf[96];
 
-	snprintf(br.dir, sizeof(br.dir), "/tmp/mpcl-nats-XXXXXX");
-	REQUIREF(mkdtemp(br.dir), "mkdtemp: %s", strerror(errno));
+	broker_dir_make();
 	make_tls(br.dir);
-	snprintf(conf, sizeof(conf), "%s/nats.conf", br.dir);
-	broker_conf = conf;
-	broker_start(&br, 0);
-	tls_node(&a, "a", "ca.pem", "user");
-	tls_node(&b, "b", "ca.pem", "user");
-	wait_nodes(&a, 2);
-	fx_map_squares(a.c, 2000, 0, &o, 0);
-	REQUIREF(cluster_u64(&a, "chunks_sent") > 0, "nothing shared over TLS");
-	/* Refused, each with its reason, and serving local work. */
-	tls_node(&badca, "c", "other-ca.pem", "user");
-	wait_log(&badca, "unable to get local issuer certificate");
-	REQUIREF(!cluster_str_is(&badca, "broker", "connected"), "connected with the wrong CA");
-	fx_map_squares(badca.c, 100, 0, &o, 0);
-	tls_node(&badpw, "d", "ca.pem", "baduser");
-	wait_log(&badpw, "Authorization Violation");
-	REQUIREF(!cluster_str_is(&badpw, "broker", "connected"), "connected with a wrong password");
+	auth_pair(&a, &b, "nats.conf", "tls", (const char *const[]){ "--cluster-ca", "ca.pem",
+		  "--cluster-user-file", "user", NULL });
+	auth_refused(&badca, "c", "tls", (const char *const[]){ "--cluster-ca", "other-ca.pem",
+		     "--cluster-user-file", "user", NULL },
+		     "unable to get local issuer certificate");
+	auth_refused(&badpw, "d", "tls", (const char *const[]){ "--cluster-ca", "ca.pem",
+		     "--cluster-user-file", "baduser", NULL }, "Authorization Violation");
 	fx_stop(&badpw);
 	fx_stop(&badca);
+	fx_stop(&b);
+	fx_stop(&a);
+}
+END_TEST
+
+/* Mutual TLS: a broker that requires a client certificate its CA signed
+ * takes nodes that have one (cluster-cert, cluster-key), and refuses a node
+ * without one or with one another CA signed. */
+START_TEST(mutual_tls)
+{
+	struct fx a, b, nocert, stranger;
+	static const char *const refused = "the broker closed the TLS connection at login";
+
+	broker_dir_make();
+	make_tls(br.dir);
+	auth_pair(&a, &b, "mtls.conf", "tls", (const char *const[]){ "--cluster-cert",
+		  "client.pem", "--cluster-key", "client.key", "--cluster-ca", "ca.pem", NULL });
+	auth_refused(&nocert, "c", "tls", (const char *const[]){ "--cluster-ca", "ca.pem", NULL },
+		     refused);
+	auth_refused(&stranger, "d", "tls", (const char *const[]){ "--cluster-ca", "ca.pem",
+		     "--cluster-cert", "stranger.pem", "--cluster-key", "stranger.key", NULL },
+		     refused);
+	fx_stop(&stranger);
+	fx_stop(&nocert);
+	fx_stop(&b);
+	fx_stop(&a);
+}
+END_TEST
+
+/* A broker in operator (JWT) mode, its operator, accounts and user made by
+ * tests/natsjwt.py: nodes log in with a credentials file (cluster-creds)
+ * and share a map through JetStream, which the account's JWT enables.  A
+ * user JWT signed by a key other than its account's is refused, and so is
+ * a file whose seed is corrupt. */
+START_TEST(credentials_file)
+{
+	struct fx a, b, forged, corrupt;
+	char cmd[512];
+
+	broker_dir_make();
+	/* The corrupt file: one letter of the seed changed, so its checksum
+	 * fails. */
+	snprintf(cmd, sizeof(cmd),
+		 "set -e; cd '%s'; python3 '%s' \"$PWD\"\n"
+		 "sed 's/^\\(SU..\\)A/\\1B/; t; s/^\\(SU..\\)./\\1A/' user.creds > corrupt.creds\n"
+		 "printf 'include ./resolver.conf\\n' > nats.conf\n",
+		 br.dir, env_path("MPOOL_NATSJWT"));
+	REQUIREF(system(cmd) == 0, "tests/natsjwt.py failed (python3-cryptography: "
+		 ".ci/install-deps)");
+	auth_pair(&a, &b, "nats.conf", "nats",
+		  (const char *const[]){ "--cluster-creds", "user.creds", NULL });
+	auth_refused(&forged, "c", "nats",
+		     (const char *const[]){ "--cluster-creds", "forged.creds", NULL },
+		     "Authorization Violation (the broker refused this node's cluster-creds");
+	auth_refused(&corrupt, "d", "nats",
+		     (const char *const[]){ "--cluster-creds", "corrupt.creds", NULL },
+		     "invalid checksum (cluster-creds: not a NATS user credentials file?)");
+	fx_stop(&corrupt);
+	fx_stop(&forged);
 	fx_stop(&b);
 	fx_stop(&a);
 }
@@ -1216,9 +1237,10 @@ START_TEST(dropin_exposure)
 		 "cp '%s/mpoold.service' '%s/etc/systemd/system/'; "
 		 "cp '%s/mpoold-cluster.conf' '%s/etc/systemd/system/mpoold.service.d/cluster.conf'; "
 		 "systemd-analyze security --offline=true --root='%s' mpoold.service > '%s/sa.out' 2>&1",
-		 dir, env_path("MPOOL_UNIT_DIR"), dir, env_path("MPOOL_UNIT_DIR"), dir, dir, dir);
+		 tu_dir, env_path("MPOOL_UNIT_DIR"), tu_dir, env_path("MPOOL_UNIT_DIR"), tu_dir,
+		 tu_dir, tu_dir);
 	ck_assert_msg(system(cmd) == 0, "systemd-analyze security failed");
-	out = slurp(path_in("sa.out"));
+	out = tu_slurp(tu_path_in("sa.out"));
 	p = strstr(out, "Overall exposure level for mpoold.service: ");
 	ck_assert_msg(p && sscanf(p + strlen("Overall exposure level for mpoold.service: "), "%lf",
 				  &exposure) == 1, "no exposure level in:\n%s", out);
@@ -1254,6 +1276,8 @@ static Suite *cluster_suite(void)
 	tcase_add_test(tc, gateway_and_spread_option);
 	tcase_add_test(tc, broker_restart_mid_map);
 	tcase_add_test(tc, tls_and_credentials);
+	tcase_add_test(tc, mutual_tls);
+	tcase_add_test(tc, credentials_file);
 	tcase_add_test(tc, nats_cluster_loses_a_server);
 	tcase_add_test(tc, cancel_reaches_other_nodes);
 	tcase_add_test(tc, disconnect_reaches_other_nodes);

@@ -38,9 +38,7 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <ftw.h>
-#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -48,7 +46,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -59,28 +56,11 @@
 #include <msgpack.h>
 #include <mpool/mpool.h>
 
-#define WAIT_MS 20000          /* deadline of any wait */
-#define MAX_PROCS 8
+#include "testutil.h"
 
-static char dir[64];           /* this test's temporary directory */
-static pid_t procs[MAX_PROCS]; /* process groups to kill in teardown */
+#define WAIT_MS 20000          /* deadline of any wait */
 
 /* ---- small helpers ------------------------------------------------------- */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void tick(void)
-{
-	struct timespec ts = { 0, 10 * 1000000 };
-
-	nanosleep(&ts, NULL);
-}
 
 static const char *env_or_fail(const char *name)
 {
@@ -88,54 +68,6 @@ static const char *env_or_fail(const char *name)
 
 	ck_assert_msg(v && *v, "%s is not set (tests/meson.build sets it)", name);
 	return v;
-}
-
-/* dir/name; the same name always gives the same pointer, valid for the
- * whole test. */
-static char *path_in(const char *name)
-{
-	static struct { char name[32]; char path[128]; } paths[32];
-
-	for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
-		if (paths[i].name[0] && strcmp(paths[i].name, name) == 0 &&
-		    strncmp(paths[i].path, dir, strlen(dir)) == 0)
-			return paths[i].path;
-		if (!paths[i].name[0]) {
-			snprintf(paths[i].name, sizeof(paths[i].name), "%s", name);
-			snprintf(paths[i].path, sizeof(paths[i].path), "%s/%s", dir, name);
-			return paths[i].path;
-		}
-	}
-	ck_abort_msg("too many paths");
-	return NULL;
-}
-
-static char *slurp(const char *path)
-{
-	FILE *f = fopen(path, "re");
-	char *buf;
-	long n;
-
-	if (!f)
-		return strdup("");
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = calloc(1, (size_t)n + 1);
-	ck_assert(buf);
-	if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n)
-		buf[0] = '\0';
-	fclose(f);
-	return buf;
-}
-
-static void write_file(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "we");
-
-	ck_assert_msg(f, "cannot write %s: %s", path, strerror(errno));
-	fputs(text, f);
-	fclose(f);
 }
 
 /* The tool's path, or the test fails: CI installs it (.ci/install-deps).
@@ -170,92 +102,6 @@ static const char *describe(int status, char *buf, size_t n)
 	return buf;
 }
 
-/* ---- processes ------------------------------------------------------------- */
-
-struct spawn_opts {
-	const char *const *env;     /* extra NAME=value */
-	const char *out;            /* stdout and stderr go here; NULL: /dev/null */
-	uid_t uid;                  /* run as this user (0: unchanged) */
-};
-
-/* Forks argv in its own process group, dying with us.  Variables systemd
- * might have given the test runner itself never reach the child. */
-static pid_t spawn(char *const argv[], const struct spawn_opts *o)
-{
-	pid_t pid = fork();
-
-	ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
-	if (pid == 0) {
-		int fd = open(o->out ? o->out : "/dev/null",
-			      O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-
-		setpgid(0, 0);
-		if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
-			_exit(126);
-		for (const char *const *v = (const char *const[]){ "NOTIFY_SOCKET",
-		     "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",
-		     "LISTEN_FDNAMES", "JOURNAL_STREAM", "MPOOL_SOCKET", NULL }; *v; v++)
-			unsetenv(*v);
-		for (const char *const *e = o->env; e && *e; e++)
-			putenv((char *)*e);
-		if (o->uid && (setgid(o->uid) < 0 || setgroups(0, NULL) < 0 || setuid(o->uid) < 0))
-			_exit(126);
-		/* After setuid, which clears it. */
-		if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
-			_exit(126);
-		execv(argv[0], argv);
-		_exit(127);
-	}
-	setpgid(pid, pid);
-	for (int i = 0; i < MAX_PROCS; i++) {
-		if (!procs[i]) {
-			procs[i] = pid;
-			break;
-		}
-	}
-	return pid;
-}
-
-static void forget(pid_t pid)
-{
-	for (int i = 0; i < MAX_PROCS; i++)
-		if (procs[i] == pid)
-			procs[i] = 0;
-}
-
-/* Waits for pid; fails the test after timeout_ms (teardown kills it). */
-static int wait_exit(pid_t pid, int timeout_ms, const char *what)
-{
-	int64_t end = now_ms() + timeout_ms;
-	int status;
-
-	for (;;) {
-		pid_t r = waitpid(pid, &status, WNOHANG);
-
-		if (r == pid) {
-			forget(pid);
-			/* Its workers die with it; kill the group anyway. */
-			kill(-pid, SIGKILL);
-			return status;
-		}
-		ck_assert_msg(r == 0, "waitpid: %s", strerror(errno));
-		ck_assert_msg(now_ms() < end, "%s did not exit within %d ms", what, timeout_ms);
-		tick();
-	}
-}
-
-/* Runs argv to its end; its output (stdout and stderr) in *ret_out. */
-static int run(char *const argv[], const char *const *env, char **ret_out)
-{
-	struct spawn_opts o = { .env = env, .out = path_in("run.out") };
-	int status;
-
-	unlink(o.out);
-	status = wait_exit(spawn(argv, &o), WAIT_MS, argv[0]);
-	*ret_out = slurp(o.out);
-	return status;
-}
-
 /* Each test case's temporary directories live under one per TCase, made
  * and removed by the runner process (unchecked fixture): a failed check
  * ends the test process with _exit(), which skips the checked teardown. */
@@ -272,9 +118,8 @@ static void base_setup(void)
 
 static void setup(void)
 {
-	snprintf(dir, sizeof(dir), "%s/t-XXXXXX", base);
-	ck_assert_msg(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	memset(procs, 0, sizeof(procs));
+	snprintf(tu_dir, sizeof(tu_dir), "%s/t-XXXXXX", base);
+	ck_assert_msg(mkdtemp(tu_dir), "mkdtemp: %s", strerror(errno));
 }
 
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
@@ -288,16 +133,10 @@ static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ft
 
 static void teardown(void)
 {
-	for (int i = 0; i < MAX_PROCS; i++) {
-		if (procs[i]) {
-			kill(-procs[i], SIGKILL);
-			waitpid(procs[i], NULL, 0);
-			procs[i] = 0;
-		}
-	}
-	if (dir[0])
-		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-	dir[0] = '\0';
+	tu_kill_all();
+	if (tu_dir[0])
+		nftw(tu_dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	tu_dir[0] = '\0';
 }
 
 static void base_teardown(void)
@@ -327,16 +166,16 @@ static int connect_to(const char *sock)
 /* Waits until pid answers a ping on sock (or fails, with its log). */
 static void wait_serving(pid_t pid, const char *sock, const char *log)
 {
-	int64_t end = now_ms() + WAIT_MS;
+	int64_t end = tu_now_ms() + WAIT_MS;
 
 	for (;;) {
 		mpool *c;
 		int status;
 
 		if (waitpid(pid, &status, WNOHANG) == pid) {
-			char how[64], *text = slurp(log);
+			char how[64], *text = tu_slurp(log);
 
-			forget(pid);
+			tu_forget(pid);
 			ck_abort_msg("mpoold %s before serving; its log:\n%s",
 				     describe(status, how, sizeof(how)), text);
 		}
@@ -347,8 +186,8 @@ static void wait_serving(pid_t pid, const char *sock, const char *log)
 			if (r == 0)
 				return;
 		}
-		ck_assert_msg(now_ms() < end, "mpoold did not serve %s within %d ms", sock, WAIT_MS);
-		tick();
+		ck_assert_msg(tu_now_ms() < end, "mpoold did not serve %s within %d ms", sock, WAIT_MS);
+		tu_tick();
 	}
 }
 
@@ -365,9 +204,9 @@ static void map_squares(const char *sock, unsigned n)
 
 	/* A passed socket's file exists from its bind(); connections are
 	 * refused until the listen() that follows. */
-	for (int64_t end = now_ms() + WAIT_MS;
-	     (r = mpool_connect(sock, &c, why, sizeof(why))) == -MPOOL_E_SYS && now_ms() < end;)
-		tick();
+	for (int64_t end = tu_now_ms() + WAIT_MS;
+	     (r = mpool_connect(sock, &c, why, sizeof(why))) == -MPOOL_E_SYS && tu_now_ms() < end;)
+		tu_tick();
 	ck_assert_msg(r == 0, "connect: %s: %s", mpool_strerror(r), why);
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
@@ -393,9 +232,9 @@ static void stop_ok(pid_t pid, int sig, const char *log)
 	int status;
 
 	kill(pid, sig);
-	status = wait_exit(pid, WAIT_MS, "mpoold");
+	status = tu_wait_exit(pid, WAIT_MS, "mpoold");
 	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		char *text = slurp(log);
+		char *text = tu_slurp(log);
 
 		ck_abort_msg("mpoold %s; its log:\n%s", describe(status, how, sizeof(how)), text);
 	}
@@ -433,15 +272,15 @@ START_TEST(config_errors_name_file_and_line)
 		  "on and on and on and on and on and on and on and on and on\n", 2,
 		  "line longer than 199 bytes" },
 	};
-	const char *conf = path_in("mpoold.conf");
+	const char *conf = tu_path_in("mpoold.conf");
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		char *argv[] = { (char *)mpoold(), "--config", (char *)conf, "--print-config", NULL };
 		char want[512], how[64], *out;
 		int status;
 
-		write_file(conf, cases[i].text);
-		status = run(argv, NULL, &out);
+		tu_write_file(conf, cases[i].text, 0644);
+		status = tu_run(argv, NULL, &out);
 		snprintf(want, sizeof(want), "mpoold: %s:%d: ", conf, cases[i].line);
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != 2 || !strstr(out, want) ||
 		    !strstr(out, cases[i].reason))
@@ -458,22 +297,22 @@ END_TEST
  * showed as "mpoold[42]: mpoold: ...". */
 START_TEST(config_error_journal_line)
 {
-	const char *conf = path_in("mpoold.conf"), *out = path_in("journal.out");
+	const char *conf = tu_path_in("mpoold.conf"), *out = tu_path_in("journal.out");
 	char *argv[] = { (char *)mpoold(), "--config", (char *)conf, NULL };
 	char js[96], want[512], how[64], *text;
 	const char *env[] = { js, NULL };
-	struct spawn_opts o = { .env = env, .out = out };
+	struct tu_spawn_opts o = { .env = env, .out = out };
 	struct stat st;
 	int status;
 
-	write_file(conf, "workers = 2\nno-such-key = 1\n");
-	write_file(out, "");
+	tu_write_file(conf, "workers = 2\nno-such-key = 1\n", 0644);
+	tu_write_file(out, "", 0644);
 	ck_assert(stat(out, &st) == 0);
 	/* stderr is then this very file, as journald's stream would be. */
 	snprintf(js, sizeof(js), "JOURNAL_STREAM=%llu:%llu", (unsigned long long)st.st_dev,
 		 (unsigned long long)st.st_ino);
-	status = wait_exit(spawn(argv, &o), WAIT_MS, "mpoold");
-	text = slurp(out);
+	status = tu_wait_exit(tu_spawn(argv, &o), WAIT_MS, "mpoold");
+	text = tu_slurp(out);
 	snprintf(want, sizeof(want), "<3>%s:2: unknown key 'no-such-key'\n", conf);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 2 && strcmp(text, want) == 0,
 		      "mpoold %s and wrote:\n%s\nwanted status 2 and:\n%s",
@@ -484,9 +323,9 @@ END_TEST
 
 START_TEST(config_missing_file)
 {
-	char *argv[] = { (char *)mpoold(), "--config", path_in("nope.conf"), "--print-config", NULL };
+	char *argv[] = { (char *)mpoold(), "--config", tu_path_in("nope.conf"), "--print-config", NULL };
 	char *out;
-	int status = run(argv, NULL, &out);
+	int status = tu_run(argv, NULL, &out);
 
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 2, "%s", out);
 	ck_assert_msg(strstr(out, "nope.conf: No such file"), "%s", out);
@@ -496,15 +335,15 @@ END_TEST
 
 START_TEST(config_command_line_wins)
 {
-	const char *conf = path_in("mpoold.conf");
+	const char *conf = tu_path_in("mpoold.conf");
 	char *argv[] = { (char *)mpoold(), "--config", (char *)conf, "-w", "5", "--max-jobs", "9",
 			 "--module", "/from/cli.so", "--print-config", NULL };
 	char *out;
 	int status;
 
-	write_file(conf, "workers = 3\nmax-clients = 7\nmax-jobs = 8\n"
-		   "[module]\npath = /from/file.so\ninitargs = [1, 2]\n");
-	status = run(argv, NULL, &out);
+	tu_write_file(conf, "workers = 3\nmax-clients = 7\nmax-jobs = 8\n"
+		   "[module]\npath = /from/file.so\ninitargs = [1, 2]\n", 0644);
+	status = tu_run(argv, NULL, &out);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", out);
 	ck_assert_msg(strstr(out, "\nworkers = 5\n"), "%s", out);
 	ck_assert_msg(strstr(out, "\nmax-jobs = 9\n"), "%s", out);
@@ -522,14 +361,14 @@ START_TEST(config_sample_documents_every_key)
 {
 	char *argv[] = { (char *)mpoold(), "--config", "/dev/null", "--print-config", NULL };
 	char *help_argv[] = { (char *)mpoold(), "--help", NULL };
-	char *sample = slurp(env_or_fail("MPOOL_SAMPLE_CONF")), *out, *help, *save = NULL;
+	char *sample = tu_slurp(env_or_fail("MPOOL_SAMPLE_CONF")), *out, *help, *save = NULL;
 	unsigned keys = 0;
 	int status;
 
 	ck_assert_msg(sample[0], "cannot read %s", getenv("MPOOL_SAMPLE_CONF"));
-	status = run(argv, NULL, &out);
+	status = tu_run(argv, NULL, &out);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", out);
-	status = run(help_argv, NULL, &help);
+	status = tu_run(help_argv, NULL, &help);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s", help);
 	for (char *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char key[64], want[256], opt[80];
@@ -590,11 +429,11 @@ static void notes_open(struct notes *ns, const char *path)
  * the receiver's queue is full, as it would with a stuck systemd. */
 static bool notes_read(struct notes *ns, const char *until, int timeout_ms)
 {
-	int64_t end = now_ms() + timeout_ms;
+	int64_t end = tu_now_ms() + timeout_ms;
 
 	for (;;) {
 		struct pollfd pfd = { ns->fd, POLLIN, 0 };
-		int64_t left = end - now_ms() > 0 ? end - now_ms() : 0;
+		int64_t left = end - tu_now_ms() > 0 ? end - tu_now_ms() : 0;
 		char buf[4096], cbuf[CMSG_SPACE(sizeof(struct ucred))];
 		struct iovec iov = { buf, sizeof(buf) - 1 };
 		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
@@ -605,7 +444,7 @@ static bool notes_read(struct notes *ns, const char *until, int timeout_ms)
 		ssize_t n;
 
 		if (poll(&pfd, 1, (int)left) <= 0) {
-			if (now_ms() >= end)
+			if (tu_now_ms() >= end)
 				return false;
 			continue;
 		}
@@ -631,7 +470,7 @@ static bool notes_read(struct notes *ns, const char *until, int timeout_ms)
 			nt = &ns->list[ns->n++];
 			snprintf(nt->text, sizeof(nt->text), "%s", l);
 			nt->pid = pid;
-			nt->at_ms = now_ms();
+			nt->at_ms = tu_now_ms();
 			nt->dgram = ns->n_dgrams;
 			if (until && strncmp(l, until, strlen(until)) == 0)
 				hit = true;
@@ -691,20 +530,20 @@ static pid_t start_notified_with(struct notes *ns, const char *watchdog_usec, co
 	const char *env[3] = { env_notify, NULL, NULL };
 	char *argv[24] = { (char *)mpoold(), "--config", "/dev/null", "-w", "2", "-s",
 			   (char *)sock, "--log-level", "debug", NULL };
-	struct spawn_opts o = { .env = env, .out = log };
+	struct tu_spawn_opts o = { .env = env, .out = log };
 	int k = 9;
 
 	for (; extra && *extra && k < 23; extra++)
 		argv[k++] = (char *)*extra;
 	argv[k] = NULL;
 
-	notes_open(ns, path_in("notify.sock"));
-	snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", path_in("notify.sock"));
+	notes_open(ns, tu_path_in("notify.sock"));
+	snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", tu_path_in("notify.sock"));
 	if (watchdog_usec) {
 		snprintf(env_wd, sizeof(env_wd), "WATCHDOG_USEC=%s", watchdog_usec);
 		env[1] = env_wd;
 	}
-	return spawn(argv, &o);
+	return tu_spawn(argv, &o);
 }
 
 static pid_t start_notified(struct notes *ns, const char *watchdog_usec, const char *sock,
@@ -717,11 +556,11 @@ static pid_t start_notified(struct notes *ns, const char *watchdog_usec, const c
  * as long as WAIT_MS; fails the test without one. */
 static int wait_ready(struct notes *ns, unsigned from)
 {
-	int64_t end = now_ms() + WAIT_MS;
+	int64_t end = tu_now_ms() + WAIT_MS;
 	int i;
 
 	while ((i = notes_find(ns, from, "READY=1")) < 0) {
-		ck_assert_msg(now_ms() < end, "no READY=1:\n%s", notes_dump(ns));
+		ck_assert_msg(tu_now_ms() < end, "no READY=1:\n%s", notes_dump(ns));
 		notes_read(ns, "READY=1", 500);
 	}
 	return i;
@@ -730,11 +569,11 @@ static int wait_ready(struct notes *ns, unsigned from)
 /* Waits for a STATUS= note at or after from holding text. */
 static int wait_status_with(struct notes *ns, unsigned from, const char *text)
 {
-	int64_t end = now_ms() + WAIT_MS;
+	int64_t end = tu_now_ms() + WAIT_MS;
 	int i;
 
 	while ((i = notes_find_with(ns, from, "STATUS=", text)) < 0) {
-		ck_assert_msg(now_ms() < end, "no STATUS= with '%s':\n%s", text, notes_dump(ns));
+		ck_assert_msg(tu_now_ms() < end, "no STATUS= with '%s':\n%s", text, notes_dump(ns));
 		notes_read(ns, "STATUS=", 500);
 	}
 	return i;
@@ -762,18 +601,13 @@ static pid_t sleeper(const char *sock, int ms)
 		r = mpool_apply(c, "builtin.sleep", sb.data, sb.size, &v);
 		_exit(r == 0 && mpool_value_get(v)->via.u64 == (uint64_t)ms ? 0 : 1);
 	}
-	for (int i = 0; i < MAX_PROCS; i++) {
-		if (!procs[i]) {
-			procs[i] = pid;
-			break;
-		}
-	}
+	tu_track(pid);
 	return pid;
 }
 
 START_TEST(notify_sequence)
 {
-	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("s.sock"), *log = tu_path_in("mpoold.log");
 	struct notes *ns = calloc(1, sizeof(*ns));
 	struct timespec ts;
 	int ready, reloading, ready2, stopping, st;
@@ -789,7 +623,7 @@ START_TEST(notify_sequence)
 	wait_serving(pid, sock, log);
 	/* Some work, then its count in STATUS=. */
 	map_squares(sock, 100);
-	for (int64_t end = now_ms() + WAIT_MS; now_ms() < end;) {
+	for (int64_t end = tu_now_ms() + WAIT_MS; tu_now_ms() < end;) {
 		if (notes_find_with(ns, (unsigned)ready, "STATUS=", "; 100 tasks done") >= 0 &&
 		    notes_count(ns, (unsigned)ready, "WATCHDOG=1") >= 2)
 			break;
@@ -843,7 +677,7 @@ END_TEST
  * systemctl status never shows "0 idle" once the unit is started. */
 START_TEST(notify_ready_carries_status)
 {
-	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("s.sock"), *log = tu_path_in("mpoold.log");
 	struct notes *ns = calloc(1, sizeof(*ns));
 	int ready, reloading;
 	pid_t pid;
@@ -878,7 +712,7 @@ END_TEST
  * systemd bounds a reload by TimeoutStartSec=, a task is not bounded. */
 START_TEST(notify_reload_does_not_wait_for_long_tasks)
 {
-	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("s.sock"), *log = tu_path_in("mpoold.log");
 	struct notes *ns = calloc(1, sizeof(*ns));
 	int ready, reloading, ready2, st;
 	int64_t t0, took;
@@ -891,7 +725,7 @@ START_TEST(notify_reload_does_not_wait_for_long_tasks)
 	wait_serving(pid, sock, log);
 	task = sleeper(sock, 8000);
 	wait_status_with(ns, (unsigned)ready, "workers 1 busy");
-	t0 = now_ms();
+	t0 = tu_now_ms();
 	kill(pid, SIGHUP);
 	ck_assert_msg(notes_read(ns, "RELOADING=1", WAIT_MS), "no RELOADING=1:\n%s", notes_dump(ns));
 	reloading = notes_find(ns, (unsigned)ready + 1, "RELOADING=1");
@@ -902,7 +736,7 @@ START_TEST(notify_reload_does_not_wait_for_long_tasks)
 		      "running (wanted under 4000 ms, the task still running):\n%s",
 		      (long long)took, notes_dump(ns));
 	/* The old worker finishes the task; then only new workers are left. */
-	st = wait_exit(task, WAIT_MS, "the 8 s apply");
+	st = tu_wait_exit(task, WAIT_MS, "the 8 s apply");
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the apply across the reload %s",
 		      describe(st, how, sizeof(how)));
 	stop_ok(pid, SIGTERM, log);
@@ -915,7 +749,7 @@ END_TEST
 START_TEST(drain_timeout_exits_3)
 {
 	static const char *const extra[] = { "--drain-timeout", "500", NULL };
-	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("s.sock"), *log = tu_path_in("mpoold.log");
 	struct notes *ns = calloc(1, sizeof(*ns));
 	char how[64], *text;
 	int ready, st;
@@ -928,14 +762,14 @@ START_TEST(drain_timeout_exits_3)
 	task = sleeper(sock, 20000);
 	wait_status_with(ns, (unsigned)ready, "workers 1 busy");
 	kill(pid, SIGTERM);
-	st = wait_exit(pid, WAIT_MS, "mpoold");
-	text = slurp(log);
+	st = tu_wait_exit(pid, WAIT_MS, "mpoold");
+	text = tu_slurp(log);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 3 &&
 		      strstr(text, "warning: exited: the drain timed out"),
 		      "mpoold %s after its drain timed out (wanted status 3 and a warning):\n%s",
 		      describe(st, how, sizeof(how)), text);
 	free(text);
-	st = wait_exit(task, WAIT_MS, "the terminated apply");
+	st = tu_wait_exit(task, WAIT_MS, "the terminated apply");
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "the terminated apply %s",
 		      describe(st, how, sizeof(how)));
 	free(ns);
@@ -985,20 +819,20 @@ static char *task_getenv(mpool *c, const char *how, const char *name)
 START_TEST(notify_socket_stays_with_the_master)
 {
 	static char env_notify[128];
-	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("s.sock"), *log = tu_path_in("mpoold.log");
 	const char *env[] = { env_notify, NULL };
 	char *argv[] = { (char *)mpoold(), "--config", "/dev/null", "-w", "2", "-s", (char *)sock,
 			 "--module", (char *)env_or_fail("MPOOL_TESTMOD"), NULL };
-	struct spawn_opts o = { .env = env, .out = log };
+	struct tu_spawn_opts o = { .env = env, .out = log };
 	struct notes *ns = calloc(1, sizeof(*ns));
 	const char *hows[] = { "apply", "spawn" };
 	mpool *c;
 	pid_t pid;
 
 	ck_assert(ns);
-	notes_open(ns, path_in("notify.sock"));
-	snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", path_in("notify.sock"));
-	pid = spawn(argv, &o);
+	notes_open(ns, tu_path_in("notify.sock"));
+	snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", tu_path_in("notify.sock"));
+	pid = tu_spawn(argv, &o);
 	ck_assert_msg(notes_read(ns, "READY=1", WAIT_MS), "no READY=1:\n%s", notes_dump(ns));
 	wait_serving(pid, sock, log);
 	ck_assert(mpool_connect(sock, &c, NULL, 0) == 0);
@@ -1024,7 +858,7 @@ END_TEST
 
 START_TEST(notify_no_watchdog_unless_asked)
 {
-	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("s.sock"), *log = tu_path_in("mpoold.log");
 	struct notes *ns = calloc(1, sizeof(*ns));
 	pid_t pid;
 
@@ -1046,7 +880,7 @@ END_TEST
 /* Work for a while and count STATUS= lines: at most one per 250 ms. */
 START_TEST(notify_status_rate_limited)
 {
-	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("s.sock"), *log = tu_path_in("mpoold.log");
 	struct notes *ns = calloc(1, sizeof(*ns));
 	int64_t start, elapsed;
 	unsigned first, n_status;
@@ -1060,8 +894,8 @@ START_TEST(notify_status_rate_limited)
 	notes_read(ns, NULL, 300);
 	first = ns->n;
 	ck_assert(mpool_connect(sock, &c, NULL, 0) == 0);
-	start = now_ms();
-	while (now_ms() - start < 1500) {
+	start = tu_now_ms();
+	while (tu_now_ms() - start < 1500) {
 		msgpack_sbuffer sb;
 		msgpack_packer pk;
 		mpool_value *v = NULL;
@@ -1075,7 +909,7 @@ START_TEST(notify_status_rate_limited)
 		msgpack_sbuffer_destroy(&sb);
 		notes_read(ns, NULL, 0);
 	}
-	elapsed = now_ms() - start;
+	elapsed = tu_now_ms() - start;
 	mpool_close(c);
 	notes_read(ns, NULL, 600);
 	n_status = notes_count(ns, first, "STATUS=");
@@ -1103,9 +937,9 @@ static const char *pass_env(const char *name, char *buf, size_t n)
 START_TEST(activation_serves_a_map)
 {
 	const char *ssa = tool("systemd-socket-activate", "systemd");
-	const char *sock = path_in("act.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("act.sock"), *log = tu_path_in("mpoold.log");
 	char asan[512], ubsan[512], *argv[16], *text;
-	struct spawn_opts o = { .out = log };
+	struct tu_spawn_opts o = { .out = log };
 	struct stat st;
 	int k = 0;
 	pid_t pid;
@@ -1128,20 +962,20 @@ START_TEST(activation_serves_a_map)
 	argv[k++] = "-w";
 	argv[k++] = "2";
 	argv[k++] = "-s";
-	argv[k++] = path_in("not-this.sock");   /* ignored: the passed socket wins */
+	argv[k++] = tu_path_in("not-this.sock");   /* ignored: the passed socket wins */
 	argv[k] = NULL;
-	pid = spawn(argv, &o);
+	pid = tu_spawn(argv, &o);
 	/* It listens at once and starts mpoold on the first connection. */
-	for (int64_t end = now_ms() + WAIT_MS; stat(sock, &st) < 0;) {
-		ck_assert_msg(now_ms() < end, "systemd-socket-activate did not create %s", sock);
-		tick();
+	for (int64_t end = tu_now_ms() + WAIT_MS; stat(sock, &st) < 0;) {
+		ck_assert_msg(tu_now_ms() < end, "systemd-socket-activate did not create %s", sock);
+		tu_tick();
 	}
 	map_squares(sock, 1000);
-	text = slurp(log);
+	text = tu_slurp(log);
 	ck_assert_msg(strstr(text, "socket activation: serving ") && strstr(text, sock),
 		      "log:\n%s", text);
 	free(text);
-	ck_assert_msg(stat(path_in("not-this.sock"), &st) < 0, "mpoold bound its own socket too");
+	ck_assert_msg(stat(tu_path_in("not-this.sock"), &st) < 0, "mpoold bound its own socket too");
 	stop_ok(pid, SIGTERM, log);
 	/* systemd owns the file of a passed socket: mpoold leaves it. */
 	ck_assert_msg(lstat(sock, &st) == 0 && S_ISSOCK(st.st_mode),
@@ -1152,20 +986,20 @@ END_TEST
 START_TEST(activation_refuses_a_datagram_socket)
 {
 	const char *ssa = tool("systemd-socket-activate", "systemd");
-	const char *sock = path_in("dgram.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("dgram.sock"), *log = tu_path_in("mpoold.log");
 	char *argv[] = { (char *)ssa, "--datagram", "-l", (char *)sock, (char *)mpoold(),
 			 "--config", "/dev/null", "-w", "1", NULL };
-	struct spawn_opts o = { .out = log };
+	struct tu_spawn_opts o = { .out = log };
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	char how[64], *text;
 	struct stat st;
 	int fd, status;
 	pid_t pid;
 
-	pid = spawn(argv, &o);
-	for (int64_t end = now_ms() + WAIT_MS; stat(sock, &st) < 0;) {
-		ck_assert_msg(now_ms() < end, "systemd-socket-activate did not create %s", sock);
-		tick();
+	pid = tu_spawn(argv, &o);
+	for (int64_t end = tu_now_ms() + WAIT_MS; stat(sock, &st) < 0;) {
+		ck_assert_msg(tu_now_ms() < end, "systemd-socket-activate did not create %s", sock);
+		tu_tick();
 	}
 	/* A datagram starts the service. */
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
@@ -1173,8 +1007,8 @@ START_TEST(activation_refuses_a_datagram_socket)
 	ck_assert(fd >= 0);
 	ck_assert(sendto(fd, "x", 1, 0, (struct sockaddr *)&sa, sizeof(sa)) == 1);
 	close(fd);
-	status = wait_exit(pid, WAIT_MS, "mpoold");
-	text = slurp(log);
+	status = tu_wait_exit(pid, WAIT_MS, "mpoold");
+	text = tu_slurp(log);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 1, "mpoold %s:\n%s",
 		      describe(status, how, sizeof(how)), text);
 	ck_assert_msg(strstr(text, "not a listening Unix stream socket"), "log:\n%s", text);
@@ -1190,17 +1024,17 @@ END_TEST
 static void activated_error(const char *const *args, const char *want)
 {
 	const char *ssa = tool("systemd-socket-activate", "systemd");
-	const char *sock = path_in("act.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("act.sock"), *log = tu_path_in("mpoold.log");
 	struct notes *ns = calloc(1, sizeof(*ns));
 	char asan[512], ubsan[512], notify[256], how[64], *argv[24], *text;
-	struct spawn_opts o = { .out = log };
+	struct tu_spawn_opts o = { .out = log };
 	struct stat st;
 	int k = 0, status;
 	pid_t pid;
 
 	ck_assert(ns);
-	notes_open(ns, path_in("notify.sock"));
-	snprintf(notify, sizeof(notify), "NOTIFY_SOCKET=%s", path_in("notify.sock"));
+	notes_open(ns, tu_path_in("notify.sock"));
+	snprintf(notify, sizeof(notify), "NOTIFY_SOCKET=%s", tu_path_in("notify.sock"));
 	argv[k++] = (char *)ssa;
 	argv[k++] = "-l";
 	argv[k++] = (char *)sock;
@@ -1218,31 +1052,31 @@ static void activated_error(const char *const *args, const char *want)
 	for (; *args && k < 23; args++)
 		argv[k++] = (char *)*args;
 	argv[k] = NULL;
-	pid = spawn(argv, &o);
-	for (int64_t end = now_ms() + WAIT_MS; stat(sock, &st) < 0;) {
-		ck_assert_msg(now_ms() < end, "systemd-socket-activate did not create %s", sock);
-		tick();
+	pid = tu_spawn(argv, &o);
+	for (int64_t end = tu_now_ms() + WAIT_MS; stat(sock, &st) < 0;) {
+		ck_assert_msg(tu_now_ms() < end, "systemd-socket-activate did not create %s", sock);
+		tu_tick();
 	}
 	/* The first client starts mpoold; each is told why it cannot serve. */
 	for (int i = 0; i < 3; i++) {
-		int64_t end = now_ms() + WAIT_MS;
+		int64_t end = tu_now_ms() + WAIT_MS;
 		mpool *c;
 		int r;
 
 		/* The socket's file exists from its bind(); connections are
 		 * refused until the listen() that follows. */
-		while ((r = mpool_connect(sock, &c, NULL, 0)) == -MPOOL_E_SYS && now_ms() < end)
-			tick();
+		while ((r = mpool_connect(sock, &c, NULL, 0)) == -MPOOL_E_SYS && tu_now_ms() < end)
+			tu_tick();
 		ck_assert_msg(r == 0, "client %d: connect: %s", i, mpool_strerror(-r));
 		r = mpool_ping(c);
 		ck_assert_msg(r == -MPOOL_E_UNAVAILABLE && strstr(mpool_errmsg(c), want),
 			      "client %d: ping -> %d (%s), wanted unavailable naming '%s'; log:\n%s",
-			      i, r, mpool_errmsg(c), want, slurp(log));
+			      i, r, mpool_errmsg(c), want, tu_slurp(log));
 		mpool_close(c);
 	}
 	wait_status_with(ns, 0, want);
-	status = wait_exit(pid, WAIT_MS, "mpoold with a config error");
-	text = slurp(log);
+	status = tu_wait_exit(pid, WAIT_MS, "mpoold with a config error");
+	text = tu_slurp(log);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 2 && strstr(text, want),
 		      "mpoold %s, wanted status 2 and '%s' in its log:\n%s",
 		      describe(status, how, sizeof(how)), want, text);
@@ -1254,11 +1088,11 @@ static void activated_error(const char *const *args, const char *want)
 
 START_TEST(activation_config_error_answers_clients)
 {
-	const char *conf = path_in("bad.conf");
+	const char *conf = tu_path_in("bad.conf");
 	const char *const args[] = { "--config", conf, NULL };
 	char want[512];
 
-	write_file(conf, "workers = 2\nno-such-key = 1\n");
+	tu_write_file(conf, "workers = 2\nno-such-key = 1\n", 0644);
 	snprintf(want, sizeof(want), "%s:2: unknown key 'no-such-key'", conf);
 	activated_error(args, want);
 }
@@ -1268,7 +1102,7 @@ END_TEST
  * either: the same answer, naming the module. */
 START_TEST(activation_bad_module_answers_clients)
 {
-	const char *mod = path_in("no-such-module.so");
+	const char *mod = tu_path_in("no-such-module.so");
 	const char *const args[] = { "--config", "/dev/null", "-w", "1", "--module", mod, NULL };
 	char want[512];
 
@@ -1282,7 +1116,7 @@ END_TEST
 static pid_t start_plain(const char *sock, const char *log, const char *const *extra)
 {
 	char *argv[24];
-	struct spawn_opts o = { .out = log };
+	struct tu_spawn_opts o = { .out = log };
 	int k = 0;
 
 	argv[k++] = (char *)mpoold();
@@ -1295,7 +1129,7 @@ static pid_t start_plain(const char *sock, const char *log, const char *const *e
 	for (; extra && *extra && k < 23; extra++)
 		argv[k++] = (char *)*extra;
 	argv[k] = NULL;
-	return spawn(argv, &o);
+	return tu_spawn(argv, &o);
 }
 
 /* Runs an mpoold on sock that must fail with status want and say why; as
@@ -1303,15 +1137,15 @@ static pid_t start_plain(const char *sock, const char *log, const char *const *e
  * reach. */
 static void expect_refusal(const char *sock, int want, const char *why, uid_t uid)
 {
-	struct spawn_opts o = { .out = path_in("refused.log"), .uid = uid };
-	char *argv[] = { uid ? path_in("mpoold-copy") : (char *)mpoold(), "--config", "/dev/null",
+	struct tu_spawn_opts o = { .out = tu_path_in("refused.log"), .uid = uid };
+	char *argv[] = { uid ? tu_path_in("mpoold-copy") : (char *)mpoold(), "--config", "/dev/null",
 			 "-w", "1", "-s", (char *)sock, NULL };
 	char how[64], *text;
 	int status;
 
 	unlink(o.out);
-	status = wait_exit(spawn(argv, &o), WAIT_MS, "the refused mpoold");
-	text = slurp(o.out);
+	status = tu_wait_exit(tu_spawn(argv, &o), WAIT_MS, "the refused mpoold");
+	text = tu_slurp(o.out);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == want && strstr(text, why),
 		      "mpoold %s, wanted status %d and '%s':\n%s", describe(status, how, sizeof(how)),
 		      want, why, text);
@@ -1320,7 +1154,7 @@ static void expect_refusal(const char *sock, int want, const char *why, uid_t ui
 
 START_TEST(listen_replaces_stale_socket)
 {
-	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("s.sock"), *log = tu_path_in("mpoold.log");
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	char *text;
 	int fd;
@@ -1334,7 +1168,7 @@ START_TEST(listen_replaces_stale_socket)
 	ck_assert(connect_to(sock) < 0 && errno == ECONNREFUSED);
 	pid = start_plain(sock, log, NULL);
 	wait_serving(pid, sock, log);
-	text = slurp(log);
+	text = tu_slurp(log);
 	ck_assert_msg(strstr(text, "removed stale socket"), "log:\n%s", text);
 	free(text);
 	stop_ok(pid, SIGTERM, log);
@@ -1345,7 +1179,7 @@ END_TEST
 
 START_TEST(listen_refuses_second_daemon)
 {
-	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("s.sock"), *log = tu_path_in("mpoold.log");
 	pid_t pid = start_plain(sock, log, NULL);
 
 	wait_serving(pid, sock, log);
@@ -1358,10 +1192,10 @@ END_TEST
 
 START_TEST(listen_never_removes_files_or_symlinks)
 {
-	const char *file = path_in("file"), *link = path_in("link");
+	const char *file = tu_path_in("file"), *link = tu_path_in("link");
 	struct stat st;
 
-	write_file(file, "precious\n");
+	tu_write_file(file, "precious\n", 0644);
 	ck_assert(symlink(file, link) == 0);
 	expect_refusal(file, 1, "exists and is a regular file; refusing", 0);
 	expect_refusal(link, 1, "exists and is a symbolic link; refusing", 0);
@@ -1372,8 +1206,8 @@ END_TEST
 
 START_TEST(listen_long_path_and_unwritable_dir)
 {
-	char longp[200], *copy_argv[] = { "/bin/cp", (char *)mpoold(), path_in("mpoold-copy"), NULL };
-	const char *ro = path_in("ro");
+	char longp[200], *copy_argv[] = { "/bin/cp", (char *)mpoold(), tu_path_in("mpoold-copy"), NULL };
+	const char *ro = tu_path_in("ro");
 	uid_t uid = 0;
 	char *out;
 
@@ -1387,22 +1221,22 @@ START_TEST(listen_long_path_and_unwritable_dir)
 	 * the daemon runs as nobody, from a copy nobody can reach. */
 	ck_assert(mkdir(ro, 0755) == 0);
 	if (geteuid() == 0) {
-		ck_assert(chmod(base, 0755) == 0 && chmod(dir, 0755) == 0);
-		ck_assert(WIFEXITED(run(copy_argv, NULL, &out)));
+		ck_assert(chmod(base, 0755) == 0 && chmod(tu_dir, 0755) == 0);
+		ck_assert(WIFEXITED(tu_run(copy_argv, NULL, &out)));
 		free(out);
 		uid = 65534;
 	} else {
 		ck_assert(chmod(ro, 0555) == 0);
 	}
-	expect_refusal(path_in("ro/s.sock"), 1, "Permission denied (its directory must be writable",
+	expect_refusal(tu_path_in("ro/s.sock"), 1, "Permission denied (its directory must be writable",
 		       uid);
-	expect_refusal(path_in("ro/sub/s.sock"), 1, "cannot create directory", uid);
+	expect_refusal(tu_path_in("ro/sub/s.sock"), 1, "cannot create directory", uid);
 }
 END_TEST
 
 START_TEST(listen_mode_and_group)
 {
-	const char *sock = path_in("s.sock"), *log = path_in("mpoold.log");
+	const char *sock = tu_path_in("s.sock"), *log = tu_path_in("mpoold.log");
 	gid_t gid = geteuid() == 0 ? 4242 : getgid();
 	char gids[16];
 	const char *extra[] = { "--socket-mode", "0640", "--socket-group", gids, NULL };
@@ -1428,8 +1262,8 @@ static void run_in_xdg(uid_t uid, const char *xdg, const char *want, int status_
 {
 	char env_xdg[160];
 	const char *env[] = { env_xdg, NULL };
-	struct spawn_opts o = { .env = env, .out = path_in("xdg.log"), .uid = uid };
-	char *argv[] = { uid ? path_in("mpoold-copy") : (char *)mpoold(), "--config", "/dev/null",
+	struct tu_spawn_opts o = { .env = env, .out = tu_path_in("xdg.log"), .uid = uid };
+	char *argv[] = { uid ? tu_path_in("mpoold-copy") : (char *)mpoold(), "--config", "/dev/null",
 			 "-w", "1", NULL };
 	char how[64], *text, sock[192];
 	pid_t pid;
@@ -1437,29 +1271,29 @@ static void run_in_xdg(uid_t uid, const char *xdg, const char *want, int status_
 	snprintf(env_xdg, sizeof(env_xdg), "XDG_RUNTIME_DIR=%s", xdg);
 	snprintf(sock, sizeof(sock), "%s/mpool/mpoold.sock", xdg);
 	unlink(o.out);
-	pid = spawn(argv, &o);
+	pid = tu_spawn(argv, &o);
 	if (!want) {
-		int64_t end = now_ms() + WAIT_MS;
+		int64_t end = tu_now_ms() + WAIT_MS;
 		int st;
 
 		/* A raw connect: whether a client trusts a daemon of another
 		 * uid is the client's business, not this test's. */
 		while (connect_to(sock) < 0) {
 			if (waitpid(pid, &st, WNOHANG) == pid) {
-				forget(pid);
-				text = slurp(o.out);
+				tu_forget(pid);
+				text = tu_slurp(o.out);
 				ck_abort_msg("mpoold %s in a good socket directory:\n%s",
 					     describe(st, how, sizeof(how)), text);
 			}
-			ck_assert_msg(now_ms() < end, "mpoold did not serve %s", sock);
-			tick();
+			ck_assert_msg(tu_now_ms() < end, "mpoold did not serve %s", sock);
+			tu_tick();
 		}
 		stop_ok(pid, SIGTERM, o.out);
 		return;
 	}
-	int status = wait_exit(pid, WAIT_MS, "the refused mpoold");
+	int status = tu_wait_exit(pid, WAIT_MS, "the refused mpoold");
 
-	text = slurp(o.out);
+	text = tu_slurp(o.out);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == status_want && strstr(text, want),
 		      "mpoold %s, wanted status %d and '%s':\n%s", describe(status, how, sizeof(how)),
 		      status_want, want, text);
@@ -1468,16 +1302,16 @@ static void run_in_xdg(uid_t uid, const char *xdg, const char *want, int status_
 
 START_TEST(listen_refuses_a_socket_dir_not_its_own)
 {
-	char *copy_argv[] = { "/bin/cp", (char *)mpoold(), path_in("mpoold-copy"), NULL };
-	const char *xdg = path_in("xdg"), *sub = path_in("xdg/mpool"), *real = path_in("real");
+	char *copy_argv[] = { "/bin/cp", (char *)mpoold(), tu_path_in("mpoold-copy"), NULL };
+	const char *xdg = tu_path_in("xdg"), *sub = tu_path_in("xdg/mpool"), *real = tu_path_in("real");
 	uid_t uid = 0, me;
 	struct stat st;
 	char *out;
 
 	ck_assert(mkdir(xdg, 0755) == 0);
 	if (geteuid() == 0) {
-		ck_assert(chmod(base, 0755) == 0 && chmod(dir, 0755) == 0);
-		ck_assert(WIFEXITED(run(copy_argv, NULL, &out)));
+		ck_assert(chmod(base, 0755) == 0 && chmod(tu_dir, 0755) == 0);
+		ck_assert(WIFEXITED(tu_run(copy_argv, NULL, &out)));
 		free(out);
 		uid = 65534;
 		ck_assert(chown(xdg, uid, uid) == 0);
@@ -1485,7 +1319,7 @@ START_TEST(listen_refuses_a_socket_dir_not_its_own)
 	me = uid ? uid : geteuid();
 
 	/* A plain file where the directory should be. */
-	write_file(sub, "x\n");
+	tu_write_file(sub, "x\n", 0644);
 	run_in_xdg(uid, xdg, "is not a directory; refusing it", 1);
 	ck_assert(unlink(sub) == 0);
 
@@ -1525,14 +1359,14 @@ END_TEST
  * /run/mpool is, but no other user may write in it. */
 START_TEST(listen_refuses_a_writable_socket_dir)
 {
-	const char *open_dir = path_in("open"), *sticky = path_in("sticky");
-	const char *sock = path_in("sticky/s.sock"), *log = path_in("mpoold.log");
+	const char *open_dir = tu_path_in("open"), *sticky = tu_path_in("sticky");
+	const char *sock = tu_path_in("sticky/s.sock"), *log = tu_path_in("mpoold.log");
 	pid_t pid;
 
 	ck_assert(mkdir(open_dir, 0755) == 0 && chmod(open_dir, 0777) == 0);
-	expect_refusal(path_in("open/s.sock"), 1, "has mode 0777: other users could replace", 0);
+	expect_refusal(tu_path_in("open/s.sock"), 1, "has mode 0777: other users could replace", 0);
 	ck_assert(chmod(open_dir, 0775) == 0);
-	expect_refusal(path_in("open/s.sock"), 1, "has mode 0775", 0);
+	expect_refusal(tu_path_in("open/s.sock"), 1, "has mode 0775", 0);
 	/* Like /tmp: others may write, but not remove what is ours. */
 	ck_assert(mkdir(sticky, 0755) == 0 && chmod(sticky, 01777) == 0);
 	pid = start_plain(sock, log, NULL);
@@ -1543,8 +1377,8 @@ END_TEST
 
 /* ---- the units ------------------------------------------------------------------ */
 
-/* Copies the configured units into dir with ExecStart= naming the built
- * mpoold (systemd-analyze wants the binary to exist). */
+/* Copies the configured units into the test's directory with ExecStart=
+ * naming the built mpoold (systemd-analyze wants the binary to exist). */
 static void copy_units(void)
 {
 	const char *units = env_or_fail("MPOOL_UNIT_DIR");
@@ -1556,9 +1390,9 @@ static void copy_units(void)
 		FILE *f;
 
 		snprintf(src, sizeof(src), "%s/%s", units, names[i]);
-		text = slurp(src);
+		text = tu_slurp(src);
 		ck_assert_msg(text[0], "cannot read %s", src);
-		f = fopen(path_in(names[i]), "we");
+		f = fopen(tu_path_in(names[i]), "we");
 		ck_assert(f);
 		for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 			if (strncmp(line, "ExecStart=", 10) == 0)
@@ -1581,15 +1415,15 @@ static const char *man_tree(void)
 	for (int i = 0; i < 4; i++) {
 		const char *sec = strrchr(pages[i], '.') + 1;
 
-		snprintf(sub, sizeof(sub), "%s/man/man%s", dir, sec);
-		mkdir(path_in("man"), 0755);
+		snprintf(sub, sizeof(sub), "%s/man/man%s", tu_dir, sec);
+		mkdir(tu_path_in("man"), 0755);
 		mkdir(sub, 0755);
 		snprintf(src, sizeof(src), "%s/%s", built, pages[i]);
 		snprintf(dst, sizeof(dst), "%s/%s", sub, pages[i]);
 		ck_assert_msg(access(src, R_OK) == 0, "man page %s was not built (scdoc)", src);
 		ck_assert(symlink(src, dst) == 0);
 	}
-	return path_in("man");
+	return tu_path_in("man");
 }
 
 START_TEST(units_verify)
@@ -1597,14 +1431,14 @@ START_TEST(units_verify)
 	const char *sa = tool("systemd-analyze", "systemd");
 	static char manpath[300];
 	const char *env[] = { manpath, NULL };
-	char *argv[] = { (char *)sa, "verify", path_in("mpoold.service"), path_in("mpoold.socket"),
+	char *argv[] = { (char *)sa, "verify", tu_path_in("mpoold.service"), tu_path_in("mpoold.socket"),
 			 NULL };
 	char how[64], *out;
 	int status;
 
 	copy_units();
 	snprintf(manpath, sizeof(manpath), "MANPATH=%s", man_tree());
-	status = run(argv, env, &out);
+	status = tu_run(argv, env, &out);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0 && !out[0],
 		      "systemd-analyze verify %s:\n%s", describe(status, how, sizeof(how)), out);
 	free(out);
@@ -1615,13 +1449,13 @@ START_TEST(units_exposure)
 {
 	const char *sa = tool("systemd-analyze", "systemd");
 	char *argv[] = { (char *)sa, "security", "--offline=true", "--threshold=15",
-			 path_in("mpoold.service"), NULL };
+			 tu_path_in("mpoold.service"), NULL };
 	char how[64], *out, *p;
 	double exposure;
 	int status;
 
 	copy_units();
-	status = run(argv, NULL, &out);
+	status = tu_run(argv, NULL, &out);
 	p = strstr(out, "Overall exposure level for mpoold.service: ");
 	ck_assert_msg(p && sscanf(p + strlen("Overall exposure level for mpoold.service: "), "%lf",
 				  &exposure) == 1, "no exposure level in:\n%s", out);
@@ -1637,7 +1471,7 @@ END_TEST
 START_TEST(units_sysusers_and_tmpfiles)
 {
 	const char *src = env_or_fail("MPOOL_SYSTEMD_SRC");
-	const char *root = path_in("root");
+	const char *root = tu_path_in("root");
 	char from[512], to[512], *out, *text, how[64];
 	char *sysusers[] = { (char *)tool("systemd-sysusers", "systemd"), NULL, NULL };
 	char *tmpfiles[] = { (char *)tool("systemd-tmpfiles", "systemd"), NULL, "--create", NULL };
@@ -1655,31 +1489,31 @@ START_TEST(units_sysusers_and_tmpfiles)
 	}
 	snprintf(from, sizeof(from), "%s/mpool.sysusers", src);
 	snprintf(to, sizeof(to), "%s/usr/lib/sysusers.d/mpool.conf", root);
-	text = slurp(from);
+	text = tu_slurp(from);
 	ck_assert_msg(text[0], "cannot read %s", from);
-	write_file(to, text);
+	tu_write_file(to, text, 0644);
 	free(text);
 	snprintf(from, sizeof(from), "%s/mpool.tmpfiles", src);
 	snprintf(to, sizeof(to), "%s/usr/lib/tmpfiles.d/mpool.conf", root);
-	text = slurp(from);
+	text = tu_slurp(from);
 	ck_assert_msg(text[0], "cannot read %s", from);
-	write_file(to, text);
+	tu_write_file(to, text, 0644);
 	free(text);
 
-	status = run(sysusers, NULL, &out);
+	status = tu_run(sysusers, NULL, &out);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "systemd-sysusers %s:\n%s",
 		      describe(status, how, sizeof(how)), out);
 	free(out);
 	snprintf(to, sizeof(to), "%s/etc/passwd", root);
-	text = slurp(to);
+	text = tu_slurp(to);
 	ck_assert_msg(strncmp(text, "mpool:", 6) == 0 && strstr(text, "nologin"), "passwd: %s", text);
 	free(text);
 	snprintf(to, sizeof(to), "%s/etc/group", root);
-	text = slurp(to);
+	text = tu_slurp(to);
 	ck_assert_msg(strncmp(text, "mpool:", 6) == 0, "group: %s", text);
 	free(text);
 
-	status = run(tmpfiles, NULL, &out);
+	status = tu_run(tmpfiles, NULL, &out);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "systemd-tmpfiles %s:\n%s",
 		      describe(status, how, sizeof(how)), out);
 	free(out);
@@ -1709,9 +1543,9 @@ START_TEST(units_lifecycle)
 	int status;
 
 	snprintf(src, sizeof(src), "%s/mpoold.service", env_or_fail("MPOOL_UNIT_DIR"));
-	service = slurp(src);
+	service = tu_slurp(src);
 	snprintf(src, sizeof(src), "%s/mpoold.socket", env_or_fail("MPOOL_UNIT_DIR"));
-	socket = slurp(src);
+	socket = tu_slurp(src);
 	for (const char *const *k = (const char *const[]){ "\nType=notify\n",
 	     "\nNotifyAccess=main\n", "\nKillMode=mixed\n", "\nRestart=on-failure\n",
 	     "\nExecReload=/bin/kill -HUP $MAINPID\n", "\nWatchdogSec=", "\nUser=mpool\n",
@@ -1721,7 +1555,7 @@ START_TEST(units_lifecycle)
 	     "\nListenStream=/run/mpool/mpoold.sock\n", "\nSocketMode=0660\n",
 	     "\nSocketGroup=mpool\n", NULL }; *k; k++)
 		ck_assert_msg(strstr(socket, *k), "mpoold.socket lacks %s", *k + 1);
-	status = run(argv, NULL, &out);
+	status = tu_run(argv, NULL, &out);
 	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	p = strstr(out, "\ndrain-timeout = ");
 	ck_assert(p && sscanf(p, "\ndrain-timeout = %lu", &drain_ms) == 1);
