@@ -358,9 +358,9 @@ static const char *login_hint(natsStatus s)
 {
 	if (s == NATS_CONNECTION_AUTH_FAILED)
 		return " (the broker refused this node's cluster-creds or cluster-user-file)";
-	if (s == NATS_ERR && cfg.cluster_creds[0])
+	if (s == NATS_ERR && host_cfg->cluster_creds[0])
 		return " (cluster-creds: not a NATS user credentials file?)";
-	if (s == NATS_PROTOCOL_ERROR && (cfg.cluster_ca[0] || cfg.cluster_cert[0]))
+	if (s == NATS_PROTOCOL_ERROR && (host_cfg->cluster_ca[0] || host_cfg->cluster_cert[0]))
 		return " (the broker closed the TLS connection at login: does it require a "
 		       "client certificate, cluster-cert, signed by a CA it trusts?)";
 	return "";
