@@ -17,6 +17,7 @@
 #include "master.h"
 #include "mem.h"
 #include "mp_rpc.h"
+#include "status.h"
 #include "tailq.h"
 #include "worker.h"
 
@@ -137,12 +138,10 @@ static size_t proc_bytes(const struct proc *p)
 	return p->result_len + p->error_len;
 }
 
-/* Finished processes are kept for a later join, but not without bound:
- * each user keeps at most --max-kept-processes, whose outcomes hold at most
- * --max-kept-bytes together, and only that user's own
- * processes ever push one out, so another user's spawns can never cost you
- * a result you have not joined yet.  The oldest go first, those already
- * joined before those nobody has seen. */
+/* Each user keeps at most --max-kept-processes finished processes, holding
+ * at most --max-kept-bytes, and only that user's own processes push one
+ * out, so another user's spawns never cost you a result you have not
+ * joined yet.  The oldest go first, joined ones before unseen ones. */
 static void trim_kept(uid_t owner)
 {
 	struct proc *p, *victim;
@@ -320,21 +319,29 @@ static void proc_closed(void *ctx, int err)
 	p->ch = NULL;
 }
 
-void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome)
+/* A raw msgpack object, or nil. */
+static void pack_raw(msgpack_packer *pk, const char *key, const uint8_t *raw, size_t len)
 {
-	uint64_t now = now_ms();
+	mp_pack_cstr(pk, key);
+	if (raw)
+		pk->callback(pk->data, (const char *)raw, len);
+	else
+		msgpack_pack_nil(pk);
+}
 
+/* With its result and error when outcome: only join shows those, to the
+ * owner or an admin. */
+static void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome)
+{
 	msgpack_pack_map(pk, outcome ? 11 : 9);
-	mp_pack_cstr(pk, "id");
-	msgpack_pack_uint64(pk, p->id);
+	status_kv(pk, "id", p->id);
 	mp_pack_cstr(pk, "name");
 	mp_pack_cstr(pk, p->name);
 	mp_pack_cstr(pk, "function");
 	mp_pack_cstr(pk, p->fn);
 	mp_pack_cstr(pk, "pid");
-	msgpack_pack_int64(pk, p->pid ? p->pid : 0);
-	mp_pack_cstr(pk, "owner_uid");
-	msgpack_pack_uint64(pk, p->owner);
+	msgpack_pack_int64(pk, p->pid);
+	status_kv(pk, "owner_uid", p->owner);
 	mp_pack_cstr(pk, "daemon");
 	if (p->daemon)
 		msgpack_pack_true(pk);
@@ -342,8 +349,7 @@ void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome)
 		msgpack_pack_false(pk);
 	mp_pack_cstr(pk, "state");
 	mp_pack_cstr(pk, p->exited ? "exited" : "running");
-	mp_pack_cstr(pk, "age_ms");
-	msgpack_pack_uint64(pk, (p->exited ? p->ended_ms : now) - p->started_ms);
+	status_kv(pk, "age_ms", (p->exited ? p->ended_ms : now_ms()) - p->started_ms);
 	mp_pack_cstr(pk, "exitcode");
 	if (p->exited)
 		msgpack_pack_int(pk, p->exitcode);
@@ -351,16 +357,8 @@ void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome)
 		msgpack_pack_nil(pk);
 	if (!outcome)
 		return;
-	mp_pack_cstr(pk, "result");
-	if (p->result)
-		pk->callback(pk->data, (const char *)p->result, p->result_len);
-	else
-		msgpack_pack_nil(pk);
-	mp_pack_cstr(pk, "error");
-	if (p->error)
-		pk->callback(pk->data, (const char *)p->error, p->error_len);
-	else
-		msgpack_pack_nil(pk);
+	pack_raw(pk, "result", p->result, p->result_len);
+	pack_raw(pk, "error", p->error, p->error_len);
 }
 
 void proc_pack_all(msgpack_packer *pk)
@@ -418,12 +416,8 @@ void proc_join(struct proc *p, struct conn *conn, uint64_t msgid, uint32_t timeo
 		log_err("out of memory arming a join");
 		abort();
 	}
-	if (timeout_ms) {
-		struct timeval tv = { (time_t)(timeout_ms / 1000),
-				      (suseconds_t)(timeout_ms % 1000) * 1000 };
-
-		evtimer_add(j->timer, &tv);
-	}
+	if (timeout_ms)
+		timer_add_ms(j->timer, timeout_ms);
 	j->next = p->joins;
 	p->joins = j;
 	conn_hold_msgid(conn, msgid);
@@ -453,12 +447,8 @@ void proc_stop(struct proc *p, bool hard)
 	kill(p->pid, SIGTERM);
 	if (!p->grace)
 		p->grace = evtimer_new(base, grace_cb, p);
-	if (p->grace) {
-		struct timeval tv = { (time_t)(cfg.process_grace_ms / 1000),
-				      (suseconds_t)(cfg.process_grace_ms % 1000) * 1000 };
-
-		evtimer_add(p->grace, &tv);
-	}
+	if (p->grace)
+		timer_add_ms(p->grace, cfg.process_grace_ms);
 }
 
 bool proc_reaped(pid_t pid, int status)
@@ -543,22 +533,13 @@ void proc_pack_limits(msgpack_packer *pk)
 		kept += p->exited;
 	}
 	msgpack_pack_map(pk, 9);
-	mp_pack_cstr(pk, "max_processes");
-	msgpack_pack_uint32(pk, cfg.max_processes);
-	mp_pack_cstr(pk, "max_processes_per_uid");
-	msgpack_pack_uint32(pk, cfg.max_processes_per_uid);
-	mp_pack_cstr(pk, "admin_processes");
-	msgpack_pack_uint32(pk, cfg.admin_processes);
-	mp_pack_cstr(pk, "max_kept_processes");
-	msgpack_pack_uint32(pk, cfg.max_kept_processes);
-	mp_pack_cstr(pk, "max_kept_bytes");
-	msgpack_pack_uint64(pk, cfg.max_kept_bytes);
-	mp_pack_cstr(pk, "running");
-	msgpack_pack_uint32(pk, running);
-	mp_pack_cstr(pk, "kept");
-	msgpack_pack_uint32(pk, kept);
-	mp_pack_cstr(pk, "limit_hits");
-	msgpack_pack_uint64(pk, limit_hits);
-	mp_pack_cstr(pk, "dropped_unjoined");
-	msgpack_pack_uint64(pk, dropped_unjoined);
+	status_kv(pk, "max_processes", cfg.max_processes);
+	status_kv(pk, "max_processes_per_uid", cfg.max_processes_per_uid);
+	status_kv(pk, "admin_processes", cfg.admin_processes);
+	status_kv(pk, "max_kept_processes", cfg.max_kept_processes);
+	status_kv(pk, "max_kept_bytes", cfg.max_kept_bytes);
+	status_kv(pk, "running", running);
+	status_kv(pk, "kept", kept);
+	status_kv(pk, "limit_hits", limit_hits);
+	status_kv(pk, "dropped_unjoined", dropped_unjoined);
 }
