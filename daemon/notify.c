@@ -95,8 +95,6 @@ void notify_ready(const char *status)
 {
 	char msg[800];
 
-	if (!enabled)
-		return;
 	snprintf(msg, sizeof(msg), "READY=1\nSTATUS=%s", status);
 	send_msg(msg);
 }
@@ -106,9 +104,6 @@ void notify_reloading(void)
 	struct timespec ts;
 	char msg[64];
 
-	if (!enabled)
-		return;
-	/* systemd wants the monotonic time with RELOADING=1 (Type=notify-reload). */
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
 		 (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
@@ -129,8 +124,6 @@ void notify_status(const char *text)
 {
 	char line[800];
 
-	if (!enabled)
-		return;
 	snprintf(line, sizeof(line), "STATUS=%s", text);
 	send_msg(line);
 }

@@ -197,15 +197,12 @@ static void put_uint(const struct opt *o, uint64_t v)
 {
 	uint32_t v32 = (uint32_t)v;
 
-	/* A table entry whose field is neither 32 nor 64 bits, or whose max
-	 * does not fit its field, is a bug. */
-	if ((o->size != sizeof(v32) && o->size != sizeof(v)) ||
-	    (o->size == sizeof(v32) && o->max > UINT32_MAX))
-		abort();
-	if (o->size == sizeof(v32))
+	if (o->size == sizeof(v32) && o->max <= UINT32_MAX)
 		memcpy(field(o), &v32, sizeof(v32));
-	else
+	else if (o->size == sizeof(v))
 		memcpy(field(o), &v, sizeof(v));
+	else
+		abort();        /* a bug in the table: the field cannot hold max */
 }
 
 static int parse_uint(const char *s, int base, uint64_t min, uint64_t max, uint64_t *ret)

@@ -27,7 +27,7 @@ struct join {
 	uint64_t msgid;
 	struct event *timer;
 	struct proc *p;
-	struct join *next;
+	TAILQ_ENTRY(join) link;
 };
 
 struct proc {
@@ -49,7 +49,7 @@ struct proc {
 	uint64_t started_ms, ended_ms;
 	struct chan *ch;
 	struct event *grace;       /* SIGKILL after SIGTERM */
-	struct join *joins;
+	TAILQ_HEAD(, join) joins;
 	TAILQ_ENTRY(proc) link;
 };
 
@@ -79,18 +79,15 @@ void proc_init(struct event_base *b)
 
 static void join_free(struct join *j)
 {
+	TAILQ_REMOVE(&j->p->joins, j, link);
 	event_free(j->timer);
 	free(j);
 }
 
 static void proc_destroy(struct proc *p)
 {
-	while (p->joins) {
-		struct join *j = p->joins;
-
-		p->joins = j->next;
-		join_free(j);
-	}
+	while (!TAILQ_EMPTY(&p->joins))
+		join_free(TAILQ_FIRST(&p->joins));
 	TAILQ_REMOVE(&procs, p, link);
 	chan_free(p->ch);
 	if (p->grace)
@@ -158,7 +155,7 @@ static void trim_kept(uid_t owner)
 				continue;
 			kept++;
 			bytes += proc_bytes(p);
-			if (p->joins)
+			if (!TAILQ_EMPTY(&p->joins))
 				continue;
 			if (p->joined && !old_joined)
 				old_joined = p;
@@ -231,6 +228,7 @@ int proc_spawn(struct conn *conn, uid_t owner, bool admin, const struct proc_spe
 	if (r < 0)
 		return r;
 	p = xcalloc(1, sizeof(*p));
+	TAILQ_INIT(&p->joins);
 	p->fn = xstrndup(spec->fn, spec->fn_len);
 	p->name = spec->name ? xstrndup(spec->name, spec->name_len) : NULL;
 	once.fn = p->fn;
@@ -380,11 +378,6 @@ static void pack_proc_cb(msgpack_packer *pk, const void *arg)
 
 static void join_answer(struct join *j)
 {
-	struct join **pp;
-
-	for (pp = &j->p->joins; *pp != j; pp = &(*pp)->next)
-		;
-	*pp = j->next;
 	j->p->joined |= j->p->exited;
 	conn_reply(j->conn, j->msgid, pack_proc_cb, j->p);
 	conn_forget_msgid(j->conn, j->msgid);
@@ -418,8 +411,7 @@ void proc_join(struct proc *p, struct conn *conn, uint64_t msgid, uint32_t timeo
 	}
 	if (timeout_ms)
 		timer_add_ms(j->timer, timeout_ms);
-	j->next = p->joins;
-	p->joins = j;
+	TAILQ_INSERT_HEAD(&p->joins, j, link);
 	conn_hold_msgid(conn, msgid);
 }
 
@@ -472,8 +464,8 @@ bool proc_reaped(pid_t pid, int status)
 	p->exitcode = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
 	log_info("process %llu (%s, pid %d) exited with exitcode %d", (unsigned long long)p->id,
 		 p->name, (int)pid, p->exitcode);
-	while (p->joins)
-		join_answer(p->joins);
+	while (!TAILQ_EMPTY(&p->joins))
+		join_answer(TAILQ_FIRST(&p->joins));
 	if (p->daemon && !p->conn)
 		proc_destroy(p);        /* its client is gone: nobody will ask */
 	else
@@ -487,18 +479,11 @@ void proc_conn_gone(struct conn *conn)
 	struct proc *p, *tmp;
 
 	TAILQ_FOREACH_SAFE(p, &procs, link, tmp) {
-		struct join **pp = &p->joins;
+		struct join *j, *jt;
 
-		while (*pp) {
-			struct join *j = *pp;
-
-			if (j->conn == conn) {
-				*pp = j->next;
+		TAILQ_FOREACH_SAFE(j, &p->joins, link, jt)
+			if (j->conn == conn)
 				join_free(j);
-			} else {
-				pp = &j->next;
-			}
-		}
 		/* Only daemon processes belong to a connection: a non-daemon
 		 * one runs on, and its owner joins it from any connection. */
 		if (p->conn != conn)
