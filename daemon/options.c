@@ -3,11 +3,9 @@
 #include <errno.h>
 #include <grp.h>
 #include <jansson.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
-#include <unistd.h>
 
 #include "config.h"
 
