@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <mpool/error.h>
+#include "conn.h"
 #include "log.h"
 #include "master.h"
 #include "mp_frame.h"
@@ -153,28 +154,25 @@ static int accept_all(int lfd, struct econn *conns, const struct mp_frame_limits
 {
 	for (;;) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		struct econn tmp, *c = &tmp;
+		struct econn *c = NULL;
 
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
 			return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
 		}
-		for (unsigned i = 0; i < MAX_CONNS && c == &tmp; i++)
+		for (unsigned i = 0; i < MAX_CONNS && !c; i++)
 			if (conns[i].fd < 0)
 				c = &conns[i];
+		if (!c) {
+			/* Full: this one gets the error without a msgid. */
+			conn_refuse(fd, MPOOL_E_UNAVAILABLE, msg);
+			close(fd);
+			continue;
+		}
 		*c = (struct econn){ .fd = fd, .active_ms = now };
 		mp_frame_init(&c->in, lim);
 		msgpack_sbuffer_init(&c->out);
-		if (c != &tmp)
-			continue;
-		/* Full: this one gets the error without a msgid, in one try (a
-		 * client that cannot take a few hundred bytes now sees the
-		 * connection closed, an error too). */
-		if (notify_error(&tmp, msg) == 0 &&
-		    send(fd, tmp.out.data, tmp.out.size, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-			log_debug("a client past %d connections: %s", MAX_CONNS, strerror(errno));
-		econn_close(&tmp);
 	}
 }
 

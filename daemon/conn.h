@@ -19,6 +19,9 @@ struct job;
 /* Starts accepting on a listening socket (owned by the caller). */
 int conn_listen(struct event_base *base, int listen_fd);
 void conn_stop_listening(void);
+/* Tells a client on fd that it will not be served, and why, in an "error"
+ * notification: one best-effort write. */
+void conn_refuse(int fd, int code, const char *why);
 
 /* For the dispatcher. */
 bool conn_backlogged(const struct conn *c);

@@ -68,8 +68,7 @@ bool conn_cred_is_admin(uid_t uid, gid_t gid)
 	       (cfg.admin_gid != (gid_t)-1 && in_group(uid, gid, cfg.admin_gid));
 }
 
-/* One best-effort write. */
-static void refuse(int fd, int code, const char *why)
+void conn_refuse(int fd, int code, const char *why)
 {
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
@@ -153,7 +152,7 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
 				log_warn("refusing client pid %d uid %u: %s (%u more refused in the "
 					 "last second not logged)", (int)cred.pid, (unsigned)cred.uid,
 					 why, held);
-			refuse(cfd, MPOOL_E_LIMIT, why);
+			conn_refuse(cfd, MPOOL_E_LIMIT, why);
 			close(cfd);
 			continue;
 		}
