@@ -53,8 +53,7 @@ const struct opt opt_table[] = {
 	  0, DAY_MS, NULL, "fail queued work after MS without a ready worker" },
 	{ "fork-server-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS",
 	  FIELD(fork_server_timeout_ms), 100, DAY_MS, NULL, "give up on a fork server that has "
-	  "not loaded the task modules (Python imports) after MS; workers then fork from the "
-	  "master, without the functions only it names" },
+	  "not loaded the task modules after MS; workers then fork from the master" },
 	{ "max-frame", 0, OPT_UINT, OPT_GLOBAL, NULL, "BYTES", FIELD(max_frame),
 	  1024, 1u << 30, NULL, "largest message accepted" },
 	{ "max-items", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_items), 1, UINT32_MAX,
