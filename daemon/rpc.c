@@ -193,7 +193,8 @@ static int parse_cancel_request(struct mp_cur *p, uint32_t n, const struct mp_ms
 	    (mp_read_map(p, &nopt) < 0 || nopt > 1 ||
 	     (nopt == 1 && (mp_read_str(p, &k, &kl) < 0 || !mp_str_eq(k, kl, "kill") ||
 			    mp_read_bool(p, &a->kill) < 0))))
-		return rpc_why(MPOOL_E_BADREQ, why, n_why, "cancel_request options: only {\"kill\": bool}");
+		return rpc_why(MPOOL_E_BADREQ, why, n_why,
+			       "cancel_request options: only {\"kill\": bool}");
 	return 0;
 }
 
@@ -223,12 +224,10 @@ static int parse_id(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct
 	return mp_read_u64(p, &a->id) < 0 ? RPC_USAGE : 0;
 }
 
-/* Every method.  Policy is data: how many params each takes and how
- * they are read (parse: NULL when there is nothing past the count), the
- * line a client gets when they do not fit, what refuses the request before
- * its msgid is checked (check: apply and map, whose order PROTOCOL.md
- * gives), and who may call it (admin: root, mpoold's user or
- * --admin-group; the others check ownership themselves). */
+/* Every method.  Policy is data: the params' count and parser (NULL:
+ * nothing past the count), the line a client gets when they do not fit,
+ * what refuses the request before its msgid is checked (PROTOCOL.md's
+ * order), and whether only admins may call it (others check ownership). */
 static const struct rpc_method {
 	const char *name;
 	uint8_t min_params, max_params;
