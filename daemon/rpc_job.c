@@ -151,12 +151,10 @@ void rpc_run_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *
 	cs = disp_spec_chunksize(&spec);
 	spec.admin = conn_is_admin(c);
 	if (disp_queue_check(conn_uid(c), spec.admin, (spec.n_items + cs - 1) / cs, why,
-			     sizeof(why)) < 0) {
-		conn_limit_hit(LIM_QUEUED);
-		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT, "%s", why);
-		return;
-	}
-	lim = conn_budget(c, spec.items_len, why, sizeof(why));
+			     sizeof(why)) < 0)
+		lim = LIM_QUEUED;
+	else
+		lim = conn_budget(c, spec.items_len, why, sizeof(why));
 	if (lim >= 0) {
 		conn_limit_hit(lim);
 		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT, "%s", why);

@@ -6,6 +6,7 @@
 #include "mp_name.h"
 #include "mp_scan.h"
 #include "rpc_int.h"
+#include "status.h"
 
 /* The owner of a process, or an admin; else answers permission denied. */
 static struct proc *own_process(struct conn *c, uint64_t msgid, uint64_t id)
@@ -31,8 +32,7 @@ static void pack_spawned(msgpack_packer *pk, const void *arg)
 	const struct proc *p = arg;
 
 	msgpack_pack_map(pk, 2);
-	mp_pack_cstr(pk, "id");
-	msgpack_pack_uint64(pk, proc_id(p));
+	status_kv(pk, "id", proc_id(p));
 	mp_pack_cstr(pk, "pid");
 	msgpack_pack_int64(pk, proc_pid(p));
 }
