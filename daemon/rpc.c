@@ -75,8 +75,8 @@ bool rpc_may_start(struct conn *c, uint64_t msgid, const char *fn, uint32_t fn_l
 		return true;
 	rpc_printable(name, sizeof(name), fn, fn_len);
 	if (r == -EAGAIN)
-		conn_reply_error(c, msgid, MPOOL_E_UNAVAILABLE, "the cluster's broker is unreachable "
-				 "and this node cannot run '%s' itself", name);
+		conn_reply_error(c, msgid, MPOOL_E_UNAVAILABLE, "the cluster's broker is "
+				 "unreachable and this node cannot run '%s' itself", name);
 	else
 		conn_reply_error(c, msgid, MPOOL_E_NOFUNC, "no function named '%s'%s", name,
 				 shared ? " on any node of the cluster" : "");

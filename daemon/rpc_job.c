@@ -26,8 +26,8 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 			return rpc_why(-1, why, n_why, "option names must be strings");
 		if (spec->is_map && mp_str_eq(k, kl, "chunksize")) {
 			if (mp_read_u64(p, &v) < 0 || v < 1 || v > UINT32_MAX)
-				return rpc_why(-1, why, n_why, "chunksize must be an integer from 1 to %u",
-					       UINT32_MAX);
+				return rpc_why(-1, why, n_why,
+					       "chunksize must be an integer from 1 to %u", UINT32_MAX);
 			spec->chunksize = (uint32_t)v;
 		} else if (spec->is_map && mp_str_eq(k, kl, "stream")) {
 			if (mp_read_bool(p, &spec->stream) < 0)
@@ -42,8 +42,8 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 			spec->timeout_ms = (uint32_t)v;
 		} else if (mp_str_eq(k, kl, "retries")) {
 			if (mp_read_u64(p, &v) < 0 || v > cfg.max_retries)
-				return rpc_why(-1, why, n_why, "retries must be an integer from 0 to %u "
-					       "(--max-retries)", cfg.max_retries);
+				return rpc_why(-1, why, n_why, "retries must be an integer "
+					       "from 0 to %u (--max-retries)", cfg.max_retries);
 			spec->retries = (uint32_t)v;
 		} else if (mp_str_eq(k, kl, "spread")) {
 			/* cluster: true shares the request, false keeps it here. */
@@ -88,8 +88,8 @@ static int parse_job(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struc
 		/* It travels to the worker one level deeper, as a chunk's item. */
 		if (mp_scan_one(spec->items, spec->items_len, MP_ITEM_DEPTH_MAX, &alen) != 1) {
 			conn_limit_hit(LIM_DEPTH);
-			return rpc_why(MPOOL_E_LIMIT, why, n_why,
-				       "apply argument nested deeper than %d levels", MP_ITEM_DEPTH_MAX);
+			return rpc_why(MPOOL_E_LIMIT, why, n_why, "apply argument nested deeper "
+				       "than %d levels", MP_ITEM_DEPTH_MAX);
 		}
 	}
 	if (n == 3 && read_opts(p, spec, opt_why, sizeof(opt_why)) < 0)

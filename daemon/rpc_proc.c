@@ -90,13 +90,14 @@ int rpc_parse_spawn(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct
 			       "meaning, the opposite of protocol 1); say {\"protocol\": %d} in "
 			       "spawn's options", MP_PROTO_VERSION, MP_PROTO_VERSION);
 	if (proto != MP_PROTO_VERSION)
-		return rpc_why(MPOOL_E_BADREQ, why, n_why, "this mpoold speaks protocol %d, not %llu",
-			       MP_PROTO_VERSION, (unsigned long long)proto);
+		return rpc_why(MPOOL_E_BADREQ, why, n_why, "this mpoold speaks protocol %d, "
+			       "not %llu", MP_PROTO_VERSION, (unsigned long long)proto);
 	if (!bad_opt)
 		return 0;
 badopt:
-	return rpc_why(MPOOL_E_BADREQ, why, n_why, "spawn options: {\"protocol\": %d, \"daemon\": "
-		       "bool, \"name\": 1 to %d printable characters}", MP_PROTO_VERSION, MP_NAME_MAX);
+	return rpc_why(MPOOL_E_BADREQ, why, n_why, "spawn options: {\"protocol\": %d, "
+		       "\"daemon\": bool, \"name\": 1 to %d printable characters}",
+		       MP_PROTO_VERSION, MP_NAME_MAX);
 }
 
 void rpc_run_spawn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
