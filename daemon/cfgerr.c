@@ -5,17 +5,23 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <mpool/error.h>
+#include "conn.h"
 #include "log.h"
+#include "master.h"
 #include "mp_frame.h"
 #include "mp_rpc.h"
 #include "notify.h"
+
+/* How long mpoold waits for another client after the last one left: it
+ * spaces out restarts, which mpoold.service's StartLimitBurst= counts on. */
+#define CFGERR_LINGER_MS 500
+/* A connection that sends nothing for this long is closed. */
+#define CFGERR_IDLE_MS 5000
 
 /* A few clients at once are plenty for an error; one past the table is
  * told the error and closed at once. */
@@ -40,14 +46,6 @@ static volatile sig_atomic_t stop_sig;
 static void on_stop(int sig)
 {
 	stop_sig = sig;
-}
-
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
 static void econn_close(struct econn *c)
@@ -168,24 +166,13 @@ static int accept_all(int lfd, struct econn *conns, const struct mp_frame_limits
 				c = &conns[i];
 		if (!c) {
 			/* Full: this one gets the error without a msgid. */
-			struct econn tmp = { .fd = fd };
-
-			mp_frame_init(&tmp.in, lim);
-			msgpack_sbuffer_init(&tmp.out);
-			/* One try: a client that cannot take a few hundred bytes
-			 * now sees the connection closed, an error too. */
-			if (notify_error(&tmp, msg) == 0 &&
-			    send(fd, tmp.out.data, tmp.out.size, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-				log_debug("a client past %d connections: %s", MAX_CONNS, strerror(errno));
-			econn_close(&tmp);
+			conn_refuse(fd, MPOOL_E_UNAVAILABLE, msg);
+			close(fd);
 			continue;
 		}
-		c->fd = fd;
+		*c = (struct econn){ .fd = fd, .active_ms = now };
 		mp_frame_init(&c->in, lim);
 		msgpack_sbuffer_init(&c->out);
-		c->sent = 0;
-		c->closing = false;
-		c->active_ms = now;
 	}
 }
 
@@ -196,7 +183,7 @@ int cfgerr_serve(int listen_fd, const char *why)
 	struct sigaction sa = { .sa_handler = on_stop };
 	struct pollfd pfd[MAX_CONNS + 1];
 	struct econn *at[MAX_CONNS + 1];
-	uint64_t last_ms = mono_ms(), accept_after = 0;
+	uint64_t last_ms = now_ms(), accept_after = 0;
 	char msg[700], status[700];
 
 	snprintf(msg, sizeof(msg), "mpoold cannot start: %s; fix that and restart mpoold "
@@ -215,7 +202,7 @@ int cfgerr_serve(int listen_fd, const char *why)
 		conns[i].fd = -1;
 
 	while (!stop_sig) {
-		uint64_t now = mono_ms();
+		uint64_t now = now_ms();
 		unsigned n = 0, live = 0;
 		int timeout = CFGERR_LINGER_MS, r;
 
@@ -255,7 +242,7 @@ int cfgerr_serve(int listen_fd, const char *why)
 		}
 		if (r <= 0)
 			continue;
-		now = mono_ms();
+		now = now_ms();
 		for (unsigned i = 0; i < n; i++) {
 			if (!pfd[i].revents)
 				continue;

@@ -1,12 +1,7 @@
-/* cfgfile: reads mpoold.conf (libinih) into cfg.
- *
- * Syntax: "key = value" lines, where each key is the long name of a
- * command-line option, before any section; then any number of [module]
- * sections, one per task module, in load order, each with path = and
- * optionally initargs = (JSON).  Comments start a line with # or ;, or follow
- * a value after " ;".  Leading blanks are ignored (so there are no
- * continuation lines) and a line holds at most 199 bytes.  mpoold.conf(5)
- * is the user's description. */
+/* cfgfile: reads mpoold.conf (libinih) into cfg: "key = value" lines, each
+ * key the long name of an option, then one [module] section per task
+ * module.  Leading blanks are ignored, so there are no continuation lines.
+ * mpoold.conf(5) describes the syntax. */
 #ifndef CFGFILE_H
 #define CFGFILE_H
 

@@ -54,8 +54,7 @@ struct module_spec *config_module_add(void)
 	if (cfg.n_modules == CONFIG_MAX_MODULES)
 		return NULL;
 	m = &cfg.modules[cfg.n_modules++];
-	m->path = NULL;
-	m->initargs_json = NULL;
+	*m = (struct module_spec){ 0 };
 	return m;
 }
 
@@ -64,8 +63,6 @@ void config_modules_clear(void)
 	for (unsigned i = 0; i < cfg.n_modules; i++) {
 		free(cfg.modules[i].path);
 		free(cfg.modules[i].initargs_json);
-		cfg.modules[i].path = NULL;
-		cfg.modules[i].initargs_json = NULL;
 	}
 	cfg.n_modules = 0;
 }

@@ -25,9 +25,7 @@ struct config {
 	char socket_path[108];          /* sun_path size; "" until main() applies the default rule */
 	unsigned socket_mode;           /* permissions of a socket mpoold binds itself */
 	gid_t socket_gid;               /* its group; (gid_t)-1: the daemon's own */
-	/* CONFIG_WORKERS_AUTO until main() applies the default (online CPUs);
-	 * 0: a cluster gateway, which runs nothing itself. */
-	unsigned workers;
+	unsigned workers;               /* 0: a cluster gateway; see CONFIG_WORKERS_AUTO */
 	uint64_t max_tasks_per_child;   /* 0: unlimited */
 	size_t max_frame;
 	uint32_t max_depth;
@@ -54,8 +52,7 @@ struct config {
 	unsigned recovery_timeout_ms;   /* queued work fails if no worker is ready this long */
 	unsigned fork_server_timeout_ms;   /* a fork server still loading the modules is killed */
 
-	/* Who may run admin operations besides root and mpoold's own uid. */
-	gid_t admin_gid;                /* (gid_t)-1: nobody else */
+	gid_t admin_gid;                /* admins beside root and mpoold's uid; (gid_t)-1: none */
 	uint64_t max_queued_chunks;     /* chunks waiting across all jobs */
 	uint64_t max_queued_chunks_per_uid;   /* ... of one uid that is no admin */
 	uint64_t admin_queued_chunks;   /* of max_queued_chunks, only admins may fill */

@@ -4,8 +4,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include "tailq.h"
 #include <mpool/error.h>
 
 #include "chan.h"
@@ -18,6 +16,8 @@
 #include "mp_rpc.h"
 #include "proc.h"
 #include "rpc.h"
+#include "status.h"
+#include "tailq.h"
 
 struct conn {
 	struct chan *ch;
@@ -41,7 +41,12 @@ struct conn {
 	TAILQ_ENTRY(conn) link;
 };
 
+/* Unread output a client may have while the total budget is spent. */
+#define CONN_OUT_SLACK (64u * 1024)
+
 static TAILQ_HEAD(, conn) conns = TAILQ_HEAD_INITIALIZER(conns);
+static unsigned n_conns;
+static uint64_t next_conn_id = 1;
 static uint64_t limit_hits[LIM_COUNT];
 static const char *const limit_names[LIM_COUNT] = {
 	"frame", "depth", "items", "jobs", "clients", "queued_chunks", "backlog",
@@ -56,16 +61,10 @@ void conn_limit_hit(enum conn_limit l)
 void conn_pack_limits(msgpack_packer *pk)
 {
 	msgpack_pack_map(pk, LIM_COUNT);
-	for (int i = 0; i < LIM_COUNT; i++) {
-		mp_pack_cstr(pk, limit_names[i]);
-		msgpack_pack_uint64(pk, limit_hits[i]);
-	}
+	for (int i = 0; i < LIM_COUNT; i++)
+		status_kv(pk, limit_names[i], limit_hits[i]);
 }
-/* Unread output a client may have while the total budget is spent. */
-#define CONN_OUT_SLACK (64u * 1024)
 
-static unsigned n_conns;
-static uint64_t next_conn_id = 1;
 static size_t conn_queued_bytes(const struct conn *c)
 {
 	size_t n = 0;
@@ -102,44 +101,45 @@ int conn_budget(const struct conn *c, size_t add, char *why, size_t n_why)
 
 void conn_pack_config_limits(msgpack_packer *pk)
 {
-	static const struct { const char *name; const void *field; size_t size; } l[] = {
-		{ "max_frame", &cfg.max_frame, sizeof(cfg.max_frame) },
-		{ "max_depth", &cfg.max_depth, sizeof(cfg.max_depth) },
-		{ "max_items", &cfg.max_items, sizeof(cfg.max_items) },
-		{ "max_jobs", &cfg.max_jobs_per_conn, sizeof(cfg.max_jobs_per_conn) },
-		{ "max_clients", &cfg.max_clients, sizeof(cfg.max_clients) },
-		{ "max_clients_per_uid", &cfg.max_clients_per_uid, sizeof(cfg.max_clients_per_uid) },
-		{ "admin_clients", &cfg.admin_clients, sizeof(cfg.admin_clients) },
-		{ "max_queued_chunks", &cfg.max_queued_chunks, sizeof(cfg.max_queued_chunks) },
-		{ "stream_window", &cfg.stream_window, sizeof(cfg.stream_window) },
-		{ "stream_window_bytes", &cfg.stream_window_bytes, sizeof(cfg.stream_window_bytes) },
-		{ "max_client_bytes", &cfg.max_client_bytes, sizeof(cfg.max_client_bytes) },
-		{ "max_total_bytes", &cfg.max_total_bytes, sizeof(cfg.max_total_bytes) },
-		{ "frame_timeout_ms", &cfg.frame_timeout_ms, sizeof(cfg.frame_timeout_ms) },
-	};
-
-	msgpack_pack_map(pk, sizeof(l) / sizeof(l[0]) + 1);
-	for (size_t i = 0; i < sizeof(l) / sizeof(l[0]); i++) {
-		uint64_t v = 0;
-
-		if (l[i].size == sizeof(uint64_t))
-			v = *(const uint64_t *)l[i].field;
-		else if (l[i].size == sizeof(uint32_t))
-			v = *(const uint32_t *)l[i].field;
-		mp_pack_cstr(pk, l[i].name);
-		msgpack_pack_uint64(pk, v);
-	}
+	msgpack_pack_map(pk, 14);
+	status_kv(pk, "max_frame", cfg.max_frame);
+	status_kv(pk, "max_depth", cfg.max_depth);
+	status_kv(pk, "max_items", cfg.max_items);
+	status_kv(pk, "max_jobs", cfg.max_jobs_per_conn);
+	status_kv(pk, "max_clients", cfg.max_clients);
+	status_kv(pk, "max_clients_per_uid", cfg.max_clients_per_uid);
+	status_kv(pk, "admin_clients", cfg.admin_clients);
+	status_kv(pk, "max_queued_chunks", cfg.max_queued_chunks);
+	status_kv(pk, "stream_window", cfg.stream_window);
+	status_kv(pk, "stream_window_bytes", cfg.stream_window_bytes);
+	status_kv(pk, "max_client_bytes", cfg.max_client_bytes);
+	status_kv(pk, "max_total_bytes", cfg.max_total_bytes);
+	status_kv(pk, "frame_timeout_ms", cfg.frame_timeout_ms);
 	/* What RLIMIT_NOFILE leaves of max_clients. */
-	mp_pack_cstr(pk, "clients_allowed");
-	msgpack_pack_uint64(pk, conn_clients_allowed());
+	status_kv(pk, "clients_allowed", conn_clients_allowed());
 }
 
-static void conn_free(struct conn *c);
-static void conn_check_fin(struct conn *c);
-
-static void conn_packer(struct conn *c, msgpack_packer *pk)
+static void conn_check_fin(struct conn *c)
 {
-	chan_packer(c->ch, pk);
+	if (c->eof && conn_open_requests(c) == 0)
+		event_active(c->fin, EV_TIMEOUT, 0);
+}
+
+static void conn_free(struct conn *c)
+{
+	proc_conn_gone(c);
+	free(c->held);
+	/* Detaching may free jobs; walk a snapshot from the end. */
+	while (c->n_jobs > 0)
+		disp_detach(c->jobs[--c->n_jobs]);
+	free(c->jobs);
+	event_free(c->fin);
+	event_free(c->frame_timer);
+	chan_free(c->ch);
+	TAILQ_REMOVE(&conns, c, link);
+	n_conns--;
+	free(c);
+	master_progress();
 }
 
 void conn_reply_error(struct conn *c, uint64_t msgid, int code, const char *fmt, ...)
@@ -151,22 +151,21 @@ void conn_reply_error(struct conn *c, uint64_t msgid, int code, const char *fmt,
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	conn_packer(c, &pk);
+	chan_packer(c->ch, &pk);
 	mp_pack_response_head(&pk, msgid);
 	mp_pack_error(&pk, code, msg, -1);
 	msgpack_pack_nil(&pk);
 	chan_flush(c->ch);
 }
 
-/* The reason is small; a best-effort write now is all it gets (the write
- * never frees c: see chan_write_now). */
+/* chan_write_now never frees c. */
 void conn_abort(struct conn *c, int code, const char *why)
 {
 	msgpack_packer pk;
 
 	log_info("client %llu (pid %d uid %u): closing: %s", (unsigned long long)c->id,
 		 (int)c->pid, (unsigned)c->uid, why);
-	conn_packer(c, &pk);
+	chan_packer(c->ch, &pk);
 	mp_pack_notify_head(&pk, "error");
 	msgpack_pack_array(&pk, 1);
 	mp_pack_error(&pk, code, why, -1);
@@ -236,7 +235,7 @@ void conn_reply(struct conn *c, uint64_t msgid, void (*pack)(msgpack_packer *pk,
 {
 	msgpack_packer pk;
 
-	conn_packer(c, &pk);
+	chan_packer(c->ch, &pk);
 	mp_pack_response_head(&pk, msgid);
 	msgpack_pack_nil(&pk);
 	pack(&pk, arg);
@@ -305,11 +304,8 @@ static void conn_received(void *ctx)
 		event_del(c->frame_timer);
 		return;
 	}
-	if (cfg.frame_timeout_ms && !evtimer_pending(c->frame_timer, NULL)) {
-		struct timeval tv = { cfg.frame_timeout_ms / 1000, (cfg.frame_timeout_ms % 1000) * 1000 };
-
-		evtimer_add(c->frame_timer, &tv);
-	}
+	if (cfg.frame_timeout_ms && !evtimer_pending(c->frame_timer, NULL))
+		timer_add_ms(c->frame_timer, cfg.frame_timeout_ms);
 	if (conn_bytes_held() <= (uint64_t)cfg.max_total_bytes + cfg.max_frame)
 		return;
 	snprintf(why, sizeof(why), "mpoold holds %llu bytes for its clients, past the limit of "
@@ -373,20 +369,13 @@ static void conn_eof(void *ctx)
 	if (!c->eof) {
 		c->eof = true;
 		log_debug("client %llu (pid %d): end of requests; %u open", (unsigned long long)c->id,
-			  (int)c->pid, c->n_jobs + c->n_held);
-		for (unsigned i = c->n_jobs; i-- > 0;) {
+			  (int)c->pid, conn_open_requests(c));
+		for (unsigned i = c->n_jobs; i-- > 0;)
 			if (i < c->n_jobs && disp_job_streaming(c->jobs[i]))
 				disp_cancel(c->jobs[i], MPOOL_E_BADREQ,
 					    "the client ended its input before the stream's last feed");
-		}
 	}
 	conn_check_fin(c);
-}
-
-static void conn_check_fin(struct conn *c)
-{
-	if (c->eof && c->n_jobs == 0 && c->n_held == 0)
-		event_active(c->fin, EV_TIMEOUT, 0);
 }
 
 static void conn_fin_cb(evutil_socket_t fd, short what, void *arg)
@@ -395,9 +384,8 @@ static void conn_fin_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	/* Output still waiting: conn_drained() comes back here once it is
-	 * sent. */
-	if (c->eof && c->n_jobs == 0 && c->n_held == 0 && chan_out_len(c->ch) == 0)
+	/* Output still waiting: conn_drained() comes back here once it is sent. */
+	if (c->eof && conn_open_requests(c) == 0 && chan_out_len(c->ch) == 0)
 		conn_free(c);
 }
 
@@ -408,23 +396,6 @@ static const struct chan_ops conn_ops = {
 	.eof = conn_eof,
 	.received = conn_received,
 };
-
-static void conn_free(struct conn *c)
-{
-	proc_conn_gone(c);
-	free(c->held);
-	/* Detaching may free jobs; walk a snapshot from the end. */
-	while (c->n_jobs > 0)
-		disp_detach(c->jobs[--c->n_jobs]);
-	free(c->jobs);
-	event_free(c->fin);
-	event_free(c->frame_timer);
-	chan_free(c->ch);
-	TAILQ_REMOVE(&conns, c, link);
-	n_conns--;
-	free(c);
-	master_progress();
-}
 
 pid_t conn_pid(const struct conn *c)
 {
@@ -466,7 +437,7 @@ void conn_send_chunk(struct conn *c, uint64_t msgid, uint64_t first,
 	msgpack_packer pk;
 	struct evbuffer *out = chan_out(c->ch);
 
-	conn_packer(c, &pk);
+	chan_packer(c->ch, &pk);
 	mp_pack_notify_head(&pk, "result");
 	msgpack_pack_array(&pk, 4);
 	msgpack_pack_uint64(&pk, msgid);
@@ -486,7 +457,7 @@ void conn_send_credit(struct conn *c, uint64_t msgid, uint64_t n)
 {
 	msgpack_packer pk;
 
-	conn_packer(c, &pk);
+	chan_packer(c->ch, &pk);
 	mp_pack_notify_head(&pk, "credit");
 	msgpack_pack_array(&pk, 2);
 	msgpack_pack_uint64(&pk, msgid);
@@ -498,20 +469,19 @@ void conn_map_done(struct conn *c, uint64_t msgid, uint64_t items, uint64_t fail
 {
 	msgpack_packer pk;
 
-	conn_packer(c, &pk);
+	chan_packer(c->ch, &pk);
 	mp_pack_response_head(&pk, msgid);
 	msgpack_pack_nil(&pk);
 	msgpack_pack_map(&pk, 2);
-	mp_pack_cstr(&pk, "items");
-	msgpack_pack_uint64(&pk, items);
-	mp_pack_cstr(&pk, "failed");
-	msgpack_pack_uint64(&pk, failed);
+	status_kv(&pk, "items", items);
+	status_kv(&pk, "failed", failed);
 	chan_flush(c->ch);
 }
 
 void conn_apply_done(struct conn *c, uint64_t msgid, const uint8_t *results, size_t rlen,
 		     const uint8_t *errors, size_t elen, uint32_t n_errors)
 {
+	msgpack_packer pk;
 	struct mp_cur cur;
 	uint32_t n;
 
@@ -523,11 +493,10 @@ void conn_apply_done(struct conn *c, uint64_t msgid, const uint8_t *results, siz
 
 		mp_cur_init(&cur, errors, elen);
 		if (mp_read_array(&cur, &n) < 0 ||
-		    mp_read_error(&cur, &code, &msg, &msg_len, &index) < 0) {
+		    mp_read_error(&cur, &code, &msg, &msg_len, &index) < 0)
 			conn_reply_error(c, msgid, MPOOL_E_INTERNAL, "unreadable error from the worker");
-			return;
-		}
-		conn_reply_error(c, msgid, code, "%.*s", (int)msg_len, msg);
+		else
+			conn_reply_error(c, msgid, code, "%.*s", (int)msg_len, msg);
 		return;
 	}
 	mp_cur_init(&cur, results, rlen);
@@ -535,8 +504,7 @@ void conn_apply_done(struct conn *c, uint64_t msgid, const uint8_t *results, siz
 		conn_reply_error(c, msgid, MPOOL_E_INTERNAL, "unreadable result from the worker");
 		return;
 	}
-	msgpack_packer pk;
-	conn_packer(c, &pk);
+	chan_packer(c->ch, &pk);
 	mp_pack_response_head(&pk, msgid);
 	msgpack_pack_nil(&pk);
 	evbuffer_add(chan_out(c->ch), cur.p, (size_t)(cur.end - cur.p));

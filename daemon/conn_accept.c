@@ -19,9 +19,7 @@
 #include "mp_rpc.h"
 
 static struct event *accept_ev, *accept_retry;
-/* --max-clients, or fewer when RLIMIT_NOFILE cannot hold that many. */
-static unsigned max_clients;
-/* Accept fails for want of descriptors: the pause doubles while it lasts. */
+static unsigned max_clients;            /* conn_clients_allowed() */
 static unsigned accept_backoff_ms;
 
 /* At most one line per interval for a warning a client can provoke at
@@ -70,8 +68,7 @@ bool conn_cred_is_admin(uid_t uid, gid_t gid)
 	       (cfg.admin_gid != (gid_t)-1 && in_group(uid, gid, cfg.admin_gid));
 }
 
-/* Tells a client we will not serve why, in one best-effort write. */
-static void refuse(int fd, int code, const char *why)
+void conn_refuse(int fd, int code, const char *why)
 {
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
@@ -85,9 +82,8 @@ static void refuse(int fd, int code, const char *why)
 	msgpack_sbuffer_destroy(&sb);
 }
 
-/* Whether a new client may have a slot: the last --admin-clients slots are
- * for admins, and a user who is not one has at most --max-clients-per-uid.
- * Returns -1, or the limit with the reason in why. */
+/* Whether a new client may have a slot.  Returns -1, or the limit with the
+ * reason in why. */
 static int admit(const struct ucred *cred, char *why, size_t n_why)
 {
 	unsigned n = conn_count();
@@ -129,22 +125,17 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
 
 		if (cfd < 0) {
 			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-				/* Out of descriptors: retrying at once would spin.
-				 * Pause accepting, longer while it lasts; clients
-				 * already in keep working. */
-				struct timeval tv;
-
+				/* Retrying at once would spin: pause accepting,
+				 * longer while it lasts. */
 				accept_backoff_ms = accept_backoff_ms ? accept_backoff_ms * 2 : 100;
 				if (accept_backoff_ms > 5000)
 					accept_backoff_ms = 5000;
-				tv.tv_sec = accept_backoff_ms / 1000;
-				tv.tv_usec = (accept_backoff_ms % 1000) * 1000;
 				if (ratelimit_ok(&out_of_fds, 60000, &held))
 					log_warn("accept: %s; pausing new connections for %u ms "
 						 "(%u more like this in the last minute not logged)",
 						 strerror(errno), accept_backoff_ms, held);
 				event_del(accept_ev);
-				evtimer_add(accept_retry, &tv);
+				timer_add_ms(accept_retry, accept_backoff_ms);
 			}
 			return;
 		}
@@ -161,7 +152,7 @@ static void accept_cb(evutil_socket_t fd, short what, void *arg)
 				log_warn("refusing client pid %d uid %u: %s (%u more refused in the "
 					 "last second not logged)", (int)cred.pid, (unsigned)cred.uid,
 					 why, held);
-			refuse(cfd, MPOOL_E_LIMIT, why);
+			conn_refuse(cfd, MPOOL_E_LIMIT, why);
 			close(cfd);
 			continue;
 		}

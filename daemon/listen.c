@@ -1,7 +1,6 @@
 #include "listen.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +25,7 @@ const char *listen_name(void)
 }
 
 /* The socket's directory: searchable by those the socket's mode lets in,
- * private otherwise (root's, like /run/mpool, is 0755 as before). */
+ * private otherwise (root's, like /run/mpool, is 0755). */
 static mode_t dir_mode(void)
 {
 	if (geteuid() == 0)
@@ -40,12 +39,10 @@ static const char *file_kind(mode_t m)
 	       : S_ISDIR(m) ? "a directory" : "not a socket";
 }
 
-/* The per-user directories of the default socket path (mp_path.c):
+/* The per-user directories of the default socket path (mp_path.c) must be
  * mpoold's alone, so no other user can swap the socket for theirs.  Other
  * directories are the operator's choice (--socket, MPOOL_SOCKET, root's
- * /run/mpool, which the service's RuntimeDirectory= makes 0755 so that
- * other users can reach the socket) and only have to be safe from users
- * other than their owner and root. */
+ * /run/mpool) and only have to be safe from users but their owner and root. */
 static bool private_dir(const char *dir)
 {
 	char want[sizeof(((struct sockaddr_un *)0)->sun_path) + 16];

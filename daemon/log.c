@@ -1,6 +1,7 @@
 #include "log.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,20 +35,26 @@ void log_init(int level)
 	journal = stderr_is_journal();
 }
 
-static void write_line(char *line, size_t size)
+/* Formats fmt after the n bytes of prefix in line and writes the line;
+ * remembers its text when is_err. */
+static void emit(char *line, size_t size, int n, bool is_err, const char *fmt, va_list ap)
 {
-	size_t n = strlen(line);
+	size_t len;
 
+	vsnprintf(line + n, size - (size_t)n, fmt, ap);
+	if (is_err)
+		snprintf(last_error, sizeof(last_error), "%s", line + n);
 	/* A message (a module's init error, say) may hold a newline; the
 	 * journal would take what follows it for a new line without a
 	 * priority. */
 	for (char *p = line; (p = strchr(p, '\n')) != NULL; p++)
 		*p = ' ';
-	if (n == size - 1)
-		n--;
-	line[n++] = '\n';
+	len = strlen(line);
+	if (len == size - 1)
+		len--;
+	line[len++] = '\n';
 	/* One write per line, so lines from master and workers never interleave. */
-	if (write(STDERR_FILENO, line, n) < 0)
+	if (write(STDERR_FILENO, line, len) < 0)
 		return;     /* nowhere left to report it */
 }
 
@@ -60,10 +67,8 @@ void log_startup_err(const char *fmt, ...)
 	/* The journal names the program already ("mpoold[42]: ..."). */
 	n = snprintf(line, sizeof(line), "%s", journal ? "<3>" : "mpoold: ");
 	va_start(ap, fmt);
-	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+	emit(line, sizeof(line), n, true, fmt, ap);
 	va_end(ap);
-	snprintf(last_error, sizeof(last_error), "%s", line + n);
-	write_line(line, sizeof(line));
 }
 
 const char *log_last_error(void)
@@ -92,10 +97,7 @@ void log_vmsg(int prio, const char *fmt, va_list ap)
 		n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ld mpoold[%d] %s: ",
 			      ts.tv_nsec / 1000000, (int)getpid(), names[prio & 7]);
 	}
-	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
-	if (prio <= LOG_ERR)
-		snprintf(last_error, sizeof(last_error), "%s", line + n);
-	write_line(line, sizeof(line));
+	emit(line, sizeof(line), n, prio <= LOG_ERR, fmt, ap);
 }
 
 void log_msg(int prio, const char *fmt, ...)

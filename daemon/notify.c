@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,12 +81,18 @@ uint64_t notify_watchdog_usec(void)
 	return enabled ? watchdog_usec : 0;
 }
 
-static void send_msg(const char *msg)
+__attribute__((format(printf, 1, 2)))
+static void send_msg(const char *fmt, ...)
 {
+	char msg[800];
+	va_list ap;
 	int r;
 
 	if (!enabled)
 		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
 	r = sd_notify(0, msg);
 	if (r < 0)
 		log_debug("sd_notify: %s", strerror(-r));
@@ -93,26 +100,16 @@ static void send_msg(const char *msg)
 
 void notify_ready(const char *status)
 {
-	char msg[800];
-
-	if (!enabled)
-		return;
-	snprintf(msg, sizeof(msg), "READY=1\nSTATUS=%s", status);
-	send_msg(msg);
+	send_msg("READY=1\nSTATUS=%s", status);
 }
 
 void notify_reloading(void)
 {
 	struct timespec ts;
-	char msg[64];
 
-	if (!enabled)
-		return;
-	/* systemd wants the monotonic time with RELOADING=1 (Type=notify-reload). */
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+	send_msg("RELOADING=1\nMONOTONIC_USEC=%llu",
 		 (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
-	send_msg(msg);
 }
 
 void notify_stopping(void)
@@ -127,10 +124,5 @@ void notify_watchdog(void)
 
 void notify_status(const char *text)
 {
-	char line[800];
-
-	if (!enabled)
-		return;
-	snprintf(line, sizeof(line), "STATUS=%s", text);
-	send_msg(line);
+	send_msg("STATUS=%s", text);
 }

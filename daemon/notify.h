@@ -1,8 +1,7 @@
 /* notify: mpoold's systemd glue, and the only file that includes
- * sd-daemon.h: messages to the service manager (sd_notify), the watchdog
- * interval, and the listening socket systemd passes (socket activation).
- * Only the master calls these.  Without NOTIFY_SOCKET every notify_* message
- * returns at once. */
+ * sd-daemon.h: messages to the service manager, the watchdog interval, and
+ * the socket systemd passes.  Only the master calls these; without
+ * NOTIFY_SOCKET every message is dropped. */
 #ifndef NOTIFY_H
 #define NOTIFY_H
 
@@ -26,7 +25,8 @@ uint64_t notify_watchdog_usec(void);
 
 /* READY=1 and STATUS=status in one message. */
 void notify_ready(const char *status);
-/* RELOADING=1 with MONOTONIC_USEC; READY=1 ends the reload. */
+/* RELOADING=1 with MONOTONIC_USEC (Type=notify-reload needs it); READY=1
+ * ends the reload. */
 void notify_reloading(void);
 void notify_stopping(void);
 void notify_watchdog(void);

@@ -3,11 +3,9 @@
 #include <errno.h>
 #include <grp.h>
 #include <jansson.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
-#include <unistd.h>
 
 #include "config.h"
 
@@ -55,8 +53,7 @@ const struct opt opt_table[] = {
 	  0, DAY_MS, NULL, "fail queued work after MS without a ready worker" },
 	{ "fork-server-timeout", 0, OPT_UINT, OPT_GLOBAL, NULL, "MS",
 	  FIELD(fork_server_timeout_ms), 100, DAY_MS, NULL, "give up on a fork server that has "
-	  "not loaded the task modules (Python imports) after MS; workers then fork from the "
-	  "master, without the functions only it names" },
+	  "not loaded the task modules after MS; workers then fork from the master" },
 	{ "max-frame", 0, OPT_UINT, OPT_GLOBAL, NULL, "BYTES", FIELD(max_frame),
 	  1024, 1u << 30, NULL, "largest message accepted" },
 	{ "max-items", 0, OPT_UINT, OPT_GLOBAL, NULL, "N", FIELD(max_items), 1, UINT32_MAX,
@@ -197,15 +194,12 @@ static void put_uint(const struct opt *o, uint64_t v)
 {
 	uint32_t v32 = (uint32_t)v;
 
-	/* A table entry whose field is neither 32 nor 64 bits, or whose max
-	 * does not fit its field, is a bug. */
-	if ((o->size != sizeof(v32) && o->size != sizeof(v)) ||
-	    (o->size == sizeof(v32) && o->max > UINT32_MAX))
-		abort();
-	if (o->size == sizeof(v32))
+	if (o->size == sizeof(v32) && o->max <= UINT32_MAX)
 		memcpy(field(o), &v32, sizeof(v32));
-	else
+	else if (o->size == sizeof(v))
 		memcpy(field(o), &v, sizeof(v));
+	else
+		abort();        /* a bug in the table: the field cannot hold max */
 }
 
 static int parse_uint(const char *s, int base, uint64_t min, uint64_t max, uint64_t *ret)

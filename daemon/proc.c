@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <mpool/error.h>
 #include "chan.h"
@@ -17,6 +16,7 @@
 #include "master.h"
 #include "mem.h"
 #include "mp_rpc.h"
+#include "status.h"
 #include "tailq.h"
 #include "worker.h"
 
@@ -26,7 +26,7 @@ struct join {
 	uint64_t msgid;
 	struct event *timer;
 	struct proc *p;
-	struct join *next;
+	TAILQ_ENTRY(join) link;
 };
 
 struct proc {
@@ -48,7 +48,7 @@ struct proc {
 	uint64_t started_ms, ended_ms;
 	struct chan *ch;
 	struct event *grace;       /* SIGKILL after SIGTERM */
-	struct join *joins;
+	TAILQ_HEAD(, join) joins;
 	TAILQ_ENTRY(proc) link;
 };
 
@@ -78,18 +78,15 @@ void proc_init(struct event_base *b)
 
 static void join_free(struct join *j)
 {
+	TAILQ_REMOVE(&j->p->joins, j, link);
 	event_free(j->timer);
 	free(j);
 }
 
 static void proc_destroy(struct proc *p)
 {
-	while (p->joins) {
-		struct join *j = p->joins;
-
-		p->joins = j->next;
-		join_free(j);
-	}
+	while (!TAILQ_EMPTY(&p->joins))
+		join_free(TAILQ_FIRST(&p->joins));
 	TAILQ_REMOVE(&procs, p, link);
 	chan_free(p->ch);
 	if (p->grace)
@@ -137,12 +134,10 @@ static size_t proc_bytes(const struct proc *p)
 	return p->result_len + p->error_len;
 }
 
-/* Finished processes are kept for a later join, but not without bound:
- * each user keeps at most --max-kept-processes, whose outcomes hold at most
- * --max-kept-bytes together, and only that user's own
- * processes ever push one out, so another user's spawns can never cost you
- * a result you have not joined yet.  The oldest go first, those already
- * joined before those nobody has seen. */
+/* Each user keeps at most --max-kept-processes finished processes, holding
+ * at most --max-kept-bytes, and only that user's own processes push one
+ * out, so another user's spawns never cost you a result you have not
+ * joined yet.  The oldest go first, joined ones before unseen ones. */
 static void trim_kept(uid_t owner)
 {
 	struct proc *p, *victim;
@@ -159,7 +154,7 @@ static void trim_kept(uid_t owner)
 				continue;
 			kept++;
 			bytes += proc_bytes(p);
-			if (p->joins)
+			if (!TAILQ_EMPTY(&p->joins))
 				continue;
 			if (p->joined && !old_joined)
 				old_joined = p;
@@ -232,6 +227,7 @@ int proc_spawn(struct conn *conn, uid_t owner, bool admin, const struct proc_spe
 	if (r < 0)
 		return r;
 	p = xcalloc(1, sizeof(*p));
+	TAILQ_INIT(&p->joins);
 	p->fn = xstrndup(spec->fn, spec->fn_len);
 	p->name = spec->name ? xstrndup(spec->name, spec->name_len) : NULL;
 	once.fn = p->fn;
@@ -320,21 +316,29 @@ static void proc_closed(void *ctx, int err)
 	p->ch = NULL;
 }
 
-void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome)
+/* A raw msgpack object, or nil. */
+static void pack_raw(msgpack_packer *pk, const char *key, const uint8_t *raw, size_t len)
 {
-	uint64_t now = now_ms();
+	mp_pack_cstr(pk, key);
+	if (raw)
+		pk->callback(pk->data, (const char *)raw, len);
+	else
+		msgpack_pack_nil(pk);
+}
 
+/* With its result and error when outcome: only join shows those, to the
+ * owner or an admin. */
+static void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome)
+{
 	msgpack_pack_map(pk, outcome ? 11 : 9);
-	mp_pack_cstr(pk, "id");
-	msgpack_pack_uint64(pk, p->id);
+	status_kv(pk, "id", p->id);
 	mp_pack_cstr(pk, "name");
 	mp_pack_cstr(pk, p->name);
 	mp_pack_cstr(pk, "function");
 	mp_pack_cstr(pk, p->fn);
 	mp_pack_cstr(pk, "pid");
-	msgpack_pack_int64(pk, p->pid ? p->pid : 0);
-	mp_pack_cstr(pk, "owner_uid");
-	msgpack_pack_uint64(pk, p->owner);
+	msgpack_pack_int64(pk, p->pid);
+	status_kv(pk, "owner_uid", p->owner);
 	mp_pack_cstr(pk, "daemon");
 	if (p->daemon)
 		msgpack_pack_true(pk);
@@ -342,8 +346,7 @@ void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome)
 		msgpack_pack_false(pk);
 	mp_pack_cstr(pk, "state");
 	mp_pack_cstr(pk, p->exited ? "exited" : "running");
-	mp_pack_cstr(pk, "age_ms");
-	msgpack_pack_uint64(pk, (p->exited ? p->ended_ms : now) - p->started_ms);
+	status_kv(pk, "age_ms", (p->exited ? p->ended_ms : now_ms()) - p->started_ms);
 	mp_pack_cstr(pk, "exitcode");
 	if (p->exited)
 		msgpack_pack_int(pk, p->exitcode);
@@ -351,16 +354,8 @@ void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome)
 		msgpack_pack_nil(pk);
 	if (!outcome)
 		return;
-	mp_pack_cstr(pk, "result");
-	if (p->result)
-		pk->callback(pk->data, (const char *)p->result, p->result_len);
-	else
-		msgpack_pack_nil(pk);
-	mp_pack_cstr(pk, "error");
-	if (p->error)
-		pk->callback(pk->data, (const char *)p->error, p->error_len);
-	else
-		msgpack_pack_nil(pk);
+	pack_raw(pk, "result", p->result, p->result_len);
+	pack_raw(pk, "error", p->error, p->error_len);
 }
 
 void proc_pack_all(msgpack_packer *pk)
@@ -382,11 +377,6 @@ static void pack_proc_cb(msgpack_packer *pk, const void *arg)
 
 static void join_answer(struct join *j)
 {
-	struct join **pp;
-
-	for (pp = &j->p->joins; *pp != j; pp = &(*pp)->next)
-		;
-	*pp = j->next;
 	j->p->joined |= j->p->exited;
 	conn_reply(j->conn, j->msgid, pack_proc_cb, j->p);
 	conn_forget_msgid(j->conn, j->msgid);
@@ -418,14 +408,9 @@ void proc_join(struct proc *p, struct conn *conn, uint64_t msgid, uint32_t timeo
 		log_err("out of memory arming a join");
 		abort();
 	}
-	if (timeout_ms) {
-		struct timeval tv = { (time_t)(timeout_ms / 1000),
-				      (suseconds_t)(timeout_ms % 1000) * 1000 };
-
-		evtimer_add(j->timer, &tv);
-	}
-	j->next = p->joins;
-	p->joins = j;
+	if (timeout_ms)
+		timer_add_ms(j->timer, timeout_ms);
+	TAILQ_INSERT_HEAD(&p->joins, j, link);
 	conn_hold_msgid(conn, msgid);
 }
 
@@ -453,12 +438,8 @@ void proc_stop(struct proc *p, bool hard)
 	kill(p->pid, SIGTERM);
 	if (!p->grace)
 		p->grace = evtimer_new(base, grace_cb, p);
-	if (p->grace) {
-		struct timeval tv = { (time_t)(cfg.process_grace_ms / 1000),
-				      (suseconds_t)(cfg.process_grace_ms % 1000) * 1000 };
-
-		evtimer_add(p->grace, &tv);
-	}
+	if (p->grace)
+		timer_add_ms(p->grace, cfg.process_grace_ms);
 }
 
 bool proc_reaped(pid_t pid, int status)
@@ -482,8 +463,8 @@ bool proc_reaped(pid_t pid, int status)
 	p->exitcode = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
 	log_info("process %llu (%s, pid %d) exited with exitcode %d", (unsigned long long)p->id,
 		 p->name, (int)pid, p->exitcode);
-	while (p->joins)
-		join_answer(p->joins);
+	while (!TAILQ_EMPTY(&p->joins))
+		join_answer(TAILQ_FIRST(&p->joins));
 	if (p->daemon && !p->conn)
 		proc_destroy(p);        /* its client is gone: nobody will ask */
 	else
@@ -497,18 +478,11 @@ void proc_conn_gone(struct conn *conn)
 	struct proc *p, *tmp;
 
 	TAILQ_FOREACH_SAFE(p, &procs, link, tmp) {
-		struct join **pp = &p->joins;
+		struct join *j, *jt;
 
-		while (*pp) {
-			struct join *j = *pp;
-
-			if (j->conn == conn) {
-				*pp = j->next;
+		TAILQ_FOREACH_SAFE(j, &p->joins, link, jt)
+			if (j->conn == conn)
 				join_free(j);
-			} else {
-				pp = &j->next;
-			}
-		}
 		/* Only daemon processes belong to a connection: a non-daemon
 		 * one runs on, and its owner joins it from any connection. */
 		if (p->conn != conn)
@@ -543,22 +517,13 @@ void proc_pack_limits(msgpack_packer *pk)
 		kept += p->exited;
 	}
 	msgpack_pack_map(pk, 9);
-	mp_pack_cstr(pk, "max_processes");
-	msgpack_pack_uint32(pk, cfg.max_processes);
-	mp_pack_cstr(pk, "max_processes_per_uid");
-	msgpack_pack_uint32(pk, cfg.max_processes_per_uid);
-	mp_pack_cstr(pk, "admin_processes");
-	msgpack_pack_uint32(pk, cfg.admin_processes);
-	mp_pack_cstr(pk, "max_kept_processes");
-	msgpack_pack_uint32(pk, cfg.max_kept_processes);
-	mp_pack_cstr(pk, "max_kept_bytes");
-	msgpack_pack_uint64(pk, cfg.max_kept_bytes);
-	mp_pack_cstr(pk, "running");
-	msgpack_pack_uint32(pk, running);
-	mp_pack_cstr(pk, "kept");
-	msgpack_pack_uint32(pk, kept);
-	mp_pack_cstr(pk, "limit_hits");
-	msgpack_pack_uint64(pk, limit_hits);
-	mp_pack_cstr(pk, "dropped_unjoined");
-	msgpack_pack_uint64(pk, dropped_unjoined);
+	status_kv(pk, "max_processes", cfg.max_processes);
+	status_kv(pk, "max_processes_per_uid", cfg.max_processes_per_uid);
+	status_kv(pk, "admin_processes", cfg.admin_processes);
+	status_kv(pk, "max_kept_processes", cfg.max_kept_processes);
+	status_kv(pk, "max_kept_bytes", cfg.max_kept_bytes);
+	status_kv(pk, "running", running);
+	status_kv(pk, "kept", kept);
+	status_kv(pk, "limit_hits", limit_hits);
+	status_kv(pk, "dropped_unjoined", dropped_unjoined);
 }

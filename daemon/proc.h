@@ -1,11 +1,9 @@
 /* proc: supervised one-off processes, Python's multiprocessing.Process
- * served by mpoold.  Each runs one MODULE.FUNCTION(arg) in a process of its
- * own, forked from the master's prefork image (modules already loaded),
- * outside the pool's worker count.  Clients start, join, poll, terminate
- * and kill them by id.  As in Python, a daemon process is a helper of its
- * client: it is terminated when that client's connection closes.  A
- * non-daemon process runs to completion whatever its client does, and its
- * outcome is kept for its owner's join (per-user shares bound both). */
+ * served by mpoold: each runs one MODULE.FUNCTION(arg) in a process of its
+ * own, outside the pool's worker count.  As in Python, a daemon process is
+ * terminated when its client's connection closes; a non-daemon one runs to
+ * completion, and its outcome is kept for its owner's join (per-user
+ * shares bound both). */
 #ifndef PROC_H
 #define PROC_H
 
@@ -61,13 +59,9 @@ void proc_conn_gone(struct conn *conn);
 unsigned proc_running(bool nondaemon_only);
 void proc_kill_all(void);
 
-/* The info map of one process (with its result and error when outcome:
- * only join shows those, to the owner or an admin), and the array of all
- * without outcomes (status, processes: anyone may list). */
-void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome);
+/* Every process without its outcome (status, processes: anyone may list). */
 void proc_pack_all(msgpack_packer *pk);
-/* status's process_limits map: the limits, what is running and kept, and
- * how often a spawn was refused or an unjoined outcome forgotten. */
+/* status's process_limits map. */
 void proc_pack_limits(msgpack_packer *pk);
 
 #endif

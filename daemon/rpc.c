@@ -1,12 +1,15 @@
-/* rpc: the method table, the dispatch of a parsed message through it,
- * the one msgid check and the admin policy, and the methods too small for
- * a file of their own. */
+/* rpc: the method table, the dispatch of a parsed message through it, the
+ * one msgid check, the admin policy, and the methods too small for a file
+ * of their own. */
 #include "rpc.h"
 
+#include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "conn.h"
 #include "log.h"
@@ -25,15 +28,27 @@ void rpc_printable(char *dst, size_t size, const char *s, size_t len)
 	dst[i] = '\0';
 }
 
-static void pack_true(msgpack_packer *pk, const void *arg)
+int rpc_why(int ret, char *why, size_t n_why, const char *fmt, ...)
 {
-	(void)arg;
-	msgpack_pack_true(pk);
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, n_why, fmt, ap);
+	va_end(ap);
+	return ret;
 }
 
-void rpc_reply_true(struct conn *c, uint64_t msgid)
+static void pack_bool(msgpack_packer *pk, const void *arg)
 {
-	conn_reply(c, msgid, pack_true, NULL);
+	if (*(const bool *)arg)
+		msgpack_pack_true(pk);
+	else
+		msgpack_pack_false(pk);
+}
+
+void rpc_reply_bool(struct conn *c, uint64_t msgid, bool v)
+{
+	conn_reply(c, msgid, pack_bool, &v);
 }
 
 bool rpc_room_for_request(struct conn *c, uint64_t msgid)
@@ -46,20 +61,26 @@ bool rpc_room_for_request(struct conn *c, uint64_t msgid)
 	return false;
 }
 
-bool rpc_may_start(struct conn *c, uint64_t msgid, const char *fn, uint32_t fn_len)
+bool rpc_may_start(struct conn *c, uint64_t msgid, const char *fn, uint32_t fn_len, bool shared)
 {
 	char name[96];
+	int r;
 
 	if (master_state() != MASTER_RUNNING) {
 		conn_reply_error(c, msgid, MPOOL_E_SHUTDOWN, "mpoold is shutting down; no new work");
 		return false;
 	}
-	if (!reg_lookup(fn, fn_len)) {
-		rpc_printable(name, sizeof(name), fn, fn_len);
-		conn_reply_error(c, msgid, MPOOL_E_NOFUNC, "no function named '%s'", name);
-		return false;
-	}
-	return true;
+	r = shared ? cluster_check_fn(fn, fn_len) : reg_lookup(fn, fn_len) ? 0 : -ENOENT;
+	if (r == 0)
+		return true;
+	rpc_printable(name, sizeof(name), fn, fn_len);
+	if (r == -EAGAIN)
+		conn_reply_error(c, msgid, MPOOL_E_UNAVAILABLE, "the cluster's broker is "
+				 "unreachable and this node cannot run '%s' itself", name);
+	else
+		conn_reply_error(c, msgid, MPOOL_E_NOFUNC, "no function named '%s'%s", name,
+				 shared ? " on any node of the cluster" : "");
+	return false;
 }
 
 static void pack_pong(msgpack_packer *pk, const void *arg)
@@ -92,7 +113,7 @@ static void run_status(struct conn *c, const struct mp_msg *m, const struct rpc_
 static void lifecycle(struct conn *c, const struct mp_msg *m, int prio, const char *what,
 		      void (*act)(const char *why), const char *why)
 {
-	rpc_reply_true(c, m->msgid);
+	rpc_reply_bool(c, m->msgid, true);
 	log_msg(prio, "%s requested by client %llu (pid %d uid %u)", what,
 		(unsigned long long)conn_id(c), (int)conn_pid(c), (unsigned)conn_uid(c));
 	act(why);
@@ -137,7 +158,7 @@ static void run_cancel(struct conn *c, const struct mp_msg *m, const struct rpc_
 		 (unsigned long long)a->id, (unsigned)conn_uid(c), (int)conn_pid(c));
 	log_info("%s", msg);
 	disp_cancel(job, MPOOL_E_CANCELLED, msg);
-	rpc_reply_true(c, m->msgid);
+	rpc_reply_bool(c, m->msgid, true);
 }
 
 static void run_kill_worker(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
@@ -152,7 +173,7 @@ static void run_kill_worker(struct conn *c, const struct mp_msg *m, const struct
 				 (unsigned long long)a->id);
 		return;
 	}
-	rpc_reply_true(c, m->msgid);
+	rpc_reply_bool(c, m->msgid, true);
 }
 
 /* cancel_request [msgid] or [msgid, {"kill": bool}]: a client cancels its
@@ -171,10 +192,9 @@ static int parse_cancel_request(struct mp_cur *p, uint32_t n, const struct mp_ms
 	if (n == 2 &&
 	    (mp_read_map(p, &nopt) < 0 || nopt > 1 ||
 	     (nopt == 1 && (mp_read_str(p, &k, &kl) < 0 || !mp_str_eq(k, kl, "kill") ||
-			    mp_read_bool(p, &a->kill) < 0)))) {
-		snprintf(why, n_why, "cancel_request options: only {\"kill\": bool}");
-		return MPOOL_E_BADREQ;
-	}
+			    mp_read_bool(p, &a->kill) < 0))))
+		return rpc_why(MPOOL_E_BADREQ, why, n_why,
+			       "cancel_request options: only {\"kill\": bool}");
 	return 0;
 }
 
@@ -190,7 +210,7 @@ static void run_cancel_request(struct conn *c, const struct mp_msg *m, const str
 	if (a->kill)
 		disp_kill_running(job);
 	disp_cancel(job, MPOOL_E_CANCELLED, "cancelled by its client");
-	rpc_reply_true(c, m->msgid);
+	rpc_reply_bool(c, m->msgid, true);
 }
 
 /* One integer: an id, a pid or a msgid. */
@@ -204,12 +224,10 @@ static int parse_id(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct
 	return mp_read_u64(p, &a->id) < 0 ? RPC_USAGE : 0;
 }
 
-/* Every method.  Policy is data: how many params each takes and how
- * they are read (parse: NULL when there is nothing past the count), the
- * line a client gets when they do not fit, what refuses the request before
- * its msgid is checked (check: apply and map, whose order PROTOCOL.md
- * gives), and who may call it (admin: root, mpoold's user or
- * --admin-group; the others check ownership themselves). */
+/* Every method.  Policy is data: the params' count and parser (NULL:
+ * nothing past the count), the line a client gets when they do not fit,
+ * what refuses the request before its msgid is checked (PROTOCOL.md's
+ * order), and whether only admins may call it (others check ownership). */
 static const struct rpc_method {
 	const char *name;
 	uint8_t min_params, max_params;
@@ -287,7 +305,7 @@ static void dispatch_request(struct conn *c, const struct mp_msg *m)
 {
 	const struct rpc_method *me = find_method(m->method, m->method_len);
 	struct rpc_args args;
-	char why[RPC_WHY_MAX];
+	char why[512];
 	struct mp_cur p;
 	uint32_t n;
 	int r;

@@ -1,5 +1,4 @@
-/* rpc_int: what the method files (rpc.c, rpc_job.c, rpc_proc.c) share.
- * Not for the rest of the daemon, which knows only rpc_dispatch(). */
+/* rpc_int: what the method files (rpc.c, rpc_job.c, rpc_proc.c) share. */
 #ifndef RPC_INT_H
 #define RPC_INT_H
 
@@ -16,8 +15,7 @@ struct conn;
 
 /* What a method's parser read from its params. */
 struct rpc_args {
-	uint64_t id;            /* cancel, kill_worker, join, the process methods;
-				 * cancel_request's msgid */
+	uint64_t id;            /* a job, worker, process id, or cancel_request's msgid */
 	bool kill;              /* cancel_request */
 	uint32_t timeout_ms;    /* join */
 	struct job_spec job;    /* apply, map */
@@ -36,19 +34,18 @@ typedef int rpc_parse_fn(struct mp_cur *p, uint32_t n, const struct mp_msg *m,
 typedef bool rpc_check_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);
 typedef void rpc_run_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);
 
-/* Room for any reason a parser or method gives a client. */
-#define RPC_WHY_MAX 512
-
-/* Function and method names come from clients: keep what is logged and
- * echoed printable. */
+/* Writes a reason into why and returns ret, for parsers. */
+int rpc_why(int ret, char *why, size_t n_why, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+/* Names come from clients: keep what is logged and echoed printable. */
 void rpc_printable(char *dst, size_t size, const char *s, size_t len);
 /* A request that opens something answered later (a job, a join) fits
  * --max-jobs, else is refused.  Returns whether it fits. */
 bool rpc_room_for_request(struct conn *c, uint64_t msgid);
 /* Whether new work is taken now (not draining or terminating) and fn is
- * a registered function; else refuses msgid. */
-bool rpc_may_start(struct conn *c, uint64_t msgid, const char *fn, uint32_t fn_len);
-void rpc_reply_true(struct conn *c, uint64_t msgid);
+ * a registered function (of any node, when shared); else refuses msgid. */
+bool rpc_may_start(struct conn *c, uint64_t msgid, const char *fn, uint32_t fn_len, bool shared);
+void rpc_reply_bool(struct conn *c, uint64_t msgid, bool v);
 
 /* rpc_job.c: apply, map and the feeds of a streamed map. */
 rpc_parse_fn rpc_parse_apply, rpc_parse_map;

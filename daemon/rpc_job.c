@@ -1,86 +1,61 @@
 /* rpc_job: apply and map, whose params become a dispatcher job, and the
  * feeds that bring a streamed map's later items. */
 #include <errno.h>
-#include <stdio.h>
 
 #include "cluster.h"
 #include "config.h"
 #include "conn.h"
 #include "log.h"
-#include "master.h"
 #include "mp_scan.h"
 #include "registry.h"
 #include "rpc_int.h"
 
-/* Reads the apply or map options into spec.  On error writes a reason into why. */
 static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t n_why)
 {
 	uint32_t n;
 
-	if (mp_read_map(p, &n) < 0) {
-		snprintf(why, n_why, "options must be a map");
-		return -1;
-	}
+	if (mp_read_map(p, &n) < 0)
+		return rpc_why(-1, why, n_why, "options must be a map");
 	while (n--) {
 		const char *k;
 		uint32_t kl;
+		uint64_t v;
+		bool b;
 
-		if (mp_read_str(p, &k, &kl) < 0) {
-			snprintf(why, n_why, "option names must be strings");
-			return -1;
-		}
+		if (mp_read_str(p, &k, &kl) < 0)
+			return rpc_why(-1, why, n_why, "option names must be strings");
 		if (spec->is_map && mp_str_eq(k, kl, "chunksize")) {
-			uint64_t v;
-
-			if (mp_read_u64(p, &v) < 0 || v < 1 || v > UINT32_MAX) {
-				snprintf(why, n_why, "chunksize must be an integer from 1 to %u",
-					 UINT32_MAX);
-				return -1;
-			}
+			if (mp_read_u64(p, &v) < 0 || v < 1 || v > UINT32_MAX)
+				return rpc_why(-1, why, n_why,
+					       "chunksize must be an integer from 1 to %u", UINT32_MAX);
 			spec->chunksize = (uint32_t)v;
 		} else if (spec->is_map && mp_str_eq(k, kl, "stream")) {
-			if (mp_read_bool(p, &spec->stream) < 0) {
-				snprintf(why, n_why, "stream must be true or false");
-				return -1;
-			}
+			if (mp_read_bool(p, &spec->stream) < 0)
+				return rpc_why(-1, why, n_why, "stream must be true or false");
 		} else if (spec->is_map && mp_str_eq(k, kl, "ordered")) {
-			if (mp_read_bool(p, &spec->ordered) < 0) {
-				snprintf(why, n_why, "ordered must be true or false");
-				return -1;
-			}
+			if (mp_read_bool(p, &spec->ordered) < 0)
+				return rpc_why(-1, why, n_why, "ordered must be true or false");
 		} else if (mp_str_eq(k, kl, "timeout_ms")) {
-			uint64_t v;
-
-			if (mp_read_u64(p, &v) < 0 || v > 24u * 3600 * 1000) {
-				snprintf(why, n_why, "timeout_ms must be an integer from 0 to 86400000");
-				return -1;
-			}
+			if (mp_read_u64(p, &v) < 0 || v > 24u * 3600 * 1000)
+				return rpc_why(-1, why, n_why,
+					       "timeout_ms must be an integer from 0 to 86400000");
 			spec->timeout_ms = (uint32_t)v;
 		} else if (mp_str_eq(k, kl, "retries")) {
-			uint64_t v;
-
-			if (mp_read_u64(p, &v) < 0 || v > cfg.max_retries) {
-				snprintf(why, n_why, "retries must be an integer from 0 to %u (--max-retries)",
-					 cfg.max_retries);
-				return -1;
-			}
+			if (mp_read_u64(p, &v) < 0 || v > cfg.max_retries)
+				return rpc_why(-1, why, n_why, "retries must be an integer "
+					       "from 0 to %u (--max-retries)", cfg.max_retries);
 			spec->retries = (uint32_t)v;
 		} else if (mp_str_eq(k, kl, "spread")) {
-			bool v;
-
 			/* cluster: true shares the request, false keeps it here. */
-			if (mp_read_bool(p, &v) < 0) {
-				snprintf(why, n_why, "spread must be true or false");
-				return -1;
-			}
-			spec->spread = v ? 1 : -1;
+			if (mp_read_bool(p, &b) < 0)
+				return rpc_why(-1, why, n_why, "spread must be true or false");
+			spec->spread = b ? 1 : -1;
 		} else {
 			char name[64];
 
 			rpc_printable(name, sizeof(name), k, kl);
-			snprintf(why, n_why, "unknown %s option '%s'",
-				 spec->is_map ? "map" : "apply", name);
-			return -1;
+			return rpc_why(-1, why, n_why, "unknown %s option '%s'",
+				       spec->is_map ? "map" : "apply", name);
 		}
 	}
 	return 0;
@@ -90,7 +65,6 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 static int parse_job(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct job_spec *spec,
 		     bool is_map, char *why, size_t n_why)
 {
-	const char *what = is_map ? "map" : "apply";
 	char opt_why[256];
 	size_t alen;
 
@@ -102,33 +76,25 @@ static int parse_job(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struc
 	if (is_map) {
 		uint32_t count;
 
-		if (mp_read_array(p, &count) < 0) {
-			snprintf(why, n_why, "map items must be an array");
-			return MPOOL_E_BADREQ;
-		}
+		if (mp_read_array(p, &count) < 0)
+			return rpc_why(MPOOL_E_BADREQ, why, n_why, "map items must be an array");
 		spec->n_items = count;
-		if (disp_walk_items(p, count, &spec->items, &spec->items_len, &spec->marks) < 0) {
-			snprintf(why, n_why, "map items are truncated");
-			return MPOOL_E_BADREQ;
-		}
+		if (disp_walk_items(p, count, &spec->items, &spec->items_len, &spec->marks) < 0)
+			return rpc_why(MPOOL_E_BADREQ, why, n_why, "map items are truncated");
 	} else {
 		spec->n_items = 1;
-		if (mp_skip(p, &spec->items, &spec->items_len) < 0) {
-			snprintf(why, n_why, "apply argument is truncated");
-			return MPOOL_E_BADREQ;
-		}
+		if (mp_skip(p, &spec->items, &spec->items_len) < 0)
+			return rpc_why(MPOOL_E_BADREQ, why, n_why, "apply argument is truncated");
 		/* It travels to the worker one level deeper, as a chunk's item. */
 		if (mp_scan_one(spec->items, spec->items_len, MP_ITEM_DEPTH_MAX, &alen) != 1) {
 			conn_limit_hit(LIM_DEPTH);
-			snprintf(why, n_why, "apply argument nested deeper than %d levels",
-				 MP_ITEM_DEPTH_MAX);
-			return MPOOL_E_LIMIT;
+			return rpc_why(MPOOL_E_LIMIT, why, n_why, "apply argument nested deeper "
+				       "than %d levels", MP_ITEM_DEPTH_MAX);
 		}
 	}
-	if (n == 3 && read_opts(p, spec, opt_why, sizeof(opt_why)) < 0) {
-		snprintf(why, n_why, "%s: %s", what, opt_why);
-		return MPOOL_E_BADREQ;
-	}
+	if (n == 3 && read_opts(p, spec, opt_why, sizeof(opt_why)) < 0)
+		return rpc_why(MPOOL_E_BADREQ, why, n_why, "%s: %s", is_map ? "map" : "apply",
+			       opt_why);
 	/* cluster: whether its chunks may go to other nodes, which depends
 	 * only on the options and the configuration; a shared request may
 	 * name a function of another node. */
@@ -149,32 +115,6 @@ int rpc_parse_map(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct r
 	return parse_job(p, n, m, &a->job, true, why, n_why);
 }
 
-/* rpc_may_start for a shared request: its function may be on any node of
- * the cluster, which cannot be told while the broker is away. */
-static bool may_start_shared(struct conn *c, uint64_t msgid, const struct job_spec *spec)
-{
-	char name[96];
-	int r;
-
-	if (master_state() != MASTER_RUNNING) {
-		conn_reply_error(c, msgid, MPOOL_E_SHUTDOWN, "mpoold is shutting down; no new work");
-		return false;
-	}
-	rpc_printable(name, sizeof(name), spec->fn, spec->fn_len);
-	r = cluster_check_fn(spec->fn, spec->fn_len);
-	if (r == -EAGAIN) {
-		conn_reply_error(c, msgid, MPOOL_E_UNAVAILABLE, "the cluster's broker is unreachable "
-				 "and this node cannot run '%s' itself", name);
-		return false;
-	}
-	if (r < 0) {
-		conn_reply_error(c, msgid, MPOOL_E_NOFUNC,
-				 "no function named '%s' on any node of the cluster", name);
-		return false;
-	}
-	return true;
-}
-
 /* Between the parser and the msgid check, in PROTOCOL.md's order: the
  * daemon draining, the function (on any node, for a shared request), the
  * item count. */
@@ -182,8 +122,7 @@ bool rpc_check_job(struct conn *c, const struct mp_msg *m, const struct rpc_args
 {
 	const struct job_spec *spec = &a->job;
 
-	if (!(spec->shared ? may_start_shared(c, m->msgid, spec)
-			   : rpc_may_start(c, m->msgid, spec->fn, spec->fn_len)))
+	if (!rpc_may_start(c, m->msgid, spec->fn, spec->fn_len, spec->shared))
 		return false;
 	if (spec->n_items > (spec->stream ? cfg.stream_window : cfg.max_items)) {
 		conn_limit_hit(LIM_ITEMS);
@@ -212,12 +151,10 @@ void rpc_run_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *
 	cs = disp_spec_chunksize(&spec);
 	spec.admin = conn_is_admin(c);
 	if (disp_queue_check(conn_uid(c), spec.admin, (spec.n_items + cs - 1) / cs, why,
-			     sizeof(why)) < 0) {
-		conn_limit_hit(LIM_QUEUED);
-		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT, "%s", why);
-		return;
-	}
-	lim = conn_budget(c, spec.items_len, why, sizeof(why));
+			     sizeof(why)) < 0)
+		lim = LIM_QUEUED;
+	else
+		lim = conn_budget(c, spec.items_len, why, sizeof(why));
 	if (lim >= 0) {
 		conn_limit_hit(lim);
 		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT, "%s", why);

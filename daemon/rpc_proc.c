@@ -1,12 +1,12 @@
 /* rpc_proc: the methods of supervised processes (spawn, join, is_alive,
  * terminate_process, kill_process, processes). */
 #include <errno.h>
-#include <stdio.h>
 
 #include "conn.h"
 #include "mp_name.h"
 #include "mp_scan.h"
 #include "rpc_int.h"
+#include "status.h"
 
 /* The owner of a process, or an admin; else answers permission denied. */
 static struct proc *own_process(struct conn *c, uint64_t msgid, uint64_t id)
@@ -32,31 +32,13 @@ static void pack_spawned(msgpack_packer *pk, const void *arg)
 	const struct proc *p = arg;
 
 	msgpack_pack_map(pk, 2);
-	mp_pack_cstr(pk, "id");
-	msgpack_pack_uint64(pk, proc_id(p));
+	status_kv(pk, "id", proc_id(p));
 	mp_pack_cstr(pk, "pid");
 	msgpack_pack_int64(pk, proc_pid(p));
 }
 
-/* A spawn that does not say it means protocol 2's "daemon". */
-static void old_protocol(uint64_t proto, char *why, size_t n_why)
-{
-	if (proto == 0)
-		snprintf(why, n_why,
-			 "spawn changed meaning in protocol %d: a process started with "
-			 "\"daemon\": true now dies with its client's connection, and one "
-			 "without runs to completion and keeps its outcome for join (Python's "
-			 "meaning, the opposite of protocol 1); say {\"protocol\": %d} in "
-			 "spawn's options", MP_PROTO_VERSION, MP_PROTO_VERSION);
-	else
-		snprintf(why, n_why, "this mpoold speaks protocol %d, not %llu",
-			 MP_PROTO_VERSION, (unsigned long long)proto);
-}
-
 /* spawn [function, argument, {"protocol": 2, "daemon": bool, "name": str}].
- * Protocol 2 gave "daemon" Python's meaning (a daemon process dies with its
- * client, a non-daemon one runs to completion), the opposite of version 1.
- * A client that does not say it speaks version 2 is refused with what
+ * A client that does not say it speaks protocol 2 is refused with what
  * changed, rather than getting the opposite of what it asked for. */
 int rpc_parse_spawn(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
 		    char *why, size_t n_why)
@@ -100,16 +82,22 @@ int rpc_parse_spawn(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct
 			}
 		}
 	}
-	if (proto != MP_PROTO_VERSION) {
-		old_protocol(proto, why, n_why);
-		return MPOOL_E_BADREQ;
-	}
+	if (proto == 0)
+		return rpc_why(MPOOL_E_BADREQ, why, n_why,
+			       "spawn changed meaning in protocol %d: a process started with "
+			       "\"daemon\": true now dies with its client's connection, and one "
+			       "without runs to completion and keeps its outcome for join (Python's "
+			       "meaning, the opposite of protocol 1); say {\"protocol\": %d} in "
+			       "spawn's options", MP_PROTO_VERSION, MP_PROTO_VERSION);
+	if (proto != MP_PROTO_VERSION)
+		return rpc_why(MPOOL_E_BADREQ, why, n_why, "this mpoold speaks protocol %d, "
+			       "not %llu", MP_PROTO_VERSION, (unsigned long long)proto);
 	if (!bad_opt)
 		return 0;
 badopt:
-	snprintf(why, n_why, "spawn options: {\"protocol\": %d, \"daemon\": bool, \"name\": 1 to %d "
-		 "printable characters}", MP_PROTO_VERSION, MP_NAME_MAX);
-	return MPOOL_E_BADREQ;
+	return rpc_why(MPOOL_E_BADREQ, why, n_why, "spawn options: {\"protocol\": %d, "
+		       "\"daemon\": bool, \"name\": 1 to %d printable characters}",
+		       MP_PROTO_VERSION, MP_NAME_MAX);
 }
 
 void rpc_run_spawn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
@@ -120,7 +108,7 @@ void rpc_run_spawn(struct conn *c, const struct mp_msg *m, const struct rpc_args
 	char why[256];
 	int r;
 
-	if (!rpc_may_start(c, m->msgid, spec->fn, spec->fn_len))
+	if (!rpc_may_start(c, m->msgid, spec->fn, spec->fn_len, false))
 		return;
 	if (mp_scan_one(spec->arg, spec->arg_len, MP_ITEM_DEPTH_MAX, &alen) != 1) {
 		conn_limit_hit(LIM_DEPTH);
@@ -186,23 +174,12 @@ void rpc_run_processes(struct conn *c, const struct mp_msg *m, const struct rpc_
 	conn_reply(c, m->msgid, pack_processes, NULL);
 }
 
-static void pack_bool(msgpack_packer *pk, const void *arg)
-{
-	if (*(const bool *)arg)
-		msgpack_pack_true(pk);
-	else
-		msgpack_pack_false(pk);
-}
-
 void rpc_run_is_alive(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
 {
 	struct proc *pr = own_process(c, m->msgid, a->id);
-	bool alive;
 
-	if (!pr)
-		return;
-	alive = proc_alive(pr);
-	conn_reply(c, m->msgid, pack_bool, &alive);
+	if (pr)
+		rpc_reply_bool(c, m->msgid, proc_alive(pr));
 }
 
 static void stop_process(struct conn *c, const struct mp_msg *m, uint64_t id, bool kill)
@@ -212,7 +189,7 @@ static void stop_process(struct conn *c, const struct mp_msg *m, uint64_t id, bo
 	if (!pr)
 		return;
 	proc_stop(pr, kill);
-	rpc_reply_true(c, m->msgid);
+	rpc_reply_bool(c, m->msgid, true);
 }
 
 void rpc_run_terminate_process(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)

@@ -12,9 +12,9 @@
 #include "pool.h"
 #include "proc.h"
 
-static void kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
+void status_kv(msgpack_packer *pk, const char *key, uint64_t v)
 {
-	mp_pack_cstr(pk, k);
+	mp_pack_cstr(pk, key);
 	msgpack_pack_uint64(pk, v);
 }
 
@@ -43,7 +43,21 @@ static void pack_uptime(msgpack_packer *pk)
 	msgpack_pack_uint64(pk, master_uptime_ms());
 }
 
-static void pack_totals(msgpack_packer *pk);
+static void pack_totals(msgpack_packer *pk)
+{
+	msgpack_pack_map(pk, 9 + POOL_TOTALS_KEYS);
+	status_kv(pk, "workers", cfg.workers);
+	status_kv(pk, "max_tasks_per_child", cfg.max_tasks_per_child);
+	status_kv(pk, "tasks_failed", disp_tasks_failed());
+	status_kv(pk, "jobs_active", disp_active());
+	status_kv(pk, "jobs_done", disp_jobs_done());
+	status_kv(pk, "chunks_queued", disp_chunks_queued());
+	status_kv(pk, "clients", conn_count());
+	status_kv(pk, "client_bytes", conn_bytes_held());
+	mp_pack_cstr(pk, "limits_hit");
+	conn_pack_limits(pk);
+	pool_pack_totals(pk);
+}
 
 /* The top-level keys, in PROTOCOL.md's order.  A table, so that a new
  * section cannot leave the map's announced size behind. */
@@ -74,20 +88,4 @@ void status_pack(msgpack_packer *pk)
 		mp_pack_cstr(pk, sections[i].key);
 		sections[i].pack(pk);
 	}
-}
-
-static void pack_totals(msgpack_packer *pk)
-{
-	msgpack_pack_map(pk, 9 + POOL_TOTALS_KEYS);
-	kv_u64(pk, "workers", cfg.workers);
-	kv_u64(pk, "max_tasks_per_child", cfg.max_tasks_per_child);
-	kv_u64(pk, "tasks_failed", disp_tasks_failed());
-	kv_u64(pk, "jobs_active", disp_active());
-	kv_u64(pk, "jobs_done", disp_jobs_done());
-	kv_u64(pk, "chunks_queued", disp_chunks_queued());
-	kv_u64(pk, "clients", conn_count());
-	kv_u64(pk, "client_bytes", conn_bytes_held());
-	mp_pack_cstr(pk, "limits_hit");
-	conn_pack_limits(pk);
-	pool_pack_totals(pk);
 }

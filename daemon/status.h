@@ -3,8 +3,11 @@
 #ifndef STATUS_H
 #define STATUS_H
 
+#include <stdint.h>
 #include <msgpack.h>
 
 void status_pack(msgpack_packer *pk);
+/* One key and its unsigned value, for the maps status is made of. */
+void status_kv(msgpack_packer *pk, const char *key, uint64_t v);
 
 #endif

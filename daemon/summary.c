@@ -9,6 +9,7 @@
 #include "disp.h"
 #include "forksrv.h"
 #include "master.h"
+#include "mp_rpc.h"
 #include "pool.h"
 
 static bool str_is(const msgpack_object *o, const char *s)
@@ -55,11 +56,9 @@ void summary_line(char *buf, size_t size, const char *phase)
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, 2);
-	msgpack_pack_str(&pk, 7);
-	msgpack_pack_str_body(&pk, "workers", 7);
+	mp_pack_cstr(&pk, "workers");
 	pool_pack_workers(&pk);
-	msgpack_pack_str(&pk, 6);
-	msgpack_pack_str_body(&pk, "totals", 6);
+	mp_pack_cstr(&pk, "totals");
 	msgpack_pack_map(&pk, POOL_TOTALS_KEYS);
 	pool_pack_totals(&pk);
 	msgpack_unpacked_init(&up);

@@ -1,9 +1,7 @@
-/* summary: the one-line STATUS= text systemd shows (systemctl status):
- * "running; workers 2 busy, 2 idle; 3 jobs, 12 chunks queued; 1234 tasks
- * done", and the pool's health when it is not ok.  The worker states and
- * totals come from what the "status" method packs (pool_pack_workers,
- * pool_pack_totals), so the two never disagree; the job list is left out,
- * so the cost stays with the number of workers, not of jobs. */
+/* summary: the one-line STATUS= text systemd shows: "running; workers 2
+ * busy, 2 idle; 3 jobs, 12 chunks queued; 1234 tasks done", and the pool's
+ * health when it is not ok.  It reads what the "status" method packs, so
+ * the two never disagree, but not the job list, whose cost grows with jobs. */
 #ifndef SUMMARY_H
 #define SUMMARY_H
 
