@@ -1,8 +1,6 @@
-/* forksrv: the life of a fork server, the master's side (forksrv.h): its
- * start, its hello taken from the loop, its retirement at reload, its loss,
- * the guard against one that no longer reports its workers' deaths, and
- * status.  The requests for workers, their answers and the deaths it
- * reports are forksrv_req.c's. */
+/* forksrv: the life of a fork server, the master's side: its start, its
+ * hello, its retirement at reload, its loss, the guard against one that no
+ * longer reports deaths, and status. */
 #include "forksrv_int.h"
 
 #include <errno.h>
@@ -36,9 +34,7 @@ static unsigned n_old, old_cap;
 
 static struct event_base *z_base;
 static forksrv_started_fn *z_started;
-/* The current fork server found lost where answering would re-enter the
- * caller (forksrv_lost_soon); the deadline of its hello
- * (--fork-server-timeout). */
+/* forksrv_lost_soon's event; the deadline of the hello. */
 static struct event *z_lost, *z_hello_timer;
 static const char *z_lost_why;
 /* How a fork server that died before its hello ended, for the one line
@@ -94,9 +90,8 @@ int forksrv_recv_rep(int fd, struct forksrv_rep *rep, int *ret_fd, int flags)
 	return 0;
 }
 
-/* The hello's second message, if it has arrived: the names of the
- * functions the modules' load hooks returned, which the master accepts at
- * submit from now on.  0, -EAGAIN when it has not arrived, or -errno. */
+/* The hello's second message: the names of the functions the load hooks
+ * returned.  0, -EAGAIN when it has not arrived, or -errno. */
 static int recv_names(int fd, size_t len)
 {
 	char *buf = xmalloc(len);
@@ -119,11 +114,10 @@ static int recv_names(int fd, size_t len)
 	return r;
 }
 
-/* Reads what s has sent of its hello and names: 0 once both are in (then
- * s->ready), -EAGAIN while some has not arrived, another -errno when it
- * failed (-EINVAL: a module did not load, and it said which) or broke the
- * protocol, -ECONNRESET when it closed its channel.  Nothing else may come
- * first: it is sent no request before. */
+/* 0 once the hello and names are in (then s->ready), -EAGAIN while some
+ * has not arrived, -EINVAL when a module did not load, -ECONNRESET when it
+ * closed its channel, another -errno when it broke the protocol.  Nothing
+ * else may come first: it is sent no request before. */
 static int take_hello(struct forksrv_srv *s)
 {
 	struct forksrv_rep rep;
@@ -156,10 +150,6 @@ static int take_hello(struct forksrv_srv *s)
 	return 0;
 }
 
-
-/* forksrv_lost() answers requests, which must not happen inside the call
- * that made one (or inside the reap that noticed): an event runs it at
- * once. */
 void forksrv_lost_soon(const char *why)
 {
 	z_lost_why = why;
@@ -176,9 +166,8 @@ static void srv_close(struct forksrv_srv *s)
 	s->fd = -1;
 }
 
-/* Kills and reaps s, delivers what it had sent, and closes its channel.
- * Its workers die with it and are reparented to us (we are their
- * subreaper): the master reaps them.  Its wait status, or -1 when it had
+/* Kills and reaps s, delivers what it had sent, and closes its channel;
+ * its workers become ours to reap.  Its wait status, or -1 when it had
  * been reaped already. */
 static int srv_kill(struct forksrv_srv *s)
 {
@@ -226,6 +215,23 @@ static void forget_timers(void)
 	z_lost_why = NULL;
 }
 
+/* After the fork servers are gone: requests are cancelled, and the next
+ * start is tried even after a failed one. */
+static void forget_all(void)
+{
+	forksrv_fail_pending(-ECANCELED);
+	forget_timers();
+	forksrv_broken = false;
+}
+
+/* Until the next reload workers fork from the master, without the
+ * functions only a fork server knows. */
+static void go_broken(void)
+{
+	forksrv_broken = true;
+	reg_set_loaded_names(NULL, 0);
+}
+
 /* "exited with status 1", "killed by signal 9". */
 static void describe_status(int status, char *buf, size_t size)
 {
@@ -235,11 +241,9 @@ static void describe_status(int status, char *buf, size_t size)
 		snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
 }
 
-/* forksrv_cur did not start: it died, broke the protocol, a module did not load,
- * or it took longer than --fork-server-timeout.  As when it cannot be
- * started at all, workers fork from the master until the next reload,
- * without the functions only a fork server can name.  It was sent nothing,
- * so every request waits still: each forks from the master now. */
+/* forksrv_cur died, broke the protocol, failed to load a module or took
+ * longer than --fork-server-timeout.  It was sent nothing, so every
+ * request waits still: each forks from the master now. */
 static void start_failed(int err, const char *why)
 {
 	char how[64];
@@ -254,9 +258,7 @@ static void start_failed(int err, const char *why)
 	log_warn("the fork server %d did not start (%s): workers fork from the master", (int)pid,
 		 why);
 	forget_timers();
-	forksrv_broken = true;
-	/* Only a fork server knows what the load hooks give. */
-	reg_set_loaded_names(NULL, 0);
+	go_broken();
 	/* Before the forks: a reload that waited makes them its new
 	 * generation. */
 	z_started(err);
@@ -301,9 +303,7 @@ void forksrv_retire(void)
 		old[n_old++] = forksrv_cur;
 		forksrv_cur = NULL;
 	}
-	forksrv_fail_pending(-ECANCELED);
-	forget_timers();
-	forksrv_broken = false;
+	forget_all();
 }
 
 void forksrv_stop(void)
@@ -313,14 +313,9 @@ void forksrv_stop(void)
 		srv_kill(old[0]);
 		old_remove(0);
 	}
-	forksrv_fail_pending(-ECANCELED);
-	forget_timers();
-	forksrv_broken = false;
+	forget_all();
 }
 
-/* The fork server died, broke its channel or stopped answering: its
- * workers die with it; what it had not answered goes to a new one; a
- * request lost with a fork server twice fails. */
 void forksrv_lost(const char *why)
 {
 	if (!forksrv_cur->ready) {
@@ -329,11 +324,9 @@ void forksrv_lost(const char *why)
 	}
 	log_warn("fork server lost (%s); its workers die with it", why);
 	shut_cur();
-	/* shut_cur() delivered what it had answered. */
 	forksrv_resend();
 }
 
-/* forksrv_cur's hello and names are in: what waited for it goes now. */
 static void started(void)
 {
 	evtimer_del(z_hello_timer);
@@ -453,8 +446,7 @@ int forksrv_start(void)
 	if (r < 0) {
 		log_warn("no fork server at %s (%s): workers fork from the master", path,
 			 strerror(-r));
-		forksrv_broken = true;
-		reg_set_loaded_names(NULL, 0);
+		go_broken();
 		return r;
 	}
 	snprintf(level, sizeof(level), "%d", cfg.log_level);
@@ -482,10 +474,8 @@ int forksrv_start(void)
 	forksrv_cur->pid = pid;
 	forksrv_cur->fd = sv[0];
 	forksrv_cur->started_ms = now_ms();
-	/* Its hello comes when the modules are loaded, which may take long (a
-	 * Python import): the loop serves meanwhile and read_cb takes it.  A
-	 * submit is judged by the names known before (reload), or, before
-	 * the first list, on trust (registry.h). */
+	/* Until its hello a submit is judged by the names known before
+	 * (reload), or, before the first list, on trust (registry.h). */
 	reg_await_loaded_names();
 	forksrv_cur->read = event_new(z_base, forksrv_cur->fd, EV_READ | EV_PERSIST, read_cb,
 				      forksrv_cur);
@@ -494,8 +484,7 @@ int forksrv_start(void)
 		log_err("the fork server %d cannot be watched: workers fork from the master",
 			(int)pid);
 		shut_cur();
-		forksrv_broken = true;
-		reg_set_loaded_names(NULL, 0);
+		go_broken();
 		return -ENOMEM;
 	}
 	log_debug("fork server %d loading the modules", (int)pid);

@@ -3,13 +3,10 @@
  *     mpool-forksrv VERSION LOG_LEVEL MAX_FRAME [MODULE_PATH INITARGS_JSON|-]...
  *
  * started by the master with its end of a SOCK_SEQPACKET pair on
- * descriptor 3.  It loads the modules as the master did, runs their load
- * hooks (module code, which the master never runs), says so with the
- * names of the functions those returned, then per
- * request fork()s a worker and passes back its pid and the master's end of
- * its socketpair; it reaps its workers and reports each death.  When the
- * master ends the requests it leaves with its last worker; when the master
- * dies, it dies, and its workers with it. */
+ * descriptor 3.  It loads the modules and runs their load hooks, says
+ * hello with the names those returned, then forks a worker per request and
+ * reports each death.  When the master ends the requests it leaves with
+ * its last worker. */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -56,7 +53,6 @@ static void reply(const struct forksrv_rep *rep, int fd)
 		_exit(0);           /* the master is gone */
 }
 
-/* The hello's second message: one datagram. */
 static void send_names(const char *names, size_t len)
 {
 	ssize_t n;
@@ -68,13 +64,9 @@ static void send_names(const char *names, size_t len)
 		_exit(0);           /* the master is gone */
 }
 
-/* Live workers: once the master has ended the requests, the fork server
- * leaves with its last worker. */
 static unsigned n_workers;
 static pid_t self;
 
-/* In the child of fork(): glibc ran the atfork handlers and its own fix-ups.
- * The worker dies with us (worker_detach), and we with the master. */
 __attribute__((noreturn)) static void worker_start(int fd, pid_t parent, uint64_t quota)
 {
 	sigset_t none;
@@ -112,8 +104,7 @@ static void serve(uint64_t quota)
 	close(sv[0]);
 }
 
-/* Reports every worker that has died, with its wait status: the master
- * is not their parent. */
+/* The master is not our workers' parent: it learns their deaths from us. */
 static void reap(void)
 {
 	struct forksrv_rep rep = { .kind = FORKSRV_EXITED };
