@@ -13,7 +13,7 @@
 struct chan {
 	int fd;
 	struct event *rev, *wev;
-	struct event *fev;   /* flush: activated by chan_flush, never polled */
+	struct event *fev;   /* flush: made active by chan_flush, never polled */
 	struct evbuffer *out;
 	struct mp_frame in;
 	const struct chan_ops *ops;
@@ -25,10 +25,9 @@ struct chan {
 	 * a write error, and output that drained. */
 	int werr;
 	bool drain_due;
-	/* Accounted (chan_account): the bytes of in and out counted in
-	 * *acct and acct_total, brought up to date when a message is
-	 * complete (chan_flush) and when bytes leave (chan_write_some), not
-	 * on every evbuffer operation. */
+	/* chan_account: the bytes of in and out counted in *acct and
+	 * acct_total, brought up to date at chan_flush and when bytes leave,
+	 * not on every evbuffer operation. */
 	size_t *acct;
 	size_t acct_in, acct_out;
 	/* The frame being delivered, for chan_take_delivered; NULL once
@@ -37,7 +36,6 @@ struct chan {
 	size_t deliv_len;
 };
 
-/* Bytes held by every accounted chan, input buffers and unsent output. */
 static size_t acct_total;
 
 static void chan_read_cb(evutil_socket_t fd, short what, void *arg);
@@ -128,6 +126,13 @@ static void chan_destroy(struct chan *ch)
 	free(ch);
 }
 
+/* A callback of ch returns: a free it deferred happens now. */
+static void chan_unbusy(struct chan *ch)
+{
+	if (--ch->busy == 0 && ch->dead)
+		chan_destroy(ch);
+}
+
 void chan_free(struct chan *ch)
 {
 	if (!ch)
@@ -183,12 +188,10 @@ size_t chan_out_len(const struct chan *ch)
 	return evbuffer_get_length(ch->out);
 }
 
-/* Polling for writability before every write cost an epoll_ctl to arm
- * EV_WRITE, an epoll_wait to learn the obvious and an epoll_ctl to disarm
- * it, per message.  Instead the flush event is made active: libevent runs
- * it after the callback under way, in the same loop turn, so what that
- * callback produced still leaves in one writev, and no caller is re-entered
- * by a failed write.  EV_WRITE is armed only when the socket is full. */
+/* The flush event is made active, not EV_WRITE polled: libevent runs it
+ * after the callback under way, in the same loop turn, with no epoll_ctl,
+ * and no caller is re-entered by a failed write.  EV_WRITE is armed only
+ * when the socket is full. */
 void chan_flush(struct chan *ch)
 {
 	acct_out(ch);
@@ -198,7 +201,7 @@ void chan_flush(struct chan *ch)
 		event_active(ch->fev, EV_TIMEOUT, 0);
 }
 
-/* Reports peer loss once.  The owner usually frees the chan from closed(). */
+/* The owner usually frees the chan from closed(). */
 static void chan_close(struct chan *ch, int err)
 {
 	if (ch->closed)
@@ -210,7 +213,7 @@ static void chan_close(struct chan *ch, int err)
 	ch->ops->closed(ch->ctx, err);
 }
 
-/* Delivers every whole frame held.  Returns a framing error, or 0. */
+/* A framing error, or 0. */
 static int chan_deliver(struct chan *ch, bool even_paused)
 {
 	const uint8_t *frame;
@@ -269,18 +272,16 @@ static void chan_read_cb(evutil_socket_t fd, short what, void *arg)
 		/* Dropped by received(), or while delivering. */
 	} else if (r < 0) {
 		chan_close(ch, r);
-	} else if (n == 0 && !ch->dead && !ch->closed && ch->ops->eof && !peer_gone(ch->fd)) {
+	} else if (n == 0 && ch->ops->eof && !peer_gone(ch->fd)) {
 		/* Half-closed: frames still held wait for chan_pause(false). */
 		ch->eof = true;
 		event_del(ch->rev);
 		if (!ch->paused)
 			ch->ops->eof(ch->ctx);
-	} else if (n <= 0 && !ch->dead) {
-		chan_close(ch, n == -ENOMEM ? -ENOMEM : (int)n);
+	} else if (n <= 0) {
+		chan_close(ch, (int)n);
 	}
-	ch->busy--;
-	if (ch->dead && !ch->busy)
-		chan_destroy(ch);
+	chan_unbusy(ch);
 }
 
 void chan_drain_input(struct chan *ch)
@@ -296,9 +297,7 @@ void chan_drain_input(struct chan *ch)
 			break;
 	} while (n > 0 && !ch->dead && !ch->closed);
 	acct_in(ch);
-	ch->busy--;
-	if (ch->dead && !ch->busy)
-		chan_destroy(ch);
+	chan_unbusy(ch);
 }
 
 /* report: called from the loop, with nobody up the stack holding the
@@ -347,9 +346,7 @@ static void chan_write_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	ch->busy++;
 	chan_write_some(ch, true);
-	ch->busy--;
-	if (ch->dead && !ch->busy)
-		chan_destroy(ch);
+	chan_unbusy(ch);
 }
 
 static void chan_flush_cb(evutil_socket_t fd, short what, void *arg)
@@ -365,9 +362,7 @@ static void chan_flush_cb(evutil_socket_t fd, short what, void *arg)
 		chan_close(ch, ch->werr);
 	else
 		chan_write_some(ch, true);
-	ch->busy--;
-	if (ch->dead && !ch->busy)
-		chan_destroy(ch);
+	chan_unbusy(ch);
 }
 
 void chan_write_now(struct chan *ch)
