@@ -36,10 +36,8 @@ struct entry {
 static struct entry entries[MAX_MODULES];
 static unsigned n_entries;
 
-/* In the master: the names the fork server reported last, as
- * reg_loaded_names() wrote them.  Kept across reg_clear(), so that through
- * a reload submits are judged by them until the new fork server reports
- * its own.  Before the first report (names_awaited) a function of a
+/* In the master: the names the fork server reported last (kept across
+ * reg_clear()).  Before the first report (names_awaited) a function of a
  * module with load is accepted on trust: the one entry below. */
 static char *known_names;
 static size_t known_len;
@@ -52,8 +50,6 @@ static int valid_name_n(const char *s, size_t len, bool dots)
 {
 	bool part = false;
 
-	if (!s)
-		return 0;
 	for (const char *end = s + len; s < end; s++) {
 		if ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
 		    (*s >= '0' && *s <= '9') || *s == '_' || *s == '-')
@@ -193,11 +189,6 @@ const struct reg_fn *reg_lookup(const char *name, size_t len)
 	if (names_awaited && load_hook(e->m) && valid_name_n(dot + 1, flen, true))
 		return &on_trust;
 	return NULL;
-}
-
-int reg_callable(const struct reg_fn *f)
-{
-	return f && (f->fn || f->call);
 }
 
 int reg_call(const struct reg_fn *f, const msgpack_object *arg, msgpack_packer *result,
@@ -373,8 +364,7 @@ void reg_each_fn(void (*fn)(const char *name, void *arg), void *arg)
 {
 	char name[512];
 
-	/* In the master a loaded function is a name only: announced as well,
-	 * since workers forked from the fork server can run it. */
+	/* A name only is announced too: workers from the fork server run it. */
 	for (unsigned i = 0; i < n_entries; i++)
 		for (unsigned k = 0; k < entries[i].n_fns; k++) {
 			snprintf(name, sizeof(name), "%s.%s", entries[i].name,
