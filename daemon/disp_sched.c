@@ -278,10 +278,7 @@ static bool job_runnable(const struct job *job)
 
 struct batch {
 	uint32_t n, done;          /* members, and how many are answered */
-	struct job **jobs;         /* member i: the job of item i */
-	struct seg **segs;         /* the segment each member's item lives in */
-	const uint8_t **item;      /* each member's item, in its segment */
-	size_t *item_len;
+	struct chunk *members;     /* each apply's own one-item chunk */
 	uint8_t *items;            /* the members' items back to back (owned) */
 };
 
@@ -294,10 +291,7 @@ static bool batchable(const struct job *a, const struct job *b)
 
 void batch_free(struct batch *b)
 {
-	free(b->jobs);
-	free(b->segs);
-	free(b->item);
-	free(b->item_len);
+	free(b->members);
 	free(b->items);
 	free(b);
 }
@@ -332,34 +326,22 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 	if (waiting == 0 || limit < 2)
 		return;
 	b = xcalloc(1, sizeof(*b));
-	b->jobs = xmalloc(limit * sizeof(*b->jobs));
-	b->segs = xmalloc(limit * sizeof(*b->segs));
-	b->item = xmalloc(limit * sizeof(*b->item));
-	b->item_len = xmalloc(limit * sizeof(*b->item_len));
-	b->jobs[0] = first;
-	b->segs[0] = ck->seg;
-	b->item[0] = ck->items;
-	b->item_len[0] = total = ck->items_len;
+	b->members = xcalloc(limit, sizeof(*b->members));
+	b->members[0] = *ck;
+	total = ck->items_len;
 	for (j = TAILQ_FIRST(&cl->jobs); j && n < limit; j = next) {
-		struct chunk one;
-
 		next = TAILQ_NEXT(j, runq);
-		if (j == first || !batchable(first, j) || !seg_next_chunk(j, 1, &one))
+		if (j == first || !batchable(first, j) || !seg_next_chunk(j, 1, &b->members[n]))
 			continue;
 		j->inflight++;
 		sched_unqueue(j);
-		b->jobs[n] = j;
-		b->segs[n] = one.seg;
-		b->item[n] = one.items;
-		b->item_len[n] = one.items_len;
-		total += one.items_len;
-		n++;
+		total += b->members[n++].items_len;
 	}
 	b->items = xmalloc(total);
 	total = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		memcpy(b->items + total, b->item[i], b->item_len[i]);
-		total += b->item_len[i];
+		memcpy(b->items + total, b->members[i].items, b->members[i].items_len);
+		total += b->members[i].items_len;
 	}
 	b->n = n;
 	ck->batch = b;
@@ -371,7 +353,7 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 
 struct job *batch_current(const struct batch *b)
 {
-	return b->jobs[b->done];
+	return b->members[b->done].job;
 }
 
 /* Answers the batch members a piece of results covers.  The worker counted
@@ -388,7 +370,7 @@ void batch_piece(struct batch *b, const struct wmsg_result *res)
 		abort();             /* wmsg_parse_from_worker checked both */
 	for (uint32_t i = 0; i < res->n_results; i++) {
 		uint32_t k = b->done + i;
-		struct job *job = b->jobs[k];
+		struct job *job = b->members[k].job;
 		const uint8_t *r, *e = NULL;
 		size_t rl, el = 0;
 		uint8_t *rb, *eb = NULL;
@@ -415,7 +397,7 @@ void batch_piece(struct batch *b, const struct wmsg_result *res)
 		out_piece(job, 0, 1, rb, rl + 1, e ? eb : none, e ? el + 1 : 1, e ? 1 : 0, NULL);
 		free(rb);
 		free(eb);
-		seg_unref(job, b->segs[k]);
+		seg_unref(job, b->members[k].seg);
 		job_chunk_ended(job);
 	}
 	b->done += res->n_results;
@@ -428,18 +410,16 @@ void batch_piece(struct batch *b, const struct wmsg_result *res)
 void batch_lost(struct batch *b, int code, const char *msg)
 {
 	for (uint32_t k = b->done; k < b->n; k++) {
-		struct job *job = b->jobs[k];
-
-		struct chunk one = { .job = job, .first = 0, .count = 1, .seg = b->segs[k],
-				     .items = b->item[k], .items_len = b->item_len[k] };
+		struct chunk *one = &b->members[k];
+		struct job *job = one->job;
 
 		if (k > b->done && job->conn) {
-			job_retry(job, &one, 0);
+			job_retry(job, one, 0);
 			job->inflight--;
 			continue;
 		}
-		out_fail_chunk(&one, code, msg);
-		seg_unref(job, b->segs[k]);
+		out_fail_chunk(one, code, msg);
+		seg_unref(job, one->seg);
 		job_chunk_ended(job);
 	}
 	batch_free(b);

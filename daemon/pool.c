@@ -458,15 +458,12 @@ void pool_stop(void)
 
 int pool_kill_worker(pid_t pid, const char *why)
 {
-	for (unsigned i = 0; i < pool_n_workers; i++) {
-		struct worker *w = &pool_workers[i];
+	struct worker *w = find_worker(pid);
 
-		if (w->pid == pid && pid > 0 && w->state != W_EXITING) {
-			pool_fault(w, MPOOL_E_WORKER, why);
-			return 0;
-		}
-	}
-	return -ESRCH;
+	if (!w || w->state == W_EXITING)
+		return -ESRCH;
+	pool_fault(w, MPOOL_E_WORKER, why);
+	return 0;
 }
 
 void pool_kill_job(const struct job *job)
