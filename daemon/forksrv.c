@@ -556,16 +556,15 @@ bool forksrv_reaped(pid_t pid, int status)
 	char how[64];
 
 	describe_status(status, how, sizeof(how));
-	if (forksrv_cur && forksrv_cur->pid == pid && !forksrv_cur->ready) {
-		/* Said once, with the rest, by start_failed(). */
-		forksrv_cur->pid = 0;
-		snprintf(z_died_how, sizeof(z_died_how), "%s", how);
-		forksrv_lost_soon(z_died_how);
-		return true;
-	}
 	if (forksrv_cur && forksrv_cur->pid == pid) {
-		log_warn("fork server %d %s; its workers die with it", (int)pid, how);
 		forksrv_cur->pid = 0;
+		if (!forksrv_cur->ready) {
+			/* Said once, with the rest, by start_failed(). */
+			snprintf(z_died_how, sizeof(z_died_how), "%s", how);
+			forksrv_lost_soon(z_died_how);
+			return true;
+		}
+		log_warn("fork server %d %s; its workers die with it", (int)pid, how);
 		/* What it sent before it died is still in the channel. */
 		forksrv_lost_soon("it died");
 		return true;

@@ -28,10 +28,11 @@
 
 #define FORKSRV_FD 3
 
-static void reply(const struct forksrv_rep *rep, int fd)
+/* One datagram, with fd unless it is -1. */
+static void reply(const void *buf, size_t len, int fd)
 {
 	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
-	struct iovec iov = { (void *)rep, sizeof(*rep) };
+	struct iovec iov = { (void *)buf, len };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
 	ssize_t n;
 
@@ -48,17 +49,6 @@ static void reply(const struct forksrv_rep *rep, int fd)
 	}
 	do
 		n = sendmsg(FORKSRV_FD, &mh, MSG_NOSIGNAL);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		_exit(0);           /* the master is gone */
-}
-
-static void send_names(const char *names, size_t len)
-{
-	ssize_t n;
-
-	do
-		n = send(FORKSRV_FD, names, len, MSG_NOSIGNAL);
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		_exit(0);           /* the master is gone */
@@ -87,7 +77,7 @@ static void serve(uint64_t quota)
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
 		rep.err = -errno;
-		reply(&rep, -1);
+		reply(&rep, sizeof(rep), -1);
 		return;
 	}
 	pid = fork();
@@ -100,7 +90,7 @@ static void serve(uint64_t quota)
 		n_workers++;
 	}
 	close(sv[1]);
-	reply(&rep, pid > 0 ? sv[0] : -1);
+	reply(&rep, sizeof(rep), pid > 0 ? sv[0] : -1);
 	close(sv[0]);
 }
 
@@ -115,7 +105,7 @@ static void reap(void)
 		rep.pid = (int32_t)pid;
 		rep.status = status;
 		n_workers--;
-		reply(&rep, -1);
+		reply(&rep, sizeof(rep), -1);
 	}
 }
 
@@ -190,11 +180,11 @@ int main(int argc, char **argv)
 	self = getpid();
 	rep.pid = (int32_t)self;
 	rep.status = rep.err < 0 ? 0 : (int32_t)names_len;
-	reply(&rep, -1);
+	reply(&rep, sizeof(rep), -1);
 	if (rep.err < 0)
 		_exit(1);
 	if (rep.status > 0)
-		send_names(names, names_len);
+		reply(names, names_len, -1);
 	free(names);
 	/* Requests and deaths, in one loop: SIGCHLD comes as a descriptor. */
 	for (;;) {
