@@ -3,11 +3,10 @@
 #include "disp_int.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include <mpool/error.h>
-#include "config.h"
 #include "log.h"
 #include "master.h"         /* now_ms */
 #include "mem.h"

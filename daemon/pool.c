@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <mpool/error.h>
 #include "chan.h"
@@ -21,7 +20,6 @@
 #include "log.h"
 #include "master.h"
 #include "mem.h"
-#include "modload.h"
 #include "mp_rpc.h"
 #include "wmsg.h"
 #include "worker.h"
