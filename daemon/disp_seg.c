@@ -15,8 +15,9 @@
  * copied into its channel: smaller ones cost less to copy than a
  * reference costs to set up. */
 #define DISP_REF_MIN 4096u
-/* Default-sized chunks also stop at this many bytes of items, so that
- * large items do not make chunks whose results outgrow the frame limit. */
+/* Default-sized chunks (not a chunksize the client chose) also stop at
+ * this many bytes of items, so that large items do not make chunks whose
+ * results outgrow the frame limit. */
 #define DISP_CHUNK_BYTES (1u << 20)
 
 /* The memory a segment's items live in, counted on its own: a worker
