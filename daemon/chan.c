@@ -21,8 +21,7 @@ struct chan {
 	bool paused, closed, dead;
 	bool eof;            /* the peer sent end-of-file: read no more */
 	unsigned busy;       /* callbacks running: defer the free */
-	/* Found by chan_write_now, reported from the loop (chan_flush_cb):
-	 * a write error, and output that drained. */
+	/* Found by chan_write_now, reported from the loop (chan_flush_cb). */
 	int werr;
 	bool drain_due;
 	/* chan_account: the bytes of in and out counted in *acct and
@@ -30,8 +29,7 @@ struct chan {
 	 * not on every evbuffer operation. */
 	size_t *acct;
 	size_t acct_in, acct_out;
-	/* The frame being delivered, for chan_take_delivered; NULL once
-	 * taken. */
+	/* The frame being delivered; NULL once taken. */
 	const uint8_t *deliv_frame;
 	size_t deliv_len;
 };
@@ -238,9 +236,8 @@ static int chan_deliver(struct chan *ch, bool even_paused)
 	return 0;
 }
 
-/* End-of-file from a peer that closed its socket, not just its sending
- * side: nothing written can reach it any more.  On a Unix stream socket
- * POLLHUP means both directions are shut. */
+/* The peer closed its socket, not just its sending side: on a Unix stream
+ * socket POLLHUP means both directions are shut. */
 static bool peer_gone(int fd)
 {
 	struct pollfd pfd = { .fd = fd, .events = 0 };
@@ -300,10 +297,9 @@ void chan_drain_input(struct chan *ch)
 	chan_unbusy(ch);
 }
 
-/* report: called from the loop, with nobody up the stack holding the
- * owner, so closed() and drained() may run now.  Otherwise they are left
- * for chan_flush_cb: a caller that writes must be able to go on using (or
- * freeing) what it holds. */
+/* report: called from the loop, so closed() and drained() may run now.
+ * Otherwise they are left for chan_flush_cb: a caller that writes must be
+ * able to go on using (or freeing) what it holds. */
 static void chan_write_some(struct chan *ch, bool report)
 {
 	size_t before = evbuffer_get_length(ch->out);
@@ -380,8 +376,7 @@ void chan_pause(struct chan *ch, bool pause)
 		return;
 	ch->paused = pause;
 	if (ch->eof) {
-		/* Nothing more to read; frames held are delivered (and the
-		 * end-of-file reported) from the read callback. */
+		/* Frames held (and the end-of-file) go from the read callback. */
 		if (!pause)
 			event_active(ch->rev, EV_READ, 0);
 		return;
@@ -390,8 +385,7 @@ void chan_pause(struct chan *ch, bool pause)
 		event_del(ch->rev);
 	} else {
 		event_add(ch->rev, NULL);
-		/* Frames may already be held: deliver them without waiting for
-		 * the peer to send more. */
+		/* Frames may be held already: do not wait for more. */
 		event_active(ch->rev, EV_READ, 0);
 	}
 }

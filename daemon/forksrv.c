@@ -1,6 +1,5 @@
-/* forksrv: the life of a fork server, the master's side: its start, its
- * hello, its retirement at reload, its loss, the guard against one that no
- * longer reports deaths, and status. */
+/* forksrv: the life of a fork server, the master's side: start, hello,
+ * retirement, loss, and the guard against one that stops reporting. */
 #include "forksrv_int.h"
 
 #include <errno.h>
@@ -27,8 +26,7 @@
 
 struct forksrv_srv *forksrv_cur;
 bool forksrv_broken;
-/* The retired ones, whose workers still run (one per reload that found
- * busy workers). */
+/* The retired ones, whose workers still run. */
 static struct forksrv_srv **old;
 static unsigned n_old, old_cap;
 
@@ -37,8 +35,7 @@ static forksrv_started_fn *z_started;
 /* forksrv_lost_soon's event; the deadline of the hello. */
 static struct event *z_lost, *z_hello_timer;
 static const char *z_lost_why;
-/* How a fork server that died before its hello ended, for the one line
- * that says it did not start. */
+/* How one that died before its hello ended, for start_failed's line. */
 static char z_died_how[64];
 
 /* Beside the running mpoold first (a build tree), then where it installs. */
@@ -166,9 +163,8 @@ static void srv_close(struct forksrv_srv *s)
 	s->fd = -1;
 }
 
-/* Kills and reaps s, delivers what it had sent, and closes its channel;
- * its workers become ours to reap.  Its wait status, or -1 when it had
- * been reaped already. */
+/* Kills and reaps s, delivers what it had sent, closes its channel; its
+ * workers become ours to reap.  Its wait status, or -1 if reaped already. */
 static int srv_kill(struct forksrv_srv *s)
 {
 	int status = -1;
@@ -185,9 +181,10 @@ static int srv_kill(struct forksrv_srv *s)
 	return status;
 }
 
+/* Kills (unless reaped), delivers and forgets a retired one. */
 static void old_remove(unsigned i)
 {
-	srv_close(old[i]);
+	srv_kill(old[i]);
 	free(old[i]);
 	old[i] = old[--n_old];
 }
@@ -267,16 +264,14 @@ static void start_failed(int err, const char *why)
 
 void forksrv_retire(void)
 {
-	/* One still loading the modules was sent nothing and has no workers:
-	 * nothing is lost with it, and the new one loads anew. */
+	/* One still loading was sent nothing and has no workers. */
 	if (forksrv_cur && !forksrv_cur->ready) {
 		log_info("reload: the fork server %d had not loaded the modules yet; a new one "
 			 "starts", (int)forksrv_cur->pid);
 		shut_cur();
 	}
-	/* What it was sent it forks before it sees the end of the requests:
-	 * let it answer all of it, so that no worker it made goes unreported.
-	 * Bounded like any answer. */
+	/* It forks what it was sent before it sees the end of the requests:
+	 * let it answer all, so no worker it made goes unreported. */
 	if (forksrv_cur && forksrv_cur->fd >= 0 && forksrv_cur->pid &&
 	    shutdown(forksrv_cur->fd, SHUT_WR) == 0) {
 		uint64_t end = now_ms() + FORKSRV_REPLY_MS;
@@ -310,7 +305,6 @@ void forksrv_stop(void)
 {
 	shut_cur();
 	while (n_old > 0) {
-		srv_kill(old[0]);
 		old_remove(0);
 	}
 	forget_all();
@@ -365,8 +359,7 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 		forksrv_pump();
 		forksrv_arm_timer();
 	} else if (r < 0) {
-		/* A retired one closes its channel as it leaves; it is freed
-		 * when reaped. */
+		/* A retired one closes its channel as it leaves; freed when reaped. */
 		srv_close(s);
 	}
 }
@@ -402,8 +395,8 @@ int forksrv_init(struct event_base *base, forksrv_forked_fn *forked, forksrv_exi
 {
 	int r;
 
-	/* Workers whose fork server died are reparented to us, not to init,
-	 * so that we reap them and learn how they ended. */
+	/* Orphaned workers are reparented to us, not to init, so that we
+	 * learn how they ended. */
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
 		return -errno;
 	z_base = base;
@@ -544,7 +537,6 @@ void forksrv_overdue(pid_t worker)
 		if (old[i]->pid == ppid) {
 			log_warn("retired fork server %d has not reported the death of worker %d; "
 				 "killing it", (int)ppid, (int)worker);
-			srv_kill(old[i]);
 			old_remove(i);
 			return;
 		}
@@ -575,8 +567,6 @@ bool forksrv_reaped(pid_t pid, int status)
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 			log_warn("retired fork server %d %s; its workers die with it", (int)pid, how);
 		old[i]->pid = 0;
-		if (old[i]->fd >= 0)
-			forksrv_take(old[i]);
 		old_remove(i);
 		return true;
 	}

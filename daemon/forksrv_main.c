@@ -130,9 +130,8 @@ int main(int argc, char **argv)
 		_exit(0);
 	/* A socket systemd passed the master is not CLOEXEC: not ours. */
 	close_range(FORKSRV_FD + 1, ~0U, 0);
-	/* The wire between us, arguments included, is private: an mpoold of
-	 * another version (a stale install) falls back to forking its
-	 * workers itself. */
+	/* The wire, arguments included, is private: an mpoold of another
+	 * version (a stale install) forks its workers itself. */
 	if (argc >= 2 && strcmp(argv[1], MPOOL_VERSION) != 0) {
 		log_startup_err("mpool-forksrv %s cannot serve mpoold %s", MPOOL_VERSION, argv[1]);
 		_exit(2);

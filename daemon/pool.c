@@ -280,11 +280,10 @@ int pool_init(struct event_base *b)
 		log_err("cannot set up the fork server: %s", strerror(-r));
 		return r;
 	}
-	/* Without it, workers fork from the master.  It loads the modules
-	 * while the loop serves; the forks below wait for it. */
+	/* Failing, workers fork from the master.  The forks below wait while
+	 * it loads the modules. */
 	forksrv_start();
-	/* A fork that fails at start is a failure storm like any other:
-	 * mpoold starts degraded and retries with backoff. */
+	/* A fork that fails at start: mpoold starts degraded and retries. */
 	for (unsigned i = 0; i < pool_n_slots; i++)
 		respawn_cb(-1, 0, &pool_slots[i]);
 	return 0;
@@ -341,8 +340,8 @@ static void worker_gone(struct worker *w, int status)
 	bool lost = false;
 
 	/* It may have written results and exited before we read them: take
-	 * them first, so nothing it finished is reported lost.  Marked reaped,
-	 * it is leaving after such a result, so no work goes to it. */
+	 * them first, so nothing it finished is reported lost; marked reaped,
+	 * it gets no new work from such a result. */
 	w->reaped = true;
 	if (w->ch)
 		chan_drain_input(w->ch);

@@ -212,9 +212,8 @@ void pool_reload(void)
 	forksrv_retire();
 	r = forksrv_start();
 	if (r == 0 && forksrv_loading()) {
-		/* The old workers serve, under the old names, until it has
-		 * loaded the modules (a Python import may take long): a reload
-		 * leaves no gap.  recycle_forksrv_started() goes on. */
+		/* The old workers serve until it has loaded the modules (a
+		 * Python import may take long): a reload leaves no gap. */
 		reload_waiting = true;
 		log_info("reload: the old workers serve until the new fork server has loaded "
 			 "the modules");

@@ -205,11 +205,9 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 					   &b->zone, &arg) < 0)
 				_exit(WORKER_EXIT_PROTO);
 		}
-		/* The master checked the name, or took it on trust before the
-		 * fork server had named its functions (registry.h): a miss
-		 * here is a name its module does not define after all, or a
-		 * module whose load failed in this worker alone (it logged
-		 * why). */
+		/* The master checked the name, or took it on trust
+		 * (registry.h): a miss is a name its module does not define
+		 * after all, or a load that failed in this worker alone. */
 		if (fn)
 			rc = reg_call(fn, &arg, &rpk, &err);
 		else
@@ -339,8 +337,7 @@ void worker_once_entry(int fd, pid_t master, const void *arg)
 	} else if (msgpack_unpack((const char *)once->arg, once->arg_len, &off, &zone, &obj) < 0) {
 		_exit(WORKER_EXIT_PROTO);
 	} else if (!(fn = reg_lookup(once->fn, strlen(once->fn)))) {
-		/* After init: a loaded module's functions are known here only
-		 * once its load ran (reg_init_all), and it may have failed. */
+		/* After init: load ran in reg_init_all, and may have failed. */
 		rc = mpool_task_fail(&err, MPOOL_E_NOFUNC,
 				     "the function's module did not load in this process");
 	} else {
