@@ -104,7 +104,6 @@ void out_piece(struct job *job, uint64_t first, uint32_t count, const uint8_t *r
 	       const struct disp_results_buf *buf);
 /* Fails every unanswered item of a chunk with the same error. */
 void out_fail_chunk(struct chunk *ck, int code, const char *msg);
-/* Grants a streamed map's client credit, if room opened. */
 void out_grant(struct job *job);
 void out_free_held(struct job *job);
 

@@ -42,9 +42,10 @@ void out_free_held(struct job *job)
 	job->held = NULL;
 }
 
-/* A streamed map's client may have at most --stream-window items sent and
- * unanswered, so the master holds a bounded input whatever the map's
- * length.  Grants go out in batches of at least a quarter window. */
+/* Grants a streamed map's client credit, if room opened.  It may have at
+ * most --stream-window items sent and unanswered, so the master holds a
+ * bounded input whatever the map's length.  Grants go out in batches of at
+ * least a quarter window. */
 void out_grant(struct job *job)
 {
 	uint64_t window = cfg.stream_window, outstanding, left, room;

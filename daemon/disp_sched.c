@@ -356,8 +356,8 @@ struct job *batch_current(const struct batch *b)
 	return b->members[b->done].job;
 }
 
-/* Answers the batch members a piece of results covers.  The worker counted
- * the batch's items from 0, so an error's index is its member's place. */
+/* The worker counted the batch's items from 0, so an error's index is its
+ * member's place. */
 void batch_piece(struct batch *b, const struct wmsg_result *res)
 {
 	static const uint8_t none[1] = { 0x90 };

@@ -51,12 +51,14 @@ void forksrv_req_free(void);
 /* Sends what waits to forksrv_cur, once it is ready, as far as its channel
  * takes it; the rest goes when answers have made room. */
 void forksrv_pump(void);
-/* Arms the answer deadline while answers are due, else disarms it. */
+/* While answers are due, the oldest must come within FORKSRV_REPLY_MS of
+ * the last progress: arms that deadline, else disarms it. */
 void forksrv_arm_timer(void);
 void forksrv_disarm(void);
 /* Delivers every answer and death s has sent: 0 when none is left
  * waiting, -ECONNRESET at the end of its stream, another -errno when the
- * channel broke or carried nonsense. */
+ * channel broke or carried nonsense.  One that is not ready has no workers
+ * and was asked nothing: its hello is forksrv.c's to take. */
 int forksrv_take(struct forksrv_srv *s);
 /* Answers every request with err, sent or not. */
 void forksrv_fail_pending(int err);

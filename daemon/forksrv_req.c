@@ -53,8 +53,6 @@ static int send_req(uint64_t quota)
 	return 0;
 }
 
-/* While answers are due, the oldest must come within FORKSRV_REPLY_MS of
- * the last progress. */
 void forksrv_arm_timer(void)
 {
 	struct timeval tv = { FORKSRV_REPLY_MS / 1000, (FORKSRV_REPLY_MS % 1000) * 1000 };
@@ -85,8 +83,6 @@ void forksrv_pump(void)
 		forksrv_arm_timer();
 }
 
-/* Only forksrv_cur answers requests.  One that is not ready has no workers
- * and was asked nothing: its hello is forksrv.c's to take. */
 int forksrv_take(struct forksrv_srv *s)
 {
 	if (!s->ready)

@@ -219,7 +219,6 @@ unsigned pool_ready_workers(void)
 	return n;
 }
 
-/* Closing its channel makes it run its modules' fini and exit 0. */
 void pool_retire(struct worker *w, enum retire why)
 {
 	w->retire = why;
@@ -489,7 +488,6 @@ void pool_kill_all(void)
 	}
 }
 
-/* Forks the fork server has not answered count: a drain waits for them. */
 unsigned pool_live(void)
 {
 	unsigned n = 0;

@@ -32,7 +32,8 @@ int pool_kill_worker(pid_t pid, const char *why);
 void pool_kill_job(const struct job *job);
 /* Terminate: SIGKILL every worker now. */
 void pool_kill_all(void);
-/* Processes started and not reaped yet. */
+/* Processes started and not reaped yet, and forks the fork server has not
+ * answered: a drain waits for both. */
 unsigned pool_live(void);
 /* Workers running a chunk. */
 unsigned pool_busy(void);

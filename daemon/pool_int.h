@@ -57,7 +57,8 @@ extern struct worker *pool_workers;
 extern unsigned pool_n_workers;
 extern unsigned pool_gen;          /* a reload starts the next */
 
-/* pool.c.  Asks a worker to leave. */
+/* pool.c.  Asks a worker to leave: closing its channel makes it run its
+ * modules' fini and exit 0. */
 void pool_retire(struct worker *w, enum retire why);
 /* Gives up on a worker: kills it now; its chunk fails with code and the
  * cause once it is reaped. */
@@ -80,15 +81,14 @@ extern uint64_t run_tasks_total;
 /* pool_recycle.c.  The periodic checks. */
 int recycle_init(struct event_base *base);
 void recycle_free(void);
-/* A new worker's task quota (0: unlimited). */
+/* A new worker's task quota (0: unlimited), drawn from [max - jitter, max]
+ * so that workers started together do not all recycle together. */
 uint64_t recycle_draw_quota(void);
 /* After a chunk: which recycling rule, if any, says this worker goes. */
 enum retire recycle_reason(const struct worker *w);
-/* --max-rss-per-child while a chunk runs; true when it killed w. */
 bool recycle_rss_check(struct worker *w);
 /* RSS in KiB from /proc; 0 when unknown. */
 uint64_t recycle_rss_kib(pid_t pid);
-/* Tells the master once a reload has a new worker ready in every slot. */
 void recycle_reload_check(void);
 /* forksrv.h's started: a reload that waited for it goes on. */
 void recycle_forksrv_started(int err);

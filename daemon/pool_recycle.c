@@ -30,8 +30,6 @@ static uint64_t rng_next(void)
 	return rng_state;
 }
 
-/* Drawn from [max - jitter, max], so workers started together do not all
- * recycle together. */
 uint64_t recycle_draw_quota(void)
 {
 	uint64_t max = cfg.max_tasks_per_child, j = cfg.max_tasks_jitter;
@@ -52,9 +50,9 @@ static unsigned old_workers(void)
 	return n;
 }
 
-/* A reload is done when every slot has a new worker ready: old ones still
- * running a chunk finish it out of their slots, or a reload would last as
- * long as the longest task. */
+/* Tells the master once a reload is done: when every slot has a new worker
+ * ready.  Old ones still running a chunk finish it out of their slots, or a
+ * reload would last as long as the longest task. */
 void recycle_reload_check(void)
 {
 	if (reload_pending) {
@@ -108,11 +106,12 @@ enum retire recycle_reason(const struct worker *w)
 	return R_NONE;
 }
 
-/* At each part a worker reports: a chunk may hold thousands of items, and a
- * worker must not grow without bound until its end.  What runs is what
- * grows, so the worker is killed at once rather than asked to finish; the
- * chunk's unanswered items fail with "limit" (or rerun) as after any lost
- * chunk.  A one-item chunk sends no parts: it is checked when it ends. */
+/* --max-rss-per-child at each part a worker reports: a chunk may hold
+ * thousands of items, and a worker must not grow without bound until its
+ * end.  What runs is what grows, so the worker is killed at once (true)
+ * rather than asked to finish; the chunk's unanswered items fail with
+ * "limit" (or rerun).  A one-item chunk sends no parts: it is checked when
+ * it ends. */
 bool recycle_rss_check(struct worker *w)
 {
 	uint64_t kib;
