@@ -114,7 +114,6 @@ static void acct_drop(struct chan *ch)
 
 static void chan_destroy(struct chan *ch)
 {
-	acct_drop(ch);
 	event_free(ch->rev);
 	event_free(ch->wev);
 	event_free(ch->fev);

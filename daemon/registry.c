@@ -201,7 +201,8 @@ int reg_call(const struct reg_fn *f, const msgpack_object *arg, msgpack_packer *
 	return mpool_task_fail(err, MPOOL_E_NOFUNC, "the function's module did not load here");
 }
 
-/* The module's initargs, decoded into zone (nil when none).  0 or -1. */
+/* The module's initargs, decoded into zone (nil when none), and err made
+ * ready for its hook.  0, or -1 with err filled. */
 static int unpack_initargs(const struct entry *e, msgpack_zone *zone, msgpack_object *args,
 			   struct mpool_task_error *err)
 {
@@ -214,6 +215,8 @@ static int unpack_initargs(const struct entry *e, msgpack_zone *zone, msgpack_ob
 		msgpack_zone_destroy(zone);
 		return mpool_task_fail(err, MPOOL_E_INTERNAL, "unreadable initargs");
 	}
+	err->code = MPOOL_E_TASK;
+	err->message[0] = '\0';
 	return 0;
 }
 
@@ -230,8 +233,6 @@ static int run_load(struct entry *e, struct mpool_task_error *err)
 	drop_loaded(e);
 	if (unpack_initargs(e, &zone, &args, err) < 0)
 		return -1;
-	err->code = MPOOL_E_TASK;
-	err->message[0] = '\0';
 	r = load_hook(e->m)(&args, &t, err);
 	msgpack_zone_destroy(&zone);
 	if (r != 0) {
@@ -337,14 +338,11 @@ int reg_init_all(struct mpool_task_error *err, const char **ret_module)
 
 		if (!e->m->init)
 			continue;
-		if (unpack_initargs(e, &zone, &args, err) < 0) {
-			*ret_module = e->m->name;
-			return -1;
+		r = unpack_initargs(e, &zone, &args, err);
+		if (r == 0) {
+			r = e->m->init(&args, err);
+			msgpack_zone_destroy(&zone);
 		}
-		err->code = MPOOL_E_TASK;
-		err->message[0] = '\0';
-		r = e->m->init(&args, err);
-		msgpack_zone_destroy(&zone);
 		if (r != 0) {
 			*ret_module = e->m->name;
 			return -1;
