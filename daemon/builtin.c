@@ -25,15 +25,6 @@ static const char *type_name(msgpack_object_type t)
 	return "unknown";
 }
 
-static int type_error(const char *fn, const msgpack_object *arg,
-		      struct mpool_task_error *err)
-{
-	err->code = MPOOL_E_TYPE;
-	snprintf(err->message, sizeof(err->message), "%s: expected an integer, got %s", fn,
-		 type_name(arg->type));
-	return -1;
-}
-
 /* Packing fails only when the worker is out of memory. */
 static int packed(int r, struct mpool_task_error *err)
 {
@@ -47,22 +38,21 @@ static int echo(const msgpack_object *arg, msgpack_packer *out, struct mpool_tas
 
 static int square(const msgpack_object *arg, msgpack_packer *out, struct mpool_task_error *err)
 {
+	uint64_t m, r;
+
 	if (arg->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-		uint64_t v = arg->via.u64, r;
-
-		if (__builtin_mul_overflow(v, v, &r))
-			return mpool_task_fail(err, MPOOL_E_TASK, "builtin.square: result does not fit in 64 bits");
-		return packed(msgpack_pack_uint64(out, r), err);
+		m = arg->via.u64;
+	} else if (arg->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+		m = (uint64_t)(-(arg->via.i64 + 1)) + 1;     /* |v| without overflow */
+	} else {
+		err->code = MPOOL_E_TYPE;
+		snprintf(err->message, sizeof(err->message),
+			 "builtin.square: expected an integer, got %s", type_name(arg->type));
+		return -1;
 	}
-	if (arg->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
-		int64_t v = arg->via.i64;
-		uint64_t m = (uint64_t)(-(v + 1)) + 1, r;   /* |v| without overflow */
-
-		if (__builtin_mul_overflow(m, m, &r))
-			return mpool_task_fail(err, MPOOL_E_TASK, "builtin.square: result does not fit in 64 bits");
-		return packed(msgpack_pack_uint64(out, r), err);
-	}
-	return type_error("builtin.square", arg, err);
+	if (__builtin_mul_overflow(m, m, &r))
+		return mpool_task_fail(err, MPOOL_E_TASK, "builtin.square: result does not fit in 64 bits");
+	return packed(msgpack_pack_uint64(out, r), err);
 }
 
 /* Reads a millisecond argument: a non-negative integer below an hour. */

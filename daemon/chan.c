@@ -13,7 +13,7 @@
 struct chan {
 	int fd;
 	struct event *rev, *wev;
-	struct event *fev;   /* flush: activated by chan_flush, never polled */
+	struct event *fev;   /* flush: made active by chan_flush, never polled */
 	struct evbuffer *out;
 	struct mp_frame in;
 	const struct chan_ops *ops;
@@ -21,23 +21,19 @@ struct chan {
 	bool paused, closed, dead;
 	bool eof;            /* the peer sent end-of-file: read no more */
 	unsigned busy;       /* callbacks running: defer the free */
-	/* Found by chan_write_now, reported from the loop (chan_flush_cb):
-	 * a write error, and output that drained. */
+	/* Found by chan_write_now, reported from the loop (chan_flush_cb). */
 	int werr;
 	bool drain_due;
-	/* Accounted (chan_account): the bytes of in and out counted in
-	 * *acct and acct_total, brought up to date when a message is
-	 * complete (chan_flush) and when bytes leave (chan_write_some), not
-	 * on every evbuffer operation. */
+	/* chan_account: the bytes of in and out counted in *acct and
+	 * acct_total, brought up to date at chan_flush and when bytes leave,
+	 * not on every evbuffer operation. */
 	size_t *acct;
 	size_t acct_in, acct_out;
-	/* The frame being delivered, for chan_take_delivered; NULL once
-	 * taken. */
+	/* The frame being delivered; NULL once taken. */
 	const uint8_t *deliv_frame;
 	size_t deliv_len;
 };
 
-/* Bytes held by every accounted chan, input buffers and unsent output. */
 static size_t acct_total;
 
 static void chan_read_cb(evutil_socket_t fd, short what, void *arg);
@@ -118,7 +114,6 @@ static void acct_drop(struct chan *ch)
 
 static void chan_destroy(struct chan *ch)
 {
-	acct_drop(ch);
 	event_free(ch->rev);
 	event_free(ch->wev);
 	event_free(ch->fev);
@@ -126,6 +121,13 @@ static void chan_destroy(struct chan *ch)
 	mp_frame_free(&ch->in);
 	close(ch->fd);
 	free(ch);
+}
+
+/* A callback of ch returns: a free it deferred happens now. */
+static void chan_unbusy(struct chan *ch)
+{
+	if (--ch->busy == 0 && ch->dead)
+		chan_destroy(ch);
 }
 
 void chan_free(struct chan *ch)
@@ -183,12 +185,10 @@ size_t chan_out_len(const struct chan *ch)
 	return evbuffer_get_length(ch->out);
 }
 
-/* Polling for writability before every write cost an epoll_ctl to arm
- * EV_WRITE, an epoll_wait to learn the obvious and an epoll_ctl to disarm
- * it, per message.  Instead the flush event is made active: libevent runs
- * it after the callback under way, in the same loop turn, so what that
- * callback produced still leaves in one writev, and no caller is re-entered
- * by a failed write.  EV_WRITE is armed only when the socket is full. */
+/* The flush event is made active, not EV_WRITE polled: libevent runs it
+ * after the callback under way, in the same loop turn, with no epoll_ctl,
+ * and no caller is re-entered by a failed write.  EV_WRITE is armed only
+ * when the socket is full. */
 void chan_flush(struct chan *ch)
 {
 	acct_out(ch);
@@ -198,7 +198,7 @@ void chan_flush(struct chan *ch)
 		event_active(ch->fev, EV_TIMEOUT, 0);
 }
 
-/* Reports peer loss once.  The owner usually frees the chan from closed(). */
+/* The owner usually frees the chan from closed(). */
 static void chan_close(struct chan *ch, int err)
 {
 	if (ch->closed)
@@ -210,7 +210,7 @@ static void chan_close(struct chan *ch, int err)
 	ch->ops->closed(ch->ctx, err);
 }
 
-/* Delivers every whole frame held.  Returns a framing error, or 0. */
+/* A framing error, or 0. */
 static int chan_deliver(struct chan *ch, bool even_paused)
 {
 	const uint8_t *frame;
@@ -235,9 +235,8 @@ static int chan_deliver(struct chan *ch, bool even_paused)
 	return 0;
 }
 
-/* End-of-file from a peer that closed its socket, not just its sending
- * side: nothing written can reach it any more.  On a Unix stream socket
- * POLLHUP means both directions are shut. */
+/* The peer closed its socket, not just its sending side: on a Unix stream
+ * socket POLLHUP means both directions are shut. */
 static bool peer_gone(int fd)
 {
 	struct pollfd pfd = { .fd = fd, .events = 0 };
@@ -269,18 +268,16 @@ static void chan_read_cb(evutil_socket_t fd, short what, void *arg)
 		/* Dropped by received(), or while delivering. */
 	} else if (r < 0) {
 		chan_close(ch, r);
-	} else if (n == 0 && !ch->dead && !ch->closed && ch->ops->eof && !peer_gone(ch->fd)) {
+	} else if (n == 0 && ch->ops->eof && !peer_gone(ch->fd)) {
 		/* Half-closed: frames still held wait for chan_pause(false). */
 		ch->eof = true;
 		event_del(ch->rev);
 		if (!ch->paused)
 			ch->ops->eof(ch->ctx);
-	} else if (n <= 0 && !ch->dead) {
-		chan_close(ch, n == -ENOMEM ? -ENOMEM : (int)n);
+	} else if (n <= 0) {
+		chan_close(ch, (int)n);
 	}
-	ch->busy--;
-	if (ch->dead && !ch->busy)
-		chan_destroy(ch);
+	chan_unbusy(ch);
 }
 
 void chan_drain_input(struct chan *ch)
@@ -296,15 +293,12 @@ void chan_drain_input(struct chan *ch)
 			break;
 	} while (n > 0 && !ch->dead && !ch->closed);
 	acct_in(ch);
-	ch->busy--;
-	if (ch->dead && !ch->busy)
-		chan_destroy(ch);
+	chan_unbusy(ch);
 }
 
-/* report: called from the loop, with nobody up the stack holding the
- * owner, so closed() and drained() may run now.  Otherwise they are left
- * for chan_flush_cb: a caller that writes must be able to go on using (or
- * freeing) what it holds. */
+/* report: called from the loop, so closed() and drained() may run now.
+ * Otherwise they are left for chan_flush_cb: a caller that writes must be
+ * able to go on using (or freeing) what it holds. */
 static void chan_write_some(struct chan *ch, bool report)
 {
 	size_t before = evbuffer_get_length(ch->out);
@@ -347,9 +341,7 @@ static void chan_write_cb(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	ch->busy++;
 	chan_write_some(ch, true);
-	ch->busy--;
-	if (ch->dead && !ch->busy)
-		chan_destroy(ch);
+	chan_unbusy(ch);
 }
 
 static void chan_flush_cb(evutil_socket_t fd, short what, void *arg)
@@ -365,9 +357,7 @@ static void chan_flush_cb(evutil_socket_t fd, short what, void *arg)
 		chan_close(ch, ch->werr);
 	else
 		chan_write_some(ch, true);
-	ch->busy--;
-	if (ch->dead && !ch->busy)
-		chan_destroy(ch);
+	chan_unbusy(ch);
 }
 
 void chan_write_now(struct chan *ch)
@@ -385,8 +375,7 @@ void chan_pause(struct chan *ch, bool pause)
 		return;
 	ch->paused = pause;
 	if (ch->eof) {
-		/* Nothing more to read; frames held are delivered (and the
-		 * end-of-file reported) from the read callback. */
+		/* Frames held (and the end-of-file) go from the read callback. */
 		if (!pause)
 			event_active(ch->rev, EV_READ, 0);
 		return;
@@ -395,8 +384,7 @@ void chan_pause(struct chan *ch, bool pause)
 		event_del(ch->rev);
 	} else {
 		event_add(ch->rev, NULL);
-		/* Frames may already be held: deliver them without waiting for
-		 * the peer to send more. */
+		/* Frames may be held already: do not wait for more. */
 		event_active(ch->rev, EV_READ, 0);
 	}
 }

@@ -1,14 +1,11 @@
 /* chan: one framed MessagePack stream on a non-blocking descriptor, driven
- * by the master's libevent loop.  Client connections and worker channels are
- * both chans: the same framing, limits and back-pressure serve both.
+ * by the master's loop; client connections and worker channels alike.
  *
- * Output is batched: writers append to chan_out() and call chan_flush(),
- * which writes once the callback under way has returned (the same loop
- * turn), so everything it produced leaves in one writev; the write event is
- * armed only while the socket is full.  Peer loss is reported in exactly one place, the
- * closed() callback, and only from a loop callback of the chan itself: no
- * call an owner makes (chan_flush, chan_write_now, chan_pause) calls
- * closed() or drained() under it, so an owner frees itself in one place. */
+ * Writers append to chan_out() and call chan_flush(), which writes once the
+ * callback under way has returned, so all it produced leaves in one
+ * writev.  Peer loss is reported in one place, closed(), and only from a
+ * loop callback of the chan itself: no call an owner makes calls closed()
+ * or drained() under it, so an owner frees itself in one place. */
 #ifndef CHAN_H
 #define CHAN_H
 
@@ -32,12 +29,10 @@ struct chan_ops {
 	void (*closed)(void *ctx, int err);
 	/* Unsent output fell to the low-water mark (possibly zero). */
 	void (*drained)(void *ctx);
-	/* Optional.  The peer will send no more (read end-of-file, every
-	 * whole frame delivered) but still reads (it shut only its sending
-	 * side): the chan stops reading and keeps writing until the owner
-	 * frees it or a write fails (closed()).  May be called again after
-	 * chan_pause(false).  NULL, or a peer that closed its socket
-	 * entirely: the end of the stream is closed(0). */
+	/* Optional.  The peer shut only its sending side and every whole
+	 * frame was delivered: the chan stops reading and keeps writing.  May
+	 * be called again after chan_pause(false).  NULL, or a peer that
+	 * closed its socket entirely: closed(0). */
 	void (*eof)(void *ctx);
 	/* Optional.  Bytes arrived and every whole frame among them was
 	 * delivered: the owner may check what the chan holds
@@ -53,7 +48,6 @@ struct chan *chan_new(struct event_base *base, int fd, const struct mp_frame_lim
 void chan_free(struct chan *ch);
 
 struct evbuffer *chan_out(struct chan *ch);
-/* A packer that appends to the chan's output. */
 void chan_packer(struct chan *ch, msgpack_packer *pk);
 void chan_flush(struct chan *ch);
 size_t chan_out_len(const struct chan *ch);
@@ -61,29 +55,24 @@ size_t chan_out_len(const struct chan *ch);
  * frame being delivered (see mp_frame_take), or NULL when the caller should
  * copy the keep bytes it wants instead. */
 uint8_t *chan_take_frame(struct chan *ch, size_t keep);
-/* The same, checked: when the keep bytes at p lie in the frame ch is
- * delivering right now (its frame() callback is running further up the
- * stack) and it was not taken yet, hands over its buffer; else NULL. */
+/* The same, checked: NULL unless the keep bytes at p lie in the frame ch
+ * is delivering now (further up the stack), not taken yet. */
 uint8_t *chan_take_delivered(struct chan *ch, const void *p, size_t keep);
-/* Counts the bytes the chan holds (its input buffer and unsent output) in
- * *bytes from now on, and in the total of all accounted chans: output as of
- * the last chan_flush() or write, which is why a writer calls chan_flush()
- * once its message is complete. */
+/* Counts the bytes the chan holds (input buffer, unsent output) in *bytes
+ * from now on, and in the total of all accounted chans: output as of the
+ * last chan_flush() or write. */
 void chan_account(struct chan *ch, size_t *bytes);
 size_t chan_accounted_total(void);
 /* Bytes of a frame that has started to arrive and is not whole (0 while
  * paused, when whole frames may wait too). */
 size_t chan_in_partial(const struct chan *ch);
-/* Stops (or resumes) reading and delivering frames. */
 void chan_pause(struct chan *ch, bool pause);
-/* Reads everything the peer has sent so far and delivers its frames now,
- * even when paused: used when a worker's exit is noticed before its last
- * bytes were read.  The closed() callback is not called from here. */
+/* Reads and delivers everything the peer has sent so far, even when
+ * paused: a worker's exit may be noticed before its last bytes are read.
+ * Never calls closed(). */
 void chan_drain_input(struct chan *ch);
-/* Writes what it can now, without waiting (shutdown path, a client being
- * dropped).  Never calls back: a write error or drained output is
- * reported later from the loop, so the caller may go on using the chan
- * and its owner, and free them, after this returns. */
+/* Writes what it can now (shutdown, a client being dropped).  Never calls
+ * back: a write error or drained output is reported later from the loop. */
 void chan_write_now(struct chan *ch);
 
 #endif

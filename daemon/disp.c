@@ -1,14 +1,12 @@
-/* disp: jobs and their lifecycle.  A job is made from a request, fed
- * (streamed maps), answered, failed, cancelled or left by its client; the
- * results its workers report enter here and go on to disp_out.c. */
+/* disp: jobs and their lifecycle, from request to answer; the results
+ * workers report enter here and go on to disp_out.c. */
 #include "disp_int.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include <mpool/error.h>
-#include "config.h"
 #include "log.h"
 #include "master.h"         /* now_ms */
 #include "mem.h"
@@ -225,8 +223,8 @@ void disp_detach(struct job *job)
 		job_free(job);
 }
 
-/* Answers a job with an error and lets it go; chunks still running for it
- * report back into the detached job, which frees itself at the last one. */
+/* Chunks still running report back into the detached job, which frees
+ * itself at the last one. */
 static void job_fail(struct job *job, int code, const char *msg)
 {
 	sched_detach(job);
@@ -258,7 +256,6 @@ void disp_fail_all(int code, const char *msg)
 		job_fail(job, code, msg);
 }
 
-/* Answers a job whose every item has been answered and whose input ended. */
 void disp_fail_queued(int code, const char *msg)
 {
 	struct job *job;
@@ -268,6 +265,7 @@ void disp_fail_queued(int code, const char *msg)
 		job_fail(job, code, msg);
 }
 
+/* Answers a job whose every item has been answered and whose input ended. */
 static void job_maybe_done(struct job *job)
 {
 	if (!job->conn || job->streaming || job->emitted < job->n_items)
@@ -289,46 +287,56 @@ void job_chunk_ended(struct job *job)
 	job_maybe_done(job);
 }
 
-static void chunk_advance(struct chunk *ck, uint32_t n)
+/* Delivers a piece of results for the items at the start of ck. */
+static void chunk_piece(struct chunk *ck, const struct wmsg_result *res,
+			const struct disp_results_buf *buf)
 {
-	const uint8_t *start;
-	size_t len;
-
-	seg_slice(&ck->items, &ck->items_len, n, &start, &len);
-	ck->first += n;
-	ck->count -= n;
+	if (ck->batch)
+		batch_piece(ck->batch, res);
+	else
+		out_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
+			  res->errors, res->errors_len, res->n_errors, buf);
 }
 
 void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res,
 		     const struct disp_results_buf *buf)
 {
-	if (ck->batch) {
-		batch_piece(ck->batch, res);
-		chunk_advance(ck, res->n_results);
-		/* Answered members may be freed already: the chunk names the
-		 * member it is running now (a part never covers the last). */
+	chunk_piece(ck, res, buf);
+	seg_slice(&ck->items, &ck->items_len, res->n_results, NULL, NULL);
+	ck->first += res->n_results;
+	ck->count -= res->n_results;
+	/* Answered members may be freed already: the chunk names the member
+	 * it is running now (a part never covers the last). */
+	if (ck->batch)
 		ck->job = batch_current(ck->batch);
-		return;
-	}
-	out_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
-		  res->errors, res->errors_len, res->n_errors, buf);
-	chunk_advance(ck, res->n_results);
 }
 
 void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res,
 		     const struct disp_results_buf *buf)
 {
+	chunk_piece(ck, res, buf);
 	if (ck->batch) {
-		batch_piece(ck->batch, res);
 		batch_free(ck->batch);
-		disp_schedule();
-		return;
+	} else {
+		seg_unref(ck->job, ck->seg);
+		job_chunk_ended(ck->job);
 	}
-	out_piece(ck->job, ck->first, res->n_results, res->results, res->results_len,
-		  res->errors, res->errors_len, res->n_errors, buf);
-	seg_unref(ck->job, ck->seg);
-	job_chunk_ended(ck->job);
 	disp_schedule();
+}
+
+void job_retry(struct job *job, const struct chunk *ck, uint32_t attempt)
+{
+	struct retry *r = xcalloc(1, sizeof(*r));
+
+	r->first = ck->first;
+	r->count = ck->count;
+	r->attempt = attempt;
+	r->seg = ck->seg;
+	r->items = ck->items;
+	r->items_len = ck->items_len;
+	*job->retry_tail = r;
+	job->retry_tail = &r->next;
+	sched_requeue(job);
 }
 
 void disp_chunk_lost(struct chunk *ck, int code, const char *msg)
@@ -341,21 +349,11 @@ void disp_chunk_lost(struct chunk *ck, int code, const char *msg)
 		return;
 	}
 	if (ck->count > 0 && job->conn && ck->attempt < job->retries) {
-		struct retry *r = xcalloc(1, sizeof(*r));
-
-		r->first = ck->first;
-		r->count = ck->count;
-		r->attempt = ck->attempt + 1;
-		r->seg = ck->seg;          /* the chunk's reference moves here */
-		r->items = ck->items;
-		r->items_len = ck->items_len;
-		*job->retry_tail = r;
-		job->retry_tail = &r->next;
+		job_retry(job, ck, ck->attempt + 1);
 		log_info("job %llu: rerunning items %llu..%llu (retry %u of %u): %s",
 			 (unsigned long long)job->id, (unsigned long long)ck->first,
-			 (unsigned long long)(ck->first + ck->count - 1), r->attempt,
+			 (unsigned long long)(ck->first + ck->count - 1), ck->attempt + 1,
 			 job->retries, msg);
-		sched_requeue(job);
 	} else {
 		if (ck->count > 0)
 			out_fail_chunk(ck, code, msg);

@@ -24,20 +24,16 @@ struct mp_cur;
 struct worker;
 struct chunk;
 
-/* What the dispatcher needs of the rest of the daemon, in both directions:
- * clients (a struct conn is only a handle here) and workers (likewise).
- * The daemon passes disp_daemon_ops; tests pass fakes, so the dispatcher
- * runs alone.
+/* What the dispatcher needs of clients and workers (both opaque handles
+ * here); tests pass fakes, so the dispatcher runs alone.
  *
  * Hand-off.  disp_submit, disp_feed, disp_cancel, disp_schedule,
- * disp_chunk_done and disp_chunk_lost schedule before they return: under
- * them the dispatcher calls idle, quota_left and run, on any idle worker,
- * the one whose chunk just ended included, as well as the client calls.
+ * disp_chunk_done and disp_chunk_lost schedule before they return, and may
+ * call run on any idle worker, the one whose chunk just ended included;
  * disp_chunk_part, disp_detach, disp_fail_all and disp_fail_queued never
- * schedule.  So whoever reports a chunk's end (the pool, from inside the
- * worker channel's frame callback) first finishes with that worker: marks
- * it idle, or leaving if it must go, and touches it no more after the
- * call.  No ops call calls back into the dispatcher. */
+ * do.  So whoever reports a chunk's end first finishes with that worker
+ * (idle, or leaving) and touches it no more after the call.  No ops call
+ * calls back into the dispatcher. */
 struct disp_ops {
 	/* Clients. */
 	uid_t (*uid)(const struct conn *c);
@@ -59,33 +55,27 @@ struct disp_ops {
 	/* Workers. */
 	struct worker *(*idle)(void);        /* an idle worker, or NULL */
 	uint64_t (*quota_left)(const struct worker *w);   /* UINT64_MAX: none */
-	/* Starts ck on w, which is busy until the dispatcher hears of the
-	 * chunk again (disp_chunk_done or disp_chunk_lost, later). */
+	/* w is busy until disp_chunk_done or disp_chunk_lost, later. */
 	void (*run)(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len);
-	/* Kills the workers running chunks of job; each reports
-	 * disp_chunk_lost later. */
+	/* Each killed worker reports disp_chunk_lost later. */
 	void (*kill_job)(const struct job *job);
 
-	/* cluster (cluster.h): the outlet takes chunks of shared jobs like a
-	 * worker while it has room; it ends each chunk later with
-	 * disp_chunk_part/done/lost as a worker would.  NULL: no cluster. */
+	/* cluster: the outlet takes chunks of shared jobs like a worker while
+	 * it has room, and ends each as a worker would.  NULL: no cluster. */
 	bool (*outlet_room)(void);
 	void (*outlet_run)(const struct chunk *ck, const char *fn, uint32_t fn_len);
-	/* Workers behind the outlet: a shared job's reorder window counts
-	 * them beside this node's. */
+	/* Workers behind the outlet: a shared job's reorder window counts them. */
 	unsigned (*outlet_workers)(void);
 	/* The job's client left: the outlet stops its chunks elsewhere. */
 	void (*outlet_stop)(const struct job *job);
 
-	/* Something status shows changed; a job ended (shutdown waits for
-	 * the last). */
+	/* Something status shows changed; a job ended (shutdown waits). */
 	void (*changed)(void);
 	void (*job_gone)(void);
 };
 
-/* The daemon's: conn.c, pool.c, chan.c and master.c. */
 extern const struct disp_ops disp_daemon_ops;
-/* Sets the dispatcher's ops (kept by reference); before any other call. */
+/* Kept by reference; before any other call. */
 void disp_init(const struct disp_ops *ops);
 
 /* A chunk in flight, held by the worker running it.  Parts the worker
@@ -109,8 +99,7 @@ struct job_spec {
 	bool ordered;
 	uint64_t msgid;
 	uint32_t chunksize;          /* 0: the default rule */
-	uint32_t timeout_ms;         /* per item; 0: none (conn.c fills in
-				      * --task-timeout when a request sets none) */
+	uint32_t timeout_ms;         /* per item; 0: none (--task-timeout is the default) */
 	uint32_t retries;            /* reruns of a lost chunk */
 	bool stream;                 /* more items follow in "feed" messages */
 	bool admin;                  /* the client is an admin: no per-uid share */
@@ -130,10 +119,8 @@ struct job_spec {
 };
 
 /* Items of a request at least this large are adopted with their read
- * buffer rather than copied; chunks at least this large go to a worker by
- * reference rather than copied into its channel. */
+ * buffer rather than copied. */
 #define DISP_ADOPT_MIN (64u * 1024)
-#define DISP_REF_MIN 4096u
 
 /* A request's items are walked once, on arrival: the walk notes where every
  * DISP_MARK_EVERY-th item ends, and chunks are cut at those marks plus a
@@ -148,25 +135,20 @@ int disp_walk_items(struct mp_cur *c, uint64_t n, const uint8_t **ret_items,
 /* Python's rule, ceil(n / (4 * workers)), capped at DISP_CHUNK_MAX and at
  * least 1. */
 #define DISP_CHUNK_MAX 4096
-/* Default-sized chunks also stop at this many bytes of items. */
-#define DISP_CHUNK_BYTES (1u << 20)
 uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers);
 /* How many items the next chunk takes: the chunksize, bounded by the items
  * left and by the worker's remaining task quota (UINT64_MAX: none). */
 uint32_t disp_chunk_take(uint32_t chunksize, uint64_t items_left, uint64_t quota_left);
-/* The chunksize a job made from spec will use. */
 uint32_t disp_spec_chunksize(const struct job_spec *spec);
 
 /* Whether add more queued chunks from uid fit --max-queued-chunks and, for
- * one who is no admin, uid's share (--max-queued-chunks-per-uid) and what
- * is left once --admin-queued-chunks is kept back.  0, or -ENOSPC with the
- * reason in why. */
+ * a non-admin, uid's share and what --admin-queued-chunks leaves.  0, or
+ * -ENOSPC with the reason in why. */
 int disp_queue_check(uid_t uid, bool admin, uint64_t add, char *why, size_t size);
-/* status: the queued-chunk limits and each uid's queued chunks. */
 void disp_pack_queue(msgpack_packer *pk);
 
-/* Creates a job from spec (its items are copied, or spec->buf adopted).  The job answers conn
- * when done; NULL when it was answered at once (an empty map). */
+/* Items are copied, or spec->buf adopted.  NULL when the job was answered
+ * at once (an empty map). */
 struct job *disp_submit(struct conn *conn, const struct job_spec *spec);
 /* A streamed map's next n_items items (copied), with the marks of their
  * walk.  0, or after failing the job: -EPROTO (past its credit), -ENOSPC
@@ -174,23 +156,19 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec);
 int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t n_items,
 	      const size_t *marks, bool end);
 bool disp_job_streaming(const struct job *job);
-/* Input bytes the job holds (its items not yet answered). */
+/* Input bytes held (items not yet answered): by the job; by all jobs,
+ * those of departed clients included. */
 size_t disp_job_bytes(const struct job *job);
-/* Input bytes all jobs hold, those of departed clients included. */
 size_t disp_bytes_held(void);
-/* Workers running chunks of this job are killed (cancel with kill). */
 void disp_kill_running(struct job *job);
 /* The client is gone: drop what is queued, discard what is in flight. */
 void disp_detach(struct job *job);
-/* Fails every job with an error response (terminate). */
 void disp_fail_all(int code, const char *msg);
-
-/* Hands chunks to idle workers while there are both. */
 void disp_schedule(void);
 
-/* Where a worker's results lie, so that large ones are adopted rather
- * than copied: take(ctx, p, len) hands over the buffer holding those bytes
- * (the caller's to free()), or returns NULL.  A NULL buf: always copy. */
+/* Where a worker's results lie, so that large ones are adopted rather than
+ * copied: take() hands over the buffer holding p (the caller's to free()),
+ * or returns NULL.  A NULL buf: always copy. */
 struct disp_results_buf {
 	uint8_t *(*take)(void *ctx, const uint8_t *p, size_t len);
 	void *ctx;
@@ -200,37 +178,29 @@ struct disp_results_buf {
  * past them.  The chunk is still running; nothing is scheduled. */
 void disp_chunk_part(struct chunk *ck, const struct wmsg_result *res,
 		     const struct disp_results_buf *buf);
-/* Appends the chunk's items to a worker channel's output: by reference
- * when large (the bytes live until out has sent or dropped them, even past
- * the job's end), else copied.  0 or -ENOMEM. */
+/* By reference when large (the bytes live until out has sent or dropped
+ * them, even past the job's end), else copied.  0 or -ENOMEM. */
 struct evbuffer;
 int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out);
-/* A worker finished its chunk (res holds the rest of its results).  Then
- * schedules (see "Hand-off" above): the caller has finished with the
- * worker. */
+/* res holds the rest of the chunk's results.  Schedules ("Hand-off"). */
 void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res,
 		     const struct disp_results_buf *buf);
 /* The chunk's worker died or timed out: its unanswered items are rerun
  * elsewhere if the request allows retries, else each fails with code/msg.
  * Then schedules, as disp_chunk_done. */
 void disp_chunk_lost(struct chunk *ck, int code, const char *msg);
-/* Per-item timeout of the job (0: none). */
 uint32_t disp_job_timeout(const struct job *job);
-/* Reruns allowed per lost chunk (the request's retries). */
 uint32_t disp_job_retries(const struct job *job);
 /* No worker can run anything: fail every job that has work waiting. */
 void disp_fail_queued(int code, const char *msg);
-/* True when some job has items waiting for a worker. */
 bool disp_has_queued(void);
 
 uint64_t disp_job_id(const struct job *job);
 /* The open job with this id, or NULL. */
 struct job *disp_find(uint64_t id);
 struct conn *disp_job_conn(const struct job *job);
-/* Fails the job with code/msg now (cancel); work still running for it is
- * discarded when it ends. */
+/* Work still running for the job is discarded when it ends. */
 void disp_cancel(struct job *job, int code, const char *msg);
-/* status: the open jobs. */
 void disp_pack_jobs(msgpack_packer *pk);
 uint64_t disp_job_msgid(const struct job *job);
 unsigned disp_active(void);          /* jobs not yet answered or freed */

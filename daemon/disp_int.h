@@ -1,7 +1,6 @@
-/* The dispatcher's own header, shared by its files and nothing else:
- * disp.c jobs and their lifecycle (job_), disp_seg.c their input (seg_),
- * disp_sched.c turns and batches (sched_, batch_), disp_out.c results on
- * their way to clients (out_).  The rest of the daemon sees disp.h. */
+/* The dispatcher's own header: disp.c jobs (job_), disp_seg.c their input
+ * (seg_), disp_sched.c turns and batches (sched_, batch_), disp_out.c
+ * results on their way to clients (out_). */
 #ifndef DISP_INT_H
 #define DISP_INT_H
 
@@ -11,7 +10,6 @@
 struct rr_client;
 struct held;
 
-/* What the dispatcher talks to (disp_init). */
 extern const struct disp_ops *disp_io;
 
 /* The unanswered items of a lost chunk, waiting to run again. */
@@ -63,6 +61,8 @@ struct job {
 /* disp.c.  A chunk of the job stopped running (done, failed or requeued);
  * may free the job. */
 void job_chunk_ended(struct job *job);
+/* Queues ck's items to run again; ck's segment reference moves there. */
+void job_retry(struct job *job, const struct chunk *ck, uint32_t attempt);
 
 /* disp_seg.c.  A segment of count items (copied, or buf adopted: the read
  * buffer holding them), appended to the job's input. */
@@ -73,7 +73,7 @@ struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
 void seg_unref(struct job *job, struct seg *sg);
 /* Frees every segment of a job being freed. */
 void seg_free_all(struct job *job);
-/* Slices n whole items off a raw item run. */
+/* Slices n whole items off a raw item run (ret_ may be NULL). */
 void seg_slice(const uint8_t **items, size_t *len, uint32_t n, const uint8_t **ret_start,
 	       size_t *ret_len);
 /* Carves the job's next chunk for a worker with quota tasks left: a lost
@@ -88,15 +88,13 @@ void sched_detach(struct job *job);
 void sched_requeue(struct job *job);
 /* The job's queued chunks changed: updates the counts the limits read. */
 void sched_account(struct job *job);
-/* The job at the head of the run queue, or NULL. */
 struct job *sched_first_queued(void);
-/* The uid whose share the job's queued chunks count in. */
 uid_t sched_uid(const struct job *job);
 /* A batch's worker reported res->n_results more members; or is gone. */
 void batch_piece(struct batch *b, const struct wmsg_result *res);
 void batch_lost(struct batch *b, int code, const char *msg);
 void batch_free(struct batch *b);
-/* The job a batch's worker is running now. */
+/* The member a batch's worker is running now. */
 struct job *batch_current(const struct batch *b);
 
 /* disp_out.c.  Delivers results for items first..first+count-1: now, or
@@ -106,9 +104,7 @@ void out_piece(struct job *job, uint64_t first, uint32_t count, const uint8_t *r
 	       const struct disp_results_buf *buf);
 /* Fails every unanswered item of a chunk with the same error. */
 void out_fail_chunk(struct chunk *ck, int code, const char *msg);
-/* Grants a streamed map's client credit, if room opened. */
 void out_grant(struct job *job);
-/* Frees the results an ordered job holds. */
 void out_free_held(struct job *job);
 
 #endif

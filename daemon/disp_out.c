@@ -42,10 +42,10 @@ void out_free_held(struct job *job)
 	job->held = NULL;
 }
 
-/* Credit-based flow control of a streamed map: the client may have at most
- * --stream-window items sent and unanswered, so the master holds a bounded
- * input whatever the map's length.  Grants go out in batches of at least a
- * quarter window, and not while the held input passes its byte bound. */
+/* Grants a streamed map's client credit, if room opened.  It may have at
+ * most --stream-window items sent and unanswered, so the master holds a
+ * bounded input whatever the map's length.  Grants go out in batches of at
+ * least a quarter window. */
 void out_grant(struct job *job)
 {
 	uint64_t window = cfg.stream_window, outstanding, left, room;
@@ -77,7 +77,7 @@ void out_grant(struct job *job)
 	disp_io->send_credit(job->conn, job->msgid, room);
 }
 
-/* owned: see conn_send_chunk; taken in any case. */
+/* owned: as for send_chunk; taken in any case. */
 static void out_emit(struct job *job, uint64_t first, uint32_t count,
 		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
 		     uint8_t *owned)
@@ -89,9 +89,8 @@ static void out_emit(struct job *job, uint64_t first, uint32_t count,
 	job->emitted += count;
 }
 
-/* Large results still in the buffer they arrived in: the job takes that
- * buffer and the client's output refers to it, rather than copying every
- * byte (NULL: copy). */
+/* Large results are adopted with the buffer they arrived in, not copied
+ * (NULL: copy). */
 static uint8_t *out_take_results(const struct disp_results_buf *buf,
 				 const uint8_t *results, size_t rlen)
 {
@@ -99,8 +98,8 @@ static uint8_t *out_take_results(const struct disp_results_buf *buf,
 }
 
 void out_piece(struct job *job, uint64_t first, uint32_t count,
-		      const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
-		      uint32_t n_errors, const struct disp_results_buf *buf)
+	       const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
+	       uint32_t n_errors, const struct disp_results_buf *buf)
 {
 	job->failed += n_errors;
 	tasks_failed += n_errors;

@@ -1,7 +1,5 @@
-/* disp_sched: whose turn it is.  The run queue takes turns across uids,
- * their connections and their jobs; the queued-chunk limits are checked
- * against it; and single-item applies waiting behind one that runs are
- * batched into its chunk. */
+/* disp_sched: whose turn it is (the run queue), the queued-chunk limits,
+ * and batches of single-item applies. */
 #include "disp_int.h"
 
 #include <errno.h>
@@ -13,11 +11,10 @@
 #include "mem.h"
 #include "mp_rpc.h"
 
-/* The run queue takes turns on three levels: uids, then a uid's
- * connections, then a connection's jobs.  Each level is a queue of those
- * with work, and the one served goes to the back of its queue, so a uid
- * with many connections, or a connection with many maps, gets one turn
- * like anyone else.  Nodes live while a job of theirs is attached. */
+/* Turns on three levels: uids, a uid's connections, a connection's jobs.
+ * The one served goes to the back of its queue, so a uid with many
+ * connections, or a connection with many maps, gets one turn like anyone
+ * else.  Nodes live while a job of theirs is attached. */
 struct rr_user {
 	uid_t uid;
 	uint64_t qchunks;          /* its jobs' share of queued_chunks */
@@ -46,9 +43,6 @@ static TAILQ_HEAD(, rr_client) all_clients = TAILQ_HEAD_INITIALIZER(all_clients)
  * limit check runs on every request and must not walk the queue. */
 static uint64_t queued_chunks;
 
-static void sched_unqueue(struct job *job);
-static bool job_runnable(const struct job *job);
-
 void sched_account(struct job *job)
 {
 	uint64_t c = job->queued && job->n_items > job->next_index
@@ -70,9 +64,9 @@ static struct rr_user *rr_user_find(uid_t uid)
 	return NULL;
 }
 
-/* The node of conn's turns, made on its first job.  A node is freed with
- * its last attached job, and a connection's jobs are all detached before
- * it closes, so a node's conn is always the live connection. */
+/* Made on conn's first job, freed with its last attached one; a
+ * connection's jobs are all detached before it closes, so a node's conn is
+ * always the live connection. */
 static struct rr_client *rr_client_get(const struct conn *conn, uid_t uid)
 {
 	struct rr_client *cl;
@@ -124,21 +118,6 @@ uid_t sched_uid(const struct job *job)
 	return job->client->user->uid;
 }
 
-/* The client (and its uid) just had a turn: to the back of their queues. */
-static void rr_turn_taken(struct rr_client *cl)
-{
-	struct rr_user *u = cl->user;
-
-	if (cl->queued) {
-		TAILQ_REMOVE(&u->clients, cl, q);
-		TAILQ_INSERT_TAIL(&u->clients, cl, q);
-	}
-	if (u->queued) {
-		TAILQ_REMOVE(&runq, u, q);
-		TAILQ_INSERT_TAIL(&runq, u, q);
-	}
-}
-
 static bool job_has_work(const struct job *job)
 {
 	return job->retry_head || job->next_index < job->n_items;
@@ -149,8 +128,6 @@ bool disp_has_queued(void)
 	return !TAILQ_EMPTY(&runq);
 }
 
-/* Puts a job with work at the back of its client's queue (and the client
- * and its uid at the back of theirs, if they had no work queued). */
 void sched_requeue(struct job *job)
 {
 	struct rr_client *cl = job->client;
@@ -194,8 +171,7 @@ static void sched_unqueue(struct job *job)
 	}
 }
 
-/* The job leaves the run queue for good (answered, failed, or its client
- * gone); chunks still running for it need no turn. */
+/* Chunks still running for the job need no turn. */
 void sched_detach(struct job *job)
 {
 	sched_unqueue(job);
@@ -250,9 +226,8 @@ void disp_pack_queue(msgpack_packer *pk)
 	msgpack_pack_uint64(pk, cfg.max_queued_chunks_per_uid);
 	mp_pack_cstr(pk, "admin_chunks");
 	msgpack_pack_uint64(pk, cfg.admin_queued_chunks);
-	/* Only uids with chunks queued: a uid's entry goes with its work.
-	 * An array of maps, not a map keyed by uid: strict decoders take
-	 * only string keys. */
+	/* Only uids with chunks queued.  An array of maps, not a map keyed
+	 * by uid: strict decoders take only string keys. */
 	mp_pack_cstr(pk, "by_uid");
 	msgpack_pack_array(pk, n);
 	TAILQ_FOREACH(u, &all_users, all)
@@ -292,26 +267,18 @@ static bool job_runnable(const struct job *job)
 	return job->retry_head || (job->next_index < job->n_items && job_window_open(job));
 }
 
-/* Batches.  A pipelining client can have many one-item applies queued; run
- * one by one, each costs a worker wake-up and two master wake-ups.  Applies
- * of the same function and options waiting behind one that is dispatched
- * ride in its chunk instead.  A batch holds items no other worker can start
- * until it ends, so it is kept fair:
- * - only the dispatched apply's own connection contributes, and only while
- *   no other client has work waiting, so nobody's apply sits behind
- *   another's backlog;
- * - it takes at most what Python's chunk rule gives one chunk of that
- *   connection's waiting applies, ceil(n / (4 * workers)), so the rest
- *   stays queued for every other worker, and a client that comes later
- *   waits for at most one such batch on one worker. */
+/* Batches.  One-item applies of the same function and options, queued
+ * behind one that is dispatched, ride in its chunk: run one by one, each
+ * costs a worker wake-up and two master wake-ups.  A batch holds items no
+ * other worker can start, so it is kept fair: only that apply's own
+ * connection contributes, only while no other client has work waiting,
+ * and at most one chunk's worth by Python's rule of what is waiting, so
+ * the rest stays queued for the other workers. */
 #define BATCH_MAX 256
 
 struct batch {
 	uint32_t n, done;          /* members, and how many are answered */
-	struct job **jobs;         /* member i: the job of item i */
-	struct seg **segs;         /* the segment each member's item lives in */
-	const uint8_t **item;      /* each member's item, in its segment */
-	size_t *item_len;
+	struct chunk *members;     /* each apply's own one-item chunk */
 	uint8_t *items;            /* the members' items back to back (owned) */
 };
 
@@ -324,10 +291,7 @@ static bool batchable(const struct job *a, const struct job *b)
 
 void batch_free(struct batch *b)
 {
-	free(b->jobs);
-	free(b->segs);
-	free(b->item);
-	free(b->item_len);
+	free(b->members);
 	free(b->items);
 	free(b);
 }
@@ -336,7 +300,7 @@ void batch_free(struct batch *b)
  * quota tasks left: gathers batchable applies into it. */
 static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 {
-	size_t total = 0;
+	size_t total;
 	uint32_t waiting = 0, scanned = 0, limit, n = 1;
 	struct rr_client *cl = first->client;
 	struct job *j, *next;
@@ -362,35 +326,22 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 	if (waiting == 0 || limit < 2)
 		return;
 	b = xcalloc(1, sizeof(*b));
-	b->jobs = xmalloc(limit * sizeof(*b->jobs));
-	b->segs = xmalloc(limit * sizeof(*b->segs));
-	b->item = xmalloc(limit * sizeof(*b->item));
-	b->item_len = xmalloc(limit * sizeof(*b->item_len));
-	b->jobs[0] = first;
-	b->segs[0] = ck->seg;
-	b->item[0] = ck->items;
-	b->item_len[0] = ck->items_len;
+	b->members = xcalloc(limit, sizeof(*b->members));
+	b->members[0] = *ck;
+	total = ck->items_len;
 	for (j = TAILQ_FIRST(&cl->jobs); j && n < limit; j = next) {
-		struct chunk one;
-
 		next = TAILQ_NEXT(j, runq);
-		if (j == first || !batchable(first, j) || !seg_next_chunk(j, 1, &one))
+		if (j == first || !batchable(first, j) || !seg_next_chunk(j, 1, &b->members[n]))
 			continue;
 		j->inflight++;
 		sched_unqueue(j);
-		b->jobs[n] = j;
-		b->segs[n] = one.seg;
-		b->item[n] = one.items;
-		b->item_len[n] = one.items_len;
-		n++;
+		total += b->members[n++].items_len;
 	}
-	for (uint32_t i = 0; i < n; i++)
-		total += b->item_len[i];
 	b->items = xmalloc(total);
 	total = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		memcpy(b->items + total, b->item[i], b->item_len[i]);
-		total += b->item_len[i];
+		memcpy(b->items + total, b->members[i].items, b->members[i].items_len);
+		total += b->members[i].items_len;
 	}
 	b->n = n;
 	ck->batch = b;
@@ -402,11 +353,11 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 
 struct job *batch_current(const struct batch *b)
 {
-	return b->jobs[b->done];
+	return b->members[b->done].job;
 }
 
-/* Answers the batch members a piece of results covers.  The worker counted
- * the batch's items from 0, so an error's index is its member's place. */
+/* The worker counted the batch's items from 0, so an error's index is its
+ * member's place. */
 void batch_piece(struct batch *b, const struct wmsg_result *res)
 {
 	static const uint8_t none[1] = { 0x90 };
@@ -419,7 +370,7 @@ void batch_piece(struct batch *b, const struct wmsg_result *res)
 		abort();             /* wmsg_parse_from_worker checked both */
 	for (uint32_t i = 0; i < res->n_results; i++) {
 		uint32_t k = b->done + i;
-		struct job *job = b->jobs[k];
+		struct job *job = b->members[k].job;
 		const uint8_t *r, *e = NULL;
 		size_t rl, el = 0;
 		uint8_t *rb, *eb = NULL;
@@ -446,40 +397,29 @@ void batch_piece(struct batch *b, const struct wmsg_result *res)
 		out_piece(job, 0, 1, rb, rl + 1, e ? eb : none, e ? el + 1 : 1, e ? 1 : 0, NULL);
 		free(rb);
 		free(eb);
-		seg_unref(job, b->segs[k]);
+		seg_unref(job, b->members[k].seg);
 		job_chunk_ended(job);
 	}
 	b->done += res->n_results;
 }
 
-/* The batch's worker is gone.  A batch's worker reports every member as it
- * finishes (wmsg "each"), so the first unanswered member is the one it was
- * running: that one fails (batched applies ask for no retries).  The members
- * after it never started, and may belong to other clients: they go back to
- * the queue untouched, so one task's crash costs nobody else their work. */
+/* A batch's worker reports every member as it finishes (wmsg "each"), so
+ * the first unanswered member is the one it was running: that one fails
+ * (batched applies ask for no retries).  Those after it never started and
+ * go back to the queue, so one task's crash costs nobody else their work. */
 void batch_lost(struct batch *b, int code, const char *msg)
 {
 	for (uint32_t k = b->done; k < b->n; k++) {
-		struct job *job = b->jobs[k];
+		struct chunk *one = &b->members[k];
+		struct job *job = one->job;
 
 		if (k > b->done && job->conn) {
-			struct retry *r = xcalloc(1, sizeof(*r));
-
-			r->first = 0;
-			r->count = 1;
-			r->seg = b->segs[k];       /* the member's reference moves here */
-			r->items = b->item[k];
-			r->items_len = b->item_len[k];
-			*job->retry_tail = r;
-			job->retry_tail = &r->next;
+			job_retry(job, one, 0);
 			job->inflight--;
-			sched_requeue(job);
 			continue;
 		}
-		struct chunk one = { .job = job, .first = 0, .count = 1 };
-
-		out_fail_chunk(&one, code, msg);
-		seg_unref(job, b->segs[k]);
+		out_fail_chunk(one, code, msg);
+		seg_unref(job, one->seg);
 		job_chunk_ended(job);
 	}
 	batch_free(b);
@@ -507,49 +447,48 @@ static struct job *next_runnable(bool shared_only)
 	return NULL;
 }
 
+/* The job's next chunk, for a worker with quota tasks left, or NULL.
+ * shared_only: as for next_runnable.  The job, its client and its uid go
+ * to the back of their lines. */
+static struct job *take_turn(bool shared_only, uint64_t quota, struct chunk *ck)
+{
+	struct job *job = next_runnable(shared_only);
+	struct rr_client *cl;
+
+	ck->batch = NULL;
+	if (!job || !seg_next_chunk(job, quota, ck))
+		return NULL;
+	job->inflight++;
+	cl = job->client;
+	sched_unqueue(job);
+	sched_requeue(job);
+	if (cl->queued) {
+		TAILQ_REMOVE(&cl->user->clients, cl, q);
+		TAILQ_INSERT_TAIL(&cl->user->clients, cl, q);
+	}
+	if (cl->user->queued) {
+		TAILQ_REMOVE(&runq, cl->user, q);
+		TAILQ_INSERT_TAIL(&runq, cl->user, q);
+	}
+	return job;
+}
+
 void disp_schedule(void)
 {
 	struct worker *w;
+	struct job *job;
+	struct chunk ck;
 
 	disp_io->changed();
-	while ((w = disp_io->idle())) {
-		struct rr_client *cl;
-		struct job *job;
-		struct chunk ck;
-
-		if (!(job = next_runnable(false)))
-			break;       /* the outlet may still take shared work */
-		ck.batch = NULL;
-		if (!seg_next_chunk(job, disp_io->quota_left(w), &ck))
-			return;      /* a worker at its quota is never idle */
-		job->inflight++;
-		/* Round robin: the job, its client and its uid go to the back of
-		 * their lines. */
-		cl = job->client;
-		sched_unqueue(job);
-		sched_requeue(job);
-		rr_turn_taken(cl);
+	/* A worker at its quota is never idle, so no chunk means no job. */
+	while ((w = disp_io->idle()) && (job = take_turn(false, disp_io->quota_left(w), &ck))) {
 		batch_gather(job, &ck, disp_io->quota_left(w));
 		disp_io->run(w, &ck, job->fn, job->fn_len);
 	}
 	/* cluster: what local workers left of shared jobs goes to the
 	 * outlet, a worker of its own kind, while it has room. */
-	while (disp_io->outlet_room && disp_io->outlet_room()) {
-		struct rr_client *cl;
-		struct job *job;
-		struct chunk ck;
-
-		if (!(job = next_runnable(true)))
-			return;
-		ck.batch = NULL;
-		if (!seg_next_chunk(job, UINT64_MAX, &ck))
-			return;
-		job->inflight++;
-		cl = job->client;
-		sched_unqueue(job);
-		sched_requeue(job);
-		rr_turn_taken(cl);
+	while (disp_io->outlet_room && disp_io->outlet_room() &&
+	       (job = take_turn(true, UINT64_MAX, &ck)))
 		disp_io->outlet_run(&ck, job->fn, job->fn_len);
-	}
 }
 

@@ -1,12 +1,9 @@
-/* disp_seg: a job's input.  Segments hold the items as they arrived (the
- * request's own, then one per "feed"); chunks are carved from them, lost
- * chunks' items rerun from their retries, and the bytes held are counted
- * for the memory budget. */
+/* disp_seg: a job's input, kept as it arrived; chunks are carved from it
+ * and the bytes held are counted for the memory budget. */
 #include "disp_int.h"
 
 #include <errno.h>
 #include <stdlib.h>
-#include <string.h>
 #include <event2/buffer.h>
 
 #include "config.h"
@@ -14,20 +11,26 @@
 #include "mem.h"
 #include "mp_rpc.h"
 
-/* The memory a segment's items live in.  Worker channels send chunks of
- * it by reference, and a channel may still hold such bytes after the job
- * is gone (a worker killed before it read its chunk), so it is counted on
- * its own: the segment holds one reference, each chunk queued on a channel
- * another. */
+/* Chunks at least this large go to a worker by reference rather than
+ * copied into its channel: smaller ones cost less to copy than a
+ * reference costs to set up. */
+#define DISP_REF_MIN 4096u
+/* Default-sized chunks (not a chunksize the client chose) also stop at
+ * this many bytes of items, so that large items do not make chunks whose
+ * results outgrow the frame limit. */
+#define DISP_CHUNK_BYTES (1u << 20)
+
+/* The memory a segment's items live in, counted on its own: a worker
+ * channel may still hold chunks of it by reference after the job is gone
+ * (a worker killed before it read its chunk). */
 struct seg_mem {
 	unsigned refs;
 	void *buf;                 /* owned: a copy, or the adopted read buffer */
 };
 
-/* A run of a job's items as they arrived: the request's own items, then one
- * segment per "feed" of a streamed map.  It lives while items of it are
- * queued, running or waiting for a retry (refs), so a streamed map holds
- * only the input its workers have not finished. */
+/* The request's own items, or one "feed" of a streamed map.  It lives
+ * while items of it are queued, running or waiting for a retry, so a
+ * streamed map holds only the input its workers have not finished. */
 struct seg {
 	const uint8_t *frame;      /* the items' bytes, in mem */
 	struct seg_mem *mem;
@@ -40,7 +43,6 @@ struct seg {
 	struct seg *next;
 };
 
-/* Input bytes every job holds, its client gone or not (the byte budget). */
 static size_t held_bytes;
 
 uint32_t disp_auto_chunksize(uint64_t n_items, unsigned workers)
@@ -112,7 +114,6 @@ static void seg_mem_cleanup(const void *data, size_t len, void *arg)
 	seg_mem_unref(arg);
 }
 
-/* buf: the read buffer holding items, adopted; NULL to copy them. */
 struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
 			   uint64_t count, const size_t *marks, uint8_t *buf)
 {
@@ -151,12 +152,11 @@ struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
 	return sg;
 }
 
-void seg_unref(struct job *job, struct seg *sg)
+/* Unlinks sg from the job's list and frees it. */
+static void seg_free(struct job *job, struct seg *sg)
 {
 	struct seg **pp;
 
-	if (--sg->refs > 0)
-		return;
 	for (pp = &job->segs; *pp != sg; pp = &(*pp)->next)
 		;
 	*pp = sg->next;
@@ -167,6 +167,13 @@ void seg_unref(struct job *job, struct seg *sg)
 	free(sg->marks);
 	seg_mem_unref(sg->mem);
 	free(sg);
+}
+
+void seg_unref(struct job *job, struct seg *sg)
+{
+	if (--sg->refs > 0)
+		return;
+	seg_free(job, sg);
 	/* Bytes freed may be what held the credit back. */
 	if (job->streaming && job->conn)
 		out_grant(job);
@@ -174,15 +181,8 @@ void seg_unref(struct job *job, struct seg *sg)
 
 void seg_free_all(struct job *job)
 {
-	while (job->segs) {
-		struct seg *sg = job->segs;
-
-		job->segs = sg->next;
-		held_bytes -= sg->bytes;
-		free(sg->marks);
-		seg_mem_unref(sg->mem);
-		free(sg);
-	}
+	while (job->segs)
+		seg_free(job, job->segs);
 }
 
 size_t disp_job_bytes(const struct job *job)
@@ -210,12 +210,9 @@ void seg_slice(const uint8_t **items, size_t *len, uint32_t n, const uint8_t **r
 	*len = (size_t)(c.end - c.p);
 }
 
-/* Slices the next n items off the job.  A chunk of the default size also
- * stops once its items pass DISP_CHUNK_BYTES (keeping at least one), so
- * large items do not make chunks whose results outgrow the frame limit; a
- * chunksize the client chose is honoured as it is.  The items were walked
- * on arrival: hop over the marks noted then, and walk at most the last
- * DISP_MARK_EVERY - 1 items (or those around the byte limit) one by one. */
+/* Slices the next n items (at least one) off the job; a chunk of the
+ * default size also stops at DISP_CHUNK_BYTES.  Hops over the marks noted
+ * on arrival and walks at most DISP_MARK_EVERY - 1 items one by one. */
 static uint32_t take_items(struct job *job, uint32_t n, struct chunk *ck)
 {
 	struct seg *sg = job->cur;
@@ -261,8 +258,7 @@ static uint32_t take_items(struct job *job, uint32_t n, struct chunk *ck)
 
 int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out)
 {
-	/* A batch's items are its own small copy; small chunks cost less to
-	 * copy than a reference costs to set up. */
+	/* A batch's items are its own small copy. */
 	if (ck->batch || ck->items_len < DISP_REF_MIN)
 		return evbuffer_add(out, ck->items, ck->items_len) < 0 ? -ENOMEM : 0;
 	if (evbuffer_add_reference(out, ck->items, ck->items_len, seg_mem_cleanup,

@@ -10,11 +10,10 @@
 
 static const int fault_signals[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS };
 
-/* In the child, with every signal blocked since before the fork: only the
- * dispositions the master changed go back to their defaults, not all 64
- * (the rest are still the ones mpoold was started with), and the fault
- * signals too, in case a runtime (a sanitizer) hooked them, so a crash in
- * a task is reported as the signal it was.  Then nothing stays blocked. */
+/* In the child, every signal blocked: only the dispositions the master
+ * changed go back to their defaults, and the fault signals, which a runtime
+ * (a sanitizer) may have hooked, so a crash in a task is reported as the
+ * signal it was. */
 static void reset_signals(void)
 {
 	sigset_t none;
@@ -27,11 +26,10 @@ static void reset_signals(void)
 	sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* fork() with every signal blocked.  Until the child has dropped the
- * master's signal handlers, a signal sent to it would run libevent's
- * handler there, which writes into the signal pipe it shares with the
- * master: the master would act on a SIGTERM meant for the child.  Blocked
- * across the fork, signals wait until the child has reset its handlers. */
+/* Until the child has dropped the master's handlers, a signal sent to it
+ * would run libevent's handler, which writes into the signal pipe it
+ * shares with the master: the master would act on a SIGTERM meant for the
+ * child.  So signals are blocked across the fork. */
 static pid_t fork_blocked(void)
 {
 	sigset_t all, old;

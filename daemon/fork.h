@@ -1,7 +1,6 @@
-/* fork: the one place mpoold forks.  Pool workers and supervised processes
- * both start here (or in the fork server, see forksrv.h, which this starts):
- * a socketpair, a fork, and the child goes straight to its entry function,
- * which never returns into master code. */
+/* fork: the one place mpoold forks (besides the fork server, which this
+ * starts): the child goes straight to its entry function, which never
+ * returns into master code. */
 #ifndef FORK_H
 #define FORK_H
 

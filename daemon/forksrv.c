@@ -1,8 +1,5 @@
-/* forksrv: the life of a fork server, the master's side (forksrv.h): its
- * start, its hello taken from the loop, its retirement at reload, its loss,
- * the guard against one that no longer reports its workers' deaths, and
- * status.  The requests for workers, their answers and the deaths it
- * reports are forksrv_req.c's. */
+/* forksrv: the life of a fork server, the master's side: start, hello,
+ * retirement, loss, and the guard against one that stops reporting. */
 #include "forksrv_int.h"
 
 #include <errno.h>
@@ -29,20 +26,16 @@
 
 struct forksrv_srv *forksrv_cur;
 bool forksrv_broken;
-/* The retired ones, whose workers still run (one per reload that found
- * busy workers). */
+/* The retired ones, whose workers still run. */
 static struct forksrv_srv **old;
 static unsigned n_old, old_cap;
 
 static struct event_base *z_base;
 static forksrv_started_fn *z_started;
-/* The current fork server found lost where answering would re-enter the
- * caller (forksrv_lost_soon); the deadline of its hello
- * (--fork-server-timeout). */
+/* forksrv_lost_soon's event; the deadline of the hello. */
 static struct event *z_lost, *z_hello_timer;
 static const char *z_lost_why;
-/* How a fork server that died before its hello ended, for the one line
- * that says it did not start. */
+/* How one that died before its hello ended, for start_failed's line. */
 static char z_died_how[64];
 
 /* Beside the running mpoold first (a build tree), then where it installs. */
@@ -94,9 +87,8 @@ int forksrv_recv_rep(int fd, struct forksrv_rep *rep, int *ret_fd, int flags)
 	return 0;
 }
 
-/* The hello's second message, if it has arrived: the names of the
- * functions the modules' load hooks returned, which the master accepts at
- * submit from now on.  0, -EAGAIN when it has not arrived, or -errno. */
+/* The hello's second message: the names of the functions the load hooks
+ * returned.  0, -EAGAIN when it has not arrived, or -errno. */
 static int recv_names(int fd, size_t len)
 {
 	char *buf = xmalloc(len);
@@ -119,11 +111,10 @@ static int recv_names(int fd, size_t len)
 	return r;
 }
 
-/* Reads what s has sent of its hello and names: 0 once both are in (then
- * s->ready), -EAGAIN while some has not arrived, another -errno when it
- * failed (-EINVAL: a module did not load, and it said which) or broke the
- * protocol, -ECONNRESET when it closed its channel.  Nothing else may come
- * first: it is sent no request before. */
+/* 0 once the hello and names are in (then s->ready), -EAGAIN while some
+ * has not arrived, -EINVAL when a module did not load, -ECONNRESET when it
+ * closed its channel, another -errno when it broke the protocol.  Nothing
+ * else may come first: it is sent no request before. */
 static int take_hello(struct forksrv_srv *s)
 {
 	struct forksrv_rep rep;
@@ -156,10 +147,6 @@ static int take_hello(struct forksrv_srv *s)
 	return 0;
 }
 
-
-/* forksrv_lost() answers requests, which must not happen inside the call
- * that made one (or inside the reap that noticed): an event runs it at
- * once. */
 void forksrv_lost_soon(const char *why)
 {
 	z_lost_why = why;
@@ -176,10 +163,8 @@ static void srv_close(struct forksrv_srv *s)
 	s->fd = -1;
 }
 
-/* Kills and reaps s, delivers what it had sent, and closes its channel.
- * Its workers die with it and are reparented to us (we are their
- * subreaper): the master reaps them.  Its wait status, or -1 when it had
- * been reaped already. */
+/* Kills and reaps s, delivers what it had sent, closes its channel; its
+ * workers become ours to reap.  Its wait status, or -1 if reaped already. */
 static int srv_kill(struct forksrv_srv *s)
 {
 	int status = -1;
@@ -196,9 +181,10 @@ static int srv_kill(struct forksrv_srv *s)
 	return status;
 }
 
+/* Kills (unless reaped), delivers and forgets a retired one. */
 static void old_remove(unsigned i)
 {
-	srv_close(old[i]);
+	srv_kill(old[i]);
 	free(old[i]);
 	old[i] = old[--n_old];
 }
@@ -226,6 +212,23 @@ static void forget_timers(void)
 	z_lost_why = NULL;
 }
 
+/* After the fork servers are gone: requests are cancelled, and the next
+ * start is tried even after a failed one. */
+static void forget_all(void)
+{
+	forksrv_fail_pending(-ECANCELED);
+	forget_timers();
+	forksrv_broken = false;
+}
+
+/* Until the next reload workers fork from the master, without the
+ * functions only a fork server knows. */
+static void go_broken(void)
+{
+	forksrv_broken = true;
+	reg_set_loaded_names(NULL, 0);
+}
+
 /* "exited with status 1", "killed by signal 9". */
 static void describe_status(int status, char *buf, size_t size)
 {
@@ -235,11 +238,9 @@ static void describe_status(int status, char *buf, size_t size)
 		snprintf(buf, size, "exited with status %d", WEXITSTATUS(status));
 }
 
-/* forksrv_cur did not start: it died, broke the protocol, a module did not load,
- * or it took longer than --fork-server-timeout.  As when it cannot be
- * started at all, workers fork from the master until the next reload,
- * without the functions only a fork server can name.  It was sent nothing,
- * so every request waits still: each forks from the master now. */
+/* forksrv_cur died, broke the protocol, failed to load a module or took
+ * longer than --fork-server-timeout.  It was sent nothing, so every
+ * request waits still: each forks from the master now. */
 static void start_failed(int err, const char *why)
 {
 	char how[64];
@@ -254,9 +255,7 @@ static void start_failed(int err, const char *why)
 	log_warn("the fork server %d did not start (%s): workers fork from the master", (int)pid,
 		 why);
 	forget_timers();
-	forksrv_broken = true;
-	/* Only a fork server knows what the load hooks give. */
-	reg_set_loaded_names(NULL, 0);
+	go_broken();
 	/* Before the forks: a reload that waited makes them its new
 	 * generation. */
 	z_started(err);
@@ -265,16 +264,14 @@ static void start_failed(int err, const char *why)
 
 void forksrv_retire(void)
 {
-	/* One still loading the modules was sent nothing and has no workers:
-	 * nothing is lost with it, and the new one loads anew. */
+	/* One still loading was sent nothing and has no workers. */
 	if (forksrv_cur && !forksrv_cur->ready) {
 		log_info("reload: the fork server %d had not loaded the modules yet; a new one "
 			 "starts", (int)forksrv_cur->pid);
 		shut_cur();
 	}
-	/* What it was sent it forks before it sees the end of the requests:
-	 * let it answer all of it, so that no worker it made goes unreported.
-	 * Bounded like any answer. */
+	/* It forks what it was sent before it sees the end of the requests:
+	 * let it answer all, so no worker it made goes unreported. */
 	if (forksrv_cur && forksrv_cur->fd >= 0 && forksrv_cur->pid &&
 	    shutdown(forksrv_cur->fd, SHUT_WR) == 0) {
 		uint64_t end = now_ms() + FORKSRV_REPLY_MS;
@@ -301,26 +298,18 @@ void forksrv_retire(void)
 		old[n_old++] = forksrv_cur;
 		forksrv_cur = NULL;
 	}
-	forksrv_fail_pending(-ECANCELED);
-	forget_timers();
-	forksrv_broken = false;
+	forget_all();
 }
 
 void forksrv_stop(void)
 {
 	shut_cur();
 	while (n_old > 0) {
-		srv_kill(old[0]);
 		old_remove(0);
 	}
-	forksrv_fail_pending(-ECANCELED);
-	forget_timers();
-	forksrv_broken = false;
+	forget_all();
 }
 
-/* The fork server died, broke its channel or stopped answering: its
- * workers die with it; what it had not answered goes to a new one; a
- * request lost with a fork server twice fails. */
 void forksrv_lost(const char *why)
 {
 	if (!forksrv_cur->ready) {
@@ -329,11 +318,9 @@ void forksrv_lost(const char *why)
 	}
 	log_warn("fork server lost (%s); its workers die with it", why);
 	shut_cur();
-	/* shut_cur() delivered what it had answered. */
 	forksrv_resend();
 }
 
-/* forksrv_cur's hello and names are in: what waited for it goes now. */
 static void started(void)
 {
 	evtimer_del(z_hello_timer);
@@ -372,8 +359,7 @@ static void read_cb(evutil_socket_t fd, short what, void *arg)
 		forksrv_pump();
 		forksrv_arm_timer();
 	} else if (r < 0) {
-		/* A retired one closes its channel as it leaves; it is freed
-		 * when reaped. */
+		/* A retired one closes its channel as it leaves; freed when reaped. */
 		srv_close(s);
 	}
 }
@@ -409,8 +395,8 @@ int forksrv_init(struct event_base *base, forksrv_forked_fn *forked, forksrv_exi
 {
 	int r;
 
-	/* Workers whose fork server died are reparented to us, not to init,
-	 * so that we reap them and learn how they ended. */
+	/* Orphaned workers are reparented to us, not to init, so that we
+	 * learn how they ended. */
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
 		return -errno;
 	z_base = base;
@@ -453,8 +439,7 @@ int forksrv_start(void)
 	if (r < 0) {
 		log_warn("no fork server at %s (%s): workers fork from the master", path,
 			 strerror(-r));
-		forksrv_broken = true;
-		reg_set_loaded_names(NULL, 0);
+		go_broken();
 		return r;
 	}
 	snprintf(level, sizeof(level), "%d", cfg.log_level);
@@ -482,10 +467,8 @@ int forksrv_start(void)
 	forksrv_cur->pid = pid;
 	forksrv_cur->fd = sv[0];
 	forksrv_cur->started_ms = now_ms();
-	/* Its hello comes when the modules are loaded, which may take long (a
-	 * Python import): the loop serves meanwhile and read_cb takes it.  A
-	 * submit is judged by the names known before (reload), or, before
-	 * the first list, on trust (registry.h). */
+	/* Until its hello a submit is judged by the names known before
+	 * (reload), or, before the first list, on trust (registry.h). */
 	reg_await_loaded_names();
 	forksrv_cur->read = event_new(z_base, forksrv_cur->fd, EV_READ | EV_PERSIST, read_cb,
 				      forksrv_cur);
@@ -494,8 +477,7 @@ int forksrv_start(void)
 		log_err("the fork server %d cannot be watched: workers fork from the master",
 			(int)pid);
 		shut_cur();
-		forksrv_broken = true;
-		reg_set_loaded_names(NULL, 0);
+		go_broken();
 		return -ENOMEM;
 	}
 	log_debug("fork server %d loading the modules", (int)pid);
@@ -555,7 +537,6 @@ void forksrv_overdue(pid_t worker)
 		if (old[i]->pid == ppid) {
 			log_warn("retired fork server %d has not reported the death of worker %d; "
 				 "killing it", (int)ppid, (int)worker);
-			srv_kill(old[i]);
 			old_remove(i);
 			return;
 		}
@@ -567,16 +548,15 @@ bool forksrv_reaped(pid_t pid, int status)
 	char how[64];
 
 	describe_status(status, how, sizeof(how));
-	if (forksrv_cur && forksrv_cur->pid == pid && !forksrv_cur->ready) {
-		/* Said once, with the rest, by start_failed(). */
-		forksrv_cur->pid = 0;
-		snprintf(z_died_how, sizeof(z_died_how), "%s", how);
-		forksrv_lost_soon(z_died_how);
-		return true;
-	}
 	if (forksrv_cur && forksrv_cur->pid == pid) {
-		log_warn("fork server %d %s; its workers die with it", (int)pid, how);
 		forksrv_cur->pid = 0;
+		if (!forksrv_cur->ready) {
+			/* Said once, with the rest, by start_failed(). */
+			snprintf(z_died_how, sizeof(z_died_how), "%s", how);
+			forksrv_lost_soon(z_died_how);
+			return true;
+		}
+		log_warn("fork server %d %s; its workers die with it", (int)pid, how);
 		/* What it sent before it died is still in the channel. */
 		forksrv_lost_soon("it died");
 		return true;
@@ -587,8 +567,6 @@ bool forksrv_reaped(pid_t pid, int status)
 		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 			log_warn("retired fork server %d %s; its workers die with it", (int)pid, how);
 		old[i]->pid = 0;
-		if (old[i]->fd >= 0)
-			forksrv_take(old[i]);
 		old_remove(i);
 		return true;
 	}

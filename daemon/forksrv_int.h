@@ -1,9 +1,5 @@
-/* forksrv_int: what the master's two files on the fork server share, and
- * nothing else sees: forksrv.c the life of a fork server (start, hello,
- * retire, loss, the guard against a stuck one, status), forksrv_req.c the
- * requests for workers (the pending queue, their answers, the deaths of
- * workers it reports, the deadline of an answer).  The rest of the daemon
- * sees forksrv.h. */
+/* forksrv_int: shared by forksrv.c, the life of a fork server, and
+ * forksrv_req.c, the requests for workers and what answers them. */
 #ifndef FORKSRV_INT_H
 #define FORKSRV_INT_H
 
@@ -20,9 +16,8 @@ struct event_base;
  * --fork-server-timeout bounds that, and the master serves meanwhile. */
 #define FORKSRV_REPLY_MS 2000
 
-/* One fork server process.  Freed once it is both reaped and its channel
- * closed.  It starts when its hello and the names that follow it are in
- * (forksrv.c's read_cb); until then it is sent nothing and has no workers. */
+/* One fork server process.  Until its hello and names are in it is sent
+ * nothing and has no workers. */
 struct forksrv_srv {
 	pid_t pid;                /* 0: reaped already */
 	int fd;                   /* -1: closed */
@@ -35,38 +30,35 @@ struct forksrv_srv {
 
 /* forksrv.c.  The one that takes requests, or NULL. */
 extern struct forksrv_srv *forksrv_cur;
-/* It could not start for a reason that does not go away by itself (no
- * binary, a module that does not load): workers fork from the master until
- * the next reload. */
+/* It could not start for a reason that does not go away by itself:
+ * workers fork from the master until the next reload. */
 extern bool forksrv_broken;
 /* One message on fd, and the descriptor that came with it (-1 if none):
  * 0; -EAGAIN when none is waiting and flags has MSG_DONTWAIT;
  * -ECONNRESET at the end of the stream. */
 int forksrv_recv_rep(int fd, struct forksrv_rep *rep, int *ret_fd, int flags);
 /* The current fork server died, broke its channel or stopped answering:
- * it is killed, and what it had not answered goes to a new one
- * (forksrv_resend). */
+ * it is killed, and what it had not answered goes to a new one. */
 void forksrv_lost(const char *why);
-/* The same, from the loop at once: for where answering would re-enter the
- * caller. */
+/* The same, from the loop at once: answering here would re-enter the
+ * caller (a request, a reap). */
 void forksrv_lost_soon(const char *why);
 
-/* forksrv_req.c.  Keeps the queue of at most max_pending requests and
- * delivers answers to forked and deaths to exited; creates the answer
- * deadline's timer on base.  0, or -ENOMEM. */
+/* forksrv_req.c.  0, or -ENOMEM. */
 int forksrv_req_init(struct event_base *base, forksrv_forked_fn *forked,
 		     forksrv_exited_fn *exited, unsigned max_pending);
 void forksrv_req_free(void);
 /* Sends what waits to forksrv_cur, once it is ready, as far as its channel
- * takes it. */
+ * takes it; the rest goes when answers have made room. */
 void forksrv_pump(void);
-/* Arms the answer deadline while answers are due, else disarms it. */
+/* While answers are due, the oldest must come within FORKSRV_REPLY_MS of
+ * the last progress: arms that deadline, else disarms it. */
 void forksrv_arm_timer(void);
-/* Disarms it whatever is due. */
 void forksrv_disarm(void);
 /* Delivers every answer and death s has sent: 0 when none is left
  * waiting, -ECONNRESET at the end of its stream, another -errno when the
- * channel broke or carried nonsense. */
+ * channel broke or carried nonsense.  One that is not ready has no workers
+ * and was asked nothing: its hello is forksrv.c's to take. */
 int forksrv_take(struct forksrv_srv *s);
 /* Answers every request with err, sent or not. */
 void forksrv_fail_pending(int err);

@@ -3,13 +3,10 @@
  *     mpool-forksrv VERSION LOG_LEVEL MAX_FRAME [MODULE_PATH INITARGS_JSON|-]...
  *
  * started by the master with its end of a SOCK_SEQPACKET pair on
- * descriptor 3.  It loads the modules as the master did, runs their load
- * hooks (module code, which the master never runs), says so with the
- * names of the functions those returned, then per
- * request fork()s a worker and passes back its pid and the master's end of
- * its socketpair; it reaps its workers and reports each death.  When the
- * master ends the requests it leaves with its last worker; when the master
- * dies, it dies, and its workers with it. */
+ * descriptor 3.  It loads the modules and runs their load hooks, says
+ * hello with the names those returned, then forks a worker per request and
+ * reports each death.  When the master ends the requests it leaves with
+ * its last worker. */
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -31,10 +28,11 @@
 
 #define FORKSRV_FD 3
 
-static void reply(const struct forksrv_rep *rep, int fd)
+/* One datagram, with fd unless it is -1. */
+static void reply(const void *buf, size_t len, int fd)
 {
 	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
-	struct iovec iov = { (void *)rep, sizeof(*rep) };
+	struct iovec iov = { (void *)buf, len };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
 	ssize_t n;
 
@@ -56,25 +54,9 @@ static void reply(const struct forksrv_rep *rep, int fd)
 		_exit(0);           /* the master is gone */
 }
 
-/* The hello's second message: one datagram. */
-static void send_names(const char *names, size_t len)
-{
-	ssize_t n;
-
-	do
-		n = send(FORKSRV_FD, names, len, MSG_NOSIGNAL);
-	while (n < 0 && errno == EINTR);
-	if (n < 0)
-		_exit(0);           /* the master is gone */
-}
-
-/* Live workers: once the master has ended the requests, the fork server
- * leaves with its last worker. */
 static unsigned n_workers;
 static pid_t self;
 
-/* In the child of fork(): glibc ran the atfork handlers and its own fix-ups.
- * The worker dies with us (worker_detach), and we with the master. */
 __attribute__((noreturn)) static void worker_start(int fd, pid_t parent, uint64_t quota)
 {
 	sigset_t none;
@@ -95,7 +77,7 @@ static void serve(uint64_t quota)
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
 		rep.err = -errno;
-		reply(&rep, -1);
+		reply(&rep, sizeof(rep), -1);
 		return;
 	}
 	pid = fork();
@@ -108,12 +90,11 @@ static void serve(uint64_t quota)
 		n_workers++;
 	}
 	close(sv[1]);
-	reply(&rep, pid > 0 ? sv[0] : -1);
+	reply(&rep, sizeof(rep), pid > 0 ? sv[0] : -1);
 	close(sv[0]);
 }
 
-/* Reports every worker that has died, with its wait status: the master
- * is not their parent. */
+/* The master is not our workers' parent: it learns their deaths from us. */
 static void reap(void)
 {
 	struct forksrv_rep rep = { .kind = FORKSRV_EXITED };
@@ -124,7 +105,7 @@ static void reap(void)
 		rep.pid = (int32_t)pid;
 		rep.status = status;
 		n_workers--;
-		reply(&rep, -1);
+		reply(&rep, sizeof(rep), -1);
 	}
 }
 
@@ -149,9 +130,8 @@ int main(int argc, char **argv)
 		_exit(0);
 	/* A socket systemd passed the master is not CLOEXEC: not ours. */
 	close_range(FORKSRV_FD + 1, ~0U, 0);
-	/* The wire between us, arguments included, is private: an mpoold of
-	 * another version (a stale install) falls back to forking its
-	 * workers itself. */
+	/* The wire, arguments included, is private: an mpoold of another
+	 * version (a stale install) forks its workers itself. */
 	if (argc >= 2 && strcmp(argv[1], MPOOL_VERSION) != 0) {
 		log_startup_err("mpool-forksrv %s cannot serve mpoold %s", MPOOL_VERSION, argv[1]);
 		_exit(2);
@@ -199,11 +179,11 @@ int main(int argc, char **argv)
 	self = getpid();
 	rep.pid = (int32_t)self;
 	rep.status = rep.err < 0 ? 0 : (int32_t)names_len;
-	reply(&rep, -1);
+	reply(&rep, sizeof(rep), -1);
 	if (rep.err < 0)
 		_exit(1);
 	if (rep.status > 0)
-		send_names(names, names_len);
+		reply(names, names_len, -1);
 	free(names);
 	/* Requests and deaths, in one loop: SIGCHLD comes as a descriptor. */
 	for (;;) {

@@ -1,8 +1,6 @@
-/* forksrv_req: the requests for workers that the master sends the fork
- * server (forksrv.h), kept in a FIFO because it answers in order; their
- * answers and the deaths of workers it reports, delivered to the pool; the
- * deadline of the oldest answer due.  The life of the fork server itself
- * is forksrv.c's. */
+/* forksrv_req: the requests for workers, kept in a FIFO because the fork
+ * server answers in order; their answers, the deaths it reports, and the
+ * deadline of the oldest answer due. */
 #include "forksrv_int.h"
 
 #include <errno.h>
@@ -16,13 +14,11 @@
 
 static forksrv_forked_fn *z_forked;
 static forksrv_exited_fn *z_exited;
-/* The deadline of the oldest answer due. */
-static struct event *z_timer;
+static struct event *z_timer;     /* the oldest answer's deadline */
 
-/* Requests not answered, oldest first: the fork server answers in order.
- * The first pend_sent were sent to forksrv_cur; the rest wait for room in
- * the channel (it holds a few hundred requests: --workers may ask for more
- * at once, at start or reload). */
+/* Requests not answered, oldest first.  The first pend_sent were sent to
+ * forksrv_cur; the rest wait for room in the channel (it holds a few
+ * hundred: --workers may ask for more at once). */
 struct pending {
 	void *token;
 	uint64_t quota;
@@ -57,8 +53,6 @@ static int send_req(uint64_t quota)
 	return 0;
 }
 
-/* While answers are due, the oldest must come within FORKSRV_REPLY_MS of
- * the last progress. */
 void forksrv_arm_timer(void)
 {
 	struct timeval tv = { FORKSRV_REPLY_MS / 1000, (FORKSRV_REPLY_MS % 1000) * 1000 };
@@ -69,8 +63,6 @@ void forksrv_arm_timer(void)
 		evtimer_del(z_timer);
 }
 
-/* Sends what waits, as far as the channel takes it; the rest goes when
- * answers have made room (forksrv.c's read_cb). */
 void forksrv_pump(void)
 {
 	bool was_idle = pend_sent == 0;
@@ -91,11 +83,6 @@ void forksrv_pump(void)
 		forksrv_arm_timer();
 }
 
-/* Delivers every message s has sent that we have not read: 0 when none is
- * left waiting, -ECONNRESET at the end of its stream, another -errno when
- * the channel broke or carried nonsense.  Only forksrv_cur answers
- * requests.  One that is not ready has no workers and was asked nothing:
- * its hello is forksrv.c's to take (read_cb). */
 int forksrv_take(struct forksrv_srv *s)
 {
 	if (!s->ready)
@@ -235,9 +222,4 @@ int forksrv_request(uint64_t quota, void *token)
 	pend_push((struct pending){ token, quota, false });
 	forksrv_pump();
 	return 0;
-}
-
-unsigned forksrv_pending(void)
-{
-	return pend_n;
 }

@@ -3,8 +3,6 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <jansson.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "config.h"
 #include "log.h"

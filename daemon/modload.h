@@ -4,10 +4,8 @@
 #ifndef MODLOAD_H
 #define MODLOAD_H
 
-/* Loads builtin and every cfg.modules[] entry (opens them; a module's
- * load hook is reg_load_all's, not this).  0, or -1 after logging the
- * file and the cause (missing file, missing descriptor, ABI mismatch,
- * duplicate name, initargs that are not JSON). */
+/* Loads builtin and every cfg.modules[] entry, without running their load
+ * hooks.  0, or -1 after logging the file and the cause. */
 int modload_all(void);
 /* Closes every module and loads them again, so rebuilt files take effect.
  * On failure the modules that did load stay registered.  0 or -1. */

@@ -1,6 +1,5 @@
-/* pool: the worker table.  Slots and their worker entries, and each
- * worker's life: forked (through the fork server, or from the master),
- * respawned with backoff, retired, given up on, reaped. */
+/* pool: the worker table, and each worker's life: forked, respawned with
+ * backoff, retired, given up on, reaped. */
 #include "pool.h"
 #include "pool_int.h"
 
@@ -10,9 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <mpool/error.h>
 #include "chan.h"
@@ -23,7 +20,6 @@
 #include "log.h"
 #include "master.h"
 #include "mem.h"
-#include "modload.h"
 #include "mp_rpc.h"
 #include "wmsg.h"
 #include "worker.h"
@@ -58,8 +54,14 @@ static bool want_workers(void)
 }
 
 static void schedule_respawn(struct slot *s);
-static void worker_gone(struct worker *w, int status);
 static void exited(pid_t pid, int status);
+
+static void spawn_failed(struct slot *s, int err)
+{
+	s->early_deaths++;
+	pool_set_failure("cannot start a worker: fork: %s", strerror(-err));
+	log_err("slot %u: %s", (unsigned)(s - pool_slots), last_failure);
+}
 
 /* The forked process becomes the entry's worker, whatever happened to
  * the pool while the fork server worked. */
@@ -105,19 +107,15 @@ static void forked(void *token, int err, pid_t pid, int fd)
 	w->state = W_EMPTY;
 	if (s->cur == w)
 		s->cur = NULL;
-	if (err != -ECANCELED) {
-		s->early_deaths++;
-		pool_set_failure("cannot start a worker: fork: %s", strerror(-err));
-		log_err("slot %u: %s", w->slot, last_failure);
-	}
+	if (err != -ECANCELED)
+		spawn_failed(s, err);
 	if (want_workers() && !s->cur && !evtimer_pending(s->respawn, NULL))
 		schedule_respawn(s);
 	master_progress();
 }
 
-/* Forks one worker into an empty slot, through the fork server (forksrv.h)
- * or, when there is none, from the master.  The child goes straight to
- * worker_main() and never comes back here. */
+/* Forks one worker into an empty slot, through the fork server or, when
+ * there is none, from the master. */
 static int spawn(struct worker *w, unsigned slot)
 {
 	pid_t pid;
@@ -167,9 +165,7 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	r = spawn(w, (unsigned)(s - pool_slots));
 	if (r < 0) {
-		s->early_deaths++;
-		pool_set_failure("cannot start a worker: fork: %s", strerror(-r));
-		log_err("slot %u: %s", (unsigned)(s - pool_slots), last_failure);
+		spawn_failed(s, r);
 		schedule_respawn(s);
 	}
 }
@@ -206,8 +202,6 @@ static void respawn_waiting(void)
 			schedule_respawn(&pool_slots[i]);
 }
 
-/* The worker takes no more work (it is leaving or has left): its slot
- * forks a successor now, without waiting for the exit to be reaped. */
 void pool_leave_slot(struct worker *w)
 {
 	if (pool_slots[w->slot].cur != w)
@@ -219,14 +213,12 @@ void pool_leave_slot(struct worker *w)
 unsigned pool_ready_workers(void)
 {
 	unsigned n = 0;
+
 	for (unsigned i = 0; i < pool_n_workers; i++)
 		n += pool_workers[i].state == W_IDLE || pool_workers[i].state == W_BUSY;
 	return n;
 }
 
-
-/* Asks a worker to leave: closing its channel makes it run its modules'
- * fini and exit 0. */
 void pool_retire(struct worker *w, enum retire why)
 {
 	w->retire = why;
@@ -239,8 +231,6 @@ void pool_retire(struct worker *w, enum retire why)
 		  (unsigned long long)w->tasks_done);
 }
 
-/* Gives up on a worker: kill it now; its chunk fails with code and the
- * cause once it is reaped. */
 void pool_fault(struct worker *w, int code, const char *cause)
 {
 	struct timeval grace = { FORKSRV_REPORT_MS / 1000, (FORKSRV_REPORT_MS % 1000) * 1000 };
@@ -289,11 +279,10 @@ int pool_init(struct event_base *b)
 		log_err("cannot set up the fork server: %s", strerror(-r));
 		return r;
 	}
-	/* Without it, workers fork from the master.  It loads the modules
-	 * while the loop serves; the forks below wait for it. */
+	/* Failing, workers fork from the master.  The forks below wait while
+	 * it loads the modules. */
 	forksrv_start();
-	/* A fork that fails at start is a failure storm like any other:
-	 * mpoold starts degraded and retries with backoff. */
+	/* A fork that fails at start: mpoold starts degraded and retries. */
 	for (unsigned i = 0; i < pool_n_slots; i++)
 		respawn_cb(-1, 0, &pool_slots[i]);
 	return 0;
@@ -350,8 +339,8 @@ static void worker_gone(struct worker *w, int status)
 	bool lost = false;
 
 	/* It may have written results and exited before we read them: take
-	 * them first, so nothing it finished is reported lost.  Marked reaped,
-	 * it is leaving after such a result, so no work goes to it. */
+	 * them first, so nothing it finished is reported lost; marked reaped,
+	 * it gets no new work from such a result. */
 	w->reaped = true;
 	if (w->ch)
 		chan_drain_input(w->ch);
@@ -465,15 +454,12 @@ void pool_stop(void)
 
 int pool_kill_worker(pid_t pid, const char *why)
 {
-	for (unsigned i = 0; i < pool_n_workers; i++) {
-		struct worker *w = &pool_workers[i];
+	struct worker *w = find_worker(pid);
 
-		if (w->pid == pid && pid > 0 && w->state != W_EXITING) {
-			pool_fault(w, MPOOL_E_WORKER, why);
-			return 0;
-		}
-	}
-	return -ESRCH;
+	if (!w || w->state == W_EXITING)
+		return -ESRCH;
+	pool_fault(w, MPOOL_E_WORKER, why);
+	return 0;
 }
 
 void pool_kill_job(const struct job *job)
@@ -502,11 +488,10 @@ void pool_kill_all(void)
 	}
 }
 
-/* Processes, and forks the fork server has not answered: a drain waits
- * for those too. */
 unsigned pool_live(void)
 {
 	unsigned n = 0;
+
 	for (unsigned i = 0; i < pool_n_workers; i++)
 		n += pool_workers[i].pid != 0 || pool_workers[i].state == W_FORKING;
 	return n;
@@ -529,25 +514,25 @@ unsigned pool_busy(void)
 static unsigned workers_alive(void)
 {
 	unsigned n = 0;
+
 	for (unsigned i = 0; i < pool_n_workers; i++)
 		n += pool_workers[i].pid != 0;
 	return n;
 }
-
 
 const char *pool_failure(void)
 {
 	return last_failure[0] ? last_failure : NULL;
 }
 
-const char *pool_health(void)
+/* "degraded" while workers fail to start. */
+static const char *pool_health(void)
 {
 	for (unsigned i = 0; i < pool_n_slots; i++)
 		if (pool_slots[i].early_deaths > 0)
 			return "degraded";
 	return "ok";
 }
-
 
 void pool_pack_workers(msgpack_packer *pk)
 {

@@ -1,8 +1,6 @@
-/* The pool's own header, shared by its files and nothing else: pool.c the
- * worker table and each worker's life (fork, retire, fault, reap), pool_run.c
- * chunks to workers and their results back (run_), pool_recycle.c the
- * recycling rules and reload (recycle_).  The rest of the daemon sees
- * pool.h. */
+/* The pool's own header: pool.c the worker table and each worker's life,
+ * pool_run.c chunks to workers and their results back (run_),
+ * pool_recycle.c the recycling rules and reload (recycle_). */
 #ifndef POOL_INT_H
 #define POOL_INT_H
 
@@ -20,10 +18,9 @@ enum wstate { W_EMPTY, W_FORKING, W_STARTING, W_IDLE, W_BUSY, W_EXITING };
 /* Why a worker was asked to leave.  Policy is data: reaping reads it. */
 enum retire { R_NONE, R_TASKS, R_RSS, R_LIFETIME, R_RELOAD, R_DRAIN, R_COUNT };
 
-/* A worker process.  A slot's current worker takes work; once it is retiring
- * (past its quota, or asked to leave) the slot forks its successor at once
- * and the old process finishes leaving in an entry of its own, so exit,
- * reap and the next fork overlap. */
+/* A worker process.  Once it is retiring its slot forks a successor at
+ * once and it finishes leaving in an entry of its own, so exit, reap and
+ * the next fork overlap. */
 struct worker {
 	unsigned slot;
 	pid_t pid;                 /* 0 when the entry is free */
@@ -51,23 +48,23 @@ struct slot {
 	struct event *respawn;
 };
 
-/* --workers slots, and twice as many worker entries: at most one retiring
- * worker per slot on average waits to be reaped.  A slot that finds no
+/* --workers slots, and twice as many worker entries.  A slot that finds no
  * free entry waits for a reap before it forks, so a master that does not
  * get to reap cannot pile up processes. */
 extern struct slot *pool_slots;
 extern unsigned pool_n_slots;
 extern struct worker *pool_workers;
 extern unsigned pool_n_workers;
-/* The pool's generation: a reload starts the next. */
-extern unsigned pool_gen;
+extern unsigned pool_gen;          /* a reload starts the next */
 
-/* pool.c.  Asks a worker to leave (closing its channel makes it exit 0). */
+/* pool.c.  Asks a worker to leave: closing its channel makes it run its
+ * modules' fini and exit 0. */
 void pool_retire(struct worker *w, enum retire why);
 /* Gives up on a worker: kills it now; its chunk fails with code and the
  * cause once it is reaped. */
 void pool_fault(struct worker *w, int code, const char *cause);
-/* The worker takes no more work: its slot forks a successor now. */
+/* The worker takes no more work: its slot forks a successor now, without
+ * waiting for the exit to be reaped. */
 void pool_leave_slot(struct worker *w);
 /* Workers idle or busy. */
 unsigned pool_ready_workers(void);
@@ -76,26 +73,24 @@ void pool_set_failure(const char *fmt, ...) __attribute__((format(printf, 1, 2))
 const char *pool_failure(void);
 
 /* pool_run.c.  A worker channel's callbacks; the deadline timer of a
- * worker entry (arg: the entry); tasks done by every worker. */
+ * worker entry (arg: the entry). */
 extern const struct chan_ops run_chan_ops;
 void run_deadline_cb(evutil_socket_t fd, short what, void *arg);
 extern uint64_t run_tasks_total;
 
-/* pool_recycle.c.  Starts (and stops) the periodic checks. */
+/* pool_recycle.c.  The periodic checks. */
 int recycle_init(struct event_base *base);
 void recycle_free(void);
-/* A new worker's task quota (0: unlimited). */
+/* A new worker's task quota (0: unlimited), drawn from [max - jitter, max]
+ * so that workers started together do not all recycle together. */
 uint64_t recycle_draw_quota(void);
 /* After a chunk: which recycling rule, if any, says this worker goes. */
 enum retire recycle_reason(const struct worker *w);
-/* --max-rss-per-child while a chunk runs; true when it killed w. */
 bool recycle_rss_check(struct worker *w);
 /* RSS in KiB from /proc; 0 when unknown. */
 uint64_t recycle_rss_kib(pid_t pid);
-/* Tells the master once a reload has a new worker ready in every slot. */
 void recycle_reload_check(void);
-/* A fork server finished loading the modules, or failed to (forksrv.h's
- * started): a reload that waited for it replaces the workers now. */
+/* forksrv.h's started: a reload that waited for it goes on. */
 void recycle_forksrv_started(int err);
 
 #endif

@@ -1,11 +1,9 @@
-/* pool_recycle: when a worker must go.  Task quotas with jitter, RSS and
- * lifetime limits, a periodic tick, and reload (a new generation of
- * workers, the old ones retiring as they finish). */
+/* pool_recycle: when a worker must go (task quotas with jitter, RSS and
+ * lifetime limits), and reload: a new generation of workers. */
 #include "pool_int.h"
 
 #include <errno.h>
 #include <stdio.h>
-#include <string.h>
 #include <unistd.h>
 
 #include <mpool/error.h>
@@ -32,8 +30,6 @@ static uint64_t rng_next(void)
 	return rng_state;
 }
 
-/* Each worker's quota is drawn from [max - jitter, max], so workers started
- * together do not all recycle together; never above max. */
 uint64_t recycle_draw_quota(void)
 {
 	uint64_t max = cfg.max_tasks_per_child, j = cfg.max_tasks_jitter;
@@ -54,15 +50,15 @@ static unsigned old_workers(void)
 	return n;
 }
 
-/* A reload is done when every slot has a new worker ready: from then on
- * only new workers get work.  Old ones that were running a chunk have left
- * their pool_slots (pool_reload) and finish it in the background; waiting for
- * them would make a reload as long as the longest task. */
+/* Tells the master once a reload is done: when every slot has a new worker
+ * ready.  Old ones still running a chunk finish it out of their slots, or a
+ * reload would last as long as the longest task. */
 void recycle_reload_check(void)
 {
 	if (reload_pending) {
 		for (unsigned i = 0; i < pool_n_slots; i++) {
 			const struct worker *w = pool_slots[i].cur;
+
 			if (!w || w->gen != pool_gen || (w->state != W_IDLE && w->state != W_BUSY))
 				return;
 		}
@@ -76,8 +72,6 @@ void recycle_reload_check(void)
 	}
 }
 
-
-/* RSS in KiB from /proc; 0 when unknown. */
 uint64_t recycle_rss_kib(pid_t pid)
 {
 	char path[64];
@@ -99,7 +93,6 @@ static bool too_old(const struct worker *w, uint64_t now)
 	return cfg.max_lifetime_s && now - w->started_ms >= (uint64_t)cfg.max_lifetime_s * 1000;
 }
 
-/* After a chunk: which recycling rule, if any, says this worker goes. */
 enum retire recycle_reason(const struct worker *w)
 {
 	if (w->quota && w->tasks_done >= w->quota)
@@ -113,13 +106,12 @@ enum retire recycle_reason(const struct worker *w)
 	return R_NONE;
 }
 
-/* --max-rss-per-child while a chunk runs, at each part a worker reports
- * (every WMSG_PART_MS): a chunk may hold thousands of items, and waiting
- * for its end let a worker grow without bound.  What runs is what grows,
- * so the worker is killed at once rather than asked to finish; the chunk's
- * unanswered items fail with "limit" (or rerun, if the request asked for
- * retries), as after any lost chunk.  A one-item chunk sends no parts: its
- * worker is checked when it ends, as before.  True when it was killed. */
+/* --max-rss-per-child at each part a worker reports: a chunk may hold
+ * thousands of items, and a worker must not grow without bound until its
+ * end.  What runs is what grows, so the worker is killed at once (true)
+ * rather than asked to finish; the chunk's unanswered items fail with
+ * "limit" (or rerun).  A one-item chunk sends no parts: it is checked when
+ * it ends. */
 bool recycle_rss_check(struct worker *w)
 {
 	uint64_t kib;
@@ -184,9 +176,8 @@ void recycle_free(void)
 	tick = NULL;
 }
 
-/* The new generation: every worker forked from now on, and the forks the
- * new fork server has not answered yet (it makes them); the old workers
- * leave, busy ones after their chunk. */
+/* The new generation: every worker forked from now on, the forks the new
+ * fork server has not answered yet included. */
 static void reload_switch(void)
 {
 	pool_gen++;
@@ -194,8 +185,8 @@ static void reload_switch(void)
 	for (unsigned i = 0; i < pool_n_workers; i++) {
 		struct worker *w = &pool_workers[i];
 
-		/* Busy workers finish their chunk first (worker_result), but
-		 * out of their pool_slots, so a new worker starts beside each now. */
+		/* Busy workers finish their chunk, out of their slots, so a new
+		 * worker starts beside each now. */
 		if (w->state == W_FORKING)
 			w->gen = pool_gen;
 		else if (w->pid && (w->state == W_IDLE || w->state == W_STARTING))
@@ -220,9 +211,8 @@ void pool_reload(void)
 	forksrv_retire();
 	r = forksrv_start();
 	if (r == 0 && forksrv_loading()) {
-		/* The old workers serve, under the old names, until it has
-		 * loaded the modules (a Python import may take long): a reload
-		 * leaves no gap.  recycle_forksrv_started() goes on. */
+		/* The old workers serve until it has loaded the modules (a
+		 * Python import may take long): a reload leaves no gap. */
 		reload_waiting = true;
 		log_info("reload: the old workers serve until the new fork server has loaded "
 			 "the modules");

@@ -1,11 +1,9 @@
-/* pool_run: chunks to workers and their results back.  A worker's channel
- * delivers its frames here (results, parts, its ready notice); each is
- * checked against the chunk it runs, and handed to the dispatcher. */
+/* pool_run: chunks to workers, and their frames back, each checked against
+ * the chunk it runs before the dispatcher hears of it. */
 #include "pool_int.h"
 
 #include <errno.h>
 #include <stdio.h>
-#include <string.h>
 
 #include <mpool/error.h>
 #include "forksrv.h"
@@ -15,19 +13,6 @@
 
 uint64_t run_tasks_total;
 static bool announced_ready;
-
-static void worker_frame(void *ctx, const uint8_t *frame, size_t len);
-static void worker_closed(void *ctx, int err);
-static void worker_drained(void *ctx)
-{
-	(void)ctx;
-}
-
-const struct chan_ops run_chan_ops = {
-	.frame = worker_frame,
-	.closed = worker_closed,
-	.drained = worker_drained,
-};
 
 static void arm_deadline(struct worker *w)
 {
@@ -84,9 +69,8 @@ uint64_t pool_quota_left(const struct worker *w)
 
 void pool_run(struct worker *w, const struct chunk *ck, const char *fn, uint32_t fn_len)
 {
-	/* The dispatcher only ever has an idle worker from pool_idle; anything
-	 * else means an entry was handed work before the pool was done with it
-	 * (see "Hand-off" in disp.h). */
+	/* Anything but an idle worker means an entry was handed work before
+	 * the pool was done with it ("Hand-off" in disp.h). */
 	if (w->state != W_IDLE || !w->ch) {
 		log_err("worker %d given a chunk while %s", (int)w->pid,
 			w->ch ? "not idle" : "without a channel");
@@ -168,11 +152,9 @@ static void worker_result(struct worker *w, const struct wmsg_result *res)
 	} else if (why != R_NONE) {
 		pool_retire(w, why);
 	}
-	/* The hand-off, last: the dispatcher may give this worker (idle
-	 * again) its next chunk from under this call, inside the channel's
-	 * frame callback.  That is safe because the entry is complete here
-	 * and chan_flush writes only once the callback has returned; nothing
-	 * of w is touched after. */
+	/* The hand-off, last: the dispatcher may give w its next chunk from
+	 * under this call, inside the channel's frame callback; safe, as chan_flush
+	 * writes only once the callback has returned.  w is not touched after. */
 	disp_chunk_done(&ck, res, &buf);
 }
 
@@ -234,12 +216,10 @@ static void worker_closed(void *ctx, int err)
 	} else if (err < 0 && err != -ECONNRESET && err != -EPIPE) {
 		pool_fault(w, MPOOL_E_INTERNAL, "broke its channel");
 	} else {
-		/* End of stream almost always means it died: its exit status,
-		 * reaped in a moment, names the cause (a signal, an init that
-		 * failed).  Only one that lingers is killed, and blamed.  A
-		 * reset or a broken pipe says the same: a worker killed with
-		 * bytes of ours unread resets the socket instead of ending
-		 * the stream. */
+		/* End of stream (or a reset: a worker killed with bytes of
+		 * ours unread) almost always means it died, and its exit
+		 * status, reaped in a moment, names the cause.  Only one that
+		 * lingers is killed, and blamed. */
 		struct timeval grace = { 1, 0 };
 
 		w->eof = true;
@@ -252,3 +232,13 @@ static void worker_closed(void *ctx, int err)
 	}
 }
 
+static void worker_drained(void *ctx)
+{
+	(void)ctx;
+}
+
+const struct chan_ops run_chan_ops = {
+	.frame = worker_frame,
+	.closed = worker_closed,
+	.drained = worker_drained,
+};

@@ -36,10 +36,8 @@ struct entry {
 static struct entry entries[MAX_MODULES];
 static unsigned n_entries;
 
-/* In the master: the names the fork server reported last, as
- * reg_loaded_names() wrote them.  Kept across reg_clear(), so that through
- * a reload submits are judged by them until the new fork server reports
- * its own.  Before the first report (names_awaited) a function of a
+/* In the master: the names the fork server reported last (kept across
+ * reg_clear()).  Before the first report (names_awaited) a function of a
  * module with load is accepted on trust: the one entry below. */
 static char *known_names;
 static size_t known_len;
@@ -52,8 +50,6 @@ static int valid_name_n(const char *s, size_t len, bool dots)
 {
 	bool part = false;
 
-	if (!s)
-		return 0;
 	for (const char *end = s + len; s < end; s++) {
 		if ((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
 		    (*s >= '0' && *s <= '9') || *s == '_' || *s == '-')
@@ -195,11 +191,6 @@ const struct reg_fn *reg_lookup(const char *name, size_t len)
 	return NULL;
 }
 
-int reg_callable(const struct reg_fn *f)
-{
-	return f && (f->fn || f->call);
-}
-
 int reg_call(const struct reg_fn *f, const msgpack_object *arg, msgpack_packer *result,
 	     struct mpool_task_error *err)
 {
@@ -210,7 +201,8 @@ int reg_call(const struct reg_fn *f, const msgpack_object *arg, msgpack_packer *
 	return mpool_task_fail(err, MPOOL_E_NOFUNC, "the function's module did not load here");
 }
 
-/* The module's initargs, decoded into zone (nil when none).  0 or -1. */
+/* The module's initargs, decoded into zone (nil when none), and err made
+ * ready for its hook.  0, or -1 with err filled. */
 static int unpack_initargs(const struct entry *e, msgpack_zone *zone, msgpack_object *args,
 			   struct mpool_task_error *err)
 {
@@ -223,6 +215,8 @@ static int unpack_initargs(const struct entry *e, msgpack_zone *zone, msgpack_ob
 		msgpack_zone_destroy(zone);
 		return mpool_task_fail(err, MPOOL_E_INTERNAL, "unreadable initargs");
 	}
+	err->code = MPOOL_E_TASK;
+	err->message[0] = '\0';
 	return 0;
 }
 
@@ -239,8 +233,6 @@ static int run_load(struct entry *e, struct mpool_task_error *err)
 	drop_loaded(e);
 	if (unpack_initargs(e, &zone, &args, err) < 0)
 		return -1;
-	err->code = MPOOL_E_TASK;
-	err->message[0] = '\0';
 	r = load_hook(e->m)(&args, &t, err);
 	msgpack_zone_destroy(&zone);
 	if (r != 0) {
@@ -346,14 +338,11 @@ int reg_init_all(struct mpool_task_error *err, const char **ret_module)
 
 		if (!e->m->init)
 			continue;
-		if (unpack_initargs(e, &zone, &args, err) < 0) {
-			*ret_module = e->m->name;
-			return -1;
+		r = unpack_initargs(e, &zone, &args, err);
+		if (r == 0) {
+			r = e->m->init(&args, err);
+			msgpack_zone_destroy(&zone);
 		}
-		err->code = MPOOL_E_TASK;
-		err->message[0] = '\0';
-		r = e->m->init(&args, err);
-		msgpack_zone_destroy(&zone);
 		if (r != 0) {
 			*ret_module = e->m->name;
 			return -1;
@@ -373,8 +362,7 @@ void reg_each_fn(void (*fn)(const char *name, void *arg), void *arg)
 {
 	char name[512];
 
-	/* In the master a loaded function is a name only: announced as well,
-	 * since workers forked from the fork server can run it. */
+	/* A name only is announced too: workers from the fork server run it. */
 	for (unsigned i = 0; i < n_entries; i++)
 		for (unsigned k = 0; k < entries[i].n_fns; k++) {
 			snprintf(name, sizeof(name), "%s.%s", entries[i].name,

@@ -1,12 +1,11 @@
 /* registry: the task modules mpoold has loaded and their functions, looked
- * up by "MODULE.FUNCTION".  Filled before any worker is forked, so every
- * worker shares it copy-on-write; changed only by a reload, between forks.
+ * up by "MODULE.FUNCTION".  Filled before any worker is forked, so workers
+ * share it copy-on-write; changed only by a reload, between forks.
  *
- * A module's functions come from its static table, and (module ABI 2) from
- * its load hook, which reg_load_all() calls in the fork server and
- * reg_init_all() in a process the master forked.  The master never calls
- * load: it knows those functions by name only, from the fork server
- * (reg_set_loaded_names), which is all its submit-time check needs. */
+ * A module's functions come from its static table and (ABI 2) its load
+ * hook, which runs in the fork server or in a process the master forked,
+ * never in the master: it knows those functions by name only, from the
+ * fork server, which is all its submit-time check needs. */
 #ifndef REGISTRY_H
 #define REGISTRY_H
 
@@ -14,7 +13,6 @@
 #include <stdint.h>
 #include <mpool/module.h>
 
-/* One function; opaque. */
 struct reg_fn;
 
 /* Adds a module.  The descriptor must outlive the registry; initargs
@@ -31,11 +29,9 @@ void reg_clear(void);
  * while the first names are awaited (reg_await_loaded_names), any valid
  * name of a module with load. */
 const struct reg_fn *reg_lookup(const char *name, size_t len);
-/* Calls f, which is not a name only (the master's). */
+/* A name only (the master's) fails with no_function. */
 int reg_call(const struct reg_fn *f, const msgpack_object *arg, msgpack_packer *result,
 	     struct mpool_task_error *err);
-/* True when f can be called in this process. */
-int reg_callable(const struct reg_fn *f);
 
 /* In the fork server, before any fork: calls every module's load hook and
  * adds the functions it returns.  A module whose load fails is logged and
@@ -45,18 +41,15 @@ unsigned reg_load_all(void);
  * total size, which may exceed size (nothing is then written past it). */
 size_t reg_loaded_names(char *buf, size_t size);
 /* In the master: the names the fork server reported (as reg_loaded_names
- * wrote them) replace those known before; NULL, 0 forgets them all, so
- * that they are refused at submit.  Names of modules not registered, or
- * not valid, are skipped.  The number of names kept.  They outlive
- * reg_clear(): a reload keeps judging by them until the new fork server
- * reports. */
+ * wrote them) replace those known before; NULL, 0 forgets them all.
+ * Invalid names, or those of modules not registered, are skipped.  The
+ * number kept.  They outlive reg_clear(): a reload keeps judging by them
+ * until the new fork server reports. */
 unsigned reg_set_loaded_names(const char *buf, size_t len);
-/* In the master, as a fork server starts loading the modules: unless some
- * fork server reported names before, reg_lookup() accepts every valid
- * name of a module with load until one does, rather than refuse what the
- * modules may well define.  A task whose function then does not exist
- * fails in its worker with no_function, item by item; a process the
- * master forks meanwhile runs every load hook itself (reg_init_all). */
+/* In the master, as a fork server starts loading: unless some fork server
+ * reported names before, reg_lookup() accepts every valid name of a module
+ * with load until one does, rather than refuse what the modules may well
+ * define.  A function that then does not exist fails in its worker. */
 void reg_await_loaded_names(void);
 
 /* In a worker: calls load where it did not run in this process yet (a
@@ -65,8 +58,7 @@ void reg_await_loaded_names(void);
  * and *ret_module naming the module whose init failed. */
 int reg_init_all(struct mpool_task_error *err, const char **ret_module);
 void reg_fini_all(void);
-/* Calls fn with each function's "MODULE.FUNCTION" (cluster: the functions
- * a node announces), loaded ones known by name included. */
+/* Calls fn with each function's "MODULE.FUNCTION", names only included. */
 void reg_each_fn(void (*fn)(const char *name, void *arg), void *arg);
 
 extern const struct mpool_module builtin_module;

@@ -9,13 +9,13 @@
  * results has one element per item (nil where it failed); errors holds an
  * error object (with "index" = first + i) per failed item.  Both arrays are
  * forwarded to the client byte for byte.  results comes last so the master
- * finds its end as the end of the frame, without walking every result.  A worker sends a "part" for the
- * items it finished whenever WMSG_PART_MS passed since its last message, so
- * long chunks stream, a death loses only unreported items, and the master
- * can tell a slow chunk from a hung task.  With each true (a batch of
- * independent applies) it reports every item at once, so the master knows
- * exactly which item a death interrupted.  Bump WMSG_VERSION when a shape
- * changes. */
+ * finds its end as the end of the frame, without walking every result.  A
+ * worker sends a "part" for the items it finished whenever WMSG_PART_MS
+ * passed since its last message, so long chunks stream, a death loses only
+ * unreported items, and the master can tell a slow chunk from a hung task.
+ * With each true (a batch of independent applies) it reports every item at
+ * once, so the master knows exactly which item a death interrupted.  Bump
+ * WMSG_VERSION when a shape changes. */
 #ifndef WMSG_H
 #define WMSG_H
 

@@ -26,11 +26,9 @@
 
 #define WORKER_FD 3
 
-/* Leaves the parent's world behind: its descriptors (the master's
- * listening socket, clients, other workers' pairs, the epoll instance; the
- * fork server's channel).  Signals were reset and the systemd environment
- * dropped by whoever forked us (fork.c and the entries below, or the fork
- * server once for all). */
+/* Leaves the parent's descriptors behind (listening socket, clients, other
+ * workers' pairs, the epoll instance).  Signals and the environment were
+ * reset by whoever forked us. */
 static void worker_detach(int fd, pid_t parent)
 {
 	/* Die with the parent, even when it is SIGKILLed.  The getppid()
@@ -84,7 +82,7 @@ static void write_all(const struct iovec *iov, int n)
 	}
 }
 
-/* Packed in sb, which the worker reuses for its pieces' heads. */
+/* sb: the worker's buffer for its pieces' heads. */
 static void send_ready(msgpack_sbuffer *sb)
 {
 	msgpack_packer pk;
@@ -100,11 +98,9 @@ static void send_ready(msgpack_sbuffer *sb)
 	write_all(&iov, 1);
 }
 
-/* Buffers reused across chunks, so a worker allocates only while its
- * results grow past anything seen before.  results and errors hold the
- * elements of the piece not yet sent; their array headers are packed when
- * the piece goes out.  The zone, for arguments that are no scalar, is set
- * up on the first such argument. */
+/* Reused across chunks.  results and errors hold the elements of the piece
+ * not yet sent; their array headers are packed when it goes out.  The zone
+ * is set up on the first argument that is no scalar. */
 struct run_bufs {
 	msgpack_sbuffer head, results, errors, tail;
 	msgpack_zone zone;
@@ -131,8 +127,7 @@ static void pack_item_error(msgpack_packer *pk, uint64_t index,
 		_exit(WORKER_EXIT_PROTO);
 }
 
-/* Sends the piece held in b: a "part" notification, or the final response
- * that ends the chunk. */
+/* A "part" notification, or the final response that ends the chunk. */
 static void send_piece(struct run_bufs *b, uint64_t seq, bool final, uint32_t n_items,
 		       uint32_t n_err)
 {
@@ -165,8 +160,16 @@ static void send_piece(struct run_bufs *b, uint64_t seq, bool final, uint32_t n_
 	b->results.size = b->errors.size = 0;
 }
 
-/* Runs one chunk, streaming its results in pieces.  Returns the number of
- * tasks run. */
+/* Whether a task packed exactly one value of at most MP_ITEM_DEPTH_MAX
+ * levels. */
+static bool one_result(const char *p, size_t len)
+{
+	size_t n;
+
+	return mp_scan_one((const uint8_t *)p, len, MP_ITEM_DEPTH_MAX, &n) == 1 && n == len;
+}
+
+/* Runs one chunk, streaming its results in pieces; the tasks run. */
 static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 {
 	msgpack_packer rpk, epk;
@@ -202,20 +205,16 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 					   &b->zone, &arg) < 0)
 				_exit(WORKER_EXIT_PROTO);
 		}
-		/* The master checked the name, or took it on trust before the
-		 * fork server had named its functions (registry.h): a miss
-		 * here is a name its module does not define after all, or a
-		 * module whose load failed in this worker alone (it logged
-		 * why). */
+		/* The master checked the name, or took it on trust
+		 * (registry.h): a miss is a name its module does not define
+		 * after all, or a load that failed in this worker alone. */
 		if (fn)
 			rc = reg_call(fn, &arg, &rpk, &err);
 		else
 			rc = mpool_task_fail(&err, MPOOL_E_NOFUNC,
 					     "no such function in this worker: its module does "
 					     "not define it, or did not load here");
-		if (rc == 0 && (mp_scan_one((const uint8_t *)b->results.data + before,
-					    b->results.size - before, MP_ITEM_DEPTH_MAX, &len) != 1 ||
-				len != b->results.size - before)) {
+		if (rc == 0 && !one_result(b->results.data + before, b->results.size - before)) {
 			rc = -1;
 			err.code = MPOOL_E_RESULT;
 			snprintf(err.message, sizeof(err.message),
@@ -316,7 +315,7 @@ void worker_once_entry(int fd, pid_t master, const void *arg)
 	const struct reg_fn *fn;
 	const char *failed;
 	struct iovec iov[2];
-	size_t off = 0, len;
+	size_t off = 0;
 	int rc;
 
 	worker_drop_service_env();
@@ -338,14 +337,12 @@ void worker_once_entry(int fd, pid_t master, const void *arg)
 	} else if (msgpack_unpack((const char *)once->arg, once->arg_len, &off, &zone, &obj) < 0) {
 		_exit(WORKER_EXIT_PROTO);
 	} else if (!(fn = reg_lookup(once->fn, strlen(once->fn)))) {
-		/* After init: a loaded module's functions are known here only
-		 * once its load ran (reg_init_all), and it may have failed. */
+		/* After init: load ran in reg_init_all, and may have failed. */
 		rc = mpool_task_fail(&err, MPOOL_E_NOFUNC,
 				     "the function's module did not load in this process");
 	} else {
 		rc = reg_call(fn, &obj, &bpk, &err);
-		if (rc == 0 && (mp_scan_one((const uint8_t *)body.data, body.size, MP_ITEM_DEPTH_MAX,
-					    &len) != 1 || len != body.size)) {
+		if (rc == 0 && !one_result(body.data, body.size)) {
 			rc = -1;
 			err.code = MPOOL_E_RESULT;
 			snprintf(err.message, sizeof(err.message),

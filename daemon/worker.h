@@ -1,6 +1,5 @@
-/* worker: the entry function of a pool worker process.  A plain blocking
- * loop on one socketpair: read a chunk, call the task function per item,
- * write the results.  It never returns into master code. */
+/* worker: the entry function of a pool worker process, a plain blocking
+ * loop on one socketpair.  It never returns into master code. */
 #ifndef WORKER_H
 #define WORKER_H
 
@@ -13,8 +12,7 @@
 __attribute__((noreturn))
 void worker_main(int fd, pid_t parent, uint64_t quota);
 /* Drops the systemd variables meant for mpoold alone, so that no child
- * (a worker, the fork server) notifies, is watched or takes sockets in its
- * name. */
+ * notifies, is watched or takes sockets in its name. */
 void worker_drop_service_env(void);
 /* fork_child() entry of a pool worker: arg points to its quota. */
 void worker_entry(int fd, pid_t master, const void *arg);
