@@ -82,8 +82,14 @@ uint64_t conn_bytes_held(void)
 int conn_budget(const struct conn *c, size_t add, char *why, size_t n_why)
 {
 	size_t in = c->io_bytes - chan_out_len(c->ch);
-	size_t mine = c->io_bytes - in + conn_queued_bytes(c);
+	/* Every job's input bounds this client's: its own are summed (a walk
+	 * per request, with a pipelining client's thousand applies open)
+	 * only when that bound does not settle it. */
+	size_t mine = c->io_bytes - in + disp_bytes_held();
 	uint64_t all = conn_bytes_held() - in;
+
+	if (mine + add > cfg.max_client_bytes)
+		mine = c->io_bytes - in + conn_queued_bytes(c);
 
 	if (mine + add > cfg.max_client_bytes) {
 		snprintf(why, n_why, "this connection holds %zu bytes in mpoold; %zu more would pass "
