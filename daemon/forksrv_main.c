@@ -204,8 +204,9 @@ int main(int argc, char **argv)
 		if (p[0].revents) {
 			struct signalfd_siginfo si;
 
-			while (read(sfd, &si, sizeof(si)) > 0)
-				;
+			/* One read takes it: SIGCHLD is pending once however
+			 * many died, and reap() takes them all. */
+			(void)!read(sfd, &si, sizeof(si));
 			reap();
 		}
 		if (!p[1].revents)
