@@ -1,9 +1,9 @@
 #include "chan.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "mem.h"
@@ -44,10 +44,11 @@ struct chan *chan_new(struct event_base *base, int fd, const struct mp_frame_lim
 		      const struct chan_ops *ops, void *ctx)
 {
 	struct chan *ch = xcalloc(1, sizeof(*ch));
-	int fl = fcntl(fd, F_GETFL);
+	int on = 1;
 
-	if (fl >= 0)
-		(void)fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	/* One call, where F_GETFL and F_SETFL take two: a recycle makes a
+	 * channel. */
+	(void)ioctl(fd, FIONBIO, &on);
 	ch->fd = fd;
 	ch->ops = ops;
 	ch->ctx = ctx;

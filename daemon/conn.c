@@ -25,7 +25,7 @@ struct conn {
 	pid_t pid;
 	uid_t uid;
 	gid_t gid;
-	struct job **jobs;         /* open apply/map requests */
+	struct job **jobs;         /* open apply/map requests, by msgid */
 	unsigned n_jobs, cap_jobs;
 	uint64_t *held;            /* msgids of other open requests (joins) */
 	unsigned n_held, cap_held;
@@ -82,8 +82,14 @@ uint64_t conn_bytes_held(void)
 int conn_budget(const struct conn *c, size_t add, char *why, size_t n_why)
 {
 	size_t in = c->io_bytes - chan_out_len(c->ch);
-	size_t mine = c->io_bytes - in + conn_queued_bytes(c);
+	/* Every job's input bounds this client's: its own are summed (a walk
+	 * per request, with a pipelining client's thousand applies open)
+	 * only when that bound does not settle it. */
+	size_t mine = c->io_bytes - in + disp_bytes_held();
 	uint64_t all = conn_bytes_held() - in;
+
+	if (mine + add > cfg.max_client_bytes)
+		mine = c->io_bytes - in + conn_queued_bytes(c);
 
 	if (mine + add > cfg.max_client_bytes) {
 		snprintf(why, n_why, "this connection holds %zu bytes in mpoold; %zu more would pass "
@@ -173,12 +179,29 @@ void conn_abort(struct conn *c, int code, const char *why)
 	conn_free(c);
 }
 
+/* c->jobs is sorted by msgid, so a pipelining client's thousand open
+ * applies cost a binary search per request, not a walk: where the first
+ * job of msgid or above is, or would go. */
+static unsigned job_pos(const struct conn *c, uint64_t msgid)
+{
+	unsigned lo = 0, hi = c->n_jobs;
+
+	while (lo < hi) {
+		unsigned mid = lo + (hi - lo) / 2;
+
+		if (disp_job_msgid(c->jobs[mid]) < msgid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 struct job *conn_find_job(const struct conn *c, uint64_t msgid)
 {
-	for (unsigned i = 0; i < c->n_jobs; i++)
-		if (disp_job_msgid(c->jobs[i]) == msgid)
-			return c->jobs[i];
-	return NULL;
+	unsigned i = job_pos(c, msgid);
+
+	return i < c->n_jobs && disp_job_msgid(c->jobs[i]) == msgid ? c->jobs[i] : NULL;
 }
 
 bool conn_msgid_in_use(const struct conn *c, uint64_t msgid)
@@ -198,11 +221,16 @@ unsigned conn_open_requests(const struct conn *c)
 
 void conn_add_job(struct conn *c, struct job *job)
 {
+	unsigned i;
+
 	if (c->n_jobs == c->cap_jobs) {
 		c->cap_jobs = c->cap_jobs ? 2 * c->cap_jobs : 8;
 		c->jobs = xrealloc(c->jobs, c->cap_jobs * sizeof(*c->jobs));
 	}
-	c->jobs[c->n_jobs++] = job;
+	i = job_pos(c, disp_job_msgid(job));
+	memmove(c->jobs + i + 1, c->jobs + i, (c->n_jobs - i) * sizeof(*c->jobs));
+	c->jobs[i] = job;
+	c->n_jobs++;
 }
 
 uint8_t *conn_take_frame(struct conn *c, size_t len)
@@ -244,11 +272,14 @@ void conn_reply(struct conn *c, uint64_t msgid, void (*pack)(msgpack_packer *pk,
 
 void conn_job_ended(struct conn *c, struct job *job)
 {
-	for (unsigned i = 0; i < c->n_jobs; i++) {
-		if (c->jobs[i] == job) {
-			c->jobs[i] = c->jobs[--c->n_jobs];
-			break;
-		}
+	uint64_t msgid = disp_job_msgid(job);
+	unsigned i = job_pos(c, msgid);
+
+	while (i < c->n_jobs && c->jobs[i] != job && disp_job_msgid(c->jobs[i]) == msgid)
+		i++;
+	if (i < c->n_jobs && c->jobs[i] == job) {
+		c->n_jobs--;
+		memmove(c->jobs + i, c->jobs + i + 1, (c->n_jobs - i) * sizeof(*c->jobs));
 	}
 	conn_check_fin(c);
 }

@@ -54,7 +54,6 @@ static void reply(const void *buf, size_t len, int fd)
 		_exit(0);           /* the master is gone */
 }
 
-static unsigned n_workers;
 static pid_t self;
 
 __attribute__((noreturn)) static void worker_start(int fd, pid_t parent, uint64_t quota)
@@ -69,7 +68,8 @@ __attribute__((noreturn)) static void worker_start(int fd, pid_t parent, uint64_
 	worker_main(fd, parent, quota);
 }
 
-static void serve(uint64_t quota)
+/* 1 when a worker was forked, else 0. */
+static unsigned serve(uint64_t quota)
 {
 	struct forksrv_rep rep = { .kind = FORKSRV_FORKED };
 	pid_t pid;
@@ -78,7 +78,7 @@ static void serve(uint64_t quota)
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
 		rep.err = -errno;
 		reply(&rep, sizeof(rep), -1);
-		return;
+		return 0;
 	}
 	pid = fork();
 	if (pid == 0)
@@ -87,26 +87,29 @@ static void serve(uint64_t quota)
 		rep.err = -errno;
 	} else {
 		rep.pid = (int32_t)pid;
-		n_workers++;
 	}
 	close(sv[1]);
 	reply(&rep, sizeof(rep), pid > 0 ? sv[0] : -1);
 	close(sv[0]);
+	return pid > 0;
 }
 
-/* The master is not our workers' parent: it learns their deaths from us. */
-static void reap(void)
+/* The master is not our workers' parent: it learns their deaths from us.
+ * How many died. */
+static unsigned reap(void)
 {
 	struct forksrv_rep rep = { .kind = FORKSRV_EXITED };
 	int status;
+	unsigned n = 0;
 	pid_t pid;
 
 	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
 		rep.pid = (int32_t)pid;
 		rep.status = status;
-		n_workers--;
+		n++;
 		reply(&rep, sizeof(rep), -1);
 	}
+	return n;
 }
 
 int main(int argc, char **argv)
@@ -115,6 +118,9 @@ int main(int argc, char **argv)
 	struct forksrv_rep rep = { .kind = FORKSRV_HELLO };
 	sigset_t none, chld;
 	bool requests = true;
+	/* Live workers, on the stack: a global's page would take a
+	 * copy-on-write fault per fork. */
+	unsigned n_workers = 0;
 	size_t names_len = 0;
 	char *names = NULL;
 	int r, sfd;
@@ -204,15 +210,16 @@ int main(int argc, char **argv)
 		if (p[0].revents) {
 			struct signalfd_siginfo si;
 
-			while (read(sfd, &si, sizeof(si)) > 0)
-				;
-			reap();
+			/* One read takes it: SIGCHLD is pending once however
+			 * many died, and reap() takes them all. */
+			(void)!read(sfd, &si, sizeof(si));
+			n_workers -= reap();
 		}
 		if (!p[1].revents)
 			continue;
 		n = recv(FORKSRV_FD, &req, sizeof(req), MSG_DONTWAIT);
 		if (n == (ssize_t)sizeof(req))
-			serve(req.quota);
+			n_workers += serve(req.quota);
 		else if (n == 0)
 			requests = false;   /* a reload: serve our workers out */
 		else if (n > 0 || (errno != EINTR && errno != EAGAIN))

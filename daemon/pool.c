@@ -351,8 +351,11 @@ static void worker_gone(struct worker *w, int status)
 	w->pid = 0;
 	w->state = W_EMPTY;
 
-	describe_exit(status, st == W_STARTING, how, sizeof(how));
-	snprintf(msg, sizeof(msg), "worker %d %s", (int)pid, w->cause[0] ? w->cause : how);
+	/* Words for a death that is reported, not for every recycle. */
+	if (st == W_BUSY || !clean || w->retire == R_NONE) {
+		describe_exit(status, st == W_STARTING, how, sizeof(how));
+		snprintf(msg, sizeof(msg), "worker %d %s", (int)pid, w->cause[0] ? w->cause : how);
+	}
 	if (st == W_BUSY) {
 		ck = w->chunk;
 		code = w->fail_code ? w->fail_code : MPOOL_E_WORKER;

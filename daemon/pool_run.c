@@ -142,11 +142,10 @@ static void worker_result(struct worker *w, const struct wmsg_result *res)
 	w->state = W_IDLE;
 	why = recycle_reason(w);
 	if (why == R_TASKS) {
-		/* It leaves by itself after this result; its successor need not
-		 * wait for that. */
-		w->retire = R_TASKS;
-		w->state = W_EXITING;
-		pool_leave_slot(w);
+		/* It leaves by itself after this result, and sends nothing
+		 * more: its channel goes now, not at an end-of-file read, and
+		 * its successor need not wait for the exit. */
+		pool_retire(w, R_TASKS);
 	} else if (w->reaped) {
 		w->state = W_EXITING;
 	} else if (why != R_NONE) {
