@@ -8,10 +8,13 @@ Usage: check_abi.py LIBMPOOL.so LIBMPOOL.sym SONAME HEADER...
 import re
 import subprocess
 import sys
+import unittest
+
+ARGS = []
 
 
-def main():
-    lib, symfile, soname, headers = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+def check(lib, symfile, soname, *headers):
+    """The failures, as sentences."""
     failures = []
 
     # Every function the headers declare (not typedefs, macros or the
@@ -62,12 +65,18 @@ def main():
     for name in sorted(set(listed) - set(exported)):
         failures.append('%s is in %s but the library does not define it' % (name, symfile))
 
-    for f in failures:
-        print('check_abi: ' + f)
     print('check_abi: %d functions declared, %d exported, %d failures'
           % (len(declared), len(exported), len(failures)))
-    return 1 if failures else 0
+    return failures
+
+
+# unittest, so that tests/run-all counts it like the other Python suites.
+class Abi(unittest.TestCase):
+    def test_exports_match_headers_and_version_script(self):
+        failures = check(*ARGS)
+        self.assertEqual(failures, [], '\n'.join(failures))
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    ARGS = sys.argv[1:]
+    unittest.main(argv=sys.argv[:1])
