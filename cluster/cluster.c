@@ -58,19 +58,12 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <event2/event.h>
-#include <event2/thread.h>
-#include <msgpack.h>
-#include <nats/nats.h>
 /* The adapter is a header of function definitions, included in one file;
  * its callbacks ignore arguments. */
 #pragma GCC diagnostic push
@@ -78,16 +71,10 @@
 #include <nats/adapters/libevent.h>
 #pragma GCC diagnostic pop
 
+#include <mpool/error.h>
 #include "cluster_int.h"
-#include "cluster_plugin.h"
-#include "config.h"
-#include "disp.h"
 #include "log.h"
 #include "master.h"
-#include "mem.h"
-#include "pool.h"
-
-#include <mpool/error.h>
 
 struct cluster cluster = { .efd = -1 };
 
@@ -146,6 +133,16 @@ static void on_conn_event(natsConnection *nc, void *closure)
 
 /* ---- the connection --------------------------------------------------- */
 
+static void pulls_free(void)
+{
+	while (cluster.pulls) {
+		struct pull *pl = cluster.pulls;
+
+		cluster.pulls = pl->next;
+		free(pl);
+	}
+}
+
 static void on_connected(void)
 {
 	char subj[200];
@@ -197,12 +194,7 @@ static void on_disconnected(void)
 	cluster.down_since = now_ms();
 	cluster.stream_ok = false;
 	/* Pull requests die with the connection. */
-	while (cluster.pulls) {
-		struct pull *pl = cluster.pulls;
-
-		cluster.pulls = pl->next;
-		free(pl);
-	}
+	pulls_free();
 	cluster.pull_credit = 0;
 	log_warn("cluster: broker connection lost; local work goes on, shared work waits "
 		 "for it");
@@ -368,7 +360,6 @@ static const char *login_hint(natsStatus s)
 
 int cluster_start(struct event_base *base)
 {
-	struct timeval tick = { HEARTBEAT_MS / 1000, (HEARTBEAT_MS % 1000) * 1000 };
 	const char *servers[32];
 	char urls[sizeof(host_cfg->cluster_url)], *save = NULL;
 	int n_servers = 0;
@@ -390,7 +381,7 @@ int cluster_start(struct event_base *base)
 	cluster.ev_wake = event_new(base, cluster.efd, EV_READ | EV_PERSIST, wake_cb, NULL);
 	cluster.ev_tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
 	if (!cluster.ev_wake || !cluster.ev_tick || event_add(cluster.ev_wake, NULL) < 0 ||
-	    event_add(cluster.ev_tick, &tick) < 0)
+	    timer_add_ms(cluster.ev_tick, HEARTBEAT_MS) < 0)
 		return -ENOMEM;
 	snprintf(urls, sizeof(urls), "%s", host_cfg->cluster_url);
 	for (char *u = strtok_r(urls, ", ", &save); u && n_servers < 32;
@@ -508,12 +499,7 @@ void cluster_stop(void)
 	}
 	for (unsigned i = 0; i < cluster.n_fns; i++)
 		free(cluster.fns[i]);
-	while (cluster.pulls) {
-		struct pull *pl = cluster.pulls;
-
-		cluster.pulls = pl->next;
-		free(pl);
-	}
+	pulls_free();
 	while (cluster.api) {
 		struct api_req *r = cluster.api;
 

@@ -2,30 +2,18 @@
  * pulled from the stream only for idle workers, each run as a local map
  * job of the inlet's client, its results sent back to its origin; and the
  * stops origins send. */
-#include <errno.h>
 #include <inttypes.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include <msgpack.h>
-
+#include <mpool/error.h>
 #include "cluster_int.h"
-#include "config.h"
-#include "disp.h"
 #include "log.h"
 #include "master.h"
 #include "mem.h"
-#include "mp_rpc.h"
 #include "mp_scan.h"
 #include "pool.h"
-#include "registry.h"
-
-#include <mpool/error.h>
-
-/* ---- the inlet: chunks this node runs for others ------------------------- */
 
 static struct in_chunk *in_find(uint64_t id)
 {
@@ -35,8 +23,10 @@ static struct in_chunk *in_find(uint64_t id)
 	return NULL;
 }
 
-void cluster_in_reply(const struct in_chunk *ic, int kind, uint64_t first,
-		      const uint8_t *res, size_t rlen, const uint8_t *errs, size_t elen, const char *m)
+/* Tells a chunk's origin of its run (enum res_kind). */
+static void cluster_in_reply(const struct in_chunk *ic, int kind, uint64_t first,
+			     const uint8_t *res, size_t rlen, const uint8_t *errs, size_t elen,
+			     const char *m)
 {
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
@@ -60,22 +50,20 @@ void cluster_in_reply(const struct in_chunk *ic, int kind, uint64_t first,
 	mp_pack_cstr(&pk, m ? m : "");
 	cluster_subject(subj, sizeof(subj), "res", ic->origin);
 	if (sb.data)
-		cluster_publish(subj, sb.data, sb.size);
+		cluster_publish(subj, NULL, sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);
 }
 
-void cluster_js_ack(const char *reply, const char *what)
+/* Answers JetStream's delivery (reply subject) with what ("+ACK", "+WPI"...). */
+static void cluster_js_ack(const char *reply, const char *what)
 {
 	if (reply)
-		cluster_publish(reply, what, strlen(what));
+		cluster_publish(reply, NULL, what, strlen(what));
 }
 
-static bool origin_stopped(const char *origin, uint64_t inc, uint64_t job)
+/* The origin stopped the job (cluster_handle_stop). */
+static bool job_stopped(const char *origin, uint64_t inc, uint64_t job)
 {
-	struct node *nd = cluster_node_find(origin);
-
-	if (nd && (!nd->live || nd->inc != inc) && nd->inc >= 1 && nd->last_seen)
-		return true;          /* its origin is gone, or lives again anew */
 	for (unsigned i = 0; i < cluster.n_stopped && i < STOPPED_KEEP; i++)
 		if (cluster.stopped[i].inc == inc && cluster.stopped[i].job == job &&
 		    strcmp(cluster.stopped[i].origin, origin) == 0)
@@ -95,7 +83,7 @@ static void handle_chunk(natsMsg *msg)
 	uint32_t items_len, n;
 	const char *fn = natsMsg_GetSubject(msg), *p;
 	char prefix[128];
-	struct in_chunk *ic;
+	struct in_chunk *ic, head;
 	struct job_spec spec;
 	struct node *nd;
 
@@ -132,39 +120,30 @@ static void handle_chunk(natsMsg *msg)
 			cluster_js_ack(reply, "+TERM");
 		return;
 	}
-	ic = xcalloc(1, sizeof(*ic));
-	ic->id = ++cluster.next_key;
-	snprintf(ic->origin, sizeof(ic->origin), "%s", origin);
-	ic->inc = inc;
-	ic->job_key = job;
-	ic->chunk_key = key;
-	ic->first = first;
-	ic->delivered = delivered;
-	ic->ack = reply ? xstrndup(reply, strlen(reply)) : NULL;
-	ic->claim_ms = now_ms();
-	ic->count = (uint32_t)count;
-	if (origin_stopped(origin, inc, job)) {
+	if (job_stopped(origin, inc, job)) {
 		cluster_js_ack(reply, "+ACK");
-		free(ic->ack);
-		free(ic);
 		return;
 	}
+	head = (struct in_chunk){ .inc = inc, .job_key = job, .chunk_key = key, .first = first,
+				  .delivered = delivered, .count = (uint32_t)count };
+	snprintf(head.origin, sizeof(head.origin), "%s", origin);
 	if (delivered > retries + 1) {
 		/* Every run allowed has been lost with its node. */
-		cluster_in_reply(ic, RES_LOST, 0, NULL, 0, NULL, 0, NULL);
+		cluster_in_reply(&head, RES_LOST, 0, NULL, 0, NULL, 0, NULL);
 		cluster_js_ack(reply, "+ACK");
-		free(ic->ack);
-		free(ic);
 		return;
 	}
 	mp_cur_init(&items_cur, items, items_len);
 	if (disp_walk_items(&items_cur, count, &walked, &walked_len, &marks) < 0) {
 		log_warn("cluster: dropped a chunk from %s whose items are unreadable", origin);
 		cluster_js_ack(reply, "+TERM");
-		free(ic->ack);
-		free(ic);
 		return;
 	}
+	ic = xcalloc(1, sizeof(*ic));
+	*ic = head;
+	ic->id = ++cluster.next_key;
+	ic->ack = reply ? xstrndup(reply, strlen(reply)) : NULL;
+	ic->claim_ms = now_ms();
 	memset(&spec, 0, sizeof(spec));
 	spec.is_map = true;
 	spec.ordered = true;
@@ -190,10 +169,8 @@ static void handle_chunk(natsMsg *msg)
 
 void cluster_handle_pull(uint64_t id, natsMsg *msg)
 {
-	struct pull **pp, *pl;
+	struct pull **pp, *pl, **oldest = NULL;
 	const char *status = NULL;
-
-	struct pull **oldest = NULL;
 
 	/* id 0: a chunk, counted against the oldest request still owed (the
 	 * list is newest first). */
@@ -248,14 +225,13 @@ void cluster_pull_more(void)
 		return;
 	want = idle - cluster.pull_credit;
 	for (unsigned i = 0; i < cluster.n_fns; i++) {
+		const char *fn = cluster.fns[i];
 		bool wanted = false;
 
-		for (unsigned k = 0; k < cluster.n_nodes && !wanted; k++) {
-			if (!cluster.nodes[k].live)
-				continue;
-			for (unsigned j = 0; j < cluster.nodes[k].n_want && !wanted; j++)
-				wanted = strcmp(cluster.nodes[k].want[j], cluster.fns[i]) == 0;
-		}
+		for (unsigned k = 0; k < cluster.n_nodes && !wanted; k++)
+			wanted = cluster.nodes[k].live &&
+				 cluster_strs_have(cluster.nodes[k].want, cluster.nodes[k].n_want,
+						   fn, strlen(fn));
 		if (wanted)
 			cands[n_cands++] = cluster.fns[i];
 	}
@@ -280,7 +256,7 @@ void cluster_pull_more(void)
 		snprintf(reply, sizeof(reply), "%s.pull.%" PRIu64, cluster.inbox, pl->id);
 		snprintf(body, sizeof(body), "{\"batch\":%u,\"expires\":%llu}", batch,
 			 (unsigned long long)PULL_EXPIRES_MS * 1000000ull);
-		cluster_publish_req(subj, reply, body, strlen(body));
+		cluster_publish(subj, reply, body, strlen(body));
 	}
 	cluster.pull_rr++;
 }

@@ -151,13 +151,14 @@ struct cluster {
 };
 extern struct cluster cluster;
 
-/* cluster_js.c.  Publishing logs a failure and goes on: what is lost is
- * covered by the timeouts (tick) and JetStream's redelivery. */
-void cluster_publish(const char *subj, const void *data, size_t len);
-void cluster_publish_req(const char *subj, const char *reply, const void *data, size_t len);
+/* cluster_js.c.  Publishing (reply: NULL, or the subject replies go to)
+ * logs a failure and goes on: what is lost is covered by the timeouts
+ * (tick) and JetStream's redelivery. */
+void cluster_publish(const char *subj, const char *reply, const void *data, size_t len);
 /* Readers of a message's fields; false on a bad shape (the message is
  * dropped: another node's bad data never stops this one). */
 bool cluster_read_name(struct mp_cur *c, char *buf, size_t size);
+/* A bin element: its bytes, in the buffer. */
 bool cluster_read_bin(struct mp_cur *c, const uint8_t **ret, uint32_t *ret_len);
 /* "mpool.C.what.tail" (tail NULL: none). */
 void cluster_subject(char *buf, size_t size, const char *what, const char *tail);
@@ -174,6 +175,8 @@ bool cluster_has_fn(const char *fn, size_t len);
 struct node *cluster_node_find(const char *name);
 /* Frees n strings and their array. */
 void cluster_strs_free(char **v, unsigned n);
+/* Whether the n strings of v hold s (len bytes). */
+bool cluster_strs_have(char *const *v, unsigned n, const char *s, size_t len);
 /* A node is gone: its chunks here stop, its chunks of ours run again. */
 void cluster_node_lost(struct node *nd, const char *why);
 void cluster_handle_nodes(natsMsg *msg);
@@ -194,12 +197,6 @@ void cluster_handle_res(natsMsg *msg);
 void cluster_outlet_tick(uint64_t now);
 
 /* cluster_inlet.c */
-/* Tells a chunk's origin of its run (enum res_kind). */
-void cluster_in_reply(const struct in_chunk *ic, int kind, uint64_t first,
-		      const uint8_t *res, size_t rlen, const uint8_t *errs, size_t elen,
-		      const char *m);
-/* Answers JetStream's delivery (reply subject) with what ("+ACK", "+WPI"...). */
-void cluster_js_ack(const char *reply, const char *what);
 /* A pull's answer, or a pulled chunk (id 0). */
 void cluster_handle_pull(uint64_t id, natsMsg *msg);
 /* Asks the stream for chunks for the idle workers. */

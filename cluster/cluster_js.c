@@ -1,51 +1,30 @@
 /* cluster_js: what the node says to the broker: subjects, publishing,
  * the reading of the shapes every message shares, and JetStream's API
  * (the stream and the consumers), asked asynchronously. */
-#include <jansson.h>
-
-#include <errno.h>
 #include <inttypes.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include <msgpack.h>
+#include <jansson.h>
 
 #include "cluster_int.h"
-#include "config.h"
-#include "disp.h"
 #include "log.h"
-#include "master.h"
 #include "mem.h"
-#include "mp_rpc.h"
 #include "mp_scan.h"
-#include "pool.h"
-#include "registry.h"
-
-#include <mpool/error.h>
 
 /* ---- small helpers ---------------------------------------------------- */
 
-void cluster_publish(const char *subj, const void *data, size_t len)
+void cluster_publish(const char *subj, const char *reply, const void *data, size_t len)
 {
 	natsStatus s;
 
 	if (!cluster.nc)
 		return;
-	s = natsConnection_Publish(cluster.nc, subj, data, (int)len);
-	if (s != NATS_OK && cluster.state == CLUSTER_CONNECTED)
-		log_debug("cluster: cannot publish to %s: %s", subj, natsStatus_GetText(s));
-}
-
-void cluster_publish_req(const char *subj, const char *reply, const void *data, size_t len)
-{
-	natsStatus s;
-
-	if (!cluster.nc)
-		return;
-	s = natsConnection_PublishRequest(cluster.nc, subj, reply, data, (int)len);
+	if (reply)
+		s = natsConnection_PublishRequest(cluster.nc, subj, reply, data, (int)len);
+	else
+		s = natsConnection_Publish(cluster.nc, subj, data, (int)len);
 	if (s != NATS_OK && cluster.state == CLUSTER_CONNECTED)
 		log_debug("cluster: cannot publish to %s: %s", subj, natsStatus_GetText(s));
 }
@@ -62,7 +41,6 @@ bool cluster_read_name(struct mp_cur *c, char *buf, size_t size)
 	return true;
 }
 
-/* A bin (or str) element: its bytes, in the buffer. */
 bool cluster_read_bin(struct mp_cur *c, const uint8_t **ret, uint32_t *ret_len)
 {
 	const uint8_t *p = c->p;
@@ -147,14 +125,8 @@ void cluster_api_send(int what, const char *fn)
 		log_err("cluster: out of memory building a JetStream request");
 		return;
 	}
-	cluster_publish_req(subj, reply, text, strlen(text));
+	cluster_publish(subj, reply, text, strlen(text));
 	free(text);
-}
-
-static void consumers_create(void)
-{
-	for (unsigned i = 0; i < cluster.n_fns; i++)
-		cluster_api_send(API_CONSUMER, cluster.fns[i]);
 }
 
 void cluster_handle_api(uint64_t id, natsMsg *msg)
@@ -190,7 +162,8 @@ void cluster_handle_api(uint64_t id, natsMsg *msg)
 			log_info("cluster: stream %s ready (%u replica(s))", cluster.stream,
 				 host_cfg->cluster_replicas);
 		cluster.stream_ok = true;
-		consumers_create();
+		for (unsigned i = 0; i < cluster.n_fns; i++)
+			cluster_api_send(API_CONSUMER, cluster.fns[i]);
 		disp_schedule();
 	}
 	json_decref(root);

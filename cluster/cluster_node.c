@@ -3,34 +3,29 @@
  * see of the cluster: whether a request's function exists on some node,
  * the status's cluster map. */
 #include <errno.h>
-#include <inttypes.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-#include <msgpack.h>
 
 #include "cluster_int.h"
-#include "config.h"
-#include "disp.h"
 #include "log.h"
 #include "master.h"
 #include "mem.h"
-#include "mp_rpc.h"
 #include "mp_scan.h"
 #include "pool.h"
 #include "registry.h"
 
-#include <mpool/error.h>
+bool cluster_strs_have(char *const *v, unsigned n, const char *s, size_t len)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (strlen(v[i]) == len && memcmp(v[i], s, len) == 0)
+			return true;
+	return false;
+}
 
 bool cluster_has_fn(const char *fn, size_t len)
 {
-	for (unsigned i = 0; i < cluster.n_fns; i++)
-		if (strlen(cluster.fns[i]) == len && memcmp(cluster.fns[i], fn, len) == 0)
-			return true;
-	return false;
+	return cluster_strs_have(cluster.fns, cluster.n_fns, fn, len);
 }
 
 /* ---- nodes ------------------------------------------------------------ */
@@ -154,14 +149,9 @@ void cluster_heartbeat(bool leaving)
 	unsigned busy = pool_busy();
 
 	/* Functions with chunks out: other nodes pull for those. */
-	for (struct out_chunk *o = cluster.out; o; o = o->next) {
-		bool seen = false;
-
-		for (unsigned i = 0; i < n_want; i++)
-			seen |= strcmp(want[i], o->fn) == 0;
-		if (!seen && n_want < MAX_FNS)
+	for (struct out_chunk *o = cluster.out; o; o = o->next)
+		if (!cluster_strs_have(want, n_want, o->fn, strlen(o->fn)) && n_want < MAX_FNS)
 			want[n_want++] = o->fn;
-	}
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 	msgpack_pack_array(&pk, 9);
@@ -183,7 +173,7 @@ void cluster_heartbeat(bool leaving)
 		msgpack_pack_false(&pk);
 	cluster_subject(subj, sizeof(subj), "nodes", NULL);
 	if (sb.data)
-		cluster_publish(subj, sb.data, sb.size);
+		cluster_publish(subj, NULL, sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);
 }
 
@@ -204,14 +194,6 @@ static void fns_free(char **v, unsigned n)
 {
 	for (unsigned i = 0; i < n; i++)
 		free(v[i]);
-}
-
-static bool fn_listed(char *const *v, unsigned n, const char *fn)
-{
-	for (unsigned i = 0; i < n; i++)
-		if (strcmp(v[i], fn) == 0)
-			return true;
-	return false;
 }
 
 /* The functions this node can run, MODULE.FUNCTION; a gateway runs none.
@@ -235,7 +217,7 @@ void cluster_fns_collect(void)
 		return;
 	}
 	for (unsigned i = 0; i < now.n; i++)
-		if (cluster.stream_ok && !fn_listed(cluster.fns, cluster.n_fns, now.v[i]))
+		if (cluster.stream_ok && !cluster_has_fn(now.v[i], strlen(now.v[i])))
 			cluster_api_send(API_CONSUMER, now.v[i]);
 	fns_free(cluster.fns, cluster.n_fns);
 	memcpy(cluster.fns, now.v, now.n * sizeof(now.v[0]));
@@ -253,12 +235,10 @@ int cluster_check_fn(const char *fn, size_t len)
 	if (!cluster_up())
 		return -EAGAIN;
 	for (unsigned i = 0; i < cluster.n_nodes; i++) {
-		if (!cluster.nodes[i].live)
-			continue;
-		for (unsigned k = 0; k < cluster.nodes[i].n_fns; k++)
-			if (strlen(cluster.nodes[i].fns[k]) == len &&
-			    memcmp(cluster.nodes[i].fns[k], fn, len) == 0 && cluster.nodes[i].workers > 0)
-				return 0;
+		const struct node *nd = &cluster.nodes[i];
+
+		if (nd->live && nd->workers > 0 && cluster_strs_have(nd->fns, nd->n_fns, fn, len))
+			return 0;
 	}
 	return -ENOENT;
 }

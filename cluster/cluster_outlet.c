@@ -1,30 +1,17 @@
 /* cluster_outlet: chunks of this node's shared jobs, out on the stream;
  * what their runners report becomes disp_chunk_part / done / lost, cut to
  * the items not yet forwarded (see cluster.c's top comment). */
-#include <errno.h>
 #include <inttypes.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include <msgpack.h>
-
+#include <mpool/error.h>
 #include "cluster_int.h"
-#include "config.h"
-#include "disp.h"
 #include "log.h"
 #include "master.h"
 #include "mem.h"
-#include "mp_rpc.h"
 #include "mp_scan.h"
-#include "pool.h"
-#include "registry.h"
-
-#include <mpool/error.h>
-
-/* ---- the outlet: chunks of this node's shared jobs ----------------------- */
 
 /* Chunks the outlet may have out: what the other live nodes' workers can
  * take now, so the stream holds no more than they will pull soon, and this
@@ -105,7 +92,7 @@ void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
 	}
 	cluster_subject(subj, sizeof(subj), "work", o->fn);
 	snprintf(reply, sizeof(reply), "%s.ack.%" PRIu64, cluster.inbox, o->key);
-	cluster_publish_req(subj, reply, sb.data, sb.size);
+	cluster_publish(subj, reply, sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);
 }
 
@@ -172,67 +159,45 @@ void cluster_outlet_tick(uint64_t now)
 static uint32_t rebase_errors(const uint8_t *errs, size_t len, uint64_t base, uint64_t skip,
 			      msgpack_sbuffer *sb)
 {
-	msgpack_unpacked u;
-	msgpack_packer pk;
-	uint32_t kept = 0;
-	size_t off = 0;
+	msgpack_sbuffer kept_sb;
+	msgpack_packer pk, kpk;
+	struct mp_cur c;
+	uint32_t n, kept = 0;
 
 	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
-	msgpack_unpacked_init(&u);
-	if (msgpack_unpack_next(&u, (const char *)errs, len, &off) != MSGPACK_UNPACK_SUCCESS ||
-	    u.data.type != MSGPACK_OBJECT_ARRAY) {
-		msgpack_unpacked_destroy(&u);
-		msgpack_pack_array(&pk, 0);
-		return 0;
-	}
-	for (uint32_t i = 0; i < u.data.via.array.size; i++) {
-		const msgpack_object *e = &u.data.via.array.ptr[i];
+	msgpack_sbuffer_init(&kept_sb);
+	msgpack_packer_init(&kpk, &kept_sb, msgpack_sbuffer_write);
+	mp_cur_init(&c, errs, len);
+	if (mp_read_array(&c, &n) < 0)
+		n = 0;
+	while (n--) {
+		const char *msg;
+		uint32_t msg_len;
+		int64_t index;
+		int code;
+		char m[512];
 
-		if (e->type != MSGPACK_OBJECT_MAP)
+		if (mp_read_error(&c, &code, &msg, &msg_len, &index) < 0) {
+			if (mp_skip(&c, NULL, NULL) < 0)
+				break;
 			continue;
-		for (uint32_t k = 0; k < e->via.map.size; k++) {
-			const msgpack_object *key = &e->via.map.ptr[k].key, *v = &e->via.map.ptr[k].val;
-
-			if (key->type == MSGPACK_OBJECT_STR &&
-			    mp_str_eq(key->via.str.ptr, key->via.str.size, "index") &&
-			    v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 >= skip)
-				kept++;
 		}
+		if (index < 0 || (uint64_t)index < skip)
+			continue;
+		snprintf(m, sizeof(m), "%.*s", (int)msg_len, msg);
+		mp_pack_error(&kpk, code, m, (int64_t)(base + (uint64_t)index));
+		kept++;
 	}
 	msgpack_pack_array(&pk, kept);
-	for (uint32_t i = 0; i < u.data.via.array.size; i++) {
-		const msgpack_object *e = &u.data.via.array.ptr[i];
-		int64_t code = MPOOL_E_WORKER, index = -1;
-		char m[512] = "";
-
-		if (e->type != MSGPACK_OBJECT_MAP)
-			continue;
-		for (uint32_t k = 0; k < e->via.map.size; k++) {
-			const msgpack_object *key = &e->via.map.ptr[k].key, *v = &e->via.map.ptr[k].val;
-
-			if (key->type != MSGPACK_OBJECT_STR)
-				continue;
-			if (mp_str_eq(key->via.str.ptr, key->via.str.size, "code") &&
-			    (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
-			     v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER))
-				code = v->via.i64;
-			else if (mp_str_eq(key->via.str.ptr, key->via.str.size, "index") &&
-				 v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-				index = (int64_t)v->via.u64;
-			else if (mp_str_eq(key->via.str.ptr, key->via.str.size, "message") &&
-				 v->type == MSGPACK_OBJECT_STR)
-				snprintf(m, sizeof(m), "%.*s", (int)v->via.str.size, v->via.str.ptr);
-		}
-		if (index >= 0 && (uint64_t)index >= skip)
-			mp_pack_error(&pk, (int)code, m, (int64_t)(base + (uint64_t)index));
-	}
-	msgpack_unpacked_destroy(&u);
+	if (kept_sb.data)
+		msgpack_sbuffer_write(sb, kept_sb.data, kept_sb.size);
+	msgpack_sbuffer_destroy(&kept_sb);
 	return kept;
 }
 
-/* A part (or the last part) of a run of chunk o: results for items
- * orig_first + rel .. + n of the chunk. */
-static void out_results(struct out_chunk **pp, bool last, uint64_t rel, const uint8_t *res,
+/* A part of a run of chunk o: results for items orig_first + rel .. + n
+ * of the chunk. */
+static void out_results(struct out_chunk **pp, uint64_t rel, const uint8_t *res,
 			uint32_t res_len, const uint8_t *errs, uint32_t errs_len)
 {
 	struct out_chunk *o = *pp;
@@ -276,7 +241,6 @@ static void out_results(struct out_chunk **pp, bool last, uint64_t rel, const ui
 	wr.errors = (const uint8_t *)eb.data;
 	wr.errors_len = eb.size;
 	o->active_ms = now_ms();
-	(void)last;
 	if (wr.n_results >= o->ck.count) {
 		struct chunk ck = o->ck;
 
@@ -308,7 +272,6 @@ void cluster_handle_res(natsMsg *msg)
 		return;
 	if (inc != cluster.inc || !(o = cluster_out_find(key, &pp)))
 		return;          /* an earlier life's, or a chunk already ended */
-	(void)job;
 	o->active_ms = now_ms();
 	o->acked = true;
 	/* A runner that gives the chunk up never ran it: the node named is
@@ -351,7 +314,7 @@ void cluster_handle_res(natsMsg *msg)
 	}
 	if (!cluster_read_bin(&c, &res, &res_len) || !cluster_read_bin(&c, &errs, &errs_len))
 		return;
-	out_results(pp, false, first - o->orig_first, res, res_len, errs, errs_len);
+	out_results(pp, first - o->orig_first, res, res_len, errs, errs_len);
 }
 
 void cluster_kill_job(const struct job *job)
@@ -371,7 +334,7 @@ void cluster_kill_job(const struct job *job)
 	msgpack_pack_uint64(&pk, disp_job_id(job));
 	cluster_subject(subj, sizeof(subj), "stop", host_cfg->node_name);
 	if (sb.data)
-		cluster_publish(subj, sb.data, sb.size);
+		cluster_publish(subj, NULL, sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);
 	/* The outlet's chunks of job end as a killed worker's do: soon,
 	 * from the loop, not inside the dispatcher's call. */
