@@ -29,8 +29,6 @@ int cluster_config_check(char *why, size_t why_size);
 int cluster_read_user_file(const char *path, char *user, size_t user_size, char *pass,
 			   size_t pass_size, char *why, size_t why_size);
 
-/* cluster-url is set. */
-bool cluster_enabled(void);
 /* Connected, and the work stream is ready. */
 bool cluster_up(void);
 

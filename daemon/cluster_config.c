@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -64,10 +63,7 @@ static int check_url(const char *url, size_t len, char *why, size_t n)
 		return -1;
 	}
 	/* The port follows the last ':' unless that is inside [IPv6]. */
-	colon = NULL;
-	for (const char *p = host; p < end; p++)
-		if (*p == ':')
-			colon = p;
+	colon = memrchr(host, ':', (size_t)(end - host));
 	if (colon && memchr(colon, ']', (size_t)(end - colon)))
 		colon = NULL;
 	if (!colon)

@@ -29,6 +29,11 @@ struct conn *const cluster_inlet_conn = (struct conn *)&inlet_tag;
 /* NULL: no cluster-url, and no plugin. */
 static const struct cluster_plugin *plug;
 
+static bool cluster_enabled(void)
+{
+	return cfg.cluster_url[0] != '\0';
+}
+
 static const struct cluster_host host = {
 	.cfg = &cfg,
 	.inlet_conn = (struct conn *)&inlet_tag,
@@ -89,16 +94,12 @@ int cluster_plugin_load(char *why, size_t n)
 	/* Never closed: its threads and the loop's events live as long as
 	 * mpoold. */
 	h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-	if (!h) {
-		snprintf(why, n, "cluster-url is set but the cluster plugin %s cannot be loaded: %s",
-			 path, dlerror());
-		return -1;
-	}
-	p = dlsym(h, CLUSTER_PLUGIN_SYM);
+	p = h ? dlsym(h, CLUSTER_PLUGIN_SYM) : NULL;
 	if (!p) {
 		snprintf(why, n, "cluster-url is set but the cluster plugin %s cannot be loaded: %s",
 			 path, dlerror());
-		dlclose(h);
+		if (h)
+			dlclose(h);
 		return -1;
 	}
 	if (p->abi != CLUSTER_PLUGIN_ABI || !p->version || strcmp(p->version, MPOOL_VERSION) != 0 ||
@@ -113,11 +114,6 @@ int cluster_plugin_load(char *why, size_t n)
 	p->attach(&host);
 	plug = p;
 	return 0;
-}
-
-bool cluster_enabled(void)
-{
-	return cfg.cluster_url[0] != '\0';
 }
 
 bool cluster_up(void)

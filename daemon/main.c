@@ -1,8 +1,7 @@
 /* mpoold: a preforking process-pool daemon.  main() gathers the settings
  * (built-in defaults, then the config file, then the command line), takes
- * what systemd passed, loads the task modules (before any fork: a bad one
- * stops mpoold here; the fork server loads them again for the workers) and
- * hands over to the master loop.
+ * what systemd passed, loads the task modules and hands over to the master
+ * loop.
  *
  * Exit status: 0 clean, 1 a failure at run time, 2 a usage or config file
  * error (the unit does not restart on 2: restarting cannot fix a typo), 3
@@ -187,14 +186,9 @@ static void ensure_std_fds(void)
  * (cfgerr.h); otherwise it exits now.  Returns the exit status. */
 static int cannot_start(int status)
 {
-	int fd;
+	int fd = notify_take_listen_fd();
 
-	if (notify_init() < 0)
-		return status;
-	fd = notify_take_listen_fd();
-	if (fd < 0)
-		return status;
-	return cfgerr_serve(fd, log_last_error());
+	return fd < 0 ? status : cfgerr_serve(fd, log_last_error());
 }
 
 int main(int argc, char **argv)
@@ -220,13 +214,10 @@ int main(int argc, char **argv)
 	if (cfgfile_load(config ? config : MPOOL_CONFIG_FILE, config != NULL, why,
 			 sizeof(why)) < 0) {
 		log_startup_err("%s", why);
-		config_modules_clear();
-		return act == RUN ? cannot_start(EXIT_USAGE) : EXIT_USAGE;
+		goto bad_config;
 	}
-	if (cli_apply(&cl, argc, argv) < 0 || apply_dynamic_defaults() < 0) {
-		config_modules_clear();
-		return act == RUN ? cannot_start(EXIT_USAGE) : EXIT_USAGE;
-	}
+	if (cli_apply(&cl, argc, argv) < 0 || apply_dynamic_defaults() < 0)
+		goto bad_config;
 	if (act == PRINT_CONFIG) {
 		opt_print_config(stdout);
 		config_modules_clear();
@@ -239,18 +230,15 @@ int main(int argc, char **argv)
 	 * now, naming the file.  The fork server (forksrv.h) loads the same
 	 * files again for the workers it forks. */
 	if (notify_init() == 0) {
-		if (modload_all() == 0) {
-			r = master_run();
-		} else {
-			/* A module named by the config that does not load is a
-			 * config error too: nothing a restart can fix. */
-			int fd = notify_take_listen_fd();
-
-			if (fd >= 0)
-				r = cfgerr_serve(fd, log_last_error());
-		}
+		/* A module named by the config that does not load is a config
+		 * error too: nothing a restart can fix. */
+		r = modload_all() == 0 ? master_run() : cannot_start(1);
 		modload_close_all();
 	}
 	config_modules_clear();
 	return r;
+
+bad_config:
+	config_modules_clear();
+	return act == RUN && notify_init() == 0 ? cannot_start(EXIT_USAGE) : EXIT_USAGE;
 }
