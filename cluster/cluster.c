@@ -3,13 +3,9 @@
  * libnats's adapter).  Built with the other NATS-using files into the
  * plugin mpool-cluster.so, whose table (cluster_plugin.h) ends this file.
  *
- * To the dispatcher the link is two things it already knows:
- * - the outlet takes chunks of shared jobs like a worker: it publishes them
- *   to the cluster's work-queue stream, and turns what comes back into
- *   disp_chunk_part / disp_chunk_done / disp_chunk_lost;
- * - the inlet brings chunks in like a client: it pulls chunks from the
- *   stream only for idle workers, submits each as a local map job, and
- *   sends its results back to the node the chunk came from.
+ * To the dispatcher the link is two things it already knows: an outlet
+ * that takes chunks like a worker (cluster_outlet.c) and an inlet that
+ * brings chunks in like a client (cluster_inlet.c).
  *
  * Threads: libnats calls message and connection handlers on threads of its
  * own.  Those handlers only queue the message (or the event) and wake the
@@ -523,7 +519,6 @@ const struct cluster_plugin mpool_cluster_plugin = {
 	.preinit = cluster_preinit,
 	.start = cluster_start,
 	.stop = cluster_stop,
-	.up = cluster_up,
 	.check_fn = cluster_check_fn,
 	.outlet_room = cluster_outlet_room,
 	.outlet_run = cluster_outlet_run,

@@ -125,7 +125,7 @@ static void handle_chunk(natsMsg *msg)
 		return;
 	}
 	head = (struct in_chunk){ .inc = inc, .job_key = job, .chunk_key = key, .first = first,
-				  .delivered = delivered, .count = (uint32_t)count };
+				  .delivered = delivered };
 	snprintf(head.origin, sizeof(head.origin), "%s", origin);
 	if (delivered > retries + 1) {
 		/* Every run allowed has been lost with its node. */

@@ -35,6 +35,7 @@
 #define MAX_FNS 256
 #define STOPPED_KEEP 1024        /* recent stopped jobs, whose queued chunks are dropped */
 
+enum cluster_state { CLUSTER_OFF, CLUSTER_CONNECTING, CLUSTER_CONNECTED, CLUSTER_DISCONNECTED };
 enum qkind { Q_NODES, Q_RES, Q_STOP, Q_INBOX };
 enum res_kind { RES_CLAIM = 1, RES_PART = 2, RES_DONE = 3, RES_LOST = 4 };
 
@@ -72,6 +73,9 @@ struct out_chunk {
 	struct out_chunk *next;
 };
 
+/* Connected, and the work stream is ready. */
+bool cluster_up(void);
+
 /* The daemon (cluster_host.c): its calls, and its config, read-only. */
 extern const struct cluster_host *cluster_host;
 extern const struct config *host_cfg;
@@ -85,7 +89,6 @@ struct in_chunk {
 	uint64_t inc, job_key, chunk_key, first, delivered;
 	char *ack;                   /* the JetStream reply subject */
 	uint64_t claim_ms;
-	uint32_t count;
 	bool stopped;
 	struct in_chunk *next;
 };
@@ -120,7 +123,6 @@ struct cluster {
 	bool stream_ok;
 	uint64_t up_since;           /* connected since */
 	uint64_t stream_asked;       /* when the stream was last asked for */
-	unsigned consumers_ok;
 	/* Handoff from libnats's threads. */
 	pthread_mutex_t mu;
 	struct qitem *q;
@@ -182,7 +184,6 @@ void cluster_node_lost(struct node *nd, const char *why);
 void cluster_handle_nodes(natsMsg *msg);
 /* Publishes this node's heartbeat; leaving: its last. */
 void cluster_heartbeat(bool leaving);
-/* Collects the functions this node announces again (each heartbeat). */
 void cluster_fns_collect(void);
 
 /* cluster_outlet.c */
@@ -193,13 +194,11 @@ void cluster_out_remove(struct out_chunk **pp);
 /* Ends a chunk out as lost (disp_chunk_lost) and forgets it. */
 void cluster_out_lost(struct out_chunk **pp, int code, const char *msg);
 void cluster_handle_res(natsMsg *msg);
-/* Each second: ends the chunks out that timed out. */
 void cluster_outlet_tick(uint64_t now);
 
 /* cluster_inlet.c */
 /* A pull's answer, or a pulled chunk (id 0). */
 void cluster_handle_pull(uint64_t id, natsMsg *msg);
-/* Asks the stream for chunks for the idle workers. */
 void cluster_pull_more(void);
 void cluster_in_free(struct in_chunk *ic);
 /* Each second: forgets expired pulls, renews long chunks' claims. */

@@ -155,9 +155,7 @@ void cluster_handle_api(uint64_t id, natsMsg *msg)
 			log_err("cluster: cannot create the stream %s: %s", cluster.stream,
 				desc ? desc : "no answer");
 		}
-	} else if (r->what == API_CONSUMER) {
-		cluster.consumers_ok++;
-	} else {
+	} else if (r->what != API_CONSUMER) {
 		if (!cluster.stream_ok)
 			log_info("cluster: stream %s ready (%u replica(s))", cluster.stream,
 				 host_cfg->cluster_replicas);

@@ -13,42 +13,32 @@
 #include "mem.h"
 #include "mp_scan.h"
 
-/* Chunks the outlet may have out: what the other live nodes' workers can
- * take now, so the stream holds no more than they will pull soon, and this
- * node's own workers take the rest directly. */
-static unsigned outlet_cap(void)
+/* The other live nodes' workers, and (spare) one chunk more per other node
+ * with workers.  The outlet has no more out than that, so the stream holds
+ * only what they will pull soon and this node's own workers take the rest
+ * directly; the spare chunk lets a worker there that asks again find one
+ * without waiting for this node to hear of its last result. */
+static unsigned outlet_cap(bool spare)
 {
 	unsigned cap = 0;
 
-	for (unsigned i = 0; i < cluster.n_nodes; i++)
-		if (cluster.nodes[i].live && strcmp(cluster.nodes[i].name, host_cfg->node_name) != 0)
-			cap += cluster.nodes[i].workers;
-	/* A gateway's own pulls count too: it runs nothing itself. */
+	for (unsigned i = 0; i < cluster.n_nodes; i++) {
+		const struct node *nd = &cluster.nodes[i];
+
+		if (nd->live && strcmp(nd->name, host_cfg->node_name) != 0)
+			cap += nd->workers + (spare && nd->workers);
+	}
 	return cap;
 }
 
 unsigned cluster_outlet_workers(void)
 {
-	return cluster.on ? outlet_cap() : 0;
-}
-
-/* One chunk more per other node waits in the stream, so that a worker
- * there that asks again finds one without waiting for this node to hear of
- * its last result and publish the next. */
-static unsigned outlet_spare(void)
-{
-	unsigned n = 0;
-
-	for (unsigned i = 0; i < cluster.n_nodes; i++)
-		if (cluster.nodes[i].live && cluster.nodes[i].workers &&
-		    strcmp(cluster.nodes[i].name, host_cfg->node_name) != 0)
-			n++;
-	return n;
+	return cluster.on ? outlet_cap(false) : 0;
 }
 
 bool cluster_outlet_room(void)
 {
-	return cluster_up() && cluster.n_out < outlet_cap() + outlet_spare();
+	return cluster_up() && cluster.n_out < outlet_cap(true);
 }
 
 void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)

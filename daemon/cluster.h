@@ -16,8 +16,6 @@ struct conn;
 struct job;
 struct job_spec;
 
-enum cluster_state { CLUSTER_OFF, CLUSTER_CONNECTING, CLUSTER_CONNECTED, CLUSTER_DISCONNECTED };
-
 /* Checks the cluster settings in cfg (URLs, files, names), fills in the
  * default node name and opens the cluster plugin.  0, or -1 with the
  * reason in why.  Without cluster-url it only checks that workers is not
@@ -28,9 +26,6 @@ int cluster_config_check(char *why, size_t why_size);
  * its second.  0, or -1 with the reason in why. */
 int cluster_read_user_file(const char *path, char *user, size_t user_size, char *pass,
 			   size_t pass_size, char *why, size_t why_size);
-
-/* Connected, and the work stream is ready. */
-bool cluster_up(void);
 
 /* Before the loop's event_base exists (libnats's adapter needs libevent's
  * thread support). */

@@ -116,11 +116,6 @@ int cluster_plugin_load(char *why, size_t n)
 	return 0;
 }
 
-bool cluster_up(void)
-{
-	return plug && plug->up();
-}
-
 void cluster_preinit(void)
 {
 	if (plug)
