@@ -383,6 +383,7 @@ void cluster_handle_stop(natsMsg *msg)
 	struct mp_cur c;
 	uint64_t wire, inc, job;
 	uint32_t n;
+	unsigned slot;
 
 	cluster_subject(prefix, sizeof(prefix), "stop", "");
 	if (strncmp(subj, prefix, strlen(prefix)) != 0)
@@ -393,13 +394,10 @@ void cluster_handle_stop(natsMsg *msg)
 	    wire != CLUSTER_WIRE || mp_read_u64(&c, &inc) < 0 || mp_read_u64(&c, &job) < 0 ||
 	    strlen(origin) > CONFIG_NAME_MAX)
 		return;
-	{
-		unsigned slot = cluster.n_stopped++ % STOPPED_KEEP;
-
-		snprintf(cluster.stopped[slot].origin, sizeof(cluster.stopped[slot].origin), "%s", origin);
-		cluster.stopped[slot].inc = inc;
-		cluster.stopped[slot].job = job;
-	}
+	slot = cluster.n_stopped++ % STOPPED_KEEP;
+	snprintf(cluster.stopped[slot].origin, sizeof(cluster.stopped[slot].origin), "%s", origin);
+	cluster.stopped[slot].inc = inc;
+	cluster.stopped[slot].job = job;
 	cluster_stop_origin_chunks(origin, inc, false, job);
 }
 

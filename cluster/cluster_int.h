@@ -1,10 +1,6 @@
-/* cluster_int: what the cluster plugin's files share (cluster.c the broker
- * link, cluster_js.c publishing and JetStream's API, cluster_node.c the
- * node table and what clients see, cluster_outlet.c and cluster_inlet.c
- * the two sides of shared work).  Not for the rest of the daemon, which
- * knows only cluster.h (and reaches these through cluster_load.c).  All of
- * it runs on the master's loop, except the handoff in cluster.c, which
- * libnats's threads call. */
+/* cluster_int: what the cluster plugin's files share.  The rest of the
+ * daemon knows only cluster.h, and reaches the plugin through
+ * cluster_load.c. */
 #ifndef CLUSTER_INT_H
 #define CLUSTER_INT_H
 

@@ -13,8 +13,6 @@
 #include "mem.h"
 #include "mp_scan.h"
 
-/* ---- small helpers ---------------------------------------------------- */
-
 void cluster_publish(const char *subj, const char *reply, const void *data, size_t len)
 {
 	natsStatus s;
@@ -43,28 +41,14 @@ bool cluster_read_name(struct mp_cur *c, char *buf, size_t size)
 
 bool cluster_read_bin(struct mp_cur *c, const uint8_t **ret, uint32_t *ret_len)
 {
-	const uint8_t *p = c->p;
-	uint32_t n;
+	const uint8_t *p;
+	size_t len, head;
 
-	if (p >= c->end)
+	if (mp_peek(c) != MP_T_BIN || mp_skip(c, &p, &len) < 0)
 		return false;
-	if (*p == 0xc4 && c->end - p >= 2) {
-		n = p[1];
-		p += 2;
-	} else if (*p == 0xc5 && c->end - p >= 3) {
-		n = (uint32_t)p[1] << 8 | p[2];
-		p += 3;
-	} else if (*p == 0xc6 && c->end - p >= 5) {
-		n = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
-		p += 5;
-	} else {
-		return false;
-	}
-	if ((size_t)(c->end - p) < n)
-		return false;
-	*ret = p;
-	*ret_len = n;
-	c->p = p + n;
+	head = *p == 0xc4 ? 2 : *p == 0xc5 ? 3 : 5;      /* bin8, bin16, bin32 */
+	*ret = p + head;
+	*ret_len = (uint32_t)(len - head);
 	return true;
 }
 
@@ -83,8 +67,6 @@ void cluster_durable_name(char *buf, size_t size, const char *fn)
 		if (*p == '.')
 			*p = '_';
 }
-
-/* ---- JetStream's API, asynchronously ---------------------------------- */
 
 void cluster_api_send(int what, const char *fn)
 {

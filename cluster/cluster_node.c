@@ -28,8 +28,6 @@ bool cluster_has_fn(const char *fn, size_t len)
 	return cluster_strs_have(cluster.fns, cluster.n_fns, fn, len);
 }
 
-/* ---- nodes ------------------------------------------------------------ */
-
 struct node *cluster_node_find(const char *name)
 {
 	for (unsigned i = 0; i < cluster.n_nodes; i++)
@@ -224,8 +222,6 @@ void cluster_fns_collect(void)
 	cluster.n_fns = now.n;
 	log_debug("cluster: this node announces %u function(s)", cluster.n_fns);
 }
-
-/* ---- what clients see --------------------------------------------------- */
 
 int cluster_check_fn(const char *fn, size_t len)
 {

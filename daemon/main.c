@@ -159,7 +159,6 @@ static int apply_dynamic_defaults(void)
 				"must hold", cfg.max_frame, cfg.max_client_bytes, cfg.max_total_bytes);
 		return -1;
 	}
-	/* cluster: URLs, credentials files, the node's name. */
 	if (cluster_config_check(why, sizeof(why)) < 0) {
 		log_startup_err("%s", why);
 		return -1;
