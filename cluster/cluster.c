@@ -210,20 +210,41 @@ static void check_connection(void)
 		on_disconnected();
 }
 
-/* Shutdown: what libnats still queued is dropped, not handled. */
-static void drop_queue(void)
+/* A message to this node's inbox: an answer of JetStream's API, a pull's
+ * status answer or pulled chunk, or the stream's ack of a chunk out. */
+static void handle_inbox(natsMsg *msg)
 {
-	pthread_mutex_lock(&cluster.mu);
-	for (size_t i = 0; i < cluster.q_len; i++)
-		natsMsg_Destroy(cluster.q[i].msg);
-	free(cluster.q);
-	cluster.q = NULL;
-	cluster.q_len = cluster.q_cap = 0;
-	pthread_mutex_unlock(&cluster.mu);
+	const char *subj = natsMsg_GetSubject(msg), *data = natsMsg_GetData(msg);
+	struct out_chunk *o, **pp;
+
+	/* A pulled chunk keeps its own subject; only the server's status
+	 * answers carry the request's. */
+	if (strncmp(subj, cluster.inbox, strlen(cluster.inbox)) != 0) {
+		cluster_handle_pull(0, msg);
+		return;
+	}
+	subj += strlen(cluster.inbox);
+	if (strncmp(subj, ".api.", 5) == 0) {
+		cluster_handle_api(strtoull(subj + 5, NULL, 10), msg);
+	} else if (strncmp(subj, ".pull.", 6) == 0) {
+		cluster_handle_pull(strtoull(subj + 6, NULL, 10), msg);
+	} else if (strncmp(subj, ".ack.", 5) == 0) {
+		o = cluster_out_find(strtoull(subj + 5, NULL, 10), &pp);
+		if (o && data && strstr(data, "\"error\""))
+			cluster_out_lost(pp, MPOOL_E_WORKER,
+					 "the cluster's stream refused the chunk");
+		else if (o)
+			o->acked = true;
+	}
 }
 
-static void drain_queue(void)
+/* Handles what libnats queued, or at shutdown (drop) frees it unhandled. */
+static void drain_queue(bool drop)
 {
+	static void (*const handle[])(natsMsg *msg) = {
+		[Q_NODES] = cluster_handle_nodes, [Q_RES] = cluster_handle_res,
+		[Q_STOP] = cluster_handle_stop, [Q_INBOX] = handle_inbox,
+	};
 	struct qitem *q;
 	size_t n;
 
@@ -234,49 +255,9 @@ static void drain_queue(void)
 	cluster.q_len = cluster.q_cap = 0;
 	pthread_mutex_unlock(&cluster.mu);
 	for (size_t i = 0; i < n; i++) {
-		natsMsg *msg = q[i].msg;
-
-		switch (q[i].kind) {
-		case Q_NODES:
-			cluster_handle_nodes(msg);
-			break;
-		case Q_RES:
-			cluster_handle_res(msg);
-			break;
-		case Q_STOP:
-			cluster_handle_stop(msg);
-			break;
-		case Q_INBOX: {
-			const char *subj = natsMsg_GetSubject(msg);
-			uint64_t id;
-
-			/* A pulled chunk keeps its own subject; only the
-			 * server's status answers carry the request's. */
-			if (strncmp(subj, cluster.inbox, strlen(cluster.inbox)) != 0) {
-				cluster_handle_pull(0, msg);
-				break;
-			}
-			subj += strlen(cluster.inbox);
-			if (strncmp(subj, ".api.", 5) == 0) {
-				cluster_handle_api(strtoull(subj + 5, NULL, 10), msg);
-			} else if (strncmp(subj, ".pull.", 6) == 0) {
-				cluster_handle_pull(strtoull(subj + 6, NULL, 10), msg);
-			} else if (strncmp(subj, ".ack.", 5) == 0) {
-				struct out_chunk *o, **pp;
-
-				id = strtoull(subj + 5, NULL, 10);
-				o = cluster_out_find(id, &pp);
-				if (o && strstr(natsMsg_GetData(msg) ? natsMsg_GetData(msg) : "",
-						"\"error\""))
-					cluster_out_lost(pp, MPOOL_E_WORKER, "the cluster's stream refused "
-							 "the chunk");
-				else if (o)
-					o->acked = true;
-			}
-			break;
-		}
-		}
-		natsMsg_Destroy(msg);
+		if (!drop)
+			handle[q[i].kind](q[i].msg);
+		natsMsg_Destroy(q[i].msg);
 	}
 	free(q);
 }
@@ -297,7 +278,7 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 		else
 			pp = &o->next;
 	}
-	drain_queue();
+	drain_queue(false);
 	cluster_pull_more();
 	disp_schedule();
 }
@@ -488,7 +469,7 @@ void cluster_stop(void)
 	event_free(cluster.ev_wake);
 	event_free(cluster.ev_tick);
 	close(cluster.efd);
-	drop_queue();
+	drain_queue(true);
 	for (unsigned i = 0; i < cluster.n_nodes; i++) {
 		cluster_strs_free(cluster.nodes[i].fns, cluster.nodes[i].n_fns);
 		cluster_strs_free(cluster.nodes[i].want, cluster.nodes[i].n_want);

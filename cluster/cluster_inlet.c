@@ -331,18 +331,15 @@ void cluster_job_failed(uint64_t msgid, int code, const char *msg)
 {
 	struct in_chunk *ic = in_find(msgid);
 
+	(void)code;
 	if (!ic)
 		return;
-	if (ic->stopped) {
-		cluster_js_ack(ic->ack, "+ACK");
-	} else {
-		/* Failed as a whole here (this node terminates, no worker
-		 * can start): another node may do better. */
+	/* Failed as a whole here (this node terminates, no worker can
+	 * start): another node may do better. */
+	if (!ic->stopped)
 		log_info("cluster: a chunk from %s failed here (%s); handing it back", ic->origin,
 			 msg);
-		(void)code;
-		cluster_js_ack(ic->ack, "-NAK");
-	}
+	cluster_js_ack(ic->ack, ic->stopped ? "+ACK" : "-NAK");
 	free(ic->ack);
 	ic->ack = NULL;
 }
