@@ -316,8 +316,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	disp_schedule();
 }
 
-void cluster_preinit(void)
+static void attach(const struct cluster_host *host)
 {
+	cluster_attach(host);
 	/* libnats touches the loop's events from its threads. */
 	natsLibevent_Init();
 }
@@ -496,8 +497,7 @@ const struct cluster_plugin mpool_cluster_plugin = {
 	.abi = CLUSTER_PLUGIN_ABI,
 	.version = MPOOL_VERSION,
 	.cfg_size = sizeof(struct config),
-	.attach = cluster_attach,
-	.preinit = cluster_preinit,
+	.attach = attach,
 	.start = cluster_start,
 	.stop = cluster_stop,
 	.check_fn = cluster_check_fn,

@@ -92,8 +92,7 @@ struct out_chunk *cluster_out_find(uint64_t key, struct out_chunk ***ret_pp)
 
 	for (pp = &cluster.out; (o = *pp); pp = &o->next)
 		if (o->key == key) {
-			if (ret_pp)
-				*ret_pp = pp;
+			*ret_pp = pp;
 			return o;
 		}
 	return NULL;

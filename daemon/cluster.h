@@ -27,9 +27,6 @@ int cluster_config_check(char *why, size_t why_size);
 int cluster_read_user_file(const char *path, char *user, size_t user_size, char *pass,
 			   size_t pass_size, char *why, size_t why_size);
 
-/* Before the loop's event_base exists (libnats's adapter needs libevent's
- * thread support). */
-void cluster_preinit(void);
 /* Connects (or starts retrying in the background) and starts the node's
  * heartbeat; modules must be loaded.  Nothing without cluster-url.  0 or a
  * negative errno (logged). */

@@ -116,12 +116,6 @@ int cluster_plugin_load(char *why, size_t n)
 	return 0;
 }
 
-void cluster_preinit(void)
-{
-	if (plug)
-		plug->preinit();
-}
-
 int cluster_start(struct event_base *base)
 {
 	return plug ? plug->start(base) : 0;

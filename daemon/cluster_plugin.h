@@ -76,9 +76,9 @@ struct cluster_plugin {
 	uint32_t abi;                   /* CLUSTER_PLUGIN_ABI */
 	const char *version;            /* MPOOL_VERSION */
 	size_t cfg_size;                /* sizeof(struct config) */
-	/* First, before any other call. */
+	/* First, before any other call and before the loop's event_base
+	 * exists (libnats's adapter needs libevent's thread support). */
 	void (*attach)(const struct cluster_host *host);
-	void (*preinit)(void);
 	int (*start)(struct event_base *base);
 	void (*stop)(void);
 	int (*check_fn)(const char *fn, size_t len);

@@ -274,18 +274,14 @@ static void reap_all(void)
 
 int master_run(void)
 {
-	int r;
-
 	start_ms = now_ms();
 	signal(SIGPIPE, SIG_IGN);
-	cluster_preinit();
 	base = event_base_new();
 	if (!base) {
 		log_err("cannot create the event loop");
 		return 1;
 	}
-	r = listen_open(cfg.socket_path, &listen_fd);
-	if (r < 0)
+	if (listen_open(cfg.socket_path, &listen_fd) < 0)
 		return 1;
 	deadline = evtimer_new(base, deadline_cb, NULL);
 	for (int i = 0; i < N_EVSIGNALS; i++) {
