@@ -144,20 +144,13 @@ static void handle_chunk(natsMsg *msg)
 	ic->id = ++cluster.next_key;
 	ic->ack = reply ? xstrndup(reply, strlen(reply)) : NULL;
 	ic->claim_ms = now_ms();
-	memset(&spec, 0, sizeof(spec));
-	spec.is_map = true;
-	spec.ordered = true;
-	spec.msgid = ic->id;
-	spec.chunksize = (uint32_t)count;
-	spec.timeout_ms = (uint32_t)timeout;
-	spec.retries = (uint32_t)retries;
-	spec.admin = true;       /* pulled for idle workers only: no queue share */
-	spec.fn = fn;
-	spec.fn_len = (uint32_t)strlen(fn);
-	spec.items = walked;
-	spec.items_len = walked_len;
-	spec.n_items = count;
-	spec.marks = marks;
+	spec = (struct job_spec){
+		.is_map = true, .ordered = true, .msgid = ic->id, .chunksize = (uint32_t)count,
+		.timeout_ms = (uint32_t)timeout, .retries = (uint32_t)retries,
+		.admin = true,       /* pulled for idle workers only: no queue share */
+		.fn = fn, .fn_len = (uint32_t)strlen(fn),
+		.items = walked, .items_len = walked_len, .n_items = count, .marks = marks,
+	};
 	ic->next = cluster.in;
 	cluster.in = ic;
 	cluster.n_in++;

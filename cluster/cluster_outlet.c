@@ -198,6 +198,7 @@ static void out_results(struct out_chunk **pp, uint64_t rel, const uint8_t *res,
 	msgpack_sbuffer rb, eb;
 	msgpack_packer rpk;
 	struct wmsg_result wr;
+	uint32_t n_errors;
 	uint64_t skip;
 
 	mp_cur_init(&c, res, res_len);
@@ -218,17 +219,16 @@ static void out_results(struct out_chunk **pp, uint64_t rel, const uint8_t *res,
 	msgpack_packer_init(&rpk, &rb, msgpack_sbuffer_write);
 	msgpack_pack_array(&rpk, (uint32_t)(n - skip));
 	msgpack_sbuffer_write(&rb, (const char *)start, len);
-	memset(&wr, 0, sizeof(wr));
-	wr.n_errors = rebase_errors(errs, errs_len, o->orig_first, rel + skip, &eb);
+	n_errors = rebase_errors(errs, errs_len, o->orig_first, rel + skip, &eb);
 	if (!rb.data || !eb.data) {
 		log_err("cluster: out of memory forwarding results");
 		abort();
 	}
-	wr.results = (const uint8_t *)rb.data;
-	wr.results_len = rb.size;
-	wr.n_results = (uint32_t)(n - skip);
-	wr.errors = (const uint8_t *)eb.data;
-	wr.errors_len = eb.size;
+	wr = (struct wmsg_result){
+		.results = (const uint8_t *)rb.data, .results_len = rb.size,
+		.n_results = (uint32_t)(n - skip),
+		.errors = (const uint8_t *)eb.data, .errors_len = eb.size, .n_errors = n_errors,
+	};
 	o->active_ms = now_ms();
 	if (wr.n_results >= o->ck.count) {
 		struct chunk ck = o->ck;

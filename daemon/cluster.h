@@ -49,8 +49,7 @@ void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
 /* The other live nodes' workers. */
 unsigned cluster_outlet_workers(void);
 /* A job's chunks must stop (cancel with kill): the other nodes are told,
- * and the outlet's chunks of it are lost soon after (later, from the
- * loop, never inside this call). */
+ * and the outlet's chunks of it are lost soon after, from the loop. */
 void cluster_kill_job(const struct job *job);
 /* A client's job was answered: chunks of it still out are stopped. */
 void cluster_job_ended(const struct job *job);

@@ -158,26 +158,22 @@ int cluster_config_check(char *why, size_t n)
 		if (r < 0)
 			return -1;
 	}
-	p = cfg.cluster_url;
-	for (;;) {
-		size_t len = strcspn(p, ",");
+	for (const char *url = cfg.cluster_url;; url = p + 1) {
+		size_t len;
 
-		while (len && (*p == ' ')) {
-			p++;
-			len--;
-		}
-		while (len && p[len - 1] == ' ')
+		url += strspn(url, " ");
+		p = url + strcspn(url, ",");
+		len = (size_t)(p - url);
+		while (len && url[len - 1] == ' ')
 			len--;
 		if (!len) {
 			snprintf(why, n, "cluster-url: an empty URL in the list");
 			return -1;
 		}
-		if (check_url(p, len, why, n) < 0)
+		if (check_url(url, len, why, n) < 0)
 			return -1;
-		p += strcspn(p, ",");
 		if (!*p)
 			break;
-		p++;
 	}
 	if (!cfg.node_name[0]) {
 		char host[256];

@@ -196,7 +196,7 @@ int main(int argc, char **argv)
 	struct cli cl;
 	char why[512];
 	enum action act;
-	int r;
+	int r = 1;
 
 	ensure_std_fds();
 	log_init(cfg.log_level);
@@ -223,14 +223,11 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_init(cfg.log_level);
-	r = 1;
-	/* Modules load here, before master_run() starts anything: the master
-	 * checks function names against them, and a bad module stops mpoold
-	 * now, naming the file.  The fork server (forksrv.h) loads the same
-	 * files again for the workers it forks. */
+	/* Modules load before master_run() starts anything: the master checks
+	 * function names against them, and a bad module stops mpoold now,
+	 * naming the file (a config error too: nothing a restart can fix).
+	 * The fork server (forksrv.h) loads them again for its workers. */
 	if (notify_init() == 0) {
-		/* A module named by the config that does not load is a config
-		 * error too: nothing a restart can fix. */
 		r = modload_all() == 0 ? master_run() : cannot_start(1);
 		modload_close_all();
 	}
