@@ -179,11 +179,9 @@ void cluster_handle_pull(uint64_t id, natsMsg *msg)
 	}
 	if ((natsMsgHeader_Get(msg, "Status", &status) == NATS_OK && status) ||
 	    !natsMsg_GetReply(msg) || strncmp(natsMsg_GetReply(msg), "$JS.ACK.", 8) != 0) {
-		if (!status)
-			status = "";
 		/* 404 no messages, 408 expired, 409 and the like: the
 		 * request is over, its credit returns. */
-		if (strcmp(status, "100") == 0 || !pl)
+		if ((status && strcmp(status, "100") == 0) || !pl)
 			return;
 		cluster.pull_credit -= pl->want - pl->got;
 		*pp = pl->next;
@@ -311,10 +309,9 @@ void cluster_map_done(uint64_t msgid)
 
 	if (!ic)
 		return;
-	if (!ic->stopped) {
-		/* The last part said it all; this closes the run. */
+	/* The last part said it all; this closes the run. */
+	if (!ic->stopped)
 		cluster_in_reply(ic, RES_DONE, 0, empty, 1, empty, 1, NULL);
-	}
 	cluster_js_ack(ic->ack, "+ACK");
 	free(ic->ack);
 	ic->ack = NULL;

@@ -60,9 +60,7 @@ void cluster_subject(char *buf, size_t size, const char *what, const char *tail)
 
 void cluster_durable_name(char *buf, size_t size, const char *fn)
 {
-	size_t n = strlen(fn);
-
-	snprintf(buf, size, "F%zu_%s", n, fn);
+	snprintf(buf, size, "F%zu_%s", strlen(fn), fn);
 	for (char *p = buf; *p; p++)
 		if (*p == '.')
 			*p = '_';

@@ -239,13 +239,6 @@ int cluster_check_fn(const char *fn, size_t len)
 	return -ENOENT;
 }
 
-static const char *cluster_state_name(void)
-{
-	static const char *names[] = { "off", "connecting", "connected", "disconnected" };
-
-	return names[cluster.on ? cluster.state : CLUSTER_OFF];
-}
-
 /* status_kv's twin: the daemon's is out of the plugin's reach. */
 static void pack_kv(msgpack_packer *pk, const char *key, uint64_t v)
 {
@@ -255,6 +248,7 @@ static void pack_kv(msgpack_packer *pk, const char *key, uint64_t v)
 
 void cluster_pack_status(msgpack_packer *pk)
 {
+	static const char *const states[] = { "off", "connecting", "connected", "disconnected" };
 	uint64_t now = now_ms();
 	unsigned live = 0;
 
@@ -268,7 +262,7 @@ void cluster_pack_status(msgpack_packer *pk)
 		live += cluster.nodes[i].live;
 	msgpack_pack_map(pk, 10);
 	mp_pack_cstr(pk, "broker");
-	mp_pack_cstr(pk, cluster_state_name());
+	mp_pack_cstr(pk, states[cluster.state]);
 	mp_pack_cstr(pk, "cluster");
 	mp_pack_cstr(pk, host_cfg->cluster_name);
 	mp_pack_cstr(pk, "node");

@@ -47,7 +47,6 @@ void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
 	char subj[400], reply[256];
-	bool first_out;
 
 	o->key = ++cluster.next_key;
 	o->ck = *ck;
@@ -55,12 +54,11 @@ void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
 	o->retries = disp_job_retries(ck->job);
 	snprintf(o->fn, sizeof(o->fn), "%.*s", (int)fn_len, fn);
 	o->sent_ms = o->active_ms = now_ms();
-	first_out = !cluster.out;
 	o->next = cluster.out;
 	cluster.out = o;
 	cluster.n_out++;
 	cluster.sent++;
-	if (first_out)
+	if (!o->next)
 		cluster_heartbeat(false);    /* nodes pull for functions with work out */
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
@@ -277,14 +275,12 @@ void cluster_handle_res(natsMsg *msg)
 	if (kind == RES_CLAIM)
 		return;
 	if (kind == RES_LOST) {
-		const char *m;
-		uint32_t mlen;
+		const char *m = "";
+		uint32_t mlen = 0;
 
 		if (!cluster_read_bin(&c, &res, &res_len) || !cluster_read_bin(&c, &errs, &errs_len) ||
-		    mp_read_str(&c, &m, &mlen) < 0) {
-			m = "";
+		    mp_read_str(&c, &m, &mlen) < 0)
 			mlen = 0;
-		}
 		/* The runner gave the chunk up: its retries are spent. */
 		o->ck.attempt = o->retries;
 		if (mlen)
@@ -335,13 +331,12 @@ void cluster_kill_job(const struct job *job)
 
 void cluster_job_ended(const struct job *job)
 {
-	bool any = false;
-
-	if (!cluster.on)
-		return;
-	for (struct out_chunk *o = cluster.out; o; o = o->next)
-		any |= o->ck.job == job;
-	if (any)
-		cluster_kill_job(job);
+	/* Only while the cluster is on does the outlet have chunks out. */
+	for (struct out_chunk *o = cluster.out; o; o = o->next) {
+		if (o->ck.job == job) {
+			cluster_kill_job(job);
+			return;
+		}
+	}
 }
 

@@ -38,14 +38,14 @@ struct cli {
 
 static void cli_build(struct cli *cl)
 {
-	size_t n = 0, k = 0;
+	size_t k = 0;
 
 	if (opt_count >= sizeof(cl->longopts) / sizeof(cl->longopts[0]))
 		abort();                /* a bug: grow struct cli */
 	for (size_t i = 0; i < opt_count; i++) {
 		const struct opt *o = &opt_table[i];
 
-		cl->longopts[n++] = (struct option){
+		cl->longopts[i] = (struct option){
 			o->name, o->metavar ? required_argument : no_argument, NULL,
 			o->short_name ? o->short_name : 256 + (int)i,
 		};
@@ -55,7 +55,7 @@ static void cli_build(struct cli *cl)
 				cl->shortopts[k++] = ':';
 		}
 	}
-	cl->longopts[n] = (struct option){ NULL, 0, NULL, 0 };
+	cl->longopts[opt_count] = (struct option){ NULL, 0, NULL, 0 };
 	cl->shortopts[k] = '\0';
 }
 
