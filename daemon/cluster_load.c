@@ -1,8 +1,6 @@
-/* cluster_load: cluster.h for the rest of the daemon.  With cluster-url,
- * cluster_config_check opens the cluster plugin (cluster_plugin.h) and
- * every call goes to it; without, nothing is opened and each call does
- * what the cluster did when cluster-url was not set, so mpoold needs
- * neither libnats nor libevent's thread support. */
+/* cluster_load: cluster.h's calls, forwarded to the cluster plugin once
+ * cluster_config_check has opened it; without cluster-url each does what
+ * a cluster that is off does. */
 #include "cluster.h"
 
 #include <dlfcn.h>
