@@ -3,13 +3,9 @@
  * libnats's adapter).  Built with the other NATS-using files into the
  * plugin mpool-cluster.so, whose table (cluster_plugin.h) ends this file.
  *
- * To the dispatcher the link is two things it already knows:
- * - the outlet takes chunks of shared jobs like a worker: it publishes them
- *   to the cluster's work-queue stream, and turns what comes back into
- *   disp_chunk_part / disp_chunk_done / disp_chunk_lost;
- * - the inlet brings chunks in like a client: it pulls chunks from the
- *   stream only for idle workers, submits each as a local map job, and
- *   sends its results back to the node the chunk came from.
+ * To the dispatcher the link is two things it already knows: an outlet
+ * that takes chunks like a worker (cluster_outlet.c) and an inlet that
+ * brings chunks in like a client (cluster_inlet.c).
  *
  * Threads: libnats calls message and connection handlers on threads of its
  * own.  Those handlers only queue the message (or the event) and wake the
@@ -58,19 +54,12 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
-#include <stdatomic.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <event2/event.h>
-#include <event2/thread.h>
-#include <msgpack.h>
-#include <nats/nats.h>
 /* The adapter is a header of function definitions, included in one file;
  * its callbacks ignore arguments. */
 #pragma GCC diagnostic push
@@ -78,16 +67,10 @@
 #include <nats/adapters/libevent.h>
 #pragma GCC diagnostic pop
 
+#include <mpool/error.h>
 #include "cluster_int.h"
-#include "cluster_plugin.h"
-#include "config.h"
-#include "disp.h"
 #include "log.h"
 #include "master.h"
-#include "mem.h"
-#include "pool.h"
-
-#include <mpool/error.h>
 
 struct cluster cluster = { .efd = -1 };
 
@@ -146,6 +129,16 @@ static void on_conn_event(natsConnection *nc, void *closure)
 
 /* ---- the connection --------------------------------------------------- */
 
+static void pulls_free(void)
+{
+	while (cluster.pulls) {
+		struct pull *pl = cluster.pulls;
+
+		cluster.pulls = pl->next;
+		free(pl);
+	}
+}
+
 static void on_connected(void)
 {
 	char subj[200];
@@ -197,12 +190,7 @@ static void on_disconnected(void)
 	cluster.down_since = now_ms();
 	cluster.stream_ok = false;
 	/* Pull requests die with the connection. */
-	while (cluster.pulls) {
-		struct pull *pl = cluster.pulls;
-
-		cluster.pulls = pl->next;
-		free(pl);
-	}
+	pulls_free();
 	cluster.pull_credit = 0;
 	log_warn("cluster: broker connection lost; local work goes on, shared work waits "
 		 "for it");
@@ -222,20 +210,41 @@ static void check_connection(void)
 		on_disconnected();
 }
 
-/* Shutdown: what libnats still queued is dropped, not handled. */
-static void drop_queue(void)
+/* A message to this node's inbox: an answer of JetStream's API, a pull's
+ * status answer or pulled chunk, or the stream's ack of a chunk out. */
+static void handle_inbox(natsMsg *msg)
 {
-	pthread_mutex_lock(&cluster.mu);
-	for (size_t i = 0; i < cluster.q_len; i++)
-		natsMsg_Destroy(cluster.q[i].msg);
-	free(cluster.q);
-	cluster.q = NULL;
-	cluster.q_len = cluster.q_cap = 0;
-	pthread_mutex_unlock(&cluster.mu);
+	const char *subj = natsMsg_GetSubject(msg), *data = natsMsg_GetData(msg);
+	struct out_chunk *o, **pp;
+
+	/* A pulled chunk keeps its own subject; only the server's status
+	 * answers carry the request's. */
+	if (strncmp(subj, cluster.inbox, strlen(cluster.inbox)) != 0) {
+		cluster_handle_pull(0, msg);
+		return;
+	}
+	subj += strlen(cluster.inbox);
+	if (strncmp(subj, ".api.", 5) == 0) {
+		cluster_handle_api(strtoull(subj + 5, NULL, 10), msg);
+	} else if (strncmp(subj, ".pull.", 6) == 0) {
+		cluster_handle_pull(strtoull(subj + 6, NULL, 10), msg);
+	} else if (strncmp(subj, ".ack.", 5) == 0) {
+		o = cluster_out_find(strtoull(subj + 5, NULL, 10), &pp);
+		if (o && data && strstr(data, "\"error\""))
+			cluster_out_lost(pp, MPOOL_E_WORKER,
+					 "the cluster's stream refused the chunk");
+		else if (o)
+			o->acked = true;
+	}
 }
 
-static void drain_queue(void)
+/* Handles what libnats queued, or at shutdown (drop) frees it unhandled. */
+static void drain_queue(bool drop)
 {
+	static void (*const handle[])(natsMsg *msg) = {
+		[Q_NODES] = cluster_handle_nodes, [Q_RES] = cluster_handle_res,
+		[Q_STOP] = cluster_handle_stop, [Q_INBOX] = handle_inbox,
+	};
 	struct qitem *q;
 	size_t n;
 
@@ -246,49 +255,9 @@ static void drain_queue(void)
 	cluster.q_len = cluster.q_cap = 0;
 	pthread_mutex_unlock(&cluster.mu);
 	for (size_t i = 0; i < n; i++) {
-		natsMsg *msg = q[i].msg;
-
-		switch (q[i].kind) {
-		case Q_NODES:
-			cluster_handle_nodes(msg);
-			break;
-		case Q_RES:
-			cluster_handle_res(msg);
-			break;
-		case Q_STOP:
-			cluster_handle_stop(msg);
-			break;
-		case Q_INBOX: {
-			const char *subj = natsMsg_GetSubject(msg);
-			uint64_t id;
-
-			/* A pulled chunk keeps its own subject; only the
-			 * server's status answers carry the request's. */
-			if (strncmp(subj, cluster.inbox, strlen(cluster.inbox)) != 0) {
-				cluster_handle_pull(0, msg);
-				break;
-			}
-			subj += strlen(cluster.inbox);
-			if (strncmp(subj, ".api.", 5) == 0) {
-				cluster_handle_api(strtoull(subj + 5, NULL, 10), msg);
-			} else if (strncmp(subj, ".pull.", 6) == 0) {
-				cluster_handle_pull(strtoull(subj + 6, NULL, 10), msg);
-			} else if (strncmp(subj, ".ack.", 5) == 0) {
-				struct out_chunk *o, **pp;
-
-				id = strtoull(subj + 5, NULL, 10);
-				o = cluster_out_find(id, &pp);
-				if (o && strstr(natsMsg_GetData(msg) ? natsMsg_GetData(msg) : "",
-						"\"error\""))
-					cluster_out_lost(pp, MPOOL_E_WORKER, "the cluster's stream refused "
-							 "the chunk");
-				else if (o)
-					o->acked = true;
-			}
-			break;
-		}
-		}
-		natsMsg_Destroy(msg);
+		if (!drop)
+			handle[q[i].kind](q[i].msg);
+		natsMsg_Destroy(q[i].msg);
 	}
 	free(q);
 }
@@ -309,7 +278,7 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 		else
 			pp = &o->next;
 	}
-	drain_queue();
+	drain_queue(false);
 	cluster_pull_more();
 	disp_schedule();
 }
@@ -347,8 +316,9 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	disp_schedule();
 }
 
-void cluster_preinit(void)
+static void attach(const struct cluster_host *host)
 {
+	cluster_attach(host);
 	/* libnats touches the loop's events from its threads. */
 	natsLibevent_Init();
 }
@@ -368,7 +338,6 @@ static const char *login_hint(natsStatus s)
 
 int cluster_start(struct event_base *base)
 {
-	struct timeval tick = { HEARTBEAT_MS / 1000, (HEARTBEAT_MS % 1000) * 1000 };
 	const char *servers[32];
 	char urls[sizeof(host_cfg->cluster_url)], *save = NULL;
 	int n_servers = 0;
@@ -390,7 +359,7 @@ int cluster_start(struct event_base *base)
 	cluster.ev_wake = event_new(base, cluster.efd, EV_READ | EV_PERSIST, wake_cb, NULL);
 	cluster.ev_tick = event_new(base, -1, EV_PERSIST, tick_cb, NULL);
 	if (!cluster.ev_wake || !cluster.ev_tick || event_add(cluster.ev_wake, NULL) < 0 ||
-	    event_add(cluster.ev_tick, &tick) < 0)
+	    timer_add_ms(cluster.ev_tick, HEARTBEAT_MS) < 0)
 		return -ENOMEM;
 	snprintf(urls, sizeof(urls), "%s", host_cfg->cluster_url);
 	for (char *u = strtok_r(urls, ", ", &save); u && n_servers < 32;
@@ -501,19 +470,14 @@ void cluster_stop(void)
 	event_free(cluster.ev_wake);
 	event_free(cluster.ev_tick);
 	close(cluster.efd);
-	drop_queue();
+	drain_queue(true);
 	for (unsigned i = 0; i < cluster.n_nodes; i++) {
 		cluster_strs_free(cluster.nodes[i].fns, cluster.nodes[i].n_fns);
 		cluster_strs_free(cluster.nodes[i].want, cluster.nodes[i].n_want);
 	}
 	for (unsigned i = 0; i < cluster.n_fns; i++)
 		free(cluster.fns[i]);
-	while (cluster.pulls) {
-		struct pull *pl = cluster.pulls;
-
-		cluster.pulls = pl->next;
-		free(pl);
-	}
+	pulls_free();
 	while (cluster.api) {
 		struct api_req *r = cluster.api;
 
@@ -533,11 +497,9 @@ const struct cluster_plugin mpool_cluster_plugin = {
 	.abi = CLUSTER_PLUGIN_ABI,
 	.version = MPOOL_VERSION,
 	.cfg_size = sizeof(struct config),
-	.attach = cluster_attach,
-	.preinit = cluster_preinit,
+	.attach = attach,
 	.start = cluster_start,
 	.stop = cluster_stop,
-	.up = cluster_up,
 	.check_fn = cluster_check_fn,
 	.outlet_room = cluster_outlet_room,
 	.outlet_run = cluster_outlet_run,

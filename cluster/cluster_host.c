@@ -5,8 +5,6 @@
 #include <stdarg.h>
 
 #include "cluster_int.h"
-#include "cluster_plugin.h"
-#include "disp.h"
 #include "log.h"
 #include "master.h"
 #include "pool.h"

@@ -2,30 +2,18 @@
  * pulled from the stream only for idle workers, each run as a local map
  * job of the inlet's client, its results sent back to its origin; and the
  * stops origins send. */
-#include <errno.h>
 #include <inttypes.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include <msgpack.h>
-
+#include <mpool/error.h>
 #include "cluster_int.h"
-#include "config.h"
-#include "disp.h"
 #include "log.h"
 #include "master.h"
 #include "mem.h"
-#include "mp_rpc.h"
 #include "mp_scan.h"
 #include "pool.h"
-#include "registry.h"
-
-#include <mpool/error.h>
-
-/* ---- the inlet: chunks this node runs for others ------------------------- */
 
 static struct in_chunk *in_find(uint64_t id)
 {
@@ -35,8 +23,10 @@ static struct in_chunk *in_find(uint64_t id)
 	return NULL;
 }
 
-void cluster_in_reply(const struct in_chunk *ic, int kind, uint64_t first,
-		      const uint8_t *res, size_t rlen, const uint8_t *errs, size_t elen, const char *m)
+/* Tells a chunk's origin of its run (enum res_kind). */
+static void cluster_in_reply(const struct in_chunk *ic, int kind, uint64_t first,
+			     const uint8_t *res, size_t rlen, const uint8_t *errs, size_t elen,
+			     const char *m)
 {
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
@@ -60,22 +50,20 @@ void cluster_in_reply(const struct in_chunk *ic, int kind, uint64_t first,
 	mp_pack_cstr(&pk, m ? m : "");
 	cluster_subject(subj, sizeof(subj), "res", ic->origin);
 	if (sb.data)
-		cluster_publish(subj, sb.data, sb.size);
+		cluster_publish(subj, NULL, sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);
 }
 
-void cluster_js_ack(const char *reply, const char *what)
+/* Answers JetStream's delivery (reply subject) with what ("+ACK", "+WPI"...). */
+static void cluster_js_ack(const char *reply, const char *what)
 {
 	if (reply)
-		cluster_publish(reply, what, strlen(what));
+		cluster_publish(reply, NULL, what, strlen(what));
 }
 
-static bool origin_stopped(const char *origin, uint64_t inc, uint64_t job)
+/* The origin stopped the job (cluster_handle_stop). */
+static bool job_stopped(const char *origin, uint64_t inc, uint64_t job)
 {
-	struct node *nd = cluster_node_find(origin);
-
-	if (nd && (!nd->live || nd->inc != inc) && nd->inc >= 1 && nd->last_seen)
-		return true;          /* its origin is gone, or lives again anew */
 	for (unsigned i = 0; i < cluster.n_stopped && i < STOPPED_KEEP; i++)
 		if (cluster.stopped[i].inc == inc && cluster.stopped[i].job == job &&
 		    strcmp(cluster.stopped[i].origin, origin) == 0)
@@ -95,7 +83,7 @@ static void handle_chunk(natsMsg *msg)
 	uint32_t items_len, n;
 	const char *fn = natsMsg_GetSubject(msg), *p;
 	char prefix[128];
-	struct in_chunk *ic;
+	struct in_chunk *ic, head;
 	struct job_spec spec;
 	struct node *nd;
 
@@ -132,53 +120,37 @@ static void handle_chunk(natsMsg *msg)
 			cluster_js_ack(reply, "+TERM");
 		return;
 	}
-	ic = xcalloc(1, sizeof(*ic));
-	ic->id = ++cluster.next_key;
-	snprintf(ic->origin, sizeof(ic->origin), "%s", origin);
-	ic->inc = inc;
-	ic->job_key = job;
-	ic->chunk_key = key;
-	ic->first = first;
-	ic->delivered = delivered;
-	ic->ack = reply ? xstrndup(reply, strlen(reply)) : NULL;
-	ic->claim_ms = now_ms();
-	ic->count = (uint32_t)count;
-	if (origin_stopped(origin, inc, job)) {
+	if (job_stopped(origin, inc, job)) {
 		cluster_js_ack(reply, "+ACK");
-		free(ic->ack);
-		free(ic);
 		return;
 	}
+	head = (struct in_chunk){ .inc = inc, .job_key = job, .chunk_key = key, .first = first,
+				  .delivered = delivered };
+	snprintf(head.origin, sizeof(head.origin), "%s", origin);
 	if (delivered > retries + 1) {
 		/* Every run allowed has been lost with its node. */
-		cluster_in_reply(ic, RES_LOST, 0, NULL, 0, NULL, 0, NULL);
+		cluster_in_reply(&head, RES_LOST, 0, NULL, 0, NULL, 0, NULL);
 		cluster_js_ack(reply, "+ACK");
-		free(ic->ack);
-		free(ic);
 		return;
 	}
 	mp_cur_init(&items_cur, items, items_len);
 	if (disp_walk_items(&items_cur, count, &walked, &walked_len, &marks) < 0) {
 		log_warn("cluster: dropped a chunk from %s whose items are unreadable", origin);
 		cluster_js_ack(reply, "+TERM");
-		free(ic->ack);
-		free(ic);
 		return;
 	}
-	memset(&spec, 0, sizeof(spec));
-	spec.is_map = true;
-	spec.ordered = true;
-	spec.msgid = ic->id;
-	spec.chunksize = (uint32_t)count;
-	spec.timeout_ms = (uint32_t)timeout;
-	spec.retries = (uint32_t)retries;
-	spec.admin = true;       /* pulled for idle workers only: no queue share */
-	spec.fn = fn;
-	spec.fn_len = (uint32_t)strlen(fn);
-	spec.items = walked;
-	spec.items_len = walked_len;
-	spec.n_items = count;
-	spec.marks = marks;
+	ic = xcalloc(1, sizeof(*ic));
+	*ic = head;
+	ic->id = ++cluster.next_key;
+	ic->ack = reply ? xstrndup(reply, strlen(reply)) : NULL;
+	ic->claim_ms = now_ms();
+	spec = (struct job_spec){
+		.is_map = true, .ordered = true, .msgid = ic->id, .chunksize = (uint32_t)count,
+		.timeout_ms = (uint32_t)timeout, .retries = (uint32_t)retries,
+		.admin = true,       /* pulled for idle workers only: no queue share */
+		.fn = fn, .fn_len = (uint32_t)strlen(fn),
+		.items = walked, .items_len = walked_len, .n_items = count, .marks = marks,
+	};
 	ic->next = cluster.in;
 	cluster.in = ic;
 	cluster.n_in++;
@@ -190,10 +162,8 @@ static void handle_chunk(natsMsg *msg)
 
 void cluster_handle_pull(uint64_t id, natsMsg *msg)
 {
-	struct pull **pp, *pl;
+	struct pull **pp, *pl, **oldest = NULL;
 	const char *status = NULL;
-
-	struct pull **oldest = NULL;
 
 	/* id 0: a chunk, counted against the oldest request still owed (the
 	 * list is newest first). */
@@ -209,11 +179,9 @@ void cluster_handle_pull(uint64_t id, natsMsg *msg)
 	}
 	if ((natsMsgHeader_Get(msg, "Status", &status) == NATS_OK && status) ||
 	    !natsMsg_GetReply(msg) || strncmp(natsMsg_GetReply(msg), "$JS.ACK.", 8) != 0) {
-		if (!status)
-			status = "";
 		/* 404 no messages, 408 expired, 409 and the like: the
 		 * request is over, its credit returns. */
-		if (strcmp(status, "100") == 0 || !pl)
+		if ((status && strcmp(status, "100") == 0) || !pl)
 			return;
 		cluster.pull_credit -= pl->want - pl->got;
 		*pp = pl->next;
@@ -248,14 +216,13 @@ void cluster_pull_more(void)
 		return;
 	want = idle - cluster.pull_credit;
 	for (unsigned i = 0; i < cluster.n_fns; i++) {
+		const char *fn = cluster.fns[i];
 		bool wanted = false;
 
-		for (unsigned k = 0; k < cluster.n_nodes && !wanted; k++) {
-			if (!cluster.nodes[k].live)
-				continue;
-			for (unsigned j = 0; j < cluster.nodes[k].n_want && !wanted; j++)
-				wanted = strcmp(cluster.nodes[k].want[j], cluster.fns[i]) == 0;
-		}
+		for (unsigned k = 0; k < cluster.n_nodes && !wanted; k++)
+			wanted = cluster.nodes[k].live &&
+				 cluster_strs_have(cluster.nodes[k].want, cluster.nodes[k].n_want,
+						   fn, strlen(fn));
 		if (wanted)
 			cands[n_cands++] = cluster.fns[i];
 	}
@@ -280,7 +247,7 @@ void cluster_pull_more(void)
 		snprintf(reply, sizeof(reply), "%s.pull.%" PRIu64, cluster.inbox, pl->id);
 		snprintf(body, sizeof(body), "{\"batch\":%u,\"expires\":%llu}", batch,
 			 (unsigned long long)PULL_EXPIRES_MS * 1000000ull);
-		cluster_publish_req(subj, reply, body, strlen(body));
+		cluster_publish(subj, reply, body, strlen(body));
 	}
 	cluster.pull_rr++;
 }
@@ -342,10 +309,9 @@ void cluster_map_done(uint64_t msgid)
 
 	if (!ic)
 		return;
-	if (!ic->stopped) {
-		/* The last part said it all; this closes the run. */
+	/* The last part said it all; this closes the run. */
+	if (!ic->stopped)
 		cluster_in_reply(ic, RES_DONE, 0, empty, 1, empty, 1, NULL);
-	}
 	cluster_js_ack(ic->ack, "+ACK");
 	free(ic->ack);
 	ic->ack = NULL;
@@ -355,18 +321,15 @@ void cluster_job_failed(uint64_t msgid, int code, const char *msg)
 {
 	struct in_chunk *ic = in_find(msgid);
 
+	(void)code;
 	if (!ic)
 		return;
-	if (ic->stopped) {
-		cluster_js_ack(ic->ack, "+ACK");
-	} else {
-		/* Failed as a whole here (this node terminates, no worker
-		 * can start): another node may do better. */
+	/* Failed as a whole here (this node terminates, no worker can
+	 * start): another node may do better. */
+	if (!ic->stopped)
 		log_info("cluster: a chunk from %s failed here (%s); handing it back", ic->origin,
 			 msg);
-		(void)code;
-		cluster_js_ack(ic->ack, "-NAK");
-	}
+	cluster_js_ack(ic->ack, ic->stopped ? "+ACK" : "-NAK");
 	free(ic->ack);
 	ic->ack = NULL;
 }
@@ -407,6 +370,7 @@ void cluster_handle_stop(natsMsg *msg)
 	struct mp_cur c;
 	uint64_t wire, inc, job;
 	uint32_t n;
+	unsigned slot;
 
 	cluster_subject(prefix, sizeof(prefix), "stop", "");
 	if (strncmp(subj, prefix, strlen(prefix)) != 0)
@@ -417,13 +381,10 @@ void cluster_handle_stop(natsMsg *msg)
 	    wire != CLUSTER_WIRE || mp_read_u64(&c, &inc) < 0 || mp_read_u64(&c, &job) < 0 ||
 	    strlen(origin) > CONFIG_NAME_MAX)
 		return;
-	{
-		unsigned slot = cluster.n_stopped++ % STOPPED_KEEP;
-
-		snprintf(cluster.stopped[slot].origin, sizeof(cluster.stopped[slot].origin), "%s", origin);
-		cluster.stopped[slot].inc = inc;
-		cluster.stopped[slot].job = job;
-	}
+	slot = cluster.n_stopped++ % STOPPED_KEEP;
+	snprintf(cluster.stopped[slot].origin, sizeof(cluster.stopped[slot].origin), "%s", origin);
+	cluster.stopped[slot].inc = inc;
+	cluster.stopped[slot].job = job;
 	cluster_stop_origin_chunks(origin, inc, false, job);
 }
 

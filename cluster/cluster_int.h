@@ -1,10 +1,6 @@
-/* cluster_int: what the cluster plugin's files share (cluster.c the broker
- * link, cluster_js.c publishing and JetStream's API, cluster_node.c the
- * node table and what clients see, cluster_outlet.c and cluster_inlet.c
- * the two sides of shared work).  Not for the rest of the daemon, which
- * knows only cluster.h (and reaches these through cluster_load.c).  All of
- * it runs on the master's loop, except the handoff in cluster.c, which
- * libnats's threads call. */
+/* cluster_int: what the cluster plugin's files share.  The rest of the
+ * daemon knows only cluster.h, and reaches the plugin through
+ * cluster_load.c. */
 #ifndef CLUSTER_INT_H
 #define CLUSTER_INT_H
 
@@ -35,6 +31,7 @@
 #define MAX_FNS 256
 #define STOPPED_KEEP 1024        /* recent stopped jobs, whose queued chunks are dropped */
 
+enum cluster_state { CLUSTER_OFF, CLUSTER_CONNECTING, CLUSTER_CONNECTED, CLUSTER_DISCONNECTED };
 enum qkind { Q_NODES, Q_RES, Q_STOP, Q_INBOX };
 enum res_kind { RES_CLAIM = 1, RES_PART = 2, RES_DONE = 3, RES_LOST = 4 };
 
@@ -72,6 +69,9 @@ struct out_chunk {
 	struct out_chunk *next;
 };
 
+/* Connected, and the work stream is ready. */
+bool cluster_up(void);
+
 /* The daemon (cluster_host.c): its calls, and its config, read-only. */
 extern const struct cluster_host *cluster_host;
 extern const struct config *host_cfg;
@@ -85,7 +85,6 @@ struct in_chunk {
 	uint64_t inc, job_key, chunk_key, first, delivered;
 	char *ack;                   /* the JetStream reply subject */
 	uint64_t claim_ms;
-	uint32_t count;
 	bool stopped;
 	struct in_chunk *next;
 };
@@ -120,7 +119,6 @@ struct cluster {
 	bool stream_ok;
 	uint64_t up_since;           /* connected since */
 	uint64_t stream_asked;       /* when the stream was last asked for */
-	unsigned consumers_ok;
 	/* Handoff from libnats's threads. */
 	pthread_mutex_t mu;
 	struct qitem *q;
@@ -151,13 +149,14 @@ struct cluster {
 };
 extern struct cluster cluster;
 
-/* cluster_js.c.  Publishing logs a failure and goes on: what is lost is
- * covered by the timeouts (tick) and JetStream's redelivery. */
-void cluster_publish(const char *subj, const void *data, size_t len);
-void cluster_publish_req(const char *subj, const char *reply, const void *data, size_t len);
+/* cluster_js.c.  Publishing (reply: NULL, or the subject replies go to)
+ * logs a failure and goes on: what is lost is covered by the timeouts
+ * (tick) and JetStream's redelivery. */
+void cluster_publish(const char *subj, const char *reply, const void *data, size_t len);
 /* Readers of a message's fields; false on a bad shape (the message is
  * dropped: another node's bad data never stops this one). */
 bool cluster_read_name(struct mp_cur *c, char *buf, size_t size);
+/* A bin element: its bytes, in the buffer. */
 bool cluster_read_bin(struct mp_cur *c, const uint8_t **ret, uint32_t *ret_len);
 /* "mpool.C.what.tail" (tail NULL: none). */
 void cluster_subject(char *buf, size_t size, const char *what, const char *tail);
@@ -174,12 +173,13 @@ bool cluster_has_fn(const char *fn, size_t len);
 struct node *cluster_node_find(const char *name);
 /* Frees n strings and their array. */
 void cluster_strs_free(char **v, unsigned n);
+/* Whether the n strings of v hold s (len bytes). */
+bool cluster_strs_have(char *const *v, unsigned n, const char *s, size_t len);
 /* A node is gone: its chunks here stop, its chunks of ours run again. */
 void cluster_node_lost(struct node *nd, const char *why);
 void cluster_handle_nodes(natsMsg *msg);
 /* Publishes this node's heartbeat; leaving: its last. */
 void cluster_heartbeat(bool leaving);
-/* Collects the functions this node announces again (each heartbeat). */
 void cluster_fns_collect(void);
 
 /* cluster_outlet.c */
@@ -190,19 +190,11 @@ void cluster_out_remove(struct out_chunk **pp);
 /* Ends a chunk out as lost (disp_chunk_lost) and forgets it. */
 void cluster_out_lost(struct out_chunk **pp, int code, const char *msg);
 void cluster_handle_res(natsMsg *msg);
-/* Each second: ends the chunks out that timed out. */
 void cluster_outlet_tick(uint64_t now);
 
 /* cluster_inlet.c */
-/* Tells a chunk's origin of its run (enum res_kind). */
-void cluster_in_reply(const struct in_chunk *ic, int kind, uint64_t first,
-		      const uint8_t *res, size_t rlen, const uint8_t *errs, size_t elen,
-		      const char *m);
-/* Answers JetStream's delivery (reply subject) with what ("+ACK", "+WPI"...). */
-void cluster_js_ack(const char *reply, const char *what);
 /* A pull's answer, or a pulled chunk (id 0). */
 void cluster_handle_pull(uint64_t id, natsMsg *msg);
-/* Asks the stream for chunks for the idle workers. */
 void cluster_pull_more(void);
 void cluster_in_free(struct in_chunk *ic);
 /* Each second: forgets expired pulls, renews long chunks' claims. */

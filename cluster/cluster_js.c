@@ -1,51 +1,28 @@
 /* cluster_js: what the node says to the broker: subjects, publishing,
  * the reading of the shapes every message shares, and JetStream's API
  * (the stream and the consumers), asked asynchronously. */
-#include <jansson.h>
-
-#include <errno.h>
 #include <inttypes.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include <msgpack.h>
+#include <jansson.h>
 
 #include "cluster_int.h"
-#include "config.h"
-#include "disp.h"
 #include "log.h"
-#include "master.h"
 #include "mem.h"
-#include "mp_rpc.h"
 #include "mp_scan.h"
-#include "pool.h"
-#include "registry.h"
 
-#include <mpool/error.h>
-
-/* ---- small helpers ---------------------------------------------------- */
-
-void cluster_publish(const char *subj, const void *data, size_t len)
+void cluster_publish(const char *subj, const char *reply, const void *data, size_t len)
 {
 	natsStatus s;
 
 	if (!cluster.nc)
 		return;
-	s = natsConnection_Publish(cluster.nc, subj, data, (int)len);
-	if (s != NATS_OK && cluster.state == CLUSTER_CONNECTED)
-		log_debug("cluster: cannot publish to %s: %s", subj, natsStatus_GetText(s));
-}
-
-void cluster_publish_req(const char *subj, const char *reply, const void *data, size_t len)
-{
-	natsStatus s;
-
-	if (!cluster.nc)
-		return;
-	s = natsConnection_PublishRequest(cluster.nc, subj, reply, data, (int)len);
+	if (reply)
+		s = natsConnection_PublishRequest(cluster.nc, subj, reply, data, (int)len);
+	else
+		s = natsConnection_Publish(cluster.nc, subj, data, (int)len);
 	if (s != NATS_OK && cluster.state == CLUSTER_CONNECTED)
 		log_debug("cluster: cannot publish to %s: %s", subj, natsStatus_GetText(s));
 }
@@ -62,31 +39,16 @@ bool cluster_read_name(struct mp_cur *c, char *buf, size_t size)
 	return true;
 }
 
-/* A bin (or str) element: its bytes, in the buffer. */
 bool cluster_read_bin(struct mp_cur *c, const uint8_t **ret, uint32_t *ret_len)
 {
-	const uint8_t *p = c->p;
-	uint32_t n;
+	const uint8_t *p;
+	size_t len, head;
 
-	if (p >= c->end)
+	if (mp_peek(c) != MP_T_BIN || mp_skip(c, &p, &len) < 0)
 		return false;
-	if (*p == 0xc4 && c->end - p >= 2) {
-		n = p[1];
-		p += 2;
-	} else if (*p == 0xc5 && c->end - p >= 3) {
-		n = (uint32_t)p[1] << 8 | p[2];
-		p += 3;
-	} else if (*p == 0xc6 && c->end - p >= 5) {
-		n = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
-		p += 5;
-	} else {
-		return false;
-	}
-	if ((size_t)(c->end - p) < n)
-		return false;
-	*ret = p;
-	*ret_len = n;
-	c->p = p + n;
+	head = *p == 0xc4 ? 2 : *p == 0xc5 ? 3 : 5;      /* bin8, bin16, bin32 */
+	*ret = p + head;
+	*ret_len = (uint32_t)(len - head);
 	return true;
 }
 
@@ -98,15 +60,11 @@ void cluster_subject(char *buf, size_t size, const char *what, const char *tail)
 
 void cluster_durable_name(char *buf, size_t size, const char *fn)
 {
-	size_t n = strlen(fn);
-
-	snprintf(buf, size, "F%zu_%s", n, fn);
+	snprintf(buf, size, "F%zu_%s", strlen(fn), fn);
 	for (char *p = buf; *p; p++)
 		if (*p == '.')
 			*p = '_';
 }
-
-/* ---- JetStream's API, asynchronously ---------------------------------- */
 
 void cluster_api_send(int what, const char *fn)
 {
@@ -147,14 +105,8 @@ void cluster_api_send(int what, const char *fn)
 		log_err("cluster: out of memory building a JetStream request");
 		return;
 	}
-	cluster_publish_req(subj, reply, text, strlen(text));
+	cluster_publish(subj, reply, text, strlen(text));
 	free(text);
-}
-
-static void consumers_create(void)
-{
-	for (unsigned i = 0; i < cluster.n_fns; i++)
-		cluster_api_send(API_CONSUMER, cluster.fns[i]);
 }
 
 void cluster_handle_api(uint64_t id, natsMsg *msg)
@@ -183,14 +135,13 @@ void cluster_handle_api(uint64_t id, natsMsg *msg)
 			log_err("cluster: cannot create the stream %s: %s", cluster.stream,
 				desc ? desc : "no answer");
 		}
-	} else if (r->what == API_CONSUMER) {
-		cluster.consumers_ok++;
-	} else {
+	} else if (r->what != API_CONSUMER) {
 		if (!cluster.stream_ok)
 			log_info("cluster: stream %s ready (%u replica(s))", cluster.stream,
 				 host_cfg->cluster_replicas);
 		cluster.stream_ok = true;
-		consumers_create();
+		for (unsigned i = 0; i < cluster.n_fns; i++)
+			cluster_api_send(API_CONSUMER, cluster.fns[i]);
 		disp_schedule();
 	}
 	json_decref(root);

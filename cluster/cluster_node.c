@@ -3,37 +3,30 @@
  * see of the cluster: whether a request's function exists on some node,
  * the status's cluster map. */
 #include <errno.h>
-#include <inttypes.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-#include <msgpack.h>
 
 #include "cluster_int.h"
-#include "config.h"
-#include "disp.h"
 #include "log.h"
 #include "master.h"
 #include "mem.h"
-#include "mp_rpc.h"
 #include "mp_scan.h"
 #include "pool.h"
 #include "registry.h"
 
-#include <mpool/error.h>
-
-bool cluster_has_fn(const char *fn, size_t len)
+bool cluster_strs_have(char *const *v, unsigned n, const char *s, size_t len)
 {
-	for (unsigned i = 0; i < cluster.n_fns; i++)
-		if (strlen(cluster.fns[i]) == len && memcmp(cluster.fns[i], fn, len) == 0)
+	for (unsigned i = 0; i < n; i++)
+		if (strlen(v[i]) == len && memcmp(v[i], s, len) == 0)
 			return true;
 	return false;
 }
 
-/* ---- nodes ------------------------------------------------------------ */
+bool cluster_has_fn(const char *fn, size_t len)
+{
+	return cluster_strs_have(cluster.fns, cluster.n_fns, fn, len);
+}
 
 struct node *cluster_node_find(const char *name)
 {
@@ -154,14 +147,9 @@ void cluster_heartbeat(bool leaving)
 	unsigned busy = pool_busy();
 
 	/* Functions with chunks out: other nodes pull for those. */
-	for (struct out_chunk *o = cluster.out; o; o = o->next) {
-		bool seen = false;
-
-		for (unsigned i = 0; i < n_want; i++)
-			seen |= strcmp(want[i], o->fn) == 0;
-		if (!seen && n_want < MAX_FNS)
+	for (struct out_chunk *o = cluster.out; o; o = o->next)
+		if (!cluster_strs_have(want, n_want, o->fn, strlen(o->fn)) && n_want < MAX_FNS)
 			want[n_want++] = o->fn;
-	}
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 	msgpack_pack_array(&pk, 9);
@@ -183,7 +171,7 @@ void cluster_heartbeat(bool leaving)
 		msgpack_pack_false(&pk);
 	cluster_subject(subj, sizeof(subj), "nodes", NULL);
 	if (sb.data)
-		cluster_publish(subj, sb.data, sb.size);
+		cluster_publish(subj, NULL, sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);
 }
 
@@ -204,14 +192,6 @@ static void fns_free(char **v, unsigned n)
 {
 	for (unsigned i = 0; i < n; i++)
 		free(v[i]);
-}
-
-static bool fn_listed(char *const *v, unsigned n, const char *fn)
-{
-	for (unsigned i = 0; i < n; i++)
-		if (strcmp(v[i], fn) == 0)
-			return true;
-	return false;
 }
 
 /* The functions this node can run, MODULE.FUNCTION; a gateway runs none.
@@ -235,15 +215,13 @@ void cluster_fns_collect(void)
 		return;
 	}
 	for (unsigned i = 0; i < now.n; i++)
-		if (cluster.stream_ok && !fn_listed(cluster.fns, cluster.n_fns, now.v[i]))
+		if (cluster.stream_ok && !cluster_has_fn(now.v[i], strlen(now.v[i])))
 			cluster_api_send(API_CONSUMER, now.v[i]);
 	fns_free(cluster.fns, cluster.n_fns);
 	memcpy(cluster.fns, now.v, now.n * sizeof(now.v[0]));
 	cluster.n_fns = now.n;
 	log_debug("cluster: this node announces %u function(s)", cluster.n_fns);
 }
-
-/* ---- what clients see --------------------------------------------------- */
 
 int cluster_check_fn(const char *fn, size_t len)
 {
@@ -253,25 +231,24 @@ int cluster_check_fn(const char *fn, size_t len)
 	if (!cluster_up())
 		return -EAGAIN;
 	for (unsigned i = 0; i < cluster.n_nodes; i++) {
-		if (!cluster.nodes[i].live)
-			continue;
-		for (unsigned k = 0; k < cluster.nodes[i].n_fns; k++)
-			if (strlen(cluster.nodes[i].fns[k]) == len &&
-			    memcmp(cluster.nodes[i].fns[k], fn, len) == 0 && cluster.nodes[i].workers > 0)
-				return 0;
+		const struct node *nd = &cluster.nodes[i];
+
+		if (nd->live && nd->workers > 0 && cluster_strs_have(nd->fns, nd->n_fns, fn, len))
+			return 0;
 	}
 	return -ENOENT;
 }
 
-static const char *cluster_state_name(void)
+/* status_kv's twin: the daemon's is out of the plugin's reach. */
+static void pack_kv(msgpack_packer *pk, const char *key, uint64_t v)
 {
-	static const char *names[] = { "off", "connecting", "connected", "disconnected" };
-
-	return names[cluster.on ? cluster.state : CLUSTER_OFF];
+	mp_pack_cstr(pk, key);
+	msgpack_pack_uint64(pk, v);
 }
 
 void cluster_pack_status(msgpack_packer *pk)
 {
+	static const char *const states[] = { "off", "connecting", "connected", "disconnected" };
 	uint64_t now = now_ms();
 	unsigned live = 0;
 
@@ -285,7 +262,7 @@ void cluster_pack_status(msgpack_packer *pk)
 		live += cluster.nodes[i].live;
 	msgpack_pack_map(pk, 10);
 	mp_pack_cstr(pk, "broker");
-	mp_pack_cstr(pk, cluster_state_name());
+	mp_pack_cstr(pk, states[cluster.state]);
 	mp_pack_cstr(pk, "cluster");
 	mp_pack_cstr(pk, host_cfg->cluster_name);
 	mp_pack_cstr(pk, "node");
@@ -300,26 +277,16 @@ void cluster_pack_status(msgpack_packer *pk)
 		msgpack_pack_map(pk, 5);
 		mp_pack_cstr(pk, "name");
 		mp_pack_cstr(pk, nd->name);
-		mp_pack_cstr(pk, "workers");
-		msgpack_pack_uint64(pk, nd->workers);
-		mp_pack_cstr(pk, "idle");
-		msgpack_pack_uint64(pk, nd->idle);
-		mp_pack_cstr(pk, "tasks_done");
-		msgpack_pack_uint64(pk, nd->tasks_done);
-		mp_pack_cstr(pk, "last_seen_ms");
-		msgpack_pack_uint64(pk, now - nd->last_seen);
+		pack_kv(pk, "workers", nd->workers);
+		pack_kv(pk, "idle", nd->idle);
+		pack_kv(pk, "tasks_done", nd->tasks_done);
+		pack_kv(pk, "last_seen_ms", now - nd->last_seen);
 	}
-	mp_pack_cstr(pk, "chunks_sent");
-	msgpack_pack_uint64(pk, cluster.sent);
-	mp_pack_cstr(pk, "chunks_ran_for_others");
-	msgpack_pack_uint64(pk, cluster.ran_for_others);
-	mp_pack_cstr(pk, "chunks_redelivered");
-	msgpack_pack_uint64(pk, cluster.redelivered);
-	mp_pack_cstr(pk, "chunks_lost");
-	msgpack_pack_uint64(pk, cluster.lost);
-	mp_pack_cstr(pk, "chunks_out");
-	msgpack_pack_uint64(pk, cluster.n_out);
-	mp_pack_cstr(pk, "chunks_running");
-	msgpack_pack_uint64(pk, cluster.n_in);
+	pack_kv(pk, "chunks_sent", cluster.sent);
+	pack_kv(pk, "chunks_ran_for_others", cluster.ran_for_others);
+	pack_kv(pk, "chunks_redelivered", cluster.redelivered);
+	pack_kv(pk, "chunks_lost", cluster.lost);
+	pack_kv(pk, "chunks_out", cluster.n_out);
+	pack_kv(pk, "chunks_running", cluster.n_in);
 }
 

@@ -1,67 +1,44 @@
 /* cluster_outlet: chunks of this node's shared jobs, out on the stream;
  * what their runners report becomes disp_chunk_part / done / lost, cut to
  * the items not yet forwarded (see cluster.c's top comment). */
-#include <errno.h>
 #include <inttypes.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#include <msgpack.h>
-
+#include <mpool/error.h>
 #include "cluster_int.h"
-#include "config.h"
-#include "disp.h"
 #include "log.h"
 #include "master.h"
 #include "mem.h"
-#include "mp_rpc.h"
 #include "mp_scan.h"
-#include "pool.h"
-#include "registry.h"
 
-#include <mpool/error.h>
-
-/* ---- the outlet: chunks of this node's shared jobs ----------------------- */
-
-/* Chunks the outlet may have out: what the other live nodes' workers can
- * take now, so the stream holds no more than they will pull soon, and this
- * node's own workers take the rest directly. */
-static unsigned outlet_cap(void)
+/* The other live nodes' workers, and (spare) one chunk more per other node
+ * with workers.  The outlet has no more out than that, so the stream holds
+ * only what they will pull soon and this node's own workers take the rest
+ * directly; the spare chunk lets a worker there that asks again find one
+ * without waiting for this node to hear of its last result. */
+static unsigned outlet_cap(bool spare)
 {
 	unsigned cap = 0;
 
-	for (unsigned i = 0; i < cluster.n_nodes; i++)
-		if (cluster.nodes[i].live && strcmp(cluster.nodes[i].name, host_cfg->node_name) != 0)
-			cap += cluster.nodes[i].workers;
-	/* A gateway's own pulls count too: it runs nothing itself. */
+	for (unsigned i = 0; i < cluster.n_nodes; i++) {
+		const struct node *nd = &cluster.nodes[i];
+
+		if (nd->live && strcmp(nd->name, host_cfg->node_name) != 0)
+			cap += nd->workers + (spare && nd->workers);
+	}
 	return cap;
 }
 
 unsigned cluster_outlet_workers(void)
 {
-	return cluster.on ? outlet_cap() : 0;
-}
-
-/* One chunk more per other node waits in the stream, so that a worker
- * there that asks again finds one without waiting for this node to hear of
- * its last result and publish the next. */
-static unsigned outlet_spare(void)
-{
-	unsigned n = 0;
-
-	for (unsigned i = 0; i < cluster.n_nodes; i++)
-		if (cluster.nodes[i].live && cluster.nodes[i].workers &&
-		    strcmp(cluster.nodes[i].name, host_cfg->node_name) != 0)
-			n++;
-	return n;
+	return cluster.on ? outlet_cap(false) : 0;
 }
 
 bool cluster_outlet_room(void)
 {
-	return cluster_up() && cluster.n_out < outlet_cap() + outlet_spare();
+	return cluster_up() && cluster.n_out < outlet_cap(true);
 }
 
 void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
@@ -70,7 +47,6 @@ void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
 	char subj[400], reply[256];
-	bool first_out;
 
 	o->key = ++cluster.next_key;
 	o->ck = *ck;
@@ -78,12 +54,11 @@ void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
 	o->retries = disp_job_retries(ck->job);
 	snprintf(o->fn, sizeof(o->fn), "%.*s", (int)fn_len, fn);
 	o->sent_ms = o->active_ms = now_ms();
-	first_out = !cluster.out;
 	o->next = cluster.out;
 	cluster.out = o;
 	cluster.n_out++;
 	cluster.sent++;
-	if (first_out)
+	if (!o->next)
 		cluster_heartbeat(false);    /* nodes pull for functions with work out */
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
@@ -105,7 +80,7 @@ void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
 	}
 	cluster_subject(subj, sizeof(subj), "work", o->fn);
 	snprintf(reply, sizeof(reply), "%s.ack.%" PRIu64, cluster.inbox, o->key);
-	cluster_publish_req(subj, reply, sb.data, sb.size);
+	cluster_publish(subj, reply, sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);
 }
 
@@ -115,8 +90,7 @@ struct out_chunk *cluster_out_find(uint64_t key, struct out_chunk ***ret_pp)
 
 	for (pp = &cluster.out; (o = *pp); pp = &o->next)
 		if (o->key == key) {
-			if (ret_pp)
-				*ret_pp = pp;
+			*ret_pp = pp;
 			return o;
 		}
 	return NULL;
@@ -172,67 +146,45 @@ void cluster_outlet_tick(uint64_t now)
 static uint32_t rebase_errors(const uint8_t *errs, size_t len, uint64_t base, uint64_t skip,
 			      msgpack_sbuffer *sb)
 {
-	msgpack_unpacked u;
-	msgpack_packer pk;
-	uint32_t kept = 0;
-	size_t off = 0;
+	msgpack_sbuffer kept_sb;
+	msgpack_packer pk, kpk;
+	struct mp_cur c;
+	uint32_t n, kept = 0;
 
 	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
-	msgpack_unpacked_init(&u);
-	if (msgpack_unpack_next(&u, (const char *)errs, len, &off) != MSGPACK_UNPACK_SUCCESS ||
-	    u.data.type != MSGPACK_OBJECT_ARRAY) {
-		msgpack_unpacked_destroy(&u);
-		msgpack_pack_array(&pk, 0);
-		return 0;
-	}
-	for (uint32_t i = 0; i < u.data.via.array.size; i++) {
-		const msgpack_object *e = &u.data.via.array.ptr[i];
+	msgpack_sbuffer_init(&kept_sb);
+	msgpack_packer_init(&kpk, &kept_sb, msgpack_sbuffer_write);
+	mp_cur_init(&c, errs, len);
+	if (mp_read_array(&c, &n) < 0)
+		n = 0;
+	while (n--) {
+		const char *msg;
+		uint32_t msg_len;
+		int64_t index;
+		int code;
+		char m[512];
 
-		if (e->type != MSGPACK_OBJECT_MAP)
+		if (mp_read_error(&c, &code, &msg, &msg_len, &index) < 0) {
+			if (mp_skip(&c, NULL, NULL) < 0)
+				break;
 			continue;
-		for (uint32_t k = 0; k < e->via.map.size; k++) {
-			const msgpack_object *key = &e->via.map.ptr[k].key, *v = &e->via.map.ptr[k].val;
-
-			if (key->type == MSGPACK_OBJECT_STR &&
-			    mp_str_eq(key->via.str.ptr, key->via.str.size, "index") &&
-			    v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 >= skip)
-				kept++;
 		}
+		if (index < 0 || (uint64_t)index < skip)
+			continue;
+		snprintf(m, sizeof(m), "%.*s", (int)msg_len, msg);
+		mp_pack_error(&kpk, code, m, (int64_t)(base + (uint64_t)index));
+		kept++;
 	}
 	msgpack_pack_array(&pk, kept);
-	for (uint32_t i = 0; i < u.data.via.array.size; i++) {
-		const msgpack_object *e = &u.data.via.array.ptr[i];
-		int64_t code = MPOOL_E_WORKER, index = -1;
-		char m[512] = "";
-
-		if (e->type != MSGPACK_OBJECT_MAP)
-			continue;
-		for (uint32_t k = 0; k < e->via.map.size; k++) {
-			const msgpack_object *key = &e->via.map.ptr[k].key, *v = &e->via.map.ptr[k].val;
-
-			if (key->type != MSGPACK_OBJECT_STR)
-				continue;
-			if (mp_str_eq(key->via.str.ptr, key->via.str.size, "code") &&
-			    (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
-			     v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER))
-				code = v->via.i64;
-			else if (mp_str_eq(key->via.str.ptr, key->via.str.size, "index") &&
-				 v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-				index = (int64_t)v->via.u64;
-			else if (mp_str_eq(key->via.str.ptr, key->via.str.size, "message") &&
-				 v->type == MSGPACK_OBJECT_STR)
-				snprintf(m, sizeof(m), "%.*s", (int)v->via.str.size, v->via.str.ptr);
-		}
-		if (index >= 0 && (uint64_t)index >= skip)
-			mp_pack_error(&pk, (int)code, m, (int64_t)(base + (uint64_t)index));
-	}
-	msgpack_unpacked_destroy(&u);
+	if (kept_sb.data)
+		msgpack_sbuffer_write(sb, kept_sb.data, kept_sb.size);
+	msgpack_sbuffer_destroy(&kept_sb);
 	return kept;
 }
 
-/* A part (or the last part) of a run of chunk o: results for items
- * orig_first + rel .. + n of the chunk. */
-static void out_results(struct out_chunk **pp, bool last, uint64_t rel, const uint8_t *res,
+/* A part of a run of chunk o: results for items orig_first + rel .. + n
+ * of the chunk. */
+static void out_results(struct out_chunk **pp, uint64_t rel, const uint8_t *res,
 			uint32_t res_len, const uint8_t *errs, uint32_t errs_len)
 {
 	struct out_chunk *o = *pp;
@@ -244,6 +196,7 @@ static void out_results(struct out_chunk **pp, bool last, uint64_t rel, const ui
 	msgpack_sbuffer rb, eb;
 	msgpack_packer rpk;
 	struct wmsg_result wr;
+	uint32_t n_errors;
 	uint64_t skip;
 
 	mp_cur_init(&c, res, res_len);
@@ -264,19 +217,17 @@ static void out_results(struct out_chunk **pp, bool last, uint64_t rel, const ui
 	msgpack_packer_init(&rpk, &rb, msgpack_sbuffer_write);
 	msgpack_pack_array(&rpk, (uint32_t)(n - skip));
 	msgpack_sbuffer_write(&rb, (const char *)start, len);
-	memset(&wr, 0, sizeof(wr));
-	wr.n_errors = rebase_errors(errs, errs_len, o->orig_first, rel + skip, &eb);
+	n_errors = rebase_errors(errs, errs_len, o->orig_first, rel + skip, &eb);
 	if (!rb.data || !eb.data) {
 		log_err("cluster: out of memory forwarding results");
 		abort();
 	}
-	wr.results = (const uint8_t *)rb.data;
-	wr.results_len = rb.size;
-	wr.n_results = (uint32_t)(n - skip);
-	wr.errors = (const uint8_t *)eb.data;
-	wr.errors_len = eb.size;
+	wr = (struct wmsg_result){
+		.results = (const uint8_t *)rb.data, .results_len = rb.size,
+		.n_results = (uint32_t)(n - skip),
+		.errors = (const uint8_t *)eb.data, .errors_len = eb.size, .n_errors = n_errors,
+	};
 	o->active_ms = now_ms();
-	(void)last;
 	if (wr.n_results >= o->ck.count) {
 		struct chunk ck = o->ck;
 
@@ -308,7 +259,6 @@ void cluster_handle_res(natsMsg *msg)
 		return;
 	if (inc != cluster.inc || !(o = cluster_out_find(key, &pp)))
 		return;          /* an earlier life's, or a chunk already ended */
-	(void)job;
 	o->active_ms = now_ms();
 	o->acked = true;
 	/* A runner that gives the chunk up never ran it: the node named is
@@ -325,14 +275,12 @@ void cluster_handle_res(natsMsg *msg)
 	if (kind == RES_CLAIM)
 		return;
 	if (kind == RES_LOST) {
-		const char *m;
-		uint32_t mlen;
+		const char *m = "";
+		uint32_t mlen = 0;
 
 		if (!cluster_read_bin(&c, &res, &res_len) || !cluster_read_bin(&c, &errs, &errs_len) ||
-		    mp_read_str(&c, &m, &mlen) < 0) {
-			m = "";
+		    mp_read_str(&c, &m, &mlen) < 0)
 			mlen = 0;
-		}
 		/* The runner gave the chunk up: its retries are spent. */
 		o->ck.attempt = o->retries;
 		if (mlen)
@@ -351,7 +299,7 @@ void cluster_handle_res(natsMsg *msg)
 	}
 	if (!cluster_read_bin(&c, &res, &res_len) || !cluster_read_bin(&c, &errs, &errs_len))
 		return;
-	out_results(pp, false, first - o->orig_first, res, res_len, errs, errs_len);
+	out_results(pp, first - o->orig_first, res, res_len, errs, errs_len);
 }
 
 void cluster_kill_job(const struct job *job)
@@ -371,7 +319,7 @@ void cluster_kill_job(const struct job *job)
 	msgpack_pack_uint64(&pk, disp_job_id(job));
 	cluster_subject(subj, sizeof(subj), "stop", host_cfg->node_name);
 	if (sb.data)
-		cluster_publish(subj, sb.data, sb.size);
+		cluster_publish(subj, NULL, sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);
 	/* The outlet's chunks of job end as a killed worker's do: soon,
 	 * from the loop, not inside the dispatcher's call. */
@@ -383,13 +331,12 @@ void cluster_kill_job(const struct job *job)
 
 void cluster_job_ended(const struct job *job)
 {
-	bool any = false;
-
-	if (!cluster.on)
-		return;
-	for (struct out_chunk *o = cluster.out; o; o = o->next)
-		any |= o->ck.job == job;
-	if (any)
-		cluster_kill_job(job);
+	/* Only while the cluster is on does the outlet have chunks out. */
+	for (struct out_chunk *o = cluster.out; o; o = o->next) {
+		if (o->ck.job == job) {
+			cluster_kill_job(job);
+			return;
+		}
+	}
 }
 

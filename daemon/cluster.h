@@ -16,8 +16,6 @@ struct conn;
 struct job;
 struct job_spec;
 
-enum cluster_state { CLUSTER_OFF, CLUSTER_CONNECTING, CLUSTER_CONNECTED, CLUSTER_DISCONNECTED };
-
 /* Checks the cluster settings in cfg (URLs, files, names), fills in the
  * default node name and opens the cluster plugin.  0, or -1 with the
  * reason in why.  Without cluster-url it only checks that workers is not
@@ -29,14 +27,6 @@ int cluster_config_check(char *why, size_t why_size);
 int cluster_read_user_file(const char *path, char *user, size_t user_size, char *pass,
 			   size_t pass_size, char *why, size_t why_size);
 
-/* cluster-url is set. */
-bool cluster_enabled(void);
-/* Connected, and the work stream is ready. */
-bool cluster_up(void);
-
-/* Before the loop's event_base exists (libnats's adapter needs libevent's
- * thread support). */
-void cluster_preinit(void);
 /* Connects (or starts retrying in the background) and starts the node's
  * heartbeat; modules must be loaded.  Nothing without cluster-url.  0 or a
  * negative errno (logged). */
@@ -59,8 +49,7 @@ void cluster_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len)
 /* The other live nodes' workers. */
 unsigned cluster_outlet_workers(void);
 /* A job's chunks must stop (cancel with kill): the other nodes are told,
- * and the outlet's chunks of it are lost soon after (later, from the
- * loop, never inside this call). */
+ * and the outlet's chunks of it are lost soon after, from the loop. */
 void cluster_kill_job(const struct job *job);
 /* A client's job was answered: chunks of it still out are stopped. */
 void cluster_job_ended(const struct job *job);

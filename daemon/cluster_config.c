@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -64,10 +63,7 @@ static int check_url(const char *url, size_t len, char *why, size_t n)
 		return -1;
 	}
 	/* The port follows the last ':' unless that is inside [IPv6]. */
-	colon = NULL;
-	for (const char *p = host; p < end; p++)
-		if (*p == ':')
-			colon = p;
+	colon = memrchr(host, ':', (size_t)(end - host));
 	if (colon && memchr(colon, ']', (size_t)(end - colon)))
 		colon = NULL;
 	if (!colon)
@@ -162,26 +158,22 @@ int cluster_config_check(char *why, size_t n)
 		if (r < 0)
 			return -1;
 	}
-	p = cfg.cluster_url;
-	for (;;) {
-		size_t len = strcspn(p, ",");
+	for (const char *url = cfg.cluster_url;; url = p + 1) {
+		size_t len;
 
-		while (len && (*p == ' ')) {
-			p++;
-			len--;
-		}
-		while (len && p[len - 1] == ' ')
+		url += strspn(url, " ");
+		p = url + strcspn(url, ",");
+		len = (size_t)(p - url);
+		while (len && url[len - 1] == ' ')
 			len--;
 		if (!len) {
 			snprintf(why, n, "cluster-url: an empty URL in the list");
 			return -1;
 		}
-		if (check_url(p, len, why, n) < 0)
+		if (check_url(url, len, why, n) < 0)
 			return -1;
-		p += strcspn(p, ",");
 		if (!*p)
 			break;
-		p++;
 	}
 	if (!cfg.node_name[0]) {
 		char host[256];

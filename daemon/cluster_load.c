@@ -1,8 +1,6 @@
-/* cluster_load: cluster.h for the rest of the daemon.  With cluster-url,
- * cluster_config_check opens the cluster plugin (cluster_plugin.h) and
- * every call goes to it; without, nothing is opened and each call does
- * what the cluster did when cluster-url was not set, so mpoold needs
- * neither libnats nor libevent's thread support. */
+/* cluster_load: cluster.h's calls, forwarded to the cluster plugin once
+ * cluster_config_check has opened it; without cluster-url each does what
+ * a cluster that is off does. */
 #include "cluster.h"
 
 #include <dlfcn.h>
@@ -28,6 +26,11 @@ struct conn *const cluster_inlet_conn = (struct conn *)&inlet_tag;
 
 /* NULL: no cluster-url, and no plugin. */
 static const struct cluster_plugin *plug;
+
+static bool cluster_enabled(void)
+{
+	return cfg.cluster_url[0] != '\0';
+}
 
 static const struct cluster_host host = {
 	.cfg = &cfg,
@@ -89,16 +92,12 @@ int cluster_plugin_load(char *why, size_t n)
 	/* Never closed: its threads and the loop's events live as long as
 	 * mpoold. */
 	h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-	if (!h) {
-		snprintf(why, n, "cluster-url is set but the cluster plugin %s cannot be loaded: %s",
-			 path, dlerror());
-		return -1;
-	}
-	p = dlsym(h, CLUSTER_PLUGIN_SYM);
+	p = h ? dlsym(h, CLUSTER_PLUGIN_SYM) : NULL;
 	if (!p) {
 		snprintf(why, n, "cluster-url is set but the cluster plugin %s cannot be loaded: %s",
 			 path, dlerror());
-		dlclose(h);
+		if (h)
+			dlclose(h);
 		return -1;
 	}
 	if (p->abi != CLUSTER_PLUGIN_ABI || !p->version || strcmp(p->version, MPOOL_VERSION) != 0 ||
@@ -113,22 +112,6 @@ int cluster_plugin_load(char *why, size_t n)
 	p->attach(&host);
 	plug = p;
 	return 0;
-}
-
-bool cluster_enabled(void)
-{
-	return cfg.cluster_url[0] != '\0';
-}
-
-bool cluster_up(void)
-{
-	return plug && plug->up();
-}
-
-void cluster_preinit(void)
-{
-	if (plug)
-		plug->preinit();
 }
 
 int cluster_start(struct event_base *base)

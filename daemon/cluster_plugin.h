@@ -1,6 +1,5 @@
 /* cluster_plugin: the contract between mpoold and mpool-cluster.so, the
- * plugin that holds the cluster's NATS code (cluster.c, cluster_js.c,
- * cluster_node.c, cluster_outlet.c, cluster_inlet.c), so that mpoold
+ * plugin that holds the cluster's NATS code (cluster/), so that mpoold
  * needs libnats only when cluster-url is set.
  *
  * The plugin exports one symbol, CLUSTER_PLUGIN_SYM, a const struct
@@ -24,7 +23,7 @@
 
 #include "master.h"
 
-#define CLUSTER_PLUGIN_ABI 1
+#define CLUSTER_PLUGIN_ABI 2
 #define CLUSTER_PLUGIN_NAME "mpool-cluster.so"
 #define CLUSTER_PLUGIN_SYM "mpool_cluster_plugin"
 
@@ -77,12 +76,11 @@ struct cluster_plugin {
 	uint32_t abi;                   /* CLUSTER_PLUGIN_ABI */
 	const char *version;            /* MPOOL_VERSION */
 	size_t cfg_size;                /* sizeof(struct config) */
-	/* First, before any other call. */
+	/* First, before any other call and before the loop's event_base
+	 * exists (libnats's adapter needs libevent's thread support). */
 	void (*attach)(const struct cluster_host *host);
-	void (*preinit)(void);
 	int (*start)(struct event_base *base);
 	void (*stop)(void);
-	bool (*up)(void);
 	int (*check_fn)(const char *fn, size_t len);
 	bool (*outlet_room)(void);
 	void (*outlet_run)(const struct chunk *ck, const char *fn, uint32_t fn_len);

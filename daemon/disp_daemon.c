@@ -1,11 +1,7 @@
 /* The dispatcher's ops in the daemon: its clients are conn.c's connections
- * and its workers pool.c's.  Kept apart from disp.c so that the
- * dispatcher links and runs without any of them (tests/test_disp.c);
- * master.c hands these to disp_init.
- *
- * cluster: the inlet (cluster.h) is one more client, cluster_inlet_conn;
- * the calls for it go to the cluster plugin's inlet, and its outlet is one
- * more worker. */
+ * and the cluster's inlet (cluster_inlet_conn), its workers pool.c's and
+ * the cluster's outlet.  Apart from disp.c so that the dispatcher links
+ * and runs without any of them (tests/test_disp.c). */
 #include "disp.h"
 
 #include <unistd.h>

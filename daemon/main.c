@@ -1,8 +1,7 @@
 /* mpoold: a preforking process-pool daemon.  main() gathers the settings
  * (built-in defaults, then the config file, then the command line), takes
- * what systemd passed, loads the task modules (before any fork: a bad one
- * stops mpoold here; the fork server loads them again for the workers) and
- * hands over to the master loop.
+ * what systemd passed, loads the task modules and hands over to the master
+ * loop.
  *
  * Exit status: 0 clean, 1 a failure at run time, 2 a usage or config file
  * error (the unit does not restart on 2: restarting cannot fix a typo), 3
@@ -39,14 +38,14 @@ struct cli {
 
 static void cli_build(struct cli *cl)
 {
-	size_t n = 0, k = 0;
+	size_t k = 0;
 
 	if (opt_count >= sizeof(cl->longopts) / sizeof(cl->longopts[0]))
 		abort();                /* a bug: grow struct cli */
 	for (size_t i = 0; i < opt_count; i++) {
 		const struct opt *o = &opt_table[i];
 
-		cl->longopts[n++] = (struct option){
+		cl->longopts[i] = (struct option){
 			o->name, o->metavar ? required_argument : no_argument, NULL,
 			o->short_name ? o->short_name : 256 + (int)i,
 		};
@@ -56,7 +55,7 @@ static void cli_build(struct cli *cl)
 				cl->shortopts[k++] = ':';
 		}
 	}
-	cl->longopts[n] = (struct option){ NULL, 0, NULL, 0 };
+	cl->longopts[opt_count] = (struct option){ NULL, 0, NULL, 0 };
 	cl->shortopts[k] = '\0';
 }
 
@@ -160,7 +159,6 @@ static int apply_dynamic_defaults(void)
 				"must hold", cfg.max_frame, cfg.max_client_bytes, cfg.max_total_bytes);
 		return -1;
 	}
-	/* cluster: URLs, credentials files, the node's name. */
 	if (cluster_config_check(why, sizeof(why)) < 0) {
 		log_startup_err("%s", why);
 		return -1;
@@ -187,14 +185,9 @@ static void ensure_std_fds(void)
  * (cfgerr.h); otherwise it exits now.  Returns the exit status. */
 static int cannot_start(int status)
 {
-	int fd;
+	int fd = notify_take_listen_fd();
 
-	if (notify_init() < 0)
-		return status;
-	fd = notify_take_listen_fd();
-	if (fd < 0)
-		return status;
-	return cfgerr_serve(fd, log_last_error());
+	return fd < 0 ? status : cfgerr_serve(fd, log_last_error());
 }
 
 int main(int argc, char **argv)
@@ -203,7 +196,7 @@ int main(int argc, char **argv)
 	struct cli cl;
 	char why[512];
 	enum action act;
-	int r;
+	int r = 1;
 
 	ensure_std_fds();
 	log_init(cfg.log_level);
@@ -220,37 +213,28 @@ int main(int argc, char **argv)
 	if (cfgfile_load(config ? config : MPOOL_CONFIG_FILE, config != NULL, why,
 			 sizeof(why)) < 0) {
 		log_startup_err("%s", why);
-		config_modules_clear();
-		return act == RUN ? cannot_start(EXIT_USAGE) : EXIT_USAGE;
+		goto bad_config;
 	}
-	if (cli_apply(&cl, argc, argv) < 0 || apply_dynamic_defaults() < 0) {
-		config_modules_clear();
-		return act == RUN ? cannot_start(EXIT_USAGE) : EXIT_USAGE;
-	}
+	if (cli_apply(&cl, argc, argv) < 0 || apply_dynamic_defaults() < 0)
+		goto bad_config;
 	if (act == PRINT_CONFIG) {
 		opt_print_config(stdout);
 		config_modules_clear();
 		return 0;
 	}
 	log_init(cfg.log_level);
-	r = 1;
-	/* Modules load here, before master_run() starts anything: the master
-	 * checks function names against them, and a bad module stops mpoold
-	 * now, naming the file.  The fork server (forksrv.h) loads the same
-	 * files again for the workers it forks. */
+	/* Modules load before master_run() starts anything: the master checks
+	 * function names against them, and a bad module stops mpoold now,
+	 * naming the file (a config error too: nothing a restart can fix).
+	 * The fork server (forksrv.h) loads them again for its workers. */
 	if (notify_init() == 0) {
-		if (modload_all() == 0) {
-			r = master_run();
-		} else {
-			/* A module named by the config that does not load is a
-			 * config error too: nothing a restart can fix. */
-			int fd = notify_take_listen_fd();
-
-			if (fd >= 0)
-				r = cfgerr_serve(fd, log_last_error());
-		}
+		r = modload_all() == 0 ? master_run() : cannot_start(1);
 		modload_close_all();
 	}
 	config_modules_clear();
 	return r;
+
+bad_config:
+	config_modules_clear();
+	return act == RUN && notify_init() == 0 ? cannot_start(EXIT_USAGE) : EXIT_USAGE;
 }

@@ -69,28 +69,16 @@ static void stop_listening(void)
 	listen_fd = -1;
 }
 
-static void arm_deadline(unsigned ms)
-{
-	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
-
-	evtimer_add(deadline, &tv);
-}
-
 void master_status_changed(void)
 {
-	struct timeval tv = { 0, 0 };
 	uint64_t now, due;
 
 	if (!ev_status || status_armed)
 		return;
 	now = now_ms();
 	due = status_eval_ms + STATUS_INTERVAL_MS;
-	if (due > now) {
-		tv.tv_sec = (time_t)((due - now) / 1000);
-		tv.tv_usec = (suseconds_t)((due - now) % 1000) * 1000;
-	}
 	status_armed = true;
-	evtimer_add(ev_status, &tv);
+	timer_add_ms(ev_status, due > now ? due - now : 0);
 }
 
 static void status_cb(evutil_socket_t fd, short what, void *arg)
@@ -147,11 +135,10 @@ static int notify_setup(void)
 	if (usec) {
 		/* Half the interval, as sd_watchdog_enabled(3) advises; not below
 		 * 1 ms, so a tiny WATCHDOG_USEC cannot turn the loop into a spin. */
-		uint64_t half = usec / 2 < 1000 ? 1000 : usec / 2;
-		struct timeval tv = { (time_t)(half / 1000000), (suseconds_t)(half % 1000000) };
+		uint64_t half_ms = usec / 2000 ? usec / 2000 : 1;
 
 		ev_watchdog = event_new(base, -1, EV_PERSIST, watchdog_cb, NULL);
-		if (!ev_watchdog || event_add(ev_watchdog, &tv) < 0)
+		if (!ev_watchdog || timer_add_ms(ev_watchdog, half_ms) < 0)
 			return -ENOMEM;
 		notify_watchdog();
 	}
@@ -185,7 +172,7 @@ void master_drain(const char *why)
 	master_status_changed();
 	log_info("%s: draining %u job(s), then exiting", why, disp_active());
 	stop_listening();
-	arm_deadline(cfg.drain_timeout_ms);
+	timer_add_ms(deadline, cfg.drain_timeout_ms);
 	master_progress();
 }
 
@@ -204,7 +191,7 @@ void master_terminate(const char *why)
 	disp_fail_all(MPOOL_E_TERMINATED, why);
 	/* Clients that do not read their last error must not hold us. */
 	evtimer_del(deadline);
-	arm_deadline(2000);
+	timer_add_ms(deadline, 2000);
 	master_progress();
 }
 
@@ -287,18 +274,14 @@ static void reap_all(void)
 
 int master_run(void)
 {
-	int r;
-
 	start_ms = now_ms();
 	signal(SIGPIPE, SIG_IGN);
-	cluster_preinit();
 	base = event_base_new();
 	if (!base) {
 		log_err("cannot create the event loop");
 		return 1;
 	}
-	r = listen_open(cfg.socket_path, &listen_fd);
-	if (r < 0)
+	if (listen_open(cfg.socket_path, &listen_fd) < 0)
 		return 1;
 	deadline = evtimer_new(base, deadline_cb, NULL);
 	for (int i = 0; i < N_EVSIGNALS; i++) {
@@ -316,13 +299,8 @@ int master_run(void)
 	 * before any fork. */
 	proc_init(base);
 	disp_init(&disp_daemon_ops);
-	if (pool_init(base) < 0 || conn_listen(base, listen_fd) < 0) {
-		reap_all();
-		stop_listening();
-		return 1;
-	}
 	/* cluster: after the pool, so the node announces what it can run. */
-	if (cluster_start(base) < 0) {
+	if (pool_init(base) < 0 || conn_listen(base, listen_fd) < 0 || cluster_start(base) < 0) {
 		reap_all();
 		stop_listening();
 		return 1;
