@@ -14,6 +14,7 @@
 #include "cluster_plugin.h"
 #include "config.h"
 #include "disp.h"
+#include "libexec.h"
 #include "log.h"
 #include "master.h"
 #include "mp_rpc.h"
@@ -59,27 +60,6 @@ static const struct cluster_host host = {
 	.disp_walk_items = disp_walk_items,
 };
 
-/* Beside the running mpoold first (a build tree), then where it installs,
- * as the fork server is found. */
-static void plugin_path(char *buf, size_t size)
-{
-	char self[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	char *slash;
-
-	if (n > 0) {
-		self[n] = '\0';
-		slash = strrchr(self, '/');
-		if (slash) {
-			*slash = '\0';
-			if ((size_t)snprintf(buf, size, "%s/%s", self, CLUSTER_PLUGIN_NAME) < size &&
-			    access(buf, F_OK) == 0)
-				return;
-		}
-	}
-	snprintf(buf, size, "%s", MPOOL_CLUSTER_PLUGIN_PATH);
-}
-
 int cluster_plugin_load(char *why, size_t n)
 {
 	const struct cluster_plugin *p;
@@ -88,7 +68,8 @@ int cluster_plugin_load(char *why, size_t n)
 
 	if (plug || !cluster_enabled())
 		return 0;
-	plugin_path(path, sizeof(path));
+	/* A missing file is dlopen's to report, with the path. */
+	libexec_path(CLUSTER_PLUGIN_NAME, MPOOL_CLUSTER_PLUGIN_PATH, F_OK, path, sizeof(path));
 	/* Never closed: its threads and the loop's events live as long as
 	 * mpoold. */
 	h = dlopen(path, RTLD_NOW | RTLD_LOCAL);

@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "fork.h"
+#include "libexec.h"
 #include "log.h"
 #include "master.h"
 #include "mem.h"
@@ -37,27 +38,6 @@ static struct event *z_lost, *z_hello_timer;
 static const char *z_lost_why;
 /* How one that died before its hello ended, for start_failed's line. */
 static char z_died_how[64];
-
-/* Beside the running mpoold first (a build tree), then where it installs. */
-static int find_binary(char *buf, size_t size)
-{
-	char self[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	char *slash;
-
-	if (n > 0) {
-		self[n] = '\0';
-		slash = strrchr(self, '/');
-		if (slash) {
-			*slash = '\0';
-			if ((size_t)snprintf(buf, size, "%s/%s", self, FORKSRV_NAME) < size &&
-			    access(buf, X_OK) == 0)
-				return 0;
-		}
-	}
-	snprintf(buf, size, "%s", MPOOL_FORKSRV_PATH);
-	return access(buf, X_OK) == 0 ? 0 : -errno;
-}
 
 int forksrv_recv_rep(int fd, struct forksrv_rep *rep, int *ret_fd, int flags)
 {
@@ -435,7 +415,7 @@ int forksrv_start(void)
 		return 0;
 	if (forksrv_broken)
 		return -ENOTCONN;
-	r = find_binary(path, sizeof(path));
+	r = libexec_path(FORKSRV_NAME, MPOOL_FORKSRV_PATH, X_OK, path, sizeof(path));
 	if (r < 0) {
 		log_warn("no fork server at %s (%s): workers fork from the master", path,
 			 strerror(-r));
