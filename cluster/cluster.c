@@ -496,7 +496,7 @@ __attribute__((visibility("default"))) extern const struct cluster_plugin mpool_
 const struct cluster_plugin mpool_cluster_plugin = {
 	.abi = CLUSTER_PLUGIN_ABI,
 	.version = MPOOL_VERSION,
-	.cfg_size = sizeof(struct config),
+	.sizes = CLUSTER_PLUGIN_SIZES,
 	.attach = attach,
 	.start = cluster_start,
 	.stop = cluster_stop,

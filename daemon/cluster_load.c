@@ -62,6 +62,7 @@ static const struct cluster_host host = {
 
 int cluster_plugin_load(char *why, size_t n)
 {
+	static const size_t sizes[CLUSTER_PLUGIN_N_SIZES] = CLUSTER_PLUGIN_SIZES;
 	const struct cluster_plugin *p;
 	char path[PATH_MAX];
 	void *h;
@@ -82,7 +83,7 @@ int cluster_plugin_load(char *why, size_t n)
 		return -1;
 	}
 	if (p->abi != CLUSTER_PLUGIN_ABI || !p->version || strcmp(p->version, MPOOL_VERSION) != 0 ||
-	    p->cfg_size != sizeof(struct config)) {
+	    memcmp(p->sizes, sizes, sizeof(sizes)) != 0) {
 		snprintf(why, n, "cluster-url is set but the cluster plugin %s cannot be loaded: it is "
 			 "not from this build of mpoold %s (plugin ABI %u, version %s)", path,
 			 MPOOL_VERSION, p->abi, p->abi == CLUSTER_PLUGIN_ABI && p->version ?

@@ -8,9 +8,9 @@
  * struct cluster_host and forwards cluster.h's calls to its table.  mpoold
  * itself exports no symbol: a task module it opens cannot bind one of its
  * own names to the daemon's by chance.  The plugin reads the daemon's
- * config and structs, so it must come from the same build, which abi,
- * version and cfg_size check.  Bump CLUSTER_PLUGIN_ABI when either table
- * changes shape. */
+ * config and the structs it shares, so it must come from the same build:
+ * abi, version and the sizes of those structs are checked.  Bump
+ * CLUSTER_PLUGIN_ABI when either table changes shape. */
 #ifndef CLUSTER_PLUGIN_H
 #define CLUSTER_PLUGIN_H
 
@@ -23,7 +23,15 @@
 
 #include "master.h"
 
-#define CLUSTER_PLUGIN_ABI 2
+#define CLUSTER_PLUGIN_ABI 3
+
+/* The structs the plugin and mpoold share, by size: a plugin built against
+ * other headers of the same version shows here.  Needs config.h, disp.h
+ * and wmsg.h. */
+#define CLUSTER_PLUGIN_SIZES                                                   \
+	{ sizeof(struct config), sizeof(struct job_spec), sizeof(struct chunk), \
+	  sizeof(struct wmsg_result), sizeof(struct disp_results_buf) }
+#define CLUSTER_PLUGIN_N_SIZES 5
 #define CLUSTER_PLUGIN_NAME "mpool-cluster.so"
 #define CLUSTER_PLUGIN_SYM "mpool_cluster_plugin"
 
@@ -75,7 +83,7 @@ struct cluster_host {
 struct cluster_plugin {
 	uint32_t abi;                   /* CLUSTER_PLUGIN_ABI */
 	const char *version;            /* MPOOL_VERSION */
-	size_t cfg_size;                /* sizeof(struct config) */
+	size_t sizes[CLUSTER_PLUGIN_N_SIZES];   /* CLUSTER_PLUGIN_SIZES */
 	/* First, before any other call and before the loop's event_base
 	 * exists (libnats's adapter needs libevent's thread support). */
 	void (*attach)(const struct cluster_host *host);
