@@ -11,6 +11,7 @@
 #include "master.h"         /* now_ms */
 #include "mem.h"
 #include "mp_rpc.h"
+#include "status.h"
 
 static TAILQ_HEAD(, job) all_jobs = TAILQ_HEAD_INITIALIZER(all_jobs);
 static unsigned n_active;
@@ -64,26 +65,19 @@ void disp_pack_jobs(msgpack_packer *pk)
 		if (!job->conn)
 			continue;
 		msgpack_pack_map(pk, 10);
-		mp_pack_cstr(pk, "id");
-		msgpack_pack_uint64(pk, job->id);
+		status_kv(pk, "id", job->id);
 		mp_pack_cstr(pk, "method");
 		mp_pack_cstr(pk, job->is_map ? "map" : "apply");
 		mp_pack_cstr(pk, "function");
 		msgpack_pack_str_with_body(pk, job->fn, job->fn_len);
-		mp_pack_cstr(pk, "client_pid");
-		msgpack_pack_int64(pk, disp_io->pid(job->conn));
-		mp_pack_cstr(pk, "client_uid");
-		msgpack_pack_uint64(pk, disp_io->uid(job->conn));
-		mp_pack_cstr(pk, "items");
-		msgpack_pack_uint64(pk, job->n_items);
-		mp_pack_cstr(pk, "done");
-		msgpack_pack_uint64(pk, job->emitted);
-		mp_pack_cstr(pk, "failed");
-		msgpack_pack_uint64(pk, job->failed);
-		mp_pack_cstr(pk, "running_chunks");
-		msgpack_pack_uint64(pk, job->inflight);
-		mp_pack_cstr(pk, "age_ms");
-		msgpack_pack_uint64(pk, now - job->created_ms);
+		/* Never negative: the same bytes as packed signed. */
+		status_kv(pk, "client_pid", (uint64_t)disp_io->pid(job->conn));
+		status_kv(pk, "client_uid", disp_io->uid(job->conn));
+		status_kv(pk, "items", job->n_items);
+		status_kv(pk, "done", job->emitted);
+		status_kv(pk, "failed", job->failed);
+		status_kv(pk, "running_chunks", job->inflight);
+		status_kv(pk, "age_ms", now - job->created_ms);
 	}
 }
 

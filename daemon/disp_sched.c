@@ -10,6 +10,7 @@
 #include "config.h"
 #include "mem.h"
 #include "mp_rpc.h"
+#include "status.h"
 
 /* Turns on three levels: uids, a uid's connections, a connection's jobs.
  * The one served goes to the back of its queue, so a uid with many
@@ -220,12 +221,9 @@ void disp_pack_queue(msgpack_packer *pk)
 	TAILQ_FOREACH(u, &all_users, all)
 		n += u->qchunks > 0;
 	msgpack_pack_map(pk, 4);
-	mp_pack_cstr(pk, "max_chunks");
-	msgpack_pack_uint64(pk, cfg.max_queued_chunks);
-	mp_pack_cstr(pk, "max_chunks_per_uid");
-	msgpack_pack_uint64(pk, cfg.max_queued_chunks_per_uid);
-	mp_pack_cstr(pk, "admin_chunks");
-	msgpack_pack_uint64(pk, cfg.admin_queued_chunks);
+	status_kv(pk, "max_chunks", cfg.max_queued_chunks);
+	status_kv(pk, "max_chunks_per_uid", cfg.max_queued_chunks_per_uid);
+	status_kv(pk, "admin_chunks", cfg.admin_queued_chunks);
 	/* Only uids with chunks queued.  An array of maps, not a map keyed
 	 * by uid: strict decoders take only string keys. */
 	mp_pack_cstr(pk, "by_uid");
@@ -233,10 +231,8 @@ void disp_pack_queue(msgpack_packer *pk)
 	TAILQ_FOREACH(u, &all_users, all)
 		if (u->qchunks > 0) {
 			msgpack_pack_map(pk, 2);
-			mp_pack_cstr(pk, "uid");
-			msgpack_pack_uint64(pk, u->uid);
-			mp_pack_cstr(pk, "chunks");
-			msgpack_pack_uint64(pk, u->qchunks);
+			status_kv(pk, "uid", u->uid);
+			status_kv(pk, "chunks", u->qchunks);
 		}
 }
 
