@@ -104,12 +104,6 @@ uint64_t disp_jobs_done(void)
 static void job_free(struct job *job)
 {
 	out_free_held(job);
-	while (job->retry_head) {
-		struct retry *r = job->retry_head;
-
-		job->retry_head = r->next;
-		free(r);
-	}
 	sched_detach(job);
 	TAILQ_REMOVE(&all_jobs, job, all);
 	seg_free_all(job);
@@ -150,7 +144,7 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	job->retries = spec->retries;
 	job->shared = spec->shared;        /* cluster */
 	job->remote_only = spec->remote_only;
-	job->retry_tail = &job->retry_head;
+	STAILQ_INIT(&job->lost);
 	job->created_ms = now_ms();
 	job->auto_chunk = spec->chunksize == 0;
 	job->chunksize = disp_spec_chunksize(spec);
@@ -269,8 +263,11 @@ static void job_maybe_done(struct job *job)
 	job_finish(job);
 }
 
-void job_chunk_ended(struct job *job)
+void job_chunk_ended(const struct chunk *ck)
 {
+	struct job *job = ck->job;
+
+	seg_unref(job, ck->seg);
 	job->inflight--;
 	if (!job->conn) {
 		if (job->inflight == 0)
@@ -309,28 +306,11 @@ void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res,
 		     const struct disp_results_buf *buf)
 {
 	chunk_piece(ck, res, buf);
-	if (ck->batch) {
+	if (ck->batch)
 		batch_free(ck->batch);
-	} else {
-		seg_unref(ck->job, ck->seg);
-		job_chunk_ended(ck->job);
-	}
+	else
+		job_chunk_ended(ck);
 	disp_schedule();
-}
-
-void job_retry(struct job *job, const struct chunk *ck, uint32_t attempt)
-{
-	struct retry *r = xcalloc(1, sizeof(*r));
-
-	r->first = ck->first;
-	r->count = ck->count;
-	r->attempt = attempt;
-	r->seg = ck->seg;
-	r->items = ck->items;
-	r->items_len = ck->items_len;
-	*job->retry_tail = r;
-	job->retry_tail = &r->next;
-	sched_requeue(job);
 }
 
 void disp_chunk_lost(struct chunk *ck, int code, const char *msg)
@@ -343,17 +323,15 @@ void disp_chunk_lost(struct chunk *ck, int code, const char *msg)
 		return;
 	}
 	if (ck->count > 0 && job->conn && ck->attempt < job->retries) {
-		job_retry(job, ck, ck->attempt + 1);
+		seg_retry(job, ck, ck->attempt + 1);
 		log_info("job %llu: rerunning items %llu..%llu (retry %u of %u): %s",
 			 (unsigned long long)job->id, (unsigned long long)ck->first,
 			 (unsigned long long)(ck->first + ck->count - 1), ck->attempt + 1,
 			 job->retries, msg);
-	} else {
-		if (ck->count > 0)
-			out_fail_chunk(ck, code, msg);
-		seg_unref(job, ck->seg);
+	} else if (ck->count > 0) {
+		out_fail_chunk(ck, code, msg);
 	}
-	job_chunk_ended(job);
+	job_chunk_ended(ck);
 	disp_schedule();
 }
 

@@ -121,7 +121,7 @@ uid_t sched_uid(const struct job *job)
 
 static bool job_has_work(const struct job *job)
 {
-	return job->retry_head || job->next_index < job->n_items;
+	return !STAILQ_EMPTY(&job->lost) || job->next_index < job->n_items;
 }
 
 bool disp_has_queued(void)
@@ -260,7 +260,7 @@ static bool job_runnable(const struct job *job)
 {
 	if (job->conn && disp_io->backlogged(job->conn))
 		return false;
-	return job->retry_head || (job->next_index < job->n_items && job_window_open(job));
+	return !STAILQ_EMPTY(&job->lost) || (job->next_index < job->n_items && job_window_open(job));
 }
 
 /* Batches.  One-item applies of the same function and options, queued
@@ -280,7 +280,7 @@ struct batch {
 
 static bool batchable(const struct job *a, const struct job *b)
 {
-	return !b->is_map && b->retries == 0 && !b->retry_head &&
+	return !b->is_map && b->retries == 0 && STAILQ_EMPTY(&b->lost) &&
 	       b->next_index < b->n_items && b->timeout_ms == a->timeout_ms &&
 	       b->fn_len == a->fn_len && memcmp(b->fn, a->fn, a->fn_len) == 0;
 }
@@ -393,8 +393,7 @@ void batch_piece(struct batch *b, const struct wmsg_result *res)
 		out_piece(job, 0, 1, rb, rl + 1, e ? eb : none, e ? el + 1 : 1, e ? 1 : 0, NULL);
 		free(rb);
 		free(eb);
-		seg_unref(job, b->members[k].seg);
-		job_chunk_ended(job);
+		job_chunk_ended(&b->members[k]);
 	}
 	b->done += res->n_results;
 }
@@ -407,16 +406,12 @@ void batch_lost(struct batch *b, int code, const char *msg)
 {
 	for (uint32_t k = b->done; k < b->n; k++) {
 		struct chunk *one = &b->members[k];
-		struct job *job = one->job;
 
-		if (k > b->done && job->conn) {
-			job_retry(job, one, 0);
-			job->inflight--;
-			continue;
-		}
-		out_fail_chunk(one, code, msg);
-		seg_unref(job, one->seg);
-		job_chunk_ended(job);
+		if (k > b->done && one->job->conn)
+			seg_retry(one->job, one, 0);
+		else
+			out_fail_chunk(one, code, msg);
+		job_chunk_ended(one);
 	}
 	batch_free(b);
 }

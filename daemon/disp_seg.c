@@ -181,6 +181,12 @@ void seg_unref(struct job *job, struct seg *sg)
 
 void seg_free_all(struct job *job)
 {
+	while (!STAILQ_EMPTY(&job->lost)) {
+		struct retry *r = STAILQ_FIRST(&job->lost);
+
+		STAILQ_REMOVE_HEAD(&job->lost, link);
+		free(r);
+	}
 	while (job->segs)
 		seg_free(job, job->segs);
 }
@@ -268,29 +274,36 @@ int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out)
 	return 0;
 }
 
+void seg_retry(struct job *job, const struct chunk *ck, uint32_t attempt)
+{
+	struct retry *r = xcalloc(1, sizeof(*r));
+
+	r->ck = *ck;
+	r->ck.attempt = attempt;
+	r->ck.seg->refs++;
+	STAILQ_INSERT_TAIL(&job->lost, r, link);
+	sched_requeue(job);
+}
+
 bool seg_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
 {
-	struct retry *r = job->retry_head;
+	struct retry *r = STAILQ_FIRST(&job->lost);
 	uint32_t n;
 
 	ck->job = job;
 	if (r) {
-		n = r->count < quota ? r->count : (uint32_t)quota;
+		n = r->ck.count < quota ? r->ck.count : (uint32_t)quota;
 		if (n == 0)
 			return false;
-		ck->first = r->first;
+		*ck = r->ck;
 		ck->count = n;
-		ck->attempt = r->attempt;
-		ck->seg = r->seg;
-		r->seg->refs++;
-		seg_slice(&r->items, &r->items_len, n, &ck->items, &ck->items_len);
-		r->first += n;
-		r->count -= n;
-		if (r->count == 0) {
-			job->retry_head = r->next;
-			if (!job->retry_head)
-				job->retry_tail = &job->retry_head;
-			seg_unref(job, r->seg);
+		ck->seg->refs++;
+		seg_slice(&r->ck.items, &r->ck.items_len, n, &ck->items, &ck->items_len);
+		r->ck.first += n;
+		r->ck.count -= n;
+		if (r->ck.count == 0) {
+			STAILQ_REMOVE_HEAD(&job->lost, link);
+			seg_unref(job, r->ck.seg);
 			free(r);
 		}
 		return true;
