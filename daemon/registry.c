@@ -194,11 +194,15 @@ const struct reg_fn *reg_lookup(const char *name, size_t len)
 int reg_call(const struct reg_fn *f, const msgpack_object *arg, msgpack_packer *result,
 	     struct mpool_task_error *err)
 {
-	if (f->fn)
+	if (f && f->fn)
 		return f->fn(arg, result, err);
-	if (f->call)
+	if (f && f->call)
 		return f->call(f->data, arg, result, err);
-	return mpool_task_fail(err, MPOOL_E_NOFUNC, "the function's module did not load here");
+	/* The master checked the name, or took it on trust (registry.h): a
+	 * miss is a name its module does not define after all, or a load
+	 * that failed in this process alone. */
+	return mpool_task_fail(err, MPOOL_E_NOFUNC, "no such function in this process: its "
+			       "module does not define it, or did not load here");
 }
 
 /* The module's initargs, decoded into zone (nil when none), and err made
