@@ -15,8 +15,9 @@
 struct held {
 	uint64_t first;
 	uint32_t count;
-	uint8_t *bytes;            /* a copy: results array then errors array */
-	uint8_t *owned;            /* or the worker's frame buffer they lie in */
+	/* The worker's frame buffer they lie in, or a copy of the results
+	 * array then the errors array: the client takes it either way. */
+	uint8_t *owned;
 	const uint8_t *results, *errors;
 	size_t results_len, errors_len;
 	struct held *next;
@@ -35,7 +36,6 @@ void out_free_held(struct job *job)
 
 	for (h = job->held; h; h = next) {
 		next = h->next;
-		free(h->bytes);
 		free(h->owned);
 		free(h);
 	}
@@ -119,7 +119,6 @@ void out_piece(struct job *job, uint64_t first, uint32_t count,
 			job->held = h->next;
 			out_emit(job, h->first, h->count, h->results, h->results_len,
 				 h->errors, h->errors_len, h->owned);
-			free(h->bytes);
 			free(h);
 		}
 	} else {
@@ -132,11 +131,11 @@ void out_piece(struct job *job, uint64_t first, uint32_t count,
 			h->results = results;
 			h->errors = errors;
 		} else {
-			h->bytes = xmalloc(rlen + elen);
-			memcpy(h->bytes, results, rlen);
-			memcpy(h->bytes + rlen, errors, elen);
-			h->results = h->bytes;
-			h->errors = h->bytes + rlen;
+			h->owned = xmalloc(rlen + elen);
+			memcpy(h->owned, results, rlen);
+			memcpy(h->owned + rlen, errors, elen);
+			h->results = h->owned;
+			h->errors = h->owned + rlen;
 		}
 		h->results_len = rlen;
 		h->errors_len = elen;
