@@ -200,29 +200,31 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 	return 0;
 }
 
-void disp_detach(struct job *job)
+/* No client waits for the job any more.  Chunks still running report
+ * back into it, and the last one frees it (job_chunk_ended). */
+static void job_release(struct job *job)
 {
-	/* cluster: chunks running on other nodes stop too. */
-	if (job->shared && job->inflight && disp_io->outlet_stop)
-		disp_io->outlet_stop(job);
 	sched_detach(job);
 	job->conn = NULL;
 	if (job->inflight == 0)
 		job_free(job);
 }
 
-/* Chunks still running report back into the detached job, which frees
- * itself at the last one. */
+void disp_detach(struct job *job)
+{
+	/* cluster: chunks running on other nodes stop too. */
+	if (job->shared && job->inflight && disp_io->outlet_stop)
+		disp_io->outlet_stop(job);
+	job_release(job);
+}
+
 static void job_fail(struct job *job, int code, const char *msg)
 {
-	sched_detach(job);
 	if (job->conn) {
 		disp_io->job_failed(job->conn, job->msgid, code, msg);
 		disp_io->job_ended(job->conn, job);
-		job->conn = NULL;
 	}
-	if (job->inflight == 0)
-		job_free(job);
+	job_release(job);
 }
 
 void disp_kill_running(struct job *job)
