@@ -138,13 +138,14 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	job->fn_len = spec->fn_len;
 	job->streaming = spec->stream;
 	job->n_items = spec->n_items;
+	TAILQ_INIT(&job->segs);
+	STAILQ_INIT(&job->lost);
 	/* A job keeps only its items' bytes, not the envelope around them. */
 	seg_new(job, spec->items, spec->items_len, spec->n_items, spec->marks, spec->buf);
 	job->timeout_ms = spec->timeout_ms;
 	job->retries = spec->retries;
 	job->shared = spec->shared;        /* cluster */
 	job->remote_only = spec->remote_only;
-	STAILQ_INIT(&job->lost);
 	job->created_ms = now_ms();
 	job->auto_chunk = spec->chunksize == 0;
 	job->chunksize = disp_spec_chunksize(spec);

@@ -28,7 +28,7 @@ struct job {
 	bool auto_chunk;           /* chunksize chosen by the daemon */
 	char *fn;                  /* owned */
 	uint32_t fn_len;
-	struct seg *segs;          /* oldest first */
+	TAILQ_HEAD(, seg) segs;    /* oldest first */
 	struct seg *cur;           /* the first segment with items left */
 	size_t seg_bytes;          /* input held */
 	uint64_t fed_bytes;        /* input received in all (credit by bytes) */

@@ -40,7 +40,7 @@ struct seg {
 	uint64_t count;            /* items in the segment */
 	size_t *marks;             /* count / DISP_MARK_EVERY item ends (owned) */
 	unsigned refs;             /* chunks, retries, +1 while items are left */
-	struct seg *next;
+	TAILQ_ENTRY(seg) link;
 };
 
 static size_t held_bytes;
@@ -117,7 +117,7 @@ static void seg_mem_cleanup(const void *data, size_t len, void *arg)
 struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
 			   uint64_t count, const size_t *marks, uint8_t *buf)
 {
-	struct seg *sg = xcalloc(1, sizeof(*sg)), **pp = &job->segs;
+	struct seg *sg = xcalloc(1, sizeof(*sg));
 	uint64_t nm = count / DISP_MARK_EVERY;
 
 	sg->mem = xcalloc(1, sizeof(*sg->mem));
@@ -141,9 +141,7 @@ struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
 		sg->marks = xmemdup(marks, nm * sizeof(*marks));
 	}
 	sg->refs = count > 0;
-	while (*pp)
-		pp = &(*pp)->next;
-	*pp = sg;
+	TAILQ_INSERT_TAIL(&job->segs, sg, link);
 	job->seg_bytes += items_len;
 	job->fed_bytes += items_len;
 	held_bytes += items_len;
@@ -155,13 +153,9 @@ struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
 /* Unlinks sg from the job's list and frees it. */
 static void seg_free(struct job *job, struct seg *sg)
 {
-	struct seg **pp;
-
-	for (pp = &job->segs; *pp != sg; pp = &(*pp)->next)
-		;
-	*pp = sg->next;
 	if (job->cur == sg)
-		job->cur = sg->next;
+		job->cur = TAILQ_NEXT(sg, link);
+	TAILQ_REMOVE(&job->segs, sg, link);
 	job->seg_bytes -= sg->bytes;
 	held_bytes -= sg->bytes;
 	free(sg->marks);
@@ -187,8 +181,8 @@ void seg_free_all(struct job *job)
 		STAILQ_REMOVE_HEAD(&job->lost, link);
 		free(r);
 	}
-	while (job->segs)
-		seg_free(job, job->segs);
+	while (!TAILQ_EMPTY(&job->segs))
+		seg_free(job, TAILQ_FIRST(&job->segs));
 }
 
 size_t disp_job_bytes(const struct job *job)
@@ -256,7 +250,7 @@ static uint32_t take_items(struct job *job, uint32_t n, struct chunk *ck)
 	sg->refs++;
 	sg->left -= taken;
 	if (sg->left == 0) {
-		job->cur = sg->next;
+		job->cur = TAILQ_NEXT(sg, link);
 		seg_unref(job, sg);      /* its cursor's reference */
 	}
 	return taken;
