@@ -148,26 +148,26 @@ void out_piece(struct job *job, uint64_t first, uint32_t count,
 
 void out_fail_chunk(struct chunk *ck, int code, const char *msg)
 {
-	msgpack_sbuffer r, e;
-	msgpack_packer rpk, epk;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	size_t rlen;
 
-	msgpack_sbuffer_init(&r);
-	msgpack_sbuffer_init(&e);
-	msgpack_packer_init(&rpk, &r, msgpack_sbuffer_write);
-	msgpack_packer_init(&epk, &e, msgpack_sbuffer_write);
-	msgpack_pack_array(&rpk, ck->count);
-	msgpack_pack_array(&epk, ck->count);
-	for (uint32_t i = 0; i < ck->count; i++) {
-		msgpack_pack_nil(&rpk);
-		mp_pack_error(&epk, code, msg, (int64_t)(ck->first + i));
-	}
-	if (!r.data || !e.data) {
+	/* The results array (all nil), then the errors array. */
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_array(&pk, ck->count);
+	for (uint32_t i = 0; i < ck->count; i++)
+		msgpack_pack_nil(&pk);
+	rlen = sb.size;
+	msgpack_pack_array(&pk, ck->count);
+	for (uint32_t i = 0; i < ck->count; i++)
+		mp_pack_error(&pk, code, msg, (int64_t)(ck->first + i));
+	if (!sb.data) {
 		log_err("out of memory failing a chunk");
 		abort();
 	}
-	out_piece(ck->job, ck->first, ck->count, (uint8_t *)r.data, r.size,
-		  (uint8_t *)e.data, e.size, ck->count, NULL);
-	msgpack_sbuffer_destroy(&r);
-	msgpack_sbuffer_destroy(&e);
+	out_piece(ck->job, ck->first, ck->count, (uint8_t *)sb.data, rlen,
+		  (uint8_t *)sb.data + rlen, sb.size - rlen, ck->count, NULL);
+	msgpack_sbuffer_destroy(&sb);
 }
 

@@ -356,7 +356,6 @@ struct job *batch_current(const struct batch *b)
  * member's place. */
 void batch_piece(struct batch *b, const struct wmsg_result *res)
 {
-	static const uint8_t none[1] = { 0x90 };
 	struct mp_cur rc, ec;
 	uint32_t n;
 
@@ -369,7 +368,7 @@ void batch_piece(struct batch *b, const struct wmsg_result *res)
 		struct job *job = b->members[k].job;
 		const uint8_t *r, *e = NULL;
 		size_t rl, el = 0;
-		uint8_t *rb, *eb = NULL;
+		uint8_t *one;
 		struct mp_cur peek = ec;
 		int code;
 		const char *msg;
@@ -381,18 +380,16 @@ void batch_piece(struct batch *b, const struct wmsg_result *res)
 		if (!mp_cur_done(&ec) && mp_read_error(&peek, &code, &msg, &ml, &index) == 0 &&
 		    index == (int64_t)k)
 			mp_skip(&ec, &e, &el);
-		/* One-element arrays, the shape job_piece takes. */
-		rb = xmalloc(rl + 1);
-		rb[0] = 0x91;
-		memcpy(rb + 1, r, rl);
-		if (e) {
-			eb = xmalloc(el + 1);
-			eb[0] = 0x91;
-			memcpy(eb + 1, e, el);
-		}
-		out_piece(job, 0, 1, rb, rl + 1, e ? eb : none, e ? el + 1 : 1, e ? 1 : 0, NULL);
-		free(rb);
-		free(eb);
+		/* The shape out_piece takes: a one-element results array, then
+		 * an errors array of one element or none. */
+		one = xmalloc(rl + el + 2);
+		one[0] = 0x91;
+		memcpy(one + 1, r, rl);
+		one[rl + 1] = e ? 0x91 : 0x90;
+		if (e)
+			memcpy(one + rl + 2, e, el);
+		out_piece(job, 0, 1, one, rl + 1, one + rl + 1, el + 1, e ? 1 : 0, NULL);
+		free(one);
 		job_chunk_ended(&b->members[k]);
 	}
 	b->done += res->n_results;
