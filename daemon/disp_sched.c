@@ -256,10 +256,9 @@ static bool job_window_open(const struct job *job)
 	return !job->ordered || job->next_index - job->emitted < window;
 }
 
+/* Its client is not backlogged (next_runnable asks once per client). */
 static bool job_runnable(const struct job *job)
 {
-	if (job->conn && disp_io->backlogged(job->conn))
-		return false;
 	return !STAILQ_EMPTY(&job->lost) || (job->next_index < job->n_items && job_window_open(job));
 }
 
@@ -302,8 +301,8 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 	struct job *j, *next;
 	struct batch *b;
 
-	if (first->is_map || first->retries || quota < 2 || !cl || !first->conn ||
-	    disp_io->backlogged(first->conn))
+	/* first was runnable just now: its client is attached and reads. */
+	if (first->is_map || first->retries || quota < 2)
 		return;
 	/* Another client waits: its turn comes before any more of this one's. */
 	if (TAILQ_FIRST(&runq) != cl->user || TAILQ_NEXT(cl->user, q) ||
