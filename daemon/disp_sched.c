@@ -15,12 +15,12 @@
 /* Turns on three levels: uids, a uid's connections, a connection's jobs.
  * The one served goes to the back of its queue, so a uid with many
  * connections, or a connection with many maps, gets one turn like anyone
- * else.  Nodes live while a job of theirs is attached. */
+ * else.  Nodes live while a job of theirs is attached; a node is in its
+ * parent's queue exactly while its own queue is not empty. */
 struct rr_user {
 	uid_t uid;
 	uint64_t qchunks;          /* its jobs' share of queued_chunks */
 	unsigned refs;             /* its rr_clients */
-	bool queued;
 	TAILQ_HEAD(, rr_client) clients;   /* those with work, in turn order */
 	TAILQ_ENTRY(rr_user) q;
 	TAILQ_ENTRY(rr_user) all;
@@ -30,7 +30,6 @@ struct rr_client {
 	const struct conn *conn;
 	struct rr_user *user;
 	unsigned refs;             /* its attached jobs */
-	bool queued;
 	TAILQ_HEAD(, job) jobs;    /* those with work, in turn order */
 	TAILQ_ENTRY(rr_client) q;
 	TAILQ_ENTRY(rr_client) all;
@@ -133,19 +132,16 @@ void sched_requeue(struct job *job)
 {
 	struct rr_client *cl = job->client;
 
-	if (!job->queued && job->conn && cl && job_has_work(job)) {
-		TAILQ_INSERT_TAIL(&cl->jobs, job, runq);
-		job->queued = true;
-		sched_account(job);
-		if (!cl->queued) {
-			TAILQ_INSERT_TAIL(&cl->user->clients, cl, q);
-			cl->queued = true;
-		}
-		if (!cl->user->queued) {
+	if (job->queued || !job->conn || !cl || !job_has_work(job))
+		return;
+	if (TAILQ_EMPTY(&cl->jobs)) {
+		if (TAILQ_EMPTY(&cl->user->clients))
 			TAILQ_INSERT_TAIL(&runq, cl->user, q);
-			cl->user->queued = true;
-		}
+		TAILQ_INSERT_TAIL(&cl->user->clients, cl, q);
 	}
+	TAILQ_INSERT_TAIL(&cl->jobs, job, runq);
+	job->queued = true;
+	sched_account(job);
 }
 
 uint64_t disp_chunks_queued(void)
@@ -162,14 +158,11 @@ static void sched_unqueue(struct job *job)
 	TAILQ_REMOVE(&cl->jobs, job, runq);
 	job->queued = false;
 	sched_account(job);
-	if (TAILQ_EMPTY(&cl->jobs)) {
-		TAILQ_REMOVE(&cl->user->clients, cl, q);
-		cl->queued = false;
-		if (TAILQ_EMPTY(&cl->user->clients)) {
-			TAILQ_REMOVE(&runq, cl->user, q);
-			cl->user->queued = false;
-		}
-	}
+	if (!TAILQ_EMPTY(&cl->jobs))
+		return;
+	TAILQ_REMOVE(&cl->user->clients, cl, q);
+	if (TAILQ_EMPTY(&cl->user->clients))
+		TAILQ_REMOVE(&runq, cl->user, q);
 }
 
 /* Chunks still running for the job need no turn. */
@@ -449,11 +442,11 @@ static struct job *take_turn(bool shared_only, uint64_t quota, struct chunk *ck)
 	cl = job->client;
 	sched_unqueue(job);
 	sched_requeue(job);
-	if (cl->queued) {
+	if (!TAILQ_EMPTY(&cl->jobs)) {
 		TAILQ_REMOVE(&cl->user->clients, cl, q);
 		TAILQ_INSERT_TAIL(&cl->user->clients, cl, q);
 	}
-	if (cl->user->queued) {
+	if (!TAILQ_EMPTY(&cl->user->clients)) {
 		TAILQ_REMOVE(&runq, cl->user, q);
 		TAILQ_INSERT_TAIL(&runq, cl->user, q);
 	}
