@@ -306,11 +306,8 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 			break;
 		waiting += j != first && batchable(first, j);
 	}
-	limit = disp_auto_chunksize(waiting + 1ull, cfg.workers);
-	if (limit > BATCH_MAX)
-		limit = BATCH_MAX;
-	if (limit > quota)
-		limit = (uint32_t)quota;
+	/* A chunk by Python's rule for what waits, of at most BATCH_MAX. */
+	limit = disp_chunk_take(disp_auto_chunksize(waiting + 1ull, cfg.workers), BATCH_MAX, quota);
 	if (waiting == 0 || limit < 2)
 		return;
 	b = xcalloc(1, sizeof(*b));
