@@ -60,8 +60,8 @@ void job_chunk_ended(const struct chunk *ck);
 
 /* disp_seg.c.  A segment of count items (copied, or buf adopted: the read
  * buffer holding them), appended to the job's input. */
-struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
-		    uint64_t count, const size_t *marks, uint8_t *buf);
+void seg_new(struct job *job, const uint8_t *items, size_t items_len, uint64_t count,
+	     const size_t *marks, uint8_t *buf);
 /* Drops a reference (a chunk's, a retry's, or the cursor's); the last one
  * frees the segment and may grant stream credit. */
 void seg_unref(struct job *job, struct seg *sg);

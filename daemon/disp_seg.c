@@ -114,21 +114,16 @@ static void seg_mem_cleanup(const void *data, size_t len, void *arg)
 	seg_mem_unref(arg);
 }
 
-struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
-			   uint64_t count, const size_t *marks, uint8_t *buf)
+void seg_new(struct job *job, const uint8_t *items, size_t items_len, uint64_t count,
+	     const size_t *marks, uint8_t *buf)
 {
 	struct seg *sg = xcalloc(1, sizeof(*sg));
 	uint64_t nm = count / DISP_MARK_EVERY;
 
 	sg->mem = xcalloc(1, sizeof(*sg->mem));
 	sg->mem->refs = 1;
-	if (buf) {
-		sg->mem->buf = buf;
-		sg->frame = items;
-	} else {
-		sg->mem->buf = xmemdup(items, items_len);
-		sg->frame = sg->mem->buf;
-	}
+	sg->mem->buf = buf ? buf : xmemdup(items, items_len);
+	sg->frame = buf ? items : sg->mem->buf;
 	sg->bytes = items_len;
 	mp_cur_init(&sg->items, sg->frame, items_len);
 	sg->left = count;
@@ -147,7 +142,6 @@ struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
 	held_bytes += items_len;
 	if (!job->cur && count > 0)
 		job->cur = sg;
-	return sg;
 }
 
 /* Unlinks sg from the job's list and frees it. */
