@@ -201,7 +201,7 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 	/* A chunk of one item, or one reported item by item, never looks at
 	 * the clock: a worker recycled after one task maps no vDSO page. */
 	bool timed = run->count > 1 && !run->each;
-	uint64_t last_sent = timed ? mono_ms() : 0;
+	uint64_t last_sent = timed ? mono_ms() : 0, now;
 	size_t off = 0;
 
 	b->results.size = b->errors.size = 0;
@@ -234,17 +234,11 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 		piece++;
 		if (i + 1 == run->count)
 			break;
-		if (run->each) {
+		now = timed ? mono_ms() : 0;
+		if (run->each || now - last_sent >= WMSG_PART_MS) {
 			send_piece(b, run->seq, false, piece, n_err);
 			piece = n_err = 0;
-		} else if (timed) {
-			uint64_t now = mono_ms();
-
-			if (now - last_sent >= WMSG_PART_MS) {
-				send_piece(b, run->seq, false, piece, n_err);
-				piece = n_err = 0;
-				last_sent = now;
-			}
+			last_sent = now;
 		}
 	}
 	send_piece(b, run->seq, true, piece, n_err);
