@@ -86,16 +86,13 @@ static void write_all(const struct iovec *iov, int n)
 static void send_ready(msgpack_sbuffer *sb)
 {
 	msgpack_packer pk;
-	struct iovec iov;
 
 	sb->size = 0;
 	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
 	if (mp_pack_notify_head(&pk, "ready") < 0 || msgpack_pack_array(&pk, 1) < 0 ||
 	    msgpack_pack_int64(&pk, getpid()) < 0)
 		_exit(WORKER_EXIT_PROTO);
-	iov.iov_base = sb->data;
-	iov.iov_len = sb->size;
-	write_all(&iov, 1);
+	write_all(&(struct iovec){ sb->data, sb->size }, 1);
 }
 
 /* Reused across chunks.  results and errors hold the elements of the piece
