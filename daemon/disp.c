@@ -113,12 +113,10 @@ static void job_free(struct job *job)
 	disp_io->job_gone();
 }
 
-/* The job is answered (or its client is gone) and nothing runs for it. */
+/* The job is answered and nothing runs for it. */
 static void job_finish(struct job *job)
 {
-	if (job->conn)
-		disp_io->job_ended(job->conn, job);
-	job->conn = NULL;
+	disp_io->job_ended(job->conn, job);
 	jobs_done++;
 	job_free(job);
 }
