@@ -77,15 +77,12 @@ void out_grant(struct job *job)
 	disp_io->send_credit(job->conn, job->msgid, room);
 }
 
-/* owned: as for send_chunk; taken in any case. */
+/* owned: as for send_chunk.  Pieces are never empty (out_piece). */
 static void out_emit(struct job *job, uint64_t first, uint32_t count,
 		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
 		     uint8_t *owned)
 {
-	if (count > 0)
-		disp_io->send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen, owned);
-	else
-		free(owned);
+	disp_io->send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen, owned);
 	job->emitted += count;
 }
 
