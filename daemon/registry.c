@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "mem.h"
+#include "mp_scan.h"
 
 #define MAX_MODULES 64
 
@@ -169,11 +170,12 @@ void reg_clear(void)
 static struct entry *find_module(const char *name, size_t len)
 {
 	for (unsigned i = 0; i < n_entries; i++)
-		if (strlen(entries[i].name) == len && memcmp(entries[i].name, name, len) == 0)
+		if (mp_str_eq(name, (uint32_t)len, entries[i].name))
 			return &entries[i];
 	return NULL;
 }
 
+/* Names come from MessagePack strings: their lengths fit in 32 bits. */
 const struct reg_fn *reg_lookup(const char *name, size_t len)
 {
 	const char *dot = memchr(name, '.', len);
@@ -184,7 +186,7 @@ const struct reg_fn *reg_lookup(const char *name, size_t len)
 		return NULL;
 	flen = len - (size_t)(dot - name) - 1;
 	for (unsigned j = 0; j < e->n_fns; j++)
-		if (strlen(e->fns[j].name) == flen && memcmp(e->fns[j].name, dot + 1, flen) == 0)
+		if (mp_str_eq(dot + 1, (uint32_t)flen, e->fns[j].name))
 			return &e->fns[j];
 	if (names_awaited && load_hook(e->m) && valid_name_n(dot + 1, flen, true))
 		return &on_trust;
