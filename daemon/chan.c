@@ -21,7 +21,7 @@ struct chan {
 	bool paused, closed, dead;
 	bool eof;            /* the peer sent end-of-file: read no more */
 	unsigned busy;       /* callbacks running: defer the free */
-	/* Found by chan_write_now, reported from the loop (chan_flush_cb). */
+	/* Found by chan_write_now, reported from the loop (chan_write_cb). */
 	int werr;
 	bool drain_due;
 	/* chan_account: the bytes of in and out counted in *acct and
@@ -38,7 +38,6 @@ static size_t acct_total;
 
 static void chan_read_cb(evutil_socket_t fd, short what, void *arg);
 static void chan_write_cb(evutil_socket_t fd, short what, void *arg);
-static void chan_flush_cb(evutil_socket_t fd, short what, void *arg);
 
 struct chan *chan_new(struct event_base *base, int fd, const struct mp_frame_limits *lim,
 		      const struct chan_ops *ops, void *ctx)
@@ -56,7 +55,7 @@ struct chan *chan_new(struct event_base *base, int fd, const struct mp_frame_lim
 	ch->out = evbuffer_new();
 	ch->rev = event_new(base, fd, EV_READ | EV_PERSIST, chan_read_cb, ch);
 	ch->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, chan_write_cb, ch);
-	ch->fev = event_new(base, -1, 0, chan_flush_cb, ch);
+	ch->fev = event_new(base, -1, 0, chan_write_cb, ch);
 	if (!ch->out || !ch->rev || !ch->wev || !ch->fev) {
 		fprintf(stderr, "mpoold: out of memory creating a channel\n");
 		abort();
@@ -298,7 +297,7 @@ void chan_drain_input(struct chan *ch)
 }
 
 /* report: called from the loop, so closed() and drained() may run now.
- * Otherwise they are left for chan_flush_cb: a caller that writes must be
+ * Otherwise they are left for chan_write_cb: a caller that writes must be
  * able to go on using (or freeing) what it holds. */
 static void chan_write_some(struct chan *ch, bool report)
 {
@@ -334,18 +333,9 @@ static void chan_write_some(struct chan *ch, bool report)
 	}
 }
 
+/* The socket is writable (wev), or a flush or what chan_write_now found
+ * is due (fev). */
 static void chan_write_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct chan *ch = arg;
-
-	(void)fd;
-	(void)what;
-	ch->busy++;
-	chan_write_some(ch, true);
-	chan_unbusy(ch);
-}
-
-static void chan_flush_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct chan *ch = arg;
 

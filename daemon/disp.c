@@ -11,6 +11,7 @@
 #include "master.h"         /* now_ms */
 #include "mem.h"
 #include "mp_rpc.h"
+#include "status.h"
 
 static TAILQ_HEAD(, job) all_jobs = TAILQ_HEAD_INITIALIZER(all_jobs);
 static unsigned n_active;
@@ -64,26 +65,19 @@ void disp_pack_jobs(msgpack_packer *pk)
 		if (!job->conn)
 			continue;
 		msgpack_pack_map(pk, 10);
-		mp_pack_cstr(pk, "id");
-		msgpack_pack_uint64(pk, job->id);
+		status_kv(pk, "id", job->id);
 		mp_pack_cstr(pk, "method");
 		mp_pack_cstr(pk, job->is_map ? "map" : "apply");
 		mp_pack_cstr(pk, "function");
 		msgpack_pack_str_with_body(pk, job->fn, job->fn_len);
-		mp_pack_cstr(pk, "client_pid");
-		msgpack_pack_int64(pk, disp_io->pid(job->conn));
-		mp_pack_cstr(pk, "client_uid");
-		msgpack_pack_uint64(pk, disp_io->uid(job->conn));
-		mp_pack_cstr(pk, "items");
-		msgpack_pack_uint64(pk, job->n_items);
-		mp_pack_cstr(pk, "done");
-		msgpack_pack_uint64(pk, job->emitted);
-		mp_pack_cstr(pk, "failed");
-		msgpack_pack_uint64(pk, job->failed);
-		mp_pack_cstr(pk, "running_chunks");
-		msgpack_pack_uint64(pk, job->inflight);
-		mp_pack_cstr(pk, "age_ms");
-		msgpack_pack_uint64(pk, now - job->created_ms);
+		/* Never negative: the same bytes as packed signed. */
+		status_kv(pk, "client_pid", (uint64_t)disp_io->pid(job->conn));
+		status_kv(pk, "client_uid", disp_io->uid(job->conn));
+		status_kv(pk, "items", job->n_items);
+		status_kv(pk, "done", job->emitted);
+		status_kv(pk, "failed", job->failed);
+		status_kv(pk, "running_chunks", job->inflight);
+		status_kv(pk, "age_ms", now - job->created_ms);
 	}
 }
 
@@ -110,12 +104,6 @@ uint64_t disp_jobs_done(void)
 static void job_free(struct job *job)
 {
 	out_free_held(job);
-	while (job->retry_head) {
-		struct retry *r = job->retry_head;
-
-		job->retry_head = r->next;
-		free(r);
-	}
 	sched_detach(job);
 	TAILQ_REMOVE(&all_jobs, job, all);
 	seg_free_all(job);
@@ -125,12 +113,10 @@ static void job_free(struct job *job)
 	disp_io->job_gone();
 }
 
-/* The job is answered (or its client is gone) and nothing runs for it. */
+/* The job is answered and nothing runs for it. */
 static void job_finish(struct job *job)
 {
-	if (job->conn)
-		disp_io->job_ended(job->conn, job);
-	job->conn = NULL;
+	disp_io->job_ended(job->conn, job);
 	jobs_done++;
 	job_free(job);
 }
@@ -150,13 +136,14 @@ struct job *disp_submit(struct conn *conn, const struct job_spec *spec)
 	job->fn_len = spec->fn_len;
 	job->streaming = spec->stream;
 	job->n_items = spec->n_items;
+	TAILQ_INIT(&job->segs);
+	STAILQ_INIT(&job->lost);
 	/* A job keeps only its items' bytes, not the envelope around them. */
 	seg_new(job, spec->items, spec->items_len, spec->n_items, spec->marks, spec->buf);
 	job->timeout_ms = spec->timeout_ms;
 	job->retries = spec->retries;
 	job->shared = spec->shared;        /* cluster */
 	job->remote_only = spec->remote_only;
-	job->retry_tail = &job->retry_head;
 	job->created_ms = now_ms();
 	job->auto_chunk = spec->chunksize == 0;
 	job->chunksize = disp_spec_chunksize(spec);
@@ -212,29 +199,31 @@ int disp_feed(struct job *job, const uint8_t *items, size_t items_len, uint64_t 
 	return 0;
 }
 
-void disp_detach(struct job *job)
+/* No client waits for the job any more.  Chunks still running report
+ * back into it, and the last one frees it (job_chunk_ended). */
+static void job_release(struct job *job)
 {
-	/* cluster: chunks running on other nodes stop too. */
-	if (job->shared && job->inflight && disp_io->outlet_stop)
-		disp_io->outlet_stop(job);
 	sched_detach(job);
 	job->conn = NULL;
 	if (job->inflight == 0)
 		job_free(job);
 }
 
-/* Chunks still running report back into the detached job, which frees
- * itself at the last one. */
+void disp_detach(struct job *job)
+{
+	/* cluster: chunks running on other nodes stop too. */
+	if (job->shared && job->inflight && disp_io->outlet_stop)
+		disp_io->outlet_stop(job);
+	job_release(job);
+}
+
 static void job_fail(struct job *job, int code, const char *msg)
 {
-	sched_detach(job);
 	if (job->conn) {
 		disp_io->job_failed(job->conn, job->msgid, code, msg);
 		disp_io->job_ended(job->conn, job);
-		job->conn = NULL;
 	}
-	if (job->inflight == 0)
-		job_free(job);
+	job_release(job);
 }
 
 void disp_kill_running(struct job *job)
@@ -275,8 +264,11 @@ static void job_maybe_done(struct job *job)
 	job_finish(job);
 }
 
-void job_chunk_ended(struct job *job)
+void job_chunk_ended(const struct chunk *ck)
 {
+	struct job *job = ck->job;
+
+	seg_unref(job, ck->seg);
 	job->inflight--;
 	if (!job->conn) {
 		if (job->inflight == 0)
@@ -315,28 +307,11 @@ void disp_chunk_done(struct chunk *ck, const struct wmsg_result *res,
 		     const struct disp_results_buf *buf)
 {
 	chunk_piece(ck, res, buf);
-	if (ck->batch) {
+	if (ck->batch)
 		batch_free(ck->batch);
-	} else {
-		seg_unref(ck->job, ck->seg);
-		job_chunk_ended(ck->job);
-	}
+	else
+		job_chunk_ended(ck);
 	disp_schedule();
-}
-
-void job_retry(struct job *job, const struct chunk *ck, uint32_t attempt)
-{
-	struct retry *r = xcalloc(1, sizeof(*r));
-
-	r->first = ck->first;
-	r->count = ck->count;
-	r->attempt = attempt;
-	r->seg = ck->seg;
-	r->items = ck->items;
-	r->items_len = ck->items_len;
-	*job->retry_tail = r;
-	job->retry_tail = &r->next;
-	sched_requeue(job);
 }
 
 void disp_chunk_lost(struct chunk *ck, int code, const char *msg)
@@ -349,17 +324,15 @@ void disp_chunk_lost(struct chunk *ck, int code, const char *msg)
 		return;
 	}
 	if (ck->count > 0 && job->conn && ck->attempt < job->retries) {
-		job_retry(job, ck, ck->attempt + 1);
+		seg_retry(job, ck, ck->attempt + 1);
 		log_info("job %llu: rerunning items %llu..%llu (retry %u of %u): %s",
 			 (unsigned long long)job->id, (unsigned long long)ck->first,
 			 (unsigned long long)(ck->first + ck->count - 1), ck->attempt + 1,
 			 job->retries, msg);
-	} else {
-		if (ck->count > 0)
-			out_fail_chunk(ck, code, msg);
-		seg_unref(job, ck->seg);
+	} else if (ck->count > 0) {
+		out_fail_chunk(ck, code, msg);
 	}
-	job_chunk_ended(job);
+	job_chunk_ended(ck);
 	disp_schedule();
 }
 

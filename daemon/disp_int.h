@@ -12,15 +12,11 @@ struct held;
 
 extern const struct disp_ops *disp_io;
 
-/* The unanswered items of a lost chunk, waiting to run again. */
+/* The unanswered items of a lost chunk, waiting to run again (with a
+ * segment reference of their own). */
 struct retry {
-	uint64_t first;
-	uint32_t count;
-	uint32_t attempt;
-	struct seg *seg;
-	const uint8_t *items;
-	size_t items_len;
-	struct retry *next;
+	struct chunk ck;
+	STAILQ_ENTRY(retry) link;
 };
 
 struct job {
@@ -32,7 +28,7 @@ struct job {
 	bool auto_chunk;           /* chunksize chosen by the daemon */
 	char *fn;                  /* owned */
 	uint32_t fn_len;
-	struct seg *segs;          /* oldest first */
+	TAILQ_HEAD(, seg) segs;    /* oldest first */
 	struct seg *cur;           /* the first segment with items left */
 	size_t seg_bytes;          /* input held */
 	uint64_t fed_bytes;        /* input received in all (credit by bytes) */
@@ -50,29 +46,29 @@ struct job {
 	bool remote_only;          /* cluster: ... and only there (fn not loaded here) */
 	uint64_t qchunks;          /* its share of queued_chunks */
 	uint64_t created_ms;
-	struct retry *retry_head;  /* lost chunks waiting for a rerun */
-	struct retry **retry_tail;
+	STAILQ_HEAD(, retry) lost; /* lost chunks waiting for a rerun */
 	struct held *held;         /* sorted by first */
 	struct rr_client *client;  /* its turn in the run queue; NULL once detached */
 	TAILQ_ENTRY(job) runq;     /* in client->jobs while it has items to hand out */
 	TAILQ_ENTRY(job) all;
 };
 
-/* disp.c.  A chunk of the job stopped running (done, failed or requeued);
- * may free the job. */
-void job_chunk_ended(struct job *job);
-/* Queues ck's items to run again; ck's segment reference moves there. */
-void job_retry(struct job *job, const struct chunk *ck, uint32_t attempt);
+/* disp.c.  A chunk stopped running (done, failed or requeued): drops its
+ * segment reference; may free its job. */
+void job_chunk_ended(const struct chunk *ck);
+
 
 /* disp_seg.c.  A segment of count items (copied, or buf adopted: the read
  * buffer holding them), appended to the job's input. */
-struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
-		    uint64_t count, const size_t *marks, uint8_t *buf);
+void seg_new(struct job *job, const uint8_t *items, size_t items_len, uint64_t count,
+	     const size_t *marks, uint8_t *buf);
 /* Drops a reference (a chunk's, a retry's, or the cursor's); the last one
  * frees the segment and may grant stream credit. */
 void seg_unref(struct job *job, struct seg *sg);
-/* Frees every segment of a job being freed. */
+/* Frees the input of a job being freed: segments and retries. */
 void seg_free_all(struct job *job);
+/* Queues ck's items to run again. */
+void seg_retry(struct job *job, const struct chunk *ck, uint32_t attempt);
 /* Slices n whole items off a raw item run (ret_ may be NULL). */
 void seg_slice(const uint8_t **items, size_t *len, uint32_t n, const uint8_t **ret_start,
 	       size_t *ret_len);

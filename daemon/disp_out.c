@@ -15,8 +15,9 @@
 struct held {
 	uint64_t first;
 	uint32_t count;
-	uint8_t *bytes;            /* a copy: results array then errors array */
-	uint8_t *owned;            /* or the worker's frame buffer they lie in */
+	/* The worker's frame buffer they lie in, or a copy of the results
+	 * array then the errors array: the client takes it either way. */
+	uint8_t *owned;
 	const uint8_t *results, *errors;
 	size_t results_len, errors_len;
 	struct held *next;
@@ -35,7 +36,6 @@ void out_free_held(struct job *job)
 
 	for (h = job->held; h; h = next) {
 		next = h->next;
-		free(h->bytes);
 		free(h->owned);
 		free(h);
 	}
@@ -77,15 +77,12 @@ void out_grant(struct job *job)
 	disp_io->send_credit(job->conn, job->msgid, room);
 }
 
-/* owned: as for send_chunk; taken in any case. */
+/* owned: as for send_chunk.  Pieces are never empty (out_piece). */
 static void out_emit(struct job *job, uint64_t first, uint32_t count,
 		     const uint8_t *results, size_t rlen, const uint8_t *errors, size_t elen,
 		     uint8_t *owned)
 {
-	if (count > 0)
-		disp_io->send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen, owned);
-	else
-		free(owned);
+	disp_io->send_chunk(job->conn, job->msgid, first, results, rlen, errors, elen, owned);
 	job->emitted += count;
 }
 
@@ -119,7 +116,6 @@ void out_piece(struct job *job, uint64_t first, uint32_t count,
 			job->held = h->next;
 			out_emit(job, h->first, h->count, h->results, h->results_len,
 				 h->errors, h->errors_len, h->owned);
-			free(h->bytes);
 			free(h);
 		}
 	} else {
@@ -132,11 +128,11 @@ void out_piece(struct job *job, uint64_t first, uint32_t count,
 			h->results = results;
 			h->errors = errors;
 		} else {
-			h->bytes = xmalloc(rlen + elen);
-			memcpy(h->bytes, results, rlen);
-			memcpy(h->bytes + rlen, errors, elen);
-			h->results = h->bytes;
-			h->errors = h->bytes + rlen;
+			h->owned = xmalloc(rlen + elen);
+			memcpy(h->owned, results, rlen);
+			memcpy(h->owned + rlen, errors, elen);
+			h->results = h->owned;
+			h->errors = h->owned + rlen;
 		}
 		h->results_len = rlen;
 		h->errors_len = elen;
@@ -149,26 +145,26 @@ void out_piece(struct job *job, uint64_t first, uint32_t count,
 
 void out_fail_chunk(struct chunk *ck, int code, const char *msg)
 {
-	msgpack_sbuffer r, e;
-	msgpack_packer rpk, epk;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	size_t rlen;
 
-	msgpack_sbuffer_init(&r);
-	msgpack_sbuffer_init(&e);
-	msgpack_packer_init(&rpk, &r, msgpack_sbuffer_write);
-	msgpack_packer_init(&epk, &e, msgpack_sbuffer_write);
-	msgpack_pack_array(&rpk, ck->count);
-	msgpack_pack_array(&epk, ck->count);
-	for (uint32_t i = 0; i < ck->count; i++) {
-		msgpack_pack_nil(&rpk);
-		mp_pack_error(&epk, code, msg, (int64_t)(ck->first + i));
-	}
-	if (!r.data || !e.data) {
+	/* The results array (all nil), then the errors array. */
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_array(&pk, ck->count);
+	for (uint32_t i = 0; i < ck->count; i++)
+		msgpack_pack_nil(&pk);
+	rlen = sb.size;
+	msgpack_pack_array(&pk, ck->count);
+	for (uint32_t i = 0; i < ck->count; i++)
+		mp_pack_error(&pk, code, msg, (int64_t)(ck->first + i));
+	if (!sb.data) {
 		log_err("out of memory failing a chunk");
 		abort();
 	}
-	out_piece(ck->job, ck->first, ck->count, (uint8_t *)r.data, r.size,
-		  (uint8_t *)e.data, e.size, ck->count, NULL);
-	msgpack_sbuffer_destroy(&r);
-	msgpack_sbuffer_destroy(&e);
+	out_piece(ck->job, ck->first, ck->count, (uint8_t *)sb.data, rlen,
+		  (uint8_t *)sb.data + rlen, sb.size - rlen, ck->count, NULL);
+	msgpack_sbuffer_destroy(&sb);
 }
 

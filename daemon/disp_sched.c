@@ -10,16 +10,17 @@
 #include "config.h"
 #include "mem.h"
 #include "mp_rpc.h"
+#include "status.h"
 
 /* Turns on three levels: uids, a uid's connections, a connection's jobs.
  * The one served goes to the back of its queue, so a uid with many
  * connections, or a connection with many maps, gets one turn like anyone
- * else.  Nodes live while a job of theirs is attached. */
+ * else.  Nodes live while a job of theirs is attached; a node is in its
+ * parent's queue exactly while its own queue is not empty. */
 struct rr_user {
 	uid_t uid;
 	uint64_t qchunks;          /* its jobs' share of queued_chunks */
 	unsigned refs;             /* its rr_clients */
-	bool queued;
 	TAILQ_HEAD(, rr_client) clients;   /* those with work, in turn order */
 	TAILQ_ENTRY(rr_user) q;
 	TAILQ_ENTRY(rr_user) all;
@@ -29,7 +30,6 @@ struct rr_client {
 	const struct conn *conn;
 	struct rr_user *user;
 	unsigned refs;             /* its attached jobs */
-	bool queued;
 	TAILQ_HEAD(, job) jobs;    /* those with work, in turn order */
 	TAILQ_ENTRY(rr_client) q;
 	TAILQ_ENTRY(rr_client) all;
@@ -120,7 +120,7 @@ uid_t sched_uid(const struct job *job)
 
 static bool job_has_work(const struct job *job)
 {
-	return job->retry_head || job->next_index < job->n_items;
+	return !STAILQ_EMPTY(&job->lost) || job->next_index < job->n_items;
 }
 
 bool disp_has_queued(void)
@@ -132,19 +132,16 @@ void sched_requeue(struct job *job)
 {
 	struct rr_client *cl = job->client;
 
-	if (!job->queued && job->conn && cl && job_has_work(job)) {
-		TAILQ_INSERT_TAIL(&cl->jobs, job, runq);
-		job->queued = true;
-		sched_account(job);
-		if (!cl->queued) {
-			TAILQ_INSERT_TAIL(&cl->user->clients, cl, q);
-			cl->queued = true;
-		}
-		if (!cl->user->queued) {
+	if (job->queued || !job->conn || !cl || !job_has_work(job))
+		return;
+	if (TAILQ_EMPTY(&cl->jobs)) {
+		if (TAILQ_EMPTY(&cl->user->clients))
 			TAILQ_INSERT_TAIL(&runq, cl->user, q);
-			cl->user->queued = true;
-		}
+		TAILQ_INSERT_TAIL(&cl->user->clients, cl, q);
 	}
+	TAILQ_INSERT_TAIL(&cl->jobs, job, runq);
+	job->queued = true;
+	sched_account(job);
 }
 
 uint64_t disp_chunks_queued(void)
@@ -161,14 +158,11 @@ static void sched_unqueue(struct job *job)
 	TAILQ_REMOVE(&cl->jobs, job, runq);
 	job->queued = false;
 	sched_account(job);
-	if (TAILQ_EMPTY(&cl->jobs)) {
-		TAILQ_REMOVE(&cl->user->clients, cl, q);
-		cl->queued = false;
-		if (TAILQ_EMPTY(&cl->user->clients)) {
-			TAILQ_REMOVE(&runq, cl->user, q);
-			cl->user->queued = false;
-		}
-	}
+	if (!TAILQ_EMPTY(&cl->jobs))
+		return;
+	TAILQ_REMOVE(&cl->user->clients, cl, q);
+	if (TAILQ_EMPTY(&cl->user->clients))
+		TAILQ_REMOVE(&runq, cl->user, q);
 }
 
 /* Chunks still running for the job need no turn. */
@@ -220,12 +214,9 @@ void disp_pack_queue(msgpack_packer *pk)
 	TAILQ_FOREACH(u, &all_users, all)
 		n += u->qchunks > 0;
 	msgpack_pack_map(pk, 4);
-	mp_pack_cstr(pk, "max_chunks");
-	msgpack_pack_uint64(pk, cfg.max_queued_chunks);
-	mp_pack_cstr(pk, "max_chunks_per_uid");
-	msgpack_pack_uint64(pk, cfg.max_queued_chunks_per_uid);
-	mp_pack_cstr(pk, "admin_chunks");
-	msgpack_pack_uint64(pk, cfg.admin_queued_chunks);
+	status_kv(pk, "max_chunks", cfg.max_queued_chunks);
+	status_kv(pk, "max_chunks_per_uid", cfg.max_queued_chunks_per_uid);
+	status_kv(pk, "admin_chunks", cfg.admin_queued_chunks);
 	/* Only uids with chunks queued.  An array of maps, not a map keyed
 	 * by uid: strict decoders take only string keys. */
 	mp_pack_cstr(pk, "by_uid");
@@ -233,10 +224,8 @@ void disp_pack_queue(msgpack_packer *pk)
 	TAILQ_FOREACH(u, &all_users, all)
 		if (u->qchunks > 0) {
 			msgpack_pack_map(pk, 2);
-			mp_pack_cstr(pk, "uid");
-			msgpack_pack_uint64(pk, u->uid);
-			mp_pack_cstr(pk, "chunks");
-			msgpack_pack_uint64(pk, u->qchunks);
+			status_kv(pk, "uid", u->uid);
+			status_kv(pk, "chunks", u->qchunks);
 		}
 }
 
@@ -260,11 +249,10 @@ static bool job_window_open(const struct job *job)
 	return !job->ordered || job->next_index - job->emitted < window;
 }
 
+/* Its client is not backlogged (next_runnable asks once per client). */
 static bool job_runnable(const struct job *job)
 {
-	if (job->conn && disp_io->backlogged(job->conn))
-		return false;
-	return job->retry_head || (job->next_index < job->n_items && job_window_open(job));
+	return !STAILQ_EMPTY(&job->lost) || (job->next_index < job->n_items && job_window_open(job));
 }
 
 /* Batches.  One-item applies of the same function and options, queued
@@ -284,7 +272,7 @@ struct batch {
 
 static bool batchable(const struct job *a, const struct job *b)
 {
-	return !b->is_map && b->retries == 0 && !b->retry_head &&
+	return !b->is_map && b->retries == 0 && STAILQ_EMPTY(&b->lost) &&
 	       b->next_index < b->n_items && b->timeout_ms == a->timeout_ms &&
 	       b->fn_len == a->fn_len && memcmp(b->fn, a->fn, a->fn_len) == 0;
 }
@@ -306,8 +294,8 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 	struct job *j, *next;
 	struct batch *b;
 
-	if (first->is_map || first->retries || quota < 2 || !cl || !first->conn ||
-	    disp_io->backlogged(first->conn))
+	/* first was runnable just now: its client is attached and reads. */
+	if (first->is_map || first->retries || quota < 2)
 		return;
 	/* Another client waits: its turn comes before any more of this one's. */
 	if (TAILQ_FIRST(&runq) != cl->user || TAILQ_NEXT(cl->user, q) ||
@@ -318,11 +306,8 @@ static void batch_gather(struct job *first, struct chunk *ck, uint64_t quota)
 			break;
 		waiting += j != first && batchable(first, j);
 	}
-	limit = disp_auto_chunksize(waiting + 1ull, cfg.workers);
-	if (limit > BATCH_MAX)
-		limit = BATCH_MAX;
-	if (limit > quota)
-		limit = (uint32_t)quota;
+	/* A chunk by Python's rule for what waits, of at most BATCH_MAX. */
+	limit = disp_chunk_take(disp_auto_chunksize(waiting + 1ull, cfg.workers), BATCH_MAX, quota);
 	if (waiting == 0 || limit < 2)
 		return;
 	b = xcalloc(1, sizeof(*b));
@@ -360,7 +345,6 @@ struct job *batch_current(const struct batch *b)
  * member's place. */
 void batch_piece(struct batch *b, const struct wmsg_result *res)
 {
-	static const uint8_t none[1] = { 0x90 };
 	struct mp_cur rc, ec;
 	uint32_t n;
 
@@ -373,7 +357,7 @@ void batch_piece(struct batch *b, const struct wmsg_result *res)
 		struct job *job = b->members[k].job;
 		const uint8_t *r, *e = NULL;
 		size_t rl, el = 0;
-		uint8_t *rb, *eb = NULL;
+		uint8_t *one;
 		struct mp_cur peek = ec;
 		int code;
 		const char *msg;
@@ -385,20 +369,17 @@ void batch_piece(struct batch *b, const struct wmsg_result *res)
 		if (!mp_cur_done(&ec) && mp_read_error(&peek, &code, &msg, &ml, &index) == 0 &&
 		    index == (int64_t)k)
 			mp_skip(&ec, &e, &el);
-		/* One-element arrays, the shape job_piece takes. */
-		rb = xmalloc(rl + 1);
-		rb[0] = 0x91;
-		memcpy(rb + 1, r, rl);
-		if (e) {
-			eb = xmalloc(el + 1);
-			eb[0] = 0x91;
-			memcpy(eb + 1, e, el);
-		}
-		out_piece(job, 0, 1, rb, rl + 1, e ? eb : none, e ? el + 1 : 1, e ? 1 : 0, NULL);
-		free(rb);
-		free(eb);
-		seg_unref(job, b->members[k].seg);
-		job_chunk_ended(job);
+		/* The shape out_piece takes: a one-element results array, then
+		 * an errors array of one element or none. */
+		one = xmalloc(rl + el + 2);
+		one[0] = 0x91;
+		memcpy(one + 1, r, rl);
+		one[rl + 1] = e ? 0x91 : 0x90;
+		if (e)
+			memcpy(one + rl + 2, e, el);
+		out_piece(job, 0, 1, one, rl + 1, one + rl + 1, el + 1, e ? 1 : 0, NULL);
+		free(one);
+		job_chunk_ended(&b->members[k]);
 	}
 	b->done += res->n_results;
 }
@@ -411,16 +392,12 @@ void batch_lost(struct batch *b, int code, const char *msg)
 {
 	for (uint32_t k = b->done; k < b->n; k++) {
 		struct chunk *one = &b->members[k];
-		struct job *job = one->job;
 
-		if (k > b->done && job->conn) {
-			job_retry(job, one, 0);
-			job->inflight--;
-			continue;
-		}
-		out_fail_chunk(one, code, msg);
-		seg_unref(job, one->seg);
-		job_chunk_ended(job);
+		if (k > b->done && one->job->conn)
+			seg_retry(one->job, one, 0);
+		else
+			out_fail_chunk(one, code, msg);
+		job_chunk_ended(one);
 	}
 	batch_free(b);
 }
@@ -462,11 +439,11 @@ static struct job *take_turn(bool shared_only, uint64_t quota, struct chunk *ck)
 	cl = job->client;
 	sched_unqueue(job);
 	sched_requeue(job);
-	if (cl->queued) {
+	if (!TAILQ_EMPTY(&cl->jobs)) {
 		TAILQ_REMOVE(&cl->user->clients, cl, q);
 		TAILQ_INSERT_TAIL(&cl->user->clients, cl, q);
 	}
-	if (cl->user->queued) {
+	if (!TAILQ_EMPTY(&cl->user->clients)) {
 		TAILQ_REMOVE(&runq, cl->user, q);
 		TAILQ_INSERT_TAIL(&runq, cl->user, q);
 	}

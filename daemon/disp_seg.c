@@ -40,7 +40,7 @@ struct seg {
 	uint64_t count;            /* items in the segment */
 	size_t *marks;             /* count / DISP_MARK_EVERY item ends (owned) */
 	unsigned refs;             /* chunks, retries, +1 while items are left */
-	struct seg *next;
+	TAILQ_ENTRY(seg) link;
 };
 
 static size_t held_bytes;
@@ -114,21 +114,16 @@ static void seg_mem_cleanup(const void *data, size_t len, void *arg)
 	seg_mem_unref(arg);
 }
 
-struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
-			   uint64_t count, const size_t *marks, uint8_t *buf)
+void seg_new(struct job *job, const uint8_t *items, size_t items_len, uint64_t count,
+	     const size_t *marks, uint8_t *buf)
 {
-	struct seg *sg = xcalloc(1, sizeof(*sg)), **pp = &job->segs;
+	struct seg *sg = xcalloc(1, sizeof(*sg));
 	uint64_t nm = count / DISP_MARK_EVERY;
 
 	sg->mem = xcalloc(1, sizeof(*sg->mem));
 	sg->mem->refs = 1;
-	if (buf) {
-		sg->mem->buf = buf;
-		sg->frame = items;
-	} else {
-		sg->mem->buf = xmemdup(items, items_len);
-		sg->frame = sg->mem->buf;
-	}
+	sg->mem->buf = buf ? buf : xmemdup(items, items_len);
+	sg->frame = buf ? items : sg->mem->buf;
 	sg->bytes = items_len;
 	mp_cur_init(&sg->items, sg->frame, items_len);
 	sg->left = count;
@@ -141,27 +136,20 @@ struct seg *seg_new(struct job *job, const uint8_t *items, size_t items_len,
 		sg->marks = xmemdup(marks, nm * sizeof(*marks));
 	}
 	sg->refs = count > 0;
-	while (*pp)
-		pp = &(*pp)->next;
-	*pp = sg;
+	TAILQ_INSERT_TAIL(&job->segs, sg, link);
 	job->seg_bytes += items_len;
 	job->fed_bytes += items_len;
 	held_bytes += items_len;
 	if (!job->cur && count > 0)
 		job->cur = sg;
-	return sg;
 }
 
 /* Unlinks sg from the job's list and frees it. */
 static void seg_free(struct job *job, struct seg *sg)
 {
-	struct seg **pp;
-
-	for (pp = &job->segs; *pp != sg; pp = &(*pp)->next)
-		;
-	*pp = sg->next;
 	if (job->cur == sg)
-		job->cur = sg->next;
+		job->cur = TAILQ_NEXT(sg, link);
+	TAILQ_REMOVE(&job->segs, sg, link);
 	job->seg_bytes -= sg->bytes;
 	held_bytes -= sg->bytes;
 	free(sg->marks);
@@ -181,8 +169,14 @@ void seg_unref(struct job *job, struct seg *sg)
 
 void seg_free_all(struct job *job)
 {
-	while (job->segs)
-		seg_free(job, job->segs);
+	while (!STAILQ_EMPTY(&job->lost)) {
+		struct retry *r = STAILQ_FIRST(&job->lost);
+
+		STAILQ_REMOVE_HEAD(&job->lost, link);
+		free(r);
+	}
+	while (!TAILQ_EMPTY(&job->segs))
+		seg_free(job, TAILQ_FIRST(&job->segs));
 }
 
 size_t disp_job_bytes(const struct job *job)
@@ -250,7 +244,7 @@ static uint32_t take_items(struct job *job, uint32_t n, struct chunk *ck)
 	sg->refs++;
 	sg->left -= taken;
 	if (sg->left == 0) {
-		job->cur = sg->next;
+		job->cur = TAILQ_NEXT(sg, link);
 		seg_unref(job, sg);      /* its cursor's reference */
 	}
 	return taken;
@@ -268,29 +262,36 @@ int disp_chunk_add_items(const struct chunk *ck, struct evbuffer *out)
 	return 0;
 }
 
+void seg_retry(struct job *job, const struct chunk *ck, uint32_t attempt)
+{
+	struct retry *r = xcalloc(1, sizeof(*r));
+
+	r->ck = *ck;
+	r->ck.attempt = attempt;
+	r->ck.seg->refs++;
+	STAILQ_INSERT_TAIL(&job->lost, r, link);
+	sched_requeue(job);
+}
+
 bool seg_next_chunk(struct job *job, uint64_t quota, struct chunk *ck)
 {
-	struct retry *r = job->retry_head;
+	struct retry *r = STAILQ_FIRST(&job->lost);
 	uint32_t n;
 
 	ck->job = job;
 	if (r) {
-		n = r->count < quota ? r->count : (uint32_t)quota;
+		n = r->ck.count < quota ? r->ck.count : (uint32_t)quota;
 		if (n == 0)
 			return false;
-		ck->first = r->first;
+		*ck = r->ck;
 		ck->count = n;
-		ck->attempt = r->attempt;
-		ck->seg = r->seg;
-		r->seg->refs++;
-		seg_slice(&r->items, &r->items_len, n, &ck->items, &ck->items_len);
-		r->first += n;
-		r->count -= n;
-		if (r->count == 0) {
-			job->retry_head = r->next;
-			if (!job->retry_head)
-				job->retry_tail = &job->retry_head;
-			seg_unref(job, r->seg);
+		ck->seg->refs++;
+		seg_slice(&r->ck.items, &r->ck.items_len, n, &ck->items, &ck->items_len);
+		r->ck.first += n;
+		r->ck.count -= n;
+		if (r->ck.count == 0) {
+			STAILQ_REMOVE_HEAD(&job->lost, link);
+			seg_unref(job, r->ck.seg);
 			free(r);
 		}
 		return true;

@@ -54,11 +54,6 @@ static int load_one(unsigned i)
 		log_err("module %s: no '%s' descriptor exported", spec->path, MPOOL_MODULE_SYMBOL);
 		return -1;
 	}
-	if (m->abi < MPOOL_MODULE_ABI_MIN || m->abi > MPOOL_MODULE_ABI) {
-		log_err("module %s: built for module ABI %u, mpoold speaks %u to %u", spec->path,
-			m->abi, MPOOL_MODULE_ABI_MIN, MPOOL_MODULE_ABI);
-		return -1;
-	}
 	msgpack_sbuffer_init(&sb);
 	if (spec->initargs_json && pack_initargs(spec, &sb) < 0) {
 		msgpack_sbuffer_destroy(&sb);
@@ -66,6 +61,11 @@ static int load_one(unsigned i)
 	}
 	r = reg_add(m, spec->initargs_json ? sb.data : NULL, sb.size);
 	msgpack_sbuffer_destroy(&sb);
+	if (r == -EPROTO) {
+		log_err("module %s: built for module ABI %u, mpoold speaks %u to %u", spec->path,
+			m->abi, MPOOL_MODULE_ABI_MIN, MPOOL_MODULE_ABI);
+		return -1;
+	}
 	if (r == -EEXIST) {
 		log_err("module %s: a module named '%s' is already loaded", spec->path, m->name);
 		return -1;

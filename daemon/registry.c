@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "mem.h"
+#include "mp_scan.h"
 
 #define MAX_MODULES 64
 
@@ -169,11 +170,12 @@ void reg_clear(void)
 static struct entry *find_module(const char *name, size_t len)
 {
 	for (unsigned i = 0; i < n_entries; i++)
-		if (strlen(entries[i].name) == len && memcmp(entries[i].name, name, len) == 0)
+		if (mp_str_eq(name, (uint32_t)len, entries[i].name))
 			return &entries[i];
 	return NULL;
 }
 
+/* Names come from MessagePack strings: their lengths fit in 32 bits. */
 const struct reg_fn *reg_lookup(const char *name, size_t len)
 {
 	const char *dot = memchr(name, '.', len);
@@ -184,7 +186,7 @@ const struct reg_fn *reg_lookup(const char *name, size_t len)
 		return NULL;
 	flen = len - (size_t)(dot - name) - 1;
 	for (unsigned j = 0; j < e->n_fns; j++)
-		if (strlen(e->fns[j].name) == flen && memcmp(e->fns[j].name, dot + 1, flen) == 0)
+		if (mp_str_eq(dot + 1, (uint32_t)flen, e->fns[j].name))
 			return &e->fns[j];
 	if (names_awaited && load_hook(e->m) && valid_name_n(dot + 1, flen, true))
 		return &on_trust;
@@ -194,11 +196,15 @@ const struct reg_fn *reg_lookup(const char *name, size_t len)
 int reg_call(const struct reg_fn *f, const msgpack_object *arg, msgpack_packer *result,
 	     struct mpool_task_error *err)
 {
-	if (f->fn)
+	if (f && f->fn)
 		return f->fn(arg, result, err);
-	if (f->call)
+	if (f && f->call)
 		return f->call(f->data, arg, result, err);
-	return mpool_task_fail(err, MPOOL_E_NOFUNC, "the function's module did not load here");
+	/* The master checked the name, or took it on trust (registry.h): a
+	 * miss is a name its module does not define after all, or a load
+	 * that failed in this process alone. */
+	return mpool_task_fail(err, MPOOL_E_NOFUNC, "no such function in this process: its "
+			       "module does not define it, or did not load here");
 }
 
 /* The module's initargs, decoded into zone (nil when none), and err made

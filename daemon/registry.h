@@ -29,7 +29,8 @@ void reg_clear(void);
  * while the first names are awaited (reg_await_loaded_names), any valid
  * name of a module with load. */
 const struct reg_fn *reg_lookup(const char *name, size_t len);
-/* A name only (the master's) fails with no_function. */
+/* f NULL (not found), or a name only (the master's), fails with
+ * no_function. */
 int reg_call(const struct reg_fn *f, const msgpack_object *arg, msgpack_packer *result,
 	     struct mpool_task_error *err);
 

@@ -86,16 +86,13 @@ static void write_all(const struct iovec *iov, int n)
 static void send_ready(msgpack_sbuffer *sb)
 {
 	msgpack_packer pk;
-	struct iovec iov;
 
 	sb->size = 0;
 	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
 	if (mp_pack_notify_head(&pk, "ready") < 0 || msgpack_pack_array(&pk, 1) < 0 ||
 	    msgpack_pack_int64(&pk, getpid()) < 0)
 		_exit(WORKER_EXIT_PROTO);
-	iov.iov_base = sb->data;
-	iov.iov_len = sb->size;
-	write_all(&iov, 1);
+	write_all(&(struct iovec){ sb->data, sb->size }, 1);
 }
 
 /* Reused across chunks.  results and errors hold the elements of the piece
@@ -118,12 +115,12 @@ static uint64_t mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void pack_item_error(msgpack_packer *pk, uint64_t index,
-			    const struct mpool_task_error *err, const char *fallback)
+/* index -1: none (a one-off process's error). */
+static void pack_task_error(msgpack_packer *pk, int64_t index, const struct mpool_task_error *err)
 {
-	const char *msg = err->message[0] ? err->message : fallback;
+	const char *msg = err->message[0] ? err->message : "task failed without a message";
 
-	if (mp_pack_error(pk, err->code ? err->code : MPOOL_E_TASK, msg, (int64_t)index) < 0)
+	if (mp_pack_error(pk, err->code ? err->code : MPOOL_E_TASK, msg, index) < 0)
 		_exit(WORKER_EXIT_PROTO);
 }
 
@@ -169,6 +166,29 @@ static bool one_result(const char *p, size_t len)
 	return mp_scan_one((const uint8_t *)p, len, MP_ITEM_DEPTH_MAX, &n) == 1 && n == len;
 }
 
+/* Calls fn (NULL: not found) on arg, packing its result at the end of out.
+ * 0, or -1 with err filled and out as it was. */
+static int call_task(const struct reg_fn *fn, const char *name, uint32_t name_len,
+		     const msgpack_object *arg, msgpack_sbuffer *out, struct mpool_task_error *err)
+{
+	msgpack_packer pk;
+	size_t before = out->size;
+	int rc;
+
+	msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+	rc = reg_call(fn, arg, &pk, err);
+	if (rc == 0 && !one_result(out->data + before, out->size - before)) {
+		rc = -1;
+		err->code = MPOOL_E_RESULT;
+		snprintf(err->message, sizeof(err->message),
+			 "%.*s did not produce exactly one result of at most %d levels",
+			 (int)name_len, name, MP_ITEM_DEPTH_MAX);
+	}
+	if (rc != 0)
+		out->size = before;
+	return rc;
+}
+
 /* Runs one chunk, streaming its results in pieces; the tasks run. */
 static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 {
@@ -178,7 +198,7 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 	/* A chunk of one item, or one reported item by item, never looks at
 	 * the clock: a worker recycled after one task maps no vDSO page. */
 	bool timed = run->count > 1 && !run->each;
-	uint64_t last_sent = timed ? mono_ms() : 0;
+	uint64_t last_sent = timed ? mono_ms() : 0, now;
 	size_t off = 0;
 
 	b->results.size = b->errors.size = 0;
@@ -188,9 +208,7 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 	for (uint32_t i = 0; i < run->count; i++) {
 		struct mpool_task_error err = { .code = MPOOL_E_TASK };
 		msgpack_object arg;
-		size_t before = b->results.size, len;
-		uint64_t index = run->first + i;
-		int rc;
+		size_t len;
 
 		/* Scalars without the unpacker and its zone: most items are. */
 		len = mp_obj_scalar(run->items + off, run->items_len - off, &arg);
@@ -205,42 +223,19 @@ static uint32_t run_chunk(struct run_bufs *b, const struct wmsg_run *run)
 					   &b->zone, &arg) < 0)
 				_exit(WORKER_EXIT_PROTO);
 		}
-		/* The master checked the name, or took it on trust
-		 * (registry.h): a miss is a name its module does not define
-		 * after all, or a load that failed in this worker alone. */
-		if (fn)
-			rc = reg_call(fn, &arg, &rpk, &err);
-		else
-			rc = mpool_task_fail(&err, MPOOL_E_NOFUNC,
-					     "no such function in this worker: its module does "
-					     "not define it, or did not load here");
-		if (rc == 0 && !one_result(b->results.data + before, b->results.size - before)) {
-			rc = -1;
-			err.code = MPOOL_E_RESULT;
-			snprintf(err.message, sizeof(err.message),
-				 "%.*s did not produce exactly one result of at most %d levels",
-				 (int)run->fn_len, run->fn, MP_ITEM_DEPTH_MAX);
-		}
-		if (rc != 0) {
-			b->results.size = before;
+		if (call_task(fn, run->fn, run->fn_len, &arg, &b->results, &err) < 0) {
 			msgpack_pack_nil(&rpk);
-			pack_item_error(&epk, index, &err, "task failed without a message");
+			pack_task_error(&epk, (int64_t)(run->first + i), &err);
 			n_err++;
 		}
 		piece++;
 		if (i + 1 == run->count)
 			break;
-		if (run->each) {
+		now = timed ? mono_ms() : 0;
+		if (run->each || now - last_sent >= WMSG_PART_MS) {
 			send_piece(b, run->seq, false, piece, n_err);
 			piece = n_err = 0;
-		} else if (timed) {
-			uint64_t now = mono_ms();
-
-			if (now - last_sent >= WMSG_PART_MS) {
-				send_piece(b, run->seq, false, piece, n_err);
-				piece = n_err = 0;
-				last_sent = now;
-			}
+			last_sent = now;
 		}
 	}
 	send_piece(b, run->seq, true, piece, n_err);
@@ -307,12 +302,12 @@ void worker_entry(int fd, pid_t master, const void *arg)
 void worker_once_entry(int fd, pid_t master, const void *arg)
 {
 	const struct worker_once *once = arg;
+	uint32_t fn_len = (uint32_t)strlen(once->fn);
 	struct mpool_task_error err = { .code = MPOOL_E_TASK };
 	msgpack_sbuffer head, body;
-	msgpack_packer hpk, bpk;
+	msgpack_packer hpk;
 	msgpack_zone zone;
 	msgpack_object obj;
-	const struct reg_fn *fn;
 	const char *failed;
 	struct iovec iov[2];
 	size_t off = 0;
@@ -325,7 +320,6 @@ void worker_once_entry(int fd, pid_t master, const void *arg)
 	msgpack_sbuffer_init(&head);
 	msgpack_sbuffer_init(&body);
 	msgpack_packer_init(&hpk, &head, msgpack_sbuffer_write);
-	msgpack_packer_init(&bpk, &body, msgpack_sbuffer_write);
 	if (reg_init_all(&err, &failed) < 0) {
 		char reason[MPOOL_TASK_MSG_MAX];
 
@@ -336,18 +330,9 @@ void worker_once_entry(int fd, pid_t master, const void *arg)
 			 failed, reason);
 	} else if (msgpack_unpack((const char *)once->arg, once->arg_len, &off, &zone, &obj) < 0) {
 		_exit(WORKER_EXIT_PROTO);
-	} else if (!(fn = reg_lookup(once->fn, strlen(once->fn)))) {
-		/* After init: load ran in reg_init_all, and may have failed. */
-		rc = mpool_task_fail(&err, MPOOL_E_NOFUNC,
-				     "the function's module did not load in this process");
 	} else {
-		rc = reg_call(fn, &obj, &bpk, &err);
-		if (rc == 0 && !one_result(body.data, body.size)) {
-			rc = -1;
-			err.code = MPOOL_E_RESULT;
-			snprintf(err.message, sizeof(err.message),
-				 "%s did not produce exactly one result", once->fn);
-		}
+		/* After init: load ran in reg_init_all, and may have failed. */
+		rc = call_task(reg_lookup(once->fn, fn_len), once->fn, fn_len, &obj, &body, &err);
 	}
 	/* [1, 0, error, result]: the same envelope as any response. */
 	if (mp_pack_response_head(&hpk, 0) < 0)
@@ -355,10 +340,8 @@ void worker_once_entry(int fd, pid_t master, const void *arg)
 	if (rc == 0) {
 		msgpack_pack_nil(&hpk);
 	} else {
-		body.size = 0;
-		mp_pack_error(&hpk, err.code ? err.code : MPOOL_E_TASK,
-			      err.message[0] ? err.message : "task failed without a message", -1);
-		msgpack_pack_nil(&bpk);
+		pack_task_error(&hpk, -1, &err);
+		msgpack_pack_nil(&hpk);      /* the result; body is empty */
 	}
 	iov[0] = (struct iovec){ head.data, head.size };
 	iov[1] = (struct iovec){ body.data, body.size };
