@@ -971,11 +971,16 @@ class ProcessTest(DaemonCase):
         # after t0 at the soonest, however slowly the starts went.
         self.assertGreaterEqual(ended - float(started), 0.7, "exit waited for the process")
         self.assertTrue(process_gone(int(keep_pid)))
+        # Gone from the system (a zombie counts) and, once mpoold has
+        # reaped it, from mpoold's list: a daemon process goes with its
+        # connection.
         wait_for(lambda: process_gone(int(helper_pid)), what="the daemon process to end")
+        wait_for(lambda: int(helper_pid) not in
+                 [p["pid"] for p in self.pool._conn.call("processes", [])],
+                 what="mpoold to forget the daemon process")
         procs = {p["pid"]: p for p in self.pool._conn.call("processes", [])}
         self.assertEqual(procs[int(keep_pid)]["exitcode"], 0)
         self.assertTrue(procs[int(keep_pid)]["state"] == "exited")
-        self.assertNotIn(int(helper_pid), procs, "a daemon process goes with its connection")
 
     def test_not_found(self):
         p = mpool.Process("builtin.square", (2,), socket=self.daemon.socket)
