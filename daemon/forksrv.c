@@ -24,6 +24,7 @@
 #include "mem.h"
 #include "mp_rpc.h"
 #include "registry.h"
+#include "status.h"
 
 struct forksrv_srv *forksrv_cur;
 bool forksrv_broken;
@@ -405,8 +406,6 @@ int forksrv_start(void)
 {
 	char path[PATH_MAX], level[16], frame[32];
 	char *argv[5 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION;
-	struct timeval tv = { (time_t)(cfg.fork_server_timeout_ms / 1000),
-			      (suseconds_t)(cfg.fork_server_timeout_ms % 1000) * 1000 };
 	unsigned n = 0;
 	pid_t pid;
 	int sv[2], r;
@@ -453,7 +452,7 @@ int forksrv_start(void)
 	forksrv_cur->read = event_new(z_base, forksrv_cur->fd, EV_READ | EV_PERSIST, read_cb,
 				      forksrv_cur);
 	if (!forksrv_cur->read || event_add(forksrv_cur->read, NULL) < 0 ||
-	    evtimer_add(z_hello_timer, &tv) < 0) {
+	    timer_add_ms(z_hello_timer, cfg.fork_server_timeout_ms) < 0) {
 		log_err("the fork server %d cannot be watched: workers fork from the master",
 			(int)pid);
 		shut_cur();
@@ -560,8 +559,7 @@ void forksrv_pack_status(msgpack_packer *pk)
 		return;
 	}
 	msgpack_pack_map(pk, 2);
-	mp_pack_cstr(pk, "pid");
-	msgpack_pack_uint64(pk, (uint64_t)forksrv_cur->pid);
+	status_kv(pk, "pid", (uint64_t)forksrv_cur->pid);
 	mp_pack_cstr(pk, "state");
 	mp_pack_cstr(pk, forksrv_cur->ready ? "ready" : "loading");
 }

@@ -10,6 +10,7 @@
 
 #include <event2/event.h>
 
+#include "master.h"
 #include "mem.h"
 
 static forksrv_forked_fn *z_forked;
@@ -55,10 +56,8 @@ static int send_req(uint64_t quota)
 
 void forksrv_arm_timer(void)
 {
-	struct timeval tv = { FORKSRV_REPLY_MS / 1000, (FORKSRV_REPLY_MS % 1000) * 1000 };
-
 	if (pend_sent > 0)
-		evtimer_add(z_timer, &tv);
+		timer_add_ms(z_timer, FORKSRV_REPLY_MS);
 	else
 		evtimer_del(z_timer);
 }

@@ -21,6 +21,7 @@
 #include "master.h"
 #include "mem.h"
 #include "mp_rpc.h"
+#include "status.h"
 #include "wmsg.h"
 #include "worker.h"
 
@@ -175,20 +176,18 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
  * cause a fork storm. */
 static void schedule_respawn(struct slot *s)
 {
-	struct timeval tv = { 0, 0 };
+	uint64_t ms = 0;
 
 	if (s->early_deaths > 0) {
 		unsigned shift = s->early_deaths > 9 ? 9 : s->early_deaths - 1;
-		uint64_t ms = 50ull << shift;
 
+		ms = 50ull << shift;
 		if (ms > 10000)
 			ms = 10000;
-		tv.tv_sec = (time_t)(ms / 1000);
-		tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
 		log_warn("slot %u: %u failed start(s) in a row; next try in %llu ms",
 			 (unsigned)(s - pool_slots), s->early_deaths, (unsigned long long)ms);
 	}
-	evtimer_add(s->respawn, &tv);
+	timer_add_ms(s->respawn, ms);
 }
 
 /* Every slot without a process, and no try pending, tries again: after a
@@ -233,8 +232,6 @@ void pool_retire(struct worker *w, enum retire why)
 
 void pool_fault(struct worker *w, int code, const char *cause)
 {
-	struct timeval grace = { FORKSRV_REPORT_MS / 1000, (FORKSRV_REPORT_MS % 1000) * 1000 };
-
 	if (!w->cause[0]) {
 		snprintf(w->cause, sizeof(w->cause), "%s", cause);
 		w->fail_code = code;
@@ -244,8 +241,7 @@ void pool_fault(struct worker *w, int code, const char *cause)
 	w->killed = true;
 	/* Its chunk fails once its death is known: bounded even if the
 	 * fork server that should report it is stuck. */
-	evtimer_del(w->deadline);
-	evtimer_add(w->deadline, &grace);
+	timer_add_ms(w->deadline, FORKSRV_REPORT_MS);
 	chan_free(w->ch);
 	w->ch = NULL;
 	if (w->state != W_BUSY)
@@ -548,23 +544,18 @@ void pool_pack_workers(msgpack_packer *pk)
 		if (!w->pid)
 			continue;
 		msgpack_pack_map(pk, 7);
-		mp_pack_cstr(pk, "pid");
-		msgpack_pack_int64(pk, w->pid);
+		status_kv(pk, "pid", (uint64_t)w->pid);
 		mp_pack_cstr(pk, "state");
 		mp_pack_cstr(pk, wstate_names[w->state]);
-		mp_pack_cstr(pk, "tasks_done");
-		msgpack_pack_uint64(pk, w->tasks_done);
-		mp_pack_cstr(pk, "quota");
-		msgpack_pack_uint64(pk, w->quota);
+		status_kv(pk, "tasks_done", w->tasks_done);
+		status_kv(pk, "quota", w->quota);
 		mp_pack_cstr(pk, "job");
 		if (w->state == W_BUSY && w->chunk.job)
 			msgpack_pack_uint64(pk, disp_job_id(w->chunk.job));
 		else
 			msgpack_pack_nil(pk);
-		mp_pack_cstr(pk, "age_ms");
-		msgpack_pack_uint64(pk, now - w->started_ms);
-		mp_pack_cstr(pk, "rss_kib");
-		msgpack_pack_uint64(pk, recycle_rss_kib(w->pid));
+		status_kv(pk, "age_ms", now - w->started_ms);
+		status_kv(pk, "rss_kib", recycle_rss_kib(w->pid));
 	}
 }
 
@@ -575,22 +566,15 @@ void pool_pack_totals(msgpack_packer *pk)
 	for (int r = R_TASKS; r < R_COUNT; r++)
 		if (r != R_DRAIN)
 			recycled += n_recycled[r];
-	mp_pack_cstr(pk, "tasks_done");
-	msgpack_pack_uint64(pk, run_tasks_total);
-	mp_pack_cstr(pk, "tasks_timed_out");
-	msgpack_pack_uint64(pk, n_timed_out);
-	mp_pack_cstr(pk, "workers_started");
-	msgpack_pack_uint64(pk, n_started);
-	mp_pack_cstr(pk, "workers_recycled");
-	msgpack_pack_uint64(pk, recycled);
-	mp_pack_cstr(pk, "workers_died");
-	msgpack_pack_uint64(pk, n_died);
+	status_kv(pk, "tasks_done", run_tasks_total);
+	status_kv(pk, "tasks_timed_out", n_timed_out);
+	status_kv(pk, "workers_started", n_started);
+	status_kv(pk, "workers_recycled", recycled);
+	status_kv(pk, "workers_died", n_died);
 	mp_pack_cstr(pk, "recycled_by");
 	msgpack_pack_map(pk, 4);
-	for (int r = R_TASKS; r <= R_RELOAD; r++) {
-		mp_pack_cstr(pk, retire_names[r]);
-		msgpack_pack_uint64(pk, n_recycled[r]);
-	}
+	for (int r = R_TASKS; r <= R_RELOAD; r++)
+		status_kv(pk, retire_names[r], n_recycled[r]);
 	mp_pack_cstr(pk, "health");
 	mp_pack_cstr(pk, pool_health());
 	mp_pack_cstr(pk, "last_failure");
