@@ -57,13 +57,6 @@ static bool want_workers(void)
 static void schedule_respawn(struct slot *s);
 static void exited(pid_t pid, int status);
 
-static void spawn_failed(struct slot *s, int err)
-{
-	s->early_deaths++;
-	pool_set_failure("cannot start a worker: fork: %s", strerror(-err));
-	log_err("slot %u: %s", (unsigned)(s - pool_slots), last_failure);
-}
-
 /* The forked process becomes the entry's worker, whatever happened to
  * the pool while the fork server worked. */
 static void install(struct worker *w, pid_t pid, int fd)
@@ -93,7 +86,8 @@ static void install(struct worker *w, pid_t pid, int fd)
 	}
 }
 
-/* The fork server's answer (forksrv.h). */
+/* The fork server's answer (forksrv.h), or its refusal of the request:
+ * without a fork server the master forks the worker itself. */
 static void forked(void *token, int err, pid_t pid, int fd)
 {
 	struct worker *w = token;
@@ -108,19 +102,21 @@ static void forked(void *token, int err, pid_t pid, int fd)
 	w->state = W_EMPTY;
 	if (s->cur == w)
 		s->cur = NULL;
-	if (err != -ECANCELED)
-		spawn_failed(s, err);
+	if (err != -ECANCELED) {
+		s->early_deaths++;
+		pool_set_failure("cannot start a worker: fork: %s", strerror(-err));
+		log_err("slot %u: %s", w->slot, last_failure);
+	}
 	if (want_workers() && !s->cur && !evtimer_pending(s->respawn, NULL))
 		schedule_respawn(s);
 	master_progress();
 }
 
 /* Forks one worker into an empty slot, through the fork server or, when
- * there is none, from the master. */
-static int spawn(struct worker *w, unsigned slot)
+ * there is none, from the master; a failure schedules the next try. */
+static void spawn(struct worker *w, unsigned slot)
 {
-	pid_t pid;
-	int fd, r;
+	int r;
 
 	w->slot = slot;
 	w->quota = recycle_draw_quota();
@@ -128,17 +124,8 @@ static int spawn(struct worker *w, unsigned slot)
 	w->state = W_FORKING;
 	pool_slots[slot].cur = w;
 	r = forksrv_request(w->quota, w);
-	if (r == 0)
-		return 0;
-	if (r == -ENOTCONN)
-		r = fork_child(worker_entry, &w->quota, &pid, &fd);
-	if (r < 0) {
-		w->state = W_EMPTY;
-		pool_slots[slot].cur = NULL;
-		return r;
-	}
-	install(w, pid, fd);
-	return 0;
+	if (r < 0)
+		forked(w, r, 0, -1);
 }
 
 static struct worker *free_entry(void)
@@ -153,7 +140,6 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct slot *s = arg;
 	struct worker *w;
-	int r;
 
 	(void)fd;
 	(void)what;
@@ -164,11 +150,7 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
 	w = free_entry();
 	if (!w)
 		return;
-	r = spawn(w, (unsigned)(s - pool_slots));
-	if (r < 0) {
-		spawn_failed(s, r);
-		schedule_respawn(s);
-	}
+	spawn(w, (unsigned)(s - pool_slots));
 }
 
 /* Respawn at once after a normal exit; after failures before readiness,
