@@ -185,7 +185,6 @@ static int shut_cur(void)
 
 static void forget_timers(void)
 {
-	forksrv_disarm();
 	if (z_hello_timer)
 		evtimer_del(z_hello_timer);
 	if (z_lost)
