@@ -37,8 +37,6 @@ static forksrv_started_fn *z_started;
 /* forksrv_lost_soon's event; the deadline of the hello. */
 static struct event *z_lost, *z_hello_timer;
 static const char *z_lost_why;
-/* How one that died before its hello ended, for start_failed's line. */
-static char z_died_how[64];
 
 int forksrv_recv_rep(int fd, struct forksrv_rep *rep, int *ret_fd, int flags)
 {
@@ -145,21 +143,19 @@ static void srv_close(struct forksrv_srv *s)
 }
 
 /* Kills and reaps s, delivers what it had sent, closes its channel; its
- * workers become ours to reap.  Its wait status, or -1 if reaped already. */
+ * workers become ours to reap.  Its wait status, or -1 if unknown. */
 static int srv_kill(struct forksrv_srv *s)
 {
-	int status = -1;
-
 	if (s->pid) {
 		kill(s->pid, SIGKILL);
-		while (waitpid(s->pid, &status, 0) < 0 && errno == EINTR)
+		while (waitpid(s->pid, &s->status, 0) < 0 && errno == EINTR)
 			;
 		s->pid = 0;
 	}
 	if (s->fd >= 0)
 		forksrv_take(s);
 	srv_close(s);
-	return status;
+	return s->status;
 }
 
 /* Kills (unless reaped), delivers and forgets a retired one. */
@@ -444,6 +440,7 @@ int forksrv_start(void)
 	forksrv_cur = xcalloc(1, sizeof(*forksrv_cur));
 	forksrv_cur->pid = pid;
 	forksrv_cur->fd = sv[0];
+	forksrv_cur->status = -1;
 	forksrv_cur->started_ms = now_ms();
 	/* Until its hello a submit is judged by the names known before
 	 * (reload), or, before the first list, on trust (registry.h). */
@@ -528,13 +525,10 @@ bool forksrv_reaped(pid_t pid, int status)
 	describe_status(status, how, sizeof(how));
 	if (forksrv_cur && forksrv_cur->pid == pid) {
 		forksrv_cur->pid = 0;
-		if (!forksrv_cur->ready) {
-			/* Said once, with the rest, by start_failed(). */
-			snprintf(z_died_how, sizeof(z_died_how), "%s", how);
-			forksrv_lost_soon(z_died_how);
-			return true;
-		}
-		log_warn("fork server %d %s; its workers die with it", (int)pid, how);
+		forksrv_cur->status = status;
+		/* One not ready yet: said once, with the rest, by start_failed(). */
+		if (forksrv_cur->ready)
+			log_warn("fork server %d %s; its workers die with it", (int)pid, how);
 		/* What it sent before it died is still in the channel. */
 		forksrv_lost_soon("it died");
 		return true;

@@ -20,6 +20,7 @@ struct event_base;
  * nothing and has no workers. */
 struct forksrv_srv {
 	pid_t pid;                /* 0: reaped already */
+	int status;               /* then its wait status; -1: unknown */
 	int fd;                   /* -1: closed */
 	struct event *read;
 	bool hello;               /* its hello is in; names_len bytes of names follow */
