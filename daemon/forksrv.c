@@ -24,6 +24,7 @@
 #include "mem.h"
 #include "mp_rpc.h"
 #include "registry.h"
+#include "status.h"
 
 struct forksrv_srv *forksrv_cur;
 bool forksrv_broken;
@@ -36,8 +37,6 @@ static forksrv_started_fn *z_started;
 /* forksrv_lost_soon's event; the deadline of the hello. */
 static struct event *z_lost, *z_hello_timer;
 static const char *z_lost_why;
-/* How one that died before its hello ended, for start_failed's line. */
-static char z_died_how[64];
 
 int forksrv_recv_rep(int fd, struct forksrv_rep *rep, int *ret_fd, int flags)
 {
@@ -144,21 +143,19 @@ static void srv_close(struct forksrv_srv *s)
 }
 
 /* Kills and reaps s, delivers what it had sent, closes its channel; its
- * workers become ours to reap.  Its wait status, or -1 if reaped already. */
+ * workers become ours to reap.  Its wait status, or -1 if unknown. */
 static int srv_kill(struct forksrv_srv *s)
 {
-	int status = -1;
-
 	if (s->pid) {
 		kill(s->pid, SIGKILL);
-		while (waitpid(s->pid, &status, 0) < 0 && errno == EINTR)
+		while (waitpid(s->pid, &s->status, 0) < 0 && errno == EINTR)
 			;
 		s->pid = 0;
 	}
 	if (s->fd >= 0)
 		forksrv_take(s);
 	srv_close(s);
-	return status;
+	return s->status;
 }
 
 /* Kills (unless reaped), delivers and forgets a retired one. */
@@ -184,7 +181,6 @@ static int shut_cur(void)
 
 static void forget_timers(void)
 {
-	forksrv_disarm();
 	if (z_hello_timer)
 		evtimer_del(z_hello_timer);
 	if (z_lost)
@@ -405,8 +401,6 @@ int forksrv_start(void)
 {
 	char path[PATH_MAX], level[16], frame[32];
 	char *argv[5 + 2 * CONFIG_MAX_MODULES], version[] = MPOOL_VERSION;
-	struct timeval tv = { (time_t)(cfg.fork_server_timeout_ms / 1000),
-			      (suseconds_t)(cfg.fork_server_timeout_ms % 1000) * 1000 };
 	unsigned n = 0;
 	pid_t pid;
 	int sv[2], r;
@@ -446,6 +440,7 @@ int forksrv_start(void)
 	forksrv_cur = xcalloc(1, sizeof(*forksrv_cur));
 	forksrv_cur->pid = pid;
 	forksrv_cur->fd = sv[0];
+	forksrv_cur->status = -1;
 	forksrv_cur->started_ms = now_ms();
 	/* Until its hello a submit is judged by the names known before
 	 * (reload), or, before the first list, on trust (registry.h). */
@@ -453,7 +448,7 @@ int forksrv_start(void)
 	forksrv_cur->read = event_new(z_base, forksrv_cur->fd, EV_READ | EV_PERSIST, read_cb,
 				      forksrv_cur);
 	if (!forksrv_cur->read || event_add(forksrv_cur->read, NULL) < 0 ||
-	    evtimer_add(z_hello_timer, &tv) < 0) {
+	    timer_add_ms(z_hello_timer, cfg.fork_server_timeout_ms) < 0) {
 		log_err("the fork server %d cannot be watched: workers fork from the master",
 			(int)pid);
 		shut_cur();
@@ -530,13 +525,10 @@ bool forksrv_reaped(pid_t pid, int status)
 	describe_status(status, how, sizeof(how));
 	if (forksrv_cur && forksrv_cur->pid == pid) {
 		forksrv_cur->pid = 0;
-		if (!forksrv_cur->ready) {
-			/* Said once, with the rest, by start_failed(). */
-			snprintf(z_died_how, sizeof(z_died_how), "%s", how);
-			forksrv_lost_soon(z_died_how);
-			return true;
-		}
-		log_warn("fork server %d %s; its workers die with it", (int)pid, how);
+		forksrv_cur->status = status;
+		/* One not ready yet: said once, with the rest, by start_failed(). */
+		if (forksrv_cur->ready)
+			log_warn("fork server %d %s; its workers die with it", (int)pid, how);
 		/* What it sent before it died is still in the channel. */
 		forksrv_lost_soon("it died");
 		return true;
@@ -560,8 +552,7 @@ void forksrv_pack_status(msgpack_packer *pk)
 		return;
 	}
 	msgpack_pack_map(pk, 2);
-	mp_pack_cstr(pk, "pid");
-	msgpack_pack_uint64(pk, (uint64_t)forksrv_cur->pid);
+	status_kv(pk, "pid", (uint64_t)forksrv_cur->pid);
 	mp_pack_cstr(pk, "state");
 	mp_pack_cstr(pk, forksrv_cur->ready ? "ready" : "loading");
 }

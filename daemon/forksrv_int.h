@@ -20,6 +20,7 @@ struct event_base;
  * nothing and has no workers. */
 struct forksrv_srv {
 	pid_t pid;                /* 0: reaped already */
+	int status;               /* then its wait status; -1: unknown */
 	int fd;                   /* -1: closed */
 	struct event *read;
 	bool hello;               /* its hello is in; names_len bytes of names follow */
@@ -54,13 +55,12 @@ void forksrv_pump(void);
 /* While answers are due, the oldest must come within FORKSRV_REPLY_MS of
  * the last progress: arms that deadline, else disarms it. */
 void forksrv_arm_timer(void);
-void forksrv_disarm(void);
 /* Delivers every answer and death s has sent: 0 when none is left
  * waiting, -ECONNRESET at the end of its stream, another -errno when the
  * channel broke or carried nonsense.  One that is not ready has no workers
  * and was asked nothing: its hello is forksrv.c's to take. */
 int forksrv_take(struct forksrv_srv *s);
-/* Answers every request with err, sent or not. */
+/* Answers every request with err, sent or not: no answer is due. */
 void forksrv_fail_pending(int err);
 /* Requests sent to forksrv_cur and not answered yet. */
 unsigned forksrv_sent(void);

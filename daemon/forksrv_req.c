@@ -10,6 +10,7 @@
 
 #include <event2/event.h>
 
+#include "master.h"
 #include "mem.h"
 
 static forksrv_forked_fn *z_forked;
@@ -55,10 +56,8 @@ static int send_req(uint64_t quota)
 
 void forksrv_arm_timer(void)
 {
-	struct timeval tv = { FORKSRV_REPLY_MS / 1000, (FORKSRV_REPLY_MS % 1000) * 1000 };
-
 	if (pend_sent > 0)
-		evtimer_add(z_timer, &tv);
+		timer_add_ms(z_timer, FORKSRV_REPLY_MS);
 	else
 		evtimer_del(z_timer);
 }
@@ -107,22 +106,20 @@ int forksrv_take(struct forksrv_srv *s)
 		}
 		p = pend_pop();
 		pend_sent--;
-		if (rep.err == 0 && (fd < 0 || rep.pid <= 0)) {
-			/* Unreadable, but it was the oldest request's answer,
-			 * which fails, so the next answer still goes to its
-			 * own request. */
-			if (fd >= 0)
-				close(fd);
-			z_forked(p.token, -EPROTO, 0, -1);
-			return -EPROTO;
-		}
-		if (rep.err < 0) {
-			if (fd >= 0)
-				close(fd);
-			z_forked(p.token, rep.err, 0, -1);      /* its fork failed */
-		} else {
+		if (rep.err == 0 && fd >= 0 && rep.pid > 0) {
 			z_forked(p.token, 0, rep.pid, fd);
+			continue;
 		}
+		if (fd >= 0)
+			close(fd);
+		if (rep.err < 0) {
+			z_forked(p.token, rep.err, 0, -1);      /* its fork failed */
+			continue;
+		}
+		/* Unreadable, but it was the oldest request's answer, which
+		 * fails, so the next answer still goes to its own request. */
+		z_forked(p.token, -EPROTO, 0, -1);
+		return -EPROTO;
 	}
 	return -ECONNRESET;
 }
@@ -130,6 +127,8 @@ int forksrv_take(struct forksrv_srv *s)
 void forksrv_fail_pending(int err)
 {
 	pend_sent = 0;
+	if (z_timer)
+		evtimer_del(z_timer);
 	while (pend_n > 0) {
 		struct pending p = pend_pop();
 
@@ -166,12 +165,6 @@ void forksrv_req_free(void)
 	free(pend);
 	pend = NULL;
 	pend_cap = 0;
-}
-
-void forksrv_disarm(void)
-{
-	if (z_timer)
-		evtimer_del(z_timer);
 }
 
 unsigned forksrv_sent(void)

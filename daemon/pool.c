@@ -21,6 +21,7 @@
 #include "master.h"
 #include "mem.h"
 #include "mp_rpc.h"
+#include "status.h"
 #include "wmsg.h"
 #include "worker.h"
 
@@ -56,13 +57,6 @@ static bool want_workers(void)
 static void schedule_respawn(struct slot *s);
 static void exited(pid_t pid, int status);
 
-static void spawn_failed(struct slot *s, int err)
-{
-	s->early_deaths++;
-	pool_set_failure("cannot start a worker: fork: %s", strerror(-err));
-	log_err("slot %u: %s", (unsigned)(s - pool_slots), last_failure);
-}
-
 /* The forked process becomes the entry's worker, whatever happened to
  * the pool while the fork server worked. */
 static void install(struct worker *w, pid_t pid, int fd)
@@ -92,7 +86,8 @@ static void install(struct worker *w, pid_t pid, int fd)
 	}
 }
 
-/* The fork server's answer (forksrv.h). */
+/* The fork server's answer (forksrv.h), or its refusal of the request:
+ * without a fork server the master forks the worker itself. */
 static void forked(void *token, int err, pid_t pid, int fd)
 {
 	struct worker *w = token;
@@ -107,19 +102,21 @@ static void forked(void *token, int err, pid_t pid, int fd)
 	w->state = W_EMPTY;
 	if (s->cur == w)
 		s->cur = NULL;
-	if (err != -ECANCELED)
-		spawn_failed(s, err);
+	if (err != -ECANCELED) {
+		s->early_deaths++;
+		pool_set_failure("cannot start a worker: fork: %s", strerror(-err));
+		log_err("slot %u: %s", w->slot, last_failure);
+	}
 	if (want_workers() && !s->cur && !evtimer_pending(s->respawn, NULL))
 		schedule_respawn(s);
 	master_progress();
 }
 
 /* Forks one worker into an empty slot, through the fork server or, when
- * there is none, from the master. */
-static int spawn(struct worker *w, unsigned slot)
+ * there is none, from the master; a failure schedules the next try. */
+static void spawn(struct worker *w, unsigned slot)
 {
-	pid_t pid;
-	int fd, r;
+	int r;
 
 	w->slot = slot;
 	w->quota = recycle_draw_quota();
@@ -127,17 +124,8 @@ static int spawn(struct worker *w, unsigned slot)
 	w->state = W_FORKING;
 	pool_slots[slot].cur = w;
 	r = forksrv_request(w->quota, w);
-	if (r == 0)
-		return 0;
-	if (r == -ENOTCONN)
-		r = fork_child(worker_entry, &w->quota, &pid, &fd);
-	if (r < 0) {
-		w->state = W_EMPTY;
-		pool_slots[slot].cur = NULL;
-		return r;
-	}
-	install(w, pid, fd);
-	return 0;
+	if (r < 0)
+		forked(w, r, 0, -1);
 }
 
 static struct worker *free_entry(void)
@@ -152,7 +140,6 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct slot *s = arg;
 	struct worker *w;
-	int r;
 
 	(void)fd;
 	(void)what;
@@ -163,11 +150,7 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
 	w = free_entry();
 	if (!w)
 		return;
-	r = spawn(w, (unsigned)(s - pool_slots));
-	if (r < 0) {
-		spawn_failed(s, r);
-		schedule_respawn(s);
-	}
+	spawn(w, (unsigned)(s - pool_slots));
 }
 
 /* Respawn at once after a normal exit; after failures before readiness,
@@ -175,20 +158,18 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
  * cause a fork storm. */
 static void schedule_respawn(struct slot *s)
 {
-	struct timeval tv = { 0, 0 };
+	uint64_t ms = 0;
 
 	if (s->early_deaths > 0) {
 		unsigned shift = s->early_deaths > 9 ? 9 : s->early_deaths - 1;
-		uint64_t ms = 50ull << shift;
 
+		ms = 50ull << shift;
 		if (ms > 10000)
 			ms = 10000;
-		tv.tv_sec = (time_t)(ms / 1000);
-		tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
 		log_warn("slot %u: %u failed start(s) in a row; next try in %llu ms",
 			 (unsigned)(s - pool_slots), s->early_deaths, (unsigned long long)ms);
 	}
-	evtimer_add(s->respawn, &tv);
+	timer_add_ms(s->respawn, ms);
 }
 
 /* Every slot without a process, and no try pending, tries again: after a
@@ -233,8 +214,6 @@ void pool_retire(struct worker *w, enum retire why)
 
 void pool_fault(struct worker *w, int code, const char *cause)
 {
-	struct timeval grace = { FORKSRV_REPORT_MS / 1000, (FORKSRV_REPORT_MS % 1000) * 1000 };
-
 	if (!w->cause[0]) {
 		snprintf(w->cause, sizeof(w->cause), "%s", cause);
 		w->fail_code = code;
@@ -244,8 +223,7 @@ void pool_fault(struct worker *w, int code, const char *cause)
 	w->killed = true;
 	/* Its chunk fails once its death is known: bounded even if the
 	 * fork server that should report it is stuck. */
-	evtimer_del(w->deadline);
-	evtimer_add(w->deadline, &grace);
+	timer_add_ms(w->deadline, FORKSRV_REPORT_MS);
 	chan_free(w->ch);
 	w->ch = NULL;
 	if (w->state != W_BUSY)
@@ -548,23 +526,18 @@ void pool_pack_workers(msgpack_packer *pk)
 		if (!w->pid)
 			continue;
 		msgpack_pack_map(pk, 7);
-		mp_pack_cstr(pk, "pid");
-		msgpack_pack_int64(pk, w->pid);
+		status_kv(pk, "pid", (uint64_t)w->pid);
 		mp_pack_cstr(pk, "state");
 		mp_pack_cstr(pk, wstate_names[w->state]);
-		mp_pack_cstr(pk, "tasks_done");
-		msgpack_pack_uint64(pk, w->tasks_done);
-		mp_pack_cstr(pk, "quota");
-		msgpack_pack_uint64(pk, w->quota);
+		status_kv(pk, "tasks_done", w->tasks_done);
+		status_kv(pk, "quota", w->quota);
 		mp_pack_cstr(pk, "job");
 		if (w->state == W_BUSY && w->chunk.job)
 			msgpack_pack_uint64(pk, disp_job_id(w->chunk.job));
 		else
 			msgpack_pack_nil(pk);
-		mp_pack_cstr(pk, "age_ms");
-		msgpack_pack_uint64(pk, now - w->started_ms);
-		mp_pack_cstr(pk, "rss_kib");
-		msgpack_pack_uint64(pk, recycle_rss_kib(w->pid));
+		status_kv(pk, "age_ms", now - w->started_ms);
+		status_kv(pk, "rss_kib", recycle_rss_kib(w->pid));
 	}
 }
 
@@ -575,22 +548,15 @@ void pool_pack_totals(msgpack_packer *pk)
 	for (int r = R_TASKS; r < R_COUNT; r++)
 		if (r != R_DRAIN)
 			recycled += n_recycled[r];
-	mp_pack_cstr(pk, "tasks_done");
-	msgpack_pack_uint64(pk, run_tasks_total);
-	mp_pack_cstr(pk, "tasks_timed_out");
-	msgpack_pack_uint64(pk, n_timed_out);
-	mp_pack_cstr(pk, "workers_started");
-	msgpack_pack_uint64(pk, n_started);
-	mp_pack_cstr(pk, "workers_recycled");
-	msgpack_pack_uint64(pk, recycled);
-	mp_pack_cstr(pk, "workers_died");
-	msgpack_pack_uint64(pk, n_died);
+	status_kv(pk, "tasks_done", run_tasks_total);
+	status_kv(pk, "tasks_timed_out", n_timed_out);
+	status_kv(pk, "workers_started", n_started);
+	status_kv(pk, "workers_recycled", recycled);
+	status_kv(pk, "workers_died", n_died);
 	mp_pack_cstr(pk, "recycled_by");
 	msgpack_pack_map(pk, 4);
-	for (int r = R_TASKS; r <= R_RELOAD; r++) {
-		mp_pack_cstr(pk, retire_names[r]);
-		msgpack_pack_uint64(pk, n_recycled[r]);
-	}
+	for (int r = R_TASKS; r <= R_RELOAD; r++)
+		status_kv(pk, retire_names[r], n_recycled[r]);
 	mp_pack_cstr(pk, "health");
 	mp_pack_cstr(pk, pool_health());
 	mp_pack_cstr(pk, "last_failure");

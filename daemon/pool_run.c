@@ -22,11 +22,8 @@ static void arm_deadline(struct worker *w)
 	 * coarse clock), so the item it is on started at most that long after
 	 * its last report: waiting timeout + WMSG_PART_MS + the clock's slack
 	 * never kills a task early. */
-	uint64_t ms = (uint64_t)w->timeout_ms + WMSG_PART_MS + WMSG_PART_SLACK_MS;
-	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
-
 	if (w->timeout_ms)
-		evtimer_add(w->deadline, &tv);
+		timer_add_ms(w->deadline, (uint64_t)w->timeout_ms + WMSG_PART_MS + WMSG_PART_SLACK_MS);
 }
 
 void run_deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -219,15 +216,12 @@ static void worker_closed(void *ctx, int err)
 		 * ours unread) almost always means it died, and its exit
 		 * status, reaped in a moment, names the cause.  Only one that
 		 * lingers is killed, and blamed. */
-		struct timeval grace = { 1, 0 };
-
 		w->eof = true;
 		/* It has no channel to take work on any more.  A starting
 		 * one stays starting: its exit may say its init failed. */
 		if (w->state == W_IDLE)
 			w->state = W_EXITING;
-		evtimer_del(w->deadline);
-		evtimer_add(w->deadline, &grace);
+		timer_add_ms(w->deadline, 1000);
 	}
 }
 
