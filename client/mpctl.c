@@ -846,15 +846,9 @@ static void on_interrupt(int sig)
  * process still gets mpoold's SIGKILL after --process-grace). */
 static int spawn_wait(mpool *p, struct mpool_process *proc)
 {
-	struct sigaction sa = { .sa_handler = on_interrupt };
 	bool stopping = false;
 	int r;
 
-	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGINT, &sa, NULL) < 0) {
-		fprintf(stderr, "mpctl: cannot catch SIGINT: %s\n", strerror(errno));
-		return CTL_EXIT_FAILED;
-	}
 	for (;;) {
 		if (interrupts > 1)
 			return CTL_EXIT_INTERRUPTED;
@@ -920,6 +914,19 @@ static int cmd_spawn(const char *sock, int argc, char **argv)
 	r = fn_and_arg(sock, argc, argv, "spawn", &buf, &p);
 	if (r >= 0)
 		return r;
+	/* Caught before the process exists, so that a Ctrl-C as soon as its
+	 * id shows terminates it rather than leaving it behind. */
+	if (!detach) {
+		struct sigaction sa = { .sa_handler = on_interrupt };
+
+		sigemptyset(&sa.sa_mask);
+		if (sigaction(SIGINT, &sa, NULL) < 0) {
+			fprintf(stderr, "mpctl: cannot catch SIGINT: %s\n", strerror(errno));
+			msgpack_sbuffer_destroy(&buf);
+			mpool_close(p);
+			return finish(CTL_EXIT_FAILED);
+		}
+	}
 	r = mpool_spawn(p, argv[optind], buf.data, buf.size, &opts, &proc);
 	msgpack_sbuffer_destroy(&buf);
 	if (r < 0) {
