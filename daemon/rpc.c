@@ -179,14 +179,13 @@ static void run_kill_worker(struct conn *c, const struct mp_msg *m, const struct
 /* cancel_request [msgid] or [msgid, {"kill": bool}]: a client cancels its
  * own open request; with kill, chunks already running are killed too
  * instead of finishing. */
-static int parse_cancel_request(struct mp_cur *p, uint32_t n, const struct mp_msg *m,
-				struct rpc_args *a, char *why, size_t n_why)
+static int parse_cancel_request(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why,
+				size_t n_why)
 {
 	uint32_t nopt;
 	const char *k;
 	uint32_t kl;
 
-	(void)m;
 	if (mp_read_u64(p, &a->id) < 0)
 		return RPC_USAGE;
 	if (n == 2 &&
@@ -214,11 +213,9 @@ static void run_cancel_request(struct conn *c, const struct mp_msg *m, const str
 }
 
 /* One integer: an id, a pid or a msgid. */
-static int parse_id(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
-		    char *why, size_t n_why)
+static int parse_id(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, size_t n_why)
 {
 	(void)n;
-	(void)m;
 	(void)why;
 	(void)n_why;
 	return mp_read_u64(p, &a->id) < 0 ? RPC_USAGE : 0;
@@ -325,7 +322,7 @@ static void dispatch_request(struct conn *c, const struct mp_msg *m)
 	if (mp_read_array(&p, &n) < 0 || n < me->min_params || n > me->max_params)
 		r = RPC_USAGE;
 	else
-		r = me->parse ? me->parse(&p, n, m, &args, why, sizeof(why)) : 0;
+		r = me->parse ? me->parse(&p, n, &args, why, sizeof(why)) : 0;
 	if (r == RPC_USAGE) {
 		conn_reply_error(c, m->msgid, MPOOL_E_BADREQ, "%s", me->usage);
 		return;

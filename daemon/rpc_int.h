@@ -27,8 +27,8 @@ struct rpc_args {
  * method's usage line; or an MPOOL_E_ code with the reply's text in why
  * (a limit it passes already counted). */
 #define RPC_USAGE (-1)
-typedef int rpc_parse_fn(struct mp_cur *p, uint32_t n, const struct mp_msg *m,
-			 struct rpc_args *a, char *why, size_t n_why);
+typedef int rpc_parse_fn(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why,
+			 size_t n_why);
 /* Refuses a request on what it asks for, before its msgid is checked;
  * returns whether it may go on. */
 typedef bool rpc_check_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);

@@ -62,14 +62,14 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 }
 
 /* [function, argument or items] or [function, argument or items, options]. */
-static int parse_job(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct job_spec *spec,
-		     bool is_map, char *why, size_t n_why)
+static int parse_job(struct mp_cur *p, uint32_t n, struct job_spec *spec, bool is_map, char *why,
+		     size_t n_why)
 {
 	char opt_why[256];
 	size_t alen;
 
 	/* timeout_ms: --task-timeout unless the request gives its own (0: none). */
-	*spec = (struct job_spec){ .is_map = is_map, .ordered = true, .msgid = m->msgid,
+	*spec = (struct job_spec){ .is_map = is_map, .ordered = true,
 				   .timeout_ms = cfg.task_timeout_ms };
 	if (mp_read_str(p, &spec->fn, &spec->fn_len) < 0)
 		return RPC_USAGE;
@@ -103,16 +103,14 @@ static int parse_job(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struc
 	return 0;
 }
 
-int rpc_parse_apply(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
-		    char *why, size_t n_why)
+int rpc_parse_apply(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, size_t n_why)
 {
-	return parse_job(p, n, m, &a->job, false, why, n_why);
+	return parse_job(p, n, &a->job, false, why, n_why);
 }
 
-int rpc_parse_map(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
-		  char *why, size_t n_why)
+int rpc_parse_map(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, size_t n_why)
 {
-	return parse_job(p, n, m, &a->job, true, why, n_why);
+	return parse_job(p, n, &a->job, true, why, n_why);
 }
 
 /* Between the parser and the msgid check, in PROTOCOL.md's order: the
@@ -149,6 +147,7 @@ void rpc_run_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *
 	if (!rpc_room_for_request(c, m->msgid))
 		return;
 	cs = disp_spec_chunksize(&spec);
+	spec.msgid = m->msgid;
 	spec.admin = conn_is_admin(c);
 	if (disp_queue_check(conn_uid(c), spec.admin, (spec.n_items + cs - 1) / cs, why,
 			     sizeof(why)) < 0)

@@ -40,15 +40,13 @@ static void pack_spawned(msgpack_packer *pk, const void *arg)
 /* spawn [function, argument, {"protocol": 2, "daemon": bool, "name": str}].
  * A client that does not say it speaks protocol 2 is refused with what
  * changed, rather than getting the opposite of what it asked for. */
-int rpc_parse_spawn(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
-		    char *why, size_t n_why)
+int rpc_parse_spawn(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, size_t n_why)
 {
 	struct proc_spec *spec = &a->proc;
 	uint32_t nopt;
 	uint64_t proto = 0;
 	bool bad_opt = false;
 
-	(void)m;
 	if (mp_read_str(p, &spec->fn, &spec->fn_len) < 0 ||
 	    mp_skip(p, &spec->arg, &spec->arg_len) < 0)
 		return RPC_USAGE;
@@ -127,13 +125,11 @@ void rpc_run_spawn(struct conn *c, const struct mp_msg *m, const struct rpc_args
 
 /* join [id] or [id, {"timeout_ms": n}]: answered when the process ends or
  * the timeout passes; the process keeps running after a timeout. */
-int rpc_parse_join(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
-		   char *why, size_t n_why)
+int rpc_parse_join(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, size_t n_why)
 {
 	uint32_t nopt;
 	uint64_t timeout = 0;
 
-	(void)m;
 	(void)why;
 	(void)n_why;
 	if (mp_read_u64(p, &a->id) < 0)
