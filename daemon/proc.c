@@ -104,8 +104,6 @@ void proc_free(void)
 		proc_destroy(TAILQ_FIRST(&procs));
 }
 
-uint64_t proc_id(const struct proc *p) { return p->id; }
-pid_t proc_pid(const struct proc *p) { return p->pid; }
 uid_t proc_owner(const struct proc *p) { return p->owner; }
 bool proc_alive(const struct proc *p) { return !p->exited; }
 
@@ -368,6 +366,16 @@ void proc_pack_all(msgpack_packer *pk)
 	msgpack_pack_array(pk, n);
 	TAILQ_FOREACH(p, &procs, link)
 		proc_pack(pk, p, false);
+}
+
+void proc_pack_spawned(msgpack_packer *pk, const void *arg)
+{
+	const struct proc *p = arg;
+
+	msgpack_pack_map(pk, 2);
+	status_kv(pk, "id", p->id);
+	mp_pack_cstr(pk, "pid");
+	msgpack_pack_int64(pk, p->pid);
 }
 
 static void pack_proc_cb(msgpack_packer *pk, const void *arg)

@@ -6,7 +6,6 @@
 #include "mp_name.h"
 #include "mp_scan.h"
 #include "rpc_int.h"
-#include "status.h"
 
 /* The owner of a process, or an admin; else answers permission denied. */
 static struct proc *own_process(struct conn *c, uint64_t msgid, uint64_t id)
@@ -25,16 +24,6 @@ static struct proc *own_process(struct conn *c, uint64_t msgid, uint64_t id)
 		return NULL;
 	}
 	return p;
-}
-
-static void pack_spawned(msgpack_packer *pk, const void *arg)
-{
-	const struct proc *p = arg;
-
-	msgpack_pack_map(pk, 2);
-	status_kv(pk, "id", proc_id(p));
-	mp_pack_cstr(pk, "pid");
-	msgpack_pack_int64(pk, proc_pid(p));
 }
 
 /* spawn [function, argument, {"protocol": 2, "daemon": bool, "name": str}].
@@ -120,7 +109,7 @@ void rpc_run_spawn(struct conn *c, const struct mp_msg *m, const struct rpc_args
 				 MPOOL_E_INTERNAL, "%s", why);
 		return;
 	}
-	conn_reply(c, m->msgid, pack_spawned, pr);
+	conn_reply(c, m->msgid, proc_pack_spawned, pr);
 }
 
 /* join [id] or [id, {"timeout_ms": n}]: answered when the process ends or
