@@ -219,19 +219,16 @@ int proc_spawn(struct conn *conn, uid_t owner, bool admin, const struct proc_spe
 	};
 	struct worker_once once;
 	struct proc *p;
+	char *fn;
+	pid_t pid;
 	int fd, r;
 
 	r = may_spawn(owner, admin, why, why_size);
 	if (r < 0)
 		return r;
-	p = xcalloc(1, sizeof(*p));
-	TAILQ_INIT(&p->joins);
-	p->fn = xstrndup(spec->fn, spec->fn_len);
-	p->name = spec->name ? xstrndup(spec->name, spec->name_len) : NULL;
-	once.fn = p->fn;
-	once.arg = spec->arg;
-	once.arg_len = spec->arg_len;
-	r = fork_child(worker_once_entry, &once, &p->pid, &fd);
+	fn = xstrndup(spec->fn, spec->fn_len);
+	once = (struct worker_once){ .fn = fn, .arg = spec->arg, .arg_len = spec->arg_len };
+	r = fork_child(worker_once_entry, &once, &pid, &fd);
 	if (r < 0) {
 		/* EAGAIN is the kernel's limit (RLIMIT_NPROC of mpoold's user,
 		 * or the system's pid or thread limit), not one of ours: say so,
@@ -242,13 +239,17 @@ int proc_spawn(struct conn *conn, uid_t owner, bool admin, const struct proc_spe
 				 "processes are running", strerror(-r), proc_running(false));
 		else
 			snprintf(why, why_size, "cannot fork a process: %s", strerror(-r));
-		free(p->fn);
-		free(p->name);
-		free(p);
+		free(fn);
 		return r;
 	}
+	p = xcalloc(1, sizeof(*p));
+	TAILQ_INIT(&p->joins);
 	p->id = next_id++;
-	if (!p->name) {
+	p->pid = pid;
+	p->fn = fn;
+	if (spec->name) {
+		p->name = xstrndup(spec->name, spec->name_len);
+	} else {
 		char n[32];
 
 		snprintf(n, sizeof(n), "Process-%llu", (unsigned long long)p->id);
