@@ -56,28 +56,21 @@ static void econn_close(struct econn *c)
 	msgpack_sbuffer_destroy(&c->out);
 }
 
-/* [1, msgid, {code: unavailable, message}, nil] */
-static int answer(struct econn *c, uint64_t msgid, const char *msg)
+/* [1, msgid, {code: unavailable, message}, nil], or for what has no
+ * msgid (NULL) [2, "error", [{code: unavailable, message}]]. */
+static int answer(struct econn *c, const uint64_t *msgid, const char *msg)
 {
 	msgpack_packer pk;
+	int r;
 
 	msgpack_packer_init(&pk, &c->out, msgpack_sbuffer_write);
-	if (mp_pack_response_head(&pk, msgid) < 0 ||
-	    mp_pack_error(&pk, MPOOL_E_UNAVAILABLE, msg, -1) < 0 || msgpack_pack_nil(&pk) < 0)
-		return -ENOMEM;
-	return 0;
-}
-
-/* [2, "error", [{code: unavailable, message}]], for what has no msgid. */
-static int notify_error(struct econn *c, const char *msg)
-{
-	msgpack_packer pk;
-
-	msgpack_packer_init(&pk, &c->out, msgpack_sbuffer_write);
-	if (mp_pack_notify_head(&pk, "error") < 0 || msgpack_pack_array(&pk, 1) < 0 ||
-	    mp_pack_error(&pk, MPOOL_E_UNAVAILABLE, msg, -1) < 0)
-		return -ENOMEM;
-	return 0;
+	if (msgid)
+		r = mp_pack_response_head(&pk, *msgid) < 0 ||
+		    mp_pack_error(&pk, MPOOL_E_UNAVAILABLE, msg, -1) < 0 || msgpack_pack_nil(&pk) < 0;
+	else
+		r = mp_pack_notify_head(&pk, "error") < 0 || msgpack_pack_array(&pk, 1) < 0 ||
+		    mp_pack_error(&pk, MPOOL_E_UNAVAILABLE, msg, -1) < 0;
+	return r ? -ENOMEM : 0;
 }
 
 /* Writes what is pending; closes the connection when it is done and
@@ -133,13 +126,13 @@ static void econn_read(struct econn *c, const char *msg, uint64_t now)
 			r = -EBADMSG;
 			break;
 		}
-		if (answer(c, msgid, msg) < 0) {
+		if (answer(c, &msgid, msg) < 0) {
 			c->closing = true;
 			return;
 		}
 	}
 	if (r < 0) {
-		if (notify_error(c, msg) < 0)
+		if (answer(c, NULL, msg) < 0)
 			econn_close(c);
 		else
 			c->closing = true;
@@ -204,7 +197,7 @@ int cfgerr_serve(int listen_fd, const char *why)
 	while (!stop_sig) {
 		uint64_t now = now_ms();
 		unsigned n = 0, live = 0;
-		int timeout = CFGERR_LINGER_MS, r;
+		int timeout, r;
 
 		for (unsigned i = 0; i < MAX_CONNS; i++) {
 			struct econn *c = &conns[i];
@@ -223,14 +216,14 @@ int cfgerr_serve(int listen_fd, const char *why)
 				pfd[n].events |= POLLOUT;
 			at[n++] = c;
 		}
-		if (live > 0)
+		if (live > 0) {
 			last_ms = now;
-		else if (now - last_ms >= CFGERR_LINGER_MS)
-			break;
-		else
-			timeout = (int)(CFGERR_LINGER_MS - (now - last_ms));
-		if (live > 0)
 			timeout = 250;  /* to look at idle connections again */
+		} else if (now - last_ms >= CFGERR_LINGER_MS) {
+			break;
+		} else {
+			timeout = (int)(CFGERR_LINGER_MS - (now - last_ms));
+		}
 		pfd[n] = (struct pollfd){ listen_fd, now >= accept_after ? POLLIN : 0, 0 };
 		at[n] = NULL;
 		if (now < accept_after && timeout > (int)(accept_after - now))
