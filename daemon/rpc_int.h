@@ -34,6 +34,9 @@ typedef int rpc_parse_fn(struct mp_cur *p, uint32_t n, struct rpc_args *a, char 
 typedef bool rpc_check_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);
 typedef void rpc_run_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);
 
+/* The most a request's timeout_ms may say (a day), for apply, map and join. */
+#define RPC_TIMEOUT_MAX_MS (24u * 3600 * 1000)
+
 /* Writes a reason into why and returns ret, for parsers. */
 int rpc_why(int ret, char *why, size_t n_why, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));

@@ -36,7 +36,7 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 			if (mp_read_bool(p, &spec->ordered) < 0)
 				return rpc_why(-1, why, n_why, "ordered must be true or false");
 		} else if (mp_str_eq(k, kl, "timeout_ms")) {
-			if (mp_read_u64(p, &v) < 0 || v > 24u * 3600 * 1000)
+			if (mp_read_u64(p, &v) < 0 || v > RPC_TIMEOUT_MAX_MS)
 				return rpc_why(-1, why, n_why,
 					       "timeout_ms must be an integer from 0 to 86400000");
 			spec->timeout_ms = (uint32_t)v;

@@ -129,7 +129,7 @@ int rpc_parse_join(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, 
 
 		if (mp_read_map(p, &nopt) < 0 || nopt > 1 ||
 		    (nopt == 1 && (mp_read_str(p, &k, &kl) < 0 || !mp_str_eq(k, kl, "timeout_ms") ||
-				   mp_read_u64(p, &timeout) < 0 || timeout > 24u * 3600 * 1000)))
+				   mp_read_u64(p, &timeout) < 0 || timeout > RPC_TIMEOUT_MAX_MS)))
 			return RPC_USAGE;
 	}
 	a->timeout_ms = (uint32_t)timeout;
