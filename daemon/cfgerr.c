@@ -196,7 +196,7 @@ int cfgerr_serve(int listen_fd, const char *why)
 
 	while (!stop_sig) {
 		uint64_t now = now_ms();
-		unsigned n = 0, live = 0;
+		unsigned n = 0;
 		int timeout, r;
 
 		for (unsigned i = 0; i < MAX_CONNS; i++) {
@@ -208,7 +208,6 @@ int cfgerr_serve(int listen_fd, const char *why)
 				econn_close(c);
 				continue;
 			}
-			live++;
 			pfd[n] = (struct pollfd){ c->fd, 0, 0 };
 			if (!c->closing && c->out.size < MAX_OUT)
 				pfd[n].events |= POLLIN;
@@ -216,7 +215,7 @@ int cfgerr_serve(int listen_fd, const char *why)
 				pfd[n].events |= POLLOUT;
 			at[n++] = c;
 		}
-		if (live > 0) {
+		if (n > 0) {
 			last_ms = now;
 			timeout = 250;  /* to look at idle connections again */
 		} else if (now - last_ms >= CFGERR_LINGER_MS) {
