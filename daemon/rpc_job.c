@@ -119,16 +119,16 @@ int rpc_parse_map(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, s
 bool rpc_check_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
 {
 	const struct job_spec *spec = &a->job;
+	uint64_t max = spec->stream ? cfg.stream_window : cfg.max_items;
 
 	if (!rpc_may_start(c, m->msgid, spec->fn, spec->fn_len, spec->shared))
 		return false;
-	if (spec->n_items > (spec->stream ? cfg.stream_window : cfg.max_items)) {
+	if (spec->n_items > max) {
 		conn_limit_hit(LIM_ITEMS);
 		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT,
 				 "%s of %llu items exceeds the limit of %llu (%s)",
 				 spec->stream ? "a stream's first part" : "map",
-				 (unsigned long long)spec->n_items,
-				 (unsigned long long)(spec->stream ? cfg.stream_window : cfg.max_items),
+				 (unsigned long long)spec->n_items, (unsigned long long)max,
 				 spec->stream ? "--stream-window" : "--max-items");
 		return false;
 	}
