@@ -31,7 +31,7 @@ struct join {
 
 struct proc {
 	uint64_t id;
-	pid_t pid;                 /* 0 once reaped */
+	pid_t pid;                 /* kept once exited, for status; signalled only before */
 	char *name;
 	char *fn;
 	uid_t owner;
@@ -279,8 +279,7 @@ static void proc_frame(void *ctx, const uint8_t *frame, size_t len)
 	    m.type != MP_RESPONSE) {
 		log_err("process %llu (pid %d) sent a malformed message; killing it",
 			(unsigned long long)p->id, (int)p->pid);
-		if (p->pid)
-			kill(p->pid, SIGKILL);
+		kill(p->pid, SIGKILL);
 		return;
 	}
 	if (!(m.error_len == 1 && m.error[0] == 0xc0)) {
@@ -429,7 +428,7 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (!p->exited && p->pid) {
+	if (!p->exited) {
 		log_warn("process %llu (pid %d) outlived SIGTERM by %u ms; killing it",
 			 (unsigned long long)p->id, (int)p->pid, cfg.process_grace_ms);
 		kill(p->pid, SIGKILL);
@@ -438,7 +437,7 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
 
 void proc_stop(struct proc *p, bool hard)
 {
-	if (p->exited || !p->pid)
+	if (p->exited)
 		return;
 	if (hard) {
 		kill(p->pid, SIGKILL);
@@ -512,7 +511,7 @@ void proc_kill_all(void)
 	struct proc *p;
 
 	TAILQ_FOREACH(p, &procs, link)
-		if (!p->exited && p->pid)
+		if (!p->exited)
 			kill(p->pid, SIGKILL);
 }
 
