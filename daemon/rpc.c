@@ -61,26 +61,22 @@ bool rpc_room_for_request(struct conn *c, uint64_t msgid)
 	return false;
 }
 
-bool rpc_may_start(struct conn *c, uint64_t msgid, const char *fn, uint32_t fn_len, bool shared)
+int rpc_may_start(const char *fn, uint32_t fn_len, bool shared, char *why, size_t n_why)
 {
 	char name[96];
 	int r;
 
-	if (master_state() != MASTER_RUNNING) {
-		conn_reply_error(c, msgid, MPOOL_E_SHUTDOWN, "mpoold is shutting down; no new work");
-		return false;
-	}
+	if (master_state() != MASTER_RUNNING)
+		return rpc_why(MPOOL_E_SHUTDOWN, why, n_why, "mpoold is shutting down; no new work");
 	r = shared ? cluster_check_fn(fn, fn_len) : reg_lookup(fn, fn_len) ? 0 : -ENOENT;
 	if (r == 0)
-		return true;
+		return 0;
 	rpc_printable(name, sizeof(name), fn, fn_len);
 	if (r == -EAGAIN)
-		conn_reply_error(c, msgid, MPOOL_E_UNAVAILABLE, "the cluster's broker is "
-				 "unreachable and this node cannot run '%s' itself", name);
-	else
-		conn_reply_error(c, msgid, MPOOL_E_NOFUNC, "no function named '%s'%s", name,
-				 shared ? " on any node of the cluster" : "");
-	return false;
+		return rpc_why(MPOOL_E_UNAVAILABLE, why, n_why, "the cluster's broker is "
+			       "unreachable and this node cannot run '%s' itself", name);
+	return rpc_why(MPOOL_E_NOFUNC, why, n_why, "no function named '%s'%s", name,
+		       shared ? " on any node of the cluster" : "");
 }
 
 static void pack_pong(msgpack_packer *pk, const void *arg)
@@ -223,43 +219,39 @@ static int parse_id(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why,
 
 /* Every method.  Policy is data: the params' count and parser (NULL:
  * nothing past the count), the line a client gets when they do not fit,
- * what refuses the request before its msgid is checked (PROTOCOL.md's
- * order), and whether only admins may call it (others check ownership). */
+ * and whether only admins may call it (others check ownership). */
 static const struct rpc_method {
 	const char *name;
 	uint8_t min_params, max_params;
 	rpc_parse_fn *parse;
-	rpc_check_fn *check;
 	rpc_run_fn *run;
 	bool admin;
 	const char *usage;
 } methods[] = {
-	{ "apply", 2, 3, rpc_parse_apply, rpc_check_job, rpc_run_job, false,
+	{ "apply", 2, 3, rpc_parse_apply, rpc_run_job, false,
 	  "apply params must be [function, argument] or [function, argument, options]" },
-	{ "map", 2, 3, rpc_parse_map, rpc_check_job, rpc_run_job, false,
+	{ "map", 2, 3, rpc_parse_map, rpc_run_job, false,
 	  "map params must be [function, items] or [function, items, options]" },
-	{ "cancel_request", 1, 2, parse_cancel_request, NULL, run_cancel_request, false,
+	{ "cancel_request", 1, 2, parse_cancel_request, run_cancel_request, false,
 	  "cancel_request params must be [msgid] or [msgid, {\"kill\": bool}]" },
-	{ "spawn", 2, 3, rpc_parse_spawn, NULL, rpc_run_spawn, false,
+	{ "spawn", 2, 3, rpc_parse_spawn, rpc_run_spawn, false,
 	  "spawn params must be [function, argument, options]" },
-	{ "join", 1, 2, rpc_parse_join, NULL, rpc_run_join, false,
+	{ "join", 1, 2, rpc_parse_join, rpc_run_join, false,
 	  "join params must be [id] or [id, {\"timeout_ms\": 0 to 86400000}]" },
-	{ "is_alive", 1, 1, parse_id, NULL, rpc_run_is_alive, false,
-	  "is_alive params must be [id]" },
-	{ "terminate_process", 1, 1, parse_id, NULL, rpc_run_terminate_process, false,
+	{ "is_alive", 1, 1, parse_id, rpc_run_is_alive, false, "is_alive params must be [id]" },
+	{ "terminate_process", 1, 1, parse_id, rpc_run_terminate_process, false,
 	  "terminate_process params must be [id]" },
-	{ "kill_process", 1, 1, parse_id, NULL, rpc_run_kill_process, false,
+	{ "kill_process", 1, 1, parse_id, rpc_run_kill_process, false,
 	  "kill_process params must be [id]" },
-	{ "processes", 0, 0, NULL, NULL, rpc_run_processes, false,
-	  "processes takes no params ([])" },
-	{ "ping", 0, 0, NULL, NULL, run_ping, false, "ping params must be []" },
-	{ "status", 0, 0, NULL, NULL, run_status, false, "status params must be []" },
-	{ "cancel", 1, 1, parse_id, NULL, run_cancel, false,
+	{ "processes", 0, 0, NULL, rpc_run_processes, false, "processes takes no params ([])" },
+	{ "ping", 0, 0, NULL, run_ping, false, "ping params must be []" },
+	{ "status", 0, 0, NULL, run_status, false, "status params must be []" },
+	{ "cancel", 1, 1, parse_id, run_cancel, false,
 	  "cancel params must be [id] with an integer id" },
-	{ "terminate", 0, 0, NULL, NULL, run_terminate, true, "terminate params must be []" },
-	{ "drain", 0, 0, NULL, NULL, run_drain, true, "drain params must be []" },
-	{ "reload", 0, 0, NULL, NULL, run_reload, true, "reload params must be []" },
-	{ "kill_worker", 1, 1, parse_id, NULL, run_kill_worker, true,
+	{ "terminate", 0, 0, NULL, run_terminate, true, "terminate params must be []" },
+	{ "drain", 0, 0, NULL, run_drain, true, "drain params must be []" },
+	{ "reload", 0, 0, NULL, run_reload, true, "reload params must be []" },
+	{ "kill_worker", 1, 1, parse_id, run_kill_worker, true,
 	  "kill_worker params must be [id] with an integer id" },
 };
 
@@ -295,8 +287,8 @@ static bool may_call(struct conn *c, uint64_t msgid, const struct rpc_method *me
 	return false;
 }
 
-/* The order of refusals, which PROTOCOL.md gives: the params, what the
- * request asks for (check), the msgid, the caller's right to the method;
+/* The order of refusals, which PROTOCOL.md gives: the params (and for a
+ * job what it asks for), the msgid, the caller's right to the method;
  * then the method runs its own checks and acts. */
 static void dispatch_request(struct conn *c, const struct mp_msg *m)
 {
@@ -331,8 +323,7 @@ static void dispatch_request(struct conn *c, const struct mp_msg *m)
 		conn_reply_error(c, m->msgid, r, "%s", why);
 		return;
 	}
-	if ((me->check && !me->check(c, m, &args)) || !msgid_free(c, m->msgid) ||
-	    !may_call(c, m->msgid, me))
+	if (!msgid_free(c, m->msgid) || !may_call(c, m->msgid, me))
 		return;
 	me->run(c, m, &args);
 }

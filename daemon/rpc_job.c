@@ -66,7 +66,9 @@ static int parse_job(struct mp_cur *p, uint32_t n, struct job_spec *spec, bool i
 		     size_t n_why)
 {
 	char opt_why[256];
+	uint64_t max;
 	size_t alen;
+	int r;
 
 	/* timeout_ms: --task-timeout unless the request gives its own (0: none). */
 	*spec = (struct job_spec){ .is_map = is_map, .ordered = true,
@@ -100,6 +102,19 @@ static int parse_job(struct mp_cur *p, uint32_t n, struct job_spec *spec, bool i
 	 * name a function of another node. */
 	spec->shared = cluster_share(spec);
 	spec->remote_only = spec->shared && !reg_lookup(spec->fn, spec->fn_len);
+	/* What it asks for, in PROTOCOL.md's order: the daemon draining, the
+	 * function (on any node, for a shared request), the item count. */
+	r = rpc_may_start(spec->fn, spec->fn_len, spec->shared, why, n_why);
+	if (r)
+		return r;
+	max = spec->stream ? cfg.stream_window : cfg.max_items;
+	if (spec->n_items > max) {
+		conn_limit_hit(LIM_ITEMS);
+		return rpc_why(MPOOL_E_LIMIT, why, n_why, "%s of %llu items exceeds the limit of "
+			       "%llu (%s)", spec->stream ? "a stream's first part" : "map",
+			       (unsigned long long)spec->n_items, (unsigned long long)max,
+			       spec->stream ? "--stream-window" : "--max-items");
+	}
 	return 0;
 }
 
@@ -111,28 +126,6 @@ int rpc_parse_apply(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why,
 int rpc_parse_map(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, size_t n_why)
 {
 	return parse_job(p, n, &a->job, true, why, n_why);
-}
-
-/* Between the parser and the msgid check, in PROTOCOL.md's order: the
- * daemon draining, the function (on any node, for a shared request), the
- * item count. */
-bool rpc_check_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
-{
-	const struct job_spec *spec = &a->job;
-	uint64_t max = spec->stream ? cfg.stream_window : cfg.max_items;
-
-	if (!rpc_may_start(c, m->msgid, spec->fn, spec->fn_len, spec->shared))
-		return false;
-	if (spec->n_items > max) {
-		conn_limit_hit(LIM_ITEMS);
-		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT,
-				 "%s of %llu items exceeds the limit of %llu (%s)",
-				 spec->stream ? "a stream's first part" : "map",
-				 (unsigned long long)spec->n_items, (unsigned long long)max,
-				 spec->stream ? "--stream-window" : "--max-items");
-		return false;
-	}
-	return true;
 }
 
 /* Past the msgid check: the limits of what mpoold holds, then the job. */

@@ -95,8 +95,11 @@ void rpc_run_spawn(struct conn *c, const struct mp_msg *m, const struct rpc_args
 	char why[256];
 	int r;
 
-	if (!rpc_may_start(c, m->msgid, spec->fn, spec->fn_len, false))
+	r = rpc_may_start(spec->fn, spec->fn_len, false, why, sizeof(why));
+	if (r) {
+		conn_reply_error(c, m->msgid, r, "%s", why);
 		return;
+	}
 	if (mp_scan_one(spec->arg, spec->arg_len, MP_ITEM_DEPTH_MAX, &alen) != 1) {
 		conn_limit_hit(LIM_DEPTH);
 		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT,
