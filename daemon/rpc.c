@@ -91,61 +91,61 @@ static void pack_status(msgpack_packer *pk, const void *arg)
 	status_pack(pk);
 }
 
-static void run_ping(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+static void run_ping(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	(void)a;
-	conn_reply(c, m->msgid, pack_pong, NULL);
+	conn_reply(c, msgid, pack_pong, NULL);
 }
 
-static void run_status(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+static void run_status(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	(void)a;
-	conn_reply(c, m->msgid, pack_status, NULL);
+	conn_reply(c, msgid, pack_status, NULL);
 }
 
 /* terminate, drain and reload: the one body.  The caller's answer goes
  * out before the act, so it comes before what the act sends (terminate
  * fails every open job at once). */
-static void lifecycle(struct conn *c, const struct mp_msg *m, int prio, const char *what,
+static void lifecycle(struct conn *c, uint64_t msgid, int prio, const char *what,
 		      void (*act)(const char *why), const char *why)
 {
-	rpc_reply_bool(c, m->msgid, true);
+	rpc_reply_bool(c, msgid, true);
 	log_msg(prio, "%s requested by client %llu (pid %d uid %u)", what,
 		(unsigned long long)conn_id(c), (int)conn_pid(c), (unsigned)conn_uid(c));
 	act(why);
 }
 
-static void run_terminate(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+static void run_terminate(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	(void)a;
-	lifecycle(c, m, LOG_WARNING, "terminate", master_terminate, "terminated by request");
+	lifecycle(c, msgid, LOG_WARNING, "terminate", master_terminate, "terminated by request");
 }
 
-static void run_drain(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+static void run_drain(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	(void)a;
-	lifecycle(c, m, LOG_INFO, "drain", master_drain, "drain request");
+	lifecycle(c, msgid, LOG_INFO, "drain", master_drain, "drain request");
 }
 
-static void run_reload(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+static void run_reload(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	(void)a;
-	lifecycle(c, m, LOG_INFO, "reload", master_reload, "reload request");
+	lifecycle(c, msgid, LOG_INFO, "reload", master_reload, "reload request");
 }
 
 /* cancel [job_id]: the job's own client (same uid) or an admin. */
-static void run_cancel(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+static void run_cancel(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	struct job *job = disp_find(a->id);
 	char msg[160];
 
 	if (!job) {
-		conn_reply_error(c, m->msgid, MPOOL_E_NOTFOUND, "no open job %llu",
+		conn_reply_error(c, msgid, MPOOL_E_NOTFOUND, "no open job %llu",
 				 (unsigned long long)a->id);
 		return;
 	}
 	if (conn_uid(disp_job_conn(job)) != conn_uid(c) && !conn_is_admin(c)) {
-		conn_reply_error(c, m->msgid, MPOOL_E_PERM,
+		conn_reply_error(c, msgid, MPOOL_E_PERM,
 				 "job %llu belongs to uid %u; only its owner or an admin may cancel it",
 				 (unsigned long long)a->id, (unsigned)conn_uid(disp_job_conn(job)));
 		return;
@@ -154,10 +154,10 @@ static void run_cancel(struct conn *c, const struct mp_msg *m, const struct rpc_
 		 (unsigned long long)a->id, (unsigned)conn_uid(c), (int)conn_pid(c));
 	log_info("%s", msg);
 	disp_cancel(job, MPOOL_E_CANCELLED, msg);
-	rpc_reply_bool(c, m->msgid, true);
+	rpc_reply_bool(c, msgid, true);
 }
 
-static void run_kill_worker(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+static void run_kill_worker(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	char why[128];
 
@@ -165,11 +165,11 @@ static void run_kill_worker(struct conn *c, const struct mp_msg *m, const struct
 	snprintf(why, sizeof(why), "killed by SIGKILL on request of uid %u (pid %d)",
 		 (unsigned)conn_uid(c), (int)conn_pid(c));
 	if (a->id > INT32_MAX || pool_kill_worker((pid_t)a->id, why) < 0) {
-		conn_reply_error(c, m->msgid, MPOOL_E_NOTFOUND, "no worker with pid %llu",
+		conn_reply_error(c, msgid, MPOOL_E_NOTFOUND, "no worker with pid %llu",
 				 (unsigned long long)a->id);
 		return;
 	}
-	rpc_reply_bool(c, m->msgid, true);
+	rpc_reply_bool(c, msgid, true);
 }
 
 /* cancel_request [msgid] or [msgid, {"kill": bool}]: a client cancels its
@@ -193,19 +193,19 @@ static int parse_cancel_request(struct mp_cur *p, uint32_t n, struct rpc_args *a
 	return 0;
 }
 
-static void run_cancel_request(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+static void run_cancel_request(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	struct job *job = conn_find_job(c, a->id);
 
-	if (!job || a->id == m->msgid) {
-		conn_reply_error(c, m->msgid, MPOOL_E_NOTFOUND, "no open request with msgid %llu",
+	if (!job || a->id == msgid) {
+		conn_reply_error(c, msgid, MPOOL_E_NOTFOUND, "no open request with msgid %llu",
 				 (unsigned long long)a->id);
 		return;
 	}
 	if (a->kill)
 		disp_kill_running(job);
 	disp_cancel(job, MPOOL_E_CANCELLED, "cancelled by its client");
-	rpc_reply_bool(c, m->msgid, true);
+	rpc_reply_bool(c, msgid, true);
 }
 
 /* One integer: an id, a pid or a msgid. */
@@ -325,7 +325,7 @@ static void dispatch_request(struct conn *c, const struct mp_msg *m)
 	}
 	if (!msgid_free(c, m->msgid) || !may_call(c, m->msgid, me))
 		return;
-	me->run(c, m, &args);
+	me->run(c, m->msgid, &args);
 }
 
 bool rpc_dispatch(struct conn *c, const struct mp_msg *m)

@@ -29,7 +29,7 @@ struct rpc_args {
 #define RPC_USAGE (-1)
 typedef int rpc_parse_fn(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why,
 			 size_t n_why);
-typedef void rpc_run_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);
+typedef void rpc_run_fn(struct conn *c, uint64_t msgid, const struct rpc_args *a);
 
 /* The most a request's timeout_ms may say (a day), for apply, map and join. */
 #define RPC_TIMEOUT_MAX_MS (24u * 3600 * 1000)

@@ -129,7 +129,7 @@ int rpc_parse_map(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, s
 }
 
 /* Past the msgid check: the limits of what mpoold holds, then the job. */
-void rpc_run_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+void rpc_run_job(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	struct job_spec spec = a->job;
 	char why[256];
@@ -137,10 +137,10 @@ void rpc_run_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *
 	uint32_t cs;
 	int lim;
 
-	if (!rpc_room_for_request(c, m->msgid))
+	if (!rpc_room_for_request(c, msgid))
 		return;
 	cs = disp_spec_chunksize(&spec);
-	spec.msgid = m->msgid;
+	spec.msgid = msgid;
 	spec.admin = conn_is_admin(c);
 	if (disp_queue_check(conn_uid(c), spec.admin, (spec.n_items + cs - 1) / cs, why,
 			     sizeof(why)) < 0)
@@ -149,7 +149,7 @@ void rpc_run_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *
 		lim = conn_budget(c, spec.items_len, why, sizeof(why));
 	if (lim >= 0) {
 		conn_limit_hit(lim);
-		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT, "%s", why);
+		conn_reply_error(c, msgid, MPOOL_E_LIMIT, "%s", why);
 		return;
 	}
 	/* Large items: the job keeps the read buffer they arrived in rather
