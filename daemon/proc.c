@@ -338,10 +338,7 @@ static void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome)
 	msgpack_pack_int64(pk, p->pid);
 	status_kv(pk, "owner_uid", p->owner);
 	mp_pack_cstr(pk, "daemon");
-	if (p->daemon)
-		msgpack_pack_true(pk);
-	else
-		msgpack_pack_false(pk);
+	p->daemon ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
 	mp_pack_cstr(pk, "state");
 	mp_pack_cstr(pk, p->exited ? "exited" : "running");
 	status_kv(pk, "age_ms", (p->exited ? p->ended_ms : now_ms()) - p->started_ms);

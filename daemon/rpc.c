@@ -40,10 +40,7 @@ int rpc_why(int ret, char *why, size_t n_why, const char *fmt, ...)
 
 static void pack_bool(msgpack_packer *pk, const void *arg)
 {
-	if (*(const bool *)arg)
-		msgpack_pack_true(pk);
-	else
-		msgpack_pack_false(pk);
+	*(const bool *)arg ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
 }
 
 void rpc_reply_bool(struct conn *c, uint64_t msgid, bool v)
