@@ -71,8 +71,7 @@ static int parse_job(struct mp_cur *p, uint32_t n, struct job_spec *spec, bool i
 	int r;
 
 	/* timeout_ms: --task-timeout unless the request gives its own (0: none). */
-	*spec = (struct job_spec){ .is_map = is_map, .ordered = true,
-				   .timeout_ms = cfg.task_timeout_ms };
+	*spec = (struct job_spec){ .is_map = is_map, .ordered = true, .timeout_ms = cfg.task_timeout_ms };
 	if (mp_read_str(p, &spec->fn, &spec->fn_len) < 0)
 		return RPC_USAGE;
 	if (is_map) {
