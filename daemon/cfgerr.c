@@ -56,28 +56,21 @@ static void econn_close(struct econn *c)
 	msgpack_sbuffer_destroy(&c->out);
 }
 
-/* [1, msgid, {code: unavailable, message}, nil] */
-static int answer(struct econn *c, uint64_t msgid, const char *msg)
+/* [1, msgid, {code: unavailable, message}, nil], or for what has no
+ * msgid (NULL) [2, "error", [{code: unavailable, message}]]. */
+static int answer(struct econn *c, const uint64_t *msgid, const char *msg)
 {
 	msgpack_packer pk;
+	int r;
 
 	msgpack_packer_init(&pk, &c->out, msgpack_sbuffer_write);
-	if (mp_pack_response_head(&pk, msgid) < 0 ||
-	    mp_pack_error(&pk, MPOOL_E_UNAVAILABLE, msg, -1) < 0 || msgpack_pack_nil(&pk) < 0)
-		return -ENOMEM;
-	return 0;
-}
-
-/* [2, "error", [{code: unavailable, message}]], for what has no msgid. */
-static int notify_error(struct econn *c, const char *msg)
-{
-	msgpack_packer pk;
-
-	msgpack_packer_init(&pk, &c->out, msgpack_sbuffer_write);
-	if (mp_pack_notify_head(&pk, "error") < 0 || msgpack_pack_array(&pk, 1) < 0 ||
-	    mp_pack_error(&pk, MPOOL_E_UNAVAILABLE, msg, -1) < 0)
-		return -ENOMEM;
-	return 0;
+	if (msgid)
+		r = mp_pack_response_head(&pk, *msgid) < 0 ||
+		    mp_pack_error(&pk, MPOOL_E_UNAVAILABLE, msg, -1) < 0 || msgpack_pack_nil(&pk) < 0;
+	else
+		r = mp_pack_notify_head(&pk, "error") < 0 || msgpack_pack_array(&pk, 1) < 0 ||
+		    mp_pack_error(&pk, MPOOL_E_UNAVAILABLE, msg, -1) < 0;
+	return r ? -ENOMEM : 0;
 }
 
 /* Writes what is pending; closes the connection when it is done and
@@ -133,13 +126,13 @@ static void econn_read(struct econn *c, const char *msg, uint64_t now)
 			r = -EBADMSG;
 			break;
 		}
-		if (answer(c, msgid, msg) < 0) {
+		if (answer(c, &msgid, msg) < 0) {
 			c->closing = true;
 			return;
 		}
 	}
 	if (r < 0) {
-		if (notify_error(c, msg) < 0)
+		if (answer(c, NULL, msg) < 0)
 			econn_close(c);
 		else
 			c->closing = true;
@@ -181,8 +174,9 @@ int cfgerr_serve(int listen_fd, const char *why)
 	static struct econn conns[MAX_CONNS];
 	const struct mp_frame_limits lim = { .max_frame = MAX_FRAME, .max_depth = MP_DEPTH_MAX };
 	struct sigaction sa = { .sa_handler = on_stop };
+	/* One entry per slot, the same index as in conns (poll skips the free
+	 * ones, whose fd is -1), then the listening socket's. */
 	struct pollfd pfd[MAX_CONNS + 1];
-	struct econn *at[MAX_CONNS + 1];
 	uint64_t last_ms = now_ms(), accept_after = 0;
 	char msg[700], status[700];
 
@@ -203,39 +197,35 @@ int cfgerr_serve(int listen_fd, const char *why)
 
 	while (!stop_sig) {
 		uint64_t now = now_ms();
-		unsigned n = 0, live = 0;
-		int timeout = CFGERR_LINGER_MS, r;
+		unsigned live = 0;
+		int timeout, r;
 
 		for (unsigned i = 0; i < MAX_CONNS; i++) {
 			struct econn *c = &conns[i];
 
+			if (c->fd >= 0 && now - c->active_ms >= CFGERR_IDLE_MS)
+				econn_close(c);
+			pfd[i] = (struct pollfd){ c->fd, 0, 0 };
 			if (c->fd < 0)
 				continue;
-			if (now - c->active_ms >= CFGERR_IDLE_MS) {
-				econn_close(c);
-				continue;
-			}
 			live++;
-			pfd[n] = (struct pollfd){ c->fd, 0, 0 };
 			if (!c->closing && c->out.size < MAX_OUT)
-				pfd[n].events |= POLLIN;
+				pfd[i].events |= POLLIN;
 			if (c->out.size > c->sent)
-				pfd[n].events |= POLLOUT;
-			at[n++] = c;
+				pfd[i].events |= POLLOUT;
 		}
-		if (live > 0)
+		if (live > 0) {
 			last_ms = now;
-		else if (now - last_ms >= CFGERR_LINGER_MS)
-			break;
-		else
-			timeout = (int)(CFGERR_LINGER_MS - (now - last_ms));
-		if (live > 0)
 			timeout = 250;  /* to look at idle connections again */
-		pfd[n] = (struct pollfd){ listen_fd, now >= accept_after ? POLLIN : 0, 0 };
-		at[n] = NULL;
+		} else if (now - last_ms >= CFGERR_LINGER_MS) {
+			break;
+		} else {
+			timeout = (int)(CFGERR_LINGER_MS - (now - last_ms));
+		}
+		pfd[MAX_CONNS] = (struct pollfd){ listen_fd, now >= accept_after ? POLLIN : 0, 0 };
 		if (now < accept_after && timeout > (int)(accept_after - now))
 			timeout = (int)(accept_after - now);
-		r = poll(pfd, n + 1, timeout);
+		r = poll(pfd, MAX_CONNS + 1, timeout);
 		if (r < 0 && errno != EINTR) {
 			log_err("poll: %s", strerror(errno));
 			break;
@@ -243,15 +233,15 @@ int cfgerr_serve(int listen_fd, const char *why)
 		if (r <= 0)
 			continue;
 		now = now_ms();
-		for (unsigned i = 0; i < n; i++) {
+		for (unsigned i = 0; i < MAX_CONNS; i++) {
 			if (!pfd[i].revents)
 				continue;
 			if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))
-				econn_read(at[i], msg, now);
-			if (at[i]->fd >= 0)
-				econn_flush(at[i]);
+				econn_read(&conns[i], msg, now);
+			if (conns[i].fd >= 0)
+				econn_flush(&conns[i]);
 		}
-		if (pfd[n].revents & POLLIN) {
+		if (pfd[MAX_CONNS].revents & POLLIN) {
 			r = accept_all(listen_fd, conns, &lim, msg, now);
 			if (r < 0) {
 				/* The socket stays readable: do not spin on it. */

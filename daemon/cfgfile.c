@@ -43,23 +43,22 @@ static void fail(struct cf *cf, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* A [module] section ends at the next header or at the end of the file. */
+/* A [module] section ends at the next header or at the end of the file;
+ * the error is on its header's line. */
 static void end_module(struct cf *cf)
 {
 	if (!cf->module_line || cf->path_line || cf->err_line)
 		return;
-	cf->lineno = cf->module_line;
-	fail(cf, "[module] without a path");
+	cf->err_line = cf->module_line;
+	snprintf(cf->why, sizeof(cf->why), "[module] without a path");
 }
 
 static void begin_section(struct cf *cf, const char *p)
 {
 	const char *end = strchr(p, ']');
 	size_t len = end ? (size_t)(end - p - 1) : 0;
-	unsigned lineno = cf->lineno;
 
 	end_module(cf);
-	cf->lineno = lineno;
 	if (!end) {
 		fail(cf, "expected ']' to end the section name");
 		return;

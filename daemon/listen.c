@@ -113,30 +113,27 @@ static int check_dir(const char *dir)
 static int make_dirs(const char *path)
 {
 	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	char *p;
+	char *p, *end;
 
 	snprintf(dir, sizeof(dir), "%s", path);
-	p = strrchr(dir, '/');
-	if (!p || p == dir)
+	end = strrchr(dir, '/');
+	if (!end || end == dir)
 		return 0;
-	*p = '\0';
-	for (p = dir + 1; *p; p++) {
-		if (*p != '/')
+	*end = '\0';
+	/* Each directory of the path in turn; the socket's own (at end) gets
+	 * the mode its clients need. */
+	for (p = dir + 1; p <= end; p++) {
+		if (*p != '/' && p != end)
 			continue;
 		*p = '\0';
-		if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+		if (mkdir(dir, p == end ? dir_mode() : 0755) < 0 && errno != EEXIST) {
 			int e = errno;
 
 			log_err("cannot create directory %s for the socket: %s", dir, strerror(e));
 			return -e;
 		}
-		*p = '/';
-	}
-	if (mkdir(dir, dir_mode()) < 0 && errno != EEXIST) {
-		int e = errno;
-
-		log_err("cannot create directory %s for the socket: %s", dir, strerror(e));
-		return -e;
+		if (p != end)
+			*p = '/';
 	}
 	return check_dir(dir);
 }

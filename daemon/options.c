@@ -440,10 +440,10 @@ void opt_usage(FILE *f)
 		len = snprintf(head, sizeof(head), "  %c%c%s--%s%s%s", o->short_name ? '-' : ' ',
 			       o->short_name ? o->short_name : ' ', o->short_name ? ", " : "  ",
 			       o->name, o->metavar ? " " : "", o->metavar ? o->metavar : "");
-		if (def && o->type != OPT_ACTION && o->help[strlen(o->help) - 1] == ')')
+		if (def && o->help[strlen(o->help) - 1] == ')')
 			snprintf(text, sizeof(text), "%.*s; default: %s)",
 				 (int)strlen(o->help) - 1, o->help, def);
-		else if (def && o->type != OPT_ACTION)
+		else if (def)
 			snprintf(text, sizeof(text), "%s (default: %s)", o->help, def);
 		else
 			snprintf(text, sizeof(text), "%s", o->help);

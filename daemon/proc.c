@@ -31,7 +31,7 @@ struct join {
 
 struct proc {
 	uint64_t id;
-	pid_t pid;                 /* 0 once reaped */
+	pid_t pid;                 /* kept once exited, for status; signalled only before */
 	char *name;
 	char *fn;
 	uid_t owner;
@@ -104,8 +104,6 @@ void proc_free(void)
 		proc_destroy(TAILQ_FIRST(&procs));
 }
 
-uint64_t proc_id(const struct proc *p) { return p->id; }
-pid_t proc_pid(const struct proc *p) { return p->pid; }
 uid_t proc_owner(const struct proc *p) { return p->owner; }
 bool proc_alive(const struct proc *p) { return !p->exited; }
 
@@ -221,19 +219,16 @@ int proc_spawn(struct conn *conn, uid_t owner, bool admin, const struct proc_spe
 	};
 	struct worker_once once;
 	struct proc *p;
+	char *fn;
+	pid_t pid;
 	int fd, r;
 
 	r = may_spawn(owner, admin, why, why_size);
 	if (r < 0)
 		return r;
-	p = xcalloc(1, sizeof(*p));
-	TAILQ_INIT(&p->joins);
-	p->fn = xstrndup(spec->fn, spec->fn_len);
-	p->name = spec->name ? xstrndup(spec->name, spec->name_len) : NULL;
-	once.fn = p->fn;
-	once.arg = spec->arg;
-	once.arg_len = spec->arg_len;
-	r = fork_child(worker_once_entry, &once, &p->pid, &fd);
+	fn = xstrndup(spec->fn, spec->fn_len);
+	once = (struct worker_once){ .fn = fn, .arg = spec->arg, .arg_len = spec->arg_len };
+	r = fork_child(worker_once_entry, &once, &pid, &fd);
 	if (r < 0) {
 		/* EAGAIN is the kernel's limit (RLIMIT_NPROC of mpoold's user,
 		 * or the system's pid or thread limit), not one of ours: say so,
@@ -244,13 +239,17 @@ int proc_spawn(struct conn *conn, uid_t owner, bool admin, const struct proc_spe
 				 "processes are running", strerror(-r), proc_running(false));
 		else
 			snprintf(why, why_size, "cannot fork a process: %s", strerror(-r));
-		free(p->fn);
-		free(p->name);
-		free(p);
+		free(fn);
 		return r;
 	}
+	p = xcalloc(1, sizeof(*p));
+	TAILQ_INIT(&p->joins);
 	p->id = next_id++;
-	if (!p->name) {
+	p->pid = pid;
+	p->fn = fn;
+	if (spec->name) {
+		p->name = xstrndup(spec->name, spec->name_len);
+	} else {
 		char n[32];
 
 		snprintf(n, sizeof(n), "Process-%llu", (unsigned long long)p->id);
@@ -280,8 +279,7 @@ static void proc_frame(void *ctx, const uint8_t *frame, size_t len)
 	    m.type != MP_RESPONSE) {
 		log_err("process %llu (pid %d) sent a malformed message; killing it",
 			(unsigned long long)p->id, (int)p->pid);
-		if (p->pid)
-			kill(p->pid, SIGKILL);
+		kill(p->pid, SIGKILL);
 		return;
 	}
 	if (!(m.error_len == 1 && m.error[0] == 0xc0)) {
@@ -340,10 +338,7 @@ static void proc_pack(msgpack_packer *pk, const struct proc *p, bool outcome)
 	msgpack_pack_int64(pk, p->pid);
 	status_kv(pk, "owner_uid", p->owner);
 	mp_pack_cstr(pk, "daemon");
-	if (p->daemon)
-		msgpack_pack_true(pk);
-	else
-		msgpack_pack_false(pk);
+	p->daemon ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
 	mp_pack_cstr(pk, "state");
 	mp_pack_cstr(pk, p->exited ? "exited" : "running");
 	status_kv(pk, "age_ms", (p->exited ? p->ended_ms : now_ms()) - p->started_ms);
@@ -368,6 +363,16 @@ void proc_pack_all(msgpack_packer *pk)
 	msgpack_pack_array(pk, n);
 	TAILQ_FOREACH(p, &procs, link)
 		proc_pack(pk, p, false);
+}
+
+void proc_pack_spawned(msgpack_packer *pk, const void *arg)
+{
+	const struct proc *p = arg;
+
+	msgpack_pack_map(pk, 2);
+	status_kv(pk, "id", p->id);
+	mp_pack_cstr(pk, "pid");
+	msgpack_pack_int64(pk, p->pid);
 }
 
 static void pack_proc_cb(msgpack_packer *pk, const void *arg)
@@ -420,7 +425,7 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (!p->exited && p->pid) {
+	if (!p->exited) {
 		log_warn("process %llu (pid %d) outlived SIGTERM by %u ms; killing it",
 			 (unsigned long long)p->id, (int)p->pid, cfg.process_grace_ms);
 		kill(p->pid, SIGKILL);
@@ -429,7 +434,7 @@ static void grace_cb(evutil_socket_t fd, short what, void *arg)
 
 void proc_stop(struct proc *p, bool hard)
 {
-	if (p->exited || !p->pid)
+	if (p->exited)
 		return;
 	if (hard) {
 		kill(p->pid, SIGKILL);
@@ -503,7 +508,7 @@ void proc_kill_all(void)
 	struct proc *p;
 
 	TAILQ_FOREACH(p, &procs, link)
-		if (!p->exited && p->pid)
+		if (!p->exited)
 			kill(p->pid, SIGKILL);
 }
 

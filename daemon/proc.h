@@ -38,8 +38,6 @@ struct proc_spec {
 int proc_spawn(struct conn *conn, uid_t owner, bool admin, const struct proc_spec *spec,
 	       char *why, size_t why_size, struct proc **ret);
 struct proc *proc_find(uint64_t id);
-uint64_t proc_id(const struct proc *p);
-pid_t proc_pid(const struct proc *p);
 uid_t proc_owner(const struct proc *p);
 bool proc_alive(const struct proc *p);
 /* Answers msgid on conn with the process's state once it has exited, or
@@ -59,6 +57,8 @@ void proc_conn_gone(struct conn *conn);
 unsigned proc_running(bool nondaemon_only);
 void proc_kill_all(void);
 
+/* spawn's answer, {"id", "pid"}, as a conn_reply packer (arg: the proc). */
+void proc_pack_spawned(msgpack_packer *pk, const void *arg);
 /* Every process without its outcome (status, processes: anyone may list). */
 void proc_pack_all(msgpack_packer *pk);
 /* status's process_limits map. */

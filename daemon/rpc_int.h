@@ -27,12 +27,12 @@ struct rpc_args {
  * method's usage line; or an MPOOL_E_ code with the reply's text in why
  * (a limit it passes already counted). */
 #define RPC_USAGE (-1)
-typedef int rpc_parse_fn(struct mp_cur *p, uint32_t n, const struct mp_msg *m,
-			 struct rpc_args *a, char *why, size_t n_why);
-/* Refuses a request on what it asks for, before its msgid is checked;
- * returns whether it may go on. */
-typedef bool rpc_check_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);
-typedef void rpc_run_fn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a);
+typedef int rpc_parse_fn(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why,
+			 size_t n_why);
+typedef void rpc_run_fn(struct conn *c, uint64_t msgid, const struct rpc_args *a);
+
+/* The most a request's timeout_ms may say (a day), for apply, map and join. */
+#define RPC_TIMEOUT_MAX_MS (24u * 3600 * 1000)
 
 /* Writes a reason into why and returns ret, for parsers. */
 int rpc_why(int ret, char *why, size_t n_why, const char *fmt, ...)
@@ -42,14 +42,14 @@ void rpc_printable(char *dst, size_t size, const char *s, size_t len);
 /* A request that opens something answered later (a job, a join) fits
  * --max-jobs, else is refused.  Returns whether it fits. */
 bool rpc_room_for_request(struct conn *c, uint64_t msgid);
-/* Whether new work is taken now (not draining or terminating) and fn is
- * a registered function (of any node, when shared); else refuses msgid. */
-bool rpc_may_start(struct conn *c, uint64_t msgid, const char *fn, uint32_t fn_len, bool shared);
+/* 0 when new work is taken now (not draining or terminating) and fn is a
+ * registered function (of any node, when shared); else the MPOOL_E_ code
+ * that refuses it, with the reply's text in why. */
+int rpc_may_start(const char *fn, uint32_t fn_len, bool shared, char *why, size_t n_why);
 void rpc_reply_bool(struct conn *c, uint64_t msgid, bool v);
 
 /* rpc_job.c: apply, map and the feeds of a streamed map. */
 rpc_parse_fn rpc_parse_apply, rpc_parse_map;
-rpc_check_fn rpc_check_job;
 rpc_run_fn rpc_run_job;
 void rpc_feed(struct conn *c, const struct mp_msg *m);
 

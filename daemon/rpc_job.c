@@ -36,7 +36,7 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 			if (mp_read_bool(p, &spec->ordered) < 0)
 				return rpc_why(-1, why, n_why, "ordered must be true or false");
 		} else if (mp_str_eq(k, kl, "timeout_ms")) {
-			if (mp_read_u64(p, &v) < 0 || v > 24u * 3600 * 1000)
+			if (mp_read_u64(p, &v) < 0 || v > RPC_TIMEOUT_MAX_MS)
 				return rpc_why(-1, why, n_why,
 					       "timeout_ms must be an integer from 0 to 86400000");
 			spec->timeout_ms = (uint32_t)v;
@@ -62,15 +62,16 @@ static int read_opts(struct mp_cur *p, struct job_spec *spec, char *why, size_t 
 }
 
 /* [function, argument or items] or [function, argument or items, options]. */
-static int parse_job(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct job_spec *spec,
-		     bool is_map, char *why, size_t n_why)
+static int parse_job(struct mp_cur *p, uint32_t n, struct job_spec *spec, bool is_map, char *why,
+		     size_t n_why)
 {
 	char opt_why[256];
+	uint64_t max;
 	size_t alen;
+	int r;
 
 	/* timeout_ms: --task-timeout unless the request gives its own (0: none). */
-	*spec = (struct job_spec){ .is_map = is_map, .ordered = true, .msgid = m->msgid,
-				   .timeout_ms = cfg.task_timeout_ms };
+	*spec = (struct job_spec){ .is_map = is_map, .ordered = true, .timeout_ms = cfg.task_timeout_ms };
 	if (mp_read_str(p, &spec->fn, &spec->fn_len) < 0)
 		return RPC_USAGE;
 	if (is_map) {
@@ -100,45 +101,34 @@ static int parse_job(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struc
 	 * name a function of another node. */
 	spec->shared = cluster_share(spec);
 	spec->remote_only = spec->shared && !reg_lookup(spec->fn, spec->fn_len);
+	/* What it asks for, in PROTOCOL.md's order: the daemon draining, the
+	 * function (on any node, for a shared request), the item count. */
+	r = rpc_may_start(spec->fn, spec->fn_len, spec->shared, why, n_why);
+	if (r)
+		return r;
+	max = spec->stream ? cfg.stream_window : cfg.max_items;
+	if (spec->n_items > max) {
+		conn_limit_hit(LIM_ITEMS);
+		return rpc_why(MPOOL_E_LIMIT, why, n_why, "%s of %llu items exceeds the limit of "
+			       "%llu (%s)", spec->stream ? "a stream's first part" : "map",
+			       (unsigned long long)spec->n_items, (unsigned long long)max,
+			       spec->stream ? "--stream-window" : "--max-items");
+	}
 	return 0;
 }
 
-int rpc_parse_apply(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
-		    char *why, size_t n_why)
+int rpc_parse_apply(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, size_t n_why)
 {
-	return parse_job(p, n, m, &a->job, false, why, n_why);
+	return parse_job(p, n, &a->job, false, why, n_why);
 }
 
-int rpc_parse_map(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
-		  char *why, size_t n_why)
+int rpc_parse_map(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, size_t n_why)
 {
-	return parse_job(p, n, m, &a->job, true, why, n_why);
-}
-
-/* Between the parser and the msgid check, in PROTOCOL.md's order: the
- * daemon draining, the function (on any node, for a shared request), the
- * item count. */
-bool rpc_check_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
-{
-	const struct job_spec *spec = &a->job;
-
-	if (!rpc_may_start(c, m->msgid, spec->fn, spec->fn_len, spec->shared))
-		return false;
-	if (spec->n_items > (spec->stream ? cfg.stream_window : cfg.max_items)) {
-		conn_limit_hit(LIM_ITEMS);
-		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT,
-				 "%s of %llu items exceeds the limit of %llu (%s)",
-				 spec->stream ? "a stream's first part" : "map",
-				 (unsigned long long)spec->n_items,
-				 (unsigned long long)(spec->stream ? cfg.stream_window : cfg.max_items),
-				 spec->stream ? "--stream-window" : "--max-items");
-		return false;
-	}
-	return true;
+	return parse_job(p, n, &a->job, true, why, n_why);
 }
 
 /* Past the msgid check: the limits of what mpoold holds, then the job. */
-void rpc_run_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+void rpc_run_job(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	struct job_spec spec = a->job;
 	char why[256];
@@ -146,9 +136,10 @@ void rpc_run_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *
 	uint32_t cs;
 	int lim;
 
-	if (!rpc_room_for_request(c, m->msgid))
+	if (!rpc_room_for_request(c, msgid))
 		return;
 	cs = disp_spec_chunksize(&spec);
+	spec.msgid = msgid;
 	spec.admin = conn_is_admin(c);
 	if (disp_queue_check(conn_uid(c), spec.admin, (spec.n_items + cs - 1) / cs, why,
 			     sizeof(why)) < 0)
@@ -157,7 +148,7 @@ void rpc_run_job(struct conn *c, const struct mp_msg *m, const struct rpc_args *
 		lim = conn_budget(c, spec.items_len, why, sizeof(why));
 	if (lim >= 0) {
 		conn_limit_hit(lim);
-		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT, "%s", why);
+		conn_reply_error(c, msgid, MPOOL_E_LIMIT, "%s", why);
 		return;
 	}
 	/* Large items: the job keeps the read buffer they arrived in rather

@@ -6,7 +6,6 @@
 #include "mp_name.h"
 #include "mp_scan.h"
 #include "rpc_int.h"
-#include "status.h"
 
 /* The owner of a process, or an admin; else answers permission denied. */
 static struct proc *own_process(struct conn *c, uint64_t msgid, uint64_t id)
@@ -27,28 +26,16 @@ static struct proc *own_process(struct conn *c, uint64_t msgid, uint64_t id)
 	return p;
 }
 
-static void pack_spawned(msgpack_packer *pk, const void *arg)
-{
-	const struct proc *p = arg;
-
-	msgpack_pack_map(pk, 2);
-	status_kv(pk, "id", proc_id(p));
-	mp_pack_cstr(pk, "pid");
-	msgpack_pack_int64(pk, proc_pid(p));
-}
-
 /* spawn [function, argument, {"protocol": 2, "daemon": bool, "name": str}].
  * A client that does not say it speaks protocol 2 is refused with what
  * changed, rather than getting the opposite of what it asked for. */
-int rpc_parse_spawn(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
-		    char *why, size_t n_why)
+int rpc_parse_spawn(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, size_t n_why)
 {
 	struct proc_spec *spec = &a->proc;
 	uint32_t nopt;
 	uint64_t proto = 0;
 	bool bad_opt = false;
 
-	(void)m;
 	if (mp_read_str(p, &spec->fn, &spec->fn_len) < 0 ||
 	    mp_skip(p, &spec->arg, &spec->arg_len) < 0)
 		return RPC_USAGE;
@@ -100,7 +87,7 @@ badopt:
 		       MP_PROTO_VERSION, MP_NAME_MAX);
 }
 
-void rpc_run_spawn(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+void rpc_run_spawn(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	const struct proc_spec *spec = &a->proc;
 	struct proc *pr;
@@ -108,32 +95,33 @@ void rpc_run_spawn(struct conn *c, const struct mp_msg *m, const struct rpc_args
 	char why[256];
 	int r;
 
-	if (!rpc_may_start(c, m->msgid, spec->fn, spec->fn_len, false))
+	r = rpc_may_start(spec->fn, spec->fn_len, false, why, sizeof(why));
+	if (r) {
+		conn_reply_error(c, msgid, r, "%s", why);
 		return;
+	}
 	if (mp_scan_one(spec->arg, spec->arg_len, MP_ITEM_DEPTH_MAX, &alen) != 1) {
 		conn_limit_hit(LIM_DEPTH);
-		conn_reply_error(c, m->msgid, MPOOL_E_LIMIT,
+		conn_reply_error(c, msgid, MPOOL_E_LIMIT,
 				 "spawn argument nested deeper than %d levels", MP_ITEM_DEPTH_MAX);
 		return;
 	}
 	r = proc_spawn(c, conn_uid(c), conn_is_admin(c), spec, why, sizeof(why), &pr);
 	if (r < 0) {
-		conn_reply_error(c, m->msgid, r == -EUSERS || r == -EAGAIN ? MPOOL_E_LIMIT :
+		conn_reply_error(c, msgid, r == -EUSERS || r == -EAGAIN ? MPOOL_E_LIMIT :
 				 MPOOL_E_INTERNAL, "%s", why);
 		return;
 	}
-	conn_reply(c, m->msgid, pack_spawned, pr);
+	conn_reply(c, msgid, proc_pack_spawned, pr);
 }
 
 /* join [id] or [id, {"timeout_ms": n}]: answered when the process ends or
  * the timeout passes; the process keeps running after a timeout. */
-int rpc_parse_join(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct rpc_args *a,
-		   char *why, size_t n_why)
+int rpc_parse_join(struct mp_cur *p, uint32_t n, struct rpc_args *a, char *why, size_t n_why)
 {
 	uint32_t nopt;
 	uint64_t timeout = 0;
 
-	(void)m;
 	(void)why;
 	(void)n_why;
 	if (mp_read_u64(p, &a->id) < 0)
@@ -144,22 +132,22 @@ int rpc_parse_join(struct mp_cur *p, uint32_t n, const struct mp_msg *m, struct 
 
 		if (mp_read_map(p, &nopt) < 0 || nopt > 1 ||
 		    (nopt == 1 && (mp_read_str(p, &k, &kl) < 0 || !mp_str_eq(k, kl, "timeout_ms") ||
-				   mp_read_u64(p, &timeout) < 0 || timeout > 24u * 3600 * 1000)))
+				   mp_read_u64(p, &timeout) < 0 || timeout > RPC_TIMEOUT_MAX_MS)))
 			return RPC_USAGE;
 	}
 	a->timeout_ms = (uint32_t)timeout;
 	return 0;
 }
 
-void rpc_run_join(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+void rpc_run_join(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	struct proc *pr;
 
-	if (!rpc_room_for_request(c, m->msgid))
+	if (!rpc_room_for_request(c, msgid))
 		return;
-	pr = own_process(c, m->msgid, a->id);
+	pr = own_process(c, msgid, a->id);
 	if (pr)
-		proc_join(pr, c, m->msgid, a->timeout_ms);
+		proc_join(pr, c, msgid, a->timeout_ms);
 }
 
 static void pack_processes(msgpack_packer *pk, const void *arg)
@@ -168,36 +156,36 @@ static void pack_processes(msgpack_packer *pk, const void *arg)
 	proc_pack_all(pk);
 }
 
-void rpc_run_processes(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+void rpc_run_processes(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
 	(void)a;
-	conn_reply(c, m->msgid, pack_processes, NULL);
+	conn_reply(c, msgid, pack_processes, NULL);
 }
 
-void rpc_run_is_alive(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+void rpc_run_is_alive(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
-	struct proc *pr = own_process(c, m->msgid, a->id);
+	struct proc *pr = own_process(c, msgid, a->id);
 
 	if (pr)
-		rpc_reply_bool(c, m->msgid, proc_alive(pr));
+		rpc_reply_bool(c, msgid, proc_alive(pr));
 }
 
-static void stop_process(struct conn *c, const struct mp_msg *m, uint64_t id, bool kill)
+static void stop_process(struct conn *c, uint64_t msgid, uint64_t id, bool kill)
 {
-	struct proc *pr = own_process(c, m->msgid, id);
+	struct proc *pr = own_process(c, msgid, id);
 
 	if (!pr)
 		return;
 	proc_stop(pr, kill);
-	rpc_reply_bool(c, m->msgid, true);
+	rpc_reply_bool(c, msgid, true);
 }
 
-void rpc_run_terminate_process(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+void rpc_run_terminate_process(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
-	stop_process(c, m, a->id, false);
+	stop_process(c, msgid, a->id, false);
 }
 
-void rpc_run_kill_process(struct conn *c, const struct mp_msg *m, const struct rpc_args *a)
+void rpc_run_kill_process(struct conn *c, uint64_t msgid, const struct rpc_args *a)
 {
-	stop_process(c, m, a->id, true);
+	stop_process(c, msgid, a->id, true);
 }

@@ -18,31 +18,6 @@ void status_kv(msgpack_packer *pk, const char *key, uint64_t v)
 	msgpack_pack_uint64(pk, v);
 }
 
-static void pack_version(msgpack_packer *pk)
-{
-	mp_pack_cstr(pk, MPOOL_VERSION);
-}
-
-static void pack_protocol(msgpack_packer *pk)
-{
-	msgpack_pack_uint64(pk, MP_PROTO_VERSION);
-}
-
-static void pack_pid(msgpack_packer *pk)
-{
-	msgpack_pack_uint64(pk, (uint64_t)getpid());
-}
-
-static void pack_state(msgpack_packer *pk)
-{
-	mp_pack_cstr(pk, master_state_name());
-}
-
-static void pack_uptime(msgpack_packer *pk)
-{
-	msgpack_pack_uint64(pk, master_uptime_ms());
-}
-
 static void pack_totals(msgpack_packer *pk)
 {
 	msgpack_pack_map(pk, 9 + POOL_TOTALS_KEYS);
@@ -59,17 +34,13 @@ static void pack_totals(msgpack_packer *pk)
 	pool_pack_totals(pk);
 }
 
-/* The top-level keys, in PROTOCOL.md's order.  A table, so that a new
- * section cannot leave the map's announced size behind. */
+/* The top-level keys after the five scalars, in PROTOCOL.md's order.  A
+ * table, so that a new section cannot leave the map's announced size
+ * behind. */
 static const struct section {
 	const char *key;
 	void (*pack)(msgpack_packer *pk);
 } sections[] = {
-	{ "version", pack_version },
-	{ "protocol", pack_protocol },
-	{ "pid", pack_pid },
-	{ "state", pack_state },
-	{ "uptime_ms", pack_uptime },
 	{ "workers", pool_pack_workers },
 	{ "jobs", disp_pack_jobs },
 	{ "processes", proc_pack_all },
@@ -83,7 +54,14 @@ static const struct section {
 
 void status_pack(msgpack_packer *pk)
 {
-	msgpack_pack_map(pk, sizeof(sections) / sizeof(sections[0]));
+	msgpack_pack_map(pk, 5 + sizeof(sections) / sizeof(sections[0]));
+	mp_pack_cstr(pk, "version");
+	mp_pack_cstr(pk, MPOOL_VERSION);
+	status_kv(pk, "protocol", MP_PROTO_VERSION);
+	status_kv(pk, "pid", (uint64_t)getpid());
+	mp_pack_cstr(pk, "state");
+	mp_pack_cstr(pk, master_state_name());
+	status_kv(pk, "uptime_ms", master_uptime_ms());
 	for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++) {
 		mp_pack_cstr(pk, sections[i].key);
 		sections[i].pack(pk);

@@ -14,8 +14,7 @@
 
 static bool str_is(const msgpack_object *o, const char *s)
 {
-	return o->type == MSGPACK_OBJECT_STR && o->via.str.size == strlen(s) &&
-	       memcmp(o->via.str.ptr, s, o->via.str.size) == 0;
+	return o->type == MSGPACK_OBJECT_STR && mp_str_eq(o->via.str.ptr, o->via.str.size, s);
 }
 
 static const msgpack_object *get(const msgpack_object *map, const char *key)
