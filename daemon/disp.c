@@ -211,9 +211,11 @@ static void job_release(struct job *job)
 
 void disp_detach(struct job *job)
 {
-	/* cluster: chunks running on other nodes stop too. */
-	if (job->shared && job->inflight && disp_io->outlet_stop)
-		disp_io->outlet_stop(job);
+	/* Nobody wants its results any more: what runs of it is killed (here,
+	 * and on other nodes for a shared job) rather than left to hold its
+	 * workers to the end, however long that is. */
+	if (job->inflight)
+		disp_io->kill_job(job);
 	job_release(job);
 }
 

@@ -66,8 +66,6 @@ struct disp_ops {
 	void (*outlet_run)(const struct chunk *ck, const char *fn, uint32_t fn_len);
 	/* Workers behind the outlet: a shared job's reorder window counts them. */
 	unsigned (*outlet_workers)(void);
-	/* The job's client left: the outlet stops its chunks elsewhere. */
-	void (*outlet_stop)(const struct job *job);
 
 	/* Something status shows changed; a job ended (shutdown waits). */
 	void (*changed)(void);
@@ -161,7 +159,7 @@ bool disp_job_streaming(const struct job *job);
 size_t disp_job_bytes(const struct job *job);
 size_t disp_bytes_held(void);
 void disp_kill_running(struct job *job);
-/* The client is gone: drop what is queued, discard what is in flight. */
+/* The client is gone: drop what is queued, kill what runs (kill_job). */
 void disp_detach(struct job *job);
 void disp_fail_all(int code, const char *msg);
 void disp_schedule(void);

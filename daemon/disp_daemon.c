@@ -98,7 +98,6 @@ const struct disp_ops disp_daemon_ops = {
 	.outlet_room = cluster_outlet_room,
 	.outlet_run = cluster_outlet_run,
 	.outlet_workers = cluster_outlet_workers,
-	.outlet_stop = cluster_job_ended,
 	.changed = master_status_changed,
 	.job_gone = master_progress,
 };

@@ -35,7 +35,7 @@ struct worker *pool_workers;
 unsigned pool_n_workers;
 unsigned pool_gen;
 static struct event_base *base;
-static uint64_t n_started, n_died, n_timed_out;
+static uint64_t n_started, n_died, n_killed, n_timed_out;
 static uint64_t n_recycled[R_COUNT];
 static char last_failure[256];
 
@@ -339,7 +339,12 @@ static void worker_gone(struct worker *w, int status)
 		code = w->fail_code ? w->fail_code : MPOOL_E_WORKER;
 		lost = true;
 		w->chunk.job = NULL;
-		if (!terminating) {
+		if (!terminating && code == MPOOL_E_CANCELLED) {
+			/* Killed on purpose (a cancel with kill, a client that
+			 * left): not a failure of the worker or its module. */
+			n_killed++;
+			log_info("%s (job %llu)", msg, (unsigned long long)disp_job_id(ck.job));
+		} else if (!terminating) {
 			if (code == MPOOL_E_TIMEOUT)
 				n_timed_out++;
 			else if (w->retire == R_RSS)
@@ -553,6 +558,7 @@ void pool_pack_totals(msgpack_packer *pk)
 	status_kv(pk, "workers_started", n_started);
 	status_kv(pk, "workers_recycled", recycled);
 	status_kv(pk, "workers_died", n_died);
+	status_kv(pk, "workers_killed", n_killed);
 	mp_pack_cstr(pk, "recycled_by");
 	msgpack_pack_map(pk, 4);
 	for (int r = R_TASKS; r <= R_RELOAD; r++)

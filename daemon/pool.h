@@ -42,7 +42,7 @@ uint64_t pool_tasks_done(void);
 
 /* status: the workers array, and the pool's own keys of "totals". */
 void pool_pack_workers(msgpack_packer *pk);
-#define POOL_TOTALS_KEYS 8
+#define POOL_TOTALS_KEYS 9
 void pool_pack_totals(msgpack_packer *pk);
 
 #endif

@@ -2454,6 +2454,48 @@ START_TEST(cancel_request_own_jobs)
 }
 END_TEST
 
+/* PROTOCOL.md, "When a client goes": a client that closes its connection
+ * with chunks running holds no worker: they are killed and replaced, and
+ * that counts as workers_killed, not as a death. */
+START_TEST(client_gone_frees_its_workers)
+{
+	struct fx fx;
+	struct fx_raw r;
+	struct fx_status before, st;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	unsigned two = 2;
+
+	fx_start(&fx, NULL);
+	fx_status(&fx, &before);
+	fx_raw_open(&fx, &r);
+	fx_sbuf_init(&sb, &pk);
+	/* Two items of ten minutes each, one per worker. */
+	fx_req_head(&pk, 1, "map");
+	msgpack_pack_array(&pk, 3);
+	fx_pack_str(&pk, "builtin.sleep");
+	msgpack_pack_array(&pk, 2);
+	fx_pack_repeat(&pk, 600000, 2);
+	msgpack_pack_map(&pk, 1);
+	fx_pack_str(&pk, "chunksize");
+	msgpack_pack_uint64(&pk, 1);
+	send_packed(&r, &sb);
+	fx_wait_status(&fx, busy_job, &two, FX_WAIT_MS, "both workers in the long items", NULL);
+	fx_raw_close(&r);
+	msgpack_sbuffer_destroy(&sb);
+	fx_wait_status(&fx, quiet, NULL, FX_WAIT_MS, "the departed client's workers replaced", &st);
+	REQUIREF(!fx_has_worker(&st, before.workers[0].pid) &&
+		 !fx_has_worker(&st, before.workers[1].pid),
+		 "the workers of a client that left still run its items");
+	REQUIREF(fx_status_get(&fx, "totals.workers_killed") == 2 && st.totals.workers_died == 0,
+		 "workers_killed %llu, workers_died %llu",
+		 (unsigned long long)fx_status_get(&fx, "totals.workers_killed"),
+		 (unsigned long long)st.totals.workers_died);
+	fx_map_squares(fx.c, 100, 0, NULL, 0);
+	fx_stop(&fx);
+}
+END_TEST
+
 static Suite *daemon_suite(void)
 {
 	Suite *s = suite_create("daemon");
@@ -2516,6 +2558,7 @@ static Suite *daemon_suite(void)
 	tcase_add_test(tc, stream_first_part_fills_window);
 	tcase_add_test(tc, stream_protocol_errors);
 	tcase_add_test(tc, cancel_request_own_jobs);
+	tcase_add_test(tc, client_gone_frees_its_workers);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -212,11 +212,12 @@ static void f_run(struct worker *w, const struct chunk *ck, const char *fn, uint
 				       ck->count, ck->batch != NULL };
 }
 
-static void f_kill_job(const struct job *job) { (void)job; }
+static unsigned kills;
+static void f_kill_job(const struct job *job) { (void)job; kills++; }
 static void f_nothing(void) { }
 
 /* cluster: a fake outlet with room for outlet_cap chunks. */
-static unsigned outlet_cap, outlet_n, outlet_stops;
+static unsigned outlet_cap, outlet_n;
 static struct chunk outlet_ck[16];
 
 static bool f_outlet_room(void) { return outlet_n < outlet_cap; }
@@ -229,7 +230,6 @@ static void f_outlet_run(const struct chunk *ck, const char *fn, uint32_t fn_len
 }
 
 static unsigned f_outlet_workers(void) { return outlet_cap; }
-static void f_outlet_stop(const struct job *job) { (void)job; outlet_stops++; }
 
 static const struct disp_ops fake_ops = {
 	.uid = f_uid, .pid = f_pid, .backlogged = f_backlogged, .send_chunk = f_send_chunk,
@@ -237,7 +237,7 @@ static const struct disp_ops fake_ops = {
 	.job_failed = f_job_failed, .job_ended = f_job_ended, .idle = f_idle,
 	.quota_left = f_quota_left, .run = f_run, .kill_job = f_kill_job,
 	.outlet_room = f_outlet_room, .outlet_run = f_outlet_run,
-	.outlet_workers = f_outlet_workers, .outlet_stop = f_outlet_stop,
+	.outlet_workers = f_outlet_workers,
 	.changed = f_nothing, .job_gone = f_nothing,
 };
 
@@ -648,7 +648,8 @@ START_TEST(lost_batch_fails_one_and_requeues_the_rest)
 END_TEST
 
 /* The client left with a chunk running: nothing more is queued, the
- * chunk's results are dropped, and the job is freed when it ends. */
+ * chunk is killed, its results are dropped, and the job is freed when it
+ * ends. */
 START_TEST(detach_drops_queue_and_running_results)
 {
 	struct fake_client a = { .uid = 1 };
@@ -657,7 +658,9 @@ START_TEST(detach_drops_queue_and_running_results)
 	setup(1);
 	job = submit(&a, 1, true, 6, 2, 0);
 	ck_assert_uint_eq(disp_chunks_queued(), 2);
+	kills = 0;
 	disp_detach(job);
+	ck_assert_uint_eq(kills, 1);
 	ck_assert_uint_eq(disp_chunks_queued(), 0);
 	ck_assert_uint_eq(disp_active(), 1);
 	finish(0);
@@ -766,8 +769,9 @@ START_TEST(remote_only_jobs_skip_local_workers)
 	next_shared = next_remote_only = false;
 	ck_assert_uint_eq(n_runs, 0);
 	ck_assert_uint_eq(outlet_n, 1);
+	kills = 0;
 	disp_detach(job);
-	ck_assert_uint_eq(outlet_stops, 1);
+	ck_assert_uint_eq(kills, 1);
 }
 END_TEST
 

@@ -89,7 +89,9 @@
  *   with the same code (its error callback runs).
  * - Handles may outlive their connection: mpool_close() makes every open
  *   handle ready with -MPOOL_E_CLOSED (without running its callbacks), and a
- *   handle keeps what it already received until it is freed.
+ *   handle keeps what it already received until it is freed.  mpoold drops
+ *   the requests of a closed connection and kills the workers running
+ *   their chunks (proto/PROTOCOL.md, "When a client goes").
  *
  * Memory bounds (a slow consumer or a huge map never makes libmpool
  * buffer without limit)
