@@ -1474,6 +1474,22 @@ static void send_packed(struct fx_raw *r, msgpack_sbuffer *sb)
 	msgpack_sbuffer_clear(sb);
 }
 
+/* A map of n builtin.sleep items of ms each, one per chunk, sent on r
+ * through pk, which packs into sb. */
+static void send_sleep_map(struct fx_raw *r, msgpack_sbuffer *sb, msgpack_packer *pk,
+			   uint64_t msgid, int64_t ms, uint32_t n)
+{
+	fx_req_head(pk, msgid, "map");
+	msgpack_pack_array(pk, 3);
+	fx_pack_str(pk, "builtin.sleep");
+	msgpack_pack_array(pk, n);
+	fx_pack_repeat(pk, ms, n);
+	msgpack_pack_map(pk, 1);
+	fx_pack_str(pk, "chunksize");
+	msgpack_pack_uint64(pk, 1);
+	send_packed(r, sb);
+}
+
 static void expect_pong_after_ping(struct fx_raw *r, msgpack_sbuffer *sb, uint64_t msgid)
 {
 	msgpack_packer pk;
@@ -2343,15 +2359,7 @@ START_TEST(cancel_request_own_jobs)
 	fx_sbuf_init(&sb, &pk);
 
 	/* Without kill: 40 sleeps of 100 ms on 2 workers, cancelled at once. */
-	fx_req_head(&pk, 1, "map");
-	msgpack_pack_array(&pk, 3);
-	fx_pack_str(&pk, "builtin.sleep");
-	msgpack_pack_array(&pk, 40);
-	fx_pack_repeat(&pk, 100, 40);
-	msgpack_pack_map(&pk, 1);
-	fx_pack_str(&pk, "chunksize");
-	msgpack_pack_uint64(&pk, 1);
-	send_packed(&r, &sb);
+	send_sleep_map(&r, &sb, &pk, 1, 100, 40);
 	fx_wait_status(&fx, busy_job, &two, FX_WAIT_MS, "both workers busy with the map", NULL);
 	fx_req_head(&pk, 2, "cancel_request");
 	msgpack_pack_array(&pk, 1);
@@ -2389,15 +2397,7 @@ START_TEST(cancel_request_own_jobs)
 		 fx_has_worker(&st, before.workers[1].pid), "a cancel without kill replaced workers");
 
 	/* With kill: two items that never end. */
-	fx_req_head(&pk, 3, "map");
-	msgpack_pack_array(&pk, 3);
-	fx_pack_str(&pk, "builtin.sleep");
-	msgpack_pack_array(&pk, 2);
-	fx_pack_repeat(&pk, 600000, 2);
-	msgpack_pack_map(&pk, 1);
-	fx_pack_str(&pk, "chunksize");
-	msgpack_pack_uint64(&pk, 1);
-	send_packed(&r, &sb);
+	send_sleep_map(&r, &sb, &pk, 3, 600000, 2);
 	fx_wait_status(&fx, busy_job, &two, FX_WAIT_MS, "both workers in the endless items", NULL);
 	fx_req_head(&pk, 4, "cancel_request");
 	msgpack_pack_array(&pk, 2);
@@ -2471,15 +2471,7 @@ START_TEST(client_gone_frees_its_workers)
 	fx_raw_open(&fx, &r);
 	fx_sbuf_init(&sb, &pk);
 	/* Two items of ten minutes each, one per worker. */
-	fx_req_head(&pk, 1, "map");
-	msgpack_pack_array(&pk, 3);
-	fx_pack_str(&pk, "builtin.sleep");
-	msgpack_pack_array(&pk, 2);
-	fx_pack_repeat(&pk, 600000, 2);
-	msgpack_pack_map(&pk, 1);
-	fx_pack_str(&pk, "chunksize");
-	msgpack_pack_uint64(&pk, 1);
-	send_packed(&r, &sb);
+	send_sleep_map(&r, &sb, &pk, 1, 600000, 2);
 	fx_wait_status(&fx, busy_job, &two, FX_WAIT_MS, "both workers in the long items", NULL);
 	fx_raw_close(&r);
 	msgpack_sbuffer_destroy(&sb);
